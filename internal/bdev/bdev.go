@@ -1,0 +1,83 @@
+// Package bdev defines the block device contract that every layer of Nexstor
+// speaks: backends (files, block devices, RAM), wrappers (fault injection,
+// statistics), pool replicas, remote namespaces and the nexus are all Devices.
+package bdev
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Device is a block device.
+//
+// Offsets and lengths are in bytes and must be multiples of BlockSize; a
+// violation returns an *AlignmentError (never a panic). Accesses beyond Size
+// return an *RangeError.
+//
+// ReadAt and WriteAt transfer len(p) bytes or return an error: a short
+// transfer is always an error. As with io.ReaderAt, implementations must not
+// retain p after returning. All methods are safe for concurrent use; parallel
+// writes to overlapping ranges leave the overlap in an unspecified mix of the
+// two (callers that need ordering, such as the nexus, serialize them).
+//
+// A write is acknowledged when WriteAt returns nil. It is durable once a later
+// Flush returns nil: Flush makes every write acknowledged before it was called
+// durable.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+	// Flush makes every previously acknowledged write durable.
+	Flush() error
+	// Unmap discards the range; later reads of it return zeroes.
+	Unmap(off, length int64) error
+	// WriteZeroes sets the range to zeroes, as a write would.
+	WriteZeroes(off, length int64) error
+	// Size is the capacity in bytes, a multiple of BlockSize.
+	Size() int64
+	// BlockSize is the logical block size in bytes, a power of two >= 512.
+	BlockSize() int
+	// Close releases the device. Calls after Close return ErrClosed.
+	Close() error
+}
+
+// ErrClosed is returned by operations on a closed Device.
+var ErrClosed = errors.New("bdev: device is closed")
+
+// AlignmentError reports an offset or length that is not a multiple of the
+// device's block size.
+type AlignmentError struct {
+	Op        string
+	Off, Len  int64
+	BlockSize int
+}
+
+func (e *AlignmentError) Error() string {
+	return fmt.Sprintf("bdev: %s at offset %d length %d: not aligned to the %d-byte block size; use offsets and lengths that are multiples of %d",
+		e.Op, e.Off, e.Len, e.BlockSize, e.BlockSize)
+}
+
+// RangeError reports an access that extends beyond the end of the device.
+type RangeError struct {
+	Op       string
+	Off, Len int64
+	Size     int64
+}
+
+func (e *RangeError) Error() string {
+	return fmt.Sprintf("bdev: %s at offset %d length %d: beyond the end of the %d-byte device", e.Op, e.Off, e.Len, e.Size)
+}
+
+// CheckRange validates an access of length bytes at off against a device of
+// the given size and block size. It is the one place every implementation
+// checks alignment and bounds, so that errors are the same everywhere.
+func CheckRange(op string, off, length, size int64, blockSize int) error {
+	bs := int64(blockSize)
+	if off < 0 || length < 0 || off%bs != 0 || length%bs != 0 {
+		return &AlignmentError{Op: op, Off: off, Len: length, BlockSize: blockSize}
+	}
+	if off > size || length > size-off {
+		return &RangeError{Op: op, Off: off, Len: length, Size: size}
+	}
+	return nil
+}
