@@ -71,12 +71,17 @@ func (e *RangeError) Error() string {
 // CheckRange validates an access of length bytes at off against a device of
 // the given size and block size. It is the one place every implementation
 // checks alignment and bounds, so that errors are the same everywhere.
+//
+// An offset or length that is not a multiple of blockSize is an
+// *AlignmentError; an aligned access that starts before 0, has a negative
+// length or ends beyond size (including when off+length overflows) is a
+// *RangeError.
 func CheckRange(op string, off, length, size int64, blockSize int) error {
 	bs := int64(blockSize)
-	if off < 0 || length < 0 || off%bs != 0 || length%bs != 0 {
+	if off%bs != 0 || length%bs != 0 {
 		return &AlignmentError{Op: op, Off: off, Len: length, BlockSize: blockSize}
 	}
-	if off > size || length > size-off {
+	if off < 0 || length < 0 || off > size || length > size-off {
 		return &RangeError{Op: op, Off: off, Len: length, Size: size}
 	}
 	return nil
