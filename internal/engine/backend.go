@@ -1,0 +1,82 @@
+package engine
+
+import (
+	"github.com/nexstor/nexstor/internal/bdev"
+)
+
+// Backend is what the engine needs from the storage layers below it: opening
+// disks and formatting or importing pools on them. The production Backend is
+// PoolBackend (internal/bdev + internal/pool); tests may supply another.
+//
+// Errors must be faults (internal/fault) or wrap the pool package's sentinel
+// errors, so that the engine can report exact codes.
+type Backend interface {
+	// CreatePool formats the disk at uri as a new pool.
+	CreatePool(uri string, opts CreatePoolOptions) (PoolHandle, error)
+	// ImportPool opens the pool on the disk at uri. It never writes to a disk
+	// that does not hold a pool.
+	ImportPool(uri string) (PoolHandle, error)
+}
+
+// CreatePoolOptions are the options of Backend.CreatePool.
+type CreatePoolOptions struct {
+	Name        string
+	ClusterSize int64 // bytes; 0 means the pool default
+	Force       bool  // format over an existing pool
+}
+
+// PoolHandle is an open pool. Its methods are safe for concurrent use; the
+// engine calls them without holding its registry lock.
+type PoolHandle interface {
+	Name() string
+	UUID() string
+	Stats() PoolStats
+	CreateReplica(spec ReplicaSpec) (ReplicaStat, error)
+	Replicas() []ReplicaStat
+	ReplicaInfo(name string) (ReplicaStat, error)
+	// OpenReplica returns the replica as a block device; while it is open the
+	// replica cannot be destroyed.
+	OpenReplica(name string) (bdev.Device, error)
+	DestroyReplica(name string) error
+	ResizeReplica(name string, size int64) error
+	// Close exports the pool: its state is made durable and the disk closed.
+	Close() error
+	// Destroy erases the pool's superblock and closes the disk.
+	Destroy() error
+}
+
+// PoolStats are a pool's space figures, in bytes unless named otherwise.
+type PoolStats struct {
+	Capacity      int64
+	ClusterSize   int64
+	TotalClusters int64
+	FreeClusters  int64
+	Allocated     int64
+	Committed     int64
+	Replicas      int
+}
+
+// ReplicaSpec describes a replica to create. Size is in bytes and a multiple
+// of the pool's cluster size; an empty UUID asks the pool to generate one.
+type ReplicaSpec struct {
+	Name string
+	UUID string
+	Size int64
+	Thin bool
+}
+
+// ReplicaStat describes an existing replica.
+type ReplicaStat struct {
+	Name      string
+	UUID      string
+	Size      int64
+	Thin      bool
+	Allocated int64 // bytes in clusters the replica owns
+}
+
+// Exporter serves block devices over one protocol (NBD now). The engine
+// keeps one export per shared replica, named after the replica.
+type Exporter interface {
+	AddExport(name string, dev bdev.Device, description string) error
+	RemoveExport(name string) error
+}

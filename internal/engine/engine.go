@@ -1,0 +1,414 @@
+// Package engine is the registry of one storage node's pools, replicas and
+// shares, and the gRPC service over it (api/engine/v1).
+//
+// The engine owns object lifetimes and names; the packages below it (bdev,
+// pool, nbd) stay pure mechanisms. Its methods are plain Go, usable without
+// gRPC; the gRPC handlers in grpc.go only convert messages.
+//
+// Concurrency: one mutex guards the registry and is never held across I/O.
+// An operation marks the objects it works on as busy under the lock, does its
+// I/O unlocked, then records the result under the lock again; a conflicting
+// operation on a busy object fails with Unavailable and may be retried.
+//
+// Durability: which pools exist on which disks and which replicas are shared
+// how is kept in a JSON state file in the data dir, replaced atomically after
+// every change. Replicas themselves live on the pools' disks.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/fault"
+)
+
+// Config configures an Engine.
+type Config struct {
+	// DataDir holds the state file; it is created when missing.
+	DataDir string
+	// Backend opens disks and pools. Required.
+	Backend Backend
+	// NBD serves shared replicas over NBD; nil disables the nbd protocol.
+	NBD Exporter
+	// NBDAddress is the host:port put into nbd:// share URIs (see
+	// AdvertiseAddr).
+	NBDAddress string
+	// Pools are imported at start, before the pools remembered in the state
+	// file. A listed disk that holds no pool is reported as a faulted pool
+	// and never written to.
+	Pools []PoolConfig
+	// Logger receives the engine's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// PoolConfig is a pool the server configuration lists.
+type PoolConfig struct {
+	Name        string
+	Disk        string
+	ClusterSize int64 // bytes; used when the pool is created, 0 = default
+}
+
+// PoolState is the state of a pool in the engine.
+type PoolState string
+
+// Pool states.
+const (
+	PoolOnline  PoolState = "online"
+	PoolFaulted PoolState = "faulted" // known but not imported; see Reason
+)
+
+// ReplicaState is the state of a replica in the engine.
+type ReplicaState string
+
+// Replica states.
+const (
+	ReplicaOnline  ReplicaState = "online"
+	ReplicaFaulted ReplicaState = "faulted" // its share could not be restored
+)
+
+// Protocols a replica can be shared with.
+const (
+	ProtocolNBD  = "nbd"
+	ProtocolNVMf = "nvmf"
+)
+
+// PoolInfo describes a pool.
+type PoolInfo struct {
+	Name   string
+	UUID   string
+	Disk   string
+	State  PoolState
+	Reason string
+	Stats  PoolStats
+}
+
+// ReplicaInfo describes a replica.
+type ReplicaInfo struct {
+	Name      string
+	UUID      string
+	Pool      string
+	Size      int64
+	Thin      bool
+	Allocated int64
+	State     ReplicaState
+	Reason    string
+	Share     *ShareInfo // nil when not shared
+}
+
+// ShareInfo says how a replica is shared.
+type ShareInfo struct {
+	Protocol     string
+	URI          string
+	AllowedHosts []string
+}
+
+type poolEntry struct {
+	name, uuid, disk string
+	h                PoolHandle // nil when faulted
+	reason           string
+	ops              int  // replica operations in flight
+	exclusive        bool // destroy or export in flight
+}
+
+type shareEntry struct {
+	protocol string
+	allowed  []string
+	uri      string
+	dev      bdev.Device // nil when the share could not be restored
+	reason   string
+}
+
+// Engine is the registry of one node's pools, replicas and shares. All
+// methods are safe for concurrent use.
+type Engine struct {
+	cfg       Config
+	log       *slog.Logger
+	statePath string
+
+	mu       sync.Mutex
+	pools    map[string]*poolEntry
+	replicas map[string]string // replica name -> pool name
+	shares   map[string]*shareEntry
+	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
+	gen      uint64          // bumped on every change of persistent state
+	closed   bool
+
+	stateMu  sync.Mutex // serializes state file writes
+	savedGen uint64
+}
+
+// New starts an engine: it loads the state file, imports the configured and
+// remembered pools, and restores the shares. Pools or shares that cannot be
+// restored are reported (faulted, with a reason), not fatal; only an
+// unreadable data dir or state file is.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("engine: no backend")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("engine: no data dir")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("engine: data dir: %w", err)
+	}
+	e := &Engine{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		statePath: filepath.Join(cfg.DataDir, StateFileName),
+		pools:     map[string]*poolEntry{},
+		replicas:  map[string]string{},
+		shares:    map[string]*shareEntry{},
+		busy:      map[string]bool{},
+	}
+	st, err := loadState(e.statePath)
+	if err != nil {
+		return nil, err
+	}
+	var wanted []statePool
+	for _, p := range cfg.Pools {
+		wanted = append(wanted, statePool{Name: p.Name, Disk: p.Disk})
+	}
+	wanted = append(wanted, st.Pools...)
+	for _, p := range wanted {
+		if _, dup := e.pools[p.Name]; dup {
+			continue
+		}
+		e.restorePool(p)
+	}
+	for _, s := range st.Shares {
+		e.restoreShare(s)
+	}
+	e.gen++
+	if err := e.save(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Engine) restorePool(p statePool) {
+	pe := &poolEntry{name: p.Name, uuid: p.UUID, disk: p.Disk}
+	e.pools[p.Name] = pe
+	for _, other := range e.pools {
+		if other != pe && other.h != nil && diskKey(other.disk) == diskKey(p.Disk) {
+			pe.reason = fmt.Sprintf("disk %s is already used by pool %q", p.Disk, other.name)
+			e.log.Error("pool not imported", "pool", p.Name, "disk", p.Disk, "reason", pe.reason)
+			return
+		}
+	}
+	h, err := e.cfg.Backend.ImportPool(importURI(p.Disk))
+	if err != nil {
+		pe.reason = diskFault(p.Disk, err).Error()
+		e.log.Error("pool not imported", "pool", p.Name, "disk", p.Disk, "err", pe.reason)
+		return
+	}
+	if h.Name() != p.Name {
+		pe.reason = fmt.Sprintf("disk %s holds pool %q, not %q", p.Disk, h.Name(), p.Name)
+		e.log.Error("pool not imported", "pool", p.Name, "disk", p.Disk, "reason", pe.reason)
+		if err := h.Close(); err != nil {
+			e.log.Error("closing pool", "pool", h.Name(), "err", err)
+		}
+		return
+	}
+	if p.UUID != "" && h.UUID() != p.UUID {
+		e.log.Warn("pool has a new uuid (it was formatted again)", "pool", p.Name, "was", p.UUID, "now", h.UUID())
+	}
+	pe.h, pe.uuid = h, h.UUID()
+	for _, r := range h.Replicas() {
+		if owner, dup := e.replicas[r.Name]; dup {
+			e.log.Error("replica name used in two pools; serving the first", "replica", r.Name, "pool", owner, "ignored_pool", p.Name)
+			continue
+		}
+		e.replicas[r.Name] = p.Name
+	}
+	e.log.Info("pool imported", "pool", p.Name, "disk", p.Disk, "uuid", pe.uuid)
+}
+
+func (e *Engine) restoreShare(s stateShare) {
+	se := &shareEntry{protocol: s.Protocol, allowed: s.AllowedHosts}
+	e.shares[s.Replica] = se
+	poolName, ok := e.replicas[s.Replica]
+	if !ok {
+		se.reason = fmt.Sprintf("replica %q not found in any imported pool", s.Replica)
+		e.log.Error("share not restored", "replica", s.Replica, "reason", se.reason)
+		return
+	}
+	dev, uri, err := e.export(e.pools[poolName].h, s.Replica, s.Protocol)
+	if err != nil {
+		se.reason = err.Error()
+		e.log.Error("share not restored", "replica", s.Replica, "err", err)
+		return
+	}
+	se.dev, se.uri = dev, uri
+	e.log.Info("replica shared", "replica", s.Replica, "uri", uri)
+}
+
+// export opens a replica and adds it to the protocol's server.
+func (e *Engine) export(h PoolHandle, name, protocol string) (bdev.Device, string, error) {
+	if err := e.checkProtocol(protocol); err != nil {
+		return nil, "", err
+	}
+	dev, err := h.OpenReplica(name)
+	if err != nil {
+		return nil, "", mapPoolErr(err, "replica", name)
+	}
+	if err := e.cfg.NBD.AddExport(name, dev, "nexstor replica "+name); err != nil {
+		dev.Close()
+		return nil, "", fault.Wrap(err, fault.Internal, "share.export",
+			fmt.Sprintf("replica %q cannot be exported over nbd", name), "see the server log")
+	}
+	return dev, e.shareURI(protocol, name), nil
+}
+
+func (e *Engine) checkProtocol(protocol string) error {
+	switch protocol {
+	case ProtocolNBD:
+		if e.cfg.NBD == nil {
+			return fault.New(fault.FailedPrecondition, "share.nbd_disabled",
+				"the nbd protocol is not enabled on this server",
+				"start the server with an NBD listen address (nbd_listen, --nbd)")
+		}
+		return nil
+	case ProtocolNVMf:
+		return fault.New(fault.FailedPrecondition, "share.protocol_unavailable",
+			"protocol \"nvmf\" is not available in this engine yet", "share with --protocol nbd")
+	}
+	return fault.New(fault.InvalidArgument, "share.protocol_invalid",
+		fmt.Sprintf("protocol %q is unknown", protocol), "use --protocol nbd")
+}
+
+func (e *Engine) shareURI(protocol, name string) string {
+	return fmt.Sprintf("%s://%s/%s", protocol, e.cfg.NBDAddress, name)
+}
+
+// save writes the state file if the registry changed since the last write.
+// It is called without e.mu held.
+func (e *Engine) save() error {
+	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
+	e.mu.Lock()
+	gen := e.gen
+	if gen == e.savedGen {
+		e.mu.Unlock()
+		return nil
+	}
+	st := e.snapshotLocked()
+	e.mu.Unlock()
+	if err := saveState(e.statePath, st); err != nil {
+		return fault.Wrap(err, fault.Unavailable, "engine.state",
+			"the engine state file cannot be written", "check the data dir's disk and permissions")
+	}
+	e.savedGen = gen
+	return nil
+}
+
+func (e *Engine) snapshotLocked() persistentState {
+	st := persistentState{Version: stateVersion, Pools: []statePool{}, Shares: []stateShare{}}
+	for _, name := range sortedKeys(e.pools) {
+		p := e.pools[name]
+		st.Pools = append(st.Pools, statePool{Name: p.name, UUID: p.uuid, Disk: p.disk})
+	}
+	for _, name := range sortedKeys(e.shares) {
+		s := e.shares[name]
+		st.Shares = append(st.Shares, stateShare{Replica: name, Protocol: s.protocol, AllowedHosts: s.allowed})
+	}
+	return st
+}
+
+// Close stops every share and exports every pool, keeping the state file: a
+// new Engine on the same data dir shares and imports them again.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	shares := e.shares
+	pools := e.pools
+	e.mu.Unlock()
+	var errs []error
+	for name, s := range shares {
+		if s.dev == nil {
+			continue
+		}
+		if err := e.cfg.NBD.RemoveExport(name); err != nil {
+			errs = append(errs, fmt.Errorf("unshare replica %q: %w", name, err))
+		}
+		if err := s.dev.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close replica %q: %w", name, err))
+		}
+	}
+	for name, p := range pools {
+		if p.h == nil {
+			continue
+		}
+		if err := p.h.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("export pool %q: %w", name, err))
+		} else {
+			e.log.Info("pool exported", "pool", name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Engine) checkOpenLocked() error {
+	if e.closed {
+		return fault.New(fault.Unavailable, "engine.closed", "the engine is shutting down", "retry when the server is back")
+	}
+	return nil
+}
+
+func busyErr(what string) error {
+	return fault.New(fault.Unavailable, "engine.busy",
+		fmt.Sprintf("%s is busy with another operation", what), "retry in a moment")
+}
+
+// diskKey identifies the disk behind a URI, so that two spellings of one
+// disk (file:///a?size=1GiB, /a) are recognised as the same.
+func diskKey(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme == "" {
+		return filepath.Clean(uri)
+	}
+	if u.Scheme == "malloc" {
+		return "malloc:" + strings.TrimPrefix(u.Path, "/") + u.Host
+	}
+	return filepath.Clean(u.Path)
+}
+
+// importURI drops the size parameter of a file:// URI: importing must never
+// create a missing file, only open an existing one.
+func importURI(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "file" {
+		return uri
+	}
+	q := u.Query()
+	if !q.Has("size") {
+		return uri
+	}
+	q.Del("size")
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

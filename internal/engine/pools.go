@@ -1,0 +1,318 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nexstor/nexstor/internal/fault"
+)
+
+// mapPoolErr gives an error from the layers below a kind and context. Faults
+// (the backend's translation of pool errors) pass through unchanged.
+func mapPoolErr(err error, kind, name string) error {
+	var f *fault.Fault
+	if errors.As(err, &f) {
+		return err
+	}
+	return fault.Wrap(err, fault.Internal, kind+".io",
+		fmt.Sprintf("%s %q", kind, name), "see the server log")
+}
+
+// CreatePool formats disk as a new pool named name and remembers it. A disk
+// that already holds a pool is refused unless force is set; a disk already
+// used by one of this engine's pools is always refused. clusterSize is in
+// bytes, 0 for the default.
+func (e *Engine) CreatePool(name, disk string, clusterSize int64, force bool) (PoolInfo, error) {
+	if err := checkName("pool", name); err != nil {
+		return PoolInfo{}, err
+	}
+	if disk == "" {
+		return PoolInfo{}, fault.New(fault.InvalidArgument, "pool.disk_missing",
+			fmt.Sprintf("pool %q: no disk given", name),
+			"give a disk URI, e.g. file:///var/lib/nexstor/d0.img?size=10GiB or /dev/sdb")
+	}
+	if clusterSize < 0 {
+		return PoolInfo{}, fault.New(fault.InvalidArgument, "pool.cluster_size",
+			fmt.Sprintf("pool %q: cluster size %d is negative", name, clusterSize),
+			"give a power of two such as 4MiB, or 0 for the default")
+	}
+	key := "disk/" + diskKey(disk)
+	e.mu.Lock()
+	if err := e.checkOpenLocked(); err != nil {
+		e.mu.Unlock()
+		return PoolInfo{}, err
+	}
+	if p, ok := e.pools[name]; ok && (p.h != nil || diskKey(p.disk) != diskKey(disk)) {
+		e.mu.Unlock()
+		return PoolInfo{}, fault.New(fault.AlreadyExists, "pool.exists",
+			fmt.Sprintf("pool %q already exists (on disk %s)", name, p.disk),
+			"choose another name, or destroy the existing pool first")
+	}
+	if other := e.poolOnDiskLocked(disk); other != "" {
+		e.mu.Unlock()
+		return PoolInfo{}, fault.New(fault.FailedPrecondition, "pool.disk_in_use",
+			fmt.Sprintf("disk %s is already used by pool %q", disk, other),
+			"use another disk, or destroy that pool first")
+	}
+	if e.busy["pool/"+name] || e.busy[key] {
+		e.mu.Unlock()
+		return PoolInfo{}, busyErr(fmt.Sprintf("pool %q", name))
+	}
+	e.busy["pool/"+name], e.busy[key] = true, true
+	e.mu.Unlock()
+
+	h, err := e.cfg.Backend.CreatePool(disk, CreatePoolOptions{Name: name, ClusterSize: clusterSize, Force: force})
+
+	e.mu.Lock()
+	delete(e.busy, "pool/"+name)
+	delete(e.busy, key)
+	if err != nil {
+		e.mu.Unlock()
+		return PoolInfo{}, diskFault(disk, err)
+	}
+	pe := &poolEntry{name: name, uuid: h.UUID(), disk: disk, h: h}
+	e.pools[name] = pe
+	e.gen++
+	e.mu.Unlock()
+	e.log.Info("pool created", "pool", name, "disk", disk, "uuid", pe.uuid)
+	if err := e.save(); err != nil {
+		return PoolInfo{}, err
+	}
+	return poolInfo(pe), nil
+}
+
+// poolOnDiskLocked returns the name of the pool that uses disk, or "".
+func (e *Engine) poolOnDiskLocked(disk string) string {
+	k := diskKey(disk)
+	for _, p := range e.pools {
+		if p.h != nil && diskKey(p.disk) == k {
+			return p.name
+		}
+	}
+	return ""
+}
+
+// ImportPool opens the pool on disk and remembers it. When name is set it
+// must match the name recorded on the disk. Nothing is written to a disk that
+// holds no pool.
+func (e *Engine) ImportPool(name, disk string) (PoolInfo, error) {
+	if name != "" {
+		if err := checkName("pool", name); err != nil {
+			return PoolInfo{}, err
+		}
+	}
+	if disk == "" {
+		return PoolInfo{}, fault.New(fault.InvalidArgument, "pool.disk_missing",
+			"no disk given to import", "give the disk URI or path of the pool")
+	}
+	key := "disk/" + diskKey(disk)
+	e.mu.Lock()
+	if err := e.checkOpenLocked(); err != nil {
+		e.mu.Unlock()
+		return PoolInfo{}, err
+	}
+	if other := e.poolOnDiskLocked(disk); other != "" {
+		e.mu.Unlock()
+		return PoolInfo{}, fault.New(fault.AlreadyExists, "pool.imported",
+			fmt.Sprintf("disk %s holds pool %q, which is already imported", disk, other),
+			"nothing to do; see `nexctl pool get "+other+"`")
+	}
+	if e.busy[key] {
+		e.mu.Unlock()
+		return PoolInfo{}, busyErr("disk " + disk)
+	}
+	e.busy[key] = true
+	e.mu.Unlock()
+
+	h, err := e.cfg.Backend.ImportPool(importURI(disk))
+
+	e.mu.Lock()
+	delete(e.busy, key)
+	if err == nil {
+		err = e.checkImportedLocked(h, name, disk)
+		if err != nil {
+			e.mu.Unlock()
+			if cerr := h.Close(); cerr != nil {
+				e.log.Error("closing pool", "pool", h.Name(), "err", cerr)
+			}
+			return PoolInfo{}, err
+		}
+	}
+	if err != nil {
+		e.mu.Unlock()
+		return PoolInfo{}, diskFault(disk, err)
+	}
+	pe := &poolEntry{name: h.Name(), uuid: h.UUID(), disk: disk, h: h}
+	e.pools[pe.name] = pe
+	for _, r := range h.Replicas() {
+		e.replicas[r.Name] = pe.name
+	}
+	e.gen++
+	e.mu.Unlock()
+	e.log.Info("pool imported", "pool", pe.name, "disk", disk, "uuid", pe.uuid)
+	if err := e.save(); err != nil {
+		return PoolInfo{}, err
+	}
+	return poolInfo(pe), nil
+}
+
+// checkImportedLocked refuses an imported pool whose name does not fit.
+func (e *Engine) checkImportedLocked(h PoolHandle, want, disk string) error {
+	got := h.Name()
+	if want != "" && got != want {
+		return fault.New(fault.InvalidArgument, "pool.name_mismatch",
+			fmt.Sprintf("disk %s holds pool %q, not %q", disk, got, want),
+			fmt.Sprintf("import it as %q, or leave the name out", got))
+	}
+	if p, ok := e.pools[got]; ok && (p.h != nil || e.busy["pool/"+got]) {
+		return fault.New(fault.AlreadyExists, "pool.exists",
+			fmt.Sprintf("a pool named %q already exists (on disk %s)", got, p.disk),
+			"export or destroy that pool first")
+	}
+	if e.busy["pool/"+got] {
+		return busyErr(fmt.Sprintf("pool %q", got))
+	}
+	var clash []string
+	for _, r := range h.Replicas() {
+		if owner, ok := e.replicas[r.Name]; ok {
+			clash = append(clash, fmt.Sprintf("%s (also in pool %s)", r.Name, owner))
+		}
+	}
+	if len(clash) > 0 {
+		return fault.New(fault.AlreadyExists, "pool.replica_names",
+			fmt.Sprintf("pool %q holds replicas whose names are already used on this node: %s", got, strings.Join(clash, ", ")),
+			"export the pool that holds the other replicas first")
+	}
+	return nil
+}
+
+// DestroyPool erases the pool and forgets it. A pool with replicas needs
+// force; a pool with shared replicas is refused. A faulted pool is only
+// forgotten: its disk is not touched.
+func (e *Engine) DestroyPool(name string, force bool) error {
+	return e.removePool(name, force, true)
+}
+
+// ExportPool closes the pool cleanly and forgets it; the data stays on the
+// disk, ready to be imported again.
+func (e *Engine) ExportPool(name string) error {
+	return e.removePool(name, true, false)
+}
+
+func (e *Engine) removePool(name string, force, destroy bool) error {
+	e.mu.Lock()
+	if err := e.checkOpenLocked(); err != nil {
+		e.mu.Unlock()
+		return err
+	}
+	pe, ok := e.pools[name]
+	if !ok {
+		e.mu.Unlock()
+		return poolNotFound(name)
+	}
+	if pe.exclusive || pe.ops > 0 {
+		e.mu.Unlock()
+		return busyErr(fmt.Sprintf("pool %q", name))
+	}
+	if pe.h == nil {
+		delete(e.pools, name)
+		e.gen++
+		e.mu.Unlock()
+		e.log.Info("faulted pool forgotten", "pool", name, "disk", pe.disk)
+		return e.save()
+	}
+	var reps, shared []string
+	for r, p := range e.replicas {
+		if p == name {
+			reps = append(reps, r)
+			if _, ok := e.shares[r]; ok {
+				shared = append(shared, r)
+			}
+		}
+	}
+	if len(shared) > 0 {
+		e.mu.Unlock()
+		return fault.New(fault.FailedPrecondition, "pool.shared",
+			fmt.Sprintf("pool %q has shared replicas: %s", name, strings.Join(sortedStrings(shared), ", ")),
+			"unshare them first (`nexctl replica unshare NAME`)")
+	}
+	if destroy && len(reps) > 0 && !force {
+		e.mu.Unlock()
+		return fault.New(fault.FailedPrecondition, "pool.not_empty",
+			fmt.Sprintf("pool %q holds %d replicas: %s", name, len(reps), strings.Join(sortedStrings(reps), ", ")),
+			"destroy the replicas first, or pass --force to destroy them with the pool")
+	}
+	pe.exclusive = true
+	e.mu.Unlock()
+
+	var err error
+	if destroy {
+		err = pe.h.Destroy()
+	} else {
+		err = pe.h.Close()
+	}
+
+	e.mu.Lock()
+	pe.exclusive = false
+	if err != nil {
+		e.mu.Unlock()
+		return mapPoolErr(err, "pool", name)
+	}
+	delete(e.pools, name)
+	for r, p := range e.replicas {
+		if p == name {
+			delete(e.replicas, r)
+		}
+	}
+	e.gen++
+	e.mu.Unlock()
+	if destroy {
+		e.log.Info("pool destroyed", "pool", name, "disk", pe.disk)
+	} else {
+		e.log.Info("pool exported", "pool", name, "disk", pe.disk)
+	}
+	return e.save()
+}
+
+// Pools lists the pools, sorted by name, faulted ones included.
+func (e *Engine) Pools() []PoolInfo {
+	e.mu.Lock()
+	entries := make([]*poolEntry, 0, len(e.pools))
+	for _, name := range sortedKeys(e.pools) {
+		entries = append(entries, e.pools[name])
+	}
+	e.mu.Unlock()
+	out := make([]PoolInfo, 0, len(entries))
+	for _, pe := range entries {
+		out = append(out, poolInfo(pe))
+	}
+	return out
+}
+
+// Pool returns one pool.
+func (e *Engine) Pool(name string) (PoolInfo, error) {
+	e.mu.Lock()
+	pe, ok := e.pools[name]
+	e.mu.Unlock()
+	if !ok {
+		return PoolInfo{}, poolNotFound(name)
+	}
+	return poolInfo(pe), nil
+}
+
+// poolInfo reads a pool's figures; the handle is safe to use unlocked.
+func poolInfo(pe *poolEntry) PoolInfo {
+	pi := PoolInfo{Name: pe.name, UUID: pe.uuid, Disk: pe.disk, State: PoolOnline}
+	if pe.h == nil {
+		pi.State, pi.Reason = PoolFaulted, pe.reason
+		return pi
+	}
+	pi.Stats = pe.h.Stats()
+	return pi
+}
+
+func sortedStrings(s []string) []string {
+	return slices.Sorted(slices.Values(s))
+}

@@ -1,0 +1,387 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/google/uuid"
+
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/units"
+)
+
+// CreateReplicaOptions describe a replica to create.
+type CreateReplicaOptions struct {
+	Name string
+	Pool string
+	Size int64 // bytes, a positive multiple of the pool's cluster size
+	Thin bool  // allocate clusters on first write instead of now
+	UUID string
+}
+
+// beginReplicaOp marks a replica name busy and its pool in use; the returned
+// function undoes that. The replica must exist unless create is set, in which
+// case it must not.
+func (e *Engine) beginReplicaOp(name, poolName string, create bool) (*poolEntry, func(), error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.checkOpenLocked(); err != nil {
+		return nil, nil, err
+	}
+	owner, exists := e.replicas[name]
+	if create {
+		if exists {
+			return nil, nil, fault.New(fault.AlreadyExists, "replica.exists",
+				fmt.Sprintf("replica %q already exists (in pool %s)", name, owner),
+				"choose another name; replica names are unique on a node")
+		}
+	} else {
+		if !exists {
+			return nil, nil, replicaNotFound(name)
+		}
+		poolName = owner
+	}
+	pe, ok := e.pools[poolName]
+	if !ok {
+		return nil, nil, poolNotFound(poolName)
+	}
+	if pe.h == nil {
+		return nil, nil, poolFaulted(poolName, pe.reason)
+	}
+	if pe.exclusive {
+		return nil, nil, busyErr(fmt.Sprintf("pool %q", poolName))
+	}
+	if e.busy["replica/"+name] {
+		return nil, nil, busyErr(fmt.Sprintf("replica %q", name))
+	}
+	e.busy["replica/"+name] = true
+	pe.ops++
+	return pe, func() {
+		delete(e.busy, "replica/"+name)
+		pe.ops--
+	}, nil
+}
+
+// CreateReplica creates a replica in a pool. Sizes that are not a multiple of
+// the pool's cluster size are refused, as is a thick replica larger than the
+// pool's free space.
+func (e *Engine) CreateReplica(o CreateReplicaOptions) (ReplicaInfo, error) {
+	if err := checkName("replica", o.Name); err != nil {
+		return ReplicaInfo{}, err
+	}
+	if o.Pool == "" {
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.pool_missing",
+			fmt.Sprintf("replica %q: no pool given", o.Name), "name the pool with --pool")
+	}
+	if o.Size <= 0 {
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.size",
+			fmt.Sprintf("replica %q: size must be positive", o.Name), "give a size such as --size 1GiB")
+	}
+	if o.UUID != "" {
+		if _, err := uuid.Parse(o.UUID); err != nil {
+			return ReplicaInfo{}, fault.Wrap(err, fault.InvalidArgument, "replica.uuid",
+				fmt.Sprintf("replica %q: uuid %q is invalid", o.Name, o.UUID), "give a UUID like 0b7c…-… or leave it out")
+		}
+	}
+	pe, done, err := e.beginReplicaOp(o.Name, o.Pool, true)
+	if err != nil {
+		return ReplicaInfo{}, err
+	}
+	ri, err := e.createReplica(pe, o)
+	e.mu.Lock()
+	done()
+	if err == nil {
+		e.replicas[o.Name] = pe.name
+	}
+	e.mu.Unlock()
+	if err != nil {
+		return ReplicaInfo{}, err
+	}
+	e.log.Info("replica created", "replica", o.Name, "pool", pe.name, "size", o.Size, "thin", o.Thin)
+	return ri, nil
+}
+
+func (e *Engine) createReplica(pe *poolEntry, o CreateReplicaOptions) (ReplicaInfo, error) {
+	st := pe.h.Stats()
+	if st.ClusterSize > 0 && o.Size%st.ClusterSize != 0 {
+		up := (o.Size/st.ClusterSize + 1) * st.ClusterSize
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.size_unaligned",
+			fmt.Sprintf("replica %q: size %d bytes is not a multiple of pool %q's cluster size (%s)",
+				o.Name, o.Size, pe.name, units.FormatSize(st.ClusterSize)),
+			fmt.Sprintf("use a multiple of %s, e.g. %s", units.FormatSize(st.ClusterSize), units.FormatSize(up)))
+	}
+	if !o.Thin && st.ClusterSize > 0 && o.Size > st.FreeClusters*st.ClusterSize {
+		return ReplicaInfo{}, fault.New(fault.ResourceExhausted, "replica.no_space",
+			fmt.Sprintf("replica %q: a thick replica of %s does not fit in pool %q (%s free)",
+				o.Name, units.FormatSize(o.Size), pe.name, units.FormatSize(st.FreeClusters*st.ClusterSize)),
+			"create a smaller or a thin replica (--thin), or use another pool")
+	}
+	rs, err := pe.h.CreateReplica(ReplicaSpec{Name: o.Name, UUID: o.UUID, Size: o.Size, Thin: o.Thin})
+	if err != nil {
+		return ReplicaInfo{}, mapPoolErr(err, "replica", o.Name)
+	}
+	return replicaInfo(pe.name, rs, nil), nil
+}
+
+// DestroyReplica destroys a replica. A shared replica is refused.
+func (e *Engine) DestroyReplica(name string) error {
+	pe, done, err := e.beginReplicaOp(name, "", false)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	s, shared := e.shares[name]
+	e.mu.Unlock()
+	if shared {
+		e.mu.Lock()
+		done()
+		e.mu.Unlock()
+		return fault.New(fault.FailedPrecondition, "replica.shared",
+			fmt.Sprintf("replica %q is shared over %s", name, s.protocol),
+			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
+	}
+	err = pe.h.DestroyReplica(name)
+	e.mu.Lock()
+	done()
+	if err == nil {
+		delete(e.replicas, name)
+	}
+	e.mu.Unlock()
+	if err != nil {
+		return mapPoolErr(err, "replica", name)
+	}
+	e.log.Info("replica destroyed", "replica", name, "pool", pe.name)
+	return nil
+}
+
+// ResizeReplica grows a replica to size bytes (a multiple of the pool's
+// cluster size). Shrinking is refused.
+func (e *Engine) ResizeReplica(name string, size int64) (ReplicaInfo, error) {
+	pe, done, err := e.beginReplicaOp(name, "", false)
+	if err != nil {
+		return ReplicaInfo{}, err
+	}
+	defer func() {
+		e.mu.Lock()
+		done()
+		e.mu.Unlock()
+	}()
+	cur, err := pe.h.ReplicaInfo(name)
+	if err != nil {
+		return ReplicaInfo{}, mapPoolErr(err, "replica", name)
+	}
+	if size <= cur.Size {
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.shrink",
+			fmt.Sprintf("replica %q: new size %s is not larger than its size %s", name, units.FormatSize(size), units.FormatSize(cur.Size)),
+			"replicas can only grow; give a larger size")
+	}
+	if cs := pe.h.Stats().ClusterSize; cs > 0 && size%cs != 0 {
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.size_unaligned",
+			fmt.Sprintf("replica %q: size %d bytes is not a multiple of pool %q's cluster size (%s)", name, size, pe.name, units.FormatSize(cs)),
+			fmt.Sprintf("use a multiple of %s", units.FormatSize(cs)))
+	}
+	if err := pe.h.ResizeReplica(name, size); err != nil {
+		return ReplicaInfo{}, mapPoolErr(err, "replica", name)
+	}
+	e.log.Info("replica resized", "replica", name, "from", cur.Size, "to", size)
+	return e.replicaInfoOf(pe, name)
+}
+
+func (e *Engine) replicaInfoOf(pe *poolEntry, name string) (ReplicaInfo, error) {
+	rs, err := pe.h.ReplicaInfo(name)
+	if err != nil {
+		return ReplicaInfo{}, mapPoolErr(err, "replica", name)
+	}
+	e.mu.Lock()
+	sh := e.shareInfoLocked(name)
+	e.mu.Unlock()
+	return replicaInfo(pe.name, rs, sh), nil
+}
+
+// shareState returns the public view of a share and, when faulted, why.
+type shareView struct {
+	info   *ShareInfo
+	reason string
+}
+
+func (e *Engine) shareInfoLocked(name string) *shareView {
+	s, ok := e.shares[name]
+	if !ok {
+		return nil
+	}
+	return &shareView{
+		info:   &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)},
+		reason: s.reason,
+	}
+}
+
+func replicaInfo(pool string, rs ReplicaStat, sh *shareView) ReplicaInfo {
+	ri := ReplicaInfo{Name: rs.Name, UUID: rs.UUID, Pool: pool, Size: rs.Size, Thin: rs.Thin,
+		Allocated: rs.Allocated, State: ReplicaOnline}
+	if sh != nil {
+		ri.Share = sh.info
+		if sh.reason != "" {
+			ri.State, ri.Reason = ReplicaFaulted, "share not restored: "+sh.reason
+		}
+	}
+	return ri
+}
+
+// Replica returns one replica.
+func (e *Engine) Replica(name string) (ReplicaInfo, error) {
+	e.mu.Lock()
+	owner, ok := e.replicas[name]
+	var pe *poolEntry
+	if ok {
+		pe = e.pools[owner]
+	}
+	e.mu.Unlock()
+	if !ok || pe == nil || pe.h == nil {
+		return ReplicaInfo{}, replicaNotFound(name)
+	}
+	return e.replicaInfoOf(pe, name)
+}
+
+// Replicas lists the replicas of the online pools (of one pool when pool is
+// set), sorted by name.
+func (e *Engine) Replicas(pool string) ([]ReplicaInfo, error) {
+	e.mu.Lock()
+	var entries []*poolEntry
+	if pool != "" {
+		pe, ok := e.pools[pool]
+		if !ok {
+			e.mu.Unlock()
+			return nil, poolNotFound(pool)
+		}
+		entries = append(entries, pe)
+	} else {
+		for _, name := range sortedKeys(e.pools) {
+			entries = append(entries, e.pools[name])
+		}
+	}
+	e.mu.Unlock()
+	var out []ReplicaInfo
+	for _, pe := range entries {
+		if pe.h == nil {
+			continue
+		}
+		for _, rs := range pe.h.Replicas() {
+			e.mu.Lock()
+			owner := e.replicas[rs.Name]
+			sh := e.shareInfoLocked(rs.Name)
+			e.mu.Unlock()
+			if owner != pe.name {
+				continue // a name clash at import; the other pool serves it
+			}
+			out = append(out, replicaInfo(pe.name, rs, sh))
+		}
+	}
+	slices.SortFunc(out, func(a, b ReplicaInfo) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// ShareReplica exports a replica over protocol ("" means nbd) and remembers
+// the share across restarts. Sharing again over the same protocol returns the
+// existing share (and retries one that could not be restored); another
+// protocol is refused until the replica is unshared.
+func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (ReplicaInfo, error) {
+	if protocol == "" {
+		protocol = ProtocolNBD
+	}
+	if err := e.checkProtocol(protocol); err != nil {
+		return ReplicaInfo{}, err
+	}
+	if protocol == ProtocolNBD && len(allowedHosts) > 0 {
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "share.allowed_hosts",
+			fmt.Sprintf("replica %q: nbd cannot restrict hosts (NBD clients carry no identity)", name),
+			"leave --allowed-hosts out for nbd and restrict the NBD port with a firewall, or share over nvmf")
+	}
+	pe, done, err := e.beginReplicaOp(name, "", false)
+	if err != nil {
+		return ReplicaInfo{}, err
+	}
+	e.mu.Lock()
+	s, shared := e.shares[name]
+	e.mu.Unlock()
+	if shared && s.protocol != protocol {
+		e.mu.Lock()
+		done()
+		e.mu.Unlock()
+		return ReplicaInfo{}, fault.New(fault.FailedPrecondition, "replica.shared",
+			fmt.Sprintf("replica %q is already shared over %s", name, s.protocol),
+			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
+	}
+	if !shared || s.dev == nil {
+		dev, uri, err := e.export(pe.h, name, protocol)
+		if err != nil {
+			e.mu.Lock()
+			done()
+			e.mu.Unlock()
+			return ReplicaInfo{}, err
+		}
+		e.mu.Lock()
+		e.shares[name] = &shareEntry{protocol: protocol, allowed: slices.Clone(allowedHosts), uri: uri, dev: dev}
+		if !shared {
+			e.gen++
+		}
+		done()
+		e.mu.Unlock()
+		if err := e.save(); err != nil {
+			e.unexport(name)
+			return ReplicaInfo{}, err
+		}
+		e.log.Info("replica shared", "replica", name, "uri", uri)
+	} else {
+		e.mu.Lock()
+		done()
+		e.mu.Unlock()
+	}
+	return e.replicaInfoOf(pe, name)
+}
+
+// unexport removes a share from the protocol server and the registry.
+func (e *Engine) unexport(name string) error {
+	e.mu.Lock()
+	s, ok := e.shares[name]
+	if ok {
+		delete(e.shares, name)
+		e.gen++
+	}
+	e.mu.Unlock()
+	if !ok || s.dev == nil {
+		return nil
+	}
+	if err := e.cfg.NBD.RemoveExport(name); err != nil {
+		e.log.Error("removing export", "replica", name, "err", err)
+	}
+	return s.dev.Close()
+}
+
+// UnshareReplica stops exporting a replica and forgets the share. Unsharing
+// an unshared replica succeeds.
+func (e *Engine) UnshareReplica(name string) (ReplicaInfo, error) {
+	pe, done, err := e.beginReplicaOp(name, "", false)
+	if err != nil {
+		return ReplicaInfo{}, err
+	}
+	uerr := e.unexport(name)
+	e.mu.Lock()
+	done()
+	e.mu.Unlock()
+	if uerr != nil {
+		e.log.Error("closing unshared replica", "replica", name, "err", uerr)
+	}
+	if err := e.save(); err != nil {
+		return ReplicaInfo{}, err
+	}
+	e.log.Info("replica unshared", "replica", name)
+	return e.replicaInfoOf(pe, name)
+}

@@ -1,0 +1,108 @@
+package engine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// StateFileName is the name of the engine's state file in the data dir.
+const StateFileName = "engine-state.json"
+
+const stateVersion = 1
+
+// persistentState is what the engine remembers across restarts: the pools it
+// imported or created (beyond those in the config) and how replicas are
+// shared. Everything else lives on the pools' disks.
+type persistentState struct {
+	Version int          `json:"version"`
+	Pools   []statePool  `json:"pools"`
+	Shares  []stateShare `json:"shares"`
+}
+
+type statePool struct {
+	Name string `json:"name"`
+	UUID string `json:"uuid,omitempty"`
+	Disk string `json:"disk"`
+}
+
+type stateShare struct {
+	Replica      string   `json:"replica"`
+	Protocol     string   `json:"protocol"`
+	AllowedHosts []string `json:"allowed_hosts,omitempty"`
+}
+
+// loadState reads the state file; a missing file is an empty state.
+func loadState(path string) (persistentState, error) {
+	var st persistentState
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return persistentState{Version: stateVersion}, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("engine state %s: %w", path, err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("engine state %s is corrupt (move it away to start empty; pools can be imported again): %w", path, err)
+	}
+	if st.Version != stateVersion {
+		return st, fmt.Errorf("engine state %s has version %d, this engine reads version %d", path, st.Version, stateVersion)
+	}
+	return st, nil
+}
+
+// writeFileAtomic replaces path with data so that after a crash the file
+// holds either the old or the new content: write a temporary file in the
+// same directory, fsync it, rename it over path, fsync the directory.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func saveState(path string, st persistentState) error {
+	st.Version = stateVersion
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if err := writeFileAtomic(path, b, 0o600); err != nil {
+		return fmt.Errorf("engine state %s: %w", path, err)
+	}
+	return nil
+}
