@@ -1,0 +1,570 @@
+package bdev
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nexstor/nexstor/internal/fault"
+)
+
+// ErrReadOnly is returned by writes to a device opened read-only.
+var ErrReadOnly = errors.New("bdev: device is read-only")
+
+// FileOptions configures OpenFile.
+type FileOptions struct {
+	// Create creates a regular file of Size bytes (sparse) when path does
+	// not exist. Without it a missing path is an error.
+	Create bool
+	// Size is the size in bytes of a file to create. For an existing file
+	// or block device it must be 0 or equal to the current size (a safety
+	// check, never a resize).
+	Size int64
+	// BlockSize is the logical block size in bytes, a power of two >= 512.
+	// 0 means 512 for regular files and the device's logical block size
+	// (BLKSSZGET) for block devices; a block device rejects anything
+	// smaller than its logical block size.
+	BlockSize int
+	// Direct selects O_DIRECT: nil tries it and falls back to buffered I/O
+	// when the filesystem refuses it (tmpfs) or its direct-I/O alignment is
+	// coarser than BlockSize; true insists (OpenFile fails instead of
+	// falling back); false never uses it.
+	Direct *bool
+	// ReadOnly opens without write access; writes, Unmap and WriteZeroes
+	// return ErrReadOnly.
+	ReadOnly bool
+}
+
+// File is a Device backed by a regular file or a block device, doing
+// positioned I/O (pread/pwrite) on one descriptor shared by all callers.
+//
+// With O_DIRECT, callers' buffers need no particular alignment: a buffer
+// that the kernel cannot use directly is bounced through pooled, 4096-byte
+// aligned buffers, in pieces of at most 1 MiB, without allocating per I/O.
+// Flush is fdatasync. Unmap punches a hole (and, on a block device, unmaps
+// through fallocate, which guarantees that later reads return zeroes, unlike
+// BLKDISCARD); WriteZeroes uses FALLOC_FL_ZERO_RANGE. Both fall back to
+// writing zeroes when the filesystem or device does not support them.
+//
+// All methods are safe for concurrent use.
+type File struct {
+	path     string
+	fd       int
+	size     int64
+	bs       int
+	direct   bool
+	blockDev bool
+	readOnly bool
+	memAlign uintptr // buffer address alignment the kernel needs for O_DIRECT
+
+	mu     sync.RWMutex // shared by I/O, exclusive by Close, so fd is never reused under I/O
+	closed bool
+
+	noZeroRange atomic.Bool // FALLOC_FL_ZERO_RANGE unsupported: skip it
+	noPunchHole atomic.Bool // FALLOC_FL_PUNCH_HOLE unsupported: skip it
+}
+
+const (
+	// bufAlign is the alignment of bounce buffers: a page, which satisfies
+	// every device's direct-I/O memory alignment we accept.
+	bufAlign = 4096
+	// maxChunk is the largest bounce buffer; larger unaligned I/Os are split.
+	maxChunk   = 1 << 20
+	minClass   = 12 // log2(bufAlign)
+	maxClass   = 20 // log2(maxChunk)
+	zeroLength = maxChunk
+)
+
+// alignedBuf is a pooled bounce buffer; pools hold pointers so that Put does
+// not allocate.
+type alignedBuf struct{ b []byte }
+
+var bufPools [maxClass + 1]sync.Pool
+
+func init() {
+	for c := minClass; c <= maxClass; c++ {
+		size := 1 << c
+		bufPools[c].New = func() any { return &alignedBuf{b: alignedAlloc(size)} }
+	}
+}
+
+// alignedAlloc returns n bytes starting on a bufAlign boundary.
+func alignedAlloc(n int) []byte {
+	raw := make([]byte, n+bufAlign)
+	skip := (bufAlign - int(uintptr(unsafe.Pointer(&raw[0]))%bufAlign)) % bufAlign
+	return raw[skip : skip+n : skip+n]
+}
+
+// getBuf returns a pooled aligned buffer of at least n bytes (n <= maxChunk).
+func getBuf(n int) *alignedBuf {
+	c := minClass
+	if n > 1<<minClass {
+		c = bits.Len(uint(n - 1))
+	}
+	return bufPools[c].Get().(*alignedBuf)
+}
+
+func putBuf(b *alignedBuf) {
+	bufPools[bits.TrailingZeros(uint(len(b.b)))].Put(b)
+}
+
+// zeroes is a shared, aligned, never-written buffer of zeroes used to write
+// zeroes when the filesystem cannot zero a range itself.
+var zeroes = sync.OnceValue(func() []byte { return alignedAlloc(zeroLength) })
+
+// OpenFile opens a regular file or block device as a Device. See
+// FileOptions for creation, block size and O_DIRECT selection. Errors for
+// bad input are *fault.Fault values that name the path and the fix.
+func OpenFile(path string, opts FileOptions) (*File, error) {
+	if path == "" {
+		return nil, fault.New(fault.InvalidArgument, "bdev.path", "empty path", "give the path of a file or block device")
+	}
+	if opts.Size < 0 {
+		return nil, fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: negative size %d", path, opts.Size), "give a positive size such as 10GiB")
+	}
+	if opts.BlockSize != 0 && (opts.BlockSize < 512 || opts.BlockSize&(opts.BlockSize-1) != 0) {
+		return nil, fault.New(fault.InvalidArgument, "bdev.blocksize", fmt.Sprintf("file %q: block size %d is not a power of two of at least 512", path, opts.BlockSize), "use 512 or 4096")
+	}
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if !opts.Create {
+			return nil, fault.Wrap(err, fault.NotFound, "bdev.not_found", fmt.Sprintf("file %q: no such file", path), "create it with ?size=10GiB or check the path")
+		}
+		if err := createFile(path, opts); err != nil {
+			return nil, err
+		}
+		st, err = os.Stat(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("file %q: %w", path, err)
+	}
+	f := &File{path: path, fd: -1, readOnly: opts.ReadOnly}
+	switch {
+	case st.Mode().IsRegular():
+	case st.Mode()&fs.ModeDevice != 0 && st.Mode()&fs.ModeCharDevice == 0:
+		f.blockDev = true
+	default:
+		return nil, fault.New(fault.InvalidArgument, "bdev.not_a_disk", fmt.Sprintf("file %q: %s is neither a regular file nor a block device", path, st.Mode().Type()), "give a regular file or a block device such as /dev/sdb")
+	}
+	if err := f.open(opts); err != nil {
+		if f.fd >= 0 {
+			unix.Close(f.fd)
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+func createFile(path string, opts FileOptions) error {
+	if opts.ReadOnly {
+		return fault.New(fault.InvalidArgument, "bdev.not_found", fmt.Sprintf("file %q: no such file, and it cannot be created read-only", path), "create it first or open it writable")
+	}
+	bs := int64(max(opts.BlockSize, 512))
+	if opts.Size == 0 {
+		return fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: no such file and no size to create it with", path), "give a size such as ?size=10GiB or check the path")
+	}
+	if opts.Size%bs != 0 {
+		return fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: size %d is not a multiple of the %d-byte block size", path, opts.Size, bs), "use a size in whole blocks such as 10GiB")
+	}
+	fh, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil // created concurrently; the size check happens on open
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return fault.Wrap(err, fault.NotFound, "bdev.not_found", fmt.Sprintf("file %q: cannot create it: directory %q does not exist", path, filepath.Dir(path)), "create the directory or check the path")
+	}
+	if err != nil {
+		return fmt.Errorf("file %q: create: %w", path, err)
+	}
+	if err := fh.Truncate(opts.Size); err != nil {
+		fh.Close()
+		os.Remove(path)
+		return fmt.Errorf("file %q: set size %d: %w", path, opts.Size, err)
+	}
+	return fh.Close()
+}
+
+// open opens the descriptor, learns the geometry and settles O_DIRECT.
+func (f *File) open(opts FileOptions) error {
+	flags := unix.O_RDWR | unix.O_CLOEXEC
+	if f.readOnly {
+		flags = unix.O_RDONLY | unix.O_CLOEXEC
+	}
+	if f.blockDev && !f.readOnly {
+		// O_EXCL on a block device refuses one that is mounted or held by
+		// another exclusive opener: never scribble over a live filesystem.
+		flags |= unix.O_EXCL
+	}
+	wantDirect := opts.Direct == nil || *opts.Direct
+	fd, err := f.openFD(flags, wantDirect)
+	if err != nil && wantDirect && errors.Is(err, unix.EINVAL) {
+		// The filesystem refuses O_DIRECT at open.
+		if opts.Direct != nil {
+			return fault.Wrap(err, fault.InvalidArgument, "bdev.direct", fmt.Sprintf("file %q: the filesystem does not support O_DIRECT", f.path), "use direct=false or put the file on another filesystem")
+		}
+		wantDirect = false
+		fd, err = f.openFD(flags, false)
+	}
+	if err != nil {
+		return err
+	}
+	f.fd = fd
+
+	lbs := 512
+	if f.blockDev {
+		if lbs, err = unix.IoctlGetInt(fd, unix.BLKSSZGET); err != nil {
+			return fmt.Errorf("file %q: get logical block size (BLKSSZGET): %w", f.path, err)
+		}
+		var size uint64
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 {
+			return fmt.Errorf("file %q: get size (BLKGETSIZE64): %w", f.path, e)
+		}
+		f.size = int64(size)
+	} else {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return fmt.Errorf("file %q: stat: %w", f.path, err)
+		}
+		f.size = st.Size
+	}
+	f.bs = opts.BlockSize
+	if f.bs == 0 {
+		f.bs = lbs
+	}
+	if f.bs < lbs {
+		return fault.New(fault.InvalidArgument, "bdev.blocksize", fmt.Sprintf("file %q: block size %d is smaller than the device's %d-byte logical blocks", f.path, f.bs, lbs), fmt.Sprintf("use blocksize=%d or leave it unset", lbs))
+	}
+	if f.blockDev {
+		f.size -= f.size % int64(f.bs) // use whole blocks only
+	}
+	if opts.Size != 0 && opts.Size != f.size {
+		return fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: size is %d bytes, not the %d bytes requested", f.path, f.size, opts.Size), "leave size unset to use the existing size, or give the right one; the file is never resized")
+	}
+	if f.size == 0 {
+		return fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: empty", f.path), "remove it and give ?size=10GiB to create it, or use a non-empty file")
+	}
+	if f.size%int64(f.bs) != 0 {
+		return fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: size %d is not a multiple of the %d-byte block size", f.path, f.size, f.bs), fmt.Sprintf("truncate it to a multiple of %d or choose another block size", f.bs))
+	}
+
+	if wantDirect {
+		reason := f.checkDirect()
+		if reason != "" {
+			if opts.Direct != nil {
+				return fault.New(fault.InvalidArgument, "bdev.direct", fmt.Sprintf("file %q: O_DIRECT unusable: %s", f.path, reason), "use direct=false or a block size the filesystem supports")
+			}
+			unix.Close(f.fd)
+			f.fd = -1
+			if f.fd, err = f.openFD(flags, false); err != nil {
+				return err
+			}
+			wantDirect = false
+		}
+	}
+	f.direct = wantDirect
+	return nil
+}
+
+func (f *File) openFD(flags int, direct bool) (int, error) {
+	if direct {
+		flags |= unix.O_DIRECT
+	}
+	for {
+		fd, err := unix.Open(f.path, flags, 0)
+		switch {
+		case err == nil:
+			return fd, nil
+		case err == unix.EINTR:
+			continue
+		case err == unix.EBUSY && f.blockDev:
+			return -1, fault.Wrap(err, fault.FailedPrecondition, "bdev.busy", fmt.Sprintf("file %q: device is in use (mounted, or opened exclusively by another program)", f.path), "unmount it or choose another disk")
+		case err == unix.EACCES || err == unix.EPERM || err == unix.EROFS:
+			return -1, fault.Wrap(err, fault.PermissionDenied, "bdev.permission", fmt.Sprintf("file %q: cannot open for %s", f.path, map[bool]string{true: "reading", false: "reading and writing"}[f.readOnly]), "check its permissions, or run with access to it")
+		case err == unix.EINVAL:
+			return -1, err // O_DIRECT refused; the caller decides
+		default:
+			return -1, fmt.Errorf("file %q: open: %w", f.path, err)
+		}
+	}
+}
+
+// checkDirect tells why O_DIRECT cannot serve this file at f.bs, or "".
+// It trusts statx's STATX_DIOALIGN where the kernel reports it, and probes
+// with a one-block read either way, since some filesystems accept O_DIRECT
+// at open and refuse it at I/O time.
+func (f *File) checkDirect() string {
+	f.memAlign = bufAlign
+	var stx unix.Statx_t
+	if err := unix.Statx(f.fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &stx); err == nil && stx.Mask&unix.STATX_DIOALIGN != 0 {
+		switch {
+		case stx.Dio_mem_align == 0:
+			return "the filesystem does not support direct I/O on this file"
+		case int(stx.Dio_offset_align) > f.bs:
+			return fmt.Sprintf("direct I/O needs %d-byte alignment, more than the %d-byte block size", stx.Dio_offset_align, f.bs)
+		case stx.Dio_mem_align > bufAlign:
+			return fmt.Sprintf("direct I/O needs %d-byte buffer alignment", stx.Dio_mem_align)
+		}
+		f.memAlign = uintptr(stx.Dio_mem_align)
+	}
+	b := getBuf(f.bs)
+	defer putBuf(b)
+	if _, err := unix.Pread(f.fd, b.b[:f.bs], 0); err != nil {
+		return fmt.Sprintf("a %d-byte direct read failed: %v", f.bs, err)
+	}
+	return ""
+}
+
+// Path returns the path the File was opened with.
+func (f *File) Path() string { return f.path }
+
+// Direct reports whether I/O bypasses the page cache (O_DIRECT).
+func (f *File) Direct() bool { return f.direct }
+
+// IsBlockDevice reports whether the File is a block device rather than a
+// regular file.
+func (f *File) IsBlockDevice() bool { return f.blockDev }
+
+// Size returns the capacity in bytes, fixed at open.
+func (f *File) Size() int64 { return f.size }
+
+// BlockSize returns the logical block size in bytes.
+func (f *File) BlockSize() int { return f.bs }
+
+// begin validates an operation and takes the shared lock; the caller must
+// call f.mu.RUnlock when it returns nil.
+func (f *File) begin(op string, off, length int64, write bool) error {
+	f.mu.RLock()
+	switch {
+	case f.closed:
+		f.mu.RUnlock()
+		return fmt.Errorf("file %q: %s: %w", f.path, op, ErrClosed)
+	case write && f.readOnly:
+		f.mu.RUnlock()
+		return fmt.Errorf("file %q: %s: %w", f.path, op, ErrReadOnly)
+	}
+	if err := CheckRange(op, off, length, f.size, f.bs); err != nil {
+		f.mu.RUnlock()
+		return err
+	}
+	return nil
+}
+
+// usable reports whether p can go to the kernel as is.
+func (f *File) usable(p []byte) bool {
+	return !f.direct || len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%f.memAlign == 0
+}
+
+// ReadAt reads len(p) bytes at off. off and len(p) must be multiples of
+// BlockSize.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	if err := f.begin("read", off, int64(len(p)), false); err != nil {
+		return 0, err
+	}
+	defer f.mu.RUnlock()
+	if f.usable(p) {
+		return f.pread(p, off)
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, maxChunk)
+		b := getBuf(n)
+		_, err := f.pread(b.b[:n], off+int64(done))
+		if err == nil {
+			copy(p[done:], b.b[:n])
+		}
+		putBuf(b)
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// WriteAt writes len(p) bytes at off. off and len(p) must be multiples of
+// BlockSize. The data is durable after a later Flush.
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.begin("write", off, int64(len(p)), true); err != nil {
+		return 0, err
+	}
+	defer f.mu.RUnlock()
+	if f.usable(p) {
+		return f.pwrite(p, off)
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, maxChunk)
+		b := getBuf(n)
+		copy(b.b, p[done:done+n])
+		_, err := f.pwrite(b.b[:n], off+int64(done))
+		putBuf(b)
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (f *File) pread(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pread(f.fd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, &fs.PathError{Op: "read", Path: f.path, Err: err}
+		}
+		if n == 0 {
+			// The file shrank under us (truncated by someone else).
+			return done, &fs.PathError{Op: "read", Path: f.path, Err: io.ErrUnexpectedEOF}
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (f *File) pwrite(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Pwrite(f.fd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, &fs.PathError{Op: "write", Path: f.path, Err: err}
+		}
+		if n == 0 {
+			return done, &fs.PathError{Op: "write", Path: f.path, Err: io.ErrShortWrite}
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// Flush makes every acknowledged write durable (fdatasync). On a read-only
+// File it only checks that the File is open.
+func (f *File) Flush() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return fmt.Errorf("file %q: flush: %w", f.path, ErrClosed)
+	}
+	if f.readOnly {
+		return nil
+	}
+	for {
+		err := unix.Fdatasync(f.fd)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "fdatasync", Path: f.path, Err: err}
+		}
+		return nil
+	}
+}
+
+// Unmap deallocates the range (punches a hole); later reads return zeroes.
+func (f *File) Unmap(off, length int64) error {
+	if err := f.begin("unmap", off, length, true); err != nil {
+		return err
+	}
+	defer f.mu.RUnlock()
+	if length == 0 {
+		return nil
+	}
+	if !f.noPunchHole.Load() {
+		err := f.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if !unsupported(err) {
+			return err
+		}
+		f.noPunchHole.Store(true)
+	}
+	return f.zero(off, length)
+}
+
+// WriteZeroes sets the range to zeroes. On files it keeps the blocks
+// allocated when the filesystem supports FALLOC_FL_ZERO_RANGE.
+func (f *File) WriteZeroes(off, length int64) error {
+	if err := f.begin("write-zeroes", off, length, true); err != nil {
+		return err
+	}
+	defer f.mu.RUnlock()
+	if length == 0 {
+		return nil
+	}
+	return f.zero(off, length)
+}
+
+// zero zeroes a validated range: ZERO_RANGE, else PUNCH_HOLE, else writes.
+func (f *File) zero(off, length int64) error {
+	if !f.noZeroRange.Load() {
+		err := f.fallocate(unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if !unsupported(err) {
+			return err
+		}
+		f.noZeroRange.Store(true)
+	}
+	if !f.noPunchHole.Load() {
+		err := f.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if !unsupported(err) {
+			return err
+		}
+		f.noPunchHole.Store(true)
+	}
+	z := zeroes()
+	for length > 0 {
+		n := min(length, int64(len(z)))
+		if _, err := f.pwrite(z[:n], off); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+func (f *File) fallocate(mode uint32, off, length int64) error {
+	for {
+		err := unix.Fallocate(f.fd, mode, off, length)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "fallocate", Path: f.path, Err: err}
+		}
+		return nil
+	}
+}
+
+// unsupported reports whether a fallocate error means the mode is not
+// available here (as opposed to a real I/O error).
+func unsupported(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV)
+}
+
+// Close closes the descriptor after in-flight I/O has finished. It does not
+// flush: call Flush first for durability. A second Close returns ErrClosed.
+func (f *File) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return fmt.Errorf("file %q: close: %w", f.path, ErrClosed)
+	}
+	f.closed = true
+	if err := unix.Close(f.fd); err != nil {
+		return &fs.PathError{Op: "close", Path: f.path, Err: err}
+	}
+	return nil
+}
