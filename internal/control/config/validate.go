@@ -1,0 +1,406 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/nexstor/nexstor/internal/units"
+)
+
+// ErrInvalid is matched (errors.Is) by every *ValidationError.
+var ErrInvalid = errors.New("invalid configuration")
+
+// ValidationError is one invalid value: the key (dotted YAML path), what is
+// wrong with it and how to fix it.
+type ValidationError struct {
+	Key     string
+	Problem string
+	Fix     string
+}
+
+func (e *ValidationError) Error() string {
+	msg := e.Key + ": " + e.Problem
+	if e.Fix != "" {
+		msg += "; " + e.Fix
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrInvalid) true.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
+
+// Limits on names.
+const (
+	MaxNameLen        = 63
+	MaxAccessPoints   = 7
+	MinClusterSize    = 64 << 10
+	MaxClusterSize    = 1 << 30
+	maxLabelKeyLength = 63
+)
+
+var (
+	nameRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$`)
+	fdSegmentRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	diskSchemes  = []string{"file", "aio", "uring", "malloc"}
+	validLevels  = []string{"debug", "info", "warn", "error"}
+	absolutePath = "use an absolute path"
+)
+
+// Validate checks every value and returns all problems at once, joined
+// (errors.Join); each is a *ValidationError naming the key and the fix.
+// Validate reads nothing from the file system: whether certificates and
+// directories exist is checked when the server starts.
+func (s *Server) Validate() error {
+	var v validator
+	v.name("name", s.Name)
+	if s.Port < 1 || s.Port > 65535 {
+		v.add("port", fmt.Sprintf("%d is not a TCP port", s.Port), "use a port between 1 and 65535 (default 10124)")
+	}
+	v.addr("grpc_listen", s.GRPCListen, false)
+	v.accessPoints(s)
+	v.etcd(s)
+	v.absDir("data_dir", s.DataDir)
+	v.absDir("metadata_dir", s.MetadataDir)
+	v.absDir("runtime_dir", s.RuntimeDir)
+	v.transport(s.TransportConfig)
+	v.pools(s.Pools)
+	v.addr("nvmf.listen", s.NVMfListen, false)
+	v.addr("nvmf.discovery", s.DiscoveryListen, true)
+	v.addr("nbd.listen", s.NBDListen, true)
+	v.addr("metrics.listen", s.MetricsListen, true)
+	v.listenConflicts(s)
+	if !contains(validLevels, strings.ToLower(s.Log.Level)) {
+		v.add("log.level", fmt.Sprintf("%q is not a log level", s.Log.Level), "use one of debug, info, warn, error")
+	}
+	if s.Log.File != "" && !filepath.IsAbs(s.Log.File) {
+		v.add("log.file", fmt.Sprintf("%q is relative", s.Log.File), absolutePath+", or leave it empty to log to stderr")
+	}
+	v.faultDomain(s.FaultDomain)
+	keys := make([]string, 0, len(s.Labels))
+	for k := range s.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if len(k) > maxLabelKeyLength || !labelKeyRE.MatchString(k) {
+			v.add("labels", fmt.Sprintf("key %q is not a valid label key", k),
+				"use letters, digits, '.', '_', '-', '/', starting and ending with a letter or digit, at most 63 characters")
+		}
+	}
+	return errors.Join(v.errs...)
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) add(key, problem, fix string) {
+	v.errs = append(v.errs, &ValidationError{Key: key, Problem: problem, Fix: fix})
+}
+
+func (v *validator) name(key, name string) {
+	if name == "" {
+		v.add(key, "is empty", "set a name such as \"nexstor\"")
+		return
+	}
+	if len(name) > MaxNameLen || !nameRE.MatchString(name) {
+		v.add(key, fmt.Sprintf("%q is not a valid name", name),
+			"use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters")
+	}
+}
+
+func (v *validator) absDir(key, dir string) {
+	if dir == "" {
+		v.add(key, "is empty", absolutePath)
+	} else if !filepath.IsAbs(dir) {
+		v.add(key, fmt.Sprintf("%q is relative", dir), absolutePath)
+	}
+}
+
+// checkHostPort returns why addr is not a host:port ("" when it is). An
+// empty host means every address (listeners only).
+func checkHostPort(addr string, allowEmptyHost bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("%q is not host:port (%v)", addr, strings.TrimPrefix(err.Error(), "address "+addr+": "))
+	}
+	if host == "" && !allowEmptyHost {
+		return fmt.Sprintf("%q has no host", addr)
+	}
+	if strings.ContainsAny(host, " /?#@") {
+		return fmt.Sprintf("%q: host %q is not a host name or IP address", addr, host)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Sprintf("%q: port %q is not between 1 and 65535", addr, port)
+	}
+	return ""
+}
+
+// addr checks a listen address; optional ones may be empty (disabled).
+func (v *validator) addr(key, addr string, optional bool) {
+	if addr == "" {
+		if !optional {
+			v.add(key, "is empty", "use host:port or :port, e.g. \":4420\"")
+		}
+		return
+	}
+	if p := checkHostPort(addr, true); p != "" {
+		fix := "use host:port or :port, e.g. \"0.0.0.0:4420\" or \":4420\""
+		if optional {
+			fix += "; leave it empty to disable"
+		}
+		v.add(key, p, fix)
+	}
+}
+
+func (v *validator) accessPoints(s *Server) {
+	const key = "access_points"
+	n := len(s.AccessPoints)
+	if n == 0 {
+		v.add(key, "is empty", "list 1, 3 or 5 host[:port] addresses of the management service replicas")
+		return
+	}
+	seen := map[string]int{}
+	for i, ap := range s.AccessPoints {
+		norm := normalizeHostPort(ap, s.Port)
+		if p := checkHostPort(norm, false); p != "" || ap == "" {
+			if ap == "" {
+				p = "is empty"
+			}
+			v.add(fmt.Sprintf("%s[%d]", key, i), p, "use host or host:port, e.g. \"node-1:10124\"")
+			continue
+		}
+		if j, dup := seen[norm]; dup {
+			v.add(fmt.Sprintf("%s[%d]", key, i), fmt.Sprintf("%q duplicates %s[%d] (%s)", ap, key, j, norm),
+				"list each access point once")
+			continue
+		}
+		seen[norm] = i
+	}
+	if n%2 == 0 {
+		v.add(key, fmt.Sprintf("%d access points is an even number; an even-sized etcd cluster tolerates no more failures than one member fewer", n),
+			fmt.Sprintf("use an odd number: %d or %d", n-1, n+1))
+	} else if n > MaxAccessPoints {
+		v.add(key, fmt.Sprintf("%d access points are too many", n), "use 1, 3, 5 or 7")
+	}
+}
+
+func (v *validator) etcd(s *Server) {
+	e := s.Etcd
+	for i, ep := range e.Endpoints {
+		key := fmt.Sprintf("etcd.endpoints[%d]", i)
+		hp := ep
+		if strings.Contains(ep, "://") {
+			u, err := url.Parse(ep)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+				v.add(key, fmt.Sprintf("%q is not an etcd endpoint", ep), "use host:port or http(s)://host:port, e.g. \"https://etcd-1:2379\"")
+				continue
+			}
+			hp = u.Host
+		}
+		if p := checkHostPort(hp, false); p != "" {
+			v.add(key, p, "use host:port or http(s)://host:port, e.g. \"https://etcd-1:2379\"")
+		}
+	}
+	if (e.TLS.Cert == "") != (e.TLS.Key == "") {
+		v.add("etcd.tls", "cert and key must be given together", "set both etcd.tls.cert and etcd.tls.key, or neither")
+	}
+	if e.TLS.Enabled() && len(e.Endpoints) == 0 {
+		v.add("etcd.tls", "is set but etcd.endpoints is empty (embedded etcd uses the transport_config certificates)",
+			"list the external cluster in etcd.endpoints, or remove etcd.tls")
+	}
+	if len(e.Endpoints) == 0 {
+		m := e.Embedded
+		for _, p := range []struct {
+			key  string
+			port int
+		}{{"etcd.embedded.client_port", m.ClientPort}, {"etcd.embedded.peer_port", m.PeerPort}} {
+			if p.port < 1 || p.port > 65535 {
+				v.add(p.key, fmt.Sprintf("%d is not a TCP port", p.port), "use a port between 1 and 65535")
+			}
+		}
+		if m.ClientPort == m.PeerPort {
+			v.add("etcd.embedded.peer_port", fmt.Sprintf("equals client_port (%d)", m.ClientPort), "use distinct ports (defaults 2379 and 2380)")
+		}
+		if m.ClientPort == s.Port || m.PeerPort == s.Port {
+			v.add("etcd.embedded", fmt.Sprintf("a port equals the control-plane port %d", s.Port), "use distinct ports (defaults 2379 and 2380)")
+		}
+		v.absDir("etcd.embedded.data_dir", m.DataDir)
+	}
+}
+
+func (v *validator) transport(t Transport) {
+	if t.AllowInsecure {
+		return
+	}
+	for _, f := range []struct{ key, val string }{
+		{"transport_config.ca_cert", t.CACert}, {"transport_config.cert", t.Cert}, {"transport_config.key", t.Key},
+	} {
+		if f.val == "" {
+			v.add(f.key, "is empty while TLS is on",
+				"give the path written by `nexstor certgen` (under "+DefaultCertDir+" by default), or set transport_config.allow_insecure: true for development")
+		}
+	}
+}
+
+func (v *validator) pools(pools []Pool) {
+	names := map[string]int{}
+	disks := map[string]int{}
+	for i, p := range pools {
+		key := fmt.Sprintf("pools[%d]", i)
+		if p.Name == "" {
+			v.add(key+".name", "is empty", "name every pool, e.g. \"pool-0\"")
+		} else if len(p.Name) > MaxNameLen || !nameRE.MatchString(p.Name) {
+			v.add(key+".name", fmt.Sprintf("%q is not a valid pool name", p.Name),
+				"use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters")
+		} else if j, dup := names[p.Name]; dup {
+			v.add(key+".name", fmt.Sprintf("%q is also the name of pools[%d]", p.Name, j), "give every pool a distinct name")
+		} else {
+			names[p.Name] = i
+		}
+		if prob := checkDiskURI(p.Disk); prob != "" {
+			v.add(key+".disk", prob, "use file:///path?size=10GiB, aio:///dev/sdb, uring:///dev/nvme0n1, malloc:///name?size=512MiB or an absolute device path")
+		} else if j, dup := disks[diskKey(p.Disk)]; dup {
+			v.add(key+".disk", fmt.Sprintf("%q is also the disk of pools[%d]", p.Disk, j), "a pool owns exactly one disk; give every pool its own")
+		} else {
+			disks[diskKey(p.Disk)] = i
+		}
+		cs := p.ClusterSize
+		if cs < MinClusterSize || cs > MaxClusterSize || cs&(cs-1) != 0 {
+			v.add(key+".cluster_size", fmt.Sprintf("%s is not a power of two between 64KiB and 1GiB", units.FormatSize(cs)),
+				"use e.g. 4MiB (the default) or 1MiB")
+		}
+	}
+}
+
+// diskKey identifies the storage a disk URI names, so that two spellings of
+// one device are caught as duplicates.
+func diskKey(uri string) string {
+	if !strings.Contains(uri, "://") {
+		return filepath.Clean(uri)
+	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return uri
+	}
+	if u.Scheme == "malloc" {
+		return "malloc:" + u.Host + u.Path
+	}
+	return filepath.Clean(u.Path)
+}
+
+// checkDiskURI returns why uri is not a disk URI ("" when it is). It follows
+// the grammar in ARCHITECTURE.md: file://, aio://, uring:// take an absolute
+// path, malloc:// a name; file:// and malloc:// may (malloc:// must) carry
+// size=<human size>.
+func checkDiskURI(uri string) string {
+	if uri == "" {
+		return "is empty"
+	}
+	if !strings.Contains(uri, "://") {
+		if !filepath.IsAbs(uri) {
+			return fmt.Sprintf("%q is neither a URI nor an absolute path", uri)
+		}
+		return ""
+	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return fmt.Sprintf("%q is not a URI: %v", uri, err)
+	}
+	if !contains(diskSchemes, u.Scheme) {
+		return fmt.Sprintf("%q: unknown scheme %q", uri, u.Scheme)
+	}
+	q := u.Query()
+	for k := range q {
+		if k != "size" {
+			return fmt.Sprintf("%q: unknown parameter %q", uri, k)
+		}
+	}
+	if sz := q.Get("size"); sz != "" {
+		n, err := units.ParseSize(sz)
+		if err != nil {
+			return fmt.Sprintf("%q: %v", uri, err)
+		}
+		if n <= 0 || n%4096 != 0 {
+			return fmt.Sprintf("%q: size must be a positive multiple of 4KiB", uri)
+		}
+		if u.Scheme == "aio" || u.Scheme == "uring" {
+			return fmt.Sprintf("%q: size is only for file:// and malloc:// disks", uri)
+		}
+	} else if u.Scheme == "malloc" {
+		return fmt.Sprintf("%q: a malloc disk needs ?size=", uri)
+	}
+	if u.Scheme == "malloc" {
+		if u.Host == "" && (u.Path == "" || u.Path == "/") {
+			return fmt.Sprintf("%q: a malloc disk needs a name", uri)
+		}
+		return ""
+	}
+	if u.Host != "" {
+		return fmt.Sprintf("%q: a local disk has no host; write three slashes (%s:///path)", uri, u.Scheme)
+	}
+	if !strings.HasPrefix(u.Path, "/") || u.Path == "/" {
+		return fmt.Sprintf("%q: the path must be absolute", uri)
+	}
+	return ""
+}
+
+func (v *validator) listenConflicts(s *Server) {
+	type lst struct{ key, addr string }
+	all := []lst{{"grpc_listen", s.GRPCListen}, {"nvmf.listen", s.NVMfListen}, {"nvmf.discovery", s.DiscoveryListen},
+		{"nbd.listen", s.NBDListen}, {"metrics.listen", s.MetricsListen}}
+	if s.UsesEmbeddedEtcd() {
+		all = append(all, lst{"etcd.embedded.client_port", ":" + strconv.Itoa(s.Etcd.Embedded.ClientPort)},
+			lst{"etcd.embedded.peer_port", ":" + strconv.Itoa(s.Etcd.Embedded.PeerPort)})
+	}
+	for i := range all {
+		hi, pi, err := net.SplitHostPort(all[i].addr)
+		if err != nil || all[i].addr == "" {
+			continue
+		}
+		for j := 0; j < i; j++ {
+			hj, pj, err := net.SplitHostPort(all[j].addr)
+			if err != nil || all[j].addr == "" || pi != pj {
+				continue
+			}
+			if hi == hj || wildcard(hi) || wildcard(hj) {
+				v.add(all[i].key, fmt.Sprintf("port %s is also used by %s", pi, all[j].key), "give every listener its own port")
+			}
+		}
+	}
+}
+
+func wildcard(host string) bool { return host == "" || host == "0.0.0.0" || host == "::" }
+
+func (v *validator) faultDomain(fd string) {
+	if fd == "" {
+		return
+	}
+	fix := "use a path of names such as \"/rack1/node3\""
+	if !strings.HasPrefix(fd, "/") || fd == "/" || strings.HasSuffix(fd, "/") {
+		v.add("fault_domain", fmt.Sprintf("%q is not a fault domain path", fd), fix)
+		return
+	}
+	for _, seg := range strings.Split(fd[1:], "/") {
+		if !fdSegmentRE.MatchString(seg) || len(seg) > MaxNameLen {
+			v.add("fault_domain", fmt.Sprintf("%q: %q is not a valid level name", fd, seg), fix)
+			return
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
