@@ -1,0 +1,206 @@
+package nexus
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ChildState is the health of one child of a nexus.
+type ChildState int
+
+const (
+	// StateOnline children receive every write and serve reads.
+	StateOnline ChildState = iota + 1
+	// StateRebuilding children receive every write but are never read
+	// until their rebuild completes.
+	StateRebuilding
+	// StateFaulted children receive no I/O; their content is out of date.
+	// The reason says why.
+	StateFaulted
+	// StateOffline children are known but temporarily away: no I/O goes to
+	// them and the nexus records which segments were written meanwhile
+	// (the write-intent bitmap) so that OnlineChild copies only those.
+	StateOffline
+)
+
+var stateNames = map[ChildState]string{
+	StateOnline:     "online",
+	StateRebuilding: "rebuilding",
+	StateFaulted:    "faulted",
+	StateOffline:    "offline",
+}
+
+func (s ChildState) String() string {
+	if n, ok := stateNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// MarshalText encodes the state by name, so stored records stay readable.
+func (s ChildState) MarshalText() ([]byte, error) {
+	if _, ok := stateNames[s]; !ok {
+		return nil, fmt.Errorf("nexus: unknown child state %d", int(s))
+	}
+	return []byte(s.String()), nil
+}
+
+// UnmarshalText decodes a state name written by MarshalText.
+func (s *ChildState) UnmarshalText(b []byte) error {
+	for k, v := range stateNames {
+		if v == string(b) {
+			*s = k
+			return nil
+		}
+	}
+	return fmt.Errorf("nexus: unknown child state %q", b)
+}
+
+// FaultReason says why a child is faulted.
+type FaultReason string
+
+const (
+	// ReasonIOError: the child failed a read, write or flush.
+	ReasonIOError FaultReason = "io-error"
+	// ReasonAdmin: an administrator faulted the child.
+	ReasonAdmin FaultReason = "admin"
+	// ReasonOutOfSync: the child missed writes (an interrupted or stopped
+	// rebuild) and must be rebuilt before use.
+	ReasonOutOfSync FaultReason = "out-of-sync"
+	// ReasonOpenFailed: the child could not be opened.
+	ReasonOpenFailed FaultReason = "open-failed"
+)
+
+// Sentinel errors callers branch on. Errors returned by the nexus wrap them
+// with context; test with errors.Is.
+var (
+	// ErrNexusFailed is returned by every I/O after the nexus could not
+	// persist a change of its health set: serving on would risk
+	// acknowledging writes that a recreated nexus would not see.
+	ErrNexusFailed = errors.New("nexus: failed: the health store could not be updated; recreate the nexus once the store is reachable")
+	// ErrNoHealthyChild is returned when no online child is left to
+	// serve the I/O.
+	ErrNoHealthyChild = errors.New("nexus: no healthy child left")
+	// ErrNoRecord is returned by HealthStore.Load for a nexus the store
+	// has never seen.
+	ErrNoRecord = errors.New("nexus: no health record")
+	// ErrUnknownChild names a child URI that is not part of the nexus.
+	ErrUnknownChild = errors.New("nexus: no such child")
+	// ErrLastChild refuses an operation that would leave no online child.
+	ErrLastChild = errors.New("nexus: refusing to take the last healthy child out of service")
+	// ErrNoRebuild is returned by rebuild controls when the child is not
+	// being rebuilt.
+	ErrNoRebuild = errors.New("nexus: no rebuild in progress for the child")
+)
+
+// StaleChildError refuses to create a nexus over children that the health
+// store does not record as current.
+type StaleChildError struct {
+	Nexus    string
+	Children []StaleChild
+}
+
+// StaleChild is one refused child and what the store says about it.
+type StaleChild struct {
+	URI    string
+	State  string // the recorded state, or "unknown" when not recorded
+	Reason FaultReason
+}
+
+// ErrStaleChild matches every *StaleChildError with errors.Is.
+var ErrStaleChild = errors.New("nexus: stale child")
+
+func (e *StaleChildError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "nexus %s: ", e.Nexus)
+	for i, c := range e.Children {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "child %s is %s", c.URI, c.State)
+		if c.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", c.Reason)
+		}
+	}
+	b.WriteString(" in the health store and may be out of date: add it as a new child to rebuild it, or use --force if you know it is current")
+	return b.String()
+}
+
+// Is makes errors.Is(err, ErrStaleChild) true.
+func (e *StaleChildError) Is(target error) bool { return target == ErrStaleChild }
+
+// Range is a byte range of the nexus.
+type Range struct {
+	Off, Len int64
+}
+
+// ChildStatus describes one child.
+type ChildStatus struct {
+	URI    string
+	State  ChildState
+	Reason FaultReason // set when State is StateFaulted
+	Local  bool
+	// DirtyBytes is the amount of data written while the child was
+	// offline (the bytes a partial rebuild will copy), in whole segments.
+	DirtyBytes int64
+	// LastError is the error that retired the child, if any.
+	LastError string
+}
+
+// RebuildState is the phase of a rebuild.
+type RebuildState string
+
+const (
+	RebuildRunning   RebuildState = "running"
+	RebuildPaused    RebuildState = "paused"
+	RebuildStopped   RebuildState = "stopped"
+	RebuildCompleted RebuildState = "completed"
+	RebuildFailed    RebuildState = "failed"
+)
+
+// RebuildAction is a control applied to a running rebuild.
+type RebuildAction string
+
+const (
+	RebuildPause  RebuildAction = "pause"
+	RebuildResume RebuildAction = "resume"
+	RebuildStop   RebuildAction = "stop"
+)
+
+// RebuildStatus is a snapshot of a rebuild's progress. Total and Done are in
+// bytes; Rate is bytes per second of running (unpaused) time; ETA is zero
+// when unknown or finished.
+type RebuildStatus struct {
+	Child    string
+	Partial  bool // copies only the segments written while offline
+	State    RebuildState
+	Source   string
+	Total    int64
+	Done     int64
+	Percent  float64
+	Rate     float64
+	ETA      time.Duration
+	Started  time.Time
+	Finished time.Time
+	Err      string
+}
+
+// VerifyReport is the result of Verify: how many segments were compared and
+// which ranges differ between online children (adjacent segments merged).
+type VerifyReport struct {
+	Segments   int64
+	Children   []string
+	Mismatches []Range
+}
+
+// Stats are cumulative counters of a nexus.
+type Stats struct {
+	// RebuildBytes is every byte copied by rebuilds, full and partial.
+	RebuildBytes int64
+	// Retired is how many times a child was retired for an I/O error.
+	Retired int64
+	// ReadRetries counts reads retried on another child.
+	ReadRetries int64
+}
