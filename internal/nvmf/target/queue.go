@@ -1,0 +1,518 @@
+package target
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+)
+
+// icTimeout bounds how long a new connection may take to send its ICReq.
+const icTimeout = 10 * time.Second
+
+// sendKind says what the writer does with a request.
+type sendKind uint8
+
+const (
+	sendResp sendKind = iota // C2HData (if any) and CapsuleResp
+	sendR2T                  // an R2T for the request's write data
+	sendTerm                 // a C2HTermReq, then close
+)
+
+// sendItem is one unit of work for the writer. R2Ts carry their own fields
+// so that the writer never reads a request the reader is still filling.
+type sendItem struct {
+	r    *request
+	kind sendKind
+	cid  uint16
+	ttag uint16
+	r2tl uint32
+}
+
+// request is one command slot of a queue. Slots are preallocated; the slot
+// index is the R2T transfer tag.
+type request struct {
+	q       *queue
+	slot    uint16
+	sqe     pdu.SQE
+	cqe     pdu.CQE
+	status  nvme.Status // set before execution fails early (e.g. data digest)
+	buf     []byte      // command data (pooled), len = transfer length
+	pooled  *[]byte
+	c2h     int // bytes of buf to send to the host
+	xfer    int // H2C bytes received so far
+	r2tLen  int // H2C bytes expected
+	inR2T   bool
+	aer     bool         // an AER held by the controller: not sent at once
+	closeIt bool         // close the connection once the response is written
+	term    *pdu.TermReq // sendTerm only
+}
+
+// queue is one NVMe/TCP connection: an admin or an I/O queue.
+type queue struct {
+	t         *Target
+	conn      net.Conn
+	discovery bool // accepted on a discovery listener
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	dec       *pdu.Decoder
+	enc       *pdu.Encoder
+
+	// Set by Connect (in the reader) before any later command is read.
+	ctrl     *controller
+	qid      uint16
+	entries  int
+	sqfcOff  bool // SQ flow control disabled: C2HData may carry SUCCESS
+	inlineSz int
+
+	sqhd  atomic.Uint32
+	slots []*request // by slot index; grown only by the reader
+	free  chan uint16
+	work  chan *request
+	sendq chan sendItem
+
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+func newQueue(t *Target, c net.Conn, discovery bool) *queue {
+	q := &queue{
+		t:         t,
+		conn:      c,
+		discovery: discovery,
+		br:        bufio.NewReaderSize(c, 64<<10),
+		bw:        bufio.NewWriterSize(c, 64<<10),
+		done:      make(chan struct{}),
+	}
+	q.dec = pdu.NewDecoder(q.br, max(adminCapsuleData, InCapsuleDataSize, maxH2CData))
+	q.enc = pdu.NewEncoder(q.bw)
+	return q
+}
+
+// close tears the connection down; safe to call many times.
+func (q *queue) close() {
+	q.closeOnce.Do(func() {
+		close(q.done)
+		q.conn.Close()
+	})
+}
+
+func (q *queue) run() {
+	defer q.t.dropQueue(q)
+	defer q.close()
+	if err := q.initialize(); err != nil {
+		q.t.log.Debug("nvmf: connection initialization failed", "remote", q.conn.RemoteAddr(), "err", err)
+		return
+	}
+	q.setupSlots()
+	go q.writer()
+	err := q.reader()
+	q.t.log.Debug("nvmf: connection closed", "remote", q.conn.RemoteAddr(), "qid", q.qid, "err", err)
+	q.close()
+	if c := q.ctrl; c != nil {
+		c.queueGone(q)
+	}
+}
+
+// initialize performs the ICReq/ICResp exchange.
+func (q *queue) initialize() error {
+	q.conn.SetReadDeadline(time.Now().Add(icTimeout))
+	h, err := q.dec.Next()
+	if err != nil {
+		var pe *pdu.Error
+		if errors.As(err, &pe) {
+			q.termNow(pe.FES, pe.FEI, q.dec.RawHeader())
+		}
+		return err
+	}
+	if h.Type != pdu.TypeICReq {
+		q.termNow(pdu.FESSequenceError, 0, q.dec.RawHeader())
+		return errors.New("first PDU is not an ICReq")
+	}
+	ic := q.dec.ICReq()
+	if ic.PFV != pdu.PFV0 {
+		q.termNow(pdu.FESUnsupportedParameter, 8, q.dec.RawHeader())
+		return errors.New("unsupported PDU format version")
+	}
+	if ic.HPDA > 31 {
+		q.termNow(pdu.FESUnsupportedParameter, 10, q.dec.RawHeader())
+		return errors.New("HPDA out of range")
+	}
+	q.conn.SetReadDeadline(time.Time{})
+	resp := pdu.ICResp{PFV: pdu.PFV0, CPDA: 0, HeaderDigest: ic.HeaderDigest, DataDigest: ic.DataDigest, MaxH2CData: maxH2CData}
+	if err := q.enc.WriteICResp(resp); err != nil {
+		return err
+	}
+	if err := q.bw.Flush(); err != nil {
+		return err
+	}
+	q.dec.HeaderDigest, q.dec.DataDigest = ic.HeaderDigest, ic.DataDigest
+	q.enc.HeaderDigest, q.enc.DataDigest = ic.HeaderDigest, ic.DataDigest
+	q.enc.DataAlign = ic.HPDA
+	return nil
+}
+
+// termNow writes a C2HTermReq directly (before the writer runs).
+func (q *queue) termNow(fes uint16, fei uint32, hdr []byte) {
+	q.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	q.enc.WriteTermReq(pdu.TypeC2HTermReq, pdu.TermReq{FES: fes, FEI: fei, Data: hdr})
+	q.bw.Flush()
+}
+
+// The slot table is sized for the largest queue up front (pointers only);
+// request structs are allocated when Connect fixes the queue size. Twice the
+// queue size in slots covers commands whose responses are written but whose
+// slots the writer has not yet freed when the host, having seen the
+// completion, submits more.
+const maxSlots = 2 * MaxQueueEntries
+
+func (q *queue) setupSlots() {
+	q.slots = make([]*request, maxSlots)
+	q.free = make(chan uint16, maxSlots)
+	q.work = make(chan *request, maxSlots)
+	q.sendq = make(chan sendItem, maxSlots+2)
+	q.inlineSz = adminCapsuleData
+	q.grow(1)
+}
+
+// grow makes 2*n slots available. Only the reader calls it.
+func (q *queue) grow(n int) {
+	for i := 0; i < 2*n && i < maxSlots; i++ {
+		if q.slots[i] == nil {
+			q.slots[i] = &request{q: q, slot: uint16(i)}
+			q.free <- uint16(i)
+		}
+	}
+}
+
+// termErr queues a C2HTermReq; the writer sends it and closes.
+func (q *queue) term(fes uint16, fei uint32, hdr []byte) error {
+	r := &request{q: q}
+	r.term = &pdu.TermReq{FES: fes, FEI: fei, Data: append([]byte(nil), hdr...)}
+	select {
+	case q.sendq <- sendItem{r: r, kind: sendTerm}:
+	default:
+		q.close()
+	}
+	return &pdu.Error{FES: fes, FEI: fei, Msg: "terminated"}
+}
+
+// startWorkers runs n command workers.
+func (q *queue) startWorkers(n int) {
+	for range n {
+		go func() {
+			for {
+				select {
+				case r := <-q.work:
+					q.execute(r)
+				case <-q.done:
+					return
+				}
+			}
+		}()
+	}
+}
+
+// reader decodes PDUs until the connection fails or is terminated.
+func (q *queue) reader() error {
+	q.startWorkers(1)
+	for {
+		h, err := q.dec.Next()
+		if err != nil {
+			var pe *pdu.Error
+			if errors.As(err, &pe) {
+				return q.term(pe.FES, pe.FEI, q.dec.RawHeader())
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		switch h.Type {
+		case pdu.TypeCapsuleCmd:
+			err = q.capsule()
+		case pdu.TypeH2CData:
+			err = q.h2cData()
+		case pdu.TypeH2CTermReq:
+			tr := q.dec.TermReq()
+			q.t.log.Info("nvmf: host terminated the connection", "remote", q.conn.RemoteAddr(), "fes", tr.FES, "fei", tr.FEI)
+			return nil
+		case pdu.TypeICReq:
+			return q.term(pdu.FESSequenceError, 0, q.dec.RawHeader())
+		default:
+			// A controller-to-host PDU sent to the controller.
+			return q.term(pdu.FESInvalidHeaderField, 0, q.dec.RawHeader())
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// dataDirection: 1 host-to-controller, 2 controller-to-host, 0 none.
+func dataDirection(s *pdu.SQE) uint8 {
+	if s.Opcode() == nvme.Fabrics {
+		return s.FCType() & 3
+	}
+	return s.Opcode() & 3
+}
+
+func (q *queue) capsule() error {
+	var slot uint16
+	select {
+	case slot = <-q.free:
+	default:
+		return q.term(pdu.FESSequenceError, 0, q.dec.RawHeader())
+	}
+	r := q.slots[slot]
+	r.status, r.c2h, r.xfer, r.r2tLen, r.inR2T, r.aer, r.closeIt = nvme.StatusSuccess, 0, 0, 0, false, false, false
+	r.buf, r.pooled = nil, nil
+	q.dec.SQE(&r.sqe)
+	r.cqe = pdu.CQE{CID: r.sqe.CID(), SQID: q.qid}
+	if !q.sqfcOff && q.entries > 0 {
+		for {
+			old := q.sqhd.Load()
+			if q.sqhd.CompareAndSwap(old, (old+1)%uint32(q.entries)) {
+				break
+			}
+		}
+	}
+	isConnect := r.sqe.Opcode() == nvme.Fabrics && r.sqe.FCType() == nvme.FctConnect
+	if q.ctrl == nil && !isConnect {
+		q.free <- slot
+		return q.term(pdu.FESSequenceError, 0, q.dec.RawHeader())
+	}
+	sgl := r.sqe.SGL()
+	dir := dataDirection(&r.sqe)
+	inCapsule := q.dec.DataLen()
+	if inCapsule > 0 {
+		limit := q.inlineSz
+		if q.qid == 0 {
+			limit = adminCapsuleData
+		}
+		if inCapsule > limit {
+			q.free <- slot
+			return q.term(pdu.FESDataLimitExceeded, 0, q.dec.RawHeader())
+		}
+		r.getBuf(inCapsule)
+		err := q.dec.ReadData(r.buf)
+		var dde *pdu.DataDigestError
+		switch {
+		case errors.As(err, &dde):
+			r.status = nvme.StatusTransientTransport
+		case err != nil:
+			return err
+		case sgl.Type != pdu.SGLDataBlockOffset || dir != 1:
+			r.status = nvme.StatusSGLInvalidType
+		case sgl.Address != 0:
+			r.status = nvme.StatusSGLInvalidOffset
+		case int(sgl.Length) != inCapsule:
+			r.status = nvme.StatusSGLInvalidDataLength
+		}
+		q.dispatch(r)
+		return nil
+	}
+	if sgl.Length > 0 && sgl.Type == pdu.SGLTransportDataBlock && dir == 1 {
+		if sgl.Length > MaxTransfer {
+			r.status = nvme.StatusSGLInvalidDataLength
+			q.dispatch(r)
+			return nil
+		}
+		r.getBuf(int(sgl.Length))
+		r.r2tLen = int(sgl.Length)
+		r.inR2T = true
+		q.sendq <- sendItem{kind: sendR2T, cid: r.sqe.CID(), ttag: r.slot, r2tl: uint32(r.r2tLen)}
+		return nil
+	}
+	if sgl.Length > 0 && sgl.Type != pdu.SGLTransportDataBlock {
+		r.status = nvme.StatusSGLInvalidType
+	}
+	q.dispatch(r)
+	return nil
+}
+
+func (q *queue) h2cData() error {
+	dh := q.dec.DataHeader()
+	if int(dh.TTag) >= len(q.slots) || q.slots[dh.TTag] == nil {
+		return q.term(pdu.FESInvalidHeaderField, 10, q.dec.RawHeader())
+	}
+	r := q.slots[dh.TTag]
+	if !r.inR2T {
+		return q.term(pdu.FESInvalidHeaderField, 10, q.dec.RawHeader())
+	}
+	if r.sqe.CID() != dh.CCCID {
+		return q.term(pdu.FESInvalidHeaderField, 8, q.dec.RawHeader())
+	}
+	if int(dh.DataO) != r.xfer {
+		return q.term(pdu.FESDataOutOfRange, 12, q.dec.RawHeader())
+	}
+	if uint64(dh.DataO)+uint64(dh.DataL) > uint64(r.r2tLen) {
+		return q.term(pdu.FESDataOutOfRange, 16, q.dec.RawHeader())
+	}
+	if dh.DataL > maxH2CData {
+		return q.term(pdu.FESDataLimitExceeded, 16, q.dec.RawHeader())
+	}
+	err := q.dec.ReadData(r.buf[dh.DataO : dh.DataO+dh.DataL])
+	var dde *pdu.DataDigestError
+	if errors.As(err, &dde) {
+		r.status = nvme.StatusTransientTransport
+	} else if err != nil {
+		return err
+	}
+	r.xfer += int(dh.DataL)
+	if r.xfer == r.r2tLen {
+		r.inR2T = false
+		q.dispatch(r)
+	}
+	return nil
+}
+
+// dispatch runs fabrics commands inline (they must take effect before the
+// next capsule is decoded) and queues the rest for the workers.
+func (q *queue) dispatch(r *request) {
+	if r.sqe.Opcode() == nvme.Fabrics && r.status.Success() {
+		q.fabrics(r)
+		return
+	}
+	q.work <- r
+}
+
+// execute runs one command in a worker.
+func (q *queue) execute(r *request) {
+	if r.status.Success() {
+		c := q.ctrl
+		if q.qid == 0 {
+			c.admin(r)
+		} else {
+			c.io(r)
+		}
+		if r.aer {
+			return // held by the controller until an event
+		}
+	}
+	q.complete(r)
+}
+
+// complete hands a finished request to the writer.
+func (q *queue) complete(r *request) {
+	r.cqe.Status = uint16(r.status)
+	q.sendq <- sendItem{r: r, kind: sendResp}
+}
+
+func (r *request) getBuf(n int) {
+	r.pooled = getBuf(n)
+	r.buf = (*r.pooled)[:n]
+}
+
+func (r *request) release() {
+	if r.pooled != nil {
+		putBuf(r.pooled)
+		r.pooled, r.buf = nil, nil
+	}
+}
+
+// writer sends R2Ts, data and responses, flushing when it runs out of work.
+func (q *queue) writer() {
+	for {
+		var it sendItem
+		select {
+		case it = <-q.sendq:
+		case <-q.done:
+			return
+		}
+		if err := q.write(it); err != nil {
+			q.close()
+			return
+		}
+		if len(q.sendq) == 0 {
+			if err := q.bw.Flush(); err != nil {
+				q.close()
+				return
+			}
+		}
+	}
+}
+
+func (q *queue) write(it sendItem) error {
+	r := it.r
+	switch it.kind {
+	case sendTerm:
+		q.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		q.enc.WriteTermReq(pdu.TypeC2HTermReq, *r.term)
+		q.bw.Flush()
+		q.close()
+		return errors.New("terminated")
+	case sendR2T:
+		return q.enc.WriteR2T(pdu.R2T{CCCID: it.cid, TTag: it.ttag, R2TO: 0, R2TL: it.r2tl})
+	}
+	if q.sqfcOff {
+		r.cqe.SQHD = 0xFFFF
+	} else {
+		r.cqe.SQHD = uint16(q.sqhd.Load())
+	}
+	closeIt := r.closeIt
+	var err error
+	if r.c2h > 0 && nvme.Status(r.cqe.Status).Success() {
+		flags := pdu.FlagLast
+		if q.sqfcOff && r.cqe.Result == 0 {
+			flags |= pdu.FlagSuccess
+		}
+		err = q.enc.WriteC2HData(pdu.DataHeader{CCCID: r.sqe.CID(), DataO: 0}, flags, r.buf[:r.c2h])
+		if err == nil && flags&pdu.FlagSuccess == 0 {
+			err = q.enc.WriteCapsuleResp(&r.cqe)
+		}
+	} else {
+		err = q.enc.WriteCapsuleResp(&r.cqe)
+	}
+	r.release()
+	q.free <- r.slot
+	if closeIt {
+		q.bw.Flush()
+		q.close()
+		return errors.New("disconnect")
+	}
+	return err
+}
+
+// Data buffers come from power-of-two size classes from 4 KiB to
+// MaxTransfer, so a steady I/O mix reuses the same few buffers.
+const minBufShift = 12
+
+var bufPools [9]sync.Pool // 4K .. 1M
+
+func bufClass(n int) int {
+	c := 0
+	for (1 << (minBufShift + c)) < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) *[]byte {
+	c := bufClass(n)
+	if c >= len(bufPools) {
+		b := make([]byte, n)
+		return &b
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return p
+	}
+	b := make([]byte, 1<<(minBufShift+c))
+	return &b
+}
+
+func putBuf(p *[]byte) {
+	n := cap(*p)
+	c := bufClass(n)
+	if c < len(bufPools) && n == 1<<(minBufShift+c) {
+		*p = (*p)[:n]
+		bufPools[c].Put(p)
+	}
+}

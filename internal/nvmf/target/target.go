@@ -1,0 +1,601 @@
+// Package target is an NVMe over Fabrics target on the TCP transport. It
+// exports bdev.Devices as namespaces of NVM subsystems to any NVMe/TCP host
+// (the Linux kernel's nvme-tcp, this module's initiator), and serves the
+// discovery subsystem.
+//
+// Controllers follow the dynamic model: a host connects an admin queue with
+// CNTLID 0xFFFF, gets a fresh controller, and connects its I/O queues to it,
+// one TCP connection per queue. A controller lives as long as its admin
+// connection and its keep-alive timer.
+//
+// Per connection, one reader goroutine decodes PDUs, a fixed pool of workers
+// executes commands, and one writer goroutine sends responses and data,
+// coalescing writes into as few syscalls as load allows. Data buffers come
+// from size-classed pools; a steady stream of I/O allocates nothing per
+// command.
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+)
+
+// Limits and geometry advertised to hosts.
+const (
+	// MaxTransfer is the largest data transfer of one command (MDTS), bytes.
+	MaxTransfer = 1 << 20
+	mdts        = 8 // 2^8 * 4 KiB pages = MaxTransfer
+	// InCapsuleDataSize is how much write data a host may put in a command
+	// capsule on I/O queues (IOCCSZ = (64 + this) / 16).
+	InCapsuleDataSize = 16 << 10
+	// adminCapsuleData is the in-capsule data limit on admin queues, enough
+	// for Connect and small admin writes.
+	adminCapsuleData = 8 << 10
+	// MaxQueueEntries is the largest queue (CAP.MQES + 1, MAXCMD).
+	MaxQueueEntries = 1024
+	// MaxAdminEntries is the largest admin queue.
+	MaxAdminEntries = 32
+	// MaxIOQueues is the number of I/O queues a controller may have.
+	MaxIOQueues = 64
+	// MaxNamespaces is NN: namespace IDs run from 1 to MaxNamespaces.
+	MaxNamespaces = 1024
+	maxH2CData    = MaxTransfer
+	aerLimit      = 4
+	kasUnits      = 10 // KAS: keep-alive granularity in 100 ms units
+)
+
+// NQNPrefix is the NQN prefix of every subsystem Nexstor exports.
+const NQNPrefix = "nqn.2024-11.io.nexstor"
+
+// NQN returns the subsystem NQN for a shared object, e.g.
+// NQN("replica", id) = "nqn.2024-11.io.nexstor:replica:<id>".
+func NQN(kind, uuid string) string { return NQNPrefix + ":" + kind + ":" + uuid }
+
+// Errors callers may branch on.
+var (
+	ErrClosed        = errors.New("nvmf target: closed")
+	ErrExists        = errors.New("nvmf target: subsystem already exists")
+	ErrNotFound      = errors.New("nvmf target: no such subsystem")
+	ErrNSNotFound    = errors.New("nvmf target: no such namespace")
+	ErrTooManyNS     = errors.New("nvmf target: namespace limit reached")
+	ErrInvalidNQN    = errors.New("nvmf target: invalid NQN")
+	ErrBadBlockSize  = errors.New("nvmf target: unsupported block size")
+	ErrDuplicateUUID = errors.New("nvmf target: namespace UUID already in use in this subsystem")
+)
+
+// SubsystemOptions configure a subsystem.
+type SubsystemOptions struct {
+	// AllowedHosts are the host NQNs that may connect. Others get a Connect
+	// Invalid Host error unless AllowAnyHost is set.
+	AllowedHosts []string
+	AllowAnyHost bool
+	// Serial and Model are reported in Identify Controller (at most 20 and
+	// 40 ASCII bytes; longer values are cut).
+	Serial, Model string
+}
+
+// NamespaceOptions configure a namespace.
+type NamespaceOptions struct {
+	// UUID identifies the namespace to hosts; keep it stable across
+	// restarts so that hosts recognise the namespace. The NGUID is derived
+	// from it. All zeroes means none.
+	UUID [16]byte
+}
+
+// Target is an NVMe/TCP target: subsystems, their controllers, and the
+// listeners that accept host connections. All methods are safe for
+// concurrent use.
+type Target struct {
+	log *slog.Logger
+
+	mu        sync.Mutex
+	subs      map[string]*Subsystem
+	ctrls     map[uint16]*controller
+	nextCntl  uint16
+	listeners map[net.Listener]bool // true: discovery
+	queues    map[*queue]struct{}
+	ports     []string // advertised I/O ports; nil: listener addresses
+	closed    bool
+	genctr    atomic.Uint64
+}
+
+// New returns an empty target. logger may be nil.
+func New(logger *slog.Logger) *Target {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	t := &Target{
+		log:       logger,
+		subs:      make(map[string]*Subsystem),
+		ctrls:     make(map[uint16]*controller),
+		listeners: make(map[net.Listener]bool),
+		queues:    make(map[*queue]struct{}),
+		nextCntl:  1,
+	}
+	return t
+}
+
+// ValidNQN reports whether s is usable as an NQN: "nqn." prefix, printable
+// ASCII, at most 223 bytes.
+func ValidNQN(s string) bool {
+	if len(s) < 5 || len(s) > 223 || !strings.HasPrefix(s, "nqn.") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// AddSubsystem creates an NVM subsystem. It fails with ErrExists if the NQN is
+// taken and ErrInvalidNQN if it is malformed or the discovery NQN.
+func (t *Target) AddSubsystem(nqn string, opts SubsystemOptions) (*Subsystem, error) {
+	if !ValidNQN(nqn) || nqn == nvme.DiscoveryNQN {
+		return nil, fmt.Errorf("subsystem %q: %w: use nqn.<yyyy-mm>.<reverse domain>:<name>, at most 223 bytes", nqn, ErrInvalidNQN)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	if _, ok := t.subs[nqn]; ok {
+		return nil, fmt.Errorf("subsystem %q: %w", nqn, ErrExists)
+	}
+	s := &Subsystem{
+		t:     t,
+		nqn:   nqn,
+		opts:  opts,
+		hosts: make(map[string]bool),
+		nss:   make(map[uint32]*namespace),
+		ctrls: make(map[*controller]struct{}),
+	}
+	s.allowAny = opts.AllowAnyHost
+	for _, h := range opts.AllowedHosts {
+		s.hosts[h] = true
+	}
+	t.subs[nqn] = s
+	t.genctr.Add(1)
+	t.discoveryChangedLocked()
+	return s, nil
+}
+
+// Subsystem returns the subsystem with the given NQN, or nil.
+func (t *Target) Subsystem(nqn string) *Subsystem {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.subs[nqn]
+}
+
+// RemoveSubsystem deletes a subsystem and disconnects every controller that
+// uses it. Its namespaces' devices are not closed (the caller owns them).
+func (t *Target) RemoveSubsystem(nqn string) error {
+	t.mu.Lock()
+	s, ok := t.subs[nqn]
+	if !ok {
+		t.mu.Unlock()
+		return fmt.Errorf("subsystem %q: %w", nqn, ErrNotFound)
+	}
+	delete(t.subs, nqn)
+	t.genctr.Add(1)
+	t.discoveryChangedLocked()
+	t.mu.Unlock()
+
+	s.mu.Lock()
+	s.removed = true
+	ctrls := make([]*controller, 0, len(s.ctrls))
+	for c := range s.ctrls {
+		ctrls = append(ctrls, c)
+	}
+	s.mu.Unlock()
+	for _, c := range ctrls {
+		c.shutdown("subsystem removed")
+	}
+	return nil
+}
+
+// SetPorts sets the I/O ports ("host:port") that the discovery log
+// advertises, instead of the addresses of the listeners given to Serve. A
+// host of 0.0.0.0 or :: stands for the address the discovery host connected
+// to.
+func (t *Target) SetPorts(addrs ...string) {
+	t.mu.Lock()
+	t.ports = slices.Clone(addrs)
+	t.genctr.Add(1)
+	t.discoveryChangedLocked()
+	t.mu.Unlock()
+}
+
+// Serve accepts NVMe/TCP connections on l (an I/O port, 4420 by convention)
+// until ctx is done, l fails, or the target is closed. It closes l on return.
+// Hosts may also reach the discovery subsystem through it.
+func (t *Target) Serve(ctx context.Context, l net.Listener) error {
+	return t.serve(ctx, l, false)
+}
+
+// ServeDiscovery accepts connections to the discovery subsystem (port 8009 by
+// convention). Its discovery log lists every subsystem the connecting host is
+// allowed to use, on the I/O ports of SetPorts or of the Serve listeners.
+func (t *Target) ServeDiscovery(ctx context.Context, l net.Listener) error {
+	return t.serve(ctx, l, true)
+}
+
+func (t *Target) serve(ctx context.Context, l net.Listener, discovery bool) error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		l.Close()
+		return ErrClosed
+	}
+	t.listeners[l] = discovery
+	if !discovery {
+		t.genctr.Add(1)
+		t.discoveryChangedLocked()
+	}
+	t.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer func() {
+		stop()
+		l.Close()
+		t.mu.Lock()
+		delete(t.listeners, l)
+		t.mu.Unlock()
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			t.mu.Lock()
+			closed := t.closed
+			t.mu.Unlock()
+			if closed {
+				return ErrClosed
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("nvmf target: accept on %s: %w", l.Addr(), err)
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		q := newQueue(t, c, discovery)
+		t.mu.Lock()
+		if t.closed {
+			t.mu.Unlock()
+			c.Close()
+			return ErrClosed
+		}
+		t.queues[q] = struct{}{}
+		t.mu.Unlock()
+		go q.run()
+	}
+}
+
+func (t *Target) dropQueue(q *queue) {
+	t.mu.Lock()
+	delete(t.queues, q)
+	t.mu.Unlock()
+}
+
+// Close stops every listener and closes every connection. Namespaces'
+// devices are not closed.
+func (t *Target) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	ls := make([]net.Listener, 0, len(t.listeners))
+	for l := range t.listeners {
+		ls = append(ls, l)
+	}
+	qs := make([]*queue, 0, len(t.queues))
+	for q := range t.queues {
+		qs = append(qs, q)
+	}
+	ctrls := make([]*controller, 0, len(t.ctrls))
+	for _, c := range t.ctrls {
+		ctrls = append(ctrls, c)
+	}
+	t.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	for _, c := range ctrls {
+		c.shutdown("target closed")
+	}
+	for _, q := range qs {
+		q.close()
+	}
+	return nil
+}
+
+// allocCntlid reserves a controller ID (1..0xFFEF).
+func (t *Target) addController(c *controller) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	for range 0xFFEF {
+		id := t.nextCntl
+		t.nextCntl++
+		if t.nextCntl > 0xFFEF {
+			t.nextCntl = 1
+		}
+		if _, used := t.ctrls[id]; !used {
+			c.id = id
+			t.ctrls[id] = c
+			return true
+		}
+	}
+	return false
+}
+
+func (t *Target) controller(id uint16) *controller {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ctrls[id]
+}
+
+func (t *Target) removeController(c *controller) {
+	t.mu.Lock()
+	if t.ctrls[c.id] == c {
+		delete(t.ctrls, c.id)
+	}
+	t.mu.Unlock()
+}
+
+// discoveryChangedLocked raises a discovery log change event on every
+// discovery controller. t.mu is held.
+func (t *Target) discoveryChangedLocked() {
+	for _, c := range t.ctrls {
+		if c.discovery {
+			go c.event(nvme.OAESDiscChanged, nvme.AENResult(nvme.AENTypeNotice, nvme.AENNoticeDiscChanged, nvme.LogDiscovery), 0)
+		}
+	}
+}
+
+// discoveryEntries lists the subsystems hostNQN may use, on every I/O port.
+// local is the address the host reached the discovery controller on.
+func (t *Target) discoveryEntries(hostNQN string, local net.Addr) []nvme.DiscoveryEntry {
+	t.mu.Lock()
+	ports := slices.Clone(t.ports)
+	if ports == nil {
+		for l, disc := range t.listeners {
+			if !disc {
+				ports = append(ports, l.Addr().String())
+			}
+		}
+		slices.Sort(ports)
+	}
+	subs := make([]*Subsystem, 0, len(t.subs))
+	for _, s := range t.subs {
+		subs = append(subs, s)
+	}
+	t.mu.Unlock()
+	slices.SortFunc(subs, func(a, b *Subsystem) int { return strings.Compare(a.nqn, b.nqn) })
+
+	localIP := ""
+	if ta, ok := local.(*net.TCPAddr); ok {
+		localIP = ta.IP.String()
+	}
+	var out []nvme.DiscoveryEntry
+	for _, s := range subs {
+		if !s.allowed(hostNQN) {
+			continue
+		}
+		for i, p := range ports {
+			host, svc, err := net.SplitHostPort(p)
+			if err != nil {
+				continue
+			}
+			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+				host = localIP
+			}
+			fam := uint8(nvme.AdrFamIPv4)
+			if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+				fam = nvme.AdrFamIPv6
+			}
+			out = append(out, nvme.DiscoveryEntry{
+				TrType:  nvme.TrTypeTCP,
+				AdrFam:  fam,
+				SubType: nvme.SubTypeNVMe,
+				TReq:    nvme.TreqNotSpecified | nvme.TreqDisableSQFC,
+				PortID:  uint16(i + 1),
+				CNTLID:  0xFFFF,
+				ASQSZ:   MaxAdminEntries,
+				TrSvcID: svc,
+				SubNQN:  s.nqn,
+				TrAddr:  host,
+			})
+		}
+	}
+	return out
+}
+
+// Subsystem is an NVM subsystem: a set of namespaces and the hosts allowed to
+// reach them. Methods are safe for concurrent use.
+type Subsystem struct {
+	t    *Target
+	nqn  string
+	opts SubsystemOptions
+
+	mu       sync.RWMutex
+	hosts    map[string]bool
+	allowAny bool
+	nss      map[uint32]*namespace
+	ctrls    map[*controller]struct{}
+	removed  bool
+
+	stats struct {
+		readBytes, writeBytes, reads, writes atomic.Uint64
+	}
+}
+
+type namespace struct {
+	id     uint32
+	dev    bdev.Device
+	uuid   [16]byte
+	nguid  [16]byte
+	bs     int
+	shift  uint
+	blocks uint64
+}
+
+// NQN returns the subsystem's NQN.
+func (s *Subsystem) NQN() string { return s.nqn }
+
+// AddNamespace exports dev as the next free namespace ID and announces it to
+// connected hosts (a Namespace Attribute Changed event). dev's block size must
+// be a power of two from 512 to 64 KiB.
+func (s *Subsystem) AddNamespace(dev bdev.Device, opts NamespaceOptions) (uint32, error) {
+	bs := dev.BlockSize()
+	if bs < 512 || bs > 65536 || bs&(bs-1) != 0 {
+		return 0, fmt.Errorf("subsystem %q: block size %d: %w: use a power of two from 512 to 65536", s.nqn, bs, ErrBadBlockSize)
+	}
+	ns := &namespace{dev: dev, uuid: opts.UUID, bs: bs, blocks: uint64(dev.Size()) / uint64(bs)}
+	for ns.shift = 0; 1<<ns.shift < bs; ns.shift++ {
+	}
+	// The NGUID is the UUID with its halves swapped: stable, distinct from
+	// the UUID bytes, and unique whenever the UUID is.
+	copy(ns.nguid[:8], opts.UUID[8:])
+	copy(ns.nguid[8:], opts.UUID[:8])
+	s.mu.Lock()
+	if s.removed {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("subsystem %q: %w", s.nqn, ErrNotFound)
+	}
+	var zero [16]byte
+	if opts.UUID != zero {
+		for _, o := range s.nss {
+			if o.uuid == opts.UUID {
+				s.mu.Unlock()
+				return 0, fmt.Errorf("subsystem %q: %w", s.nqn, ErrDuplicateUUID)
+			}
+		}
+	}
+	for id := uint32(1); id <= MaxNamespaces; id++ {
+		if _, used := s.nss[id]; !used {
+			ns.id = id
+			break
+		}
+	}
+	if ns.id == 0 {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("subsystem %q: %w (%d)", s.nqn, ErrTooManyNS, MaxNamespaces)
+	}
+	s.nss[ns.id] = ns
+	ctrls := s.controllersLocked()
+	s.mu.Unlock()
+	for _, c := range ctrls {
+		c.event(nvme.OAESNSAttr, nvme.AENResult(nvme.AENTypeNotice, nvme.AENNoticeNSChanged, nvme.LogChangedNS), ns.id)
+	}
+	return ns.id, nil
+}
+
+// RemoveNamespace stops exporting a namespace and announces the change. The
+// device is not closed. Commands already executing on it finish.
+func (s *Subsystem) RemoveNamespace(nsid uint32) error {
+	s.mu.Lock()
+	if _, ok := s.nss[nsid]; !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("subsystem %q namespace %d: %w", s.nqn, nsid, ErrNSNotFound)
+	}
+	delete(s.nss, nsid)
+	ctrls := s.controllersLocked()
+	s.mu.Unlock()
+	for _, c := range ctrls {
+		c.event(nvme.OAESNSAttr, nvme.AENResult(nvme.AENTypeNotice, nvme.AENNoticeNSChanged, nvme.LogChangedNS), nsid)
+	}
+	return nil
+}
+
+func (s *Subsystem) controllersLocked() []*controller {
+	out := make([]*controller, 0, len(s.ctrls))
+	for c := range s.ctrls {
+		out = append(out, c)
+	}
+	return out
+}
+
+// AllowHost adds a host NQN to the allow-list. It affects later Connects.
+func (s *Subsystem) AllowHost(hostNQN string) {
+	s.mu.Lock()
+	s.hosts[hostNQN] = true
+	s.mu.Unlock()
+	s.t.mu.Lock()
+	s.t.genctr.Add(1)
+	s.t.discoveryChangedLocked()
+	s.t.mu.Unlock()
+}
+
+// DisallowHost removes a host NQN from the allow-list and disconnects that
+// host's controllers of this subsystem.
+func (s *Subsystem) DisallowHost(hostNQN string) {
+	s.mu.Lock()
+	delete(s.hosts, hostNQN)
+	var drop []*controller
+	if !s.allowAny {
+		for c := range s.ctrls {
+			if c.hostNQN == hostNQN {
+				drop = append(drop, c)
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.t.mu.Lock()
+	s.t.genctr.Add(1)
+	s.t.discoveryChangedLocked()
+	s.t.mu.Unlock()
+	for _, c := range drop {
+		c.shutdown("host no longer allowed")
+	}
+}
+
+// SetAllowAnyHost switches the allow-list off (true) or on (false).
+func (s *Subsystem) SetAllowAnyHost(allow bool) {
+	s.mu.Lock()
+	s.allowAny = allow
+	s.mu.Unlock()
+}
+
+func (s *Subsystem) allowed(hostNQN string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.allowAny || s.hosts[hostNQN]
+}
+
+func (s *Subsystem) namespace(nsid uint32) *namespace {
+	s.mu.RLock()
+	ns := s.nss[nsid]
+	s.mu.RUnlock()
+	return ns
+}
+
+func (s *Subsystem) nsids() []uint32 {
+	s.mu.RLock()
+	ids := make([]uint32, 0, len(s.nss))
+	for id := range s.nss {
+		ids = append(ids, id)
+	}
+	s.mu.RUnlock()
+	slices.Sort(ids)
+	return ids
+}
