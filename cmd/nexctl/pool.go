@@ -1,0 +1,219 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
+	"github.com/nexstor/nexstor/internal/cli/output"
+)
+
+func (a *app) poolCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pool",
+		Short: "Create, list, import and destroy pools",
+		Long: `A pool owns exactly one disk and hands out its space, in clusters (4MiB by
+default), to replicas. Disks are given as URIs:
+
+  file:///var/lib/nexstor/d0.img?size=10GiB   a file, created sparse when missing
+  aio:///dev/sdb                              a block device (or just /dev/sdb)
+  uring:///dev/nvme0n1                        a block device through io_uring
+  malloc:///scratch?size=512MiB               RAM, gone when the server stops
+
+A pool is remembered by the server and imported again when it restarts.`,
+	}
+	cmd.AddCommand(a.poolCreateCmd(), a.poolListCmd(), a.poolGetCmd(), a.poolDestroyCmd(),
+		a.poolImportCmd(), a.poolExportCmd())
+	return cmd
+}
+
+func (a *app) printPool(p *enginev1.Pool) error {
+	v := newPoolView(p)
+	return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error { return poolDetail(w, v) })
+}
+
+func (a *app) poolCreateCmd() *cobra.Command {
+	var clusterSize string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "create NAME DISK",
+		Short: "Format a disk as a new pool",
+		Long: `Create formats DISK as a new pool called NAME.
+
+A disk that already holds a pool is refused unless --force is given, which
+destroys that pool and everything in it. Quote URIs with '?' in a shell.`,
+		Example: `  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
+  nexctl pool create fast /dev/nvme1n1 --cluster-size 1MiB
+  nexctl pool create p0 /dev/sdb --force`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var cs uint64
+			if clusterSize != "" {
+				var err error
+				if cs, err = parseSize("cluster-size", clusterSize); err != nil {
+					return err
+				}
+			}
+			c, err := a.pools()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx()
+			defer cancel()
+			p, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: args[0], Disk: args[1], ClusterSize: cs, Force: force})
+			if err != nil {
+				return err
+			}
+			return a.printPool(p)
+		},
+	}
+	cmd.Flags().StringVar(&clusterSize, "cluster-size", "", "allocation unit, a power of two (default 4MiB)")
+	cmd.Flags().BoolVar(&force, "force", false, "format the disk even if it holds a pool (destroys that pool)")
+	return cmd
+}
+
+func (a *app) poolListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the pools",
+		Long: `List shows every pool of the node with its space figures. Pools the server
+knows of but could not import (state faulted) are listed with the reason.`,
+		Example: `  nexctl pool list
+  nexctl pool list -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.pools()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx()
+			defer cancel()
+			resp, err := c.ListPools(ctx, &enginev1.ListPoolsRequest{})
+			if err != nil {
+				return err
+			}
+			views := make([]poolView, 0, len(resp.GetPools()))
+			for _, p := range resp.GetPools() {
+				views = append(views, newPoolView(p))
+			}
+			return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return poolTable(w, views) })
+		},
+	}
+}
+
+func (a *app) poolGetCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "get NAME",
+		Short:   "Show one pool",
+		Example: `  nexctl pool get p0 -o yaml`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.pools()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx()
+			defer cancel()
+			p, err := c.GetPool(ctx, &enginev1.GetPoolRequest{Name: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.printPool(p)
+		},
+	}
+}
+
+func (a *app) poolDestroyCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "destroy NAME",
+		Short: "Destroy a pool and erase its superblock",
+		Long: `Destroy erases the pool's superblock so the disk is no longer a pool, and
+forgets it. A pool that still holds replicas is refused unless --force is
+given (which destroys them too); a pool with shared replicas is always
+refused. A faulted pool is only forgotten; its disk is left alone.`,
+		Example: `  nexctl pool destroy p0
+  nexctl pool destroy p0 --force`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.pools()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx()
+			defer cancel()
+			if _, err := c.DestroyPool(ctx, &enginev1.DestroyPoolRequest{Name: args[0], Force: force}); err != nil {
+				return err
+			}
+			return a.done(fmt.Sprintf("pool %s destroyed", args[0]))
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "also destroy the pool's replicas")
+	return cmd
+}
+
+func (a *app) poolImportCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "import DISK",
+		Short: "Import the pool on a disk",
+		Long: `Import opens the pool that DISK holds (for instance one exported on another
+server) and remembers it. A disk without a pool is reported and not written.`,
+		Example: `  nexctl pool import /dev/sdb
+  nexctl pool import file:///var/lib/nexstor/d0.img --name p0`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.pools()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx()
+			defer cancel()
+			p, err := c.ImportPool(ctx, &enginev1.ImportPoolRequest{Name: name, Disk: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.printPool(p)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "expected pool name; refused when the disk holds another")
+	return cmd
+}
+
+func (a *app) poolExportCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "export NAME",
+		Short: "Close a pool cleanly and forget it, keeping its data",
+		Long: `Export closes the pool and forgets it; the data stays on the disk, ready to
+be imported again (here or on another server). Shared replicas must be
+unshared first.`,
+		Example: `  nexctl pool export p0`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.pools()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx()
+			defer cancel()
+			if _, err := c.ExportPool(ctx, &enginev1.ExportPoolRequest{Name: args[0]}); err != nil {
+				return err
+			}
+			return a.done(fmt.Sprintf("pool %s exported", args[0]))
+		},
+	}
+}
+
+// done reports a successful action that returns no object.
+func (a *app) done(msg string) error {
+	type result struct {
+		Result string `json:"result" yaml:"result"`
+	}
+	return output.Print(a.out, a.outFormat(), result{msg}, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, msg)
+		return err
+	})
+}

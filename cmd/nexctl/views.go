@@ -1,0 +1,147 @@
+package main
+
+import (
+	"io"
+	"strconv"
+	"strings"
+
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
+	"github.com/nexstor/nexstor/internal/cli/output"
+)
+
+// poolView is the stable JSON/YAML form of a pool. Sizes are bytes.
+type poolView struct {
+	Name          string `json:"name" yaml:"name"`
+	UUID          string `json:"uuid" yaml:"uuid"`
+	Disk          string `json:"disk" yaml:"disk"`
+	State         string `json:"state" yaml:"state"`
+	Reason        string `json:"reason,omitempty" yaml:"reason,omitempty"`
+	Capacity      uint64 `json:"capacity" yaml:"capacity"`
+	ClusterSize   uint64 `json:"cluster_size" yaml:"cluster_size"`
+	TotalClusters uint64 `json:"total_clusters" yaml:"total_clusters"`
+	FreeClusters  uint64 `json:"free_clusters" yaml:"free_clusters"`
+	Free          uint64 `json:"free" yaml:"free"`
+	Allocated     uint64 `json:"allocated" yaml:"allocated"`
+	Committed     uint64 `json:"committed" yaml:"committed"`
+	Replicas      uint32 `json:"replicas" yaml:"replicas"`
+}
+
+func newPoolView(p *enginev1.Pool) poolView {
+	return poolView{Name: p.GetName(), UUID: p.GetUuid(), Disk: p.GetDisk(), State: stateName(p.GetState().String()),
+		Reason: p.GetReason(), Capacity: p.GetCapacity(), ClusterSize: p.GetClusterSize(),
+		TotalClusters: p.GetTotalClusters(), FreeClusters: p.GetFreeClusters(),
+		Free: p.GetFreeClusters() * p.GetClusterSize(), Allocated: p.GetAllocated(),
+		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount()}
+}
+
+// shareView is the stable form of a share.
+type shareView struct {
+	Protocol     string   `json:"protocol" yaml:"protocol"`
+	URI          string   `json:"uri" yaml:"uri"`
+	AllowedHosts []string `json:"allowed_hosts,omitempty" yaml:"allowed_hosts,omitempty"`
+}
+
+// replicaView is the stable JSON/YAML form of a replica. Sizes are bytes.
+type replicaView struct {
+	Name      string     `json:"name" yaml:"name"`
+	UUID      string     `json:"uuid" yaml:"uuid"`
+	Pool      string     `json:"pool" yaml:"pool"`
+	Size      uint64     `json:"size" yaml:"size"`
+	Thin      bool       `json:"thin" yaml:"thin"`
+	Allocated uint64     `json:"allocated" yaml:"allocated"`
+	State     string     `json:"state" yaml:"state"`
+	Reason    string     `json:"reason,omitempty" yaml:"reason,omitempty"`
+	Share     *shareView `json:"share,omitempty" yaml:"share,omitempty"`
+}
+
+func newReplicaView(r *enginev1.Replica) replicaView {
+	v := replicaView{Name: r.GetName(), UUID: r.GetUuid(), Pool: r.GetPool(), Size: r.GetSize(), Thin: r.GetThin(),
+		Allocated: r.GetAllocated(), State: stateName(r.GetState().String()), Reason: r.GetReason()}
+	if s := r.GetShare(); s != nil {
+		v.Share = &shareView{Protocol: s.GetProtocol(), URI: s.GetUri(), AllowedHosts: s.GetAllowedHosts()}
+	}
+	return v
+}
+
+// stateName turns POOL_STATE_ONLINE into "online".
+func stateName(enum string) string {
+	if i := strings.LastIndex(enum, "_STATE_"); i >= 0 {
+		enum = enum[i+len("_STATE_"):]
+	}
+	return strings.ToLower(enum)
+}
+
+func poolTable(w io.Writer, pools []poolView) error {
+	t := output.NewTable(w, "NAME", "STATE", "CAPACITY", "FREE", "ALLOCATED", "COMMITTED", "REPLICAS", "DISK")
+	for _, p := range pools {
+		if p.State != "online" {
+			t.Row(p.Name, p.State, "", "", "", "", "", p.Disk)
+			continue
+		}
+		t.Row(p.Name, p.State, output.Size(p.Capacity), output.Size(p.Free), output.Size(p.Allocated),
+			output.Size(p.Committed), itoa(uint64(p.Replicas)), p.Disk)
+	}
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	for _, p := range pools {
+		if p.Reason != "" {
+			if _, err := io.WriteString(w, "\n"+p.Name+": "+p.Reason+"\n"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func poolDetail(w io.Writer, p poolView) error {
+	return output.KeyValues(w,
+		"Name", p.Name, "UUID", p.UUID, "Disk", p.Disk, "State", p.State, "Reason", p.Reason,
+		"Capacity", output.Size(p.Capacity), "Cluster size", output.Size(p.ClusterSize),
+		"Clusters", itoa(p.FreeClusters)+" free of "+itoa(p.TotalClusters),
+		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated)+" ("+output.Percent(p.Allocated, p.Capacity)+")",
+		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+")",
+		"Replicas", itoa(uint64(p.Replicas)))
+}
+
+func replicaTable(w io.Writer, reps []replicaView) error {
+	t := output.NewTable(w, "NAME", "POOL", "SIZE", "ALLOCATED", "TYPE", "STATE", "SHARE")
+	for _, r := range reps {
+		share := ""
+		if r.Share != nil {
+			share = r.Share.URI
+			if share == "" {
+				share = r.Share.Protocol
+			}
+		}
+		t.Row(r.Name, r.Pool, output.Size(r.Size), output.Size(r.Allocated), kind(r.Thin), r.State, share)
+	}
+	return t.Flush()
+}
+
+func replicaDetail(w io.Writer, r replicaView) error {
+	kv := []string{"Name", r.Name, "UUID", r.UUID, "Pool", r.Pool, "Size", output.Size(r.Size),
+		"Type", kind(r.Thin), "Allocated", output.Size(r.Allocated) + " (" + output.Percent(r.Allocated, r.Size) + ")",
+		"State", r.State}
+	if r.Reason != "" {
+		kv = append(kv, "Reason", r.Reason)
+	}
+	if r.Share != nil {
+		kv = append(kv, "Share", r.Share.URI, "Protocol", r.Share.Protocol)
+		if len(r.Share.AllowedHosts) > 0 {
+			kv = append(kv, "Allowed hosts", strings.Join(r.Share.AllowedHosts, ", "))
+		}
+	} else {
+		kv = append(kv, "Share", "not shared")
+	}
+	return output.KeyValues(w, kv...)
+}
+
+func kind(thin bool) string {
+	if thin {
+		return "thin"
+	}
+	return "thick"
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
