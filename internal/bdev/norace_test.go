@@ -1,0 +1,5 @@
+//go:build !race
+
+package bdev_test
+
+const raceEnabled = false
