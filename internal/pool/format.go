@@ -1,0 +1,428 @@
+package pool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"unicode/utf8"
+)
+
+// On-disk format constants; docs/pool-format.md describes the layout byte by
+// byte. All integers are little-endian, all checksums CRC32C (Castagnoli).
+const (
+	// FormatVersion is the on-disk format this package writes and reads.
+	FormatVersion = 1
+
+	// DefaultClusterSize is the cluster size used when CreateOptions leaves it 0.
+	DefaultClusterSize = 4 << 20
+	// MinClusterSize is the smallest cluster size Create accepts.
+	MinClusterSize = 64 << 10
+	// MaxClusterSize is the largest cluster size Create accepts.
+	MaxClusterSize = 1 << 30
+	// MaxNameLen bounds pool and replica names, in bytes.
+	MaxNameLen = 128
+	// MaxReplicaClusters bounds the clusters one replica may span (its size
+	// divided by the cluster size, rounded up), which bounds the in-memory
+	// cluster map at 8 bytes per cluster.
+	MaxReplicaClusters = 1 << 24
+
+	sbMagic      = "NXSTPOOL"
+	cpMagic      = "NXSTCKPT"
+	sbEncLen     = 256  // bytes of a superblock copy that carry data
+	minSBArea    = 4096 // each superblock copy owns max(4096, block size) bytes
+	cpHeaderLen  = 64   // checkpoint slot header
+	recHeaderLen = 24   // log record header
+	runLen       = 20   // logical u64, physical u64, count u32
+	entryFixed   = 16 + 8 + 1 + 1 + 4
+	maxEntryLen  = entryFixed + MaxNameLen // an entry without runs
+	minLogBlocks = 4                       // the log holds at least this many superblock-area units
+
+	// maxRecordPayload bounds one record, so a hostile log cannot make
+	// replay allocate more than this per record.
+	maxRecordPayload = 1 << 20
+	// maxLogSize and maxCheckpointSize bound what import reads into memory
+	// from a superblock's claims.
+	maxLogSize        = 256 << 20
+	maxCheckpointSize = 1 << 30
+	maxMaxReplicas    = 1024
+	minMaxReplicas    = 64
+	maxClusters       = (maxCheckpointSize - cpHeaderLen - 4 - maxMaxReplicas*maxEntryLen) / runLen
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+var le = binary.LittleEndian
+
+// superblock is the decoded form of one superblock copy.
+type superblock struct {
+	Version      uint32
+	BlockSize    uint32
+	Generation   uint64
+	UUID         [16]byte
+	ClusterSize  uint64
+	MDOff        uint64 // metadata region: checkpoint slot 0, slot 1, log
+	MDSize       uint64
+	CPSize       uint64 // size of one checkpoint slot
+	DataOff      uint64
+	ClusterCount uint64
+	MaxReplicas  uint32
+	Name         string
+}
+
+func (s *superblock) logOff() int64  { return int64(s.MDOff + 2*s.CPSize) }
+func (s *superblock) logSize() int64 { return int64(s.MDSize - 2*s.CPSize) }
+
+// sbArea is the space each superblock copy owns: copy 0 at offset 0, copy 1
+// at offset sbArea.
+func sbArea(blockSize int) int64 { return max(minSBArea, int64(blockSize)) }
+
+func (s *superblock) encode(buf []byte) {
+	clear(buf[:sbEncLen])
+	copy(buf[0:8], sbMagic)
+	le.PutUint32(buf[8:], s.Version)
+	le.PutUint32(buf[12:], s.BlockSize)
+	le.PutUint64(buf[16:], s.Generation)
+	copy(buf[24:40], s.UUID[:])
+	le.PutUint64(buf[40:], s.ClusterSize)
+	le.PutUint64(buf[48:], s.MDOff)
+	le.PutUint64(buf[56:], s.MDSize)
+	le.PutUint64(buf[64:], s.CPSize)
+	le.PutUint64(buf[72:], s.DataOff)
+	le.PutUint64(buf[80:], s.ClusterCount)
+	le.PutUint32(buf[88:], s.MaxReplicas)
+	le.PutUint32(buf[92:], uint32(len(s.Name)))
+	copy(buf[96:96+MaxNameLen], s.Name)
+	le.PutUint32(buf[252:], crc32.Checksum(buf[:252], castagnoli))
+}
+
+var errNoMagic = errors.New("no superblock magic")
+
+// decodeSuperblock parses and validates one copy on its own (geometry against
+// the device is checked by the caller). It never allocates more than the name.
+func decodeSuperblock(buf []byte) (superblock, error) {
+	var s superblock
+	if len(buf) < sbEncLen {
+		return s, fmt.Errorf("superblock: %d bytes, want %d", len(buf), sbEncLen)
+	}
+	if string(buf[0:8]) != sbMagic {
+		return s, errNoMagic
+	}
+	if got, want := le.Uint32(buf[252:]), crc32.Checksum(buf[:252], castagnoli); got != want {
+		return s, fmt.Errorf("superblock checksum %#08x, want %#08x", got, want)
+	}
+	s.Version = le.Uint32(buf[8:])
+	s.BlockSize = le.Uint32(buf[12:])
+	s.Generation = le.Uint64(buf[16:])
+	copy(s.UUID[:], buf[24:40])
+	s.ClusterSize = le.Uint64(buf[40:])
+	s.MDOff = le.Uint64(buf[48:])
+	s.MDSize = le.Uint64(buf[56:])
+	s.CPSize = le.Uint64(buf[64:])
+	s.DataOff = le.Uint64(buf[72:])
+	s.ClusterCount = le.Uint64(buf[80:])
+	s.MaxReplicas = le.Uint32(buf[88:])
+	nameLen := le.Uint32(buf[92:])
+	if s.Version != FormatVersion {
+		return s, fmt.Errorf("superblock format version %d; this build reads version %d", s.Version, FormatVersion)
+	}
+	if nameLen == 0 || nameLen > MaxNameLen {
+		return s, fmt.Errorf("superblock name length %d out of range", nameLen)
+	}
+	s.Name = string(buf[96 : 96+nameLen])
+	if err := validName(s.Name); err != nil {
+		return s, fmt.Errorf("superblock pool name: %w", err)
+	}
+	if err := s.validate(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// validate checks the internal consistency of the geometry (not the name), with every sum
+// guarded against overflow, so that later arithmetic on it is safe.
+func (s *superblock) validate() error {
+	bs := uint64(s.BlockSize)
+	switch {
+	case bs < 512 || bs&(bs-1) != 0 || bs > 1<<20:
+		return fmt.Errorf("superblock block size %d invalid", bs)
+	case s.ClusterSize < MinClusterSize || s.ClusterSize > MaxClusterSize || s.ClusterSize&(s.ClusterSize-1) != 0 || s.ClusterSize < bs:
+		return fmt.Errorf("superblock cluster size %d invalid", s.ClusterSize)
+	case s.MDOff != uint64(2*sbArea(int(bs))):
+		return fmt.Errorf("superblock metadata offset %d, want %d", s.MDOff, 2*sbArea(int(bs)))
+	case s.CPSize == 0 || s.CPSize%uint64(sbArea(int(bs))) != 0 || s.CPSize > maxCheckpointSize:
+		return fmt.Errorf("superblock checkpoint slot size %d invalid", s.CPSize)
+	case s.MDSize > 2*s.CPSize+maxLogSize || s.MDSize < 2*s.CPSize+minLogBlocks*uint64(sbArea(int(bs))) || s.MDSize%uint64(sbArea(int(bs))) != 0:
+		return fmt.Errorf("superblock metadata size %d invalid for checkpoint slots of %d", s.MDSize, s.CPSize)
+	case s.DataOff < s.MDOff+s.MDSize || s.DataOff%bs != 0 || s.DataOff > 1<<62:
+		return fmt.Errorf("superblock data offset %d invalid", s.DataOff)
+	case s.ClusterCount == 0 || s.ClusterCount > maxClusters:
+		return fmt.Errorf("superblock cluster count %d invalid", s.ClusterCount)
+	case s.MaxReplicas < 1 || s.MaxReplicas > maxMaxReplicas:
+		return fmt.Errorf("superblock replica limit %d invalid", s.MaxReplicas)
+	case s.CPSize < checkpointBound(s.ClusterCount, s.MaxReplicas, sbArea(int(bs))):
+		return fmt.Errorf("superblock checkpoint slot size %d too small for %d clusters", s.CPSize, s.ClusterCount)
+	}
+	return nil
+}
+
+// checkpointBound is the size of a checkpoint slot that can hold any state
+// of a pool with n clusters and at most maxRep replicas: each replica has a
+// fixed-size entry and every run covers at least one owned cluster.
+func checkpointBound(n uint64, maxRep uint32, align int64) uint64 {
+	b := uint64(cpHeaderLen+4) + uint64(maxRep)*maxEntryLen + n*runLen
+	return roundUp(b, uint64(align))
+}
+
+func roundUp(v, a uint64) uint64 { return (v + a - 1) / a * a }
+
+// validName accepts 1..MaxNameLen bytes of UTF-8 without control characters,
+// '/' or spaces, so names survive URIs, logs and file names.
+func validName(name string) error {
+	if name == "" {
+		return errors.New("empty name")
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("name is %d bytes long, longer than %d", len(name), MaxNameLen)
+	}
+	if !utf8.ValidString(name) {
+		return errors.New("name is not valid UTF-8")
+	}
+	for _, r := range name {
+		if r <= ' ' || r == '/' || r == 0x7f {
+			return fmt.Errorf("name contains %q; use letters, digits and punctuation other than '/'", r)
+		}
+	}
+	return nil
+}
+
+// Record types of the metadata log.
+const (
+	recCreate  = 1 // replica created: entry with name, size, flags and (thick) runs
+	recResize  = 2 // replica grown: new size and (thick) runs for the new clusters
+	recDestroy = 3 // replica destroyed: its clusters become free
+	recMap     = 4 // clusters allocated to a replica: runs
+	recUnmap   = 5 // clusters released by a replica: runs (physical ignored)
+)
+
+// run maps count consecutive logical clusters starting at Logical to the
+// physical clusters starting at Phys.
+type run struct {
+	Logical, Phys uint64
+	Count         uint32
+}
+
+// entry is the payload of a record and the unit of a checkpoint: one replica
+// (or the part of it a record changes).
+type entry struct {
+	UUID [16]byte
+	Size uint64
+	Thin bool
+	Name string
+	Runs []run
+}
+
+func (e *entry) encodedLen() int { return entryFixed + len(e.Name) + len(e.Runs)*runLen }
+
+func (e *entry) appendTo(b []byte) []byte {
+	b = append(b, e.UUID[:]...)
+	b = le.AppendUint64(b, e.Size)
+	var flags byte
+	if e.Thin {
+		flags |= 1
+	}
+	b = append(b, flags, byte(len(e.Name)))
+	b = append(b, e.Name...)
+	b = le.AppendUint32(b, uint32(len(e.Runs)))
+	for _, r := range e.Runs {
+		b = le.AppendUint64(b, r.Logical)
+		b = le.AppendUint64(b, r.Phys)
+		b = le.AppendUint32(b, r.Count)
+	}
+	return b
+}
+
+// decodeEntry parses one entry from the front of b and returns the rest. It
+// checks the run count against the bytes present before allocating.
+func decodeEntry(b []byte) (entry, []byte, error) {
+	var e entry
+	if len(b) < entryFixed {
+		return e, nil, errors.New("entry truncated")
+	}
+	copy(e.UUID[:], b[:16])
+	e.Size = le.Uint64(b[16:])
+	flags := b[24]
+	if flags&^1 != 0 {
+		return e, nil, fmt.Errorf("entry flags %#x unknown", flags)
+	}
+	e.Thin = flags&1 != 0
+	nameLen := int(b[25])
+	b = b[26:]
+	if nameLen > MaxNameLen || len(b) < nameLen+4 {
+		return e, nil, errors.New("entry name truncated")
+	}
+	e.Name = string(b[:nameLen])
+	b = b[nameLen:]
+	n := le.Uint32(b)
+	b = b[4:]
+	if uint64(n)*runLen > uint64(len(b)) {
+		return e, nil, fmt.Errorf("entry claims %d runs in %d bytes", n, len(b))
+	}
+	if n > 0 {
+		e.Runs = make([]run, n)
+		for i := range e.Runs {
+			e.Runs[i] = run{Logical: le.Uint64(b), Phys: le.Uint64(b[8:]), Count: le.Uint32(b[16:])}
+			b = b[runLen:]
+		}
+	}
+	return e, b, nil
+}
+
+// record is one metadata log record.
+type record struct {
+	Seq  uint64
+	Type uint8
+	E    entry
+}
+
+// recordCRC covers the pool UUID and the log epoch, so records of an older
+// epoch or of an earlier pool on the same disk never validate.
+func recordCRC(pool [16]byte, epoch uint64, rest []byte) uint32 {
+	var pre [24]byte
+	copy(pre[:16], pool[:])
+	le.PutUint64(pre[16:], epoch)
+	c := crc32.Update(0, castagnoli, pre[:])
+	return crc32.Update(c, castagnoli, rest)
+}
+
+// appendRecord encodes r (header and payload) onto b.
+func appendRecord(b []byte, pool [16]byte, epoch uint64, r *record) []byte {
+	start := len(b)
+	b = append(b, make([]byte, recHeaderLen)...)
+	b = r.E.appendTo(b)
+	h := b[start:]
+	le.PutUint32(h[0:], uint32(len(h)-recHeaderLen))
+	le.PutUint64(h[8:], r.Seq)
+	h[16] = r.Type
+	le.PutUint32(h[4:], recordCRC(pool, epoch, h[8:]))
+	return b
+}
+
+// decodeRecord parses one record whose header and payload are all of b
+// (len(b) == recHeaderLen + payload length). It verifies the checksum and
+// the structure, not the record's meaning.
+func decodeRecord(b []byte, pool [16]byte, epoch uint64) (record, error) {
+	var r record
+	if len(b) < recHeaderLen {
+		return r, errors.New("record header truncated")
+	}
+	n := le.Uint32(b)
+	if n == 0 || n > maxRecordPayload || int(n) != len(b)-recHeaderLen {
+		return r, fmt.Errorf("record length %d invalid", n)
+	}
+	if got, want := le.Uint32(b[4:]), recordCRC(pool, epoch, b[8:]); got != want {
+		return r, fmt.Errorf("record checksum %#08x, want %#08x", got, want)
+	}
+	r.Seq = le.Uint64(b[8:])
+	r.Type = b[16]
+	for _, x := range b[17:24] {
+		if x != 0 {
+			return r, errors.New("record reserved bytes not zero")
+		}
+	}
+	if r.Type < recCreate || r.Type > recUnmap {
+		return r, fmt.Errorf("record type %d unknown", r.Type)
+	}
+	e, rest, err := decodeEntry(b[recHeaderLen:])
+	if err != nil {
+		return r, err
+	}
+	if len(rest) != 0 {
+		return r, fmt.Errorf("record has %d trailing bytes", len(rest))
+	}
+	r.E = e
+	return r, nil
+}
+
+// checkpoint is the decoded content of a checkpoint slot.
+type checkpoint struct {
+	Epoch    uint64
+	LastSeq  uint64
+	Replicas []entry
+}
+
+// encodeCheckpoint returns the slot image (header and payload, not padded).
+func encodeCheckpoint(b []byte, pool [16]byte, cp *checkpoint) []byte {
+	b = append(b[:0], make([]byte, cpHeaderLen)...)
+	b = le.AppendUint32(b, uint32(len(cp.Replicas)))
+	for i := range cp.Replicas {
+		b = cp.Replicas[i].appendTo(b)
+	}
+	copy(b[0:8], cpMagic)
+	le.PutUint64(b[8:], cp.Epoch)
+	le.PutUint64(b[16:], cp.LastSeq)
+	le.PutUint64(b[24:], uint64(len(b)-cpHeaderLen))
+	copy(b[32:48], pool[:])
+	c := crc32.Update(0, castagnoli, b[:48])
+	c = crc32.Update(c, castagnoli, b[cpHeaderLen:])
+	le.PutUint32(b[48:], c)
+	return b
+}
+
+// checkpointPayloadLen validates a slot header and returns the payload
+// length it claims, bounded by limit (the slot size minus the header).
+func checkpointPayloadLen(h []byte, pool [16]byte, limit uint64) (uint64, error) {
+	if len(h) < cpHeaderLen {
+		return 0, errors.New("checkpoint header truncated")
+	}
+	if string(h[0:8]) != cpMagic {
+		return 0, errors.New("no checkpoint magic")
+	}
+	if [16]byte(h[32:48]) != pool {
+		return 0, errors.New("checkpoint belongs to another pool")
+	}
+	n := le.Uint64(h[24:])
+	if n < 4 || n > limit {
+		return 0, fmt.Errorf("checkpoint payload length %d out of range", n)
+	}
+	return n, nil
+}
+
+// decodeCheckpoint parses a slot image b (header plus exactly the payload
+// length the header claims) of a pool allowing maxRep replicas.
+func decodeCheckpoint(b []byte, pool [16]byte, maxRep uint32) (checkpoint, error) {
+	var cp checkpoint
+	n, err := checkpointPayloadLen(b, pool, uint64(len(b)))
+	if err != nil {
+		return cp, err
+	}
+	if n != uint64(len(b)-cpHeaderLen) {
+		return cp, fmt.Errorf("checkpoint payload length %d, have %d bytes", n, len(b)-cpHeaderLen)
+	}
+	c := crc32.Update(0, castagnoli, b[:48])
+	c = crc32.Update(c, castagnoli, b[cpHeaderLen:])
+	if got := le.Uint32(b[48:]); got != c {
+		return cp, fmt.Errorf("checkpoint checksum %#08x, want %#08x", got, c)
+	}
+	cp.Epoch = le.Uint64(b[8:])
+	cp.LastSeq = le.Uint64(b[16:])
+	p := b[cpHeaderLen:]
+	count := le.Uint32(p)
+	p = p[4:]
+	if count > maxRep || uint64(count)*entryFixed > uint64(len(p)) {
+		return cp, fmt.Errorf("checkpoint claims %d replicas", count)
+	}
+	cp.Replicas = make([]entry, 0, count)
+	for range count {
+		var e entry
+		e, p, err = decodeEntry(p)
+		if err != nil {
+			return cp, fmt.Errorf("checkpoint replica %d: %w", len(cp.Replicas), err)
+		}
+		cp.Replicas = append(cp.Replicas, e)
+	}
+	if len(p) != 0 {
+		return cp, fmt.Errorf("checkpoint has %d trailing bytes", len(p))
+	}
+	return cp, nil
+}

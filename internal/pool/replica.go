@@ -1,0 +1,300 @@
+package pool
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+)
+
+// Replica is an open handle to a replica; it implements bdev.Device with the
+// pool's block size. Reads of clusters a thin replica has never written
+// return zeroes. The first write to a cluster of a thin replica allocates
+// it: the cluster is zeroed around the data, the data written, and the
+// allocation made durable before WriteAt returns; concurrent first writes to
+// one cluster allocate it once, and concurrent allocations share one
+// metadata flush. Writes to allocated clusters and reads go straight to the
+// pool's device without taking any lock that serializes I/O. Flush flushes
+// the pool's device. WriteAt returns an error wrapping ErrNoSpace when the
+// pool has no free cluster; the pool stays consistent.
+//
+// Methods are safe for concurrent use. Close closes only this handle.
+type Replica struct {
+	p      *Pool
+	r      *replica
+	closed atomic.Bool
+}
+
+var (
+	errHandleClosed = fmt.Errorf("replica handle is closed: %w", bdev.ErrClosed)
+	errPoolClosedIO = fmt.Errorf("pool is closed: %w (%w)", ErrClosed, bdev.ErrClosed)
+)
+
+var _ bdev.Device = (*Replica)(nil)
+
+// Name returns the replica's name.
+func (h *Replica) Name() string { return h.r.name }
+
+// UUID returns the replica's UUID in canonical text form.
+func (h *Replica) UUID() string { return h.r.uuidStr }
+
+// Size returns the replica's size in bytes; it changes when the replica is resized.
+func (h *Replica) Size() int64 { return h.r.size.Load() }
+
+// BlockSize returns the pool's block size.
+func (h *Replica) BlockSize() int { return int(h.p.bs) }
+
+func (h *Replica) check(op string, off, n int64) error {
+	if h.closed.Load() {
+		return errHandleClosed
+	}
+	if h.p.closed.Load() {
+		return errPoolClosedIO
+	}
+	return bdev.CheckRange(op, off, n, h.r.size.Load(), int(h.p.bs))
+}
+
+func (h *Replica) ioError(op string, off int64, err error) error {
+	return fmt.Errorf("pool %q: replica %q: %s at offset %d: %w", h.p.sb.Name, h.r.name, op, off, err)
+}
+
+// segment returns, for the byte at pos of a request ending at end, the
+// mapping entry of its cluster and how many bytes from pos share the same
+// state (all unallocated, or physically contiguous), so that contiguous
+// clusters become one device I/O.
+func (h *Replica) segment(pos, end int64) (v uint64, n int64) {
+	p, m := h.p, h.r.m
+	lc := pos >> p.csShift
+	v = m[lc].Load()
+	n = min(end-pos, p.cs-pos&(p.cs-1))
+	for last := v; pos+n < end; {
+		lc++
+		next := m[lc].Load()
+		if (last == 0) != (next == 0) || (last != 0 && next != last+1) {
+			break
+		}
+		last = next
+		n += min(end-pos-n, p.cs)
+	}
+	return v, n
+}
+
+// ReadAt reads len(b) bytes at off. Unallocated clusters read as zeroes.
+func (h *Replica) ReadAt(b []byte, off int64) (int, error) {
+	if err := h.check("read", off, int64(len(b))); err != nil {
+		return 0, err
+	}
+	p, r := h.p, h.r
+	r.io.RLock()
+	defer r.io.RUnlock()
+	end := off + int64(len(b))
+	for pos := off; pos < end; {
+		v, n := h.segment(pos, end)
+		seg := b[pos-off : pos-off+n]
+		if v == 0 {
+			clear(seg)
+		} else if _, err := p.dev.ReadAt(seg, p.physOff(v-1)+pos&(p.cs-1)); err != nil {
+			return int(pos - off), h.ioError("read", pos, err)
+		}
+		pos += n
+	}
+	return len(b), nil
+}
+
+// WriteAt writes b at off. See Replica for allocation and durability.
+func (h *Replica) WriteAt(b []byte, off int64) (int, error) {
+	if err := h.check("write", off, int64(len(b))); err != nil {
+		return 0, err
+	}
+	p, r := h.p, h.r
+	r.io.RLock()
+	defer r.io.RUnlock()
+	end := off + int64(len(b))
+	for pos := off; pos < end; {
+		v, n := h.segment(pos, end)
+		if v == 0 {
+			// Allocate one cluster at a time.
+			n = min(end-pos, p.cs-pos&(p.cs-1))
+			if err := h.allocWrite(uint64(pos>>p.csShift), pos&(p.cs-1), b[pos-off:pos-off+n]); err != nil {
+				return int(pos - off), h.ioError("write", pos, err)
+			}
+		} else if _, err := p.dev.WriteAt(b[pos-off:pos-off+n], p.physOff(v-1)+pos&(p.cs-1)); err != nil {
+			return int(pos - off), h.ioError("write", pos, err)
+		}
+		pos += n
+	}
+	return len(b), nil
+}
+
+// allocWrite writes data at in within the unallocated logical cluster lc,
+// allocating it. Concurrent callers for the same cluster wait for the first
+// one's allocation and then write to the allocated cluster. Must hold r.io
+// shared.
+func (h *Replica) allocWrite(lc uint64, in int64, data []byte) error {
+	p, r := h.p, h.r
+	for {
+		r.allocMu.Lock()
+		if v := r.m[lc].Load(); v != 0 {
+			r.allocMu.Unlock()
+			_, err := p.dev.WriteAt(data, p.physOff(v-1)+in)
+			return err
+		}
+		if c := r.inflight[lc]; c != nil {
+			r.allocMu.Unlock()
+			<-c.done
+			continue // allocated now, or failed: then try ourselves
+		}
+		c := &allocCall{done: make(chan struct{})}
+		r.inflight[lc] = c
+		r.allocMu.Unlock()
+		err := p.allocate(r, lc, in, data)
+		r.allocMu.Lock()
+		delete(r.inflight, lc)
+		r.allocMu.Unlock()
+		c.err = err
+		close(c.done)
+		return err
+	}
+}
+
+// allocate takes a free cluster, zeroes it around data, writes data at in,
+// and commits the mapping of logical cluster lc to it.
+func (p *Pool) allocate(r *replica, lc uint64, in int64, data []byte) error {
+	p.mu.Lock()
+	if err := p.usableLocked(); err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	ph, ok := p.bm.take()
+	if !ok {
+		p.mu.Unlock()
+		return fmt.Errorf("all %d clusters of pool %q are in use; free space by destroying replicas or unmapping data: %w", p.sb.ClusterCount, p.sb.Name, ErrNoSpace)
+	}
+	p.reserved++
+	p.mu.Unlock()
+	rec := &record{Type: recMap, E: entry{UUID: r.uuid, Runs: []run{{Logical: lc, Phys: ph, Count: 1}}}}
+	err := func() error {
+		// A reused cluster holds another replica's old data: zero what the
+		// write does not cover, so nothing leaks.
+		base := p.physOff(ph)
+		if in > 0 {
+			if err := p.dev.WriteZeroes(base, in); err != nil {
+				return err
+			}
+		}
+		if e := in + int64(len(data)); e < p.cs {
+			if err := p.dev.WriteZeroes(base+e, p.cs-e); err != nil {
+				return err
+			}
+		}
+		if _, err := p.dev.WriteAt(data, base+in); err != nil {
+			return err
+		}
+		return p.commit(rec)
+	}()
+	if err != nil {
+		p.releaseRuns(rec.E.Runs)
+	}
+	return err
+}
+
+// Flush makes every acknowledged write durable: allocations already are, so
+// this flushes the pool's device.
+func (h *Replica) Flush() error {
+	if err := h.check("flush", 0, 0); err != nil {
+		return err
+	}
+	if err := h.p.dev.Flush(); err != nil {
+		return h.ioError("flush", 0, err)
+	}
+	return nil
+}
+
+// Unmap discards the range: later reads return zeroes. A thin replica
+// releases the whole clusters in the range back to the pool (durably, before
+// returning) and zeroes partial ones; a thick replica keeps its clusters and
+// unmaps the range on the device.
+func (h *Replica) Unmap(off, length int64) error { return h.discard("unmap", off, length, true) }
+
+// WriteZeroes sets the range to zeroes. Like Unmap, a thin replica releases
+// the whole clusters in the range.
+func (h *Replica) WriteZeroes(off, length int64) error {
+	return h.discard("write-zeroes", off, length, false)
+}
+
+func (h *Replica) discard(op string, off, length int64, unmap bool) error {
+	if err := h.check(op, off, length); err != nil {
+		return err
+	}
+	p, r := h.p, h.r
+	end := off + length
+	whole := false
+	err := func() error {
+		r.io.RLock()
+		defer r.io.RUnlock()
+		for pos := off; pos < end; {
+			v, n := h.segment(pos, end)
+			if v == 0 {
+				pos += n
+				continue
+			}
+			if r.thin {
+				n = min(end-pos, p.cs-pos&(p.cs-1))
+				if n == p.cs {
+					whole = true
+					pos += n
+					continue
+				}
+			}
+			at := p.physOff(v-1) + pos&(p.cs-1)
+			var err error
+			if unmap && !r.thin {
+				err = p.dev.Unmap(at, n)
+			} else {
+				err = p.dev.WriteZeroes(at, n)
+			}
+			if err != nil {
+				return h.ioError(op, pos, err)
+			}
+			pos += n
+		}
+		return nil
+	}()
+	if err != nil || !whole {
+		return err
+	}
+	// Release whole clusters with I/O to the replica paused, so none is
+	// freed under a read or write in flight.
+	r.io.Lock()
+	defer r.io.Unlock()
+	e := entry{UUID: r.uuid}
+	first := (off + p.cs - 1) >> p.csShift
+	for lc := first; (lc+1)<<p.csShift <= end; lc++ {
+		if r.m[lc].Load() == 0 {
+			continue
+		}
+		if n := len(e.Runs); n > 0 && e.Runs[n-1].Logical+uint64(e.Runs[n-1].Count) == uint64(lc) {
+			e.Runs[n-1].Count++
+		} else {
+			e.Runs = append(e.Runs, run{Logical: uint64(lc), Count: 1})
+		}
+	}
+	if len(e.Runs) == 0 {
+		return nil
+	}
+	if err := p.commit(&record{Type: recUnmap, E: e}); err != nil {
+		return h.ioError(op, off, err)
+	}
+	return nil
+}
+
+// Close closes this handle; other handles and the replica stay.
+func (h *Replica) Close() error {
+	if h.closed.Swap(true) {
+		return errHandleClosed
+	}
+	h.p.mu.Lock()
+	h.r.opens--
+	h.p.mu.Unlock()
+	return nil
+}
