@@ -28,7 +28,7 @@ func TestMirrorWritesReachEveryChild(t *testing.T) {
 	r := newRig(t, 3, testSize, Config{})
 	m := newModel(testSize)
 	w := startWorkload(t, r.nx, m, 8, true)
-	for w.acked.Load() < 2000 {
+	for w.acked.Load() < 500 {
 		time.Sleep(time.Millisecond)
 	}
 	w.finish(t)
