@@ -1,0 +1,210 @@
+// Command nexstor is the Nexstor storage node: `nexstor server` runs a node's
+// engine (pools, replicas, NBD shares) behind its gRPC API, and `nexstor dev`
+// runs one on files under a data dir for trying it out.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/engine"
+)
+
+// shutdownGrace bounds how long in-flight gRPC calls may run at shutdown.
+const shutdownGrace = 10 * time.Second
+
+func main() {
+	root := &cobra.Command{
+		Use:           "nexstor",
+		Short:         "Nexstor storage node",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serverCmd(), devCmd(), versionCmd())
+	if err := root.Execute(); err != nil {
+		output.Error(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			v := engine.GetVersion()
+			fmt.Fprintf(cmd.OutOrStdout(), "nexstor %s (api %s, %s", v.Version, v.API, v.GoVersion)
+			if v.Commit != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), ", commit %s", v.Commit)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), ")")
+		},
+	}
+}
+
+func serverCmd() *cobra.Command {
+	var cfgPath, dataDir, grpcAddr, nbdAddr, logLevel string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the storage node's engine",
+		Long: `Server runs the engine of one storage node: it imports the pools of the
+configuration file and those created or imported since, shares the replicas
+that were shared, and serves the engine gRPC API and NBD.
+
+Flags override the configuration file. SIGINT or SIGTERM stops it cleanly:
+shares are withdrawn once in-flight I/O is answered and pools are exported;
+the next start restores both.`,
+		Example: `  nexstor server -o /etc/nexstor/server.yaml
+  nexstor server --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg := config.Default()
+			if cfgPath != "" {
+				var err error
+				if cfg, err = config.Load(cfgPath); err != nil {
+					return err
+				}
+			}
+			f := cmd.Flags()
+			if f.Changed("data-dir") {
+				cfg.WithDataDir(dataDir)
+			}
+			if f.Changed("grpc") {
+				cfg.WithGRPCListen(grpcAddr)
+			}
+			if f.Changed("nbd") {
+				cfg.WithNBDListen(nbdAddr)
+			}
+			if f.Changed("log-level") {
+				cfg.WithLogLevel(logLevel)
+			}
+			logger, closeLog, err := newLogger(cfg.Log)
+			if err != nil {
+				return err
+			}
+			defer closeLog()
+			slog.SetDefault(logger) // the packages below log through the default logger
+			var pools []engine.PoolConfig
+			for _, p := range cfg.Pools {
+				pools = append(pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
+			}
+			return run(engine.ServerOptions{DataDir: cfg.DataDir, GRPCListen: cfg.GRPCListen, NBDListen: cfg.NBDListen,
+				Pools: pools, Logger: logger}, nil)
+		},
+	}
+	cmd.Flags().StringVarP(&cfgPath, "config", "o", "", "server configuration file (YAML)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", config.DefaultDataDir, "directory of the engine state")
+	cmd.Flags().StringVar(&grpcAddr, "grpc", config.DefaultGRPCListen, "engine gRPC listen address")
+	cmd.Flags().StringVar(&nbdAddr, "nbd", config.DefaultNBDListen, `NBD listen address ("" disables NBD)`)
+	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
+	return cmd
+}
+
+func devCmd() *cobra.Command {
+	var dataDir, grpcAddr, nbdAddr string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a node on files under a data dir, with a shared demo replica",
+		Long: `Dev runs a storage node for trying Nexstor out: a pool on a 1GiB sparse file
+in the data dir, a thin 512MiB replica "demo" in it, shared over NBD. The
+first start creates them; later starts reuse the same pool, replica and
+share. It prints how to reach the replica.`,
+		Example: `  nexstor dev
+  nexstor dev --data-dir /tmp/nexstor-dev --nbd 127.0.0.1:10810 --grpc 127.0.0.1:10125`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			slog.SetDefault(logger)
+			opts := engine.ServerOptions{DataDir: dataDir, GRPCListen: grpcAddr, NBDListen: nbdAddr, Logger: logger}
+			return run(opts, func(s *engine.Server) error {
+				r, err := engine.SetupDev(s.Engine, dataDir)
+				if err != nil {
+					return err
+				}
+				printDev(cmd.OutOrStdout(), s, r)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "./nexstor-dev", "directory of the dev pool file and the engine state")
+	cmd.Flags().StringVar(&grpcAddr, "grpc", config.DefaultGRPCListen, "engine gRPC listen address")
+	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
+	return cmd
+}
+
+func printDev(w io.Writer, s *engine.Server, r engine.ReplicaInfo) {
+	uri := r.Share.URI
+	eng := ""
+	if s.GRPCAddr() != config.DefaultGRPCListen {
+		eng = " --engine " + s.GRPCAddr()
+	}
+	fmt.Fprintf(w, `
+Nexstor dev node is running.
+
+  replica %s (%s, thin) in pool %s, shared at:
+    %s
+
+Try it:
+  nbdinfo %s
+  nbdcopy /dev/urandom %s --length=64M    # write
+  nexctl%s replica list
+  nexctl%s pool get %s
+
+Press Ctrl-C to stop; the next start reuses the same pool, replica and share.
+`, r.Name, output.Size(uint64(r.Size)), r.Pool, uri, uri, uri, eng, eng, r.Pool)
+}
+
+// run starts a server, calls ready (if any), and serves until SIGINT or
+// SIGTERM, then shuts down cleanly.
+func run(opts engine.ServerOptions, ready func(*engine.Server) error) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s, err := engine.StartServer(opts)
+	if err != nil {
+		return err
+	}
+	if ready != nil {
+		if err := ready(s); err != nil {
+			s.Shutdown(shutdownGrace)
+			return err
+		}
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		opts.Logger.Info("shutting down")
+	case serveErr = <-s.Err():
+		opts.Logger.Error("listener failed; shutting down", "err", serveErr)
+	}
+	return errors.Join(serveErr, s.Shutdown(shutdownGrace))
+}
+
+// newLogger builds the slog logger the configuration asks for.
+func newLogger(l config.Log) (*slog.Logger, func(), error) {
+	var w io.Writer = os.Stderr
+	closeFn := func() {}
+	if l.File != "" {
+		f, err := os.OpenFile(l.File, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		w, closeFn = f, func() { f.Close() }
+	}
+	ho := &slog.HandlerOptions{Level: l.SlogLevel()}
+	if l.JSON {
+		return slog.New(slog.NewJSONHandler(w, ho)), closeFn, nil
+	}
+	return slog.New(slog.NewTextHandler(w, ho)), closeFn, nil
+}

@@ -1,0 +1,178 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/pool"
+)
+
+// PoolBackend is the production Backend: disks opened with bdev.Open, pools
+// from internal/pool. Pool errors become faults that name the pool, disk or
+// replica and say what to do.
+type PoolBackend struct{}
+
+// CreatePool opens the disk and formats it. A file that bdev.Open created
+// for this call is removed again when formatting fails, so a failed create
+// leaves nothing behind.
+func (PoolBackend) CreatePool(uri string, o CreatePoolOptions) (PoolHandle, error) {
+	created := newFile(uri)
+	dev, err := bdev.Open(uri)
+	if err != nil {
+		return nil, diskFault(uri, err)
+	}
+	p, err := pool.Create(dev, pool.CreateOptions{Name: o.Name, ClusterSize: o.ClusterSize, Force: o.Force})
+	if err != nil {
+		dev.Close()
+		if created != "" {
+			os.Remove(created)
+		}
+		return nil, poolFault(err, fmt.Sprintf("pool %q on disk %s", o.Name, uri), uri)
+	}
+	return poolHandle{p}, nil
+}
+
+// ImportPool opens the disk and imports the pool on it; a disk without a
+// pool is not written to.
+func (PoolBackend) ImportPool(uri string) (PoolHandle, error) {
+	dev, err := bdev.Open(uri)
+	if err != nil {
+		return nil, diskFault(uri, err)
+	}
+	p, err := pool.Import(dev)
+	if err != nil {
+		dev.Close()
+		return nil, poolFault(err, "disk "+uri, uri)
+	}
+	return poolHandle{p}, nil
+}
+
+// newFile returns the path of a file:// disk that does not exist yet, or "".
+func newFile(uri string) string {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "file" || u.Path == "" {
+		return ""
+	}
+	if _, err := os.Stat(u.Path); errors.Is(err, os.ErrNotExist) {
+		return u.Path
+	}
+	return ""
+}
+
+// poolFault gives a pool error a description naming what and a resolution.
+func poolFault(err error, what, disk string) error {
+	type rule struct {
+		sentinel   error
+		code       string
+		desc       string
+		resolution string
+	}
+	rules := []rule{
+		{pool.ErrHasPool, "pool.disk_has_pool", what + ": the disk already holds a pool",
+			fmt.Sprintf("import it (nexctl pool import %s), or pass --force to format it and destroy that pool's data", disk)},
+		{pool.ErrTooSmall, "pool.disk_too_small", what + ": the disk is too small",
+			"use a larger disk, or give a file-backed disk a larger size (file:///path?size=1GiB)"},
+		{pool.ErrNotPool, "pool.not_pool", what + ": no nexstor pool found",
+			fmt.Sprintf("create a pool on it (nexctl pool create NAME %s)", disk)},
+		{pool.ErrCorrupt, "pool.corrupt", what + ": the pool's metadata is corrupt",
+			"nothing was changed on the disk; restore the data from another replica, or reformat it with `nexctl pool create --force` (its data is lost)"},
+		{pool.ErrInvalid, "pool.invalid", what, "check the arguments"},
+		{pool.ErrNoSpace, "pool.no_space", what + ": not enough free space",
+			"destroy replicas you do not need, create a thin replica, or use another pool"},
+		{pool.ErrExists, "pool.exists", what + ": already exists", "choose another name"},
+		{pool.ErrNotFound, "pool.not_found", what + ": not found", "list what exists with `nexctl replica list`"},
+		{pool.ErrBusy, "pool.busy", what + ": busy (in use)", "unshare the replica first (nexctl replica unshare NAME)"},
+		{pool.ErrClosed, "pool.closed", what + ": the pool is closed", "import the pool again"},
+	}
+	for _, r := range rules {
+		if errors.Is(err, r.sentinel) {
+			return fault.Wrap(err, fault.KindOf(r.sentinel), r.code, r.desc, r.resolution)
+		}
+	}
+	return fault.Wrap(err, fault.Internal, "pool.io", what, "see the server log; check the disk")
+}
+
+// poolHandle adapts *pool.Pool to PoolHandle.
+type poolHandle struct{ p *pool.Pool }
+
+func (h poolHandle) Name() string { return h.p.Name() }
+func (h poolHandle) UUID() string { return h.p.UUID() }
+
+func (h poolHandle) Stats() PoolStats {
+	s := h.p.Stats()
+	return PoolStats{Capacity: s.Capacity, ClusterSize: s.ClusterSize, TotalClusters: s.TotalClusters,
+		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas}
+}
+
+func (h poolHandle) what(replica string) string {
+	return fmt.Sprintf("replica %q in pool %q", replica, h.p.Name())
+}
+
+func (h poolHandle) CreateReplica(s ReplicaSpec) (ReplicaStat, error) {
+	ri, err := h.p.CreateReplica(pool.ReplicaOptions{Name: s.Name, UUID: s.UUID, Size: s.Size, Thin: s.Thin})
+	if err != nil {
+		return ReplicaStat{}, poolFault(err, h.what(s.Name), "")
+	}
+	return replicaStat(ri), nil
+}
+
+func (h poolHandle) Replicas() []ReplicaStat {
+	list := h.p.Replicas()
+	out := make([]ReplicaStat, 0, len(list))
+	for _, ri := range list {
+		out = append(out, replicaStat(ri))
+	}
+	return out
+}
+
+func (h poolHandle) ReplicaInfo(name string) (ReplicaStat, error) {
+	ri, err := h.p.ReplicaInfo(name)
+	if err != nil {
+		return ReplicaStat{}, poolFault(err, h.what(name), "")
+	}
+	return replicaStat(ri), nil
+}
+
+func (h poolHandle) OpenReplica(name string) (bdev.Device, error) {
+	r, err := h.p.OpenReplica(name)
+	if err != nil {
+		return nil, poolFault(err, h.what(name), "")
+	}
+	return r, nil
+}
+
+func (h poolHandle) DestroyReplica(name string) error {
+	if err := h.p.DestroyReplica(name); err != nil {
+		return poolFault(err, h.what(name), "")
+	}
+	return nil
+}
+
+func (h poolHandle) ResizeReplica(name string, size int64) error {
+	if err := h.p.ResizeReplica(name, size); err != nil {
+		return poolFault(err, h.what(name), "")
+	}
+	return nil
+}
+
+func (h poolHandle) Close() error {
+	if err := h.p.Close(); err != nil {
+		return poolFault(err, fmt.Sprintf("pool %q", h.p.Name()), "")
+	}
+	return nil
+}
+
+func (h poolHandle) Destroy() error {
+	if err := h.p.Destroy(); err != nil {
+		return poolFault(err, fmt.Sprintf("pool %q", h.p.Name()), "")
+	}
+	return nil
+}
+
+func replicaStat(ri pool.ReplicaInfo) ReplicaStat {
+	return ReplicaStat{Name: ri.Name, UUID: ri.UUID, Size: ri.Size, Thin: ri.Thin, Allocated: ri.Allocated}
+}
