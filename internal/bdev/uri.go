@@ -88,13 +88,13 @@ func ParseURI(s string) (URI, error) {
 	if u.Fragment != "" {
 		return URI{}, uriError(s, "unexpected #fragment", "remove the part after #")
 	}
-	if u.Path == "" || u.Path == "/" {
-		return URI{}, uriError(s, "empty path", fmt.Sprintf("give an absolute path, as in %s:///var/lib/nexstor/disk0.img", out.Scheme))
-	}
-	if !strings.HasPrefix(u.Path, "/") {
+	if u.Path != "" && !strings.HasPrefix(u.Path, "/") {
 		return URI{}, uriError(s, "relative path", "use an absolute path such as /var/lib/nexstor/disk0.img")
 	}
-	out.Path = path.Clean(u.Path)
+	out.Path = path.Clean("/" + u.Path)
+	if out.Path == "/" {
+		return URI{}, uriError(s, "empty path", fmt.Sprintf("give an absolute path, as in %s:///var/lib/nexstor/disk0.img", out.Scheme))
+	}
 
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
