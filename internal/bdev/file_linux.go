@@ -44,6 +44,8 @@ type FileOptions struct {
 	ReadOnly bool
 }
 
+var _ Device = (*File)(nil)
+
 // File is a Device backed by a regular file or a block device, doing
 // positioned I/O (pread/pwrite) on one descriptor shared by all callers.
 //

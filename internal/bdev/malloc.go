@@ -5,11 +5,14 @@ import (
 	"sync"
 )
 
+var _ Device = (*Malloc)(nil)
+
 // Malloc is a Device held in RAM. Its contents are lost on Close; Flush is a
 // no-op because there is nothing more durable to reach.
 type Malloc struct {
 	mu     sync.RWMutex
 	buf    []byte
+	size   int64 // kept apart from buf so that Size stays valid after Close
 	bs     int
 	closed bool
 }
@@ -27,14 +30,14 @@ func NewMalloc(size int64, blockSize int) (*Malloc, error) {
 	if size <= 0 || size%int64(blockSize) != 0 {
 		return nil, fmt.Errorf("malloc: size %d: must be a positive multiple of the %d-byte block size", size, blockSize)
 	}
-	return &Malloc{buf: make([]byte, size), bs: blockSize}, nil
+	return &Malloc{buf: make([]byte, size), size: size, bs: blockSize}, nil
 }
 
 func (m *Malloc) check(op string, off, n int64) error {
 	if m.closed {
 		return ErrClosed
 	}
-	return CheckRange(op, off, n, int64(len(m.buf)), m.bs)
+	return CheckRange(op, off, n, m.size, m.bs)
 }
 
 // ReadAt implements io.ReaderAt.
@@ -85,12 +88,12 @@ func (m *Malloc) zero(op string, off, length int64) error {
 }
 
 // Size returns the capacity in bytes.
-func (m *Malloc) Size() int64 { return int64(len(m.buf)) }
+func (m *Malloc) Size() int64 { return m.size }
 
 // BlockSize returns the logical block size.
 func (m *Malloc) BlockSize() int { return m.bs }
 
-// Close frees the memory.
+// Close frees the memory. A second Close returns ErrClosed.
 func (m *Malloc) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -102,6 +102,8 @@ type rule struct {
 	removed bool
 }
 
+var _ bdev.Device = (*Device)(nil)
+
 // Device is a bdev.Device that forwards to an inner device and applies the
 // installed Rules to every operation. It is safe for concurrent use; rules
 // may be added and removed while I/O is running. With no rules installed it

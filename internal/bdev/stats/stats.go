@@ -69,6 +69,8 @@ func (c *counters) snapshot() OpStats {
 	return s
 }
 
+var _ bdev.Device = (*Device)(nil)
+
 // Device is a bdev.Device that forwards every call to an inner device and
 // records it. It adds no behaviour: errors, including misuse errors, come
 // back from the inner device unchanged. Safe for concurrent use.
