@@ -1,0 +1,422 @@
+package pool
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+)
+
+// The crash test: a child process (this test binary, re-executed) works on
+// a file-backed pool and journals what is durable; the parent kills it with
+// SIGKILL at random moments, imports the pool and checks it against the
+// journal, round after round on the same pool.
+
+const (
+	crashDirEnv   = "NEXSTOR_POOL_CRASH_DIR"
+	crashRoundEnv = "NEXSTOR_POOL_CRASH_ROUND"
+	crashBase     = 4       // base replicas, one writer goroutine each
+	crashSize     = 2 * mib // size of each base replica
+	crashBlock    = 512
+	crashBlocks   = crashSize / crashBlock
+	crashRounds   = 24
+)
+
+func crashName(i int) string { return fmt.Sprintf("base%d", i) }
+
+// stamp fills block blk of base replica ri with the content of write id:
+// a header naming all three, then bytes derived from them, so any block can
+// be attributed to exactly one write (or recognised as garbage).
+func stamp(b []byte, id uint64, ri int, blk int64) {
+	binary.LittleEndian.PutUint64(b[0:], id)
+	binary.LittleEndian.PutUint64(b[8:], uint64(ri))
+	binary.LittleEndian.PutUint64(b[16:], uint64(blk))
+	// The rest repeats one word derived from all three: cheap to build and
+	// compare, and still unique to this (write, replica, block).
+	x := id*0x9e3779b97f4a7c15 ^ uint64(ri)<<56 ^ uint64(blk)*0xbf58476d1ce4e5b9
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	binary.LittleEndian.PutUint64(b[24:], x^x>>31)
+	for k := 8; 24+k < len(b); k *= 2 {
+		copy(b[24+k:], b[24:24+k])
+	}
+}
+
+// TestCrashChild is the child side; it does nothing unless started by TestCrash.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashDirEnv)
+	if dir == "" {
+		t.Skip("runs only as the child of TestCrash")
+	}
+	round, _ := strconv.ParseUint(os.Getenv(crashRoundEnv), 10, 32)
+	die := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "crash child: "+format+"\n", args...)
+		os.Exit(3)
+	}
+	dev, err := bdev.OpenFile(filepath.Join(dir, "pool.img"), bdev.FileOptions{})
+	if err != nil {
+		die("open: %v", err)
+	}
+	p, err := Import(dev)
+	if err != nil {
+		die("import: %v", err)
+	}
+	jf, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("journal-%d", round)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		die("journal: %v", err)
+	}
+	var jmu sync.Mutex
+	journal := func(lines ...string) {
+		jmu.Lock()
+		defer jmu.Unlock()
+		if _, err := jf.WriteString(strings.Join(lines, "")); err != nil {
+			die("journal: %v", err)
+		}
+		if err := jf.Sync(); err != nil {
+			die("journal sync: %v", err)
+		}
+	}
+	var ids atomic.Uint64
+	ids.Store(round << 32)
+	fmt.Println("ready")
+
+	for ri := range crashBase {
+		go func() {
+			rng := rand.New(rand.NewPCG(round, uint64(ri)))
+			h, err := p.OpenReplica(crashName(ri))
+			if err != nil {
+				die("open replica: %v", err)
+			}
+			buf := make([]byte, 64*crashBlock)
+			var pending []string
+			for {
+				n := 1 + rng.Int64N(64)
+				blk := rng.Int64N(crashBlocks - n + 1)
+				id := ids.Add(1)
+				switch op := rng.IntN(40); {
+				case op == 0: // unmap (whole clusters, partial ones, or both)
+					journal(fmt.Sprintf("U %d %d %d %d\n", id, ri, blk, n))
+					if err := h.Unmap(blk*crashBlock, n*crashBlock); err != nil {
+						die("unmap: %v", err)
+					}
+					pending = append(pending, fmt.Sprintf("u %d %d %d %d\n", id, ri, blk, n))
+				case op < 6:
+					if err := h.Flush(); err != nil {
+						die("flush: %v", err)
+					}
+					journal(pending...)
+					pending = pending[:0]
+				default:
+					for k := range n {
+						stamp(buf[k*crashBlock:(k+1)*crashBlock], id, ri, blk+k)
+					}
+					if _, err := h.WriteAt(buf[:n*crashBlock], blk*crashBlock); err != nil {
+						die("write: %v", err)
+					}
+					pending = append(pending, fmt.Sprintf("w %d %d %d %d\n", id, ri, blk, n))
+				}
+			}
+		}()
+	}
+	// Meanwhile, create, use, grow and destroy short-lived replicas.
+	rng := rand.New(rand.NewPCG(round, 99))
+	for n := 0; ; n++ {
+		name := fmt.Sprintf("tmp-%d-%d", round, n)
+		thin := rng.IntN(2) == 0
+		journal("C " + name + "\n")
+		if _, err := p.CreateReplica(ReplicaOptions{Name: name, Size: 512 * kib, Thin: thin}); err != nil {
+			die("create %s: %v", name, err)
+		}
+		journal("c " + name + "\n")
+		h, err := p.OpenReplica(name)
+		if err != nil {
+			die("open %s: %v", name, err)
+		}
+		buf := make([]byte, 64*kib)
+		for k := range int64(4) {
+			if _, err := h.WriteAt(buf, k*128*kib); err != nil {
+				die("write %s: %v", name, err)
+			}
+		}
+		if err := p.ResizeReplica(name, 768*kib); err != nil {
+			die("resize %s: %v", name, err)
+		}
+		_ = h.Close()
+		if rng.IntN(3) == 0 {
+			continue // keep some; the parent destroys them
+		}
+		journal("X " + name + "\n")
+		if err := p.DestroyReplica(name); err != nil {
+			die("destroy %s: %v", name, err)
+		}
+		journal("d " + name + "\n")
+		time.Sleep(time.Duration(rng.IntN(10)) * time.Millisecond)
+	}
+}
+
+// blockState is what the parent knows about one block of a base replica.
+type blockState struct {
+	last      uint64 // id of the last flushed write or unmap; 0: none
+	lastUnmap bool   // the last flushed operation was an unmap
+	unmapIdea uint64 // highest id of an unmap that may have run (flushed or not)
+}
+
+func TestCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test skipped in -short mode")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pool.img")
+	f, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: 24 * mib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustCreate(t, f, CreateOptions{Name: "crash"})
+	for i := range crashBase {
+		mustReplica(t, p, crashName(i), crashSize, true)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	model := make([][]blockState, crashBase)
+	for i := range model {
+		model[i] = make([]blockState, crashBlocks)
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	var lines, killedReady int
+	for round := 1; round <= crashRounds; round++ {
+		waitReady := rng.IntN(4) != 0
+		delay := time.Duration(rng.IntN(250)) * time.Millisecond
+		t0 := time.Now()
+		ready := runCrashChild(t, exe, dir, round, waitReady, delay)
+		t1 := time.Now()
+		if ready {
+			killedReady++
+		}
+		n, temps := readJournal(t, filepath.Join(dir, fmt.Sprintf("journal-%d", round)), model)
+		lines += n
+		f, err := bdev.OpenFile(path, bdev.FileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Import(f)
+		if err != nil {
+			t.Fatalf("round %d: import after kill: %v", round, err)
+		}
+		if err := p.Check(); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		t2 := time.Now()
+		verifyBase(t, round, p, model)
+		t3 := time.Now()
+		verifyTemps(t, round, p, temps)
+		t4 := time.Now()
+		if err := p.Check(); err != nil {
+			t.Fatalf("round %d after cleanup: %v", round, err)
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if os.Getenv("NEXSTOR_POOL_TEST_LOG") != "" {
+			t.Logf("round %d: child %v, import %v, base %v, temps %v, close %v", round, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), t4.Sub(t3), time.Since(t4))
+		}
+	}
+	t.Logf("%d rounds (%d killed after import), %d journal lines verified", crashRounds, killedReady, lines)
+	if killedReady == 0 || lines == 0 {
+		t.Fatalf("the child never got to work: %d rounds killed after import, %d journal lines", killedReady, lines)
+	}
+}
+
+// runCrashChild starts the child, kills it after delay (counted from its
+// "ready" line when waitReady), and reports whether it had become ready.
+func runCrashChild(t *testing.T, exe, dir string, round int, waitReady bool, delay time.Duration) bool {
+	t.Helper()
+	cmd := exec.Command(exe, "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, crashRoundEnv+"="+strconv.Itoa(round))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	readyc := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		r := false
+		for sc.Scan() {
+			if sc.Text() == "ready" && !r {
+				r = true
+				readyc <- true
+			}
+		}
+		if !r {
+			readyc <- false
+		}
+	}()
+	ready := false
+	if waitReady {
+		select {
+		case ready = <-readyc:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("round %d: child not ready after a minute", round)
+		}
+	}
+	time.Sleep(delay)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("round %d: child ended on its own (%v): %s", round, err, stderr.String())
+	}
+	if !waitReady {
+		select {
+		case ready = <-readyc:
+		default:
+		}
+	}
+	return ready
+}
+
+// readJournal applies a round's journal to the model and returns the
+// number of lines and the temporary replicas' last events. A last line
+// without its newline was cut by the kill and is ignored.
+func readJournal(t *testing.T, path string, model [][]blockState) (int, map[string]string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+		data = data[:i+1]
+	} else {
+		data = nil
+	}
+	temps := map[string]string{}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		n++
+		f := strings.Fields(line)
+		switch f[0] {
+		case "C", "c", "X", "d":
+			temps[f[1]] = f[0]
+		case "w", "u", "U":
+			var id, ri, blk, cnt uint64
+			if _, err := fmt.Sscanf(line[2:], "%d %d %d %d", &id, &ri, &blk, &cnt); err != nil {
+				t.Fatalf("journal line %q: %v", line, err)
+			}
+			for b := blk; b < blk+cnt; b++ {
+				s := &model[ri][b]
+				switch f[0] {
+				case "U":
+					s.unmapIdea = max(s.unmapIdea, id)
+				default:
+					s.last, s.lastUnmap = id, f[0] == "u"
+				}
+			}
+		default:
+			t.Fatalf("journal line %q", line)
+		}
+	}
+	return n, temps
+}
+
+// verifyBase checks every block of the base replicas: it holds its last
+// flushed version or a later write's, never an older or foreign one, and
+// reads as zeroes only when nothing was flushed to it or an unmap may have.
+func verifyBase(t *testing.T, round int, p *Pool, model [][]blockState) {
+	t.Helper()
+	buf := make([]byte, crashSize)
+	want := make([]byte, crashBlock)
+	zero := make([]byte, crashBlock)
+	for ri := range crashBase {
+		h, err := p.OpenReplica(crashName(ri))
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if _, err := h.ReadAt(buf, 0); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		_ = h.Close()
+		for b := range int64(crashBlocks) {
+			got := buf[b*crashBlock : (b+1)*crashBlock]
+			s := model[ri][b]
+			if bytes.Equal(got, zero) {
+				if s.last != 0 && !s.lastUnmap && s.unmapIdea < s.last {
+					t.Fatalf("round %d: %s block %d reads zeroes; flushed write %#x lost", round, crashName(ri), b, s.last)
+				}
+				continue
+			}
+			id := binary.LittleEndian.Uint64(got)
+			stamp(want, id, ri, b)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("round %d: %s block %d holds garbage or another block's data (header id %#x replica %d block %d)",
+					round, crashName(ri), b, id, binary.LittleEndian.Uint64(got[8:]), binary.LittleEndian.Uint64(got[16:]))
+			}
+			if id < s.last || (id == s.last && s.lastUnmap) {
+				t.Fatalf("round %d: %s block %d holds write %#x, older than the flushed %#x", round, crashName(ri), b, id, s.last)
+			}
+		}
+	}
+}
+
+// verifyTemps checks the short-lived replicas against their journal events
+// and destroys the survivors.
+func verifyTemps(t *testing.T, round int, p *Pool, temps map[string]string) {
+	t.Helper()
+	exists := map[string]bool{}
+	for _, ri := range p.Replicas() {
+		exists[ri.Name] = true
+	}
+	for name, ev := range temps {
+		if ev == "c" && !exists[name] {
+			t.Fatalf("round %d: replica %s lost: its creation was acknowledged", round, name)
+		}
+	}
+	for _, ri := range p.Replicas() {
+		if strings.HasPrefix(ri.Name, "base") {
+			if ri.Size != crashSize {
+				t.Fatalf("round %d: %s has size %d", round, ri.Name, ri.Size)
+			}
+			continue
+		}
+		if strings.HasPrefix(ri.Name, fmt.Sprintf("tmp-%d-", round)) && temps[ri.Name] == "" {
+			t.Fatalf("round %d: replica %s exists but was never created", round, ri.Name)
+		}
+		if temps[ri.Name] == "d" {
+			t.Fatalf("round %d: replica %s exists after its destroy was acknowledged", round, ri.Name)
+		}
+		if ri.Size != 512*kib && ri.Size != 768*kib {
+			t.Fatalf("round %d: replica %s has size %d", round, ri.Name, ri.Size)
+		}
+		if err := p.DestroyReplica(ri.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
