@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/units"
 )
 
@@ -49,7 +51,6 @@ var (
 	nameRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$`)
 	fdSegmentRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
-	diskSchemes  = []string{"file", "aio", "uring", "malloc"}
 	validLevels  = []string{"debug", "info", "warn", "error"}
 	absolutePath = "use an absolute path"
 )
@@ -265,12 +266,17 @@ func (v *validator) pools(pools []Pool) {
 		} else {
 			names[p.Name] = i
 		}
-		if prob := checkDiskURI(p.Disk); prob != "" {
-			v.add(key+".disk", prob, "use file:///path?size=10GiB, aio:///dev/sdb, uring:///dev/nvme0n1, malloc:///name?size=512MiB or an absolute device path")
-		} else if j, dup := disks[diskKey(p.Disk)]; dup {
+		if u, err := bdev.ParseURI(p.Disk); err != nil {
+			var f *fault.Fault
+			if errors.As(err, &f) {
+				v.add(key+".disk", f.Description, f.Resolution)
+			} else {
+				v.add(key+".disk", err.Error(), "use file:///path?size=10GiB, aio:///dev/sdb, malloc:///name?size=512MiB or an absolute device path")
+			}
+		} else if j, dup := disks[diskKey(u)]; dup {
 			v.add(key+".disk", fmt.Sprintf("%q is also the disk of pools[%d]", p.Disk, j), "a pool owns exactly one disk; give every pool its own")
 		} else {
-			disks[diskKey(p.Disk)] = i
+			disks[diskKey(u)] = i
 		}
 		cs := p.ClusterSize
 		if cs < MinClusterSize || cs > MaxClusterSize || cs&(cs-1) != 0 {
@@ -281,75 +287,13 @@ func (v *validator) pools(pools []Pool) {
 }
 
 // diskKey identifies the storage a disk URI names, so that two spellings of
-// one device are caught as duplicates.
-func diskKey(uri string) string {
-	if !strings.Contains(uri, "://") {
-		return filepath.Clean(uri)
+// one device ("/dev/sdb", "aio:///dev/sdb", "file:///dev/sdb") are caught as
+// duplicates. uri must have parsed.
+func diskKey(u bdev.URI) string {
+	if u.Scheme == bdev.SchemeMalloc {
+		return "malloc:" + u.Path
 	}
-	u, err := url.Parse(uri)
-	if err != nil {
-		return uri
-	}
-	if u.Scheme == "malloc" {
-		return "malloc:" + u.Host + u.Path
-	}
-	return filepath.Clean(u.Path)
-}
-
-// checkDiskURI returns why uri is not a disk URI ("" when it is). It follows
-// the grammar in ARCHITECTURE.md: file://, aio://, uring:// take an absolute
-// path, malloc:// a name; file:// and malloc:// may (malloc:// must) carry
-// size=<human size>.
-func checkDiskURI(uri string) string {
-	if uri == "" {
-		return "is empty"
-	}
-	if !strings.Contains(uri, "://") {
-		if !filepath.IsAbs(uri) {
-			return fmt.Sprintf("%q is neither a URI nor an absolute path", uri)
-		}
-		return ""
-	}
-	u, err := url.Parse(uri)
-	if err != nil {
-		return fmt.Sprintf("%q is not a URI: %v", uri, err)
-	}
-	if !contains(diskSchemes, u.Scheme) {
-		return fmt.Sprintf("%q: unknown scheme %q", uri, u.Scheme)
-	}
-	q := u.Query()
-	for k := range q {
-		if k != "size" {
-			return fmt.Sprintf("%q: unknown parameter %q", uri, k)
-		}
-	}
-	if sz := q.Get("size"); sz != "" {
-		n, err := units.ParseSize(sz)
-		if err != nil {
-			return fmt.Sprintf("%q: %v", uri, err)
-		}
-		if n <= 0 || n%4096 != 0 {
-			return fmt.Sprintf("%q: size must be a positive multiple of 4KiB", uri)
-		}
-		if u.Scheme == "aio" || u.Scheme == "uring" {
-			return fmt.Sprintf("%q: size is only for file:// and malloc:// disks", uri)
-		}
-	} else if u.Scheme == "malloc" {
-		return fmt.Sprintf("%q: a malloc disk needs ?size=", uri)
-	}
-	if u.Scheme == "malloc" {
-		if u.Host == "" && (u.Path == "" || u.Path == "/") {
-			return fmt.Sprintf("%q: a malloc disk needs a name", uri)
-		}
-		return ""
-	}
-	if u.Host != "" {
-		return fmt.Sprintf("%q: a local disk has no host; write three slashes (%s:///path)", uri, u.Scheme)
-	}
-	if !strings.HasPrefix(u.Path, "/") || u.Path == "/" {
-		return fmt.Sprintf("%q: the path must be absolute", uri)
-	}
-	return ""
+	return u.Path
 }
 
 func (v *validator) listenConflicts(s *Server) {
