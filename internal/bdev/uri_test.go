@@ -14,6 +14,8 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 )
 
+func ptr[T any](v T) *T { return &v }
+
 func TestParseURI(t *testing.T) {
 	for _, c := range []struct {
 		in   string

@@ -17,8 +17,6 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 )
 
-func ptr[T any](v T) *T { return &v }
-
 func openTemp(t *testing.T, dir string, opts bdev.FileOptions) *bdev.File {
 	t.Helper()
 	opts.Create = true

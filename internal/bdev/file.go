@@ -1,0 +1,30 @@
+package bdev
+
+import "errors"
+
+// ErrReadOnly is returned by writes to a device opened read-only.
+var ErrReadOnly = errors.New("bdev: device is read-only")
+
+// FileOptions configures OpenFile.
+type FileOptions struct {
+	// Create creates a regular file of Size bytes (sparse) when path does
+	// not exist. Without it a missing path is an error.
+	Create bool
+	// Size is the size in bytes of a file to create. For an existing file
+	// or block device it must be 0 or equal to the current size (a safety
+	// check, never a resize).
+	Size int64
+	// BlockSize is the logical block size in bytes, a power of two >= 512.
+	// 0 means 512 for regular files and the device's logical block size
+	// (BLKSSZGET) for block devices; a block device rejects anything
+	// smaller than its logical block size.
+	BlockSize int
+	// Direct selects O_DIRECT: nil tries it and falls back to buffered I/O
+	// when the filesystem refuses it (tmpfs) or its direct-I/O alignment is
+	// coarser than BlockSize; true insists (OpenFile fails instead of
+	// falling back); false never uses it.
+	Direct *bool
+	// ReadOnly opens without write access; writes, Unmap and WriteZeroes
+	// return ErrReadOnly.
+	ReadOnly bool
+}
