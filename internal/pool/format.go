@@ -26,6 +26,10 @@ const (
 	// divided by the cluster size, rounded up), which bounds the in-memory
 	// cluster map at 8 bytes per cluster.
 	MaxReplicaClusters = 1 << 24
+	// maxSpannedClusters bounds the clusters all replicas of a pool span
+	// together (thin ones included), which bounds the memory of all cluster
+	// maps at 1 GiB: 512 TiB of replicas with 4 MiB clusters.
+	maxSpannedClusters = 1 << 27
 
 	sbMagic      = "NXSTPOOL"
 	cpMagic      = "NXSTCKPT"

@@ -105,6 +105,7 @@ type Pool struct {
 	owned     uint64 // clusters mapped by replicas
 	reserved  uint64 // clusters taken from the bitmap by operations in flight
 	committed uint64 // sum of replica sizes
+	spanned   uint64 // sum of the clusters each replica's size spans
 
 	// Group commit: callers queue records; one of them at a time (the
 	// leader) writes everything queued in one log write and one flush.
@@ -493,6 +494,10 @@ func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
 		p.mu.Unlock()
 		return ReplicaInfo{}, p.errf("replica %q: the pool already holds its maximum of %d replicas; destroy one first: %w", opts.Name, p.sb.MaxReplicas, ErrNoSpace)
 	}
+	if err := p.spanCheckLocked(opts.Name, 0, opts.Size); err != nil {
+		p.mu.Unlock()
+		return ReplicaInfo{}, err
+	}
 	e := entry{UUID: id, Size: uint64(opts.Size), Thin: opts.Thin, Name: opts.Name}
 	var k uint64
 	if !opts.Thin {
@@ -518,6 +523,17 @@ func (p *Pool) validSize(name string, size int64) error {
 	if clustersFor(uint64(size), uint64(p.cs)) > MaxReplicaClusters {
 		return p.errf("replica %q: size %s exceeds the largest replica of %s this pool's %s clusters allow: %w",
 			name, units.FormatSize(size), units.FormatSize(MaxReplicaClusters*p.cs), units.FormatSize(p.cs), ErrInvalid)
+	}
+	return nil
+}
+
+// spanCheckLocked refuses a size change that would take the replicas of the
+// pool over maxSpannedClusters. Must hold p.mu.
+func (p *Pool) spanCheckLocked(name string, old, size int64) error {
+	cs := uint64(p.cs)
+	if p.spanned+clustersFor(uint64(size), cs)-clustersFor(uint64(old), cs) > maxSpannedClusters {
+		return p.errf("replica %q: the pool's replicas would span more than %d clusters (%s) in all, the limit on overcommitment; use smaller thin replicas: %w",
+			name, maxSpannedClusters, units.FormatSize(maxSpannedClusters*p.cs), ErrNoSpace)
 	}
 	return nil
 }
@@ -593,6 +609,10 @@ func (p *Pool) ResizeReplica(name string, newSize int64) error {
 	if newSize == old {
 		p.mu.Unlock()
 		return nil
+	}
+	if err := p.spanCheckLocked(name, old, newSize); err != nil {
+		p.mu.Unlock()
+		return err
 	}
 	e := entry{UUID: r.uuid, Size: uint64(newSize), Thin: r.thin}
 	var k uint64

@@ -168,12 +168,16 @@ func (p *Pool) apply(rec *record, live bool) error {
 		if err := p.checkSize(e.Size); err != nil {
 			return fmt.Errorf("create: %w", err)
 		}
+		if p.spanned+clustersFor(e.Size, cs) > maxSpannedClusters {
+			return fmt.Errorf("create: replicas would span more than %d clusters", maxSpannedClusters)
+		}
 		r = &replica{name: e.Name, uuid: e.UUID, uuidStr: fmtUUID(e.UUID), thin: e.Thin, inflight: map[uint64]*allocCall{}}
 		r.grow(e.Size, cs)
 		if err := p.mapRuns(r, e.Runs, live); err != nil {
 			return fmt.Errorf("create %q: %w", e.Name, err)
 		}
 		r.size.Store(int64(e.Size))
+		p.spanned += clustersFor(e.Size, cs)
 		p.byUUID[e.UUID] = r
 		p.byName[e.Name] = r
 		p.committed += e.Size
@@ -188,11 +192,15 @@ func (p *Pool) apply(rec *record, live bool) error {
 		if err := p.checkSize(e.Size); err != nil {
 			return fmt.Errorf("resize %q: %w", r.name, err)
 		}
+		if p.spanned+clustersFor(e.Size, cs)-clustersFor(old, cs) > maxSpannedClusters {
+			return fmt.Errorf("resize %q: replicas would span more than %d clusters", r.name, maxSpannedClusters)
+		}
 		r.grow(e.Size, cs)
 		if err := p.mapRuns(r, e.Runs, live); err != nil {
 			return fmt.Errorf("resize %q: %w", r.name, err)
 		}
 		r.size.Store(int64(e.Size))
+		p.spanned += clustersFor(e.Size, cs) - clustersFor(old, cs)
 		p.committed += e.Size - old
 	case recDestroy:
 		if r == nil {
@@ -206,6 +214,7 @@ func (p *Pool) apply(rec *record, live bool) error {
 		}
 		p.owned -= r.owned
 		p.committed -= uint64(r.size.Load())
+		p.spanned -= clustersFor(uint64(r.size.Load()), cs)
 		r.owned = 0
 		delete(p.byUUID, e.UUID)
 		delete(p.byName, r.name)
@@ -219,6 +228,9 @@ func (p *Pool) apply(rec *record, live bool) error {
 	case recUnmap:
 		if r == nil {
 			return fmt.Errorf("unmap: replica %s unknown", fmtUUID(e.UUID))
+		}
+		if _, err := sumRuns(e.Runs, uint64(len(r.m))); err != nil {
+			return fmt.Errorf("unmap %q: %w", r.name, err)
 		}
 		for _, u := range e.Runs {
 			if u.Count == 0 || u.Logical >= uint64(len(r.m)) || uint64(u.Count) > uint64(len(r.m))-u.Logical {
@@ -244,9 +256,26 @@ func (p *Pool) apply(rec *record, live bool) error {
 	return nil
 }
 
+// sumRuns returns the clusters runs cover, or an error when that exceeds
+// limit; it bounds the work a hostile record can cause before any loop
+// over clusters.
+func sumRuns(runs []run, limit uint64) (uint64, error) {
+	var total uint64
+	for _, u := range runs {
+		total += uint64(u.Count)
+		if total > limit {
+			return 0, fmt.Errorf("runs cover more than %d clusters", limit)
+		}
+	}
+	return total, nil
+}
+
 // mapRuns validates runs against r and the bitmap, then maps them. Nothing
 // changes when validation fails.
 func (p *Pool) mapRuns(r *replica, runs []run, live bool) error {
+	if _, err := sumRuns(runs, uint64(len(r.m))); err != nil {
+		return err
+	}
 	var total uint64
 	for _, u := range runs {
 		if u.Count == 0 || u.Logical >= uint64(len(r.m)) || uint64(u.Count) > uint64(len(r.m))-u.Logical {
