@@ -343,7 +343,7 @@ func (p *Pool) replay() (int, error) {
 			if err == nil {
 				err = fmt.Errorf("sequence %d, want %d", rec.Seq, p.seq+1)
 			}
-			slog.Info("pool log replay stops", "pool", p.sb.Name, "offset", p.sb.logOff()+pos, "reason", err)
+			slog.Debug("pool log replay stops", "pool", p.sb.Name, "offset", p.sb.logOff()+pos, "reason", err)
 			break
 		}
 		p.mu.Lock()

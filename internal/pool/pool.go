@@ -658,7 +658,12 @@ func (p *Pool) DestroyReplica(name string) error {
 	}
 	r.destroying = true
 	p.mu.Unlock()
-	if err := p.commit(&record{Type: recDestroy, E: entry{UUID: r.uuid}}); err != nil {
+	// No handle is open, but a caller may still be inside an I/O on a handle
+	// it closed concurrently: wait for it, so no cluster is freed under it.
+	r.io.Lock()
+	err := p.commit(&record{Type: recDestroy, E: entry{UUID: r.uuid}})
+	r.io.Unlock()
+	if err != nil {
 		p.mu.Lock()
 		r.destroying = false
 		p.mu.Unlock()
@@ -666,6 +671,22 @@ func (p *Pool) DestroyReplica(name string) error {
 	}
 	slog.Info("replica destroyed", "pool", p.sb.Name, "replica", name)
 	return nil
+}
+
+// ReplicaByUUID describes the replica with the given UUID (canonical text
+// form); ErrNotFound when there is none.
+func (p *Pool) ReplicaByUUID(id string) (ReplicaInfo, error) {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return ReplicaInfo{}, p.errf("replica UUID %q: %v: %w", id, err, ErrInvalid)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.byUUID[u]
+	if r == nil {
+		return ReplicaInfo{}, p.errf("no replica with UUID %s: %w", id, ErrNotFound)
+	}
+	return p.info(r), nil
 }
 
 // OpenReplica returns a new handle to the replica; it is a bdev.Device with

@@ -198,6 +198,14 @@ func TestCreateImportRoundTrip(t *testing.T) {
 		if got := q.Stats(); got != wantStats {
 			t.Fatalf("stats after import: got %+v want %+v", got, wantStats)
 		}
+		for _, ri := range want {
+			if got, err := q.ReplicaByUUID(ri.UUID); err != nil || got != ri {
+				t.Fatalf("ReplicaByUUID(%s): %+v, %v", ri.UUID, got, err)
+			}
+		}
+		if _, err := q.ReplicaByUUID("2c7d2b4e-8a3f-4f1e-9d2a-1b2c3d4e5f61"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ReplicaByUUID of an unknown UUID: %v", err)
+		}
 		h := mustOpen(t, q, "thin")
 		got := make([]byte, len(data))
 		if _, err := h.ReadAt(got, 100*kib); err != nil || !bytes.Equal(got, data) {

@@ -144,9 +144,8 @@ func (r *replica) runs() []run {
 // apply applies one record to the state. live is true for records this
 // process just made durable: their clusters were reserved (bits already set,
 // counted in reserved). On replay (live false) the clusters must be free.
-// A record that contradicts the state returns an error and changes nothing
-// already checked... callers treat it as corruption (replay) or a bug (live).
-// Must hold p.mu.
+// A record that contradicts the state returns an error; replay reports it
+// as corruption, a live record as a bug. Must hold p.mu.
 func (p *Pool) apply(rec *record, live bool) error {
 	e := &rec.E
 	cs := uint64(p.cs)
