@@ -134,6 +134,7 @@ func TestCrashChild(t *testing.T) {
 	}
 	// Meanwhile, create, use, grow and destroy short-lived replicas.
 	rng := rand.New(rand.NewPCG(round, 99))
+	kept := 0
 	for n := 0; ; n++ {
 		name := fmt.Sprintf("tmp-%d-%d", round, n)
 		thin := rng.IntN(2) == 0
@@ -156,8 +157,9 @@ func TestCrashChild(t *testing.T) {
 			die("resize %s: %v", name, err)
 		}
 		_ = h.Close()
-		if rng.IntN(3) == 0 {
-			continue // keep some; the parent destroys them
+		if kept < 4 && rng.IntN(3) == 0 {
+			kept++
+			continue // keep a few; the parent destroys them
 		}
 		journal("X " + name + "\n")
 		if err := p.DestroyReplica(name); err != nil {
@@ -200,7 +202,9 @@ func TestCrash(t *testing.T) {
 	for i := range model {
 		model[i] = make([]blockState, crashBlocks)
 	}
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("kill schedule seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
 	var lines, killedReady int
 	for round := 1; round <= crashRounds; round++ {
 		waitReady := rng.IntN(4) != 0
