@@ -1,0 +1,195 @@
+// Package kernel holds interop tests in which Debian's Linux kernel, booted
+// under QEMU by package qemuvm, is the NVMe/TCP host of Nexstor's target.
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/initiator"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
+	"github.com/nexstor/nexstor/internal/testutil"
+	"github.com/nexstor/nexstor/internal/testutil/qemuvm/pattern"
+)
+
+const (
+	// hostNQN is the guest's host NQN, the only one the subsystems allow.
+	hostNQN = "nqn.2014-08.org.nvmexpress:uuid:6e6f6465-0000-4000-8000-000000000001"
+	// strangerNQN is a host NQN that no subsystem allows.
+	strangerNQN = "nqn.2014-08.org.nvmexpress:uuid:6e6f6465-0000-4000-8000-00000000dead"
+	// goHostNQN is the host NQN of the initiator that checks on the host.
+	goHostNQN = "nqn.2014-08.org.nvmexpress:uuid:6e6f6465-0000-4000-8000-000000000002"
+)
+
+// served is a target on loopback ports that the guest reaches at 10.0.2.2.
+type served struct {
+	tgt      *target.Target
+	sub      *target.Subsystem
+	ioPort   int
+	discPort int
+	log      *lockedBuffer
+}
+
+// serve exports dev as namespace 1 of subsystem nqn, allowing hostNQN and
+// goHostNQN, with an I/O and a discovery listener on free loopback ports.
+// The target's log is shown when the test fails.
+func serve(t *testing.T, nqn string, dev bdev.Device) *served {
+	t.Helper()
+	s := &served{log: &lockedBuffer{}}
+	s.tgt = target.New(slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	sub, err := s.tgt.AddSubsystem(nqn, target.SubsystemOptions{AllowedHosts: []string{hostNQN, goHostNQN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sub = sub
+	if _, err := sub.AddNamespace(dev, target.NamespaceOptions{UUID: [16]byte{0x6e, 0x78, 0x73, 0x74, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}); err != nil {
+		t.Fatal(err)
+	}
+	io, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	disc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.ioPort = io.Addr().(*net.TCPAddr).Port
+	s.discPort = disc.Addr().(*net.TCPAddr).Port
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.tgt.Serve(ctx, io) }()
+	go func() { defer wg.Done(); s.tgt.ServeDiscovery(ctx, disc) }()
+	t.Cleanup(func() {
+		cancel()
+		s.tgt.Close()
+		wg.Wait()
+		if t.Failed() {
+			t.Logf("target log:\n%s", s.log.String())
+		}
+	})
+	return s
+}
+
+// connect opens namespace 1 through the Go initiator, as the host side of a
+// test checks what the guest left behind.
+func (s *served) connect(t *testing.T, nqn string) bdev.Device {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := initiator.Connect(ctx, "127.0.0.1:"+strconv.Itoa(s.ioPort), nqn, initiator.Options{HostNQN: goHostNQN, IOQueues: 2})
+	if err != nil {
+		t.Fatalf("initiator connect: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatalf("initiator namespace 1: %v", err)
+	}
+	return ns
+}
+
+// verifyPattern reads [off, off+n) of dev and checks the pattern of seed.
+func verifyPattern(dev bdev.Device, off, n int64, seed uint64) error {
+	buf := make([]byte, 1<<20)
+	for pos := off; pos < off+n; pos += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), off+n-pos)]
+		if _, err := dev.ReadAt(p, pos); err != nil {
+			return fmt.Errorf("read at %d: %w", pos, err)
+		}
+		if err := pattern.Check(p, seed, pos); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writePattern writes the pattern of seed to [off, off+n) of dev and flushes.
+func writePattern(dev bdev.Device, off, n int64, seed uint64) error {
+	buf := make([]byte, 1<<20)
+	for pos := off; pos < off+n; pos += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), off+n-pos)]
+		pattern.Fill(p, seed, pos)
+		if _, err := dev.WriteAt(p, pos); err != nil {
+			return fmt.Errorf("write at %d: %w", pos, err)
+		}
+	}
+	return dev.Flush()
+}
+
+// checkExt4Image copies the first n bytes of dev (an ext4 file system) into a
+// file, checks it with e2fsck, and compares the files of a set written by the
+// guest's write-files step, read with debugfs.
+func checkExt4Image(t *testing.T, dev bdev.Device, n int64, dir string, count int, size int64, seed uint64) {
+	t.Helper()
+	e2fsck := testutil.RequireTool(t, "e2fsck")
+	debugfs := testutil.RequireTool(t, "debugfs")
+	img := filepath.Join(t.TempDir(), "fs.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for pos := int64(0); pos < n; pos += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), n-pos)]
+		if _, err := dev.ReadAt(p, pos); err != nil {
+			t.Fatalf("initiator read at %d: %v", pos, err)
+		}
+		if _, err := f.WriteAt(p, pos); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(e2fsck, "-fn", img).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn of the file system read back through the initiator: %v\n%s", err, out)
+	}
+	for i := 0; i < count; i++ {
+		name := dir + "/" + pattern.FileName(i)
+		var stderr bytes.Buffer
+		cmd := exec.Command(debugfs, "-R", "cat "+name, img)
+		cmd.Stderr = &stderr
+		got, err := cmd.Output()
+		if err != nil {
+			t.Errorf("debugfs cat %s: %v: %s", name, err, stderr.String())
+			continue
+		}
+		if int64(len(got)) != size {
+			t.Errorf("%s: %d bytes on the host, want %d (debugfs: %s)", name, len(got), size, strings.TrimSpace(stderr.String()))
+			continue
+		}
+		if err := pattern.Check(got, pattern.FileSeed(seed, i), 0); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
