@@ -3,6 +3,7 @@ package pool
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
@@ -730,4 +732,136 @@ func TestMain(m *testing.M) {
 		slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}
 	os.Exit(m.Run())
+}
+
+// TestConcurrentEverything runs writers, readers and unmaps on one thin
+// replica while it grows and other replicas come and go, with Stats and
+// Check polled throughout; each writer verifies its own region as it goes.
+func TestConcurrentEverything(t *testing.T) {
+	dev := newMalloc(t, 32*mib)
+	p := mustCreate(t, noClose{dev}, CreateOptions{})
+	mustReplica(t, p, "a", 4*mib, true)
+	const writers, region = 4, mib
+	var wg sync.WaitGroup
+	errc := make(chan error, 16)
+	for w := range int64(writers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h, err := p.OpenReplica("a")
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer h.Close()
+			rng := rand.New(rand.NewPCG(uint64(w), 5))
+			model := make([]uint64, region/(4*kib)) // per 4 KiB block: seed of its content, 0 = zeroes
+			buf, got, want := make([]byte, 4*kib), make([]byte, 4*kib), make([]byte, 4*kib)
+			for i := range 300 {
+				b := rng.Int64N(int64(len(model)))
+				off := w*region + b*4*kib
+				switch rng.IntN(10) {
+				case 0:
+					// Unmap the whole cluster around b.
+					c := b / 16 * 16
+					if err := h.Unmap(w*region+c*4*kib, 64*kib); err != nil {
+						errc <- err
+						return
+					}
+					clear(model[c : c+16])
+				default:
+					seed := uint64(w)<<32 | uint64(i+1)
+					fill(buf, seed)
+					if _, err := h.WriteAt(buf, off); err != nil {
+						errc <- err
+						return
+					}
+					model[b] = seed
+				}
+				b = rng.Int64N(int64(len(model)))
+				if _, err := h.ReadAt(got, w*region+b*4*kib); err != nil {
+					errc <- err
+					return
+				}
+				clear(want)
+				if model[b] != 0 {
+					fill(want, model[b])
+				}
+				if !bytes.Equal(got, want) {
+					errc <- fmt.Errorf("writer %d block %d: content differs from the last write", w, b)
+					return
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Add(3)
+	go func() { // grow the replica being written
+		defer bg.Done()
+		size := int64(4 * mib)
+		for range 100 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			size += 64 * kib
+			if err := p.ResizeReplica("a", size); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() { // replicas come and go
+		defer bg.Done()
+		for i := range 100 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			name := fmt.Sprintf("t%d", i)
+			if _, err := p.CreateReplica(ReplicaOptions{Name: name, Size: 256 * kib, Thin: i%2 == 0}); err != nil {
+				errc <- err
+				return
+			}
+			if err := p.DestroyReplica(name); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() { // observers
+		defer bg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = p.Stats()
+			_ = p.Replicas()
+			if err := p.Check(); err != nil {
+				errc <- err
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	bg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	check(t, p)
+	want := p.Stats()
+	// The metadata on disk says the same: import without a clean close.
+	q := mustImport(t, noClose{dev})
+	if got := q.Stats(); got.Allocated != want.Allocated || got.Committed != want.Committed || got.Replicas != want.Replicas {
+		t.Fatalf("after import %+v, before %+v", got, want)
+	}
+	_ = q.Close()
 }
