@@ -1,0 +1,594 @@
+// Package initiator is an NVMe/TCP host: it discovers subsystems, connects a
+// controller's admin queue and N I/O queues (one TCP connection each), and
+// presents namespaces as bdev.Devices.
+//
+// Each queue has one reader goroutine that completes commands by CID;
+// callers block on a per-command channel allocated once per slot. A command
+// that does not complete within Options.CommandTimeout fails with ErrTimeout
+// and resets its connection. When a connection drops, the commands on it fail
+// with ErrConnectionLost and the controller reconnects in the background;
+// commands issued meanwhile wait for the new connection up to their timeout.
+package initiator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+)
+
+// maxTransfer caps one command's data, whatever MDTS the controller allows.
+const maxTransfer = 1 << 20
+
+// adminDepth is the admin queue size; adminInline the in-capsule data the
+// host assumes an admin queue takes (enough for Connect).
+const (
+	adminDepth  = 32
+	adminInline = 8192 - pdu.SQELen
+)
+
+// Options configure a host connection. Zero values mean the defaults.
+type Options struct {
+	// HostNQN identifies the host; default nqn.2014-08.org.nvmexpress:uuid:<HostID>.
+	HostNQN string
+	// HostID is the host identifier; default a random UUID per process.
+	HostID [16]byte
+	// IOQueues is the number of I/O queues; default min(4, GOMAXPROCS).
+	IOQueues int
+	// QueueDepth is the number of commands in flight per I/O queue; default 128.
+	QueueDepth int
+	// HeaderDigest and DataDigest request CRC32C digests.
+	HeaderDigest, DataDigest bool
+	// CommandTimeout bounds every command, waiting for a connection
+	// included; default 30s.
+	CommandTimeout time.Duration
+	// KeepAlive is the keep-alive timeout (KATO) sent in Connect; the host
+	// sends Keep Alive every KeepAlive/2. Default 5s; negative disables.
+	KeepAlive time.Duration
+	// ReconnectDelay is the pause between reconnect attempts; default 1s.
+	ReconnectDelay time.Duration
+	// MaxReconnect is the number of reconnect attempts after a connection
+	// loss before the controller gives up (and fails every command); 0
+	// means retry until Close.
+	MaxReconnect int
+	// Logger receives connection events; default discard.
+	Logger *slog.Logger
+}
+
+var defaultHostID = func() [16]byte {
+	var id [16]byte
+	rand.Read(id[:])
+	id[6] = id[6]&0x0F | 0x40
+	id[8] = id[8]&0x3F | 0x80
+	return id
+}()
+
+func (o Options) withDefaults() Options {
+	var zero [16]byte
+	if o.HostID == zero {
+		o.HostID = defaultHostID
+	}
+	if o.HostNQN == "" {
+		o.HostNQN = "nqn.2014-08.org.nvmexpress:uuid:" + uuid.UUID(o.HostID).String()
+	}
+	if o.IOQueues <= 0 {
+		o.IOQueues = min(4, runtime.GOMAXPROCS(0))
+	}
+	if o.QueueDepth <= 0 {
+		o.QueueDepth = 128
+	}
+	o.QueueDepth = min(o.QueueDepth, 1024)
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = 30 * time.Second
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = 5 * time.Second
+	}
+	if o.ReconnectDelay <= 0 {
+		o.ReconnectDelay = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// ctrlInfo is what Identify Controller told us.
+type ctrlInfo struct {
+	cntlid    uint16
+	maxXfer   int // bytes per command
+	ioInline  int // in-capsule data on I/O queues
+	nn        uint32
+	vwc       bool
+	oncs      uint16
+	subNQN    string
+	maxQueues int
+	sqSize    int
+}
+
+// session is one established association: admin queue plus I/O queues.
+type session struct {
+	admin *hqueue
+	io    []*hqueue
+	info  ctrlInfo
+	stop  chan struct{}
+	once  sync.Once
+}
+
+func (s *session) close() {
+	s.once.Do(func() {
+		close(s.stop)
+		for _, q := range s.io {
+			q.kill(ErrClosed)
+		}
+		s.admin.kill(ErrClosed)
+	})
+}
+
+// Controller is a connected NVMe/TCP controller. Methods are safe for
+// concurrent use.
+type Controller struct {
+	addr, subNQN string
+	opts         Options
+	log          *slog.Logger
+
+	mu      sync.Mutex
+	cur     *session      // nil while reconnecting
+	waitCh  chan struct{} // closed when cur changes or the controller fails
+	failErr error         // permanent failure
+	closed  bool
+	rr      atomic.Uint32
+}
+
+// Connect connects to subsystem subNQN at addr ("host:port"): admin queue,
+// controller enable, Identify, and opts.IOQueues I/O queues.
+func Connect(ctx context.Context, addr, subNQN string, opts Options) (*Controller, error) {
+	opts = opts.withDefaults()
+	c := &Controller{addr: addr, subNQN: subNQN, opts: opts, log: opts.Logger, waitCh: make(chan struct{})}
+	s, err := c.establish(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.install(s)
+	return c, nil
+}
+
+func (c *Controller) install(s *session) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		s.close()
+		return
+	}
+	c.cur = s
+	close(c.waitCh)
+	c.waitCh = make(chan struct{})
+	c.mu.Unlock()
+	death := func(*hqueue) { c.lost(s) }
+	s.admin.onDeath.Store(&death)
+	for _, q := range s.io {
+		q.onDeath.Store(&death)
+	}
+	// A queue may have died before onDeath was set.
+	for _, q := range append([]*hqueue{s.admin}, s.io...) {
+		select {
+		case <-q.readerEnd:
+			c.lost(s)
+		default:
+		}
+	}
+	if c.opts.KeepAlive > 0 {
+		go c.keepAlive(s)
+	}
+}
+
+// lost handles the failure of any queue of session s: tear it all down and
+// reconnect in the background.
+func (c *Controller) lost(s *session) {
+	c.mu.Lock()
+	if c.cur != s || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.cur = nil
+	c.mu.Unlock()
+	s.close()
+	c.log.Warn("nvmf initiator: connection lost, reconnecting", "addr", c.addr, "subnqn", c.subNQN)
+	go c.reconnect()
+}
+
+func (c *Controller) reconnect() {
+	for attempt := 1; ; attempt++ {
+		time.Sleep(c.opts.ReconnectDelay)
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.CommandTimeout)
+		s, err := c.establish(ctx)
+		cancel()
+		if err == nil {
+			c.log.Info("nvmf initiator: reconnected", "addr", c.addr, "subnqn", c.subNQN, "attempt", attempt)
+			c.install(s)
+			return
+		}
+		c.log.Debug("nvmf initiator: reconnect failed", "addr", c.addr, "attempt", attempt, "err", err)
+		if c.opts.MaxReconnect > 0 && attempt >= c.opts.MaxReconnect {
+			c.mu.Lock()
+			c.failErr = fmt.Errorf("nvmf initiator: %s %s: gave up after %d reconnect attempts: %w", c.addr, c.subNQN, attempt, err)
+			close(c.waitCh)
+			c.waitCh = make(chan struct{})
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+func (c *Controller) keepAlive(s *session) {
+	t := time.NewTicker(c.opts.KeepAlive / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		var sqe pdu.SQE
+		sqe.SetOpcode(nvme.AdminKeepAlive)
+		if _, err := s.admin.submit(&sqe, nil, false); err != nil {
+			c.log.Warn("nvmf initiator: keep alive failed", "addr", c.addr, "err", err)
+			s.admin.kill(err)
+			return
+		}
+	}
+}
+
+// session returns the connected session, waiting for a reconnect up to the
+// command timeout. The connected path allocates nothing.
+func (c *Controller) session() (*session, error) {
+	var deadline *time.Timer
+	defer func() {
+		if deadline != nil {
+			deadline.Stop()
+		}
+	}()
+	for {
+		c.mu.Lock()
+		s, ch, closed, ferr := c.cur, c.waitCh, c.closed, c.failErr
+		c.mu.Unlock()
+		switch {
+		case closed:
+			return nil, ErrClosed
+		case ferr != nil:
+			return nil, ferr
+		case s != nil:
+			return s, nil
+		}
+		if deadline == nil {
+			deadline = time.NewTimer(c.opts.CommandTimeout)
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return nil, fmt.Errorf("%w: waiting for a connection to %s", ErrTimeout, c.addr)
+		}
+	}
+}
+
+// Close disconnects (shutting the controller down cleanly when it is
+// connected). Later calls on the controller and its namespaces return
+// ErrClosed.
+func (c *Controller) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	s := c.cur
+	c.cur = nil
+	close(c.waitCh)
+	c.mu.Unlock()
+	if s != nil {
+		// Orderly shutdown: CC.SHN normal, so the controller may flush.
+		var sqe pdu.SQE
+		propertySetSQE(&sqe, nvme.PropCC, uint64(ccValue()|1<<nvme.CCShnShift))
+		s.admin.timeout = min(s.admin.timeout, 5*time.Second)
+		s.admin.submit(&sqe, nil, false)
+		s.close()
+	}
+	return nil
+}
+
+// establish connects a whole association.
+func (c *Controller) establish(ctx context.Context) (*session, error) {
+	admin, err := dialQueue(ctx, c.addr, &c.opts, adminDepth)
+	if err != nil {
+		return nil, err
+	}
+	admin.inline = adminInline
+	s := &session{admin: admin, stop: make(chan struct{})}
+	fail := func(err error) (*session, error) {
+		s.close()
+		return nil, fmt.Errorf("nvmf initiator: %s %s: %w", c.addr, c.subNQN, err)
+	}
+	kato := uint32(0)
+	if c.opts.KeepAlive > 0 {
+		kato = uint32(c.opts.KeepAlive / time.Millisecond)
+	}
+	cntlid, err := connectQueue(admin, 0, 0xFFFF, adminDepth, kato, c.subNQN, &c.opts)
+	if err != nil {
+		return fail(err)
+	}
+	s.info.cntlid = cntlid
+	capv, err := enable(admin)
+	if err != nil {
+		return fail(err)
+	}
+	id := make([]byte, nvme.IdentifyDataLength)
+	if err := identify(admin, nvme.CNSController, 0, id); err != nil {
+		return fail(fmt.Errorf("identify controller: %w", err))
+	}
+	s.info.parse(id, capv)
+	if cntrl := id[nvme.IDCtrlCNTRLTYPE]; cntrl != 0 && cntrl != nvme.CtrlIO {
+		return fail(fmt.Errorf("controller type %d is not an I/O controller", cntrl))
+	}
+	nq := c.opts.IOQueues
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.AdminSetFeatures)
+	sqe.SetCDW(10, nvme.FeatNumQueues)
+	sqe.SetCDW(11, uint32(nq-1)|uint32(nq-1)<<16)
+	cqe, err := admin.submit(&sqe, nil, false)
+	if err != nil {
+		return fail(fmt.Errorf("set number of queues: %w", err))
+	}
+	nq = min(nq, int(cqe.Result&0xFFFF)+1, int(cqe.Result>>16&0xFFFF)+1)
+	depth := min(c.opts.QueueDepth, s.info.sqSize)
+	for qid := 1; qid <= nq; qid++ {
+		q, err := dialQueue(ctx, c.addr, &c.opts, depth)
+		if err != nil {
+			return fail(err)
+		}
+		q.qid = uint16(qid)
+		q.inline = 0 // until Connect completes; Connect data then goes by R2T if it must
+		if s.info.ioInline >= pdu.ConnectDataLen {
+			q.inline = s.info.ioInline
+		}
+		s.io = append(s.io, q)
+		if _, err := connectQueue(q, uint16(qid), cntlid, depth, 0, c.subNQN, &c.opts); err != nil {
+			return fail(fmt.Errorf("connect I/O queue %d: %w", qid, err))
+		}
+		q.inline = s.info.ioInline
+	}
+	return s, nil
+}
+
+func (i *ctrlInfo) parse(id []byte, capv uint64) {
+	i.maxXfer = maxTransfer
+	if m := id[nvme.IDCtrlMDTS]; m != 0 {
+		mps := 4096 << ((capv >> 48) & 0xF)
+		if x := mps << m; x < i.maxXfer && x > 0 {
+			i.maxXfer = x
+		}
+	}
+	ioccsz := int(binary.LittleEndian.Uint32(id[nvme.IDCtrlIOCCSZ:]))
+	i.ioInline = max(ioccsz*16-pdu.SQELen, 0)
+	if binary.LittleEndian.Uint32(id[nvme.IDCtrlSGLS:])&(1<<20) == 0 {
+		i.ioInline = 0 // no offset data blocks: no in-capsule data
+	}
+	i.nn = binary.LittleEndian.Uint32(id[nvme.IDCtrlNN:])
+	i.vwc = id[nvme.IDCtrlVWC]&1 != 0
+	i.oncs = binary.LittleEndian.Uint16(id[nvme.IDCtrlONCS:])
+	i.subNQN = pdu.CString(id[nvme.IDCtrlSUBNQN : nvme.IDCtrlSUBNQN+256])
+	i.sqSize = int(capv&0xFFFF) + 1
+	if mc := int(binary.LittleEndian.Uint16(id[nvme.IDCtrlMAXCMD:])); mc > 0 && mc < i.sqSize {
+		i.sqSize = mc
+	}
+}
+
+// connectQueue sends the Fabrics Connect for qid and returns the CNTLID.
+func connectQueue(q *hqueue, qid, cntlid uint16, depth int, kato uint32, subNQN string, opts *Options) (uint16, error) {
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.Fabrics)
+	sqe.SetFCType(nvme.FctConnect)
+	sqe.SetCDW(10, uint32(qid)<<16)
+	sqe.SetCDW(11, uint32(depth-1)|(1<<2)<<16) // CATTR: disable SQ flow control
+	sqe.SetCDW(12, kato)
+	data := make([]byte, pdu.ConnectDataLen)
+	cd := pdu.ConnectData{HostID: opts.HostID, CNTLID: cntlid, SubNQN: subNQN, HostNQN: opts.HostNQN}
+	cd.Marshal(data)
+	cqe, err := q.submit(&sqe, data, true)
+	if err != nil {
+		return 0, fmt.Errorf("connect queue %d: %w", qid, err)
+	}
+	return uint16(cqe.Result), nil
+}
+
+func propertySetSQE(sqe *pdu.SQE, off uint32, v uint64) {
+	sqe.SetOpcode(nvme.Fabrics)
+	sqe.SetFCType(nvme.FctPropertySet)
+	sqe[40] = 0 // 4 bytes
+	sqe.SetCDW(11, off)
+	binary.LittleEndian.PutUint64(sqe[48:], v)
+}
+
+func propertyGet(q *hqueue, off uint32, size8 bool) (uint64, error) {
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.Fabrics)
+	sqe.SetFCType(nvme.FctPropertyGet)
+	if size8 {
+		sqe[40] = 1
+	}
+	sqe.SetCDW(11, off)
+	cqe, err := q.submit(&sqe, nil, false)
+	if err != nil {
+		return 0, fmt.Errorf("property get %#x: %w", off, err)
+	}
+	return cqe.Result, nil
+}
+
+// ccValue is CC with EN, 64-byte SQEs and 16-byte CQEs, NVM command set,
+// 4 KiB pages.
+func ccValue() uint32 { return nvme.CCEnable | 6<<16 | 4<<20 }
+
+// enable reads CAP, sets CC.EN and waits for CSTS.RDY.
+func enable(q *hqueue) (uint64, error) {
+	capv, err := propertyGet(q, nvme.PropCAP, true)
+	if err != nil {
+		return 0, err
+	}
+	var sqe pdu.SQE
+	propertySetSQE(&sqe, nvme.PropCC, uint64(ccValue()))
+	if _, err := q.submit(&sqe, nil, false); err != nil {
+		return 0, fmt.Errorf("property set CC: %w", err)
+	}
+	to := time.Duration((capv>>24)&0xFF)*500*time.Millisecond + time.Second
+	deadline := time.Now().Add(to)
+	for {
+		csts, err := propertyGet(q, nvme.PropCSTS, false)
+		if err != nil {
+			return 0, err
+		}
+		if csts&nvme.CSTSFatal != 0 {
+			return 0, errors.New("controller fatal status")
+		}
+		if csts&nvme.CSTSReady != 0 {
+			return capv, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("controller not ready after %v", to)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func identify(q *hqueue, cns uint8, nsid uint32, dst []byte) error {
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.AdminIdentify)
+	sqe.SetNSID(nsid)
+	sqe.SetCDW(10, uint32(cns))
+	_, err := q.submit(&sqe, dst, false)
+	return err
+}
+
+// getLogPage reads len(dst) bytes of log page lid from offset lpo.
+func getLogPage(q *hqueue, lid uint8, lpo uint64, dst []byte) error {
+	var sqe pdu.SQE
+	numd := uint32(len(dst)/4 - 1)
+	sqe.SetOpcode(nvme.AdminGetLogPage)
+	sqe.SetCDW(10, uint32(lid)|numd<<16)
+	sqe.SetCDW(11, numd>>16)
+	sqe.SetCDW(12, uint32(lpo))
+	sqe.SetCDW(13, uint32(lpo>>32))
+	_, err := q.submit(&sqe, dst, false)
+	return err
+}
+
+// DiscoveryEntry is one record of a discovery log.
+type DiscoveryEntry = nvme.DiscoveryEntry
+
+// Discover connects to the discovery controller at addr (port 8009 by
+// convention) and returns its discovery log entries.
+func Discover(ctx context.Context, addr string, opts Options) ([]DiscoveryEntry, error) {
+	opts = opts.withDefaults()
+	q, err := dialQueue(ctx, addr, &opts, adminDepth)
+	if err != nil {
+		return nil, err
+	}
+	q.inline = adminInline
+	defer q.kill(ErrClosed)
+	if _, err := connectQueue(q, 0, 0xFFFF, adminDepth, 0, nvme.DiscoveryNQN, &opts); err != nil {
+		return nil, fmt.Errorf("nvmf initiator: discovery at %s: %w", addr, err)
+	}
+	if _, err := enable(q); err != nil {
+		return nil, fmt.Errorf("nvmf initiator: discovery at %s: %w", addr, err)
+	}
+	var entries []DiscoveryEntry
+	for range 5 {
+		hdr := make([]byte, nvme.DiscLogHeaderLen)
+		if err := getLogPage(q, nvme.LogDiscovery, 0, hdr); err != nil {
+			return nil, fmt.Errorf("nvmf initiator: discovery log at %s: %w", addr, err)
+		}
+		gen := binary.LittleEndian.Uint64(hdr)
+		n := binary.LittleEndian.Uint64(hdr[8:])
+		if n > 1024 {
+			return nil, fmt.Errorf("nvmf initiator: discovery log at %s claims %d records", addr, n)
+		}
+		entries = entries[:0]
+		if n > 0 {
+			buf := make([]byte, int(n)*nvme.DiscLogEntryLen)
+			for off := 0; off < len(buf); off += maxTransfer {
+				end := min(off+maxTransfer, len(buf))
+				if err := getLogPage(q, nvme.LogDiscovery, uint64(nvme.DiscLogHeaderLen+off), buf[off:end]); err != nil {
+					return nil, fmt.Errorf("nvmf initiator: discovery log at %s: %w", addr, err)
+				}
+			}
+			for i := range int(n) {
+				entries = append(entries, nvme.UnmarshalDiscoveryEntry(buf[i*nvme.DiscLogEntryLen:]))
+			}
+		}
+		if err := getLogPage(q, nvme.LogDiscovery, 0, hdr); err != nil {
+			return nil, fmt.Errorf("nvmf initiator: discovery log at %s: %w", addr, err)
+		}
+		if binary.LittleEndian.Uint64(hdr) == gen {
+			var sqe pdu.SQE
+			propertySetSQE(&sqe, nvme.PropCC, uint64(ccValue()|1<<nvme.CCShnShift))
+			q.submit(&sqe, nil, false)
+			return entries, nil
+		}
+	}
+	return nil, fmt.Errorf("nvmf initiator: discovery log at %s keeps changing", addr)
+}
+
+// admin runs an admin command on the current session.
+func (c *Controller) admin(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) {
+	s, err := c.session()
+	if err != nil {
+		return pdu.CQE{}, err
+	}
+	return s.admin.submit(sqe, data, write)
+}
+
+// CNTLID returns the controller ID of the current association (it changes
+// on reconnect), or 0 while disconnected.
+func (c *Controller) CNTLID() uint16 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil {
+		return 0
+	}
+	return c.cur.info.cntlid
+}
+
+// ActiveNamespaces lists the controller's active namespace IDs.
+func (c *Controller) ActiveNamespaces() ([]uint32, error) {
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.AdminIdentify)
+	sqe.SetCDW(10, nvme.CNSActiveNSList)
+	b := make([]byte, nvme.IdentifyDataLength)
+	if _, err := c.admin(&sqe, b, false); err != nil {
+		return nil, fmt.Errorf("nvmf initiator: %s: active namespace list: %w", c.subNQN, err)
+	}
+	var ids []uint32
+	for i := 0; i+4 <= len(b); i += 4 {
+		id := binary.LittleEndian.Uint32(b[i:])
+		if id == 0 {
+			break
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}

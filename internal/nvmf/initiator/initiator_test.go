@@ -1,0 +1,380 @@
+package initiator
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
+)
+
+const testNQN = "nqn.2024-11.io.nexstor:replica:test"
+
+type fixture struct {
+	t    *testing.T
+	tgt  *target.Target
+	sub  *target.Subsystem
+	dev  *bdev.Malloc
+	addr string
+	stop context.CancelFunc
+	done chan error
+	once *sync.Once
+}
+
+// kill stops the listener and closes every connection of the target.
+func (f *fixture) kill() {
+	f.once.Do(func() {
+		f.stop()
+		<-f.done
+		f.tgt.Close()
+	})
+}
+
+// newFixture serves a malloc namespace of size bytes on a loopback port.
+func newFixture(t *testing.T, size int64, opts target.SubsystemOptions) *fixture {
+	t.Helper()
+	dev, err := bdev.NewMalloc(size, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := target.New(nil)
+	sub, err := tgt.AddSubsystem(testNQN, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.AddNamespace(dev, target.NamespaceOptions{UUID: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, tgt: tgt, sub: sub, dev: dev}
+	f.listen("127.0.0.1:0")
+	t.Cleanup(func() { f.kill() })
+	return f
+}
+
+func (f *fixture) listen(addr string) {
+	f.t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.addr = l.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	f.stop = cancel
+	f.done = make(chan error, 1)
+	f.once = new(sync.Once)
+	go func() { f.done <- f.tgt.Serve(ctx, l) }()
+}
+
+func (f *fixture) connect(opts Options) *Controller {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Connect(ctx, f.addr, testNQN, opts)
+	if err != nil {
+		f.t.Fatalf("Connect: %v", err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestBdevConformance(t *testing.T) {
+	for _, dg := range []bool{false, true} {
+		f := newFixture(t, 4<<20, target.SubsystemOptions{AllowAnyHost: true})
+		c := f.connect(Options{HeaderDigest: dg, DataDigest: dg, IOQueues: 2, QueueDepth: 32})
+		ns, err := c.Namespace(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ns.Size() != 4<<20 || ns.BlockSize() != 512 {
+			t.Fatalf("geometry %d/%d", ns.Size(), ns.BlockSize())
+		}
+		if err := bdevtest.TestDevice(ns); err != nil {
+			t.Fatalf("digests %v: %v", dg, err)
+		}
+	}
+}
+
+// TestConcurrentVerifiedIO runs thousands of random reads and writes from
+// many goroutines, each on its own region, with both digests on, and checks
+// every byte against a shadow copy.
+func TestConcurrentVerifiedIO(t *testing.T) {
+	const size = 10 << 20
+	f := newFixture(t, size, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{HeaderDigest: true, DataDigest: true, IOQueues: 3, QueueDepth: 16})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers = 20
+	const region = size / workers
+	const ops = 100
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			fill := rand.NewChaCha8([32]byte{byte(w)})
+			base := int64(w * region)
+			shadow := make([]byte, region)
+			buf := make([]byte, 128<<10)
+			for range ops {
+				blocks := 1 + rng.IntN(64)
+				if rng.IntN(8) == 0 {
+					blocks = 1 + rng.IntN(256) // beyond in-capsule: R2T
+				}
+				n := blocks * 512
+				off := int64(rng.IntN(region/512-blocks)) * 512
+				p := buf[:n]
+				if rng.IntN(2) == 0 {
+					fill.Read(p)
+					if _, err := ns.WriteAt(p, base+off); err != nil {
+						errs <- err
+						return
+					}
+					copy(shadow[off:], p)
+				} else {
+					if _, err := ns.ReadAt(p, base+off); err != nil {
+						errs <- err
+						return
+					}
+					if !bytes.Equal(p, shadow[off:off+int64(n)]) {
+						errs <- errors.New("read data differs from what was written")
+						return
+					}
+				}
+			}
+			full := make([]byte, region)
+			if _, err := ns.ReadAt(full, base); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(full, shadow) {
+				errs <- errors.New("final region contents differ")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestAllowList(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowedHosts: []string{"nqn.2014-08.org.example:good"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Connect(ctx, f.addr, testNQN, Options{HostNQN: "nqn.2014-08.org.example:bad"})
+	if !errors.Is(err, nvme.StatusConnectInvalidHost) {
+		t.Fatalf("disallowed host: got %v, want Connect Invalid Host", err)
+	}
+	var st nvme.Status
+	if !errors.As(err, &st) || st.SCT() != 1 || st.SC() != 0x84 {
+		t.Fatalf("status %v, want SCT 1 SC 0x84", err)
+	}
+	c := f.connect(Options{HostNQN: "nqn.2014-08.org.example:good"})
+	if _, err := c.Namespace(1); err != nil {
+		t.Fatal(err)
+	}
+	// A host allowed later connects too.
+	f.sub.AllowHost("nqn.2014-08.org.example:bad")
+	c2, err := Connect(ctx, f.addr, testNQN, Options{HostNQN: "nqn.2014-08.org.example:bad"})
+	if err != nil {
+		t.Fatalf("after AllowHost: %v", err)
+	}
+	c2.Close()
+}
+
+func TestUnknownSubsystem(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowAnyHost: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Connect(ctx, f.addr, "nqn.2024-11.io.nexstor:replica:nope", Options{})
+	if !errors.Is(err, nvme.StatusConnectInvalidParam) {
+		t.Fatalf("got %v, want Connect Invalid Parameters", err)
+	}
+}
+
+// TestTargetKilledMidIO stops the target under load: every command must
+// fail within its timeout, and the controller must come back once a
+// target listens on the same address again.
+func TestTargetKilledMidIO(t *testing.T) {
+	f := newFixture(t, 8<<20, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{IOQueues: 2, QueueDepth: 8, CommandTimeout: 3 * time.Second, ReconnectDelay: 50 * time.Millisecond, KeepAlive: time.Second})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures, successes int
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				off := int64((w*64+i%64)*4096) % (8 << 20)
+				var err error
+				if i%2 == 0 {
+					_, err = ns.WriteAt(buf, off)
+				} else {
+					_, err = ns.ReadAt(buf, off)
+				}
+				mu.Lock()
+				if err != nil {
+					failures++
+				} else {
+					successes++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	// Kill: stop listening and drop every connection.
+	f.kill()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait() // would hang if a command never completed
+	if failures == 0 || successes == 0 {
+		t.Fatalf("expected successes before and failures after the kill, got %d and %d", successes, failures)
+	}
+
+	// Bring a new target up on the same address with the same data.
+	tgt := target.New(nil)
+	sub, err := tgt.AddSubsystem(testNQN, target.SubsystemOptions{AllowAnyHost: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.AddNamespace(f.dev, target.NamespaceOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.tgt = tgt
+	f.listen(f.addr)
+	want := bytes.Repeat([]byte{0xA5}, 4096)
+	if _, err := ns.WriteAt(want, 0); err != nil {
+		t.Fatalf("write after the target came back: %v", err)
+	}
+	got := make([]byte, 4096)
+	if _, err := ns.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after reconnect: %v", err)
+	}
+}
+
+func TestCommandTimeoutWithoutTarget(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{CommandTimeout: 500 * time.Millisecond, ReconnectDelay: 20 * time.Millisecond})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.kill()
+	_, err = ns.ReadAt(make([]byte, 512), 0)
+	if err == nil {
+		t.Fatal("read succeeded with no target")
+	}
+	if !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrConnectionLost) {
+		t.Fatalf("got %v, want a timeout or connection loss", err)
+	}
+}
+
+func TestDiscovery(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowedHosts: []string{"nqn.2014-08.org.example:h1"}})
+	other, err := f.tgt.AddSubsystem("nqn.2024-11.io.nexstor:nexus:other", target.SubsystemOptions{AllowAnyHost: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = other
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.tgt.ServeDiscovery(ctx, l) }()
+	defer func() { cancel(); <-done }()
+
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	ents, err := Discover(dctx, l.Addr().String(), Options{HostNQN: "nqn.2014-08.org.example:h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(f.addr)
+	seen := map[string]bool{}
+	for _, e := range ents {
+		if e.TrType != nvme.TrTypeTCP || e.SubType != nvme.SubTypeNVMe || e.TrSvcID != port || e.TrAddr != "127.0.0.1" || e.AdrFam != nvme.AdrFamIPv4 || e.CNTLID != 0xFFFF {
+			t.Errorf("entry %+v", e)
+		}
+		seen[e.SubNQN] = true
+	}
+	if !seen[testNQN] || !seen["nqn.2024-11.io.nexstor:nexus:other"] || len(ents) != 2 {
+		t.Fatalf("entries %+v", ents)
+	}
+	// Another host sees only the open subsystem.
+	ents, err = Discover(dctx, l.Addr().String(), Options{HostNQN: "nqn.2014-08.org.example:h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 || ents[0].SubNQN != "nqn.2024-11.io.nexstor:nexus:other" {
+		t.Fatalf("entries for h2: %+v", ents)
+	}
+	// The discovery port refuses NVM subsystems.
+	if _, err := Connect(dctx, l.Addr().String(), testNQN, Options{HostNQN: "nqn.2014-08.org.example:h1"}); err == nil {
+		t.Fatal("connect to an NVM subsystem through the discovery port succeeded")
+	}
+}
+
+func TestDeallocateAndZeroes(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{7}, 64<<10)
+	if _, err := ns.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Deallocate(4096, 8192); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 64<<10)
+	if _, err := ns.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(data)
+	clear(want[4096 : 4096+8192])
+	if !bytes.Equal(got, want) {
+		t.Fatal("deallocated range does not read as zeroes")
+	}
+	if err := ns.Deallocate(1<<20, 512); err == nil {
+		t.Fatal("deallocate beyond the end succeeded")
+	}
+	ids, err := c.ActiveNamespaces()
+	if err != nil || len(ids) != 1 || ids[0] != 1 {
+		t.Fatalf("active namespaces %v %v", ids, err)
+	}
+	if _, err := c.Namespace(2); err == nil {
+		t.Fatal("inactive namespace 2 identified")
+	}
+	_ = binary.LittleEndian
+}

@@ -1,0 +1,218 @@
+package initiator
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+)
+
+// Namespace is a namespace of a connected controller, as a bdev.Device.
+// Alignment and range are checked locally before anything is sent. I/O is
+// spread over the controller's I/O queues; transfers larger than the
+// controller's limit are split. Close releases only the Namespace, not the
+// Controller.
+type Namespace struct {
+	c      *Controller
+	nsid   uint32
+	bs     int
+	shift  uint
+	size   int64
+	closed atomic.Bool
+}
+
+var _ bdev.Device = (*Namespace)(nil)
+
+// Namespace identifies namespace nsid and returns it as a Device.
+func (c *Controller) Namespace(nsid uint32) (*Namespace, error) {
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.AdminIdentify)
+	sqe.SetNSID(nsid)
+	sqe.SetCDW(10, nvme.CNSNamespace)
+	b := make([]byte, nvme.IdentifyDataLength)
+	if _, err := c.admin(&sqe, b, false); err != nil {
+		return nil, fmt.Errorf("nvmf initiator: %s: identify namespace %d: %w", c.subNQN, nsid, err)
+	}
+	nsze := binary.LittleEndian.Uint64(b[nvme.IDNsNSZE:])
+	if nsze == 0 {
+		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d is not active", c.subNQN, nsid)
+	}
+	fmtIdx := int(b[nvme.IDNsFLBAS] & 0xF)
+	lbads := uint(b[nvme.IDNsLBAF0+4*fmtIdx+2])
+	if lbads < 9 || lbads > 16 {
+		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d has unsupported block size 2^%d", c.subNQN, nsid, lbads)
+	}
+	if ms := binary.LittleEndian.Uint16(b[nvme.IDNsLBAF0+4*fmtIdx:]); ms != 0 {
+		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d uses %d bytes of metadata per block, which is unsupported", c.subNQN, nsid, ms)
+	}
+	return &Namespace{c: c, nsid: nsid, bs: 1 << lbads, shift: lbads, size: int64(nsze) << lbads}, nil
+}
+
+// NSID returns the namespace ID.
+func (n *Namespace) NSID() uint32 { return n.nsid }
+
+// Size is the capacity in bytes.
+func (n *Namespace) Size() int64 { return n.size }
+
+// BlockSize is the logical block size in bytes.
+func (n *Namespace) BlockSize() int { return n.bs }
+
+// Close marks the namespace closed; the controller stays connected.
+func (n *Namespace) Close() error {
+	n.closed.Store(true)
+	return nil
+}
+
+// io runs one command on an I/O queue, waiting for a connection if needed.
+func (n *Namespace) io(sqe *pdu.SQE, data []byte, write bool) error {
+	c := n.c
+	s, err := c.session()
+	if err != nil {
+		return err
+	}
+	if len(s.io) == 0 {
+		return fmt.Errorf("nvmf initiator: %s: no I/O queues", c.subNQN)
+	}
+	q := s.io[int(c.rr.Add(1))%len(s.io)]
+	_, err = q.submit(sqe, data, write)
+	return err
+}
+
+func (n *Namespace) maxBlocks() int64 {
+	c := n.c
+	c.mu.Lock()
+	mx := maxTransfer
+	if c.cur != nil {
+		mx = c.cur.info.maxXfer
+	}
+	c.mu.Unlock()
+	return min(int64(mx)>>n.shift, 65536)
+}
+
+func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error) {
+	if n.closed.Load() {
+		return 0, bdev.ErrClosed
+	}
+	if err := bdev.CheckRange(op, off, int64(len(p)), n.size, n.bs); err != nil {
+		return 0, err
+	}
+	done := 0
+	maxb := n.maxBlocks()
+	for done < len(p) {
+		blocks := min(int64(len(p)-done)>>n.shift, maxb)
+		chunk := int(blocks << n.shift)
+		slba := uint64(off+int64(done)) >> n.shift
+		var sqe pdu.SQE
+		sqe.SetOpcode(opcode)
+		sqe.SetNSID(n.nsid)
+		sqe.SetCDW(10, uint32(slba))
+		sqe.SetCDW(11, uint32(slba>>32))
+		sqe.SetCDW(12, uint32(blocks-1))
+		if err := n.io(&sqe, p[done:done+chunk], opcode == nvme.CmdWrite); err != nil {
+			return done, fmt.Errorf("nvmf %s nsid %d: %s at %d length %d: %w", n.c.subNQN, n.nsid, op, off+int64(done), chunk, err)
+		}
+		done += chunk
+	}
+	return done, nil
+}
+
+// ReadAt reads len(p) bytes at off.
+func (n *Namespace) ReadAt(p []byte, off int64) (int, error) {
+	return n.rw("read", nvme.CmdRead, p, off)
+}
+
+// WriteAt writes p at off; it is acknowledged (not necessarily durable)
+// when it returns nil.
+func (n *Namespace) WriteAt(p []byte, off int64) (int, error) {
+	return n.rw("write", nvme.CmdWrite, p, off)
+}
+
+// Flush makes every acknowledged write durable (NVMe Flush).
+func (n *Namespace) Flush() error {
+	if n.closed.Load() {
+		return bdev.ErrClosed
+	}
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.CmdFlush)
+	sqe.SetNSID(n.nsid)
+	if err := n.io(&sqe, nil, false); err != nil {
+		return fmt.Errorf("nvmf %s nsid %d: flush: %w", n.c.subNQN, n.nsid, err)
+	}
+	return nil
+}
+
+// WriteZeroes zeroes the range (NVMe Write Zeroes, without deallocation).
+func (n *Namespace) WriteZeroes(off, length int64) error {
+	return n.zero("write-zeroes", off, length, false)
+}
+
+// Unmap deallocates the range (NVMe Write Zeroes with DEAC, so later reads
+// return zeroes whatever the controller's deallocation behaviour).
+func (n *Namespace) Unmap(off, length int64) error {
+	return n.zero("unmap", off, length, true)
+}
+
+func (n *Namespace) zero(op string, off, length int64, deac bool) error {
+	if n.closed.Load() {
+		return bdev.ErrClosed
+	}
+	if err := bdev.CheckRange(op, off, length, n.size, n.bs); err != nil {
+		return err
+	}
+	for length > 0 {
+		blocks := min(length>>n.shift, 65536)
+		slba := uint64(off) >> n.shift
+		var sqe pdu.SQE
+		sqe.SetOpcode(nvme.CmdWriteZeroes)
+		sqe.SetNSID(n.nsid)
+		sqe.SetCDW(10, uint32(slba))
+		sqe.SetCDW(11, uint32(slba>>32))
+		cdw12 := uint32(blocks - 1)
+		if deac {
+			cdw12 |= 1 << 25
+		}
+		sqe.SetCDW(12, cdw12)
+		if err := n.io(&sqe, nil, false); err != nil {
+			return fmt.Errorf("nvmf %s nsid %d: %s at %d length %d: %w", n.c.subNQN, n.nsid, op, off, blocks<<n.shift, err)
+		}
+		off += blocks << n.shift
+		length -= blocks << n.shift
+	}
+	return nil
+}
+
+// Deallocate sends a Dataset Management deallocate for the range: a hint
+// that the blocks are unused (the controller reports whether they then read
+// as zeroes).
+func (n *Namespace) Deallocate(off, length int64) error {
+	if n.closed.Load() {
+		return bdev.ErrClosed
+	}
+	if err := bdev.CheckRange("deallocate", off, length, n.size, n.bs); err != nil {
+		return err
+	}
+	var ranges [256 * 16]byte
+	for length > 0 {
+		nr := 0
+		for length > 0 && nr < 256 {
+			blocks := min(length>>n.shift, 1<<31)
+			binary.LittleEndian.PutUint32(ranges[nr*16+4:], uint32(blocks))
+			binary.LittleEndian.PutUint64(ranges[nr*16+8:], uint64(off)>>n.shift)
+			nr++
+			off += blocks << n.shift
+			length -= blocks << n.shift
+		}
+		var sqe pdu.SQE
+		sqe.SetOpcode(nvme.CmdDSM)
+		sqe.SetNSID(n.nsid)
+		sqe.SetCDW(10, uint32(nr-1))
+		sqe.SetCDW(11, 1<<2)
+		if err := n.io(&sqe, ranges[:nr*16], true); err != nil {
+			return fmt.Errorf("nvmf %s nsid %d: deallocate: %w", n.c.subNQN, n.nsid, err)
+		}
+	}
+	return nil
+}

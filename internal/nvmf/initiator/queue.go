@@ -1,0 +1,370 @@
+package initiator
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+)
+
+// Errors callers may branch on.
+var (
+	// ErrTimeout: a command did not complete within Options.CommandTimeout.
+	// The queue it was on is reset, as NVMe error recovery prescribes.
+	ErrTimeout = errors.New("nvmf initiator: command timed out")
+	// ErrConnectionLost: the connection carrying a command failed before
+	// the command completed; whether it executed is unknown.
+	ErrConnectionLost = errors.New("nvmf initiator: connection lost")
+	// ErrClosed: the controller or namespace is closed.
+	ErrClosed = errors.New("nvmf initiator: closed")
+)
+
+// cmd is one command slot of a host queue, indexed by CID.
+type cmd struct {
+	done   chan struct{} // one token per completion
+	timer  *time.Timer
+	active bool
+	write  bool
+	data   []byte // caller buffer: read destination or write source
+	got    int    // read bytes received
+	cqe    pdu.CQE
+	err    error
+}
+
+// hqueue is one host queue: an admin or I/O queue on its own connection.
+type hqueue struct {
+	qid     uint16
+	conn    net.Conn
+	dec     *pdu.Decoder
+	wmu     sync.Mutex // serializes writes to the connection
+	enc     *pdu.Encoder
+	bw      *bufio.Writer
+	inline  int    // in-capsule data limit
+	maxH2C  uint32 // the controller's MAXH2CDATA
+	timeout time.Duration
+
+	mu   sync.Mutex // guards cmds' fields between submitters and the reader
+	cmds []cmd
+	free chan uint16
+
+	dead      chan struct{}
+	deadErr   atomic.Pointer[error]
+	closeOnce sync.Once
+	readerEnd chan struct{}
+	onDeath   atomic.Pointer[func(*hqueue)] // set once the session is installed
+}
+
+// dialQueue connects and initializes one queue (ICReq/ICResp), and starts
+// its reader. depth is the number of command slots.
+func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqueue, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("nvmf initiator: dial %s: %w", addr, err)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	q := &hqueue{
+		conn:      conn,
+		bw:        bufio.NewWriterSize(conn, 64<<10),
+		timeout:   opts.CommandTimeout,
+		dead:      make(chan struct{}),
+		readerEnd: make(chan struct{}),
+		free:      make(chan uint16, depth),
+		cmds:      make([]cmd, depth),
+	}
+	q.enc = pdu.NewEncoder(q.bw)
+	q.dec = pdu.NewDecoder(bufio.NewReaderSize(conn, 64<<10), maxTransfer)
+	for i := range q.cmds {
+		q.cmds[i].done = make(chan struct{}, 1)
+		q.cmds[i].timer = time.NewTimer(time.Hour)
+		q.cmds[i].timer.Stop()
+		q.free <- uint16(i)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(opts.CommandTimeout))
+	}
+	if err := q.initialize(opts); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("nvmf initiator: %s: %w", addr, err)
+	}
+	conn.SetDeadline(time.Time{})
+	go q.reader()
+	return q, nil
+}
+
+func (q *hqueue) initialize(opts *Options) error {
+	if err := q.enc.WriteICReq(pdu.ICReq{PFV: pdu.PFV0, HeaderDigest: opts.HeaderDigest, DataDigest: opts.DataDigest}); err != nil {
+		return err
+	}
+	if err := q.bw.Flush(); err != nil {
+		return err
+	}
+	h, err := q.dec.Next()
+	if err != nil {
+		return fmt.Errorf("reading ICResp: %w", err)
+	}
+	if h.Type == pdu.TypeC2HTermReq {
+		tr := q.dec.TermReq()
+		return fmt.Errorf("controller terminated the connection (FES %#x)", tr.FES)
+	}
+	if h.Type != pdu.TypeICResp {
+		return fmt.Errorf("got %v instead of ICResp", h.Type)
+	}
+	ic := q.dec.ICResp()
+	switch {
+	case ic.PFV != pdu.PFV0:
+		return fmt.Errorf("ICResp PFV %d unsupported", ic.PFV)
+	case ic.HeaderDigest != opts.HeaderDigest || ic.DataDigest != opts.DataDigest:
+		return fmt.Errorf("controller does not agree to digests (header %v, data %v)", ic.HeaderDigest, ic.DataDigest)
+	case ic.MaxH2CData < 4096 || ic.MaxH2CData%4 != 0:
+		return fmt.Errorf("ICResp MAXH2CDATA %d invalid", ic.MaxH2CData)
+	case ic.CPDA > 31:
+		return fmt.Errorf("ICResp CPDA %d invalid", ic.CPDA)
+	}
+	q.maxH2C = ic.MaxH2CData
+	q.dec.HeaderDigest, q.dec.DataDigest = ic.HeaderDigest, ic.DataDigest
+	q.enc.HeaderDigest, q.enc.DataDigest = ic.HeaderDigest, ic.DataDigest
+	q.enc.DataAlign = ic.CPDA
+	return nil
+}
+
+// kill closes the connection with err as the reason; the reader then fails
+// every outstanding command.
+func (q *hqueue) kill(err error) {
+	q.closeOnce.Do(func() {
+		q.deadErr.Store(&err)
+		close(q.dead)
+		q.conn.Close()
+	})
+}
+
+func (q *hqueue) reason() error {
+	if p := q.deadErr.Load(); p != nil {
+		return *p
+	}
+	return ErrConnectionLost
+}
+
+// submit sends a command and waits for its completion. data is the write
+// source (write) or read destination; it is not retained after return. The
+// SQE's CID, flags and SGL are filled here.
+func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) {
+	var cid uint16
+	select {
+	case cid = <-q.free:
+	case <-q.dead:
+		return pdu.CQE{}, q.reason()
+	}
+	c := &q.cmds[cid]
+	c.timer.Reset(q.timeout)
+	q.mu.Lock()
+	c.active, c.write, c.data, c.got, c.err = true, write, data, 0, nil
+	c.cqe = pdu.CQE{}
+	q.mu.Unlock()
+
+	sqe.SetCID(cid)
+	sqe.SetFlags(pdu.PSDTSGL)
+	var inline []byte
+	switch {
+	case len(data) == 0:
+		sqe.SetSGL(pdu.SGL{Type: pdu.SGLTransportDataBlock})
+	case write && len(data) <= q.inline:
+		sqe.SetSGL(pdu.SGL{Type: pdu.SGLDataBlockOffset, Length: uint32(len(data))})
+		inline = data
+	default:
+		sqe.SetSGL(pdu.SGL{Type: pdu.SGLTransportDataBlock, Length: uint32(len(data))})
+	}
+	q.wmu.Lock()
+	err := q.enc.WriteCapsuleCmd(sqe, inline)
+	if err == nil {
+		err = q.bw.Flush()
+	}
+	q.wmu.Unlock()
+	if err != nil {
+		q.kill(fmt.Errorf("%w: %v", ErrConnectionLost, err))
+	}
+
+	timedOut := false
+	select {
+	case <-c.done:
+	case <-c.timer.C:
+		timedOut = true
+		q.kill(ErrTimeout)
+		<-c.done // the reader fails every command when it exits
+	}
+	c.timer.Stop()
+	q.mu.Lock()
+	cqe, cerr := c.cqe, c.err
+	c.data = nil
+	q.mu.Unlock()
+	q.free <- cid
+	if timedOut {
+		return cqe, ErrTimeout
+	}
+	if cerr != nil {
+		return cqe, cerr
+	}
+	if st := nvme.Status(cqe.Status); !st.Success() {
+		return cqe, st
+	}
+	return cqe, nil
+}
+
+// finish completes command c; q.mu is held.
+func (q *hqueue) finishLocked(c *cmd, err error) {
+	if !c.active {
+		return
+	}
+	c.active = false
+	c.err = err
+	c.done <- struct{}{}
+}
+
+// reader completes commands until the connection fails, then fails every
+// outstanding command.
+func (q *hqueue) reader() {
+	err := q.readLoop()
+	q.kill(err)
+	q.mu.Lock()
+	for i := range q.cmds {
+		if q.cmds[i].active {
+			q.finishLocked(&q.cmds[i], fmt.Errorf("%w: %v", ErrConnectionLost, q.reason()))
+		}
+	}
+	q.mu.Unlock()
+	close(q.readerEnd)
+	if f := q.onDeath.Load(); f != nil {
+		(*f)(q)
+	}
+}
+
+func (q *hqueue) protocolError(fes uint16, fei uint32, msg string) error {
+	q.wmu.Lock()
+	q.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	q.enc.WriteTermReq(pdu.TypeH2CTermReq, pdu.TermReq{FES: fes, FEI: fei, Data: q.dec.RawHeader()})
+	q.bw.Flush()
+	q.wmu.Unlock()
+	return fmt.Errorf("%w: protocol error: %s", ErrConnectionLost, msg)
+}
+
+func (q *hqueue) lookup(cid uint16) *cmd {
+	if int(cid) >= len(q.cmds) {
+		return nil
+	}
+	c := &q.cmds[cid]
+	if !c.active {
+		return nil
+	}
+	return c
+}
+
+func (q *hqueue) readLoop() error {
+	for {
+		h, err := q.dec.Next()
+		if err != nil {
+			var pe *pdu.Error
+			if errors.As(err, &pe) {
+				return q.protocolError(pe.FES, pe.FEI, pe.Msg)
+			}
+			return fmt.Errorf("%w: %v", ErrConnectionLost, err)
+		}
+		switch h.Type {
+		case pdu.TypeCapsuleResp:
+			cqe := q.dec.CQE()
+			q.mu.Lock()
+			c := q.lookup(cqe.CID)
+			if c == nil {
+				q.mu.Unlock()
+				return q.protocolError(pdu.FESInvalidHeaderField, 20, "response for an unknown CID")
+			}
+			c.cqe = cqe
+			if !c.write && nvme.Status(cqe.Status).Success() && c.got != len(c.data) {
+				c.cqe.Status = uint16(nvme.StatusDataTransferError)
+			}
+			q.finishLocked(c, nil)
+			q.mu.Unlock()
+		case pdu.TypeC2HData:
+			dh := q.dec.DataHeader()
+			q.mu.Lock()
+			c := q.lookup(dh.CCCID)
+			if c == nil || c.write {
+				q.mu.Unlock()
+				return q.protocolError(pdu.FESInvalidHeaderField, 8, "C2HData for an unknown or write command")
+			}
+			if uint64(dh.DataO)+uint64(dh.DataL) > uint64(len(c.data)) || int(dh.DataO) != c.got {
+				q.mu.Unlock()
+				return q.protocolError(pdu.FESDataOutOfRange, 12, "C2HData outside the command's buffer")
+			}
+			dst := c.data[dh.DataO : dh.DataO+dh.DataL]
+			q.mu.Unlock()
+			// The submitter is blocked until completion, so dst stays valid.
+			err := q.dec.ReadData(dst)
+			var dde *pdu.DataDigestError
+			if errors.As(err, &dde) {
+				return fmt.Errorf("%w: %v", ErrConnectionLost, err)
+			} else if err != nil {
+				return fmt.Errorf("%w: %v", ErrConnectionLost, err)
+			}
+			q.mu.Lock()
+			c.got += int(dh.DataL)
+			if h.Flags&pdu.FlagSuccess != 0 {
+				if h.Flags&pdu.FlagLast == 0 || c.got != len(c.data) {
+					q.mu.Unlock()
+					return q.protocolError(pdu.FESInvalidHeaderField, 1, "SUCCESS without the whole data")
+				}
+				c.cqe = pdu.CQE{CID: dh.CCCID, SQID: q.qid}
+				q.finishLocked(c, nil)
+			}
+			q.mu.Unlock()
+		case pdu.TypeR2T:
+			r2t := q.dec.R2T()
+			q.mu.Lock()
+			c := q.lookup(r2t.CCCID)
+			if c == nil || !c.write || uint64(r2t.R2TO)+uint64(r2t.R2TL) > uint64(len(c.data)) || r2t.R2TL == 0 {
+				q.mu.Unlock()
+				return q.protocolError(pdu.FESInvalidHeaderField, 8, "R2T for an unknown command or outside its data")
+			}
+			src := c.data[r2t.R2TO : r2t.R2TO+r2t.R2TL]
+			q.mu.Unlock()
+			if err := q.sendH2C(r2t, src); err != nil {
+				return fmt.Errorf("%w: %v", ErrConnectionLost, err)
+			}
+		case pdu.TypeC2HTermReq:
+			tr := q.dec.TermReq()
+			return fmt.Errorf("%w: controller terminated the connection (FES %#x, FEI %d)", ErrConnectionLost, tr.FES, tr.FEI)
+		default:
+			return q.protocolError(pdu.FESInvalidHeaderField, 0, "unexpected "+h.Type.String())
+		}
+	}
+}
+
+// sendH2C answers an R2T with H2CData PDUs of at most MAXH2CDATA bytes.
+func (q *hqueue) sendH2C(r2t pdu.R2T, src []byte) error {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	off := r2t.R2TO
+	for len(src) > 0 {
+		n := min(len(src), int(q.maxH2C))
+		var flags uint8
+		if n == len(src) {
+			flags = pdu.FlagLast
+		}
+		if err := q.enc.WriteH2CData(pdu.DataHeader{CCCID: r2t.CCCID, TTag: r2t.TTag, DataO: off}, flags, src[:n]); err != nil {
+			return err
+		}
+		src = src[n:]
+		off += uint32(n)
+	}
+	return q.bw.Flush()
+}
