@@ -1,0 +1,520 @@
+package mgmt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/security"
+)
+
+// Defaults of Config.
+const (
+	DefaultHeartbeatInterval = time.Second
+	DefaultHeartbeatTimeout  = 5 * time.Second
+	DefaultSessionTTL        = 5 // seconds
+	// maxTxnAttempts bounds compare-and-swap retries under contention.
+	maxTxnAttempts = 32
+)
+
+// Config configures a Service.
+type Config struct {
+	// System is the system name; joins for another name are refused.
+	System string
+	// Address is this replica's gRPC address as clients dial it; it is
+	// what the leader hint carries when this replica leads.
+	Address string
+	// Replicas are the access points' addresses, reported by LeaderQuery.
+	Replicas []string
+	// Etcd is the client of the system's etcd cluster. The Service does not
+	// close it.
+	Etcd *clientv3.Client
+	// HeartbeatInterval is what members are told to use.
+	HeartbeatInterval time.Duration
+	// HeartbeatTimeout is how long without a heartbeat makes a member
+	// unresponsive. It must exceed HeartbeatInterval.
+	HeartbeatTimeout time.Duration
+	// CheckInterval is how often the leader runs CheckMembers
+	// (HeartbeatInterval when zero; negative: never, the owner calls
+	// CheckMembers itself).
+	CheckInterval time.Duration
+	// SessionTTL is the lease of the leader's election key in seconds: how
+	// long a dead leader blocks a new election.
+	SessionTTL int
+	// Now is the clock (time.Now when nil); tests drive the checker with a
+	// fake one.
+	Now func() time.Time
+	// Log receives state changes (slog.Default when nil).
+	Log *slog.Logger
+}
+
+// Service is one replica of the management service. Its methods are safe
+// for concurrent use.
+type Service struct {
+	mgmtv1.UnimplementedMgmtServiceServer
+
+	cfg Config
+	k   keys
+	log *slog.Logger
+
+	mu          sync.Mutex
+	leading     bool
+	fenceKey    string
+	fenceRev    int64
+	leaderSince time.Time
+	leaderCh    chan struct{} // closed and replaced on every leadership change
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a Service; Start makes it campaign for leadership.
+func New(cfg Config) (*Service, error) {
+	if cfg.System == "" || cfg.Address == "" || cfg.Etcd == nil {
+		return nil, errors.New("mgmt: System, Address and Etcd are required")
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if cfg.HeartbeatTimeout <= cfg.HeartbeatInterval {
+		return nil, fmt.Errorf("mgmt: heartbeat timeout %v must exceed the interval %v", cfg.HeartbeatTimeout, cfg.HeartbeatInterval)
+	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = cfg.HeartbeatInterval
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Service{cfg: cfg, k: newKeys(cfg.System), log: cfg.Log.With("system", cfg.System, "replica", cfg.Address),
+		leaderCh: make(chan struct{})}, nil
+}
+
+// Start campaigns for leadership in the background until Close. While this
+// replica leads, it also runs the checker that marks silent members
+// unresponsive.
+func (s *Service) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.done = make(chan struct{})
+	go s.run(ctx)
+}
+
+// Close stops campaigning and gives up leadership (the election key's lease
+// is revoked, so another replica takes over at once).
+func (s *Service) Close() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	<-s.done
+	s.cancel = nil
+}
+
+func (s *Service) run(ctx context.Context) {
+	defer close(s.done)
+	for ctx.Err() == nil {
+		if err := s.campaign(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("leader election", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (s *Service) campaign(ctx context.Context) error {
+	// The session lives on a background context so that Close can still
+	// revoke its lease after ctx is cancelled.
+	sess, err := concurrency.NewSession(s.cfg.Etcd, concurrency.WithTTL(s.cfg.SessionTTL))
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	el := concurrency.NewElection(sess, s.k.election())
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-cctx.Done():
+		}
+	}()
+	if err := el.Campaign(cctx, s.cfg.Address); err != nil {
+		return err
+	}
+	s.setLeader(el.Key(), el.Rev())
+	defer s.clearLeader()
+	s.log.Info("elected management service leader")
+	var tick <-chan time.Time
+	if s.cfg.CheckInterval > 0 {
+		t := time.NewTicker(s.cfg.CheckInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-cctx.Done():
+			if ctx.Err() == nil {
+				s.log.Warn("lost management service leadership (etcd session ended)")
+			}
+			return nil
+		case <-tick:
+			if _, err := s.CheckMembers(cctx); err != nil && cctx.Err() == nil {
+				s.log.Warn("member check", "err", err)
+			}
+		}
+	}
+}
+
+func (s *Service) setLeader(key string, rev int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.leading, s.fenceKey, s.fenceRev, s.leaderSince = true, key, rev, s.cfg.Now()
+	close(s.leaderCh)
+	s.leaderCh = make(chan struct{})
+}
+
+func (s *Service) clearLeader() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.leading {
+		return
+	}
+	s.leading = false
+	close(s.leaderCh)
+	s.leaderCh = make(chan struct{})
+}
+
+// IsLeader reports whether this replica currently leads.
+func (s *Service) IsLeader() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leading
+}
+
+// LeaderChanged returns a channel closed at the next change of this
+// replica's leadership.
+func (s *Service) LeaderChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leaderCh
+}
+
+func (s *Service) fence() (string, int64, time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fenceKey, s.fenceRev, s.leaderSince, s.leading
+}
+
+// Leader returns the address of the current leader, "" when none is
+// elected.
+func (s *Service) Leader(ctx context.Context) (string, error) {
+	resp, err := s.cfg.Etcd.Get(ctx, s.k.election()+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return "", storeErr(err, "read the leader")
+	}
+	if len(resp.Kvs) == 0 {
+		return "", nil
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// notLeader builds the error a non-leader answers with.
+func (s *Service) notLeader(ctx context.Context) error {
+	leader, _ := s.Leader(ctx)
+	if leader == s.cfg.Address {
+		// Our own stale key from before a restart (its lease has not
+		// expired yet): no useful hint.
+		leader = ""
+	}
+	return &NotLeaderError{Leader: leader}
+}
+
+func (s *Service) requireLeader(ctx context.Context) error {
+	if _, _, _, ok := s.fence(); !ok {
+		return s.notLeader(ctx)
+	}
+	return nil
+}
+
+// txn commits ops if cmps hold and this replica still holds the election
+// key it won. It reports false when a comparison failed (the caller re-reads
+// and retries) and a NotLeaderError when leadership was lost.
+func (s *Service) txn(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) (bool, error) {
+	key, rev, _, ok := s.fence()
+	if !ok {
+		return false, s.notLeader(ctx)
+	}
+	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", rev))
+	resp, err := s.cfg.Etcd.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return false, storeErr(err, "update the system state")
+	}
+	if resp.Succeeded {
+		return true, nil
+	}
+	// Tell a lost race from a lost election.
+	g, err := s.cfg.Etcd.Get(ctx, key)
+	if err != nil {
+		return false, storeErr(err, "read the election key")
+	}
+	if len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != rev {
+		s.clearLeader()
+		return false, s.notLeader(ctx)
+	}
+	return false, nil
+}
+
+func (s *Service) nowMs() int64 { return s.cfg.Now().UnixMilli() }
+
+func (s *Service) checkSystem(system string) error {
+	if system != s.cfg.System {
+		return fault.New(fault.FailedPrecondition, CodeForeignSystem,
+			fmt.Sprintf("node belongs to system %q, this is system %q", system, s.cfg.System),
+			"point the node at the access points of its own system, or reformat it for this one (nexctl storage format --force)")
+	}
+	return nil
+}
+
+// Join implements MgmtService.Join.
+func (s *Service) Join(ctx context.Context, req *mgmtv1.JoinRequest) (*mgmtv1.JoinResponse, error) {
+	m, err := s.join(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &mgmtv1.JoinResponse{Rank: m.Rank, State: string(m.State), Leader: s.cfg.Address,
+		HeartbeatIntervalMs: s.cfg.HeartbeatInterval.Milliseconds()}, nil
+}
+
+func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, error) {
+	if err := s.checkSystem(req.System); err != nil {
+		return nil, err
+	}
+	id, err := uuid.Parse(req.Uuid)
+	if err != nil || id == uuid.Nil {
+		return nil, fault.New(fault.InvalidArgument, CodeBadRequest, fmt.Sprintf("join: %q is not a node UUID", req.Uuid),
+			"format the node (nexctl storage format) so that it has a superblock")
+	}
+	uid := id.String()
+	if _, _, err := net.SplitHostPort(req.Address); err != nil {
+		return nil, fault.New(fault.InvalidArgument, CodeBadRequest, fmt.Sprintf("join: address %q is not host:port", req.Address),
+			"set grpc_listen to an address the access points can reach")
+	}
+	if err := s.requireLeader(ctx); err != nil {
+		return nil, err
+	}
+	for attempt := 0; attempt < maxTxnAttempts; attempt++ {
+		all, err := listMembers(ctx, s.cfg.Etcd, s.k)
+		if err != nil {
+			return nil, err
+		}
+		now := s.nowMs()
+		var m *Member
+		for _, x := range all {
+			if x.UUID == uid {
+				m = x
+			} else if strings.EqualFold(x.Address, req.Address) && x.State == StateJoined &&
+				now-x.LastHB <= s.cfg.HeartbeatTimeout.Milliseconds() {
+				return nil, fault.New(fault.AlreadyExists, CodeBadRequest,
+					fmt.Sprintf("address %s is in use by rank %d (node %s), which is alive", req.Address, x.Rank, x.UUID),
+					fmt.Sprintf("give this node its own grpc_listen address, or stop the other node and exclude rank %d", x.Rank))
+			}
+		}
+		if m != nil {
+			if m.State == StateExcluded {
+				return nil, fault.New(fault.FailedPrecondition, CodeExcluded,
+					fmt.Sprintf("rank %d (node %s) is excluded from the system", m.Rank, uid),
+					fmt.Sprintf("clear it with `nexctl system exclude --clear --ranks %d`, then start it", m.Rank))
+			}
+			prev := m.State
+			m.Address, m.FaultDomain, m.Labels = req.Address, req.FaultDomain, req.Labels
+			m.State, m.Info, m.LastHB = StateJoined, "rejoined", now
+			ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(uid)), "=", m.modRev)},
+				clientv3.OpPut(s.k.member(uid), encodeMember(m)))
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				s.log.Info("member rejoined", "rank", m.Rank, "uuid", uid, "address", m.Address, "was", prev)
+				return m, nil
+			}
+			continue
+		}
+		next, nextRev, err := readNextRank(ctx, s.cfg.Etcd, s.k)
+		if err != nil {
+			return nil, err
+		}
+		rank := next
+		if req.Rank != NoRank {
+			// The node remembers a rank the store does not (the store was
+			// rebuilt): keep it if nobody holds it.
+			taken := false
+			for _, x := range all {
+				taken = taken || x.Rank == req.Rank
+			}
+			if !taken {
+				rank = req.Rank
+			}
+		}
+		if rank == NoRank {
+			return nil, fault.New(fault.ResourceExhausted, CodeBadRequest, "no ranks left", "")
+		}
+		newNext := max(next, rank+1)
+		m = &Member{UUID: uid, Rank: rank, Address: req.Address, FaultDomain: req.FaultDomain, Labels: req.Labels,
+			State: StateJoined, Info: "joined", LastHB: now, JoinedAt: now}
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(s.k.member(uid)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(s.k.rank(rank)), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(s.k.nextRank()), "=", nextRev),
+		}
+		ok, err := s.txn(ctx, cmps,
+			clientv3.OpPut(s.k.member(uid), encodeMember(m)),
+			clientv3.OpPut(s.k.rank(rank), uid),
+			clientv3.OpPut(s.k.nextRank(), fmt.Sprint(newNext)))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			s.log.Info("member joined", "rank", rank, "uuid", uid, "address", m.Address)
+			return m, nil
+		}
+	}
+	return nil, fault.New(fault.Unavailable, CodeStore, "join: too many concurrent changes", "retry")
+}
+
+// Heartbeat implements MgmtService.Heartbeat.
+func (s *Service) Heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (*mgmtv1.HeartbeatResponse, error) {
+	st, err := s.heartbeat(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &mgmtv1.HeartbeatResponse{State: string(st)}, nil
+}
+
+func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (State, error) {
+	if err := s.checkSystem(req.System); err != nil {
+		return "", err
+	}
+	if err := s.requireLeader(ctx); err != nil {
+		return "", err
+	}
+	for attempt := 0; attempt < maxTxnAttempts; attempt++ {
+		m, err := getMember(ctx, s.cfg.Etcd, s.k, req.Uuid)
+		if err != nil {
+			return "", err
+		}
+		if m == nil || (req.Rank != NoRank && m.Rank != req.Rank) {
+			return "", fault.New(fault.NotFound, CodeNotMember, fmt.Sprintf("node %s (rank %d) is not a member", req.Uuid, req.Rank),
+				"join the system first")
+		}
+		if m.State == StateExcluded {
+			return m.State, nil
+		}
+		prev := m.State
+		if m.State == StateUnresponsive {
+			m.State, m.Info = StateJoined, "heartbeats resumed"
+		}
+		if req.Error != "" && (m.State == StateJoined || m.State == StateStopped) {
+			m.State, m.Info = StateErrored, req.Error
+		}
+		m.LastHB = s.nowMs()
+		ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(m.UUID)), "=", m.modRev)},
+			clientv3.OpPut(s.k.member(m.UUID), encodeMember(m)))
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			if prev != m.State {
+				s.log.Info("member state", "rank", m.Rank, "from", prev, "to", m.State, "info", m.Info)
+			}
+			return m.State, nil
+		}
+	}
+	return "", fault.New(fault.Unavailable, CodeStore, "heartbeat: too many concurrent changes", "retry")
+}
+
+// CheckMembers is one pass of the checker: every joined, stopped or errored
+// member whose last heartbeat is older than HeartbeatTimeout becomes
+// unresponsive. Heartbeats are counted from no earlier than the moment this
+// replica became leader, so a failover does not condemn members that were
+// heartbeating to the old leader. It returns the ranks it marked.
+func (s *Service) CheckMembers(ctx context.Context) ([]uint32, error) {
+	_, _, since, ok := s.fence()
+	if !ok {
+		return nil, s.notLeader(ctx)
+	}
+	all, err := listMembers(ctx, s.cfg.Etcd, s.k)
+	if err != nil {
+		return nil, err
+	}
+	now := s.nowMs()
+	var marked []uint32
+	for _, m := range all {
+		if m.State != StateJoined && m.State != StateStopped && m.State != StateErrored {
+			continue
+		}
+		last := max(m.LastHB, since.UnixMilli())
+		if now-last <= s.cfg.HeartbeatTimeout.Milliseconds() {
+			continue
+		}
+		prev := m.State
+		m.State = StateUnresponsive
+		m.Info = "no heartbeat since " + time.UnixMilli(m.LastHB).UTC().Format(time.RFC3339)
+		ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(m.UUID)), "=", m.modRev)},
+			clientv3.OpPut(s.k.member(m.UUID), encodeMember(m)))
+		if err != nil {
+			return marked, err
+		}
+		if ok { // otherwise a heartbeat or an operator got there first
+			s.log.Warn("member unresponsive", "rank", m.Rank, "address", m.Address, "was", prev)
+			marked = append(marked, m.Rank)
+		}
+	}
+	return marked, nil
+}
+
+// LeaderQuery implements MgmtService.LeaderQuery; any replica answers.
+func (s *Service) LeaderQuery(ctx context.Context, _ *mgmtv1.LeaderQueryRequest) (*mgmtv1.LeaderQueryResponse, error) {
+	leader, err := s.Leader(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &mgmtv1.LeaderQueryResponse{System: s.cfg.System, Leader: leader, Replicas: s.cfg.Replicas}, nil
+}
+
+// Policy returns the authorization table of the management service: nodes
+// (server role) join and heartbeat; everyone may query; only an admin may
+// stop, start or exclude.
+func Policy() *security.Policy {
+	p := &security.Policy{}
+	p.Allow(mgmtv1.MgmtService_Join_FullMethodName, security.RoleServer, security.RoleAdmin)
+	p.Allow(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleServer, security.RoleAdmin)
+	p.Allow(mgmtv1.MgmtService_LeaderQuery_FullMethodName, security.RoleAdmin, security.RoleServer, security.RoleCSI)
+	p.Allow(mgmtv1.MgmtService_SystemQuery_FullMethodName, security.RoleAdmin, security.RoleServer, security.RoleCSI)
+	p.Allow(mgmtv1.MgmtService_SystemStop_FullMethodName, security.RoleAdmin)
+	p.Allow(mgmtv1.MgmtService_SystemStart_FullMethodName, security.RoleAdmin)
+	p.Allow(mgmtv1.MgmtService_SystemExclude_FullMethodName, security.RoleAdmin)
+	return p
+}
