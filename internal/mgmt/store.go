@@ -50,8 +50,8 @@ func (k keys) members() string           { return k.prefix + "members/" }
 
 // rank keys are zero-padded so that they sort numerically.
 func (k keys) rank(r uint32) string { return fmt.Sprintf("%sranks/%010d", k.prefix, r) }
-func (k keys) nextRank() string    { return k.prefix + "next_rank" }
-func (k keys) election() string    { return k.prefix + "leader" }
+func (k keys) nextRank() string     { return k.prefix + "next_rank" }
+func (k keys) election() string     { return k.prefix + "leader" }
 
 func storeErr(err error, what string) error {
 	return fault.Wrap(err, fault.Unavailable, CodeStore, what,
