@@ -213,8 +213,7 @@ func (p *Pool) readCheckpoint(s int) (checkpoint, error) {
 }
 
 // load rebuilds the state from the newest valid checkpoint and the log,
-// then writes a new checkpoint so that the log restarts in a new epoch: any
-// torn tail or stale records of the replayed epoch can then never validate.
+// reading only.
 func (p *Pool) load() error {
 	var cps [2]checkpoint
 	var errs [2]error
@@ -253,9 +252,7 @@ func (p *Pool) load() error {
 	}
 	slog.Info("pool imported", "pool", p.sb.Name, "uuid", p.uuidStr, "checkpoint", cp.Epoch, "replayed", n,
 		"replicas", len(p.byName))
-	p.logMu.Lock()
-	defer p.logMu.Unlock()
-	return p.checkpointLocked()
+	return nil
 }
 
 // isIOErr reports errors from the device rather than from decoding.

@@ -127,8 +127,8 @@ type Pool struct {
 // Create formats dev as a new pool and returns it open. It refuses, writing
 // nothing, when dev already holds a pool (ErrHasPool, unless opts.Force), or
 // when dev cannot hold the superblocks, the metadata region and at least one
-// cluster (ErrTooSmall). On success the pool owns dev: Close or Destroy
-// closes it.
+// cluster (ErrTooSmall). On success the pool owns dev (Close or Destroy
+// closes it); on failure dev stays open for the caller to close.
 func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 	if err := validName(opts.Name); err != nil {
 		return nil, fmt.Errorf("pool %q: %v; pick a name of letters, digits, '-', '_' or '.': %w", opts.Name, err, ErrInvalid)
@@ -356,13 +356,24 @@ func Probe(dev bdev.Device) (Info, error) {
 // checkpoint, replays the log up to the first torn or bad record, and writes
 // a fresh checkpoint so the next log starts clean. ErrNotPool when dev holds
 // no pool; a *CorruptError (errors.Is ErrCorrupt) naming the damage when the
-// metadata cannot be used. On success the pool owns dev.
+// metadata cannot be used. A failed import writes nothing and leaves dev
+// open, for the caller to close; on success the pool owns dev.
 func Import(dev bdev.Device) (*Pool, error) {
 	sb, repair, err := readSuperblocks(dev)
 	if err != nil {
 		return nil, err
 	}
 	p := newPool(dev, sb)
+	// Nothing is written until the metadata has been read and found good,
+	// so an import that fails leaves the disk as it was.
+	if err := p.load(); err != nil {
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			ce.What = fmt.Sprintf("pool %q: %s", sb.Name, ce.What)
+			return nil, ce
+		}
+		return nil, fmt.Errorf("pool %q: %w", sb.Name, err)
+	}
 	if len(repair) > 0 {
 		buf := make([]byte, sbArea(int(p.bs)))
 		sb.encode(buf)
@@ -376,13 +387,13 @@ func Import(dev bdev.Device) (*Pool, error) {
 			return nil, fmt.Errorf("pool %q: repairing superblocks: %w", sb.Name, err)
 		}
 	}
-	if err := p.load(); err != nil {
-		var ce *CorruptError
-		if errors.As(err, &ce) {
-			ce.What = fmt.Sprintf("pool %q: %s", sb.Name, ce.What)
-			return nil, ce
-		}
-		return nil, fmt.Errorf("pool %q: %w", sb.Name, err)
+	// A new epoch: whatever followed the end of replay (a torn tail, stale
+	// records) can never validate later.
+	p.logMu.Lock()
+	err = p.checkpointLocked()
+	p.logMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: writing the import checkpoint: %w", sb.Name, err)
 	}
 	return p, nil
 }

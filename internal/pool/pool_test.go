@@ -865,3 +865,38 @@ func TestConcurrentEverything(t *testing.T) {
 	}
 	_ = q.Close()
 }
+
+// TestCorruptCheckpoints: with both checkpoint slots damaged, import fails
+// with a CorruptError naming them and writes nothing, not even the repair of
+// a bad superblock copy.
+func TestCorruptCheckpoints(t *testing.T) {
+	dev := newMalloc(t, 8*mib)
+	p := mustCreate(t, noClose{dev}, CreateOptions{})
+	mustReplica(t, p, "r", mib, false)
+	sb := p.sb
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	junk := make([]byte, 512)
+	fill(junk, 3)
+	for _, off := range []int64{0, int64(sb.MDOff), int64(sb.MDOff + sb.CPSize)} {
+		if _, err := dev.WriteAt(junk, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := make([]byte, dev.Size())
+	if _, err := dev.ReadAt(before, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Import(noClose{dev})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "both checkpoint slots") || !strings.Contains(err.Error(), `pool "p0"`) {
+		t.Fatalf("Import with both checkpoints bad: %v", err)
+	}
+	after := make([]byte, dev.Size())
+	if _, err := dev.ReadAt(after, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatal("a failed import wrote to the disk")
+	}
+}
