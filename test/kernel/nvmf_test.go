@@ -91,7 +91,7 @@ func TestKernelHostNVMeTCP(t *testing.T) {
 	if err := verifyPattern(ns, guestRawOff, guestRawLen, guestSeed); err != nil {
 		t.Errorf("the guest's O_DIRECT pattern, read through the initiator: %v", err)
 	}
-	checkExt4Image(t, ns, fsSize, filesDir, fileCount, fileSize, fileSeed)
+	checkExt4Image(t, "file system read through the initiator", ns, fsSize, fileSet{filesDir, fileCount, fileSize, fileSeed})
 	if err := writePattern(ns, hostRawOff, hostRawLen, hostSeed); err != nil {
 		t.Fatalf("initiator write: %v", err)
 	}

@@ -129,10 +129,19 @@ func writePattern(dev bdev.Device, off, n int64, seed uint64) error {
 	return dev.Flush()
 }
 
+// fileSet names a set of files written by the guest's write-files step:
+// Count files of Size bytes in Dir (a path inside the file system), Seed.
+type fileSet struct {
+	Dir   string
+	Count int
+	Size  int64
+	Seed  uint64
+}
+
 // checkExt4Image copies the first n bytes of dev (an ext4 file system) into a
-// file, checks it with e2fsck, and compares the files of a set written by the
-// guest's write-files step, read with debugfs.
-func checkExt4Image(t *testing.T, dev bdev.Device, n int64, dir string, count int, size int64, seed uint64) {
+// file, checks it with e2fsck, and compares the files of each set, read with
+// debugfs, with what the guest wrote.
+func checkExt4Image(t *testing.T, what string, dev bdev.Device, n int64, sets ...fileSet) {
 	t.Helper()
 	e2fsck := testutil.RequireTool(t, "e2fsck")
 	debugfs := testutil.RequireTool(t, "debugfs")
@@ -145,7 +154,7 @@ func checkExt4Image(t *testing.T, dev bdev.Device, n int64, dir string, count in
 	for pos := int64(0); pos < n; pos += int64(len(buf)) {
 		p := buf[:min(int64(len(buf)), n-pos)]
 		if _, err := dev.ReadAt(p, pos); err != nil {
-			t.Fatalf("initiator read at %d: %v", pos, err)
+			t.Fatalf("%s: read at %d: %v", what, pos, err)
 		}
 		if _, err := f.WriteAt(p, pos); err != nil {
 			t.Fatal(err)
@@ -155,24 +164,26 @@ func checkExt4Image(t *testing.T, dev bdev.Device, n int64, dir string, count in
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(e2fsck, "-fn", img).CombinedOutput(); err != nil {
-		t.Errorf("e2fsck -fn of the file system read back through the initiator: %v\n%s", err, out)
+		t.Errorf("%s: e2fsck -fn: %v\n%s", what, err, out)
 	}
-	for i := 0; i < count; i++ {
-		name := dir + "/" + pattern.FileName(i)
-		var stderr bytes.Buffer
-		cmd := exec.Command(debugfs, "-R", "cat "+name, img)
-		cmd.Stderr = &stderr
-		got, err := cmd.Output()
-		if err != nil {
-			t.Errorf("debugfs cat %s: %v: %s", name, err, stderr.String())
-			continue
-		}
-		if int64(len(got)) != size {
-			t.Errorf("%s: %d bytes on the host, want %d (debugfs: %s)", name, len(got), size, strings.TrimSpace(stderr.String()))
-			continue
-		}
-		if err := pattern.Check(got, pattern.FileSeed(seed, i), 0); err != nil {
-			t.Errorf("%s: %v", name, err)
+	for _, set := range sets {
+		for i := 0; i < set.Count; i++ {
+			name := set.Dir + "/" + pattern.FileName(i)
+			var stderr bytes.Buffer
+			cmd := exec.Command(debugfs, "-R", "cat "+name, img)
+			cmd.Stderr = &stderr
+			got, err := cmd.Output()
+			if err != nil {
+				t.Errorf("%s: debugfs cat %s: %v: %s", what, name, err, stderr.String())
+				continue
+			}
+			if int64(len(got)) != set.Size {
+				t.Errorf("%s: %s: %d bytes, want %d (debugfs: %s)", what, name, len(got), set.Size, strings.TrimSpace(stderr.String()))
+				continue
+			}
+			if err := pattern.Check(got, pattern.FileSeed(set.Seed, i), 0); err != nil {
+				t.Errorf("%s: %s: %v", what, name, err)
+			}
 		}
 	}
 }

@@ -139,6 +139,7 @@ var steps = map[string]struct {
 	"write-files":    {stepWriteFiles, "write-files DIR COUNT SIZE SEED", 4},
 	"verify-files":   {stepVerifyFiles, "verify-files DIR COUNT SIZE SEED", 4},
 	"sync":           {stepSync, "sync", 0},
+	"drop-caches":    {stepDropCaches, "drop-caches", 0},
 	"dial":           {stepDial, "dial ADDR PORT MESSAGE...", 3},
 	"barrier":        {stepBarrier, "barrier NAME", 1},
 	"run":            {stepRun, "run PROGRAM [ARG...]", 1},

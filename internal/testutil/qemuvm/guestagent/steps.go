@@ -224,6 +224,16 @@ func stepSync(a *agent, args []string) error {
 	return nil
 }
 
+// stepDropCaches writes dirty pages back and drops clean ones, so that the
+// next reads of files and block devices go to the device.
+func stepDropCaches(a *agent, args []string) error {
+	unix.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		return fmt.Errorf("drop caches: %w", err)
+	}
+	return nil
+}
+
 func stepDial(a *agent, args []string) error {
 	addr := net.JoinHostPort(args[0], args[1])
 	c, err := net.DialTimeout("tcp", addr, 30*time.Second)
