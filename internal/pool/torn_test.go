@@ -150,3 +150,38 @@ func TestTornCheckpoint(t *testing.T) {
 		}
 	})
 }
+
+// TestFailedAllocationReleasesCluster: when zeroing or writing a new
+// cluster fails, the write fails, the cluster returns to the free pool and
+// the pool checks clean; the next write allocates normally.
+func TestFailedAllocationReleasesCluster(t *testing.T) {
+	mem := newMalloc(t, 8*mib)
+	fd := faulty.New(noClose{mem}, 4)
+	p := mustCreate(t, fd, CreateOptions{})
+	defer p.Close()
+	mustReplica(t, p, "r", 2*mib, true)
+	h := mustOpen(t, p, "r")
+	defer h.Close()
+	before := p.Stats()
+	data := make([]byte, 4*kib)
+	fill(data, 9)
+	dataOff := int64(p.sb.DataOff)
+	for _, op := range []faulty.Op{faulty.OpWriteZeroes, faulty.OpWrite} {
+		rule := fd.AddRule(faulty.Rule{Ops: op, Off: dataOff, Len: mem.Size() - dataOff, Count: 1})
+		if _, err := h.WriteAt(data, 8*kib); !errors.Is(err, faulty.ErrInjected) || fd.Fired(rule) != 1 {
+			t.Fatalf("%v failure: %v (fired %d)", op, err, fd.Fired(rule))
+		}
+		if st := p.Stats(); st != before {
+			t.Fatalf("stats after a failed allocation %+v, want %+v", st, before)
+		}
+		check(t, p)
+	}
+	if _, err := h.WriteAt(data, 8*kib); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 16*kib)
+	if _, err := h.ReadAt(got, 0); err != nil || !bytes.Equal(got[8*kib:12*kib], data) || !bytes.Equal(got[:8*kib], make([]byte, 8*kib)) {
+		t.Fatalf("read after recovery: %v", err)
+	}
+	check(t, p)
+}
