@@ -158,12 +158,13 @@ Nexstor dev node is running.
 
 Try it:
   nbdinfo %s
-  nbdcopy /dev/urandom %s --length=64M    # write
+  nbdcopy ./some.img %s    # write a file into the replica
+  nbdcopy %s ./copy.img    # read the replica back
   nexctl%s replica list
   nexctl%s pool get %s
 
 Press Ctrl-C to stop; the next start reuses the same pool, replica and share.
-`, r.Name, output.Size(uint64(r.Size)), r.Pool, uri, uri, uri, eng, eng, r.Pool)
+`, r.Name, output.Size(uint64(r.Size)), r.Pool, uri, uri, uri, uri, eng, eng, r.Pool)
 }
 
 // run starts a server, calls ready (if any), and serves until SIGINT or

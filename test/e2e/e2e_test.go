@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/testutil"
+)
+
+const (
+	mib         = 1 << 20
+	replicaSize = 64 * mib
+)
+
+// TestServerWithRealClients drives `nexstor server` with the nexctl binary,
+// then reads and writes the shared replica with nbdinfo, nbdcopy, qemu-img
+// and fio, kills the server with SIGKILL under a write load, and checks that
+// data flushed before the kill is intact after a restart.
+func TestServerWithRealClients(t *testing.T) {
+	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "fio"} {
+		testutil.RequireTool(t, tool)
+	}
+	t0 := time.Now()
+	step := func(what string) { t.Logf("%5.1fs %s", time.Since(t0).Seconds(), what) }
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	srv, eng := startServer(t, data)
+
+	step("server started")
+	disk := "file://" + filepath.Join(dir, "d0.img") + "?size=256MiB"
+	var pool poolJSON
+	nexctlJSON(t, eng, &pool, "pool", "create", "p0", disk)
+	if pool.Name != "p0" || pool.State != "online" || pool.Capacity <= 0 || pool.UUID == "" {
+		t.Fatalf("created pool %+v", pool)
+	}
+	var rep replicaJSON
+	nexctlJSON(t, eng, &rep, "replica", "create", "r0", "--pool", "p0", "--size", "64MiB", "--thin")
+	if rep.Size != replicaSize || !rep.Thin || rep.Pool != "p0" || rep.Share != nil {
+		t.Fatalf("created replica %+v", rep)
+	}
+	out := mustNexctl(t, eng, "replica", "share", "r0", "--protocol", "nbd")
+	uri := string(bytes.TrimSpace([]byte(out)))
+	if !regexp.MustCompile(`^nbd://127\.0\.0\.1:\d+/r0$`).MatchString(uri) {
+		t.Fatalf("share printed %q, want nbd://127.0.0.1:PORT/r0", out)
+	}
+
+	step("pool, replica, share created")
+	// Bad input through the whole stack: exact message and resolution.
+	wantNexctlError(t, eng, []string{"p0", "already exists"}, "pool", "create", "p0", disk)
+	wantNexctlError(t, eng, []string{"r0", "already exists"}, "replica", "create", "r0", "--pool", "p0", "--size", "4MiB")
+	wantNexctlError(t, eng, []string{"r1", "cluster size"}, "replica", "create", "r1", "--pool", "p0", "--size", "5MiB")
+	wantNexctlError(t, eng, []string{"r0", "shared"}, "replica", "destroy", "r0")
+	wantNexctlError(t, eng, []string{"nope"}, "replica", "get", "nope")
+
+	step("bad input checked")
+	if got := testutil.NBDInfoSize(t, uri); got != replicaSize {
+		t.Fatalf("nbdinfo size %d, want %d", got, replicaSize)
+	}
+	src := testutil.NBDCopyRoundTrip(t, uri, 16*mib)
+	if err := testutil.QemuImgCompare(t, uri, src); err != nil {
+		t.Fatal(err)
+	}
+	// The thin replica allocated clusters for what was written.
+	nexctlJSON(t, eng, &rep, "replica", "get", "r0")
+	if rep.Allocated < 16*mib || rep.Allocated > replicaSize {
+		t.Fatalf("allocated %d after writing 16MiB", rep.Allocated)
+	}
+	flushed, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	step("nbdinfo, nbdcopy, qemu-img done")
+	// fio with crc32c verification over the first 8MiB.
+	testutil.FioVerify(t, uri, 8*mib)
+
+	step("fio verify done")
+	// Flush a known pattern, then put a write load on another region and
+	// kill the server with SIGKILL in the middle of it.
+	src = testutil.NBDCopyRoundTrip(t, uri, 16*mib)
+	flushed, err = os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nexctlJSON(t, eng, &rep, "replica", "get", "r0")
+	before := rep.Allocated
+	load := exec.Command(testutil.RequireTool(t, "fio"), "--name=load", "--ioengine=nbd", "--uri="+uri,
+		"--rw=randwrite", "--bs=64k", "--iodepth=8", "--offset=32M", "--size=32M",
+		"--time_based", "--runtime=300", "--randrepeat=0")
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	loadDone := make(chan error, 1)
+	go func() { loadDone <- load.Wait() }()
+	t.Cleanup(func() { load.Process.Kill(); <-loadDone })
+	// The load is under way once the thin replica allocates new clusters.
+	for rep.Allocated <= before {
+		select {
+		case err := <-loadDone:
+			loadDone <- err
+			t.Fatalf("fio load ended before the kill: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		nexctlJSON(t, eng, &rep, "replica", "get", "r0")
+	}
+	step("load running; SIGKILL")
+	srv.stop(syscall.SIGKILL)
+
+	srv, eng = startServer(t, data)
+	nexctlJSON(t, eng, &rep, "replica", "get", "r0")
+	if rep.State != "online" || rep.Share == nil || rep.Share.Protocol != "nbd" {
+		t.Fatalf("replica after restart %+v", rep)
+	}
+	uri = rep.Share.URI
+	got := readHead(t, uri, 16*mib)
+	if !bytes.Equal(got, flushed) {
+		i := 0
+		for got[i] == flushed[i] {
+			i++
+		}
+		t.Fatalf("flushed data lost across SIGKILL: first difference at byte %d", i)
+	}
+	step("flushed data verified after restart")
+	nexctlJSON(t, eng, &pool, "pool", "get", "p0")
+	if pool.State != "online" || pool.Replicas != 1 || pool.Allocated < 16*mib || pool.Allocated > replicaSize {
+		t.Fatalf("pool after restart %+v", pool)
+	}
+	// The replica still works after the crash.
+	testutil.FioVerify(t, uri, 4*mib)
+	step("fio after restart done")
+	if err := srv.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("graceful stop: %v\n%s", err, srv.output())
+	}
+}
+
+// TestDev starts `nexstor dev`, writes through the URI it prints, and starts
+// it again: the same pool, replica, share and data come back.
+func TestDev(t *testing.T) {
+	testutil.RequireTool(t, "nbdcopy")
+	testutil.RequireTool(t, "qemu-img")
+	dir := filepath.Join(t.TempDir(), "dev")
+	uriRE := regexp.MustCompile(`^\s+(nbd://\S+/demo)$`)
+	engRE := regexp.MustCompile(`nexctl --engine (\S+) replica list`)
+
+	p, lines := start(t, "dev", "--data-dir", dir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0")
+	uri := p.waitLine(lines, uriRE)[1]
+	eng := p.waitLine(lines, engRE)[1]
+	var pool poolJSON
+	nexctlJSON(t, eng, &pool, "pool", "get", "dev")
+	var rep replicaJSON
+	nexctlJSON(t, eng, &rep, "replica", "get", "demo")
+	if !rep.Thin || rep.Size != 512*mib || rep.Share == nil || rep.Share.URI != uri {
+		t.Fatalf("demo replica %+v, printed URI %s", rep, uri)
+	}
+	want := make([]byte, 4*mib)
+	rand.Read(want)
+	writeFlushed(t, uri, want)
+	if got := readHead(t, uri, 4*mib); !bytes.Equal(got, want) {
+		t.Fatal("data read back differs from data written")
+	}
+	if err := p.stop(syscall.SIGINT); err != nil {
+		t.Fatalf("dev stop: %v\n%s", err, p.output())
+	}
+
+	p, lines = start(t, "dev", "--data-dir", dir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0")
+	uri = p.waitLine(lines, uriRE)[1]
+	eng = p.waitLine(lines, engRE)[1]
+	var pool2 poolJSON
+	nexctlJSON(t, eng, &pool2, "pool", "get", "dev")
+	var rep2 replicaJSON
+	nexctlJSON(t, eng, &rep2, "replica", "get", "demo")
+	if pool2.UUID != pool.UUID || rep2.UUID != rep.UUID {
+		t.Fatalf("second start made new objects: pool %s -> %s, replica %s -> %s", pool.UUID, pool2.UUID, rep.UUID, rep2.UUID)
+	}
+	if got := readHead(t, uri, 4*mib); !bytes.Equal(got, want) {
+		t.Fatal("data written before the restart is gone")
+	}
+	if err := p.stop(syscall.SIGINT); err != nil {
+		t.Fatalf("dev stop: %v\n%s", err, p.output())
+	}
+}
