@@ -125,13 +125,20 @@ func fill(b []byte, seed uint64) {
 
 func TestConformanceThinAndThick(t *testing.T) {
 	for _, thin := range []bool{true, false} {
-		for _, backing := range []string{"malloc", "file"} {
+		for _, backing := range []string{"malloc", "malloc-4k", "file"} {
 			name := map[bool]string{true: "thin", false: "thick"}[thin] + "/" + backing
 			t.Run(name, func(t *testing.T) {
 				var dev bdev.Device
-				if backing == "malloc" {
+				switch backing {
+				case "malloc":
 					dev = newMalloc(t, 16*mib)
-				} else {
+				case "malloc-4k":
+					m, err := bdev.NewMalloc(16*mib, 4096)
+					if err != nil {
+						t.Fatal(err)
+					}
+					dev = m
+				default:
 					dev = openFile(t, newFile(t, 16*mib))
 				}
 				p := mustCreate(t, dev, CreateOptions{})
