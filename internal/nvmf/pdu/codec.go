@@ -178,10 +178,8 @@ func (d *Decoder) ReadData(dst []byte) error {
 		return fmt.Errorf("nvme/tcp: ReadData with a %d-byte buffer for %d bytes of data", len(dst), d.dataLen)
 	}
 	d.dataLen = 0
-	if d.pad > 0 {
-		if _, err := io.ReadFull(d.r, d.buf[:d.pad]); err != nil {
-			return unexpected(err)
-		}
+	if err := d.skip(d.pad); err != nil {
+		return err
 	}
 	if _, err := io.ReadFull(d.r, dst); err != nil {
 		return unexpected(err)
@@ -198,15 +196,25 @@ func (d *Decoder) ReadData(dst []byte) error {
 	return nil
 }
 
+// skip consumes n bytes (padding) through the scratch buffer.
+func (d *Decoder) skip(n int) error {
+	for n > 0 {
+		c := min(n, len(d.buf))
+		if _, err := io.ReadFull(d.r, d.buf[:c]); err != nil {
+			return unexpected(err)
+		}
+		n -= c
+	}
+	return nil
+}
+
 // DiscardData consumes the current PDU's data without keeping it (the data
 // digest is still verified).
 func (d *Decoder) DiscardData() error {
 	n := d.dataLen
 	d.dataLen = 0
-	if d.pad > 0 {
-		if _, err := io.ReadFull(d.r, d.buf[:d.pad]); err != nil {
-			return unexpected(err)
-		}
+	if err := d.skip(d.pad); err != nil {
+		return err
 	}
 	crc := uint32(0)
 	for n > 0 {
