@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 	"github.com/nexstor/nexstor/internal/testutil/qemuvm"
+	"path/filepath"
 )
 
 const (
@@ -29,25 +29,24 @@ const (
 )
 
 // TestKernelHostNVMeTCP runs the Linux kernel's NVMe/TCP host against the
-// target in two boots.
+// target in two boots, on a thin replica of a pool on a file.
 //
 // First boot: discovery through the discovery port, connect, an O_DIRECT
 // pattern written and read back, mkfs.ext4, mount, files, sync, umount,
 // disconnect. On the host the Go initiator then finds the pattern and the
 // files (the image read back passes e2fsck; debugfs reads the files), and
-// writes a pattern of its own. Second boot, with header and data digests:
+// writes a pattern of its own. The target stops and the pool is exported
+// and imported again, as when the storage node restarts. Second boot, with header and data digests:
 // a host NQN that is not allowed is refused, the allowed one reconnects,
 // fsck is clean, the files and both patterns are there, and a pattern the
 // guest writes with digests reads back on the host. A proxy between guest and
 // target checks that every PDU after initialization carries a header digest.
 func TestKernelHostNVMeTCP(t *testing.T) {
 	env := qemuvm.Require(t)
-	dev, err := bdev.NewMalloc(devSize, 512)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nqn := target.NQN("replica", "6b65726e-656c-4000-8000-000000000001")
-	s := serve(t, nqn, dev)
+	poolFile := filepath.Join(t.TempDir(), "pool.img")
+	p, rep := createPoolReplica(t, poolFile)
+	nqn := target.NQN("replica", replicaUUID)
+	s := serve(t, nqn, rep)
 	io := strconv.Itoa(s.ioPort)
 	mnt := "/mnt/nvme"
 
@@ -101,6 +100,19 @@ func TestKernelHostNVMeTCP(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
+
+	// The storage node restarts: target down, pool exported and imported
+	// again, the replica served by a new target.
+	s.stop()
+	if err := rep.Close(); err != nil {
+		t.Fatalf("replica close: %v", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("pool close: %v", err)
+	}
+	p, rep = importPoolReplica(t, poolFile)
+	s = serve(t, nqn, rep)
+	io = strconv.Itoa(s.ioPort)
 
 	// Second boot: digests on, a refused stranger first, then reconnect.
 	// The guest goes through a proxy that sees whether digests are used.

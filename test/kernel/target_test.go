@@ -20,6 +20,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
+	"github.com/nexstor/nexstor/internal/pool"
 	"github.com/nexstor/nexstor/internal/testutil"
 	"github.com/nexstor/nexstor/internal/testutil/qemuvm/pattern"
 )
@@ -40,7 +41,13 @@ type served struct {
 	ioPort   int
 	discPort int
 	log      *lockedBuffer
+	stopOnce sync.Once
+	stopFn   func()
 }
+
+// stop closes the listeners and every connection; the test's cleanup calls
+// it too.
+func (s *served) stop() { s.stopOnce.Do(s.stopFn) }
 
 // serve exports dev as namespace 1 of subsystem nqn, allowing hostNQN and
 // goHostNQN, with an I/O and a discovery listener on free loopback ports.
@@ -72,10 +79,13 @@ func serve(t *testing.T, nqn string, dev bdev.Device) *served {
 	wg.Add(2)
 	go func() { defer wg.Done(); s.tgt.Serve(ctx, io) }()
 	go func() { defer wg.Done(); s.tgt.ServeDiscovery(ctx, disc) }()
-	t.Cleanup(func() {
+	s.stopFn = func() {
 		cancel()
 		s.tgt.Close()
 		wg.Wait()
+	}
+	t.Cleanup(func() {
+		s.stop()
 		if t.Failed() {
 			t.Logf("target log:\n%s", s.log.String())
 		}
@@ -203,4 +213,59 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+const (
+	replicaUUID = "6b65726e-656c-4000-8000-000000000001"
+	replicaName = "kernel-interop"
+)
+
+// createPoolReplica formats a pool on a file at path, twice as large as the
+// replica, and opens a thin replica of devSize bytes on it.
+func createPoolReplica(t *testing.T, path string) (*pool.Pool, *pool.Replica) {
+	t.Helper()
+	disk, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: 2 * devSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.Create(disk, pool.CreateOptions{Name: "kernel"})
+	if err != nil {
+		t.Fatalf("pool create: %v", err)
+	}
+	if _, err := p.CreateReplica(pool.ReplicaOptions{Name: replicaName, UUID: replicaUUID, Size: devSize, Thin: true}); err != nil {
+		t.Fatalf("replica create: %v", err)
+	}
+	return p, openReplica(t, p)
+}
+
+// importPoolReplica imports the pool on the file at path and opens the
+// replica again.
+func importPoolReplica(t *testing.T, path string) (*pool.Pool, *pool.Replica) {
+	t.Helper()
+	disk, err := bdev.OpenFile(path, bdev.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.Import(disk)
+	if err != nil {
+		t.Fatalf("pool import: %v", err)
+	}
+	if err := p.Check(); err != nil {
+		t.Errorf("pool check after import: %v", err)
+	}
+	return p, openReplica(t, p)
+}
+
+func openReplica(t *testing.T, p *pool.Pool) *pool.Replica {
+	t.Helper()
+	r, err := p.OpenReplica(replicaName)
+	if err != nil {
+		t.Fatalf("replica open: %v", err)
+	}
+	// Closing twice is harmless; the pool's Close comes last.
+	t.Cleanup(func() {
+		r.Close()
+		p.Close()
+	})
+	return r
 }
