@@ -115,6 +115,14 @@ func (q *queue) run() {
 	go q.writer()
 	err := q.reader()
 	q.t.log.Debug("nvmf: connection closed", "remote", q.conn.RemoteAddr(), "qid", q.qid, "err", err)
+	var pe *pdu.Error
+	if errors.As(err, &pe) {
+		// The writer sends the queued C2HTermReq, then closes.
+		select {
+		case <-q.done:
+		case <-time.After(2 * time.Second):
+		}
+	}
 	q.close()
 	if c := q.ctrl; c != nil {
 		c.queueGone(q)
