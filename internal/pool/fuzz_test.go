@@ -3,7 +3,9 @@ package pool
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
+	"strings"
 	"testing"
 
 	"github.com/nexstor/nexstor/internal/bdev"
@@ -187,3 +189,51 @@ func FuzzReplay(f *testing.F) {
 }
 
 func newFuzzMalloc() (*bdev.Malloc, error) { return bdev.NewMalloc(4<<20, 512) }
+
+// TestReplayRejectsContradictions: a record with a valid checksum that
+// contradicts the state fails import with a CorruptError naming it.
+func TestReplayRejectsContradictions(t *testing.T) {
+	u := [16]byte{5}
+	create := record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a"}}
+	cases := []struct {
+		name string
+		recs []record
+		want string
+	}{
+		{"owned twice", []record{create, {Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 0, Phys: 1, Count: 1}, {Logical: 1, Phys: 1, Count: 1}}}}}, "repeated"},
+		{"unknown replica", []record{{Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 0, Phys: 1, Count: 1}}}}}, "unknown"},
+		{"beyond the pool", []record{create, {Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 0, Phys: 1 << 40, Count: 1}}}}}, "outside the pool"},
+		{"shrink", []record{create, {Type: recResize, E: entry{UUID: u, Size: 512}}}, "shrink"},
+		{"duplicate", []record{create, create}, "exists"},
+		{"huge runs", []record{create, {Type: recUnmap, E: entry{UUID: u, Runs: []run{{Logical: 0, Count: 1 << 31}, {Logical: 0, Count: 1 << 31}}}}}, "more than"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			mem, err := newFuzzMalloc()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := Create(noClose{mem}, CreateOptions{Name: "f", ClusterSize: 64 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sb := p.sb
+			_ = p.Close() // the log now belongs to epoch 2
+			var log []byte
+			for i, r := range c.recs {
+				r.Seq = uint64(i + 1)
+				log = appendRecord(log, sb.UUID, 2, &r)
+			}
+			for len(log)%512 != 0 {
+				log = append(log, 0)
+			}
+			if _, err := mem.WriteAt(log, sb.logOff()); err != nil {
+				t.Fatal(err)
+			}
+			_, err = Import(noClose{mem})
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "log record") {
+				t.Fatalf("Import: %v, want a CorruptError about %q", err, c.want)
+			}
+		})
+	}
+}
