@@ -20,7 +20,7 @@ import (
 const testNQN = "nqn.2024-11.io.nexstor:replica:test"
 
 type fixture struct {
-	t    *testing.T
+	t    testing.TB
 	tgt  *target.Target
 	sub  *target.Subsystem
 	dev  *bdev.Malloc
@@ -40,7 +40,7 @@ func (f *fixture) kill() {
 }
 
 // newFixture serves a malloc namespace of size bytes on a loopback port.
-func newFixture(t *testing.T, size int64, opts target.SubsystemOptions) *fixture {
+func newFixture(t testing.TB, size int64, opts target.SubsystemOptions) *fixture {
 	t.Helper()
 	dev, err := bdev.NewMalloc(size, 512)
 	if err != nil {

@@ -34,8 +34,10 @@ type cmd struct {
 	write  bool
 	data   []byte // caller buffer: read destination or write source
 	got    int    // read bytes received
-	cqe    pdu.CQE
-	err    error
+	// badDigest: some of the read data failed its data digest.
+	badDigest bool
+	cqe       pdu.CQE
+	err       error
 }
 
 // hqueue is one host queue: an admin or I/O queue on its own connection.
@@ -169,7 +171,7 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 	c := &q.cmds[cid]
 	c.timer.Reset(q.timeout)
 	q.mu.Lock()
-	c.active, c.write, c.data, c.got, c.err = true, write, data, 0, nil
+	c.active, c.write, c.data, c.got, c.err, c.badDigest = true, write, data, 0, nil, false
 	c.cqe = pdu.CQE{}
 	q.mu.Unlock()
 
@@ -289,7 +291,7 @@ func (q *hqueue) readLoop() error {
 				return q.protocolError(pdu.FESInvalidHeaderField, 20, "response for an unknown CID")
 			}
 			c.cqe = cqe
-			if !c.write && nvme.Status(cqe.Status).Success() && c.got != len(c.data) {
+			if !c.write && nvme.Status(cqe.Status).Success() && (c.got != len(c.data) || c.badDigest) {
 				c.cqe.Status = uint16(nvme.StatusDataTransferError)
 			}
 			q.finishLocked(c, nil)
@@ -309,14 +311,17 @@ func (q *hqueue) readLoop() error {
 			dst := c.data[dh.DataO : dh.DataO+dh.DataL]
 			q.mu.Unlock()
 			// The submitter is blocked until completion, so dst stays valid.
-			err := q.dec.ReadData(dst)
-			var dde *pdu.DataDigestError
-			if errors.As(err, &dde) {
-				return fmt.Errorf("%w: %v", ErrConnectionLost, err)
-			} else if err != nil {
-				return fmt.Errorf("%w: %v", ErrConnectionLost, err)
+			badDigest := false
+			if err := q.dec.ReadData(dst); err != nil {
+				var dde *pdu.DataDigestError
+				if !errors.As(err, &dde) {
+					return fmt.Errorf("%w: %v", ErrConnectionLost, err)
+				}
+				// The stream is intact; only this command's data is bad.
+				badDigest = true
 			}
 			q.mu.Lock()
+			c.badDigest = c.badDigest || badDigest
 			c.got += int(dh.DataL)
 			if h.Flags&pdu.FlagSuccess != 0 {
 				if h.Flags&pdu.FlagLast == 0 || c.got != len(c.data) {
@@ -324,6 +329,9 @@ func (q *hqueue) readLoop() error {
 					return q.protocolError(pdu.FESInvalidHeaderField, 1, "SUCCESS without the whole data")
 				}
 				c.cqe = pdu.CQE{CID: dh.CCCID, SQID: q.qid}
+				if c.badDigest {
+					c.cqe.Status = uint16(nvme.StatusDataTransferError)
+				}
 				q.finishLocked(c, nil)
 			}
 			q.mu.Unlock()

@@ -311,12 +311,12 @@ func (q *queue) capsule() error {
 		}
 		r.getBuf(inCapsule)
 		err := q.dec.ReadData(r.buf)
-		var dde *pdu.DataDigestError
 		switch {
-		case errors.As(err, &dde):
-			r.status = nvme.StatusTransientTransport
 		case err != nil:
-			return err
+			if !isDigestErr(err) {
+				return err
+			}
+			r.status = nvme.StatusTransientTransport
 		case sgl.Type != pdu.SGLDataBlockOffset || dir != 1:
 			r.status = nvme.StatusSGLInvalidType
 		case sgl.Address != 0:
@@ -367,12 +367,11 @@ func (q *queue) h2cData() error {
 	if dh.DataL > maxH2CData {
 		return q.term(pdu.FESDataLimitExceeded, 16, q.dec.RawHeader())
 	}
-	err := q.dec.ReadData(r.buf[dh.DataO : dh.DataO+dh.DataL])
-	var dde *pdu.DataDigestError
-	if errors.As(err, &dde) {
+	if err := q.dec.ReadData(r.buf[dh.DataO : dh.DataO+dh.DataL]); err != nil {
+		if !isDigestErr(err) {
+			return err
+		}
 		r.status = nvme.StatusTransientTransport
-	} else if err != nil {
-		return err
 	}
 	r.xfer += int(dh.DataL)
 	if r.xfer == r.r2tLen {
@@ -380,6 +379,13 @@ func (q *queue) h2cData() error {
 		q.dispatch(r)
 	}
 	return nil
+}
+
+// isDigestErr reports a data digest mismatch: the PDU was consumed whole and
+// only its command fails (Transient Transport Error), per NVMe/TCP.
+func isDigestErr(err error) bool {
+	var dde *pdu.DataDigestError
+	return errors.As(err, &dde)
 }
 
 // dispatch runs fabrics commands inline (they must take effect before the
