@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -74,6 +75,7 @@ type VM struct {
 	exited  chan struct{}
 	waitErr error
 	ctl     net.Listener
+	slot    *bootSlot
 	timeout time.Duration
 	start   time.Time
 	res     *Result
@@ -82,6 +84,10 @@ type VM struct {
 // Boot builds this boot's initramfs and starts QEMU. The machine is killed,
 // at the latest, when the test ends; when the test failed, the console log
 // is written to the test log.
+//
+// Guests run one at a time on a machine, across test processes: Boot waits
+// (up to 10 minutes) until the previous guest's Wait returned or its test
+// ended. So Wait for one VM before booting the next.
 func (e *Env) Boot(t testing.TB, cfg Config) *VM {
 	t.Helper()
 	dir := t.TempDir()
@@ -107,6 +113,7 @@ func (e *Env) Boot(t testing.TB, cfg Config) *VM {
 		ln.Close()
 		t.Fatalf("qemuvm: %v", err)
 	}
+	vm.slot = acquireSlot(t)
 	mem := cfg.MemoryMiB
 	if mem == 0 {
 		mem = 1024
@@ -126,8 +133,11 @@ func (e *Env) Boot(t testing.TB, cfg Config) *VM {
 	cmd := exec.Command(e.QEMU, args...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = vm.console, vm.console
+	// A test binary killed by its -timeout must not leave QEMU behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		ln.Close()
+		vm.slot.release()
 		t.Fatalf("qemuvm: start %s: %v", e.QEMU, err)
 	}
 	vm.cmd, vm.start = cmd, time.Now()
@@ -156,6 +166,7 @@ func (vm *VM) kill() {
 		vm.cmd.Process.Kill()
 		<-vm.exited
 	}
+	vm.slot.release()
 }
 
 // Wait waits until the guest powers off, the boot's timeout passes or ctx is
