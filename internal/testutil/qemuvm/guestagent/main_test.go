@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strings"
+	"testing"
+)
+
+func TestRunStopsAtFirstUntoleratedFailure(t *testing.T) {
+	var res bytes.Buffer
+	a := &agent{res: &res, echo: &res, vars: map[string]string{"DEV": "/dev/nvme3n1"}}
+	ok, failed := a.run([]string{
+		"# a comment",
+		"sleep 1ms",
+		"",
+		"-sleep forever",
+		"sleep 1ms",
+		"nosuchstep $DEV",
+		"sleep 1ms",
+	})
+	if ok != 2 || failed != 2 {
+		t.Fatalf("run = %d ok, %d failed; want 2, 2\n%s", ok, failed, res.String())
+	}
+	out := res.String()
+	for _, want := range []string{
+		"@@nexstor STEP 1 sleep 1ms\n",
+		"@@nexstor OK 1\n",
+		"@@nexstor STEP 2 -sleep forever\n",
+		"@@nexstor FAIL 2 sleep \"forever\"",
+		"@@nexstor OK 3\n",
+		"@@nexstor FAIL 4 unknown step \"nosuchstep\"",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "STEP 5") {
+		t.Errorf("a step ran after an untolerated failure:\n%s", out)
+	}
+}
+
+func TestExpandKeepsUnknownVariables(t *testing.T) {
+	a := &agent{vars: map[string]string{"DEV": "/dev/nvme0n1", "CTRL": "nvme0"}}
+	if got := a.expand("mount $DEV /mnt/$X ${CTRL}"); got != "mount /dev/nvme0n1 /mnt/$X nvme0" {
+		t.Fatalf("expand = %q", got)
+	}
+}
+
+func TestParseDiscEntry(t *testing.T) {
+	b := make([]byte, discEntrySize)
+	b[0], b[1], b[2], b[3] = 3, 1, 2, 4
+	binary.LittleEndian.PutUint16(b[4:], 7)
+	binary.LittleEndian.PutUint16(b[6:], 0xffff)
+	binary.LittleEndian.PutUint16(b[8:], 32)
+	copy(b[32:], "4420")
+	copy(b[256:], "nqn.2024-11.io.nexstor:replica:x")
+	copy(b[512:], "10.0.2.2")
+	e := parseDiscEntry(b)
+	if e.trtype != 3 || e.adrfam != 1 || e.subtype != 2 || e.treq != 4 || e.portID != 7 || e.cntlID != 0xffff || e.asqsz != 32 ||
+		e.trsvcid != "4420" || e.subnqn != "nqn.2024-11.io.nexstor:replica:x" || e.traddr != "10.0.2.2" {
+		t.Fatalf("parsed %+v", e)
+	}
+}
+
+func TestFabricsOptions(t *testing.T) {
+	got := fabricsOptions("10.0.2.2", "4420", "nqn.a", "nqn.h", []string{"hdr_digest", "nr_io_queues=2"})
+	want := "transport=tcp,traddr=10.0.2.2,trsvcid=4420,nqn=nqn.a,hostnqn=nqn.h,hdr_digest,nr_io_queues=2"
+	if got != want {
+		t.Fatalf("options = %q, want %q", got, want)
+	}
+}
