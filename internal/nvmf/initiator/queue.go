@@ -45,7 +45,8 @@ type hqueue struct {
 	qid     uint16
 	conn    net.Conn
 	dec     *pdu.Decoder
-	wmu     sync.Mutex // serializes writes to the connection
+	wmu     sync.Mutex   // serializes writes to the connection
+	writers atomic.Int32 // writers waiting for wmu (see lockWrite)
 	enc     *pdu.Encoder
 	bw      *bufio.Writer
 	inline  int    // in-capsule data limit
@@ -187,12 +188,9 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 	default:
 		sqe.SetSGL(pdu.SGL{Type: pdu.SGLTransportDataBlock, Length: uint32(len(data))})
 	}
-	q.wmu.Lock()
+	q.lockWrite()
 	err := q.enc.WriteCapsuleCmd(sqe, inline)
-	if err == nil {
-		err = q.bw.Flush()
-	}
-	q.wmu.Unlock()
+	q.unlockWrite(&err)
 	if err != nil {
 		q.kill(fmt.Errorf("%w: %v", ErrConnectionLost, err))
 	}
@@ -359,8 +357,9 @@ func (q *hqueue) readLoop() error {
 
 // sendH2C answers an R2T with H2CData PDUs of at most MAXH2CDATA bytes.
 func (q *hqueue) sendH2C(r2t pdu.R2T, src []byte) error {
-	q.wmu.Lock()
-	defer q.wmu.Unlock()
+	q.lockWrite()
+	var err error
+	defer q.unlockWrite(&err)
 	off := r2t.R2TO
 	for len(src) > 0 {
 		n := min(len(src), int(q.maxH2C))
@@ -368,11 +367,29 @@ func (q *hqueue) sendH2C(r2t pdu.R2T, src []byte) error {
 		if n == len(src) {
 			flags = pdu.FlagLast
 		}
-		if err := q.enc.WriteH2CData(pdu.DataHeader{CCCID: r2t.CCCID, TTag: r2t.TTag, DataO: off}, flags, src[:n]); err != nil {
+		if err = q.enc.WriteH2CData(pdu.DataHeader{CCCID: r2t.CCCID, TTag: r2t.TTag, DataO: off}, flags, src[:n]); err != nil {
 			return err
 		}
 		src = src[n:]
 		off += uint32(n)
 	}
-	return q.bw.Flush()
+	return nil
+}
+
+// lockWrite takes the write side of the connection. Writers that queue up
+// behind each other share one flush: only the last one out flushes, so a
+// burst of submissions costs one syscall.
+func (q *hqueue) lockWrite() {
+	q.writers.Add(1)
+	q.wmu.Lock()
+	q.writers.Add(-1)
+}
+
+// unlockWrite flushes unless another writer is waiting (it will flush), and
+// releases the write side. *err receives the flush error, if any.
+func (q *hqueue) unlockWrite(err *error) {
+	if *err == nil && q.writers.Load() == 0 {
+		*err = q.bw.Flush()
+	}
+	q.wmu.Unlock()
 }
