@@ -907,3 +907,52 @@ func TestCorruptCheckpoints(t *testing.T) {
 		t.Fatal("a failed import wrote to the disk")
 	}
 }
+
+// TestMultiClusterWriteCommitsOnce: a write over many fresh clusters makes
+// one metadata commit per maxClaims clusters, not one per cluster, and a
+// write mixing allocated and fresh clusters lands intact.
+func TestMultiClusterWriteCommitsOnce(t *testing.T) {
+	dev := newMalloc(t, 32*mib)
+	p := mustCreate(t, noClose{dev}, CreateOptions{})
+	mustReplica(t, p, "r", 16*mib, true)
+	h := mustOpen(t, p, "r")
+	seq := func() uint64 {
+		p.logMu.Lock()
+		defer p.logMu.Unlock()
+		return p.seq
+	}
+	data := make([]byte, (maxClaims+36)*64*kib)
+	fill(data, 11)
+	// Pre-allocate one cluster in the middle of the range.
+	if _, err := h.WriteAt(data[:4*kib], 10*64*kib+4*kib); err != nil {
+		t.Fatal(err)
+	}
+	before := seq()
+	off := int64(8 * kib) // unaligned to clusters: first and last are partial
+	if _, err := h.WriteAt(data, off); err != nil {
+		t.Fatal(err)
+	}
+	if got := seq() - before; got != 2 {
+		t.Fatalf("a write over %d fresh clusters made %d commits, want 2", maxClaims+36, got)
+	}
+	check(t, p)
+	ri, _ := p.ReplicaInfo("r")
+	if want := (off + int64(len(data)) + 64*kib - 1) / (64 * kib); int64(ri.ClusterCount) != want {
+		t.Fatalf("%d clusters allocated, want %d", ri.ClusterCount, want)
+	}
+	got := make([]byte, len(data)+int(off))
+	if _, err := h.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:off], make([]byte, off)) || !bytes.Equal(got[off:], data) {
+		t.Fatal("data differs after a multi-cluster write")
+	}
+	_ = h.Close()
+	q := mustImport(t, noClose{dev})
+	defer q.Close()
+	h = mustOpen(t, q, "r")
+	defer h.Close()
+	if _, err := h.ReadAt(got, 0); err != nil || !bytes.Equal(got[off:], data) {
+		t.Fatalf("data differs after import: %v", err)
+	}
+}

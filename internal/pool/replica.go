@@ -113,11 +113,11 @@ func (h *Replica) WriteAt(b []byte, off int64) (int, error) {
 	for pos := off; pos < end; {
 		v, n := h.segment(pos, end)
 		if v == 0 {
-			// Allocate one cluster at a time.
-			n = min(end-pos, p.cs-pos&(p.cs-1))
-			if err := h.allocWrite(uint64(pos>>p.csShift), pos&(p.cs-1), b[pos-off:pos-off+n]); err != nil {
-				return int(pos - off), h.ioError("write", pos, err)
+			// The rest of the write needs at least one new cluster.
+			if at, err := h.allocWriteRange(pos, b[pos-off:]); err != nil {
+				return int(pos - off), h.ioError("write", at, err)
 			}
+			return len(b), nil
 		} else if _, err := p.dev.WriteAt(b[pos-off:pos-off+n], p.physOff(v-1)+pos&(p.cs-1)); err != nil {
 			return int(pos - off), h.ioError("write", pos, err)
 		}
@@ -147,7 +147,7 @@ func (h *Replica) allocWrite(lc uint64, in int64, data []byte) error {
 		c := &allocCall{done: make(chan struct{})}
 		r.inflight[lc] = c
 		r.allocMu.Unlock()
-		err := p.allocate(r, lc, in, data)
+		err := p.allocateMany(r, []claim{{lc: lc, in: in, data: data}})
 		r.allocMu.Lock()
 		delete(r.inflight, lc)
 		r.allocMu.Unlock()
@@ -157,38 +157,128 @@ func (h *Replica) allocWrite(lc uint64, in int64, data []byte) error {
 	}
 }
 
-// allocate takes a free cluster, zeroes it around data, writes data at in,
-// and commits the mapping of logical cluster lc to it.
-func (p *Pool) allocate(r *replica, lc uint64, in int64, data []byte) error {
+// claim is one cluster of a write being allocated.
+type claim struct {
+	lc   uint64
+	in   int64 // offset of data within the cluster
+	data []byte
+	call *allocCall
+	ph   uint64
+}
+
+// maxClaims bounds the clusters one metadata record allocates, so a huge
+// write over a small log still commits (in several records).
+const maxClaims = 64
+
+// allocWriteRange writes data at pos, allocating every unallocated cluster
+// it covers with one metadata commit (per maxClaims clusters) rather than
+// one per cluster. Clusters another writer is already allocating are
+// written once that allocation completes. On error it returns the offset
+// that failed. Must hold r.io shared.
+func (h *Replica) allocWriteRange(pos int64, data []byte) (int64, error) {
+	p, r := h.p, h.r
+	end := pos + int64(len(data))
+	var claims, later []claim
+	type direct struct {
+		at   int64
+		data []byte
+	}
+	var directs []direct
+	for cur := pos; cur < end; {
+		lc, in := uint64(cur>>p.csShift), cur&(p.cs-1)
+		n := min(end-cur, p.cs-in)
+		seg := data[cur-pos : cur-pos+n]
+		r.allocMu.Lock()
+		if v := r.m[lc].Load(); v != 0 {
+			r.allocMu.Unlock()
+			directs = append(directs, direct{p.physOff(v-1) + in, seg})
+		} else if r.inflight[lc] != nil {
+			r.allocMu.Unlock()
+			later = append(later, claim{lc: lc, in: in, data: seg})
+		} else {
+			c := &allocCall{done: make(chan struct{})}
+			r.inflight[lc] = c
+			r.allocMu.Unlock()
+			claims = append(claims, claim{lc: lc, in: in, data: seg, call: c})
+		}
+		cur += n
+	}
+	var err error
+	var at int64
+	for _, d := range directs {
+		if _, err = p.dev.WriteAt(d.data, d.at); err != nil {
+			at = pos
+			break
+		}
+	}
+	for i := 0; i < len(claims); i += maxClaims {
+		chunk := claims[i:min(i+maxClaims, len(claims))]
+		if err == nil {
+			if err = p.allocateMany(r, chunk); err != nil {
+				at = int64(chunk[0].lc)<<p.csShift + chunk[0].in
+			}
+		}
+		r.allocMu.Lock()
+		for _, c := range chunk {
+			delete(r.inflight, c.lc)
+		}
+		r.allocMu.Unlock()
+		for _, c := range chunk {
+			c.call.err = err
+			close(c.call.done)
+		}
+	}
+	if err != nil {
+		return at, err
+	}
+	for _, c := range later {
+		if err := h.allocWrite(c.lc, c.in, c.data); err != nil {
+			return int64(c.lc)<<p.csShift + c.in, err
+		}
+	}
+	return 0, nil
+}
+
+// allocateMany takes a free cluster for each claim, zeroes it around the
+// claim's data, writes the data, and commits the mappings in one record.
+// On failure every cluster taken is released.
+func (p *Pool) allocateMany(r *replica, claims []claim) error {
 	p.mu.Lock()
 	if err := p.usableLocked(); err != nil {
 		p.mu.Unlock()
 		return err
 	}
-	ph, ok := p.bm.take()
-	if !ok {
+	if free := p.sb.ClusterCount - p.owned - p.reserved; uint64(len(claims)) > free {
 		p.mu.Unlock()
-		return fmt.Errorf("all %d clusters of pool %q are in use; free space by destroying replicas or unmapping data: %w", p.sb.ClusterCount, p.sb.Name, ErrNoSpace)
+		return fmt.Errorf("pool %q has %d free clusters, the write needs %d; free space by destroying replicas or unmapping data: %w",
+			p.sb.Name, free, len(claims), ErrNoSpace)
 	}
-	p.reserved++
+	rec := &record{Type: recMap, E: entry{UUID: r.uuid, Runs: make([]run, 0, len(claims))}}
+	for i := range claims {
+		ph, _ := p.bm.take() // cannot fail: enough clusters are free
+		claims[i].ph = ph
+		rec.E.Runs = append(rec.E.Runs, run{Logical: claims[i].lc, Phys: ph, Count: 1})
+	}
+	p.reserved += uint64(len(claims))
 	p.mu.Unlock()
-	rec := &record{Type: recMap, E: entry{UUID: r.uuid, Runs: []run{{Logical: lc, Phys: ph, Count: 1}}}}
 	err := func() error {
-		// A reused cluster holds another replica's old data: zero what the
-		// write does not cover, so nothing leaks.
-		base := p.physOff(ph)
-		if in > 0 {
-			if err := p.dev.WriteZeroes(base, in); err != nil {
+		for _, c := range claims {
+			// A reused cluster holds another replica's old data: zero what
+			// the write does not cover, so nothing leaks.
+			base := p.physOff(c.ph)
+			if c.in > 0 {
+				if err := p.dev.WriteZeroes(base, c.in); err != nil {
+					return err
+				}
+			}
+			if e := c.in + int64(len(c.data)); e < p.cs {
+				if err := p.dev.WriteZeroes(base+e, p.cs-e); err != nil {
+					return err
+				}
+			}
+			if _, err := p.dev.WriteAt(c.data, base+c.in); err != nil {
 				return err
 			}
-		}
-		if e := in + int64(len(data)); e < p.cs {
-			if err := p.dev.WriteZeroes(base+e, p.cs-e); err != nil {
-				return err
-			}
-		}
-		if _, err := p.dev.WriteAt(data, base+in); err != nil {
-			return err
 		}
 		return p.commit(rec)
 	}()
