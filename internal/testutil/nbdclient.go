@@ -90,7 +90,8 @@ func NBDCopyRoundTrip(t testing.TB, uri string, size int64) string {
 func FioVerify(t testing.TB, uri string, size int64) {
 	t.Helper()
 	fio := RequireTool(t, "fio")
-	out := run(t, fio,
+	// fio writes its verification state into the working directory.
+	out := runIn(t, t.TempDir(), fio,
 		"--name=nbd-verify", "--ioengine=nbd", "--uri="+uri,
 		"--rw=randrw", "--bs=4k", "--iodepth=16", "--size="+strconv.FormatInt(size, 10),
 		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
@@ -147,7 +148,15 @@ func QemuImgCompare(t testing.TB, uri, file string) error {
 
 func run(t testing.TB, name string, args ...string) []byte {
 	t.Helper()
+	return runIn(t, "", name, args...)
+}
+
+// runIn runs a program in dir (the current directory when empty) and returns
+// its standard output; it fails the test when the program fails.
+func runIn(t testing.TB, dir, name string, args ...string) []byte {
+	t.Helper()
 	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
