@@ -3,38 +3,49 @@
 #   (a) Nexstor: `nexstor server`, a file pool, a thin replica shared over NBD;
 #   (b) nbdkit's file plugin serving a plain file on the same filesystem;
 #   (c) fio directly on a plain file (libaio, direct=1), the backing store;
-# with the same workloads, sizes and runtime everywhere. Prints a markdown
-# table with IOPS, bandwidth and the ratios Nexstor/nbdkit and Nexstor/raw.
+# with the same workloads, sizes, runtime and fio options everywhere. Prints
+# a markdown table per cache mode: IOPS, bandwidth, the server's CPU time per
+# I/O, and the ratios Nexstor/nbdkit and Nexstor/raw.
 #
-# Usage: bench/nbd.sh [-d DIR] [-s SIZE_MIB] [-t RUNTIME_S] [-c direct|buffered]
+# Usage: bench/nbd.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r REPEAT] [-c MODE]
 #   -d DIR       scratch directory on the filesystem to measure (default: a
 #                new directory under ${TMPDIR:-/var/tmp}); removed afterwards
+#                unless KEEP=1
 #   -s SIZE_MIB  size of the replica and of the plain files (default 1024)
-#   -t SECONDS   runtime of each measured workload (default 15; 2 s ramp)
-#   -c MODE      direct (default): the pool file is opened with O_DIRECT and
-#                nbdkit uses cache=none; buffered: both use the page cache
-# Every target is pre-filled (written once, 1 MiB sequential writes) before
-# it is measured, so that randread on the thin replica reads allocated
-# clusters rather than holes.
+#   -t SECONDS   runtime of each measured workload (default 15; plus 2 s ramp)
+#   -r REPEAT    runs of each workload per target; the median is reported
+#                (default 3)
+#   -c MODE      direct: the pool is opened with O_DIRECT (Nexstor's default)
+#                and nbdkit uses cache=none; buffered: both use the page
+#                cache; both (default): one table each
+# The targets run side by side and each workload runs on all three in turn,
+# so that a change in the machine's load hits them alike. Every target is
+# pre-filled (written once with 1 MiB sequential writes) before it is
+# measured, so that randread on the thin replica reads allocated clusters.
 set -euo pipefail
 
 SIZE_MIB=1024
 RUNTIME=15
 RAMP=2
-CACHE=direct
+REPEAT=3
+MODES=(direct buffered)
 DIR=""
-while getopts "d:s:t:c:h" opt; do
+while getopts "d:s:t:r:c:h" opt; do
 	case $opt in
 	d) DIR=$OPTARG ;;
 	s) SIZE_MIB=$OPTARG ;;
 	t) RUNTIME=$OPTARG ;;
-	c) CACHE=$OPTARG ;;
-	*) sed -n '2,20p' "$0"; exit 2 ;;
+	r) REPEAT=$OPTARG ;;
+	c) case $OPTARG in
+		direct | buffered) MODES=("$OPTARG") ;;
+		both) MODES=(direct buffered) ;;
+		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
+		esac ;;
+	*) sed -n '2,27p' "$0"; exit 2 ;;
 	esac
 done
-case $CACHE in direct | buffered) ;; *) echo "nbd.sh: -c must be direct or buffered" >&2; exit 2 ;; esac
 
-for tool in fio nbdkit nbdinfo jq go; do
+for tool in fio nbdkit nbdinfo jq go awk; do
 	command -v "$tool" >/dev/null || { echo "nbd.sh: $tool is missing (apt-get install fio nbdkit libnbd-bin jq)" >&2; exit 1; }
 done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "nbd.sh: this fio has no nbd engine" >&2; exit 1; }
@@ -43,27 +54,44 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GRPC_ADDR=${NEXSTOR_GRPC:-127.0.0.1:20124}
 NBD_PORT=${NEXSTOR_NBD_PORT:-20809}
 NBDKIT_PORT=${NBDKIT_PORT:-20810}
+TCK=$(getconf CLK_TCK)
 
 if [ -z "$DIR" ]; then
 	DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nbd-bench.XXXXXX")
 else
 	mkdir -p "$DIR"
 fi
-PIDS=()
+NEXSTOR_PID=""
+NBDKIT_PID=""
+stop_servers() {
+	for p in $NEXSTOR_PID $NBDKIT_PID; do kill "$p" 2>/dev/null || true; done
+	for p in $NEXSTOR_PID $NBDKIT_PID; do wait "$p" 2>/dev/null || true; done
+	NEXSTOR_PID="" NBDKIT_PID=""
+}
 cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
+	stop_servers
 	[ -n "${KEEP:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
 
 log() { echo "nbd.sh: $*" >&2; }
 
+wait_for() { # wait_for DESCRIPTION COMMAND...
+	local what=$1
+	shift
+	for _ in $(seq 100); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	log "$what did not come up"
+	return 1
+}
+
 log "building nexstor and nexctl"
 (cd "$ROOT" && CGO_ENABLED=0 go build -o "$DIR/bin/" ./cmd/nexstor ./cmd/nexctl)
 NEXCTL=("$DIR/bin/nexctl" --engine "$GRPC_ADDR")
 
-# Workloads: name, fio options.
+# name|fio options
 WORKLOADS=(
 	"randread-4k-qd32|--rw=randread --bs=4k --iodepth=32"
 	"randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32"
@@ -71,81 +99,118 @@ WORKLOADS=(
 )
 COMMON="--numjobs=1 --size=${SIZE_MIB}m --time_based --runtime=$RUNTIME --ramp_time=$RAMP --randrepeat=0 --norandommap --group_reporting --output-format=json"
 
-# run_fio TARGET-OPTIONS... : runs every workload, appends "target workload iops bw" lines.
-declare -A IOPS BW
-measure() {
-	local target=$1; shift
-	local w name opts out
-	log "$target: pre-fill"
-	fio --name=prefill "$@" --rw=write --bs=1m --iodepth=8 --size="${SIZE_MIB}m" --output-format=json >"$DIR/prefill-$target.json"
-	for w in "${WORKLOADS[@]}"; do
-		name=${w%%|*}
-		opts=${w#*|}
-		log "$target: $name"
-		out="$DIR/$target-$name.json"
-		# shellcheck disable=SC2086
-		# fio may print notes before the JSON document.
-		fio --name="$name" "$@" $opts $COMMON | sed -n '/^{/,$p' >"$out"
-		local dir=write
-		[[ $name == randread* ]] && dir=read
-		IOPS[$target,$name]=$(jq ".jobs[0].$dir.iops" "$out")
-		BW[$target,$name]=$(jq ".jobs[0].$dir.bw_bytes" "$out")
-		if [ "$(jq '.jobs[0].error' "$out")" != 0 ]; then
-			log "$target: $name: fio reported an error"; cat "$out" >&2; exit 1
-		fi
-	done
+declare -A TARGET_OPTS PID_OF
+declare -A IOPS BW CPU # keyed by target,workload: space-separated samples
+
+cpu_ticks() { # user+system clock ticks of a process and its threads
+	[ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" || echo 0
 }
 
-wait_for() { # wait_for DESCRIPTION COMMAND...
-	local what=$1; shift
-	for _ in $(seq 100); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	log "$what did not come up"; return 1
+run_one() { # run_one TARGET WORKLOAD
+	local target=$1 w=$2 name opts out dir c0 c1
+	name=${w%%|*}
+	opts=${w#*|}
+	out="$DIR/$target-$name.json"
+	dir=write
+	[[ $name == randread* ]] && dir=read
+	c0=$(cpu_ticks "${PID_OF[$target]}")
+	# fio may print notes before the JSON document.
+	# shellcheck disable=SC2086
+	fio --name="$name" ${TARGET_OPTS[$target]} $opts $COMMON | sed -n '/^{/,$p' >"$out"
+	c1=$(cpu_ticks "${PID_OF[$target]}")
+	if [ "$(jq '.jobs[0].error' "$out")" != 0 ]; then
+		log "$target: $name: fio reported an error"
+		cat "$out" >&2
+		exit 1
+	fi
+	local iops bw ios
+	iops=$(jq ".jobs[0].$dir.iops" "$out")
+	bw=$(jq ".jobs[0].$dir.bw_bytes" "$out")
+	# I/Os over the whole run (ramp included), to divide the CPU time by.
+	ios=$(jq ".jobs[0].$dir.total_ios" "$out")
+	IOPS[$target,$name]+="$iops "
+	BW[$target,$name]+="$bw "
+	CPU[$target,$name]+="$(awk -v t=$((c1 - c0)) -v hz="$TCK" -v n="$ios" -v r="$RUNTIME" -v ramp="$RAMP" \
+		'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / (n * (r + ramp) / r); else print 0 }') "
 }
 
-# (a) Nexstor
-POOL_URI="file://$DIR/pool.img?size=$((SIZE_MIB + 512))MiB"
-[ "$CACHE" = buffered ] && POOL_URI="$POOL_URI&direct=false"
-"$DIR/bin/nexstor" server --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --log-level warn >"$DIR/nexstor.log" 2>&1 &
-PIDS+=($!)
-wait_for "nexstor server" "${NEXCTL[@]}" version
-"${NEXCTL[@]}" pool create p0 "$POOL_URI" >/dev/null
-"${NEXCTL[@]}" replica create r0 --pool p0 --size "${SIZE_MIB}MiB" --thin >/dev/null
-NEXSTOR_URI=$("${NEXCTL[@]}" replica share r0 --protocol nbd | tail -n1)
-log "nexstor export: $NEXSTOR_URI"
-measure nexstor --ioengine=nbd --uri="$NEXSTOR_URI"
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
-rm -f "$DIR/pool.img"
-
-# (b) nbdkit file plugin
-truncate -s "${SIZE_MIB}M" "$DIR/plain.img"
-NBDKIT_OPTS=()
-[ "$CACHE" = direct ] && NBDKIT_OPTS=(cache=none)
-nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$NBDKIT_PORT" file "$DIR/plain.img" "${NBDKIT_OPTS[@]}" &
-PIDS+=($!)
-wait_for nbdkit nbdinfo "nbd://127.0.0.1:$NBDKIT_PORT"
-measure nbdkit --ioengine=nbd --uri="nbd://127.0.0.1:$NBDKIT_PORT"
-kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
-rm -f "$DIR/plain.img"
-
-# (c) raw file, O_DIRECT
-truncate -s "${SIZE_MIB}M" "$DIR/raw.img"
-measure raw --ioengine=libaio --direct=1 --filename="$DIR/raw.img"
-
-# Report.
-fmt_iops() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+fmt0() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
 fmt_mib() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
-FS=$(df -T "$DIR" | awk 'NR==2 { print $2 }')
-echo "NBD benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, ${SIZE_MIB} MiB on $FS, ${RUNTIME}s per workload, cache=$CACHE, $(fio --version), $(nbdkit --version | head -n1)"
-echo
-echo "| workload | Nexstor IOPS | Nexstor MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | Nexstor/nbdkit | Nexstor/raw |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-for w in "${WORKLOADS[@]}"; do
-	n=${w%%|*}
-	echo "| $n | $(fmt_iops "${IOPS[nexstor,$n]}") | $(fmt_mib "${BW[nexstor,$n]}") | $(fmt_iops "${IOPS[nbdkit,$n]}") | $(fmt_mib "${BW[nbdkit,$n]}") | $(fmt_iops "${IOPS[raw,$n]}") | $(fmt_mib "${BW[raw,$n]}") | $(ratio "${IOPS[nexstor,$n]}" "${IOPS[nbdkit,$n]}") | $(ratio "${IOPS[nexstor,$n]}" "${IOPS[raw,$n]}") |"
+
+bench_mode() {
+	local mode=$1
+	rm -rf "$DIR/nexstor" "$DIR"/*.img
+	IOPS=() BW=() CPU=()
+
+	# (a) Nexstor
+	local pool_uri="file://$DIR/pool.img?size=$((SIZE_MIB + 512))MiB"
+	[ "$mode" = buffered ] && pool_uri="$pool_uri&direct=false"
+	"$DIR/bin/nexstor" server --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --log-level warn >>"$DIR/nexstor.log" 2>&1 &
+	NEXSTOR_PID=$!
+	wait_for "nexstor server" "${NEXCTL[@]}" version
+	"${NEXCTL[@]}" pool create p0 "$pool_uri" >/dev/null
+	"${NEXCTL[@]}" replica create r0 --pool p0 --size "${SIZE_MIB}MiB" --thin >/dev/null
+	local uri
+	uri=$("${NEXCTL[@]}" replica share r0 --protocol nbd | tail -n1)
+	TARGET_OPTS[nexstor]="--ioengine=nbd --uri=$uri"
+	PID_OF[nexstor]=$NEXSTOR_PID
+
+	# (b) nbdkit
+	truncate -s "${SIZE_MIB}M" "$DIR/plain.img"
+	local kopts=()
+	[ "$mode" = direct ] && kopts=(cache=none)
+	nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$NBDKIT_PORT" file "$DIR/plain.img" "${kopts[@]}" &
+	NBDKIT_PID=$!
+	wait_for nbdkit nbdinfo "nbd://127.0.0.1:$NBDKIT_PORT"
+	TARGET_OPTS[nbdkit]="--ioengine=nbd --uri=nbd://127.0.0.1:$NBDKIT_PORT"
+	PID_OF[nbdkit]=$NBDKIT_PID
+
+	# (c) raw
+	truncate -s "${SIZE_MIB}M" "$DIR/raw.img"
+	TARGET_OPTS[raw]="--ioengine=libaio --direct=1 --filename=$DIR/raw.img"
+	PID_OF[raw]=""
+
+	local t w i
+	for t in nexstor nbdkit raw; do
+		log "$mode: $t: pre-fill"
+		# shellcheck disable=SC2086
+		fio --name=prefill ${TARGET_OPTS[$t]} --rw=write --bs=1m --iodepth=8 --size="${SIZE_MIB}m" --output-format=json >/dev/null
+	done
+	for w in "${WORKLOADS[@]}"; do
+		for i in $(seq "$REPEAT"); do
+			for t in nexstor nbdkit raw; do
+				log "$mode: ${w%%|*}: $t (run $i of $REPEAT)"
+				run_one "$t" "$w"
+			done
+		done
+	done
+	stop_servers
+
+	echo "### cache mode: $mode"
+	echo
+	echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $REPEAT runs, $(fio --version), $(nbdkit --version | head -n1)."
+	echo
+	echo "| workload | Nexstor IOPS | Nexstor MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | Nexstor/nbdkit | Nexstor/raw | server CPU µs/IO Nexstor | nbdkit |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	local n ni nb nk kb ri rb nc kc
+	for w in "${WORKLOADS[@]}"; do
+		n=${w%%|*}
+		ni=$(median <<<"${IOPS[nexstor,$n]}")
+		nb=$(median <<<"${BW[nexstor,$n]}")
+		nk=$(median <<<"${IOPS[nbdkit,$n]}")
+		kb=$(median <<<"${BW[nbdkit,$n]}")
+		ri=$(median <<<"${IOPS[raw,$n]}")
+		rb=$(median <<<"${BW[raw,$n]}")
+		nc=$(median <<<"${CPU[nexstor,$n]}")
+		kc=$(median <<<"${CPU[nbdkit,$n]}")
+		echo "| $n | $(fmt0 "$ni") | $(fmt_mib "$nb") | $(fmt0 "$nk") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(ratio "$ni" "$nk") | $(ratio "$ni" "$ri") | $nc | $kc |"
+	done
+	echo
+}
+
+for m in "${MODES[@]}"; do
+	bench_mode "$m"
 done
-echo
-echo "Reproduce: bench/nbd.sh -s $SIZE_MIB -t $RUNTIME -c $CACHE"
+echo "Reproduce: bench/nbd.sh -s $SIZE_MIB -t $RUNTIME -r $REPEAT -c $([ ${#MODES[@]} -eq 2 ] && echo both || echo "${MODES[0]}")"
