@@ -521,3 +521,84 @@ func TestRemoveSubsystemDisconnects(t *testing.T) {
 		t.Fatal(NQN("replica", "u1"))
 	}
 }
+
+func TestDisallowHostDisconnects(t *testing.T) {
+	tgt, sub, addr := serve(t)
+	sub.SetAllowAnyHost(false)
+	sub.AllowHost(hostNQN)
+	r := dialRaw(t, addr, false)
+	r.adminUp(0)
+	sub.DisallowHost(hostNQN)
+	var b [1]byte
+	if _, err := r.conn.Read(b[:]); err == nil {
+		t.Fatal("connection open after DisallowHost")
+	}
+	r2 := dialRaw(t, addr, false)
+	if c := r2.connect(0, 0xFFFF, 0, hostNQN); nvme.Status(c.Status) != nvme.StatusConnectInvalidHost {
+		t.Fatalf("connect after DisallowHost: status %#x", c.Status)
+	} else if c.Result != 512<<16|1 {
+		t.Fatalf("IPO/IATTR %#x, want the host NQN in the data", c.Result)
+	}
+	_ = tgt
+}
+
+func TestIOQueueConnectAndDisconnect(t *testing.T) {
+	_, _, addr := serve(t)
+	admin := dialRaw(t, addr, false)
+	cntlid := admin.adminUp(0)
+	// A wrong controller ID is refused.
+	bad := dialRaw(t, addr, false)
+	if c := bad.connect(1, cntlid+100, 0, hostNQN); nvme.Status(c.Status) != nvme.StatusConnectInvalidParam {
+		t.Fatalf("connect to a foreign controller: %#x", c.Status)
+	}
+	io := dialRaw(t, addr, true)
+	if c := io.connect(1, cntlid, 0, hostNQN); c.Status != 0 || uint16(c.Result) != cntlid {
+		t.Fatalf("I/O connect: %+v", c)
+	}
+	// The same queue ID twice is refused.
+	dup := dialRaw(t, addr, false)
+	if c := dup.connect(1, cntlid, 0, hostNQN); nvme.Status(c.Status) != nvme.StatusConnectInvalidParam {
+		t.Fatalf("duplicate qid: %#x", c.Status)
+	}
+	// Write in-capsule, read back through C2HData.
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.CmdWrite)
+	sqe.SetNSID(1)
+	sqe.SetCDW(10, 3)
+	data := bytes.Repeat([]byte{0x5A}, 4096)
+	if c := io.cmd(&sqe, data, nil); c.Status != 0 {
+		t.Fatalf("write: %#x", c.Status)
+	}
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.CmdRead)
+	sqe.SetNSID(1)
+	sqe.SetCDW(10, 3)
+	got := make([]byte, 4096)
+	if c := io.cmd(&sqe, nil, got); c.Status != 0 || !bytes.Equal(got, data) {
+		t.Fatalf("read: %#x", c.Status)
+	}
+	// Out of range and wrong transfer length.
+	sqe.SetCDW(10, 256)
+	if c := io.cmd(&sqe, nil, got); nvme.Status(c.Status) != nvme.StatusLBAOutOfRange {
+		t.Fatalf("read beyond the end: %#x", c.Status)
+	}
+	sqe.SetCDW(10, 0)
+	sqe.SetCDW(12, 1) // two blocks, one block of buffer
+	if c := io.cmd(&sqe, nil, got); nvme.Status(c.Status) != nvme.StatusSGLInvalidDataLength {
+		t.Fatalf("length mismatch: %#x", c.Status)
+	}
+	// Disconnect closes only the I/O queue.
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.Fabrics)
+	sqe.SetFCType(nvme.FctDisconnect)
+	if c := io.cmd(&sqe, nil, nil); c.Status != 0 {
+		t.Fatalf("disconnect: %#x", c.Status)
+	}
+	var b [1]byte
+	if _, err := io.conn.Read(b[:]); err == nil {
+		t.Fatal("I/O queue open after Disconnect")
+	}
+	if c := admin.prop(false, nvme.PropVS, 0, false); c.Status != 0 {
+		t.Fatal("admin queue unusable after the I/O queue disconnected")
+	}
+}
