@@ -140,7 +140,7 @@ func toFault(err error) error {
 func parseSize(flag, s string) (uint64, error) {
 	n, err := units.ParseSize(s)
 	if err != nil {
-		return 0, fmt.Errorf("--%s %q: %w (use e.g. 1GiB, 512MiB or a byte count)", flag, s, err)
+		return 0, fmt.Errorf("--%s: %w", flag, err)
 	}
 	if n < 0 {
 		return 0, fmt.Errorf("--%s %q: a size cannot be negative", flag, s)

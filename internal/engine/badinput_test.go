@@ -224,7 +224,7 @@ func TestBadInputOnRealPools(t *testing.T) {
 		}
 		before = r.snapshot()
 		_, err = e.ImportPool("", blank)
-		r.refused(before, err, fault.FailedPrecondition, blank, "no nexstor pool")
+		r.refused(before, err, fault.FailedPrecondition, blank, "not a pool")
 	})
 
 	t.Run("thick replica larger than the free space", func(t *testing.T) {

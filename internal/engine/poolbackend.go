@@ -72,21 +72,21 @@ func poolFault(err error, what, disk string) error {
 		resolution string
 	}
 	rules := []rule{
-		{pool.ErrHasPool, "pool.disk_has_pool", what + ": the disk already holds a pool",
-			fmt.Sprintf("import it (nexctl pool import %s), or pass --force to format it and destroy that pool's data", disk)},
-		{pool.ErrTooSmall, "pool.disk_too_small", what + ": the disk is too small",
+		{pool.ErrHasPool, "pool.disk_has_pool", what,
+			fmt.Sprintf("import it (nexctl pool import %s), or pass --force to format it and destroy that pool's data", importURI(disk))},
+		{pool.ErrTooSmall, "pool.disk_too_small", what,
 			"use a larger disk, or give a file-backed disk a larger size (file:///path?size=1GiB)"},
-		{pool.ErrNotPool, "pool.not_pool", what + ": no nexstor pool found",
+		{pool.ErrNotPool, "pool.not_pool", what,
 			fmt.Sprintf("create a pool on it (nexctl pool create NAME %s)", disk)},
-		{pool.ErrCorrupt, "pool.corrupt", what + ": the pool's metadata is corrupt",
-			"nothing was changed on the disk; restore the data from another replica, or reformat it with `nexctl pool create --force` (its data is lost)"},
+		{pool.ErrCorrupt, "pool.corrupt", what,
+			"the pool's metadata is corrupt and nothing was changed on the disk; restore the data from another replica, or reformat it with `nexctl pool create --force` (its data is lost)"},
 		{pool.ErrInvalid, "pool.invalid", what, "check the arguments"},
-		{pool.ErrNoSpace, "pool.no_space", what + ": not enough free space",
+		{pool.ErrNoSpace, "pool.no_space", what,
 			"destroy replicas you do not need, create a thin replica, or use another pool"},
-		{pool.ErrExists, "pool.exists", what + ": already exists", "choose another name"},
-		{pool.ErrNotFound, "pool.not_found", what + ": not found", "list what exists with `nexctl replica list`"},
-		{pool.ErrBusy, "pool.busy", what + ": busy (in use)", "unshare the replica first (nexctl replica unshare NAME)"},
-		{pool.ErrClosed, "pool.closed", what + ": the pool is closed", "import the pool again"},
+		{pool.ErrExists, "pool.exists", what, "choose another name"},
+		{pool.ErrNotFound, "pool.not_found", what, "list what exists with `nexctl replica list`"},
+		{pool.ErrBusy, "pool.busy", what, "unshare the replica first (nexctl replica unshare NAME)"},
+		{pool.ErrClosed, "pool.closed", what, "import the pool again"},
 	}
 	for _, r := range rules {
 		if errors.Is(err, r.sentinel) {

@@ -80,7 +80,7 @@ func (e *Engine) CreateReplica(o CreateReplicaOptions) (ReplicaInfo, error) {
 	if o.UUID != "" {
 		if _, err := uuid.Parse(o.UUID); err != nil {
 			return ReplicaInfo{}, fault.Wrap(err, fault.InvalidArgument, "replica.uuid",
-				fmt.Sprintf("replica %q: uuid %q is invalid", o.Name, o.UUID), "give a UUID like 0b7c…-… or leave it out")
+				fmt.Sprintf("replica %q: uuid %q is invalid", o.Name, o.UUID), "give a UUID such as 9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e, or leave it out to have one generated")
 		}
 	}
 	pe, done, err := e.beginReplicaOp(o.Name, o.Pool, true)
