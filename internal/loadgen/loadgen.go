@@ -73,8 +73,9 @@ type Spec struct {
 	// ctx is done.
 	Duration time.Duration
 	// Verify makes writes carry a self-describing pattern and checks every
-	// read of a block this run wrote. Each goroutine owns a disjoint stripe
-	// of the region, so expectations are exact.
+	// read of a block this run wrote. Expectations are exact because each
+	// goroutine always owns a disjoint stripe of the region (which also
+	// keeps concurrent writes from overlapping).
 	Verify bool
 	// Offset and Size bound the region used; Size 0 means to the end of
 	// the device.
@@ -167,11 +168,6 @@ func Run(ctx context.Context, dev bdev.Device, spec Spec) (Result, error) {
 			first: spec.Offset + int64(i)*stripe*int64(spec.BlockSize),
 			n:     stripe,
 			id:    uint64(i),
-		}
-		if !spec.Verify {
-			// Without verification all workers share the whole region.
-			w.first, w.n = spec.Offset, blocks
-			w.next = int64(i) * stripe
 		}
 		if spec.Verify {
 			w.gen = make([]uint32, stripe)
