@@ -286,6 +286,9 @@ func TestCrashRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !nx.UncleanShutdown() {
+		t.Fatal("a killed nexus is not reported as crashed")
+	}
 	for _, c := range nx.Children() {
 		if c.State != StateOnline {
 			t.Fatalf("children %+v", nx.Children())

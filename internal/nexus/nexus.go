@@ -112,6 +112,9 @@ type Nexus struct {
 	cancel context.CancelFunc
 	jobsWG sync.WaitGroup
 
+	unclean    bool // the previous instance was not closed
+	cleanClose bool // guarded by stateMu: the final record of Close
+
 	rebuildBytes atomic.Int64
 	retired      atomic.Int64
 	readRetries  atomic.Int64
@@ -222,7 +225,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	}
 
 	n := &Nexus{
-		name: label, uuid: cfg.UUID, seg: seg, conc: conc,
+		name: label, uuid: cfg.UUID, seg: seg, conc: conc, unclean: !fresh && !rec.Clean,
 		store: cfg.Store, open: cfg.Opener, log: log,
 		gen:  rec.Generation,
 		jobs: map[*child]*rebuildJob{},
@@ -297,6 +300,9 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		go n.worker()
 	}
 	log.Info("nexus created", "size", n.size, "children", len(n.children), "generation", n.gen)
+	if n.unclean {
+		log.Warn("the previous instance of this nexus was not closed: ranges written at the time may differ between children; run verify")
+	}
 	return n, nil
 }
 
@@ -324,6 +330,15 @@ func (n *Nexus) BlockSize() int { return n.bs }
 // SegmentSize is the rebuild, verify and bitmap granularity in bytes.
 func (n *Nexus) SegmentSize() int64 { return n.seg }
 
+// UncleanShutdown reports whether the store showed that the previous
+// instance of this nexus ended without Close (a crash). Writes in flight at
+// that moment were never acknowledged, but each may have reached some
+// children and not others, so those ranges can differ between children and
+// read differently depending on the child serving them. Run Verify and
+// settle the differing ranges (rewrite them, or rebuild a child) before
+// relying on them; nothing is changed automatically.
+func (n *Nexus) UncleanShutdown() bool { return n.unclean }
+
 // Failed reports whether the nexus stopped serving after a store failure.
 func (n *Nexus) Failed() bool { return n.failed.Load() }
 
@@ -341,7 +356,7 @@ func (n *Nexus) Stats() Stats {
 
 // recordLocked builds the health record of the current state.
 func (n *Nexus) recordLocked() HealthRecord {
-	rec := HealthRecord{NexusUUID: n.uuid, Generation: n.gen + 1, SegmentSize: n.seg}
+	rec := HealthRecord{NexusUUID: n.uuid, Generation: n.gen + 1, SegmentSize: n.seg, Clean: n.cleanClose}
 	for _, c := range n.children {
 		h := ChildHealth{URI: c.uri, State: c.st()}
 		if h.State == StateFaulted {
@@ -934,8 +949,10 @@ func (n *Nexus) RemoveChild(ctx context.Context, uri string) error {
 }
 
 // Close stops rebuilds (their children stay recorded as rebuilding, hence
-// stale for a recreated nexus), waits for in-flight I/O and closes every
-// child. The health record is kept; destroy it with HealthStore.Delete.
+// stale for a recreated nexus), waits for in-flight I/O, records the clean
+// shutdown in the store and closes every child. The health record is kept;
+// destroy it with HealthStore.Delete. An error means the clean shutdown
+// could not be recorded; the nexus is closed all the same.
 func (n *Nexus) Close() error {
 	n.adminMu.Lock()
 	defer n.adminMu.Unlock()
@@ -955,10 +972,15 @@ func (n *Nexus) Close() error {
 	close(n.tasks)
 	n.wgWk.Wait()
 	n.stateMu.Lock()
+	defer n.stateMu.Unlock()
+	var err error
+	if !n.failed.Load() {
+		n.cleanClose = true
+		err = n.saveLocked(nil, nil)
+	}
 	n.closeAll()
-	n.stateMu.Unlock()
 	n.log.Info("nexus closed")
-	return nil
+	return err
 }
 
 // remapBitmap converts a stored bitmap of oldSeg-sized segments to newSeg

@@ -164,6 +164,9 @@ func TestStaleChildrenRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if nx.UncleanShutdown() {
+		t.Fatal("a cleanly closed nexus is reported as crashed")
+	}
 	if nx.Generation() <= gen {
 		t.Fatalf("generation %d did not advance past %d", nx.Generation(), gen)
 	}

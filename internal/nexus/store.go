@@ -19,8 +19,14 @@ type HealthRecord struct {
 	// Generation increases by one with every change the nexus saves.
 	Generation uint64 `json:"generation"`
 	// SegmentSize is the granularity of the offline bitmaps, in bytes.
-	SegmentSize int64         `json:"segment_size"`
-	Children    []ChildHealth `json:"children"`
+	SegmentSize int64 `json:"segment_size"`
+	// Clean is true only in the record saved by Nexus.Close, when no
+	// write was in flight. A nexus that finds it false was not closed:
+	// the writes in flight when it died were never acknowledged, but they
+	// may have reached some children and not others (see
+	// Nexus.UncleanShutdown).
+	Clean    bool          `json:"clean"`
+	Children []ChildHealth `json:"children"`
 }
 
 // ChildHealth is one child's entry in a HealthRecord.
