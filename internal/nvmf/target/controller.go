@@ -310,12 +310,13 @@ func (q *queue) connect(r *request) {
 		q.sqfcOff = cattr&(1<<2) != 0
 		q.grow(sqsize)
 		q.startWorkers(1)
+		q.conn.SetReadDeadline(time.Time{})
 		r.cqe.Result = uint64(c.id)
 		t.log.Debug("nvmf: controller created", "cntlid", c.id, "subnqn", cd.SubNQN, "hostnqn", cd.HostNQN, "remote", q.conn.RemoteAddr(), "kato", kato)
 		return
 	}
 	c := t.controller(cd.CNTLID)
-	if c == nil || c.sub != sub || c.hostNQN != cd.HostNQN {
+	if c == nil || c.sub != sub || c.hostNQN != cd.HostNQN || c.hostID != cd.HostID {
 		r.status = nvme.StatusConnectInvalidParam
 		r.cqe.Result = ipo(16, true)
 		return
@@ -347,6 +348,7 @@ func (q *queue) connect(r *request) {
 	q.inlineSz = InCapsuleDataSize
 	q.grow(sqsize)
 	q.startWorkers(min(sqsize, 64) - 1)
+	q.conn.SetReadDeadline(time.Time{})
 	r.cqe.Result = uint64(c.id)
 	c.touch()
 }

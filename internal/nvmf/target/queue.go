@@ -13,7 +13,8 @@ import (
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
 
-// icTimeout bounds how long a new connection may take to send its ICReq.
+// icTimeout bounds how long a new connection may take to send its ICReq, and
+// then its Connect.
 const icTimeout = 10 * time.Second
 
 // sendKind says what the writer does with a request.
@@ -153,7 +154,9 @@ func (q *queue) initialize() error {
 		q.termNow(pdu.FESUnsupportedParameter, 10, q.dec.RawHeader())
 		return errors.New("HPDA out of range")
 	}
-	q.conn.SetReadDeadline(time.Time{})
+	// The deadline stays until Connect succeeds: a connection that never
+	// connects a queue does not hold resources forever.
+	q.conn.SetReadDeadline(time.Now().Add(icTimeout))
 	resp := pdu.ICResp{PFV: pdu.PFV0, CPDA: 0, HeaderDigest: ic.HeaderDigest, DataDigest: ic.DataDigest, MaxH2CData: maxH2CData}
 	if err := q.enc.WriteICResp(resp); err != nil {
 		return err
