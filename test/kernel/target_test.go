@@ -54,6 +54,13 @@ func (s *served) stop() { s.stopOnce.Do(s.stopFn) }
 // The target's log is shown when the test fails.
 func serve(t *testing.T, nqn string, dev bdev.Device) *served {
 	t.Helper()
+	return serveAt(t, nqn, dev, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+// serveAt is serve on the given listen addresses, so that a restarted target
+// can come back on the ports hosts know.
+func serveAt(t *testing.T, nqn string, dev bdev.Device, ioAddr, discAddr string) *served {
+	t.Helper()
 	s := &served{log: &lockedBuffer{}}
 	s.tgt = target.New(slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	sub, err := s.tgt.AddSubsystem(nqn, target.SubsystemOptions{AllowedHosts: []string{hostNQN, goHostNQN}})
@@ -64,11 +71,11 @@ func serve(t *testing.T, nqn string, dev bdev.Device) *served {
 	if _, err := sub.AddNamespace(dev, target.NamespaceOptions{UUID: [16]byte{0x6e, 0x78, 0x73, 0x74, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}); err != nil {
 		t.Fatal(err)
 	}
-	io, err := net.Listen("tcp", "127.0.0.1:0")
+	io, err := net.Listen("tcp", ioAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	disc, err := net.Listen("tcp", "127.0.0.1:0")
+	disc, err := net.Listen("tcp", discAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -312,6 +312,9 @@ while ! ip link show eth0 >/dev/null 2>&1 && [ $n -lt 100 ]; do sleep 0.1; n=$((
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
+# From here on the console shows the kernel's info messages too (NVMe
+# reconnects, rescans): quiet kept only the boot short.
+dmesg -n 7
 echo "nexstor-init: running the script"
 /nexstor/agent
 echo "nexstor-init: agent exited with status $?"

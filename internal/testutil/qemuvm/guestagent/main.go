@@ -13,7 +13,8 @@
 // A step that fails stops the script, unless its line starts with "-" (the
 // failure is then reported and the script goes on), which is how a test
 // asserts that something is refused. $DEV and $CTRL in a line are replaced by
-// the namespace block device and the controller (nvmeN) of the last connect.
+// the namespace block device and the controller (nvmeN) of the last connect,
+// $NS<nsid> by the devices found by the last wait-namespaces.
 //
 // The agent is built statically (CGO_ENABLED=0) and uses only the Linux
 // kernel interfaces: /dev/nvme-fabrics, the NVMe admin passthrough ioctl,
@@ -127,23 +128,25 @@ var steps = map[string]struct {
 	usage string
 	min   int
 }{
-	"discover":       {stepDiscover, "discover ADDR PORT HOSTNQN", 3},
-	"connect":        {stepConnect, "connect ADDR PORT SUBNQN HOSTNQN [OPTION...] (OPTION: hdr_digest, data_digest, key=value)", 4},
-	"disconnect":     {stepDisconnect, "disconnect CTRL (nvmeN)", 1},
-	"pattern-write":  {stepPatternWrite, "pattern-write DEV OFF LEN SEED", 4},
-	"pattern-verify": {stepPatternVerify, "pattern-verify DEV OFF LEN SEED", 4},
-	"mkfs":           {stepMkfs, "mkfs DEV [mke2fs-arg...]", 1},
-	"fsck":           {stepFsck, "fsck DEV", 1},
-	"mount":          {stepMount, "mount DEV DIR [ro]", 2},
-	"umount":         {stepUmount, "umount DIR", 1},
-	"write-files":    {stepWriteFiles, "write-files DIR COUNT SIZE SEED", 4},
-	"verify-files":   {stepVerifyFiles, "verify-files DIR COUNT SIZE SEED", 4},
-	"sync":           {stepSync, "sync", 0},
-	"drop-caches":    {stepDropCaches, "drop-caches", 0},
-	"dial":           {stepDial, "dial ADDR PORT MESSAGE...", 3},
-	"barrier":        {stepBarrier, "barrier NAME", 1},
-	"run":            {stepRun, "run PROGRAM [ARG...]", 1},
-	"sleep":          {stepSleep, "sleep DURATION", 1},
+	"discover":        {stepDiscover, "discover ADDR PORT HOSTNQN", 3},
+	"connect":         {stepConnect, "connect ADDR PORT SUBNQN HOSTNQN [OPTION...] (OPTION: hdr_digest, data_digest, key=value)", 4},
+	"disconnect":      {stepDisconnect, "disconnect CTRL (nvmeN)", 1},
+	"wait-namespaces": {stepWaitNamespaces, "wait-namespaces CTRL COUNT (sets $NS<nsid>)", 2},
+	"ctrl-state":      {stepCtrlState, "ctrl-state CTRL", 1},
+	"pattern-write":   {stepPatternWrite, "pattern-write DEV OFF LEN SEED", 4},
+	"pattern-verify":  {stepPatternVerify, "pattern-verify DEV OFF LEN SEED", 4},
+	"mkfs":            {stepMkfs, "mkfs DEV [mke2fs-arg...]", 1},
+	"fsck":            {stepFsck, "fsck DEV", 1},
+	"mount":           {stepMount, "mount DEV DIR [ro]", 2},
+	"umount":          {stepUmount, "umount DIR", 1},
+	"write-files":     {stepWriteFiles, "write-files DIR COUNT SIZE SEED", 4},
+	"verify-files":    {stepVerifyFiles, "verify-files DIR COUNT SIZE SEED", 4},
+	"sync":            {stepSync, "sync", 0},
+	"drop-caches":     {stepDropCaches, "drop-caches", 0},
+	"dial":            {stepDial, "dial ADDR PORT MESSAGE...", 3},
+	"barrier":         {stepBarrier, "barrier NAME", 1},
+	"run":             {stepRun, "run PROGRAM [ARG...]", 1},
+	"sleep":           {stepSleep, "sleep DURATION", 1},
 }
 
 func (a *agent) exec(args []string) error {

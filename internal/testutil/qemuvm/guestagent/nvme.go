@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -121,25 +122,46 @@ var (
 	// nvme<subsys>c<ctrl>n<ns>: the hidden per-path disk of a multipath
 	// head, whose block device is nvme<subsys>n<ns>.
 	pathDiskRE = regexp.MustCompile(`^nvme(\d+)c\d+n(\d+)$`)
-	diskRE     = regexp.MustCompile(`^nvme\d+n\d+$`)
+	diskRE     = regexp.MustCompile(`^nvme\d+n(\d+)$`)
 )
+
+// namespaces returns the block devices (/dev paths) of the namespaces of
+// controller ctrl that exist now, by namespace ID.
+func namespaces(ctrl string) map[int]string {
+	out := map[int]string{}
+	ents, _ := os.ReadDir(filepath.Join("/sys/class/nvme", ctrl))
+	for _, e := range ents {
+		name := e.Name()
+		var nsid string
+		if m := pathDiskRE.FindStringSubmatch(name); m != nil {
+			name, nsid = "nvme"+m[1]+"n"+m[2], m[2]
+		} else if m := diskRE.FindStringSubmatch(name); m != nil {
+			nsid = m[1]
+		} else {
+			continue
+		}
+		id, _ := strconv.Atoi(nsid)
+		if dev, err := devNode(name, "/sys/class/block"); err == nil {
+			out[id] = dev
+		}
+	}
+	return out
+}
 
 // waitNamespace waits for the first namespace of controller ctrl to appear as
 // a block device and returns its /dev path.
 func waitNamespace(ctrl string) (string, error) {
 	deadline := time.Now().Add(deviceWait)
 	for {
-		ents, _ := os.ReadDir(filepath.Join("/sys/class/nvme", ctrl))
-		for _, e := range ents {
-			name := e.Name()
-			if m := pathDiskRE.FindStringSubmatch(name); m != nil {
-				name = "nvme" + m[1] + "n" + m[2]
-			} else if !diskRE.MatchString(name) {
-				continue
+		ns := namespaces(ctrl)
+		if len(ns) > 0 {
+			first := -1
+			for id := range ns {
+				if first < 0 || id < first {
+					first = id
+				}
 			}
-			if dev, err := devNode(name, "/sys/class/block"); err == nil {
-				return dev, nil
-			}
+			return ns[first], nil
 		}
 		if time.Now().After(deadline) {
 			state, _ := os.ReadFile(filepath.Join("/sys/class/nvme", ctrl, "state"))
@@ -147,6 +169,46 @@ func waitNamespace(ctrl string) (string, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// stepWaitNamespaces waits until controller CTRL has exactly COUNT
+// namespaces, as after the target added or removed one and the kernel
+// rescanned on the Namespace Attribute Changed event, and sets $NS<nsid>.
+func stepWaitNamespaces(a *agent, args []string) error {
+	ctrl := args[0]
+	want, err := strconv.Atoi(args[1])
+	if err != nil || want < 0 {
+		return fmt.Errorf("count %q: want a non-negative integer", args[1])
+	}
+	deadline := time.Now().Add(deviceWait)
+	for {
+		ns := namespaces(ctrl)
+		if len(ns) == want {
+			ids := make([]int, 0, len(ns))
+			for id := range ns {
+				ids = append(ids, id)
+			}
+			sort.Ints(ids)
+			for _, id := range ids {
+				a.vars[fmt.Sprintf("NS%d", id)] = ns[id]
+				a.out("nsid=%d dev=%s", id, ns[id])
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %d namespaces after %v, want %d: %v", ctrl, len(ns), deviceWait, want, ns)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func stepCtrlState(a *agent, args []string) error {
+	b, err := os.ReadFile(filepath.Join("/sys/class/nvme", args[0], "state"))
+	if err != nil {
+		return fmt.Errorf("state of %s: %w", args[0], err)
+	}
+	a.out("state=%s", strings.TrimSpace(string(b)))
+	return nil
 }
 
 // devNode returns /dev/name, creating the node from sysfs when devtmpfs has

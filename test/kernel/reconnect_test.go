@@ -1,0 +1,121 @@
+package kernel
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
+	"github.com/nexstor/nexstor/internal/testutil/qemuvm"
+)
+
+// TestKernelHostReconnectAndNamespaceEvents checks, in one boot, what the
+// kernel's host does when the target changes under a mounted file system:
+//
+//   - the target restarts on the same ports (all connections dropped): the
+//     kernel reconnects by itself and the file system carries on;
+//   - the target adds a namespace: the kernel learns of it through the
+//     Namespace Attribute Changed event and creates its block device, on
+//     which the guest writes a pattern that the host then finds;
+//   - the target removes it again: the block device goes away.
+func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
+	env := qemuvm.Require(t)
+	dev, err := bdev.NewMalloc(devSize, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra, err := bdev.NewMalloc(16*mib, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nqn := target.NQN("replica", "6b65726e-656c-4000-8000-000000000003")
+
+	var mu sync.Mutex
+	s := serve(t, nqn, dev)
+	ioAddr := "127.0.0.1:" + strconv.Itoa(s.ioPort)
+	discAddr := "127.0.0.1:" + strconv.Itoa(s.discPort)
+	var extraNSID uint32
+	barrier := func(name string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		switch name {
+		case "restart":
+			s.stop()
+			s = serveAt(t, nqn, dev, ioAddr, discAddr)
+		case "add-namespace":
+			id, err := s.sub.AddNamespace(extra, target.NamespaceOptions{UUID: [16]byte{0x6e, 0x78, 0x73, 0x74, 2}})
+			if err != nil {
+				return err
+			}
+			extraNSID = id
+		case "remove-namespace":
+			if err := verifyPattern(extra, 0, 4*mib, 21); err != nil {
+				return fmt.Errorf("the guest's pattern on the added namespace, read on the host: %w", err)
+			}
+			if err := s.sub.RemoveNamespace(extraNSID); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("unknown barrier %q", name)
+		}
+		return nil
+	}
+
+	mnt := "/mnt/nvme"
+	first := fileSet{"/first", 4, 100000, 31}
+	second := fileSet{"/second", 4, 100000, 32}
+	files := func(verb string, f fileSet) string {
+		return fmt.Sprintf("%s %s%s %d %d %d", verb, mnt, f.Dir, f.Count, f.Size, f.Seed)
+	}
+	vm := env.Boot(t, qemuvm.Config{Barrier: barrier, Script: []string{
+		// Reconnect quickly, and keep trying long enough for a slow guest.
+		fmt.Sprintf("connect 10.0.2.2 %d %s %s reconnect_delay=1 ctrl_loss_tmo=120", s.ioPort, nqn, hostNQN),
+		"mkfs $DEV",
+		"mount $DEV " + mnt,
+		files("write-files", first),
+		"sync",
+		"barrier restart",
+		files("write-files", second),
+		"sync",
+		"drop-caches",
+		files("verify-files", first),
+		files("verify-files", second),
+		"ctrl-state $CTRL",
+		"barrier add-namespace",
+		"wait-namespaces $CTRL 2",
+		"pattern-write $NS2 0 4194304 21",
+		"pattern-verify $NS2 0 4194304 21",
+		"barrier remove-namespace",
+		"wait-namespaces $CTRL 1",
+		"umount " + mnt,
+		"fsck $DEV",
+		"disconnect $CTRL",
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	res, err := vm.Wait(ctx)
+	t.Logf("boot (%s):\n%s", env.Accel, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel reports its reconnect; without it the restart went unseen.
+	if !strings.Contains(res.Console, "Successfully reconnected") {
+		t.Errorf("the kernel did not report a reconnect after the target restarted; console:\n%s", res.Console)
+	}
+	if st := res.Step("ctrl-state").Value("state"); st != "live" {
+		t.Errorf("controller state after the restart = %q, want live", st)
+	}
+	if got := res.Step("wait-namespaces").Output; len(got) != 2 || !strings.Contains(got[1], "nsid=2") {
+		t.Errorf("namespaces after the add: %q", got)
+	}
+	mu.Lock()
+	last := s
+	mu.Unlock()
+	ns := last.connect(t, nqn)
+	checkExt4Image(t, "file system after the reconnect", ns, devSize, first, second)
+}
