@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -46,8 +47,9 @@ type EmbeddedConfig struct {
 
 // Embedded is a running embedded etcd member.
 type Embedded struct {
-	etcd *embed.Etcd
-	cfg  EmbeddedConfig
+	etcd  *embed.Etcd
+	cfg   EmbeddedConfig
+	close sync.Once
 }
 
 // StartEmbedded starts the member and waits until it serves, which for a
@@ -118,8 +120,8 @@ func bindURL(u *url.URL) url.URL {
 // ClientURL is where the member serves clients.
 func (e *Embedded) ClientURL() string { return e.cfg.ClientURL }
 
-// Close stops the member.
-func (e *Embedded) Close() { e.etcd.Close() }
+// Close stops the member; later calls do nothing.
+func (e *Embedded) Close() { e.close.Do(e.etcd.Close) }
 
 // Err reports fatal errors of the running member.
 func (e *Embedded) Err() <-chan error { return e.etcd.Err() }

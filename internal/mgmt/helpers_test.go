@@ -58,7 +58,7 @@ func startEtcd(t testing.TB) *clientv3.Client {
 		e, err := StartEmbedded(ctx, EmbeddedConfig{
 			Name: "m0", Dir: filepath.Join(t.TempDir(), "etcd"),
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", cp), PeerURL: peer,
-			InitialCluster: map[string]string{"m0": peer}, Token: "test",
+			InitialCluster: map[string]string{"m0": peer}, Token: "test", LogLevel: "fatal",
 		})
 		cancel()
 		if err != nil {

@@ -1,0 +1,114 @@
+package mgmt
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/security"
+	"github.com/nexstor/nexstor/internal/security/certgen"
+)
+
+// TestEmbeddedThreeMembers forms a three-member cluster of embedded members,
+// as three access points do, and checks that a write through one member is
+// read through another and that the cluster survives losing a member.
+func TestEmbeddedThreeMembers(t *testing.T) {
+	dir := t.TempDir()
+	cluster := map[string]string{}
+	clientURLs := map[string]string{}
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("ap%d", i)
+		cluster[name] = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		clientURLs[name] = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	members := make([]*Embedded, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func(i int) { // each waits for a quorum, so they start together
+			defer wg.Done()
+			name := fmt.Sprintf("ap%d", i)
+			members[i], errs[i] = StartEmbedded(ctx, EmbeddedConfig{Name: name, Dir: filepath.Join(dir, name),
+				ClientURL: clientURLs[name], PeerURL: cluster[name], InitialCluster: cluster, Token: "t3", LogLevel: "fatal"})
+		}(i)
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("member %d: %v", i, err)
+		}
+		t.Cleanup(members[i].Close)
+	}
+	c0, err := NewEtcdClient([]string{members[0].ClientURL()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c0.Close()
+	c2, err := NewEtcdClient([]string{members[2].ClientURL()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, err := c0.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c2.Get(ctx, "/k")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+		t.Fatalf("read through another member: %+v, %v", resp, err)
+	}
+	ml, err := c0.MemberList(ctx)
+	if err != nil || len(ml.Members) != 3 {
+		t.Fatalf("member list: %+v, %v", ml, err)
+	}
+	members[1].Close()
+	if _, err := c2.Put(ctx, "/k", "w"); err != nil {
+		t.Fatalf("write with one member down: %v", err)
+	}
+}
+
+// TestEmbeddedTLS runs an embedded member secured with the system's
+// certificates: a client with a server certificate gets in, a client
+// without certificates does not.
+func TestEmbeddedTLS(t *testing.T) {
+	certs := filepath.Join(t.TempDir(), "certs")
+	if err := certgen.GenerateAll(certs, certgen.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	files := &security.Files{CACert: filepath.Join(certs, "ca.crt"), Cert: filepath.Join(certs, "server.crt"),
+		Key: filepath.Join(certs, "server.key")}
+	peer := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e, err := StartEmbedded(ctx, EmbeddedConfig{Name: "m0", Dir: filepath.Join(t.TempDir(), "etcd"),
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", freePort(t)), PeerURL: peer,
+		InitialCluster: map[string]string{"m0": peer}, Token: "tls", TLS: files, LogLevel: "fatal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cli, err := NewEtcdClient([]string{e.ClientURL()}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatalf("put with certificates: %v", err)
+	}
+	// Only the CA, no client certificate: refused.
+	anon, err := NewEtcdClient([]string{e.ClientURL()}, &security.Files{CACert: files.CACert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	actx, acancel := context.WithTimeout(ctx, time.Second)
+	defer acancel()
+	if _, err := anon.Put(actx, "/k", "x"); err == nil {
+		t.Fatal("a client without a certificate wrote to the secured etcd")
+	}
+}
