@@ -38,6 +38,10 @@ const (
 	adminInline = 8192 - pdu.SQELen
 )
 
+// shutdownWait bounds how long Close waits for the controller to
+// acknowledge a normal shutdown.
+const shutdownWait = 5 * time.Second
+
 // Options configure a host connection. Zero values mean the defaults.
 type Options struct {
 	// HostNQN identifies the host; default nqn.2014-08.org.nvmexpress:uuid:<HostID>.
@@ -306,9 +310,17 @@ func (c *Controller) Close() error {
 		// Orderly shutdown: CC.SHN normal, so the controller may flush.
 		var sqe pdu.SQE
 		propertySetSQE(&sqe, nvme.PropCC, uint64(ccValue()|1<<nvme.CCShnShift))
-		s.admin.timeout = min(s.admin.timeout, 5*time.Second)
-		s.admin.submit(&sqe, nil, false)
-		s.close()
+		done := make(chan struct{})
+		go func() {
+			s.admin.submit(&sqe, nil, false)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(shutdownWait):
+		}
+		s.close() // also ends a shutdown still in flight
+		<-done
 	}
 	return nil
 }

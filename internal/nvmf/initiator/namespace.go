@@ -2,8 +2,10 @@ package initiator
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
@@ -67,18 +69,36 @@ func (n *Namespace) Close() error {
 }
 
 // io runs one command on an I/O queue, waiting for a connection if needed.
+// A command that could not be sent because its connection had just failed
+// is retried on the next connection, within the command timeout.
 func (n *Namespace) io(sqe *pdu.SQE, data []byte, write bool) error {
 	c := n.c
-	s, err := c.session()
-	if err != nil {
-		return err
+	var deadline time.Time
+	for {
+		s, err := c.session()
+		if err != nil {
+			return err
+		}
+		if len(s.io) == 0 {
+			return fmt.Errorf("nvmf initiator: %s: no I/O queues", c.subNQN)
+		}
+		q := s.io[int(c.rr.Add(1))%len(s.io)]
+		if _, err = q.submit(sqe, data, write); err == nil {
+			return nil
+		}
+		var ns errNotSent
+		if !errors.As(err, &ns) {
+			return err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(c.opts.CommandTimeout)
+		} else if time.Now().After(deadline) {
+			return ns.err
+		}
+		// Let the controller notice the failure and start reconnecting.
+		c.lost(s)
+		time.Sleep(time.Millisecond)
 	}
-	if len(s.io) == 0 {
-		return fmt.Errorf("nvmf initiator: %s: no I/O queues", c.subNQN)
-	}
-	q := s.io[int(c.rr.Add(1))%len(s.io)]
-	_, err = q.submit(sqe, data, write)
-	return err
 }
 
 func (n *Namespace) maxBlocks() int64 {

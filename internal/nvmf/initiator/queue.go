@@ -26,6 +26,13 @@ var (
 	ErrClosed = errors.New("nvmf initiator: closed")
 )
 
+// errNotSent wraps the reason a command could not even be sent: it is safe
+// to retry on another connection.
+type errNotSent struct{ err error }
+
+func (e errNotSent) Error() string { return e.err.Error() }
+func (e errNotSent) Unwrap() error { return e.err }
+
 // cmd is one command slot of a host queue, indexed by CID.
 type cmd struct {
 	done   chan struct{} // one token per completion
@@ -167,7 +174,7 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 	select {
 	case cid = <-q.free:
 	case <-q.dead:
-		return pdu.CQE{}, q.reason()
+		return pdu.CQE{}, errNotSent{q.reason()}
 	}
 	c := &q.cmds[cid]
 	c.timer.Reset(q.timeout)
