@@ -335,3 +335,38 @@ func TestRealPoolsSurviveRestart(t *testing.T) {
 		t.Fatal("data written before the restart is gone")
 	}
 }
+
+func TestConfiguredPoolsOnRealDisks(t *testing.T) {
+	dir := t.TempDir()
+	blank := filepath.Join(dir, "blank.img")
+	if err := os.WriteFile(blank, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := hashSparse(t, blank)
+	e, err := New(Config{DataDir: filepath.Join(dir, "data"), Backend: PoolBackend{}, Logger: quietLogger(),
+		Pools: []PoolConfig{
+			{Name: "ram", Disk: "malloc:///ram0?size=64MiB", ClusterSize: 1 << 20},
+			{Name: "blank", Disk: blank},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ram, err := e.Pool("ram")
+	if err != nil || ram.State != PoolOnline || ram.Stats.ClusterSize != 1<<20 {
+		t.Fatalf("ram pool %+v %v", ram, err)
+	}
+	b, err := e.Pool("blank")
+	if err != nil || b.State != PoolFaulted || !strings.Contains(b.Reason, blank) {
+		t.Fatalf("blank pool %+v %v", b, err)
+	}
+	if hashSparse(t, blank) != before {
+		t.Fatal("a configured disk without a pool was written to")
+	}
+	_, err = e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "blank", Size: 4 << 20})
+	wantFault(t, err, fault.Unavailable, "blank")
+	// Creating the pool on the configured disk is how the operator fixes it.
+	if p, err := e.CreatePool("blank", "file://"+blank+"?size=1MiB", 64<<10, false); err != nil || p.State != PoolOnline {
+		t.Fatalf("create on the configured disk: %+v %v", p, err)
+	}
+}

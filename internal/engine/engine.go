@@ -175,16 +175,19 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	var wanted []statePool
-	for _, p := range cfg.Pools {
-		wanted = append(wanted, statePool{Name: p.Name, Disk: p.Disk})
+	wanted := slices.Clone(cfg.Pools)
+	for _, p := range st.Pools {
+		wanted = append(wanted, PoolConfig{Name: p.Name, Disk: p.Disk})
 	}
-	wanted = append(wanted, st.Pools...)
+	uuids := map[string]string{}
+	for _, p := range st.Pools {
+		uuids[p.Name] = p.UUID
+	}
 	for _, p := range wanted {
 		if _, dup := e.pools[p.Name]; dup {
 			continue
 		}
-		e.restorePool(p)
+		e.restorePool(p, uuids[p.Name])
 	}
 	for _, s := range st.Shares {
 		e.restoreShare(s)
@@ -197,8 +200,11 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-func (e *Engine) restorePool(p statePool) {
-	pe := &poolEntry{name: p.Name, uuid: p.UUID, disk: p.Disk}
+// restorePool imports a configured or remembered pool. A RAM disk
+// (malloc://) never holds a pool when the engine starts, so its pool is
+// created instead: there is nothing on it to lose.
+func (e *Engine) restorePool(p PoolConfig, uuid string) {
+	pe := &poolEntry{name: p.Name, uuid: uuid, disk: p.Disk}
 	e.pools[p.Name] = pe
 	for _, other := range e.pools {
 		if other != pe && other.h != nil && diskKey(other.disk) == diskKey(p.Disk) {
@@ -207,7 +213,13 @@ func (e *Engine) restorePool(p statePool) {
 			return
 		}
 	}
-	h, err := e.cfg.Backend.ImportPool(importURI(p.Disk))
+	var h PoolHandle
+	var err error
+	if isRAMDisk(p.Disk) {
+		h, err = e.cfg.Backend.CreatePool(p.Disk, CreatePoolOptions{Name: p.Name, ClusterSize: p.ClusterSize})
+	} else {
+		h, err = e.cfg.Backend.ImportPool(importURI(p.Disk))
+	}
 	if err != nil {
 		pe.reason = diskFault(p.Disk, err).Error()
 		e.log.Error("pool not imported", "pool", p.Name, "disk", p.Disk, "err", pe.reason)
@@ -221,8 +233,8 @@ func (e *Engine) restorePool(p statePool) {
 		}
 		return
 	}
-	if p.UUID != "" && h.UUID() != p.UUID {
-		e.log.Warn("pool has a new uuid (it was formatted again)", "pool", p.Name, "was", p.UUID, "now", h.UUID())
+	if uuid != "" && h.UUID() != uuid && !isRAMDisk(p.Disk) {
+		e.log.Warn("pool has a new uuid (it was formatted again)", "pool", p.Name, "was", uuid, "now", h.UUID())
 	}
 	pe.h, pe.uuid = h, h.UUID()
 	for _, r := range h.Replicas() {
@@ -387,6 +399,9 @@ func diskKey(uri string) string {
 	}
 	return filepath.Clean(u.Path)
 }
+
+// isRAMDisk reports whether uri names a malloc:// RAM disk.
+func isRAMDisk(uri string) bool { return strings.HasPrefix(uri, "malloc:") }
 
 // importURI drops the size parameter of a file:// URI: importing must never
 // create a missing file, only open an existing one.

@@ -186,3 +186,46 @@ func TestDev(t *testing.T) {
 		t.Fatalf("dev stop: %v\n%s", err, p.output())
 	}
 }
+
+// TestServerConfig checks that `nexstor server -o` refuses unknown keys,
+// naming them, and that configured pools are imported (a blank disk is
+// reported, not written).
+func TestServerConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("data_dir: "+dir+"\npols:\n  - name: p0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(testutil.BuildBinary(t, "nexstor"), "server", "-o", bad).CombinedOutput()
+	if err == nil || !bytes.Contains(out, []byte(`unknown key "pols"`)) || !bytes.Contains(out, []byte(`"pools"`)) ||
+		!bytes.Contains(out, []byte("line 2")) {
+		t.Fatalf("unknown key: err %v, output:\n%s", err, out)
+	}
+
+	blank := filepath.Join(dir, "blank.img")
+	if err := os.WriteFile(blank, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "server.yaml")
+	yaml := "data_dir: " + filepath.Join(dir, "data") + "\npools:\n" +
+		"  - name: ram\n    disk: malloc:///ram0?size=64MiB\n    cluster_size: 1MiB\n" +
+		"  - name: blank\n    disk: " + blank + "\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, lines := start(t, "server", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0")
+	eng := p.waitLine(lines, servingRE)[1]
+	var pools []poolJSON
+	nexctlJSON(t, eng, &pools, "pool", "list")
+	if len(pools) != 2 || pools[0].Name != "blank" || pools[0].State != "faulted" || pools[1].Name != "ram" || pools[1].State != "online" {
+		t.Fatalf("pools %+v", pools)
+	}
+	b, err := os.ReadFile(blank)
+	if err != nil || !bytes.Equal(b, make([]byte, 1<<20)) {
+		t.Fatalf("the blank configured disk was written to (%v)", err)
+	}
+	wantNexctlError(t, eng, []string{"blank"}, "replica", "create", "r0", "--pool", "blank", "--size", "4MiB")
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
