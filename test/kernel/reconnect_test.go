@@ -54,7 +54,8 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 			}
 			extraNSID = id
 		case "remove-namespace":
-			if err := verifyPattern(extra, 0, 4*mib, 21); err != nil {
+			// The first MiB may have been discarded (see below).
+			if err := verifyPattern(extra, mib, 3*mib, 21); err != nil {
 				return fmt.Errorf("the guest's pattern on the added namespace, read on the host: %w", err)
 			}
 			if err := s.sub.RemoveNamespace(extraNSID); err != nil {
@@ -90,6 +91,8 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 		"wait-namespaces $CTRL 2",
 		"pattern-write $NS2 0 4194304 21",
 		"pattern-verify $NS2 0 4194304 21",
+		// Tolerated for now: see the check after the boot.
+		"-run blkdiscard -o 0 -l 1048576 $NS2",
 		"barrier remove-namespace",
 		"wait-namespaces $CTRL 1",
 		"umount " + mnt,
@@ -113,6 +116,22 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 	if got := res.Step("wait-namespaces").Output; len(got) != 2 || !strings.Contains(got[1], "nsid=2") {
 		t.Errorf("namespaces after the add: %q", got)
 	}
+	// A discard from the kernel arrives as a DSM command whose range
+	// buffer is larger than its ranges (Linux always sends 256 ranges'
+	// worth, 4 KiB). When the target takes it, the range reads as zeroes.
+	for _, st := range res.StepsNamed("run") {
+		if !strings.Contains(st.Line, "blkdiscard") {
+			continue
+		}
+		if st.OK {
+			if err := verifyZeroes(extra, 0, mib); err != nil {
+				t.Errorf("after a successful discard from the kernel: %v", err)
+			}
+		} else {
+			t.Logf("KNOWN TARGET BUG: a discard from the kernel host fails: %s (the target wants the DSM buffer to be exactly NR+1 ranges)", st.Err)
+		}
+	}
+
 	mu.Lock()
 	last := s
 	mu.Unlock()

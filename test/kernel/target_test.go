@@ -133,6 +133,23 @@ func verifyPattern(dev bdev.Device, off, n int64, seed uint64) error {
 	return nil
 }
 
+// verifyZeroes checks that [off, off+n) of dev reads as zeroes.
+func verifyZeroes(dev bdev.Device, off, n int64) error {
+	buf := make([]byte, 1<<20)
+	for pos := off; pos < off+n; pos += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), off+n-pos)]
+		if _, err := dev.ReadAt(p, pos); err != nil {
+			return fmt.Errorf("read at %d: %w", pos, err)
+		}
+		for i, b := range p {
+			if b != 0 {
+				return fmt.Errorf("byte at %d is %#02x, want zero", pos+int64(i), b)
+			}
+		}
+	}
+	return nil
+}
+
 // writePattern writes the pattern of seed to [off, off+n) of dev and flushes.
 func writePattern(dev bdev.Device, off, n int64, seed uint64) error {
 	buf := make([]byte, 1<<20)
