@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/loadgen"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
@@ -85,5 +86,22 @@ func TestLoadgenOverNVMf(t *testing.T) {
 	}
 	if r.Errors != 0 || r.Ops == 0 {
 		t.Fatalf("%d errors of %d ops: %v", r.Errors, r.Ops, r.FirstError)
+	}
+}
+
+// BenchmarkBackingRead4KQD1 is the malloc device itself, for reading the
+// NVMe/TCP numbers as overhead over the backing store.
+func BenchmarkBackingRead4KQD1(b *testing.B) {
+	dev, err := bdev.NewMalloc(64<<20, 512)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := dev.ReadAt(buf, int64(i%1024)*4096); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
