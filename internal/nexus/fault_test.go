@@ -68,7 +68,7 @@ func TestFaultMatrix(t *testing.T) {
 			waitAcked(t, w, 100)
 			victim := r.uris[1]
 			tc.inject(r, victim)
-			waitAcked(t, w, 300)
+			waitAcked(t, w, 200)
 			// Flushes, unmaps and zeroes go through the fault too.
 			if err := r.nx.Flush(); err != nil {
 				t.Errorf("flush: %v", err)

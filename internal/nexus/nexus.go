@@ -194,7 +194,12 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	rec, err := cfg.Store.Load(ctx, cfg.UUID)
 	fresh := errors.Is(err, ErrNoRecord)
 	if err != nil && !fresh {
-		return nil, fmt.Errorf("nexus %s: %w", label, err)
+		if !cfg.Force {
+			return nil, fmt.Errorf("nexus %s: %w", label, err)
+		}
+		// Force trusts the listed children over an unreadable record.
+		log.Warn("health record unreadable; forced to trust every listed child", "err", err)
+		rec, fresh = HealthRecord{}, true
 	}
 	recorded := map[string]ChildHealth{}
 	for _, h := range rec.Children {

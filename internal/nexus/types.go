@@ -32,6 +32,7 @@ var stateNames = map[ChildState]string{
 	StateOffline:    "offline",
 }
 
+// String returns the state's name as stored and shown ("online", ...).
 func (s ChildState) String() string {
 	if n, ok := stateNames[s]; ok {
 		return n
@@ -153,20 +154,32 @@ type ChildStatus struct {
 type RebuildState string
 
 const (
-	RebuildRunning   RebuildState = "running"
-	RebuildPaused    RebuildState = "paused"
-	RebuildStopped   RebuildState = "stopped"
+	// RebuildRunning: segments are being copied.
+	RebuildRunning RebuildState = "running"
+	// RebuildPaused: no new segment copy starts until resumed; the child
+	// keeps receiving writes.
+	RebuildPaused RebuildState = "paused"
+	// RebuildStopped: stopped by Rebuild(RebuildStop) or by Close; the
+	// child is faulted (out-of-sync), or stays recorded as rebuilding
+	// after Close.
+	RebuildStopped RebuildState = "stopped"
+	// RebuildCompleted: every segment was copied; the child is online.
 	RebuildCompleted RebuildState = "completed"
-	RebuildFailed    RebuildState = "failed"
+	// RebuildFailed: a copy failed (see Err); the child is faulted.
+	RebuildFailed RebuildState = "failed"
 )
 
 // RebuildAction is a control applied to a running rebuild.
 type RebuildAction string
 
 const (
-	RebuildPause  RebuildAction = "pause"
+	// RebuildPause lets in-flight segment copies finish and starts no more.
+	RebuildPause RebuildAction = "pause"
+	// RebuildResume continues a paused rebuild where it left off.
 	RebuildResume RebuildAction = "resume"
-	RebuildStop   RebuildAction = "stop"
+	// RebuildStop ends the rebuild; the child is faulted (out-of-sync)
+	// and must be added again to be rebuilt from scratch.
+	RebuildStop RebuildAction = "stop"
 )
 
 // RebuildStatus is a snapshot of a rebuild's progress. Total and Done are in
