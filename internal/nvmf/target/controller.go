@@ -877,8 +877,10 @@ func (c *controller) flush(r *request) {
 }
 
 func (c *controller) dsm(r *request, ns *namespace) {
+	// The data holds NR+1 ranges of 16 bytes. It may be longer: Linux
+	// sends a whole page of ranges whatever NR is.
 	nr := int(r.sqe.CDW(10)&0xFF) + 1
-	if len(r.buf) != nr*16 {
+	if len(r.buf) < nr*16 {
 		r.status = nvme.StatusSGLInvalidDataLength
 		return
 	}

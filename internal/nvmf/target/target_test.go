@@ -602,3 +602,57 @@ func TestIOQueueConnectAndDisconnect(t *testing.T) {
 		t.Fatal("admin queue unusable after the I/O queue disconnected")
 	}
 }
+
+// TestDSMWithPageOfRanges: Linux sends a DSM deallocate with a 4 KiB buffer
+// however few ranges NR says; only NR+1 ranges count.
+func TestDSMWithPageOfRanges(t *testing.T) {
+	_, _, addr := serve(t)
+	admin := dialRaw(t, addr, false)
+	cntlid := admin.adminUp(0)
+	io := dialRaw(t, addr, false)
+	if c := io.connect(1, cntlid, 0, hostNQN); c.Status != 0 {
+		t.Fatalf("I/O connect: %#x", c.Status)
+	}
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.CmdWrite)
+	sqe.SetNSID(1)
+	sqe.SetCDW(12, 3) // blocks 0-3
+	if c := io.cmd(&sqe, bytes.Repeat([]byte{1}, 4*4096), nil); c.Status != 0 {
+		t.Fatalf("write: %#x", c.Status)
+	}
+	ranges := make([]byte, 4096)
+	binary.LittleEndian.PutUint32(ranges[4:], 2)    // 2 blocks
+	binary.LittleEndian.PutUint64(ranges[8:], 1)    // from block 1
+	binary.LittleEndian.PutUint32(ranges[16+4:], 1) // a second range, beyond NR: ignored
+	binary.LittleEndian.PutUint64(ranges[16+8:], 3)
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.CmdDSM)
+	sqe.SetNSID(1)
+	sqe.SetCDW(10, 0)    // NR 0: one range
+	sqe.SetCDW(11, 1<<2) // deallocate
+	if c := io.cmd(&sqe, ranges, nil); c.Status != 0 {
+		t.Fatalf("DSM: %#x", c.Status)
+	}
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.CmdRead)
+	sqe.SetNSID(1)
+	sqe.SetCDW(12, 3)
+	got := make([]byte, 4*4096)
+	if c := io.cmd(&sqe, nil, got); c.Status != 0 {
+		t.Fatalf("read: %#x", c.Status)
+	}
+	want := bytes.Repeat([]byte{1}, 4*4096)
+	clear(want[4096 : 3*4096])
+	if !bytes.Equal(got, want) {
+		t.Fatal("only blocks 1-2 must read as zeroes")
+	}
+	// Fewer bytes than NR+1 ranges is an error.
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.CmdDSM)
+	sqe.SetNSID(1)
+	sqe.SetCDW(10, 1)
+	sqe.SetCDW(11, 1<<2)
+	if c := io.cmd(&sqe, ranges[:16], nil); nvme.Status(c.Status) != nvme.StatusSGLInvalidDataLength {
+		t.Fatalf("short DSM data: %#x", c.Status)
+	}
+}
