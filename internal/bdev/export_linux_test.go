@@ -6,3 +6,14 @@ func DisableFallocate(f *File) {
 	f.noZeroRange.Store(true)
 	f.noPunchHole.Store(true)
 }
+
+// SwapFD replaces f's descriptor with fd and returns the one it had, so a
+// test can make a real system call fail on f (fdatasync on a pipe is
+// EINVAL).
+func SwapFD(f *File, fd int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := f.fd
+	f.fd = fd
+	return old
+}

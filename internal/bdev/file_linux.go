@@ -46,6 +46,13 @@ type File struct {
 
 	noZeroRange atomic.Bool // FALLOC_FL_ZERO_RANGE unsupported: skip it
 	noPunchHole atomic.Bool // FALLOC_FL_PUNCH_HOLE unsupported: skip it
+
+	// flushErr is the first failed fdatasync. After a writeback error the
+	// kernel may drop the dirty pages it could not write, or mark them
+	// clean, and reports the error once: a later fdatasync can succeed
+	// although acknowledged writes never reached the disk. So the failure
+	// is sticky and every later Flush reports it.
+	flushErr atomic.Pointer[fs.PathError]
 }
 
 const (
@@ -428,7 +435,11 @@ func (f *File) pwrite(p []byte, off int64) (int, error) {
 }
 
 // Flush makes every acknowledged write durable (fdatasync). On a read-only
-// File it only checks that the File is open.
+// File it only checks that the File is open. Once a Flush has failed, every
+// later Flush fails with that error too (wrapped): writes acknowledged
+// before it may be lost whatever a later fdatasync says, and only the owner
+// of the data can decide what to do (for a replica: rebuild it). Reopening
+// the device clears the condition.
 func (f *File) Flush() error {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -438,13 +449,18 @@ func (f *File) Flush() error {
 	if f.readOnly {
 		return nil
 	}
+	if pe := f.flushErr.Load(); pe != nil {
+		return fmt.Errorf("file %q: flush: an earlier flush failed, so writes acknowledged before it may be lost; check the disk and reopen it: %w", f.path, pe)
+	}
 	for {
 		err := unix.Fdatasync(f.fd)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return &fs.PathError{Op: "fdatasync", Path: f.path, Err: err}
+			pe := &fs.PathError{Op: "fdatasync", Path: f.path, Err: err}
+			f.flushErr.CompareAndSwap(nil, pe)
+			return pe
 		}
 		return nil
 	}

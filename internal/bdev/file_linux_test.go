@@ -333,3 +333,47 @@ func TestFileBlockDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFileFlushErrorIsSticky: after fdatasync fails, the kernel may have
+// dropped the dirty data and a later fdatasync can succeed; Flush must keep
+// failing so that no caller takes earlier writes for durable. Reopening the
+// file starts afresh.
+func TestFileFlushErrorIsSticky(t *testing.T) {
+	dir := t.TempDir()
+	f := openTemp(t, dir, bdev.FileOptions{})
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var pipe [2]int
+	if err := syscall.Pipe(pipe[:]); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(pipe[1])
+	// fdatasync on a pipe fails (EINVAL): a real failed flush.
+	fd := bdev.SwapFD(f, pipe[0])
+	err := f.Flush()
+	bdev.SwapFD(f, fd)
+	syscall.Close(pipe[0])
+	if !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("Flush on a pipe: %v, want EINVAL", err)
+	}
+	if _, err := f.WriteAt(make([]byte, 512), 0); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := f.Flush(); !errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "earlier flush failed") {
+			t.Fatalf("Flush after a failed flush: %v, want the earlier failure", err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := bdev.OpenFile(filepath.Join(dir, "disk.img"), bdev.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := g.Flush(); err != nil {
+		t.Fatalf("Flush after reopening: %v", err)
+	}
+}
