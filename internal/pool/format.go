@@ -286,7 +286,12 @@ func decodeEntry(b []byte) (entry, []byte, error) {
 type record struct {
 	Seq  uint64
 	Type uint8
-	E    entry
+	// Idx is the record's position in the batch (one log write) that
+	// carried it: Seq-Idx is the sequence number of the batch's first
+	// record. Replay uses it to tell a torn last batch from damage to a
+	// batch that was made durable before later ones were written.
+	Idx uint32
+	E   entry
 }
 
 // recordCRC covers the pool UUID and the log epoch, so records of an older
@@ -308,6 +313,7 @@ func appendRecord(b []byte, pool [16]byte, epoch uint64, r *record) []byte {
 	le.PutUint32(h[0:], uint32(len(h)-recHeaderLen))
 	le.PutUint64(h[8:], r.Seq)
 	h[16] = r.Type
+	le.PutUint32(h[20:], r.Idx)
 	le.PutUint32(h[4:], recordCRC(pool, epoch, h[8:]))
 	return b
 }
@@ -329,10 +335,14 @@ func decodeRecord(b []byte, pool [16]byte, epoch uint64) (record, error) {
 	}
 	r.Seq = le.Uint64(b[8:])
 	r.Type = b[16]
-	for _, x := range b[17:24] {
+	for _, x := range b[17:20] {
 		if x != 0 {
 			return r, errors.New("record reserved bytes not zero")
 		}
+	}
+	r.Idx = le.Uint32(b[20:])
+	if uint64(r.Idx) >= r.Seq {
+		return r, fmt.Errorf("record %d claims position %d in its batch", r.Seq, r.Idx)
 	}
 	if r.Type < recCreate || r.Type > recUnmap {
 		return r, fmt.Errorf("record type %d unknown", r.Type)

@@ -62,6 +62,7 @@ func (p *Pool) writeBatch(batch []*commitReq) {
 	var group []*commitReq
 	for i, req := range batch {
 		req.rec.Seq = p.seq + uint64(len(group)) + 1
+		req.rec.Idx = uint32(len(group))
 		n := len(buf)
 		buf = p.padForHeader(buf, p.logPos)
 		m := len(buf)
@@ -89,7 +90,7 @@ func (p *Pool) writeBatch(batch []*commitReq) {
 			fail(batch[i:], p.errf("writing a checkpoint: %w", err))
 			return
 		}
-		req.rec.Seq = p.seq + 1
+		req.rec.Seq, req.rec.Idx = p.seq+1, 0
 		buf = appendRecord(p.padForHeader(buf, p.logPos), p.sb.UUID, p.epoch, req.rec)
 		group = append(group, req)
 	}
@@ -239,6 +240,27 @@ func (p *Pool) load() error {
 			p.sb.MDOff, errs[0], p.sb.MDOff+p.sb.CPSize, errs[1])
 	}
 	cp := &cps[best]
+	if other := 1 - best; errs[other] != nil || cps[other].Epoch+1 != cp.Epoch {
+		// The other slot is where checkpoint cp.Epoch+1 would be. A write
+		// torn by a crash leaves it bad with nothing written after it, and
+		// then cp and its log hold every acknowledged change. But records of
+		// epoch cp.Epoch+1 in the log prove that checkpoint was made durable
+		// (records follow their checkpoint's flush) and later damaged:
+		// falling back to cp would lose every change since.
+		at, later, err := p.findLaterBatch(&logReader{p: p}, 0, cp.Epoch+1, cp.LastSeq)
+		if err != nil {
+			return err
+		}
+		if at >= 0 {
+			why := errs[other]
+			if why == nil {
+				why = fmt.Errorf("it holds checkpoint %d", cps[other].Epoch)
+			}
+			return corruptf("checkpoint %d in slot %d at offset %d is damaged (%v), but the log holds record %d of its epoch at offset %d: "+
+				"importing from the older checkpoint %d would lose acknowledged metadata changes",
+				cp.Epoch+1, other, p.sb.MDOff+uint64(other)*p.sb.CPSize, why, later.Seq, p.sb.logOff()+at, cp.Epoch)
+		}
+	}
 	for i := range cp.Replicas {
 		e := &cp.Replicas[i]
 		if err := p.apply(&record{Type: recCreate, E: *e}, false); err != nil {
@@ -304,11 +326,18 @@ func (lr *logReader) at(pos int64, n int) ([]byte, error) {
 // length at a block start. A zero length inside a block is the padding that
 // ends a group commit; replay continues at the next block. It returns the
 // number of records applied.
+//
+// Where replay stops early, only the last batch may legitimately be torn:
+// batches are written one after the other, each flushed before the next
+// one is written. So when a later batch of this epoch is found intact
+// beyond the stop, the damaged record was acknowledged and replay refuses
+// with a CorruptError instead of silently dropping it and what follows.
 func (p *Pool) replay() (int, error) {
 	lr := &logReader{p: p}
 	logSize := p.sb.logSize()
 	var pos int64
 	applied := 0
+	var why error // why replay stopped before the end of the log
 	for {
 		if rem := p.bs - pos%p.bs; rem < recHeaderLen {
 			pos += rem
@@ -323,12 +352,14 @@ func (p *Pool) replay() (int, error) {
 		plen := int64(le.Uint32(h))
 		if plen == 0 {
 			if pos%p.bs == 0 {
+				why = errors.New("end of log")
 				break
 			}
 			pos += p.bs - pos%p.bs
 			continue
 		}
 		if plen > maxRecordPayload || pos+recHeaderLen+plen > logSize {
+			why = fmt.Errorf("record length %d out of bounds", plen)
 			break
 		}
 		b, err := lr.at(pos, int(recHeaderLen+plen))
@@ -340,7 +371,7 @@ func (p *Pool) replay() (int, error) {
 			if err == nil {
 				err = fmt.Errorf("sequence %d, want %d", rec.Seq, p.seq+1)
 			}
-			slog.Debug("pool log replay stops", "pool", p.sb.Name, "offset", p.sb.logOff()+pos, "reason", err)
+			why = err
 			break
 		}
 		p.mu.Lock()
@@ -353,5 +384,51 @@ func (p *Pool) replay() (int, error) {
 		applied++
 		pos += recHeaderLen + plen
 	}
+	if why == nil {
+		return applied, nil
+	}
+	slog.Debug("pool log replay stops", "pool", p.sb.Name, "offset", p.sb.logOff()+pos, "reason", why)
+	at, later, err := p.findLaterBatch(lr, pos/p.bs*p.bs, p.epoch, p.seq+1)
+	if err != nil {
+		return applied, err
+	}
+	if at >= 0 {
+		return applied, corruptf("log record %d at offset %d is damaged (%v), but a later batch of the log is intact (record %d at offset %d): "+
+			"the damaged record was acknowledged, and importing without it would lose metadata changes",
+			p.seq+1, p.sb.logOff()+pos, why, later.Seq, p.sb.logOff()+at)
+	}
 	return applied, nil
+}
+
+// findLaterBatch looks at every block boundary of the log from start on for
+// a record that validates under epoch and belongs to a batch whose first
+// record comes after sequence number after (Seq-Idx > after). It returns
+// the record's log offset and the record, or -1 when there is none. Stale
+// records of earlier epochs carry smaller sequence numbers and are passed
+// over without checksumming, and a sequence number further ahead than the
+// log could hold records marks garbage, so the scan costs about one read of
+// the log.
+func (p *Pool) findLaterBatch(lr *logReader, start int64, epoch, after uint64) (int64, record, error) {
+	logSize := p.sb.logSize()
+	horizon := uint64(logSize/recHeaderLen) + 1 // more records than this cannot follow
+	for pos := start; pos+recHeaderLen <= logSize; pos += p.bs {
+		h, err := lr.at(pos, recHeaderLen)
+		if err != nil {
+			return -1, record{}, err
+		}
+		plen := int64(le.Uint32(h))
+		seq, idx := le.Uint64(h[8:]), uint64(le.Uint32(h[20:]))
+		if plen == 0 || plen > maxRecordPayload || pos+recHeaderLen+plen > logSize ||
+			idx >= seq || seq-idx <= after || seq-after > horizon {
+			continue
+		}
+		b, err := lr.at(pos, int(recHeaderLen+plen))
+		if err != nil {
+			return -1, record{}, err
+		}
+		if rec, err := decodeRecord(b, p.sb.UUID, epoch); err == nil {
+			return pos, rec, nil
+		}
+	}
+	return -1, record{}, nil
 }
