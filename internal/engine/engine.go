@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -347,8 +348,9 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
-	shares := e.shares
-	pools := e.pools
+	// Copies: operations still in flight may record their results.
+	shares := maps.Clone(e.shares)
+	pools := maps.Clone(e.pools)
 	e.mu.Unlock()
 	var errs []error
 	for name, s := range shares {
