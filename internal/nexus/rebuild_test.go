@@ -272,3 +272,45 @@ func TestRebuildSourceFailure(t *testing.T) {
 	}
 	r.checkAll(m)
 }
+
+func TestRemoveRebuildingChild(t *testing.T) {
+	r := newRig(t, 1, testSize, Config{RebuildSegment: 32 << 10})
+	fresh := r.addDevice(1)
+	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 2 * time.Millisecond})
+	if err := r.nx.AddChild(context.Background(), fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nx.RemoveChild(context.Background(), fresh); err != nil {
+		t.Fatal(err)
+	}
+	if cs := r.nx.Children(); len(cs) != 1 || cs[0].URI != r.uris[0] {
+		t.Fatalf("children %+v", cs)
+	}
+	h := r.nx.RebuildHistory()
+	if len(h) != 1 || h[0].State != RebuildStopped {
+		t.Fatalf("history %+v", h)
+	}
+	rec, _ := r.store.Load(context.Background(), r.nx.UUID())
+	if len(rec.Children) != 1 {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+func TestBitmapRemap(t *testing.T) {
+	const mib = 1 << 20
+	old := []byte{0b1001} // segments 0 and 3 of 1 MiB
+	finer := remapBitmap(old, mib, mib/4)
+	for s := int64(0); s < finer.n; s++ {
+		want := s < 4 || (s >= 12 && s < 16)
+		if finer.test(s) != want {
+			t.Fatalf("256 KiB segment %d: %v", s, finer.test(s))
+		}
+	}
+	coarser := remapBitmap(old, mib, 2*mib)
+	if !coarser.test(0) || !coarser.test(1) || coarser.test(2) {
+		t.Fatalf("2 MiB segments %08b", coarser.bytes())
+	}
+	if b := resizeBitmap(coarser, 1); b.n != 1 || !b.test(0) {
+		t.Fatal("resize")
+	}
+}
