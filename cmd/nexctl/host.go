@@ -59,7 +59,9 @@ func (a *app) versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print the versions of nexctl and of the engine",
-		Args:  cobra.NoArgs,
+		Example: `  nexctl version
+  nexctl version -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			type ver struct {
 				Client string `json:"client" yaml:"client"`
