@@ -126,7 +126,7 @@ func (p *Pool) flushGroup(buf []byte, group []*commitReq) error {
 		if _, err := p.dev.WriteAt(buf, p.sb.logOff()+p.logPos); err != nil {
 			return fmt.Errorf("writing %d bytes of metadata log at offset %d: %w", len(buf), p.sb.logOff()+p.logPos, err)
 		}
-		if err := p.dev.Flush(); err != nil {
+		if err := p.flushDev(); err != nil {
 			return fmt.Errorf("flushing the metadata log: %w", err)
 		}
 		return nil
@@ -185,7 +185,7 @@ func (p *Pool) checkpointLocked() error {
 		p.metaErr = err
 		return fmt.Errorf("writing checkpoint %d at offset %d: %w", cp.Epoch, off, err)
 	}
-	if err := p.dev.Flush(); err != nil {
+	if err := p.flushDev(); err != nil {
 		p.metaErr = err
 		return fmt.Errorf("flushing checkpoint %d: %w", cp.Epoch, err)
 	}

@@ -122,6 +122,26 @@ type Pool struct {
 	logBuf  []byte
 	cpBuf   []byte
 	metaErr error // sticky: a failed metadata write leaves the pool read-only for metadata
+
+	// flushErr is the first failed flush of the device. A device that
+	// failed a flush may have lost writes acknowledged before it, whatever
+	// later flushes report (Linux reports a writeback error once), so every
+	// later flush through the pool fails too, until it is imported again.
+	flushErr atomic.Pointer[flushFailure]
+}
+
+type flushFailure struct{ err error }
+
+// flushDev flushes the device unless a flush failed before.
+func (p *Pool) flushDev() error {
+	if f := p.flushErr.Load(); f != nil {
+		return fmt.Errorf("an earlier flush of the pool's device failed, so writes acknowledged before it may be lost; check the disk and import the pool again: %w", f.err)
+	}
+	if err := p.dev.Flush(); err != nil {
+		p.flushErr.CompareAndSwap(nil, &flushFailure{err})
+		return err
+	}
+	return nil
 }
 
 // Create formats dev as a new pool and returns it open. It refuses, writing
@@ -279,7 +299,7 @@ func (p *Pool) writeSuperblocks(wipe bool) error {
 			return fmt.Errorf("writing superblock copy %d: %w", c, err)
 		}
 	}
-	if err := p.dev.Flush(); err != nil {
+	if err := p.flushDev(); err != nil {
 		return fmt.Errorf("flushing superblocks: %w", err)
 	}
 	return nil
@@ -383,7 +403,7 @@ func Import(dev bdev.Device) (*Pool, error) {
 				return nil, fmt.Errorf("pool %q: repairing superblock copy %d: %w", sb.Name, c, err)
 			}
 		}
-		if err := dev.Flush(); err != nil {
+		if err := p.flushDev(); err != nil {
 			return nil, fmt.Errorf("pool %q: repairing superblocks: %w", sb.Name, err)
 		}
 	}

@@ -289,12 +289,14 @@ func (p *Pool) allocateMany(r *replica, claims []claim) error {
 }
 
 // Flush makes every acknowledged write durable: allocations already are, so
-// this flushes the pool's device.
+// this flushes the pool's device. Once a flush of the pool's device has
+// failed (here, for another replica, or for metadata), every later Flush
+// fails: writes acknowledged before the failure may be lost.
 func (h *Replica) Flush() error {
 	if err := h.check("flush", 0, 0); err != nil {
 		return err
 	}
-	if err := h.p.dev.Flush(); err != nil {
+	if err := h.p.flushDev(); err != nil {
 		return h.ioError("flush", 0, err)
 	}
 	return nil
