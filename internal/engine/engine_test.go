@@ -402,3 +402,33 @@ func TestImportURIDropsSize(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestStaleShareCanBeForgotten(t *testing.T) {
+	r := newRig(t)
+	e := r.start(t)
+	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ShareReplica("r0", "nbd", nil); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	delete(r.be.disks, diskKey("/d0")) // the disk is gone
+	e = r.start(t)
+	defer e.Close()
+	if p, _ := e.Pool("p0"); p.State != PoolFaulted {
+		t.Fatalf("pool %+v", p)
+	}
+	if _, err := e.UnshareReplica("r0"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadState(filepath.Join(r.dir, StateFileName))
+	if err != nil || len(st.Shares) != 0 {
+		t.Fatalf("state after forgetting the share: %+v %v", st, err)
+	}
+	_, err = e.UnshareReplica("r0")
+	wantFault(t, err, fault.NotFound, "r0")
+}

@@ -368,6 +368,19 @@ func (e *Engine) unexport(name string) error {
 // UnshareReplica stops exporting a replica and forgets the share. Unsharing
 // an unshared replica succeeds.
 func (e *Engine) UnshareReplica(name string) (ReplicaInfo, error) {
+	// A remembered share of a replica that is gone (its pool faulted or
+	// exported) can still be forgotten.
+	e.mu.Lock()
+	_, exists := e.replicas[name]
+	s, shared := e.shares[name]
+	if !exists && shared && s.dev == nil && !e.busy["replica/"+name] {
+		delete(e.shares, name)
+		e.gen++
+		e.mu.Unlock()
+		e.log.Info("stale share forgotten", "replica", name)
+		return ReplicaInfo{Name: name}, e.save()
+	}
+	e.mu.Unlock()
 	pe, done, err := e.beginReplicaOp(name, "", false)
 	if err != nil {
 		return ReplicaInfo{}, err
