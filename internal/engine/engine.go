@@ -276,12 +276,21 @@ func (e *Engine) export(h PoolHandle, name, protocol string) (bdev.Device, strin
 	if err != nil {
 		return nil, "", mapPoolErr(err, "replica", name)
 	}
-	if err := e.cfg.NBD.AddExport(name, dev, "nexstor replica "+name); err != nil {
+	if err := e.exporter(protocol).AddExport(name, dev, "nexstor replica "+name); err != nil {
 		dev.Close()
 		return nil, "", fault.Wrap(err, fault.Internal, "share.export",
-			fmt.Sprintf("replica %q cannot be exported over nbd", name), "see the server log")
+			fmt.Sprintf("replica %q cannot be exported over %s", name, protocol), "see the server log")
 	}
 	return dev, e.shareURI(protocol, name), nil
+}
+
+// exporter returns the server of a protocol that checkProtocol accepted.
+func (e *Engine) exporter(protocol string) Exporter {
+	switch protocol {
+	case ProtocolNBD:
+		return e.cfg.NBD
+	}
+	return nil
 }
 
 func (e *Engine) checkProtocol(protocol string) error {
@@ -357,7 +366,7 @@ func (e *Engine) Close() error {
 		if s.dev == nil {
 			continue
 		}
-		if err := e.cfg.NBD.RemoveExport(name); err != nil {
+		if err := e.exporter(s.protocol).RemoveExport(name); err != nil {
 			errs = append(errs, fmt.Errorf("unshare replica %q: %w", name, err))
 		}
 		if err := s.dev.Close(); err != nil {

@@ -359,7 +359,7 @@ func (e *Engine) unexport(name string) error {
 	if !ok || s.dev == nil {
 		return nil
 	}
-	if err := e.cfg.NBD.RemoveExport(name); err != nil {
+	if err := e.exporter(s.protocol).RemoveExport(name); err != nil {
 		e.log.Error("removing export", "replica", name, "err", err)
 	}
 	return s.dev.Close()
