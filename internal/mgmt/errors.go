@@ -91,9 +91,9 @@ func grpcCode(k fault.Kind) codes.Code {
 	return codes.Internal
 }
 
-// toStatus converts a handler error to a gRPC status error with the fault
+// ToStatus converts a handler error to a gRPC status error with the fault
 // code, description and resolution in an ErrorInfo detail.
-func toStatus(err error) error {
+func ToStatus(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -302,7 +302,7 @@ func (s *Service) checkSystem(system string) error {
 func (s *Service) Join(ctx context.Context, req *mgmtv1.JoinRequest) (*mgmtv1.JoinResponse, error) {
 	m, err := s.join(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	return &mgmtv1.JoinResponse{Rank: m.Rank, State: string(m.State), Leader: s.cfg.Address,
 		HeartbeatIntervalMs: s.cfg.HeartbeatInterval.Milliseconds()}, nil
@@ -408,7 +408,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 func (s *Service) Heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (*mgmtv1.HeartbeatResponse, error) {
 	st, err := s.heartbeat(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	return &mgmtv1.HeartbeatResponse{State: string(st)}, nil
 }
@@ -499,7 +499,7 @@ func (s *Service) CheckMembers(ctx context.Context) ([]uint32, error) {
 func (s *Service) LeaderQuery(ctx context.Context, _ *mgmtv1.LeaderQueryRequest) (*mgmtv1.LeaderQueryResponse, error) {
 	leader, err := s.Leader(ctx)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	return &mgmtv1.LeaderQueryResponse{System: s.cfg.System, Leader: leader, Replicas: s.cfg.Replicas}, nil
 }

@@ -106,11 +106,11 @@ func hostMatches(sel, addr string) bool {
 // SystemQuery implements MgmtService.SystemQuery.
 func (s *Service) SystemQuery(ctx context.Context, req *mgmtv1.SystemQueryRequest) (*mgmtv1.SystemQueryResponse, error) {
 	if err := s.requireLeader(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	sel, err := s.selectMembers(ctx, req.Ranks, req.Hosts)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	resp := &mgmtv1.SystemQueryResponse{AbsentRanks: sel.absentRanks, AbsentHosts: sel.absentHosts}
 	for _, m := range sel.members {
@@ -125,17 +125,17 @@ type decide func(m *Member) (to State, noop bool, err error)
 
 func (s *Service) apply(ctx context.Context, ranks, hosts, info string, d decide) (*mgmtv1.SystemResultsResponse, error) {
 	if err := s.requireLeader(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	sel, err := s.selectMembers(ctx, ranks, hosts)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, ToStatus(err)
 	}
 	resp := &mgmtv1.SystemResultsResponse{AbsentRanks: sel.absentRanks, AbsentHosts: sel.absentHosts}
 	for _, m := range sel.members {
 		r, err := s.applyOne(ctx, m, info, d)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, ToStatus(err)
 		}
 		resp.Results = append(resp.Results, r)
 	}

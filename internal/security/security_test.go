@@ -322,3 +322,20 @@ func TestRoleOf(t *testing.T) {
 		t.Fatal("unlisted methods must default to admin only")
 	}
 }
+
+func TestExplainInterceptor(t *testing.T) {
+	dir := gen(t, certgen.Options{})
+	addr, _ := serve(t, files(dir, "server"), false)
+	creds, _ := security.ClientCredentials(security.Files{}, true)
+	conn, err := grpc.NewClient(addr, append(security.ExplainInterceptors(true), grpc.WithTransportCredentials(creds))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if codeOf(err) != security.CodeTLSMismatch || fault.KindOf(err) != fault.Unavailable {
+		t.Fatalf("insecure call through the interceptor: %v", err)
+	}
+}
