@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/faulty"
 )
 
@@ -45,5 +46,44 @@ func TestFlushFailureIsSticky(t *testing.T) {
 	defer h.Close()
 	if err := h.Flush(); err != nil {
 		t.Fatalf("Flush after importing again: %v", err)
+	}
+}
+
+// TestIOAfterDestroyChangesNothing: an I/O that passed its handle's checks
+// just before the handle was closed and the replica destroyed, and takes
+// the replica's I/O lock only afterwards, fails; it neither writes into the
+// freed clusters nor commits a record for the destroyed replica (which
+// would not apply and would stop all metadata changes).
+func TestIOAfterDestroyChangesNothing(t *testing.T) {
+	mem := newMalloc(t, 8*mib)
+	p := mustCreate(t, noClose{mem}, CreateOptions{})
+	defer p.Close()
+	mustReplica(t, p, "doomed", mib, true)
+	h := mustOpen(t, p, "doomed")
+	buf := make([]byte, 4*kib)
+	fill(buf, 5)
+	if _, err := h.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A handle struct that has not seen the Close: what an I/O racing with
+	// Close holds once it is past check.
+	stale := &Replica{p: p, r: h.r}
+	_ = h.Close()
+	if err := p.DestroyReplica("doomed"); err != nil {
+		t.Fatal(err)
+	}
+	before := p.Stats()
+	_, werr := stale.WriteAt(buf, 0)
+	_, aerr := stale.WriteAt(buf, 128*kib)
+	uerr := stale.Unmap(0, mib)
+	if got := p.Stats(); got != before {
+		t.Fatalf("stats %+v after I/O to a destroyed replica, want %+v", got, before)
+	}
+	check(t, p)
+	mustReplica(t, p, "next", mib, true)
+	for _, err := range []error{werr, aerr, uerr} {
+		if !errors.Is(err, bdev.ErrClosed) {
+			t.Fatalf("I/O to a destroyed replica: %v, want bdev.ErrClosed", err)
+		}
 	}
 }

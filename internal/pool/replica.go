@@ -54,6 +54,20 @@ func (h *Replica) check(op string, off, n int64) error {
 	return bdev.CheckRange(op, off, n, h.r.size.Load(), int(h.p.bs))
 }
 
+// lockIO takes r.io shared for one I/O. It fails when the replica was
+// destroyed (or the handle closed) after check passed: DestroyReplica waits
+// for I/O that holds r.io, but an I/O that takes it only afterwards must
+// not touch clusters that are free now, nor commit records for a replica
+// that no longer exists.
+func (h *Replica) lockIO() error {
+	h.r.io.RLock()
+	if h.r.gone.Load() || h.closed.Load() {
+		h.r.io.RUnlock()
+		return errHandleClosed
+	}
+	return nil
+}
+
 func (h *Replica) ioError(op string, off int64, err error) error {
 	return fmt.Errorf("pool %q: replica %q: %s at offset %d: %w", h.p.sb.Name, h.r.name, op, off, err)
 }
@@ -85,7 +99,9 @@ func (h *Replica) ReadAt(b []byte, off int64) (int, error) {
 		return 0, err
 	}
 	p, r := h.p, h.r
-	r.io.RLock()
+	if err := h.lockIO(); err != nil {
+		return 0, err
+	}
 	defer r.io.RUnlock()
 	end := off + int64(len(b))
 	for pos := off; pos < end; {
@@ -107,7 +123,9 @@ func (h *Replica) WriteAt(b []byte, off int64) (int, error) {
 		return 0, err
 	}
 	p, r := h.p, h.r
-	r.io.RLock()
+	if err := h.lockIO(); err != nil {
+		return 0, err
+	}
 	defer r.io.RUnlock()
 	end := off + int64(len(b))
 	for pos := off; pos < end; {
@@ -248,6 +266,11 @@ func (p *Pool) allocateMany(r *replica, claims []claim) error {
 		p.mu.Unlock()
 		return err
 	}
+	if p.byUUID[r.uuid] != r {
+		// Destroyed: a map record for it would not apply.
+		p.mu.Unlock()
+		return p.errf("replica %q was destroyed: %w", r.name, ErrNotFound)
+	}
 	if free := p.sb.ClusterCount - p.owned - p.reserved; uint64(len(claims)) > free {
 		p.mu.Unlock()
 		return fmt.Errorf("pool %q has %d free clusters, the write needs %d; free space by destroying replicas or unmapping data: %w",
@@ -322,7 +345,9 @@ func (h *Replica) discard(op string, off, length int64, unmap bool) error {
 	end := off + length
 	whole := false
 	err := func() error {
-		r.io.RLock()
+		if err := h.lockIO(); err != nil {
+			return err
+		}
 		defer r.io.RUnlock()
 		for pos := off; pos < end; {
 			v, n := h.segment(pos, end)
@@ -359,6 +384,9 @@ func (h *Replica) discard(op string, off, length int64, unmap bool) error {
 	// freed under a read or write in flight.
 	r.io.Lock()
 	defer r.io.Unlock()
+	if r.gone.Load() {
+		return errHandleClosed
+	}
 	e := entry{UUID: r.uuid}
 	first := (off + p.cs - 1) >> p.csShift
 	for lc := first; (lc+1)<<p.csShift <= end; lc++ {

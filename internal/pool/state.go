@@ -94,6 +94,10 @@ type replica struct {
 	allocMu  sync.Mutex
 	inflight map[uint64]*allocCall // first writes in progress, per logical cluster
 
+	// gone is set when the replica's destroy record is applied (with io
+	// held exclusively); I/O that takes io afterwards fails.
+	gone atomic.Bool
+
 	// Guarded by Pool.mu.
 	owned      uint64 // clusters mapped
 	opens      int    // open handles
@@ -215,6 +219,7 @@ func (p *Pool) apply(rec *record, live bool) error {
 		p.committed -= uint64(r.size.Load())
 		p.spanned -= clustersFor(uint64(r.size.Load()), cs)
 		r.owned = 0
+		r.gone.Store(true)
 		delete(p.byUUID, e.UUID)
 		delete(p.byName, r.name)
 	case recMap:
