@@ -62,7 +62,8 @@ type Config struct {
 	Timeout time.Duration
 	// Barrier is called, on its own goroutine, when the script reaches a
 	// "barrier NAME" step; the step waits until it returns and fails with
-	// its error. Nil answers every barrier at once.
+	// its error. Nil answers every barrier at once. Being off the test's
+	// goroutine, it must report problems as its error, not with t.Fatal.
 	Barrier func(name string) error
 }
 
@@ -362,9 +363,19 @@ func serveBarriers(ln net.Listener, fn func(string) error) {
 			return
 		}
 		go func() {
-			defer c.Close()
+			answered := false
+			defer func() {
+				// fn ended without returning (t.FailNow on this
+				// goroutine, a panic): fail the step rather than leave
+				// the guest waiting until the boot's deadline.
+				if !answered {
+					fmt.Fprintf(c, "error: the host's barrier handler did not return\n")
+				}
+				c.Close()
+			}()
 			line, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil {
+				answered = true
 				return
 			}
 			verb, name, _ := strings.Cut(strings.TrimSpace(line), " ")
@@ -377,6 +388,7 @@ func serveBarriers(ln net.Listener, fn func(string) error) {
 					reply = "error: " + strings.ReplaceAll(err.Error(), "\n", " ")
 				}
 			}
+			answered = true
 			fmt.Fprintf(c, "%s\n", reply)
 		}()
 	}
