@@ -219,3 +219,45 @@ func TestBootSelfCheck(t *testing.T) {
 		t.Errorf("connecting to a closed port: %+v", s)
 	}
 }
+
+func TestModuleReadDecompresses(t *testing.T) {
+	dir := t.TempDir()
+	obj := bytes.Repeat([]byte("\x7fELF module object "), 1000)
+	if err := os.MkdirAll(filepath.Join(dir, "kernel/fs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{"plain": "", "xz": "xz", "zst": "zstd"}
+	var dep strings.Builder
+	for name, tool := range files {
+		p := filepath.Join(dir, "kernel/fs", name+".ko")
+		if err := os.WriteFile(p, obj, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rel := "kernel/fs/" + name + ".ko"
+		if tool != "" {
+			bin := testutil.RequireTool(t, tool)
+			if out, err := exec.Command(bin, "-q", p).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", tool, err, out)
+			}
+			rel += "." + name
+			os.Remove(p) // zstd keeps its input
+		}
+		fmt.Fprintf(&dep, "%s:\n", rel)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := loadModuleIndex(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range files {
+		got, err := idx.read(name)
+		if err != nil {
+			t.Fatalf("read %s: %v", name, err)
+		}
+		if !bytes.Equal(got, obj) {
+			t.Errorf("module %s: %d bytes differ from the object", name, len(got))
+		}
+	}
+}
