@@ -14,7 +14,8 @@ type FileOptions struct {
 	// or block device it must be 0 or equal to the current size (a safety
 	// check, never a resize).
 	Size int64
-	// BlockSize is the logical block size in bytes, a power of two >= 512.
+	// BlockSize is the logical block size in bytes, a power of two from 512
+	// to 65536.
 	// 0 means 512 for regular files and the device's logical block size
 	// (BLKSSZGET) for block devices; a block device rejects anything
 	// smaller than its logical block size.

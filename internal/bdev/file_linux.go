@@ -64,6 +64,9 @@ const (
 	minClass   = 12 // log2(bufAlign)
 	maxClass   = 20 // log2(maxChunk)
 	zeroLength = maxChunk
+	// maxBlockSize bounds the block size, as disk URIs do; blocks must fit
+	// the bounce buffers.
+	maxBlockSize = 64 << 10
 )
 
 // alignedBuf is a pooled bounce buffer; pools hold pointers so that Put does
@@ -113,8 +116,8 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 	if opts.Size < 0 {
 		return nil, fault.New(fault.InvalidArgument, "bdev.size", fmt.Sprintf("file %q: negative size %d", path, opts.Size), "give a positive size such as 10GiB")
 	}
-	if opts.BlockSize != 0 && (opts.BlockSize < 512 || opts.BlockSize&(opts.BlockSize-1) != 0) {
-		return nil, fault.New(fault.InvalidArgument, "bdev.blocksize", fmt.Sprintf("file %q: block size %d is not a power of two of at least 512", path, opts.BlockSize), "use 512 or 4096")
+	if opts.BlockSize != 0 && (opts.BlockSize < 512 || opts.BlockSize > maxBlockSize || opts.BlockSize&(opts.BlockSize-1) != 0) {
+		return nil, fault.New(fault.InvalidArgument, "bdev.blocksize", fmt.Sprintf("file %q: block size %d is not a power of two between 512 and %d", path, opts.BlockSize, maxBlockSize), "use 512 or 4096")
 	}
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {

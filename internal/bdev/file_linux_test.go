@@ -197,6 +197,7 @@ func TestFileOpenErrors(t *testing.T) {
 		{"odd size", odd, bdev.FileOptions{}, fault.InvalidArgument, []string{"not a multiple of the 512-byte"}},
 		{"empty", empty, bdev.FileOptions{}, fault.InvalidArgument, []string{"empty"}},
 		{"bad block size", existing, bdev.FileOptions{BlockSize: 1000}, fault.InvalidArgument, []string{"power of two"}},
+		{"huge block size", filepath.Join(dir, "nope"), bdev.FileOptions{Create: true, Size: 4 << 20, BlockSize: 2 << 20}, fault.InvalidArgument, []string{"between 512 and 65536"}},
 		{"empty path", "", bdev.FileOptions{}, fault.InvalidArgument, []string{"empty path"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
