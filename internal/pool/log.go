@@ -410,7 +410,9 @@ func (p *Pool) replay() (int, error) {
 // the log.
 func (p *Pool) findLaterBatch(lr *logReader, start int64, epoch, after uint64) (int64, record, error) {
 	logSize := p.sb.logSize()
-	horizon := uint64(logSize/recHeaderLen) + 1 // more records than this cannot follow
+	// Two epochs of records at most (the next epoch's checkpoint sums the
+	// current one's), each fewer than the log holds headers.
+	horizon := 2*uint64(logSize/recHeaderLen) + 1
 	for pos := start; pos+recHeaderLen <= logSize; pos += p.bs {
 		h, err := lr.at(pos, recHeaderLen)
 		if err != nil {
