@@ -378,3 +378,21 @@ func TestDeallocateAndZeroes(t *testing.T) {
 	}
 	_ = binary.LittleEndian
 }
+
+func TestClosedControllerFailsDeviceCalls(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.ReadAt(make([]byte, 512), 0); !errors.Is(err, bdev.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
+	}
+	if err := ns.Flush(); !errors.Is(err, bdev.ErrClosed) {
+		t.Fatalf("flush after Close: %v", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
@@ -22,8 +23,9 @@ var (
 	// ErrConnectionLost: the connection carrying a command failed before
 	// the command completed; whether it executed is unknown.
 	ErrConnectionLost = errors.New("nvmf initiator: connection lost")
-	// ErrClosed: the controller or namespace is closed.
-	ErrClosed = errors.New("nvmf initiator: closed")
+	// ErrClosed: the controller or namespace is closed. It wraps
+	// bdev.ErrClosed, so Namespace honours the Device contract.
+	ErrClosed = fmt.Errorf("nvmf initiator: %w", bdev.ErrClosed)
 )
 
 // errNotSent wraps the reason a command could not even be sent: it is safe
