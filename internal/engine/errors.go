@@ -57,7 +57,7 @@ func IsFault(err error, kind fault.Kind) bool {
 	return errors.As(err, &f) && f.Kind == kind
 }
 
-// fsFault turns an error from opening a disk into a fault naming the disk.
+// diskFault turns an error from opening a disk into a fault naming the disk.
 // Errors that already are faults keep their kind.
 func diskFault(uri string, err error) error {
 	var f *fault.Fault

@@ -198,7 +198,7 @@ func (e *Engine) replicaInfoOf(pe *poolEntry, name string) (ReplicaInfo, error) 
 	return replicaInfo(pe.name, rs, sh), nil
 }
 
-// shareState returns the public view of a share and, when faulted, why.
+// shareView is the public view of a share and, when it is faulted, why.
 type shareView struct {
 	info   *ShareInfo
 	reason string
