@@ -107,7 +107,7 @@ func TestBdevConformance(t *testing.T) {
 // many goroutines, each on its own region, with both digests on, and checks
 // every byte against a shadow copy.
 func TestConcurrentVerifiedIO(t *testing.T) {
-	const size = 10 << 20
+	const size = 5 << 20
 	f := newFixture(t, size, target.SubsystemOptions{AllowAnyHost: true})
 	c := f.connect(Options{HeaderDigest: true, DataDigest: true, IOQueues: 3, QueueDepth: 16})
 	ns, err := c.Namespace(1)
@@ -129,9 +129,9 @@ func TestConcurrentVerifiedIO(t *testing.T) {
 			shadow := make([]byte, region)
 			buf := make([]byte, 128<<10)
 			for range ops {
-				blocks := 1 + rng.IntN(64)
-				if rng.IntN(8) == 0 {
-					blocks = 1 + rng.IntN(256) // beyond in-capsule: R2T
+				blocks := 1 + rng.IntN(16)
+				if rng.IntN(10) == 0 {
+					blocks = 33 + rng.IntN(96) // beyond in-capsule: R2T
 				}
 				n := blocks * 512
 				off := int64(rng.IntN(region/512-blocks)) * 512
