@@ -106,7 +106,10 @@ type Nexus struct {
 	rr    atomic.Uint64
 	tasks chan task
 	wgWk  sync.WaitGroup
-	ops   sync.Pool
+	// ops is the free list of fan-out ops. Not a sync.Pool: ops are
+	// released by workers on other Ps, where a Pool would park them in
+	// per-P slots the submitters never see.
+	ops chan *fanOp
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -300,6 +303,9 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		return nil, fmt.Errorf("nexus %s: %w", label, err)
 	}
 	n.tasks = make(chan task, fanWorkers)
+	// Up to fanWorkers tasks wait in the queue and fanWorkers run, each
+	// op having at least one: this many free ops cover every op in flight.
+	n.ops = make(chan *fanOp, 2*fanWorkers+64)
 	for range fanWorkers {
 		n.wgWk.Add(1)
 		go n.worker()
@@ -463,6 +469,12 @@ func (k opKind) String() string { return opNames[k] }
 
 // fanOp is one I/O fanned out to the writable children of a view. It is
 // pooled: the fan-out does not allocate.
+//
+// The submitting goroutine hands the children after the first to the
+// workers, does the first itself, and then takes back (claims) any task no
+// worker has started yet: when every CPU is busy, a woken worker would only
+// run after the submitter blocks, so doing the work inline saves two
+// context switches per child, while idle workers still give parallelism.
 type fanOp struct {
 	kind    opKind
 	p       []byte
@@ -470,7 +482,13 @@ type fanOp struct {
 	length  int64
 	members []*child
 	errs    []error
-	wg      sync.WaitGroup
+	claimed []atomic.Bool
+	// done receives one token per task a worker ran (capacity >= tasks,
+	// so a worker never blocks on it).
+	done chan struct{}
+	// refs counts the submitter and every queued task; the last one to
+	// let go returns the op to the pool.
+	refs atomic.Int32
 }
 
 func (o *fanOp) run(i int) error {
@@ -496,8 +514,23 @@ type task struct {
 func (n *Nexus) worker() {
 	defer n.wgWk.Done()
 	for t := range n.tasks {
-		t.op.errs[t.i] = t.op.run(t.i)
-		t.op.wg.Done()
+		o := t.op
+		if o.claimed[t.i].CompareAndSwap(false, true) {
+			o.errs[t.i] = o.run(t.i)
+			o.done <- struct{}{}
+		}
+		n.release(o)
+	}
+}
+
+func (n *Nexus) release(o *fanOp) {
+	if o.refs.Add(-1) == 0 {
+		clear(o.errs)
+		o.p, o.members = nil, nil
+		select {
+		case n.ops <- o:
+		default:
+		}
 	}
 }
 
@@ -718,14 +751,18 @@ func (n *Nexus) markDirty(v *view, off, length int64) (*view, error) {
 }
 
 func (n *Nexus) getOp(k int) *fanOp {
-	o, _ := n.ops.Get().(*fanOp)
-	if o == nil {
+	var o *fanOp
+	select {
+	case o = <-n.ops:
+	default:
 		o = &fanOp{}
 	}
 	if cap(o.errs) < k {
 		o.errs = make([]error, k)
+		o.claimed = make([]atomic.Bool, k)
+		o.done = make(chan struct{}, k)
 	}
-	o.errs = o.errs[:k]
+	o.errs, o.claimed = o.errs[:k], o.claimed[:k]
 	return o
 }
 
@@ -736,12 +773,23 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	}
 	o := n.getOp(len(w))
 	o.kind, o.p, o.off, o.length, o.members = kind, p, off, length, w
-	o.wg.Add(len(w) - 1)
+	o.refs.Store(int32(len(w)))
 	for i := 1; i < len(w); i++ {
+		o.claimed[i].Store(false)
 		n.tasks <- task{op: o, i: i}
 	}
 	o.errs[0] = o.run(0)
-	o.wg.Wait()
+	running := 0
+	for i := 1; i < len(w); i++ {
+		if o.claimed[i].CompareAndSwap(false, true) {
+			o.errs[i] = o.run(i)
+		} else {
+			running++
+		}
+	}
+	for ; running > 0; running-- {
+		<-o.done
+	}
 	var err error
 	for _, e := range o.errs {
 		if e != nil {
@@ -749,9 +797,7 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 			break
 		}
 	}
-	clear(o.errs)
-	o.p, o.members = nil, nil
-	n.ops.Put(o)
+	n.release(o)
 	return err
 }
 
