@@ -156,9 +156,10 @@ func (c *conn) transmit() {
 			c.log.Debug("nbd client sent disconnect")
 			return
 		}
+		// Only accepted reads and writes hold payload buffers.
 		var cost int64
-		if r.typ == cmdRead || r.typ == cmdWrite {
-			cost = int64(min(r.length, MaxPayload))
+		if v.errno == 0 && (r.typ == cmdRead || r.typ == cmdWrite) {
+			cost = int64(r.length)
 		}
 		c.budget.acquire(cost)
 		j := jobPool.Get().(*job)

@@ -9,6 +9,11 @@
 // them to a bounded set of workers, so many requests are in flight at once;
 // replies go out in completion order, matched by the client through the
 // request handle.
+//
+// Clients name the export they want; the empty name (the protocol's default
+// export) selects the only export when there is exactly one. TLS and
+// metadata contexts (NBD_CMD_BLOCK_STATUS) are not offered: clients are told
+// NBD_REP_ERR_UNSUP and carry on without them.
 package nbd
 
 import (
