@@ -147,7 +147,13 @@ func TestCrashChild(t *testing.T) {
 		if err != nil {
 			die("open %s: %v", name, err)
 		}
+		// Stamped as if from replica 99, so that a cluster passing from a
+		// destroyed temporary replica to a base one without being zeroed
+		// shows as foreign data there.
 		buf := make([]byte, 64*kib)
+		for k := range int64(len(buf) / crashBlock) {
+			stamp(buf[k*crashBlock:(k+1)*crashBlock], 0, 99, k)
+		}
 		for k := range int64(4) {
 			if _, err := h.WriteAt(buf, k*128*kib); err != nil {
 				die("write %s: %v", name, err)
