@@ -6,7 +6,9 @@
 // append-only log of checksummed records, then the data clusters. Every
 // metadata change is durable (written and flushed) before the call that
 // makes it returns, and import replays the log up to the first torn or bad
-// record, so a crash at any point loses no acknowledged change.
+// record, so a crash at any point loses no acknowledged change. Damage that
+// a crash cannot explain (a bad record with intact later batches behind it)
+// fails import with a CorruptError rather than losing changes silently.
 package pool
 
 import (
@@ -376,7 +378,10 @@ func Probe(dev bdev.Device) (Info, error) {
 // checkpoint, replays the log up to the first torn or bad record, and writes
 // a fresh checkpoint so the next log starts clean. ErrNotPool when dev holds
 // no pool; a *CorruptError (errors.Is ErrCorrupt) naming the damage when the
-// metadata cannot be used. A failed import writes nothing and leaves dev
+// metadata cannot be used, including damage that a torn write cannot
+// explain: a bad record followed by a later intact batch of the log, or a
+// bad newest checkpoint whose epoch already has records in the log (either
+// way, going on would drop acknowledged changes). A failed import writes nothing and leaves dev
 // open, for the caller to close; on success the pool owns dev.
 func Import(dev bdev.Device) (*Pool, error) {
 	sb, repair, err := readSuperblocks(dev)
