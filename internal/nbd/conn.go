@@ -125,7 +125,7 @@ func (c *conn) serve() {
 	}
 	defer c.s.detach(c, e)
 	c.exp, c.dev, c.structured = e, e.dev, n.structured
-	c.geo = geometry{size: n.export.size, blockSize: n.export.blockSize, readOnly: n.export.readOnly}
+	c.geo = geometry{size: n.export.size, blockSize: n.export.blockSize, readOnly: n.export.readOnly, maxPayload: n.export.maxPayload}
 	c.log = c.log.With("export", e.name)
 	c.log.Debug("nbd transmission started", "structured_replies", c.structured)
 	c.transmit()

@@ -36,7 +36,7 @@ func FuzzParseRequest(f *testing.F) {
 		if got := appendRequest(nil, r); !bytes.Equal(got, b[:requestSize]) {
 			t.Fatalf("re-encoded %x, parsed from %x", got, b[:requestSize])
 		}
-		g := geometry{size: size, blockSize: 1 << (bsShift % 17), readOnly: ro}
+		g := geometry{size: size, blockSize: 1 << (bsShift % 17), readOnly: ro, maxPayload: 1 << 20}
 		v := checkRequest(r, g)
 		if r.typ == cmdWrite && v.payload != r.length {
 			t.Fatalf("write of %d bytes: verdict consumes %d", r.length, v.payload)
@@ -63,7 +63,7 @@ func FuzzParseRequest(f *testing.F) {
 			if r.typ != cmdRead && ro {
 				t.Fatalf("accepted a write on a read-only export: %+v", r)
 			}
-			if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > MaxPayload {
+			if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > g.maxPayload {
 				t.Fatalf("accepted an oversize request: %+v", r)
 			}
 		case cmdFlush, cmdDisc:
@@ -88,8 +88,8 @@ func (c fakeCatalog) find(name string) (exportInfo, bool) {
 func (c fakeCatalog) list() []exportInfo { return c }
 
 var fuzzCatalog = fakeCatalog{
-	{name: "disk0", description: "first", size: 1 << 20, blockSize: 512},
-	{name: "ro", size: 4096, blockSize: 4096, readOnly: true},
+	{name: "disk0", description: "first", size: 1 << 20, blockSize: 512, maxPayload: MaxPayload},
+	{name: "ro", size: 4096, blockSize: 4096, readOnly: true, maxPayload: MaxPayload},
 }
 
 // FuzzNegotiate feeds arbitrary client bytes to the option negotiation: it

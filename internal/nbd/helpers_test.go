@@ -19,6 +19,11 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
+// testMaxPayload is the request size limit of test servers: small, so that
+// oversize requests are cheap to send, and it checks that real clients obey
+// the advertised maximum block size.
+const testMaxPayload = 1 << 20
+
 // startServer serves the devices on a loopback TCP port and returns its
 // address. The server is closed when the test ends.
 func startServer(t testing.TB, devs map[string]bdev.Device) string {
@@ -31,6 +36,7 @@ func startServer(t testing.TB, devs map[string]bdev.Device) string {
 func startServerS(t testing.TB, devs map[string]bdev.Device) (*Server, string) {
 	t.Helper()
 	s := NewServer(testLogger())
+	s.maxPayload = testMaxPayload
 	for name, dev := range devs {
 		if err := s.AddExport(name, dev, ExportOptions{Description: "test export " + name}); err != nil {
 			t.Fatal(err)

@@ -18,6 +18,7 @@ type exportInfo struct {
 	size        uint64
 	blockSize   uint32
 	readOnly    bool
+	maxPayload  uint32 // advertised as the maximum block size
 	// ref is the server's export (nil in tests that use a fake catalog).
 	ref *export
 }
@@ -234,7 +235,7 @@ func writeExportInfo(w *bufio.Writer, opt uint32, e exportInfo, infos []uint16) 
 	b = binary.BigEndian.AppendUint16(b[:0], infoBlockSize)
 	b = binary.BigEndian.AppendUint32(b, e.blockSize)
 	b = binary.BigEndian.AppendUint32(b, e.preferredBlockSize())
-	b = binary.BigEndian.AppendUint32(b, MaxPayload)
+	b = binary.BigEndian.AppendUint32(b, e.maxPayload)
 	writeOptReply(w, opt, repInfo, b)
 
 	var sentName, sentDesc bool

@@ -163,9 +163,10 @@ func appendRequest(b []byte, r request) []byte {
 
 // geometry is what checkRequest needs to know about an export.
 type geometry struct {
-	size      uint64
-	blockSize uint32
-	readOnly  bool
+	size       uint64
+	blockSize  uint32
+	readOnly   bool
+	maxPayload uint32 // largest READ or WRITE accepted
 }
 
 // verdict is the outcome of checkRequest.
@@ -224,8 +225,8 @@ func checkRequest(r request, g geometry) verdict {
 	if r.length == 0 {
 		return fail(errInval, "zero-length request at offset %d", r.offset)
 	}
-	if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > MaxPayload {
-		return fail(errInval, "request length %d exceeds the %d-byte maximum block size", r.length, MaxPayload)
+	if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > g.maxPayload {
+		return fail(errInval, "request length %d exceeds the %d-byte maximum block size", r.length, g.maxPayload)
 	}
 	bs := uint64(g.blockSize)
 	if bs > 1 && (r.offset%bs != 0 || uint64(r.length)%bs != 0) {

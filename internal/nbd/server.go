@@ -61,6 +61,9 @@ const drainTimeout = 10 * time.Second
 // and removed.
 type Server struct {
 	log *slog.Logger
+	// maxPayload is MaxPayload; tests lower it to keep oversize requests
+	// cheap. Set before the first connection.
+	maxPayload uint32
 
 	mu        sync.Mutex
 	exports   map[string]*export
@@ -88,10 +91,11 @@ func NewServer(logger *slog.Logger) *Server {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		log:       logger,
-		exports:   map[string]*export{},
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
+		log:        logger,
+		maxPayload: MaxPayload,
+		exports:    map[string]*export{},
+		listeners:  map[net.Listener]struct{}{},
+		conns:      map[*conn]struct{}{},
 	}
 }
 
@@ -259,8 +263,9 @@ func (s *Server) detach(c *conn, e *export) {
 // serverCatalog is the negotiation's view of a Server.
 type serverCatalog struct{ s *Server }
 
-func (e *export) info() exportInfo {
+func (e *export) info(maxPayload uint32) exportInfo {
 	return exportInfo{
+		maxPayload:  maxPayload,
 		name:        e.name,
 		description: e.opts.Description,
 		size:        uint64(e.dev.Size()),
@@ -284,7 +289,7 @@ func (sc serverCatalog) find(name string) (exportInfo, bool) {
 	if !ok {
 		return exportInfo{}, false
 	}
-	return e.info(), true
+	return e.info(sc.s.maxPayload), true
 }
 
 func (sc serverCatalog) list() []exportInfo {
@@ -292,7 +297,7 @@ func (sc serverCatalog) list() []exportInfo {
 	defer sc.s.mu.Unlock()
 	out := make([]exportInfo, 0, len(sc.s.exports))
 	for _, e := range sc.s.exports {
-		out = append(out, e.info())
+		out = append(out, e.info(sc.s.maxPayload))
 	}
 	slices.SortFunc(out, func(a, b exportInfo) int {
 		if a.name < b.name {

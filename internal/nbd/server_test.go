@@ -129,7 +129,7 @@ func TestNegotiationOptions(t *testing.T) {
 		t.Errorf("NBD_INFO_DESCRIPTION %q", d)
 	}
 	bs := infos[infoBlockSize]
-	if len(bs) != 12 || binary.BigEndian.Uint32(bs) != 4096 || binary.BigEndian.Uint32(bs[4:]) != 4096 || binary.BigEndian.Uint32(bs[8:]) != MaxPayload {
+	if len(bs) != 12 || binary.BigEndian.Uint32(bs) != 4096 || binary.BigEndian.Uint32(bs[4:]) != 4096 || binary.BigEndian.Uint32(bs[8:]) != testMaxPayload {
 		t.Errorf("NBD_INFO_BLOCK_SIZE %x", bs)
 	}
 
@@ -272,13 +272,13 @@ func TestCommands(t *testing.T) {
 
 // TestMaxPayload moves the largest request the server accepts each way.
 func TestMaxPayload(t *testing.T) {
-	big := make([]byte, MaxPayload)
+	big := make([]byte, testMaxPayload)
 	rand.NewChaCha8([32]byte{1}).Read(big)
-	addr := startServer(t, map[string]bdev.Device{"big": newMalloc(t, MaxPayload, 512)})
+	addr := startServer(t, map[string]bdev.Device{"big": newMalloc(t, testMaxPayload, 512)})
 	tc := dialClient(t, addr)
 	tc.open("big", true)
 	tc.mustWrite(0, big, 0)
-	mustEqual(t, "max payload", tc.mustRead(0, MaxPayload), big)
+	mustEqual(t, "max payload", tc.mustRead(0, testMaxPayload), big)
 }
 
 func TestErrorReplies(t *testing.T) {
@@ -312,10 +312,10 @@ func TestErrorReplies(t *testing.T) {
 				{"read straddling end", cmdRead, 0, size - 4096, 8192, nil, errInval},
 				{"read huge offset", cmdRead, 0, 1<<64 - 4096, 4096, nil, errInval},
 				{"zero-length read", cmdRead, 0, 0, 0, nil, errInval},
-				{"oversize read", cmdRead, 0, 0, MaxPayload + 4096, nil, errInval},
+				{"oversize read", cmdRead, 0, 0, testMaxPayload + 4096, nil, errInval},
 				{"write beyond end", cmdWrite, 0, size, 4096, block, errNoSpc},
 				{"unaligned write", cmdWrite, 0, 100, 4096, block, errInval},
-				{"oversize write", cmdWrite, 0, 0, MaxPayload + 4096, make([]byte, MaxPayload+4096), errInval},
+				{"oversize write", cmdWrite, 0, 0, testMaxPayload + 4096, make([]byte, testMaxPayload+4096), errInval},
 				{"trim beyond end", cmdTrim, 0, size - 4096, 8192, nil, errNoSpc},
 				{"unaligned write zeroes", cmdWriteZeroes, 0, 4096, 100, nil, errInval},
 				{"unknown command", 42, 0, 0, 4096, nil, errInval},
