@@ -196,14 +196,20 @@ func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 	if err := p.writeSuperblocks(true); err != nil {
 		return nil, fmt.Errorf("pool %q: %w", opts.Name, err)
 	}
-	// The other checkpoint slot and the first log block are zeroed so that
-	// nothing of an earlier pool can be mistaken for ours (records and
-	// checkpoints also carry the pool UUID in their checksums).
+	// The checkpoint slots' first blocks and the whole log are zeroed so
+	// that nothing of an earlier pool can be mistaken for ours. Records and
+	// checkpoints also carry the pool UUID in their checksums, but a pool
+	// re-created with the same UUID would otherwise find its predecessor's
+	// records (replay, and its scan for intact batches past a damaged
+	// record, look beyond the end of the log).
 	zero := make([]byte, sbArea(bs))
-	for _, off := range []int64{int64(sb.MDOff), int64(sb.MDOff + sb.CPSize), sb.logOff()} {
+	for _, off := range []int64{int64(sb.MDOff), int64(sb.MDOff + sb.CPSize)} {
 		if _, err := dev.WriteAt(zero, off); err != nil {
 			return nil, fmt.Errorf("pool %q: formatting metadata at offset %d: %w", opts.Name, off, err)
 		}
+	}
+	if err := dev.WriteZeroes(sb.logOff(), sb.logSize()); err != nil {
+		return nil, fmt.Errorf("pool %q: zeroing the metadata log at offset %d: %w", opts.Name, sb.logOff(), err)
 	}
 	p.logMu.Lock()
 	err = p.checkpointLocked()

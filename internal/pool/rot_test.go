@@ -180,3 +180,35 @@ func TestDamagedNewestCheckpointFailsImport(t *testing.T) {
 	flipByte(t, mem, int64(sb.MDOff+slot*sb.CPSize)+cpHeaderLen+2)
 	wantCorruptUnchanged(t, mem, "would lose acknowledged metadata changes")
 }
+
+// TestRecreateSameUUIDForgetsOldLog: a pool created with force over an
+// earlier pool of the same UUID never sees the earlier pool's records,
+// although they would checksum under the new pool's epochs.
+func TestRecreateSameUUIDForgetsOldLog(t *testing.T) {
+	const id = "4b1c6f3e-2d7a-4e55-9b0c-7f1e2a3b4c5d"
+	mem := newMalloc(t, 16*mib)
+	writeClusters := func(p *Pool, name string, n int64) {
+		t.Helper()
+		mustReplica(t, p, name, 4*mib, true)
+		h := mustOpen(t, p, name)
+		buf := make([]byte, 512)
+		for c := range n {
+			fill(buf, uint64(c))
+			if _, err := h.WriteAt(buf, c*64*kib); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	old := mustCreate(t, noClose{mem}, CreateOptions{UUID: id})
+	writeClusters(old, "old", 20)
+	// old is abandoned without a checkpoint: its log is full of records.
+	p := mustCreate(t, noClose{mem}, CreateOptions{UUID: id, Force: true})
+	writeClusters(p, "new", 2)
+	// p is abandoned too; import must find exactly its state.
+	q := mustImport(t, noClose{mem})
+	defer q.Close()
+	got := q.Replicas()
+	if len(got) != 1 || got[0].Name != "new" || got[0].ClusterCount != 2 {
+		t.Fatalf("replicas after import %+v, want only new with 2 clusters", got)
+	}
+}
