@@ -105,3 +105,40 @@ func BenchmarkBackingRead4KQD1(b *testing.B) {
 		}
 	}
 }
+
+// benchLoadgen runs the load generator through NVMe/TCP for a fixed time
+// and reports IOPS and latency percentiles as benchmark metrics.
+func benchLoadgen(b *testing.B, spec loadgen.Spec) {
+	ns := benchNS(b, false)
+	spec.Duration = time.Second
+	var r loadgen.Result
+	for b.Loop() {
+		var err error
+		if r, err = loadgen.Run(context.Background(), ns, spec); err != nil {
+			b.Fatal(err)
+		}
+		if r.Errors != 0 {
+			b.Fatalf("%d errors: %v", r.Errors, r.FirstError)
+		}
+	}
+	b.ReportMetric(r.IOPS, "IOPS")
+	b.ReportMetric(r.Bandwidth/(1<<20), "MiB/s")
+	b.ReportMetric(float64(r.Latency.P50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(r.Latency.P99.Microseconds()), "p99-µs")
+}
+
+func BenchmarkLoadgenRandRead4KQD1(b *testing.B) {
+	benchLoadgen(b, loadgen.Spec{Mix: loadgen.Read, BlockSize: 4096, QueueDepth: 1})
+}
+
+func BenchmarkLoadgenRandRead4KQD32(b *testing.B) {
+	benchLoadgen(b, loadgen.Spec{Mix: loadgen.Read, BlockSize: 4096, QueueDepth: 32})
+}
+
+func BenchmarkLoadgenRandWrite4KQD32(b *testing.B) {
+	benchLoadgen(b, loadgen.Spec{Mix: loadgen.Write, BlockSize: 4096, QueueDepth: 32})
+}
+
+func BenchmarkLoadgenSeqRead128KQD4(b *testing.B) {
+	benchLoadgen(b, loadgen.Spec{Pattern: loadgen.Sequential, Mix: loadgen.Read, BlockSize: 128 << 10, QueueDepth: 4})
+}
