@@ -30,7 +30,7 @@ const (
 
 	// Under TCG a controller takes seconds to come up; be generous, the
 	// host kills the machine at its own deadline anyway.
-	deviceWait = 60 * time.Second
+	deviceWait = 120 * time.Second
 )
 
 // passthru is struct nvme_passthru_cmd of <linux/nvme_ioctl.h> (72 bytes).
