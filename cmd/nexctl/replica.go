@@ -19,7 +19,8 @@ on a node. Replicas are thick by default: all their clusters are allocated
 when they are created, so they never run out of space; --thin allocates a
 cluster on its first write instead, and lets a pool be over-committed.
 
-A shared replica is exported over NBD at nbd://HOST:PORT/NAME.`,
+A shared replica is exported over NBD at nbd://HOST:PORT/NAME or over
+NVMe/TCP at nvmf://HOST:PORT/NQN.`,
 	}
 	cmd.AddCommand(a.replicaCreateCmd(), a.replicaListCmd(), a.replicaGetCmd(), a.replicaDestroyCmd(),
 		a.replicaResizeCmd(), a.replicaShareCmd(), a.replicaUnshareCmd())
@@ -185,11 +186,17 @@ func (a *app) replicaShareCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "share NAME",
 		Short: "Export a replica and print its URI",
-		Long: `Share exports the replica over PROTOCOL (nbd) and prints the URI clients
-connect to. The share is remembered across server restarts. Sharing a shared
-replica again prints its URI.`,
+		Long: `Share exports the replica over PROTOCOL and prints the URI clients connect
+to. The share is remembered across server restarts. Sharing a shared replica
+again prints its URI.
+
+  nbd    nbd://HOST:PORT/NAME, for nbdinfo, nbdcopy, qemu, fio, nbd-client
+  nvmf   nvmf://HOST:PORT/NQN, one NVMe-oF subsystem per replica (NQN
+         nqn.2024-11.io.nexstor:replica:UUID); --allowed-host limits it to
+         those host NQNs, none allows any host`,
 		Example: `  nexctl replica share r0 --protocol nbd
-  nbdinfo "$(nexctl replica share r0)"`,
+  nbdinfo "$(nexctl replica share r0)"
+  nexctl replica share r0 --protocol nvmf --allowed-host "$(cat /etc/nvme/hostnqn)"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.replicas()
@@ -209,8 +216,8 @@ replica again prints its URI.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&protocol, "protocol", "nbd", "protocol: nbd (nvmf later)")
-	cmd.Flags().StringSliceVar(&hosts, "allowed-host", nil, "host allowed to connect (nvmf host NQN); repeatable")
+	cmd.Flags().StringVar(&protocol, "protocol", "nbd", "protocol: nbd or nvmf")
+	cmd.Flags().StringSliceVar(&hosts, "allowed-host", nil, "host NQN allowed to connect (nvmf only); repeatable")
 	return cmd
 }
 

@@ -55,19 +55,19 @@ func versionCmd() *cobra.Command {
 }
 
 func serverCmd() *cobra.Command {
-	var cfgPath, dataDir, grpcAddr, nbdAddr, logLevel string
+	var cfgPath, dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr, logLevel string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the storage node's engine",
 		Long: `Server runs the engine of one storage node: it imports the pools of the
 configuration file and those created or imported since, shares the replicas
-that were shared, and serves the engine gRPC API and NBD.
+that were shared, and serves the engine gRPC API, NBD and NVMe/TCP.
 
 Flags override the configuration file. SIGINT or SIGTERM stops it cleanly:
 shares are withdrawn once in-flight I/O is answered and pools are exported;
 the next start restores both.`,
 		Example: `  nexstor server -o /etc/nexstor/server.yaml
-  nexstor server --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809`,
+  nexstor server --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809 --nvmf :4420`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := config.Default()
@@ -87,6 +87,12 @@ the next start restores both.`,
 			if f.Changed("nbd") {
 				cfg.WithNBDListen(nbdAddr)
 			}
+			if f.Changed("nvmf") {
+				cfg.WithNVMfListen(nvmfAddr)
+			}
+			if f.Changed("discovery") {
+				cfg.WithDiscoveryListen(discAddr)
+			}
 			if f.Changed("log-level") {
 				cfg.WithLogLevel(logLevel)
 			}
@@ -101,19 +107,21 @@ the next start restores both.`,
 				pools = append(pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
 			}
 			return run(engine.ServerOptions{DataDir: cfg.DataDir, GRPCListen: cfg.GRPCListen, NBDListen: cfg.NBDListen,
-				Pools: pools, Logger: logger}, nil)
+				NVMfListen: cfg.NVMfListen, DiscoveryListen: cfg.DiscoveryListen, Pools: pools, Logger: logger}, nil)
 		},
 	}
 	cmd.Flags().StringVarP(&cfgPath, "config", "o", "", "server configuration file (YAML)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", config.DefaultDataDir, "directory of the engine state")
 	cmd.Flags().StringVar(&grpcAddr, "grpc", config.DefaultGRPCListen, "engine gRPC listen address")
 	cmd.Flags().StringVar(&nbdAddr, "nbd", config.DefaultNBDListen, `NBD listen address ("" disables NBD)`)
+	cmd.Flags().StringVar(&nvmfAddr, "nvmf", config.DefaultNVMfListen, `NVMe/TCP listen address ("" disables NVMe/TCP)`)
+	cmd.Flags().StringVar(&discAddr, "discovery", config.DefaultDiscoveryListen, `NVMe/TCP discovery listen address ("" disables it)`)
 	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
 	return cmd
 }
 
 func devCmd() *cobra.Command {
-	var dataDir, grpcAddr, nbdAddr string
+	var dataDir, grpcAddr, nbdAddr, nvmfAddr string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a node on files under a data dir, with a shared demo replica",
@@ -127,7 +135,7 @@ share. It prints how to reach the replica.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			slog.SetDefault(logger)
-			opts := engine.ServerOptions{DataDir: dataDir, GRPCListen: grpcAddr, NBDListen: nbdAddr, Logger: logger}
+			opts := engine.ServerOptions{DataDir: dataDir, GRPCListen: grpcAddr, NBDListen: nbdAddr, NVMfListen: nvmfAddr, Logger: logger}
 			return run(opts, func(s *engine.Server) error {
 				r, err := engine.SetupDev(s.Engine, dataDir)
 				if err != nil {
@@ -141,6 +149,7 @@ share. It prints how to reach the replica.`,
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./nexstor-dev", "directory of the dev pool file and the engine state")
 	cmd.Flags().StringVar(&grpcAddr, "grpc", config.DefaultGRPCListen, "engine gRPC listen address")
 	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
+	cmd.Flags().StringVar(&nvmfAddr, "nvmf", "", `NVMe/TCP listen address, e.g. 127.0.0.1:4420 ("" disables NVMe/TCP)`)
 	return cmd
 }
 

@@ -74,9 +74,26 @@ type ReplicaStat struct {
 	Allocated int64 // bytes in clusters the replica owns
 }
 
-// Exporter serves block devices over one protocol (NBD now). The engine
-// keeps one export per shared replica, named after the replica.
+// ExportSpec describes one export of a replica.
+type ExportSpec struct {
+	// Name is the replica name: the NBD export name.
+	Name string
+	// UUID is the replica UUID: NVMe-oF subsystem NQNs and namespace UUIDs
+	// derive from it, so they stay stable across restarts.
+	UUID        string
+	Description string
+	// AllowedHosts are the host NQNs an NVMe-oF subsystem admits; empty
+	// admits any host. NBD has no host identity and ignores it.
+	AllowedHosts []string
+}
+
+// Exporter serves block devices over one protocol. The engine keeps one
+// export per shared replica, keyed by the replica name. An Exporter does not
+// own the devices: the engine closes a replica after removing its export.
 type Exporter interface {
-	AddExport(name string, dev bdev.Device, description string) error
+	// AddExport serves dev and returns the URI clients connect to.
+	AddExport(spec ExportSpec, dev bdev.Device) (uri string, err error)
+	// RemoveExport withdraws an export; it returns once connections using it
+	// are gone, so the device may then be closed.
 	RemoveExport(name string) error
 }

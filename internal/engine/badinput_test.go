@@ -24,7 +24,7 @@ type realRig struct {
 func newRealRig(t *testing.T) *realRig {
 	dir := t.TempDir()
 	e, err := New(Config{DataDir: filepath.Join(dir, "data"), Backend: PoolBackend{}, NBD: newMemExporter(),
-		NBDAddress: "127.0.0.1:10809", Logger: quietLogger()})
+		Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +282,7 @@ func TestRealPoolsSurviveRestart(t *testing.T) {
 	data := filepath.Join(dir, "data")
 	nbd := newMemExporter()
 	start := func() *Engine {
-		e, err := New(Config{DataDir: data, Backend: PoolBackend{}, NBD: nbd, NBDAddress: "h:1", Logger: quietLogger()})
+		e, err := New(Config{DataDir: data, Backend: PoolBackend{}, NBD: nbd, Logger: quietLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}

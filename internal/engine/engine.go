@@ -39,9 +39,8 @@ type Config struct {
 	Backend Backend
 	// NBD serves shared replicas over NBD; nil disables the nbd protocol.
 	NBD Exporter
-	// NBDAddress is the host:port put into nbd:// share URIs (see
-	// AdvertiseAddr).
-	NBDAddress string
+	// NVMf serves shared replicas over NVMe/TCP; nil disables nvmf.
+	NVMf Exporter
 	// Pools are imported at start, before the pools remembered in the state
 	// file. A listed disk that holds no pool is reported as a faulted pool
 	// and never written to.
@@ -257,7 +256,7 @@ func (e *Engine) restoreShare(s stateShare) {
 		e.log.Error("share not restored", "replica", s.Replica, "reason", se.reason)
 		return
 	}
-	dev, uri, err := e.export(e.pools[poolName].h, s.Replica, s.Protocol)
+	dev, uri, err := e.export(e.pools[poolName].h, s.Replica, s.Protocol, s.AllowedHosts)
 	if err != nil {
 		se.reason = err.Error()
 		e.log.Error("share not restored", "replica", s.Replica, "err", err)
@@ -268,20 +267,26 @@ func (e *Engine) restoreShare(s stateShare) {
 }
 
 // export opens a replica and adds it to the protocol's server.
-func (e *Engine) export(h PoolHandle, name, protocol string) (bdev.Device, string, error) {
+func (e *Engine) export(h PoolHandle, name, protocol string, allowed []string) (bdev.Device, string, error) {
 	if err := e.checkProtocol(protocol); err != nil {
 		return nil, "", err
+	}
+	rs, err := h.ReplicaInfo(name)
+	if err != nil {
+		return nil, "", mapPoolErr(err, "replica", name)
 	}
 	dev, err := h.OpenReplica(name)
 	if err != nil {
 		return nil, "", mapPoolErr(err, "replica", name)
 	}
-	if err := e.exporter(protocol).AddExport(name, dev, "nexstor replica "+name); err != nil {
+	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: name, UUID: rs.UUID,
+		Description: "nexstor replica " + name, AllowedHosts: allowed}, dev)
+	if err != nil {
 		dev.Close()
 		return nil, "", fault.Wrap(err, fault.Internal, "share.export",
 			fmt.Sprintf("replica %q cannot be exported over %s", name, protocol), "see the server log")
 	}
-	return dev, e.shareURI(protocol, name), nil
+	return dev, uri, nil
 }
 
 // exporter returns the server of a protocol that checkProtocol accepted.
@@ -289,6 +294,8 @@ func (e *Engine) exporter(protocol string) Exporter {
 	switch protocol {
 	case ProtocolNBD:
 		return e.cfg.NBD
+	case ProtocolNVMf:
+		return e.cfg.NVMf
 	}
 	return nil
 }
@@ -299,19 +306,19 @@ func (e *Engine) checkProtocol(protocol string) error {
 		if e.cfg.NBD == nil {
 			return fault.New(fault.FailedPrecondition, "share.nbd_disabled",
 				"the nbd protocol is not enabled on this server",
-				"start the server with an NBD listen address (nbd_listen, --nbd)")
+				"start the server with an NBD listen address (nbd.listen in the config, or --nbd)")
 		}
 		return nil
 	case ProtocolNVMf:
-		return fault.New(fault.FailedPrecondition, "share.protocol_unavailable",
-			"protocol \"nvmf\" is not available in this engine yet", "share with --protocol nbd")
+		if e.cfg.NVMf == nil {
+			return fault.New(fault.FailedPrecondition, "share.nvmf_disabled",
+				"the nvmf protocol is not enabled on this server",
+				"start the server with an NVMe/TCP listen address (nvmf.listen in the config, or --nvmf)")
+		}
+		return nil
 	}
 	return fault.New(fault.InvalidArgument, "share.protocol_invalid",
-		fmt.Sprintf("protocol %q is unknown", protocol), "use --protocol nbd")
-}
-
-func (e *Engine) shareURI(protocol, name string) string {
-	return fmt.Sprintf("%s://%s/%s", protocol, e.cfg.NBDAddress, name)
+		fmt.Sprintf("protocol %q is unknown", protocol), "use --protocol nbd or --protocol nvmf")
 }
 
 // save writes the state file if the registry changed since the last write.

@@ -30,8 +30,7 @@ func newRig(t *testing.T) *rig {
 
 func (r *rig) start(t *testing.T, pools ...PoolConfig) *Engine {
 	t.Helper()
-	e, err := New(Config{DataDir: r.dir, Backend: r.be, NBD: r.nbd, NBDAddress: "127.0.0.1:10809",
-		Pools: pools, Logger: quietLogger()})
+	e, err := New(Config{DataDir: r.dir, Backend: r.be, NBD: r.nbd, Pools: pools, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

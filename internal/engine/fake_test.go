@@ -191,22 +191,26 @@ func (p *memPool) Close() error {
 }
 func (p *memPool) Destroy() error { return p.Close() }
 
-// memExporter records exports.
+// memExporter records exports; its URIs are nbd://127.0.0.1:10809/<name>.
 type memExporter struct {
 	mu      sync.Mutex
 	exports map[string]bdev.Device
+	specs   map[string]ExportSpec
 }
 
-func newMemExporter() *memExporter { return &memExporter{exports: map[string]bdev.Device{}} }
+func newMemExporter() *memExporter {
+	return &memExporter{exports: map[string]bdev.Device{}, specs: map[string]ExportSpec{}}
+}
 
-func (x *memExporter) AddExport(name string, dev bdev.Device, _ string) error {
+func (x *memExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if _, ok := x.exports[name]; ok {
-		return fmt.Errorf("export %s exists", name)
+	if _, ok := x.exports[spec.Name]; ok {
+		return "", fmt.Errorf("export %s exists", spec.Name)
 	}
-	x.exports[name] = dev
-	return nil
+	x.exports[spec.Name] = dev
+	x.specs[spec.Name] = spec
+	return "nbd://127.0.0.1:10809/" + spec.Name, nil
 }
 
 func (x *memExporter) RemoveExport(name string) error {
@@ -216,6 +220,7 @@ func (x *memExporter) RemoveExport(name string) error {
 		return fmt.Errorf("export %s not found", name)
 	}
 	delete(x.exports, name)
+	delete(x.specs, name)
 	return nil
 }
 

@@ -1,18 +1,26 @@
 package engine
 
 import (
+	"fmt"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nbd"
 )
 
-// NBDExporter adapts an nbd.Server to the engine's Exporter. The server does
-// not own the devices: the engine closes a replica after removing its export.
-func NBDExporter(s *nbd.Server) Exporter { return nbdExporter{s} }
+// NBDExporter adapts an nbd.Server to the engine's Exporter. advertise is
+// the host:port put into nbd:// URIs (see AdvertiseAddr).
+func NBDExporter(s *nbd.Server, advertise string) Exporter { return nbdExporter{s, advertise} }
 
-type nbdExporter struct{ s *nbd.Server }
+type nbdExporter struct {
+	s         *nbd.Server
+	advertise string
+}
 
-func (x nbdExporter) AddExport(name string, dev bdev.Device, description string) error {
-	return x.s.AddExport(name, dev, nbd.ExportOptions{Description: description})
+func (x nbdExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, error) {
+	if err := x.s.AddExport(spec.Name, dev, nbd.ExportOptions{Description: spec.Description}); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("nbd://%s/%s", x.advertise, spec.Name), nil
 }
 
 func (x nbdExporter) RemoveExport(name string) error { return x.s.RemoveExport(name) }

@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
 	"github.com/nexstor/nexstor/internal/units"
 )
 
@@ -302,7 +303,14 @@ func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (Rep
 	if protocol == ProtocolNBD && len(allowedHosts) > 0 {
 		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "share.allowed_hosts",
 			fmt.Sprintf("replica %q: nbd cannot restrict hosts (NBD clients carry no identity)", name),
-			"leave --allowed-hosts out for nbd and restrict the NBD port with a firewall, or share over nvmf")
+			"leave --allowed-host out for nbd and restrict the NBD port with a firewall, or share over nvmf")
+	}
+	for _, h := range allowedHosts {
+		if !target.ValidNQN(h) {
+			return ReplicaInfo{}, fault.New(fault.InvalidArgument, "share.host_nqn",
+				fmt.Sprintf("replica %q: allowed host %q is not an NVMe host NQN", name, h),
+				"give host NQNs such as nqn.2014-08.org.nvmexpress:uuid:<uuid> (see /etc/nvme/hostnqn on the host)")
+		}
 	}
 	pe, done, err := e.beginReplicaOp(name, "", false)
 	if err != nil {
@@ -320,7 +328,7 @@ func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (Rep
 			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
 	}
 	if !shared || s.dev == nil {
-		dev, uri, err := e.export(pe.h, name, protocol)
+		dev, uri, err := e.export(pe.h, name, protocol, allowedHosts)
 		if err != nil {
 			e.mu.Lock()
 			done()

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/nbd"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
 
 // ServerOptions configure a Server: one node's engine with its gRPC API and
@@ -26,6 +28,14 @@ type ServerOptions struct {
 	// NBDAdvertise overrides the host:port put in nbd:// share URIs; empty
 	// derives it from the NBD listener (AdvertiseAddr).
 	NBDAdvertise string
+	// NVMfListen is the NVMe/TCP I/O listen address, e.g. :4420; ""
+	// disables nvmf.
+	NVMfListen string
+	// DiscoveryListen is the NVMe/TCP discovery listen address, e.g. :8009;
+	// "" disables it. It needs NVMfListen.
+	DiscoveryListen string
+	// NVMfAdvertise overrides the host:port put in nvmf:// share URIs.
+	NVMfAdvertise string
 	// Pools are the configured pools, imported at start.
 	Pools []PoolConfig
 	// Backend defaults to PoolBackend.
@@ -42,6 +52,9 @@ type Server struct {
 	nbdLn    net.Listener
 	grpc     *grpc.Server
 	nbd      *nbd.Server
+	nvmfLn   net.Listener
+	discLn   net.Listener
+	nvmf     *target.Target
 	errc     chan error
 	stopOnce sync.Once
 	stopErr  error
@@ -57,29 +70,28 @@ func StartServer(o ServerOptions) (*Server, error) {
 	if o.Backend == nil {
 		o.Backend = PoolBackend{}
 	}
-	s := &Server{log: o.Logger, errc: make(chan error, 2)}
-	var err error
-	if s.grpcLn, err = net.Listen("tcp", o.GRPCListen); err != nil {
-		return nil, fmt.Errorf("grpc listen %s: %w", o.GRPCListen, err)
+	s := &Server{log: o.Logger, errc: make(chan error, 4)}
+	if err := s.listen(o); err != nil {
+		s.closeListeners()
+		return nil, err
 	}
 	cfg := Config{DataDir: o.DataDir, Backend: o.Backend, Pools: o.Pools, Logger: o.Logger}
-	if o.NBDListen != "" {
-		if s.nbdLn, err = net.Listen("tcp", o.NBDListen); err != nil {
-			s.grpcLn.Close()
-			return nil, fmt.Errorf("nbd listen %s: %w", o.NBDListen, err)
-		}
+	if s.nbdLn != nil {
 		s.nbd = nbd.NewServer(o.Logger.With("component", "nbd"))
-		cfg.NBD = NBDExporter(s.nbd)
-		cfg.NBDAddress = o.NBDAdvertise
-		if cfg.NBDAddress == "" {
-			cfg.NBDAddress = AdvertiseAddr(s.nbdLn.Addr().String())
-		}
+		cfg.NBD = NBDExporter(s.nbd, cmp.Or(o.NBDAdvertise, AdvertiseAddr(s.nbdLn.Addr().String())))
 	}
+	if s.nvmfLn != nil {
+		s.nvmf = target.New(o.Logger.With("component", "nvmf"))
+		cfg.NVMf = NVMfExporter(s.nvmf, cmp.Or(o.NVMfAdvertise, AdvertiseAddr(s.nvmfLn.Addr().String())))
+	}
+	var err error
 	if s.Engine, err = New(cfg); err != nil {
-		s.grpcLn.Close()
-		if s.nbdLn != nil {
-			s.nbdLn.Close()
+		s.closeListeners()
+		if s.nbd != nil {
 			s.nbd.Close()
+		}
+		if s.nvmf != nil {
+			s.nvmf.Close()
 		}
 		return nil, err
 	}
@@ -87,28 +99,74 @@ func StartServer(o ServerOptions) (*Server, error) {
 	Register(s.grpc, s.Engine)
 	go func() { s.errc <- s.grpc.Serve(s.grpcLn) }()
 	if s.nbd != nil {
-		go func() {
-			err := s.nbd.Serve(context.Background(), s.nbdLn)
-			if errors.Is(err, nbd.ErrServerClosed) {
-				err = nil
-			}
-			s.errc <- err
-		}()
+		go func() { s.errc <- ignoreClosed(s.nbd.Serve(context.Background(), s.nbdLn)) }()
 	}
-	s.log.Info("engine serving", "grpc", s.GRPCAddr(), "nbd", s.NBDAddr(), "data_dir", o.DataDir)
+	if s.nvmf != nil {
+		go func() { s.errc <- ignoreClosed(s.nvmf.Serve(context.Background(), s.nvmfLn)) }()
+		if s.discLn != nil {
+			go func() { s.errc <- ignoreClosed(s.nvmf.ServeDiscovery(context.Background(), s.discLn)) }()
+		}
+	}
+	s.log.Info("engine serving", "grpc", s.GRPCAddr(), "nbd", s.NBDAddr(), "nvmf", addrOf(s.nvmfLn),
+		"discovery", addrOf(s.discLn), "data_dir", o.DataDir)
 	return s, nil
+}
+
+// listen binds every listener first, so that a port conflict is reported
+// before any pool is touched.
+func (s *Server) listen(o ServerOptions) error {
+	var err error
+	if s.grpcLn, err = net.Listen("tcp", o.GRPCListen); err != nil {
+		return fmt.Errorf("grpc listen %s: %w", o.GRPCListen, err)
+	}
+	if o.NBDListen != "" {
+		if s.nbdLn, err = net.Listen("tcp", o.NBDListen); err != nil {
+			return fmt.Errorf("nbd listen %s: %w", o.NBDListen, err)
+		}
+	}
+	if o.NVMfListen != "" {
+		if s.nvmfLn, err = net.Listen("tcp", o.NVMfListen); err != nil {
+			return fmt.Errorf("nvmf listen %s: %w", o.NVMfListen, err)
+		}
+		if o.DiscoveryListen != "" {
+			if s.discLn, err = net.Listen("tcp", o.DiscoveryListen); err != nil {
+				return fmt.Errorf("nvmf discovery listen %s: %w", o.DiscoveryListen, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range []net.Listener{s.grpcLn, s.nbdLn, s.nvmfLn, s.discLn} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, target.ErrClosed) || errors.Is(err, nbd.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
 }
 
 // GRPCAddr is the address the gRPC server listens on.
 func (s *Server) GRPCAddr() string { return s.grpcLn.Addr().String() }
 
 // NBDAddr is the address the NBD server listens on, "" when disabled.
-func (s *Server) NBDAddr() string {
-	if s.nbdLn == nil {
-		return ""
-	}
-	return s.nbdLn.Addr().String()
-}
+func (s *Server) NBDAddr() string { return addrOf(s.nbdLn) }
+
+// NVMfAddr is the address the NVMe/TCP target listens on, "" when disabled.
+func (s *Server) NVMfAddr() string { return addrOf(s.nvmfLn) }
 
 // Err returns a channel that receives an error when a listener fails.
 func (s *Server) Err() <-chan error { return s.errc }
@@ -128,10 +186,15 @@ func (s *Server) Shutdown(grace time.Duration) error {
 			<-done
 		}
 		var errs []error
-		// NBD first: no new connections, in-flight requests answered; then
+		// Frontends first: no new connections, in-flight requests answered; then
 		// the engine closes the replicas and exports the pools.
 		if s.nbd != nil {
 			if err := s.nbd.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if s.nvmf != nil {
+			if err := s.nvmf.Close(); err != nil {
 				errs = append(errs, err)
 			}
 		}

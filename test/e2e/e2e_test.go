@@ -213,7 +213,7 @@ func TestServerConfig(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, lines := start(t, "server", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0")
+	p, lines := start(t, "server", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "", "--discovery", "")
 	eng := p.waitLine(lines, servingRE)[1]
 	var pools []poolJSON
 	nexctlJSON(t, eng, &pools, "pool", "list")

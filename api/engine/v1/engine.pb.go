@@ -705,9 +705,11 @@ func (*ExportPoolResponse) Descriptor() ([]byte, []int) {
 // Share says how a replica is exported.
 type Share struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// protocol: "nbd" (later "nvmf").
+	// protocol: "nbd" or "nvmf".
 	Protocol string `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
-	// uri a client connects to, e.g. nbd://10.0.0.5:10809/r0.
+	// uri a client connects to: nbd://10.0.0.5:10809/r0, or
+	// nvmf://10.0.0.5:4420/nqn.2024-11.io.nexstor:replica:<uuid> (one
+	// subsystem per replica, the replica as namespace 1).
 	Uri string `protobuf:"bytes,2,opt,name=uri,proto3" json:"uri,omitempty"`
 	// allowed_hosts restricts who may connect (NVMe host NQNs for nvmf);
 	// empty means anyone who can reach the port.
@@ -1229,8 +1231,10 @@ func (x *ResizeReplicaRequest) GetSize() uint64 {
 type ShareReplicaRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// protocol: "nbd" (default when empty); "nvmf" later.
-	Protocol      string   `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// protocol: "nbd" (default when empty) or "nvmf".
+	Protocol string `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// allowed_hosts: host NQNs admitted by an nvmf share (empty admits any
+	// host); refused for nbd, whose clients carry no identity.
 	AllowedHosts  []string `protobuf:"bytes,3,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

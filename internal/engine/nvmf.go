@@ -1,0 +1,63 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
+)
+
+// NVMfExporter adapts an NVMe/TCP target to the engine's Exporter: each
+// shared replica is one subsystem, NQN nqn.2024-11.io.nexstor:replica:<uuid>,
+// with the replica as namespace 1 (namespace UUID = replica UUID). advertise
+// is the host:port put into nvmf:// URIs.
+func NVMfExporter(t *target.Target, advertise string) Exporter {
+	return &nvmfExporter{t: t, advertise: advertise, nqns: map[string]string{}}
+}
+
+type nvmfExporter struct {
+	t         *target.Target
+	advertise string
+
+	mu   sync.Mutex
+	nqns map[string]string // replica name -> subsystem NQN
+}
+
+func (x *nvmfExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, error) {
+	id, err := uuid.Parse(spec.UUID)
+	if err != nil {
+		return "", fmt.Errorf("replica %q: uuid %q: %w", spec.Name, spec.UUID, err)
+	}
+	nqn := target.NQN("replica", id.String())
+	sub, err := x.t.AddSubsystem(nqn, target.SubsystemOptions{
+		AllowedHosts: spec.AllowedHosts,
+		AllowAnyHost: len(spec.AllowedHosts) == 0,
+		Serial:       id.String()[:20],
+		Model:        "Nexstor replica",
+	})
+	if err != nil {
+		return "", err
+	}
+	if _, err := sub.AddNamespace(dev, target.NamespaceOptions{UUID: id}); err != nil {
+		x.t.RemoveSubsystem(nqn)
+		return "", err
+	}
+	x.mu.Lock()
+	x.nqns[spec.Name] = nqn
+	x.mu.Unlock()
+	return fmt.Sprintf("nvmf://%s/%s", x.advertise, nqn), nil
+}
+
+func (x *nvmfExporter) RemoveExport(name string) error {
+	x.mu.Lock()
+	nqn, ok := x.nqns[name]
+	delete(x.nqns, name)
+	x.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("nvmf: replica %q is not exported", name)
+	}
+	return x.t.RemoveSubsystem(nqn)
+}
