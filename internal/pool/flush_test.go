@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 
@@ -85,5 +86,45 @@ func TestIOAfterDestroyChangesNothing(t *testing.T) {
 		if !errors.Is(err, bdev.ErrClosed) {
 			t.Fatalf("I/O to a destroyed replica: %v, want bdev.ErrClosed", err)
 		}
+	}
+}
+
+// TestUnmapFragmentedRange: discarding a range whose allocated clusters
+// form more runs than one metadata record can hold in the log still
+// succeeds (in several records) and frees every cluster.
+func TestUnmapFragmentedRange(t *testing.T) {
+	const clusters = 2048
+	mem := newMalloc(t, (clusters+64)*64*kib)
+	// The smallest log a pool may have, so that one record of every other
+	// cluster's run does not fit.
+	auto, err := layout(mem.Size(), 512, 64*kib, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustCreate(t, noClose{mem}, CreateOptions{MetadataSize: int64(2*auto.CPSize) + minLogBlocks*sbArea(512)})
+	defer p.Close()
+	if runs := int64(clusters / 2); recHeaderLen+entryFixed+runs*runLen <= p.sb.logSize() {
+		t.Fatalf("log of %d bytes holds %d runs; the test needs more", p.sb.logSize(), runs)
+	}
+	mustReplica(t, p, "r", clusters*64*kib, true)
+	h := mustOpen(t, p, "r")
+	defer h.Close()
+	buf := make([]byte, 512)
+	for c := int64(0); c < clusters; c += 2 {
+		fill(buf, uint64(c))
+		if _, err := h.WriteAt(buf, c*64*kib); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Unmap(0, clusters*64*kib); err != nil {
+		t.Fatalf("Unmap of %d scattered clusters: %v", clusters/2, err)
+	}
+	if ri, _ := p.ReplicaInfo("r"); ri.ClusterCount != 0 {
+		t.Fatalf("%d clusters still allocated after Unmap", ri.ClusterCount)
+	}
+	check(t, p)
+	got := make([]byte, 512)
+	if _, err := h.ReadAt(got, 0); err != nil || !bytes.Equal(got, make([]byte, 512)) {
+		t.Fatalf("read after Unmap: %v", err)
 	}
 }

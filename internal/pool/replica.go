@@ -399,14 +399,21 @@ func (h *Replica) discard(op string, off, length int64, unmap bool) error {
 			e.Runs = append(e.Runs, run{Logical: uint64(lc), Count: 1})
 		}
 	}
-	if len(e.Runs) == 0 {
-		return nil
-	}
-	if err := p.commit(&record{Type: recUnmap, E: e}); err != nil {
-		return h.ioError(op, off, err)
+	// Several records when the clusters are scattered, so that each fits
+	// even the smallest log; a discard need not be atomic.
+	for len(e.Runs) > 0 {
+		n := min(len(e.Runs), maxUnmapRuns)
+		if err := p.commit(&record{Type: recUnmap, E: entry{UUID: r.uuid, Runs: e.Runs[:n]}}); err != nil {
+			return h.ioError(op, off, err)
+		}
+		e.Runs = e.Runs[n:]
 	}
 	return nil
 }
+
+// maxUnmapRuns bounds the runs of one unmap record: about 5 KiB, a third of
+// the smallest log.
+const maxUnmapRuns = 256
 
 // Close closes this handle; other handles and the replica stay.
 func (h *Replica) Close() error {
