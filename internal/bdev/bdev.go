@@ -27,7 +27,11 @@ import (
 type Device interface {
 	io.ReaderAt
 	io.WriterAt
-	// Flush makes every previously acknowledged write durable.
+	// Flush makes every previously acknowledged write durable. After a
+	// Flush has failed, writes acknowledged before it may be lost even if
+	// a later flush of the underlying storage succeeds (Linux reports a
+	// writeback error once); implementations over such storage keep
+	// failing Flush rather than report durability they cannot promise.
 	Flush() error
 	// Unmap discards the range; later reads of it return zeroes.
 	Unmap(off, length int64) error
