@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -319,12 +320,16 @@ func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (Rep
 	e.mu.Lock()
 	s, shared := e.shares[name]
 	e.mu.Unlock()
-	if shared && s.protocol != protocol {
+	if shared && (s.protocol != protocol || !sameSet(s.allowed, allowedHosts)) {
 		e.mu.Lock()
 		done()
 		e.mu.Unlock()
+		what := "over " + s.protocol
+		if s.protocol == protocol {
+			what = "with other allowed hosts (" + strings.Join(s.allowed, ", ") + ")"
+		}
 		return ReplicaInfo{}, fault.New(fault.FailedPrecondition, "replica.shared",
-			fmt.Sprintf("replica %q is already shared over %s", name, s.protocol),
+			fmt.Sprintf("replica %q is already shared %s", name, what),
 			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
 	}
 	if !shared || s.dev == nil {
@@ -353,6 +358,11 @@ func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (Rep
 		e.mu.Unlock()
 	}
 	return e.replicaInfoOf(pe, name)
+}
+
+// sameSet reports whether a and b hold the same strings.
+func sameSet(a, b []string) bool {
+	return slices.Equal(slices.Compact(slices.Sorted(slices.Values(a))), slices.Compact(slices.Sorted(slices.Values(b))))
 }
 
 // unexport removes a share from the protocol server and the registry.

@@ -45,6 +45,11 @@ func TestServerSharesOverNVMf(t *testing.T) {
 	}
 	_, err = e.ShareReplica("r0", "nbd", nil)
 	wantFault(t, err, fault.FailedPrecondition, "r0", "nvmf")
+	_, err = e.ShareReplica("r0", "nvmf", nil)
+	wantFault(t, err, fault.FailedPrecondition, "r0", host)
+	if again, err := e.ShareReplica("r0", "nvmf", []string{host, host}); err != nil || again.Share.URI != ri.Share.URI {
+		t.Fatalf("share again: %+v %v", again, err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
