@@ -1,9 +1,14 @@
 package nbd
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/nexstor/nexstor/internal/bdev"
@@ -75,4 +80,58 @@ func TestQemuImgCompare(t *testing.T) {
 		t.Fatalf("qemu-img compare after changing a block: got %v, want a difference", err)
 	}
 	t.Log(err)
+}
+
+// TestNBDInfoListAndUnixSocket lists the exports with libnbd (NBD_OPT_LIST
+// then NBD_OPT_INFO for each) over a unix socket served next to TCP.
+func TestNBDInfoListAndUnixSocket(t *testing.T) {
+	nbdinfo := testutil.RequireTool(t, "nbdinfo")
+	s, _ := startServerS(t, map[string]bdev.Device{
+		"a": newMalloc(t, 1<<20, 512),
+		"b": newMalloc(t, 3<<20, 4096),
+	})
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve on the unix socket: %v", err)
+		}
+	}()
+
+	out, err := exec.Command(nbdinfo, "--list", "--json", "nbd+unix:///?socket="+sock).Output()
+	if err != nil {
+		t.Fatalf("nbdinfo --list: %v", err)
+	}
+	var list struct {
+		Exports []struct {
+			Name      string `json:"export-name"`
+			Size      int64  `json:"export-size"`
+			ReadOnly  bool   `json:"is_read_only"`
+			MultiConn bool   `json:"can_multi_conn"`
+			MinBlock  int    `json:"block_size_minimum"`
+		} `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("decode %s: %v", out, err)
+	}
+	if len(list.Exports) != 2 {
+		t.Fatalf("nbdinfo --list found %d exports, want 2:\n%s", len(list.Exports), out)
+	}
+	want := map[string][2]int64{"a": {1 << 20, 512}, "b": {3 << 20, 4096}}
+	for _, e := range list.Exports {
+		w, ok := want[e.Name]
+		if !ok || e.Size != w[0] || int64(e.MinBlock) != w[1] || !e.MultiConn || e.ReadOnly {
+			t.Errorf("export %+v, want size %d, minimum block %d, multi-conn, writable", e, w[0], w[1])
+		}
+	}
+	if got := testutil.NBDInfoSize(t, "nbd+unix:///b?socket="+sock); got != 3<<20 {
+		t.Fatalf("nbdinfo over the unix socket: size %d", got)
+	}
 }
