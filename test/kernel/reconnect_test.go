@@ -14,7 +14,7 @@ import (
 	"github.com/nexstor/nexstor/internal/testutil/qemuvm"
 )
 
-// TestKernelHostReconnectAndNamespaceEvents checks, in one boot, what the
+// TestKernelHostFollowsTargetChanges checks, in one boot, what the
 // kernel's host does when the target changes under a mounted file system:
 //
 //   - the host idles: keep-alives keep the controller up;
@@ -24,8 +24,10 @@ import (
 //     Namespace Attribute Changed event and creates its block device, on
 //     which the guest writes a pattern that the host then finds, and
 //     discards a range that the host then reads as zeroes;
-//   - the target removes it again: the block device goes away.
-func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
+//   - the target removes it again: the block device goes away;
+//   - the host is taken off a subsystem's allow-list: the target drops its
+//     controller, refuses its reconnects, and the kernel removes it.
+func TestKernelHostFollowsTargetChanges(t *testing.T) {
 	env := qemuvm.Require(t)
 	dev, err := bdev.NewMalloc(devSize, 512)
 	if err != nil {
@@ -35,13 +37,19 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	revoked, err := bdev.NewMalloc(8*mib, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
 	nqn := target.NQN("replica", "6b65726e-656c-4000-8000-000000000003")
+	revokedNQN := target.NQN("replica", "6b65726e-656c-4000-8000-000000000004")
 
 	var mu sync.Mutex
 	s := serve(t, nqn, dev)
 	ioAddr := "127.0.0.1:" + strconv.Itoa(s.ioPort)
 	discAddr := "127.0.0.1:" + strconv.Itoa(s.discPort)
 	var extraNSID uint32
+	var revokedSub *target.Subsystem
 	barrier := func(name string) error {
 		mu.Lock()
 		defer mu.Unlock()
@@ -56,13 +64,24 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 			}
 			extraNSID = id
 		case "remove-namespace":
-			// The first MiB may have been discarded (see below).
+			// The guest discarded the first MiB.
 			if err := verifyPattern(extra, mib, 3*mib, 21); err != nil {
 				return fmt.Errorf("the guest's pattern on the added namespace, read on the host: %w", err)
 			}
 			if err := s.sub.RemoveNamespace(extraNSID); err != nil {
 				return err
 			}
+		case "add-subsystem":
+			sub, err := s.tgt.AddSubsystem(revokedNQN, target.SubsystemOptions{AllowedHosts: []string{hostNQN}})
+			if err != nil {
+				return err
+			}
+			if _, err := sub.AddNamespace(revoked, target.NamespaceOptions{UUID: [16]byte{0x6e, 0x78, 0x73, 0x74, 4}}); err != nil {
+				return err
+			}
+			revokedSub = sub
+		case "revoke":
+			revokedSub.DisallowHost(hostNQN)
 		default:
 			return fmt.Errorf("unknown barrier %q", name)
 		}
@@ -105,6 +124,13 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 		"umount " + mnt,
 		"fsck $DEV",
 		"disconnect $CTRL",
+		// A host taken off the allow-list is disconnected, and its
+		// reconnects are refused until the kernel gives up (ctrl_loss_tmo).
+		"barrier add-subsystem",
+		fmt.Sprintf("connect 10.0.2.2 %d %s %s reconnect_delay=1 ctrl_loss_tmo=3", s.ioPort, revokedNQN, hostNQN),
+		"pattern-write $DEV 0 1048576 41",
+		"barrier revoke",
+		"wait-removed $CTRL",
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -122,13 +148,21 @@ func TestKernelHostReconnectAndNamespaceEvents(t *testing.T) {
 			t.Errorf("controller state %d = %q, want live", i, v)
 		}
 	}
-	// One error recovery: the restart's. More means the target dropped the
-	// controller on its own, e.g. by missing keep-alives.
-	if n := strings.Count(res.Console, "starting error recovery"); n != 1 {
-		t.Errorf("the kernel started error recovery %d times, want once (for the restart)", n)
+	// Before the revocation, one error recovery: the restart's. More means
+	// the target dropped the controller on its own, e.g. by missing
+	// keep-alives.
+	beforeRevoke, _, _ := strings.Cut(res.Console, "barrier revoke")
+	if n := strings.Count(beforeRevoke, "starting error recovery"); n != 1 {
+		t.Errorf("the kernel started error recovery %d times before the revocation, want once (for the restart)", n)
 	}
 	if got := res.Step("wait-namespaces").Output; len(got) != 2 || !strings.Contains(got[1], "nsid=2") {
 		t.Errorf("namespaces after the add: %q", got)
+	}
+	if err := verifyPattern(revoked, 0, mib, 41); err != nil {
+		t.Errorf("written before the revocation: %v", err)
+	}
+	if !strings.Contains(res.Console, "is not allowed, hostnqn: "+hostNQN) {
+		t.Errorf("the kernel's reconnect after the revocation was not refused as an invalid host")
 	}
 	if err := verifyZeroes(extra, 0, mib); err != nil {
 		t.Errorf("the range the kernel discarded: %v", err)

@@ -133,6 +133,7 @@ var steps = map[string]struct {
 	"disconnect":      {stepDisconnect, "disconnect CTRL (nvmeN)", 1},
 	"wait-namespaces": {stepWaitNamespaces, "wait-namespaces CTRL COUNT (sets $NS<nsid>)", 2},
 	"ctrl-state":      {stepCtrlState, "ctrl-state CTRL", 1},
+	"wait-removed":    {stepWaitRemoved, "wait-removed CTRL", 1},
 	"pattern-write":   {stepPatternWrite, "pattern-write DEV OFF LEN SEED", 4},
 	"pattern-verify":  {stepPatternVerify, "pattern-verify DEV OFF LEN SEED", 4},
 	"mkfs":            {stepMkfs, "mkfs DEV [mke2fs-arg...]", 1},

@@ -202,6 +202,25 @@ func stepWaitNamespaces(a *agent, args []string) error {
 	}
 }
 
+// stepWaitRemoved waits until the kernel has removed controller CTRL by
+// itself, as when it gives up reconnecting (ctrl_loss_tmo) to a target that
+// no longer lets this host in.
+func stepWaitRemoved(a *agent, args []string) error {
+	ctrl := args[0]
+	start := time.Now()
+	for {
+		if _, err := os.Stat(filepath.Join("/sys/class/nvme", ctrl)); errors.Is(err, os.ErrNotExist) {
+			a.out("removed %s after %v", ctrl, time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if time.Since(start) > deviceWait {
+			state, _ := os.ReadFile(filepath.Join("/sys/class/nvme", ctrl, "state"))
+			return fmt.Errorf("%s still present after %v (state %q)", ctrl, deviceWait, strings.TrimSpace(string(state)))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func stepCtrlState(a *agent, args []string) error {
 	b, err := os.ReadFile(filepath.Join("/sys/class/nvme", args[0], "state"))
 	if err != nil {
