@@ -80,6 +80,19 @@ func TestQemuImgCompare(t *testing.T) {
 		t.Fatalf("qemu-img compare after changing a block: got %v, want a difference", err)
 	}
 	t.Log(err)
+
+	// qemu's client writes too: convert the changed source onto the export
+	// (zero runs go out as NBD_CMD_WRITE_ZEROES) and the two agree again.
+	if _, err := f.WriteAt(make([]byte, 1<<20), 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	qemuImg := testutil.RequireTool(t, "qemu-img")
+	if out, err := exec.Command(qemuImg, "convert", "-n", "-f", "raw", "-O", "raw", src, uri).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert onto the export: %v\n%s", err, out)
+	}
+	if err := testutil.QemuImgCompare(t, uri, src); err != nil {
+		t.Fatalf("after qemu-img convert: %v", err)
+	}
 }
 
 // TestNBDInfoListAndUnixSocket lists the exports with libnbd (NBD_OPT_LIST
