@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/nvmf/initiator"
 	"github.com/nexstor/nexstor/internal/testutil"
 )
 
@@ -213,7 +215,7 @@ func TestServerConfig(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, lines := start(t, "server", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "", "--discovery", "")
+	p, lines := start(t, "server", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "127.0.0.1:0", "--discovery", "")
 	eng := p.waitLine(lines, servingRE)[1]
 	var pools []poolJSON
 	nexctlJSON(t, eng, &pools, "pool", "list")
@@ -225,6 +227,36 @@ func TestServerConfig(t *testing.T) {
 		t.Fatalf("the blank configured disk was written to (%v)", err)
 	}
 	wantNexctlError(t, eng, []string{"blank"}, "replica", "create", "r0", "--pool", "blank", "--size", "4MiB")
+
+	// A replica of the RAM pool, shared over NVMe/TCP through nexctl and
+	// used with the Go initiator.
+	mustNexctl(t, eng, "replica", "create", "rv", "--pool", "ram", "--size", "8MiB")
+	wantNexctlError(t, eng, []string{"bad-host"}, "replica", "share", "rv", "--protocol", "nvmf", "--allowed-host", "bad-host")
+	var rep replicaJSON
+	nexctlJSON(t, eng, &rep, "replica", "share", "rv", "--protocol", "nvmf")
+	m := regexp.MustCompile(`^nvmf://([^/]+)/(nqn\.2024-11\.io\.nexstor:replica:` + rep.UUID + `)$`).FindStringSubmatch(rep.Share.URI)
+	if m == nil {
+		t.Fatalf("nvmf share URI %q", rep.Share.URI)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := initiator.Connect(ctx, m[1], m[2], initiator.Options{IOQueues: 1, MaxReconnect: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := c.Namespace(1)
+	if err != nil || ns.Size() != 8*mib {
+		t.Fatalf("namespace: %v", err)
+	}
+	want := bytes.Repeat([]byte{0xa5}, 64<<10)
+	if _, err := ns.WriteAt(want, 1*mib); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if _, err := ns.ReadAt(got, 1*mib); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("nvmf read back: %v", err)
+	}
+	c.Close()
 	if err := p.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
