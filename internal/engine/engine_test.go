@@ -431,3 +431,36 @@ func TestStaleShareCanBeForgotten(t *testing.T) {
 	_, err = e.UnshareReplica("r0")
 	wantFault(t, err, fault.NotFound, "r0")
 }
+
+func TestImportRestoresRememberedShares(t *testing.T) {
+	r := newRig(t)
+	e := r.start(t)
+	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ShareReplica("r0", "nbd", nil); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	disk := r.be.disks[diskKey("/d0")]
+	delete(r.be.disks, diskKey("/d0")) // the disk is late at start
+	e = r.start(t)
+	defer e.Close()
+	if p, _ := e.Pool("p0"); p.State != PoolFaulted {
+		t.Fatalf("pool %+v", p)
+	}
+	r.be.disks[diskKey("/d0")] = disk
+	if _, err := e.ImportPool("p0", "/d0"); err != nil {
+		t.Fatal(err)
+	}
+	ri, err := e.Replica("r0")
+	if err != nil || ri.State != ReplicaOnline || ri.Share == nil || ri.Share.URI != "nbd://127.0.0.1:10809/r0" {
+		t.Fatalf("r0 after import %+v %v", ri, err)
+	}
+	if n := r.nbd.names(); len(n) != 1 || n[0] != "r0" {
+		t.Fatalf("exports %v", n)
+	}
+}

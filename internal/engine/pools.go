@@ -155,6 +155,7 @@ func (e *Engine) ImportPool(name, disk string) (PoolInfo, error) {
 	if err := e.save(); err != nil {
 		return PoolInfo{}, err
 	}
+	e.restoreSharesOf(pe.name)
 	return poolInfo(pe), nil
 }
 
@@ -315,4 +316,27 @@ func poolInfo(pe *poolEntry) PoolInfo {
 
 func sortedStrings(s []string) []string {
 	return slices.Sorted(slices.Values(s))
+}
+
+// restoreSharesOf exports again the remembered shares of a pool's replicas
+// that could not be restored before (the pool was not imported at start).
+// Failures are logged and leave the replica faulted.
+func (e *Engine) restoreSharesOf(pool string) {
+	type pending struct {
+		name, protocol string
+		allowed        []string
+	}
+	var todo []pending
+	e.mu.Lock()
+	for name, s := range e.shares {
+		if s.dev == nil && e.replicas[name] == pool {
+			todo = append(todo, pending{name, s.protocol, slices.Clone(s.allowed)})
+		}
+	}
+	e.mu.Unlock()
+	for _, p := range todo {
+		if _, err := e.ShareReplica(p.name, p.protocol, p.allowed); err != nil {
+			e.log.Error("share not restored", "replica", p.name, "err", err)
+		}
+	}
 }
