@@ -36,7 +36,6 @@ type conn struct {
 	br  *bufio.Reader
 
 	// Set once negotiation is done, read-only afterwards.
-	exp        *export
 	dev        bdev.Device
 	geo        geometry
 	structured bool
@@ -124,7 +123,7 @@ func (c *conn) serve() {
 		return
 	}
 	defer c.s.detach(c, e)
-	c.exp, c.dev, c.structured = e, e.dev, n.structured
+	c.dev, c.structured = e.dev, n.structured
 	c.geo = geometry{size: n.export.size, blockSize: n.export.blockSize, readOnly: n.export.readOnly, maxPayload: n.export.maxPayload}
 	c.log = c.log.With("export", e.name)
 	c.log.Debug("nbd transmission started", "structured_replies", c.structured)
