@@ -175,9 +175,9 @@ func TestRebuildControls(t *testing.T) {
 	r := newRig(t, 1, testSize, Config{RebuildSegment: seg, RebuildConcurrency: 2})
 	ctx := context.Background()
 	fresh := r.addDevice(1)
-	// 128 segments at >= 2ms each: the rebuild lasts long enough to be
-	// controlled.
-	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 2 * time.Millisecond})
+	// 128 segments at >= 5ms each, two at a time: the rebuild lasts long
+	// enough to be controlled, and it is only ever resumed for an instant.
+	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 5 * time.Millisecond})
 	if err := r.nx.AddChild(ctx, fresh); err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +198,9 @@ func TestRebuildControls(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := r.nx.Rebuild(fresh, RebuildResume); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nx.Rebuild(fresh, RebuildPause); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.nx.Rebuild(fresh, RebuildStop); err != nil {
@@ -276,8 +279,11 @@ func TestRebuildSourceFailure(t *testing.T) {
 func TestRemoveRebuildingChild(t *testing.T) {
 	r := newRig(t, 1, testSize, Config{RebuildSegment: 32 << 10})
 	fresh := r.addDevice(1)
-	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 2 * time.Millisecond})
+	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 5 * time.Millisecond})
 	if err := r.nx.AddChild(context.Background(), fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nx.Rebuild(fresh, RebuildPause); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.nx.RemoveChild(context.Background(), fresh); err != nil {
