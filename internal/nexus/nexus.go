@@ -118,6 +118,13 @@ type Nexus struct {
 	unclean    bool // the previous instance was not closed
 	cleanClose bool // guarded by stateMu: the final record of Close
 
+	// Resync after an unclean shutdown (resync.go).
+	resyncFrom     atomic.Pointer[child] // the authority; nil when in sync
+	resyncPos      atomic.Int64          // bytes below it are in sync
+	resyncDone     chan struct{}
+	resyncErr      error // set before resyncDone is closed
+	resyncRepaired atomic.Int64
+
 	rebuildBytes atomic.Int64
 	retired      atomic.Int64
 	readRetries  atomic.Int64
@@ -310,10 +317,8 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		n.wgWk.Add(1)
 		go n.worker()
 	}
+	n.startResync()
 	log.Info("nexus created", "size", n.size, "children", len(n.children), "generation", n.gen)
-	if n.unclean {
-		log.Warn("the previous instance of this nexus was not closed: ranges written at the time may differ between children; run verify")
-	}
 	return n, nil
 }
 
@@ -344,10 +349,8 @@ func (n *Nexus) SegmentSize() int64 { return n.seg }
 // UncleanShutdown reports whether the store showed that the previous
 // instance of this nexus ended without Close (a crash). Writes in flight at
 // that moment were never acknowledged, but each may have reached some
-// children and not others, so those ranges can differ between children and
-// read differently depending on the child serving them. Run Verify and
-// settle the differing ranges (rewrite them, or rebuild a child) before
-// relying on them; nothing is changed automatically.
+// children and not others; the nexus therefore resyncs its children from
+// one of them in the background (see Resyncing, WaitResync).
 func (n *Nexus) UncleanShutdown() bool { return n.unclean }
 
 // Failed reports whether the nexus stopped serving after a store failure.
@@ -362,7 +365,8 @@ func (n *Nexus) Generation() uint64 {
 
 // Stats returns cumulative counters.
 func (n *Nexus) Stats() Stats {
-	return Stats{RebuildBytes: n.rebuildBytes.Load(), Retired: n.retired.Load(), ReadRetries: n.readRetries.Load()}
+	return Stats{RebuildBytes: n.rebuildBytes.Load(), Retired: n.retired.Load(), ReadRetries: n.readRetries.Load(),
+		ResyncRepaired: n.resyncRepaired.Load()}
 }
 
 // recordLocked builds the health record of the current state.
@@ -553,7 +557,7 @@ func (n *Nexus) ReadAt(p []byte, off int64) (int, error) {
 	tried := triedBuf[:0]
 	var lastErr error
 	for {
-		c := n.pickReader(n.view.Load(), tried)
+		c := n.pickReader(n.view.Load(), tried, off, int64(len(p)))
 		if c == nil {
 			if lastErr != nil {
 				return 0, fmt.Errorf("nexus %s: read at %d: every online child failed: %w", n.name, off, lastErr)
@@ -573,7 +577,13 @@ func (n *Nexus) ReadAt(p []byte, off int64) (int, error) {
 	}
 }
 
-func (n *Nexus) pickReader(v *view, tried []*child) *child {
+// pickReader chooses the child to read [off, off+length) from: the resync
+// authority while that range is not resynced, else the local online child,
+// else the next online child round-robin; never one in tried.
+func (n *Nexus) pickReader(v *view, tried []*child, off, length int64) *child {
+	if a := n.resyncFrom.Load(); a != nil && off+length > n.resyncPos.Load() && a.st() == StateOnline && !contains(tried, a) {
+		return a
+	}
 	if v.local != nil && !contains(tried, v.local) {
 		return v.local
 	}
@@ -1026,7 +1036,9 @@ func (n *Nexus) Close() error {
 	defer n.stateMu.Unlock()
 	var err error
 	if !n.failed.Load() {
-		n.cleanClose = true
+		// Clean only when the children agree: a resync cut short by
+		// Close must run again in the next instance.
+		n.cleanClose = !n.Resyncing()
 		err = n.saveLocked(nil, nil)
 	}
 	n.closeAll()

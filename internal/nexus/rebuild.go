@@ -221,7 +221,7 @@ func (j *rebuildJob) copySegment(s int64, buf []byte) error {
 	var tried []*child
 	for {
 		v := n.view.Load()
-		src := n.pickReader(v, tried)
+		src := n.pickReader(v, tried, off, l)
 		if src == nil {
 			return fmt.Errorf("no online child to copy from: %w", ErrNoHealthyChild)
 		}

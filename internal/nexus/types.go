@@ -216,4 +216,7 @@ type Stats struct {
 	Retired int64
 	// ReadRetries counts reads retried on another child.
 	ReadRetries int64
+	// ResyncRepaired is the bytes the resync after an unclean shutdown
+	// copied from the authority because a child differed.
+	ResyncRepaired int64
 }
