@@ -13,7 +13,13 @@
 //
 // Children are added with a full rebuild (AddChild), brought back from a
 // short absence with a partial rebuild of the segments written meanwhile
-// (OfflineChild, OnlineChild), and compared with Verify.
+// (OfflineChild, OnlineChild), and compared with Verify. After a crash of
+// the process hosting it, a recreated nexus resyncs its children from one
+// of them, since writes in flight at the crash may have reached only some.
+//
+// Lock order: adminMu, then range locks, then stateMu. Writes hold their
+// range lock while they persist a retirement, so no write that overlaps a
+// rebuild copy or a resync can slip between a state change and its use.
 package nexus
 
 import (
