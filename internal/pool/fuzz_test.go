@@ -26,6 +26,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	for typ := uint8(recCreate); typ <= recUnmap; typ++ {
 		f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 3, Type: typ, E: seedEntry()}), false)
 	}
+	// A record that is not the first of its batch.
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 9, Idx: 2, Type: recMap, E: seedEntry()}), false)
 	f.Add(make([]byte, recHeaderLen), true)
 	f.Add([]byte{}, false)
 	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
