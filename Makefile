@@ -44,8 +44,9 @@ fuzz:
 		done; \
 	done
 
+# bench runs the benchmarks of bench/ (minutes; not part of make test).
 bench:
-	./bench/run.sh
+	./bench/nbd.sh
 
 clean:
 	rm -rf $(BIN)

@@ -5,12 +5,24 @@
 # (which skip on a workstation and fail under CI).
 set -euo pipefail
 
-pkgs=(fio libnbd-bin nbdkit qemu-utils qemu-system-x86 busybox-static etcd-server etcd-client e2fsprogs cpio xz-utils zstd kmod)
+here="$(cd "$(dirname "$0")" && pwd)"
+pkgs=(fio libnbd-bin nbdkit qemu-utils qemu-system-x86 busybox-static etcd-server etcd-client e2fsprogs cpio xz-utils zstd kmod jq util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+
+# The kernel interop tests boot Debian's kernel under QEMU; it is unpacked into
+# a cache directory (never installed into /boot) by fetch-test-kernel.sh.
+fetch_kernel() {
+	if ! "$here/fetch-test-kernel.sh"; then
+		echo "install-test-deps: could not fetch the test kernel; the kernel tests will say so" >&2
+	fi
+}
+if [ ${#missing[@]} -eq 0 ]; then
+	fetch_kernel
+	exit 0
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -19,6 +31,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	else
 		echo "install-test-deps: missing Debian packages: ${missing[*]}" >&2
 		echo "install-test-deps: run as root: apt-get install -y ${missing[*]}" >&2
+		fetch_kernel
 		exit 0
 	fi
 fi
@@ -26,3 +39,4 @@ echo "install-test-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fetch_kernel
