@@ -22,7 +22,7 @@ import (
 )
 
 // The crash test runs a nexus in a child process (this test binary,
-// re-executed into TestCrashHelper) over file-backed children and the file
+// re-executed into TestCrashNexusProcess) over file-backed children and the file
 // health store, SIGKILLs it in the middle of its workload, and recreates the
 // nexus from the store in the parent.
 
@@ -41,9 +41,9 @@ func (o fileOpener) Open(_ context.Context, uri string) (bdev.Device, error) {
 
 func crashURI(i int) string { return fmt.Sprintf("bdev:///c%d", i) }
 
-// TestCrashHelper is the child process: it serves a nexus and writes until
+// TestCrashNexusProcess is the child process: it serves a nexus and writes until
 // killed. Commands come from the environment; progress goes to stdout.
-func TestCrashHelper(t *testing.T) {
+func TestCrashNexusProcess(t *testing.T) {
 	dir := os.Getenv(envCrashDir)
 	if dir == "" {
 		t.Skip("only run as the child process of TestCrashRecovery")
@@ -127,7 +127,7 @@ func TestCrashHelper(t *testing.T) {
 // round's admin step and some flushes after it, and SIGKILLs it.
 func runCrashRound(t *testing.T, dir string, round int, children []string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashNexusProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envCrashDir+"="+dir,
 		"NEXUS_CRASH_ROUND="+strconv.Itoa(round), "NEXUS_CRASH_CHILDREN="+strings.Join(children, ","))
 	out, err := cmd.StdoutPipe()

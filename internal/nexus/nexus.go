@@ -110,7 +110,7 @@ type Nexus struct {
 	history  []RebuildStatus
 
 	rr    atomic.Uint64
-	tasks chan task
+	queue chan childIO
 	wgWk  sync.WaitGroup
 	// ops is the free list of fan-out ops. Not a sync.Pool: ops are
 	// released by workers on other Ps, where a Pool would park them in
@@ -315,8 +315,8 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		n.closeAll()
 		return nil, fmt.Errorf("nexus %s: %w", label, err)
 	}
-	n.tasks = make(chan task, fanWorkers)
-	// Up to fanWorkers tasks wait in the queue and fanWorkers run, each
+	n.queue = make(chan childIO, fanWorkers)
+	// Up to fanWorkers child I/Os wait in the queue and fanWorkers run, each
 	// op having at least one: this many free ops cover every op in flight.
 	n.ops = make(chan *fanOp, 2*fanWorkers+64)
 	for range fanWorkers {
@@ -481,8 +481,8 @@ func (k opKind) String() string { return opNames[k] }
 // pooled: the fan-out does not allocate.
 //
 // The submitting goroutine hands the children after the first to the
-// workers, does the first itself, and then takes back (claims) any task no
-// worker has started yet: when every CPU is busy, a woken worker would only
+// workers, does the first itself, and then takes back (claims) any child I/O
+// no worker has started yet: when every CPU is busy, a woken worker would only
 // run after the submitter blocks, so doing the work inline saves two
 // context switches per child, while idle workers still give parallelism.
 type fanOp struct {
@@ -493,11 +493,11 @@ type fanOp struct {
 	members []*child
 	errs    []error
 	claimed []atomic.Bool
-	// done receives one token per task a worker ran (capacity >= tasks,
-	// so a worker never blocks on it).
+	// done receives one token per child I/O a worker ran; its capacity
+	// covers every queued one, so a worker never blocks on it.
 	done chan struct{}
-	// refs counts the submitter and every queued task; the last one to
-	// let go returns the op to the pool.
+	// refs counts the submitter and every queued child I/O; the last to
+	// let go returns the op to the free list.
 	refs atomic.Int32
 }
 
@@ -516,14 +516,15 @@ func (o *fanOp) run(i int) error {
 	}
 }
 
-type task struct {
+// childIO is the I/O of one child of a fanOp, queued for the workers.
+type childIO struct {
 	op *fanOp
 	i  int
 }
 
 func (n *Nexus) worker() {
 	defer n.wgWk.Done()
-	for t := range n.tasks {
+	for t := range n.queue {
 		o := t.op
 		if o.claimed[t.i].CompareAndSwap(false, true) {
 			o.errs[t.i] = o.run(t.i)
@@ -792,7 +793,7 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	o.refs.Store(int32(len(w)))
 	for i := 1; i < len(w); i++ {
 		o.claimed[i].Store(false)
-		n.tasks <- task{op: o, i: i}
+		n.queue <- childIO{op: o, i: i}
 	}
 	o.errs[0] = o.run(0)
 	running := 0
@@ -1036,7 +1037,7 @@ func (n *Nexus) Close() error {
 	for n.inflight.Load() > 0 {
 		time.Sleep(time.Millisecond)
 	}
-	close(n.tasks)
+	close(n.queue)
 	n.wgWk.Wait()
 	n.stateMu.Lock()
 	defer n.stateMu.Unlock()
