@@ -478,7 +478,7 @@ var opNames = [...]string{"write", "write-zeroes", "unmap", "flush"}
 func (k opKind) String() string { return opNames[k] }
 
 // fanOp is one I/O fanned out to the writable children of a view. It is
-// pooled: the fan-out does not allocate.
+// recycled through a free list: the fan-out does not allocate.
 //
 // The submitting goroutine hands the children after the first to the
 // workers, does the first itself, and then takes back (claims) any child I/O
