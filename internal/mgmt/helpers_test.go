@@ -90,13 +90,16 @@ func newService(t testing.TB, cli *clientv3.Client, system string, clock *fakeCl
 		t.Fatal(err)
 	}
 	addr := lis.Addr().String()
-	cfg := Config{System: system, Address: addr, Etcd: cli, SessionTTL: 2,
-		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: 5 * time.Second}
-	if clock != nil {
-		// The test drives the checker, so that a background pass cannot
-		// race its assertions.
-		cfg.Now, cfg.CheckInterval = clock.Now, -1
+	// Tests drive the checker with a fake clock, so that a slow machine
+	// (where real heartbeats may lag) cannot make members unresponsive
+	// behind their back. A long lease keeps leadership on a loaded machine;
+	// Close revokes it, so failover stays quick.
+	if clock == nil {
+		clock = newFakeClock()
 	}
+	cfg := Config{System: system, Address: addr, Etcd: cli, SessionTTL: 10,
+		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: 5 * time.Second,
+		Now: clock.Now, CheckInterval: -1}
 	svc, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

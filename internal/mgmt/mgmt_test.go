@@ -25,7 +25,8 @@ func TestTransitionTable(t *testing.T) {
 	for _, p := range [][2]State{
 		{StateJoined, StateStopped}, {StateJoined, StateUnresponsive}, {StateJoined, StateExcluded}, {StateJoined, StateErrored},
 		{StateStopped, StateJoined}, {StateStopped, StateUnresponsive}, {StateStopped, StateExcluded}, {StateStopped, StateErrored},
-		{StateUnresponsive, StateJoined}, {StateUnresponsive, StateExcluded},
+		{StateUnresponsive, StateJoined}, {StateUnresponsive, StateStopped}, {StateUnresponsive, StateErrored},
+		{StateUnresponsive, StateExcluded},
 		{StateExcluded, StateStopped},
 		{StateErrored, StateJoined}, {StateErrored, StateStopped}, {StateErrored, StateUnresponsive}, {StateErrored, StateExcluded},
 	} {
@@ -192,6 +193,37 @@ func TestHeartbeatsAndChecker(t *testing.T) {
 	}
 	if res, err := svc.SystemStart(ctx, &mgmtv1.SystemStartRequest{Ranks: "0"}); err != nil || res.Results[0].State != "joined" {
 		t.Fatalf("start errored: %+v, %v", res, err)
+	}
+
+	// A stopped member that goes silent and comes back is still stopped,
+	// whether its heartbeats resume or its server restarts and rejoins.
+	if _, err := svc.SystemStop(ctx, &mgmtv1.SystemStopRequest{Ranks: "0-1"}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(6 * time.Second)
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 2 {
+		t.Fatalf("marked %v, %v", marked, err)
+	}
+	res, err = svc.SystemStop(ctx, &mgmtv1.SystemStopRequest{Ranks: "0"})
+	if err != nil || !res.Results[0].Errored || !strings.Contains(res.Results[0].Msg, "not answering") {
+		t.Fatalf("stop unresponsive: %+v, %v", res, err)
+	}
+	hb, err = svc.Heartbeat(ctx, &mgmtv1.HeartbeatRequest{System: "sys", Uuid: a.String(), Rank: 0})
+	if err != nil || hb.State != "stopped" {
+		t.Fatalf("resumed heartbeat of a stopped member: %+v, %v", hb, err)
+	}
+	jr, err := svc.Join(ctx, joinReq("sys", b, "h1:1"))
+	if err != nil || jr.State != "stopped" || jr.Rank != 1 {
+		t.Fatalf("rejoin of a stopped member: %+v, %v", jr, err)
+	}
+	// Heartbeats that change nothing are kept in memory but reported.
+	clock.Advance(time.Second)
+	if _, err := svc.Heartbeat(ctx, &mgmtv1.HeartbeatRequest{System: "sys", Uuid: a.String(), Rank: 0}); err != nil {
+		t.Fatal(err)
+	}
+	q, _ = svc.SystemQuery(ctx, &mgmtv1.SystemQueryRequest{Ranks: "0"})
+	if q.Members[0].LastHeartbeatMs != clock.Now().UnixMilli() {
+		t.Fatalf("last heartbeat %d, want %d", q.Members[0].LastHeartbeatMs, clock.Now().UnixMilli())
 	}
 }
 

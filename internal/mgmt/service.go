@@ -74,6 +74,11 @@ type Service struct {
 	fenceRev    int64
 	leaderSince time.Time
 	leaderCh    chan struct{} // closed and replaced on every leadership change
+	// heartbeats holds the last heartbeat (Unix ms) of each member UUID
+	// seen by this leader. Heartbeats are not written to etcd one by one:
+	// only the leader judges them, and a new leader grants every member a
+	// full timeout from its election anyway.
+	heartbeats map[string]int64
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -192,6 +197,7 @@ func (s *Service) setLeader(key string, rev int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.leading, s.fenceKey, s.fenceRev, s.leaderSince = true, key, rev, s.cfg.Now()
+	s.heartbeats = map[string]int64{}
 	close(s.leaderCh)
 	s.leaderCh = make(chan struct{})
 }
@@ -203,6 +209,7 @@ func (s *Service) clearLeader() {
 		return
 	}
 	s.leading = false
+	s.heartbeats = nil
 	close(s.leaderCh)
 	s.leaderCh = make(chan struct{})
 }
@@ -289,6 +296,22 @@ func (s *Service) txn(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.
 
 func (s *Service) nowMs() int64 { return s.cfg.Now().UnixMilli() }
 
+// noteHeartbeat records a heartbeat in memory.
+func (s *Service) noteHeartbeat(uuid string, ms int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.heartbeats != nil && ms > s.heartbeats[uuid] {
+		s.heartbeats[uuid] = ms
+	}
+}
+
+// lastHeartbeat is the newest heartbeat known for m.
+func (s *Service) lastHeartbeat(m *Member) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return max(m.LastHB, s.heartbeats[m.UUID])
+}
+
 func (s *Service) checkSystem(system string) error {
 	if system != s.cfg.System {
 		return fault.New(fault.FailedPrecondition, CodeForeignSystem,
@@ -336,7 +359,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 			if x.UUID == uid {
 				m = x
 			} else if strings.EqualFold(x.Address, req.Address) && x.State == StateJoined &&
-				now-x.LastHB <= s.cfg.HeartbeatTimeout.Milliseconds() {
+				now-s.lastHeartbeat(x) <= s.cfg.HeartbeatTimeout.Milliseconds() {
 				return nil, fault.New(fault.AlreadyExists, CodeBadRequest,
 					fmt.Sprintf("address %s is in use by rank %d (node %s), which is alive", req.Address, x.Rank, x.UUID),
 					fmt.Sprintf("give this node its own grpc_listen address, or stop the other node and exclude rank %d", x.Rank))
@@ -350,14 +373,20 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 			}
 			prev := m.State
 			m.Address, m.FaultDomain, m.Labels = req.Address, req.FaultDomain, req.Labels
+			// A member an operator stopped stays stopped across restarts.
 			m.State, m.Info, m.LastHB = StateJoined, "rejoined", now
+			if prev == StateStopped || (prev == StateUnresponsive && m.PrevState == StateStopped) {
+				m.State, m.Info = StateStopped, "rejoined; stopped by an operator"
+			}
+			m.PrevState = ""
 			ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(uid)), "=", m.modRev)},
 				clientv3.OpPut(s.k.member(uid), encodeMember(m)))
 			if err != nil {
 				return nil, err
 			}
 			if ok {
-				s.log.Info("member rejoined", "rank", m.Rank, "uuid", uid, "address", m.Address, "was", prev)
+				s.noteHeartbeat(uid, now)
+				s.log.Info("member rejoined", "rank", m.Rank, "uuid", uid, "address", m.Address, "was", prev, "state", m.State)
 				return m, nil
 			}
 			continue
@@ -397,6 +426,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 			return nil, err
 		}
 		if ok {
+			s.noteHeartbeat(uid, now)
 			s.log.Info("member joined", "rank", rank, "uuid", uid, "address", m.Address)
 			return m, nil
 		}
@@ -421,7 +451,13 @@ func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 		return "", err
 	}
 	for attempt := 0; attempt < maxTxnAttempts; attempt++ {
-		m, err := getMember(ctx, s.cfg.Etcd, s.k, req.Uuid)
+		// Heartbeats are frequent: read the leader's local copy (a stale
+		// record fails the revision check of any write made from it).
+		var opts []clientv3.OpOption
+		if attempt == 0 {
+			opts = append(opts, clientv3.WithSerializable())
+		}
+		m, err := getMember(ctx, s.cfg.Etcd, s.k, req.Uuid, opts...)
 		if err != nil {
 			return "", err
 		}
@@ -432,23 +468,32 @@ func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 		if m.State == StateExcluded {
 			return m.State, nil
 		}
+		now := s.nowMs()
 		prev := m.State
 		if m.State == StateUnresponsive {
 			m.State, m.Info = StateJoined, "heartbeats resumed"
+			if m.PrevState == StateStopped || m.PrevState == StateErrored {
+				m.State = m.PrevState
+			}
+			m.PrevState = ""
 		}
 		if req.Error != "" && (m.State == StateJoined || m.State == StateStopped) {
 			m.State, m.Info = StateErrored, req.Error
 		}
-		m.LastHB = s.nowMs()
+		if m.State == prev {
+			// The common case: nothing to write.
+			s.noteHeartbeat(m.UUID, now)
+			return m.State, nil
+		}
+		m.LastHB = now
 		ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(m.UUID)), "=", m.modRev)},
 			clientv3.OpPut(s.k.member(m.UUID), encodeMember(m)))
 		if err != nil {
 			return "", err
 		}
 		if ok {
-			if prev != m.State {
-				s.log.Info("member state", "rank", m.Rank, "from", prev, "to", m.State, "info", m.Info)
-			}
+			s.noteHeartbeat(m.UUID, now)
+			s.log.Info("member state", "rank", m.Rank, "from", prev, "to", m.State, "info", m.Info)
 			return m.State, nil
 		}
 	}
@@ -475,13 +520,13 @@ func (s *Service) CheckMembers(ctx context.Context) ([]uint32, error) {
 		if m.State != StateJoined && m.State != StateStopped && m.State != StateErrored {
 			continue
 		}
-		last := max(m.LastHB, since.UnixMilli())
-		if now-last <= s.cfg.HeartbeatTimeout.Milliseconds() {
+		hb := s.lastHeartbeat(m)
+		if now-max(hb, since.UnixMilli()) <= s.cfg.HeartbeatTimeout.Milliseconds() {
 			continue
 		}
 		prev := m.State
-		m.State = StateUnresponsive
-		m.Info = "no heartbeat since " + time.UnixMilli(m.LastHB).UTC().Format(time.RFC3339)
+		m.State, m.PrevState, m.LastHB = StateUnresponsive, prev, hb
+		m.Info = "no heartbeat since " + time.UnixMilli(hb).UTC().Format(time.RFC3339)
 		ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(m.UUID)), "=", m.modRev)},
 			clientv3.OpPut(s.k.member(m.UUID), encodeMember(m)))
 		if err != nil {

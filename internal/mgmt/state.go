@@ -44,7 +44,7 @@ var States = []State{StateJoined, StateStopped, StateUnresponsive, StateExcluded
 var transitions = map[State][]State{
 	StateJoined:       {StateStopped, StateUnresponsive, StateExcluded, StateErrored},
 	StateStopped:      {StateJoined, StateUnresponsive, StateExcluded, StateErrored},
-	StateUnresponsive: {StateJoined, StateExcluded},
+	StateUnresponsive: {StateJoined, StateStopped, StateErrored, StateExcluded},
 	StateExcluded:     {StateStopped},
 	StateErrored:      {StateJoined, StateStopped, StateUnresponsive, StateExcluded},
 }
@@ -83,8 +83,6 @@ func transitionHint(from, to State) string {
 	switch {
 	case from == StateExcluded:
 		return "; clear the exclusion first (nexctl system exclude --clear)"
-	case from == StateUnresponsive && to == StateStopped:
-		return "; the member is not answering: restart its nexstor server or exclude it"
 	}
 	return ""
 }

@@ -25,7 +25,13 @@ type Member struct {
 	FaultDomain string            `json:"fault_domain,omitempty"`
 	State       State             `json:"state"`
 	Info        string            `json:"info,omitempty"`
-	LastHB      int64             `json:"last_heartbeat_ms"`
+	// PrevState is the state before the member became unresponsive, which
+	// it returns to when its heartbeats resume (a stopped member stays
+	// stopped).
+	PrevState State `json:"prev_state,omitempty"`
+	// LastHB is the last heartbeat persisted; the leader keeps newer ones
+	// in memory and writes them with the next state change.
+	LastHB int64 `json:"last_heartbeat_ms"`
 	JoinedAt    int64             `json:"joined_ms"`
 	Labels      map[string]string `json:"labels,omitempty"`
 
@@ -73,8 +79,10 @@ func encodeMember(m *Member) string {
 }
 
 // getMember returns the member with uuid, or nil when there is none.
-func getMember(ctx context.Context, cli *clientv3.Client, k keys, uuid string) (*Member, error) {
-	resp, err := cli.Get(ctx, k.member(uuid))
+// Serializable reads skip the raft round trip; the record's revision still
+// guards any update made from it.
+func getMember(ctx context.Context, cli *clientv3.Client, k keys, uuid string, opts ...clientv3.OpOption) (*Member, error) {
+	resp, err := cli.Get(ctx, k.member(uuid), opts...)
 	if err != nil {
 		return nil, storeErr(err, "read member "+uuid)
 	}

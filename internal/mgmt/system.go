@@ -114,7 +114,9 @@ func (s *Service) SystemQuery(ctx context.Context, req *mgmtv1.SystemQueryReques
 	}
 	resp := &mgmtv1.SystemQueryResponse{AbsentRanks: sel.absentRanks, AbsentHosts: sel.absentHosts}
 	for _, m := range sel.members {
-		resp.Members = append(resp.Members, m.Proto())
+		pm := m.Proto()
+		pm.LastHeartbeatMs = s.lastHeartbeat(m)
+		resp.Members = append(resp.Members, pm)
 	}
 	return resp, nil
 }
@@ -170,7 +172,10 @@ func (s *Service) applyOne(ctx context.Context, m *Member, info string, d decide
 			return res, nil
 		}
 		prev := m.State
-		m.State, m.Info = to, info
+		m.State, m.Info, m.LastHB = to, info, s.lastHeartbeat(m)
+		if to != StateUnresponsive {
+			m.PrevState = ""
+		}
 		ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(m.UUID)), "=", m.modRev)},
 			clientv3.OpPut(s.k.member(m.UUID), encodeMember(m)))
 		if err != nil {
@@ -188,8 +193,11 @@ func (s *Service) applyOne(ctx context.Context, m *Member, info string, d decide
 // SystemStop implements MgmtService.SystemStop.
 func (s *Service) SystemStop(ctx context.Context, req *mgmtv1.SystemStopRequest) (*mgmtv1.SystemResultsResponse, error) {
 	return s.apply(ctx, req.Ranks, req.Hosts, "stopped by an operator", func(m *Member) (State, bool, error) {
-		if m.State == StateStopped {
+		switch m.State {
+		case StateStopped:
 			return "", true, nil
+		case StateUnresponsive:
+			return "", false, fmt.Errorf("rank %d is not answering; restart its nexstor server or exclude it", m.Rank)
 		}
 		return StateStopped, false, nil
 	})
