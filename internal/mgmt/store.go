@@ -19,21 +19,21 @@ const NoRank = ^uint32(0)
 // Member is the record of one storage node, stored as JSON at
 // /nexstor/<system>/members/<uuid>.
 type Member struct {
-	UUID        string            `json:"uuid"`
-	Rank        uint32            `json:"rank"`
-	Address     string            `json:"address"`
-	FaultDomain string            `json:"fault_domain,omitempty"`
-	State       State             `json:"state"`
-	Info        string            `json:"info,omitempty"`
+	UUID        string `json:"uuid"`
+	Rank        uint32 `json:"rank"`
+	Address     string `json:"address"`
+	FaultDomain string `json:"fault_domain,omitempty"`
+	State       State  `json:"state"`
+	Info        string `json:"info,omitempty"`
 	// PrevState is the state before the member became unresponsive, which
 	// it returns to when its heartbeats resume (a stopped member stays
 	// stopped).
 	PrevState State `json:"prev_state,omitempty"`
 	// LastHB is the last heartbeat persisted; the leader keeps newer ones
 	// in memory and writes them with the next state change.
-	LastHB int64 `json:"last_heartbeat_ms"`
-	JoinedAt    int64             `json:"joined_ms"`
-	Labels      map[string]string `json:"labels,omitempty"`
+	LastHB   int64             `json:"last_heartbeat_ms"`
+	JoinedAt int64             `json:"joined_ms"`
+	Labels   map[string]string `json:"labels,omitempty"`
 
 	// modRev is the etcd revision the record was read at, for
 	// compare-and-swap updates.
