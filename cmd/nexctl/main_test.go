@@ -38,7 +38,7 @@ func TestStableJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"name":"r0","uuid":"u","pool":"p0","size":1073741824,"thin":true,"allocated":4194304,"state":"online","share":{"protocol":"nbd","uri":"nbd://h:1/r0"}}`
+	want := `{"name":"r0","uuid":"u","pool":"p0","size":1073741824,"thin":true,"allocated":4194304,"state":"online","share":{"protocol":"nbd","uri":"nbd://h:1/r0"},"shares":[{"protocol":"nbd","uri":"nbd://h:1/r0"}]}`
 	if string(b) != want {
 		t.Fatalf("replica JSON\n%s\nwant\n%s", b, want)
 	}

@@ -52,6 +52,8 @@ type replicaView struct {
 	State     string     `json:"state" yaml:"state"`
 	Reason    string     `json:"reason,omitempty" yaml:"reason,omitempty"`
 	Share     *shareView `json:"share,omitempty" yaml:"share,omitempty"`
+	// Shares lists every share (one per protocol); Share is the first.
+	Shares []shareView `json:"shares,omitempty" yaml:"shares,omitempty"`
 }
 
 func newReplicaView(r *enginev1.Replica) replicaView {
@@ -59,6 +61,12 @@ func newReplicaView(r *enginev1.Replica) replicaView {
 		Allocated: r.GetAllocated(), State: stateName(r.GetState().String()), Reason: r.GetReason()}
 	if s := r.GetShare(); s != nil {
 		v.Share = &shareView{Protocol: s.GetProtocol(), URI: s.GetUri(), AllowedHosts: s.GetAllowedHosts()}
+	}
+	for _, s := range r.GetShares() {
+		v.Shares = append(v.Shares, shareView{Protocol: s.GetProtocol(), URI: s.GetUri(), AllowedHosts: s.GetAllowedHosts()})
+	}
+	if len(v.Shares) == 0 && v.Share != nil {
+		v.Shares = []shareView{*v.Share} // a server that predates shares
 	}
 	return v
 }
@@ -107,13 +115,15 @@ func poolDetail(w io.Writer, p poolView) error {
 func replicaTable(w io.Writer, reps []replicaView) error {
 	t := output.NewTable(w, "NAME", "POOL", "SIZE", "ALLOCATED", "TYPE", "STATE", "SHARE")
 	for _, r := range reps {
-		share := ""
-		if r.Share != nil {
-			share = r.Share.URI
-			if share == "" {
-				share = r.Share.Protocol
+		var uris []string
+		for _, sh := range r.Shares {
+			if sh.URI != "" {
+				uris = append(uris, sh.URI)
+			} else {
+				uris = append(uris, sh.Protocol)
 			}
 		}
+		share := strings.Join(uris, " ")
 		t.Row(r.Name, r.Pool, output.Size(r.Size), output.Size(r.Allocated), kind(r.Thin), r.State, share)
 	}
 	return t.Flush()
@@ -126,12 +136,13 @@ func replicaDetail(w io.Writer, r replicaView) error {
 	if r.Reason != "" {
 		kv = append(kv, "Reason", r.Reason)
 	}
-	if r.Share != nil {
-		kv = append(kv, "Share", r.Share.URI, "Protocol", r.Share.Protocol)
-		if len(r.Share.AllowedHosts) > 0 {
-			kv = append(kv, "Allowed hosts", strings.Join(r.Share.AllowedHosts, ", "))
+	for _, sh := range r.Shares {
+		kv = append(kv, "Share ("+sh.Protocol+")", sh.URI)
+		if len(sh.AllowedHosts) > 0 {
+			kv = append(kv, "Allowed hosts ("+sh.Protocol+")", strings.Join(sh.AllowedHosts, ", "))
 		}
-	} else {
+	}
+	if len(r.Shares) == 0 {
 		kv = append(kv, "Share", "not shared")
 	}
 	return output.KeyValues(w, kv...)

@@ -55,7 +55,7 @@ func versionCmd() *cobra.Command {
 }
 
 func serverCmd() *cobra.Command {
-	var cfgPath, dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr, logLevel string
+	var cfgPath, dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr, logLevel, pprofAddr string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the storage node's engine",
@@ -102,6 +102,13 @@ the next start restores both.`,
 			}
 			defer closeLog()
 			slog.SetDefault(logger) // the packages below log through the default logger
+			if pprofAddr != "" {
+				stopPprof, err := servePprof(pprofAddr, logger)
+				if err != nil {
+					return err
+				}
+				defer stopPprof()
+			}
 			var pools []engine.PoolConfig
 			for _, p := range cfg.Pools {
 				pools = append(pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
@@ -117,63 +124,8 @@ the next start restores both.`,
 	cmd.Flags().StringVar(&nvmfAddr, "nvmf", config.DefaultNVMfListen, `NVMe/TCP listen address ("" disables NVMe/TCP)`)
 	cmd.Flags().StringVar(&discAddr, "discovery", config.DefaultDiscoveryListen, `NVMe/TCP discovery listen address ("" disables it)`)
 	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
+	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (off by default; never expose it)")
 	return cmd
-}
-
-func devCmd() *cobra.Command {
-	var dataDir, grpcAddr, nbdAddr, nvmfAddr string
-	cmd := &cobra.Command{
-		Use:   "dev",
-		Short: "Run a node on files under a data dir, with a shared demo replica",
-		Long: `Dev runs a storage node for trying Nexstor out: a pool on a 1GiB sparse file
-in the data dir, a thin 512MiB replica "demo" in it, shared over NBD. The
-first start creates them; later starts reuse the same pool, replica and
-share. It prints how to reach the replica.`,
-		Example: `  nexstor dev
-  nexstor dev --data-dir /tmp/nexstor-dev --nbd 127.0.0.1:10810 --grpc 127.0.0.1:10125`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-			slog.SetDefault(logger)
-			opts := engine.ServerOptions{DataDir: dataDir, GRPCListen: grpcAddr, NBDListen: nbdAddr, NVMfListen: nvmfAddr, Logger: logger}
-			return run(opts, func(s *engine.Server) error {
-				r, err := engine.SetupDev(s.Engine, dataDir)
-				if err != nil {
-					return err
-				}
-				printDev(cmd.OutOrStdout(), s, r)
-				return nil
-			})
-		},
-	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", "./nexstor-dev", "directory of the dev pool file and the engine state")
-	cmd.Flags().StringVar(&grpcAddr, "grpc", config.DefaultGRPCListen, "engine gRPC listen address")
-	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
-	cmd.Flags().StringVar(&nvmfAddr, "nvmf", "", `NVMe/TCP listen address, e.g. 127.0.0.1:4420 ("" disables NVMe/TCP)`)
-	return cmd
-}
-
-func printDev(w io.Writer, s *engine.Server, r engine.ReplicaInfo) {
-	uri := r.Share.URI
-	eng := ""
-	if s.GRPCAddr() != config.DefaultGRPCListen {
-		eng = " --engine " + s.GRPCAddr()
-	}
-	fmt.Fprintf(w, `
-Nexstor dev node is running.
-
-  replica %s (%s, thin) in pool %s, shared at:
-    %s
-
-Try it:
-  nbdinfo %s
-  nbdcopy ./some.img %s    # write a file into the replica
-  nbdcopy %s ./copy.img    # read the replica back
-  nexctl%s replica list
-  nexctl%s pool get %s
-
-Press Ctrl-C to stop; the next start reuses the same pool, replica and share.
-`, r.Name, output.Size(uint64(r.Size)), r.Pool, uri, uri, uri, uri, eng, eng, r.Pool)
 }
 
 // run starts a server, calls ready (if any), and serves until SIGINT or

@@ -18,7 +18,9 @@ const (
 
 // SetupDev makes sure the dev pool (a sparse file in dataDir), the thin demo
 // replica and its NBD share exist, creating what is missing; on a second
-// start everything is found again and reused. It returns the demo replica.
+// start everything is found again and reused. When the engine serves
+// NVMe/TCP the replica is shared over it too, admitting any host. It returns
+// the demo replica with its shares.
 func SetupDev(e *Engine, dataDir string) (ReplicaInfo, error) {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -46,5 +48,9 @@ func SetupDev(e *Engine, dataDir string) (ReplicaInfo, error) {
 	} else if err != nil {
 		return ReplicaInfo{}, err
 	}
-	return e.ShareReplica(DevReplica, ProtocolNBD, nil)
+	ri, err := e.ShareReplica(DevReplica, ProtocolNBD, nil)
+	if err != nil || e.cfg.NVMf == nil {
+		return ri, err
+	}
+	return e.ShareReplica(DevReplica, ProtocolNVMf, nil)
 }

@@ -100,7 +100,8 @@ type ReplicaInfo struct {
 	Allocated int64
 	State     ReplicaState
 	Reason    string
-	Share     *ShareInfo // nil when not shared
+	Share     *ShareInfo  // the first of Shares; nil when not shared
+	Shares    []ShareInfo // one per protocol, sorted by protocol
 }
 
 // ShareInfo says how a replica is shared.
@@ -118,7 +119,10 @@ type poolEntry struct {
 	exclusive        bool // destroy or export in flight
 }
 
+// shareEntry is one export of a replica; a replica has at most one per
+// protocol. The registry keys it by shareKey(replica, protocol).
 type shareEntry struct {
+	replica  string
 	protocol string
 	allowed  []string
 	uri      string
@@ -135,10 +139,10 @@ type Engine struct {
 
 	mu       sync.Mutex
 	pools    map[string]*poolEntry
-	replicas map[string]string // replica name -> pool name
-	shares   map[string]*shareEntry
-	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
-	gen      uint64          // bumped on every change of persistent state
+	replicas map[string]string      // replica name -> pool name
+	shares   map[string]*shareEntry // shareKey(replica, protocol) -> share
+	busy     map[string]bool        // "replica/<name>", "pool/<name>", "disk/<key>"
+	gen      uint64                 // bumped on every change of persistent state
 	closed   bool
 
 	stateMu  sync.Mutex // serializes state file writes
@@ -248,8 +252,8 @@ func (e *Engine) restorePool(p PoolConfig, uuid string) {
 }
 
 func (e *Engine) restoreShare(s stateShare) {
-	se := &shareEntry{protocol: s.Protocol, allowed: s.AllowedHosts}
-	e.shares[s.Replica] = se
+	se := &shareEntry{replica: s.Replica, protocol: s.Protocol, allowed: s.AllowedHosts}
+	e.shares[shareKey(s.Replica, s.Protocol)] = se
 	poolName, ok := e.replicas[s.Replica]
 	if !ok {
 		se.reason = fmt.Sprintf("replica %q not found in any imported pool", s.Replica)
@@ -350,7 +354,7 @@ func (e *Engine) snapshotLocked() persistentState {
 	}
 	for _, name := range sortedKeys(e.shares) {
 		s := e.shares[name]
-		st.Shares = append(st.Shares, stateShare{Replica: name, Protocol: s.protocol, AllowedHosts: s.allowed})
+		st.Shares = append(st.Shares, stateShare{Replica: s.replica, Protocol: s.protocol, AllowedHosts: s.allowed})
 	}
 	return st
 }
@@ -369,15 +373,15 @@ func (e *Engine) Close() error {
 	pools := maps.Clone(e.pools)
 	e.mu.Unlock()
 	var errs []error
-	for name, s := range shares {
+	for _, s := range shares {
 		if s.dev == nil {
 			continue
 		}
-		if err := e.exporter(s.protocol).RemoveExport(name); err != nil {
-			errs = append(errs, fmt.Errorf("unshare replica %q: %w", name, err))
+		if err := e.exporter(s.protocol).RemoveExport(s.replica); err != nil {
+			errs = append(errs, fmt.Errorf("unshare replica %q (%s): %w", s.replica, s.protocol, err))
 		}
 		if err := s.dev.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close replica %q: %w", name, err))
+			errs = append(errs, fmt.Errorf("close replica %q: %w", s.replica, err))
 		}
 	}
 	for name, p := range pools {
@@ -435,6 +439,21 @@ func importURI(uri string) string {
 	q.Del("size")
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// shareKey is the registry key of a replica's share over one protocol.
+// Replica names cannot hold '/', so the key is unambiguous.
+func shareKey(replica, protocol string) string { return replica + "/" + protocol }
+
+// sharesOfLocked returns the shares of a replica, sorted by protocol.
+func (e *Engine) sharesOfLocked(replica string) []*shareEntry {
+	var out []*shareEntry
+	for _, k := range sortedKeys(e.shares) {
+		if s := e.shares[k]; s.replica == replica {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func sortedKeys[V any](m map[string]V) []string {

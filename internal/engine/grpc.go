@@ -190,5 +190,8 @@ func ReplicaToProto(r ReplicaInfo) *enginev1.Replica {
 	if r.Share != nil {
 		m.Share = &enginev1.Share{Protocol: r.Share.Protocol, Uri: r.Share.URI, AllowedHosts: r.Share.AllowedHosts}
 	}
+	for _, s := range r.Shares {
+		m.Shares = append(m.Shares, &enginev1.Share{Protocol: s.Protocol, Uri: s.URI, AllowedHosts: s.AllowedHosts})
+	}
 	return m
 }

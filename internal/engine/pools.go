@@ -228,7 +228,7 @@ func (e *Engine) removePool(name string, force, destroy bool) error {
 	for r, p := range e.replicas {
 		if p == name {
 			reps = append(reps, r)
-			if _, ok := e.shares[r]; ok {
+			if len(e.sharesOfLocked(r)) > 0 {
 				shared = append(shared, r)
 			}
 		}
@@ -328,9 +328,9 @@ func (e *Engine) restoreSharesOf(pool string) {
 	}
 	var todo []pending
 	e.mu.Lock()
-	for name, s := range e.shares {
-		if s.dev == nil && e.replicas[name] == pool {
-			todo = append(todo, pending{name, s.protocol, slices.Clone(s.allowed)})
+	for _, s := range e.shares {
+		if s.dev == nil && e.replicas[s.replica] == pool {
+			todo = append(todo, pending{s.replica, s.protocol, slices.Clone(s.allowed)})
 		}
 	}
 	e.mu.Unlock()

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -132,14 +133,14 @@ func (e *Engine) DestroyReplica(name string) error {
 		return err
 	}
 	e.mu.Lock()
-	s, shared := e.shares[name]
+	ss := e.sharesOfLocked(name)
 	e.mu.Unlock()
-	if shared {
+	if len(ss) > 0 {
 		e.mu.Lock()
 		done()
 		e.mu.Unlock()
 		return fault.New(fault.FailedPrecondition, "replica.shared",
-			fmt.Sprintf("replica %q is shared over %s", name, s.protocol),
+			fmt.Sprintf("replica %q is shared over %s", name, ss[0].protocol),
 			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
 	}
 	err = pe.h.DestroyReplica(name)
@@ -206,24 +207,27 @@ type shareView struct {
 	reason string
 }
 
-func (e *Engine) shareInfoLocked(name string) *shareView {
-	s, ok := e.shares[name]
-	if !ok {
-		return nil
+func (e *Engine) shareInfoLocked(name string) []shareView {
+	var out []shareView
+	for _, s := range e.sharesOfLocked(name) {
+		out = append(out, shareView{
+			info:   &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)},
+			reason: s.reason,
+		})
 	}
-	return &shareView{
-		info:   &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)},
-		reason: s.reason,
-	}
+	return out
 }
 
-func replicaInfo(pool string, rs ReplicaStat, sh *shareView) ReplicaInfo {
+func replicaInfo(pool string, rs ReplicaStat, shares []shareView) ReplicaInfo {
 	ri := ReplicaInfo{Name: rs.Name, UUID: rs.UUID, Pool: pool, Size: rs.Size, Thin: rs.Thin,
 		Allocated: rs.Allocated, State: ReplicaOnline}
-	if sh != nil {
-		ri.Share = sh.info
-		if sh.reason != "" {
-			ri.State, ri.Reason = ReplicaFaulted, "share not restored: "+sh.reason
+	for _, sh := range shares {
+		if ri.Share == nil {
+			ri.Share = sh.info
+		}
+		ri.Shares = append(ri.Shares, *sh.info)
+		if sh.reason != "" && ri.State != ReplicaFaulted {
+			ri.State, ri.Reason = ReplicaFaulted, sh.info.Protocol+" share not restored: "+sh.reason
 		}
 	}
 	return ri
@@ -291,9 +295,10 @@ func (e *Engine) Replicas(pool string) ([]ReplicaInfo, error) {
 }
 
 // ShareReplica exports a replica over protocol ("" means nbd) and remembers
-// the share across restarts. Sharing again over the same protocol returns the
-// existing share (and retries one that could not be restored); another
-// protocol is refused until the replica is unshared.
+// the share across restarts. A replica may be shared over each protocol once
+// (nbd and nvmf at the same time). Sharing again over the same protocol
+// returns the existing share (and retries one that could not be restored);
+// other allowed hosts are refused until the replica is unshared.
 func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (ReplicaInfo, error) {
 	if protocol == "" {
 		protocol = ProtocolNBD
@@ -317,19 +322,16 @@ func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (Rep
 	if err != nil {
 		return ReplicaInfo{}, err
 	}
+	key := shareKey(name, protocol)
 	e.mu.Lock()
-	s, shared := e.shares[name]
+	s, shared := e.shares[key]
 	e.mu.Unlock()
-	if shared && (s.protocol != protocol || !sameSet(s.allowed, allowedHosts)) {
+	if shared && !sameSet(s.allowed, allowedHosts) {
 		e.mu.Lock()
 		done()
 		e.mu.Unlock()
-		what := "over " + s.protocol
-		if s.protocol == protocol {
-			what = "with other allowed hosts (" + strings.Join(s.allowed, ", ") + ")"
-		}
 		return ReplicaInfo{}, fault.New(fault.FailedPrecondition, "replica.shared",
-			fmt.Sprintf("replica %q is already shared %s", name, what),
+			fmt.Sprintf("replica %q is already shared over %s with other allowed hosts (%s)", name, protocol, strings.Join(s.allowed, ", ")),
 			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
 	}
 	if !shared || s.dev == nil {
@@ -341,14 +343,14 @@ func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (Rep
 			return ReplicaInfo{}, err
 		}
 		e.mu.Lock()
-		e.shares[name] = &shareEntry{protocol: protocol, allowed: slices.Clone(allowedHosts), uri: uri, dev: dev}
+		e.shares[key] = &shareEntry{replica: name, protocol: protocol, allowed: slices.Clone(allowedHosts), uri: uri, dev: dev}
 		if !shared {
 			e.gen++
 		}
 		done()
 		e.mu.Unlock()
 		if err := e.save(); err != nil {
-			e.unexport(name)
+			e.unexport(name, protocol)
 			return ReplicaInfo{}, err
 		}
 		e.log.Info("replica shared", "replica", name, "uri", uri)
@@ -365,34 +367,46 @@ func sameSet(a, b []string) bool {
 	return slices.Equal(slices.Compact(slices.Sorted(slices.Values(a))), slices.Compact(slices.Sorted(slices.Values(b))))
 }
 
-// unexport removes a share from the protocol server and the registry.
-func (e *Engine) unexport(name string) error {
+// unexport removes the shares of a replica (all of them when protocol is
+// "") from the protocol servers and the registry.
+func (e *Engine) unexport(name, protocol string) error {
 	e.mu.Lock()
-	s, ok := e.shares[name]
-	if ok {
-		delete(e.shares, name)
-		e.gen++
+	var gone []*shareEntry
+	for _, s := range e.sharesOfLocked(name) {
+		if protocol == "" || s.protocol == protocol {
+			delete(e.shares, shareKey(name, s.protocol))
+			gone = append(gone, s)
+			e.gen++
+		}
 	}
 	e.mu.Unlock()
-	if !ok || s.dev == nil {
-		return nil
+	var errs []error
+	for _, s := range gone {
+		if s.dev == nil {
+			continue
+		}
+		if err := e.exporter(s.protocol).RemoveExport(name); err != nil {
+			e.log.Error("removing export", "replica", name, "protocol", s.protocol, "err", err)
+		}
+		if err := s.dev.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	if err := e.exporter(s.protocol).RemoveExport(name); err != nil {
-		e.log.Error("removing export", "replica", name, "err", err)
-	}
-	return s.dev.Close()
+	return errors.Join(errs...)
 }
 
-// UnshareReplica stops exporting a replica and forgets the share. Unsharing
-// an unshared replica succeeds.
+// UnshareReplica stops exporting a replica over every protocol and forgets
+// the shares. Unsharing an unshared replica succeeds.
 func (e *Engine) UnshareReplica(name string) (ReplicaInfo, error) {
 	// A remembered share of a replica that is gone (its pool faulted or
 	// exported) can still be forgotten.
 	e.mu.Lock()
 	_, exists := e.replicas[name]
-	s, shared := e.shares[name]
-	if !exists && shared && s.dev == nil && !e.busy["replica/"+name] {
-		delete(e.shares, name)
+	ss := e.sharesOfLocked(name)
+	if !exists && len(ss) > 0 && !e.busy["replica/"+name] {
+		for _, s := range ss {
+			delete(e.shares, shareKey(name, s.protocol))
+		}
 		e.gen++
 		e.mu.Unlock()
 		e.log.Info("stale share forgotten", "replica", name)
@@ -403,7 +417,7 @@ func (e *Engine) UnshareReplica(name string) (ReplicaInfo, error) {
 	if err != nil {
 		return ReplicaInfo{}, err
 	}
-	uerr := e.unexport(name)
+	uerr := e.unexport(name, "")
 	e.mu.Lock()
 	done()
 	e.mu.Unlock()

@@ -168,6 +168,10 @@ func (s *Server) NBDAddr() string { return addrOf(s.nbdLn) }
 // NVMfAddr is the address the NVMe/TCP target listens on, "" when disabled.
 func (s *Server) NVMfAddr() string { return addrOf(s.nvmfLn) }
 
+// DiscoveryAddr is the address of the NVMe/TCP discovery service, "" when
+// disabled.
+func (s *Server) DiscoveryAddr() string { return addrOf(s.discLn) }
+
 // Err returns a channel that receives an error when a listener fails.
 func (s *Server) Err() <-chan error { return s.errc }
 

@@ -43,11 +43,18 @@ func TestServerSharesOverNVMf(t *testing.T) {
 	if want := "nvmf://" + s.NVMfAddr() + "/" + nqn; ri.Share.URI != want {
 		t.Fatalf("uri %s, want %s", ri.Share.URI, want)
 	}
-	_, err = e.ShareReplica("r0", "nbd", nil)
-	wantFault(t, err, fault.FailedPrecondition, "r0", "nvmf")
+	// A second protocol adds a share next to the first.
+	both, err := e.ShareReplica("r0", "nbd", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(both.Shares) != 2 || both.Shares[0].Protocol != "nbd" || both.Shares[1].URI != ri.Share.URI ||
+		!strings.HasPrefix(both.Shares[0].URI, "nbd://") {
+		t.Fatalf("shares %+v", both.Shares)
+	}
 	_, err = e.ShareReplica("r0", "nvmf", nil)
 	wantFault(t, err, fault.FailedPrecondition, "r0", host)
-	if again, err := e.ShareReplica("r0", "nvmf", []string{host, host}); err != nil || again.Share.URI != ri.Share.URI {
+	if again, err := e.ShareReplica("r0", "nvmf", []string{host, host}); err != nil || len(again.Shares) != 2 || again.Shares[1].URI != ri.Share.URI {
 		t.Fatalf("share again: %+v %v", again, err)
 	}
 
@@ -102,8 +109,9 @@ func TestServerSharesOverNVMf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ri2.Share == nil || !strings.HasSuffix(ri2.Share.URI, "/"+nqn) || len(ri2.Share.AllowedHosts) != 1 {
-		t.Fatalf("share after restart %+v", ri2.Share)
+	if len(ri2.Shares) != 2 || ri2.Shares[0].Protocol != "nbd" || !strings.HasSuffix(ri2.Shares[1].URI, "/"+nqn) ||
+		len(ri2.Shares[1].AllowedHosts) != 1 || ri2.State != ReplicaOnline {
+		t.Fatalf("shares after restart %+v", ri2)
 	}
 	if got := io(s.NVMfAddr(), false, data); !bytes.Equal(got, data) {
 		t.Fatal("data lost across restart")

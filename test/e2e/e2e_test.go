@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -95,7 +96,8 @@ func TestServerWithRealClients(t *testing.T) {
 	before := rep.Allocated
 	load := exec.Command(testutil.RequireTool(t, "fio"), "--name=load", "--ioengine=nbd", "--uri="+uri,
 		"--rw=randwrite", "--bs=64k", "--iodepth=8", "--offset=32M", "--size=32M",
-		"--time_based", "--runtime=300", "--randrepeat=0")
+		"--time_based", "--runtime=300", "--randrepeat=0", "--verify_state_save=0")
+	load.Dir = t.TempDir() // fio may leave state files in its working directory
 	if err := load.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -149,17 +151,53 @@ func TestDev(t *testing.T) {
 	testutil.RequireTool(t, "qemu-img")
 	dir := filepath.Join(t.TempDir(), "dev")
 	uriRE := regexp.MustCompile(`^\s+(nbd://\S+/demo)$`)
+	nvmfRE := regexp.MustCompile(`^\s+(nvmf://(\S+):(\d+)/(nqn\.2024-11\.io\.nexstor:replica:\S+))$`)
+	connectRE := regexp.MustCompile(`nvme connect -t tcp -a (\S+) -s (\d+) -n (\S+) --hostnqn nqn\.\S+$`)
 	engRE := regexp.MustCompile(`nexctl --engine (\S+) replica list`)
+	args := []string{"dev", "--data-dir", dir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
+		"--nvmf", "127.0.0.1:0", "--discovery", "127.0.0.1:0"}
 
-	p, lines := start(t, "dev", "--data-dir", dir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0")
+	p, lines := start(t, args...)
 	uri := p.waitLine(lines, uriRE)[1]
+	nv := p.waitLine(lines, nvmfRE)
+	conn := p.waitLine(lines, connectRE)
 	eng := p.waitLine(lines, engRE)[1]
+	if conn[1] != nv[2] || conn[2] != nv[3] || conn[3] != nv[4] {
+		t.Fatalf("nvme connect line %q does not match the share %s", conn[0], nv[1])
+	}
 	var pool poolJSON
 	nexctlJSON(t, eng, &pool, "pool", "get", "dev")
 	var rep replicaJSON
 	nexctlJSON(t, eng, &rep, "replica", "get", "demo")
-	if !rep.Thin || rep.Size != 512*mib || rep.Share == nil || rep.Share.URI != uri {
-		t.Fatalf("demo replica %+v, printed URI %s", rep, uri)
+	if !rep.Thin || rep.Size != 512*mib || rep.Share == nil || rep.Share.URI != uri ||
+		len(rep.Shares) != 2 || rep.Shares[1].URI != nv[1] {
+		t.Fatalf("demo replica %+v, printed URIs %s %s", rep, uri, nv[1])
+	}
+	table := mustNexctl(t, eng, "replica", "list")
+	if !strings.Contains(table, uri) || !strings.Contains(table, nv[1]) {
+		t.Fatalf("replica list does not show both share URIs:\n%s", table)
+	}
+	// The NVMe/TCP share reaches the same data as the NBD one.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := initiator.Connect(ctx, nv[2]+":"+nv[3], nv[4], initiator.Options{IOQueues: 1, MaxReconnect: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := c.Namespace(1)
+	if err != nil || ns.Size() != 512*mib {
+		t.Fatalf("namespace: %v", err)
+	}
+	pattern := bytes.Repeat([]byte{0x5a}, 64<<10)
+	if _, err := ns.WriteAt(pattern, 4*mib); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := readHead(t, uri, 5*mib)[4*mib : 4*mib+64<<10]; !bytes.Equal(got, pattern) {
+		t.Fatal("data written over NVMe/TCP not seen over NBD")
 	}
 	want := make([]byte, 4*mib)
 	rand.Read(want)
@@ -171,7 +209,7 @@ func TestDev(t *testing.T) {
 		t.Fatalf("dev stop: %v\n%s", err, p.output())
 	}
 
-	p, lines = start(t, "dev", "--data-dir", dir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0")
+	p, lines = start(t, args...)
 	uri = p.waitLine(lines, uriRE)[1]
 	eng = p.waitLine(lines, engRE)[1]
 	var pool2 poolJSON

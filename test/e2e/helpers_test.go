@@ -196,6 +196,10 @@ type replicaJSON struct {
 		Protocol string `json:"protocol"`
 		URI      string `json:"uri"`
 	} `json:"share"`
+	Shares []struct {
+		Protocol string `json:"protocol"`
+		URI      string `json:"uri"`
+	} `json:"shares"`
 }
 
 type poolJSON struct {

@@ -782,8 +782,11 @@ type Replica struct {
 	Allocated uint64       `protobuf:"varint,6,opt,name=allocated,proto3" json:"allocated,omitempty"`
 	State     ReplicaState `protobuf:"varint,7,opt,name=state,proto3,enum=nexstor.engine.v1.ReplicaState" json:"state,omitempty"`
 	Reason    string       `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
-	// share is set while the replica is shared.
-	Share         *Share `protobuf:"bytes,9,opt,name=share,proto3" json:"share,omitempty"`
+	// share is set while the replica is shared: the first of shares.
+	Share *Share `protobuf:"bytes,9,opt,name=share,proto3" json:"share,omitempty"`
+	// shares: one per protocol the replica is shared over (nbd, nvmf),
+	// sorted by protocol.
+	Shares        []*Share `protobuf:"bytes,10,rep,name=shares,proto3" json:"shares,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -877,6 +880,13 @@ func (x *Replica) GetReason() string {
 func (x *Replica) GetShare() *Share {
 	if x != nil {
 		return x.Share
+	}
+	return nil
+}
+
+func (x *Replica) GetShares() []*Share {
+	if x != nil {
+		return x.Shares
 	}
 	return nil
 }
@@ -1652,7 +1662,7 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x05Share\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
 	"\x03uri\x18\x02 \x01(\tR\x03uri\x12#\n" +
-	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\x8a\x02\n" +
+	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xbc\x02\n" +
 	"\aReplica\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1662,7 +1672,9 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\tallocated\x18\x06 \x01(\x04R\tallocated\x125\n" +
 	"\x05state\x18\a \x01(\x0e2\x1f.nexstor.engine.v1.ReplicaStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12.\n" +
-	"\x05share\x18\t \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\"z\n" +
+	"\x05share\x18\t \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\x120\n" +
+	"\x06shares\x18\n" +
+	" \x03(\v2\x18.nexstor.engine.v1.ShareR\x06shares\"z\n" +
 	"\x14CreateReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
@@ -1787,43 +1799,44 @@ var file_engine_v1_engine_proto_depIdxs = []int32{
 	2,  // 1: nexstor.engine.v1.ListPoolsResponse.pools:type_name -> nexstor.engine.v1.Pool
 	1,  // 2: nexstor.engine.v1.Replica.state:type_name -> nexstor.engine.v1.ReplicaState
 	12, // 3: nexstor.engine.v1.Replica.share:type_name -> nexstor.engine.v1.Share
-	13, // 4: nexstor.engine.v1.ListReplicasResponse.replicas:type_name -> nexstor.engine.v1.Replica
-	26, // 5: nexstor.engine.v1.ListBlockDevicesResponse.devices:type_name -> nexstor.engine.v1.BlockDevice
-	3,  // 6: nexstor.engine.v1.PoolService.CreatePool:input_type -> nexstor.engine.v1.CreatePoolRequest
-	4,  // 7: nexstor.engine.v1.PoolService.ListPools:input_type -> nexstor.engine.v1.ListPoolsRequest
-	6,  // 8: nexstor.engine.v1.PoolService.GetPool:input_type -> nexstor.engine.v1.GetPoolRequest
-	7,  // 9: nexstor.engine.v1.PoolService.DestroyPool:input_type -> nexstor.engine.v1.DestroyPoolRequest
-	9,  // 10: nexstor.engine.v1.PoolService.ImportPool:input_type -> nexstor.engine.v1.ImportPoolRequest
-	10, // 11: nexstor.engine.v1.PoolService.ExportPool:input_type -> nexstor.engine.v1.ExportPoolRequest
-	14, // 12: nexstor.engine.v1.ReplicaService.CreateReplica:input_type -> nexstor.engine.v1.CreateReplicaRequest
-	15, // 13: nexstor.engine.v1.ReplicaService.ListReplicas:input_type -> nexstor.engine.v1.ListReplicasRequest
-	17, // 14: nexstor.engine.v1.ReplicaService.GetReplica:input_type -> nexstor.engine.v1.GetReplicaRequest
-	18, // 15: nexstor.engine.v1.ReplicaService.DestroyReplica:input_type -> nexstor.engine.v1.DestroyReplicaRequest
-	20, // 16: nexstor.engine.v1.ReplicaService.ResizeReplica:input_type -> nexstor.engine.v1.ResizeReplicaRequest
-	21, // 17: nexstor.engine.v1.ReplicaService.ShareReplica:input_type -> nexstor.engine.v1.ShareReplicaRequest
-	22, // 18: nexstor.engine.v1.ReplicaService.UnshareReplica:input_type -> nexstor.engine.v1.UnshareReplicaRequest
-	23, // 19: nexstor.engine.v1.HostService.GetVersion:input_type -> nexstor.engine.v1.GetVersionRequest
-	25, // 20: nexstor.engine.v1.HostService.ListBlockDevices:input_type -> nexstor.engine.v1.ListBlockDevicesRequest
-	2,  // 21: nexstor.engine.v1.PoolService.CreatePool:output_type -> nexstor.engine.v1.Pool
-	5,  // 22: nexstor.engine.v1.PoolService.ListPools:output_type -> nexstor.engine.v1.ListPoolsResponse
-	2,  // 23: nexstor.engine.v1.PoolService.GetPool:output_type -> nexstor.engine.v1.Pool
-	8,  // 24: nexstor.engine.v1.PoolService.DestroyPool:output_type -> nexstor.engine.v1.DestroyPoolResponse
-	2,  // 25: nexstor.engine.v1.PoolService.ImportPool:output_type -> nexstor.engine.v1.Pool
-	11, // 26: nexstor.engine.v1.PoolService.ExportPool:output_type -> nexstor.engine.v1.ExportPoolResponse
-	13, // 27: nexstor.engine.v1.ReplicaService.CreateReplica:output_type -> nexstor.engine.v1.Replica
-	16, // 28: nexstor.engine.v1.ReplicaService.ListReplicas:output_type -> nexstor.engine.v1.ListReplicasResponse
-	13, // 29: nexstor.engine.v1.ReplicaService.GetReplica:output_type -> nexstor.engine.v1.Replica
-	19, // 30: nexstor.engine.v1.ReplicaService.DestroyReplica:output_type -> nexstor.engine.v1.DestroyReplicaResponse
-	13, // 31: nexstor.engine.v1.ReplicaService.ResizeReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 32: nexstor.engine.v1.ReplicaService.ShareReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 33: nexstor.engine.v1.ReplicaService.UnshareReplica:output_type -> nexstor.engine.v1.Replica
-	24, // 34: nexstor.engine.v1.HostService.GetVersion:output_type -> nexstor.engine.v1.GetVersionResponse
-	27, // 35: nexstor.engine.v1.HostService.ListBlockDevices:output_type -> nexstor.engine.v1.ListBlockDevicesResponse
-	21, // [21:36] is the sub-list for method output_type
-	6,  // [6:21] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 4: nexstor.engine.v1.Replica.shares:type_name -> nexstor.engine.v1.Share
+	13, // 5: nexstor.engine.v1.ListReplicasResponse.replicas:type_name -> nexstor.engine.v1.Replica
+	26, // 6: nexstor.engine.v1.ListBlockDevicesResponse.devices:type_name -> nexstor.engine.v1.BlockDevice
+	3,  // 7: nexstor.engine.v1.PoolService.CreatePool:input_type -> nexstor.engine.v1.CreatePoolRequest
+	4,  // 8: nexstor.engine.v1.PoolService.ListPools:input_type -> nexstor.engine.v1.ListPoolsRequest
+	6,  // 9: nexstor.engine.v1.PoolService.GetPool:input_type -> nexstor.engine.v1.GetPoolRequest
+	7,  // 10: nexstor.engine.v1.PoolService.DestroyPool:input_type -> nexstor.engine.v1.DestroyPoolRequest
+	9,  // 11: nexstor.engine.v1.PoolService.ImportPool:input_type -> nexstor.engine.v1.ImportPoolRequest
+	10, // 12: nexstor.engine.v1.PoolService.ExportPool:input_type -> nexstor.engine.v1.ExportPoolRequest
+	14, // 13: nexstor.engine.v1.ReplicaService.CreateReplica:input_type -> nexstor.engine.v1.CreateReplicaRequest
+	15, // 14: nexstor.engine.v1.ReplicaService.ListReplicas:input_type -> nexstor.engine.v1.ListReplicasRequest
+	17, // 15: nexstor.engine.v1.ReplicaService.GetReplica:input_type -> nexstor.engine.v1.GetReplicaRequest
+	18, // 16: nexstor.engine.v1.ReplicaService.DestroyReplica:input_type -> nexstor.engine.v1.DestroyReplicaRequest
+	20, // 17: nexstor.engine.v1.ReplicaService.ResizeReplica:input_type -> nexstor.engine.v1.ResizeReplicaRequest
+	21, // 18: nexstor.engine.v1.ReplicaService.ShareReplica:input_type -> nexstor.engine.v1.ShareReplicaRequest
+	22, // 19: nexstor.engine.v1.ReplicaService.UnshareReplica:input_type -> nexstor.engine.v1.UnshareReplicaRequest
+	23, // 20: nexstor.engine.v1.HostService.GetVersion:input_type -> nexstor.engine.v1.GetVersionRequest
+	25, // 21: nexstor.engine.v1.HostService.ListBlockDevices:input_type -> nexstor.engine.v1.ListBlockDevicesRequest
+	2,  // 22: nexstor.engine.v1.PoolService.CreatePool:output_type -> nexstor.engine.v1.Pool
+	5,  // 23: nexstor.engine.v1.PoolService.ListPools:output_type -> nexstor.engine.v1.ListPoolsResponse
+	2,  // 24: nexstor.engine.v1.PoolService.GetPool:output_type -> nexstor.engine.v1.Pool
+	8,  // 25: nexstor.engine.v1.PoolService.DestroyPool:output_type -> nexstor.engine.v1.DestroyPoolResponse
+	2,  // 26: nexstor.engine.v1.PoolService.ImportPool:output_type -> nexstor.engine.v1.Pool
+	11, // 27: nexstor.engine.v1.PoolService.ExportPool:output_type -> nexstor.engine.v1.ExportPoolResponse
+	13, // 28: nexstor.engine.v1.ReplicaService.CreateReplica:output_type -> nexstor.engine.v1.Replica
+	16, // 29: nexstor.engine.v1.ReplicaService.ListReplicas:output_type -> nexstor.engine.v1.ListReplicasResponse
+	13, // 30: nexstor.engine.v1.ReplicaService.GetReplica:output_type -> nexstor.engine.v1.Replica
+	19, // 31: nexstor.engine.v1.ReplicaService.DestroyReplica:output_type -> nexstor.engine.v1.DestroyReplicaResponse
+	13, // 32: nexstor.engine.v1.ReplicaService.ResizeReplica:output_type -> nexstor.engine.v1.Replica
+	13, // 33: nexstor.engine.v1.ReplicaService.ShareReplica:output_type -> nexstor.engine.v1.Replica
+	13, // 34: nexstor.engine.v1.ReplicaService.UnshareReplica:output_type -> nexstor.engine.v1.Replica
+	24, // 35: nexstor.engine.v1.HostService.GetVersion:output_type -> nexstor.engine.v1.GetVersionResponse
+	27, // 36: nexstor.engine.v1.HostService.ListBlockDevices:output_type -> nexstor.engine.v1.ListBlockDevicesResponse
+	22, // [22:37] is the sub-list for method output_type
+	7,  // [7:22] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_engine_v1_engine_proto_init() }

@@ -381,10 +381,11 @@ type ReplicaServiceClient interface {
 	// ResizeReplica grows a replica; shrinking is refused (InvalidArgument).
 	ResizeReplica(ctx context.Context, in *ResizeReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 	// ShareReplica exports a replica over a protocol and returns it with its
-	// share URI. Sharing again with the same protocol returns the existing
-	// share; another protocol is refused until the replica is unshared.
+	// share URI. A replica can be shared over nbd and nvmf at once. Sharing
+	// again with the same protocol returns the existing share; other allowed
+	// hosts are refused until the replica is unshared.
 	ShareReplica(ctx context.Context, in *ShareReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
-	// UnshareReplica stops exporting a replica; connected clients are
+	// UnshareReplica stops exporting a replica over every protocol; connected clients are
 	// disconnected. Unsharing an unshared replica succeeds.
 	UnshareReplica(ctx context.Context, in *UnshareReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 }
@@ -486,10 +487,11 @@ type ReplicaServiceServer interface {
 	// ResizeReplica grows a replica; shrinking is refused (InvalidArgument).
 	ResizeReplica(context.Context, *ResizeReplicaRequest) (*Replica, error)
 	// ShareReplica exports a replica over a protocol and returns it with its
-	// share URI. Sharing again with the same protocol returns the existing
-	// share; another protocol is refused until the replica is unshared.
+	// share URI. A replica can be shared over nbd and nvmf at once. Sharing
+	// again with the same protocol returns the existing share; other allowed
+	// hosts are refused until the replica is unshared.
 	ShareReplica(context.Context, *ShareReplicaRequest) (*Replica, error)
-	// UnshareReplica stops exporting a replica; connected clients are
+	// UnshareReplica stops exporting a replica over every protocol; connected clients are
 	// disconnected. Unsharing an unshared replica succeeds.
 	UnshareReplica(context.Context, *UnshareReplicaRequest) (*Replica, error)
 	mustEmbedUnimplementedReplicaServiceServer()
