@@ -80,7 +80,10 @@ type ExportSpec struct {
 	Name string
 	// UUID is the replica UUID: NVMe-oF subsystem NQNs and namespace UUIDs
 	// derive from it, so they stay stable across restarts.
-	UUID        string
+	UUID string
+	// Kind is the object kind in the subsystem NQN,
+	// nqn.2024-11.io.nexstor:<kind>:<uuid>: "replica" when empty, "nexus".
+	Kind        string
 	Description string
 	// AllowedHosts are the host NQNs an NVMe-oF subsystem admits; empty
 	// admits any host. NBD has no host identity and ignores it.

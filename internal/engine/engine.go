@@ -16,6 +16,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/nexus"
 )
 
 // Config configures an Engine.
@@ -47,6 +49,9 @@ type Config struct {
 	Pools []PoolConfig
 	// Logger receives the engine's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// NexusRemote opens nvmf:// children of nexuses; nil means the NVMe/TCP
+	// initiator with DefaultNexusRemote.
+	NexusRemote func(ctx context.Context, addr, nqn string) (bdev.Device, error)
 }
 
 // PoolConfig is a pool the server configuration lists.
@@ -141,8 +146,10 @@ type Engine struct {
 	pools    map[string]*poolEntry
 	replicas map[string]string      // replica name -> pool name
 	shares   map[string]*shareEntry // shareKey(replica, protocol) -> share
-	busy     map[string]bool        // "replica/<name>", "pool/<name>", "disk/<key>"
-	gen      uint64                 // bumped on every change of persistent state
+	nexuses  map[string]*nexusEntry
+	health   nexus.HealthStore
+	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
+	gen      uint64          // bumped on every change of persistent state
 	closed   bool
 
 	stateMu  sync.Mutex // serializes state file writes
@@ -173,11 +180,15 @@ func New(cfg Config) (*Engine, error) {
 		pools:     map[string]*poolEntry{},
 		replicas:  map[string]string{},
 		shares:    map[string]*shareEntry{},
+		nexuses:   map[string]*nexusEntry{},
 		busy:      map[string]bool{},
 	}
 	st, err := loadState(e.statePath)
 	if err != nil {
 		return nil, err
+	}
+	if e.health, err = nexus.NewFileStore(filepath.Join(cfg.DataDir, NexusHealthDir)); err != nil {
+		return nil, fmt.Errorf("engine: nexus health store: %w", err)
 	}
 	wanted := slices.Clone(cfg.Pools)
 	for _, p := range st.Pools {
@@ -195,6 +206,12 @@ func New(cfg Config) (*Engine, error) {
 	}
 	for _, s := range st.Shares {
 		e.restoreShare(s)
+	}
+	// Nexuses last: their local children are replicas of the pools above.
+	for _, n := range st.Nexuses {
+		if _, dup := e.nexuses[n.Name]; !dup {
+			e.restoreNexus(n)
+		}
 	}
 	e.gen++
 	if err := e.save(); err != nil {
@@ -348,6 +365,14 @@ func (e *Engine) save() error {
 
 func (e *Engine) snapshotLocked() persistentState {
 	st := persistentState{Version: stateVersion, Pools: []statePool{}, Shares: []stateShare{}}
+	for _, name := range sortedKeys(e.nexuses) {
+		ne := e.nexuses[name]
+		sn := stateNexus{Name: ne.name, UUID: ne.uuid, Size: ne.size, Children: slices.Clone(ne.children)}
+		if ne.share != nil {
+			sn.Share = &stateShare{Protocol: ne.share.protocol, AllowedHosts: ne.share.allowed}
+		}
+		st.Nexuses = append(st.Nexuses, sn)
+	}
 	for _, name := range sortedKeys(e.pools) {
 		p := e.pools[name]
 		st.Pools = append(st.Pools, statePool{Name: p.name, UUID: p.uuid, Disk: p.disk})
@@ -371,8 +396,10 @@ func (e *Engine) Close() error {
 	// Copies: operations still in flight may record their results.
 	shares := maps.Clone(e.shares)
 	pools := maps.Clone(e.pools)
+	nexuses := maps.Clone(e.nexuses)
 	e.mu.Unlock()
-	var errs []error
+	// Nexuses first: their children are replicas of the pools.
+	errs := e.closeNexuses(nexuses)
 	for _, s := range shares {
 		if s.dev == nil {
 			continue

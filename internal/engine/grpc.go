@@ -8,12 +8,13 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 )
 
-// Register registers the engine's PoolService, ReplicaService and
-// HostService on s.
+// Register registers the engine's PoolService, ReplicaService,
+// HostService and NexusService on s.
 func Register(s grpc.ServiceRegistrar, e *Engine) {
 	enginev1.RegisterPoolServiceServer(s, &poolServer{e: e})
 	enginev1.RegisterReplicaServiceServer(s, &replicaServer{e: e})
 	enginev1.RegisterHostServiceServer(s, &hostServer{sysBlock: "/sys/block"})
+	enginev1.RegisterNexusServiceServer(s, &nexusServer{e: e})
 }
 
 type poolServer struct {

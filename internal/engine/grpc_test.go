@@ -76,6 +76,14 @@ func TestGRPCCodes(t *testing.T) {
 			_, err := reps.DestroyReplica(ctx, &enginev1.DestroyReplicaRequest{Name: "r0"})
 			return err
 		}, codes.FailedPrecondition},
+		{"missing nexus", func() error {
+			_, err := enginev1.NewNexusServiceClient(conn).GetNexus(ctx, &enginev1.GetNexusRequest{Name: "n9"})
+			return err
+		}, codes.NotFound},
+		{"nexus without children", func() error {
+			_, err := enginev1.NewNexusServiceClient(conn).CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: "n9"})
+			return err
+		}, codes.InvalidArgument},
 		{"no space", func() error {
 			_, err := reps.CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: "big", Pool: "p0", Size: 1 << 30})
 			return err

@@ -11,8 +11,9 @@ import (
 )
 
 // NVMfExporter adapts an NVMe/TCP target to the engine's Exporter: each
-// shared replica is one subsystem, NQN nqn.2024-11.io.nexstor:replica:<uuid>,
-// with the replica as namespace 1 (namespace UUID = replica UUID). advertise
+// shared replica or published nexus is one subsystem, NQN
+// nqn.2024-11.io.nexstor:<kind>:<uuid>, with the device as namespace 1
+// (namespace UUID = the object's UUID). advertise
 // is the host:port put into nvmf:// URIs.
 func NVMfExporter(t *target.Target, advertise string) Exporter {
 	return &nvmfExporter{t: t, advertise: advertise, nqns: map[string]string{}}
@@ -31,12 +32,16 @@ func (x *nvmfExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("replica %q: uuid %q: %w", spec.Name, spec.UUID, err)
 	}
-	nqn := target.NQN("replica", id.String())
+	kind := spec.Kind
+	if kind == "" {
+		kind = "replica"
+	}
+	nqn := target.NQN(kind, id.String())
 	sub, err := x.t.AddSubsystem(nqn, target.SubsystemOptions{
 		AllowedHosts: spec.AllowedHosts,
 		AllowAnyHost: len(spec.AllowedHosts) == 0,
 		Serial:       id.String()[:20],
-		Model:        "Nexstor replica",
+		Model:        "Nexstor " + kind,
 	})
 	if err != nil {
 		return "", err

@@ -20,6 +20,18 @@ type persistentState struct {
 	Version int          `json:"version"`
 	Pools   []statePool  `json:"pools"`
 	Shares  []stateShare `json:"shares"`
+	Nexuses []stateNexus `json:"nexuses,omitempty"`
+}
+
+// stateNexus is a nexus to recreate at start. The health of its children is
+// not here but in the health store, which is written before an I/O that
+// changes it is acknowledged.
+type stateNexus struct {
+	Name     string      `json:"name"`
+	UUID     string      `json:"uuid"`
+	Size     int64       `json:"size"`
+	Children []string    `json:"children"`
+	Share    *stateShare `json:"share,omitempty"` // Replica unused
 }
 
 type statePool struct {

@@ -1,0 +1,689 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/nexus"
+	"github.com/nexstor/nexstor/internal/nvmf/initiator"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
+)
+
+// NexusHealthDir is the directory, in the data dir, of the file health
+// store of the node's nexuses.
+const NexusHealthDir = "nexus-health"
+
+// nexusOpenTimeout bounds opening a nexus's children (remote ones connect
+// over the network) at create and at restore.
+const nexusOpenTimeout = 30 * time.Second
+
+// DefaultNexusRemote are the initiator options of remote children: a dead
+// node must turn into a retired child within seconds, not the initiator's
+// default 30s per command, so that the nexus keeps serving.
+var DefaultNexusRemote = initiator.Options{
+	IOQueues:       2,
+	CommandTimeout: 5 * time.Second,
+	KeepAlive:      5 * time.Second,
+	ReconnectDelay: 250 * time.Millisecond,
+	MaxReconnect:   2,
+}
+
+// NexusState is the state of a nexus in the engine.
+type NexusState string
+
+// Nexus states.
+const (
+	NexusOnline   NexusState = "online"   // every child online
+	NexusDegraded NexusState = "degraded" // serving; some child is not online
+	NexusFaulted  NexusState = "faulted"  // not serving; see Reason
+)
+
+// NexusInfo describes a nexus.
+type NexusInfo struct {
+	Name      string
+	UUID      string
+	Size      int64 // bytes
+	BlockSize int
+	State     NexusState
+	Reason    string
+	Children  []NexusChild
+	Share     *ShareInfo // nil when not published
+}
+
+// NexusChild is one child of a nexus with its rebuild, if one is running.
+type NexusChild struct {
+	nexus.ChildStatus
+	Rebuild *nexus.RebuildStatus
+}
+
+// CreateNexusOptions describe a nexus to create.
+type CreateNexusOptions struct {
+	Name     string
+	UUID     string   // "" generates one
+	Size     int64    // bytes; 0 = the smallest child
+	Children []string // bdev:///<replica-uuid> or nvmf://host:port/<nqn>
+	Force    bool     // trust every child whatever the health store says
+}
+
+type nexusEntry struct {
+	name, uuid string
+	size       int64
+	children   []string     // membership when the nexus could not be recreated
+	n          *nexus.Nexus // nil when faulted
+	reason     string
+	share      *shareEntry // nil when not published
+	busy       bool
+}
+
+func nexusNotFound(name string) error {
+	return fault.New(fault.NotFound, "nexus.not_found", fmt.Sprintf("nexus %q not found", name),
+		"list the nexuses with `nexctl nexus list`")
+}
+
+// nexusExportName is the export name of a published nexus: it keeps NBD
+// export names of nexuses apart from those of replicas.
+func nexusExportName(name string) string { return "nexus/" + name }
+
+// nexusOpener opens the children of the engine's nexuses: bdev:///<uuid>
+// is a replica of one of this engine's pools, nvmf:// a remote namespace.
+func (e *Engine) nexusOpener() nexus.Opener {
+	remote := e.cfg.NexusRemote
+	if remote == nil {
+		remote = nexus.NVMfRemote(DefaultNexusRemote)
+	}
+	return &nexus.Router{Local: e.openReplicaByUUID, Remote: remote}
+}
+
+// openReplicaByUUID opens a replica of an online pool by its UUID.
+func (e *Engine) openReplicaByUUID(_ context.Context, id string) (bdev.Device, error) {
+	e.mu.Lock()
+	var hs []PoolHandle
+	for _, name := range sortedKeys(e.pools) {
+		if p := e.pools[name]; p.h != nil {
+			hs = append(hs, p.h)
+		}
+	}
+	e.mu.Unlock()
+	for _, h := range hs {
+		for _, r := range h.Replicas() {
+			if strings.EqualFold(r.UUID, id) {
+				return h.OpenReplica(r.Name)
+			}
+		}
+	}
+	return nil, fmt.Errorf("replica %s: %w", id, errReplicaUUIDNotFound)
+}
+
+var errReplicaUUIDNotFound = errors.New("no replica with this UUID in the node's online pools")
+
+// nexusFault gives the nexus package's errors a kind and a resolution.
+func nexusFault(name string, err error) error {
+	var f *fault.Fault
+	switch {
+	case errors.As(err, &f):
+		return err
+	case errors.Is(err, nexus.ErrStaleChild):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.stale_child", fmt.Sprintf("nexus %q", name),
+			"leave the stale child out and add it afterwards (`nexctl nexus add-child`) so that it is rebuilt, or use --force if you know it is current")
+	case errors.Is(err, nexus.ErrUnknownChild):
+		return fault.Wrap(err, fault.NotFound, "nexus.child_not_found", fmt.Sprintf("nexus %q", name),
+			"see the children with `nexctl nexus get "+name+"`")
+	case errors.Is(err, nexus.ErrLastChild):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.last_child", fmt.Sprintf("nexus %q", name),
+			"add and rebuild another child first")
+	case errors.Is(err, nexus.ErrNoRebuild):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.no_rebuild", fmt.Sprintf("nexus %q", name),
+			"see the rebuilds with `nexctl nexus rebuild status "+name+"`")
+	case errors.Is(err, nexus.ErrNoHealthyChild):
+		return fault.Wrap(err, fault.Unavailable, "nexus.no_healthy_child", fmt.Sprintf("nexus %q", name),
+			"check that the children's replicas exist and their nodes are reachable")
+	case errors.Is(err, nexus.ErrNexusFailed):
+		return fault.Wrap(err, fault.Unavailable, "nexus.failed", fmt.Sprintf("nexus %q", name),
+			"check the data dir's disk, then destroy and create the nexus again")
+	case errors.Is(err, context.DeadlineExceeded):
+		return fault.Wrap(err, fault.Unavailable, "nexus.timeout", fmt.Sprintf("nexus %q", name),
+			"check that the children's nodes are reachable and retry")
+	}
+	return fault.Wrap(err, fault.FailedPrecondition, "nexus.error", fmt.Sprintf("nexus %q", name),
+		"check the child URIs (bdev:///<replica-uuid>, nvmf://host:port/<nqn>) and the server log")
+}
+
+// restoreNexus recreates a remembered nexus from the health store: children
+// the store records as neither online nor offline are left out (they may be
+// stale) and reported; the nexus is faulted if none is left or it cannot be
+// created.
+func (e *Engine) restoreNexus(sn stateNexus) {
+	ne := &nexusEntry{name: sn.Name, uuid: sn.UUID, size: sn.Size, children: slices.Clone(sn.Children)}
+	e.nexuses[sn.Name] = ne
+	if sn.Share != nil {
+		ne.share = &shareEntry{replica: sn.Name, protocol: sn.Share.Protocol, allowed: sn.Share.AllowedHosts}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	defer cancel()
+	children := sn.Children
+	var dropped []string
+	rec, err := e.health.Load(ctx, sn.UUID)
+	switch {
+	case err == nil:
+		state := map[string]nexus.ChildHealth{}
+		for _, h := range rec.Children {
+			state[h.URI] = h
+		}
+		children = nil
+		for _, c := range sn.Children {
+			h, ok := state[c]
+			if ok && (h.State == nexus.StateOnline || h.State == nexus.StateOffline) {
+				children = append(children, c)
+				continue
+			}
+			what := "not recorded"
+			if ok {
+				what = h.State.String()
+				if h.Reason != "" {
+					what += " (" + string(h.Reason) + ")"
+				}
+			}
+			dropped = append(dropped, c+" "+what)
+		}
+	case errors.Is(err, nexus.ErrNoRecord):
+	default:
+		ne.reason = fmt.Sprintf("health record unreadable: %v", err)
+		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
+		return
+	}
+	if len(dropped) > 0 {
+		e.log.Warn("nexus children left out at restore: the health store does not record them as current; add them again to rebuild them",
+			"nexus", sn.Name, "children", dropped)
+	}
+	if len(children) == 0 {
+		ne.reason = "no current child left: " + strings.Join(dropped, "; ")
+		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
+		return
+	}
+	n, err := nexus.New(ctx, nexus.Config{Name: sn.Name, UUID: sn.UUID, Size: sn.Size, Children: children,
+		Store: e.health, Opener: e.nexusOpener(), Logger: e.log})
+	if err != nil {
+		ne.reason = err.Error()
+		e.log.Error("nexus not restored", "nexus", sn.Name, "err", err)
+		return
+	}
+	ne.n, ne.size, ne.children = n, n.Size(), childURIs(n)
+	e.log.Info("nexus restored", "nexus", sn.Name, "children", len(children), "left_out", len(dropped))
+	if ne.share != nil {
+		uri, err := e.exportNexus(ne, ne.share.protocol, ne.share.allowed)
+		if err != nil {
+			ne.share.reason = err.Error()
+			e.log.Error("nexus publication not restored", "nexus", sn.Name, "err", err)
+			return
+		}
+		ne.share.uri, ne.share.dev = uri, n
+	}
+}
+
+func (e *Engine) exportNexus(ne *nexusEntry, protocol string, allowed []string) (string, error) {
+	if err := e.checkProtocol(protocol); err != nil {
+		return "", err
+	}
+	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: nexusExportName(ne.name), UUID: ne.uuid, Kind: "nexus",
+		Description: "nexstor nexus " + ne.name, AllowedHosts: allowed}, ne.n)
+	if err != nil {
+		return "", fault.Wrap(err, fault.Internal, "nexus.publish",
+			fmt.Sprintf("nexus %q cannot be published over %s", ne.name, protocol), "see the server log")
+	}
+	return uri, nil
+}
+
+// beginNexusOp marks a nexus busy; the returned function undoes that.
+func (e *Engine) beginNexusOp(name string, needServing bool) (*nexusEntry, func(), error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.checkOpenLocked(); err != nil {
+		return nil, nil, err
+	}
+	ne, ok := e.nexuses[name]
+	if !ok {
+		return nil, nil, nexusNotFound(name)
+	}
+	if ne.busy {
+		return nil, nil, busyErr(fmt.Sprintf("nexus %q", name))
+	}
+	if needServing && ne.n == nil {
+		return nil, nil, fault.New(fault.FailedPrecondition, "nexus.faulted",
+			fmt.Sprintf("nexus %q is faulted: %s", name, ne.reason),
+			"destroy it and create it again over current children")
+	}
+	ne.busy = true
+	return ne, func() {
+		e.mu.Lock()
+		ne.busy = false
+		e.mu.Unlock()
+	}, nil
+}
+
+// CreateNexus creates a nexus over children and remembers it across
+// restarts. Its children's health is kept in the node's health store.
+func (e *Engine) CreateNexus(o CreateNexusOptions) (NexusInfo, error) {
+	if err := checkName("nexus", o.Name); err != nil {
+		return NexusInfo{}, err
+	}
+	if o.UUID == "" {
+		o.UUID = uuid.NewString()
+	} else if _, err := uuid.Parse(o.UUID); err != nil {
+		return NexusInfo{}, fault.Wrap(err, fault.InvalidArgument, "nexus.uuid",
+			fmt.Sprintf("nexus %q: uuid %q is invalid", o.Name, o.UUID), "give a UUID, or leave it out to have one generated")
+	}
+	if len(o.Children) == 0 {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.no_children",
+			fmt.Sprintf("nexus %q: no children given", o.Name),
+			"give at least one child: --child bdev:///<replica-uuid> or --child nvmf://host:port/<nqn>")
+	}
+	for _, c := range o.Children {
+		if _, err := nexus.ParseChildURI(c); err != nil {
+			return NexusInfo{}, fault.Wrap(err, fault.InvalidArgument, "nexus.child_uri",
+				fmt.Sprintf("nexus %q: child %q", o.Name, c), "use bdev:///<replica-uuid> or nvmf://host:port/<nqn>")
+		}
+	}
+	if o.Size < 0 {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.size",
+			fmt.Sprintf("nexus %q: size %d is negative", o.Name, o.Size), "give a size such as 1GiB, or 0 for the smallest child")
+	}
+	e.mu.Lock()
+	if err := e.checkOpenLocked(); err != nil {
+		e.mu.Unlock()
+		return NexusInfo{}, err
+	}
+	if _, ok := e.nexuses[o.Name]; ok {
+		e.mu.Unlock()
+		return NexusInfo{}, fault.New(fault.AlreadyExists, "nexus.exists",
+			fmt.Sprintf("nexus %q already exists", o.Name), "choose another name, or destroy the existing nexus first")
+	}
+	for _, other := range e.nexuses {
+		if strings.EqualFold(other.uuid, o.UUID) {
+			e.mu.Unlock()
+			return NexusInfo{}, fault.New(fault.AlreadyExists, "nexus.uuid_exists",
+				fmt.Sprintf("nexus %q already has uuid %s", other.name, o.UUID), "give another uuid or leave it out")
+		}
+	}
+	ne := &nexusEntry{name: o.Name, uuid: o.UUID, size: o.Size, children: slices.Clone(o.Children), busy: true}
+	e.nexuses[o.Name] = ne
+	e.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	defer cancel()
+	n, err := nexus.New(ctx, nexus.Config{Name: o.Name, UUID: o.UUID, Size: o.Size, Children: o.Children,
+		Force: o.Force, Store: e.health, Opener: e.nexusOpener(), Logger: e.log})
+	e.mu.Lock()
+	ne.busy = false
+	if err != nil {
+		delete(e.nexuses, o.Name)
+		e.mu.Unlock()
+		return NexusInfo{}, nexusFault(o.Name, err)
+	}
+	ne.n, ne.size = n, n.Size()
+	e.gen++
+	e.mu.Unlock()
+	if err := e.save(); err != nil {
+		return NexusInfo{}, err
+	}
+	e.log.Info("nexus created", "nexus", o.Name, "uuid", o.UUID, "size", n.Size(), "children", o.Children)
+	return e.Nexus(o.Name)
+}
+
+// Nexus returns one nexus.
+func (e *Engine) Nexus(name string) (NexusInfo, error) {
+	e.mu.Lock()
+	ne, ok := e.nexuses[name]
+	e.mu.Unlock()
+	if !ok {
+		return NexusInfo{}, nexusNotFound(name)
+	}
+	return e.nexusInfo(ne), nil
+}
+
+// Nexuses lists the nexuses, sorted by name.
+func (e *Engine) Nexuses() []NexusInfo {
+	e.mu.Lock()
+	var nes []*nexusEntry
+	for _, k := range sortedKeys(e.nexuses) {
+		nes = append(nes, e.nexuses[k])
+	}
+	e.mu.Unlock()
+	out := make([]NexusInfo, 0, len(nes))
+	for _, ne := range nes {
+		out = append(out, e.nexusInfo(ne))
+	}
+	return out
+}
+
+func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
+	e.mu.Lock()
+	ni := NexusInfo{Name: ne.name, UUID: ne.uuid, Size: ne.size, Reason: ne.reason}
+	n := ne.n
+	if s := ne.share; s != nil {
+		ni.Share = &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)}
+		if s.reason != "" && ni.Reason == "" {
+			ni.Reason = "publication not restored: " + s.reason
+		}
+	}
+	children := slices.Clone(ne.children)
+	e.mu.Unlock()
+	if n == nil {
+		ni.State = NexusFaulted
+		for _, c := range children {
+			ni.Children = append(ni.Children, NexusChild{ChildStatus: nexus.ChildStatus{URI: c, State: nexus.StateFaulted}})
+		}
+		return ni
+	}
+	ni.BlockSize = n.BlockSize()
+	ni.State = NexusOnline
+	running := map[string]nexus.RebuildStatus{}
+	for _, r := range n.Rebuilds() {
+		running[r.Child] = r
+	}
+	for _, c := range n.Children() {
+		nc := NexusChild{ChildStatus: c}
+		if r, ok := running[c.URI]; ok {
+			nc.Rebuild = &r
+		}
+		if c.State != nexus.StateOnline {
+			ni.State = NexusDegraded
+		}
+		ni.Children = append(ni.Children, nc)
+	}
+	if n.Failed() {
+		ni.State = NexusFaulted
+		ni.Reason = nexus.ErrNexusFailed.Error()
+	}
+	return ni
+}
+
+// DestroyNexus unpublishes and closes a nexus, deletes its health record
+// and forgets it. The children's data is not touched.
+func (e *Engine) DestroyNexus(name string) error {
+	ne, done, err := e.beginNexusOp(name, false)
+	if err != nil {
+		return err
+	}
+	e.unpublishNexus(ne)
+	if ne.n != nil {
+		if err := ne.n.Close(); err != nil {
+			e.log.Warn("closing nexus", "nexus", name, "err", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	defer cancel()
+	if err := e.health.Delete(ctx, ne.uuid); err != nil && !errors.Is(err, nexus.ErrNoRecord) {
+		e.log.Warn("deleting nexus health record", "nexus", name, "err", err)
+	}
+	done()
+	e.mu.Lock()
+	delete(e.nexuses, name)
+	e.gen++
+	e.mu.Unlock()
+	e.log.Info("nexus destroyed", "nexus", name)
+	return e.save()
+}
+
+// unpublishNexus withdraws a nexus's export, if any, and forgets it.
+func (e *Engine) unpublishNexus(ne *nexusEntry) {
+	e.mu.Lock()
+	s := ne.share
+	ne.share = nil
+	if s != nil {
+		e.gen++
+	}
+	e.mu.Unlock()
+	if s != nil && s.dev != nil {
+		if err := e.exporter(s.protocol).RemoveExport(nexusExportName(ne.name)); err != nil {
+			e.log.Error("removing nexus export", "nexus", ne.name, "err", err)
+		}
+	}
+}
+
+// PublishNexus exports a nexus over protocol ("" means nvmf) and remembers
+// the publication. Publishing again the same way returns the existing one;
+// another protocol or other hosts are refused until it is unpublished.
+func (e *Engine) PublishNexus(name, protocol string, allowedHosts []string) (NexusInfo, error) {
+	if protocol == "" {
+		protocol = ProtocolNVMf
+	}
+	if err := e.checkProtocol(protocol); err != nil {
+		return NexusInfo{}, err
+	}
+	if protocol == ProtocolNBD && len(allowedHosts) > 0 {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "share.allowed_hosts",
+			fmt.Sprintf("nexus %q: nbd cannot restrict hosts (NBD clients carry no identity)", name),
+			"leave --allowed-host out for nbd, or publish over nvmf")
+	}
+	for _, h := range allowedHosts {
+		if !target.ValidNQN(h) {
+			return NexusInfo{}, fault.New(fault.InvalidArgument, "share.host_nqn",
+				fmt.Sprintf("nexus %q: allowed host %q is not an NVMe host NQN", name, h),
+				"give host NQNs such as nqn.2014-08.org.nvmexpress:uuid:<uuid>")
+		}
+	}
+	ne, done, err := e.beginNexusOp(name, true)
+	if err != nil {
+		return NexusInfo{}, err
+	}
+	if s := ne.share; s != nil {
+		done()
+		if s.protocol == protocol && sameSet(s.allowed, allowedHosts) && s.dev != nil {
+			return e.Nexus(name)
+		}
+		return NexusInfo{}, fault.New(fault.FailedPrecondition, "nexus.published",
+			fmt.Sprintf("nexus %q is already published over %s", name, s.protocol),
+			fmt.Sprintf("unpublish it first: nexctl nexus unpublish %s", name))
+	}
+	uri, err := e.exportNexus(ne, protocol, allowedHosts)
+	if err != nil {
+		done()
+		return NexusInfo{}, err
+	}
+	e.mu.Lock()
+	ne.share = &shareEntry{replica: name, protocol: protocol, allowed: slices.Clone(allowedHosts), uri: uri, dev: ne.n}
+	e.gen++
+	e.mu.Unlock()
+	done()
+	if err := e.save(); err != nil {
+		return NexusInfo{}, err
+	}
+	e.log.Info("nexus published", "nexus", name, "uri", uri)
+	return e.Nexus(name)
+}
+
+// UnpublishNexus withdraws a nexus's export; connected clients are dropped.
+// Unpublishing an unpublished nexus succeeds.
+func (e *Engine) UnpublishNexus(name string) (NexusInfo, error) {
+	ne, done, err := e.beginNexusOp(name, false)
+	if err != nil {
+		return NexusInfo{}, err
+	}
+	e.unpublishNexus(ne)
+	done()
+	if err := e.save(); err != nil {
+		return NexusInfo{}, err
+	}
+	return e.Nexus(name)
+}
+
+// ChildAction is an administrative change to one child of a nexus.
+type ChildAction string
+
+// Child actions.
+const (
+	ChildAdd     ChildAction = "add"     // add, or re-add, with a full rebuild
+	ChildRemove  ChildAction = "remove"  // remove from the nexus
+	ChildFault   ChildAction = "fault"   // take out of service (admin)
+	ChildOffline ChildAction = "offline" // take out of service for a while
+	ChildOnline  ChildAction = "online"  // bring back with a partial rebuild
+)
+
+// NexusChildOp applies action to the child uri of nexus name. Membership
+// changes (add, remove) are remembered across restarts; health changes are
+// persisted by the nexus in the health store before this returns.
+func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (NexusInfo, error) {
+	if uri == "" {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.child_missing",
+			fmt.Sprintf("nexus %q: no child URI given", name), "give the child URI, as `nexctl nexus get` shows it")
+	}
+	if action == ChildAdd {
+		if _, err := nexus.ParseChildURI(uri); err != nil {
+			return NexusInfo{}, fault.Wrap(err, fault.InvalidArgument, "nexus.child_uri",
+				fmt.Sprintf("nexus %q: child %q", name, uri), "use bdev:///<replica-uuid> or nvmf://host:port/<nqn>")
+		}
+	}
+	ne, done, err := e.beginNexusOp(name, true)
+	if err != nil {
+		return NexusInfo{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	defer cancel()
+	n := ne.n
+	switch action {
+	case ChildAdd:
+		err = n.AddChild(ctx, uri)
+	case ChildRemove:
+		err = n.RemoveChild(ctx, uri)
+	case ChildFault:
+		err = n.FaultChild(ctx, uri, nexus.ReasonAdmin)
+	case ChildOffline:
+		err = n.OfflineChild(ctx, uri)
+	case ChildOnline:
+		err = n.OnlineChild(ctx, uri)
+	default:
+		err = fault.New(fault.InvalidArgument, "nexus.child_action", fmt.Sprintf("child action %q is unknown", action),
+			"use add, remove, fault, offline or online")
+	}
+	if err != nil {
+		done()
+		return NexusInfo{}, nexusFault(name, err)
+	}
+	e.mu.Lock()
+	ne.children = childURIs(n)
+	e.gen++
+	e.mu.Unlock()
+	done()
+	if err := e.save(); err != nil {
+		return NexusInfo{}, err
+	}
+	e.log.Info("nexus child changed", "nexus", name, "action", string(action), "child", uri)
+	return e.Nexus(name)
+}
+
+func childURIs(n *nexus.Nexus) []string {
+	var out []string
+	for _, c := range n.Children() {
+		out = append(out, c.URI)
+	}
+	return out
+}
+
+// servingNexus returns the nexus of a serving entry.
+func (e *Engine) servingNexus(name string) (*nexus.Nexus, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ne, ok := e.nexuses[name]
+	if !ok {
+		return nil, nexusNotFound(name)
+	}
+	if ne.n == nil {
+		return nil, fault.New(fault.FailedPrecondition, "nexus.faulted",
+			fmt.Sprintf("nexus %q is faulted: %s", name, ne.reason), "destroy it and create it again over current children")
+	}
+	return ne.n, nil
+}
+
+// NexusRebuilds returns the running rebuilds of a nexus and the last
+// finished one of each child (of child only, when set), sorted by child.
+func (e *Engine) NexusRebuilds(name, child string) ([]nexus.RebuildStatus, error) {
+	n, err := e.servingNexus(name)
+	if err != nil {
+		return nil, err
+	}
+	if child != "" {
+		st, err := n.RebuildStatus(child)
+		if err != nil {
+			return nil, nexusFault(name, err)
+		}
+		return []nexus.RebuildStatus{st}, nil
+	}
+	by := map[string]nexus.RebuildStatus{}
+	for _, r := range n.RebuildHistory() {
+		by[r.Child] = r
+	}
+	for _, r := range n.Rebuilds() {
+		by[r.Child] = r
+	}
+	out := make([]nexus.RebuildStatus, 0, len(by))
+	for _, k := range sortedKeys(by) {
+		out = append(out, by[k])
+	}
+	return out, nil
+}
+
+// ControlRebuild pauses, resumes or stops the rebuild of a child.
+func (e *Engine) ControlRebuild(name, child string, action nexus.RebuildAction) (nexus.RebuildStatus, error) {
+	n, err := e.servingNexus(name)
+	if err != nil {
+		return nexus.RebuildStatus{}, err
+	}
+	if err := n.Rebuild(child, action); err != nil {
+		return nexus.RebuildStatus{}, nexusFault(name, err)
+	}
+	if action == nexus.RebuildStop {
+		// The stop completes asynchronously; report its final state.
+		ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+		defer cancel()
+		st, err := n.WaitRebuild(ctx, child)
+		if err != nil {
+			return st, nexusFault(name, err)
+		}
+		return st, nil
+	}
+	st, err := n.RebuildStatus(child)
+	if err != nil {
+		return st, nexusFault(name, err)
+	}
+	return st, nil
+}
+
+// VerifyNexus compares the online children of a nexus while I/O continues.
+func (e *Engine) VerifyNexus(ctx context.Context, name string) (nexus.VerifyReport, error) {
+	n, err := e.servingNexus(name)
+	if err != nil {
+		return nexus.VerifyReport{}, err
+	}
+	rep, err := n.Verify(ctx)
+	if err != nil {
+		return rep, nexusFault(name, err)
+	}
+	return rep, nil
+}
+
+// closeNexuses unpublishes and closes every nexus (at engine close), before
+// the pools their local children live in are exported.
+func (e *Engine) closeNexuses(nexuses map[string]*nexusEntry) []error {
+	var errs []error
+	for name, ne := range nexuses {
+		if s := ne.share; s != nil && s.dev != nil {
+			if err := e.exporter(s.protocol).RemoveExport(nexusExportName(name)); err != nil {
+				errs = append(errs, fmt.Errorf("unpublish nexus %q: %w", name, err))
+			}
+		}
+		if ne.n != nil {
+			if err := ne.n.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close nexus %q: %w", name, err))
+			}
+		}
+	}
+	return errs
+}
