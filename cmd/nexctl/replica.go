@@ -210,8 +210,14 @@ again prints its URI.
 				return err
 			}
 			v := newReplicaView(r)
+			uri := r.GetShare().GetUri()
+			for _, s := range r.GetShares() {
+				if s.GetProtocol() == protocol {
+					uri = s.GetUri() // the share just made, not the first one
+				}
+			}
 			return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
-				_, err := fmt.Fprintln(w, r.GetShare().GetUri())
+				_, err := fmt.Fprintln(w, uri)
 				return err
 			})
 		},
