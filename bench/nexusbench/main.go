@@ -1,0 +1,492 @@
+// Command nexusbench measures what mirroring costs: the same workloads on a
+// bare pool replica and on a nexus with 1, 2 and 3 local children, and the
+// bandwidth of a full rebuild against a plain copy of the same bytes.
+//
+// Every child is a thin replica in its own pool, and every pool sits on its
+// own file (O_DIRECT where the filesystem allows), as separate disks would.
+// The replicas are pre-filled end to end with the same data before anything
+// is measured, so reads hit allocated clusters and the nexuses can be
+// created over them as in sync (Config.Force). "replica" is the bare replica
+// Device of child 0 driven by the same load generator (internal/loadgen); a
+// nexus with k children mirrors over children 0..k-1, so the 1-child nexus
+// measures the nexus layer alone.
+//
+// Rebuild: a nexus over the pre-filled child 0 gets a fresh thin replica in
+// a fourth pool (AddChild), and the time until WaitRebuild returns gives the
+// rebuild bandwidth (Stats().RebuildBytes over that time), with no other
+// I/O. The baseline copies the same number of bytes from the start of child
+// 0's pool file into a new file with dd (bs=1M, iflag=direct, oflag=direct)
+// in the same run, interleaved with the rebuilds.
+//
+// Workloads run on every target in turn, -r times (interleaved, so that
+// changes in the machine's load hit every target alike); medians are
+// reported as markdown on stdout, progress goes to stderr.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/loadgen"
+	"github.com/nexstor/nexstor/internal/nexus"
+	"github.com/nexstor/nexstor/internal/pool"
+)
+
+// workload is one row group of the report.
+type workload struct {
+	name    string
+	pattern loadgen.Pattern
+	mix     loadgen.Mix
+	bs      int
+}
+
+var workloads = []workload{
+	{"randwrite-4k", loadgen.Random, loadgen.Write, 4096},
+	{"randread-4k", loadgen.Random, loadgen.Read, 4096},
+	{"write-1m", loadgen.Sequential, loadgen.Write, 1 << 20},
+}
+
+// targets: 0 is the bare replica, k > 0 a nexus over k children.
+var targets = []int{0, 1, 2, 3}
+
+func targetName(k int) string {
+	if k == 0 {
+		return "replica"
+	}
+	return fmt.Sprintf("nexus, %d child%s", k, map[bool]string{true: "ren"}[k > 1])
+}
+
+// sample is one measured run.
+type sample struct {
+	Workload string  `json:"workload"`
+	Target   string  `json:"target"`
+	IOPS     float64 `json:"iops"`
+	BW       float64 `json:"bw"` // bytes per second
+	P50      float64 `json:"p50_us"`
+	P99      float64 `json:"p99_us"`
+	Errors   int64   `json:"errors"`
+}
+
+type rebuildSample struct {
+	Bytes      int64   `json:"bytes"`
+	RebuildBPS float64 `json:"rebuild_bps"`
+	CopyBPS    float64 `json:"copy_bps"`
+}
+
+type config struct {
+	dir       string
+	sizeMiB   int64
+	runtime   time.Duration
+	repeat    int
+	qd4k      int
+	qdSeq     int
+	profDir   string
+	rawJSON   string
+	noRebuild bool
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.dir, "dir", "", "directory for the pool files (default: a new one under $TMPDIR or /var/tmp, removed at the end); must not be tmpfs, for O_DIRECT")
+	flag.Int64Var(&c.sizeMiB, "size", 512, "size of each replica in MiB (also the rebuild and copy size)")
+	rt := flag.Float64("t", 5, "seconds each measured run lasts")
+	flag.IntVar(&c.repeat, "r", 3, "runs of each workload on each target, and of rebuild and copy; medians reported")
+	flag.IntVar(&c.qd4k, "qd", 32, "queue depth of the 4 KiB random workloads")
+	flag.IntVar(&c.qdSeq, "seq-qd", 8, "queue depth of the 1 MiB sequential write")
+	flag.StringVar(&c.profDir, "profile", "", "write CPU profiles of the first randwrite-4k run on the replica (replica-randwrite.pprof) and on the 3-child nexus (nexus3-randwrite.pprof) into this directory")
+	flag.StringVar(&c.rawJSON, "json", "", "also write every sample as JSON to this file")
+	flag.BoolVar(&c.noRebuild, "no-rebuild", false, "skip the rebuild and copy measurement")
+	flag.Parse()
+	c.runtime = time.Duration(*rt * float64(time.Second))
+	if c.sizeMiB < 16 || c.repeat < 1 {
+		fmt.Fprintln(os.Stderr, "nexusbench: -size must be at least 16 (MiB) and -r at least 1")
+		os.Exit(2)
+	}
+	// The pools log every export at Info; keep stderr for progress.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err := run(c); err != nil {
+		fmt.Fprintln(os.Stderr, "nexusbench:", err)
+		os.Exit(1)
+	}
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05")}, args...)...)
+}
+
+// rig holds the pools: pools[0..2] carry the children, pools[3] the rebuild
+// target.
+type rig struct {
+	dir   string
+	size  int64
+	files []string
+	pools []*pool.Pool
+	uuids []string // replica UUIDs of children 0..2
+}
+
+func (r *rig) close() {
+	for _, p := range r.pools {
+		p.Close()
+	}
+}
+
+func newRig(dir string, size int64) (*rig, error) {
+	r := &rig{dir: dir, size: size}
+	// Room for the superblocks, the metadata region and a spare cluster.
+	fileSize := size + 64<<20
+	for i := range 4 {
+		path := filepath.Join(dir, fmt.Sprintf("pool%d.img", i))
+		d, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: fileSize})
+		if err != nil {
+			return nil, fmt.Errorf("pool file %s: %w", path, err)
+		}
+		p, err := pool.Create(d, pool.CreateOptions{Name: fmt.Sprintf("p%d", i)})
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("pool on %s: %w", path, err)
+		}
+		r.files = append(r.files, path)
+		r.pools = append(r.pools, p)
+		if i == 3 {
+			break
+		}
+		ri, err := p.CreateReplica(pool.ReplicaOptions{Name: "r", Size: size, Thin: true})
+		if err != nil {
+			return nil, fmt.Errorf("replica in pool %d: %w", i, err)
+		}
+		r.uuids = append(r.uuids, ri.UUID)
+		if err := prefill(p, size); err != nil {
+			return nil, fmt.Errorf("pre-fill replica in pool %d: %w", i, err)
+		}
+	}
+	return r, nil
+}
+
+// prefill writes the whole replica once with the same non-zero data, so
+// that every cluster is allocated and all children hold identical bytes.
+func prefill(p *pool.Pool, size int64) error {
+	d, err := p.OpenReplica("r")
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if _, err := d.WriteAt(buf, off); err != nil {
+			return err
+		}
+	}
+	return d.Flush()
+}
+
+// router resolves bdev:///<uuid> to a replica handle of any pool, as the
+// engine does.
+func (r *rig) router() *nexus.Router {
+	return &nexus.Router{Local: func(_ context.Context, id string) (bdev.Device, error) {
+		for _, p := range r.pools {
+			if ri, err := p.ReplicaByUUID(id); err == nil {
+				return p.OpenReplica(ri.Name)
+			}
+		}
+		return nil, fmt.Errorf("replica %s not found", id)
+	}}
+}
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// open returns the device for target k: the bare replica of child 0 or a
+// nexus over children 0..k-1.
+func (r *rig) open(ctx context.Context, k int) (bdev.Device, error) {
+	if k == 0 {
+		return r.pools[0].OpenReplica("r")
+	}
+	var uris []string
+	for i := range k {
+		uris = append(uris, "bdev:///"+r.uuids[i])
+	}
+	return nexus.New(ctx, nexus.Config{Name: "bench", UUID: fmt.Sprintf("bench-%d", k), Size: r.size,
+		Children: uris, Store: nexus.NewMemStore(), Opener: r.router(), Force: true, Logger: quiet})
+}
+
+// rebuild times a full rebuild from child 0 into a fresh thin replica of
+// pool 3 on an idle nexus and returns the bytes copied and the bandwidth.
+func (r *rig) rebuild(ctx context.Context) (int64, float64, error) {
+	p := r.pools[3]
+	if _, err := p.ReplicaInfo("t"); err == nil {
+		if err := p.DestroyReplica("t"); err != nil {
+			return 0, 0, err
+		}
+	}
+	ri, err := p.CreateReplica(pool.ReplicaOptions{Name: "t", Size: r.size, Thin: true})
+	if err != nil {
+		return 0, 0, err
+	}
+	nx, err := nexus.New(ctx, nexus.Config{Name: "bench", UUID: "bench-rebuild", Size: r.size,
+		Children: []string{"bdev:///" + r.uuids[0]}, Store: nexus.NewMemStore(), Opener: r.router(), Force: true, Logger: quiet})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer nx.Close()
+	uri := "bdev:///" + ri.UUID
+	start := time.Now()
+	if err := nx.AddChild(ctx, uri); err != nil {
+		return 0, 0, fmt.Errorf("add child: %w", err)
+	}
+	st, err := nx.WaitRebuild(ctx, uri)
+	elapsed := time.Since(start)
+	if err != nil {
+		return 0, 0, fmt.Errorf("wait rebuild: %w", err)
+	}
+	if st.State != nexus.RebuildCompleted {
+		return 0, 0, fmt.Errorf("rebuild ended %s: %s", st.State, st.Err)
+	}
+	n := nx.Stats().RebuildBytes
+	return n, float64(n) / elapsed.Seconds(), nil
+}
+
+// plainCopy copies the first size bytes of pool 0's file into a new file
+// with dd, both sides O_DIRECT, and returns the bandwidth including the
+// final fsync.
+func (r *rig) plainCopy(ctx context.Context) (float64, error) {
+	dst := filepath.Join(r.dir, "copy.img")
+	os.Remove(dst)
+	defer os.Remove(dst)
+	mib := r.size >> 20
+	cmd := exec.CommandContext(ctx, "dd", "if="+r.files[0], "of="+dst, "bs=1M", "count="+strconv.FormatInt(mib, 10),
+		"iflag=direct", "oflag=direct", "conv=fsync", "status=none")
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("dd: %w", err)
+	}
+	return float64(mib<<20) / time.Since(start).Seconds(), nil
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func run(c config) error {
+	ctx := context.Background()
+	dir := c.dir
+	if dir == "" {
+		base := os.Getenv("TMPDIR")
+		if base == "" {
+			base = "/var/tmp"
+		}
+		d, err := os.MkdirTemp(base, "nexstor-nexus-bench.")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("dd"); err != nil && !c.noRebuild {
+		return fmt.Errorf("dd is missing (coreutils): %w", err)
+	}
+	startLoad := loadavg()
+	began := time.Now().UTC()
+	size := c.sizeMiB << 20
+	progress("creating 4 pools of %d MiB in %s and pre-filling 3 replicas", c.sizeMiB+64, dir)
+	r, err := newRig(dir, size)
+	if r != nil {
+		defer r.close()
+	}
+	if err != nil {
+		return err
+	}
+	direct := "unknown"
+	if f, err := bdev.OpenFile(r.files[3], bdev.FileOptions{Direct: ptr(true)}); err == nil {
+		direct = "yes"
+		f.Close()
+	} else {
+		direct = "no (buffered fallback)"
+	}
+
+	samples := map[string][]sample{} // workload/target -> runs
+	var all []sample
+	var rebuilds []rebuildSample
+	for rep := range c.repeat {
+		for _, w := range workloads {
+			qd := c.qd4k
+			if w.bs >= 1<<20 {
+				qd = c.qdSeq
+			}
+			for _, k := range targets {
+				dev, err := r.open(ctx, k)
+				if err != nil {
+					return fmt.Errorf("%s: %w", targetName(k), err)
+				}
+				var prof *os.File
+				if rep == 0 && c.profDir != "" && w.name == "randwrite-4k" && (k == 0 || k == 3) {
+					name := "replica-randwrite.pprof"
+					if k == 3 {
+						name = "nexus3-randwrite.pprof"
+					}
+					if prof, err = os.Create(filepath.Join(c.profDir, name)); err != nil {
+						return err
+					}
+					if err := pprof.StartCPUProfile(prof); err != nil {
+						return err
+					}
+				}
+				runtime.GC()
+				res, err := loadgen.Run(ctx, dev, loadgen.Spec{Pattern: w.pattern, Mix: w.mix, BlockSize: w.bs,
+					QueueDepth: qd, Duration: c.runtime, Seed: uint64(rep + 1)})
+				if prof != nil {
+					pprof.StopCPUProfile()
+					prof.Close()
+				}
+				if cerr := dev.Close(); err == nil && cerr != nil {
+					err = fmt.Errorf("close: %w", cerr)
+				}
+				if err != nil {
+					return fmt.Errorf("%s on %s: %w", w.name, targetName(k), err)
+				}
+				if res.Errors > 0 {
+					return fmt.Errorf("%s on %s: %d I/O errors, first: %v", w.name, targetName(k), res.Errors, res.FirstError)
+				}
+				s := sample{Workload: w.name, Target: targetName(k), IOPS: res.IOPS, BW: res.Bandwidth,
+					P50: us(res.Latency.P50), P99: us(res.Latency.P99)}
+				progress("run %d/%d %-12s qd%-3d %-18s %9.0f IOPS %8.1f MiB/s p50 %7.0f µs (load %s)",
+					rep+1, c.repeat, w.name, qd, s.Target, s.IOPS, s.BW/(1<<20), s.P50, loadavg())
+				key := w.name + "/" + s.Target
+				samples[key] = append(samples[key], s)
+				all = append(all, s)
+			}
+		}
+		if c.noRebuild {
+			continue
+		}
+		n, rb, err := r.rebuild(ctx)
+		if err != nil {
+			return fmt.Errorf("rebuild: %w", err)
+		}
+		cp, err := r.plainCopy(ctx)
+		if err != nil {
+			return err
+		}
+		progress("run %d/%d rebuild %d MiB: %.1f MiB/s; dd copy %.1f MiB/s (load %s)", rep+1, c.repeat, n>>20, rb/(1<<20), cp/(1<<20), loadavg())
+		rebuilds = append(rebuilds, rebuildSample{Bytes: n, RebuildBPS: rb, CopyBPS: cp})
+	}
+	endLoad := loadavg()
+
+	if c.rawJSON != "" {
+		b, _ := json.MarshalIndent(map[string]any{"io": all, "rebuild": rebuilds}, "", "  ")
+		if err := os.WriteFile(c.rawJSON, b, 0o644); err != nil {
+			return err
+		}
+	}
+	report(os.Stdout, c, samples, rebuilds, began, startLoad, endLoad, direct)
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func field(s []sample, f func(sample) float64) float64 {
+	var v []float64
+	for _, x := range s {
+		v = append(v, f(x))
+	}
+	return median(v)
+}
+
+// Goals from the issue: 3-child writes at least 0.7x the single replica,
+// reads at least 0.95x, rebuild at least 0.7x the plain copy.
+const (
+	goalWrite   = 0.7
+	goalRead    = 0.95
+	goalRebuild = 0.7
+)
+
+func report(w io.Writer, c config, samples map[string][]sample, rebuilds []rebuildSample, began time.Time, startLoad, endLoad, direct string) {
+	host, _ := os.Hostname()
+	_ = host
+	fmt.Fprintf(w, "%s, %d CPUs, load average %s at the start and %s at the end, replicas of %d MiB (thin, pre-filled, each in its own pool file, O_DIRECT: %s), %v per run, median of %d runs, %s.\n\n",
+		began.Format("2006-01-02T15:04Z"), runtime.NumCPU(), startLoad, endLoad, c.sizeMiB, direct, c.runtime, c.repeat, runtime.Version())
+	fmt.Fprintln(w, "| workload | target | IOPS | MiB/s | p50 µs | p99 µs | IOPS vs replica |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
+	ratio := map[string]float64{}
+	for _, wl := range workloads {
+		qd := c.qd4k
+		if wl.bs >= 1<<20 {
+			qd = c.qdSeq
+		}
+		base := field(samples[wl.name+"/"+targetName(0)], func(s sample) float64 { return s.IOPS })
+		for _, k := range targets {
+			s := samples[wl.name+"/"+targetName(k)]
+			iops := field(s, func(s sample) float64 { return s.IOPS })
+			rt := iops / base
+			ratio[fmt.Sprintf("%s/%d", wl.name, k)] = rt
+			fmt.Fprintf(w, "| %s-qd%d | %s | %.0f | %.1f | %.0f | %.0f | %.2fx |\n", wl.name, qd, targetName(k), iops,
+				field(s, func(s sample) float64 { return s.BW })/(1<<20),
+				field(s, func(s sample) float64 { return s.P50 }), field(s, func(s sample) float64 { return s.P99 }), rt)
+		}
+	}
+	fmt.Fprintln(w)
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	rw, rr, sw := ratio["randwrite-4k/3"], ratio["randread-4k/3"], ratio["write-1m/3"]
+	fmt.Fprintf(w, "- 3-child randwrite-4k IOPS %.2fx the replica (goal >= %.2fx): %s\n", rw, goalWrite, verdict(rw >= goalWrite))
+	fmt.Fprintf(w, "- 3-child write-1m IOPS %.2fx the replica (goal >= %.2fx): %s\n", sw, goalWrite, verdict(sw >= goalWrite))
+	fmt.Fprintf(w, "- 3-child randread-4k IOPS %.2fx the replica (goal >= %.2fx): %s\n", rr, goalRead, verdict(rr >= goalRead))
+	if len(rebuilds) == 0 {
+		return
+	}
+	var rb, cp []float64
+	for _, s := range rebuilds {
+		rb = append(rb, s.RebuildBPS)
+		cp = append(cp, s.CopyBPS)
+	}
+	mrb, mcp := median(rb), median(cp)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| idle full rebuild | MiB | rebuild MiB/s | dd copy MiB/s | rebuild vs copy |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "| 1 pre-filled child -> fresh thin replica | %d | %.1f | %.1f | %.2fx |\n\n", rebuilds[0].Bytes>>20, mrb/(1<<20), mcp/(1<<20), mrb/mcp)
+	fmt.Fprintf(w, "- rebuild %.2fx the plain copy (goal >= %.2fx): %s\n", mrb/mcp, goalRebuild, verdict(mrb/mcp >= goalRebuild))
+}
