@@ -56,6 +56,11 @@ type measured struct {
 	// ServerAllocs its heap allocations per I/O (network paths only).
 	ServerCPU    float64 `json:"server_cpu_us"`
 	ServerAllocs float64 `json:"server_allocs"`
+	// ServerSyscalls is the server's read and write system calls per I/O
+	// (all threads) and ServerSwitches its context switches per I/O
+	// (voluntary and not, summed over its live threads).
+	ServerSyscalls float64 `json:"server_syscalls"`
+	ServerSwitches float64 `json:"server_switches"`
 }
 
 func fromLoadgen(r loadgen.Result) measured {
@@ -200,6 +205,45 @@ func (s *server) cpuTime() time.Duration {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	// USER_HZ is 100 on every Linux ABI Go supports.
 	return time.Duration(ut+st) * (time.Second / 100)
+}
+
+// syscalls is the number of read and write system calls the server process
+// has made, from /proc/PID/io (syscr, syscw).
+func (s *server) syscalls() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", s.ready.PID))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscr: "); ok {
+			x, _ := strconv.ParseInt(v, 10, 64)
+			n += x
+		} else if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			x, _ := strconv.ParseInt(v, 10, 64)
+			n += x
+		}
+	}
+	return n
+}
+
+// switches is the number of context switches of the server's live threads.
+func (s *server) switches() int64 {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", s.ready.PID))
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if _, v, ok := strings.Cut(l, "ctxt_switches:"); ok {
+				x, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += x
+			}
+		}
+	}
+	return n
 }
 
 func (s *server) mallocs() uint64 {
@@ -358,7 +402,7 @@ func runOne(ctx context.Context, cfg config, srv *server, namespaces map[string]
 			srv.call(command{Op: "profile-stop"})
 		}()
 	}
-	a0, c0 := srv.mallocs(), srv.cpuTime()
+	a0, c0, y0, w0 := srv.mallocs(), srv.cpuTime(), srv.syscalls(), srv.switches()
 	var m measured
 	var wall time.Duration
 	switch path {
@@ -381,7 +425,7 @@ func runOne(ctx context.Context, cfg config, srv *server, namespaces map[string]
 		}
 		m = fromLoadgen(r)
 	}
-	c1, a1 := srv.cpuTime(), srv.mallocs()
+	c1, y1, w1, a1 := srv.cpuTime(), srv.syscalls(), srv.switches(), srv.mallocs()
 	// I/Os over the whole time the server was busy (fio's ramp included).
 	ios := m.IOPS * wall.Seconds()
 	if ios > 0 {
@@ -389,6 +433,8 @@ func runOne(ctx context.Context, cfg config, srv *server, namespaces map[string]
 		// Less the one allocation-free ReadMemStats call itself makes; the
 		// JSON reply to it is allocated after the count is taken.
 		m.ServerAllocs = float64(a1-a0) / ios
+		m.ServerSyscalls = float64(y1-y0) / ios
+		m.ServerSwitches = float64(w1-w0) / ios
 	}
 	return m, nil
 }
@@ -440,10 +486,26 @@ func report(cfg config, samples map[key][]measured, start time.Time, load0, load
 	fmt.Printf("%s, %d CPUs (GOMAXPROCS %d), load average %s at the start and %s at the end, thin replicas (pre-filled) of %d MiB (malloc) and %d MiB (file), file pool on %s, %v per run, median of %d runs, %s, %s.\n\n",
 		start.Format("2006-01-02T15:04Z"), runtime.NumCPU(), runtime.GOMAXPROCS(0), load0, load1, cfg.sizeMiB["malloc"], cfg.sizeMiB["file"], fs, cfg.runtime, cfg.repeat, strings.TrimSpace(string(fioVer)), runtime.Version())
 	has := func(p string) bool { return slices.Contains(cfg.paths, p) }
+	var netPaths []string
+	for _, p := range cfg.paths {
+		if p != "raw" {
+			netPaths = append(netPaths, p)
+		}
+	}
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2fx", a/b)
+	}
+	iops := func(m measured) float64 { return m.IOPS }
+	p50 := func(m measured) float64 { return m.P50 }
 	for _, b := range cfg.backings {
+		get := func(w workload, p string, f func(measured) float64) float64 {
+			return med(samples[key{w.name, b, p}], f)
+		}
 		fmt.Printf("#### %s replica\n\n", b)
-		hdr := "| workload |"
-		sep := "|---|"
+		hdr, sep := "| workload |", "|---|"
 		for _, p := range cfg.paths {
 			hdr += " " + p + " IOPS |"
 			sep += "---:|"
@@ -464,76 +526,74 @@ func report(cfg config, samples map[key][]measured, start time.Time, load0, load
 			hdr += " nvmf/raw IOPS | nvmf−raw p50 µs |"
 			sep += "---:|---:|"
 		}
-		for _, p := range []string{"nvmf", "nbd", "nbd-go"} {
-			if has(p) {
-				hdr += " server µs/IO " + p + " |"
-				sep += "---:|"
-			}
-		}
-		for _, p := range []string{"nvmf", "nbd", "nbd-go"} {
-			if has(p) {
-				hdr += " server allocs/IO " + p + " |"
-				sep += "---:|"
-			}
-		}
 		fmt.Println(hdr)
 		fmt.Println(sep)
 		for _, w := range cfg.workloads {
-			get := func(p string, f func(measured) float64) float64 { return med(samples[key{w.name, b, p}], f) }
-			iops := func(m measured) float64 { return m.IOPS }
-			p50 := func(m measured) float64 { return m.P50 }
 			row := "| " + w.name + " |"
 			for _, p := range cfg.paths {
-				row += fmt.Sprintf(" %.0f |", get(p, iops))
+				row += fmt.Sprintf(" %.0f |", get(w, p, iops))
 			}
 			for _, p := range cfg.paths {
-				row += fmt.Sprintf(" %.1f |", get(p, p50))
-			}
-			ratio := func(a, b float64) string {
-				if b == 0 {
-					return "n/a"
-				}
-				return fmt.Sprintf("%.2fx", a/b)
+				row += fmt.Sprintf(" %.1f |", get(w, p, p50))
 			}
 			if has("nvmf") && has("nbd") {
-				row += " " + ratio(get("nvmf", iops), get("nbd", iops)) + " |"
+				row += " " + ratio(get(w, "nvmf", iops), get(w, "nbd", iops)) + " |"
 			}
 			if has("nvmf") && has("nbd-go") {
-				row += " " + ratio(get("nvmf", iops), get("nbd-go", iops)) + " |"
+				row += " " + ratio(get(w, "nvmf", iops), get(w, "nbd-go", iops)) + " |"
 			}
 			if has("nvmf") && has("raw") {
-				row += " " + ratio(get("nvmf", iops), get("raw", iops)) + " |"
-				row += fmt.Sprintf(" %+.1f |", get("nvmf", p50)-get("raw", p50))
-			}
-			for _, p := range []string{"nvmf", "nbd", "nbd-go"} {
-				if has(p) {
-					row += fmt.Sprintf(" %.1f |", get(p, func(m measured) float64 { return m.ServerCPU }))
-				}
-			}
-			for _, p := range []string{"nvmf", "nbd", "nbd-go"} {
-				if has(p) {
-					row += fmt.Sprintf(" %.2f |", get(p, func(m measured) float64 { return m.ServerAllocs }))
-				}
+				row += " " + ratio(get(w, "nvmf", iops), get(w, "raw", iops)) + " |"
+				row += fmt.Sprintf(" %+.1f |", get(w, "nvmf", p50)-get(w, "raw", p50))
 			}
 			fmt.Println(row)
 		}
 		fmt.Println()
-		if has("nvmf") && has("nbd") || has("nvmf") && has("raw") {
-			fmt.Printf("Goals (%s): ", b)
-			var g []string
-			for _, w := range cfg.workloads {
-				get := func(p string, f func(measured) float64) float64 { return med(samples[key{w.name, b, p}], f) }
-				if w.qd == 32 && has("nvmf") && has("nbd") {
-					r := get("nvmf", func(m measured) float64 { return m.IOPS }) / get("nbd", func(m measured) float64 { return m.IOPS })
-					g = append(g, fmt.Sprintf("%s nvmf/nbd %.2fx (goal >= 1.2x: %s)", w.name, r, verdict(r >= 1.2)))
-				}
-				if w.qd == 1 && has("nvmf") && has("raw") {
-					d := get("nvmf", func(m measured) float64 { return m.P50 }) - get("raw", func(m measured) float64 { return m.P50 })
-					g = append(g, fmt.Sprintf("%s p50 %+.1f µs over raw (goal <= 30 µs: %s)", w.name, d, verdict(d <= 30)))
+
+		if len(netPaths) > 0 {
+			fmt.Printf("Server process per I/O (%s replica; medians):\n\n", b)
+			hdr, sep = "| workload |", "|---|"
+			for _, c := range []string{"CPU µs", "syscalls", "switches", "allocs"} {
+				for _, p := range netPaths {
+					hdr += " " + c + " " + p + " |"
+					sep += "---:|"
 				}
 			}
-			fmt.Println(strings.Join(g, "; ") + ".")
+			fmt.Println(hdr)
+			fmt.Println(sep)
+			for _, w := range cfg.workloads {
+				row := "| " + w.name + " |"
+				for _, c := range []struct {
+					f   func(measured) float64
+					fmt string
+				}{
+					{func(m measured) float64 { return m.ServerCPU }, " %.1f |"},
+					{func(m measured) float64 { return m.ServerSyscalls }, " %.2f |"},
+					{func(m measured) float64 { return m.ServerSwitches }, " %.2f |"},
+					{func(m measured) float64 { return m.ServerAllocs }, " %.2f |"},
+				} {
+					for _, p := range netPaths {
+						row += fmt.Sprintf(c.fmt, get(w, p, c.f))
+					}
+				}
+				fmt.Println(row)
+			}
 			fmt.Println()
+		}
+
+		var g []string
+		for _, w := range cfg.workloads {
+			if w.qd == 32 && has("nvmf") && has("nbd") {
+				r := get(w, "nvmf", iops) / get(w, "nbd", iops)
+				g = append(g, fmt.Sprintf("%s nvmf/nbd %.2fx (goal >= 1.2x: %s)", w.name, r, verdict(r >= 1.2)))
+			}
+			if w.qd == 1 && has("nvmf") && has("raw") {
+				d := get(w, "nvmf", p50) - get(w, "raw", p50)
+				g = append(g, fmt.Sprintf("%s p50 %+.1f µs over raw (goal <= 30 µs: %s)", w.name, d, verdict(d <= 30)))
+			}
+		}
+		if len(g) > 0 {
+			fmt.Printf("Goals (%s): %s.\n\n", b, strings.Join(g, "; "))
 		}
 	}
 }
