@@ -38,9 +38,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/bdev/faulty"
 	"github.com/nexstor/nexstor/internal/loadgen"
 	"github.com/nexstor/nexstor/internal/nexus"
 	"github.com/nexstor/nexstor/internal/pool"
@@ -78,7 +82,14 @@ type sample struct {
 	BW       float64 `json:"bw"` // bytes per second
 	P50      float64 `json:"p50_us"`
 	P99      float64 `json:"p99_us"`
-	Errors   int64   `json:"errors"`
+	// CPU is this process's user+system CPU time per I/O in µs (load
+	// generator included).
+	CPU float64 `json:"cpu_us"`
+	// DiskOps is the I/Os per second the disk under the pool files
+	// completed during the run (reads+writes, every process's: the disk is
+	// shared), DiskUtil the share of the run it was busy (io_ticks).
+	DiskOps  float64 `json:"disk_ops"`
+	DiskUtil float64 `json:"disk_util"`
 }
 
 type rebuildSample struct {
@@ -97,6 +108,12 @@ type config struct {
 	profDir   string
 	rawJSON   string
 	noRebuild bool
+	// backing is "file" (pool files on dir's filesystem) or "lat" (pools
+	// on RAM devices that add latency to every operation: independent
+	// devices with no shared queue, to separate the nexus's own cost from
+	// that of a disk the children share).
+	backing string
+	lat     time.Duration
 }
 
 func main() {
@@ -110,8 +127,16 @@ func main() {
 	flag.StringVar(&c.profDir, "profile", "", "write CPU profiles of the first randwrite-4k run on the replica (replica-randwrite.pprof) and on the 3-child nexus (nexus3-randwrite.pprof) into this directory")
 	flag.StringVar(&c.rawJSON, "json", "", "also write every sample as JSON to this file")
 	flag.BoolVar(&c.noRebuild, "no-rebuild", false, "skip the rebuild and copy measurement")
+	flag.StringVar(&c.backing, "backing", "file", "pool devices: file (files in -dir, O_DIRECT where possible) or lat (RAM devices adding -lat to every operation: independent disks, no shared queue; no rebuild/copy measurement)")
+	flag.DurationVar(&c.lat, "lat", 100*time.Microsecond, "latency added to every operation with -backing lat")
 	flag.Parse()
 	c.runtime = time.Duration(*rt * float64(time.Second))
+	if c.backing == "lat" {
+		c.noRebuild = true
+	} else if c.backing != "file" {
+		fmt.Fprintf(os.Stderr, "nexusbench: -backing %q: use file or lat\n", c.backing)
+		os.Exit(2)
+	}
 	if c.sizeMiB < 16 || c.repeat < 1 {
 		fmt.Fprintln(os.Stderr, "nexusbench: -size must be at least 16 (MiB) and -r at least 1")
 		os.Exit(2)
@@ -144,15 +169,26 @@ func (r *rig) close() {
 	}
 }
 
-func newRig(dir string, size int64) (*rig, error) {
+func newRig(c config, dir string, size int64) (*rig, error) {
 	r := &rig{dir: dir, size: size}
 	// Room for the superblocks, the metadata region and a spare cluster.
 	fileSize := size + 64<<20
 	for i := range 4 {
 		path := filepath.Join(dir, fmt.Sprintf("pool%d.img", i))
-		d, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: fileSize})
+		var d bdev.Device
+		var err error
+		if c.backing == "lat" {
+			var m *bdev.Malloc
+			if m, err = bdev.NewMalloc(fileSize, 512); err == nil {
+				f := faulty.New(m, int64(i))
+				f.AddRule(faulty.Rule{Latency: c.lat})
+				d = f
+			}
+		} else {
+			d, err = bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: fileSize})
+		}
 		if err != nil {
-			return nil, fmt.Errorf("pool file %s: %w", path, err)
+			return nil, fmt.Errorf("pool device %d: %w", i, err)
 		}
 		p, err := pool.Create(d, pool.CreateOptions{Name: fmt.Sprintf("p%d", i)})
 		if err != nil {
@@ -315,19 +351,21 @@ func run(c config) error {
 	began := time.Now().UTC()
 	size := c.sizeMiB << 20
 	progress("creating 4 pools of %d MiB in %s and pre-filling 3 replicas", c.sizeMiB+64, dir)
-	r, err := newRig(dir, size)
+	r, err := newRig(c, dir, size)
 	if r != nil {
 		defer r.close()
 	}
 	if err != nil {
 		return err
 	}
-	direct := "unknown"
-	if f, err := bdev.OpenFile(r.files[3], bdev.FileOptions{Direct: ptr(true)}); err == nil {
-		direct = "yes"
+	backing := "each in its own pool file, O_DIRECT: "
+	if c.backing == "lat" {
+		backing = fmt.Sprintf("each in its own pool on a RAM device adding %v to every operation", c.lat)
+	} else if f, err := bdev.OpenFile(r.files[3], bdev.FileOptions{Direct: ptr(true)}); err == nil {
+		backing += "yes"
 		f.Close()
 	} else {
-		direct = "no (buffered fallback)"
+		backing += "no (buffered fallback)"
 	}
 
 	samples := map[string][]sample{} // workload/target -> runs
@@ -358,8 +396,10 @@ func run(c config) error {
 					}
 				}
 				runtime.GC()
+				cpu0, disk0, t0 := cpuTime(), diskStat(dir), time.Now()
 				res, err := loadgen.Run(ctx, dev, loadgen.Spec{Pattern: w.pattern, Mix: w.mix, BlockSize: w.bs,
 					QueueDepth: qd, Duration: c.runtime, Seed: uint64(rep + 1)})
+				cpu1, disk1, el := cpuTime(), diskStat(dir), time.Since(t0)
 				if prof != nil {
 					pprof.StopCPUProfile()
 					prof.Close()
@@ -375,8 +415,15 @@ func run(c config) error {
 				}
 				s := sample{Workload: w.name, Target: targetName(k), IOPS: res.IOPS, BW: res.Bandwidth,
 					P50: us(res.Latency.P50), P99: us(res.Latency.P99)}
-				progress("run %d/%d %-12s qd%-3d %-18s %9.0f IOPS %8.1f MiB/s p50 %7.0f µs (load %s)",
-					rep+1, c.repeat, w.name, qd, s.Target, s.IOPS, s.BW/(1<<20), s.P50, loadavg())
+				if res.Ops > 0 {
+					s.CPU = us(cpu1-cpu0) / float64(res.Ops)
+				}
+				if disk0.ok && disk1.ok {
+					s.DiskOps = float64(disk1.ops-disk0.ops) / el.Seconds()
+					s.DiskUtil = float64(disk1.ticks-disk0.ticks) / float64(el.Milliseconds())
+				}
+				progress("run %d/%d %-12s qd%-3d %-18s %9.0f IOPS %8.1f MiB/s p50 %7.0f µs cpu %5.1f µs/IO disk %6.0f IOPS %3.0f%% busy (load %s)",
+					rep+1, c.repeat, w.name, qd, s.Target, s.IOPS, s.BW/(1<<20), s.P50, s.CPU, s.DiskOps, 100*s.DiskUtil, loadavg())
 				key := w.name + "/" + s.Target
 				samples[key] = append(samples[key], s)
 				all = append(all, s)
@@ -404,8 +451,41 @@ func run(c config) error {
 			return err
 		}
 	}
-	report(os.Stdout, c, samples, rebuilds, began, startLoad, endLoad, direct)
+	report(os.Stdout, c, samples, rebuilds, began, startLoad, endLoad, backing)
 	return nil
+}
+
+// cpuTime is this process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+type diskCounters struct {
+	ok         bool
+	ops, ticks int64 // reads+writes completed; ms busy
+}
+
+// diskStat reads the block layer counters of the device holding dir
+// (/sys/dev/block/MAJ:MIN/stat).
+func diskStat(dir string) diskCounters {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return diskCounters{}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/stat", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		return diskCounters{}
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 10 {
+		return diskCounters{}
+	}
+	n := func(i int) int64 { v, _ := strconv.ParseInt(f[i], 10, 64); return v }
+	return diskCounters{ok: true, ops: n(0) + n(4), ticks: n(9)}
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -440,13 +520,11 @@ const (
 	goalRebuild = 0.7
 )
 
-func report(w io.Writer, c config, samples map[string][]sample, rebuilds []rebuildSample, began time.Time, startLoad, endLoad, direct string) {
-	host, _ := os.Hostname()
-	_ = host
-	fmt.Fprintf(w, "%s, %d CPUs, load average %s at the start and %s at the end, replicas of %d MiB (thin, pre-filled, each in its own pool file, O_DIRECT: %s), %v per run, median of %d runs, %s.\n\n",
-		began.Format("2006-01-02T15:04Z"), runtime.NumCPU(), startLoad, endLoad, c.sizeMiB, direct, c.runtime, c.repeat, runtime.Version())
-	fmt.Fprintln(w, "| workload | target | IOPS | MiB/s | p50 µs | p99 µs | IOPS vs replica |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
+func report(w io.Writer, c config, samples map[string][]sample, rebuilds []rebuildSample, began time.Time, startLoad, endLoad, backing string) {
+	fmt.Fprintf(w, "%s, %d CPUs, load average %s at the start and %s at the end, replicas of %d MiB (thin, pre-filled, %s), %v per run, median of %d runs, %s.\n\n",
+		began.Format("2006-01-02T15:04Z"), runtime.NumCPU(), startLoad, endLoad, c.sizeMiB, backing, c.runtime, c.repeat, runtime.Version())
+	fmt.Fprintln(w, "| workload | target | IOPS | MiB/s | p50 µs | p99 µs | IOPS vs replica | CPU µs/IO | disk IOPS | disk busy |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	ratio := map[string]float64{}
 	for _, wl := range workloads {
 		qd := c.qd4k
@@ -459,9 +537,11 @@ func report(w io.Writer, c config, samples map[string][]sample, rebuilds []rebui
 			iops := field(s, func(s sample) float64 { return s.IOPS })
 			rt := iops / base
 			ratio[fmt.Sprintf("%s/%d", wl.name, k)] = rt
-			fmt.Fprintf(w, "| %s-qd%d | %s | %.0f | %.1f | %.0f | %.0f | %.2fx |\n", wl.name, qd, targetName(k), iops,
+			fmt.Fprintf(w, "| %s-qd%d | %s | %.0f | %.1f | %.0f | %.0f | %.2fx | %.1f | %.0f | %.0f%% |\n", wl.name, qd, targetName(k), iops,
 				field(s, func(s sample) float64 { return s.BW })/(1<<20),
-				field(s, func(s sample) float64 { return s.P50 }), field(s, func(s sample) float64 { return s.P99 }), rt)
+				field(s, func(s sample) float64 { return s.P50 }), field(s, func(s sample) float64 { return s.P99 }), rt,
+				field(s, func(s sample) float64 { return s.CPU }), field(s, func(s sample) float64 { return s.DiskOps }),
+				100*field(s, func(s sample) float64 { return s.DiskUtil }))
 		}
 	}
 	fmt.Fprintln(w)

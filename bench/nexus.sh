@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Nexus benchmark: 4 KiB random writes and reads at QD 32 and 1 MiB
+# sequential writes at QD 8 on a bare pool replica and on nexuses with 1, 2
+# and 3 local children (each a pre-filled thin replica in its own pool
+# file), interleaved, median of the runs; then an idle full rebuild into a
+# fresh replica against a plain O_DIRECT dd copy of the same bytes.
+#
+# Usage: bench/nexus.sh [-t SECONDS] [-r REPEAT] [-s MIB] [-d DIR] [-o OUTDIR] [-l] [-- nexusbench flags]
+#   -t SECONDS  runtime of each measured run (default 5)
+#   -r REPEAT   runs of each workload, target, rebuild and copy (default 3)
+#   -s MIB      size of each replica, and of the rebuild and copy (default 512)
+#   -d DIR      directory for the pool files (default: a new one under
+#               ${TMPDIR:-/var/tmp}; it must not be tmpfs, for O_DIRECT)
+#   -o OUTDIR   keep the reports, the samples (JSON) and the CPU profiles here
+#               (default: a new directory under ${TMPDIR:-/var/tmp})
+#   -l          also run the workloads with the pools on RAM devices that add
+#               100 µs to every operation (independent devices, no shared
+#               disk: the nexus's own cost)
+# Flags after -- go to the program (go run ./bench/nexusbench -h lists them).
+#
+# Prints the markdown report (tables, ratios, goal verdicts) and the top of
+# the CPU profiles of the first 4 KiB random write run on the replica and on
+# the 3-child nexus.
+set -euo pipefail
+
+RUNTIME=5
+REPEAT=3
+SIZE=512
+DIR=""
+OUT=""
+LAT=0
+while getopts "t:r:s:d:o:lh" opt; do
+	case $opt in
+	t) RUNTIME=$OPTARG ;;
+	r) REPEAT=$OPTARG ;;
+	s) SIZE=$OPTARG ;;
+	d) DIR=$OPTARG ;;
+	o) OUT=$OPTARG ;;
+	l) LAT=1 ;;
+	*) sed -n '2,22p' "$0"; exit 2 ;;
+	esac
+done
+shift $((OPTIND - 1))
+
+for tool in go dd; do
+	command -v "$tool" >/dev/null || { echo "nexus.sh: $tool is missing" >&2; exit 1; }
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+[ -n "$OUT" ] || OUT=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nexus-bench-out.XXXXXX")
+mkdir -p "$OUT/profiles"
+echo "nexus.sh: building; output in $OUT" >&2
+(cd "$ROOT" && CGO_ENABLED=0 go build -o "$OUT/nexusbench" ./bench/nexusbench)
+
+args=(-t "$RUNTIME" -r "$REPEAT" -size "$SIZE")
+[ -z "$DIR" ] || args+=(-dir "$DIR")
+echo "### Pool files"
+echo
+"$OUT/nexusbench" "${args[@]}" -profile "$OUT/profiles" -json "$OUT/samples.json" "$@" | tee "$OUT/report.md"
+if [ "$LAT" = 1 ]; then
+	echo
+	echo "### RAM devices with 100 µs latency"
+	echo
+	"$OUT/nexusbench" "${args[@]}" -backing lat -size 256 -json "$OUT/samples-lat.json" "$@" | tee "$OUT/report-lat.md"
+fi
+
+echo
+for f in "$OUT"/profiles/*.pprof; do
+	[ -s "$f" ] || continue
+	echo "#### $(basename "$f" .pprof): top of the CPU profile"
+	echo
+	echo '```'
+	go tool pprof -top -nodecount=25 "$f" 2>/dev/null | sed -n '4,33p'
+	echo '```'
+	echo
+done | tee "$OUT/profiles.md"
+echo "Reproduce: bench/nexus.sh -t $RUNTIME -r $REPEAT -s $SIZE$([ "$LAT" = 1 ] && echo " -l")${*:+ -- $*}"
