@@ -25,7 +25,7 @@ import (
 
 // node is one storage node of the in-process system: its gRPC server (node
 // service, and on the access point the management service), its node
-// server and its membership agent.
+// server and its membership loop (RunMember).
 type node struct {
 	cfg    *config.Server
 	lis    net.Listener
@@ -83,7 +83,7 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startNode starts a node's gRPC server and node server; the agent starts
+// startNode starts a node's gRPC server and node server; membership starts
 // in the background once the node is formatted.
 func (s *system) startNode(n *node, ap *mgmt.AccessPoint) {
 	t := s.t
@@ -131,7 +131,7 @@ func (s *system) startNode(n *node, ap *mgmt.AccessPoint) {
 	}()
 }
 
-// stopNode kills the node's server and agent (as SIGKILL would: no goodbye).
+// stopNode kills the node's server and its membership loop (as SIGKILL would: no goodbye).
 func (n *node) stop() {
 	n.cancel()
 	<-n.done
