@@ -18,6 +18,7 @@ import (
 
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/control/config"
+	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 	"github.com/nexstor/nexstor/internal/engine"
 )
 
@@ -31,7 +32,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serverCmd(), devCmd(), versionCmd())
+	root.AddCommand(serverCmd(), devCmd(), versionCmd(), certgenCmd())
 	if err := root.Execute(); err != nil {
 		output.Error(os.Stderr, err)
 		os.Exit(1)
@@ -70,6 +71,9 @@ the next start restores both.`,
   nexstor server --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809 --nvmf :4420`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ctlserver.Enabled(cmd) {
+				return ctlserver.RunCommand(cmd)
+			}
 			cfg := config.Default()
 			if cfgPath != "" {
 				var err error
@@ -124,6 +128,7 @@ the next start restores both.`,
 	cmd.Flags().StringVar(&nvmfAddr, "nvmf", config.DefaultNVMfListen, `NVMe/TCP listen address ("" disables NVMe/TCP)`)
 	cmd.Flags().StringVar(&discAddr, "discovery", config.DefaultDiscoveryListen, `NVMe/TCP discovery listen address ("" disables it)`)
 	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
+	ctlserver.AddFlags(cmd.Flags())
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (off by default; never expose it)")
 	return cmd
 }

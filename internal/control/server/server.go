@@ -1,0 +1,334 @@
+// Package server is the runtime of one `nexstor server` with its control
+// plane: it serves the node service from the start (maintenance mode until
+// the node is formatted), runs the management service when the node is one
+// of the access points, starts the engine once the node is formatted, and
+// joins the system and heartbeats. Every gRPC service shares one listener
+// (grpc_listen) with mutual TLS and per-method authorization by role;
+// running without TLS is an explicit, logged choice.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/control"
+	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/control/storage"
+	"github.com/nexstor/nexstor/internal/engine"
+	"github.com/nexstor/nexstor/internal/mgmt"
+	"github.com/nexstor/nexstor/internal/nbd"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
+	"github.com/nexstor/nexstor/internal/security"
+)
+
+// ShutdownGrace bounds how long in-flight gRPC calls may run at shutdown.
+const ShutdownGrace = 10 * time.Second
+
+// Options are the runtime settings that are not part of the configuration
+// file.
+type Options struct {
+	// HeartbeatInterval and HeartbeatTimeout tune the management service
+	// when this node is an access point (members follow the interval the
+	// leader announces); zero keeps the mgmt defaults. A member is marked
+	// unresponsive once HeartbeatTimeout passes without a heartbeat.
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	// Scanner scans the node's disks; nil scans the real /sys.
+	Scanner *storage.Scanner
+	Logger  *slog.Logger
+}
+
+// Run serves the node described by cfg until ctx ends, then shuts down
+// cleanly (gRPC calls finish within ShutdownGrace, shares are withdrawn,
+// pools exported, the etcd member stopped). It returns an error when the
+// configuration is invalid, a listener cannot be bound, the certificates
+// cannot be loaded, or the system refuses the node for good (a node
+// formatted for another system).
+func Run(ctx context.Context, cfg *config.Server, opts Options) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	effective, err := cfg.WriteEffective(cfg.RuntimeDir)
+	if err != nil {
+		return err
+	}
+	log.Info("effective configuration written", "path", effective)
+
+	tc := cfg.TransportConfig
+	files := security.Files{CACert: tc.CACert, Cert: tc.Cert, Key: tc.Key}
+	if tc.AllowInsecure {
+		security.LogInsecure(log, "nexstor server")
+	}
+	serverCreds, err := security.ServerCredentials(files, tc.AllowInsecure)
+	if err != nil {
+		return err
+	}
+	clientCreds, err := security.ClientCredentials(files, tc.AllowInsecure)
+	if err != nil {
+		return err
+	}
+
+	r := &runtime{cfg: cfg, opts: opts, log: log}
+	defer r.stopEngine()
+	node, err := control.NewNodeServer(cfg, opts.Scanner, r.createPool, log)
+	if err != nil {
+		return err
+	}
+
+	lis, err := net.Listen("tcp", cfg.GRPCListen)
+	if err != nil {
+		return fmt.Errorf("grpc_listen %s: %w", cfg.GRPCListen, err)
+	}
+	authz := &security.Authorizer{Policy: Policy(), Insecure: tc.AllowInsecure, Log: log}
+	srv := grpc.NewServer(append(authz.ServerOptions(), grpc.Creds(serverCreds))...)
+	mgmtv1.RegisterNodeServiceServer(srv, node)
+	mgmtLazy := newLazy("the management service is not running on this node yet (its etcd member is starting)")
+	// A placeholder implementation: Set installs the running one.
+	mgmtLazy.Register(srv, func(s grpc.ServiceRegistrar) { mgmtv1.RegisterMgmtServiceServer(s, new(mgmt.Service)) })
+	r.engineLazy = newLazy("the node is in maintenance mode: format it with `nexctl storage format`")
+	r.engineLazy.Register(srv, func(s grpc.ServiceRegistrar) { engine.Register(s, nil) })
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("control gRPC serving", "grpc", lis.Addr().String(), "tls", !tc.AllowInsecure)
+	defer func() {
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(ShutdownGrace):
+			srv.Stop()
+			<-done
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	fatal := make(chan error, 2)
+
+	if self := mgmt.SelfAccessPoint(cfg); self != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ap, err := mgmt.StartAccessPoint(ctx, cfg, self, log, func(c *mgmt.Config) {
+				if opts.HeartbeatInterval > 0 {
+					c.HeartbeatInterval = opts.HeartbeatInterval
+					c.CheckInterval = opts.HeartbeatInterval
+				}
+				if opts.HeartbeatTimeout > 0 {
+					c.HeartbeatTimeout = opts.HeartbeatTimeout
+				}
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					fatal <- fmt.Errorf("access point %s: %w", self, err)
+				}
+				return
+			}
+			mgmtLazy.Set(func(s grpc.ServiceRegistrar) { mgmtv1.RegisterMgmtServiceServer(s, ap.Service) })
+			log.Info("management service replica started", "access_point", self)
+			<-ctx.Done()
+			ap.Close()
+		}()
+	}
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sb, err := node.WaitFormatted(ctx)
+		if err != nil {
+			return
+		}
+		if err := r.startEngine(cfg.Pools); err != nil {
+			fatal <- err
+			return
+		}
+		log.Info("node formatted: serving", "uuid", sb.UUID, "system", sb.System)
+		client := mgmt.NewClient(cfg.AccessPointAddrs(), clientCreds, security.ExplainInterceptors(tc.AllowInsecure)...)
+		defer client.Close()
+		err = mgmt.RunMember(ctx, mgmt.MemberConfig{
+			Client: client, System: cfg.Name, UUID: sb.UUID.String(), Address: cfg.GRPCListen,
+			FaultDomain: cfg.FaultDomain, Labels: cfg.Labels, Rank: sb.Rank, OnRank: node.SetRank,
+			OnState:  func(s mgmt.State) { log.Info("system state of this node", "state", s) },
+			Interval: opts.HeartbeatInterval, Log: log,
+		})
+		if err != nil && ctx.Err() == nil {
+			fatal <- fmt.Errorf("the system refused this node: %w", err)
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return nil
+	case err := <-serveErr:
+		return fmt.Errorf("grpc: %w", err)
+	case err := <-fatal:
+		log.Error("shutting down", "err", err)
+		return err
+	}
+}
+
+// Policy is the authorization table of everything a node serves: the node
+// service, the management service and the engine (whose methods are
+// admin-only, the Policy default, except the read-only ones).
+func Policy() *security.Policy {
+	return mgmt.Policy().Merge(control.NodePolicy())
+}
+
+// runtime holds the engine, started on a formatted node (or during format,
+// to create the configured pools).
+type runtime struct {
+	cfg        *config.Server
+	opts       Options
+	log        *slog.Logger
+	engineLazy *lazy
+
+	mu   sync.Mutex
+	eng  *engine.Engine
+	nbd  *nbd.Server
+	nvmf *target.Target
+	lns  []net.Listener
+}
+
+// createPool is the node's PoolCreator: it starts the engine (without
+// configured pools: they do not exist yet) and creates the pool. A pool of
+// that name already on the disk (from an earlier, failed format) is
+// accepted without force.
+func (r *runtime) createPool(ctx context.Context, p config.Pool, force bool) (string, error) {
+	if err := r.startEngine(nil); err != nil {
+		return "", err
+	}
+	r.mu.Lock()
+	e := r.eng
+	r.mu.Unlock()
+	info, err := e.CreatePool(p.Name, p.Disk, p.ClusterSize, force)
+	if err != nil {
+		if old, perr := e.Pool(p.Name); perr == nil && !force && old.Disk == p.Disk {
+			return old.UUID, nil
+		}
+		return "", err
+	}
+	return info.UUID, nil
+}
+
+// startEngine starts the engine and its NBD and NVMe/TCP frontends once;
+// later calls do nothing.
+func (r *runtime) startEngine(pools []config.Pool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.eng != nil {
+		return nil
+	}
+	cfg := r.cfg
+	ecfg := engine.Config{DataDir: cfg.DataDir, Backend: engine.PoolBackend{}, Logger: r.log}
+	for _, p := range pools {
+		ecfg.Pools = append(ecfg.Pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
+	}
+	listen := func(what, addr string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", what, addr, err)
+		}
+		r.lns = append(r.lns, l)
+		return l, nil
+	}
+	var nbdLn, nvmfLn, discLn net.Listener
+	var err error
+	if cfg.NBDListen != "" {
+		if nbdLn, err = listen("nbd.listen", cfg.NBDListen); err != nil {
+			r.closeListeners()
+			return err
+		}
+		r.nbd = nbd.NewServer(r.log.With("component", "nbd"))
+		ecfg.NBD = engine.NBDExporter(r.nbd, engine.AdvertiseAddr(nbdLn.Addr().String()))
+	}
+	if cfg.NVMfListen != "" {
+		if nvmfLn, err = listen("nvmf.listen", cfg.NVMfListen); err != nil {
+			r.closeListeners()
+			return err
+		}
+		if cfg.DiscoveryListen != "" {
+			if discLn, err = listen("nvmf.discovery", cfg.DiscoveryListen); err != nil {
+				r.closeListeners()
+				return err
+			}
+		}
+		r.nvmf = target.New(r.log.With("component", "nvmf"))
+		ecfg.NVMf = engine.NVMfExporter(r.nvmf, engine.AdvertiseAddr(nvmfLn.Addr().String()))
+	}
+	e, err := engine.New(ecfg)
+	if err != nil {
+		r.closeListeners()
+		return err
+	}
+	r.eng = e
+	logServe := func(what string, err error) {
+		if err != nil && !errors.Is(err, nbd.ErrServerClosed) && !errors.Is(err, target.ErrClosed) {
+			r.log.Error("listener failed", "listener", what, "err", err)
+		}
+	}
+	if nbdLn != nil {
+		go func() { logServe("nbd", r.nbd.Serve(context.Background(), nbdLn)) }()
+	}
+	if nvmfLn != nil {
+		go func() { logServe("nvmf", r.nvmf.Serve(context.Background(), nvmfLn)) }()
+		if discLn != nil {
+			go func() { logServe("discovery", r.nvmf.ServeDiscovery(context.Background(), discLn)) }()
+		}
+	}
+	r.engineLazy.Set(func(s grpc.ServiceRegistrar) { engine.Register(s, e) })
+	r.log.Info("engine serving", "nbd", addrOf(nbdLn), "nvmf", addrOf(nvmfLn), "discovery", addrOf(discLn),
+		"data_dir", cfg.DataDir, "pools", len(e.Pools()))
+	return nil
+}
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}
+
+func (r *runtime) closeListeners() {
+	for _, l := range r.lns {
+		l.Close()
+	}
+	r.lns = nil
+}
+
+// stopEngine withdraws the shares and exports the pools.
+func (r *runtime) stopEngine() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.eng == nil {
+		return
+	}
+	if r.nbd != nil {
+		r.nbd.Close()
+	}
+	if r.nvmf != nil {
+		r.nvmf.Close()
+	}
+	if err := r.eng.Close(); err != nil {
+		r.log.Error("engine close", "err", err)
+	}
+	r.closeListeners()
+	r.eng = nil
+	r.log.Info("engine stopped")
+}
+
