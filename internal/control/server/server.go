@@ -331,4 +331,3 @@ func (r *runtime) stopEngine() {
 	r.eng = nil
 	r.log.Info("engine stopped")
 }
-
