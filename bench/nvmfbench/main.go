@@ -1,4 +1,4 @@
-// Command nvmfbench compares three paths to the same pool replicas, in one
+// Command nvmfbench compares four paths to the same pool replicas, in one
 // run, with the same workloads:
 //
 //   - nvmf: internal/loadgen over this module's NVMe/TCP initiator, against
@@ -6,17 +6,18 @@
 //   - nbd: fio (ioengine=nbd, libnbd) against this module's NBD server on
 //     loopback;
 //   - raw: internal/loadgen directly on the replica's bdev.Device, in the
-//     process that owns it (no network, no protocol): the backing store.
-//
-// With -nbdgo it adds nbd-go: loadgen over a minimal Go NBD client, so that
-// NBD and NVMe/TCP can also be compared with the same load generator.
+//     process that owns it (no network, no protocol): the backing store;
+//   - nbd-go: internal/loadgen over a minimal Go NBD client against the same
+//     NBD server, so that NBD and NVMe/TCP are also compared with the same
+//     load generator.
 //
 // Two replicas are measured: a thin replica of a pool on a malloc device and
 // one on a file (O_DIRECT where the filesystem allows), both pre-filled. They
 // live in a separate server process (this program re-executed with -serve),
 // which also runs the raw path on request, so that the client and server
 // sides of a network path do not share a Go runtime, and the server's CPU
-// time and allocations per I/O can be read on their own.
+// time, system calls, context switches and allocations per I/O can be read
+// on their own.
 //
 // Every workload runs on every path and backing in turn, -r times, and the
 // median of each is reported as a markdown table on stdout; progress goes to
@@ -100,7 +101,7 @@ func main() {
 		repeat    = flag.Int("r", 3, "runs of each workload on each path; the median is reported")
 		backs     = flag.String("backings", "malloc,file", "comma-separated backings: malloc, file")
 		wls       = flag.String("workloads", "", "comma-separated workload names (default: all): "+workloadNames())
-		paths     = flag.String("paths", "nvmf,nbd,raw", "comma-separated paths: nvmf, nbd (fio), nbd-go, raw")
+		paths     = flag.String("paths", "nvmf,nbd,nbd-go,raw", "comma-separated paths: nvmf, nbd (fio), nbd-go, raw")
 		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first randread-4k-qd32 run of each network path and backing into this directory")
 		rawJSON   = flag.String("json", "", "also write every sample as JSON to this file")
 	)
@@ -389,18 +390,19 @@ func runOne(ctx context.Context, cfg config, srv *server, namespaces map[string]
 		if _, err := srv.call(command{Op: "profile-start", Path: filepath.Join(cfg.profDir, "server-"+path+"-"+backing+".pprof")}); err != nil {
 			return measured{}, err
 		}
-		f, err := os.Create(filepath.Join(cfg.profDir, "client-"+path+"-"+backing+".pprof"))
-		if err != nil {
-			return measured{}, err
+		defer srv.call(command{Op: "profile-stop"})
+		// fio is a process of its own: this one would only profile waiting.
+		if path != "nbd" {
+			f, err := os.Create(filepath.Join(cfg.profDir, "client-"+path+"-"+backing+".pprof"))
+			if err != nil {
+				return measured{}, err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return measured{}, err
+			}
+			defer pprof.StopCPUProfile()
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return measured{}, err
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			srv.call(command{Op: "profile-stop"})
-		}()
 	}
 	a0, c0, y0, w0 := srv.mallocs(), srv.cpuTime(), srv.syscalls(), srv.switches()
 	var m measured
