@@ -104,6 +104,7 @@ func main() {
 		paths     = flag.String("paths", "nvmf,nbd,nbd-go,raw", "comma-separated paths: nvmf, nbd (fio), nbd-go, raw")
 		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first randread-4k-qd32 run of each network path and backing into this directory")
 		rawJSON   = flag.String("json", "", "also write every sample as JSON to this file")
+		verify    = flag.Bool("verify", false, "check the loadgen paths instead of measuring them: every workload becomes a 50/50 read/write mix whose reads of blocks the run wrote are checked")
 	)
 	flag.Parse()
 	backings := strings.Split(*backs, ",")
@@ -123,6 +124,7 @@ func main() {
 		profDir:  *profDir,
 		dir:      *dir,
 		rawJSON:  *rawJSON,
+		verify:   *verify,
 	}
 	if *wls == "" {
 		cfg.workloads = allWorkloads
@@ -166,6 +168,7 @@ type config struct {
 	profDir   string
 	dir       string
 	rawJSON   string
+	verify    bool
 }
 
 // server is the driver's handle on the server process.
@@ -375,7 +378,11 @@ func drive(cfg config) error {
 }
 
 func spec(cfg config, w workload) loadgen.Spec {
-	return loadgen.Spec{Pattern: w.pattern, Mix: w.mix, BlockSize: w.bs, QueueDepth: w.qd, Duration: cfg.runtime, Seed: uint64(time.Now().UnixNano())}
+	s := loadgen.Spec{Pattern: w.pattern, Mix: w.mix, BlockSize: w.bs, QueueDepth: w.qd, Duration: cfg.runtime, Seed: uint64(time.Now().UnixNano())}
+	if cfg.verify {
+		s.Mix, s.ReadPercent, s.Verify = loadgen.Mixed, 50, true
+	}
+	return s
 }
 
 func runOne(ctx context.Context, cfg config, srv *server, namespaces map[string]bdev.Device, w workload, backing, path string, profile bool) (measured, error) {
