@@ -15,21 +15,21 @@
 # (that is where the replica is), while the servers are idle.
 #
 # Usage: bench/nvmf.sh [-t SECONDS] [-r REPEAT] [-d DIR] [-o OUTDIR] [-- nvmfbench flags]
-#   -t SECONDS  runtime of each measured run (default 5; fio adds a 1 s ramp)
+#   -t SECONDS  runtime of each measured run (default 4; fio adds a 1 s ramp)
 #   -r REPEAT   runs per workload, path and backing; medians reported (default 3)
 #   -d DIR      directory for the file-backed pool (default: a new one under
 #               ${TMPDIR:-/var/tmp}; it must not be tmpfs, for O_DIRECT)
 #   -o OUTDIR   keep the report, the samples (JSON) and the CPU profiles here
 #               (default: a new directory under ${TMPDIR:-/var/tmp})
 # Flags after -- go to the program (go run ./bench/nvmfbench -h lists them:
-# -workloads, -paths, -backings, -malloc-size, -file-size).
+# -workloads, -paths, -backings, -malloc-size, -file-size, -verify).
 #
 # Prints the markdown report (tables, ratios, goal verdicts) and the top of
 # the server's and the initiator's CPU profiles taken during the first
 # randread-4k-qd32 run of each network path.
 set -euo pipefail
 
-RUNTIME=5
+RUNTIME=4
 REPEAT=3
 DIR=""
 OUT=""
