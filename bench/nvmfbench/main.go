@@ -347,7 +347,10 @@ func drive(cfg config) error {
 	for _, w := range cfg.workloads {
 		for i := range cfg.repeat {
 			for _, b := range cfg.backings {
-				for _, p := range cfg.paths {
+				// Rotate the order of the paths from run to run, so that
+				// none always comes first after a change of backing.
+				order := append(slices.Clone(cfg.paths[i%len(cfg.paths):]), cfg.paths[:i%len(cfg.paths)]...)
+				for _, p := range order {
 					logf("%s: %s: %s (run %d of %d)", w.name, b, p, i+1, cfg.repeat)
 					profile := cfg.profDir != "" && i == 0 && p != "raw" && w.name == "randread-4k-qd32"
 					m, err := runOne(ctx, cfg, srv, namespaces, w, b, p, profile)
