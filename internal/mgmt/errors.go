@@ -3,15 +3,15 @@ package mgmt
 import (
 	"errors"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 )
 
 // ErrorDomain is the ErrorInfo domain of Nexstor faults.
-const ErrorDomain = "nexstor.io"
+const ErrorDomain = faultgrpc.Domain
 
 // Fault codes of the management service.
 const (
@@ -40,13 +40,8 @@ func (e *NotLeaderError) Error() string {
 // GRPCStatus makes the error a gRPC Unavailable status carrying the leader
 // hint in an ErrorInfo detail (metadata "leader").
 func (e *NotLeaderError) GRPCStatus() *status.Status {
-	st := status.New(codes.Unavailable, e.Error())
-	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: CodeNotLeader, Domain: ErrorDomain,
-		Metadata: map[string]string{"leader": e.Leader,
-			"description": "not the leader", "resolution": "retry at the leader"}}); err == nil {
-		st = d
-	}
-	return st
+	return faultgrpc.Status(fault.New(fault.Unavailable, CodeNotLeader, e.Error(), "retry at the leader"),
+		map[string]string{"leader": e.Leader})
 }
 
 // LeaderHint extracts the leader hint from an error returned by a replica:
@@ -57,67 +52,20 @@ func LeaderHint(err error) (leader string, ok bool) {
 	if errors.As(err, &nl) {
 		return nl.Leader, true
 	}
-	st, isStatus := status.FromError(err)
-	if !isStatus || st.Code() != codes.Unavailable {
-		return "", false
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == ErrorDomain && info.Reason == CodeNotLeader {
-			return info.Metadata["leader"], true
-		}
+	if info := faultgrpc.Info(err); info != nil && status.Code(err) == codes.Unavailable && info.Reason == CodeNotLeader {
+		return info.Metadata["leader"], true
 	}
 	return "", false
-}
-
-func grpcCode(k fault.Kind) codes.Code {
-	switch k {
-	case fault.InvalidArgument:
-		return codes.InvalidArgument
-	case fault.NotFound:
-		return codes.NotFound
-	case fault.AlreadyExists:
-		return codes.AlreadyExists
-	case fault.FailedPrecondition:
-		return codes.FailedPrecondition
-	case fault.ResourceExhausted:
-		return codes.ResourceExhausted
-	case fault.Unavailable:
-		return codes.Unavailable
-	case fault.PermissionDenied:
-		return codes.PermissionDenied
-	case fault.Unauthenticated:
-		return codes.Unauthenticated
-	}
-	return codes.Internal
 }
 
 // ToStatus converts a handler error to a gRPC status error with the fault
 // code, description and resolution in an ErrorInfo detail.
 func ToStatus(err error) error {
-	if err == nil {
-		return nil
-	}
 	var nl *NotLeaderError
 	if errors.As(err, &nl) {
 		return nl.GRPCStatus().Err()
 	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	var f *fault.Fault
-	if !errors.As(err, &f) {
-		return status.Error(codes.Internal, err.Error())
-	}
-	desc := f.Description
-	if f.Err != nil {
-		desc += ": " + f.Err.Error()
-	}
-	st := status.New(grpcCode(f.Kind), err.Error())
-	if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: f.Code, Domain: ErrorDomain,
-		Metadata: map[string]string{"description": desc, "resolution": f.Resolution}}); derr == nil {
-		st = d
-	}
-	return st.Err()
+	return faultgrpc.ToStatus(err)
 }
 
 // FaultCode returns the fault code carried by a gRPC error from the
@@ -127,14 +75,8 @@ func FaultCode(err error) string {
 	if errors.As(err, &f) {
 		return f.Code
 	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == ErrorDomain {
-			return info.Reason
-		}
+	if info := faultgrpc.Info(err); info != nil {
+		return info.Reason
 	}
 	return ""
 }
