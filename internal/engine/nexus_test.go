@@ -14,6 +14,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/nexus"
+	"github.com/nexstor/nexstor/internal/nvmf/initiator"
 )
 
 // nexusRig runs an engine on a file pool with replicas to build nexuses of.
@@ -236,5 +237,89 @@ func TestNexusLifecycle(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(r.dir, "data", StateFileName)); err != nil || bytes.Contains(b, []byte("n0")) {
 		t.Fatalf("state file still names the nexus (%v):\n%s", err, b)
+	}
+}
+
+// TestNexusOverNVMf builds a nexus from a local replica and a replica
+// reached over NVMe/TCP (this server's own target, on loopback), publishes
+// it over NVMe/TCP and uses it with the Go initiator; unsharing the remote
+// replica under I/O faults that child and the nexus serves on.
+func TestNexusOverNVMf(t *testing.T) {
+	dir := t.TempDir()
+	s, err := StartServer(ServerOptions{DataDir: filepath.Join(dir, "data"), GRPCListen: "127.0.0.1:0",
+		NVMfListen: "127.0.0.1:0", Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(time.Second)
+	e := s.Engine
+	if _, err := e.CreatePool("ram", "malloc:///ram?size=64MiB", 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := e.CreateReplica(CreateReplicaOptions{Name: "r1", Pool: "ram", Size: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r2", Pool: "ram", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := e.ShareReplica("r2", ProtocolNVMf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := r2.Share.URI
+	ni, err := e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + r1.UUID, remote}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := childOf(t, ni, remote); c.Local || c.State != nexus.StateOnline {
+		t.Fatalf("remote child %+v", c)
+	}
+	ni, err = e.PublishNexus("n0", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nqn := "nqn.2024-11.io.nexstor:nexus:" + ni.UUID
+	if ni.Share == nil || ni.Share.URI != "nvmf://"+s.NVMfAddr()+"/"+nqn {
+		t.Fatalf("publication %+v", ni.Share)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := initiator.Connect(ctx, s.NVMfAddr(), nqn, initiator.Options{IOQueues: 1, MaxReconnect: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ns, err := c.Namespace(1)
+	if err != nil || ns.Size() != 4<<20 {
+		t.Fatalf("namespace %v", err)
+	}
+	data := bytes.Repeat([]byte("mirrored"), 64<<10/8)
+	if _, err := ns.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.openReplicaByUUID(ctx, r2.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the remote child did not get the write (%v)", err)
+	}
+	d.Close()
+
+	// The remote child goes away: the next write faults it, and succeeds.
+	if _, err := e.UnshareReplica("r2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.WriteAt(data, 1<<20); err != nil {
+		t.Fatalf("write with the remote child gone: %v", err)
+	}
+	ni, _ = e.Nexus("n0")
+	if c := childOf(t, ni, remote); ni.State != NexusDegraded || c.State != nexus.StateFaulted || c.Reason != nexus.ReasonIOError {
+		t.Fatalf("after losing the remote child %+v", ni)
+	}
+	if _, err := ns.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %v", err)
 	}
 }
