@@ -1,5 +1,6 @@
 // Command nexctl is the Nexstor admin tool. This build talks to one node's
-// engine over gRPC: pools, replicas and how replicas are shared.
+// engine over gRPC: pools, replicas, nexuses and how they are shared; bench
+// loads a share or a disk directly.
 package main
 
 import (
@@ -50,19 +51,23 @@ func main() {
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "nexctl",
-		Short: "Administer Nexstor storage: pools, replicas and shares",
+		Short: "Administer Nexstor storage: pools, replicas, nexuses and shares",
 		Long: `nexctl administers a Nexstor storage node through its engine's gRPC API.
 
 Pools turn a disk (a file, a block device, or RAM) into storage; replicas are
 block devices carved out of pools; a shared replica can be reached by NBD
-clients (nbdinfo, nbdcopy, qemu, fio) at the URI nexctl prints.
+clients (nbdinfo, nbdcopy, qemu, fio) or NVMe/TCP hosts at the URI nexctl
+prints; a nexus mirrors a volume over replicas of several nodes. bench
+measures a share or a disk.
 
 The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
 ` + defaultEngine + `.`,
 		Example: `  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
   nexctl replica create r0 --pool p0 --size 1GiB --thin
   nexctl replica share r0 --protocol nbd
-  nexctl replica list -o json`,
+  nexctl replica list -o json
+  nexctl nexus create vol1 --child bdev:///<uuid> --child nvmf://nodeb:4420/<nqn>
+  nexctl bench nvmf://127.0.0.1:4420/<nqn> --rw mixed --time 10s`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -77,7 +82,8 @@ The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
 	root.PersistentFlags().StringVar(&a.engineAddr, "engine", env, "engine gRPC address host:port (env NEXSTOR_ENGINE)")
 	root.PersistentFlags().StringVarP(&a.format, "output", "o", "table", "output format: table, json or yaml")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second, "time limit of each call to the engine")
-	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd())
+	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
+		a.systemCmd(), a.storageCmd())
 	return root
 }
 
