@@ -19,7 +19,8 @@
 // in the same run, interleaved with the rebuilds.
 //
 // Workloads run on every target in turn, -r times (interleaved, so that
-// changes in the machine's load hit every target alike); medians are
+// changes in the machine's load hit every target alike, with the order
+// rotated from run to run); medians are
 // reported as markdown on stdout, progress goes to stderr.
 package main
 
@@ -377,7 +378,11 @@ func run(c config) error {
 			if w.bs >= 1<<20 {
 				qd = c.qdSeq
 			}
-			for _, k := range targets {
+			// Each run starts the rotation at a different target, so that
+			// none is always measured first (right after the previous
+			// workload, or the rebuild) or last.
+			for j := range targets {
+				k := targets[(j+rep)%len(targets)]
 				dev, err := r.open(ctx, k)
 				if err != nil {
 					return fmt.Errorf("%s: %w", targetName(k), err)
