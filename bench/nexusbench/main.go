@@ -115,11 +115,14 @@ type config struct {
 	// that of a disk the children share).
 	backing string
 	lat     time.Duration
+	// poolDirs, when set, holds one directory per pool.
+	poolDirs string
 }
 
 func main() {
 	var c config
 	flag.StringVar(&c.dir, "dir", "", "directory for the pool files (default: a new one under $TMPDIR or /var/tmp, removed at the end); must not be tmpfs, for O_DIRECT")
+	flag.StringVar(&c.poolDirs, "pool-dirs", "", "comma-separated directories, one per pool (children 0, 1, 2, rebuild target), to put each pool on its own disk; default: all in -dir. The disk counters are those of -dir's disk")
 	flag.Int64Var(&c.sizeMiB, "size", 512, "size of each replica in MiB (also the rebuild and copy size)")
 	rt := flag.Float64("t", 5, "seconds each measured run lasts")
 	flag.IntVar(&c.repeat, "r", 3, "runs of each workload on each target, and of rebuild and copy; medians reported")
@@ -164,18 +167,30 @@ type rig struct {
 	uuids []string // replica UUIDs of children 0..2
 }
 
+// close exports the pools and removes their files.
 func (r *rig) close() {
 	for _, p := range r.pools {
 		p.Close()
+	}
+	for _, f := range r.files {
+		os.Remove(f)
 	}
 }
 
 func newRig(c config, dir string, size int64) (*rig, error) {
 	r := &rig{dir: dir, size: size}
+	dirs := []string{dir, dir, dir, dir}
+	if c.poolDirs != "" {
+		dirs = strings.Split(c.poolDirs, ",")
+		if len(dirs) != 4 {
+			return nil, fmt.Errorf("-pool-dirs %q: give 4 directories (children 0, 1, 2 and the rebuild target)", c.poolDirs)
+		}
+	}
 	// Room for the superblocks, the metadata region and a spare cluster.
 	fileSize := size + 64<<20
 	for i := range 4 {
-		path := filepath.Join(dir, fmt.Sprintf("pool%d.img", i))
+		path := filepath.Join(dirs[i], fmt.Sprintf("nexusbench-pool%d.img", i))
+		os.Remove(path) // a leftover of an interrupted run
 		var d bdev.Device
 		var err error
 		if c.backing == "lat" {
@@ -191,12 +206,14 @@ func newRig(c config, dir string, size int64) (*rig, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pool device %d: %w", i, err)
 		}
+		if c.backing == "file" {
+			r.files = append(r.files, path)
+		}
 		p, err := pool.Create(d, pool.CreateOptions{Name: fmt.Sprintf("p%d", i)})
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("pool on %s: %w", path, err)
 		}
-		r.files = append(r.files, path)
 		r.pools = append(r.pools, p)
 		if i == 3 {
 			break
