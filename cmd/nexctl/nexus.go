@@ -529,6 +529,7 @@ type nexusView struct {
 	Reason    string      `json:"reason,omitempty" yaml:"reason,omitempty"`
 	Children  []childView `json:"children" yaml:"children"`
 	Share     *shareView  `json:"share,omitempty" yaml:"share,omitempty"`
+	LeftOut   []string    `json:"left_out,omitempty" yaml:"left_out,omitempty"`
 }
 
 type childView struct {
@@ -575,7 +576,7 @@ func newRebuildView(r *enginev1.Rebuild) rebuildView {
 
 func newNexusView(n *enginev1.Nexus) nexusView {
 	v := nexusView{Name: n.GetName(), UUID: n.GetUuid(), Size: n.GetSize(), BlockSize: n.GetBlockSize(),
-		State: stateName(n.GetState().String()), Reason: n.GetReason(), Children: []childView{}}
+		State: stateName(n.GetState().String()), Reason: n.GetReason(), Children: []childView{}, LeftOut: n.GetLeftOut()}
 	for _, c := range n.GetChildren() {
 		cv := childView{URI: c.GetUri(), State: stateName(c.GetState().String()), Reason: c.GetReason(), Local: c.GetLocal(),
 			LastError: c.GetLastError(), DirtyBytes: c.GetDirtyBytes()}
@@ -621,6 +622,9 @@ func nexusDetail(w io.Writer, n nexusView) error {
 		}
 	} else {
 		kv = append(kv, "Share", "not published")
+	}
+	for _, l := range n.LeftOut {
+		kv = append(kv, "Left out at start", l+" (add it again to rebuild it)")
 	}
 	if err := output.KeyValues(w, kv...); err != nil {
 		return err

@@ -56,6 +56,11 @@ type NexusInfo struct {
 	Reason    string
 	Children  []NexusChild
 	Share     *ShareInfo // nil when not published
+	// LeftOut are the children left out when the nexus was recreated at
+	// start, as "<uri> <recorded state> (<reason>)": the health store did
+	// not record them as current. They are not children any more; add them
+	// again to rebuild them.
+	LeftOut []string
 }
 
 // NexusChild is one child of a nexus with its rebuild, if one is running.
@@ -80,6 +85,7 @@ type nexusEntry struct {
 	n          *nexus.Nexus // nil when faulted
 	reason     string
 	share      *shareEntry // nil when not published
+	leftOut    []string    // children dropped at restore
 	busy       bool
 }
 
@@ -199,6 +205,7 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
 		return
 	}
+	ne.leftOut = dropped
 	if len(dropped) > 0 {
 		e.log.Warn("nexus children left out at restore: the health store does not record them as current; add them again to rebuild them",
 			"nexus", sn.Name, "children", dropped)
@@ -365,7 +372,7 @@ func (e *Engine) Nexuses() []NexusInfo {
 
 func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 	e.mu.Lock()
-	ni := NexusInfo{Name: ne.name, UUID: ne.uuid, Size: ne.size, Reason: ne.reason}
+	ni := NexusInfo{Name: ne.name, UUID: ne.uuid, Size: ne.size, Reason: ne.reason, LeftOut: slices.Clone(ne.leftOut)}
 	n := ne.n
 	if s := ne.share; s != nil {
 		ni.Share = &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)}
@@ -569,6 +576,7 @@ func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (Nexu
 	}
 	e.mu.Lock()
 	ne.children = childURIs(n)
+	ne.leftOut = slices.DeleteFunc(ne.leftOut, func(s string) bool { return strings.HasPrefix(s, uri+" ") })
 	e.gen++
 	e.mu.Unlock()
 	done()

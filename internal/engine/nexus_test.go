@@ -200,13 +200,16 @@ func TestNexusLifecycle(t *testing.T) {
 		ni.Share == nil || ni.Share.URI != "nbd://127.0.0.1:10809/nexus/n0" {
 		t.Fatalf("after restart %+v", ni)
 	}
+	if len(ni.LeftOut) != 1 || ni.LeftOut[0] != uri["r2"]+" faulted (admin)" {
+		t.Fatalf("left out at restart: %q", ni.LeftOut)
+	}
 	got := make([]byte, size)
 	if _, err := r.dev(t, "n0").ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("data after restart differs (%v)", err)
 	}
 	// The stale child can be added back (fully rebuilt).
-	if _, err := e.NexusChildOp("n0", ChildAdd, uri["r2"]); err != nil {
-		t.Fatal(err)
+	if ni, err = e.NexusChildOp("n0", ChildAdd, uri["r2"]); err != nil || len(ni.LeftOut) != 0 {
+		t.Fatalf("add back: %v %q", err, ni.LeftOut)
 	}
 	if _, err := e.ControlRebuild("n0", uri["r2"], nexus.RebuildStop); err != nil && !IsFault(err, fault.FailedPrecondition) {
 		t.Fatal(err) // FailedPrecondition: it finished before the stop

@@ -392,7 +392,12 @@ type Nexus struct {
 	Reason    string     `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	Children  []*Child   `protobuf:"bytes,7,rep,name=children,proto3" json:"children,omitempty"`
 	// share is set while the nexus is published.
-	Share         *Share `protobuf:"bytes,8,opt,name=share,proto3" json:"share,omitempty"`
+	Share *Share `protobuf:"bytes,8,opt,name=share,proto3" json:"share,omitempty"`
+	// left_out: children of the nexus that were left out when it was
+	// recreated at the server's start, because the health store did not
+	// record them as current ("<uri> <state> (<reason>)"). Add them again to
+	// rebuild them.
+	LeftOut       []string `protobuf:"bytes,9,rep,name=left_out,json=leftOut,proto3" json:"left_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -479,6 +484,13 @@ func (x *Nexus) GetChildren() []*Child {
 func (x *Nexus) GetShare() *Share {
 	if x != nil {
 		return x.Share
+	}
+	return nil
+}
+
+func (x *Nexus) GetLeftOut() []string {
+	if x != nil {
+		return x.LeftOut
 	}
 	return nil
 }
@@ -1216,7 +1228,7 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\n" +
 	" \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12finished_unix_nano\x18\v \x01(\x03R\x10finishedUnixNano\x12\x14\n" +
-	"\x05error\x18\f \x01(\tR\x05error\"\x95\x02\n" +
+	"\x05error\x18\f \x01(\tR\x05error\"\xb0\x02\n" +
 	"\x05Nexus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1226,7 +1238,8 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x05state\x18\x05 \x01(\x0e2\x1d.nexstor.engine.v1.NexusStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x124\n" +
 	"\bchildren\x18\a \x03(\v2\x18.nexstor.engine.v1.ChildR\bchildren\x12.\n" +
-	"\x05share\x18\b \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\"\x82\x01\n" +
+	"\x05share\x18\b \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\x12\x19\n" +
+	"\bleft_out\x18\t \x03(\tR\aleftOut\"\x82\x01\n" +
 	"\x12CreateNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
