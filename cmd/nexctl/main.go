@@ -82,7 +82,8 @@ The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
 	root.PersistentFlags().StringVar(&a.engineAddr, "engine", env, "engine gRPC address host:port (env NEXSTOR_ENGINE)")
 	root.PersistentFlags().StringVarP(&a.format, "output", "o", "table", "output format: table, json or yaml")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second, "time limit of each call to the engine")
-	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd())
+	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
+		a.systemCmd(), a.storageCmd())
 	return root
 }
 
