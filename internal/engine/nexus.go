@@ -677,6 +677,27 @@ func (e *Engine) VerifyNexus(ctx context.Context, name string) (nexus.VerifyRepo
 	return rep, nil
 }
 
+// nexusesUsingLocked names the nexuses ("nexus/replica") that have a
+// replica of the pool h as a local child. PoolHandle methods take no engine
+// lock, so calling them under e.mu is safe.
+func (e *Engine) nexusesUsingLocked(h PoolHandle) []string {
+	byUUID := map[string]string{}
+	for _, r := range h.Replicas() {
+		byUUID[strings.ToLower(r.UUID)] = r.Name
+	}
+	var out []string
+	for _, name := range sortedKeys(e.nexuses) {
+		for _, c := range e.nexuses[name].children {
+			if cu, err := nexus.ParseChildURI(c); err == nil && cu.Scheme == "bdev" {
+				if r, ok := byUUID[strings.ToLower(cu.Name)]; ok {
+					out = append(out, name+"/"+r)
+				}
+			}
+		}
+	}
+	return out
+}
+
 // closeNexuses unpublishes and closes every nexus (at engine close), before
 // the pools their local children live in are exported.
 func (e *Engine) closeNexuses(nexuses map[string]*nexusEntry) []error {

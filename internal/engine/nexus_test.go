@@ -153,6 +153,10 @@ func TestNexusLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The pool of its children cannot go away under the nexus.
+	wantFault(t, e.DestroyPool("p0", true), fault.FailedPrecondition, "p0", "n0/r1", "n0/r2")
+	wantFault(t, e.ExportPool("p0"), fault.FailedPrecondition, "n0/r1")
+
 	// Add r3 and wait for its rebuild to complete.
 	if _, err := e.NexusChildOp("n0", ChildAdd, uri["r3"]); err != nil {
 		t.Fatal(err)

@@ -239,6 +239,12 @@ func (e *Engine) removePool(name string, force, destroy bool) error {
 			fmt.Sprintf("pool %q has shared replicas: %s", name, strings.Join(sortedStrings(shared), ", ")),
 			"unshare them first (`nexctl replica unshare NAME`)")
 	}
+	if users := e.nexusesUsingLocked(pe.h); len(users) > 0 {
+		e.mu.Unlock()
+		return fault.New(fault.FailedPrecondition, "pool.nexus_child",
+			fmt.Sprintf("pool %q has replicas that are children of nexuses: %s", name, strings.Join(users, ", ")),
+			"remove those children from their nexuses (`nexctl nexus remove-child`) or destroy the nexuses first")
+	}
 	if destroy && len(reps) > 0 && !force {
 		e.mu.Unlock()
 		return fault.New(fault.FailedPrecondition, "pool.not_empty",
