@@ -177,6 +177,16 @@ func TestDev(t *testing.T) {
 	if !strings.Contains(table, uri) || !strings.Contains(table, nv[1]) {
 		t.Fatalf("replica list does not show both share URIs:\n%s", table)
 	}
+	// nexctl bench loads the NVMe/TCP share (reads only: the data stays).
+	var bench struct {
+		Ops    int64   `json:"ops"`
+		IOPS   float64 `json:"iops"`
+		Errors int64   `json:"errors"`
+	}
+	nexctlJSON(t, eng, &bench, "bench", nv[1], "--rw", "read", "--time", "200ms", "--qd", "4")
+	if bench.Ops == 0 || bench.IOPS <= 0 || bench.Errors != 0 {
+		t.Fatalf("bench %+v", bench)
+	}
 	// The NVMe/TCP share reaches the same data as the NBD one.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
