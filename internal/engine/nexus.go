@@ -482,13 +482,17 @@ func (e *Engine) PublishNexus(name, protocol string, allowedHosts []string) (Nex
 		return NexusInfo{}, err
 	}
 	if s := ne.share; s != nil {
-		done()
-		if s.protocol == protocol && sameSet(s.allowed, allowedHosts) && s.dev != nil {
-			return e.Nexus(name)
+		same := s.protocol == protocol && sameSet(s.allowed, allowedHosts)
+		if !same || s.dev != nil {
+			done()
+			if same {
+				return e.Nexus(name)
+			}
+			return NexusInfo{}, fault.New(fault.FailedPrecondition, "nexus.published",
+				fmt.Sprintf("nexus %q is already published over %s", name, s.protocol),
+				fmt.Sprintf("unpublish it first: nexctl nexus unpublish %s", name))
 		}
-		return NexusInfo{}, fault.New(fault.FailedPrecondition, "nexus.published",
-			fmt.Sprintf("nexus %q is already published over %s", name, s.protocol),
-			fmt.Sprintf("unpublish it first: nexctl nexus unpublish %s", name))
+		// The same publication could not be restored at start: retry it.
 	}
 	uri, err := e.exportNexus(ne, protocol, allowedHosts)
 	if err != nil {
