@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/security"
@@ -278,7 +279,8 @@ func (c *cluster) mustNexctl(args ...string) string {
 	return out
 }
 
-// wantFailure runs nexctl, expects it to fail, and returns its stderr.
+// wantFailure runs nexctl, expects it to fail, and returns its stdout
+// (tables carry per-host errors) and stderr.
 func (c *cluster) wantFailure(certDir, identity string, args ...string) string {
 	c.t.Helper()
 	out, errOut, err := c.nexctlAs(certDir, identity, args...)
@@ -286,7 +288,7 @@ func (c *cluster) wantFailure(certDir, identity string, args ...string) string {
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 		c.t.Fatalf("nexctl %v: want a failure, got %v\n%s%s", args, err, out, errOut)
 	}
-	return errOut
+	return out + errOut
 }
 
 // hosts returns the node addresses as a host list.
@@ -385,4 +387,15 @@ func (c *cluster) replicas(n *node) map[string]string {
 		out[r.GetName()] = r.GetPool()
 	}
 	return out
+}
+
+// dial connects to addr with creds.
+func dial(t *testing.T, addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
