@@ -94,7 +94,7 @@ func printDev(w io.Writer, s *engine.Server, r engine.ReplicaInfo) {
 	if nvmfURI != "" {
 		hostPort, nqn, _ := strings.Cut(strings.TrimPrefix(nvmfURI, "nvmf://"), "/")
 		host, port, _ := net.SplitHostPort(hostPort)
-		fmt.Fprintf(w, "  nexctl%s bench %s --time 5s    # load it from the Go initiator\n", eng, nvmfURI)
+		fmt.Fprintf(w, "  nexctl bench %s --time 5s    # load it from the Go initiator\n", nvmfURI)
 		if d := s.DiscoveryAddr(); d != "" {
 			dhost, dport, _ := net.SplitHostPort(d)
 			fmt.Fprintf(w, "  nvme discover -t tcp -a %s -s %s\n", dhost, dport)
