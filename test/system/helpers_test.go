@@ -399,3 +399,5 @@ func dial(t *testing.T, addr string, creds credentials.TransportCredentials) *gr
 	t.Cleanup(func() { cc.Close() })
 	return cc
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
