@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -48,7 +49,7 @@ func wantFault(t *testing.T, err error, kind fault.Kind, names ...string) {
 		t.Fatalf("kind %v, want %v: %v", got, kind, err)
 	}
 	st, _ := status.FromError(ToStatus(err))
-	if st.Code() != GRPCCode(kind) || st.Code() == codes.Internal {
+	if st.Code() != faultgrpc.Code(kind) || st.Code() == codes.Internal {
 		t.Fatalf("grpc code %v for kind %v", st.Code(), kind)
 	}
 	for _, n := range names {

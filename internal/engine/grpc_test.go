@@ -14,6 +14,7 @@ import (
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 )
 
 // TestGRPCCodes runs the services over a real gRPC connection and checks
@@ -95,7 +96,7 @@ func TestGRPCCodes(t *testing.T) {
 			continue
 		}
 		f := FromStatus(err)
-		if f.Code == "" || f.Description == "" || f.Resolution == "" || f.Kind != FaultKind(tc.code) {
+		if f.Code == "" || f.Description == "" || f.Resolution == "" || f.Kind != faultgrpc.Kind(tc.code) {
 			t.Errorf("%s: fault from status %+v", tc.name, f)
 		}
 	}
