@@ -1,0 +1,116 @@
+package server
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/mgmt"
+)
+
+type leaderOnly struct {
+	mgmtv1.UnimplementedMgmtServiceServer
+	leader string
+}
+
+func (l *leaderOnly) LeaderQuery(context.Context, *mgmtv1.LeaderQueryRequest) (*mgmtv1.LeaderQueryResponse, error) {
+	return &mgmtv1.LeaderQueryResponse{Leader: l.leader}, nil
+}
+
+// TestLazyService checks that a service registered through a lazy answers
+// Unavailable with the reason until its implementation is set, and then
+// reaches that implementation, on a server that was serving all along.
+func TestLazyService(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	l := newLazy("not yet: starting")
+	l.Register(srv, func(s grpc.ServiceRegistrar) { mgmtv1.RegisterMgmtServiceServer(s, new(mgmt.Service)) })
+	go srv.Serve(lis)
+	defer srv.Stop()
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cl := mgmtv1.NewMgmtServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = cl.LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "not yet: starting" {
+		t.Fatalf("before Set: %v", err)
+	}
+	l.Set(func(s grpc.ServiceRegistrar) { mgmtv1.RegisterMgmtServiceServer(s, &leaderOnly{leader: "x:1"}) })
+	resp, err := cl.LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{})
+	if err != nil || resp.Leader != "x:1" {
+		t.Fatalf("after Set: %v, %v", resp, err)
+	}
+	// Methods the implementation does not have still answer Unimplemented.
+	if _, err := cl.SystemStop(ctx, &mgmtv1.SystemStopRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("unimplemented method: %v", err)
+	}
+}
+
+// TestConfigFromFlags checks that flags that were given override the file
+// and the others leave it alone.
+func TestConfigFromFlags(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "server.yaml")
+	writeFile(t, cfgPath, "name: flags\ngrpc_listen: 127.0.0.1:20000\nnbd:\n  listen: 127.0.0.1:20001\n")
+	cmd := &cobra.Command{Use: "server"}
+	f := cmd.Flags()
+	f.StringP("config", "o", "", "")
+	for _, n := range []string{"data-dir", "grpc", "nbd", "nvmf", "discovery", "log-level"} {
+		f.String(n, "flag-default", "")
+	}
+	AddFlags(f)
+	if err := f.Parse([]string{"-o", cfgPath, "--grpc", "127.0.0.1:30000", "--insecure", "--cert-dir", "/c",
+		"--heartbeat-interval", "250ms", "--control"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, opts, err := ConfigFromFlags(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Enabled(cmd) {
+		t.Error("--control not seen")
+	}
+	if cfg.Name != "flags" || cfg.GRPCListen != "127.0.0.1:30000" || cfg.NBDListen != "127.0.0.1:20001" {
+		t.Errorf("name %q grpc %q nbd %q", cfg.Name, cfg.GRPCListen, cfg.NBDListen)
+	}
+	if !cfg.TransportConfig.AllowInsecure || cfg.TransportConfig.CACert != "/c/ca.crt" {
+		t.Errorf("transport %+v", cfg.TransportConfig)
+	}
+	if cfg.NVMfListen != config.DefaultNVMfListen {
+		t.Errorf("nvmf %q: an unset flag overrode the default", cfg.NVMfListen)
+	}
+	if opts.HeartbeatInterval != 250*time.Millisecond || opts.HeartbeatTimeout != 0 {
+		t.Errorf("opts %+v", opts)
+	}
+	if err := f.Parse([]string{"--heartbeat-timeout", "-1s"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ConfigFromFlags(f); err == nil {
+		t.Error("a negative heartbeat timeout was accepted")
+	}
+}
+
+func writeFile(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
