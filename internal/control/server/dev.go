@@ -1,0 +1,195 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/mgmt"
+)
+
+// DevOptions configure RunDev.
+type DevOptions struct {
+	// Nodes is the number of storage nodes (at least 1); node 0 is the only
+	// access point.
+	Nodes int
+	// DataDir holds one directory per node (node0, node1, ...) with its
+	// state and a sparse pool file.
+	DataDir string
+	// Host is the loopback address every listener binds (127.0.0.1 when
+	// empty).
+	Host string
+	// GRPCPort, NVMfPort and NBDPort are the ports of node 0; node i uses
+	// port+i. Zero means the defaults (10124, 4420, 10809); EtcdPort (2379)
+	// and EtcdPort+1 serve node 0's embedded etcd.
+	GRPCPort, NVMfPort, NBDPort, EtcdPort int
+	// PoolSize is each node's pool file size ("1GiB" when empty).
+	PoolSize string
+	// HeartbeatInterval and HeartbeatTimeout as in Options.
+	HeartbeatInterval, HeartbeatTimeout time.Duration
+	Logger                              *slog.Logger
+	// Ready, when set, is called once every node is formatted and has
+	// joined, with the members.
+	Ready func(members []*mgmtv1.Member)
+}
+
+func orInt(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// DevConfigs returns the configurations of the nodes RunDev runs: system
+// "dev", without TLS, node 0 the access point with an embedded etcd.
+func DevConfigs(o DevOptions) ([]*config.Server, error) {
+	if o.Nodes < 1 {
+		return nil, fmt.Errorf("dev: %d nodes: run at least 1", o.Nodes)
+	}
+	host := o.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	grpcPort, nvmfPort := orInt(o.GRPCPort, config.DefaultPort), orInt(o.NVMfPort, 4420)
+	nbdPort, etcdPort := orInt(o.NBDPort, 10809), orInt(o.EtcdPort, config.DefaultEtcdClientPort)
+	size := o.PoolSize
+	if size == "" {
+		size = "1GiB"
+	}
+	ap := fmt.Sprintf("%s:%d", host, grpcPort)
+	var out []*config.Server
+	for i := 0; i < o.Nodes; i++ {
+		dir, err := filepath.Abs(filepath.Join(o.DataDir, fmt.Sprintf("node%d", i)))
+		if err != nil {
+			return nil, fmt.Errorf("dev: data dir: %w", err)
+		}
+		cfg := config.Default().WithName("dev").WithDataDir(filepath.Join(dir, "data")).WithRuntimeDir(filepath.Join(dir, "run")).
+			WithInsecure(true).WithGRPCListen(fmt.Sprintf("%s:%d", host, grpcPort+i)).WithAccessPoints(ap).
+			WithEtcdPorts(etcdPort, etcdPort+1).WithNVMfListen(fmt.Sprintf("%s:%d", host, nvmfPort+i)).WithDiscoveryListen("").
+			WithNBDListen(fmt.Sprintf("%s:%d", host, nbdPort+i)).WithPools(config.Pool{Name: "p0",
+			Disk: fmt.Sprintf("file://%s?size=%s", filepath.Join(dir, "pool.img"), size)})
+		cfg.MetricsListen = ""
+		if err := cfg.Validate(); err != nil {
+			return nil, fmt.Errorf("dev node %d: %w", i, err)
+		}
+		out = append(out, cfg)
+	}
+	return out, nil
+}
+
+// RunDev runs a whole system in this process for trying Nexstor out: Nodes
+// servers on loopback without TLS (logged), formats those that are not
+// formatted yet, waits for all to join, calls Ready, and serves until ctx
+// ends. A later RunDev on the same DataDir restarts the same system with
+// the same ranks.
+func RunDev(ctx context.Context, o DevOptions) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	cfgs, err := DevConfigs(o)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i, cfg := range cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = Run(ctx, cfg, Options{HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout,
+				Logger: log.With("node", i)})
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("dev node %d: %w", i, errs[i])
+			}
+			cancel() // one node failing stops the system
+		}()
+	}
+	members, err := devBringUp(ctx, cfgs)
+	if err != nil && ctx.Err() == nil {
+		cancel()
+		wg.Wait()
+		return errors.Join(append(errs, err)...)
+	}
+	if err == nil && o.Ready != nil {
+		o.Ready(members)
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// devBringUp formats the unformatted nodes and waits until every node is
+// a joined member.
+func devBringUp(ctx context.Context, cfgs []*config.Server) ([]*mgmtv1.Member, error) {
+	creds := insecure.NewCredentials()
+	retry := func(what string, f func(ctx context.Context) (bool, error)) error {
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			done, err := f(cctx)
+			cancel()
+			if err == nil && done {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("dev: %s: %w (last error: %v)", what, ctx.Err(), err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	for i, cfg := range cfgs {
+		cc, err := grpc.NewClient(cfg.GRPCListen, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			return nil, err
+		}
+		node := mgmtv1.NewNodeServiceClient(cc)
+		err = retry(fmt.Sprintf("format node %d", i), func(ctx context.Context) (bool, error) {
+			info, err := node.NodeInfo(ctx, &mgmtv1.NodeInfoRequest{})
+			if err != nil {
+				return false, err
+			}
+			if !info.Formatted {
+				if _, err := node.StorageFormat(ctx, &mgmtv1.StorageFormatRequest{}); err != nil {
+					return false, err
+				}
+			}
+			return true, nil
+		})
+		cc.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	client := mgmt.NewClient(cfgs[0].AccessPointAddrs(), creds)
+	defer client.Close()
+	var members []*mgmtv1.Member
+	err := retry("wait for every node to join", func(ctx context.Context) (bool, error) {
+		err := client.Do(ctx, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+			resp, err := cl.SystemQuery(ctx, &mgmtv1.SystemQueryRequest{})
+			if err != nil {
+				return err
+			}
+			members = members[:0]
+			for _, m := range resp.Members {
+				if m.State == string(mgmt.StateJoined) {
+					members = append(members, m)
+				}
+			}
+			return nil
+		})
+		return len(members) == len(cfgs), err
+	})
+	return members, err
+}

@@ -1,0 +1,80 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"testing"
+	"time"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+)
+
+// freeRange returns a port p such that p..p+n-1 were free a moment ago.
+func freeRange(t *testing.T, n int) int {
+	t.Helper()
+	for attempt := 0; attempt < 100; attempt++ {
+		base := 20000 + rand.IntN(40000)
+		var ls []net.Listener
+		ok := true
+		for i := 0; i < n; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+// TestRunDev runs a three-node system in-process twice on the same data
+// dir: the first run formats and admits ranks 0-2, the second keeps them.
+func TestRunDev(t *testing.T) {
+	dir := t.TempDir()
+	base := freeRange(t, 14) // grpc, nvmf, nbd: 3 each; etcd: 2; spare
+	o := DevOptions{Nodes: 3, DataDir: dir, GRPCPort: base, NVMfPort: base + 3, NBDPort: base + 6, EtcdPort: base + 9,
+		PoolSize: "64MiB", HeartbeatInterval: 100 * time.Millisecond}
+	runOnce := func() map[string]uint32 {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		got := map[string]uint32{}
+		o.Ready = func(ms []*mgmtv1.Member) {
+			for _, m := range ms {
+				got[m.Uuid] = m.Rank
+			}
+			cancel()
+		}
+		if err := RunDev(ctx, o); err != nil {
+			t.Fatalf("RunDev: %v", err)
+		}
+		if len(got) != 3 {
+			t.Fatalf("members %v: the system did not come up", got)
+		}
+		return got
+	}
+	first := runOnce()
+	var ranks []int
+	for _, r := range first {
+		ranks = append(ranks, int(r))
+	}
+	sort.Ints(ranks)
+	if fmt.Sprint(ranks) != "[0 1 2]" {
+		t.Fatalf("ranks %v, want 0-2", ranks)
+	}
+	second := runOnce()
+	if fmt.Sprint(first) != fmt.Sprint(second) {
+		t.Fatalf("restart changed members: %v -> %v", first, second)
+	}
+}
