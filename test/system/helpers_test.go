@@ -376,17 +376,31 @@ func (c *cluster) engineConn(n *node) *grpc.ClientConn {
 // replicas lists a node's replicas by name with their pool.
 func (c *cluster) replicas(n *node) map[string]string {
 	c.t.Helper()
+	out, err := c.listReplicas(n)
+	if err != nil {
+		c.t.Fatalf("%s: list replicas: %v", n.name, err)
+	}
+	return out
+}
+
+// tryReplicas is replicas, nil on error.
+func (c *cluster) tryReplicas(n *node) map[string]string {
+	out, _ := c.listReplicas(n)
+	return out
+}
+
+func (c *cluster) listReplicas(n *node) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := enginev1.NewReplicaServiceClient(c.engineConn(n)).ListReplicas(ctx, &enginev1.ListReplicasRequest{})
 	if err != nil {
-		c.t.Fatalf("%s: list replicas: %v", n.name, err)
+		return nil, err
 	}
 	out := map[string]string{}
 	for _, r := range resp.GetReplicas() {
 		out[r.GetName()] = r.GetPool()
 	}
-	return out
+	return out, nil
 }
 
 // dial connects to addr with creds.

@@ -101,9 +101,23 @@ func TestThreeServers(t *testing.T) {
 	r1 := ranks[c.nodes[1].grpc]
 	c.mustNexctl("system", "stop", "-a", c.aps[0], "--ranks", itoa(r1))
 	c.waitMembers("rank stopped", 10*time.Second, func(m map[string]member) bool { return m[c.nodes[1].grpc].State == "stopped" })
-	c.nodes[1].waitLog("state=stopped", 10*time.Second)
+	// A stopped member stops its engine: no pools, no I/O.
+	c.nodes[1].waitLog("engine stopped", 10*time.Second)
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	_, err = enginev1.NewReplicaServiceClient(c.engineConn(c.nodes[1])).ListReplicas(ctx, &enginev1.ListReplicasRequest{})
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "stopped") {
+		t.Fatalf("engine of a stopped member: %v, want a stopped error", err)
+	}
 	c.mustNexctl("system", "start", "-a", c.aps[0])
 	c.waitMembers("all started", 10*time.Second, c.allState("joined"))
+	deadline := time.Now().Add(10 * time.Second)
+	for c.tryReplicas(c.nodes[1])["r-"+c.nodes[1].name] != "p0" {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the engine did not come back with its replica after system start", c.nodes[1].name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	// Restart every process: ranks, pools and replicas are kept.
 	for _, n := range c.nodes {

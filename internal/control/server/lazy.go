@@ -17,10 +17,21 @@ import (
 // Unavailable and the reason given to newLazy.
 type lazy struct {
 	impls  atomic.Pointer[map[string]any] // service name -> implementation
-	reason string
+	reason atomic.Pointer[string]
 }
 
-func newLazy(reason string) *lazy { return &lazy{reason: reason} }
+func newLazy(reason string) *lazy {
+	l := &lazy{}
+	l.reason.Store(&reason)
+	return l
+}
+
+// Clear withdraws the implementations: calls fail with Unavailable and
+// reason again.
+func (l *lazy) Clear(reason string) {
+	l.reason.Store(&reason)
+	l.impls.Store(nil)
+}
 
 // Register registers on s, through l, the services that register
 // registers (called with a registrar that only records their descriptions;
@@ -44,7 +55,7 @@ func (r recorder) RegisterService(desc *grpc.ServiceDesc, impl any) { r[desc.Ser
 func (l *lazy) get(service string) (any, error) {
 	m := l.impls.Load()
 	if m == nil {
-		return nil, status.Error(codes.Unavailable, l.reason)
+		return nil, status.Error(codes.Unavailable, *l.reason.Load())
 	}
 	impl, ok := (*m)[service]
 	if !ok {

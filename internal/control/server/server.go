@@ -81,7 +81,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 	}
 
 	r := &runtime{cfg: cfg, opts: opts, log: log}
-	defer r.stopEngine()
+	defer r.stopEngine("the server is shutting down")
 	node, err := control.NewNodeServer(cfg, opts.Scanner, r.createPool, log)
 	if err != nil {
 		return err
@@ -163,7 +163,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		err = mgmt.RunMember(ctx, mgmt.MemberConfig{
 			Client: client, System: cfg.Name, UUID: sb.UUID.String(), Address: cfg.GRPCListen,
 			FaultDomain: cfg.FaultDomain, Labels: cfg.Labels, Rank: sb.Rank, OnRank: node.SetRank,
-			OnState:  func(s mgmt.State) { log.Info("system state of this node", "state", s) },
+			OnState: r.onState, EngineError: r.engineError,
 			Interval: opts.HeartbeatInterval, Log: log,
 		})
 		if err != nil && ctx.Err() == nil {
@@ -198,11 +198,12 @@ type runtime struct {
 	log        *slog.Logger
 	engineLazy *lazy
 
-	mu   sync.Mutex
-	eng  *engine.Engine
-	nbd  *nbd.Server
-	nvmf *target.Target
-	lns  []net.Listener
+	mu        sync.Mutex
+	engineErr string // why the engine failed to start again, "" when fine
+	eng       *engine.Engine
+	nbd       *nbd.Server
+	nvmf      *target.Target
+	lns       []net.Listener
 }
 
 // createPool is the node's PoolCreator: it starts the engine (without
@@ -311,13 +312,42 @@ func (r *runtime) closeListeners() {
 	r.lns = nil
 }
 
-// stopEngine withdraws the shares and exports the pools.
-func (r *runtime) stopEngine() {
+// onState follows the state the system holds for this node: a stopped or
+// excluded member stops its engine (no I/O, pools exported); a joined one
+// runs it. A failure to start it again is reported with the heartbeats,
+// which moves the member to "errored".
+func (r *runtime) onState(s mgmt.State) {
+	r.log.Info("system state of this node", "state", s)
+	switch s {
+	case mgmt.StateStopped, mgmt.StateExcluded:
+		r.stopEngine(fmt.Sprintf("this node is %s in the system: start it with `nexctl system start`", s))
+	case mgmt.StateJoined:
+		err := r.startEngine(r.cfg.Pools)
+		r.mu.Lock()
+		r.engineErr = ""
+		if err != nil {
+			r.engineErr = err.Error()
+			r.log.Error("engine failed to start", "err", err)
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *runtime) engineError() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.engineErr
+}
+
+// stopEngine withdraws the shares and exports the pools; engine calls fail
+// with reason until it starts again.
+func (r *runtime) stopEngine(reason string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.eng == nil {
 		return
 	}
+	r.engineLazy.Clear(reason)
 	if r.nbd != nil {
 		r.nbd.Close()
 	}
