@@ -78,6 +78,13 @@ func TestSecurity(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "PermissionDenied") {
 		t.Fatalf("csi destroy pool: %v, want PermissionDenied", err)
 	}
+	// but may provision a volume.
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	_, err = enginev1.NewReplicaServiceClient(cc).CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: "vol", Pool: "p0", Size: 4 << 20, Thin: true})
+	cancel()
+	if err != nil {
+		t.Fatalf("csi create replica: %v", err)
+	}
 	c.waitMembers("still joined", 10*time.Second, c.allState("joined"))
 
 	// A plain-text client is refused, and told why.

@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control"
 	"github.com/nexstor/nexstor/internal/control/config"
@@ -184,10 +185,34 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 }
 
 // Policy is the authorization table of everything a node serves: the node
-// service, the management service and the engine (whose methods are
-// admin-only, the Policy default, except the read-only ones).
+// service, the management service and the engine. Engine methods not
+// listed here (create, import, export and destroy pools, destroy replicas
+// and nexuses, fault or offline children) are admin-only by the Policy
+// default; every role may read; the csi role may also provision and
+// publish volumes, but never destroy.
 func Policy() *security.Policy {
-	return mgmt.Policy().Merge(control.NodePolicy())
+	p := mgmt.Policy().Merge(control.NodePolicy())
+	read := []string{
+		enginev1.PoolService_ListPools_FullMethodName, enginev1.PoolService_GetPool_FullMethodName,
+		enginev1.ReplicaService_ListReplicas_FullMethodName, enginev1.ReplicaService_GetReplica_FullMethodName,
+		enginev1.HostService_GetVersion_FullMethodName, enginev1.HostService_ListBlockDevices_FullMethodName,
+		enginev1.NexusService_ListNexuses_FullMethodName, enginev1.NexusService_GetNexus_FullMethodName,
+		enginev1.NexusService_RebuildStatus_FullMethodName,
+	}
+	for _, m := range read {
+		p.Allow(m, security.RoleAdmin, security.RoleServer, security.RoleCSI)
+	}
+	provision := []string{
+		enginev1.ReplicaService_CreateReplica_FullMethodName, enginev1.ReplicaService_ResizeReplica_FullMethodName,
+		enginev1.ReplicaService_ShareReplica_FullMethodName, enginev1.ReplicaService_UnshareReplica_FullMethodName,
+		enginev1.NexusService_CreateNexus_FullMethodName, enginev1.NexusService_PublishNexus_FullMethodName,
+		enginev1.NexusService_UnpublishNexus_FullMethodName, enginev1.NexusService_AddChild_FullMethodName,
+		enginev1.NexusService_RemoveChild_FullMethodName,
+	}
+	for _, m := range provision {
+		p.Allow(m, security.RoleAdmin, security.RoleCSI)
+	}
+	return p
 }
 
 // runtime holds the engine, started on a formatted node (or during format,

@@ -14,9 +14,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/mgmt"
+	"github.com/nexstor/nexstor/internal/security"
 )
 
 type leaderOnly struct {
@@ -112,5 +114,31 @@ func writeFile(t *testing.T, path, body string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPolicy checks the roles of the methods the roles must never or
+// always reach.
+func TestPolicy(t *testing.T) {
+	p := Policy()
+	for _, m := range []string{mgmtv1.NodeService_StorageFormat_FullMethodName, mgmtv1.MgmtService_SystemStop_FullMethodName,
+		mgmtv1.MgmtService_SystemExclude_FullMethodName, enginev1.PoolService_DestroyPool_FullMethodName,
+		enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.NexusService_DestroyNexus_FullMethodName,
+		enginev1.PoolService_CreatePool_FullMethodName} {
+		if p.Permits(m, security.RoleCSI) || p.Permits(m, security.RoleServer) {
+			t.Errorf("%s: csi or server permitted", m)
+		}
+		if !p.Permits(m, security.RoleAdmin) {
+			t.Errorf("%s: admin refused", m)
+		}
+	}
+	for _, m := range []string{enginev1.ReplicaService_CreateReplica_FullMethodName, enginev1.NexusService_PublishNexus_FullMethodName,
+		mgmtv1.MgmtService_SystemQuery_FullMethodName, enginev1.PoolService_ListPools_FullMethodName} {
+		if !p.Permits(m, security.RoleCSI) || !p.Permits(m, security.RoleAdmin) {
+			t.Errorf("%s: csi or admin refused", m)
+		}
+	}
+	if !p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleServer) || p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleCSI) {
+		t.Error("heartbeat: server refused or csi permitted")
 	}
 }
