@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -162,7 +163,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		client := mgmt.NewClient(cfg.AccessPointAddrs(), clientCreds, security.ExplainInterceptors(tc.AllowInsecure)...)
 		defer client.Close()
 		err = mgmt.RunMember(ctx, mgmt.MemberConfig{
-			Client: client, System: cfg.Name, UUID: sb.UUID.String(), Address: cfg.GRPCListen,
+			Client: client, System: cfg.Name, UUID: sb.UUID.String(), Address: advertiseAddr(cfg),
 			FaultDomain: cfg.FaultDomain, Labels: cfg.Labels, Rank: sb.Rank, OnRank: node.SetRank,
 			OnState: r.onState, EngineError: r.engineError,
 			Interval: opts.HeartbeatInterval, Log: log,
@@ -385,4 +386,22 @@ func (r *runtime) stopEngine(reason string) {
 	r.closeListeners()
 	r.eng = nil
 	r.log.Info("engine stopped")
+}
+
+// advertiseAddr is the address this node announces when it joins: its
+// access point entry when it is one, else grpc_listen with a wildcard host
+// replaced by the host name (a wildcard is not reachable from elsewhere).
+func advertiseAddr(cfg *config.Server) string {
+	if self := mgmt.SelfAccessPoint(cfg); self != "" {
+		return self
+	}
+	host, port, err := net.SplitHostPort(cfg.GRPCListen)
+	if err != nil || (host != "" && host != "0.0.0.0" && host != "::") {
+		return cfg.GRPCListen
+	}
+	name, err := os.Hostname()
+	if err != nil {
+		return cfg.GRPCListen
+	}
+	return net.JoinHostPort(name, port)
 }

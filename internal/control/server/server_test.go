@@ -142,3 +142,19 @@ func TestPolicy(t *testing.T) {
 		t.Error("heartbeat: server refused or csi permitted")
 	}
 }
+
+func TestAdvertiseAddr(t *testing.T) {
+	host, _ := os.Hostname()
+	cfg := config.Default().WithGRPCListen("0.0.0.0:10200").WithAccessPoints("10.9.9.9:10124")
+	if got := advertiseAddr(cfg); got != net.JoinHostPort(host, "10200") {
+		t.Errorf("wildcard: %q", got)
+	}
+	cfg.WithGRPCListen("10.1.2.3:10200")
+	if got := advertiseAddr(cfg); got != "10.1.2.3:10200" {
+		t.Errorf("explicit: %q", got)
+	}
+	cfg.WithGRPCListen(":10124").WithAccessPoints("localhost:10124")
+	if got := advertiseAddr(cfg); got != "localhost:10124" {
+		t.Errorf("access point: %q", got)
+	}
+}
