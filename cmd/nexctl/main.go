@@ -12,12 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/engine"
 	"github.com/nexstor/nexstor/internal/units"
 )
 
@@ -30,6 +27,7 @@ type app struct {
 	engineAddr string
 	format     string
 	timeout    time.Duration
+	tls        tlsFlags
 	out        io.Writer
 
 	conn *grpc.ClientConn
@@ -43,7 +41,7 @@ func main() {
 		a.conn.Close()
 	}
 	if err != nil {
-		output.Error(os.Stderr, toFault(err))
+		output.Error(os.Stderr, cliError(err))
 		os.Exit(1)
 	}
 }
@@ -61,7 +59,9 @@ prints; a nexus mirrors a volume over replicas of several nodes. bench
 measures a share or a disk.
 
 The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
-` + defaultEngine + `.`,
+` + defaultEngine + `.
+
+` + tlsHelp,
 		Example: `  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
   nexctl replica create r0 --pool p0 --size 1GiB --thin
   nexctl replica share r0 --protocol nbd
@@ -81,6 +81,7 @@ The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
 	}
 	root.PersistentFlags().StringVar(&a.engineAddr, "engine", env, "engine gRPC address host:port (env NEXSTOR_ENGINE)")
 	root.PersistentFlags().StringVarP(&a.format, "output", "o", "table", "output format: table, json or yaml")
+	a.tls.add(root.PersistentFlags())
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second, "time limit of each call to the engine")
 	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
 		a.systemCmd(), a.storageCmd())
@@ -97,7 +98,11 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 	if a.conn != nil {
 		return a.conn, nil
 	}
-	conn, err := grpc.NewClient(a.engineAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts, err := a.tls.dialOptions(a.engineAddr)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(a.engineAddr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("engine address %q: %w", a.engineAddr, err)
 	}
@@ -131,15 +136,6 @@ func (a *app) host() (enginev1.HostServiceClient, error) {
 		return nil, err
 	}
 	return enginev1.NewHostServiceClient(c), nil
-}
-
-// toFault turns gRPC errors into faults with the engine's description and
-// resolution; other errors (bad flags) pass through.
-func toFault(err error) error {
-	if _, ok := status.FromError(err); ok {
-		return engine.FromStatus(err)
-	}
-	return err
 }
 
 // parseSize parses a human size ("1GiB", "512MiB", "1073741824").

@@ -19,7 +19,7 @@ import (
 
 // storageFlags are the flags of `nexctl storage`.
 type storageFlags struct {
-	tls   tlsFlags
+	tls   *tlsFlags
 	hosts string
 	force bool
 }
@@ -38,7 +38,7 @@ func fanOut[T any](a *app, s *storageFlags, fn func(ctx context.Context, c mgmtv
 	if len(hosts) == 0 {
 		return nil, fmt.Errorf("--host-list is empty: name the servers, e.g. node-[1-3]:%d", config.DefaultPort)
 	}
-	opts, err := s.tls.dialOptions()
+	opts, err := s.tls.dialOptions(hosts...)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +64,7 @@ func errString(err error) string {
 }
 
 func (a *app) storageCmd() *cobra.Command {
-	s := &storageFlags{}
+	s := &storageFlags{tls: &a.tls}
 	cmd := &cobra.Command{
 		Use:   "storage",
 		Short: "Scan and format the storage of the servers",
@@ -79,7 +79,6 @@ then starts its engine and joins the system.`,
 	env := os.Getenv("NEXSTOR_HOSTS")
 	pf := cmd.PersistentFlags()
 	pf.StringVarP(&s.hosts, "host-list", "l", env, "servers host[:port] in host-list notation (env NEXSTOR_HOSTS; default --engine)")
-	s.tls.add(pf)
 
 	scan := &cobra.Command{
 		Use:   "scan",

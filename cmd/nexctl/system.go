@@ -20,7 +20,7 @@ import (
 
 // systemFlags are the flags of `nexctl system`.
 type systemFlags struct {
-	tls          tlsFlags
+	tls          *tlsFlags
 	accessPoints string
 	ranks        string
 	hosts        string
@@ -36,11 +36,11 @@ func (s *systemFlags) mgmtClient() (*mgmt.Client, error) {
 	if len(aps) == 0 {
 		return nil, fmt.Errorf("--access-points is empty: name the access points, e.g. node-[1-3]:%d", config.DefaultPort)
 	}
-	opts, err := s.tls.dialOptions()
+	opts, err := s.tls.dialOptions(aps...)
 	if err != nil {
 		return nil, err
 	}
-	creds, err := s.tls.creds()
+	creds, err := s.tls.creds(aps...)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +60,7 @@ func (a *app) mgmtDo(s *systemFlags, call func(ctx context.Context, cl mgmtv1.Mg
 }
 
 func (a *app) systemCmd() *cobra.Command {
-	s := &systemFlags{}
+	s := &systemFlags{tls: &a.tls}
 	cmd := &cobra.Command{
 		Use:   "system",
 		Short: "Query and control the members of the system through the management service",
@@ -77,7 +77,6 @@ localhost:10124.`,
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVarP(&s.accessPoints, "access-points", "a", aps, "access points host[:port] in host-list notation (env NEXSTOR_ACCESS_POINTS)")
-	s.tls.add(pf)
 
 	selFlags := func(c *cobra.Command) {
 		c.Flags().StringVar(&s.ranks, "ranks", "", "select ranks, e.g. 0-2,5 (default: all)")

@@ -3,8 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
@@ -18,9 +21,19 @@ import (
 	"github.com/nexstor/nexstor/internal/security"
 )
 
-// tlsFlags are the transport security flags of the control-plane commands
-// (system, storage): mutual TLS with a certificate from `nexstor certgen`
-// by default, plain text only with --insecure.
+// tlsHelp is the rule every command follows, for --help.
+const tlsHelp = `Every command (pool, replica, nexus, host, system, storage) connects with
+mutual TLS, presenting <cert-dir>/<identity>.crt (from nexstor certgen;
+--cert-dir, else $NEXSTOR_CERT_DIR, else ` + config.DefaultCertDir + `). It
+connects in plain text with --insecure or NEXSTOR_INSECURE=1, and also when
+<cert-dir> holds no ca.crt and every address is a loopback one (localhost,
+127.0.0.0/8, ::1): that is how nexctl reaches the system of ` + "`nexstor dev`" + `
+without flags. With a ca.crt present, nexctl never falls back to plain text.`
+
+// tlsFlags are the transport security flags of every command that talks to
+// a server: mutual TLS with a certificate from `nexstor certgen` by default;
+// plain text only by explicit choice, or for loopback addresses when no CA
+// certificate is installed (see tlsHelp).
 type tlsFlags struct {
 	certDir  string
 	identity string
@@ -34,7 +47,44 @@ func (t *tlsFlags) add(f *pflag.FlagSet) {
 	}
 	f.StringVar(&t.certDir, "cert-dir", dir, "directory with ca.crt and <identity>.crt/.key from nexstor certgen (env NEXSTOR_CERT_DIR)")
 	f.StringVar(&t.identity, "identity", "admin", "certificate to present: admin, csi or server (<cert-dir>/<identity>.crt)")
-	f.BoolVar(&t.insecure, "insecure", false, "connect without TLS (only to servers started with --insecure)")
+	ins, _ := strconv.ParseBool(os.Getenv("NEXSTOR_INSECURE"))
+	f.BoolVar(&t.insecure, "insecure", ins, "connect without TLS, to servers started with --insecure (env NEXSTOR_INSECURE=1)")
+}
+
+// plain reports whether connections to addrs go without TLS: when asked
+// (--insecure, NEXSTOR_INSECURE), or when there is no CA certificate to
+// verify a server with and every address is on this machine's loopback, so
+// nothing crosses a network in clear.
+func (t *tlsFlags) plain(addrs []string) bool {
+	if t.insecure {
+		return true
+	}
+	if len(addrs) == 0 {
+		return false
+	}
+	if _, err := os.Stat(t.files().CACert); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	for _, a := range addrs {
+		if !isLoopback(a) {
+			return false
+		}
+	}
+	return true
+}
+
+// isLoopback reports whether host[:port] names this machine's loopback
+// without a name lookup: "localhost" or a loopback IP address.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func (t *tlsFlags) files() security.Files {
@@ -42,19 +92,19 @@ func (t *tlsFlags) files() security.Files {
 		Cert: filepath.Join(t.certDir, t.identity+".crt"), Key: filepath.Join(t.certDir, t.identity+".key")}
 }
 
-// creds returns the transport credentials.
-func (t *tlsFlags) creds() (credentials.TransportCredentials, error) {
-	return security.ClientCredentials(t.files(), t.insecure)
+// creds returns the transport credentials for connections to addrs.
+func (t *tlsFlags) creds(addrs ...string) (credentials.TransportCredentials, error) {
+	return security.ClientCredentials(t.files(), t.plain(addrs))
 }
 
-// dialOptions returns the options of every control-plane connection: the
+// dialOptions returns the options of every connection to addrs: the
 // credentials and error explanations.
-func (t *tlsFlags) dialOptions() ([]grpc.DialOption, error) {
-	c, err := t.creds()
+func (t *tlsFlags) dialOptions(addrs ...string) ([]grpc.DialOption, error) {
+	c, err := t.creds(addrs...)
 	if err != nil {
 		return nil, err
 	}
-	return append([]grpc.DialOption{grpc.WithTransportCredentials(c)}, security.ExplainInterceptors(t.insecure)...), nil
+	return append([]grpc.DialOption{grpc.WithTransportCredentials(c)}, security.ExplainInterceptors(t.plain(addrs))...), nil
 }
 
 // cliError turns an RPC error into a fault that prints its description and
@@ -83,7 +133,7 @@ func cliError(err error) error {
 			f.Description = status.Convert(err).Message()
 		}
 		if f.Code == "" && status.Code(err) == codes.Unavailable {
-			f.Resolution = "check that `nexstor server --control` runs at that address"
+			f.Resolution = "check that `nexstor server` (or `nexstor dev`) runs at that address"
 		}
 		return f
 	}

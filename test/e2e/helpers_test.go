@@ -6,6 +6,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,10 +142,33 @@ func nexctl(t *testing.T, engine string, args ...string) (string, string, error)
 	t.Helper()
 	bin := testutil.BuildBinary(t, "nexctl")
 	cmd := exec.Command(bin, append([]string{"--engine", engine}, args...)...)
+	// The standalone servers of these tests run without TLS.
+	cmd.Env = append(os.Environ(), "NEXSTOR_INSECURE=1")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	return stdout.String(), stderr.String(), err
+}
+
+// plainNexctl runs nexctl with no transport flags and no certificates (an
+// empty NEXSTOR_CERT_DIR), as a user of `nexstor dev` would, and returns its
+// stdout; it fails the test when nexctl fails.
+func plainNexctl(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(testutil.BuildBinary(t, "nexctl"), args...)
+	env := []string{"NEXSTOR_CERT_DIR=" + t.TempDir()}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "NEXSTOR_") {
+			env = append(env, e)
+		}
+	}
+	cmd.Env = env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("nexctl %v: %v\n%s%s", args, err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
 }
 
 // mustNexctl runs nexctl and fails the test when it fails.
@@ -245,4 +271,31 @@ func writeFlushed(t *testing.T, uri string, data []byte) {
 	if b, err := exec.Command(nbdcopy, "--flush", src, uri).CombinedOutput(); err != nil {
 		t.Fatalf("nbdcopy --flush %s %s: %v\n%s", src, uri, err, b)
 	}
+}
+
+// freeRange returns a port p such that p..p+n-1 on loopback were free a
+// moment ago, for `nexstor dev`, which numbers its ports from a base.
+func freeRange(t *testing.T, n int) int {
+	t.Helper()
+	for attempt := 0; attempt < 100; attempt++ {
+		base := 20000 + rand.IntN(40000)
+		var ls []net.Listener
+		ok := true
+		for i := 0; i < n; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
 }
