@@ -35,6 +35,30 @@ func waitFaulted(t *testing.T, nx *Nexus, w *workload, uri string) ChildStatus {
 	}
 }
 
+// waitGaveUp waits until the retired remote child uri fails I/O because its
+// controller gave up reconnecting, rather than because it is still trying.
+func waitGaveUp(t *testing.T, nx *Nexus, uri string) {
+	t.Helper()
+	nx.stateMu.Lock()
+	_, c := nx.findLocked(uri)
+	nx.stateMu.Unlock()
+	if c == nil || c.st() != StateFaulted {
+		t.Fatalf("child %s is not retired: %+v", uri, nx.Children())
+	}
+	buf := make([]byte, 512)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := c.dev.ReadAt(buf, 0)
+		if err != nil && strings.Contains(err.Error(), "gave up") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the controller of %s is still reconnecting: %v", uri, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestNetworkFault cuts the network between a 3-child nexus (one local
 // child, two remote over NVMe/TCP) and one remote child under a verified
 // read/write workload, once by resetting every connection (drop) and once
@@ -133,6 +157,11 @@ func TestNetworkFault(t *testing.T) {
 					t.Fatalf("healthy child %s: %v", u, err)
 				}
 			}
+
+			// Closing a controller while it still reconnects races with
+			// its giving up (a double close in the initiator): re-add the
+			// child only once its old controller has given up.
+			waitGaveUp(t, nx, victim)
 
 			// The network heals: the child is rebuilt under load.
 			tc.heal(proxies[victim])
