@@ -1,57 +1,76 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
+	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/control/config"
-	"github.com/nexstor/nexstor/internal/engine"
+	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 )
 
+// devReplica is the demo replica `nexstor dev` shares on node 0.
+const devReplica = "demo"
+
 func devCmd() *cobra.Command {
-	var dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr string
+	var o ctlserver.DevOptions
 	cmd := &cobra.Command{
 		Use:   "dev",
-		Short: "Run a node on files under a data dir, with a shared demo replica",
-		Long: `Dev runs a storage node for trying Nexstor out: a pool on a 1GiB sparse file
-in the data dir, a thin 512MiB replica "demo" in it, shared over NBD and over
-NVMe/TCP (any host may connect). The first start creates them; later starts
-reuse the same pool, replica and shares. It prints how to reach the replica.`,
+		Short: "Run a whole system on this machine: etcd, the management service and N storage nodes",
+		Long: `Dev runs a complete Nexstor system in one process for trying it out: --nodes
+storage nodes (default 3), each with its own ports, data dir (<data-dir>/node<i>)
+and a pool "p0" on a sparse file; node 0 is the access point, with the
+embedded etcd and the management service. Nodes are formatted and join on
+the first start. A thin 512MiB replica "demo" on node 0 is shared over NBD
+and over NVMe/TCP (any host may connect).
+
+Node 0 listens on 127.0.0.1 at the well-known ports (gRPC 10124, NBD 10809,
+NVMe/TCP 4420, discovery 8009, etcd 2379-2380); node i uses each port + i.
+Everything listens on loopback only and without TLS (logged as such), so
+nexctl on this machine needs no flags.
+
+A later start on the same data dir brings back the same system: the same
+ranks, pools, replica and shares. It prints how to reach them.`,
 		Example: `  nexstor dev
-  nexstor dev --data-dir /tmp/nexstor-dev --nbd 127.0.0.1:10810 --grpc 127.0.0.1:10125
-  nexstor dev --nvmf "" --discovery ""     # NBD only`,
+  nexstor dev --nodes 1 --data-dir /tmp/nexstor-dev
+  nexstor dev --grpc-port 20124 --nbd-port 20809 --nvmf-port 24420 --discovery-port 28009 --etcd-port 22379`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			slog.SetDefault(logger)
-			if nvmfAddr == "" {
-				discAddr = ""
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			o.Logger = logger
+			o.Demo = devReplica
+			o.Ready = func(sys ctlserver.DevSystem) { printDev(cmd.OutOrStdout(), sys) }
+			err := ctlserver.RunDev(ctx, o)
+			if err == nil {
+				logger.Info("dev system stopped")
 			}
-			opts := engine.ServerOptions{DataDir: dataDir, GRPCListen: grpcAddr, NBDListen: nbdAddr,
-				NVMfListen: nvmfAddr, DiscoveryListen: discAddr, Logger: logger}
-			return run(opts, func(s *engine.Server) error {
-				r, err := engine.SetupDev(s.Engine, dataDir)
-				if err != nil {
-					return err
-				}
-				printDev(cmd.OutOrStdout(), s, r)
-				return nil
-			})
+			return err
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", "./nexstor-dev", "directory of the dev pool file and the engine state")
-	cmd.Flags().StringVar(&grpcAddr, "grpc", config.DefaultGRPCListen, "engine gRPC listen address")
-	cmd.Flags().StringVar(&nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address")
-	cmd.Flags().StringVar(&nvmfAddr, "nvmf", "127.0.0.1:4420", `NVMe/TCP listen address ("" disables NVMe/TCP)`)
-	cmd.Flags().StringVar(&discAddr, "discovery", "127.0.0.1:8009", `NVMe/TCP discovery listen address ("" disables it)`)
+	f := cmd.Flags()
+	f.IntVar(&o.Nodes, "nodes", 3, "number of storage nodes")
+	f.StringVar(&o.DataDir, "data-dir", "./nexstor-dev", "directory of the nodes' data dirs and pool files")
+	f.IntVar(&o.GRPCPort, "grpc-port", config.DefaultPort, "gRPC port of node 0 (node i: port+i)")
+	f.IntVar(&o.NBDPort, "nbd-port", 10809, "NBD port of node 0 (node i: port+i)")
+	f.IntVar(&o.NVMfPort, "nvmf-port", 4420, "NVMe/TCP port of node 0 (node i: port+i)")
+	f.IntVar(&o.DiscoveryPort, "discovery-port", 8009, "NVMe/TCP discovery port of node 0")
+	f.IntVar(&o.EtcdPort, "etcd-port", config.DefaultEtcdClientPort, "client port of the embedded etcd (its peer port is the next one)")
+	f.StringVar(&o.PoolSize, "pool-size", "1GiB", "size of each node's sparse pool file")
 	return cmd
 }
 
@@ -66,25 +85,39 @@ func hostNQN() string {
 	return "nqn.2014-08.org.nvmexpress:uuid:" + uuid.NewString()
 }
 
-func printDev(w io.Writer, s *engine.Server, r engine.ReplicaInfo) {
-	eng := ""
-	if s.GRPCAddr() != config.DefaultGRPCListen {
-		eng = " --engine " + s.GRPCAddr()
+// printDev prints the nodes and how to reach the demo replica. Node 0's
+// address is nexctl's default; other addresses are spelled out.
+func printDev(w io.Writer, sys ctlserver.DevSystem) {
+	node0 := sys.Configs[0].GRPCListen
+	eng, aps := "", ""
+	if _, port, _ := net.SplitHostPort(node0); port != fmt.Sprint(config.DefaultPort) {
+		eng, aps = " --engine "+node0, " -a "+node0
+	}
+	members := append([]*mgmtv1.Member(nil), sys.Members...)
+	sort.Slice(members, func(i, j int) bool { return members[i].Rank < members[j].Rank })
+	fmt.Fprintf(w, "\nNexstor dev system %q is running: %d nodes, access point %s (no TLS, loopback only).\n\n",
+		sys.Configs[0].Name, len(sys.Configs), node0)
+	for _, m := range members {
+		fmt.Fprintf(w, "  rank %d  %s  %s\n", m.Rank, m.Address, m.State)
+	}
+	r := sys.Demo
+	if r == nil {
+		return
 	}
 	var nbdURI, nvmfURI string
 	for _, sh := range r.Shares {
 		switch sh.Protocol {
-		case engine.ProtocolNBD:
-			nbdURI = sh.URI
-		case engine.ProtocolNVMf:
-			nvmfURI = sh.URI
+		case "nbd":
+			nbdURI = sh.Uri
+		case "nvmf":
+			nvmfURI = sh.Uri
 		}
 	}
-	fmt.Fprintf(w, "\nNexstor dev node is running.\n\n  replica %s (%s, thin) in pool %s, shared at:\n", r.Name, output.Size(uint64(r.Size)), r.Pool)
+	fmt.Fprintf(w, "\n  replica %s (%s, thin) in pool %s on %s, shared at:\n", r.Name, output.Size(r.Size), r.Pool, node0)
 	for _, sh := range r.Shares {
-		fmt.Fprintf(w, "    %s\n", sh.URI)
+		fmt.Fprintf(w, "    %s\n", sh.Uri)
 	}
-	fmt.Fprintf(w, "\nTry it:\n")
+	fmt.Fprintf(w, "\nTry it:\n  nexctl%s system query\n", aps)
 	if nbdURI != "" {
 		fmt.Fprintf(w, `  nbdinfo %s
   nbdcopy ./some.img %s    # write a file into the replica
@@ -95,15 +128,15 @@ func printDev(w io.Writer, s *engine.Server, r engine.ReplicaInfo) {
 		hostPort, nqn, _ := strings.Cut(strings.TrimPrefix(nvmfURI, "nvmf://"), "/")
 		host, port, _ := net.SplitHostPort(hostPort)
 		fmt.Fprintf(w, "  nexctl bench %s --time 5s    # load it from the Go initiator\n", nvmfURI)
-		if d := s.DiscoveryAddr(); d != "" {
+		if d := sys.Configs[0].DiscoveryListen; d != "" {
 			dhost, dport, _ := net.SplitHostPort(d)
 			fmt.Fprintf(w, "  nvme discover -t tcp -a %s -s %s\n", dhost, dport)
 		}
 		fmt.Fprintf(w, "  nvme connect -t tcp -a %s -s %s -n %s --hostnqn %s\n", host, port, nqn, hostNQN())
 	}
-	fmt.Fprintf(w, `  nexctl%s replica list
-  nexctl%s pool get %s
-
-Press Ctrl-C to stop; the next start reuses the same pool, replica and shares.
-`, eng, eng, r.Pool)
+	fmt.Fprintf(w, "  nexctl%s replica list\n  nexctl%s pool get %s\n", eng, eng, r.Pool)
+	if len(sys.Configs) > 1 {
+		fmt.Fprintf(w, "  nexctl --engine %s pool list    # another node\n", sys.Configs[1].GRPCListen)
+	}
+	fmt.Fprintf(w, "\nPress Ctrl-C to stop; the next start brings back the same ranks, pools, replica and shares.\n")
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -154,19 +157,35 @@ func TestDev(t *testing.T) {
 	nvmfRE := regexp.MustCompile(`^\s+(nvmf://(\S+):(\d+)/(nqn\.2024-11\.io\.nexstor:replica:\S+))$`)
 	connectRE := regexp.MustCompile(`nvme connect -t tcp -a (\S+) -s (\d+) -n (\S+) --hostnqn nqn\.\S+$`)
 	engRE := regexp.MustCompile(`nexctl --engine (\S+) replica list`)
-	args := []string{"dev", "--data-dir", dir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
-		"--nvmf", "127.0.0.1:0", "--discovery", "127.0.0.1:0"}
+	queryRE := regexp.MustCompile(`nexctl -a (\S+) system query`)
+	otherRE := regexp.MustCompile(`nexctl --engine (\S+) pool list`)
+	base := freeRange(t, 12) // grpc, nbd, nvmf: 2 each; discovery: 1; etcd: 2
+	args := []string{"dev", "--nodes", "2", "--data-dir", dir, "--pool-size", "1GiB",
+		"--grpc-port", strconv.Itoa(base), "--nbd-port", strconv.Itoa(base + 2), "--nvmf-port", strconv.Itoa(base + 4),
+		"--discovery-port", strconv.Itoa(base + 6), "--etcd-port", strconv.Itoa(base + 7)}
 
 	p, lines := start(t, args...)
 	uri := p.waitLine(lines, uriRE)[1]
 	nv := p.waitLine(lines, nvmfRE)
+	ap := p.waitLine(lines, queryRE)[1]
 	conn := p.waitLine(lines, connectRE)
 	eng := p.waitLine(lines, engRE)[1]
+	other := p.waitLine(lines, otherRE)[1]
+	if eng != ap || other == eng {
+		t.Fatalf("engine %s, access point %s, other node %s", eng, ap, other)
+	}
+	// nexctl needs no transport flags for the dev system: no CA
+	// certificate and loopback addresses mean plain text.
+	ranks := devMembers(t, ap)
+	if len(ranks) != 2 || ranks[0] == ranks[1] {
+		t.Fatalf("members %v, want ranks 0 and 1", ranks)
+	}
+	plainNexctl(t, "--engine", other, "pool", "get", "p0")
 	if conn[1] != nv[2] || conn[2] != nv[3] || conn[3] != nv[4] {
 		t.Fatalf("nvme connect line %q does not match the share %s", conn[0], nv[1])
 	}
 	var pool poolJSON
-	nexctlJSON(t, eng, &pool, "pool", "get", "dev")
+	nexctlJSON(t, eng, &pool, "pool", "get", "p0")
 	var rep replicaJSON
 	nexctlJSON(t, eng, &rep, "replica", "get", "demo")
 	if !rep.Thin || rep.Size != 512*mib || rep.Share == nil || rep.Share.URI != uri ||
@@ -222,8 +241,11 @@ func TestDev(t *testing.T) {
 	p, lines = start(t, args...)
 	uri = p.waitLine(lines, uriRE)[1]
 	eng = p.waitLine(lines, engRE)[1]
+	if again := devMembers(t, ap); fmt.Sprint(again) != fmt.Sprint(ranks) {
+		t.Fatalf("restart changed the members: %v -> %v", ranks, again)
+	}
 	var pool2 poolJSON
-	nexctlJSON(t, eng, &pool2, "pool", "get", "dev")
+	nexctlJSON(t, eng, &pool2, "pool", "get", "p0")
 	var rep2 replicaJSON
 	nexctlJSON(t, eng, &rep2, "replica", "get", "demo")
 	if pool2.UUID != pool.UUID || rep2.UUID != rep.UUID {
@@ -235,6 +257,31 @@ func TestDev(t *testing.T) {
 	if err := p.stop(syscall.SIGINT); err != nil {
 		t.Fatalf("dev stop: %v\n%s", err, p.output())
 	}
+}
+
+// devMembers returns the joined members of the dev system by rank, through
+// a flag-free `nexctl system query`.
+func devMembers(t *testing.T, ap string) map[uint32]string {
+	t.Helper()
+	var q struct {
+		Members []struct {
+			Rank  uint32 `json:"rank"`
+			UUID  string `json:"uuid"`
+			State string `json:"state"`
+		} `json:"members"`
+	}
+	out := plainNexctl(t, "system", "query", "-a", ap, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &q); err != nil {
+		t.Fatalf("system query: %v:\n%s", err, out)
+	}
+	got := map[uint32]string{}
+	for _, m := range q.Members {
+		if m.State != "joined" {
+			t.Fatalf("member %d is %s:\n%s", m.Rank, m.State, out)
+		}
+		got[m.Rank] = m.UUID
+	}
+	return got
 }
 
 // TestServerConfig checks that `nexstor server -o` refuses unknown keys,

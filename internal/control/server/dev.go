@@ -10,8 +10,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/mgmt"
@@ -30,16 +33,34 @@ type DevOptions struct {
 	Host string
 	// GRPCPort, NVMfPort and NBDPort are the ports of node 0; node i uses
 	// port+i. Zero means the defaults (10124, 4420, 10809); EtcdPort (2379)
-	// and EtcdPort+1 serve node 0's embedded etcd.
-	GRPCPort, NVMfPort, NBDPort, EtcdPort int
+	// and EtcdPort+1 serve node 0's embedded etcd; DiscoveryPort (8009) is
+	// node 0's NVMe/TCP discovery service (the other nodes run none).
+	GRPCPort, NVMfPort, NBDPort, EtcdPort, DiscoveryPort int
 	// PoolSize is each node's pool file size ("1GiB" when empty).
 	PoolSize string
 	// HeartbeatInterval and HeartbeatTimeout as in Options.
 	HeartbeatInterval, HeartbeatTimeout time.Duration
 	Logger                              *slog.Logger
+	// Demo, when set, makes sure node 0 has a thin replica of that name
+	// (DemoSize) in its pool, shared over NBD and over NVMe/TCP to any host;
+	// a restart finds it and its shares again.
+	Demo string
+	// DemoSize is the demo replica's size in bytes (512MiB when zero).
+	DemoSize uint64
 	// Ready, when set, is called once every node is formatted and has
-	// joined, with the members.
-	Ready func(members []*mgmtv1.Member)
+	// joined (and the demo replica is shared).
+	Ready func(DevSystem)
+}
+
+// DevSystem is what RunDev brought up.
+type DevSystem struct {
+	// Configs are the nodes' configurations, node 0 first.
+	Configs []*config.Server
+	// Members are the joined members.
+	Members []*mgmtv1.Member
+	// Demo is node 0's demo replica with its shares; nil without
+	// DevOptions.Demo.
+	Demo *enginev1.Replica
 }
 
 func orInt(v, def int) int {
@@ -48,6 +69,9 @@ func orInt(v, def int) int {
 	}
 	return v
 }
+
+// devPool is the name of each dev node's pool.
+const devPool = "p0"
 
 // DevConfigs returns the configurations of the nodes RunDev runs: system
 // "dev", without TLS, node 0 the access point with an embedded etcd.
@@ -61,6 +85,7 @@ func DevConfigs(o DevOptions) ([]*config.Server, error) {
 	}
 	grpcPort, nvmfPort := orInt(o.GRPCPort, config.DefaultPort), orInt(o.NVMfPort, 4420)
 	nbdPort, etcdPort := orInt(o.NBDPort, 10809), orInt(o.EtcdPort, config.DefaultEtcdClientPort)
+	discPort := orInt(o.DiscoveryPort, 8009)
 	size := o.PoolSize
 	if size == "" {
 		size = "1GiB"
@@ -75,9 +100,12 @@ func DevConfigs(o DevOptions) ([]*config.Server, error) {
 		cfg := config.Default().WithName("dev").WithDataDir(filepath.Join(dir, "data")).WithRuntimeDir(filepath.Join(dir, "run")).
 			WithInsecure(true).WithGRPCListen(fmt.Sprintf("%s:%d", host, grpcPort+i)).WithAccessPoints(ap).
 			WithEtcdPorts(etcdPort, etcdPort+1).WithNVMfListen(fmt.Sprintf("%s:%d", host, nvmfPort+i)).WithDiscoveryListen("").
-			WithNBDListen(fmt.Sprintf("%s:%d", host, nbdPort+i)).WithPools(config.Pool{Name: "p0",
+			WithNBDListen(fmt.Sprintf("%s:%d", host, nbdPort+i)).WithPools(config.Pool{Name: devPool,
 			Disk: fmt.Sprintf("file://%s?size=%s", filepath.Join(dir, "pool.img"), size)})
 		cfg.MetricsListen = ""
+		if i == 0 {
+			cfg.WithDiscoveryListen(fmt.Sprintf("%s:%d", host, discPort))
+		}
 		if err := cfg.Validate(); err != nil {
 			return nil, fmt.Errorf("dev node %d: %w", i, err)
 		}
@@ -117,13 +145,17 @@ func RunDev(ctx context.Context, o DevOptions) error {
 		}()
 	}
 	members, err := devBringUp(ctx, cfgs)
+	sys := DevSystem{Configs: cfgs, Members: members}
+	if err == nil && o.Demo != "" {
+		sys.Demo, err = devDemo(ctx, cfgs[0].GRPCListen, o)
+	}
 	if err != nil && ctx.Err() == nil {
 		cancel()
 		wg.Wait()
 		return errors.Join(append(errs, err)...)
 	}
 	if err == nil && o.Ready != nil {
-		o.Ready(members)
+		o.Ready(sys)
 	}
 	<-ctx.Done()
 	wg.Wait()
@@ -192,4 +224,37 @@ func devBringUp(ctx context.Context, cfgs []*config.Server) ([]*mgmtv1.Member, e
 		return len(members) == len(cfgs), err
 	})
 	return members, err
+}
+
+// devDemo makes sure node 0 has the demo replica in its first pool, shared
+// over NBD and NVMe/TCP (any host), through node 0's engine API.
+func devDemo(ctx context.Context, addr string, o DevOptions) (*enginev1.Replica, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rc := enginev1.NewReplicaServiceClient(cc)
+	_, err = rc.GetReplica(ctx, &enginev1.GetReplicaRequest{Name: o.Demo})
+	if status.Code(err) == codes.NotFound {
+		size := o.DemoSize
+		if size == 0 {
+			size = 512 << 20
+		}
+		_, err = rc.CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: o.Demo, Pool: devPool, Size: size, Thin: true})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dev: demo replica %q: %w", o.Demo, err)
+	}
+	var r *enginev1.Replica
+	for _, proto := range []string{"nbd", "nvmf"} {
+		resp, err := rc.ShareReplica(ctx, &enginev1.ShareReplicaRequest{Name: o.Demo, Protocol: proto})
+		if err != nil {
+			return nil, fmt.Errorf("dev: share the demo replica over %s: %w", proto, err)
+		}
+		r = resp
+	}
+	return r, nil
 }

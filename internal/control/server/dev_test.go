@@ -6,10 +6,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"sort"
+	"strings"
 	"testing"
 	"time"
-
-	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 )
 
 // freeRange returns a port p such that p..p+n-1 were free a moment ago.
@@ -42,17 +41,25 @@ func freeRange(t *testing.T, n int) int {
 // dir: the first run formats and admits ranks 0-2, the second keeps them.
 func TestRunDev(t *testing.T) {
 	dir := t.TempDir()
-	base := freeRange(t, 14) // grpc, nvmf, nbd: 3 each; etcd: 2; spare
+	base := freeRange(t, 14) // grpc, nvmf, nbd: 3 each; etcd: 2; discovery: 1; spare
 	o := DevOptions{Nodes: 3, DataDir: dir, GRPCPort: base, NVMfPort: base + 3, NBDPort: base + 6, EtcdPort: base + 9,
-		PoolSize: "64MiB", HeartbeatInterval: 100 * time.Millisecond}
+		DiscoveryPort: base + 11, PoolSize: "64MiB", HeartbeatInterval: 100 * time.Millisecond,
+		Demo: "demo", DemoSize: 8 << 20}
+	var shares []string
 	runOnce := func() map[string]uint32 {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		got := map[string]uint32{}
-		o.Ready = func(ms []*mgmtv1.Member) {
-			for _, m := range ms {
+		shares = nil
+		o.Ready = func(sys DevSystem) {
+			for _, m := range sys.Members {
 				got[m.Uuid] = m.Rank
+			}
+			if sys.Demo != nil {
+				for _, sh := range sys.Demo.Shares {
+					shares = append(shares, sh.Uri)
+				}
 			}
 			cancel()
 		}
@@ -73,8 +80,15 @@ func TestRunDev(t *testing.T) {
 	if fmt.Sprint(ranks) != "[0 1 2]" {
 		t.Fatalf("ranks %v, want 0-2", ranks)
 	}
+	firstShares := shares
+	if len(firstShares) != 2 || !strings.HasPrefix(firstShares[0], "nbd://") || !strings.HasPrefix(firstShares[1], "nvmf://") {
+		t.Fatalf("demo shares %v, want nbd and nvmf", firstShares)
+	}
 	second := runOnce()
 	if fmt.Sprint(first) != fmt.Sprint(second) {
 		t.Fatalf("restart changed members: %v -> %v", first, second)
+	}
+	if fmt.Sprint(firstShares) != fmt.Sprint(shares) {
+		t.Fatalf("restart changed the demo shares: %v -> %v", firstShares, shares)
 	}
 }
