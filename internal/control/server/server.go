@@ -9,7 +9,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,8 +25,6 @@ import (
 	"github.com/nexstor/nexstor/internal/control/storage"
 	"github.com/nexstor/nexstor/internal/engine"
 	"github.com/nexstor/nexstor/internal/mgmt"
-	"github.com/nexstor/nexstor/internal/nbd"
-	"github.com/nexstor/nexstor/internal/nvmf/target"
 	"github.com/nexstor/nexstor/internal/security"
 )
 
@@ -226,10 +223,7 @@ type runtime struct {
 
 	mu        sync.Mutex
 	engineErr string // why the engine failed to start again, "" when fine
-	eng       *engine.Engine
-	nbd       *nbd.Server
-	nvmf      *target.Target
-	lns       []net.Listener
+	dp        *engine.DataPlane
 }
 
 // createPool is the node's PoolCreator: it starts the engine (without
@@ -241,8 +235,12 @@ func (r *runtime) createPool(ctx context.Context, p config.Pool, force bool) (st
 		return "", err
 	}
 	r.mu.Lock()
-	e := r.eng
+	dp := r.dp
 	r.mu.Unlock()
+	if dp == nil {
+		return "", fmt.Errorf("pool %q: the engine stopped while formatting", p.Name)
+	}
+	e := dp.Engine
 	info, err := e.CreatePool(p.Name, p.Disk, p.ClusterSize, force)
 	if err != nil {
 		if old, perr := e.Pool(p.Name); perr == nil && !force && old.Disk == p.Disk {
@@ -258,84 +256,24 @@ func (r *runtime) createPool(ctx context.Context, p config.Pool, force bool) (st
 func (r *runtime) startEngine(pools []config.Pool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.eng != nil {
+	if r.dp != nil {
 		return nil
 	}
 	cfg := r.cfg
-	ecfg := engine.Config{DataDir: cfg.DataDir, Backend: engine.PoolBackend{}, Logger: r.log}
+	o := engine.DataPlaneOptions{DataDir: cfg.DataDir, NBDListen: cfg.NBDListen, NVMfListen: cfg.NVMfListen,
+		DiscoveryListen: cfg.DiscoveryListen, Logger: r.log}
 	for _, p := range pools {
-		ecfg.Pools = append(ecfg.Pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
+		o.Pools = append(o.Pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
 	}
-	listen := func(what, addr string) (net.Listener, error) {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: %w", what, addr, err)
-		}
-		r.lns = append(r.lns, l)
-		return l, nil
-	}
-	var nbdLn, nvmfLn, discLn net.Listener
-	var err error
-	if cfg.NBDListen != "" {
-		if nbdLn, err = listen("nbd.listen", cfg.NBDListen); err != nil {
-			r.closeListeners()
-			return err
-		}
-		r.nbd = nbd.NewServer(r.log.With("component", "nbd"))
-		ecfg.NBD = engine.NBDExporter(r.nbd, engine.AdvertiseAddr(nbdLn.Addr().String()))
-	}
-	if cfg.NVMfListen != "" {
-		if nvmfLn, err = listen("nvmf.listen", cfg.NVMfListen); err != nil {
-			r.closeListeners()
-			return err
-		}
-		if cfg.DiscoveryListen != "" {
-			if discLn, err = listen("nvmf.discovery", cfg.DiscoveryListen); err != nil {
-				r.closeListeners()
-				return err
-			}
-		}
-		r.nvmf = target.New(r.log.With("component", "nvmf"))
-		ecfg.NVMf = engine.NVMfExporter(r.nvmf, engine.AdvertiseAddr(nvmfLn.Addr().String()))
-	}
-	e, err := engine.New(ecfg)
+	dp, err := engine.StartDataPlane(o)
 	if err != nil {
-		r.closeListeners()
 		return err
 	}
-	r.eng = e
-	logServe := func(what string, err error) {
-		if err != nil && !errors.Is(err, nbd.ErrServerClosed) && !errors.Is(err, target.ErrClosed) {
-			r.log.Error("listener failed", "listener", what, "err", err)
-		}
-	}
-	if nbdLn != nil {
-		go func() { logServe("nbd", r.nbd.Serve(context.Background(), nbdLn)) }()
-	}
-	if nvmfLn != nil {
-		go func() { logServe("nvmf", r.nvmf.Serve(context.Background(), nvmfLn)) }()
-		if discLn != nil {
-			go func() { logServe("discovery", r.nvmf.ServeDiscovery(context.Background(), discLn)) }()
-		}
-	}
-	r.engineLazy.Set(func(s grpc.ServiceRegistrar) { engine.Register(s, e) })
-	r.log.Info("engine serving", "nbd", addrOf(nbdLn), "nvmf", addrOf(nvmfLn), "discovery", addrOf(discLn),
-		"data_dir", cfg.DataDir, "pools", len(e.Pools()))
+	r.dp = dp
+	r.engineLazy.Set(dp.Register)
+	r.log.Info("engine serving", "nbd", dp.NBDAddr(), "nvmf", dp.NVMfAddr(), "discovery", dp.DiscoveryAddr(),
+		"data_dir", cfg.DataDir, "pools", len(dp.Engine.Pools()))
 	return nil
-}
-
-func addrOf(l net.Listener) string {
-	if l == nil {
-		return ""
-	}
-	return l.Addr().String()
-}
-
-func (r *runtime) closeListeners() {
-	for _, l := range r.lns {
-		l.Close()
-	}
-	r.lns = nil
 }
 
 // onState follows the state the system holds for this node: a stopped or
@@ -370,21 +308,14 @@ func (r *runtime) engineError() string {
 func (r *runtime) stopEngine(reason string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.eng == nil {
+	if r.dp == nil {
 		return
 	}
 	r.engineLazy.Clear(reason)
-	if r.nbd != nil {
-		r.nbd.Close()
-	}
-	if r.nvmf != nil {
-		r.nvmf.Close()
-	}
-	if err := r.eng.Close(); err != nil {
+	if err := r.dp.Close(); err != nil {
 		r.log.Error("engine close", "err", err)
 	}
-	r.closeListeners()
-	r.eng = nil
+	r.dp = nil
 	r.log.Info("engine stopped")
 }
 
