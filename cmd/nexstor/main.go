@@ -1,6 +1,7 @@
 // Command nexstor is the Nexstor storage node: `nexstor server` runs a node's
-// engine (pools, replicas, NBD shares) behind its gRPC API, and `nexstor dev`
-// runs one on files under a data dir for trying it out.
+// engine (pools, replicas, NBD and NVMe/TCP shares) behind its gRPC API,
+// with the control plane under --control; `nexstor dev` runs a whole system
+// on one machine for trying it out; `nexstor certgen` creates certificates.
 package main
 
 import (
@@ -15,11 +16,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/control/config"
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 	"github.com/nexstor/nexstor/internal/engine"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/security"
 )
 
 // shutdownGrace bounds how long in-flight gRPC calls may run at shutdown.
@@ -63,42 +67,29 @@ func serverCmd() *cobra.Command {
 		Long: `Server runs the engine of one storage node: it imports the pools of the
 configuration file and those created or imported since, shares the replicas
 that were shared, and serves the engine gRPC API, NBD and NVMe/TCP.
+--control runs the control plane as well (maintenance mode until nexctl
+storage format, membership, the management service on access points).
+
+gRPC is mutual TLS in both modes, with the certificates of transport_config
+or --cert-dir (from nexstor certgen) and authorization by role; --insecure
+serves plain text to every caller instead, and is logged.
 
 Flags override the configuration file. SIGINT or SIGTERM stops it cleanly:
 shares are withdrawn once in-flight I/O is answered and pools are exported;
 the next start restores both.`,
 		Example: `  nexstor server -o /etc/nexstor/server.yaml
-  nexstor server --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809 --nvmf :4420`,
+  nexstor server --cert-dir /etc/nexstor/certs --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809 --nvmf :4420
+  nexstor server --insecure --data-dir /tmp/nexstor
+  nexstor server --control -o /etc/nexstor/server.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ctlserver.Enabled(cmd) {
 				return ctlserver.RunCommand(cmd)
 			}
-			cfg := config.Default()
-			if cfgPath != "" {
-				var err error
-				if cfg, err = config.Load(cfgPath); err != nil {
-					return err
-				}
-			}
-			f := cmd.Flags()
-			if f.Changed("data-dir") {
-				cfg.WithDataDir(dataDir)
-			}
-			if f.Changed("grpc") {
-				cfg.WithGRPCListen(grpcAddr)
-			}
-			if f.Changed("nbd") {
-				cfg.WithNBDListen(nbdAddr)
-			}
-			if f.Changed("nvmf") {
-				cfg.WithNVMfListen(nvmfAddr)
-			}
-			if f.Changed("discovery") {
-				cfg.WithDiscoveryListen(discAddr)
-			}
-			if f.Changed("log-level") {
-				cfg.WithLogLevel(logLevel)
+			// The same file and flag handling as --control.
+			cfg, _, err := ctlserver.ConfigFromFlags(cmd.Flags())
+			if err != nil {
+				return err
 			}
 			logger, closeLog, err := newLogger(cfg.Log)
 			if err != nil {
@@ -113,12 +104,17 @@ the next start restores both.`,
 				}
 				defer stopPprof()
 			}
+			grpcOpts, err := standaloneSecurity(cfg, logger)
+			if err != nil {
+				return err
+			}
 			var pools []engine.PoolConfig
 			for _, p := range cfg.Pools {
 				pools = append(pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
 			}
-			return run(engine.ServerOptions{DataDir: cfg.DataDir, GRPCListen: cfg.GRPCListen, NBDListen: cfg.NBDListen,
-				NVMfListen: cfg.NVMfListen, DiscoveryListen: cfg.DiscoveryListen, Pools: pools, Logger: logger}, nil)
+			return run(engine.ServerOptions{DataDir: cfg.DataDir, GRPCListen: cfg.GRPCListen, GRPCOptions: grpcOpts,
+				NBDListen: cfg.NBDListen, NVMfListen: cfg.NVMfListen, DiscoveryListen: cfg.DiscoveryListen,
+				Pools: pools, Logger: logger}, nil)
 		},
 	}
 	cmd.Flags().StringVarP(&cfgPath, "config", "o", "", "server configuration file (YAML)")
@@ -131,6 +127,26 @@ the next start restores both.`,
 	ctlserver.AddFlags(cmd.Flags())
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (off by default; never expose it)")
 	return cmd
+}
+
+// standaloneSecurity returns the gRPC server options of a standalone
+// engine: mutual TLS with the transport_config (or --cert-dir) certificates
+// and authorization by role, as with --control; plain text only with
+// --insecure (or allow_insecure), logged.
+func standaloneSecurity(cfg *config.Server, log *slog.Logger) ([]grpc.ServerOption, error) {
+	tc := cfg.TransportConfig
+	if tc.AllowInsecure {
+		security.LogInsecure(log, "nexstor server")
+	}
+	creds, err := security.ServerCredentials(security.Files{CACert: tc.CACert, Cert: tc.Cert, Key: tc.Key}, tc.AllowInsecure)
+	if err != nil {
+		return nil, fault.Wrap(err, fault.FailedPrecondition, "server.tls",
+			"nexstor server serves gRPC with mutual TLS and cannot load its certificates",
+			"create them with `nexstor certgen --dir <dir>` and give --cert-dir <dir> (or transport_config in the file), "+
+				"or run with --insecure for development")
+	}
+	authz := &security.Authorizer{Policy: ctlserver.Policy(), Insecure: tc.AllowInsecure, Log: log}
+	return append(authz.ServerOptions(), grpc.Creds(creds)), nil
 }
 
 // run starts a server, calls ready (if any), and serves until SIGINT or

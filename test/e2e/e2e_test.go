@@ -310,7 +310,7 @@ func TestServerConfig(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, lines := start(t, "server", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "127.0.0.1:0", "--discovery", "")
+	p, lines := start(t, "server", "--insecure", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "127.0.0.1:0", "--discovery", "")
 	eng := p.waitLine(lines, servingRE)[1]
 	var pools []poolJSON
 	nexctlJSON(t, eng, &pools, "pool", "list")
@@ -354,5 +354,48 @@ func TestServerConfig(t *testing.T) {
 	c.Close()
 	if err := p.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("stop: %v", err)
+	}
+}
+
+// TestServerTLS checks that a standalone `nexstor server` serves mutual TLS
+// by default: without certificates (and without --insecure) it refuses to
+// start and says how to get them; with them, nexctl reaches it with the
+// admin certificate and a plain-text nexctl is refused.
+func TestServerTLS(t *testing.T) {
+	bin := testutil.BuildBinary(t, "nexstor")
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	out, err := exec.Command(bin, "server", "--data-dir", filepath.Join(dir, "data"), "--grpc", "127.0.0.1:0",
+		"--nbd", "", "--nvmf", "", "--cert-dir", empty).CombinedOutput()
+	if err == nil {
+		t.Fatalf("server without certificates started:\n%s", out)
+	}
+	for _, want := range []string{"--cert-dir", "nexstor certgen", "--insecure"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("error without certificates does not mention %s:\n%s", want, out)
+		}
+	}
+
+	certs := filepath.Join(dir, "certs")
+	if out, err := exec.Command(bin, "certgen", "--dir", certs).CombinedOutput(); err != nil {
+		t.Fatalf("certgen: %v\n%s", err, out)
+	}
+	p, lines := start(t, "server", "--cert-dir", certs, "--data-dir", filepath.Join(dir, "data"), "--grpc", "127.0.0.1:0",
+		"--nbd", "127.0.0.1:0", "--nvmf", "", "--discovery", "")
+	eng := p.waitLine(lines, servingRE)[1]
+	run := func(certDir string) (string, error) {
+		cmd := exec.Command(testutil.BuildBinary(t, "nexctl"), "--engine", eng, "pool", "list", "--timeout", "20s")
+		cmd.Env = append(os.Environ(), "NEXSTOR_CERT_DIR="+certDir, "NEXSTOR_INSECURE=0")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run(certs); err != nil {
+		t.Fatalf("nexctl with the admin certificate: %v\n%s", err, out)
+	}
+	if out, err := run(empty); err == nil || !strings.Contains(out, "TLS") {
+		t.Fatalf("plain-text nexctl against a TLS server: %v\n%s", err, out)
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("server stop: %v\n%s", err, p.output())
 	}
 }

@@ -57,7 +57,7 @@ func freeAddr(t *testing.T) string {
 
 func startServerAt(t *testing.T, dataDir, nvmfAddr string) (*proc, string) {
 	t.Helper()
-	p, lines := start(t, "server", "--data-dir", dataDir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
+	p, lines := start(t, "server", "--insecure", "--data-dir", dataDir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
 		"--nvmf", nvmfAddr, "--discovery", "")
 	return p, p.waitLine(lines, servingRE)[1]
 }
