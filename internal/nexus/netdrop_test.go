@@ -2,6 +2,7 @@ package nexus
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -49,7 +50,7 @@ func waitGaveUp(t *testing.T, nx *Nexus, uri string) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, err := c.dev.ReadAt(buf, 0)
-		if err != nil && strings.Contains(err.Error(), "gave up") {
+		if errors.Is(err, initiator.ErrGaveUp) {
 			return
 		}
 		if time.Now().After(deadline) {

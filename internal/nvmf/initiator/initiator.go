@@ -232,7 +232,12 @@ func (c *Controller) reconnect() {
 		c.log.Debug("nvmf initiator: reconnect failed", "addr", c.addr, "attempt", attempt, "err", err)
 		if c.opts.MaxReconnect > 0 && attempt >= c.opts.MaxReconnect {
 			c.mu.Lock()
-			c.failErr = fmt.Errorf("nvmf initiator: %s %s: gave up after %d reconnect attempts: %w", c.addr, c.subNQN, attempt, err)
+			if c.closed {
+				// Close already woke the waiters and closed waitCh.
+				c.mu.Unlock()
+				return
+			}
+			c.failErr = fmt.Errorf("%w: %s %s after %d attempts: %w", ErrGaveUp, c.addr, c.subNQN, attempt, err)
 			close(c.waitCh)
 			c.waitCh = make(chan struct{})
 			c.mu.Unlock()

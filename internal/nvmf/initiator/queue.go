@@ -26,6 +26,10 @@ var (
 	// ErrClosed: the controller or namespace is closed. It wraps
 	// bdev.ErrClosed, so Namespace honours the Device contract.
 	ErrClosed = fmt.Errorf("nvmf initiator: %w", bdev.ErrClosed)
+	// ErrGaveUp is returned once the controller has spent its
+	// Options.MaxReconnect attempts: the target is considered gone for good
+	// and the Controller must be closed and connected anew.
+	ErrGaveUp = errors.New("nvmf initiator: gave up reconnecting")
 )
 
 // errNotSent wraps the reason a command could not even be sent: it is safe
