@@ -10,6 +10,7 @@ import (
 
 	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/security/certgen"
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // TestEmbeddedThreeMembers forms a three-member cluster of embedded members,
@@ -21,8 +22,8 @@ func TestEmbeddedThreeMembers(t *testing.T) {
 	clientURLs := map[string]string{}
 	for i := 0; i < 3; i++ {
 		name := fmt.Sprintf("ap%d", i)
-		cluster[name] = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		clientURLs[name] = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		cluster[name] = fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+		clientURLs[name] = fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -82,11 +83,11 @@ func TestEmbeddedTLS(t *testing.T) {
 	}
 	files := &security.Files{CACert: filepath.Join(certs, "ca.crt"), Cert: filepath.Join(certs, "server.crt"),
 		Key: filepath.Join(certs, "server.key")}
-	peer := fmt.Sprintf("https://127.0.0.1:%d", freePort(t))
+	peer := fmt.Sprintf("https://127.0.0.1:%d", testutil.FreePort(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	e, err := StartEmbedded(ctx, EmbeddedConfig{Name: "m0", Dir: filepath.Join(t.TempDir(), "etcd"),
-		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", freePort(t)), PeerURL: peer,
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", testutil.FreePort(t)), PeerURL: peer,
 		InitialCluster: map[string]string{"m0": peer}, Token: "tls", TLS: files, LogLevel: "fatal"})
 	if err != nil {
 		t.Fatal(err)

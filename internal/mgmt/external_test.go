@@ -32,7 +32,7 @@ func startEtcdCluster(t *testing.T, bin string) []*etcdProc {
 	type urls struct{ client, peer string }
 	var us []urls
 	for i := 0; i < 3; i++ {
-		u := urls{fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+		u := urls{fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t)), fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))}
 		us = append(us, u)
 		peers = append(peers, fmt.Sprintf("m%d=%s", i, u.peer))
 	}

@@ -15,6 +15,7 @@ import (
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/security"
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // fakeClock is a clock the test moves by hand.
@@ -37,22 +38,12 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startEtcd starts a single-member embedded etcd and returns a client.
 func startEtcd(t testing.TB) *clientv3.Client {
 	t.Helper()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a freed port may be taken again in between
-		cp, pp := freePort(t), freePort(t)
+		cp, pp := testutil.FreePort(t), testutil.FreePort(t)
 		peer := fmt.Sprintf("http://127.0.0.1:%d", pp)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		e, err := StartEmbedded(ctx, EmbeddedConfig{

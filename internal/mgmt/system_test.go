@@ -21,6 +21,7 @@ import (
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/security/certgen"
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // node is one storage node of the in-process system: its gRPC server (node
@@ -75,12 +76,6 @@ func freeListener(t *testing.T) net.Listener {
 		t.Fatal(err)
 	}
 	return l
-}
-
-func freePort(t *testing.T) int {
-	l := freeListener(t)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // startNode starts a node's gRPC server and node server; membership starts
@@ -193,7 +188,7 @@ func TestSystem(t *testing.T) {
 		lis := freeListener(t)
 		cfg := config.Default().WithName("sys").WithDataDir(t.TempDir()).WithCertDir(s.certs).
 			WithGRPCListen(lis.Addr().String()).WithFaultDomain(fmt.Sprintf("/rack%d", i)).
-			WithEtcdPorts(freePort(t), freePort(t)).
+			WithEtcdPorts(testutil.FreePort(t), testutil.FreePort(t)).
 			WithPools(config.Pool{Name: "p0", Disk: fmt.Sprintf("malloc:///n%d?size=64MiB", i)})
 		s.nodes = append(s.nodes, &node{cfg: cfg, lis: lis})
 	}

@@ -159,7 +159,7 @@ func TestDev(t *testing.T) {
 	engRE := regexp.MustCompile(`nexctl --engine (\S+) replica list`)
 	queryRE := regexp.MustCompile(`nexctl -a (\S+) system query`)
 	otherRE := regexp.MustCompile(`nexctl --engine (\S+) pool list`)
-	base := freeRange(t, 12) // grpc, nbd, nvmf: 2 each; discovery: 1; etcd: 2
+	base := testutil.FreePortRange(t, 12) // grpc, nbd, nvmf: 2 each; discovery: 1; etcd: 2
 	args := []string{"dev", "--nodes", "2", "--data-dir", dir, "--pool-size", "1GiB",
 		"--grpc-port", strconv.Itoa(base), "--nbd-port", strconv.Itoa(base + 2), "--nvmf-port", strconv.Itoa(base + 4),
 		"--discovery-port", strconv.Itoa(base + 6), "--etcd-port", strconv.Itoa(base + 7)}

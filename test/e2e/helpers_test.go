@@ -6,9 +6,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,31 +268,4 @@ func writeFlushed(t *testing.T, uri string, data []byte) {
 	if b, err := exec.Command(nbdcopy, "--flush", src, uri).CombinedOutput(); err != nil {
 		t.Fatalf("nbdcopy --flush %s %s: %v\n%s", src, uri, err, b)
 	}
-}
-
-// freeRange returns a port p such that p..p+n-1 on loopback were free a
-// moment ago, for `nexstor dev`, which numbers its ports from a base.
-func freeRange(t *testing.T, n int) int {
-	t.Helper()
-	for attempt := 0; attempt < 100; attempt++ {
-		base := 20000 + rand.IntN(40000)
-		var ls []net.Listener
-		ok := true
-		for i := 0; i < n; i++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
-			if err != nil {
-				ok = false
-				break
-			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -43,18 +42,6 @@ func (n nexusJSON) child(t *testing.T, uri string) (state, reason string) {
 	return "", ""
 }
 
-// freeAddr returns a loopback address that was free a moment ago, for a
-// server that must come back on the same port.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func startServerAt(t *testing.T, dataDir, nvmfAddr string) (*proc, string) {
 	t.Helper()
 	p, lines := start(t, "server", "--insecure", "--data-dir", dataDir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
@@ -74,7 +61,7 @@ func TestNexusAcrossNodes(t *testing.T) {
 	began := time.Now()
 	step := func(what string) { t.Logf("%6.1fs %s", time.Since(began).Seconds(), what) }
 	_, engA := startServer(t, filepath.Join(dir, "a"))
-	addrB := freeAddr(t)
+	addrB := testutil.FreeAddr(t)
 	procB, engB := startServerAt(t, filepath.Join(dir, "b"), addrB)
 
 	mustNexctl(t, engA, "pool", "create", "pa", "file://"+filepath.Join(dir, "a.img")+"?size=96MiB")

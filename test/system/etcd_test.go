@@ -21,8 +21,8 @@ func startEtcd(t *testing.T) ([]*exec.Cmd, []string) {
 	dir := t.TempDir()
 	var clients, peers, initial []string
 	for i := 0; i < 3; i++ {
-		clients = append(clients, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
-		peers = append(peers, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+		clients = append(clients, fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t)))
+		peers = append(peers, fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t)))
 		initial = append(initial, fmt.Sprintf("e%d=%s", i, peers[i]))
 	}
 	var procs []*exec.Cmd

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,17 +31,6 @@ const (
 	heartbeatInterval = "200ms"
 	heartbeatTimeout  = "1500ms"
 )
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -109,7 +97,7 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	}
 	for i := 0; i < o.nodes; i++ {
 		n := &node{t: t, name: fmt.Sprintf("node%d", i), dir: filepath.Join(root, fmt.Sprintf("node%d", i))}
-		n.grpc = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		n.grpc = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 		c.nodes = append(c.nodes, n)
 		if i < o.accessPoints {
 			c.aps = append(c.aps, n.grpc)
@@ -132,7 +120,7 @@ func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 	if len(o.etcdEndpoints) > 0 {
 		fmt.Fprintf(&b, "etcd:\n  endpoints: [%s]\n", quoteList(o.etcdEndpoints))
 	} else {
-		fmt.Fprintf(&b, "etcd:\n  embedded: {client_port: %d, peer_port: %d}\n", freePort(c.t), freePort(c.t))
+		fmt.Fprintf(&b, "etcd:\n  embedded: {client_port: %d, peer_port: %d}\n", testutil.FreePort(c.t), testutil.FreePort(c.t))
 	}
 	fmt.Fprintf(&b, "data_dir: %q\nruntime_dir: %q\n", filepath.Join(n.dir, "data"), filepath.Join(n.dir, "run"))
 	if c.certs == "" {
@@ -141,7 +129,7 @@ func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 		fmt.Fprintf(&b, "transport_config: {ca_cert: %q, cert: %q, key: %q}\n", filepath.Join(c.certs, "ca.crt"),
 			filepath.Join(c.certs, "server.crt"), filepath.Join(c.certs, "server.key"))
 	}
-	fmt.Fprintf(&b, "nvmf: {listen: \"127.0.0.1:%d\", discovery: \"\"}\nnbd: {listen: \"\"}\nmetrics: {listen: \"\"}\n", freePort(c.t))
+	fmt.Fprintf(&b, "nvmf: {listen: \"127.0.0.1:%d\", discovery: \"\"}\nnbd: {listen: \"\"}\nmetrics: {listen: \"\"}\n", testutil.FreePort(c.t))
 	fmt.Fprintf(&b, "pools:\n  - name: p0\n    disk: \"file://%s?size=64MiB\"\n", filepath.Join(n.dir, "d0.img"))
 	if err := os.WriteFile(n.cfgPath, []byte(b.String()), 0o644); err != nil {
 		c.t.Fatal(err)

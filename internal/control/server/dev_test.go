@@ -3,45 +3,19 @@ package server
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"sort"
 	"strings"
 	"testing"
 	"time"
-)
 
-// freeRange returns a port p such that p..p+n-1 were free a moment ago.
-func freeRange(t *testing.T, n int) int {
-	t.Helper()
-	for attempt := 0; attempt < 100; attempt++ {
-		base := 20000 + rand.IntN(40000)
-		var ls []net.Listener
-		ok := true
-		for i := 0; i < n; i++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
-			if err != nil {
-				ok = false
-				break
-			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
-}
+	"github.com/nexstor/nexstor/internal/testutil"
+)
 
 // TestRunDev runs a three-node system in-process twice on the same data
 // dir: the first run formats and admits ranks 0-2, the second keeps them.
 func TestRunDev(t *testing.T) {
 	dir := t.TempDir()
-	base := freeRange(t, 14) // grpc, nvmf, nbd: 3 each; etcd: 2; discovery: 1; spare
+	base := testutil.FreePortRange(t, 14) // grpc, nvmf, nbd: 3 each; etcd: 2; discovery: 1; spare
 	o := DevOptions{Nodes: 3, DataDir: dir, GRPCPort: base, NVMfPort: base + 3, NBDPort: base + 6, EtcdPort: base + 9,
 		DiscoveryPort: base + 11, PoolSize: "64MiB", HeartbeatInterval: 100 * time.Millisecond,
 		Demo: "demo", DemoSize: 8 << 20}
