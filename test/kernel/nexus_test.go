@@ -13,6 +13,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev/faulty"
 	"github.com/nexstor/nexstor/internal/nexus"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
+	"github.com/nexstor/nexstor/internal/testutil"
 	"github.com/nexstor/nexstor/internal/testutil/qemuvm"
 )
 
@@ -61,7 +62,7 @@ func TestKernelExt4OnNexusThroughFaultAndRebuild(t *testing.T) {
 	fb := faulty.New(b, 1)
 	uriA := "bdev:///6b65726e-656c-4000-8000-00000000000a"
 	uriB := "bdev:///6b65726e-656c-4000-8000-00000000000b"
-	var nexusLog lockedBuffer
+	var nexusLog testutil.SyncBuffer
 	n, err := nexus.New(ctx, nexus.Config{
 		Name:     "kernel-ext4",
 		UUID:     "6b65726e-656c-4000-8000-0000000000ee",

@@ -3,13 +3,13 @@ package kernel
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 	"github.com/nexstor/nexstor/internal/testutil/qemuvm"
-	"path/filepath"
 )
 
 const (

@@ -40,7 +40,7 @@ type served struct {
 	sub      *target.Subsystem
 	ioPort   int
 	discPort int
-	log      *lockedBuffer
+	log      *testutil.SyncBuffer
 	stopOnce sync.Once
 	stopFn   func()
 }
@@ -61,7 +61,7 @@ func serve(t *testing.T, nqn string, dev bdev.Device) *served {
 // can come back on the ports hosts know.
 func serveAt(t *testing.T, nqn string, dev bdev.Device, ioAddr, discAddr string) *served {
 	t.Helper()
-	s := &served{log: &lockedBuffer{}}
+	s := &served{log: &testutil.SyncBuffer{}}
 	s.tgt = target.New(slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	sub, err := s.tgt.AddSubsystem(nqn, target.SubsystemOptions{AllowedHosts: []string{hostNQN, goHostNQN}})
 	if err != nil {
@@ -220,23 +220,6 @@ func checkExt4Image(t *testing.T, what string, dev bdev.Device, n int64, sets ..
 			}
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 const (

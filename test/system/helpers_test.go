@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,23 +31,6 @@ const (
 	heartbeatTimeout  = "1500ms"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // node is one storage node: its configuration and, while running, its
 // `nexstor server --control` process.
 type node struct {
@@ -59,7 +41,7 @@ type node struct {
 	cfgPath string
 
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -166,7 +148,7 @@ func (n *node) start(extra ...string) {
 	args := append([]string{"server", "--control", "-o", n.cfgPath,
 		"--heartbeat-interval", heartbeatInterval, "--heartbeat-timeout", heartbeatTimeout}, extra...)
 	n.cmd = exec.Command(testutil.BuildBinary(n.t, "nexstor"), args...)
-	n.out = &syncBuffer{}
+	n.out = &testutil.SyncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)

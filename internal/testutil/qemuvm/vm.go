@@ -34,10 +34,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // DefaultTimeout bounds one boot when Config.Timeout is zero: generous for
@@ -72,7 +73,7 @@ type VM struct {
 	t       testing.TB
 	cmd     *exec.Cmd
 	results string // file behind the second serial line
-	console *syncBuffer
+	console *testutil.SyncBuffer
 	exited  chan struct{}
 	waitErr error
 	ctl     net.Listener
@@ -95,7 +96,7 @@ func (e *Env) Boot(t testing.TB, cfg Config) *VM {
 	vm := &VM{
 		t:       t,
 		results: filepath.Join(dir, "results.log"),
-		console: &syncBuffer{},
+		console: &testutil.SyncBuffer{},
 		exited:  make(chan struct{}),
 		timeout: cfg.Timeout,
 	}
@@ -450,23 +451,4 @@ func (e *Env) writeInitrd(path string, cfg Config, ctlPort int) error {
 		return err
 	}
 	return f.Close()
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer (QEMU's output copier)
-// and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
