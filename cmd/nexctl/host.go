@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -22,33 +23,29 @@ func (a *app) hostCmd() *cobra.Command {
 		Example: `  nexctl host devices`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.host()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			resp, err := c.ListBlockDevices(ctx, &enginev1.ListBlockDevicesRequest{})
-			if err != nil {
-				return err
-			}
-			type devView struct {
-				Name       string `json:"name" yaml:"name"`
-				Path       string `json:"path" yaml:"path"`
-				Size       uint64 `json:"size" yaml:"size"`
-				Model      string `json:"model" yaml:"model"`
-				Rotational bool   `json:"rotational" yaml:"rotational"`
-			}
-			views := []devView{}
-			for _, d := range resp.GetDevices() {
-				views = append(views, devView{d.GetName(), d.GetPath(), d.GetSize(), d.GetModel(), d.GetRotational()})
-			}
-			return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error {
-				t := output.NewTable(w, "NAME", "PATH", "SIZE", "ROTATIONAL", "MODEL")
-				for _, d := range views {
-					t.Row(d.Name, d.Path, output.Size(d.Size), fmt.Sprint(d.Rotational), d.Model)
+			return call(a, enginev1.NewHostServiceClient, func(ctx context.Context, c enginev1.HostServiceClient) error {
+				resp, err := c.ListBlockDevices(ctx, &enginev1.ListBlockDevicesRequest{})
+				if err != nil {
+					return err
 				}
-				return t.Flush()
+				type devView struct {
+					Name       string `json:"name" yaml:"name"`
+					Path       string `json:"path" yaml:"path"`
+					Size       uint64 `json:"size" yaml:"size"`
+					Model      string `json:"model" yaml:"model"`
+					Rotational bool   `json:"rotational" yaml:"rotational"`
+				}
+				views := []devView{}
+				for _, d := range resp.GetDevices() {
+					views = append(views, devView{d.GetName(), d.GetPath(), d.GetSize(), d.GetModel(), d.GetRotational()})
+				}
+				return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error {
+					t := output.NewTable(w, "NAME", "PATH", "SIZE", "ROTATIONAL", "MODEL")
+					for _, d := range views {
+						t.Row(d.Name, d.Path, output.Size(d.Size), fmt.Sprint(d.Rotational), d.Model)
+					}
+					return t.Flush()
+				})
 			})
 		},
 	})
@@ -70,19 +67,15 @@ func (a *app) versionCmd() *cobra.Command {
 				Host   string `json:"host,omitempty" yaml:"host,omitempty"`
 			}
 			v := ver{Client: engine.GetVersion().Version}
-			c, err := a.host()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			resp, err := c.GetVersion(ctx, &enginev1.GetVersionRequest{})
-			if err != nil {
-				return err
-			}
-			v.Engine, v.API, v.Host = resp.GetVersion(), resp.GetApi(), resp.GetHostname()
-			return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
-				return output.KeyValues(w, "nexctl", v.Client, "engine", v.Engine, "api", v.API, "host", v.Host)
+			return call(a, enginev1.NewHostServiceClient, func(ctx context.Context, c enginev1.HostServiceClient) error {
+				resp, err := c.GetVersion(ctx, &enginev1.GetVersionRequest{})
+				if err != nil {
+					return err
+				}
+				v.Engine, v.API, v.Host = resp.GetVersion(), resp.GetApi(), resp.GetHostname()
+				return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
+					return output.KeyValues(w, "nexctl", v.Client, "engine", v.Engine, "api", v.API, "host", v.Host)
+				})
 			})
 		},
 	}

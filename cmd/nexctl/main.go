@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
-	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/units"
 )
@@ -114,28 +113,16 @@ func (a *app) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), a.timeout)
 }
 
-func (a *app) pools() (enginev1.PoolServiceClient, error) {
-	c, err := a.dial()
+// call dials the engine, makes a client of one of its services with
+// newClient and runs fn with a context bounded by --timeout.
+func call[C any](a *app, newClient func(grpc.ClientConnInterface) C, fn func(context.Context, C) error) error {
+	conn, err := a.dial()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return enginev1.NewPoolServiceClient(c), nil
-}
-
-func (a *app) replicas() (enginev1.ReplicaServiceClient, error) {
-	c, err := a.dial()
-	if err != nil {
-		return nil, err
-	}
-	return enginev1.NewReplicaServiceClient(c), nil
-}
-
-func (a *app) host() (enginev1.HostServiceClient, error) {
-	c, err := a.dial()
-	if err != nil {
-		return nil, err
-	}
-	return enginev1.NewHostServiceClient(c), nil
+	ctx, cancel := a.ctx()
+	defer cancel()
+	return fn(ctx, newClient(conn))
 }
 
 // parseSize parses a human size ("1GiB", "512MiB", "1073741824").

@@ -112,17 +112,13 @@ the smallest child. A child that the health store records as out of date
 					return err
 				}
 			}
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			r, err := c.CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: args[0], Uuid: uuid, Size: n, Children: children, Force: force})
-			if err != nil {
-				return err
-			}
-			return a.printNexus(r)
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				r, err := c.CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: args[0], Uuid: uuid, Size: n, Children: children, Force: force})
+				if err != nil {
+					return err
+				}
+				return a.printNexus(r)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&size, "size", "", "size, e.g. 1GiB (default: the smallest child)")
@@ -142,21 +138,17 @@ func (a *app) nexusListCmd() *cobra.Command {
   nexctl nexus list -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			resp, err := c.ListNexuses(ctx, &enginev1.ListNexusesRequest{})
-			if err != nil {
-				return err
-			}
-			views := []nexusView{}
-			for _, n := range resp.GetNexuses() {
-				views = append(views, newNexusView(n))
-			}
-			return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return nexusTable(w, views) })
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				resp, err := c.ListNexuses(ctx, &enginev1.ListNexusesRequest{})
+				if err != nil {
+					return err
+				}
+				views := []nexusView{}
+				for _, n := range resp.GetNexuses() {
+					views = append(views, newNexusView(n))
+				}
+				return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return nexusTable(w, views) })
+			})
 		},
 	}
 }
@@ -168,17 +160,13 @@ func (a *app) nexusGetCmd() *cobra.Command {
 		Example: `  nexctl nexus get vol1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			n, err := c.GetNexus(ctx, &enginev1.GetNexusRequest{Name: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.printNexus(n)
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				n, err := c.GetNexus(ctx, &enginev1.GetNexusRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return a.printNexus(n)
+			})
 		},
 	}
 }
@@ -192,16 +180,12 @@ The children's replicas and their data are left as they are.`,
 		Example: `  nexctl nexus destroy vol1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			if _, err := c.DestroyNexus(ctx, &enginev1.DestroyNexusRequest{Name: args[0]}); err != nil {
-				return err
-			}
-			return a.done(fmt.Sprintf("nexus %s destroyed", args[0]))
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				if _, err := c.DestroyNexus(ctx, &enginev1.DestroyNexusRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				return a.done(fmt.Sprintf("nexus %s destroyed", args[0]))
+			})
 		},
 	}
 }
@@ -222,20 +206,16 @@ remembered across server restarts.
   nexctl nexus publish vol1 --protocol nbd`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			n, err := c.PublishNexus(ctx, &enginev1.PublishNexusRequest{Name: args[0], Protocol: protocol, AllowedHosts: hosts})
-			if err != nil {
-				return err
-			}
-			v := newNexusView(n)
-			return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
-				_, err := fmt.Fprintln(w, n.GetShare().GetUri())
-				return err
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				n, err := c.PublishNexus(ctx, &enginev1.PublishNexusRequest{Name: args[0], Protocol: protocol, AllowedHosts: hosts})
+				if err != nil {
+					return err
+				}
+				v := newNexusView(n)
+				return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
+					_, err := fmt.Fprintln(w, n.GetShare().GetUri())
+					return err
+				})
 			})
 		},
 	}
@@ -251,16 +231,12 @@ func (a *app) nexusUnpublishCmd() *cobra.Command {
 		Example: `  nexctl nexus unpublish vol1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			if _, err := c.UnpublishNexus(ctx, &enginev1.UnpublishNexusRequest{Name: args[0]}); err != nil {
-				return err
-			}
-			return a.done(fmt.Sprintf("nexus %s unpublished", args[0]))
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				if _, err := c.UnpublishNexus(ctx, &enginev1.UnpublishNexusRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				return a.done(fmt.Sprintf("nexus %s unpublished", args[0]))
+			})
 		},
 	}
 }
@@ -365,18 +341,14 @@ is given) until it finishes, as a live progress bar on a terminal.`,
 			Example: fmt.Sprintf("  nexctl nexus rebuild %s vol1 nvmf://10.0.0.6:4420/<nqn>", ctl.use),
 			Args:    cobra.ExactArgs(2),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				c, err := a.nexuses()
-				if err != nil {
-					return err
-				}
-				ctx, cancel := a.ctx()
-				defer cancel()
-				r, err := ctl.call(c, ctx, &enginev1.ChildRequest{Nexus: args[0], Child: args[1]})
-				if err != nil {
-					return err
-				}
-				v := newRebuildView(r)
-				return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error { return rebuildTable(w, []rebuildView{v}) })
+				return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+					r, err := ctl.call(c, ctx, &enginev1.ChildRequest{Nexus: args[0], Child: args[1]})
+					if err != nil {
+						return err
+					}
+					v := newRebuildView(r)
+					return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error { return rebuildTable(w, []rebuildView{v}) })
+				})
 			},
 		})
 	}
@@ -493,28 +465,24 @@ when the children differ.`,
   nexctl nexus verify vol1 -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			resp, err := c.Verify(ctx, &enginev1.VerifyRequest{Nexus: args[0]})
-			if err != nil {
-				return err
-			}
-			v := verifyView{Segments: resp.GetSegments(), Children: resp.GetChildren(), Identical: len(resp.GetMismatches()) == 0,
-				Mismatches: []rangeView{}}
-			for _, m := range resp.GetMismatches() {
-				v.Mismatches = append(v.Mismatches, rangeView{Offset: m.GetOffset(), Length: m.GetLength()})
-			}
-			if err := output.Print(a.out, a.outFormat(), v, func(w io.Writer) error { return verifyTable(w, v) }); err != nil {
-				return err
-			}
-			if !v.Identical {
-				return fmt.Errorf("nexus %s: the children differ in %d ranges", args[0], len(v.Mismatches))
-			}
-			return nil
+			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				resp, err := c.Verify(ctx, &enginev1.VerifyRequest{Nexus: args[0]})
+				if err != nil {
+					return err
+				}
+				v := verifyView{Segments: resp.GetSegments(), Children: resp.GetChildren(), Identical: len(resp.GetMismatches()) == 0,
+					Mismatches: []rangeView{}}
+				for _, m := range resp.GetMismatches() {
+					v.Mismatches = append(v.Mismatches, rangeView{Offset: m.GetOffset(), Length: m.GetLength()})
+				}
+				if err := output.Print(a.out, a.outFormat(), v, func(w io.Writer) error { return verifyTable(w, v) }); err != nil {
+					return err
+				}
+				if !v.Identical {
+					return fmt.Errorf("nexus %s: the children differ in %d ranges", args[0], len(v.Mismatches))
+				}
+				return nil
+			})
 		},
 	}
 }

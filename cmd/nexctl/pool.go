@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -56,17 +57,13 @@ destroys that pool and everything in it. Quote URIs with '?' in a shell.`,
 					return err
 				}
 			}
-			c, err := a.pools()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			p, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: args[0], Disk: args[1], ClusterSize: cs, Force: force})
-			if err != nil {
-				return err
-			}
-			return a.printPool(p)
+			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+				p, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: args[0], Disk: args[1], ClusterSize: cs, Force: force})
+				if err != nil {
+					return err
+				}
+				return a.printPool(p)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&clusterSize, "cluster-size", "", "allocation unit, a power of two (default 4MiB)")
@@ -85,21 +82,17 @@ knows of but could not import (state faulted) are listed with the reason.`,
   nexctl pool list -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.pools()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			resp, err := c.ListPools(ctx, &enginev1.ListPoolsRequest{})
-			if err != nil {
-				return err
-			}
-			views := make([]poolView, 0, len(resp.GetPools()))
-			for _, p := range resp.GetPools() {
-				views = append(views, newPoolView(p))
-			}
-			return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return poolTable(w, views) })
+			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+				resp, err := c.ListPools(ctx, &enginev1.ListPoolsRequest{})
+				if err != nil {
+					return err
+				}
+				views := make([]poolView, 0, len(resp.GetPools()))
+				for _, p := range resp.GetPools() {
+					views = append(views, newPoolView(p))
+				}
+				return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return poolTable(w, views) })
+			})
 		},
 	}
 }
@@ -111,17 +104,13 @@ func (a *app) poolGetCmd() *cobra.Command {
 		Example: `  nexctl pool get p0 -o yaml`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.pools()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			p, err := c.GetPool(ctx, &enginev1.GetPoolRequest{Name: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.printPool(p)
+			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+				p, err := c.GetPool(ctx, &enginev1.GetPoolRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return a.printPool(p)
+			})
 		},
 	}
 }
@@ -139,16 +128,12 @@ refused. A faulted pool is only forgotten; its disk is left alone.`,
   nexctl pool destroy p0 --force`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.pools()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			if _, err := c.DestroyPool(ctx, &enginev1.DestroyPoolRequest{Name: args[0], Force: force}); err != nil {
-				return err
-			}
-			return a.done(fmt.Sprintf("pool %s destroyed", args[0]))
+			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+				if _, err := c.DestroyPool(ctx, &enginev1.DestroyPoolRequest{Name: args[0], Force: force}); err != nil {
+					return err
+				}
+				return a.done(fmt.Sprintf("pool %s destroyed", args[0]))
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "also destroy the pool's replicas")
@@ -166,17 +151,13 @@ server) and remembers it. A disk without a pool is reported and not written.`,
   nexctl pool import file:///var/lib/nexstor/d0.img --name p0`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.pools()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			p, err := c.ImportPool(ctx, &enginev1.ImportPoolRequest{Name: name, Disk: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.printPool(p)
+			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+				p, err := c.ImportPool(ctx, &enginev1.ImportPoolRequest{Name: name, Disk: args[0]})
+				if err != nil {
+					return err
+				}
+				return a.printPool(p)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "expected pool name; refused when the disk holds another")
@@ -193,16 +174,12 @@ unshared first.`,
 		Example: `  nexctl pool export p0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.pools()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			if _, err := c.ExportPool(ctx, &enginev1.ExportPoolRequest{Name: args[0]}); err != nil {
-				return err
-			}
-			return a.done(fmt.Sprintf("pool %s exported", args[0]))
+			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+				if _, err := c.ExportPool(ctx, &enginev1.ExportPoolRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				return a.done(fmt.Sprintf("pool %s exported", args[0]))
+			})
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -50,17 +51,13 @@ Replicas are thick unless --thin is given.`,
 			if err != nil {
 				return err
 			}
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			r, err := c.CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: args[0], Pool: pool, Size: n, Thin: thin, Uuid: uuid})
-			if err != nil {
-				return err
-			}
-			return a.printReplica(r)
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				r, err := c.CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: args[0], Pool: pool, Size: n, Thin: thin, Uuid: uuid})
+				if err != nil {
+					return err
+				}
+				return a.printReplica(r)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&pool, "pool", "", "pool to create the replica in (required)")
@@ -82,21 +79,17 @@ func (a *app) replicaListCmd() *cobra.Command {
   nexctl replica list --pool p0 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			resp, err := c.ListReplicas(ctx, &enginev1.ListReplicasRequest{Pool: pool})
-			if err != nil {
-				return err
-			}
-			views := make([]replicaView, 0, len(resp.GetReplicas()))
-			for _, r := range resp.GetReplicas() {
-				views = append(views, newReplicaView(r))
-			}
-			return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return replicaTable(w, views) })
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				resp, err := c.ListReplicas(ctx, &enginev1.ListReplicasRequest{Pool: pool})
+				if err != nil {
+					return err
+				}
+				views := make([]replicaView, 0, len(resp.GetReplicas()))
+				for _, r := range resp.GetReplicas() {
+					views = append(views, newReplicaView(r))
+				}
+				return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error { return replicaTable(w, views) })
+			})
 		},
 	}
 	cmd.Flags().StringVar(&pool, "pool", "", "list only this pool's replicas")
@@ -110,17 +103,13 @@ func (a *app) replicaGetCmd() *cobra.Command {
 		Example: `  nexctl replica get r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			r, err := c.GetReplica(ctx, &enginev1.GetReplicaRequest{Name: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.printReplica(r)
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				r, err := c.GetReplica(ctx, &enginev1.GetReplicaRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return a.printReplica(r)
+			})
 		},
 	}
 }
@@ -134,16 +123,12 @@ replica is refused: unshare it first.`,
 		Example: `  nexctl replica destroy r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			if _, err := c.DestroyReplica(ctx, &enginev1.DestroyReplicaRequest{Name: args[0]}); err != nil {
-				return err
-			}
-			return a.done(fmt.Sprintf("replica %s destroyed", args[0]))
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				if _, err := c.DestroyReplica(ctx, &enginev1.DestroyReplicaRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				return a.done(fmt.Sprintf("replica %s destroyed", args[0]))
+			})
 		},
 	}
 }
@@ -162,17 +147,13 @@ Replicas cannot shrink.`,
 			if err != nil {
 				return err
 			}
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			r, err := c.ResizeReplica(ctx, &enginev1.ResizeReplicaRequest{Name: args[0], Size: n})
-			if err != nil {
-				return err
-			}
-			return a.printReplica(r)
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				r, err := c.ResizeReplica(ctx, &enginev1.ResizeReplicaRequest{Name: args[0], Size: n})
+				if err != nil {
+					return err
+				}
+				return a.printReplica(r)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&size, "size", "", "the new size, e.g. 2GiB (required)")
@@ -199,26 +180,22 @@ again prints its URI.
   nexctl replica share r0 --protocol nvmf --allowed-host "$(cat /etc/nvme/hostnqn)"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			r, err := c.ShareReplica(ctx, &enginev1.ShareReplicaRequest{Name: args[0], Protocol: protocol, AllowedHosts: hosts})
-			if err != nil {
-				return err
-			}
-			v := newReplicaView(r)
-			uri := r.GetShare().GetUri()
-			for _, s := range r.GetShares() {
-				if s.GetProtocol() == protocol {
-					uri = s.GetUri() // the share just made, not the first one
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				r, err := c.ShareReplica(ctx, &enginev1.ShareReplicaRequest{Name: args[0], Protocol: protocol, AllowedHosts: hosts})
+				if err != nil {
+					return err
 				}
-			}
-			return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
-				_, err := fmt.Fprintln(w, uri)
-				return err
+				v := newReplicaView(r)
+				uri := r.GetShare().GetUri()
+				for _, s := range r.GetShares() {
+					if s.GetProtocol() == protocol {
+						uri = s.GetUri() // the share just made, not the first one
+					}
+				}
+				return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
+					_, err := fmt.Fprintln(w, uri)
+					return err
+				})
 			})
 		},
 	}
@@ -236,16 +213,12 @@ after their in-flight requests are answered.`,
 		Example: `  nexctl replica unshare r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.replicas()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx()
-			defer cancel()
-			if _, err := c.UnshareReplica(ctx, &enginev1.UnshareReplicaRequest{Name: args[0]}); err != nil {
-				return err
-			}
-			return a.done(fmt.Sprintf("replica %s unshared", args[0]))
+			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+				if _, err := c.UnshareReplica(ctx, &enginev1.UnshareReplicaRequest{Name: args[0]}); err != nil {
+					return err
+				}
+				return a.done(fmt.Sprintf("replica %s unshared", args[0]))
+			})
 		},
 	}
 }
