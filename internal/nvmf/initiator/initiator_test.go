@@ -14,6 +14,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
 
@@ -394,5 +395,37 @@ func TestClosedControllerFailsDeviceCalls(t *testing.T) {
 	}
 	if err := ns.Flush(); !errors.Is(err, bdev.ErrClosed) {
 		t.Fatalf("flush after Close: %v", err)
+	}
+}
+
+// TestSubmitOnDeadQueueReturns submits on a queue whose reader has already
+// failed every command and exited. A slot is still free then, and picking it
+// used to leave the command waiting for a completion nobody would deliver.
+func TestSubmitOnDeadQueueReturns(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{IOQueues: 1, QueueDepth: 8, CommandTimeout: 200 * time.Millisecond, MaxReconnect: 1})
+	s, err := c.session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := s.io[0]
+	q.kill(ErrConnectionLost)
+	<-q.readerEnd
+	buf := make([]byte, 512)
+	for i := range 64 {
+		var sqe pdu.SQE
+		sqe.SetOpcode(nvme.CmdWrite)
+		sqe.SetNSID(1)
+		res := make(chan error, 1)
+		go func() { _, err := q.submit(&sqe, buf, true); res <- err }()
+		select {
+		case err := <-res:
+			var ns errNotSent
+			if !errors.As(err, &ns) {
+				t.Fatalf("submit %d on a dead queue: %v, want a not-sent error", i, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("submit %d on a dead queue never returned", i)
+		}
 	}
 }

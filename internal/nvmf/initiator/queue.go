@@ -66,9 +66,13 @@ type hqueue struct {
 	maxH2C  uint32 // the controller's MAXH2CDATA
 	timeout time.Duration
 
-	mu   sync.Mutex // guards cmds' fields between submitters and the reader
+	mu   sync.Mutex // guards cmds' fields and failed between submitters and the reader
 	cmds []cmd
 	free chan uint16
+	// failed is set by the reader, under mu, once it has failed every
+	// outstanding command and will complete no more: a command activated
+	// after that would wait forever.
+	failed bool
 
 	dead      chan struct{}
 	deadErr   atomic.Pointer[error]
@@ -183,11 +187,18 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 		return pdu.CQE{}, errNotSent{q.reason()}
 	}
 	c := &q.cmds[cid]
-	c.timer.Reset(q.timeout)
 	q.mu.Lock()
+	// select picks at random between a free slot and a dead queue, so a
+	// slot can be had after the reader is gone; nobody would complete it.
+	if q.failed {
+		q.mu.Unlock()
+		q.free <- cid
+		return pdu.CQE{}, errNotSent{q.reason()}
+	}
 	c.active, c.write, c.data, c.got, c.err, c.badDigest = true, write, data, 0, nil, false
 	c.cqe = pdu.CQE{}
 	q.mu.Unlock()
+	c.timer.Reset(q.timeout)
 
 	sqe.SetCID(cid)
 	sqe.SetFlags(pdu.PSDTSGL)
@@ -250,6 +261,7 @@ func (q *hqueue) reader() {
 	err := q.readLoop()
 	q.kill(err)
 	q.mu.Lock()
+	q.failed = true
 	for i := range q.cmds {
 		if q.cmds[i].active {
 			q.finishLocked(&q.cmds[i], fmt.Errorf("%w: %v", ErrConnectionLost, q.reason()))
