@@ -1,13 +1,16 @@
 package initiator
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -428,4 +431,91 @@ func TestSubmitOnDeadQueueReturns(t *testing.T) {
 			t.Fatalf("submit %d on a dead queue never returned", i)
 		}
 	}
+}
+
+// stalledPeer accepts one connection, answers the ICReq, and then stops
+// reading: the far side of a partition, whose window closes. The returned
+// channel yields the connection once initialized.
+func stalledPeer(t *testing.T) (string, <-chan *net.TCPConn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	ch := make(chan *net.TCPConn, 1)
+	go func() {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		tc := conn.(*net.TCPConn)
+		t.Cleanup(func() { tc.Close() })
+		tc.SetReadBuffer(4096)
+		dec := pdu.NewDecoder(bufio.NewReader(io.LimitReader(tc, 128)), 4096)
+		if h, err := dec.Next(); err != nil || h.Type != pdu.TypeICReq {
+			return
+		}
+		bw := bufio.NewWriter(tc)
+		if pdu.NewEncoder(bw).WriteICResp(pdu.ICResp{PFV: pdu.PFV0, MaxH2CData: 128 << 10}) != nil || bw.Flush() != nil {
+			return
+		}
+		ch <- tc
+	}()
+	return l.Addr().String(), ch
+}
+
+// TestTimeoutEndsWriteToStalledPeer: commands whose capsules cannot even be
+// written, because the peer stopped reading, still fail within the command
+// timeout. Afterwards the peer receives a reset and never the bytes that
+// were still queued: a write reported as failed cannot land later.
+func TestTimeoutEndsWriteToStalledPeer(t *testing.T) {
+	addr, peer := stalledPeer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := Options{CommandTimeout: 300 * time.Millisecond}
+	q, err := dialQueue(ctx, addr, &opts, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.kill(ErrClosed)
+	pc := <-peer
+	const n, size = 4, 1 << 20
+	q.conn.(*net.TCPConn).SetWriteBuffer(4096)
+	q.inline = size
+	res := make(chan error, n)
+	for i := range n {
+		go func() {
+			var sqe pdu.SQE
+			sqe.SetOpcode(nvme.CmdWrite)
+			sqe.SetNSID(1)
+			buf := bytes.Repeat([]byte{byte(i)}, size)
+			_, err := q.submit(&sqe, buf, true)
+			res <- err
+		}()
+	}
+	for i := range n {
+		select {
+		case err := <-res:
+			if err == nil {
+				t.Fatalf("write %d to a stalled peer succeeded", i)
+			}
+			if !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrConnectionLost) {
+				t.Fatalf("write %d: %v, want a timeout or connection loss", i, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("write %d to a stalled peer never returned", i)
+		}
+	}
+
+	// The peer now reads what reached it before the reset, then the reset.
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.Copy(io.Discard, pc)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("peer read %d bytes and then %v; want a connection reset", got, err)
+	}
+	if got >= n*size {
+		t.Fatalf("peer received all %d bytes after the host gave up; queued data was not discarded", got)
+	}
+	t.Logf("peer received %d of %d bytes before the reset", got, n*size)
 }

@@ -41,9 +41,13 @@ func (e errNotSent) Unwrap() error { return e.err }
 
 // cmd is one command slot of a host queue, indexed by CID.
 type cmd struct {
-	done   chan struct{} // one token per completion
-	timer  *time.Timer
-	active bool
+	done chan struct{} // one token per completion
+	// timer kills the queue when the command outlives the timeout. Killing
+	// rather than signalling the submitter also ends a write blocked on a
+	// peer that stopped reading.
+	timer    *time.Timer
+	timedOut atomic.Bool
+	active   bool
 	write  bool
 	data   []byte // caller buffer: read destination or write source
 	got    int    // read bytes received
@@ -104,9 +108,13 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	q.enc = pdu.NewEncoder(q.bw)
 	q.dec = pdu.NewDecoder(bufio.NewReaderSize(conn, 64<<10), maxTransfer)
 	for i := range q.cmds {
-		q.cmds[i].done = make(chan struct{}, 1)
-		q.cmds[i].timer = time.NewTimer(time.Hour)
-		q.cmds[i].timer.Stop()
+		c := &q.cmds[i]
+		c.done = make(chan struct{}, 1)
+		c.timer = time.AfterFunc(time.Hour, func() {
+			c.timedOut.Store(true)
+			q.kill(ErrTimeout)
+		})
+		c.timer.Stop()
 		q.free <- uint16(i)
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -161,10 +169,20 @@ func (q *hqueue) initialize(opts *Options) error {
 
 // kill closes the connection with err as the reason; the reader then fails
 // every outstanding command.
+//
+// The close is abortive (SO_LINGER 0: a reset, and whatever the kernel still
+// holds unsent or unacknowledged is discarded). An ordinary close would leave
+// the kernel retransmitting those bytes, write capsules among them, until the
+// peer takes them: after a partition heals, a write that the caller was told
+// had failed, and that a mirror has since overwritten on a rebuilt child,
+// could still land. Nothing sent before the reset is worth delivering late.
 func (q *hqueue) kill(err error) {
 	q.closeOnce.Do(func() {
 		q.deadErr.Store(&err)
 		close(q.dead)
+		if tc, ok := q.conn.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
 		q.conn.Close()
 	})
 }
@@ -198,6 +216,7 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 	c.active, c.write, c.data, c.got, c.err, c.badDigest = true, write, data, 0, nil, false
 	c.cqe = pdu.CQE{}
 	q.mu.Unlock()
+	c.timedOut.Store(false)
 	c.timer.Reset(q.timeout)
 
 	sqe.SetCID(cid)
@@ -219,24 +238,20 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 		q.kill(fmt.Errorf("%w: %v", ErrConnectionLost, err))
 	}
 
-	timedOut := false
-	select {
-	case <-c.done:
-	case <-c.timer.C:
-		timedOut = true
-		q.kill(ErrTimeout)
-		<-c.done // the reader fails every command when it exits
-	}
+	// The reader completes the command, or fails it when the connection
+	// dies: the timer's kill included.
+	<-c.done
 	c.timer.Stop()
 	q.mu.Lock()
 	cqe, cerr := c.cqe, c.err
 	c.data = nil
 	q.mu.Unlock()
+	timedOut := c.timedOut.Load()
 	q.free <- cid
-	if timedOut {
-		return cqe, ErrTimeout
-	}
 	if cerr != nil {
+		if timedOut {
+			return cqe, ErrTimeout
+		}
 		return cqe, cerr
 	}
 	if st := nvme.Status(cqe.Status); !st.Success() {
