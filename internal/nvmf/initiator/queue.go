@@ -48,9 +48,9 @@ type cmd struct {
 	timer    *time.Timer
 	timedOut atomic.Bool
 	active   bool
-	write  bool
-	data   []byte // caller buffer: read destination or write source
-	got    int    // read bytes received
+	write    bool
+	data     []byte // caller buffer: read destination or write source
+	got      int    // read bytes received
 	// badDigest: some of the read data failed its data digest.
 	badDigest bool
 	cqe       pdu.CQE
