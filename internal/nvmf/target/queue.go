@@ -26,8 +26,9 @@ const (
 	sendTerm                 // a C2HTermReq, then close
 )
 
-// sendItem is one unit of work for the writer. R2Ts carry their own fields
-// so that the writer never reads a request the reader is still filling.
+// sendItem is one unit of work for the write side. R2Ts carry their own
+// fields so that the writer never reads a request the reader is still
+// filling.
 type sendItem struct {
 	r    *request
 	kind sendKind
@@ -61,9 +62,20 @@ type queue struct {
 	conn      net.Conn
 	discovery bool // accepted on a discovery listener
 	br        *bufio.Reader
-	bw        *bufio.Writer
 	dec       *pdu.Decoder
-	enc       *pdu.Encoder
+
+	// The write side. Once the connection is initialized, bw and enc are
+	// used only under wmu, by whoever holds it: a worker sending its own
+	// command's response, or the writer goroutine draining sendq. pending
+	// counts the items in (or on their way into) sendq; whoever writes
+	// while holding wmu flushes only when pending is zero, because
+	// otherwise someone is bound to take wmu after it, write, and look
+	// again ("last writer out flushes"): a burst of completions goes out
+	// in one system call and none waits for a flush that never comes.
+	wmu     sync.Mutex
+	pending atomic.Int32
+	bw      *bufio.Writer
+	enc     *pdu.Encoder
 
 	// Set by Connect (in the reader) before any later command is read.
 	ctrl     *controller
@@ -203,16 +215,27 @@ func (q *queue) grow(n int) {
 	}
 }
 
-// termErr queues a C2HTermReq; the writer sends it and closes.
+// term queues a C2HTermReq; the writer sends it and closes.
 func (q *queue) term(fes uint16, fei uint32, hdr []byte) error {
 	r := &request{q: q}
 	r.term = &pdu.TermReq{FES: fes, FEI: fei, Data: append([]byte(nil), hdr...)}
+	q.pending.Add(1)
 	select {
 	case q.sendq <- sendItem{r: r, kind: sendTerm}:
 	default:
 		q.close()
 	}
 	return &pdu.Error{FES: fes, FEI: fei, Msg: "terminated"}
+}
+
+// enqueue hands it to the writer goroutine. It does not block once the
+// connection is closing (the writer may be gone).
+func (q *queue) enqueue(it sendItem) {
+	q.pending.Add(1)
+	select {
+	case q.sendq <- it:
+	case <-q.done:
+	}
 }
 
 // startWorkers runs n command workers.
@@ -339,7 +362,10 @@ func (q *queue) capsule() error {
 		r.getBuf(int(sgl.Length))
 		r.r2tLen = int(sgl.Length)
 		r.inR2T = true
-		q.sendq <- sendItem{kind: sendR2T, cid: r.sqe.CID(), ttag: r.slot, r2tl: uint32(r.r2tLen)}
+		// Through the writer goroutine: the reader never blocks on a
+		// socket write, or a host that stops reading while it sends
+		// could deadlock the two of us.
+		q.enqueue(sendItem{kind: sendR2T, cid: r.sqe.CID(), ttag: r.slot, r2tl: uint32(r.r2tLen)})
 		return nil
 	}
 	if sgl.Length > 0 && sgl.Type != pdu.SGLTransportDataBlock {
@@ -401,7 +427,7 @@ func (q *queue) dispatch(r *request) {
 	q.work <- r
 }
 
-// execute runs one command in a worker.
+// execute runs one command in a worker and sends its response.
 func (q *queue) execute(r *request) {
 	if r.status.Success() {
 		c := q.ctrl
@@ -414,13 +440,39 @@ func (q *queue) execute(r *request) {
 			return // held by the controller until an event
 		}
 	}
-	q.complete(r)
+	q.respond(r)
 }
 
-// complete hands a finished request to the writer.
+// respond sends a finished request's data and response from the worker
+// that executed it, when the write side is free: after a device call that
+// blocked its thread, handing the response to a parked writer goroutine
+// would cost a wake-up on another thread (a futex and a context switch)
+// before anything is sent. When the write side is busy, whoever holds it
+// is already sending, so the response joins the writer goroutine's queue
+// and goes out in the same batch instead of waiting on the lock.
+func (q *queue) respond(r *request) {
+	r.cqe.Status = uint16(r.status)
+	it := sendItem{r: r, kind: sendResp}
+	if !q.wmu.TryLock() {
+		q.enqueue(it)
+		return
+	}
+	err := q.write(it)
+	if err == nil && q.pending.Load() == 0 {
+		err = q.bw.Flush()
+	}
+	q.wmu.Unlock()
+	if err != nil {
+		q.close()
+	}
+}
+
+// complete hands a finished request to the writer goroutine. It is for
+// goroutines that must not block on the connection: the reader (Fabrics
+// commands) and event sources completing a held AER.
 func (q *queue) complete(r *request) {
 	r.cqe.Status = uint16(r.status)
-	q.sendq <- sendItem{r: r, kind: sendResp}
+	q.enqueue(sendItem{r: r, kind: sendResp})
 }
 
 func (r *request) getBuf(n int) {
@@ -435,7 +487,9 @@ func (r *request) release() {
 	}
 }
 
-// writer sends R2Ts, data and responses, flushing when it runs out of work.
+// writer sends what was queued for it (R2Ts, responses the workers could
+// not send themselves, C2HTermReqs), draining the queue under one hold of
+// the write side and flushing when nothing more is pending.
 func (q *queue) writer() {
 	for {
 		var it sendItem
@@ -444,19 +498,33 @@ func (q *queue) writer() {
 		case <-q.done:
 			return
 		}
-		if err := q.write(it); err != nil {
+		q.wmu.Lock()
+		err := q.write(it)
+		q.pending.Add(-1)
+	drain:
+		for err == nil {
+			select {
+			case it = <-q.sendq:
+				err = q.write(it)
+				q.pending.Add(-1)
+			default:
+				break drain
+			}
+		}
+		if err == nil && q.pending.Load() == 0 {
+			err = q.bw.Flush()
+		}
+		q.wmu.Unlock()
+		if err != nil {
 			q.close()
 			return
-		}
-		if len(q.sendq) == 0 {
-			if err := q.bw.Flush(); err != nil {
-				q.close()
-				return
-			}
 		}
 	}
 }
 
+// write encodes one item into bw; q.wmu is held. It frees the request's
+// slot once the response is encoded: the host may see the completion (a
+// large C2HData bypasses bw's buffer) and reuse the command ID at once.
 func (q *queue) write(it sendItem) error {
 	r := it.r
 	switch it.kind {

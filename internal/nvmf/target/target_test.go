@@ -23,12 +23,18 @@ const (
 
 func serve(t *testing.T) (*Target, *Subsystem, string) {
 	t.Helper()
+	return serveSize(t, 1<<20)
+}
+
+// serveSize serves one malloc namespace of size bytes (4 KiB blocks).
+func serveSize(t *testing.T, size int64) (*Target, *Subsystem, string) {
+	t.Helper()
 	tgt := New(nil)
 	sub, err := tgt.AddSubsystem(subNQN, SubsystemOptions{AllowAnyHost: true, Serial: "SN1", Model: "M1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := bdev.NewMalloc(1<<20, 4096)
+	dev, err := bdev.NewMalloc(size, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,62 @@
+//go:build !race
+
+// The race detector makes sync.Pool drop items at random, so allocation
+// counts are only meaningful without it.
+
+package target
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+)
+
+// TestHotPathDoesNotAllocate checks that steady-state 4 KiB writes (in the
+// capsule) and reads (C2HData, with and without the SUCCESS flag) allocate
+// nothing per command in the target. testing.AllocsPerRun counts every
+// goroutine: the wire-level host here reuses its buffers and its decoder
+// does not allocate.
+func TestHotPathDoesNotAllocate(t *testing.T) {
+	for _, noSQFC := range []bool{false, true} {
+		name := "sqfc"
+		if noSQFC {
+			name = "success-flag"
+		}
+		t.Run(name, func(t *testing.T) {
+			_, _, addr := serve(t)
+			admin := dialRaw(t, addr, false)
+			cntlid := admin.adminUp(0)
+			h := dialRaw(t, addr, false)
+			h.connectIO(cntlid, 32, noSQFC)
+
+			data := bytes.Repeat([]byte{0xC3}, 4096)
+			got := make([]byte, 4096)
+			var wr, rd pdu.SQE
+			wr.SetOpcode(nvme.CmdWrite)
+			wr.SetNSID(1)
+			wr.SetCDW(10, 7)
+			rd.SetOpcode(nvme.CmdRead)
+			rd.SetNSID(1)
+			rd.SetCDW(10, 7)
+			var failed uint16
+			roundTrip := func() {
+				failed |= h.cmd(&wr, data, nil).Status
+				failed |= h.cmd(&rd, nil, got).Status
+			}
+			roundTrip()
+			if failed != 0 || !bytes.Equal(got, data) {
+				t.Fatalf("write and read back: status %#x, data equal %v", failed, bytes.Equal(got, data))
+			}
+			// Two commands per run; a stray allocation now and then (a GC
+			// emptying a pool) is tolerated, one per command is not.
+			if n := testing.AllocsPerRun(500, roundTrip); n > 0.5 {
+				t.Fatalf("%.2f allocations per write+read round trip, want none", n)
+			}
+			if failed != 0 {
+				t.Fatalf("a command failed: status %#x", failed)
+			}
+		})
+	}
+}

@@ -1,0 +1,209 @@
+package target
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+)
+
+// connectIO connects an I/O queue of sqsize entries; noSQFC disables SQ flow
+// control (CATTR bit 2), which lets the target complete reads with the
+// C2HData SUCCESS flag.
+func (r *raw) connectIO(cntlid uint16, sqsize int, noSQFC bool) {
+	r.t.Helper()
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.Fabrics)
+	sqe.SetFCType(nvme.FctConnect)
+	sqe.SetCDW(10, 1<<16) // QID 1
+	cdw11 := uint32(sqsize - 1)
+	if noSQFC {
+		cdw11 |= 1 << 2 << 16
+	}
+	sqe.SetCDW(11, cdw11)
+	data := make([]byte, pdu.ConnectDataLen)
+	(&pdu.ConnectData{CNTLID: cntlid, SubNQN: subNQN, HostNQN: hostNQN}).Marshal(data)
+	if c := r.cmd(&sqe, data, nil); c.Status != 0 {
+		r.t.Fatalf("I/O connect: %#x", c.Status)
+	}
+}
+
+// TestPipelinedCommands keeps a queue full of writes (in-capsule and by
+// R2T) and reads that check what the writes left, so that many commands
+// complete at once: some responses are sent by the workers that executed
+// them, others by the writer goroutine, and every one must arrive, exactly
+// once, with its own data, or the host here waits until its deadline.
+func TestPipelinedCommands(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		digests bool
+		noSQFC  bool
+	}{
+		{"plain", false, false},
+		{"digests", true, false},
+		{"success-flag", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testPipelined(t, tc.digests, tc.noSQFC)
+		})
+	}
+}
+
+func testPipelined(t *testing.T, digests, noSQFC bool) {
+	const (
+		depth     = 32
+		bs        = 4096
+		regionBlk = 64 // blocks per command ID: room for the largest write
+		perCID    = 40 // commands per command ID
+	)
+	large := InCapsuleDataSize + 2*bs // more than fits in a capsule: by R2T
+	if large > regionBlk*bs {
+		t.Fatalf("test region of %d bytes too small for a %d-byte write", regionBlk*bs, large)
+	}
+	_, _, addr := serveSize(t, depth*regionBlk*bs)
+	admin := dialRaw(t, addr, false)
+	cntlid := admin.adminUp(0)
+	h := dialRaw(t, addr, digests)
+	h.connectIO(cntlid, 2*depth, noSQFC)
+
+	// Each command ID owns one region and alternates between writing a
+	// pattern to it and reading it back: its commands never overlap
+	// another's, and every read knows what it must see.
+	type slot struct {
+		n       int    // commands issued
+		write   bool   // the command in flight is a write
+		want    []byte // what the region's first len(want) bytes hold
+		out, in []byte
+		got     int  // C2H bytes received
+		done    bool // completion seen
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	slots := make([]slot, depth)
+	for i := range slots {
+		slots[i].out = make([]byte, large)
+		slots[i].in = make([]byte, large)
+	}
+	base := uint16(100) // CIDs 100..131, away from the Connect's
+	issue := func(i int) {
+		s := &slots[i]
+		var sqe pdu.SQE
+		sqe.SetCID(base + uint16(i))
+		sqe.SetFlags(pdu.PSDTSGL)
+		sqe.SetNSID(1)
+		sqe.SetCDW(10, uint32(i*regionBlk))
+		s.write = s.n%2 == 0
+		s.n++
+		s.got, s.done = 0, false
+		if s.write {
+			n := bs << rng.IntN(3) // 4, 8 or 16 KiB: in the capsule
+			if rng.IntN(3) == 0 {
+				n = large
+			}
+			data := s.out[:n]
+			for j := range data {
+				data[j] = byte(rng.Uint32())
+			}
+			s.want = data
+			sqe.SetOpcode(nvme.CmdWrite)
+			sqe.SetCDW(12, uint32(n/bs-1))
+			if n <= InCapsuleDataSize {
+				sqe.SetSGL(pdu.SGL{Type: pdu.SGLDataBlockOffset, Length: uint32(n)})
+				h.must(h.enc.WriteCapsuleCmd(&sqe, data))
+				return
+			}
+			sqe.SetSGL(pdu.SGL{Type: pdu.SGLTransportDataBlock, Length: uint32(n)})
+			h.must(h.enc.WriteCapsuleCmd(&sqe, nil))
+			return
+		}
+		n := len(s.want)
+		sqe.SetOpcode(nvme.CmdRead)
+		sqe.SetCDW(12, uint32(n/bs-1))
+		sqe.SetSGL(pdu.SGL{Type: pdu.SGLTransportDataBlock, Length: uint32(n)})
+		h.must(h.enc.WriteCapsuleCmd(&sqe, nil))
+	}
+	slotOf := func(cid uint16) *slot {
+		i := int(cid) - int(base)
+		if i < 0 || i >= depth {
+			t.Fatalf("PDU for CID %d, which was never sent", cid)
+		}
+		if slots[i].done {
+			t.Fatalf("CID %d: PDU after its completion", cid)
+		}
+		return &slots[i]
+	}
+	finish := func(s *slot, cid uint16, status uint16) {
+		if status != 0 {
+			t.Fatalf("CID %d command %d (write %v): status %#x", cid, s.n, s.write, status)
+		}
+		if !s.write {
+			if s.got != len(s.want) {
+				t.Fatalf("CID %d: read completed after %d of %d bytes", cid, s.got, len(s.want))
+			}
+			if !bytes.Equal(s.in[:s.got], s.want) {
+				t.Fatalf("CID %d: read returned other data than the last write", cid)
+			}
+		}
+		s.done = true
+	}
+
+	for i := range slots {
+		issue(i)
+	}
+	h.flush()
+	outstanding := depth
+	for outstanding > 0 {
+		hd, err := h.dec.Next()
+		if err != nil {
+			t.Fatalf("%d commands outstanding: %v", outstanding, err)
+		}
+		var completed *slot
+		var cid uint16
+		switch hd.Type {
+		case pdu.TypeR2T:
+			r2t := h.dec.R2T()
+			s := slotOf(r2t.CCCID)
+			if !s.write || r2t.R2TO != 0 || int(r2t.R2TL) != len(s.want) {
+				t.Fatalf("unexpected R2T %+v", r2t)
+			}
+			h.must(h.enc.WriteH2CData(pdu.DataHeader{CCCID: r2t.CCCID, TTag: r2t.TTag}, pdu.FlagLast, s.want))
+			h.flush()
+		case pdu.TypeC2HData:
+			dh := h.dec.DataHeader()
+			s := slotOf(dh.CCCID)
+			if s.write || int(dh.DataO) != s.got || int(dh.DataO+dh.DataL) > len(s.want) {
+				t.Fatalf("unexpected C2HData %+v", dh)
+			}
+			h.must(h.dec.ReadData(s.in[dh.DataO : dh.DataO+dh.DataL]))
+			s.got += int(dh.DataL)
+			if hd.Flags&pdu.FlagSuccess != 0 {
+				if !noSQFC {
+					t.Fatal("SUCCESS flag with SQ flow control on")
+				}
+				completed, cid = s, dh.CCCID
+				finish(s, cid, 0)
+			}
+		case pdu.TypeCapsuleResp:
+			cqe := h.dec.CQE()
+			completed, cid = slotOf(cqe.CID), cqe.CID
+			finish(completed, cid, cqe.Status)
+		default:
+			t.Fatalf("unexpected %v", hd.Type)
+		}
+		if completed == nil {
+			continue
+		}
+		if completed.n < perCID {
+			issue(int(cid - base))
+			h.flush()
+		} else {
+			outstanding--
+		}
+	}
+	for i := range slots {
+		if slots[i].n != perCID {
+			t.Fatalf("CID %d ran %d commands, want %d", base+uint16(i), slots[i].n, perCID)
+		}
+	}
+}
