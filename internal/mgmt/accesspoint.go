@@ -104,7 +104,9 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 	if plan.Embedded != nil {
 		log.Info("starting embedded etcd member", "name", plan.Embedded.Name, "client", plan.Embedded.ClientURL,
 			"peers", len(plan.Embedded.InitialCluster))
-		if ap.Etcd, err = StartEmbedded(ctx, *plan.Embedded); err != nil {
+		ec := *plan.Embedded
+		ec.Log = log
+		if ap.Etcd, err = StartEmbedded(ctx, ec); err != nil {
 			return nil, err
 		}
 	}

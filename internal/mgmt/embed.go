@@ -4,18 +4,21 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/security"
@@ -41,15 +44,19 @@ type EmbeddedConfig struct {
 	// certificates (server certificates carry both server and client
 	// usage) and requires client certificates.
 	TLS *security.Files
-	// LogLevel of etcd's own logger ("error" when empty).
+	// LogLevel of etcd's own logger ("error" when empty): debug, info,
+	// warn or error.
 	LogLevel string
+	// Log receives etcd's records (slog.Default when nil).
+	Log *slog.Logger
 }
 
 // Embedded is a running embedded etcd member.
 type Embedded struct {
-	etcd  *embed.Etcd
-	cfg   EmbeddedConfig
-	close sync.Once
+	etcd     *embed.Etcd
+	cfg      EmbeddedConfig
+	close    sync.Once
+	stopping *atomic.Bool // see etcdLog
 }
 
 // StartEmbedded starts the member and waits until it serves, which for a
@@ -84,8 +91,16 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	if ec.LogLevel == "" {
 		ec.LogLevel = "error"
 	}
+	level, err := zapcore.ParseLevel(ec.LogLevel)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: log level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	zl, stopping := newEtcdLogger(c.Log, level)
 	ec.Logger = "zap"
-	ec.LogOutputs = []string{"stderr"}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zl)
 	if c.TLS != nil {
 		ti := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CACert, ClientCertAuth: true}
 		ec.ClientTLSInfo, ec.PeerTLSInfo = ti, ti
@@ -97,13 +112,15 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
+		stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd %s: %w", c.Name, err)
 	case <-ctx.Done():
+		stopping.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd %s: waiting for the cluster to form: %w", c.Name, ctx.Err())
 	}
-	return &Embedded{etcd: e, cfg: c}, nil
+	return &Embedded{etcd: e, cfg: c, stopping: stopping}, nil
 }
 
 // bindURL is the URL to listen on for an advertised URL: etcd binds only to
@@ -121,7 +138,12 @@ func bindURL(u *url.URL) url.URL {
 func (e *Embedded) ClientURL() string { return e.cfg.ClientURL }
 
 // Close stops the member; later calls do nothing.
-func (e *Embedded) Close() { e.close.Do(e.etcd.Close) }
+func (e *Embedded) Close() {
+	e.close.Do(func() {
+		e.stopping.Store(true)
+		e.etcd.Close()
+	})
+}
 
 // Err reports fatal errors of the running member.
 func (e *Embedded) Err() <-chan error { return e.etcd.Err() }

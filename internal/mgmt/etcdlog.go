@@ -1,0 +1,96 @@
+package mgmt
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// etcdLog carries the embedded etcd member's zap logging into the server's
+// slog logger, so that an operator reads one log in one format. Records
+// keep their fields and gain component=etcd.
+//
+// While the member is being stopped, etcd reports each listener it closes
+// as an error ("setting up serving from embedded etcd failed", with a stack
+// trace). Those are the shutdown itself, not a fault: once stopping is set,
+// records below fatal level are demoted to debug.
+type etcdLog struct {
+	log      *slog.Logger
+	min      zapcore.Level
+	stopping *atomic.Bool
+	fields   []zapcore.Field
+}
+
+// newEtcdLogger returns a zap logger writing to log at min and above, and
+// the flag that marks the member as stopping.
+func newEtcdLogger(log *slog.Logger, min zapcore.Level) (*zap.Logger, *atomic.Bool) {
+	stopping := new(atomic.Bool)
+	return zap.New(&etcdLog{log: log.With("component", "etcd"), min: min, stopping: stopping}), stopping
+}
+
+// Enabled implements zapcore.LevelEnabler.
+func (c *etcdLog) Enabled(l zapcore.Level) bool { return l >= c.min }
+
+// With implements zapcore.Core.
+func (c *etcdLog) With(fields []zapcore.Field) zapcore.Core {
+	d := *c
+	d.fields = append(append([]zapcore.Field(nil), c.fields...), fields...)
+	return &d
+}
+
+// Check implements zapcore.Core.
+func (c *etcdLog) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+// Write implements zapcore.Core.
+func (c *etcdLog) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	level := slogLevel(e.Level)
+	if c.stopping.Load() && e.Level < zapcore.DPanicLevel {
+		level = slog.LevelDebug
+	}
+	ctx := context.Background()
+	if !c.log.Enabled(ctx, level) {
+		return nil
+	}
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range c.fields {
+		f.AddTo(enc)
+	}
+	for _, f := range fields {
+		f.AddTo(enc)
+	}
+	attrs := make([]slog.Attr, 0, len(enc.Fields)+1)
+	if e.LoggerName != "" {
+		attrs = append(attrs, slog.String("logger", e.LoggerName))
+	}
+	for _, k := range slices.Sorted(maps.Keys(enc.Fields)) {
+		attrs = append(attrs, slog.Any(k, enc.Fields[k]))
+	}
+	c.log.LogAttrs(ctx, level, e.Message, attrs...)
+	return nil
+}
+
+// Sync implements zapcore.Core.
+func (c *etcdLog) Sync() error { return nil }
+
+func slogLevel(l zapcore.Level) slog.Level {
+	switch {
+	case l <= zapcore.DebugLevel:
+		return slog.LevelDebug
+	case l == zapcore.InfoLevel:
+		return slog.LevelInfo
+	case l == zapcore.WarnLevel:
+		return slog.LevelWarn
+	default:
+		return slog.LevelError
+	}
+}
