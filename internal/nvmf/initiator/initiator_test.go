@@ -519,3 +519,35 @@ func TestTimeoutEndsWriteToStalledPeer(t *testing.T) {
 	}
 	t.Logf("peer received %d of %d bytes before the reset", got, n*size)
 }
+
+// TestLateTimerSparesNextCommand: a slot's timer that fires just as its
+// command completes may run after the slot has been reused. It must not
+// time out the command now in the slot, nor kill the queue under it.
+func TestLateTimerSparesNextCommand(t *testing.T) {
+	f := newFixture(t, 1<<20, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{IOQueues: 1, QueueDepth: 4, CommandTimeout: 10 * time.Second})
+	s, err := c.session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := s.io[0]
+	slot := &q.cmds[0]
+	q.mu.Lock()
+	slot.active, slot.deadline = true, time.Now().Add(time.Minute) // a fresh command
+	q.mu.Unlock()
+	q.expire(slot) // the previous command's firing, arriving late
+	q.mu.Lock()
+	slot.active = false
+	q.mu.Unlock()
+	if isClosed(q.dead) || slot.timedOut.Load() {
+		t.Fatalf("a stale timer firing killed the queue (%v) or marked the new command timed out (%v)", isClosed(q.dead), slot.timedOut.Load())
+	}
+	q.mu.Lock()
+	slot.active, slot.deadline = true, time.Now().Add(-time.Millisecond) // one that did time out
+	q.mu.Unlock()
+	q.expire(slot)
+	if !isClosed(q.dead) || !slot.timedOut.Load() {
+		t.Fatal("an expired command did not kill its queue")
+	}
+	<-q.readerEnd
+}

@@ -109,7 +109,10 @@ func (n *Namespace) maxBlocks() int64 {
 		mx = c.cur.info.maxXfer
 	}
 	c.mu.Unlock()
-	return min(int64(mx)>>n.shift, 65536)
+	// At least one block, or a controller whose MDTS is below the block
+	// size would have rw loop forever on empty chunks; the controller then
+	// rejects the command instead.
+	return max(min(int64(mx)>>n.shift, 65536), 1)
 }
 
 func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error) {

@@ -47,6 +47,7 @@ type cmd struct {
 	// peer that stopped reading.
 	timer    *time.Timer
 	timedOut atomic.Bool
+	deadline time.Time // when the active command times out; under mu
 	active   bool
 	write    bool
 	data     []byte // caller buffer: read destination or write source
@@ -110,10 +111,7 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	for i := range q.cmds {
 		c := &q.cmds[i]
 		c.done = make(chan struct{}, 1)
-		c.timer = time.AfterFunc(time.Hour, func() {
-			c.timedOut.Store(true)
-			q.kill(ErrTimeout)
-		})
+		c.timer = time.AfterFunc(time.Hour, func() { q.expire(c) })
 		c.timer.Stop()
 		q.free <- uint16(i)
 	}
@@ -187,6 +185,29 @@ func (q *hqueue) kill(err error) {
 	})
 }
 
+// expire runs when c's timer fires: it kills the queue if c's command has
+// outlived its deadline. Stop cannot recall a callback already started, so
+// the firing may belong to an earlier command of the slot, which completed:
+// then the command now in the slot is left alone.
+func (q *hqueue) expire(c *cmd) {
+	q.mu.Lock()
+	expired := c.active && !time.Now().Before(c.deadline)
+	q.mu.Unlock()
+	if expired {
+		c.timedOut.Store(true)
+		q.kill(ErrTimeout)
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 func (q *hqueue) reason() error {
 	if p := q.deadErr.Load(); p != nil {
 		return *p
@@ -207,16 +228,19 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 	c := &q.cmds[cid]
 	q.mu.Lock()
 	// select picks at random between a free slot and a dead queue, so a
-	// slot can be had after the reader is gone; nobody would complete it.
-	if q.failed {
+	// slot can be had after the queue died, even after the reader is gone
+	// (nobody would complete the command). Nothing is sent yet: the
+	// command may go on another connection.
+	if q.failed || isClosed(q.dead) {
 		q.mu.Unlock()
 		q.free <- cid
 		return pdu.CQE{}, errNotSent{q.reason()}
 	}
 	c.active, c.write, c.data, c.got, c.err, c.badDigest = true, write, data, 0, nil, false
 	c.cqe = pdu.CQE{}
-	q.mu.Unlock()
 	c.timedOut.Store(false)
+	c.deadline = time.Now().Add(q.timeout)
+	q.mu.Unlock()
 	c.timer.Reset(q.timeout)
 
 	sqe.SetCID(cid)
