@@ -651,6 +651,9 @@ func (n *Nexus) faultLocked(c *child, reason FaultReason, cause error) {
 	if reason == ReasonIOError {
 		n.retired.Add(1)
 	}
+	if j := n.jobs[c]; j != nil {
+		j.wake() // a paused rebuild of c ends now
+	}
 	n.log.Warn("child retired", "child", c.uri, "reason", reason, "err", cause)
 }
 

@@ -28,9 +28,7 @@ func TestMirrorWritesReachEveryChild(t *testing.T) {
 	r := newRig(t, 3, testSize, Config{})
 	m := newModel(testSize)
 	w := startWorkload(t, r.nx, m, 8, true)
-	for w.acked.Load() < 500 {
-		time.Sleep(time.Millisecond)
-	}
+	waitAcked(t, w, 500)
 	w.finish(t)
 	if err := r.nx.Flush(); err != nil {
 		t.Fatal(err)

@@ -72,6 +72,11 @@ func (n *Nexus) startRebuild(ctx context.Context, uri string, partial bool) erro
 	}
 	n.adminMu.Lock()
 	defer n.adminMu.Unlock()
+	// Close sets closed holding adminMu: checked again here, a rebuild
+	// cannot start on a nexus that closed while this call waited.
+	if n.closed.Load() {
+		return fmt.Errorf("nexus %s: %w", n.name, errClosed)
+	}
 	n.stateMu.Lock()
 	if n.failed.Load() {
 		n.stateMu.Unlock()
@@ -252,11 +257,12 @@ func (j *rebuildJob) currentState() RebuildState {
 }
 
 // waitRunning blocks while the rebuild is paused; it reports whether to
-// go on copying.
+// go on copying. A paused rebuild whose child is retired ends (faultLocked
+// wakes it): nothing would ever resume it.
 func (j *rebuildJob) waitRunning() bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	for j.state == RebuildPaused && j.n.ctx.Err() == nil {
+	for j.state == RebuildPaused && j.n.ctx.Err() == nil && j.c.st() == StateRebuilding {
 		j.cond.Wait()
 	}
 	return j.state == RebuildRunning && j.n.ctx.Err() == nil
@@ -406,13 +412,14 @@ func (n *Nexus) Rebuild(uri string, action RebuildAction) error {
 	return nil
 }
 
+// findJobLocked returns the rebuild of the child now recorded under uri;
+// a job of a child it replaced is not that child's.
 func (n *Nexus) findJobLocked(uri string) *rebuildJob {
-	for c, j := range n.jobs {
-		if c.uri == uri {
-			return j
-		}
+	_, c := n.findLocked(uri)
+	if c == nil {
+		return nil
 	}
-	return nil
+	return n.jobs[c]
 }
 
 // RebuildStatus returns the progress of the child's running rebuild, or of

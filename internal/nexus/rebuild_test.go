@@ -233,6 +233,79 @@ func TestRebuildControls(t *testing.T) {
 	verifyClean(t, r.nx, 2)
 }
 
+// A paused rebuild ends when its child is retired: nothing would resume it,
+// and waiting for it must not hang. Adding the child again starts one
+// rebuild, the one that status and controls then act on.
+func TestPausedRebuildEndsWhenChildRetired(t *testing.T) {
+	const seg = 32 << 10
+	r := newRig(t, 1, testSize, Config{RebuildSegment: seg, RebuildConcurrency: 2})
+	ctx := context.Background()
+	fresh := r.addDevice(1)
+	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 5 * time.Millisecond})
+	if err := r.nx.AddChild(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nx.Rebuild(fresh, RebuildPause); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nx.FaultChild(ctx, fresh, ""); err != nil {
+		t.Fatal(err)
+	}
+	st := waitRebuild(t, r.nx, fresh)
+	if st.State != RebuildFailed || st.Done >= st.Total {
+		t.Fatalf("paused rebuild of a retired child: %+v", st)
+	}
+	if n := len(r.nx.Rebuilds()); n != 0 {
+		t.Fatalf("%d rebuilds still listed after the child was retired: %+v", n, r.nx.Rebuilds())
+	}
+	r.faults[fresh].ClearRules()
+	if err := r.nx.AddChild(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.nx.Rebuilds()); n != 1 {
+		t.Fatalf("%d rebuilds after adding the child again, want 1: %+v", n, r.nx.Rebuilds())
+	}
+	if st = waitRebuild(t, r.nx, fresh); st.State != RebuildCompleted {
+		t.Fatalf("second rebuild %+v", st)
+	}
+	verifyClean(t, r.nx, 2)
+}
+
+// AddChild waiting behind Close must not start a rebuild on the closed
+// nexus (it would leave the child's device open and write the store after
+// Close's last, clean record).
+func TestAddChildWaitingBehindClose(t *testing.T) {
+	r := newRig(t, 2, testSize, Config{RebuildSegment: 64 << 10})
+	fresh := r.addDevice(2)
+	r.nx.adminMu.Lock() // an administrative call in progress
+	closed := make(chan struct{})
+	go func() { r.nx.Close(); close(closed) }()
+	time.Sleep(10 * time.Millisecond) // Close queues first, usually
+	added := make(chan error, 1)
+	go func() { added <- r.nx.AddChild(context.Background(), fresh) }()
+	time.Sleep(10 * time.Millisecond)
+	r.nx.adminMu.Unlock()
+	<-closed
+	err := <-added
+	if err == nil {
+		// AddChild ran before Close, which must then have stopped the
+		// rebuild and closed the child's device.
+		r.nx.stateMu.Lock()
+		_, c := r.nx.findLocked(fresh)
+		r.nx.stateMu.Unlock()
+		if c == nil || !c.dev.(*handle).closed.Load() {
+			t.Fatal("a child added around Close was left open after Close returned")
+		}
+		return
+	}
+	if !errors.Is(err, errClosed) {
+		t.Fatalf("AddChild on a closing nexus: %v", err)
+	}
+	if rec, lerr := r.store.Load(context.Background(), r.nx.UUID()); lerr != nil || !rec.Clean {
+		t.Fatalf("stored record after Close: %+v %v", rec, lerr)
+	}
+}
+
 // A rebuild whose new child fails a write ends failed with the child faulted.
 func TestRebuildTargetFailure(t *testing.T) {
 	r := newRig(t, 2, testSize, Config{RebuildSegment: 64 << 10})

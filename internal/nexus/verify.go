@@ -23,6 +23,9 @@ func (n *Nexus) Verify(ctx context.Context) (VerifyReport, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, fmt.Errorf("nexus %s: verify: %w", n.name, err)
 		}
+		if n.ctx.Err() != nil { // closing: Close waits for this call
+			return rep, fmt.Errorf("nexus %s: verify: %w", n.name, errClosed)
+		}
 		off, l := s*n.seg, n.segLen(s)
 		mismatch, names, err := n.verifySegment(off, l, &bufs)
 		if err != nil {
