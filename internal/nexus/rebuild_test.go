@@ -170,20 +170,26 @@ func TestOfflineBitmapPersisted(t *testing.T) {
 	verifyClean(t, nx, 2)
 }
 
-func TestRebuildControls(t *testing.T) {
-	const seg = 32 << 10
-	r := newRig(t, 1, testSize, Config{RebuildSegment: seg, RebuildConcurrency: 2})
-	ctx := context.Background()
+// pausedRebuild adds a fresh child to a 1-child nexus and pauses its
+// rebuild. 128 segments at >= 5ms each, two at a time: the rebuild lasts
+// long enough to be controlled, and it is only ever resumed for an instant.
+func pausedRebuild(t *testing.T) (*rig, string) {
+	t.Helper()
+	r := newRig(t, 1, testSize, Config{RebuildSegment: 32 << 10, RebuildConcurrency: 2})
 	fresh := r.addDevice(1)
-	// 128 segments at >= 5ms each, two at a time: the rebuild lasts long
-	// enough to be controlled, and it is only ever resumed for an instant.
 	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 5 * time.Millisecond})
-	if err := r.nx.AddChild(ctx, fresh); err != nil {
+	if err := r.nx.AddChild(context.Background(), fresh); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.nx.Rebuild(fresh, RebuildPause); err != nil {
 		t.Fatal(err)
 	}
+	return r, fresh
+}
+
+func TestRebuildControls(t *testing.T) {
+	r, fresh := pausedRebuild(t)
+	ctx := context.Background()
 	st, err := r.nx.RebuildStatus(fresh)
 	if err != nil || st.State != RebuildPaused {
 		t.Fatalf("status %+v %v", st, err)
@@ -237,17 +243,8 @@ func TestRebuildControls(t *testing.T) {
 // and waiting for it must not hang. Adding the child again starts one
 // rebuild, the one that status and controls then act on.
 func TestPausedRebuildEndsWhenChildRetired(t *testing.T) {
-	const seg = 32 << 10
-	r := newRig(t, 1, testSize, Config{RebuildSegment: seg, RebuildConcurrency: 2})
+	r, fresh := pausedRebuild(t)
 	ctx := context.Background()
-	fresh := r.addDevice(1)
-	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 5 * time.Millisecond})
-	if err := r.nx.AddChild(ctx, fresh); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.nx.Rebuild(fresh, RebuildPause); err != nil {
-		t.Fatal(err)
-	}
 	if err := r.nx.FaultChild(ctx, fresh, ""); err != nil {
 		t.Fatal(err)
 	}
