@@ -96,6 +96,16 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
+		// Every close of this connection is abortive (SO_LINGER 0: a
+		// reset, and whatever the kernel still holds unsent or
+		// unacknowledged is discarded), even the kernel's own when the
+		// process dies. An ordinary close would leave the kernel
+		// retransmitting those bytes, write capsules among them, until the
+		// peer takes them: after a partition heals, a write the caller was
+		// told had failed, and that a mirror has since rebuilt over, could
+		// still land. Nothing is ever worth delivering late; a clean
+		// disconnect has waited for its last response before closing.
+		tc.SetLinger(0)
 	}
 	q := &hqueue{
 		conn:      conn,
@@ -165,22 +175,12 @@ func (q *hqueue) initialize(opts *Options) error {
 	return nil
 }
 
-// kill closes the connection with err as the reason; the reader then fails
-// every outstanding command.
-//
-// The close is abortive (SO_LINGER 0: a reset, and whatever the kernel still
-// holds unsent or unacknowledged is discarded). An ordinary close would leave
-// the kernel retransmitting those bytes, write capsules among them, until the
-// peer takes them: after a partition heals, a write that the caller was told
-// had failed, and that a mirror has since overwritten on a rebuilt child,
-// could still land. Nothing sent before the reset is worth delivering late.
+// kill closes the connection (abortively, see dialQueue) with err as the
+// reason; the reader then fails every outstanding command.
 func (q *hqueue) kill(err error) {
 	q.closeOnce.Do(func() {
 		q.deadErr.Store(&err)
 		close(q.dead)
-		if tc, ok := q.conn.(*net.TCPConn); ok {
-			tc.SetLinger(0)
-		}
 		q.conn.Close()
 	})
 }
