@@ -29,6 +29,7 @@ import (
 	"sync"
 
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/bdev/stats"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/nexus"
 )
@@ -287,7 +288,8 @@ func (e *Engine) restoreShare(s stateShare) {
 	e.log.Info("replica shared", "replica", s.Replica, "uri", uri)
 }
 
-// export opens a replica and adds it to the protocol's server.
+// export opens a replica and adds it to the protocol's server. The device
+// returned (and served) is the replica wrapped in a *stats.Device.
 func (e *Engine) export(h PoolHandle, name, protocol string, allowed []string) (bdev.Device, string, error) {
 	if err := e.checkProtocol(protocol); err != nil {
 		return nil, "", err
@@ -296,10 +298,13 @@ func (e *Engine) export(h PoolHandle, name, protocol string, allowed []string) (
 	if err != nil {
 		return nil, "", mapPoolErr(err, "replica", name)
 	}
-	dev, err := h.OpenReplica(name)
+	raw, err := h.OpenReplica(name)
 	if err != nil {
 		return nil, "", mapPoolErr(err, "replica", name)
 	}
+	// Counting costs a few atomics per I/O and allocates nothing; IOStats
+	// reads the counters.
+	dev := stats.New(raw)
 	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: name, UUID: rs.UUID,
 		Description: "nexstor replica " + name, AllowedHosts: allowed}, dev)
 	if err != nil {

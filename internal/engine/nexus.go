@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/bdev/stats"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/nexus"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
@@ -56,6 +57,10 @@ type NexusInfo struct {
 	Reason    string
 	Children  []NexusChild
 	Share     *ShareInfo // nil when not published
+	// Stats are the nexus's cumulative counters (rebuilt bytes, retired
+	// children, ...) since it was created or restored in this process;
+	// zero when it is faulted.
+	Stats nexus.Stats
 	// LeftOut are the children left out when the nexus was recreated at
 	// start, as "<uri> <recorded state> (<reason>)": the health store did
 	// not record them as current. They are not children any more; add them
@@ -81,8 +86,9 @@ type CreateNexusOptions struct {
 type nexusEntry struct {
 	name, uuid string
 	size       int64
-	children   []string     // membership when the nexus could not be recreated
-	n          *nexus.Nexus // nil when faulted
+	children   []string      // membership when the nexus could not be recreated
+	n          *nexus.Nexus  // nil when faulted
+	io         *stats.Device // wraps n for its exports; nil when faulted
 	reason     string
 	share      *shareEntry // nil when not published
 	leftOut    []string    // children dropped at restore
@@ -222,7 +228,7 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 		e.log.Error("nexus not restored", "nexus", sn.Name, "err", err)
 		return
 	}
-	ne.n, ne.size, ne.children = n, n.Size(), childURIs(n)
+	ne.n, ne.io, ne.size, ne.children = n, stats.New(n), n.Size(), childURIs(n)
 	e.log.Info("nexus restored", "nexus", sn.Name, "children", len(children), "left_out", len(dropped))
 	if ne.share != nil {
 		uri, err := e.exportNexus(ne, ne.share.protocol, ne.share.allowed)
@@ -240,7 +246,7 @@ func (e *Engine) exportNexus(ne *nexusEntry, protocol string, allowed []string) 
 		return "", err
 	}
 	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: nexusExportName(ne.name), UUID: ne.uuid, Kind: "nexus",
-		Description: "nexstor nexus " + ne.name, AllowedHosts: allowed}, ne.n)
+		Description: "nexstor nexus " + ne.name, AllowedHosts: allowed}, ne.io)
 	if err != nil {
 		return "", fault.Wrap(err, fault.Internal, "nexus.publish",
 			fmt.Sprintf("nexus %q cannot be published over %s", ne.name, protocol), "see the server log")
@@ -334,7 +340,7 @@ func (e *Engine) CreateNexus(o CreateNexusOptions) (NexusInfo, error) {
 		e.mu.Unlock()
 		return NexusInfo{}, nexusFault(o.Name, err)
 	}
-	ne.n, ne.size = n, n.Size()
+	ne.n, ne.io, ne.size = n, stats.New(n), n.Size()
 	e.gen++
 	e.mu.Unlock()
 	if err := e.save(); err != nil {
@@ -391,6 +397,7 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 	}
 	ni.BlockSize = n.BlockSize()
 	ni.State = NexusOnline
+	ni.Stats = n.Stats()
 	running := map[string]nexus.RebuildStatus{}
 	for _, r := range n.Rebuilds() {
 		running[r.Child] = r
