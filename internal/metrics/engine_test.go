@@ -1,0 +1,236 @@
+package metrics
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/engine"
+)
+
+// captureExporter keeps the devices the engine exports, so that the test
+// can do host I/O through them as a frontend would.
+type captureExporter struct {
+	mu   sync.Mutex
+	devs map[string]bdev.Device
+}
+
+func (x *captureExporter) AddExport(spec engine.ExportSpec, dev bdev.Device) (string, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.devs[spec.Name] = dev
+	return "nbd://127.0.0.1:10809/" + spec.Name, nil
+}
+
+func (x *captureExporter) RemoveExport(name string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.devs, name)
+	return nil
+}
+
+func (x *captureExporter) dev(t *testing.T, name string) bdev.Device {
+	t.Helper()
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	d, ok := x.devs[name]
+	if !ok {
+		t.Fatalf("%s is not exported", name)
+	}
+	return d
+}
+
+// gatherer scrapes a collector and finds samples by name and labels.
+type gatherer struct {
+	t   *testing.T
+	reg *prometheus.Registry
+}
+
+func (g gatherer) value(name string, labels map[string]string) float64 {
+	g.t.Helper()
+	fams, err := g.reg.Gather()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	m := findMetric(g.t, fams, name, labels)
+	switch {
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue()
+	case m.Counter != nil:
+		return m.GetCounter().GetValue()
+	case m.Histogram != nil:
+		return float64(m.GetHistogram().GetSampleCount())
+	}
+	g.t.Fatalf("%s%v has no value: %v", name, labels, m)
+	return 0
+}
+
+func (g gatherer) count(name string) int {
+	g.t.Helper()
+	fams, err := g.reg.Gather()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name {
+			return len(f.GetMetric())
+		}
+	}
+	return 0
+}
+
+// TestEngineMetrics runs a real engine (file pool, thin replicas, a nexus
+// over two of them, published) and checks that a scrape reports what the
+// engine's own API reports, before and after host writes and after a child
+// is faulted.
+func TestEngineMetrics(t *testing.T) {
+	dir := t.TempDir()
+	nbd := &captureExporter{devs: map[string]bdev.Device{}}
+	e, err := engine.New(engine.Config{DataDir: filepath.Join(dir, "data"), Backend: engine.PoolBackend{}, NBD: nbd,
+		Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { e.Close() }()
+	if _, err := e.CreatePool("p0", fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, "d0.img"), 64*mib), mib, false); err != nil {
+		t.Fatal(err)
+	}
+	var children []string
+	for _, name := range []string{"r1", "r2"} {
+		ri, err := e.CreateReplica(engine.CreateReplicaOptions{Name: name, Pool: "p0", Size: 8 * mib, Thin: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		children = append(children, "bdev:///"+ri.UUID)
+	}
+	if _, err := e.CreateNexus(engine.CreateNexusOptions{Name: "n0", Children: children}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.PublishNexus("n0", engine.ProtocolNBD, nil); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(Static(e)))
+	g := gatherer{t, reg}
+	pool := map[string]string{"pool": "p0"}
+
+	// checkPool compares every pool figure with Pools().
+	checkPool := func() {
+		t.Helper()
+		ps := e.Pools()
+		if len(ps) != 1 {
+			t.Fatalf("pools %+v", ps)
+		}
+		s := ps[0].Stats
+		for name, want := range map[string]int64{
+			"nexstor_pool_capacity_bytes":  s.Capacity,
+			"nexstor_pool_free_bytes":      s.FreeClusters * s.ClusterSize,
+			"nexstor_pool_allocated_bytes": s.Allocated,
+			"nexstor_pool_committed_bytes": s.Committed,
+			"nexstor_pool_replicas":        int64(s.Replicas),
+		} {
+			if got := g.value(name, pool); got != float64(want) {
+				t.Errorf("%s = %v, Pools() says %d", name, got, want)
+			}
+		}
+		reps, err := e.Replicas("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range reps {
+			l := map[string]string{"pool": "p0", "replica": r.Name}
+			if got := g.value("nexstor_replica_allocated_bytes", l); got != float64(r.Allocated) {
+				t.Errorf("replica %s allocated %v, Replicas() says %d", r.Name, got, r.Allocated)
+			}
+			if got := g.value("nexstor_replica_size_bytes", l); got != float64(r.Size) {
+				t.Errorf("replica %s size %v, Replicas() says %d", r.Name, got, r.Size)
+			}
+		}
+	}
+	checkPool()
+	allocBefore := g.value("nexstor_pool_allocated_bytes", pool)
+	if allocBefore != 0 {
+		t.Fatalf("thin replicas allocated %v bytes before any write", allocBefore)
+	}
+	if got := g.value("nexstor_pool_committed_bytes", pool); got != 16*mib {
+		t.Fatalf("committed %v, want the two replicas' 16MiB", got)
+	}
+	for _, c := range children {
+		if got := g.value("nexstor_nexus_child_state", map[string]string{"nexus": "n0", "child": c, "state": "online"}); got != 1 {
+			t.Fatalf("child %s online = %v, want 1", c, got)
+		}
+	}
+	if got := g.value("nexstor_nexus_state", map[string]string{"nexus": "n0", "state": "online"}); got != 1 {
+		t.Fatalf("nexus online = %v", got)
+	}
+	writes := map[string]string{"nexus": "n0", "op": "write"}
+	if got := g.value("nexstor_nexus_io_operations_total", writes); got != 0 {
+		t.Fatalf("writes before any I/O: %v", got)
+	}
+
+	// Host writes through the export: two clusters of each child allocated.
+	dev := nbd.dev(t, "nexus/n0")
+	buf := make([]byte, 64<<10)
+	for _, off := range []int64{0, 3 * mib} {
+		if _, err := dev.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := dev.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPool()
+	if got := g.value("nexstor_pool_allocated_bytes", pool); got != 4*mib {
+		t.Fatalf("allocated %v after writing two clusters of a 2-way mirror, want 4MiB", got)
+	}
+	if got := g.value("nexstor_nexus_io_operations_total", writes); got != 2 {
+		t.Fatalf("writes %v, want 2", got)
+	}
+	if got := g.value("nexstor_nexus_io_bytes_total", writes); got != 2*64<<10 {
+		t.Fatalf("written bytes %v, want 128KiB", got)
+	}
+	if got := g.value("nexstor_nexus_io_operations_total", map[string]string{"nexus": "n0", "op": "read"}); got != 1 {
+		t.Fatalf("reads %v, want 1", got)
+	}
+	if got := g.value("nexstor_nexus_io_latency_seconds", writes); got != 2 {
+		t.Fatalf("write latency samples %v, want 2", got)
+	}
+
+	// A faulted child: the nexus is degraded and the gauges follow
+	// Nexuses().
+	if _, err := e.NexusChildOp("n0", engine.ChildFault, children[1]); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range e.Nexuses() {
+		if got := g.value("nexstor_nexus_state", map[string]string{"nexus": n.Name, "state": string(n.State)}); got != 1 {
+			t.Errorf("nexus %s state %s = %v, want 1", n.Name, n.State, got)
+		}
+		for _, c := range n.Children {
+			l := map[string]string{"nexus": n.Name, "child": c.URI, "state": c.State.String()}
+			if got := g.value("nexstor_nexus_child_state", l); got != 1 {
+				t.Errorf("child %s state %s = %v, want 1", c.URI, c.State, got)
+			}
+		}
+	}
+	if got := g.value("nexstor_nexus_state", map[string]string{"nexus": "n0", "state": "degraded"}); got != 1 {
+		t.Fatalf("nexus degraded = %v after a child was faulted", got)
+	}
+	if got := g.value("nexstor_nexus_child_state", map[string]string{"nexus": "n0", "child": children[1], "state": "faulted"}); got != 1 {
+		t.Fatalf("faulted child gauge = %v", got)
+	}
+	if g.count("nexstor_nexus_rebuild_done_bytes") != 0 {
+		t.Fatal("rebuild progress exported without a rebuild")
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
