@@ -28,8 +28,8 @@ const (
 
 // AddFlags adds the control-plane flags to the `nexstor server` command.
 // The command must already define the engine flags (-o/--config,
-// --data-dir, --grpc, --nbd, --nvmf, --discovery, --log-level) that
-// RunCommand reads too.
+// --data-dir, --grpc, --nbd, --nvmf, --discovery, --metrics, --log-level)
+// that RunCommand reads too.
 func AddFlags(f *pflag.FlagSet) {
 	f.Bool(FlagControl, false, "run the control plane: maintenance mode until nexctl storage format, "+
 		"the management service on access points, system membership, mutual TLS")
@@ -90,6 +90,7 @@ func ConfigFromFlags(f *pflag.FlagSet) (*config.Server, Options, error) {
 	str("nbd", cfg.WithNBDListen)
 	str("nvmf", cfg.WithNVMfListen)
 	str("discovery", cfg.WithDiscoveryListen)
+	str("metrics", cfg.WithMetricsListen)
 	str("log-level", cfg.WithLogLevel)
 	str(FlagCertDir, cfg.WithCertDir)
 	str(FlagRuntimeDir, cfg.WithRuntimeDir)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
 )
 
@@ -36,6 +39,11 @@ type DevOptions struct {
 	// and EtcdPort+1 serve node 0's embedded etcd; DiscoveryPort (8009) is
 	// node 0's NVMe/TCP discovery service (the other nodes run none).
 	GRPCPort, NVMfPort, NBDPort, EtcdPort, DiscoveryPort int
+	// MetricsPort is the port of node 0's Prometheus /metrics (the other
+	// nodes serve none: one process, one set of process metrics). Zero
+	// means DefaultDevMetricsPort, or a free port when that one is taken;
+	// negative disables metrics.
+	MetricsPort int
 	// PoolSize is each node's pool file size ("1GiB" when empty).
 	PoolSize string
 	// HeartbeatInterval and HeartbeatTimeout as in Options.
@@ -61,7 +69,13 @@ type DevSystem struct {
 	// Demo is node 0's demo replica with its shares; nil without
 	// DevOptions.Demo.
 	Demo *enginev1.Replica
+	// MetricsURL is node 0's Prometheus endpoint; "" when disabled.
+	MetricsURL string
 }
+
+// DefaultDevMetricsPort is the port of node 0's metrics in nexstor dev: the
+// well-known metrics port, on loopback.
+const DefaultDevMetricsPort = 9502
 
 func orInt(v, def int) int {
 	if v == 0 {
@@ -105,6 +119,9 @@ func DevConfigs(o DevOptions) ([]*config.Server, error) {
 		cfg.MetricsListen = ""
 		if i == 0 {
 			cfg.WithDiscoveryListen(fmt.Sprintf("%s:%d", host, discPort))
+			if o.MetricsPort >= 0 {
+				cfg.WithMetricsListen(net.JoinHostPort(host, strconv.Itoa(orInt(o.MetricsPort, DefaultDevMetricsPort))))
+			}
 		}
 		if err := cfg.Validate(); err != nil {
 			return nil, fmt.Errorf("dev node %d: %w", i, err)
@@ -123,6 +140,9 @@ func RunDev(ctx context.Context, o DevOptions) error {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	if o.MetricsPort == 0 {
+		o.MetricsPort = devMetricsPort(orString(o.Host, "127.0.0.1"), DefaultDevMetricsPort)
 	}
 	cfgs, err := DevConfigs(o)
 	if err != nil {
@@ -146,6 +166,9 @@ func RunDev(ctx context.Context, o DevOptions) error {
 	}
 	members, err := devBringUp(ctx, cfgs)
 	sys := DevSystem{Configs: cfgs, Members: members}
+	if m := cfgs[0].MetricsListen; m != "" {
+		sys.MetricsURL = "http://" + m + metrics.Path
+	}
 	if err == nil && o.Demo != "" {
 		sys.Demo, err = devDemo(ctx, cfgs[0].GRPCListen, o)
 	}
@@ -160,6 +183,31 @@ func RunDev(ctx context.Context, o DevOptions) error {
 	<-ctx.Done()
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+func orString(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// devMetricsPort returns port when it is free on host, else a free port
+// the system picks: a dev system is for trying out, and another program on
+// the metrics port must not keep it from starting. (The port is released
+// before the node binds it again; losing that race fails the start, which
+// is what a taken port did anyway.)
+func devMetricsPort(host string, port int) int {
+	for _, p := range []int{port, 0} {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		got := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		return got
+	}
+	return port // let the node report why it cannot listen
 }
 
 // devBringUp formats the unformatted nodes and waits until every node is

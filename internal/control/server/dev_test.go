@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"testing"
@@ -17,8 +19,9 @@ func TestRunDev(t *testing.T) {
 	dir := t.TempDir()
 	base := testutil.FreePortRange(t, 14) // grpc, nvmf, nbd: 3 each; etcd: 2; discovery: 1; spare
 	o := DevOptions{Nodes: 3, DataDir: dir, GRPCPort: base, NVMfPort: base + 3, NBDPort: base + 6, EtcdPort: base + 9,
-		DiscoveryPort: base + 11, PoolSize: "64MiB", HeartbeatInterval: 100 * time.Millisecond,
+		DiscoveryPort: base + 11, MetricsPort: base + 12, PoolSize: "64MiB", HeartbeatInterval: 100 * time.Millisecond,
 		Demo: "demo", DemoSize: 8 << 20}
+	var metricsErr error
 	var shares []string
 	runOnce := func() map[string]uint32 {
 		t.Helper()
@@ -35,6 +38,7 @@ func TestRunDev(t *testing.T) {
 					shares = append(shares, sh.Uri)
 				}
 			}
+			metricsErr = checkDevMetrics(sys.MetricsURL, fmt.Sprintf("127.0.0.1:%d", base+12))
 			cancel()
 		}
 		if err := RunDev(ctx, o); err != nil {
@@ -42,6 +46,9 @@ func TestRunDev(t *testing.T) {
 		}
 		if len(got) != 3 {
 			t.Fatalf("members %v: the system did not come up", got)
+		}
+		if metricsErr != nil {
+			t.Fatalf("node 0 metrics: %v", metricsErr)
 		}
 		return got
 	}
@@ -65,4 +72,27 @@ func TestRunDev(t *testing.T) {
 	if fmt.Sprint(firstShares) != fmt.Sprint(shares) {
 		t.Fatalf("restart changed the demo shares: %v -> %v", firstShares, shares)
 	}
+}
+
+// checkDevMetrics scrapes node 0's metrics: they are where DevOptions put
+// them, the engine runs and the dev pool is online.
+func checkDevMetrics(url, addr string) error {
+	if url != "http://"+addr+"/metrics" {
+		return fmt.Errorf("metrics URL %q, want it on %s", url, addr)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	for _, want := range []string{"nexstor_engine_up 1\n", `nexstor_pool_state{pool="p0",state="online"} 1` + "\n"} {
+		if !strings.Contains(string(body), want) {
+			return fmt.Errorf("scrape lacks %q:\n%s", want, body)
+		}
+	}
+	return nil
 }

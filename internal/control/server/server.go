@@ -24,6 +24,7 @@ import (
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/control/storage"
 	"github.com/nexstor/nexstor/internal/engine"
+	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
 )
@@ -47,8 +48,9 @@ type Options struct {
 
 // Run serves the node described by cfg until ctx ends, then shuts down
 // cleanly (gRPC calls finish within ShutdownGrace, shares are withdrawn,
-// pools exported, the etcd member stopped). It returns an error when the
-// configuration is invalid, a listener cannot be bound, the certificates
+// pools exported, the etcd member stopped). Prometheus metrics are served
+// on cfg.MetricsListen unless it is empty. It returns an error when the
+// configuration is invalid, a listener (metrics included) cannot be bound, the certificates
 // cannot be loaded, or the system refuses the node for good (a node
 // formatted for another system).
 func Run(ctx context.Context, cfg *config.Server, opts Options) error {
@@ -81,6 +83,17 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 
 	r := &runtime{cfg: cfg, opts: opts, log: log}
 	defer r.stopEngine("the server is shutting down")
+	// Metrics listen before anything else does, so that a busy port is a
+	// startup error; they are served from maintenance mode on (the engine
+	// part once it runs) and stop before the engine does (defers run last
+	// registered first).
+	if cfg.MetricsListen != "" {
+		ms, err := metrics.Listen(cfg.MetricsListen, metrics.NewRegistry(r.metricsEngine), log)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+	}
 	node, err := control.NewNodeServer(cfg, opts.Scanner, r.createPool, log)
 	if err != nil {
 		return err
@@ -295,6 +308,17 @@ func (r *runtime) onState(s mgmt.State) {
 		}
 		r.mu.Unlock()
 	}
+}
+
+// metricsEngine is the metrics Source: the running engine, or nil in
+// maintenance mode and while the system keeps the node stopped.
+func (r *runtime) metricsEngine() metrics.Engine {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dp == nil {
+		return nil // not a typed nil *engine.Engine
+	}
+	return r.dp.Engine
 }
 
 func (r *runtime) engineError() string {

@@ -75,11 +75,11 @@ func TestConfigFromFlags(t *testing.T) {
 	cmd := &cobra.Command{Use: "server"}
 	f := cmd.Flags()
 	f.StringP("config", "o", "", "")
-	for _, n := range []string{"data-dir", "grpc", "nbd", "nvmf", "discovery", "log-level"} {
+	for _, n := range []string{"data-dir", "grpc", "nbd", "nvmf", "discovery", "metrics", "log-level"} {
 		f.String(n, "flag-default", "")
 	}
 	AddFlags(f)
-	if err := f.Parse([]string{"-o", cfgPath, "--grpc", "127.0.0.1:30000", "--insecure", "--cert-dir", "/c",
+	if err := f.Parse([]string{"-o", cfgPath, "--grpc", "127.0.0.1:30000", "--metrics", "", "--insecure", "--cert-dir", "/c",
 		"--heartbeat-interval", "250ms", "--control"}); err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +95,9 @@ func TestConfigFromFlags(t *testing.T) {
 	}
 	if !cfg.TransportConfig.AllowInsecure || cfg.TransportConfig.CACert != "/c/ca.crt" {
 		t.Errorf("transport %+v", cfg.TransportConfig)
+	}
+	if cfg.MetricsListen != "" {
+		t.Errorf("metrics %q: --metrics \"\" did not disable metrics", cfg.MetricsListen)
 	}
 	if cfg.NVMfListen != config.DefaultNVMfListen {
 		t.Errorf("nvmf %q: an unset flag overrode the default", cfg.NVMfListen)
