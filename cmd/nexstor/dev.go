@@ -37,7 +37,9 @@ the first start. A thin 512MiB replica "demo" on node 0 is shared over NBD
 and over NVMe/TCP (any host may connect).
 
 Node 0 listens on 127.0.0.1 at the well-known ports (gRPC 10124, NBD 10809,
-NVMe/TCP 4420, discovery 8009, etcd 2379-2380); node i uses each port + i.
+NVMe/TCP 4420, discovery 8009, etcd 2379-2380, metrics 9502); node i uses
+each port + i. Only node 0 serves Prometheus metrics (on a free port when
+9502 is taken; the banner prints the URL).
 Everything listens on loopback only and without TLS (logged as such), so
 nexctl on this machine needs no flags.
 
@@ -70,6 +72,7 @@ ranks, pools, replica and shares. It prints how to reach them.`,
 	f.IntVar(&o.NVMfPort, "nvmf-port", 4420, "NVMe/TCP port of node 0 (node i: port+i)")
 	f.IntVar(&o.DiscoveryPort, "discovery-port", 8009, "NVMe/TCP discovery port of node 0")
 	f.IntVar(&o.EtcdPort, "etcd-port", config.DefaultEtcdClientPort, "client port of the embedded etcd (its peer port is the next one)")
+	f.IntVar(&o.MetricsPort, "metrics-port", 0, "Prometheus /metrics port of node 0 (0: 9502, or a free port when 9502 is taken; -1 disables metrics)")
 	f.StringVar(&o.PoolSize, "pool-size", "1GiB", "size of each node's sparse pool file")
 	return cmd
 }
@@ -99,6 +102,9 @@ func printDev(w io.Writer, sys ctlserver.DevSystem) {
 		sys.Configs[0].Name, len(sys.Configs), node0)
 	for _, m := range members {
 		fmt.Fprintf(w, "  rank %d  %s  %s\n", m.Rank, m.Address, m.State)
+	}
+	if sys.MetricsURL != "" {
+		fmt.Fprintf(w, "\n  metrics (node 0): %s\n", sys.MetricsURL)
 	}
 	r := sys.Demo
 	if r == nil {

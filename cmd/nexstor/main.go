@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 	"github.com/nexstor/nexstor/internal/engine"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/security"
 )
 
@@ -60,7 +62,7 @@ func versionCmd() *cobra.Command {
 }
 
 func serverCmd() *cobra.Command {
-	var cfgPath, dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr, logLevel, pprofAddr string
+	var cfgPath, dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr, metricsAddr, logLevel, pprofAddr string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the storage node's engine",
@@ -79,7 +81,7 @@ shares are withdrawn once in-flight I/O is answered and pools are exported;
 the next start restores both.`,
 		Example: `  nexstor server -o /etc/nexstor/server.yaml
   nexstor server --cert-dir /etc/nexstor/certs --data-dir /var/lib/nexstor --grpc 127.0.0.1:10124 --nbd :10809 --nvmf :4420
-  nexstor server --insecure --data-dir /tmp/nexstor
+  nexstor server --insecure --data-dir /tmp/nexstor --metrics 127.0.0.1:9502
   nexstor server --control -o /etc/nexstor/server.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -108,13 +110,20 @@ the next start restores both.`,
 			if err != nil {
 				return err
 			}
+			if cfgPath == "" && !cmd.Flags().Changed("metrics") {
+				// A flags-only engine is how tests, benchmarks and
+				// several engines on one host run: they would all
+				// claim the one metrics port. With a configuration
+				// file, metrics.listen (default :9502) applies.
+				cfg.MetricsListen = ""
+			}
 			var pools []engine.PoolConfig
 			for _, p := range cfg.Pools {
 				pools = append(pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
 			}
 			return run(engine.ServerOptions{DataDir: cfg.DataDir, GRPCListen: cfg.GRPCListen, GRPCOptions: grpcOpts,
 				NBDListen: cfg.NBDListen, NVMfListen: cfg.NVMfListen, DiscoveryListen: cfg.DiscoveryListen,
-				Pools: pools, Logger: logger}, nil)
+				Pools: pools, Logger: logger}, cfg.MetricsListen)
 		},
 	}
 	cmd.Flags().StringVarP(&cfgPath, "config", "o", "", "server configuration file (YAML)")
@@ -123,6 +132,8 @@ the next start restores both.`,
 	cmd.Flags().StringVar(&nbdAddr, "nbd", config.DefaultNBDListen, `NBD listen address ("" disables NBD)`)
 	cmd.Flags().StringVar(&nvmfAddr, "nvmf", config.DefaultNVMfListen, `NVMe/TCP listen address ("" disables NVMe/TCP)`)
 	cmd.Flags().StringVar(&discAddr, "discovery", config.DefaultDiscoveryListen, `NVMe/TCP discovery listen address ("" disables it)`)
+	cmd.Flags().StringVar(&metricsAddr, "metrics", config.DefaultMetricsListen, `Prometheus /metrics listen address ("" disables it); `+
+		`without -o or --control metrics are off unless this flag is given`)
 	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
 	ctlserver.AddFlags(cmd.Flags())
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (off by default; never expose it)")
@@ -149,21 +160,33 @@ func standaloneSecurity(cfg *config.Server, log *slog.Logger) ([]grpc.ServerOpti
 	return append(authz.ServerOptions(), grpc.Creds(creds)), nil
 }
 
-// run starts a server, calls ready (if any), and serves until SIGINT or
-// SIGTERM, then shuts down cleanly.
-func run(opts engine.ServerOptions, ready func(*engine.Server) error) error {
+// run starts a server, with Prometheus metrics on metricsAddr unless it is
+// "", and serves until SIGINT or SIGTERM, then shuts down cleanly. The
+// metrics listener is bound first, so that a taken port stops the start
+// before any pool is touched; scrapes stop reading the engine before it
+// shuts down.
+func run(opts engine.ServerOptions, metricsAddr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	var eng atomic.Pointer[engine.Engine]
+	if metricsAddr != "" {
+		src := func() metrics.Engine {
+			if e := eng.Load(); e != nil {
+				return e
+			}
+			return nil // not a typed nil *engine.Engine
+		}
+		ms, err := metrics.Listen(metricsAddr, metrics.NewRegistry(src), opts.Logger)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+	}
 	s, err := engine.StartServer(opts)
 	if err != nil {
 		return err
 	}
-	if ready != nil {
-		if err := ready(s); err != nil {
-			s.Shutdown(shutdownGrace)
-			return err
-		}
-	}
+	eng.Store(s.Engine)
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -171,6 +194,7 @@ func run(opts engine.ServerOptions, ready func(*engine.Server) error) error {
 	case serveErr = <-s.Err():
 		opts.Logger.Error("listener failed; shutting down", "err", serveErr)
 	}
+	eng.Store(nil) // scrapes from now on report the engine down
 	return errors.Join(serveErr, s.Shutdown(shutdownGrace))
 }
 
