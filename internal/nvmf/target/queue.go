@@ -84,7 +84,11 @@ type queue struct {
 	sqfcOff  bool // SQ flow control disabled: C2HData may carry SUCCESS
 	inlineSz int
 
-	sqhd  atomic.Uint32
+	sqhd atomic.Uint32
+	// busy counts the I/O commands read but not yet executed: waiting for
+	// their R2T data or for a worker, or executing in one. Only the
+	// reader reads it, to decide whether a command can run inline.
+	busy  atomic.Int32
 	slots []*request // by slot index; grown only by the reader
 	free  chan uint16
 	work  chan *request
@@ -246,6 +250,9 @@ func (q *queue) startWorkers(n int) {
 				select {
 				case r := <-q.work:
 					q.execute(r)
+					if q.qid != 0 {
+						q.busy.Add(-1)
+					}
 				case <-q.done:
 					return
 				}
@@ -362,6 +369,7 @@ func (q *queue) capsule() error {
 		r.getBuf(int(sgl.Length))
 		r.r2tLen = int(sgl.Length)
 		r.inR2T = true
+		q.busy.Add(1)
 		// Through the writer goroutine: the reader never blocks on a
 		// socket write, or a host that stops reading while it sends
 		// could deadlock the two of us.
@@ -405,6 +413,7 @@ func (q *queue) h2cData() error {
 	r.xfer += int(dh.DataL)
 	if r.xfer == r.r2tLen {
 		r.inR2T = false
+		q.busy.Add(-1)
 		q.dispatch(r)
 	}
 	return nil
@@ -418,12 +427,28 @@ func isDigestErr(err error) bool {
 }
 
 // dispatch runs fabrics commands inline (they must take effect before the
-// next capsule is decoded) and queues the rest for the workers.
+// next capsule is decoded) and queues the rest for the workers, except on
+// an idle I/O queue: when no other command is in the target and no more
+// bytes from the host are buffered, the reader executes the command and
+// sends its response itself. Nothing else could run meanwhile, and handing
+// it to a worker would only add a goroutine wake-up (often of another
+// thread) to its latency: this is what makes queue depth 1 fast. A command
+// that arrives while the reader is busy waits for it, at most one device
+// call; by then commands are in flight and the workers take over.
 func (q *queue) dispatch(r *request) {
 	if r.sqe.Opcode() == nvme.Fabrics && r.status.Success() {
 		q.fabrics(r)
 		return
 	}
+	if q.qid == 0 {
+		q.work <- r // admin commands are rare: not worth blocking the reader
+		return
+	}
+	if q.busy.Load() == 0 && q.br.Buffered() == 0 {
+		q.execute(r)
+		return
+	}
+	q.busy.Add(1)
 	q.work <- r
 }
 

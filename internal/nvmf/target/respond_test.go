@@ -80,6 +80,10 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 		done    bool // completion seen
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
+	pool := make([]byte, 4*large)
+	for j := range pool {
+		pool[j] = byte(rng.Uint32())
+	}
 	slots := make([]slot, depth)
 	for i := range slots {
 		slots[i].out = make([]byte, large)
@@ -97,14 +101,13 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 		s.n++
 		s.got, s.done = 0, false
 		if s.write {
-			n := bs << rng.IntN(3) // 4, 8 or 16 KiB: in the capsule
-			if rng.IntN(3) == 0 {
-				n = large
-			}
+			// In the capsule, up to its limit, or by R2T.
+			n := []int{bs, 4 * bs, InCapsuleDataSize, large}[rng.IntN(4)]
+			// A window of the random pool at a random offset: every
+			// write leaves different data, cheaply.
 			data := s.out[:n]
-			for j := range data {
-				data[j] = byte(rng.Uint32())
-			}
+			o := rng.IntN(len(pool)-n) &^ 7
+			copy(data, pool[o:o+n])
 			s.want = data
 			sqe.SetOpcode(nvme.CmdWrite)
 			sqe.SetCDW(12, uint32(n/bs-1))
@@ -206,4 +209,41 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 			t.Fatalf("CID %d ran %d commands, want %d", base+uint16(i), slots[i].n, perCID)
 		}
 	}
+}
+
+// TestInCapsuleLimitOnIOQueues: an I/O queue takes writes of up to
+// InCapsuleDataSize in the capsule (what IOCCSZ advertises); one block more
+// is a fatal Data Limit Exceeded.
+func TestInCapsuleLimitOnIOQueues(t *testing.T) {
+	_, _, addr := serve(t)
+	admin := dialRaw(t, addr, false)
+	cntlid := admin.adminUp(0)
+	h := dialRaw(t, addr, false)
+	h.connectIO(cntlid, 32, false)
+	data := bytes.Repeat([]byte{0x3C}, InCapsuleDataSize)
+	var sqe pdu.SQE
+	sqe.SetOpcode(nvme.CmdWrite)
+	sqe.SetNSID(1)
+	sqe.SetCDW(12, uint32(len(data)/4096-1))
+	if c := h.cmd(&sqe, data, nil); c.Status != 0 {
+		t.Fatalf("in-capsule write of %d bytes: status %#x", len(data), c.Status)
+	}
+	got := make([]byte, len(data))
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.CmdRead)
+	sqe.SetNSID(1)
+	sqe.SetCDW(12, uint32(len(data)/4096-1))
+	if c := h.cmd(&sqe, nil, got); c.Status != 0 || !bytes.Equal(got, data) {
+		t.Fatalf("read back: status %#x, same data %v", c.Status, bytes.Equal(got, data))
+	}
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.CmdWrite)
+	sqe.SetNSID(1)
+	sqe.SetCDW(12, uint32(len(data)/4096))
+	sqe.SetCID(77)
+	sqe.SetFlags(pdu.PSDTSGL)
+	sqe.SetSGL(pdu.SGL{Type: pdu.SGLDataBlockOffset, Length: uint32(len(data) + 4096)})
+	h.must(h.enc.WriteCapsuleCmd(&sqe, append(data, make([]byte, 4096)...)))
+	h.flush()
+	h.expectTerm(pdu.FESDataLimitExceeded, 0)
 }

@@ -9,11 +9,13 @@
 // connection and its keep-alive timer.
 //
 // Per connection, one reader goroutine decodes PDUs and a fixed pool of
-// workers executes commands. A worker sends its command's data and response
-// itself when the connection's write side is free, so that a response does
-// not wait for another goroutine to be woken; when the write side is busy,
-// the response goes to the connection's writer goroutine, which also sends
-// R2Ts and termination requests. Whoever writes last flushes, so bursts of
+// workers executes commands; on an idle I/O queue (nothing in flight, no
+// more input buffered) the reader executes the command itself. Whoever
+// executed a command sends its data and response itself when the
+// connection's write side is free, so that a response does not wait for
+// another goroutine to be woken; when the write side is busy, the response
+// goes to the connection's writer goroutine, which also sends R2Ts and
+// termination requests. Whoever writes last flushes, so bursts of
 // completions are coalesced into as few system calls as load allows. Data
 // buffers come from size-classed pools; a steady stream of I/O allocates
 // nothing per command.
