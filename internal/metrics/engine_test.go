@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -226,11 +227,50 @@ func TestEngineMetrics(t *testing.T) {
 	if g.count("nexstor_nexus_rebuild_done_bytes") != 0 {
 		t.Fatal("rebuild progress exported without a rebuild")
 	}
+	// Added again, the child is rebuilt in full: the counters follow the
+	// nexus's own.
+	if _, err := e.NexusChildOp("n0", engine.ChildAdd, children[1]); err != nil {
+		t.Fatal(err)
+	}
+	ni := waitNexusOnline(t, e, "n0")
+	if ni.Stats.RebuildBytes == 0 {
+		t.Fatalf("nexus stats %+v after a full rebuild", ni.Stats)
+	}
+	if got := g.value("nexstor_nexus_rebuilt_bytes_total", map[string]string{"nexus": "n0"}); got != float64(ni.Stats.RebuildBytes) {
+		t.Fatalf("rebuilt bytes %v, Nexus() says %d", got, ni.Stats.RebuildBytes)
+	}
+	if got := g.value("nexstor_nexus_children_retired_total", map[string]string{"nexus": "n0"}); got != float64(ni.Stats.Retired) {
+		t.Fatalf("retired %v, Nexus() says %d", got, ni.Stats.Retired)
+	}
+	if got := g.value("nexstor_nexus_child_state", map[string]string{"nexus": "n0", "child": children[1], "state": "online"}); got != 1 {
+		t.Fatalf("rebuilt child online = %v", got)
+	}
+
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range problems {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// waitNexusOnline waits for a rebuild to bring every child of a nexus
+// online. The limit only bounds a hung rebuild.
+func waitNexusOnline(t *testing.T, e *engine.Engine, name string) engine.NexusInfo {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ni, err := e.Nexus(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ni.State == engine.NexusOnline {
+			return ni
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nexus %s still %s: %+v", name, ni.State, ni.Children)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
