@@ -147,7 +147,7 @@ bench_mode() {
 	# (a) Nexstor
 	local pool_uri="file://$DIR/pool.img?size=$((SIZE_MIB + 512))MiB"
 	[ "$mode" = buffered ] && pool_uri="$pool_uri&direct=false"
-	"$DIR/bin/nexstor" server --insecure --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --log-level warn >>"$DIR/nexstor.log" 2>&1 &
+	"$DIR/bin/nexstor" server --insecure --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --metrics "" --log-level warn >>"$DIR/nexstor.log" 2>&1 &
 	NEXSTOR_PID=$!
 	wait_for "nexstor server" "${NEXCTL[@]}" version
 	"${NEXCTL[@]}" pool create p0 "$pool_uri" >/dev/null

@@ -110,13 +110,6 @@ the next start restores both.`,
 			if err != nil {
 				return err
 			}
-			if cfgPath == "" && !cmd.Flags().Changed("metrics") {
-				// A flags-only engine is how tests, benchmarks and
-				// several engines on one host run: they would all
-				// claim the one metrics port. With a configuration
-				// file, metrics.listen (default :9502) applies.
-				cfg.MetricsListen = ""
-			}
 			var pools []engine.PoolConfig
 			for _, p := range cfg.Pools {
 				pools = append(pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
@@ -132,8 +125,7 @@ the next start restores both.`,
 	cmd.Flags().StringVar(&nbdAddr, "nbd", config.DefaultNBDListen, `NBD listen address ("" disables NBD)`)
 	cmd.Flags().StringVar(&nvmfAddr, "nvmf", config.DefaultNVMfListen, `NVMe/TCP listen address ("" disables NVMe/TCP)`)
 	cmd.Flags().StringVar(&discAddr, "discovery", config.DefaultDiscoveryListen, `NVMe/TCP discovery listen address ("" disables it)`)
-	cmd.Flags().StringVar(&metricsAddr, "metrics", config.DefaultMetricsListen, `Prometheus /metrics listen address ("" disables it); `+
-		`without -o or --control metrics are off unless this flag is given`)
+	cmd.Flags().StringVar(&metricsAddr, "metrics", config.DefaultMetricsListen, `Prometheus /metrics listen address ("" disables it)`)
 	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
 	ctlserver.AddFlags(cmd.Flags())
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (off by default; never expose it)")

@@ -310,7 +310,7 @@ func TestServerConfig(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, lines := start(t, "server", "--insecure", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "127.0.0.1:0", "--discovery", "")
+	p, lines := start(t, "server", "--insecure", "-o", cfg, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nvmf", "127.0.0.1:0", "--discovery", "", "--metrics", "")
 	eng := p.waitLine(lines, servingRE)[1]
 	var pools []poolJSON
 	nexctlJSON(t, eng, &pools, "pool", "list")
@@ -366,7 +366,7 @@ func TestServerTLS(t *testing.T) {
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty")
 	out, err := exec.Command(bin, "server", "--data-dir", filepath.Join(dir, "data"), "--grpc", "127.0.0.1:0",
-		"--nbd", "", "--nvmf", "", "--cert-dir", empty).CombinedOutput()
+		"--nbd", "", "--nvmf", "", "--metrics", "", "--cert-dir", empty).CombinedOutput()
 	if err == nil {
 		t.Fatalf("server without certificates started:\n%s", out)
 	}
@@ -381,7 +381,7 @@ func TestServerTLS(t *testing.T) {
 		t.Fatalf("certgen: %v\n%s", err, out)
 	}
 	p, lines := start(t, "server", "--cert-dir", certs, "--data-dir", filepath.Join(dir, "data"), "--grpc", "127.0.0.1:0",
-		"--nbd", "127.0.0.1:0", "--nvmf", "", "--discovery", "")
+		"--nbd", "127.0.0.1:0", "--nvmf", "", "--discovery", "", "--metrics", "")
 	eng := p.waitLine(lines, servingRE)[1]
 	run := func(certDir string) (string, error) {
 		cmd := exec.Command(testutil.BuildBinary(t, "nexctl"), "--engine", eng, "pool", "list", "--timeout", "20s")

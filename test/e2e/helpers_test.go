@@ -114,7 +114,7 @@ var servingRE = regexp.MustCompile(`msg="engine serving" grpc=(\S+) nbd=(\S+)`)
 func startServer(t *testing.T, dataDir string) (*proc, string) {
 	t.Helper()
 	p, lines := start(t, "server", "--insecure", "--data-dir", dataDir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
-		"--nvmf", "127.0.0.1:0", "--discovery", "")
+		"--nvmf", "127.0.0.1:0", "--discovery", "", "--metrics", "")
 	m := p.waitLine(lines, servingRE)
 	return p, m[1]
 }

@@ -140,14 +140,14 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// TestMetricsOffWithoutFlag: a flags-only standalone engine serves no
-// metrics unless asked, so that several of them share a host.
-func TestMetricsOffWithoutFlag(t *testing.T) {
+// TestMetricsDisabled: --metrics "" serves no metrics, so that several
+// engines share a host.
+func TestMetricsDisabled(t *testing.T) {
 	p, lines := start(t, "server", "--insecure", "--data-dir", t.TempDir(), "--grpc", "127.0.0.1:0",
-		"--nbd", "", "--nvmf", "", "--discovery", "")
+		"--nbd", "", "--nvmf", "", "--discovery", "", "--metrics", "")
 	p.waitLine(lines, servingRE)
 	// The metrics listener, when there is one, logs before the engine.
 	if strings.Contains(p.output(), "metrics serving") {
-		t.Fatalf("metrics served without --metrics:\n%s", p.output())
+		t.Fatalf("metrics served with --metrics \"\":\n%s", p.output())
 	}
 }

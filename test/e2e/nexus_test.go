@@ -45,7 +45,7 @@ func (n nexusJSON) child(t *testing.T, uri string) (state, reason string) {
 func startServerAt(t *testing.T, dataDir, nvmfAddr string) (*proc, string) {
 	t.Helper()
 	p, lines := start(t, "server", "--insecure", "--data-dir", dataDir, "--grpc", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
-		"--nvmf", nvmfAddr, "--discovery", "")
+		"--nvmf", nvmfAddr, "--discovery", "", "--metrics", "")
 	return p, p.waitLine(lines, servingRE)[1]
 }
 
