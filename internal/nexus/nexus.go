@@ -222,9 +222,10 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		recorded[h.URI] = h
 	}
 	type plan struct {
-		uri   string
-		state ChildState
-		bits  []byte
+		uri    string
+		state  ChildState
+		reason FaultReason
+		bits   []byte
 	}
 	var plans []plan
 	stale := &StaleChildError{Nexus: label}
@@ -234,7 +235,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		case fresh || cfg.Force || (ok && h.State == StateOnline):
 			plans = append(plans, plan{uri: u, state: StateOnline})
 		case ok && h.State == StateOffline:
-			plans = append(plans, plan{uri: u, state: StateOffline, bits: h.Bitmap})
+			plans = append(plans, plan{uri: u, state: StateOffline, reason: h.Reason, bits: h.Bitmap})
 		case ok:
 			stale.Children = append(stale.Children, StaleChild{URI: u, State: h.State.String(), Reason: h.Reason})
 		default:
@@ -258,14 +259,25 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		n.children = append(n.children, c)
 		if p.state == StateOffline {
 			c.state.Store(int32(StateOffline))
+			c.reason = p.reason
 			c.dirty = remapBitmap(p.bits, rec.SegmentSize, seg)
 			continue
 		}
 		dev, err := cfg.Opener.Open(ctx, p.uri)
 		if err != nil {
+			c.reason, c.lastErr, c.closed = ReasonOpenFailed, err.Error(), true
+			if !fresh && rec.Clean {
+				// In sync when the nexus last closed cleanly, and
+				// unreachable now (its node not up yet, say): it waits
+				// offline, and only what is written meanwhile is copied
+				// when it comes back. After an unclean close it may have
+				// missed writes that no bitmap recorded.
+				log.Warn("child failed to open; it waits offline", "child", p.uri, "err", err)
+				c.state.Store(int32(StateOffline))
+				continue
+			}
 			log.Warn("child failed to open; recording it faulted", "child", p.uri, "err", err)
 			c.state.Store(int32(StateFaulted))
-			c.reason, c.lastErr, c.closed = ReasonOpenFailed, err.Error(), true
 			continue
 		}
 		c.dev = dev
@@ -299,8 +311,11 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	}
 	n.nseg = (n.size + seg - 1) / seg
 	for _, c := range n.children {
-		if c.dirty != nil {
+		switch {
+		case c.dirty != nil:
 			c.dirty = resizeBitmap(c.dirty, n.nseg)
+		case c.st() == StateOffline:
+			c.dirty = newBitmap(n.nseg)
 		}
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -380,7 +395,7 @@ func (n *Nexus) recordLocked() HealthRecord {
 	rec := HealthRecord{NexusUUID: n.uuid, Generation: n.gen + 1, SegmentSize: n.seg, Clean: n.cleanClose}
 	for _, c := range n.children {
 		h := ChildHealth{URI: c.uri, State: c.st()}
-		if h.State == StateFaulted {
+		if h.State == StateFaulted || h.State == StateOffline {
 			h.Reason = c.reason
 		}
 		if h.State == StateOffline && c.dirty != nil {
@@ -873,7 +888,7 @@ func (n *Nexus) Children() []ChildStatus {
 	out := make([]ChildStatus, 0, len(n.children))
 	for _, c := range n.children {
 		s := ChildStatus{URI: c.uri, State: c.st(), Local: c.local, LastError: c.lastErr}
-		if s.State == StateFaulted {
+		if s.State == StateFaulted || s.State == StateOffline {
 			s.Reason = c.reason
 		}
 		if s.State == StateOffline && c.dirty != nil {
@@ -969,6 +984,7 @@ func (n *Nexus) OfflineChild(ctx context.Context, uri string) error {
 		return fmt.Errorf("nexus %s: offline %s: %w", n.name, uri, ErrLastChild)
 	}
 	c.dirty = newBitmap(n.nseg)
+	c.reason = ReasonAdmin
 	c.state.Store(int32(StateOffline))
 	if err := n.saveLocked(ctx, nil); err != nil {
 		n.stateMu.Unlock()

@@ -254,3 +254,77 @@ func TestFanOutDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%.1f allocations per write+read", allocs)
 	}
 }
+
+// TestUnreachableChildWaitsOfflineAfterCleanClose: recreated after a clean
+// close, a nexus whose child cannot be opened (its node not up yet) keeps
+// it offline rather than faulted; once it can be opened, OnlineChild copies
+// only what was written meanwhile. After an unclean close the same child is
+// faulted: it may have missed writes no bitmap recorded.
+func TestUnreachableChildWaitsOfflineAfterCleanClose(t *testing.T) {
+	ctx := context.Background()
+	store := NewMemStore()
+	r := newRig(t, 2, testSize, Config{Store: store, RebuildSegment: 64 << 10})
+	buf := make([]byte, 64<<10)
+	stamp(buf, 0, 1)
+	if _, err := r.nx.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.nx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gone := r.uris[1]
+	r.opener.mu.Lock()
+	r.opener.fail[gone] = errors.New("connection refused")
+	r.opener.mu.Unlock()
+	cfg := Config{Name: "nx", UUID: "nexus-under-test", Size: testSize, Children: r.uris, Store: store, Opener: r.opener, RebuildSegment: 64 << 10}
+	nx, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nx.Close()
+	r.nx = nx
+	if c := r.state(gone); c.State != StateOffline || c.Reason != ReasonOpenFailed {
+		t.Fatalf("unreachable child after a clean close: %+v", c)
+	}
+	if h := r.storedState(gone); h.State != StateOffline || h.Reason != ReasonOpenFailed {
+		t.Fatalf("stored %+v", h)
+	}
+	stamp(buf, 1<<20, 2)
+	if _, err := nx.WriteAt(buf, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if c := r.state(gone); c.DirtyBytes != 64<<10 {
+		t.Fatalf("dirty bytes %d, want one 64 KiB segment", c.DirtyBytes)
+	}
+	r.opener.mu.Lock()
+	delete(r.opener.fail, gone)
+	r.opener.mu.Unlock()
+	before := nx.Stats().RebuildBytes
+	if err := nx.OnlineChild(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitRebuild(t, nx, gone); st.State != RebuildCompleted {
+		t.Fatalf("rebuild %+v", st)
+	}
+	if copied := nx.Stats().RebuildBytes - before; copied != 64<<10 {
+		t.Fatalf("partial rebuild copied %d bytes, want 64 KiB", copied)
+	}
+	verifyClean(t, nx, 2)
+
+	// Unclean: the process dies (no Close), the child is unreachable.
+	r.opener.mu.Lock()
+	r.opener.fail[gone] = errors.New("connection refused")
+	r.opener.mu.Unlock()
+	if _, err := nx.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	nx2, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nx2.Close()
+	r.nx = nx2
+	if c := r.state(gone); c.State != StateFaulted || c.Reason != ReasonOpenFailed {
+		t.Fatalf("unreachable child after an unclean close: %+v", c)
+	}
+}

@@ -59,18 +59,20 @@ func (s *ChildState) UnmarshalText(b []byte) error {
 	return fmt.Errorf("nexus: unknown child state %q", b)
 }
 
-// FaultReason says why a child is faulted.
+// FaultReason says why a child is faulted, or offline.
 type FaultReason string
 
 const (
 	// ReasonIOError: the child failed a read, write or flush.
 	ReasonIOError FaultReason = "io-error"
-	// ReasonAdmin: an administrator faulted the child.
+	// ReasonAdmin: an administrator faulted the child, or took it offline.
 	ReasonAdmin FaultReason = "admin"
 	// ReasonOutOfSync: the child missed writes (an interrupted or stopped
 	// rebuild) and must be rebuilt before use.
 	ReasonOutOfSync FaultReason = "out-of-sync"
-	// ReasonOpenFailed: the child could not be opened.
+	// ReasonOpenFailed: the child could not be opened. When a nexus that
+	// closed cleanly is recreated, such a child waits offline (OnlineChild
+	// brings it back with a partial rebuild); otherwise it is faulted.
 	ReasonOpenFailed FaultReason = "open-failed"
 )
 
@@ -141,7 +143,7 @@ type Range struct {
 type ChildStatus struct {
 	URI    string
 	State  ChildState
-	Reason FaultReason // set when State is StateFaulted
+	Reason FaultReason // set when State is StateFaulted or StateOffline
 	Local  bool
 	// DirtyBytes is the amount of data written while the child was
 	// offline (the bytes a partial rebuild will copy), in whole segments.
