@@ -426,15 +426,21 @@ func isDigestErr(err error) bool {
 	return errors.As(err, &dde)
 }
 
+// inlineExecMax is the largest transfer, in bytes, that the reader executes
+// itself on an idle queue (see dispatch). Above it the hand-off to a worker
+// is small next to the transfer, and the reader would block longer.
+const inlineExecMax = 16 << 10
+
 // dispatch runs fabrics commands inline (they must take effect before the
 // next capsule is decoded) and queues the rest for the workers, except on
 // an idle I/O queue: when no other command is in the target and no more
-// bytes from the host are buffered, the reader executes the command and
-// sends its response itself. Nothing else could run meanwhile, and handing
-// it to a worker would only add a goroutine wake-up (often of another
-// thread) to its latency: this is what makes queue depth 1 fast. A command
-// that arrives while the reader is busy waits for it, at most one device
-// call; by then commands are in flight and the workers take over.
+// bytes from the host are buffered, the reader executes a small command
+// and sends its response itself. Nothing else could run meanwhile, and
+// handing it to a worker would only add a goroutine wake-up (often of
+// another thread) to its latency: this is what makes queue depth 1 fast.
+// A command that arrives while the reader is busy waits for it, at most one
+// small device call; by then commands are in flight and the workers take
+// over.
 func (q *queue) dispatch(r *request) {
 	if r.sqe.Opcode() == nvme.Fabrics && r.status.Success() {
 		q.fabrics(r)
@@ -444,7 +450,7 @@ func (q *queue) dispatch(r *request) {
 		q.work <- r // admin commands are rare: not worth blocking the reader
 		return
 	}
-	if q.busy.Load() == 0 && q.br.Buffered() == 0 {
+	if q.busy.Load() == 0 && q.br.Buffered() == 0 && r.sqe.SGL().Length <= inlineExecMax {
 		q.execute(r)
 		return
 	}
