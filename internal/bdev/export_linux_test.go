@@ -17,3 +17,14 @@ func SwapFD(f *File, fd int) int {
 	f.fd = fd
 	return old
 }
+
+// URingSetupFault sets up an io_uring of entries entries and returns the
+// fault OpenFile would return for path if that failed, or nil (the ring is
+// released again).
+func URingSetupFault(path string, entries uint32) error {
+	r, err := newURing(entries)
+	if err != nil {
+		return uringUnavailable(path, err)
+	}
+	return r.close()
+}

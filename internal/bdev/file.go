@@ -28,4 +28,13 @@ type FileOptions struct {
 	// ReadOnly opens without write access; writes, Unmap and WriteZeroes
 	// return ErrReadOnly.
 	ReadOnly bool
+	// URing sends reads, writes and Flush's fdatasync through an io_uring
+	// instance owned by the File (at most 256 requests in flight; more
+	// wait for a free slot) instead of one blocking system call each, so
+	// that concurrent requests share system calls and do not each hold an
+	// OS thread. Durability and error semantics are those of the default
+	// engine. Linux 5.6 or later; where io_uring cannot be set up (no
+	// kernel support, kernel.io_uring_disabled, a seccomp filter) OpenFile
+	// fails with a FailedPrecondition fault rather than falling back.
+	URing bool
 }

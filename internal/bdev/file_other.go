@@ -27,3 +27,4 @@ func (*File) Close() error                             { return errNoFile }
 func (*File) Path() string                             { return "" }
 func (*File) Direct() bool                             { return false }
 func (*File) IsBlockDevice() bool                      { return false }
+func (*File) URing() bool                              { return false }

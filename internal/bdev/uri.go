@@ -19,8 +19,10 @@ const (
 	// pread/pwrite from many goroutines, O_DIRECT where possible); it is
 	// the scheme a bare path means, and the one to use for disks.
 	SchemeAIO = "aio"
-	// SchemeURing is reserved for an io_uring backend, not implemented yet:
-	// Open refuses it.
+	// SchemeURing is the file backend with its reads, writes and flushes
+	// going through io_uring (FileOptions.URing): the same files, keys and
+	// on-disk result as aio. Open fails, naming aio://, where the kernel or
+	// container does not allow io_uring.
 	SchemeURing = "uring"
 	// SchemeMalloc is a RAM device; the path is only a label.
 	SchemeMalloc = "malloc"
@@ -30,13 +32,14 @@ const (
 //
 //	file:///var/lib/nexstor/disk0.img?size=10GiB
 //	aio:///dev/sdb
+//	uring:///dev/nvme0n1
 //	/dev/sdb                            (a bare path means aio://)
 //	malloc:///scratch?size=512MiB&blocksize=4096
 //
-// Query keys: size (a human size such as 10GiB; for file and aio it creates
-// a sparse file of that size when the path does not exist, and must match
-// the size of one that does), blocksize (bytes, a power of two >= 512) and
-// direct (true or false: force or forbid O_DIRECT; unset tries it).
+// Query keys: size (a human size such as 10GiB; for file, aio and uring it
+// creates a sparse file of that size when the path does not exist, and must
+// match the size of one that does), blocksize (bytes, a power of two >= 512)
+// and direct (true or false: force or forbid O_DIRECT; unset tries it).
 type URI struct {
 	Scheme string
 	// Path is the absolute, cleaned path; for malloc, "/" and the name.
@@ -192,10 +195,10 @@ func exactSize(n int64) string {
 }
 
 // Open parses a disk URI and opens the device it names. See URI for the
-// syntax. file and aio open a regular file or block device (creating a
-// sparse file when a size is given and the path does not exist); malloc
-// returns a new, zero-filled RAM device on every call (the name is only a
-// label, devices are not shared); uring is refused until it exists.
+// syntax. file, aio and uring open a regular file or block device (creating
+// a sparse file when a size is given and the path does not exist), uring
+// with FileOptions.URing; malloc returns a new, zero-filled RAM device on
+// every call (the name is only a label, devices are not shared).
 func Open(uri string) (Device, error) {
 	u, err := ParseURI(uri)
 	if err != nil {
@@ -207,8 +210,8 @@ func Open(uri string) (Device, error) {
 // Open opens the device u names; see the package-level Open.
 func (u URI) Open() (Device, error) {
 	switch u.Scheme {
-	case SchemeFile, SchemeAIO:
-		f, err := OpenFile(u.Path, FileOptions{Create: u.Size > 0, Size: u.Size, BlockSize: u.BlockSize, Direct: u.Direct})
+	case SchemeFile, SchemeAIO, SchemeURing:
+		f, err := OpenFile(u.Path, FileOptions{Create: u.Size > 0, Size: u.Size, BlockSize: u.BlockSize, Direct: u.Direct, URing: u.Scheme == SchemeURing})
 		if err != nil {
 			return nil, err
 		}
@@ -219,10 +222,6 @@ func (u URI) Open() (Device, error) {
 			return nil, fault.Wrap(err, fault.InvalidArgument, "bdev.uri", fmt.Sprintf("disk URI %q", u.String()), "use a positive size that is a multiple of the block size")
 		}
 		return m, nil
-	case SchemeURing:
-		return nil, fault.New(fault.InvalidArgument, "bdev.uring_unsupported",
-			fmt.Sprintf("disk URI %q: the uring:// backend is not implemented yet", u.String()),
-			fmt.Sprintf("use aio://%s or file://%s", u.Path, u.Path))
 	}
 	return nil, uriError(u.String(), fmt.Sprintf("unknown scheme %q", u.Scheme), "use file://, aio://, uring:// or malloc://")
 }
