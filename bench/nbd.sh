@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # NBD benchmark: fio's nbd engine against
-#   (a) Nexstor: `nexstor server`, a file pool, a thin replica shared over NBD;
-#   (b) nbdkit's file plugin serving a plain file on the same filesystem;
-#   (c) fio directly on a plain file (libaio, direct=1), the backing store;
+#   (a) Nexstor: `nexstor server`, a file:// pool, a thin replica shared over
+#       NBD;
+#   (b) Nexstor uring: the same server, a second pool on uring:// (the same
+#       file backend with its I/O through io_uring), a thin replica on it;
+#   (c) nbdkit's file plugin serving a plain file on the same filesystem;
+#   (d) fio directly on a plain file (libaio, direct=1), the backing store;
 # with the same workloads, sizes, runtime and fio options everywhere. Prints
 # a markdown table per cache mode: IOPS, bandwidth, the server's CPU time per
-# I/O, and the ratios Nexstor/nbdkit and Nexstor/raw.
+# I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file and uring/raw.
 #
 # Usage: bench/nbd.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r REPEAT] [-c MODE]
 #   -d DIR       scratch directory on the filesystem to measure (default: a
@@ -18,7 +21,7 @@
 #   -c MODE      direct: the pool is opened with O_DIRECT (Nexstor's default)
 #                and nbdkit uses cache=none; buffered: both use the page
 #                cache; both (default): one table each
-# The targets run side by side and each workload runs on all three in turn,
+# The targets run side by side and each workload runs on all four in turn,
 # so that a change in the machine's load hits them alike. Every target is
 # pre-filled (written once with 1 MiB sequential writes) before it is
 # measured, so that randread on the thin replica reads allocated clusters.
@@ -41,7 +44,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,27p' "$0"; exit 2 ;;
+	*) sed -n '2,30p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -99,6 +102,8 @@ WORKLOADS=(
 )
 COMMON="--numjobs=1 --size=${SIZE_MIB}m --time_based --runtime=$RUNTIME --ramp_time=$RAMP --randrepeat=0 --norandommap --group_reporting --output-format=json"
 
+# nexstor: the file:// pool; uring: the uring:// pool of the same server.
+TARGETS=(nexstor uring nbdkit raw)
 declare -A TARGET_OPTS PID_OF
 declare -A IOPS BW CPU # keyed by target,workload: space-separated samples
 
@@ -144,20 +149,24 @@ bench_mode() {
 	rm -rf "$DIR/nexstor" "$DIR"/*.img
 	IOPS=() BW=() CPU=()
 
-	# (a) Nexstor
-	local pool_uri="file://$DIR/pool.img?size=$((SIZE_MIB + 512))MiB"
-	[ "$mode" = buffered ] && pool_uri="$pool_uri&direct=false"
+	# (a) Nexstor, file://; (b) Nexstor, uring://: same server, two pools.
+	local q="?size=$((SIZE_MIB + 512))MiB"
+	[ "$mode" = buffered ] && q="$q&direct=false"
 	"$DIR/bin/nexstor" server --insecure --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --metrics "" --log-level warn >>"$DIR/nexstor.log" 2>&1 &
 	NEXSTOR_PID=$!
 	wait_for "nexstor server" "${NEXCTL[@]}" version
-	"${NEXCTL[@]}" pool create p0 "$pool_uri" >/dev/null
-	"${NEXCTL[@]}" replica create r0 --pool p0 --size "${SIZE_MIB}MiB" --thin >/dev/null
-	local uri
-	uri=$("${NEXCTL[@]}" replica share r0 --protocol nbd | tail -n1)
-	TARGET_OPTS[nexstor]="--ioengine=nbd --uri=$uri"
-	PID_OF[nexstor]=$NEXSTOR_PID
+	local uri t scheme
+	for t in nexstor uring; do
+		scheme=file
+		[ "$t" = uring ] && scheme=uring
+		"${NEXCTL[@]}" pool create "p-$t" "$scheme://$DIR/pool-$t.img$q" >/dev/null
+		"${NEXCTL[@]}" replica create "r-$t" --pool "p-$t" --size "${SIZE_MIB}MiB" --thin >/dev/null
+		uri=$("${NEXCTL[@]}" replica share "r-$t" --protocol nbd | tail -n1)
+		TARGET_OPTS[$t]="--ioengine=nbd --uri=$uri"
+		PID_OF[$t]=$NEXSTOR_PID
+	done
 
-	# (b) nbdkit
+	# (c) nbdkit
 	truncate -s "${SIZE_MIB}M" "$DIR/plain.img"
 	local kopts=()
 	[ "$mode" = direct ] && kopts=(cache=none)
@@ -167,20 +176,20 @@ bench_mode() {
 	TARGET_OPTS[nbdkit]="--ioengine=nbd --uri=nbd://127.0.0.1:$NBDKIT_PORT"
 	PID_OF[nbdkit]=$NBDKIT_PID
 
-	# (c) raw
+	# (d) raw
 	truncate -s "${SIZE_MIB}M" "$DIR/raw.img"
 	TARGET_OPTS[raw]="--ioengine=libaio --direct=1 --filename=$DIR/raw.img"
 	PID_OF[raw]=""
 
-	local t w i
-	for t in nexstor nbdkit raw; do
+	local w i
+	for t in "${TARGETS[@]}"; do
 		log "$mode: $t: pre-fill"
 		# shellcheck disable=SC2086
 		fio --name=prefill ${TARGET_OPTS[$t]} --rw=write --bs=1m --iodepth=8 --size="${SIZE_MIB}m" --output-format=json >/dev/null
 	done
 	for w in "${WORKLOADS[@]}"; do
 		for i in $(seq "$REPEAT"); do
-			for t in nexstor nbdkit raw; do
+			for t in "${TARGETS[@]}"; do
 				log "$mode: ${w%%|*}: $t (run $i of $REPEAT)"
 				run_one "$t" "$w"
 			done
@@ -192,20 +201,23 @@ bench_mode() {
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $REPEAT runs, $(fio --version), $(nbdkit --version | head -n1)."
 	echo
-	echo "| workload | Nexstor IOPS | Nexstor MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | Nexstor/nbdkit | Nexstor/raw | server CPU µs/IO Nexstor | nbdkit |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	local n ni nb nk kb ri rb nc kc
+	echo "| workload | file IOPS | file MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | file/nbdkit | uring/nbdkit | uring/file | uring/raw | server CPU µs/IO file | uring | nbdkit |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	local n fl flb ui ub ki kb ri rb flc uc kc
 	for w in "${WORKLOADS[@]}"; do
 		n=${w%%|*}
-		ni=$(median <<<"${IOPS[nexstor,$n]}")
-		nb=$(median <<<"${BW[nexstor,$n]}")
-		nk=$(median <<<"${IOPS[nbdkit,$n]}")
+		fl=$(median <<<"${IOPS[nexstor,$n]}")
+		flb=$(median <<<"${BW[nexstor,$n]}")
+		ui=$(median <<<"${IOPS[uring,$n]}")
+		ub=$(median <<<"${BW[uring,$n]}")
+		ki=$(median <<<"${IOPS[nbdkit,$n]}")
 		kb=$(median <<<"${BW[nbdkit,$n]}")
 		ri=$(median <<<"${IOPS[raw,$n]}")
 		rb=$(median <<<"${BW[raw,$n]}")
-		nc=$(median <<<"${CPU[nexstor,$n]}")
+		flc=$(median <<<"${CPU[nexstor,$n]}")
+		uc=$(median <<<"${CPU[uring,$n]}")
 		kc=$(median <<<"${CPU[nbdkit,$n]}")
-		echo "| $n | $(fmt0 "$ni") | $(fmt_mib "$nb") | $(fmt0 "$nk") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(ratio "$ni" "$nk") | $(ratio "$ni" "$ri") | $nc | $kc |"
+		echo "| $n | $(fmt0 "$fl") | $(fmt_mib "$flb") | $(fmt0 "$ui") | $(fmt_mib "$ub") | $(fmt0 "$ki") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(ratio "$fl" "$ki") | $(ratio "$ui" "$ki") | $(ratio "$ui" "$fl") | $(ratio "$ui" "$ri") | $flc | $uc | $kc |"
 	done
 	echo
 }
