@@ -22,7 +22,7 @@ import (
 )
 
 var (
-	nbdBenchBacking = flag.String("nbd.backing", "file", "backing of the pool in BenchmarkNBDPool: file (O_DIRECT when possible), buffered, or malloc")
+	nbdBenchBacking = flag.String("nbd.backing", "file", "backing of the pool in BenchmarkNBDPool: file (O_DIRECT when possible), buffered, uring (file with io_uring, O_DIRECT when possible), uring-buffered, or malloc")
 	nbdBenchRuntime = flag.Int("nbd.runtime", 5, "seconds fio runs in each BenchmarkNBDPool workload")
 )
 
@@ -43,11 +43,12 @@ func BenchmarkNBDPool(b *testing.B) {
 	switch *nbdBenchBacking {
 	case "malloc":
 		dev, err = bdev.NewMalloc(size+128<<20, 4096)
-	case "file", "buffered":
-		direct := *nbdBenchBacking == "file"
-		dev, err = bdev.OpenFile(filepath.Join(b.TempDir(), "pool.img"), bdev.FileOptions{Create: true, Size: size + 128<<20, Direct: &direct})
+	case "file", "buffered", "uring", "uring-buffered":
+		direct := *nbdBenchBacking == "file" || *nbdBenchBacking == "uring"
+		uring := strings.HasPrefix(*nbdBenchBacking, "uring")
+		dev, err = bdev.OpenFile(filepath.Join(b.TempDir(), "pool.img"), bdev.FileOptions{Create: true, Size: size + 128<<20, Direct: &direct, URing: uring})
 	default:
-		b.Fatalf("-nbd.backing=%q: use file, buffered or malloc", *nbdBenchBacking)
+		b.Fatalf("-nbd.backing=%q: use file, buffered, uring, uring-buffered or malloc", *nbdBenchBacking)
 	}
 	if err != nil {
 		b.Fatal(err)
