@@ -27,7 +27,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/stats"
@@ -54,10 +53,6 @@ type Config struct {
 	// NexusRemote opens nvmf:// children of nexuses; nil means the NVMe/TCP
 	// initiator with DefaultNexusRemote.
 	NexusRemote func(ctx context.Context, addr, nqn string) (bdev.Device, error)
-	// ChildRetryInterval is how often nexus children that could not be
-	// opened at restore are tried again (0: DefaultChildRetryInterval;
-	// negative: never, they wait for `nexctl nexus online-child`).
-	ChildRetryInterval time.Duration
 }
 
 // PoolConfig is a pool the server configuration lists.
@@ -157,8 +152,6 @@ type Engine struct {
 	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
 	gen      uint64          // bumped on every change of persistent state
 	closed   bool
-	stop     chan struct{}  // closed by Close: background work ends
-	bg       sync.WaitGroup // background goroutines
 
 	stateMu  sync.Mutex // serializes state file writes
 	savedGen uint64
@@ -190,7 +183,6 @@ func New(cfg Config) (*Engine, error) {
 		shares:    map[string]*shareEntry{},
 		nexuses:   map[string]*nexusEntry{},
 		busy:      map[string]bool{},
-		stop:      make(chan struct{}),
 	}
 	st, err := loadState(e.statePath)
 	if err != nil {
@@ -226,13 +218,6 @@ func New(cfg Config) (*Engine, error) {
 	if err := e.save(); err != nil {
 		e.Close()
 		return nil, err
-	}
-	if iv := cfg.ChildRetryInterval; iv >= 0 {
-		if iv == 0 {
-			iv = DefaultChildRetryInterval
-		}
-		e.bg.Add(1)
-		go e.retryChildren(iv)
 	}
 	return e, nil
 }
@@ -413,13 +398,11 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
-	close(e.stop)
 	// Copies: operations still in flight may record their results.
 	shares := maps.Clone(e.shares)
 	pools := maps.Clone(e.pools)
 	nexuses := maps.Clone(e.nexuses)
 	e.mu.Unlock()
-	e.bg.Wait()
 	// Nexuses first: their children are replicas of the pools.
 	errs := e.closeNexuses(nexuses)
 	for _, s := range shares {

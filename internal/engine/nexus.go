@@ -549,13 +549,6 @@ const (
 // changes (add, remove) are remembered across restarts; health changes are
 // persisted by the nexus in the health store before this returns.
 func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (NexusInfo, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
-	defer cancel()
-	return e.nexusChildOp(ctx, name, action, uri)
-}
-
-// nexusChildOp is NexusChildOp with ctx bounding the opening of the child.
-func (e *Engine) nexusChildOp(ctx context.Context, name string, action ChildAction, uri string) (NexusInfo, error) {
 	if uri == "" {
 		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.child_missing",
 			fmt.Sprintf("nexus %q: no child URI given", name), "give the child URI, as `nexctl nexus get` shows it")
@@ -570,6 +563,8 @@ func (e *Engine) nexusChildOp(ctx context.Context, name string, action ChildActi
 	if err != nil {
 		return NexusInfo{}, err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	defer cancel()
 	n := ne.n
 	switch action {
 	case ChildAdd:
