@@ -37,7 +37,10 @@ A child that fails an I/O is faulted and the nexus goes on with the others;
 the health of the children is persisted before the failed I/O is answered,
 so a nexus recreated after a restart never reads a stale child. A faulted
 child comes back with add-child (a full rebuild), an offline one with
-online-child (only what was written while it was away).
+online-child (only what was written while it was away). A child that
+cannot be opened when its node restarts a cleanly closed nexus waits
+offline (open-failed): bring it back with online-child once it is
+reachable, or with add-child if its replica was recreated meanwhile.
 
 A nexus is published over NVMe/TCP (one subsystem per nexus, NQN
 nqn.2024-11.io.nexstor:nexus:<uuid>) or NBD (export nexus/<name>).`,

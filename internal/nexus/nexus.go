@@ -168,7 +168,9 @@ type view struct {
 // not know, when a record exists) is refused with a *StaleChildError unless
 // Force is set; children recorded offline are kept offline with their
 // write-intent bitmap, ready for OnlineChild. A child that fails to open is
-// recorded as faulted (open-failed); at least one must open.
+// recorded offline (open-failed, with an empty bitmap) when the store
+// records it online after a clean close, and faulted (open-failed)
+// otherwise; at least one must open.
 func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	if cfg.UUID == "" {
 		return nil, errors.New("nexus: a UUID is required")
@@ -226,6 +228,9 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		state  ChildState
 		reason FaultReason
 		bits   []byte
+		// current: the store records the child online after a clean
+		// close (not merely forced in)
+		current bool
 	}
 	var plans []plan
 	stale := &StaleChildError{Nexus: label}
@@ -233,7 +238,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		h, ok := recorded[u]
 		switch {
 		case fresh || cfg.Force || (ok && h.State == StateOnline):
-			plans = append(plans, plan{uri: u, state: StateOnline})
+			plans = append(plans, plan{uri: u, state: StateOnline, current: !fresh && rec.Clean && ok && h.State == StateOnline})
 		case ok && h.State == StateOffline:
 			plans = append(plans, plan{uri: u, state: StateOffline, reason: h.Reason, bits: h.Bitmap})
 		case ok:
@@ -266,7 +271,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		dev, err := cfg.Opener.Open(ctx, p.uri)
 		if err != nil {
 			c.reason, c.lastErr, c.closed = ReasonOpenFailed, err.Error(), true
-			if !fresh && rec.Clean {
+			if p.current {
 				// In sync when the nexus last closed cleanly, and
 				// unreachable now (its node not up yet, say): it waits
 				// offline, and only what is written meanwhile is copied
@@ -1058,6 +1063,11 @@ func (n *Nexus) Close() error {
 	}
 	close(n.queue)
 	n.wgWk.Wait()
+	// A clean record tells the next instance that its online children
+	// agree. Their volatile caches must be on stable storage first: a
+	// child whose node crashed after this close would otherwise have lost
+	// a tail the others kept.
+	flushErrs := n.flushOnline()
 	n.stateMu.Lock()
 	defer n.stateMu.Unlock()
 	var err error
@@ -1065,11 +1075,44 @@ func (n *Nexus) Close() error {
 		// Clean only when the children agree: a resync cut short by
 		// Close must run again in the next instance.
 		n.cleanClose = !n.Resyncing()
+		for c, ferr := range flushErrs {
+			if c.st() != StateOnline {
+				continue
+			}
+			if n.onlineCountLocked() > 1 {
+				n.faultLocked(c, ReasonIOError, fmt.Errorf("flush at close: %w", ferr))
+			} else {
+				n.cleanClose = false // the next instance resyncs
+			}
+		}
 		err = n.saveLocked(nil, nil)
 	}
 	n.closeAll()
 	n.log.Info("nexus closed")
 	return err
+}
+
+// flushOnline flushes the online children in parallel and returns the
+// failures by child.
+func (n *Nexus) flushOnline() map[*child]error {
+	online := n.view.Load().online
+	errs := make([]error, len(online))
+	var wg sync.WaitGroup
+	for i, c := range online {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = c.dev.Flush()
+		}()
+	}
+	wg.Wait()
+	out := map[*child]error{}
+	for i, err := range errs {
+		if err != nil {
+			out[online[i]] = err
+		}
+	}
+	return out
 }
 
 // remapBitmap converts a stored bitmap of oldSeg-sized segments to newSeg

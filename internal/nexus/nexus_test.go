@@ -328,3 +328,35 @@ func TestUnreachableChildWaitsOfflineAfterCleanClose(t *testing.T) {
 		t.Fatalf("unreachable child after an unclean close: %+v", c)
 	}
 }
+
+// TestCloseFlushesChildren: a clean record promises that the online
+// children agree on stable storage, so Close flushes them first. A child
+// whose flush fails is faulted in that record; when it is the last online
+// child, the record is not clean and the next instance resyncs.
+func TestCloseFlushesChildren(t *testing.T) {
+	r := newRig(t, 2, testSize, Config{})
+	ok := r.faults[r.uris[0]].AddRule(faulty.Rule{Ops: faulty.OpFlush, Latency: time.Nanosecond})
+	r.faults[r.uris[1]].AddRule(faulty.Rule{Ops: faulty.OpFlush, Err: errors.New("cache lost")})
+	if err := r.nx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r.faults[r.uris[0]].Fired(ok) == 0 {
+		t.Fatal("Close did not flush the online child")
+	}
+	rec, err := r.store.Load(context.Background(), r.nx.UUID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Clean || rec.Children[0].State != StateOnline || rec.Children[1].State != StateFaulted {
+		t.Fatalf("record after a failed flush at close: %+v", rec)
+	}
+
+	one := newRig(t, 1, testSize, Config{})
+	one.faults[one.uris[0]].AddRule(faulty.Rule{Ops: faulty.OpFlush, Err: errors.New("cache lost")})
+	if err := one.nx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := one.store.Load(context.Background(), one.nx.UUID()); err != nil || rec.Clean || rec.Children[0].State != StateOnline {
+		t.Fatalf("record after the last child failed its flush at close: %+v %v", rec, err)
+	}
+}

@@ -259,11 +259,14 @@ func TestPausedRebuildEndsWhenChildRetired(t *testing.T) {
 	if err := r.nx.AddChild(ctx, fresh); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(r.nx.Rebuilds()); n != 1 {
-		t.Fatalf("%d rebuilds after adding the child again, want 1: %+v", n, r.nx.Rebuilds())
-	}
 	if st = waitRebuild(t, r.nx, fresh); st.State != RebuildCompleted {
 		t.Fatalf("second rebuild %+v", st)
+	}
+	if h := r.nx.RebuildHistory(); len(h) != 2 || h[0].State != RebuildFailed || h[1].State != RebuildCompleted {
+		t.Fatalf("history %+v, want the failed rebuild then the completed one", h)
+	}
+	if n := len(r.nx.Rebuilds()); n != 0 {
+		t.Fatalf("%d rebuilds still running after both ended: %+v", n, r.nx.Rebuilds())
 	}
 	verifyClean(t, r.nx, 2)
 }

@@ -148,8 +148,8 @@ type Child struct {
 	// nvmf://host:port/<nqn> (a remote replica).
 	Uri   string     `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
 	State ChildState `protobuf:"varint,2,opt,name=state,proto3,enum=nexstor.engine.v1.ChildState" json:"state,omitempty"`
-	// reason a faulted child is faulted: io-error, admin, out-of-sync,
-	// open-failed.
+	// reason a faulted child is faulted (io-error, admin, out-of-sync,
+	// open-failed) or an offline child is offline (admin, open-failed).
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	Local  bool   `protobuf:"varint,4,opt,name=local,proto3" json:"local,omitempty"`
 	// last_error is the error that retired the child, if any.
