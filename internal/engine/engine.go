@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/stats"
@@ -152,6 +153,7 @@ type Engine struct {
 	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
 	gen      uint64          // bumped on every change of persistent state
 	closed   bool
+	started  time.Time
 
 	stateMu  sync.Mutex // serializes state file writes
 	savedGen uint64
@@ -183,6 +185,7 @@ func New(cfg Config) (*Engine, error) {
 		shares:    map[string]*shareEntry{},
 		nexuses:   map[string]*nexusEntry{},
 		busy:      map[string]bool{},
+		started:   time.Now(),
 	}
 	st, err := loadState(e.statePath)
 	if err != nil {

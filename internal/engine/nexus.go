@@ -106,12 +106,37 @@ func nexusExportName(name string) string { return "nexus/" + name }
 
 // nexusOpener opens the children of the engine's nexuses: bdev:///<uuid>
 // is a replica of one of this engine's pools, nvmf:// a remote namespace.
-func (e *Engine) nexusOpener() nexus.Opener {
+func (e *Engine) nexusOpener() *nexus.Router {
 	remote := e.cfg.NexusRemote
 	if remote == nil {
 		remote = nexus.NVMfRemote(DefaultNexusRemote)
 	}
 	return &nexus.Router{Local: e.openReplicaByUUID, Remote: remote}
+}
+
+// restoreRetryWindow is how long, from the engine's start, restoring
+// nexuses retries remote children that refuse connections: nodes of a
+// system restarted together come up in any order, a moment apart.
+const restoreRetryWindow = 5 * time.Second
+
+// restoreRemote wraps remote so that a failed open is retried, a quarter
+// second apart, until deadline; after it, one attempt each. A child still
+// unreachable then is recorded offline by the nexus (see nexus.New).
+func restoreRemote(remote func(context.Context, string, string) (bdev.Device, error), deadline time.Time,
+) func(context.Context, string, string) (bdev.Device, error) {
+	return func(ctx context.Context, addr, nqn string) (bdev.Device, error) {
+		for {
+			d, err := remote(ctx, addr, nqn)
+			if err == nil || time.Now().Add(250*time.Millisecond).After(deadline) {
+				return d, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // openReplicaByUUID opens a replica of an online pool by its UUID.
@@ -221,8 +246,10 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
 		return
 	}
+	opener := e.nexusOpener()
+	opener.Remote = restoreRemote(opener.Remote, e.started.Add(restoreRetryWindow))
 	n, err := nexus.New(ctx, nexus.Config{Name: sn.Name, UUID: sn.UUID, Size: sn.Size, Children: children,
-		Store: e.health, Opener: e.nexusOpener(), Logger: e.log})
+		Store: e.health, Opener: opener, Logger: e.log})
 	if err != nil {
 		ne.reason = err.Error()
 		e.log.Error("nexus not restored", "nexus", sn.Name, "err", err)
