@@ -119,7 +119,7 @@ func NewCollector(src Source) *Collector {
 		nexusSize:      desc("nexus_size_bytes", "Size of a nexus as hosts see it.", nl...),
 		childState:     desc("nexus_child_state", "1 for the child's current state, 0 for the others.", "nexus", "child", "state"),
 		rebuildDone:    desc("nexus_rebuild_done_bytes", "Bytes copied so far by a running (or paused) rebuild of a child.", cl...),
-		rebuildTotal:   desc("nexus_rebuild_total_bytes", "Bytes a running (or paused) rebuild of a child copies in all.", cl...),
+		rebuildTotal:   desc("nexus_rebuild_size_bytes", "Bytes a running (or paused) rebuild of a child copies in all.", cl...),
 		rebuiltBytes:   desc("nexus_rebuilt_bytes_total", "Bytes copied by the rebuilds of a nexus, full and partial.", nl...),
 		retired:        desc("nexus_children_retired_total", "Times a child of a nexus was retired (faulted) for an I/O error.", nl...),
 		readRetries:    desc("nexus_read_retries_total", "Reads of a nexus retried on another child after a child failed them.", nl...),

@@ -150,9 +150,9 @@ nexstor_nexus_child_state{child="nvmf://10.0.0.2:4420/nqn.2024-11.io.nexstor:rep
 # HELP nexstor_nexus_rebuild_done_bytes Bytes copied so far by a running (or paused) rebuild of a child.
 # TYPE nexstor_nexus_rebuild_done_bytes gauge
 nexstor_nexus_rebuild_done_bytes{child="nvmf://10.0.0.2:4420/nqn.2024-11.io.nexstor:replica:2",nexus="n0"} 2.5165824e+07
-# HELP nexstor_nexus_rebuild_total_bytes Bytes a running (or paused) rebuild of a child copies in all.
-# TYPE nexstor_nexus_rebuild_total_bytes gauge
-nexstor_nexus_rebuild_total_bytes{child="nvmf://10.0.0.2:4420/nqn.2024-11.io.nexstor:replica:2",nexus="n0"} 1.00663296e+08
+# HELP nexstor_nexus_rebuild_size_bytes Bytes a running (or paused) rebuild of a child copies in all.
+# TYPE nexstor_nexus_rebuild_size_bytes gauge
+nexstor_nexus_rebuild_size_bytes{child="nvmf://10.0.0.2:4420/nqn.2024-11.io.nexstor:replica:2",nexus="n0"} 1.00663296e+08
 # HELP nexstor_nexus_rebuilt_bytes_total Bytes copied by the rebuilds of a nexus, full and partial.
 # TYPE nexstor_nexus_rebuilt_bytes_total counter
 nexstor_nexus_rebuilt_bytes_total{nexus="n0"} 3.145728e+06
@@ -190,7 +190,7 @@ nexstor_replica_io_operations_total{op="write_zeroes",pool="p0",protocol="nvmf",
 	names := []string{"nexstor_engine_up", "nexstor_pool_state", "nexstor_pool_capacity_bytes", "nexstor_pool_free_bytes",
 		"nexstor_pool_allocated_bytes", "nexstor_pool_committed_bytes", "nexstor_pool_replicas",
 		"nexstor_replica_allocated_bytes", "nexstor_replica_state", "nexstor_nexus_state", "nexstor_nexus_child_state",
-		"nexstor_nexus_rebuild_done_bytes", "nexstor_nexus_rebuild_total_bytes", "nexstor_nexus_rebuilt_bytes_total",
+		"nexstor_nexus_rebuild_done_bytes", "nexstor_nexus_rebuild_size_bytes", "nexstor_nexus_rebuilt_bytes_total",
 		"nexstor_nexus_children_retired_total", "nexstor_nexus_io_operations_total", "nexstor_nexus_io_errors_total",
 		"nexstor_nexus_io_bytes_total", "nexstor_replica_io_operations_total"}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {

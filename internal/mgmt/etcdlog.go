@@ -18,13 +18,16 @@ import (
 // While the member is being stopped, etcd reports each listener it closes
 // as an error ("setting up serving from embedded etcd failed", with a stack
 // trace). Those are the shutdown itself, not a fault: once stopping is set,
-// records below fatal level are demoted to debug.
+// that message is demoted to debug. Every other record keeps its level.
 type etcdLog struct {
 	log      *slog.Logger
 	min      zapcore.Level
 	stopping *atomic.Bool
 	fields   []zapcore.Field
 }
+
+// etcdServeStopped is the message etcd logs for each listener it closes.
+const etcdServeStopped = "setting up serving from embedded etcd failed."
 
 // newEtcdLogger returns a zap logger writing to log at min and above, and
 // the flag that marks the member as stopping.
@@ -54,7 +57,7 @@ func (c *etcdLog) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Chec
 // Write implements zapcore.Core.
 func (c *etcdLog) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	level := slogLevel(e.Level)
-	if c.stopping.Load() && e.Level < zapcore.DPanicLevel {
+	if c.stopping.Load() && e.Message == etcdServeStopped {
 		level = slog.LevelDebug
 	}
 	ctx := context.Background()

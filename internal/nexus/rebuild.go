@@ -140,7 +140,7 @@ func (n *Nexus) startRebuild(ctx context.Context, uri string, partial bool) erro
 	} else {
 		n.children = append(n.children, c)
 	}
-	if err := n.saveLocked(ctx, nil); err != nil {
+	if err := n.saveLocked(context.WithoutCancel(ctx), nil); err != nil {
 		dev.Close()
 		return err
 	}

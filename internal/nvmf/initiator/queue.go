@@ -97,14 +97,16 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 		// Every close of this connection is abortive (SO_LINGER 0: a
-		// reset, and whatever the kernel still holds unsent or
+		// reset, and whatever this host's kernel still holds unsent or
 		// unacknowledged is discarded), even the kernel's own when the
 		// process dies. An ordinary close would leave the kernel
 		// retransmitting those bytes, write capsules among them, until the
 		// peer takes them: after a partition heals, a write the caller was
 		// told had failed, and that a mirror has since rebuilt over, could
-		// still land. Nothing is ever worth delivering late; a clean
-		// disconnect has waited for its last response before closing.
+		// still land. This fences only what the host still holds: bytes
+		// the target's kernel had already received may still be read and
+		// executed there. A clean disconnect has waited for its last
+		// response before closing, so it loses nothing.
 		tc.SetLinger(0)
 	}
 	q := &hqueue{
