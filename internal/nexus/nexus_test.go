@@ -273,9 +273,7 @@ func TestUnreachableChildWaitsOfflineAfterCleanClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	gone := r.uris[1]
-	r.opener.mu.Lock()
-	r.opener.fail[gone] = errors.New("connection refused")
-	r.opener.mu.Unlock()
+	r.opener.setFail(gone, errors.New("connection refused"))
 	cfg := Config{Name: "nx", UUID: "nexus-under-test", Size: testSize, Children: r.uris, Store: store, Opener: r.opener, RebuildSegment: 64 << 10}
 	nx, err := New(ctx, cfg)
 	if err != nil {
@@ -296,9 +294,7 @@ func TestUnreachableChildWaitsOfflineAfterCleanClose(t *testing.T) {
 	if c := r.state(gone); c.DirtyBytes != 64<<10 {
 		t.Fatalf("dirty bytes %d, want one 64 KiB segment", c.DirtyBytes)
 	}
-	r.opener.mu.Lock()
-	delete(r.opener.fail, gone)
-	r.opener.mu.Unlock()
+	r.opener.setFail(gone, nil)
 	before := nx.Stats().RebuildBytes
 	if err := nx.OnlineChild(ctx, gone); err != nil {
 		t.Fatal(err)
@@ -312,9 +308,7 @@ func TestUnreachableChildWaitsOfflineAfterCleanClose(t *testing.T) {
 	verifyClean(t, nx, 2)
 
 	// Unclean: the process dies (no Close), the child is unreachable.
-	r.opener.mu.Lock()
-	r.opener.fail[gone] = errors.New("connection refused")
-	r.opener.mu.Unlock()
+	r.opener.setFail(gone, errors.New("connection refused"))
 	if _, err := nx.WriteAt(buf, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,17 @@ func (o *testOpener) add(uri string, d bdev.Device) {
 	o.devs[uri] = d
 }
 
+// setFail makes opening uri fail with err from now on (nil: succeed).
+func (o *testOpener) setFail(uri string, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err == nil {
+		delete(o.fail, uri)
+		return
+	}
+	o.fail[uri] = err
+}
+
 func (o *testOpener) Open(_ context.Context, uri string) (bdev.Device, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
