@@ -370,9 +370,8 @@ func (q *queue) capsule() error {
 		r.r2tLen = int(sgl.Length)
 		r.inR2T = true
 		q.busy.Add(1)
-		// Through the writer goroutine: the reader never blocks on a
-		// socket write, or a host that stops reading while it sends
-		// could deadlock the two of us.
+		// Through the writer goroutine, so that the reader goes straight
+		// back to reading: the host may be sending more meanwhile.
 		q.enqueue(sendItem{kind: sendR2T, cid: r.sqe.CID(), ttag: r.slot, r2tl: uint32(r.r2tLen)})
 		return nil
 	}
@@ -458,7 +457,8 @@ func (q *queue) dispatch(r *request) {
 	q.work <- r
 }
 
-// execute runs one command in a worker and sends its response.
+// execute runs one command in a worker (or in the reader, see dispatch) and
+// sends its response.
 func (q *queue) execute(r *request) {
 	if r.status.Success() {
 		c := q.ctrl
@@ -474,7 +474,7 @@ func (q *queue) execute(r *request) {
 	q.respond(r)
 }
 
-// respond sends a finished request's data and response from the worker
+// respond sends a finished request's data and response from the goroutine
 // that executed it, when the write side is free: after a device call that
 // blocked its thread, handing the response to a parked writer goroutine
 // would cost a wake-up on another thread (a futex and a context switch)
