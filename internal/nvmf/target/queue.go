@@ -249,7 +249,18 @@ func (q *queue) startWorkers(n int) {
 			for {
 				select {
 				case r := <-q.work:
-					q.execute(r)
+					// select picks at random when the queue is also
+					// torn down: a command not yet started then never
+					// reaches the device. Its host has lost the
+					// connection and may already have moved on (a
+					// mirror retiring this child, a rebuild copying over
+					// the range); a write executed now would land late.
+					select {
+					case <-q.done:
+						r.release()
+					default:
+						q.execute(r)
+					}
 					if q.qid != 0 {
 						q.busy.Add(-1)
 					}
