@@ -33,7 +33,8 @@ var (
 //	go test ./bench -run '^$' -bench NBDPool -benchtime 1x -cpuprofile cpu.out
 //	go tool pprof -top bench.test cpu.out
 //
-// Each workload reports fio's IOPS as a metric; the replica is pre-filled
+// Each workload reports fio's IOPS, and the server's (this process's) CPU
+// time and context switches per I/O, as metrics; the replica is pre-filled
 // before the reads so they hit allocated clusters.
 func BenchmarkNBDPool(b *testing.B) {
 	fio := testutil.RequireTool(b, "fio")
@@ -80,11 +81,12 @@ func BenchmarkNBDPool(b *testing.B) {
 	go s.Serve(context.Background(), l)
 	uri := fmt.Sprintf("nbd://%s/r0", l.Addr())
 
-	runFio := func(tb testing.TB, name string, args ...string) (iops, cpuPerIO float64) {
+	runFio := func(tb testing.TB, name string, args ...string) (iops, cpuPerIO, cswPerIO float64) {
 		args = append([]string{"--name=" + name, "--ioengine=nbd", "--uri=" + uri, "--output-format=json", fmt.Sprintf("--size=%d", size)}, args...)
-		cpu0 := cpuTime()
+		cpu0, csw0 := usage()
 		out, err := exec.Command(fio, args...).Output()
-		cpu := cpuTime() - cpu0
+		cpu1, csw1 := usage()
+		cpu, csw := cpu1-cpu0, csw1-csw0
 		if err != nil {
 			tb.Fatalf("fio %v: %v\n%s", args, err, out)
 		}
@@ -107,7 +109,7 @@ func BenchmarkNBDPool(b *testing.B) {
 		}
 		j := res.Jobs[0]
 		ios := j.Read.TotalIOs + j.Write.TotalIOs
-		return j.Read.IOPS + j.Write.IOPS, cpu.Seconds() * 1e6 / max(ios, 1)
+		return j.Read.IOPS + j.Write.IOPS, cpu.Seconds() * 1e6 / max(ios, 1), float64(csw) / max(ios, 1)
 	}
 	runFio(b, "prefill", "--rw=write", "--bs=1m", "--iodepth=8")
 
@@ -118,21 +120,23 @@ func BenchmarkNBDPool(b *testing.B) {
 		{"write-1m-qd8", "write", "1m", "8"},
 	} {
 		b.Run(w.name, func(b *testing.B) {
-			var iops, cpu float64
+			var iops, cpu, csw float64
 			for b.Loop() {
-				iops, cpu = runFio(b, w.name, "--rw="+w.rw, "--bs="+w.bs, "--iodepth="+w.depth, "--time_based", rt, "--randrepeat=0", "--norandommap")
+				iops, cpu, csw = runFio(b, w.name, "--rw="+w.rw, "--bs="+w.bs, "--iodepth="+w.depth, "--time_based", rt, "--randrepeat=0", "--norandommap")
 			}
 			b.ReportMetric(iops, "IOPS")
 			b.ReportMetric(cpu, "server-CPU-µs/IO")
+			b.ReportMetric(csw, "server-ctxsw/IO")
 		})
 	}
 }
 
-// cpuTime is the user and system CPU time of this process so far.
-func cpuTime() time.Duration {
+// usage is the user and system CPU time of this process so far, and its
+// context switches (voluntary and involuntary, all threads).
+func usage() (time.Duration, int64) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Nvcsw + ru.Nivcsw
 }
