@@ -44,7 +44,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,30p' "$0"; exit 2 ;;
+	*) sed -n '2,27p' "$0"; exit 2 ;;
 	esac
 done
 
