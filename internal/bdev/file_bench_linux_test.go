@@ -103,12 +103,21 @@ func BenchmarkFile(b *testing.B) {
 
 // BenchmarkFileParallel issues 4KiB reads from many goroutines at once.
 func BenchmarkFileParallel(b *testing.B) {
+	benchParallelReads(b, 0, func(b *testing.B, direct bool) *bdev.File { return openBench(b, direct) })
+}
+
+// benchParallelReads issues 4KiB reads from many goroutines at once (GOMAXPROCS
+// times parallelism of them; 0 keeps the default) on the file open makes.
+func benchParallelReads(b *testing.B, parallelism int, open func(b *testing.B, direct bool) *bdev.File) {
 	for _, m := range fileModes {
 		b.Run(m.name, func(b *testing.B) {
-			f := openBench(b, m.direct)
+			f := open(b, m.direct)
 			span := f.Size() / 4096
 			b.SetBytes(4096)
 			b.ReportAllocs()
+			if parallelism > 0 {
+				b.SetParallelism(parallelism)
+			}
 			b.RunParallel(func(pb *testing.PB) {
 				buf := ioBuf(4096, m.unaligned)
 				i := int64(0)

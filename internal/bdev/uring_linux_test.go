@@ -303,29 +303,7 @@ func TestURingCloseDuringIO(t *testing.T) {
 func TestURingFlushErrorIsSticky(t *testing.T) {
 	dir := t.TempDir()
 	f := openURing(t, filepath.Join(dir, "d"), bdev.FileOptions{Create: true, Size: 1 << 20})
-	if err := f.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	var pipe [2]int
-	if err := syscall.Pipe(pipe[:]); err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(pipe[1])
-	fd := bdev.SwapFD(f, pipe[0])
-	err := f.Flush()
-	bdev.SwapFD(f, fd)
-	syscall.Close(pipe[0])
-	if !errors.Is(err, syscall.EINVAL) {
-		t.Fatalf("Flush on a pipe: %v, want EINVAL", err)
-	}
-	if _, err := f.WriteAt(make([]byte, 512), 0); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if err := f.Flush(); !errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "earlier flush failed") {
-			t.Fatalf("Flush after a failed flush: %v, want the earlier failure", err)
-		}
-	}
+	checkStickyFlush(t, f)
 }
 
 // TestURingReadErrors: a failed request's errno comes back wrapped with
@@ -410,24 +388,7 @@ func TestURingNoAllocations(t *testing.T) {
 // BenchmarkURingParallel issues 4KiB reads from many goroutines at once,
 // to compare with BenchmarkFileParallel.
 func BenchmarkURingParallel(b *testing.B) {
-	for _, m := range fileModes {
-		b.Run(m.name, func(b *testing.B) {
-			f := openURing(b, filepath.Join(b.TempDir(), "d"), bdev.FileOptions{Create: true, Size: 64 << 20, Direct: ptr(m.direct)})
-			span := f.Size() / 4096
-			b.SetBytes(4096)
-			b.ReportAllocs()
-			b.SetParallelism(8)
-			b.RunParallel(func(pb *testing.PB) {
-				buf := ioBuf(4096, m.unaligned)
-				i := int64(0)
-				for pb.Next() {
-					if _, err := f.ReadAt(buf, (i*7919%span)*4096); err != nil {
-						b.Error(err)
-						return
-					}
-					i++
-				}
-			})
-		})
-	}
+	benchParallelReads(b, 8, func(b *testing.B, direct bool) *bdev.File {
+		return openURing(b, filepath.Join(b.TempDir(), "d"), bdev.FileOptions{Create: true, Size: 64 << 20, Direct: ptr(direct)})
+	})
 }

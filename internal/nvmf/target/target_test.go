@@ -29,12 +29,19 @@ func serve(t *testing.T) (*Target, *Subsystem, string) {
 // serveSize serves one malloc namespace of size bytes (4 KiB blocks).
 func serveSize(t *testing.T, size int64) (*Target, *Subsystem, string) {
 	t.Helper()
-	tgt := New(nil)
-	sub, err := tgt.AddSubsystem(subNQN, SubsystemOptions{AllowAnyHost: true, Serial: "SN1", Model: "M1"})
+	dev, err := bdev.NewMalloc(size, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := bdev.NewMalloc(size, 4096)
+	return serveDevice(t, dev)
+}
+
+// serveDevice serves dev as namespace 1 of subsystem subNQN, to any host,
+// on a loopback port, until the test ends.
+func serveDevice(t *testing.T, dev bdev.Device) (*Target, *Subsystem, string) {
+	t.Helper()
+	tgt := New(nil)
+	sub, err := tgt.AddSubsystem(subNQN, SubsystemOptions{AllowAnyHost: true, Serial: "SN1", Model: "M1"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package target
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -22,25 +21,11 @@ func TestQueuedCommandsDroppedAtTeardown(t *testing.T) {
 	}
 	slow := faulty.New(mem, 1)
 	started := slow.AddRule(faulty.Rule{Ops: faulty.OpWrite, Latency: 500 * time.Millisecond})
-	tgt := New(nil)
-	sub, err := tgt.AddSubsystem(subNQN, SubsystemOptions{AllowAnyHost: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sub.AddNamespace(slow, NamespaceOptions{UUID: [16]byte{0xAB}}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { tgt.Serve(ctx, l); close(done) }()
-	defer func() { cancel(); <-done; tgt.Close() }()
-
+	tgt, _, addr := serveDevice(t, slow)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	const depth = 128 // more than the 63 workers of a queue of 128 entries
-	c, err := initiator.Connect(ctx, l.Addr().String(), subNQN, initiator.Options{IOQueues: 1, QueueDepth: depth,
+	c, err := initiator.Connect(ctx, addr, subNQN, initiator.Options{IOQueues: 1, QueueDepth: depth,
 		CommandTimeout: 10 * time.Second, MaxReconnect: 1, ReconnectDelay: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
