@@ -47,6 +47,7 @@ for tool in go dd; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 [ -n "$OUT" ] || OUT=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nexus-bench-out.XXXXXX")
 mkdir -p "$OUT/profiles"
 echo "nexus.sh: building; output in $OUT" >&2
@@ -65,13 +66,5 @@ if [ "$LAT" = 1 ]; then
 fi
 
 echo
-for f in "$OUT"/profiles/*.pprof; do
-	[ -s "$f" ] || continue
-	echo "#### $(basename "$f" .pprof): top of the CPU profile"
-	echo
-	echo '```'
-	go tool pprof -top -nodecount=25 "$f" 2>/dev/null | sed -n '4,33p'
-	echo '```'
-	echo
-done | tee "$OUT/profiles.md"
+print_profiles "$OUT/profiles" 4,33 | tee "$OUT/profiles.md"
 echo "Reproduce: bench/nexus.sh -t $RUNTIME -r $REPEAT -s $SIZE$([ "$LAT" = 1 ] && echo " -l")${*:+ -- $*}"

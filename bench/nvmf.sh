@@ -50,6 +50,7 @@ done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "nvmf.sh: this fio has no nbd engine" >&2; exit 1; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 [ -n "$OUT" ] || OUT=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nvmf-bench-out.XXXXXX")
 mkdir -p "$OUT/profiles"
 echo "nvmf.sh: building; output in $OUT" >&2
@@ -60,13 +61,5 @@ args=(-t "$RUNTIME" -r "$REPEAT" -profile "$OUT/profiles" -json "$OUT/samples.js
 "$OUT/nvmfbench" "${args[@]}" "$@" | tee "$OUT/report.md"
 
 echo
-for f in "$OUT"/profiles/*.pprof; do
-	[ -s "$f" ] || continue
-	echo "#### $(basename "$f" .pprof): top of the CPU profile"
-	echo
-	echo '```'
-	go tool pprof -top -nodecount=25 "$f" 2>/dev/null | sed -n '4,35p'
-	echo '```'
-	echo
-done | tee "$OUT/profiles.md"
+print_profiles "$OUT/profiles" 4,35 | tee "$OUT/profiles.md"
 echo "Reproduce: bench/nvmf.sh -t $RUNTIME -r $REPEAT${*:+ -- $*}"

@@ -36,11 +36,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nexstor/nexstor/bench/internal/benchutil"
 
 	"golang.org/x/sys/unix"
 
@@ -514,24 +515,12 @@ func ptr[T any](v T) *T { return &v }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func field(s []sample, f func(sample) float64) float64 {
 	var v []float64
 	for _, x := range s {
 		v = append(v, f(x))
 	}
-	return median(v)
+	return benchutil.Median(v)
 }
 
 // Goals from the issue: 3-child writes at least 0.7x the single replica,
@@ -585,7 +574,7 @@ func report(w io.Writer, c config, samples map[string][]sample, rebuilds []rebui
 		rb = append(rb, s.RebuildBPS)
 		cp = append(cp, s.CopyBPS)
 	}
-	mrb, mcp := median(rb), median(cp)
+	mrb, mcp := benchutil.Median(rb), benchutil.Median(cp)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| idle full rebuild | MiB | rebuild MiB/s | dd copy MiB/s | rebuild vs copy |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")

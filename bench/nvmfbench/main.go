@@ -41,6 +41,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nexstor/nexstor/bench/internal/benchutil"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/loadgen"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
@@ -473,24 +475,12 @@ func fsType(dir string) string {
 	return f[len(f)-1]
 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func med(ms []measured, f func(measured) float64) float64 {
 	v := make([]float64, len(ms))
 	for i, m := range ms {
 		v[i] = f(m)
 	}
-	return median(v)
+	return benchutil.Median(v)
 }
 
 func report(cfg config, samples map[key][]measured, start time.Time, load0, load1, fs string) {
