@@ -13,7 +13,6 @@ import (
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/hostlist"
 )
 
@@ -31,12 +30,9 @@ func fanOut[T any](a *app, s *storageFlags, fn func(ctx context.Context, c mgmtv
 	if list == "" {
 		list = a.engineAddr
 	}
-	hosts, err := hostlist.Expand(list, config.DefaultPort)
+	hosts, err := expandHosts("--host-list", list)
 	if err != nil {
-		return nil, fmt.Errorf("--host-list: %w", err)
-	}
-	if len(hosts) == 0 {
-		return nil, fmt.Errorf("--host-list is empty: name the servers, e.g. node-[1-3]:%d", config.DefaultPort)
+		return nil, err
 	}
 	opts, err := s.tls.dialOptions(hosts...)
 	if err != nil {

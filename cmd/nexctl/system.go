@@ -27,14 +27,22 @@ type systemFlags struct {
 	verbose      bool
 }
 
+// expandHosts expands the host list given to flag (ranges such as
+// node-[1-3], the default port added). hostlist.Expand refuses an empty
+// list itself.
+func expandHosts(flag, list string) ([]string, error) {
+	hosts, err := hostlist.Expand(list, config.DefaultPort)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	return hosts, nil
+}
+
 // mgmtClient connects to the access points, following the leader.
 func (s *systemFlags) mgmtClient() (*mgmt.Client, error) {
-	aps, err := hostlist.Expand(s.accessPoints, config.DefaultPort)
+	aps, err := expandHosts("--access-points", s.accessPoints)
 	if err != nil {
-		return nil, fmt.Errorf("--access-points: %w", err)
-	}
-	if len(aps) == 0 {
-		return nil, fmt.Errorf("--access-points is empty: name the access points, e.g. node-[1-3]:%d", config.DefaultPort)
+		return nil, err
 	}
 	opts, err := s.tls.dialOptions(aps...)
 	if err != nil {
