@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/control/config"
@@ -106,6 +107,7 @@ func printDev(w io.Writer, sys ctlserver.DevSystem) {
 	if sys.MetricsURL != "" {
 		fmt.Fprintf(w, "\n  metrics (node 0): %s\n", sys.MetricsURL)
 	}
+	printDevNexuses(w, sys)
 	r := sys.Demo
 	if r == nil {
 		return
@@ -145,4 +147,30 @@ func printDev(w io.Writer, sys ctlserver.DevSystem) {
 		fmt.Fprintf(w, "  nexctl --engine %s pool list    # another node\n", sys.Configs[1].GRPCListen)
 	}
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop; the next start brings back the same ranks, pools, replica and shares.\n")
+}
+
+// printDevNexuses lists the nexuses every node brought back, with their
+// state and how many of their children are online, so that a restart that
+// came back degraded says so at once.
+func printDevNexuses(w io.Writer, sys ctlserver.DevSystem) {
+	if len(sys.Nexuses) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n  nexuses:\n")
+	for _, dn := range sys.Nexuses {
+		n := dn.Nexus
+		online := 0
+		for _, c := range n.GetChildren() {
+			if c.GetState() == enginev1.ChildState_CHILD_STATE_ONLINE {
+				online++
+			}
+		}
+		total := len(n.GetChildren()) + len(n.GetLeftOut())
+		state := strings.ToLower(strings.TrimPrefix(n.GetState().String(), "NEXUS_STATE_"))
+		fmt.Fprintf(w, "    %s on %s  %s  %d/%d children online", n.GetName(), sys.Configs[dn.Node].GRPCListen, state, online, total)
+		if r := n.GetReason(); r != "" {
+			fmt.Fprintf(w, "  (%s)", r)
+		}
+		fmt.Fprintln(w)
+	}
 }

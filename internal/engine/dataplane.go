@@ -182,6 +182,10 @@ func (d *DataPlane) DiscoveryAddr() string { return addrOf(d.discLn) }
 // exports the pools cleanly; the state file keeps the shares, so the next
 // start restores them. The caller stops routing gRPC calls to the engine
 // first. Later calls return the first result.
+// Quiesce closes the engine's nexuses ahead of a shutdown that spans
+// several nodes (see Engine.Quiesce); the frontends keep serving replicas.
+func (d *DataPlane) Quiesce() error { return d.Engine.Quiesce() }
+
 func (d *DataPlane) Close() error {
 	d.closeOnce.Do(func() {
 		// Frontends first: no new connections, in-flight requests answered;

@@ -153,6 +153,9 @@ type Engine struct {
 	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
 	gen      uint64          // bumped on every change of persistent state
 	closed   bool
+	// quiesced: the nexuses are closed for a shutdown (Quiesce); nexus
+	// operations fail as on a closed engine, replicas keep being served.
+	quiesced bool
 	started  time.Time
 
 	stateMu  sync.Mutex // serializes state file writes
@@ -404,7 +407,10 @@ func (e *Engine) Close() error {
 	// Copies: operations still in flight may record their results.
 	shares := maps.Clone(e.shares)
 	pools := maps.Clone(e.pools)
-	nexuses := maps.Clone(e.nexuses)
+	var nexuses map[string]*nexusEntry
+	if !e.quiesced {
+		nexuses = maps.Clone(e.nexuses)
+	}
 	e.mu.Unlock()
 	// Nexuses first: their children are replicas of the pools.
 	errs := e.closeNexuses(nexuses)
@@ -432,8 +438,29 @@ func (e *Engine) Close() error {
 	return errors.Join(errs...)
 }
 
+// Quiesce is the first half of a shutdown that spans several nodes: it
+// unpublishes and closes every nexus, flushing its children and recording a
+// clean shutdown, while every node still serves its replicas. Stopping a
+// node whose replicas are children of another node's nexus before that
+// nexus closed would fail the closing flush and fault those children, so a
+// system restarted together would come back degraded. After Quiesce, nexus
+// operations fail as on a closed engine; replicas and shares keep working
+// until Close. The nexuses stay remembered and are restored at the next
+// start. Quiesce is idempotent.
+func (e *Engine) Quiesce() error {
+	e.mu.Lock()
+	if e.closed || e.quiesced {
+		e.mu.Unlock()
+		return nil
+	}
+	e.quiesced = true
+	nexuses := maps.Clone(e.nexuses)
+	e.mu.Unlock()
+	return errors.Join(e.closeNexuses(nexuses)...)
+}
+
 func (e *Engine) checkOpenLocked() error {
-	if e.closed {
+	if e.closed || e.quiesced {
 		return fault.New(fault.Unavailable, "engine.closed", "the engine is shutting down", "retry when the server is back")
 	}
 	return nil

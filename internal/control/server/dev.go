@@ -71,6 +71,15 @@ type DevSystem struct {
 	Demo *enginev1.Replica
 	// MetricsURL is node 0's Prometheus endpoint; "" when disabled.
 	MetricsURL string
+	// Nexuses are the nexuses of every node as they came up (restored from
+	// an earlier run), node 0's first.
+	Nexuses []DevNexus
+}
+
+// DevNexus is one node's nexus.
+type DevNexus struct {
+	Node  int
+	Nexus *enginev1.Nexus
 }
 
 // DefaultDevMetricsPort is the port of node 0's metrics in nexstor dev: the
@@ -148,21 +157,33 @@ func RunDev(ctx context.Context, o DevOptions) error {
 	if err != nil {
 		return err
 	}
+	// ctx ends when the caller stops the system or a node fails; the nodes
+	// run until stopNodes, so that every node's nexuses can be closed
+	// while every node still serves its replicas (see stop).
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	nodeCtx, stopNodes := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNodes()
 	errs := make([]error, len(cfgs))
+	handles := make([]*Handle, len(cfgs))
 	var wg sync.WaitGroup
 	for i, cfg := range cfgs {
+		handles[i] = &Handle{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = Run(ctx, cfg, Options{HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout,
-				Logger: log.With("node", i)})
+			errs[i] = Run(nodeCtx, cfg, Options{HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout,
+				Logger: log.With("node", i), Handle: handles[i]})
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("dev node %d: %w", i, errs[i])
 			}
 			cancel() // one node failing stops the system
 		}()
+	}
+	stop := func() {
+		quiesceAll(handles, log)
+		stopNodes()
+		wg.Wait()
 	}
 	members, err := devBringUp(ctx, cfgs)
 	sys := DevSystem{Configs: cfgs, Members: members}
@@ -172,17 +193,60 @@ func RunDev(ctx context.Context, o DevOptions) error {
 	if err == nil && o.Demo != "" {
 		sys.Demo, err = devDemo(ctx, cfgs[0].GRPCListen, o)
 	}
+	if err == nil {
+		sys.Nexuses, err = devNexuses(ctx, cfgs)
+	}
 	if err != nil && ctx.Err() == nil {
 		cancel()
-		wg.Wait()
+		stop()
 		return errors.Join(append(errs, err)...)
 	}
 	if err == nil && o.Ready != nil {
 		o.Ready(sys)
 	}
 	<-ctx.Done()
-	wg.Wait()
+	stop()
 	return errors.Join(errs...)
+}
+
+// quiesceAll closes the nexuses of every node, all nodes at once, before any
+// node stops: a nexus closing after a node of its children stopped would
+// fail its closing flush and record those children as out of date.
+func quiesceAll(handles []*Handle, log *slog.Logger) {
+	var wg sync.WaitGroup
+	for i, h := range handles {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := h.Quiesce(); err != nil {
+				log.Warn("closing the nexuses before the stop", "node", i, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// devNexuses lists the nexuses of every node, for the banner: after a
+// restart it shows whether each came back whole.
+func devNexuses(ctx context.Context, cfgs []*config.Server) ([]DevNexus, error) {
+	var out []DevNexus
+	for i, cfg := range cfgs {
+		cc, err := grpc.NewClient(cfg.GRPCListen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := enginev1.NewNexusServiceClient(cc).ListNexuses(cctx, &enginev1.ListNexusesRequest{})
+		cancel()
+		cc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("dev: list the nexuses of node %d: %w", i, err)
+		}
+		for _, n := range resp.GetNexuses() {
+			out = append(out, DevNexus{Node: i, Nexus: n})
+		}
+	}
+	return out, nil
 }
 
 func orString(v, def string) string {

@@ -44,6 +44,43 @@ type Options struct {
 	// Scanner scans the node's disks; nil scans the real /sys.
 	Scanner *storage.Scanner
 	Logger  *slog.Logger
+	// Handle, when set, is connected to the running node, so that the
+	// caller can quiesce it before ending ctx (see Handle.Quiesce).
+	Handle *Handle
+}
+
+// Handle reaches a node that Run serves. Methods are safe for concurrent
+// use, and do nothing before Run has started or after it returned.
+type Handle struct {
+	mu sync.Mutex
+	r  *runtime
+}
+
+func (h *Handle) set(r *runtime) {
+	if h != nil {
+		h.mu.Lock()
+		h.r = r
+		h.mu.Unlock()
+	}
+}
+
+// Quiesce closes the node's nexuses (flushing their children and recording
+// a clean shutdown) while its replicas stay served: the first half of
+// stopping several nodes together, done on every node before any stops.
+func (h *Handle) Quiesce() error {
+	h.mu.Lock()
+	r := h.r
+	h.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	dp := r.dp
+	r.mu.Unlock()
+	if dp == nil {
+		return nil
+	}
+	return dp.Quiesce()
 }
 
 // Run serves the node described by cfg until ctx ends, then shuts down
@@ -83,6 +120,8 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 
 	r := &runtime{cfg: cfg, opts: opts, log: log}
 	defer r.stopEngine("the server is shutting down")
+	opts.Handle.set(r)
+	defer opts.Handle.set(nil)
 	// Metrics listen before anything else does, so that a busy port is a
 	// startup error; they are served from maintenance mode on (the engine
 	// part once it runs) and stop before the engine does (defers run last
