@@ -55,7 +55,9 @@ func NewNodeServer(cfg *config.Server, scanner *storage.Scanner, create PoolCrea
 		log = slog.Default()
 	}
 	if scanner == nil {
-		scanner = &storage.Scanner{}
+		// The real disks, each probed for a pool superblock, so that a
+		// scan says which disk holds which pool.
+		scanner = &storage.Scanner{Probe: storage.PoolProbe}
 	}
 	n := &NodeServer{cfg: cfg, scanner: scanner, create: create, log: log, formatted: make(chan struct{})}
 	sb, err := ReadSuperblock(cfg.MetadataDir)

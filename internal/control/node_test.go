@@ -14,7 +14,9 @@ import (
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/control/storage"
+	"github.com/nexstor/nexstor/internal/pool"
 )
 
 func nodeConfig(t *testing.T) *config.Server {
@@ -137,5 +139,38 @@ func TestNodeServerScan(t *testing.T) {
 	// Without a pool creator, configured pools cannot be formatted.
 	if _, err := n.StorageFormat(context.Background(), &mgmtv1.StorageFormatRequest{}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("format without creator: %v", err)
+	}
+}
+
+// TestNodeServerScanProbesPools checks that a node's own scanner probes
+// every free disk for a pool superblock: a scan says which disk holds which
+// pool.
+func TestNodeServerScanProbesPools(t *testing.T) {
+	n, err := NewNodeServer(nodeConfig(t), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The default scanner, pointed at a fake sysfs whose disk vdb is a
+	// file holding a real pool.
+	fake := fakeScanner(t)
+	devs := t.TempDir()
+	dev, err := bdev.OpenFile(filepath.Join(devs, "vdb"), bdev.FileOptions{Create: true, Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.Create(dev, pool.CreateOptions{Name: "fast", ClusterSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n.scanner.SysRoot, n.scanner.DevRoot, n.scanner.MountsFile = fake.SysRoot, devs, fake.MountsFile
+	resp, err := n.StorageScan(context.Background(), &mgmtv1.StorageScanRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Disks) != 1 || resp.Disks[0].PoolName != "fast" || resp.Disks[0].PoolUuid != p.UUID() {
+		t.Fatalf("disks %+v, want vdb holding pool fast (%s)", resp.Disks, p.UUID())
 	}
 }
