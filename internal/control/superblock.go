@@ -22,6 +22,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/fsutil"
+
 	"github.com/google/uuid"
 
 	"github.com/nexstor/nexstor/internal/fault"
@@ -132,48 +134,15 @@ func WriteSuperblock(dir string, sb *Superblock) error {
 	if err != nil {
 		return fmt.Errorf("superblock: %w", err)
 	}
-	if err := atomicWrite(dir, SuperblockFile, append(data, '\n'), 0o600); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fault.Wrap(err, fault.Internal, CodeSuperblockAccess, "write node superblock",
+			"check that metadata_dir is writable and has space")
+	}
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, SuperblockFile), append(data, '\n'), 0o600); err != nil {
 		return fault.Wrap(err, fault.Internal, CodeSuperblockAccess, "write node superblock",
 			"check that metadata_dir is writable and has space")
 	}
 	return nil
-}
-
-// atomicWrite writes dir/name through a synced temporary file and a rename,
-// then syncs the directory so the rename itself is durable.
-func atomicWrite(dir, name string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, "."+name+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // FormatOptions controls Format.

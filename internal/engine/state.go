@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+
+	"github.com/nexstor/nexstor/internal/fsutil"
 )
 
 // StateFileName is the name of the engine's state file in the data dir.
@@ -65,47 +66,6 @@ func loadState(path string) (persistentState, error) {
 	return st, nil
 }
 
-// writeFileAtomic replaces path with data so that after a crash the file
-// holds either the old or the new content: write a temporary file in the
-// same directory, fsync it, rename it over path, fsync the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmpName := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 func saveState(path string, st persistentState) error {
 	st.Version = stateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
@@ -113,7 +73,7 @@ func saveState(path string, st persistentState) error {
 		return err
 	}
 	b = append(b, '\n')
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(path, b, 0o600); err != nil {
 		return fmt.Errorf("engine state %s: %w", path, err)
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/nexstor/nexstor/internal/fsutil"
 )
 
 const effectiveHeader = "# Effective configuration of this nexstor server: the file, defaults and\n" +
@@ -24,38 +26,8 @@ func (s *Server) WriteEffective(dir string) (string, error) {
 		return "", fmt.Errorf("effective config: %w", err)
 	}
 	path := filepath.Join(dir, EffectiveFileName)
-	tmp, err := os.CreateTemp(dir, "."+EffectiveFileName+".*")
-	if err != nil {
+	if err := fsutil.WriteFileAtomic(path, append([]byte(effectiveHeader), data...), 0o444); err != nil {
 		return "", fmt.Errorf("effective config: %w", err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(append([]byte(effectiveHeader), data...)); err != nil {
-		return "", fmt.Errorf("effective config %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o444); err != nil {
-		return "", fmt.Errorf("effective config %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("effective config %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("effective config %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", fmt.Errorf("effective config %s: %w", path, err)
-	}
-	done = true
-	if d, err := os.Open(dir); err == nil {
-		// Make the rename durable; a failure here loses nothing but the
-		// rename itself, which the next start redoes.
-		_ = d.Sync()
-		d.Close()
 	}
 	return path, nil
 }
