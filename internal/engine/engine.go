@@ -32,6 +32,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/stats"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/nexus"
 )
 
@@ -160,6 +161,28 @@ type Engine struct {
 
 	stateMu  sync.Mutex // serializes state file writes
 	savedGen uint64
+
+	lock *fsutil.Lock // of the data dir, released by Close
+}
+
+// LockFileName is the lock file in the data dir that keeps a second engine
+// off it while one runs.
+const LockFileName = "engine.lock"
+
+// dataDirInUse explains a data dir that another engine holds.
+func dataDirInUse(dir string, err error) error {
+	var held *fsutil.HeldError
+	if !errors.As(err, &held) {
+		return fault.Wrap(err, fault.Internal, "engine.data_dir_lock", fmt.Sprintf("data dir %s cannot be locked", dir),
+			"check that the data dir is on a local file system that supports flock")
+	}
+	who := "another process"
+	if held.PID > 0 {
+		who = fmt.Sprintf("process %d", held.PID)
+	}
+	return fault.Wrap(err, fault.FailedPrecondition, "engine.data_dir_in_use",
+		fmt.Sprintf("data dir %s is in use by %s (another nexstor server)", dir, who),
+		"stop the other server, or give this one its own data dir (--data-dir, data_dir)")
 }
 
 // New starts an engine: it loads the state file, imports the configured and
@@ -179,7 +202,14 @@ func New(cfg Config) (*Engine, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("engine: data dir: %w", err)
 	}
+	// Two engines on one data dir would import the same pools and hand out
+	// the same clusters: the second is refused before it reads anything.
+	lock, err := fsutil.LockFile(filepath.Join(cfg.DataDir, LockFileName))
+	if err != nil {
+		return nil, dataDirInUse(cfg.DataDir, err)
+	}
 	e := &Engine{
+		lock:      lock,
 		cfg:       cfg,
 		log:       cfg.Logger,
 		statePath: filepath.Join(cfg.DataDir, StateFileName),
@@ -192,9 +222,11 @@ func New(cfg Config) (*Engine, error) {
 	}
 	st, err := loadState(e.statePath)
 	if err != nil {
+		lock.Unlock()
 		return nil, err
 	}
 	if e.health, err = nexus.NewFileStore(filepath.Join(cfg.DataDir, NexusHealthDir)); err != nil {
+		lock.Unlock()
 		return nil, fmt.Errorf("engine: nexus health store: %w", err)
 	}
 	wanted := slices.Clone(cfg.Pools)
@@ -434,6 +466,10 @@ func (e *Engine) Close() error {
 		} else {
 			e.log.Info("pool exported", "pool", name)
 		}
+	}
+	// Last: another engine may take the data dir once the pools are closed.
+	if err := e.lock.Unlock(); err != nil {
+		errs = append(errs, fmt.Errorf("unlock the data dir: %w", err))
 	}
 	return errors.Join(errs...)
 }

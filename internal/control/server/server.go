@@ -9,10 +9,12 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -24,6 +26,8 @@ import (
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/control/storage"
 	"github.com/nexstor/nexstor/internal/engine"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
@@ -98,6 +102,16 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// One server per data dir: a second one would format, import and serve
+	// the same pools. Checked before anything is written.
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
+	}
+	lock, err := fsutil.LockFile(filepath.Join(cfg.DataDir, LockFileName))
+	if err != nil {
+		return dataDirInUse(cfg.DataDir, err)
+	}
+	defer lock.Unlock()
 	effective, err := cfg.WriteEffective(cfg.RuntimeDir)
 	if err != nil {
 		return err
@@ -232,6 +246,24 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		log.Error("shutting down", "err", err)
 		return err
 	}
+}
+
+// LockFileName is the lock file in the data dir that keeps a second server
+// off it while one runs.
+const LockFileName = "server.lock"
+
+func dataDirInUse(dir string, err error) error {
+	var held *fsutil.HeldError
+	if !errors.As(err, &held) {
+		return fmt.Errorf("data_dir %s cannot be locked: %w", dir, err)
+	}
+	who := "another process"
+	if held.PID > 0 {
+		who = fmt.Sprintf("process %d", held.PID)
+	}
+	return fault.Wrap(err, fault.FailedPrecondition, "server.data_dir_in_use",
+		fmt.Sprintf("data_dir %s is in use by %s (another nexstor server)", dir, who),
+		"stop the other server, or give this one its own data_dir")
 }
 
 // Policy is the authorization table of everything a node serves: the node

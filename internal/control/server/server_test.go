@@ -2,9 +2,13 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +21,7 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
 )
@@ -159,5 +164,27 @@ func TestAdvertiseAddr(t *testing.T) {
 	cfg.WithGRPCListen(":10124").WithAccessPoints("localhost:10124")
 	if got := advertiseAddr(cfg); got != "localhost:10124" {
 		t.Errorf("access point: %q", got)
+	}
+}
+
+// TestRunRefusesALockedDataDir: a server whose data dir another server holds
+// fails at once, naming the holder, before it writes anything.
+func TestRunRefusesALockedDataDir(t *testing.T) {
+	cfg := maintenanceConfig(t, "")
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	held, err := fsutil.LockFile(filepath.Join(cfg.DataDir, LockFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	err = Run(context.Background(), cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("in use by process %d", os.Getpid())) ||
+		!strings.Contains(err.Error(), cfg.DataDir) {
+		t.Fatalf("Run on a held data dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.RuntimeDir, config.EffectiveFileName)); !os.IsNotExist(err) {
+		t.Fatalf("the refused server wrote its effective config: %v", err)
 	}
 }
