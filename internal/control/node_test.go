@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
-	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/control/storage"
 	"github.com/nexstor/nexstor/internal/pool"
 )
