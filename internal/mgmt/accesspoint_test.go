@@ -16,6 +16,7 @@ import (
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // commonPort returns a port free on every given loopback address.
@@ -56,7 +57,7 @@ func commonPort(t *testing.T, hosts []string) int {
 func TestThreeAccessPoints(t *testing.T) {
 	hosts := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
 	if l, err := net.Listen("tcp", "127.0.0.2:0"); err != nil {
-		t.Skipf("no 127.0.0.2 loopback: %v", err)
+		testutil.Missing(t, "the 127.0.0.2 loopback address ("+err.Error()+")")
 	} else {
 		l.Close()
 	}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // tree builds a fake sysfs. Paths are relative to root; values are file
@@ -136,7 +138,7 @@ func TestScanVirtualAndProbeErrors(t *testing.T) {
 
 func TestScanRealSystem(t *testing.T) {
 	if _, err := os.Stat("/sys/block"); err != nil {
-		t.Skip("no /sys/block")
+		testutil.Missing(t, "/sys/block")
 	}
 	disks, err := (&Scanner{}).Scan()
 	if err != nil {
