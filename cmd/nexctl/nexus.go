@@ -492,15 +492,15 @@ when the children differ.`,
 
 // nexusView is the stable JSON/YAML form of a nexus. Sizes are bytes.
 type nexusView struct {
-	Name      string      `json:"name" yaml:"name"`
-	UUID      string      `json:"uuid" yaml:"uuid"`
-	Size      uint64      `json:"size" yaml:"size"`
-	BlockSize uint32      `json:"block_size" yaml:"block_size"`
-	State     string      `json:"state" yaml:"state"`
-	Reason    string      `json:"reason,omitempty" yaml:"reason,omitempty"`
-	Children  []childView `json:"children" yaml:"children"`
-	Share     *shareView  `json:"share,omitempty" yaml:"share,omitempty"`
-	LeftOut   []string    `json:"left_out,omitempty" yaml:"left_out,omitempty"`
+	Name      string        `json:"name" yaml:"name"`
+	UUID      string        `json:"uuid" yaml:"uuid"`
+	Size      uint64        `json:"size" yaml:"size"`
+	BlockSize uint32        `json:"block_size" yaml:"block_size"`
+	State     string        `json:"state" yaml:"state"`
+	Reason    string        `json:"reason,omitempty" yaml:"reason,omitempty"`
+	Children  []childView   `json:"children" yaml:"children"`
+	Share     *shareView    `json:"share,omitempty" yaml:"share,omitempty"`
+	LeftOut   []leftOutView `json:"left_out,omitempty" yaml:"left_out,omitempty"`
 }
 
 type childView struct {
@@ -545,9 +545,19 @@ func newRebuildView(r *enginev1.Rebuild) rebuildView {
 		BytesPerSecond: r.GetBytesPerSecond(), ETASeconds: r.GetEtaSeconds(), Error: r.GetError()}
 }
 
+// leftOutView is a child left out when the nexus was recreated.
+type leftOutView struct {
+	URI    string `json:"uri" yaml:"uri"`
+	State  string `json:"state" yaml:"state"`
+	Reason string `json:"reason,omitempty" yaml:"reason,omitempty"`
+}
+
 func newNexusView(n *enginev1.Nexus) nexusView {
 	v := nexusView{Name: n.GetName(), UUID: n.GetUuid(), Size: n.GetSize(), BlockSize: n.GetBlockSize(),
-		State: stateName(n.GetState().String()), Reason: n.GetReason(), Children: []childView{}, LeftOut: n.GetLeftOut()}
+		State: stateName(n.GetState().String()), Reason: n.GetReason(), Children: []childView{}}
+	for _, l := range n.GetLeftOut() {
+		v.LeftOut = append(v.LeftOut, leftOutView{URI: l.GetUri(), State: l.GetState(), Reason: l.GetReason()})
+	}
 	for _, c := range n.GetChildren() {
 		cv := childView{URI: c.GetUri(), State: stateName(c.GetState().String()), Reason: c.GetReason(), Local: c.GetLocal(),
 			LastError: c.GetLastError(), DirtyBytes: c.GetDirtyBytes()}
@@ -576,7 +586,7 @@ func nexusTable(w io.Writer, ns []nexusView) error {
 		if n.Share != nil {
 			share = n.Share.URI
 		}
-		t.Row(n.Name, n.State, output.Size(n.Size), fmt.Sprintf("%d/%d online", online, len(n.Children)), share)
+		t.Row(n.Name, n.State, output.Size(n.Size), fmt.Sprintf("%d/%d online", online, len(n.Children)+len(n.LeftOut)), share)
 	}
 	return t.Flush()
 }
@@ -595,7 +605,11 @@ func nexusDetail(w io.Writer, n nexusView) error {
 		kv = append(kv, "Share", "not published")
 	}
 	for _, l := range n.LeftOut {
-		kv = append(kv, "Left out at start", l+" (add it again to rebuild it)")
+		what := l.URI + " " + l.State
+		if l.Reason != "" {
+			what += " (" + l.Reason + ")"
+		}
+		kv = append(kv, "Left out at start", what+": add it again to rebuild it, or remove it")
 	}
 	if err := output.KeyValues(w, kv...); err != nil {
 		return err

@@ -410,7 +410,8 @@ func (e *Engine) snapshotLocked() persistentState {
 	st := persistentState{Version: stateVersion, Pools: []statePool{}, Shares: []stateShare{}}
 	for _, name := range sortedKeys(e.nexuses) {
 		ne := e.nexuses[name]
-		sn := stateNexus{Name: ne.name, UUID: ne.uuid, Size: ne.size, Children: slices.Clone(ne.children)}
+		sn := stateNexus{Name: ne.name, UUID: ne.uuid, Size: ne.size, Children: slices.Clone(ne.children),
+			LeftOut: slices.Clone(ne.leftOut)}
 		if ne.share != nil {
 			sn.Share = &stateShare{Protocol: ne.share.protocol, AllowedHosts: ne.share.allowed}
 		}

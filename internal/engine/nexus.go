@@ -61,11 +61,27 @@ type NexusInfo struct {
 	// children, ...) since it was created or restored in this process;
 	// zero when it is faulted.
 	Stats nexus.Stats
-	// LeftOut are the children left out when the nexus was recreated at
-	// start, as "<uri> <recorded state> (<reason>)": the health store did
-	// not record them as current. They are not children any more; add them
-	// again to rebuild them.
-	LeftOut []string
+	// LeftOut are the children left out when the nexus was recreated at a
+	// start: the health store did not record them as current. They are not
+	// children any more, but the nexus counts them as missing (it is
+	// degraded) until they are added again, which rebuilds them, or
+	// removed.
+	LeftOut []LeftOutChild
+}
+
+// LeftOutChild is a child left out when its nexus was recreated, with what
+// the health store recorded about it ("unknown" when nothing).
+type LeftOutChild struct {
+	URI    string `json:"uri"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func (l LeftOutChild) String() string {
+	if l.Reason != "" {
+		return fmt.Sprintf("%s %s (%s)", l.URI, l.State, l.Reason)
+	}
+	return l.URI + " " + l.State
 }
 
 // NexusChild is one child of a nexus with its rebuild, if one is running.
@@ -90,8 +106,8 @@ type nexusEntry struct {
 	n          *nexus.Nexus  // nil when faulted
 	io         *stats.Device // wraps n for its exports; nil when faulted
 	reason     string
-	share      *shareEntry // nil when not published
-	leftOut    []string    // children dropped at restore
+	share      *shareEntry    // nil when not published
+	leftOut    []LeftOutChild // children dropped at a restore, until added or removed
 	busy       bool
 }
 
@@ -206,7 +222,10 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
 	defer cancel()
 	children := sn.Children
-	var dropped []string
+	// Children left out at an earlier start stay left out (and counted)
+	// until an administrator adds or removes them.
+	dropped := slices.Clone(sn.LeftOut)
+	ne.leftOut = dropped
 	rec, err := e.health.Load(ctx, sn.UUID)
 	switch {
 	case err == nil:
@@ -221,14 +240,11 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 				children = append(children, c)
 				continue
 			}
-			what := "not recorded"
+			lo := LeftOutChild{URI: c, State: "unknown"}
 			if ok {
-				what = h.State.String()
-				if h.Reason != "" {
-					what += " (" + string(h.Reason) + ")"
-				}
+				lo.State, lo.Reason = h.State.String(), string(h.Reason)
 			}
-			dropped = append(dropped, c+" "+what)
+			dropped = append(dropped, lo)
 		}
 	case errors.Is(err, nexus.ErrNoRecord):
 	default:
@@ -237,12 +253,16 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 		return
 	}
 	ne.leftOut = dropped
-	if len(dropped) > 0 {
+	if len(dropped) > len(sn.LeftOut) {
 		e.log.Warn("nexus children left out at restore: the health store does not record them as current; add them again to rebuild them",
-			"nexus", sn.Name, "children", dropped)
+			"nexus", sn.Name, "children", dropped[len(sn.LeftOut):])
 	}
 	if len(children) == 0 {
-		ne.reason = "no current child left: " + strings.Join(dropped, "; ")
+		var what []string
+		for _, d := range dropped {
+			what = append(what, d.String())
+		}
+		ne.reason = "no current child left: " + strings.Join(what, "; ")
 		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
 		return
 	}
@@ -439,6 +459,10 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 		}
 		ni.Children = append(ni.Children, nc)
 	}
+	if len(ni.LeftOut) > 0 {
+		// Fewer children than it was created with: never "online".
+		ni.State = NexusDegraded
+	}
 	if n.Failed() {
 		ni.State = NexusFaulted
 		ni.Reason = nexus.ErrNexusFailed.Error()
@@ -590,6 +614,16 @@ func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (Nexu
 	if err != nil {
 		return NexusInfo{}, err
 	}
+	if action == ChildRemove && e.dropLeftOut(ne, uri) {
+		// Removing a child that was left out at a restore: it is no child
+		// of the running nexus, only missing from it.
+		done()
+		if err := e.save(); err != nil {
+			return NexusInfo{}, err
+		}
+		e.log.Info("left-out child removed", "nexus", name, "child", uri)
+		return e.Nexus(name)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
 	defer cancel()
 	n := ne.n
@@ -614,15 +648,25 @@ func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (Nexu
 	}
 	e.mu.Lock()
 	ne.children = childURIs(n)
-	ne.leftOut = slices.DeleteFunc(ne.leftOut, func(s string) bool { return strings.HasPrefix(s, uri+" ") })
-	e.gen++
 	e.mu.Unlock()
+	e.dropLeftOut(ne, uri)
 	done()
 	if err := e.save(); err != nil {
 		return NexusInfo{}, err
 	}
 	e.log.Info("nexus child changed", "nexus", name, "action", string(action), "child", uri)
 	return e.Nexus(name)
+}
+
+// dropLeftOut forgets uri as a left-out child of ne and reports whether it
+// was one; the state changes either way (the caller saves it).
+func (e *Engine) dropLeftOut(ne *nexusEntry, uri string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := len(ne.leftOut)
+	ne.leftOut = slices.DeleteFunc(ne.leftOut, func(l LeftOutChild) bool { return l.URI == uri })
+	e.gen++
+	return len(ne.leftOut) < n
 }
 
 func childURIs(n *nexus.Nexus) []string {

@@ -125,8 +125,10 @@ var childStates = map[nexus.ChildState]enginev1.ChildState{
 
 // NexusToProto converts a NexusInfo to its API message.
 func NexusToProto(ni NexusInfo) *enginev1.Nexus {
-	m := &enginev1.Nexus{Name: ni.Name, Uuid: ni.UUID, Size: uint64(ni.Size), BlockSize: uint32(ni.BlockSize), Reason: ni.Reason,
-		LeftOut: ni.LeftOut}
+	m := &enginev1.Nexus{Name: ni.Name, Uuid: ni.UUID, Size: uint64(ni.Size), BlockSize: uint32(ni.BlockSize), Reason: ni.Reason}
+	for _, l := range ni.LeftOut {
+		m.LeftOut = append(m.LeftOut, &enginev1.LeftOutChild{Uri: l.URI, State: l.State, Reason: l.Reason})
+	}
 	switch ni.State {
 	case NexusOnline:
 		m.State = enginev1.NexusState_NEXUS_STATE_ONLINE

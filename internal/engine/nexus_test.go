@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -200,12 +201,23 @@ func TestNexusLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ni.State != NexusOnline || len(ni.Children) != 2 || ni.Children[0].URI != uri["r1"] || ni.Children[1].URI != uri["r3"] ||
+	// Two of its three children are back: degraded, never online.
+	if ni.State != NexusDegraded || len(ni.Children) != 2 || ni.Children[0].URI != uri["r1"] || ni.Children[1].URI != uri["r3"] ||
 		ni.Share == nil || ni.Share.URI != "nbd://127.0.0.1:10809/nexus/n0" {
 		t.Fatalf("after restart %+v", ni)
 	}
-	if len(ni.LeftOut) != 1 || ni.LeftOut[0] != uri["r2"]+" faulted (admin)" {
-		t.Fatalf("left out at restart: %q", ni.LeftOut)
+	wantLeftOut := []LeftOutChild{{URI: uri["r2"], State: "faulted", Reason: "admin"}}
+	if !reflect.DeepEqual(ni.LeftOut, wantLeftOut) {
+		t.Fatalf("left out at restart: %+v", ni.LeftOut)
+	}
+	// A second restart still counts it missing.
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	e = r.e
+	if ni, err = e.Nexus("n0"); err != nil || ni.State != NexusDegraded || !reflect.DeepEqual(ni.LeftOut, wantLeftOut) {
+		t.Fatalf("after a second restart: %+v, %v", ni, err)
 	}
 	got := make([]byte, size)
 	if _, err := r.dev(t, "n0").ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {

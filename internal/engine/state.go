@@ -33,6 +33,8 @@ type stateNexus struct {
 	Size     int64       `json:"size"`
 	Children []string    `json:"children"`
 	Share    *stateShare `json:"share,omitempty"` // Replica unused
+	// LeftOut are children dropped at a restore, still counted as missing.
+	LeftOut []LeftOutChild `json:"left_out,omitempty"`
 }
 
 type statePool struct {

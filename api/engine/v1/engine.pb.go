@@ -162,10 +162,13 @@ type Pool struct {
 	Allocated uint64 `protobuf:"varint,10,opt,name=allocated,proto3" json:"allocated,omitempty"`
 	// committed is the sum of the sizes of all replicas (over-commitment of
 	// thin replicas shows as committed > capacity).
-	Committed     uint64 `protobuf:"varint,11,opt,name=committed,proto3" json:"committed,omitempty"`
-	ReplicaCount  uint32 `protobuf:"varint,12,opt,name=replica_count,json=replicaCount,proto3" json:"replica_count,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Committed    uint64 `protobuf:"varint,11,opt,name=committed,proto3" json:"committed,omitempty"`
+	ReplicaCount uint32 `protobuf:"varint,12,opt,name=replica_count,json=replicaCount,proto3" json:"replica_count,omitempty"`
+	// overcommit_percent is the thin over-commit limit: committed may not
+	// exceed capacity * overcommit_percent / 100.
+	OvercommitPercent uint32 `protobuf:"varint,13,opt,name=overcommit_percent,json=overcommitPercent,proto3" json:"overcommit_percent,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -282,6 +285,13 @@ func (x *Pool) GetReplicaCount() uint32 {
 	return 0
 }
 
+func (x *Pool) GetOvercommitPercent() uint32 {
+	if x != nil {
+		return x.OvercommitPercent
+	}
+	return 0
+}
+
 type CreatePoolRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name of the new pool: 1-63 characters of [A-Za-z0-9._-], starting with a
@@ -293,9 +303,12 @@ type CreatePoolRequest struct {
 	// cluster_size in bytes; 0 means the pool default (4 MiB).
 	ClusterSize uint64 `protobuf:"varint,3,opt,name=cluster_size,json=clusterSize,proto3" json:"cluster_size,omitempty"`
 	// force formats a disk that already holds a pool, destroying it.
-	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Force bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	// overcommit_percent is the thin over-commit limit in percent of the
+	// capacity; 0 means the default (250).
+	OvercommitPercent uint32 `protobuf:"varint,5,opt,name=overcommit_percent,json=overcommitPercent,proto3" json:"overcommit_percent,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreatePoolRequest) Reset() {
@@ -354,6 +367,13 @@ func (x *CreatePoolRequest) GetForce() bool {
 		return x.Force
 	}
 	return false
+}
+
+func (x *CreatePoolRequest) GetOvercommitPercent() uint32 {
+	if x != nil {
+		return x.OvercommitPercent
+	}
+	return 0
 }
 
 type ListPoolsRequest struct {
@@ -786,7 +806,17 @@ type Replica struct {
 	Share *Share `protobuf:"bytes,9,opt,name=share,proto3" json:"share,omitempty"`
 	// shares: one per protocol the replica is shared over (nbd, nvmf),
 	// sorted by protocol.
-	Shares        []*Share `protobuf:"bytes,10,rep,name=shares,proto3" json:"shares,omitempty"`
+	Shares []*Share `protobuf:"bytes,10,rep,name=shares,proto3" json:"shares,omitempty"`
+	// nguid identifies this incarnation of the replica (32 hex digits), drawn
+	// when it was created: a replica destroyed and created again under the
+	// same uuid has another. It is the NVMe namespace NGUID of its shares.
+	Nguid string `protobuf:"bytes,11,opt,name=nguid,proto3" json:"nguid,omitempty"`
+	// owner is the uuid of the nexus that holds the replica as a child; empty
+	// when unowned.
+	Owner string `protobuf:"bytes,12,opt,name=owner,proto3" json:"owner,omitempty"`
+	// epoch is the highest fencing epoch the replica accepted: I/O of a nexus
+	// with a lower one is refused.
+	Epoch         uint64 `protobuf:"varint,13,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -889,6 +919,27 @@ func (x *Replica) GetShares() []*Share {
 		return x.Shares
 	}
 	return nil
+}
+
+func (x *Replica) GetNguid() string {
+	if x != nil {
+		return x.Nguid
+	}
+	return ""
+}
+
+func (x *Replica) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Replica) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 type CreateReplicaRequest struct {
@@ -1106,8 +1157,13 @@ func (x *GetReplicaRequest) GetName() string {
 }
 
 type DestroyReplicaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// force destroys a replica that a nexus owns: the nexus loses that child.
+	Force bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	// owner, when set, is the uuid of the nexus the caller acts for: a
+	// replica owned by it may be destroyed without force.
+	Owner         string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1145,6 +1201,20 @@ func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
 func (x *DestroyReplicaRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *DestroyReplicaRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *DestroyReplicaRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
 	}
 	return ""
 }
@@ -1189,7 +1259,10 @@ type ResizeReplicaRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// size: the new size in bytes, larger than the current one.
-	Size          uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// force and owner as in DestroyReplicaRequest.
+	Force         bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	Owner         string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1236,6 +1309,20 @@ func (x *ResizeReplicaRequest) GetSize() uint64 {
 		return x.Size
 	}
 	return 0
+}
+
+func (x *ResizeReplicaRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *ResizeReplicaRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
 }
 
 type ShareReplicaRequest struct {
@@ -1302,8 +1389,11 @@ func (x *ShareReplicaRequest) GetAllowedHosts() []string {
 }
 
 type UnshareReplicaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// force and owner as in DestroyReplicaRequest.
+	Force         bool   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	Owner         string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1341,6 +1431,20 @@ func (*UnshareReplicaRequest) Descriptor() ([]byte, []int) {
 func (x *UnshareReplicaRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *UnshareReplicaRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *UnshareReplicaRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
 	}
 	return ""
 }
@@ -1624,7 +1728,7 @@ var File_engine_v1_engine_proto protoreflect.FileDescriptor
 
 const file_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
-	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xfa\x02\n" +
+	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xa9\x03\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1638,12 +1742,14 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\tallocated\x18\n" +
 	" \x01(\x04R\tallocated\x12\x1c\n" +
 	"\tcommitted\x18\v \x01(\x04R\tcommitted\x12#\n" +
-	"\rreplica_count\x18\f \x01(\rR\freplicaCount\"t\n" +
+	"\rreplica_count\x18\f \x01(\rR\freplicaCount\x12-\n" +
+	"\x12overcommit_percent\x18\r \x01(\rR\x11overcommitPercent\"\xa3\x01\n" +
 	"\x11CreatePoolRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12!\n" +
 	"\fcluster_size\x18\x03 \x01(\x04R\vclusterSize\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"\x12\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\x12-\n" +
+	"\x12overcommit_percent\x18\x05 \x01(\rR\x11overcommitPercent\"\x12\n" +
 	"\x10ListPoolsRequest\"B\n" +
 	"\x11ListPoolsResponse\x12-\n" +
 	"\x05pools\x18\x01 \x03(\v2\x17.nexstor.engine.v1.PoolR\x05pools\"$\n" +
@@ -1662,7 +1768,7 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x05Share\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
 	"\x03uri\x18\x02 \x01(\tR\x03uri\x12#\n" +
-	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xbc\x02\n" +
+	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xfe\x02\n" +
 	"\aReplica\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1674,7 +1780,10 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12.\n" +
 	"\x05share\x18\t \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\x120\n" +
 	"\x06shares\x18\n" +
-	" \x03(\v2\x18.nexstor.engine.v1.ShareR\x06shares\"z\n" +
+	" \x03(\v2\x18.nexstor.engine.v1.ShareR\x06shares\x12\x14\n" +
+	"\x05nguid\x18\v \x01(\tR\x05nguid\x12\x14\n" +
+	"\x05owner\x18\f \x01(\tR\x05owner\x12\x14\n" +
+	"\x05epoch\x18\r \x01(\x04R\x05epoch\"z\n" +
 	"\x14CreateReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
@@ -1686,19 +1795,25 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x14ListReplicasResponse\x126\n" +
 	"\breplicas\x18\x01 \x03(\v2\x1a.nexstor.engine.v1.ReplicaR\breplicas\"'\n" +
 	"\x11GetReplicaRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"+\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"W\n" +
 	"\x15DestroyReplicaRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
-	"\x16DestroyReplicaResponse\">\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\"\x18\n" +
+	"\x16DestroyReplicaResponse\"j\n" +
 	"\x14ResizeReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"j\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x14\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\"j\n" +
 	"\x13ShareReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12#\n" +
-	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"+\n" +
+	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"W\n" +
 	"\x15UnshareReplicaRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x13\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\"\x13\n" +
 	"\x11GetVersionRequest\"\x93\x01\n" +
 	"\x12GetVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +

@@ -50,7 +50,9 @@ const (
 // PoolService manages pools: one pool owns exactly one disk.
 type PoolServiceClient interface {
 	// CreatePool formats a disk as a new pool. A disk that already holds a pool
-	// is refused (FailedPrecondition) unless force is set.
+	// is refused (FailedPrecondition) unless force is set; a disk another
+	// process holds open is refused (FailedPrecondition, naming it). Creating
+	// a pool that exists with the same name and disk returns it (idempotent).
 	CreatePool(ctx context.Context, in *CreatePoolRequest, opts ...grpc.CallOption) (*Pool, error)
 	// ListPools lists the node's pools, including configured pools that could
 	// not be imported (state FAULTED, with a reason).
@@ -143,7 +145,9 @@ func (c *poolServiceClient) ExportPool(ctx context.Context, in *ExportPoolReques
 // PoolService manages pools: one pool owns exactly one disk.
 type PoolServiceServer interface {
 	// CreatePool formats a disk as a new pool. A disk that already holds a pool
-	// is refused (FailedPrecondition) unless force is set.
+	// is refused (FailedPrecondition) unless force is set; a disk another
+	// process holds open is refused (FailedPrecondition, naming it). Creating
+	// a pool that exists with the same name and disk returns it (idempotent).
 	CreatePool(context.Context, *CreatePoolRequest) (*Pool, error)
 	// ListPools lists the node's pools, including configured pools that could
 	// not be imported (state FAULTED, with a reason).
@@ -369,16 +373,23 @@ const (
 // ReplicaService manages replicas (block devices carved out of pools) and how
 // they are shared.
 type ReplicaServiceClient interface {
-	// CreateReplica creates a replica in a pool.
+	// CreateReplica creates a replica in a pool. With a uuid it is idempotent:
+	// the same request again returns the existing replica; a replica of that
+	// name or uuid with another spec is refused (AlreadyExists, naming the
+	// difference). Creating or growing past the pool's over-commit limit is
+	// refused (ResourceExhausted, with the numbers).
 	CreateReplica(ctx context.Context, in *CreateReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 	// ListReplicas lists replicas, optionally of one pool.
 	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
 	// GetReplica returns one replica by name.
 	GetReplica(ctx context.Context, in *GetReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 	// DestroyReplica destroys a replica and frees its clusters. A shared
-	// replica is refused (FailedPrecondition): unshare it first.
+	// replica is refused (FailedPrecondition): unshare it first. A replica
+	// owned by a nexus is refused (FailedPrecondition, naming the owner)
+	// unless force is set or the request names that owner.
 	DestroyReplica(ctx context.Context, in *DestroyReplicaRequest, opts ...grpc.CallOption) (*DestroyReplicaResponse, error)
 	// ResizeReplica grows a replica; shrinking is refused (InvalidArgument).
+	// An owned replica is refused as by DestroyReplica.
 	ResizeReplica(ctx context.Context, in *ResizeReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 	// ShareReplica exports a replica over a protocol and returns it with its
 	// share URI. A replica can be shared over nbd and nvmf at once. Sharing
@@ -386,7 +397,9 @@ type ReplicaServiceClient interface {
 	// hosts are refused until the replica is unshared.
 	ShareReplica(ctx context.Context, in *ShareReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 	// UnshareReplica stops exporting a replica over every protocol; connected clients are
-	// disconnected. Unsharing an unshared replica succeeds.
+	// disconnected. Unsharing an unshared replica succeeds. An owned replica
+	// is refused as by DestroyReplica: its owner may be reading and writing
+	// through the share.
 	UnshareReplica(ctx context.Context, in *UnshareReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 }
 
@@ -475,16 +488,23 @@ func (c *replicaServiceClient) UnshareReplica(ctx context.Context, in *UnshareRe
 // ReplicaService manages replicas (block devices carved out of pools) and how
 // they are shared.
 type ReplicaServiceServer interface {
-	// CreateReplica creates a replica in a pool.
+	// CreateReplica creates a replica in a pool. With a uuid it is idempotent:
+	// the same request again returns the existing replica; a replica of that
+	// name or uuid with another spec is refused (AlreadyExists, naming the
+	// difference). Creating or growing past the pool's over-commit limit is
+	// refused (ResourceExhausted, with the numbers).
 	CreateReplica(context.Context, *CreateReplicaRequest) (*Replica, error)
 	// ListReplicas lists replicas, optionally of one pool.
 	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
 	// GetReplica returns one replica by name.
 	GetReplica(context.Context, *GetReplicaRequest) (*Replica, error)
 	// DestroyReplica destroys a replica and frees its clusters. A shared
-	// replica is refused (FailedPrecondition): unshare it first.
+	// replica is refused (FailedPrecondition): unshare it first. A replica
+	// owned by a nexus is refused (FailedPrecondition, naming the owner)
+	// unless force is set or the request names that owner.
 	DestroyReplica(context.Context, *DestroyReplicaRequest) (*DestroyReplicaResponse, error)
 	// ResizeReplica grows a replica; shrinking is refused (InvalidArgument).
+	// An owned replica is refused as by DestroyReplica.
 	ResizeReplica(context.Context, *ResizeReplicaRequest) (*Replica, error)
 	// ShareReplica exports a replica over a protocol and returns it with its
 	// share URI. A replica can be shared over nbd and nvmf at once. Sharing
@@ -492,7 +512,9 @@ type ReplicaServiceServer interface {
 	// hosts are refused until the replica is unshared.
 	ShareReplica(context.Context, *ShareReplicaRequest) (*Replica, error)
 	// UnshareReplica stops exporting a replica over every protocol; connected clients are
-	// disconnected. Unsharing an unshared replica succeeds.
+	// disconnected. Unsharing an unshared replica succeeds. An owned replica
+	// is refused as by DestroyReplica: its owner may be reading and writing
+	// through the share.
 	UnshareReplica(context.Context, *UnshareReplicaRequest) (*Replica, error)
 	mustEmbedUnimplementedReplicaServiceServer()
 }

@@ -36,7 +36,7 @@ const (
 	// ONLINE: every child is online.
 	NexusState_NEXUS_STATE_ONLINE NexusState = 1
 	// DEGRADED: serving, but some child is not online (rebuilding, faulted
-	// or offline).
+	// or offline), or children were left out when it was recreated.
 	NexusState_NEXUS_STATE_DEGRADED NexusState = 2
 	// FAULTED: not serving: it could not be recreated, or its health store
 	// could not be written; see Nexus.reason.
@@ -148,8 +148,9 @@ type Child struct {
 	// nvmf://host:port/<nqn> (a remote replica).
 	Uri   string     `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
 	State ChildState `protobuf:"varint,2,opt,name=state,proto3,enum=nexstor.engine.v1.ChildState" json:"state,omitempty"`
-	// reason a faulted child is faulted (io-error, admin, out-of-sync,
-	// open-failed) or an offline child is offline (admin, open-failed).
+	// reason a faulted child is faulted (admin, out-of-sync, open-failed,
+	// identity-changed) or an offline child is offline (io-error, no-space,
+	// admin, open-failed).
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	Local  bool   `protobuf:"varint,4,opt,name=local,proto3" json:"local,omitempty"`
 	// last_error is the error that retired the child, if any.
@@ -157,7 +158,10 @@ type Child struct {
 	// dirty_bytes: data written while the child was offline.
 	DirtyBytes uint64 `protobuf:"varint,6,opt,name=dirty_bytes,json=dirtyBytes,proto3" json:"dirty_bytes,omitempty"`
 	// rebuild is set while the child is rebuilt.
-	Rebuild       *Rebuild `protobuf:"bytes,7,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	Rebuild *Rebuild `protobuf:"bytes,7,opt,name=rebuild,proto3" json:"rebuild,omitempty"`
+	// identity of the replica the nexus admitted as this child
+	// (<uuid>/<nguid>); empty for devices without one.
+	Identity      string `protobuf:"bytes,8,opt,name=identity,proto3" json:"identity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -241,6 +245,79 @@ func (x *Child) GetRebuild() *Rebuild {
 	return nil
 }
 
+func (x *Child) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+// LeftOutChild is a child that was left out when the nexus was recreated at
+// the server's start, because the health store did not record it as
+// current (or the replica is another one now). It is no longer a child; add
+// it again to rebuild it.
+type LeftOutChild struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Uri   string                 `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	// state recorded in the health store ("faulted", "rebuilding", ...), or
+	// "unknown" when it was not recorded.
+	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeftOutChild) Reset() {
+	*x = LeftOutChild{}
+	mi := &file_engine_v1_nexus_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeftOutChild) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeftOutChild) ProtoMessage() {}
+
+func (x *LeftOutChild) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_nexus_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeftOutChild.ProtoReflect.Descriptor instead.
+func (*LeftOutChild) Descriptor() ([]byte, []int) {
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LeftOutChild) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *LeftOutChild) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *LeftOutChild) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Rebuild is the progress of one child's rebuild.
 type Rebuild struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -268,7 +345,7 @@ type Rebuild struct {
 
 func (x *Rebuild) Reset() {
 	*x = Rebuild{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[1]
+	mi := &file_engine_v1_nexus_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +357,7 @@ func (x *Rebuild) String() string {
 func (*Rebuild) ProtoMessage() {}
 
 func (x *Rebuild) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[1]
+	mi := &file_engine_v1_nexus_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +370,7 @@ func (x *Rebuild) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rebuild.ProtoReflect.Descriptor instead.
 func (*Rebuild) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{1}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Rebuild) GetChild() string {
@@ -394,17 +471,18 @@ type Nexus struct {
 	// share is set while the nexus is published.
 	Share *Share `protobuf:"bytes,8,opt,name=share,proto3" json:"share,omitempty"`
 	// left_out: children of the nexus that were left out when it was
-	// recreated at the server's start, because the health store did not
-	// record them as current ("<uri> <state> (<reason>)"). Add them again to
-	// rebuild them.
-	LeftOut       []string `protobuf:"bytes,9,rep,name=left_out,json=leftOut,proto3" json:"left_out,omitempty"`
+	// recreated at the server's start. A nexus with any is DEGRADED.
+	LeftOut []*LeftOutChild `protobuf:"bytes,10,rep,name=left_out,json=leftOut,proto3" json:"left_out,omitempty"`
+	// epoch is the nexus's fencing epoch: its children refuse I/O of any
+	// nexus with a lower one.
+	Epoch         uint64 `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Nexus) Reset() {
 	*x = Nexus{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[2]
+	mi := &file_engine_v1_nexus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +494,7 @@ func (x *Nexus) String() string {
 func (*Nexus) ProtoMessage() {}
 
 func (x *Nexus) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[2]
+	mi := &file_engine_v1_nexus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +507,7 @@ func (x *Nexus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nexus.ProtoReflect.Descriptor instead.
 func (*Nexus) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{2}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Nexus) GetName() string {
@@ -488,11 +566,18 @@ func (x *Nexus) GetShare() *Share {
 	return nil
 }
 
-func (x *Nexus) GetLeftOut() []string {
+func (x *Nexus) GetLeftOut() []*LeftOutChild {
 	if x != nil {
 		return x.LeftOut
 	}
 	return nil
+}
+
+func (x *Nexus) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 type CreateNexusRequest struct {
@@ -507,14 +592,25 @@ type CreateNexusRequest struct {
 	Size     uint64   `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
 	Children []string `protobuf:"bytes,4,rep,name=children,proto3" json:"children,omitempty"`
 	// force trusts every child as current whatever the health store says.
-	Force         bool `protobuf:"varint,5,opt,name=force,proto3" json:"force,omitempty"`
+	Force bool `protobuf:"varint,5,opt,name=force,proto3" json:"force,omitempty"`
+	// allow_degraded creates the nexus even when some children cannot be
+	// opened (they are recorded faulted); otherwise that fails the call.
+	AllowDegraded bool `protobuf:"varint,6,opt,name=allow_degraded,json=allowDegraded,proto3" json:"allow_degraded,omitempty"`
+	// source names the child the others are rebuilt from when the health
+	// store has no record of the nexus; empty picks the child with the
+	// highest epoch.
+	Source string `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	// verify_in_sync, when the health store has no record, compares the
+	// children before serving and admits them all as current if they hold
+	// the same data; otherwise the source rule applies.
+	VerifyInSync  bool `protobuf:"varint,8,opt,name=verify_in_sync,json=verifyInSync,proto3" json:"verify_in_sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateNexusRequest) Reset() {
 	*x = CreateNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[3]
+	mi := &file_engine_v1_nexus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +622,7 @@ func (x *CreateNexusRequest) String() string {
 func (*CreateNexusRequest) ProtoMessage() {}
 
 func (x *CreateNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[3]
+	mi := &file_engine_v1_nexus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +635,7 @@ func (x *CreateNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNexusRequest.ProtoReflect.Descriptor instead.
 func (*CreateNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{3}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateNexusRequest) GetName() string {
@@ -577,6 +673,27 @@ func (x *CreateNexusRequest) GetForce() bool {
 	return false
 }
 
+func (x *CreateNexusRequest) GetAllowDegraded() bool {
+	if x != nil {
+		return x.AllowDegraded
+	}
+	return false
+}
+
+func (x *CreateNexusRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *CreateNexusRequest) GetVerifyInSync() bool {
+	if x != nil {
+		return x.VerifyInSync
+	}
+	return false
+}
+
 type ListNexusesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -585,7 +702,7 @@ type ListNexusesRequest struct {
 
 func (x *ListNexusesRequest) Reset() {
 	*x = ListNexusesRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[4]
+	mi := &file_engine_v1_nexus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +714,7 @@ func (x *ListNexusesRequest) String() string {
 func (*ListNexusesRequest) ProtoMessage() {}
 
 func (x *ListNexusesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[4]
+	mi := &file_engine_v1_nexus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +727,7 @@ func (x *ListNexusesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNexusesRequest.ProtoReflect.Descriptor instead.
 func (*ListNexusesRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{4}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{5}
 }
 
 type ListNexusesResponse struct {
@@ -622,7 +739,7 @@ type ListNexusesResponse struct {
 
 func (x *ListNexusesResponse) Reset() {
 	*x = ListNexusesResponse{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[5]
+	mi := &file_engine_v1_nexus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +751,7 @@ func (x *ListNexusesResponse) String() string {
 func (*ListNexusesResponse) ProtoMessage() {}
 
 func (x *ListNexusesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[5]
+	mi := &file_engine_v1_nexus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +764,7 @@ func (x *ListNexusesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNexusesResponse.ProtoReflect.Descriptor instead.
 func (*ListNexusesResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{5}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListNexusesResponse) GetNexuses() []*Nexus {
@@ -666,7 +783,7 @@ type GetNexusRequest struct {
 
 func (x *GetNexusRequest) Reset() {
 	*x = GetNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[6]
+	mi := &file_engine_v1_nexus_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +795,7 @@ func (x *GetNexusRequest) String() string {
 func (*GetNexusRequest) ProtoMessage() {}
 
 func (x *GetNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[6]
+	mi := &file_engine_v1_nexus_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +808,7 @@ func (x *GetNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNexusRequest.ProtoReflect.Descriptor instead.
 func (*GetNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{6}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetNexusRequest) GetName() string {
@@ -710,7 +827,7 @@ type DestroyNexusRequest struct {
 
 func (x *DestroyNexusRequest) Reset() {
 	*x = DestroyNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[7]
+	mi := &file_engine_v1_nexus_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +839,7 @@ func (x *DestroyNexusRequest) String() string {
 func (*DestroyNexusRequest) ProtoMessage() {}
 
 func (x *DestroyNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[7]
+	mi := &file_engine_v1_nexus_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +852,7 @@ func (x *DestroyNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyNexusRequest.ProtoReflect.Descriptor instead.
 func (*DestroyNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{7}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DestroyNexusRequest) GetName() string {
@@ -753,7 +870,7 @@ type DestroyNexusResponse struct {
 
 func (x *DestroyNexusResponse) Reset() {
 	*x = DestroyNexusResponse{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[8]
+	mi := &file_engine_v1_nexus_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +882,7 @@ func (x *DestroyNexusResponse) String() string {
 func (*DestroyNexusResponse) ProtoMessage() {}
 
 func (x *DestroyNexusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[8]
+	mi := &file_engine_v1_nexus_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +895,7 @@ func (x *DestroyNexusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyNexusResponse.ProtoReflect.Descriptor instead.
 func (*DestroyNexusResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{8}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{9}
 }
 
 type PublishNexusRequest struct {
@@ -794,7 +911,7 @@ type PublishNexusRequest struct {
 
 func (x *PublishNexusRequest) Reset() {
 	*x = PublishNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[9]
+	mi := &file_engine_v1_nexus_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +923,7 @@ func (x *PublishNexusRequest) String() string {
 func (*PublishNexusRequest) ProtoMessage() {}
 
 func (x *PublishNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[9]
+	mi := &file_engine_v1_nexus_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +936,7 @@ func (x *PublishNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishNexusRequest.ProtoReflect.Descriptor instead.
 func (*PublishNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{9}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PublishNexusRequest) GetName() string {
@@ -852,7 +969,7 @@ type UnpublishNexusRequest struct {
 
 func (x *UnpublishNexusRequest) Reset() {
 	*x = UnpublishNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[10]
+	mi := &file_engine_v1_nexus_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +981,7 @@ func (x *UnpublishNexusRequest) String() string {
 func (*UnpublishNexusRequest) ProtoMessage() {}
 
 func (x *UnpublishNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[10]
+	mi := &file_engine_v1_nexus_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +994,7 @@ func (x *UnpublishNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpublishNexusRequest.ProtoReflect.Descriptor instead.
 func (*UnpublishNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{10}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnpublishNexusRequest) GetName() string {
@@ -899,7 +1016,7 @@ type ChildRequest struct {
 
 func (x *ChildRequest) Reset() {
 	*x = ChildRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[11]
+	mi := &file_engine_v1_nexus_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1028,7 @@ func (x *ChildRequest) String() string {
 func (*ChildRequest) ProtoMessage() {}
 
 func (x *ChildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[11]
+	mi := &file_engine_v1_nexus_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1041,7 @@ func (x *ChildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildRequest.ProtoReflect.Descriptor instead.
 func (*ChildRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{11}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ChildRequest) GetNexus() string {
@@ -951,7 +1068,7 @@ type RebuildStatusRequest struct {
 
 func (x *RebuildStatusRequest) Reset() {
 	*x = RebuildStatusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[12]
+	mi := &file_engine_v1_nexus_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1080,7 @@ func (x *RebuildStatusRequest) String() string {
 func (*RebuildStatusRequest) ProtoMessage() {}
 
 func (x *RebuildStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[12]
+	mi := &file_engine_v1_nexus_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1093,7 @@ func (x *RebuildStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildStatusRequest.ProtoReflect.Descriptor instead.
 func (*RebuildStatusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{12}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RebuildStatusRequest) GetNexus() string {
@@ -1002,7 +1119,7 @@ type RebuildStatusResponse struct {
 
 func (x *RebuildStatusResponse) Reset() {
 	*x = RebuildStatusResponse{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[13]
+	mi := &file_engine_v1_nexus_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1131,7 @@ func (x *RebuildStatusResponse) String() string {
 func (*RebuildStatusResponse) ProtoMessage() {}
 
 func (x *RebuildStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[13]
+	mi := &file_engine_v1_nexus_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1144,7 @@ func (x *RebuildStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildStatusResponse.ProtoReflect.Descriptor instead.
 func (*RebuildStatusResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{13}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RebuildStatusResponse) GetRebuilds() []*Rebuild {
@@ -1046,7 +1163,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[14]
+	mi := &file_engine_v1_nexus_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1175,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[14]
+	mi := &file_engine_v1_nexus_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1188,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{14}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VerifyRequest) GetNexus() string {
@@ -1091,7 +1208,7 @@ type Range struct {
 
 func (x *Range) Reset() {
 	*x = Range{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[15]
+	mi := &file_engine_v1_nexus_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1220,7 @@ func (x *Range) String() string {
 func (*Range) ProtoMessage() {}
 
 func (x *Range) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[15]
+	mi := &file_engine_v1_nexus_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1233,7 @@ func (x *Range) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Range.ProtoReflect.Descriptor instead.
 func (*Range) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{15}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Range) GetOffset() uint64 {
@@ -1148,7 +1265,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[16]
+	mi := &file_engine_v1_nexus_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1277,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[16]
+	mi := &file_engine_v1_nexus_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1290,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{16}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VerifyResponse) GetSegments() uint64 {
@@ -1201,7 +1318,7 @@ var File_engine_v1_nexus_proto protoreflect.FileDescriptor
 
 const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\n" +
-	"\x15engine/v1/nexus.proto\x12\x11nexstor.engine.v1\x1a\x16engine/v1/engine.proto\"\xf2\x01\n" +
+	"\x15engine/v1/nexus.proto\x12\x11nexstor.engine.v1\x1a\x16engine/v1/engine.proto\"\x8e\x02\n" +
 	"\x05Child\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\x123\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1d.nexstor.engine.v1.ChildStateR\x05state\x12\x16\n" +
@@ -1211,7 +1328,12 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"last_error\x18\x05 \x01(\tR\tlastError\x12\x1f\n" +
 	"\vdirty_bytes\x18\x06 \x01(\x04R\n" +
 	"dirtyBytes\x124\n" +
-	"\arebuild\x18\a \x01(\v2\x1a.nexstor.engine.v1.RebuildR\arebuild\"\xfc\x02\n" +
+	"\arebuild\x18\a \x01(\v2\x1a.nexstor.engine.v1.RebuildR\arebuild\x12\x1a\n" +
+	"\bidentity\x18\b \x01(\tR\bidentity\"N\n" +
+	"\fLeftOutChild\x12\x10\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xfc\x02\n" +
 	"\aRebuild\x12\x14\n" +
 	"\x05child\x18\x01 \x01(\tR\x05child\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -1228,7 +1350,7 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\n" +
 	" \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12finished_unix_nano\x18\v \x01(\x03R\x10finishedUnixNano\x12\x14\n" +
-	"\x05error\x18\f \x01(\tR\x05error\"\xb0\x02\n" +
+	"\x05error\x18\f \x01(\tR\x05error\"\xed\x02\n" +
 	"\x05Nexus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1238,14 +1360,20 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x05state\x18\x05 \x01(\x0e2\x1d.nexstor.engine.v1.NexusStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x124\n" +
 	"\bchildren\x18\a \x03(\v2\x18.nexstor.engine.v1.ChildR\bchildren\x12.\n" +
-	"\x05share\x18\b \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\x12\x19\n" +
-	"\bleft_out\x18\t \x03(\tR\aleftOut\"\x82\x01\n" +
+	"\x05share\x18\b \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\x12:\n" +
+	"\bleft_out\x18\n" +
+	" \x03(\v2\x1f.nexstor.engine.v1.LeftOutChildR\aleftOut\x12\x14\n" +
+	"\x05epoch\x18\v \x01(\x04R\x05epochJ\x04\b\t\x10\n" +
+	"\"\xe7\x01\n" +
 	"\x12CreateNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x1a\n" +
 	"\bchildren\x18\x04 \x03(\tR\bchildren\x12\x14\n" +
-	"\x05force\x18\x05 \x01(\bR\x05force\"\x14\n" +
+	"\x05force\x18\x05 \x01(\bR\x05force\x12%\n" +
+	"\x0eallow_degraded\x18\x06 \x01(\bR\rallowDegraded\x12\x16\n" +
+	"\x06source\x18\a \x01(\tR\x06source\x12$\n" +
+	"\x0everify_in_sync\x18\b \x01(\bR\fverifyInSync\"\x14\n" +
 	"\x12ListNexusesRequest\"I\n" +
 	"\x13ListNexusesResponse\x122\n" +
 	"\anexuses\x18\x01 \x03(\v2\x18.nexstor.engine.v1.NexusR\anexuses\"%\n" +
@@ -1325,75 +1453,77 @@ func file_engine_v1_nexus_proto_rawDescGZIP() []byte {
 }
 
 var file_engine_v1_nexus_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_engine_v1_nexus_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_engine_v1_nexus_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_engine_v1_nexus_proto_goTypes = []any{
 	(NexusState)(0),               // 0: nexstor.engine.v1.NexusState
 	(ChildState)(0),               // 1: nexstor.engine.v1.ChildState
 	(*Child)(nil),                 // 2: nexstor.engine.v1.Child
-	(*Rebuild)(nil),               // 3: nexstor.engine.v1.Rebuild
-	(*Nexus)(nil),                 // 4: nexstor.engine.v1.Nexus
-	(*CreateNexusRequest)(nil),    // 5: nexstor.engine.v1.CreateNexusRequest
-	(*ListNexusesRequest)(nil),    // 6: nexstor.engine.v1.ListNexusesRequest
-	(*ListNexusesResponse)(nil),   // 7: nexstor.engine.v1.ListNexusesResponse
-	(*GetNexusRequest)(nil),       // 8: nexstor.engine.v1.GetNexusRequest
-	(*DestroyNexusRequest)(nil),   // 9: nexstor.engine.v1.DestroyNexusRequest
-	(*DestroyNexusResponse)(nil),  // 10: nexstor.engine.v1.DestroyNexusResponse
-	(*PublishNexusRequest)(nil),   // 11: nexstor.engine.v1.PublishNexusRequest
-	(*UnpublishNexusRequest)(nil), // 12: nexstor.engine.v1.UnpublishNexusRequest
-	(*ChildRequest)(nil),          // 13: nexstor.engine.v1.ChildRequest
-	(*RebuildStatusRequest)(nil),  // 14: nexstor.engine.v1.RebuildStatusRequest
-	(*RebuildStatusResponse)(nil), // 15: nexstor.engine.v1.RebuildStatusResponse
-	(*VerifyRequest)(nil),         // 16: nexstor.engine.v1.VerifyRequest
-	(*Range)(nil),                 // 17: nexstor.engine.v1.Range
-	(*VerifyResponse)(nil),        // 18: nexstor.engine.v1.VerifyResponse
-	(*Share)(nil),                 // 19: nexstor.engine.v1.Share
+	(*LeftOutChild)(nil),          // 3: nexstor.engine.v1.LeftOutChild
+	(*Rebuild)(nil),               // 4: nexstor.engine.v1.Rebuild
+	(*Nexus)(nil),                 // 5: nexstor.engine.v1.Nexus
+	(*CreateNexusRequest)(nil),    // 6: nexstor.engine.v1.CreateNexusRequest
+	(*ListNexusesRequest)(nil),    // 7: nexstor.engine.v1.ListNexusesRequest
+	(*ListNexusesResponse)(nil),   // 8: nexstor.engine.v1.ListNexusesResponse
+	(*GetNexusRequest)(nil),       // 9: nexstor.engine.v1.GetNexusRequest
+	(*DestroyNexusRequest)(nil),   // 10: nexstor.engine.v1.DestroyNexusRequest
+	(*DestroyNexusResponse)(nil),  // 11: nexstor.engine.v1.DestroyNexusResponse
+	(*PublishNexusRequest)(nil),   // 12: nexstor.engine.v1.PublishNexusRequest
+	(*UnpublishNexusRequest)(nil), // 13: nexstor.engine.v1.UnpublishNexusRequest
+	(*ChildRequest)(nil),          // 14: nexstor.engine.v1.ChildRequest
+	(*RebuildStatusRequest)(nil),  // 15: nexstor.engine.v1.RebuildStatusRequest
+	(*RebuildStatusResponse)(nil), // 16: nexstor.engine.v1.RebuildStatusResponse
+	(*VerifyRequest)(nil),         // 17: nexstor.engine.v1.VerifyRequest
+	(*Range)(nil),                 // 18: nexstor.engine.v1.Range
+	(*VerifyResponse)(nil),        // 19: nexstor.engine.v1.VerifyResponse
+	(*Share)(nil),                 // 20: nexstor.engine.v1.Share
 }
 var file_engine_v1_nexus_proto_depIdxs = []int32{
 	1,  // 0: nexstor.engine.v1.Child.state:type_name -> nexstor.engine.v1.ChildState
-	3,  // 1: nexstor.engine.v1.Child.rebuild:type_name -> nexstor.engine.v1.Rebuild
+	4,  // 1: nexstor.engine.v1.Child.rebuild:type_name -> nexstor.engine.v1.Rebuild
 	0,  // 2: nexstor.engine.v1.Nexus.state:type_name -> nexstor.engine.v1.NexusState
 	2,  // 3: nexstor.engine.v1.Nexus.children:type_name -> nexstor.engine.v1.Child
-	19, // 4: nexstor.engine.v1.Nexus.share:type_name -> nexstor.engine.v1.Share
-	4,  // 5: nexstor.engine.v1.ListNexusesResponse.nexuses:type_name -> nexstor.engine.v1.Nexus
-	3,  // 6: nexstor.engine.v1.RebuildStatusResponse.rebuilds:type_name -> nexstor.engine.v1.Rebuild
-	17, // 7: nexstor.engine.v1.VerifyResponse.mismatches:type_name -> nexstor.engine.v1.Range
-	5,  // 8: nexstor.engine.v1.NexusService.CreateNexus:input_type -> nexstor.engine.v1.CreateNexusRequest
-	6,  // 9: nexstor.engine.v1.NexusService.ListNexuses:input_type -> nexstor.engine.v1.ListNexusesRequest
-	8,  // 10: nexstor.engine.v1.NexusService.GetNexus:input_type -> nexstor.engine.v1.GetNexusRequest
-	9,  // 11: nexstor.engine.v1.NexusService.DestroyNexus:input_type -> nexstor.engine.v1.DestroyNexusRequest
-	11, // 12: nexstor.engine.v1.NexusService.PublishNexus:input_type -> nexstor.engine.v1.PublishNexusRequest
-	12, // 13: nexstor.engine.v1.NexusService.UnpublishNexus:input_type -> nexstor.engine.v1.UnpublishNexusRequest
-	13, // 14: nexstor.engine.v1.NexusService.AddChild:input_type -> nexstor.engine.v1.ChildRequest
-	13, // 15: nexstor.engine.v1.NexusService.RemoveChild:input_type -> nexstor.engine.v1.ChildRequest
-	13, // 16: nexstor.engine.v1.NexusService.FaultChild:input_type -> nexstor.engine.v1.ChildRequest
-	13, // 17: nexstor.engine.v1.NexusService.OfflineChild:input_type -> nexstor.engine.v1.ChildRequest
-	13, // 18: nexstor.engine.v1.NexusService.OnlineChild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 19: nexstor.engine.v1.NexusService.RebuildStatus:input_type -> nexstor.engine.v1.RebuildStatusRequest
-	13, // 20: nexstor.engine.v1.NexusService.PauseRebuild:input_type -> nexstor.engine.v1.ChildRequest
-	13, // 21: nexstor.engine.v1.NexusService.ResumeRebuild:input_type -> nexstor.engine.v1.ChildRequest
-	13, // 22: nexstor.engine.v1.NexusService.StopRebuild:input_type -> nexstor.engine.v1.ChildRequest
-	16, // 23: nexstor.engine.v1.NexusService.Verify:input_type -> nexstor.engine.v1.VerifyRequest
-	4,  // 24: nexstor.engine.v1.NexusService.CreateNexus:output_type -> nexstor.engine.v1.Nexus
-	7,  // 25: nexstor.engine.v1.NexusService.ListNexuses:output_type -> nexstor.engine.v1.ListNexusesResponse
-	4,  // 26: nexstor.engine.v1.NexusService.GetNexus:output_type -> nexstor.engine.v1.Nexus
-	10, // 27: nexstor.engine.v1.NexusService.DestroyNexus:output_type -> nexstor.engine.v1.DestroyNexusResponse
-	4,  // 28: nexstor.engine.v1.NexusService.PublishNexus:output_type -> nexstor.engine.v1.Nexus
-	4,  // 29: nexstor.engine.v1.NexusService.UnpublishNexus:output_type -> nexstor.engine.v1.Nexus
-	4,  // 30: nexstor.engine.v1.NexusService.AddChild:output_type -> nexstor.engine.v1.Nexus
-	4,  // 31: nexstor.engine.v1.NexusService.RemoveChild:output_type -> nexstor.engine.v1.Nexus
-	4,  // 32: nexstor.engine.v1.NexusService.FaultChild:output_type -> nexstor.engine.v1.Nexus
-	4,  // 33: nexstor.engine.v1.NexusService.OfflineChild:output_type -> nexstor.engine.v1.Nexus
-	4,  // 34: nexstor.engine.v1.NexusService.OnlineChild:output_type -> nexstor.engine.v1.Nexus
-	15, // 35: nexstor.engine.v1.NexusService.RebuildStatus:output_type -> nexstor.engine.v1.RebuildStatusResponse
-	3,  // 36: nexstor.engine.v1.NexusService.PauseRebuild:output_type -> nexstor.engine.v1.Rebuild
-	3,  // 37: nexstor.engine.v1.NexusService.ResumeRebuild:output_type -> nexstor.engine.v1.Rebuild
-	3,  // 38: nexstor.engine.v1.NexusService.StopRebuild:output_type -> nexstor.engine.v1.Rebuild
-	18, // 39: nexstor.engine.v1.NexusService.Verify:output_type -> nexstor.engine.v1.VerifyResponse
-	24, // [24:40] is the sub-list for method output_type
-	8,  // [8:24] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	20, // 4: nexstor.engine.v1.Nexus.share:type_name -> nexstor.engine.v1.Share
+	3,  // 5: nexstor.engine.v1.Nexus.left_out:type_name -> nexstor.engine.v1.LeftOutChild
+	5,  // 6: nexstor.engine.v1.ListNexusesResponse.nexuses:type_name -> nexstor.engine.v1.Nexus
+	4,  // 7: nexstor.engine.v1.RebuildStatusResponse.rebuilds:type_name -> nexstor.engine.v1.Rebuild
+	18, // 8: nexstor.engine.v1.VerifyResponse.mismatches:type_name -> nexstor.engine.v1.Range
+	6,  // 9: nexstor.engine.v1.NexusService.CreateNexus:input_type -> nexstor.engine.v1.CreateNexusRequest
+	7,  // 10: nexstor.engine.v1.NexusService.ListNexuses:input_type -> nexstor.engine.v1.ListNexusesRequest
+	9,  // 11: nexstor.engine.v1.NexusService.GetNexus:input_type -> nexstor.engine.v1.GetNexusRequest
+	10, // 12: nexstor.engine.v1.NexusService.DestroyNexus:input_type -> nexstor.engine.v1.DestroyNexusRequest
+	12, // 13: nexstor.engine.v1.NexusService.PublishNexus:input_type -> nexstor.engine.v1.PublishNexusRequest
+	13, // 14: nexstor.engine.v1.NexusService.UnpublishNexus:input_type -> nexstor.engine.v1.UnpublishNexusRequest
+	14, // 15: nexstor.engine.v1.NexusService.AddChild:input_type -> nexstor.engine.v1.ChildRequest
+	14, // 16: nexstor.engine.v1.NexusService.RemoveChild:input_type -> nexstor.engine.v1.ChildRequest
+	14, // 17: nexstor.engine.v1.NexusService.FaultChild:input_type -> nexstor.engine.v1.ChildRequest
+	14, // 18: nexstor.engine.v1.NexusService.OfflineChild:input_type -> nexstor.engine.v1.ChildRequest
+	14, // 19: nexstor.engine.v1.NexusService.OnlineChild:input_type -> nexstor.engine.v1.ChildRequest
+	15, // 20: nexstor.engine.v1.NexusService.RebuildStatus:input_type -> nexstor.engine.v1.RebuildStatusRequest
+	14, // 21: nexstor.engine.v1.NexusService.PauseRebuild:input_type -> nexstor.engine.v1.ChildRequest
+	14, // 22: nexstor.engine.v1.NexusService.ResumeRebuild:input_type -> nexstor.engine.v1.ChildRequest
+	14, // 23: nexstor.engine.v1.NexusService.StopRebuild:input_type -> nexstor.engine.v1.ChildRequest
+	17, // 24: nexstor.engine.v1.NexusService.Verify:input_type -> nexstor.engine.v1.VerifyRequest
+	5,  // 25: nexstor.engine.v1.NexusService.CreateNexus:output_type -> nexstor.engine.v1.Nexus
+	8,  // 26: nexstor.engine.v1.NexusService.ListNexuses:output_type -> nexstor.engine.v1.ListNexusesResponse
+	5,  // 27: nexstor.engine.v1.NexusService.GetNexus:output_type -> nexstor.engine.v1.Nexus
+	11, // 28: nexstor.engine.v1.NexusService.DestroyNexus:output_type -> nexstor.engine.v1.DestroyNexusResponse
+	5,  // 29: nexstor.engine.v1.NexusService.PublishNexus:output_type -> nexstor.engine.v1.Nexus
+	5,  // 30: nexstor.engine.v1.NexusService.UnpublishNexus:output_type -> nexstor.engine.v1.Nexus
+	5,  // 31: nexstor.engine.v1.NexusService.AddChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 32: nexstor.engine.v1.NexusService.RemoveChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 33: nexstor.engine.v1.NexusService.FaultChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 34: nexstor.engine.v1.NexusService.OfflineChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 35: nexstor.engine.v1.NexusService.OnlineChild:output_type -> nexstor.engine.v1.Nexus
+	16, // 36: nexstor.engine.v1.NexusService.RebuildStatus:output_type -> nexstor.engine.v1.RebuildStatusResponse
+	4,  // 37: nexstor.engine.v1.NexusService.PauseRebuild:output_type -> nexstor.engine.v1.Rebuild
+	4,  // 38: nexstor.engine.v1.NexusService.ResumeRebuild:output_type -> nexstor.engine.v1.Rebuild
+	4,  // 39: nexstor.engine.v1.NexusService.StopRebuild:output_type -> nexstor.engine.v1.Rebuild
+	19, // 40: nexstor.engine.v1.NexusService.Verify:output_type -> nexstor.engine.v1.VerifyResponse
+	25, // [25:41] is the sub-list for method output_type
+	9,  // [9:25] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_engine_v1_nexus_proto_init() }
@@ -1408,7 +1538,7 @@ func file_engine_v1_nexus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_engine_v1_nexus_proto_rawDesc), len(file_engine_v1_nexus_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

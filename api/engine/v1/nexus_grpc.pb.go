@@ -54,14 +54,22 @@ const (
 // their children is kept in a health store, and a nexus recreated at start
 // uses only the children the store records as current.
 type NexusServiceClient interface {
-	// CreateNexus opens the children and starts serving a mirror over them.
-	// A child the health store records as out of date is refused
-	// (FailedPrecondition) unless force is set.
+	// CreateNexus opens the children, claims them (each replica gets this
+	// nexus as its owner and a fencing epoch above any it accepted before)
+	// and starts serving a mirror over them. A child the health store records
+	// as out of date is refused (FailedPrecondition) unless force is set; a
+	// child owned by another nexus is refused (FailedPrecondition, naming the
+	// owner). Over children with no health record, one child (source, or the
+	// one with the highest epoch) is the source and the others are rebuilt
+	// from it. A child that cannot be opened fails the call, naming each
+	// child and why, unless allow_degraded is set. Creating a nexus that
+	// exists with the same uuid and children returns it (idempotent).
 	CreateNexus(ctx context.Context, in *CreateNexusRequest, opts ...grpc.CallOption) (*Nexus, error)
 	ListNexuses(ctx context.Context, in *ListNexusesRequest, opts ...grpc.CallOption) (*ListNexusesResponse, error)
 	GetNexus(ctx context.Context, in *GetNexusRequest, opts ...grpc.CallOption) (*Nexus, error)
-	// DestroyNexus unpublishes and closes a nexus and deletes its health
-	// record. The children's data is left as it is.
+	// DestroyNexus unpublishes and closes a nexus, releases its children's
+	// claims and deletes its health record. The children's data is left as
+	// it is.
 	DestroyNexus(ctx context.Context, in *DestroyNexusRequest, opts ...grpc.CallOption) (*DestroyNexusResponse, error)
 	// PublishNexus exports the nexus over nvmf (subsystem
 	// nqn.2024-11.io.nexstor:nexus:<uuid>, namespace 1) or nbd (export
@@ -80,7 +88,9 @@ type NexusServiceClient interface {
 	// OfflineChild takes a child out of service temporarily; the segments
 	// written meanwhile are recorded so that OnlineChild copies only those.
 	OfflineChild(ctx context.Context, in *ChildRequest, opts ...grpc.CallOption) (*Nexus, error)
-	// OnlineChild brings an offline child back with a partial rebuild.
+	// OnlineChild brings an offline child back with a partial rebuild. A
+	// replica that is not the one the nexus recorded (destroyed and created
+	// again) is refused (FailedPrecondition): add it for a full rebuild.
 	OnlineChild(ctx context.Context, in *ChildRequest, opts ...grpc.CallOption) (*Nexus, error)
 	// RebuildStatus reports the rebuilds of a nexus: running ones, and the
 	// last finished one of each child. child narrows it to one child.
@@ -271,14 +281,22 @@ func (c *nexusServiceClient) Verify(ctx context.Context, in *VerifyRequest, opts
 // their children is kept in a health store, and a nexus recreated at start
 // uses only the children the store records as current.
 type NexusServiceServer interface {
-	// CreateNexus opens the children and starts serving a mirror over them.
-	// A child the health store records as out of date is refused
-	// (FailedPrecondition) unless force is set.
+	// CreateNexus opens the children, claims them (each replica gets this
+	// nexus as its owner and a fencing epoch above any it accepted before)
+	// and starts serving a mirror over them. A child the health store records
+	// as out of date is refused (FailedPrecondition) unless force is set; a
+	// child owned by another nexus is refused (FailedPrecondition, naming the
+	// owner). Over children with no health record, one child (source, or the
+	// one with the highest epoch) is the source and the others are rebuilt
+	// from it. A child that cannot be opened fails the call, naming each
+	// child and why, unless allow_degraded is set. Creating a nexus that
+	// exists with the same uuid and children returns it (idempotent).
 	CreateNexus(context.Context, *CreateNexusRequest) (*Nexus, error)
 	ListNexuses(context.Context, *ListNexusesRequest) (*ListNexusesResponse, error)
 	GetNexus(context.Context, *GetNexusRequest) (*Nexus, error)
-	// DestroyNexus unpublishes and closes a nexus and deletes its health
-	// record. The children's data is left as it is.
+	// DestroyNexus unpublishes and closes a nexus, releases its children's
+	// claims and deletes its health record. The children's data is left as
+	// it is.
 	DestroyNexus(context.Context, *DestroyNexusRequest) (*DestroyNexusResponse, error)
 	// PublishNexus exports the nexus over nvmf (subsystem
 	// nqn.2024-11.io.nexstor:nexus:<uuid>, namespace 1) or nbd (export
@@ -297,7 +315,9 @@ type NexusServiceServer interface {
 	// OfflineChild takes a child out of service temporarily; the segments
 	// written meanwhile are recorded so that OnlineChild copies only those.
 	OfflineChild(context.Context, *ChildRequest) (*Nexus, error)
-	// OnlineChild brings an offline child back with a partial rebuild.
+	// OnlineChild brings an offline child back with a partial rebuild. A
+	// replica that is not the one the nexus recorded (destroyed and created
+	// again) is refused (FailedPrecondition): add it for a full rebuild.
 	OnlineChild(context.Context, *ChildRequest) (*Nexus, error)
 	// RebuildStatus reports the rebuilds of a nexus: running ones, and the
 	// last finished one of each child. child narrows it to one child.
