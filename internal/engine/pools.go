@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/units"
 )
 
 // mapPoolErr gives an error from the layers below a kind and context. Faults
@@ -45,9 +46,23 @@ func (e *Engine) CreatePool(name, disk string, clusterSize int64, force bool) (P
 		return PoolInfo{}, err
 	}
 	if p, ok := e.pools[name]; ok && (p.h != nil || diskKey(p.disk) != diskKey(disk)) {
+		// The same pool asked for again is not an error: a caller that
+		// retries after a lost reply gets what it created.
+		var diff string
+		switch {
+		case diskKey(p.disk) != diskKey(disk):
+			diff = fmt.Sprintf("on disk %s, not %s", p.disk, disk)
+		case force:
+			diff = "already, and force would format it again"
+		case clusterSize != 0 && clusterSize != p.h.Stats().ClusterSize:
+			diff = fmt.Sprintf("with cluster size %s, not %s", units.FormatSize(p.h.Stats().ClusterSize), units.FormatSize(clusterSize))
+		}
 		e.mu.Unlock()
+		if diff == "" {
+			return e.Pool(name)
+		}
 		return PoolInfo{}, fault.New(fault.AlreadyExists, "pool.exists",
-			fmt.Sprintf("pool %q already exists (on disk %s)", name, p.disk),
+			fmt.Sprintf("pool %q exists %s", name, diff),
 			"choose another name, or destroy the existing pool first")
 	}
 	if other := e.poolOnDiskLocked(disk); other != "" {

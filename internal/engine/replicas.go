@@ -86,6 +86,11 @@ func (e *Engine) CreateReplica(o CreateReplicaOptions) (ReplicaInfo, error) {
 				fmt.Sprintf("replica %q: uuid %q is invalid", o.Name, o.UUID), "give a UUID such as 9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e, or leave it out to have one generated")
 		}
 	}
+	if o.UUID != "" {
+		if ri, found, err := e.existingReplica(o); found || err != nil {
+			return ri, err
+		}
+	}
 	pe, done, err := e.beginReplicaOp(o.Name, o.Pool, true)
 	if err != nil {
 		return ReplicaInfo{}, err
@@ -102,6 +107,46 @@ func (e *Engine) CreateReplica(o CreateReplicaOptions) (ReplicaInfo, error) {
 	}
 	e.log.Info("replica created", "replica", o.Name, "pool", pe.name, "size", o.Size, "thin", o.Thin)
 	return ri, nil
+}
+
+// existingReplica makes CreateReplica with a UUID idempotent: when a
+// replica of that name or UUID exists, it returns it if it has exactly the
+// spec asked for, else AlreadyExists naming the difference; found is false
+// when neither exists.
+func (e *Engine) existingReplica(o CreateReplicaOptions) (ReplicaInfo, bool, error) {
+	all, err := e.Replicas("")
+	if err != nil {
+		return ReplicaInfo{}, false, err
+	}
+	for _, ri := range all {
+		sameName, sameUUID := ri.Name == o.Name, strings.EqualFold(ri.UUID, o.UUID)
+		if !sameName && !sameUUID {
+			continue
+		}
+		var diff []string
+		if !sameName {
+			diff = append(diff, fmt.Sprintf("uuid %s is replica %q's", o.UUID, ri.Name))
+		}
+		if !sameUUID {
+			diff = append(diff, "uuid "+ri.UUID)
+		}
+		if ri.Pool != o.Pool {
+			diff = append(diff, "pool "+ri.Pool)
+		}
+		if ri.Size != o.Size {
+			diff = append(diff, "size "+units.FormatSize(ri.Size))
+		}
+		if ri.Thin != o.Thin {
+			diff = append(diff, map[bool]string{true: "thin", false: "thick"}[ri.Thin])
+		}
+		if len(diff) == 0 {
+			return ri, true, nil
+		}
+		return ReplicaInfo{}, true, fault.New(fault.AlreadyExists, "replica.exists",
+			fmt.Sprintf("replica %q exists with another spec: %s", ri.Name, strings.Join(diff, ", ")),
+			"choose another name and uuid, or destroy the existing replica first")
+	}
+	return ReplicaInfo{}, false, nil
 }
 
 func (e *Engine) createReplica(pe *poolEntry, o CreateReplicaOptions) (ReplicaInfo, error) {

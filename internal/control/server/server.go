@@ -324,12 +324,10 @@ func (r *runtime) createPool(ctx context.Context, p config.Pool, force bool) (st
 	if dp == nil {
 		return "", fmt.Errorf("pool %q: the engine stopped while formatting", p.Name)
 	}
-	e := dp.Engine
-	info, err := e.CreatePool(p.Name, p.Disk, p.ClusterSize, force)
+	// CreatePool returns a pool that exists with the same name and disk
+	// (from an earlier, failed format) instead of failing.
+	info, err := dp.Engine.CreatePool(p.Name, p.Disk, p.ClusterSize, force)
 	if err != nil {
-		if old, perr := e.Pool(p.Name); perr == nil && !force && old.Disk == p.Disk {
-			return old.UUID, nil
-		}
 		return "", err
 	}
 	return info.UUID, nil
