@@ -192,7 +192,9 @@ func TestCreateImportRoundTrip(t *testing.T) {
 		t.Fatalf("CreateReplica after Close: %v, want ErrClosed", err)
 	}
 
-	info, err := Probe(openFile(t, path))
+	probeDev := openFile(t, path)
+	info, err := Probe(probeDev)
+	probeDev.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
