@@ -451,3 +451,25 @@ func TestClaimOnClosedPoolOrDestroyedReplica(t *testing.T) {
 		t.Fatalf("claim state through a closed handle: %v", err)
 	}
 }
+
+// TestCheckIdentities: Check reports a replica without an NGUID and two
+// replicas sharing one.
+func TestCheckIdentities(t *testing.T) {
+	p := mustCreate(t, newMalloc(t, 8*mib), CreateOptions{})
+	defer p.Close()
+	mustReplica(t, p, "a", mib, true)
+	mustReplica(t, p, "b", mib, true)
+	check(t, p)
+	a, b := p.byName["a"], p.byName["b"]
+	saved := b.nguid
+	b.nguid = a.nguid
+	if err := p.Check(); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "same NGUID") {
+		t.Fatalf("Check with a shared NGUID: %v", err)
+	}
+	b.nguid = [16]byte{}
+	if err := p.Check(); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "no NGUID") {
+		t.Fatalf("Check with a missing NGUID: %v", err)
+	}
+	b.nguid = saved
+	check(t, p)
+}
