@@ -26,7 +26,8 @@ type FileOptions struct {
 	// falling back); false never uses it.
 	Direct *bool
 	// ReadOnly opens without write access; writes, Unmap and WriteZeroes
-	// return ErrReadOnly.
+	// return ErrReadOnly. A read-only open takes no exclusive hold and is
+	// not refused by one, so a disk in use can still be probed.
 	ReadOnly bool
 	// URing sends reads, writes and Flush's fdatasync through an io_uring
 	// instance owned by the File (at most 256 requests in flight; more

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fsutil"
 )
 
 var _ Device = (*File)(nil)
@@ -119,6 +120,14 @@ var zeroes = sync.OnceValue(func() []byte { return alignedAlloc(zeroLength) })
 // OpenFile opens a regular file or block device as a Device. See
 // FileOptions for creation, block size and O_DIRECT selection. Errors for
 // bad input are *fault.Fault values that name the path and the fix.
+//
+// Unless opts.ReadOnly, the device is held exclusively until Close: a
+// regular file by an exclusive flock on the open file description, a block
+// device by O_EXCL (which also refuses a mounted one). Opening a file that
+// another open holds, in this process or another, fails with a
+// FailedPrecondition fault wrapping an *fsutil.HeldError that names the
+// holder's PID where the kernel tells it; a busy block device fails the
+// same way with EBUSY. Nothing is written either way.
 func OpenFile(path string, opts FileOptions) (*File, error) {
 	if path == "" {
 		return nil, fault.New(fault.InvalidArgument, "bdev.path", "empty path", "give the path of a file or block device")
@@ -155,6 +164,16 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 			unix.Close(f.fd)
 		}
 		return nil, err
+	}
+	// A writable regular file is held exclusively, as O_EXCL holds a block
+	// device: two pools (or a pool and anything else) on one file would
+	// overwrite each other's metadata. Taken on the final descriptor (open
+	// may have reopened it without O_DIRECT), before anyone can write.
+	if !f.blockDev && !f.readOnly {
+		if err := lockExclusive(f.fd, path); err != nil {
+			unix.Close(f.fd)
+			return nil, err
+		}
 	}
 	if opts.URing {
 		r, err := newURing(uringEntries)
@@ -277,6 +296,28 @@ func (f *File) open(opts FileOptions) error {
 	return nil
 }
 
+// lockExclusive takes the exclusive flock of the open file description of
+// fd (see fsutil.LockFD): it lasts until fd is closed, however the process
+// ends. It locks through a duplicate descriptor, which shares the open file
+// description and so the lock, and closes the duplicate again. When another
+// open holds it, the error is a FailedPrecondition fault wrapping an
+// *fsutil.HeldError that names the holder's PID where /proc/locks tells it.
+func lockExclusive(fd int, path string) error {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("file %q: duplicating the descriptor to lock it: %w", path, err)
+	}
+	lf := os.NewFile(uintptr(dup), path)
+	defer lf.Close()
+	err = fsutil.LockFD(lf)
+	if errors.Is(err, fsutil.ErrHeld) {
+		return fault.Wrap(err, fault.FailedPrecondition, "bdev.busy",
+			fmt.Sprintf("file %q is held exclusively by another open", path),
+			"close it there (export the pool, stop the server that has it) or choose another disk")
+	}
+	return err
+}
+
 func (f *File) openFD(flags int, direct bool) (int, error) {
 	if direct {
 		flags |= unix.O_DIRECT
@@ -289,7 +330,7 @@ func (f *File) openFD(flags int, direct bool) (int, error) {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EBUSY && f.blockDev:
-			return -1, fault.Wrap(err, fault.FailedPrecondition, "bdev.busy", fmt.Sprintf("file %q: device is in use (mounted, or opened exclusively by another program)", f.path), "unmount it or choose another disk")
+			return -1, fault.Wrap(err, fault.FailedPrecondition, "bdev.busy", fmt.Sprintf("file %q: device is in use: mounted, or opened exclusively by another process", f.path), "unmount it, stop the process that holds it, or choose another disk")
 		case err == unix.EACCES || err == unix.EPERM || err == unix.EROFS:
 			return -1, fault.Wrap(err, fault.PermissionDenied, "bdev.permission", fmt.Sprintf("file %q: cannot open for %s", f.path, map[bool]string{true: "reading", false: "reading and writing"}[f.readOnly]), "check its permissions, or run with access to it")
 		case err == unix.EINVAL:

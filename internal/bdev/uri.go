@@ -197,8 +197,10 @@ func exactSize(n int64) string {
 // Open parses a disk URI and opens the device it names. See URI for the
 // syntax. file, aio and uring open a regular file or block device (creating
 // a sparse file when a size is given and the path does not exist), uring
-// with FileOptions.URing; malloc returns a new, zero-filled RAM device on
-// every call (the name is only a label, devices are not shared).
+// with FileOptions.URing, and hold it exclusively until Close (see
+// OpenFile: a second open fails naming the holder); malloc returns a new,
+// zero-filled RAM device on every call (the name is only a label, devices
+// are not shared, so there is nothing to hold).
 func Open(uri string) (Device, error) {
 	u, err := ParseURI(uri)
 	if err != nil {

@@ -11,16 +11,23 @@ import (
 )
 
 // TestHotPathDoesNotAllocate: reads and writes of allocated clusters do
-// not allocate.
+// not allocate, through unclaimed and claimed handles (whose fencing check
+// is one atomic load).
 func TestHotPathDoesNotAllocate(t *testing.T) {
 	dev := newMalloc(t, 8*mib)
 	p := mustCreate(t, dev, CreateOptions{})
 	defer p.Close()
 	mustReplica(t, p, "thin", 2*mib, true)
 	mustReplica(t, p, "thick", 2*mib, false)
+	mustReplica(t, p, "claimed", 2*mib, true)
 	buf := make([]byte, 8*kib)
-	for _, name := range []string{"thin", "thick"} {
-		h := mustOpen(t, p, name)
+	for _, name := range []string{"thin", "thick", "claimed"} {
+		var h bdev.Device = mustOpen(t, p, name)
+		if name == "claimed" {
+			c := mustClaim(t, h.(*Replica), nexusA, 1)
+			h.Close()
+			h = c
+		}
 		if _, err := h.WriteAt(buf, 60*kib); err != nil { // allocates two clusters of the thin one
 			t.Fatal(err)
 		}

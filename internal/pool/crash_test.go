@@ -3,6 +3,7 @@ package pool
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,13 +19,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 )
 
 // The crash test: a child process (this test binary, re-executed) works on
 // a file-backed pool and journals what is durable; the parent kills it with
 // SIGKILL at random moments, imports the pool and checks it against the
-// journal, round after round on the same pool.
+// journal, round after round on the same pool. Besides data and replica
+// admin, the child claims, raises, releases and disowns one replica; the
+// parent checks that its owner and epoch are the last acknowledged ones (or
+// those of the one operation in flight at the kill).
 
 const (
 	crashDirEnv   = "NEXSTOR_POOL_CRASH_DIR"
@@ -34,7 +40,13 @@ const (
 	crashBlock    = 512
 	crashBlocks   = crashSize / crashBlock
 	crashRounds   = 24
+	crashFence    = "fence" // the replica the child claims
 )
+
+var crashOwners = [2]uuid.UUID{
+	uuid.MustParse("c1a1c1a1-0000-4000-8000-00000000000a"),
+	uuid.MustParse("c1a1c1a1-0000-4000-8000-00000000000b"),
+}
 
 func crashName(i int) string { return fmt.Sprintf("base%d", i) }
 
@@ -93,6 +105,8 @@ func TestCrashChild(t *testing.T) {
 	var ids atomic.Uint64
 	ids.Store(round << 32)
 	fmt.Println("ready")
+
+	go crashClaims(p, round, journal, die)
 
 	for ri := range crashBase {
 		go func() {
@@ -176,6 +190,135 @@ func TestCrashChild(t *testing.T) {
 	}
 }
 
+// crashClaims is the child's claimer: one goroutine taking the fence
+// replica through claims (by its owner, or a new one when it is unowned,
+// at the same or a higher epoch), raises, releases and disowns, journaling
+// each operation before ("K", "R", "L", "O") and after it returns ("k",
+// "r", "l", "o"). It checks on the way that a superseded or released
+// handle is fenced.
+func crashClaims(p *Pool, round uint64, journal func(...string), die func(string, ...any)) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(round, 77))
+	h, err := p.OpenReplica(crashFence)
+	if err != nil {
+		die("open %s: %v", crashFence, err)
+	}
+	st, err := h.ClaimState(ctx)
+	if err != nil {
+		die("claim state: %v", err)
+	}
+	owner, epoch := st.Owner, st.Epoch
+	var cur bdev.Claimed
+	buf := make([]byte, crashBlock)
+	fenced := func(c bdev.Claimed, what string) {
+		if _, err := c.WriteAt(buf, 0); !errors.Is(err, bdev.ErrFenced) {
+			die("write through a %s handle: %v, want ErrFenced", what, err)
+		}
+		c.Close()
+	}
+	for {
+		switch op := rng.IntN(8); {
+		case op < 4 || cur == nil && op < 6:
+			o := owner
+			if o == (uuid.UUID{}) {
+				o = crashOwners[rng.IntN(2)]
+			}
+			e := epoch + uint64(rng.IntN(2))
+			journal(fmt.Sprintf("K %s %d\n", o, e))
+			c, err := h.Claim(ctx, bdev.Claim{Owner: o, Epoch: e})
+			if err != nil {
+				die("claim by %s at %d: %v", o, e, err)
+			}
+			journal(fmt.Sprintf("k %s %d\n", o, e))
+			if cur != nil {
+				fenced(cur, "superseded")
+			}
+			cur, owner, epoch = c, o, e
+			if _, err := cur.WriteAt(buf, int64(rng.IntN(64))*crashBlock); err != nil {
+				die("write through the claim: %v", err)
+			}
+		case op == 4 && cur != nil:
+			e := epoch + 1 + uint64(rng.IntN(3))
+			journal(fmt.Sprintf("R %d\n", e))
+			if err := cur.Raise(ctx, e); err != nil {
+				die("raise to %d: %v", e, err)
+			}
+			journal(fmt.Sprintf("r %d\n", e))
+			epoch = e
+		case op == 5 && cur != nil:
+			journal("L\n")
+			if err := cur.Release(ctx); err != nil {
+				die("release: %v", err)
+			}
+			journal("l\n")
+			fenced(cur, "released")
+			cur, owner = nil, uuid.UUID{}
+		default:
+			journal("O\n")
+			if err := p.Disown(crashFence); err != nil {
+				die("disown: %v", err)
+			}
+			journal("o\n")
+			if cur != nil {
+				fenced(cur, "disowned")
+			}
+			cur, owner = nil, uuid.UUID{}
+		}
+		time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+	}
+}
+
+// claimModel is what the parent knows of the fence replica's claim: the
+// state after the last acknowledged operation, and the state the one
+// operation in flight at the kill would leave, if any.
+type claimModel struct {
+	owner   uuid.UUID
+	epoch   uint64
+	pending *claimState
+	ops     int // acknowledged operations since the last check
+}
+
+// line applies one journal line of the claimer.
+func (m *claimModel) line(f []string) error {
+	next := claimState{owner: m.owner, epoch: m.epoch}
+	switch f[0] {
+	case "K", "k":
+		if len(f) != 3 {
+			return errors.New("want owner and epoch")
+		}
+		o, err := uuid.Parse(f[1])
+		if err != nil {
+			return err
+		}
+		e, err := strconv.ParseUint(f[2], 10, 64)
+		if err != nil {
+			return err
+		}
+		next.owner, next.epoch = o, e
+	case "R", "r":
+		if len(f) != 2 {
+			return errors.New("want an epoch")
+		}
+		e, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			return err
+		}
+		next.epoch = e
+	case "L", "l", "O", "o":
+		next.owner = uuid.UUID{}
+	}
+	if f[0] == strings.ToUpper(f[0]) { // begun
+		m.pending = &next
+		return nil
+	}
+	if m.pending == nil || *m.pending != next {
+		return fmt.Errorf("acknowledged %v without its start", f)
+	}
+	m.owner, m.epoch, m.pending = next.owner, next.epoch, nil
+	m.ops++
+	return nil
+}
+
 // blockState is what the parent knows about one block of a base replica.
 type blockState struct {
 	last      uint64 // id of the last flushed write or unmap; 0: none
@@ -201,6 +344,7 @@ func TestCrash(t *testing.T) {
 	for i := range crashBase {
 		mustReplica(t, p, crashName(i), crashSize, true)
 	}
+	mustReplica(t, p, crashFence, 256*kib, true)
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -212,6 +356,8 @@ func TestCrash(t *testing.T) {
 	t.Logf("kill schedule seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var lines, killedReady int
+	var claims claimModel
+	claimRounds := 0
 	for round := 1; round <= crashRounds; round++ {
 		waitReady := rng.IntN(4) != 0
 		delay := time.Duration(rng.IntN(250)) * time.Millisecond
@@ -221,7 +367,7 @@ func TestCrash(t *testing.T) {
 		if ready {
 			killedReady++
 		}
-		n, temps := readJournal(t, filepath.Join(dir, fmt.Sprintf("journal-%d", round)), model)
+		n, temps := readJournal(t, filepath.Join(dir, fmt.Sprintf("journal-%d", round)), model, &claims)
 		lines += n
 		f, err := bdev.OpenFile(path, bdev.FileOptions{})
 		if err != nil {
@@ -235,6 +381,7 @@ func TestCrash(t *testing.T) {
 			t.Fatalf("round %d: %v", round, err)
 		}
 		t2 := time.Now()
+		claimRounds += verifyClaims(t, round, p, &claims)
 		verifyBase(t, round, p, model)
 		t3 := time.Now()
 		verifyTemps(t, round, p, temps)
@@ -249,9 +396,10 @@ func TestCrash(t *testing.T) {
 			t.Logf("round %d: child %v, import %v, base %v, temps %v, close %v", round, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), t4.Sub(t3), time.Since(t4))
 		}
 	}
-	t.Logf("%d rounds (%d killed after import), %d journal lines verified", crashRounds, killedReady, lines)
-	if killedReady == 0 || lines == 0 {
-		t.Fatalf("the child never got to work: %d rounds killed after import, %d journal lines", killedReady, lines)
+	t.Logf("%d rounds (%d killed after import), %d journal lines verified, %d rounds with claim operations",
+		crashRounds, killedReady, lines, claimRounds)
+	if killedReady == 0 || lines == 0 || claimRounds == 0 {
+		t.Fatalf("the child never got to work: %d rounds killed after import, %d journal lines, %d rounds with claims", killedReady, lines, claimRounds)
 	}
 }
 
@@ -308,10 +456,34 @@ func runCrashChild(t *testing.T, exe, dir string, round int, waitReady bool, del
 	return ready
 }
 
+// verifyClaims checks the fence replica's owner and epoch against the
+// claim model: the last acknowledged state, or that of the operation in
+// flight at the kill. The model then takes the state found. It returns 1
+// when the round journaled any claim operation.
+func verifyClaims(t *testing.T, round int, p *Pool, m *claimModel) int {
+	t.Helper()
+	ri, err := p.ReplicaInfo(crashFence)
+	if err != nil {
+		t.Fatalf("round %d: %v", round, err)
+	}
+	got := claimState{owner: ri.Owner, epoch: ri.Epoch}
+	acked := claimState{owner: m.owner, epoch: m.epoch}
+	if got != acked && (m.pending == nil || got != *m.pending) {
+		t.Fatalf("round %d: fence replica owned by %s at epoch %d; acknowledged %s at %d, in flight %+v",
+			round, got.owner, got.epoch, acked.owner, acked.epoch, m.pending)
+	}
+	did := 0
+	if m.ops > 0 {
+		did = 1
+	}
+	*m = claimModel{owner: got.owner, epoch: got.epoch}
+	return did
+}
+
 // readJournal applies a round's journal to the model and returns the
 // number of lines and the temporary replicas' last events. A last line
 // without its newline was cut by the kill and is ignored.
-func readJournal(t *testing.T, path string, model [][]blockState) (int, map[string]string) {
+func readJournal(t *testing.T, path string, model [][]blockState, claims *claimModel) (int, map[string]string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -336,6 +508,10 @@ func readJournal(t *testing.T, path string, model [][]blockState) (int, map[stri
 		switch f[0] {
 		case "C", "c", "X", "d":
 			temps[f[1]] = f[0]
+		case "K", "k", "R", "r", "L", "l", "O", "o":
+			if err := claims.line(f); err != nil {
+				t.Fatalf("journal line %q: %v", line, err)
+			}
 		case "w", "u", "U":
 			var id, ri, blk, cnt uint64
 			if _, err := fmt.Sscanf(line[2:], "%d %d %d %d", &id, &ri, &blk, &cnt); err != nil {
@@ -410,6 +586,9 @@ func verifyTemps(t *testing.T, round int, p *Pool, temps map[string]string) {
 		}
 	}
 	for _, ri := range p.Replicas() {
+		if ri.Name == crashFence {
+			continue
+		}
 		if strings.HasPrefix(ri.Name, "base") {
 			if ri.Size != crashSize {
 				t.Fatalf("round %d: %s has size %d", round, ri.Name, ri.Size)

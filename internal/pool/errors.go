@@ -25,8 +25,18 @@ var (
 	ErrExists = fault.New(fault.AlreadyExists, "pool.exists", "already exists", "")
 	// ErrNotFound: no replica of that name.
 	ErrNotFound = fault.New(fault.NotFound, "pool.not_found", "not found", "")
-	// ErrNoSpace: not enough free clusters (or replica slots).
+	// ErrNoSpace: not enough free clusters (or replica slots). A thin
+	// replica's write that finds no free cluster also matches
+	// bdev.ErrNoSpace.
 	ErrNoSpace = fault.New(fault.ResourceExhausted, "pool.no_space", "no space left in pool", "")
+	// ErrOvercommit: creating or growing a replica would take the sum of
+	// replica sizes beyond the pool's thin over-commit limit. Such errors
+	// match ErrNoSpace too, and name capacity, committed, asked and limit.
+	ErrOvercommit = fault.New(fault.ResourceExhausted, "pool.overcommit", "thin over-commit limit reached", "")
+	// ErrUnsupported: the pool's format is one this build cannot read (a
+	// newer version, unknown incompatible features), or a version 1 pool
+	// that cannot be upgraded. Nothing was written.
+	ErrUnsupported = fault.New(fault.FailedPrecondition, "pool.unsupported", "pool format not supported", "")
 	// ErrBusy: the replica (or pool) has open handles.
 	ErrBusy = fault.New(fault.FailedPrecondition, "pool.busy", "busy", "")
 	// ErrInvalid: a bad argument (size, name, UUID, option).

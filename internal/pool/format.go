@@ -11,8 +11,18 @@ import (
 // On-disk format constants; docs/pool-format.md describes the layout byte by
 // byte. All integers are little-endian, all checksums CRC32C (Castagnoli).
 const (
-	// FormatVersion is the on-disk format this package writes and reads.
-	FormatVersion = 1
+	// FormatVersion is the on-disk format this package writes. It reads
+	// version 1 too, and upgrades such a pool in place when importing it.
+	FormatVersion = 2
+	// formatV1 is the version before replica identities and feature flags.
+	formatV1 = 1
+
+	// DefaultOvercommit is the thin over-commit limit, in percent of the
+	// pool's capacity, when CreateOptions.Overcommit is 0.
+	DefaultOvercommit = 250
+	// MinOvercommit and MaxOvercommit bound the over-commit limit (percent).
+	MinOvercommit = 100
+	MaxOvercommit = 100000
 
 	// DefaultClusterSize is the cluster size used when CreateOptions leaves it 0.
 	DefaultClusterSize = 4 << 20
@@ -39,8 +49,23 @@ const (
 	recHeaderLen = 24   // log record header
 	runLen       = 20   // logical u64, physical u64, count u32
 	entryFixed   = 16 + 8 + 1 + 1 + 4
-	maxEntryLen  = entryFixed + MaxNameLen // an entry without runs
-	minLogBlocks = 4                       // the log holds at least this many superblock-area units
+	identLen     = 16 + 16 + 8 // identity block: NGUID, owner, epoch
+	// maxEntryLen is an entry without runs, with the longest name and an
+	// identity block; maxEntryLenV1 the same in format version 1, which
+	// had no identity block and sized checkpoint slots by it.
+	maxEntryLen   = entryFixed + MaxNameLen + identLen
+	maxEntryLenV1 = entryFixed + MaxNameLen
+	minLogBlocks  = 4 // the log holds at least this many superblock-area units
+
+	// Entry flags.
+	flagThin   = 1 << 0
+	flagIdent  = 1 << 1 // an identity block follows the name
+	flagsKnown = flagThin | flagIdent
+
+	// Superblock feature bits: none is defined yet. An unknown incompatible
+	// bit makes the pool unreadable to this build; unknown compatible bits
+	// are ignored and preserved.
+	incompatKnown uint32 = 0
 
 	// maxRecordPayload bounds one record, so a hostile log cannot make
 	// replay allocate more than this per record.
@@ -51,7 +76,12 @@ const (
 	maxCheckpointSize = 1 << 30
 	maxMaxReplicas    = 1024
 	minMaxReplicas    = 64
-	maxClusters       = (maxCheckpointSize - cpHeaderLen - 4 - maxMaxReplicas*maxEntryLen) / runLen
+	// maxClusters bounds the cluster count Create lays out: a checkpoint
+	// of the largest replica limit and that many runs fits the largest slot.
+	maxClusters = (maxCheckpointSize - cpHeaderLen - 4 - maxMaxReplicas*maxEntryLen) / runLen
+	// maxClustersAny bounds the cluster count of any superblock import
+	// accepts (the checkpoint bound then checks it against the slot).
+	maxClustersAny = (maxCheckpointSize - cpHeaderLen - 4) / runLen
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -72,6 +102,28 @@ type superblock struct {
 	ClusterCount uint64
 	MaxReplicas  uint32
 	Name         string
+	// Version 2 and later; zero in version 1.
+	Incompat   uint32   // incompatible feature bits
+	Compat     uint32   // compatible feature bits, kept as read
+	Overcommit uint32   // thin over-commit limit in percent; 0 means DefaultOvercommit
+	Reserved   [16]byte // bytes 236..251, kept as read
+}
+
+// overcommit returns the effective over-commit limit in percent.
+func (s *superblock) overcommit() uint64 {
+	if s.Overcommit == 0 {
+		return DefaultOvercommit
+	}
+	return uint64(s.Overcommit)
+}
+
+// entryLimit is the size of an entry without runs that checkpoint slots
+// of this superblock's version were sized for.
+func (s *superblock) entryLimit() uint64 {
+	if s.Version == formatV1 {
+		return maxEntryLenV1
+	}
+	return maxEntryLen
 }
 
 func (s *superblock) logOff() int64  { return int64(s.MDOff + 2*s.CPSize) }
@@ -97,10 +149,24 @@ func (s *superblock) encode(buf []byte) {
 	le.PutUint32(buf[88:], s.MaxReplicas)
 	le.PutUint32(buf[92:], uint32(len(s.Name)))
 	copy(buf[96:96+MaxNameLen], s.Name)
+	if s.Version != formatV1 {
+		le.PutUint32(buf[224:], s.Incompat)
+		le.PutUint32(buf[228:], s.Compat)
+		le.PutUint32(buf[232:], s.Overcommit)
+		copy(buf[236:252], s.Reserved[:])
+	}
 	le.PutUint32(buf[252:], crc32.Checksum(buf[:252], castagnoli))
 }
 
 var errNoMagic = errors.New("no superblock magic")
+
+// unsupportedError is a superblock copy that is intact (magic and checksum
+// good) but that this build cannot read: a newer format version or unknown
+// incompatible features. It is not damage, and must not be passed over in
+// favour of an older copy.
+type unsupportedError struct{ msg string }
+
+func (e *unsupportedError) Error() string { return e.msg }
 
 // decodeSuperblock parses and validates one copy on its own (geometry against
 // the device is checked by the caller). It never allocates more than the name.
@@ -127,15 +193,33 @@ func decodeSuperblock(buf []byte) (superblock, error) {
 	s.ClusterCount = le.Uint64(buf[80:])
 	s.MaxReplicas = le.Uint32(buf[88:])
 	nameLen := le.Uint32(buf[92:])
-	if s.Version != FormatVersion {
-		return s, fmt.Errorf("superblock format version %d; this build reads version %d", s.Version, FormatVersion)
-	}
+	var nameErr error
 	if nameLen == 0 || nameLen > MaxNameLen {
-		return s, fmt.Errorf("superblock name length %d out of range", nameLen)
+		nameErr = fmt.Errorf("superblock name length %d out of range", nameLen)
+	} else if name := string(buf[96 : 96+nameLen]); validName(name) != nil {
+		nameErr = fmt.Errorf("superblock pool name: %w", validName(name))
+	} else {
+		s.Name = name // also for the error about an unsupported copy
 	}
-	s.Name = string(buf[96 : 96+nameLen])
-	if err := validName(s.Name); err != nil {
-		return s, fmt.Errorf("superblock pool name: %w", err)
+	switch s.Version {
+	case formatV1:
+		// Bytes 224..251 were reserved and are ignored.
+	case FormatVersion:
+		s.Incompat = le.Uint32(buf[224:])
+		s.Compat = le.Uint32(buf[228:])
+		s.Overcommit = le.Uint32(buf[232:])
+		copy(s.Reserved[:], buf[236:252])
+		if unknown := s.Incompat &^ incompatKnown; unknown != 0 {
+			return s, &unsupportedError{fmt.Sprintf("superblock has incompatible feature bits %#x (%s) that this build does not know", unknown, bitList(unknown))}
+		}
+		if s.Overcommit != 0 && (s.Overcommit < MinOvercommit || s.Overcommit > MaxOvercommit) {
+			return s, fmt.Errorf("superblock over-commit limit %d%% out of range", s.Overcommit)
+		}
+	default:
+		return s, &unsupportedError{fmt.Sprintf("superblock format version %d; this build reads versions %d and %d", s.Version, formatV1, FormatVersion)}
+	}
+	if nameErr != nil {
+		return s, nameErr
 	}
 	if err := s.validate(); err != nil {
 		return s, err
@@ -160,22 +244,37 @@ func (s *superblock) validate() error {
 		return fmt.Errorf("superblock metadata size %d invalid for checkpoint slots of %d", s.MDSize, s.CPSize)
 	case s.DataOff < s.MDOff+s.MDSize || s.DataOff%bs != 0 || s.DataOff > 1<<62:
 		return fmt.Errorf("superblock data offset %d invalid", s.DataOff)
-	case s.ClusterCount == 0 || s.ClusterCount > maxClusters:
+	case s.ClusterCount == 0 || s.ClusterCount > maxClustersAny:
 		return fmt.Errorf("superblock cluster count %d invalid", s.ClusterCount)
 	case s.MaxReplicas < 1 || s.MaxReplicas > maxMaxReplicas:
 		return fmt.Errorf("superblock replica limit %d invalid", s.MaxReplicas)
-	case s.CPSize < checkpointBound(s.ClusterCount, s.MaxReplicas, sbArea(int(bs))):
+	case s.CPSize < checkpointBound(s.ClusterCount, s.MaxReplicas, sbArea(int(bs)), s.entryLimit()):
 		return fmt.Errorf("superblock checkpoint slot size %d too small for %d clusters", s.CPSize, s.ClusterCount)
 	}
 	return nil
 }
 
 // checkpointBound is the size of a checkpoint slot that can hold any state
-// of a pool with n clusters and at most maxRep replicas: each replica has a
-// fixed-size entry and every run covers at least one owned cluster.
-func checkpointBound(n uint64, maxRep uint32, align int64) uint64 {
-	b := uint64(cpHeaderLen+4) + uint64(maxRep)*maxEntryLen + n*runLen
+// of a pool with n clusters and at most maxRep replicas: each replica has an
+// entry of at most entryLen bytes besides its runs, and every run covers at
+// least one owned cluster.
+func checkpointBound(n uint64, maxRep uint32, align int64, entryLen uint64) uint64 {
+	b := uint64(cpHeaderLen+4) + uint64(maxRep)*entryLen + n*runLen
 	return roundUp(b, uint64(align))
+}
+
+// bitList names the set bits of v, as "bit 0, bit 5".
+func bitList(v uint32) string {
+	var b []byte
+	for i := range 32 {
+		if v&(1<<i) != 0 {
+			if len(b) > 0 {
+				b = append(b, ", "...)
+			}
+			b = fmt.Appendf(b, "bit %d", i)
+		}
+	}
+	return string(b)
 }
 
 func roundUp(v, a uint64) uint64 { return (v + a - 1) / a * a }
@@ -207,6 +306,7 @@ const (
 	recDestroy = 3 // replica destroyed: its clusters become free
 	recMap     = 4 // clusters allocated to a replica: runs
 	recUnmap   = 5 // clusters released by a replica: runs (physical ignored)
+	recClaim   = 6 // owner and epoch changed: identity block (format version 2)
 )
 
 // run maps count consecutive logical clusters starting at Logical to the
@@ -216,27 +316,50 @@ type run struct {
 	Count         uint32
 }
 
+// ident is an identity block: a replica's NGUID, owner and fencing epoch.
+type ident struct {
+	NGUID [16]byte
+	Owner [16]byte // zero: unowned
+	Epoch uint64
+}
+
 // entry is the payload of a record and the unit of a checkpoint: one replica
 // (or the part of it a record changes).
 type entry struct {
-	UUID [16]byte
-	Size uint64
-	Thin bool
-	Name string
-	Runs []run
+	UUID  [16]byte
+	Size  uint64
+	Thin  bool
+	HasID bool // ID is present (flag bit 1)
+	ID    ident
+	Name  string
+	Runs  []run
 }
 
-func (e *entry) encodedLen() int { return entryFixed + len(e.Name) + len(e.Runs)*runLen }
+func (e *entry) encodedLen() int {
+	n := entryFixed + len(e.Name) + len(e.Runs)*runLen
+	if e.HasID {
+		n += identLen
+	}
+	return n
+}
 
 func (e *entry) appendTo(b []byte) []byte {
 	b = append(b, e.UUID[:]...)
 	b = le.AppendUint64(b, e.Size)
 	var flags byte
 	if e.Thin {
-		flags |= 1
+		flags |= flagThin
+	}
+	if e.HasID {
+		flags |= flagIdent
 	}
 	b = append(b, flags, byte(len(e.Name)))
 	b = append(b, e.Name...)
+	if e.HasID {
+		b = append(b, e.ID.NGUID[:]...)
+		b = append(b, e.ID.Owner[:]...)
+		b = le.AppendUint64(b, e.ID.Epoch)
+	}
 	b = le.AppendUint32(b, uint32(len(e.Runs)))
 	for _, r := range e.Runs {
 		b = le.AppendUint64(b, r.Logical)
@@ -256,10 +379,11 @@ func decodeEntry(b []byte) (entry, []byte, error) {
 	copy(e.UUID[:], b[:16])
 	e.Size = le.Uint64(b[16:])
 	flags := b[24]
-	if flags&^1 != 0 {
+	if flags&^flagsKnown != 0 {
 		return e, nil, fmt.Errorf("entry flags %#x unknown", flags)
 	}
-	e.Thin = flags&1 != 0
+	e.Thin = flags&flagThin != 0
+	e.HasID = flags&flagIdent != 0
 	nameLen := int(b[25])
 	b = b[26:]
 	if nameLen > MaxNameLen || len(b) < nameLen+4 {
@@ -267,6 +391,15 @@ func decodeEntry(b []byte) (entry, []byte, error) {
 	}
 	e.Name = string(b[:nameLen])
 	b = b[nameLen:]
+	if e.HasID {
+		if len(b) < identLen+4 {
+			return e, nil, errors.New("entry identity block truncated")
+		}
+		copy(e.ID.NGUID[:], b[0:16])
+		copy(e.ID.Owner[:], b[16:32])
+		e.ID.Epoch = le.Uint64(b[32:])
+		b = b[identLen:]
+	}
 	n := le.Uint32(b)
 	b = b[4:]
 	if uint64(n)*runLen > uint64(len(b)) {
@@ -344,7 +477,7 @@ func decodeRecord(b []byte, pool [16]byte, epoch uint64) (record, error) {
 	if uint64(r.Idx) >= r.Seq {
 		return r, fmt.Errorf("record %d claims position %d in its batch", r.Seq, r.Idx)
 	}
-	if r.Type < recCreate || r.Type > recUnmap {
+	if r.Type < recCreate || r.Type > recClaim {
 		return r, fmt.Errorf("record type %d unknown", r.Type)
 	}
 	e, rest, err := decodeEntry(b[recHeaderLen:])

@@ -18,6 +18,19 @@ func seedEntry() entry {
 		Runs: []run{{Logical: 0, Phys: 3, Count: 2}, {Logical: 5, Phys: 9, Count: 1}}}
 }
 
+// seedIdentEntry is seedEntry with an identity block, as version 2 create
+// records and checkpoint entries carry it.
+func seedIdentEntry() entry {
+	e := seedEntry()
+	e.HasID, e.ID = true, ident{NGUID: [16]byte{0xee, 1}, Owner: [16]byte{0x0a, 2}, Epoch: 7}
+	return e
+}
+
+// seedClaim is the payload of a claim record.
+func seedClaim(u [16]byte, nguid [16]byte, owner [16]byte, epoch uint64) entry {
+	return entry{UUID: u, HasID: true, ID: ident{NGUID: nguid, Owner: owner, Epoch: epoch}}
+}
+
 // FuzzDecodeRecord: the log record decoder never panics, allocates no more
 // than the input justifies, and what it accepts re-encodes to the input.
 // With fix set, the length and checksum are corrected first, so the fuzzer
@@ -26,6 +39,10 @@ func FuzzDecodeRecord(f *testing.F) {
 	for typ := uint8(recCreate); typ <= recUnmap; typ++ {
 		f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 3, Type: typ, E: seedEntry()}), false)
 	}
+	// Version 2: a create with its identity block, and claims.
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 4, Type: recCreate, E: seedIdentEntry()}), false)
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 5, Type: recClaim, E: seedClaim([16]byte{9, 9, 9}, [16]byte{0xee, 1}, [16]byte{0x0b}, 12)}), false)
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 6, Idx: 1, Type: recClaim, E: seedClaim([16]byte{9, 9, 9}, [16]byte{0xee, 1}, [16]byte{}, 12)}), false)
 	// A record that is not the first of its batch.
 	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 9, Idx: 2, Type: recMap, E: seedEntry()}), false)
 	f.Add(make([]byte, recHeaderLen), true)
@@ -56,6 +73,9 @@ func FuzzDecodeRecord(f *testing.F) {
 func FuzzDecodeCheckpoint(f *testing.F) {
 	cp := checkpoint{Epoch: 4, LastSeq: 99, Replicas: []entry{seedEntry(), {UUID: [16]byte{7}, Size: 4096, Name: "thick"}}}
 	f.Add(encodeCheckpoint(nil, fuzzPoolUUID, &cp), false)
+	cp2 := checkpoint{Epoch: 5, LastSeq: 100, Replicas: []entry{seedIdentEntry(),
+		{UUID: [16]byte{7}, Size: 4096, Name: "thick", HasID: true, ID: ident{NGUID: [16]byte{3}}}}}
+	f.Add(encodeCheckpoint(nil, fuzzPoolUUID, &cp2), false)
 	f.Add(encodeCheckpoint(nil, fuzzPoolUUID, &checkpoint{Epoch: 1}), false)
 	f.Add(make([]byte, cpHeaderLen+4), true)
 	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
@@ -78,6 +98,11 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 		if len(cp.Replicas)*entryFixed+runs*runLen > len(b) {
 			t.Fatalf("decoded %d replicas and %d runs from %d bytes", len(cp.Replicas), runs, len(b))
 		}
+		for _, e := range cp.Replicas {
+			if e.encodedLen() > maxEntryLen+len(e.Runs)*runLen {
+				t.Fatalf("entry of %d bytes beyond the bound of %d plus runs", e.encodedLen(), maxEntryLen)
+			}
+		}
 		again := encodeCheckpoint(nil, fuzzPoolUUID, &cp)
 		// The reserved header bytes are not carried; compare the rest.
 		if !bytes.Equal(again[:52], b[:52]) || !bytes.Equal(again[cpHeaderLen:], b[cpHeaderLen:]) {
@@ -93,9 +118,28 @@ func FuzzDecodeSuperblock(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	sb.Name, sb.UUID, sb.Generation = "pool", fuzzPoolUUID, 3
+	sb.Name, sb.UUID, sb.Generation, sb.Overcommit = "pool", fuzzPoolUUID, 3, 300
 	buf := make([]byte, sbEncLen)
 	sb.encode(buf)
+	f.Add(buf, false)
+	// Unknown compatible features and reserved bytes, kept on re-encoding.
+	sb.Compat, sb.Reserved = 0x80000001, [16]byte{15: 0xaa}
+	buf = make([]byte, sbEncLen)
+	sb.encode(buf)
+	f.Add(buf, false)
+	// An unknown incompatible feature: refused.
+	sb.Incompat = 1 << 3
+	buf = make([]byte, sbEncLen)
+	sb.encode(buf)
+	f.Add(buf, false)
+	// Version 1, as the previous release wrote it.
+	v1, err := layout(64<<20, 512, 1<<20, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	v1.Version, v1.Name, v1.UUID, v1.Generation = formatV1, "old", fuzzPoolUUID, 9
+	buf = make([]byte, sbEncLen)
+	v1.encode(buf)
 	f.Add(buf, false)
 	f.Add(make([]byte, sbEncLen), true)
 	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
@@ -110,10 +154,20 @@ func FuzzDecodeSuperblock(f *testing.F) {
 		if s.logSize() <= 0 || s.logOff() < int64(s.MDOff) || s.DataOff < s.MDOff+s.MDSize {
 			t.Fatalf("accepted geometry %+v", s)
 		}
+		if s.Incompat&^incompatKnown != 0 || (s.Version != formatV1 && s.Version != FormatVersion) {
+			t.Fatalf("accepted version %d with incompatible features %#x", s.Version, s.Incompat)
+		}
+		if o := s.overcommit(); o < MinOvercommit || o > MaxOvercommit {
+			t.Fatalf("accepted over-commit limit %d%%", o)
+		}
 		again := make([]byte, sbEncLen)
 		s.encode(again)
 		if !bytes.Equal(again[:96+len(s.Name)], b[:96+len(s.Name)]) {
 			t.Fatalf("re-encoding differs")
+		}
+		// Version 2 keeps the feature words and the reserved bytes as read.
+		if s.Version == FormatVersion && !bytes.Equal(again[224:252], b[224:252]) {
+			t.Fatalf("re-encoding changed bytes 224..251: %x, read %x", again[224:252], b[224:252])
 		}
 	})
 }
@@ -133,15 +187,22 @@ func FuzzReplay(f *testing.F) {
 		}
 		return b
 	}
-	u := [16]byte{5}
-	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a"}},
+	u, n := [16]byte{5}, [16]byte{0x11}
+	id := ident{NGUID: n}
+	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true, ID: id}},
 		record{Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 2, Phys: 7, Count: 3}}}},
 		record{Type: recUnmap, E: entry{UUID: u, Runs: []run{{Logical: 3, Count: 1}}}},
 		record{Type: recResize, E: entry{UUID: u, Size: 2 << 20}}))
-	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 192 << 10, Name: "t", Runs: []run{{Logical: 0, Phys: 0, Count: 3}}}},
+	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 192 << 10, Name: "t", Runs: []run{{Logical: 0, Phys: 0, Count: 3}}, HasID: true, ID: id}},
 		record{Type: recDestroy, E: entry{UUID: u}}))
-	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a"}},
+	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true, ID: id}},
 		record{Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 0, Phys: 1, Count: 1}, {Logical: 1, Phys: 1, Count: 1}}}}))
+	// Claims: taken, raised, released; then one going back in epoch.
+	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true, ID: id}},
+		record{Type: recClaim, E: seedClaim(u, n, [16]byte{0xa}, 3)},
+		record{Type: recClaim, E: seedClaim(u, n, [16]byte{0xa}, 5)},
+		record{Type: recClaim, E: seedClaim(u, n, [16]byte{}, 5)},
+		record{Type: recClaim, E: seedClaim(u, n, [16]byte{0xb}, 4)}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		mem, err := newFuzzMalloc()
 		if err != nil {
@@ -195,8 +256,8 @@ func newFuzzMalloc() (*bdev.Malloc, error) { return bdev.NewMalloc(4<<20, 512) }
 // TestReplayRejectsContradictions: a record with a valid checksum that
 // contradicts the state fails import with a CorruptError naming it.
 func TestReplayRejectsContradictions(t *testing.T) {
-	u := [16]byte{5}
-	create := record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a"}}
+	u, n := [16]byte{5}, [16]byte{0x11}
+	create := record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true, ID: ident{NGUID: n}}}
 	cases := []struct {
 		name string
 		recs []record
@@ -208,6 +269,13 @@ func TestReplayRejectsContradictions(t *testing.T) {
 		{"shrink", []record{create, {Type: recResize, E: entry{UUID: u, Size: 512}}}, "shrink"},
 		{"duplicate", []record{create, create}, "exists"},
 		{"huge runs", []record{create, {Type: recUnmap, E: entry{UUID: u, Runs: []run{{Logical: 0, Count: 1 << 31}, {Logical: 0, Count: 1 << 31}}}}}, "more than"},
+		{"create without identity", []record{{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a"}}}, "no identity block"},
+		{"zero NGUID", []record{{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true}}}, "zero NGUID"},
+		{"identity on a map", []record{create, {Type: recMap, E: entry{UUID: u, HasID: true, ID: ident{NGUID: n}, Runs: []run{{Logical: 0, Phys: 1, Count: 1}}}}}, "carries an identity block"},
+		{"claim of another incarnation", []record{create, {Type: recClaim, E: seedClaim(u, [16]byte{0x12}, [16]byte{1}, 1)}}, "NGUID"},
+		{"claim going back in epoch", []record{create, {Type: recClaim, E: seedClaim(u, n, [16]byte{1}, 5)}, {Type: recClaim, E: seedClaim(u, n, [16]byte{1}, 4)}}, "lower than the accepted 5"},
+		{"claim with runs", []record{create, {Type: recClaim, E: entry{UUID: u, HasID: true, ID: ident{NGUID: n}, Runs: []run{{Logical: 0, Phys: 1, Count: 1}}}}}, "malformed"},
+		{"claim of an unknown replica", []record{{Type: recClaim, E: seedClaim(u, n, [16]byte{1}, 1)}}, "unknown"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

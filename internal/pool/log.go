@@ -53,8 +53,8 @@ func (p *Pool) writeBatch(batch []*commitReq) {
 		fail(batch, p.errf("the pool is closed: %w", ErrClosed))
 		return
 	}
-	if p.metaErr != nil {
-		fail(batch, p.errf("metadata writes failed earlier (%v); close and import the pool again: %w", p.metaErr, ErrClosed))
+	if err := p.metaFailed(); err != nil {
+		fail(batch, p.errf("metadata writes failed earlier (%v); close and import the pool again: %w", err, ErrClosed))
 		return
 	}
 	logSize := p.sb.logSize()
@@ -86,7 +86,7 @@ func (p *Pool) writeBatch(batch []*commitReq) {
 		}
 		group, buf = group[:0], buf[:0]
 		if err := p.checkpointLocked(); err != nil {
-			p.metaErr = err
+			p.failMeta(err)
 			fail(batch[i:], p.errf("writing a checkpoint: %w", err))
 			return
 		}
@@ -132,7 +132,7 @@ func (p *Pool) flushGroup(buf []byte, group []*commitReq) error {
 		return nil
 	}()
 	if err != nil {
-		p.metaErr = err
+		p.failMeta(err)
 		slog.Error("pool metadata write failed; metadata changes refused until the pool is imported again", "pool", p.sb.Name, "err", err)
 		err = p.errf("%w (%w)", err, ErrClosed)
 		for _, r := range group {
@@ -152,7 +152,7 @@ func (p *Pool) flushGroup(buf []byte, group []*commitReq) error {
 		if errs[i] != nil {
 			// A record that does not apply is a bug; the state in memory no
 			// longer matches the disk, so stop changing metadata.
-			p.metaErr = errs[i]
+			p.failMeta(errs[i])
 			slog.Error("pool metadata record does not apply", "pool", p.sb.Name, "err", errs[i])
 			errs[i] = p.errf("internal error applying metadata: %v: %w", errs[i], ErrClosed)
 		}
@@ -169,7 +169,7 @@ func (p *Pool) checkpointLocked() error {
 	p.mu.Lock()
 	cp.Replicas = make([]entry, 0, len(p.byName))
 	for _, r := range p.byName {
-		cp.Replicas = append(cp.Replicas, entry{UUID: r.uuid, Size: uint64(r.size.Load()), Thin: r.thin, Name: r.name, Runs: r.runs()})
+		cp.Replicas = append(cp.Replicas, r.checkpointEntry())
 	}
 	p.mu.Unlock()
 	buf := encodeCheckpoint(p.cpBuf, p.sb.UUID, &cp)
@@ -182,11 +182,11 @@ func (p *Pool) checkpointLocked() error {
 	p.cpBuf = buf[:0]
 	off := int64(p.sb.MDOff) + int64(cp.Epoch%2)*int64(p.sb.CPSize)
 	if _, err := p.dev.WriteAt(buf, off); err != nil {
-		p.metaErr = err
+		p.failMeta(err)
 		return fmt.Errorf("writing checkpoint %d at offset %d: %w", cp.Epoch, off, err)
 	}
 	if err := p.flushDev(); err != nil {
-		p.metaErr = err
+		p.failMeta(err)
 		return fmt.Errorf("flushing checkpoint %d: %w", cp.Epoch, err)
 	}
 	p.epoch = cp.Epoch

@@ -1,5 +1,7 @@
 // Package pool turns one block device into a pool of clusters from which
-// thin and thick replicas are carved. Each replica is itself a bdev.Device.
+// thin and thick replicas are carved. Each replica is itself a bdev.Device,
+// and a bdev.Claimer: a nexus claims it with its UUID and fencing epoch and
+// does its I/O through the handle the claim returns.
 //
 // The on-disk format (docs/pool-format.md) is two superblock copies, a
 // metadata region holding two alternating checkpoint slots and an
@@ -9,6 +11,29 @@
 // record, so a crash at any point loses no acknowledged change. Damage that
 // a crash cannot explain (a bad record with intact later batches behind it)
 // fails import with a CorruptError rather than losing changes silently.
+// Import upgrades a pool of format version 1 in place (upgrade.go).
+//
+// # Locking
+//
+// Locks are taken in this order and never in the reverse:
+//
+//		Pool.adminMu → replica.claimMu → replica.io → Pool.logMu → Pool.mu
+//
+//	  - adminMu serializes the pool-wide changes: replica create, resize and
+//	    destroy, the over-commit limit, Close and Destroy.
+//	  - replica.claimMu serializes the claim state of one replica: Claim,
+//	    Raise, Release, Disown and its destroy.
+//	  - replica.io is held shared by every I/O of the replica, exclusively by
+//	    whatever must not run under one: a resize, freeing whole clusters, a
+//	    destroy, and the session change that fences superseded handles.
+//	  - logMu is held by the group-commit leader while it writes the log or a
+//	    checkpoint, and by Close and Destroy.
+//	  - mu guards the in-memory state (replicas, bitmap, accounting); it is
+//	    held briefly and never across I/O.
+//
+// Pool.cmu (the group-commit queue) and replica.allocMu (first writes in
+// flight per cluster) are leaves: held for a few instructions, never while
+// taking another lock. Nothing holds mu or logMu while waiting for a commit.
 package pool
 
 import (
@@ -16,7 +41,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/bits"
-	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -40,6 +64,11 @@ type CreateOptions struct {
 	// larger); 0 sizes it from the disk. Too small a value is ErrInvalid and
 	// the error names the minimum.
 	MetadataSize int64
+	// Overcommit is the thin over-commit limit in percent of the capacity:
+	// the sizes of all replicas together may not exceed capacity ×
+	// Overcommit / 100. 0 means DefaultOvercommit; otherwise it must be
+	// between MinOvercommit and MaxOvercommit (ErrInvalid).
+	Overcommit int
 	// Force formats a device that already holds a pool, destroying it.
 	Force bool
 }
@@ -49,7 +78,8 @@ type Info struct {
 	Name, UUID    string
 	ClusterSize   int64
 	Capacity      int64 // data bytes: cluster count times cluster size
-	FormatVersion int
+	FormatVersion int   // 1 for a pool that the next import upgrades
+	Overcommit    int   // thin over-commit limit in percent
 }
 
 // Stats is a pool's space accounting, exact at the moment it is taken.
@@ -61,41 +91,26 @@ type Stats struct {
 	Allocated     int64 // bytes in clusters owned by replicas
 	Committed     int64 // sum of replica sizes (thin replicas may exceed Capacity)
 	Replicas      int
-}
-
-// ReplicaOptions configures CreateReplica.
-type ReplicaOptions struct {
-	Name string
-	UUID string // canonical text form; empty generates one
-	// Size in bytes, a positive multiple of the pool's block size.
-	Size int64
-	// Thin allocates clusters on first write; otherwise every cluster is
-	// reserved (and zeroed) at creation.
-	Thin bool
-}
-
-// ReplicaInfo describes a replica.
-type ReplicaInfo struct {
-	Name, UUID   string
-	Size         int64
-	Thin         bool
-	Allocated    int64 // bytes in clusters the replica owns
-	ClusterCount int   // clusters the replica owns
+	// Overcommit is the thin over-commit limit in percent of Capacity, and
+	// CommitLimit the most Committed may reach: Capacity × Overcommit / 100.
+	Overcommit  int
+	CommitLimit int64
 }
 
 // Pool is an imported (or newly created) pool. All methods are safe for
-// concurrent use. Metadata changes (replica create, resize, destroy and thin
-// allocations) are durable when the method returns nil.
+// concurrent use. Metadata changes (replica create, resize, destroy, claims
+// and thin allocations) are durable when the method returns nil.
 type Pool struct {
 	dev     bdev.Device
-	sb      superblock
+	sb      superblock // fields change only under adminMu and mu (SetOvercommit)
 	uuidStr string
 	bs, cs  int64
 	csShift uint
 
 	closed atomic.Bool
 
-	// adminMu serializes replica create, resize, destroy and pool close.
+	// adminMu serializes replica create, resize, destroy, the over-commit
+	// limit and pool close; see the package doc for the lock order.
 	adminMu sync.Mutex
 
 	// mu guards the state below, which reflects exactly the records made
@@ -117,13 +132,18 @@ type Pool struct {
 
 	// logMu is held by the leader while it writes, and by Close; it guards
 	// the log position and everything after it.
-	logMu   sync.Mutex
-	epoch   uint64 // epoch of the current checkpoint; the log's records carry it
-	seq     uint64 // sequence number of the last record made durable
-	logPos  int64  // next write offset within the log, block aligned
-	logBuf  []byte
-	cpBuf   []byte
-	metaErr error // sticky: a failed metadata write leaves the pool read-only for metadata
+	logMu  sync.Mutex
+	epoch  uint64 // epoch of the current checkpoint; the log's records carry it
+	seq    uint64 // sequence number of the last record made durable
+	logPos int64  // next write offset within the log, block aligned
+	logBuf []byte
+	cpBuf  []byte
+
+	// metaErr is the first failed metadata write (log, checkpoint or
+	// superblock): whether it landed is unknown until the pool is imported
+	// again, so every later metadata change is refused. Data I/O to
+	// allocated clusters goes on.
+	metaErr atomic.Pointer[metaFailure]
 
 	// flushErr is the first failed flush of the device. A device that
 	// failed a flush may have lost writes acknowledged before it, whatever
@@ -133,6 +153,19 @@ type Pool struct {
 }
 
 type flushFailure struct{ err error }
+
+type metaFailure struct{ err error }
+
+// failMeta records the first failed metadata write.
+func (p *Pool) failMeta(err error) { p.metaErr.CompareAndSwap(nil, &metaFailure{err}) }
+
+// metaFailed returns the recorded metadata failure, or nil.
+func (p *Pool) metaFailed() error {
+	if f := p.metaErr.Load(); f != nil {
+		return f.err
+	}
+	return nil
+}
 
 // flushDev flushes the device unless a flush failed before.
 func (p *Pool) flushDev() error {
@@ -146,6 +179,19 @@ func (p *Pool) flushDev() error {
 	return nil
 }
 
+// validOvercommit checks an over-commit limit argument and returns the
+// effective value (0 means DefaultOvercommit).
+func validOvercommit(percent int) (uint32, error) {
+	if percent == 0 {
+		return DefaultOvercommit, nil
+	}
+	if percent < MinOvercommit || percent > MaxOvercommit {
+		return 0, fmt.Errorf("over-commit limit %d%% is out of range; use 0 for the default of %d%%, or a value between %d%% (no over-commit) and %d%%",
+			percent, DefaultOvercommit, MinOvercommit, MaxOvercommit)
+	}
+	return uint32(percent), nil
+}
+
 // Create formats dev as a new pool and returns it open. It refuses, writing
 // nothing, when dev already holds a pool (ErrHasPool, unless opts.Force), or
 // when dev cannot hold the superblocks, the metadata region and at least one
@@ -156,6 +202,10 @@ func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 		return nil, fmt.Errorf("pool %q: %v; pick a name of letters, digits, '-', '_' or '.': %w", opts.Name, err, ErrInvalid)
 	}
 	id, err := parseUUID(opts.UUID)
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: %v: %w", opts.Name, err, ErrInvalid)
+	}
+	overcommit, err := validOvercommit(opts.Overcommit)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %v: %w", opts.Name, err, ErrInvalid)
 	}
@@ -172,7 +222,7 @@ func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", opts.Name, err)
 	}
-	sb.UUID, sb.Name, sb.Generation = id, opts.Name, 1
+	sb.UUID, sb.Name, sb.Generation, sb.Overcommit = id, opts.Name, 1, overcommit
 
 	if !opts.Force {
 		for c := range 2 {
@@ -182,7 +232,7 @@ func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 			}
 			if string(buf[:8]) == sbMagic {
 				info := "a pool"
-				if old, err := decodeSuperblock(buf); err == nil {
+				if old, err := decodeSuperblock(buf); err == nil || old.Name != "" {
 					info = fmt.Sprintf("pool %q (%s)", old.Name, fmtUUID(old.UUID))
 				}
 				return nil, fmt.Errorf("pool %q: device already holds %s; import it, or create with force to destroy it: %w", opts.Name, info, ErrHasPool)
@@ -193,7 +243,7 @@ func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 	p := newPool(dev, sb)
 	// Wipe any old superblocks first, so a crash part way leaves a device
 	// that is no pool rather than an old superblock over new metadata.
-	if err := p.writeSuperblocks(true); err != nil {
+	if err := p.writeSuperblocks(nil); err != nil {
 		return nil, fmt.Errorf("pool %q: %w", opts.Name, err)
 	}
 	// The checkpoint slots' first blocks and the whole log are zeroed so
@@ -217,15 +267,15 @@ func Create(dev bdev.Device, opts CreateOptions) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool %q: writing the first checkpoint: %w", opts.Name, err)
 	}
-	if err := p.writeSuperblocks(false); err != nil {
+	if err := p.writeSuperblocks(&p.sb); err != nil {
 		return nil, fmt.Errorf("pool %q: %w", opts.Name, err)
 	}
 	slog.Info("pool created", "pool", sb.Name, "uuid", p.uuidStr, "clusters", sb.ClusterCount,
-		"cluster_size", sb.ClusterSize, "metadata_size", sb.MDSize)
+		"cluster_size", sb.ClusterSize, "metadata_size", sb.MDSize, "overcommit_percent", sb.Overcommit)
 	return p, nil
 }
 
-// layout computes the geometry for a device of devSize bytes.
+// layout computes the geometry of a version 2 pool for a device of devSize bytes.
 func layout(devSize int64, bs int, cs, mdSize int64) (superblock, error) {
 	area := sbArea(bs)
 	sb := superblock{Version: FormatVersion, BlockSize: uint32(bs), ClusterSize: uint64(cs), MDOff: uint64(2 * area)}
@@ -242,7 +292,7 @@ func layout(devSize int64, bs int, cs, mdSize int64) (superblock, error) {
 	}
 	n0 = min(n0, maxClusters)
 	sb.MaxReplicas = uint32(min(max(n0, minMaxReplicas), maxMaxReplicas))
-	sb.CPSize = checkpointBound(n0, sb.MaxReplicas, area)
+	sb.CPSize = checkpointBound(n0, sb.MaxReplicas, area, maxEntryLen)
 	minMD := 2*sb.CPSize + minLogBlocks*uint64(area)
 	if mdSize == 0 {
 		logSize := roundUp(uint64(devSize)/512, uint64(area))
@@ -295,20 +345,22 @@ func newPool(dev bdev.Device, sb superblock) *Pool {
 	}
 }
 
-// writeSuperblocks writes both copies (zeroes when wipe) and flushes.
-func (p *Pool) writeSuperblocks(wipe bool) error {
+// writeSuperblocks writes copy 0, flushes, writes copy 1 and flushes, so a
+// crash tears at most one of them and the other stays valid. A nil sb
+// writes zeroes (no pool).
+func (p *Pool) writeSuperblocks(sb *superblock) error {
 	area := sbArea(int(p.bs))
 	buf := make([]byte, area)
-	if !wipe {
-		p.sb.encode(buf)
+	if sb != nil {
+		sb.encode(buf)
 	}
 	for c := range int64(2) {
 		if _, err := p.dev.WriteAt(buf, c*area); err != nil {
 			return fmt.Errorf("writing superblock copy %d: %w", c, err)
 		}
-	}
-	if err := p.flushDev(); err != nil {
-		return fmt.Errorf("flushing superblocks: %w", err)
+		if err := p.flushDev(); err != nil {
+			return fmt.Errorf("flushing superblock copy %d: %w", c, err)
+		}
 	}
 	return nil
 }
@@ -339,6 +391,20 @@ func readSuperblocks(dev bdev.Device) (sb superblock, repair []int, err error) {
 			best = c
 		}
 	}
+	// An intact copy this build cannot read decides when it is the newest:
+	// falling back to an older copy could mean reading metadata that the
+	// newer format has since replaced.
+	for c := range 2 {
+		var un *unsupportedError
+		if errors.As(errs[c], &un) && (best < 0 || sbs[c].Generation > sbs[best].Generation) {
+			name := ""
+			if sbs[c].Name != "" {
+				name = fmt.Sprintf(" %q", sbs[c].Name)
+			}
+			return sb, nil, fmt.Errorf("pool%s (superblock copy %d at offset %d): %v; import it with a Nexstor release that reads it (nothing was written): %w",
+				name, c, int64(c)*area, un, ErrUnsupported)
+		}
+	}
 	if best < 0 {
 		if !magic {
 			return sb, nil, fmt.Errorf("no Nexstor superblock at offsets 0 and %d; create a pool on the device first: %w", area, ErrNotPool)
@@ -366,8 +432,10 @@ func checkGeometry(sb *superblock, dev bdev.Device) error {
 }
 
 // Probe reads the superblock of dev without importing the pool or writing
-// anything. It returns ErrNotPool when there is no superblock and a
-// *CorruptError when both copies are bad.
+// anything. It returns ErrNotPool when there is no superblock, ErrUnsupported
+// when the newest copy is of a format this build cannot read, and a
+// *CorruptError when both copies are bad. A version 1 pool reports
+// FormatVersion 1; Import upgrades it.
 func Probe(dev bdev.Device) (Info, error) {
 	sb, _, err := readSuperblocks(dev)
 	if err != nil {
@@ -376,19 +444,26 @@ func Probe(dev bdev.Device) (Info, error) {
 	return Info{
 		Name: sb.Name, UUID: fmtUUID(sb.UUID), ClusterSize: int64(sb.ClusterSize),
 		Capacity: int64(sb.ClusterCount * sb.ClusterSize), FormatVersion: int(sb.Version),
+		Overcommit: int(sb.overcommit()),
 	}, nil
 }
 
 // Import opens the pool on dev: it picks the valid superblock copy with the
 // highest generation (rewriting a bad or stale copy), loads the newest valid
 // checkpoint, replays the log up to the first torn or bad record, and writes
-// a fresh checkpoint so the next log starts clean. ErrNotPool when dev holds
-// no pool; a *CorruptError (errors.Is ErrCorrupt) naming the damage when the
-// metadata cannot be used, including damage that a torn write cannot
-// explain: a bad record followed by a later intact batch of the log, or a
-// bad newest checkpoint whose epoch already has records in the log (either
-// way, going on would drop acknowledged changes). A failed import writes nothing and leaves dev
-// open, for the caller to close; on success the pool owns dev.
+// a fresh checkpoint so the next log starts clean. A pool of format version
+// 1 is upgraded to version 2 on the way (see docs/pool-format.md for the
+// steps and why a crash during any of them is safe).
+//
+// ErrNotPool when dev holds no pool; ErrUnsupported when it is of a newer
+// format or uses features this build does not know; a *CorruptError
+// (errors.Is ErrCorrupt) naming the damage when the metadata cannot be used,
+// including damage that a torn write cannot explain: a bad record followed
+// by a later intact batch of the log, or a bad newest checkpoint whose epoch
+// already has records in the log (either way, going on would drop
+// acknowledged changes). A failed import writes nothing (an upgrade that
+// fails part way leaves a pool that the next import upgrades again) and
+// leaves dev open, for the caller to close; on success the pool owns dev.
 func Import(dev bdev.Device) (*Pool, error) {
 	sb, repair, err := readSuperblocks(dev)
 	if err != nil {
@@ -404,6 +479,12 @@ func Import(dev bdev.Device) (*Pool, error) {
 			return nil, ce
 		}
 		return nil, fmt.Errorf("pool %q: %w", sb.Name, err)
+	}
+	if sb.Version == formatV1 {
+		if err := p.upgrade(); err != nil {
+			return nil, err
+		}
+		return p, nil
 	}
 	if len(repair) > 0 {
 		buf := make([]byte, sbArea(int(p.bs)))
@@ -455,364 +536,80 @@ func (p *Pool) statsLocked() Stats {
 		Allocated:     int64(p.owned) * p.cs,
 		Committed:     int64(p.committed),
 		Replicas:      len(p.byName),
+		Overcommit:    int(p.sb.overcommit()),
+		CommitLimit:   int64(min(p.commitLimitLocked(), 1<<63-1)),
 	}
+}
+
+// commitLimitLocked is the most the replica sizes may add up to: capacity ×
+// limit / 100, saturating (the product can exceed 64 bits). Must hold p.mu.
+func (p *Pool) commitLimitLocked() uint64 {
+	hi, lo := bits.Mul64(p.sb.ClusterCount*uint64(p.cs), p.sb.overcommit())
+	if hi >= 100 {
+		return ^uint64(0)
+	}
+	q, _ := bits.Div64(hi, lo, 100)
+	return q
+}
+
+// SetOvercommit sets the thin over-commit limit, in percent of the capacity
+// (0 means DefaultOvercommit; otherwise MinOvercommit..MaxOvercommit, else
+// ErrInvalid). It rewrites both superblock copies, one after the other and
+// each flushed, with the generation incremented; it is durable when it
+// returns nil. Lowering the limit below what is committed keeps every
+// replica and refuses further creates and growth until it fits again.
+// Setting the current value writes nothing.
+func (p *Pool) SetOvercommit(percent int) error {
+	v, err := validOvercommit(percent)
+	if err != nil {
+		return p.errf("%v: %w", err, ErrInvalid)
+	}
+	p.adminMu.Lock()
+	defer p.adminMu.Unlock()
+	p.mu.Lock()
+	err = p.usableLocked()
+	sb := p.sb
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if sb.overcommit() == uint64(v) {
+		return nil
+	}
+	sb.Overcommit = v
+	sb.Generation++
+	if err := p.writeSuperblocks(&sb); err != nil {
+		// One copy may hold the new limit: which one import picks is
+		// unknown until then, so no further metadata change is allowed.
+		p.failMeta(err)
+		return p.errf("setting the over-commit limit to %d%%: %v; close and import the pool again: %w", v, err, ErrClosed)
+	}
+	p.mu.Lock()
+	p.sb.Overcommit, p.sb.Generation = sb.Overcommit, sb.Generation
+	p.mu.Unlock()
+	slog.Info("pool over-commit limit set", "pool", p.sb.Name, "percent", v)
+	return nil
 }
 
 func (p *Pool) errf(format string, args ...any) error {
 	return fmt.Errorf("pool %q: "+format, append([]any{p.sb.Name}, args...)...)
 }
 
-// usable returns nil when metadata may change. Must hold p.mu.
+// usableLocked returns nil when metadata may change. Must hold p.mu.
 func (p *Pool) usableLocked() error {
 	if p.closed.Load() {
 		return p.errf("the pool is closed; import it again: %w", ErrClosed)
 	}
-	if p.metaErr != nil {
-		return p.errf("metadata writes failed earlier (%v); close and import the pool again: %w", p.metaErr, ErrClosed)
-	}
-	return nil
-}
-
-func (p *Pool) info(r *replica) ReplicaInfo {
-	return ReplicaInfo{Name: r.name, UUID: r.uuidStr, Size: r.size.Load(), Thin: r.thin,
-		Allocated: int64(r.owned) * p.cs, ClusterCount: int(r.owned)}
-}
-
-// Replicas lists the replicas sorted by name.
-func (p *Pool) Replicas() []ReplicaInfo {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]ReplicaInfo, 0, len(p.byName))
-	for _, r := range p.byName {
-		out = append(out, p.info(r))
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-// ReplicaInfo describes one replica; ErrNotFound when there is none of that name.
-func (p *Pool) ReplicaInfo(name string) (ReplicaInfo, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	r := p.byName[name]
-	if r == nil {
-		return ReplicaInfo{}, p.errf("replica %q does not exist; list the pool's replicas for the right name: %w", name, ErrNotFound)
-	}
-	return p.info(r), nil
-}
-
-// CreateReplica creates a replica. Size must be a positive multiple of the
-// block size (ErrInvalid). A thick replica reserves and zeroes all its
-// clusters now (ErrNoSpace, changing nothing, when they do not fit). A
-// duplicate name or UUID is ErrExists. The replica is durable when this
-// returns nil.
-func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
-	if err := validName(opts.Name); err != nil {
-		return ReplicaInfo{}, p.errf("replica %q: %v; pick a name of letters, digits, '-', '_' or '.': %w", opts.Name, err, ErrInvalid)
-	}
-	if err := p.validSize(opts.Name, opts.Size); err != nil {
-		return ReplicaInfo{}, err
-	}
-	id, err := parseUUID(opts.UUID)
-	if err != nil {
-		return ReplicaInfo{}, p.errf("replica %q: %v: %w", opts.Name, err, ErrInvalid)
-	}
-	p.adminMu.Lock()
-	defer p.adminMu.Unlock()
-	p.mu.Lock()
-	if err := p.usableLocked(); err != nil {
-		p.mu.Unlock()
-		return ReplicaInfo{}, err
-	}
-	if p.byName[opts.Name] != nil {
-		p.mu.Unlock()
-		return ReplicaInfo{}, p.errf("replica %q already exists; pick another name or destroy it first: %w", opts.Name, ErrExists)
-	}
-	if r := p.byUUID[id]; r != nil {
-		p.mu.Unlock()
-		return ReplicaInfo{}, p.errf("replica %q: UUID %s is already used by replica %q; leave the UUID empty to generate one: %w", opts.Name, fmtUUID(id), r.name, ErrExists)
-	}
-	if len(p.byName) >= int(p.sb.MaxReplicas) {
-		p.mu.Unlock()
-		return ReplicaInfo{}, p.errf("replica %q: the pool already holds its maximum of %d replicas; destroy one first: %w", opts.Name, p.sb.MaxReplicas, ErrNoSpace)
-	}
-	if err := p.spanCheckLocked(opts.Name, 0, opts.Size); err != nil {
-		p.mu.Unlock()
-		return ReplicaInfo{}, err
-	}
-	e := entry{UUID: id, Size: uint64(opts.Size), Thin: opts.Thin, Name: opts.Name}
-	var k uint64
-	if !opts.Thin {
-		k = clustersFor(e.Size, uint64(p.cs))
-		if err := p.reserveRunsLocked(&e, 0, k, opts.Name); err != nil {
-			p.mu.Unlock()
-			return ReplicaInfo{}, err
-		}
-	}
-	p.mu.Unlock()
-	if err := p.commitReserved(&record{Type: recCreate, E: e}, k); err != nil {
-		return ReplicaInfo{}, p.errf("replica %q: %w", opts.Name, err)
-	}
-	slog.Info("replica created", "pool", p.sb.Name, "replica", opts.Name, "uuid", fmtUUID(id), "size", opts.Size, "thin", opts.Thin)
-	return p.ReplicaInfo(opts.Name)
-}
-
-// validSize checks a replica size argument.
-func (p *Pool) validSize(name string, size int64) error {
-	if size <= 0 || size%p.bs != 0 {
-		return p.errf("replica %q: size %d is not a multiple of the %d-byte block size; use a positive multiple of %d such as 1GiB: %w", name, size, p.bs, p.bs, ErrInvalid)
-	}
-	if clustersFor(uint64(size), uint64(p.cs)) > MaxReplicaClusters {
-		return p.errf("replica %q: size %s exceeds the largest replica of %s this pool's %s clusters allow: %w",
-			name, units.FormatSize(size), units.FormatSize(MaxReplicaClusters*p.cs), units.FormatSize(p.cs), ErrInvalid)
-	}
-	return nil
-}
-
-// spanCheckLocked refuses a size change that would take the replicas of the
-// pool over maxSpannedClusters. Must hold p.mu.
-func (p *Pool) spanCheckLocked(name string, old, size int64) error {
-	cs := uint64(p.cs)
-	if p.spanned+clustersFor(uint64(size), cs)-clustersFor(uint64(old), cs) > maxSpannedClusters {
-		return p.errf("replica %q: the pool's replicas would span more than %d clusters (%s) in all, the limit on overcommitment; use smaller thin replicas: %w",
-			name, maxSpannedClusters, units.FormatSize(maxSpannedClusters*p.cs), ErrNoSpace)
-	}
-	return nil
-}
-
-// reserveRunsLocked reserves k clusters for logical clusters first.. as runs
-// in e. Must hold p.mu.
-func (p *Pool) reserveRunsLocked(e *entry, first, k uint64, name string) error {
-	free := p.sb.ClusterCount - p.owned - p.reserved
-	if k > free {
-		return p.errf("replica %q: needs %d clusters (%s) but only %d (%s) are free; use a thin replica, a smaller size, or free space: %w",
-			name, k, units.FormatSize(int64(k)*p.cs), free, units.FormatSize(int64(free)*p.cs), ErrNoSpace)
-	}
-	e.Runs = p.bm.takeRuns(first, k)
-	p.reserved += k
-	return nil
-}
-
-// releaseRuns returns reserved clusters after a failed operation.
-func (p *Pool) releaseRuns(runs []run) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, u := range runs {
-		for i := range uint64(u.Count) {
-			p.bm.clr(u.Phys + i)
-			p.reserved--
-		}
-	}
-}
-
-// commitReserved zeroes the clusters reserved in rec's runs, then commits
-// rec; on failure the reservation is released.
-func (p *Pool) commitReserved(rec *record, k uint64) error {
-	for _, u := range rec.E.Runs {
-		if err := p.dev.WriteZeroes(p.physOff(u.Phys), int64(u.Count)*p.cs); err != nil {
-			p.releaseRuns(rec.E.Runs)
-			return fmt.Errorf("zeroing %d clusters at cluster %d: %w", u.Count, u.Phys, err)
-		}
-	}
-	if err := p.commit(rec); err != nil {
-		p.releaseRuns(rec.E.Runs)
-		return err
-	}
-	return nil
-}
-
-func (p *Pool) physOff(phys uint64) int64 { return int64(p.sb.DataOff) + int64(phys)<<p.csShift }
-
-// ResizeReplica grows a replica to newSize bytes (a multiple of the block
-// size). Shrinking is ErrInvalid. A thick replica reserves and zeroes the
-// new clusters (ErrNoSpace, changing nothing, when they do not fit). I/O to
-// the replica pauses while the change is committed.
-func (p *Pool) ResizeReplica(name string, newSize int64) error {
-	if err := p.validSize(name, newSize); err != nil {
-		return err
-	}
-	p.adminMu.Lock()
-	defer p.adminMu.Unlock()
-	p.mu.Lock()
-	if err := p.usableLocked(); err != nil {
-		p.mu.Unlock()
-		return err
-	}
-	r := p.byName[name]
-	if r == nil {
-		p.mu.Unlock()
-		return p.errf("replica %q does not exist: %w", name, ErrNotFound)
-	}
-	old := r.size.Load()
-	if newSize < old {
-		p.mu.Unlock()
-		return p.errf("replica %q: new size %d is smaller than the current %d; replicas only grow: %w", name, newSize, old, ErrInvalid)
-	}
-	if newSize == old {
-		p.mu.Unlock()
-		return nil
-	}
-	if err := p.spanCheckLocked(name, old, newSize); err != nil {
-		p.mu.Unlock()
-		return err
-	}
-	e := entry{UUID: r.uuid, Size: uint64(newSize), Thin: r.thin}
-	var k uint64
-	if !r.thin {
-		have := clustersFor(uint64(old), uint64(p.cs))
-		k = clustersFor(uint64(newSize), uint64(p.cs)) - have
-		if err := p.reserveRunsLocked(&e, have, k, name); err != nil {
-			p.mu.Unlock()
-			return err
-		}
-	}
-	p.mu.Unlock()
-	// The map is replaced when the record is applied, which must not race
-	// with I/O reading it.
-	r.io.Lock()
-	err := p.commitReserved(&record{Type: recResize, E: e}, k)
-	r.io.Unlock()
-	if err != nil {
-		return p.errf("replica %q: resize to %d: %w", name, newSize, err)
-	}
-	slog.Info("replica resized", "pool", p.sb.Name, "replica", name, "size", newSize)
-	return nil
-}
-
-// DestroyReplica destroys a replica and frees its clusters. ErrBusy while
-// handles to it are open; ErrNotFound when it does not exist.
-func (p *Pool) DestroyReplica(name string) error {
-	p.adminMu.Lock()
-	defer p.adminMu.Unlock()
-	p.mu.Lock()
-	if err := p.usableLocked(); err != nil {
-		p.mu.Unlock()
-		return err
-	}
-	r := p.byName[name]
-	if r == nil {
-		p.mu.Unlock()
-		return p.errf("replica %q does not exist: %w", name, ErrNotFound)
-	}
-	if r.opens > 0 {
-		p.mu.Unlock()
-		return p.errf("replica %q has %d open handles; close them (unshare the replica) first: %w", name, r.opens, ErrBusy)
-	}
-	r.destroying = true
-	p.mu.Unlock()
-	// No handle is open, but a caller may still be inside an I/O on a handle
-	// it closed concurrently: wait for it, so no cluster is freed under it.
-	r.io.Lock()
-	err := p.commit(&record{Type: recDestroy, E: entry{UUID: r.uuid}})
-	r.io.Unlock()
-	if err != nil {
-		p.mu.Lock()
-		r.destroying = false
-		p.mu.Unlock()
-		return p.errf("replica %q: destroy: %w", name, err)
-	}
-	slog.Info("replica destroyed", "pool", p.sb.Name, "replica", name)
-	return nil
-}
-
-// ReplicaByUUID describes the replica with the given UUID (canonical text
-// form); ErrNotFound when there is none.
-func (p *Pool) ReplicaByUUID(id string) (ReplicaInfo, error) {
-	u, err := uuid.Parse(id)
-	if err != nil {
-		return ReplicaInfo{}, p.errf("replica UUID %q: %v: %w", id, err, ErrInvalid)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	r := p.byUUID[u]
-	if r == nil {
-		return ReplicaInfo{}, p.errf("no replica with UUID %s: %w", id, ErrNotFound)
-	}
-	return p.info(r), nil
-}
-
-// OpenReplica returns a new handle to the replica; it is a bdev.Device with
-// the pool's block size. Any number of handles may be open at once; closing
-// one closes only that handle.
-func (p *Pool) OpenReplica(name string) (*Replica, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed.Load() {
-		return nil, p.errf("the pool is closed; import it again: %w", ErrClosed)
-	}
-	r := p.byName[name]
-	if r == nil || r.destroying {
-		return nil, p.errf("replica %q does not exist: %w", name, ErrNotFound)
-	}
-	r.opens++
-	return &Replica{p: p, r: r}, nil
-}
-
-// Check verifies the pool's invariants against a recount of the cluster
-// maps: no cluster owned twice, every owned cluster marked in use, owned +
-// reserved + free = total, thick replicas fully allocated, and Stats equal
-// to the recount. It returns a *CorruptError describing the first violation.
-func (p *Pool) Check() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := p.sb.ClusterCount
-	seen := newBitmap(n)
-	var owned, committed uint64
-	for name, r := range p.byName {
-		if p.byUUID[r.uuid] != r {
-			return corruptf("replica %q missing from the UUID index", name)
-		}
-		var mine uint64
-		for l := range r.m {
-			v := r.m[l].Load()
-			if v == 0 {
-				if !r.thin && uint64(l) < clustersFor(uint64(r.size.Load()), uint64(p.cs)) {
-					return corruptf("thick replica %q: logical cluster %d unallocated", name, l)
-				}
-				continue
-			}
-			ph := v - 1
-			if ph >= n {
-				return corruptf("replica %q: logical cluster %d maps to cluster %d beyond the %d in the pool", name, l, ph, n)
-			}
-			if seen.get(ph) {
-				return corruptf("cluster %d owned twice (second owner replica %q, logical cluster %d)", ph, name, l)
-			}
-			if !p.bm.get(ph) {
-				return corruptf("cluster %d owned by replica %q but marked free", ph, name)
-			}
-			seen.set(ph)
-			mine++
-		}
-		if mine != r.owned {
-			return corruptf("replica %q owns %d clusters, accounted %d", name, mine, r.owned)
-		}
-		owned += mine
-		committed += uint64(r.size.Load())
-	}
-	if len(p.byUUID) != len(p.byName) {
-		return corruptf("%d replicas by UUID, %d by name", len(p.byUUID), len(p.byName))
-	}
-	var inUse uint64
-	for _, w := range p.bm.words {
-		inUse += uint64(bits.OnesCount64(w))
-	}
-	if owned != p.owned || committed != p.committed {
-		return corruptf("recount: %d clusters owned and %d bytes committed, accounted %d and %d", owned, committed, p.owned, p.committed)
-	}
-	if inUse != owned+p.reserved {
-		return corruptf("%d clusters marked in use, but %d owned and %d reserved", inUse, owned, p.reserved)
-	}
-	st := p.statsLocked()
-	if st.FreeClusters+int64(owned)+int64(p.reserved) != int64(n) || st.Allocated != int64(owned)*p.cs || st.FreeClusters < 0 {
-		return corruptf("stats %+v disagree with the recount (%d owned, %d reserved)", st, owned, p.reserved)
+	if err := p.metaFailed(); err != nil {
+		return p.errf("metadata writes failed earlier (%v); close and import the pool again: %w", err, ErrClosed)
 	}
 	return nil
 }
 
 // Close exports the pool: it waits for metadata writes in flight, writes a
-// checkpoint, flushes and closes the device. Open replica handles fail with
-// ErrClosed afterwards. Later calls return ErrClosed.
+// checkpoint, flushes and closes the device (releasing its exclusive hold).
+// Open replica handles fail with ErrClosed afterwards. Later calls return
+// ErrClosed.
 func (p *Pool) Close() error {
 	p.adminMu.Lock()
 	defer p.adminMu.Unlock()
@@ -822,7 +619,7 @@ func (p *Pool) Close() error {
 		return p.errf("already closed: %w", ErrClosed)
 	}
 	var err error
-	if p.metaErr == nil {
+	if p.metaFailed() == nil {
 		err = p.checkpointLocked()
 	}
 	p.closed.Store(true)
@@ -838,7 +635,8 @@ func (p *Pool) Close() error {
 }
 
 // Destroy wipes both superblock copies, so the device is no longer a pool,
-// and closes it. ErrBusy while replica handles are open.
+// and closes it. ErrBusy while replica handles (claimed ones included) are
+// open.
 func (p *Pool) Destroy() error {
 	p.adminMu.Lock()
 	defer p.adminMu.Unlock()
@@ -856,7 +654,7 @@ func (p *Pool) Destroy() error {
 	p.mu.Unlock()
 	p.logMu.Lock()
 	p.closed.Store(true)
-	err := p.writeSuperblocks(true)
+	err := p.writeSuperblocks(nil)
 	p.logMu.Unlock()
 	if cerr := p.dev.Close(); err == nil && cerr != nil {
 		err = cerr

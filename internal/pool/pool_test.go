@@ -192,7 +192,9 @@ func TestCreateImportRoundTrip(t *testing.T) {
 		t.Fatalf("CreateReplica after Close: %v, want ErrClosed", err)
 	}
 
-	info, err := Probe(openFile(t, path))
+	probeDev := openFile(t, path)
+	info, err := Probe(probeDev)
+	probeDev.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,8 +549,8 @@ func TestThinOutOfSpace(t *testing.T) {
 		}
 		written++
 	}
-	if !errors.Is(lastErr, ErrNoSpace) || written != total {
-		t.Fatalf("after %d of %d clusters: %v, want ErrNoSpace after exactly %d", written, 2*total, lastErr, total)
+	if !errors.Is(lastErr, ErrNoSpace) || !errors.Is(lastErr, bdev.ErrNoSpace) || written != total {
+		t.Fatalf("after %d of %d clusters: %v, want ErrNoSpace (and bdev.ErrNoSpace) after exactly %d", written, 2*total, lastErr, total)
 	}
 	check(t, p)
 	if st := p.Stats(); st.FreeClusters != 0 || st.Allocated != total*64*kib {

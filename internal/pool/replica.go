@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/google/uuid"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 )
 
@@ -15,14 +17,23 @@ import (
 // one cluster allocate it once, and concurrent allocations share one
 // metadata flush. Writes to allocated clusters and reads go straight to the
 // pool's device without taking any lock that serializes I/O. Flush flushes
-// the pool's device. WriteAt returns an error wrapping ErrNoSpace when the
-// pool has no free cluster; the pool stays consistent.
+// the pool's device. WriteAt returns an error wrapping ErrNoSpace and
+// bdev.ErrNoSpace when the pool has no free cluster; the pool stays
+// consistent.
+//
+// A Replica from OpenReplica is unclaimed: while the replica has an owner
+// (see Claim) it reads, but its writes, flushes, unmaps and write-zeroes
+// fail with an error wrapping *bdev.OwnedError, so that a share of an owned
+// replica cannot change it behind its nexus's back.
 //
 // Methods are safe for concurrent use. Close closes only this handle.
 type Replica struct {
 	p      *Pool
 	r      *replica
 	closed atomic.Bool
+	// session is 0 for an unclaimed handle, else the replica's session
+	// when the claim that made this handle was taken.
+	session uint64
 }
 
 var (
@@ -58,12 +69,34 @@ func (h *Replica) check(op string, off, n int64) error {
 // destroyed (or the handle closed) after check passed: DestroyReplica waits
 // for I/O that holds r.io, but an I/O that takes it only afterwards must
 // not touch clusters that are free now, nor commit records for a replica
-// that no longer exists.
-func (h *Replica) lockIO() error {
+// that no longer exists. It fails, too, when a later claim superseded this
+// handle, or, for a change (write) through an unclaimed handle, when the
+// replica has an owner: claims change both with r.io held exclusively, so
+// no I/O that passed these checks is in flight when a claim returns.
+func (h *Replica) lockIO(op string, write bool) error {
 	h.r.io.RLock()
-	if h.r.gone.Load() || h.closed.Load() {
+	if err := h.admitLocked(op, write); err != nil {
 		h.r.io.RUnlock()
+		return err
+	}
+	return nil
+}
+
+// admitLocked checks that I/O through h may run now. Must hold r.io (either
+// way).
+func (h *Replica) admitLocked(op string, write bool) error {
+	r := h.r
+	if r.gone.Load() || h.closed.Load() {
 		return errHandleClosed
+	}
+	if h.session != 0 {
+		if r.session.Load() != h.session {
+			return h.fenced(op)
+		}
+	} else if write {
+		if c := r.claim.Load(); c.owner != (uuid.UUID{}) {
+			return h.owned(op, c.owner)
+		}
 	}
 	return nil
 }
@@ -99,7 +132,7 @@ func (h *Replica) ReadAt(b []byte, off int64) (int, error) {
 		return 0, err
 	}
 	p, r := h.p, h.r
-	if err := h.lockIO(); err != nil {
+	if err := h.lockIO("read", false); err != nil {
 		return 0, err
 	}
 	defer r.io.RUnlock()
@@ -123,7 +156,7 @@ func (h *Replica) WriteAt(b []byte, off int64) (int, error) {
 		return 0, err
 	}
 	p, r := h.p, h.r
-	if err := h.lockIO(); err != nil {
+	if err := h.lockIO("write", true); err != nil {
 		return 0, err
 	}
 	defer r.io.RUnlock()
@@ -273,8 +306,8 @@ func (p *Pool) allocateMany(r *replica, claims []claim) error {
 	}
 	if free := p.sb.ClusterCount - p.owned - p.reserved; uint64(len(claims)) > free {
 		p.mu.Unlock()
-		return fmt.Errorf("pool %q has %d free clusters, the write needs %d; free space by destroying replicas or unmapping data: %w",
-			p.sb.Name, free, len(claims), ErrNoSpace)
+		return fmt.Errorf("pool %q has %d free clusters, the write needs %d; free space by destroying replicas or unmapping data: %w (%w)",
+			p.sb.Name, free, len(claims), ErrNoSpace, bdev.ErrNoSpace)
 	}
 	rec := &record{Type: recMap, E: entry{UUID: r.uuid, Runs: make([]run, 0, len(claims))}}
 	for i := range claims {
@@ -319,6 +352,15 @@ func (h *Replica) Flush() error {
 	if err := h.check("flush", 0, 0); err != nil {
 		return err
 	}
+	// A flush changes no data, so it need not wait for r.io: a claim that
+	// returns while a superseded handle's flush runs loses nothing.
+	if h.session != 0 {
+		if h.r.session.Load() != h.session {
+			return h.fenced("flush")
+		}
+	} else if c := h.r.claim.Load(); c.owner != (uuid.UUID{}) {
+		return h.owned("flush", c.owner)
+	}
 	if err := h.p.flushDev(); err != nil {
 		return h.ioError("flush", 0, err)
 	}
@@ -345,7 +387,7 @@ func (h *Replica) discard(op string, off, length int64, unmap bool) error {
 	end := off + length
 	whole := false
 	err := func() error {
-		if err := h.lockIO(); err != nil {
+		if err := h.lockIO(op, true); err != nil {
 			return err
 		}
 		defer r.io.RUnlock()
@@ -384,8 +426,9 @@ func (h *Replica) discard(op string, off, length int64, unmap bool) error {
 	// freed under a read or write in flight.
 	r.io.Lock()
 	defer r.io.Unlock()
-	if r.gone.Load() {
-		return errHandleClosed
+	// A claim may have come between the two phases.
+	if err := h.admitLocked(op, true); err != nil {
+		return err
 	}
 	e := entry{UUID: r.uuid}
 	first := (off + p.cs - 1) >> p.csShift

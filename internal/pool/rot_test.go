@@ -114,7 +114,7 @@ func buildLog(t *testing.T, mem bdev.Device, batches [][]record) (superblock, []
 // came before and drops the unacknowledged batch.
 func TestTornLastBatchStillImports(t *testing.T) {
 	u := [16]byte{5}
-	create := record{Type: recCreate, E: entry{UUID: u, Size: mib, Thin: true, Name: "a"}}
+	create := record{Type: recCreate, E: entry{UUID: u, Size: mib, Thin: true, Name: "a", HasID: true, ID: ident{NGUID: [16]byte{0xa}}}}
 	mapc := func(l, ph uint64) record {
 		return record{Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: l, Phys: ph, Count: 1}}}}
 	}

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"math/bits"
 	"sync"
@@ -81,6 +82,20 @@ type replica struct {
 	uuidStr string
 	thin    bool
 	size    atomic.Int64
+	// nguid is the replica's identity, fixed when it is created (zero only
+	// while a version 1 pool is being upgraded).
+	nguid [16]byte
+
+	// claim is the owner and epoch last made durable; replaced (under
+	// Pool.mu, by the claim record's apply), never nil.
+	claim atomic.Pointer[claimState]
+	// session counts the claims, releases and disowns of the replica, in
+	// memory only; a claimed handle works while it still equals the value
+	// the handle was made with. Changed only with io held exclusively.
+	session atomic.Uint64
+	// claimMu serializes Claim, Raise, Release, Disown and destroy of this
+	// replica, across their commits.
+	claimMu sync.Mutex
 
 	// io is held shared by every I/O for its whole duration and exclusively
 	// by whatever changes the cluster map's shape or frees clusters (resize,
@@ -154,6 +169,9 @@ func (p *Pool) apply(rec *record, live bool) error {
 	e := &rec.E
 	cs := uint64(p.cs)
 	r := p.byUUID[e.UUID]
+	if e.HasID && rec.Type != recCreate && rec.Type != recClaim {
+		return fmt.Errorf("record type %d carries an identity block", rec.Type)
+	}
 	switch rec.Type {
 	case recCreate:
 		if r != nil {
@@ -174,7 +192,17 @@ func (p *Pool) apply(rec *record, live bool) error {
 		if p.spanned+clustersFor(e.Size, cs) > maxSpannedClusters {
 			return fmt.Errorf("create: replicas would span more than %d clusters", maxSpannedClusters)
 		}
-		r = &replica{name: e.Name, uuid: e.UUID, uuidStr: fmtUUID(e.UUID), thin: e.Thin, inflight: map[uint64]*allocCall{}}
+		// Version 1 entries have no identity; the upgrade draws one. A
+		// version 2 pool has one for every replica.
+		if !e.HasID && p.sb.Version != formatV1 {
+			return fmt.Errorf("create %q: no identity block", e.Name)
+		}
+		if e.HasID && e.ID.NGUID == ([16]byte{}) {
+			return fmt.Errorf("create %q: zero NGUID", e.Name)
+		}
+		r = &replica{name: e.Name, uuid: e.UUID, uuidStr: fmtUUID(e.UUID), thin: e.Thin, inflight: map[uint64]*allocCall{},
+			nguid: e.ID.NGUID}
+		r.claim.Store(&claimState{owner: e.ID.Owner, epoch: e.ID.Epoch})
 		r.grow(e.Size, cs)
 		if err := p.mapRuns(r, e.Runs, live); err != nil {
 			return fmt.Errorf("create %q: %w", e.Name, err)
@@ -254,10 +282,38 @@ func (p *Pool) apply(rec *record, live bool) error {
 				p.owned--
 			}
 		}
+	case recClaim:
+		if p.sb.Version == formatV1 {
+			return errors.New("claim record in a format version 1 pool")
+		}
+		if r == nil {
+			return fmt.Errorf("claim: replica %s unknown", fmtUUID(e.UUID))
+		}
+		if !e.HasID || e.Size != 0 || e.Thin || e.Name != "" || len(e.Runs) != 0 {
+			return fmt.Errorf("claim %q: malformed (flags, size, name or runs)", r.name)
+		}
+		if e.ID.NGUID != r.nguid {
+			return fmt.Errorf("claim %q: NGUID %x, the replica's is %x", r.name, e.ID.NGUID, r.nguid)
+		}
+		if cur := r.claim.Load(); e.ID.Epoch < cur.epoch {
+			return fmt.Errorf("claim %q: epoch %d lower than the accepted %d", r.name, e.ID.Epoch, cur.epoch)
+		}
+		r.claim.Store(&claimState{owner: e.ID.Owner, epoch: e.ID.Epoch})
 	default:
 		return fmt.Errorf("record type %d unknown", rec.Type)
 	}
 	return nil
+}
+
+// checkpointEntry returns r as a checkpoint entry: name, size, flags, its
+// identity block and its whole map. Must hold p.mu.
+func (r *replica) checkpointEntry() entry {
+	e := entry{UUID: r.uuid, Size: uint64(r.size.Load()), Thin: r.thin, Name: r.name, Runs: r.runs()}
+	if r.nguid != ([16]byte{}) {
+		c := r.claim.Load()
+		e.HasID, e.ID = true, ident{NGUID: r.nguid, Owner: c.owner, Epoch: c.epoch}
+	}
+	return e
 }
 
 // sumRuns returns the clusters runs cover, or an error when that exceeds
