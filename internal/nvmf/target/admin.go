@@ -77,6 +77,11 @@ func (c *controller) setFeatures(r *request) {
 		r.status = nvme.StatusFeatureNotSaveable
 		return
 	}
+	if fid == nvme.FeatClaim {
+		// Not under c.mu: a claim is a durable device operation.
+		c.claimFeature(r)
+		return
+	}
 	v := r.sqe.CDW(11)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -190,10 +195,12 @@ func (c *controller) identify(r *request) {
 		case nvme.CNSNSDescList:
 			p := 0
 			var zero [16]byte
-			if ns.uuid != zero {
+			if ns.nguid != zero {
 				b[p], b[p+1] = nvme.NIDTNGUID, 16
 				copy(b[p+4:], ns.nguid[:])
 				p += 20
+			}
+			if ns.uuid != zero {
 				b[p], b[p+1] = nvme.NIDTUUID, 16
 				copy(b[p+4:], ns.uuid[:])
 				p += 20
@@ -330,6 +337,12 @@ func (c *controller) getLogPage(r *request) {
 		c.mu.Unlock()
 		if !rae {
 			c.clearEvent(nvme.AENNoticeNSChanged)
+		}
+	case lid == nvme.LogClaim && !c.discovery:
+		var st nvme.Status
+		if page, st = c.claimLog(r.sqe.NSID()); !st.Success() {
+			r.status = st
+			return
 		}
 	default:
 		r.status = nvme.StatusInvalidLogPage

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"sync"
@@ -29,6 +30,17 @@ type controller struct {
 	local     net.Addr
 
 	lastSeen atomic.Int64 // monoNow of the last command on any queue
+
+	// ctx bounds the device calls of claim operations; canceled at
+	// teardown.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// claims maps NSID to the controller's claimed handle of that
+	// namespace, if it claimed one. The map is copied on every change
+	// (claims are rare) so that the I/O path reads it with one atomic
+	// load and no lock.
+	claims  atomic.Pointer[map[uint32]*nsClaim]
+	claimMu sync.Mutex // serializes the controller's claim operations
 
 	mu       sync.Mutex
 	cc, csts uint32
@@ -99,6 +111,10 @@ func (c *controller) shutdown(reason string) {
 	}
 	c.aers = nil
 	c.mu.Unlock()
+	c.cancel()
+	// The claims go with the association that made them; the device keeps
+	// its owner and epoch.
+	c.closeClaims()
 	c.t.log.Debug("nvmf: controller destroyed", "cntlid", c.id, "host", c.hostNQN, "reason", reason)
 	c.t.removeController(c)
 	if c.sub != nil {
@@ -281,6 +297,7 @@ func (q *queue) connect(r *request) {
 			adminQ: q, local: q.conn.LocalAddr(), kato: kato, wce: true,
 			nIOQ: MaxIOQueues, ioqs: make(map[uint16]*queue),
 		}
+		c.ctx, c.cancel = context.WithCancel(context.Background())
 		if c.discovery {
 			c.nIOQ = 0
 		}

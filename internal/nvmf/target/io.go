@@ -22,6 +22,21 @@ func (c *controller) io(r *request) {
 		r.status = nvme.StatusInvalidNS
 		return
 	}
+	dev, cl, st := c.device(ns)
+	if !st.Success() {
+		r.status = st
+		return
+	}
+	c.ioOn(r, ns, dev)
+	if cl != nil {
+		cl.put()
+	}
+}
+
+// ioOn executes a read, write, write-zeroes or dataset management command on
+// dev, the device of ns that this controller's I/O goes through.
+func (c *controller) ioOn(r *request, ns *namespace, dev bdev.Device) {
+	op := r.sqe.Opcode()
 	switch op {
 	case nvme.CmdRead, nvme.CmdWrite, nvme.CmdWriteZeroes:
 		slba := uint64(r.sqe.CDW(10)) | uint64(r.sqe.CDW(11))<<32
@@ -33,26 +48,26 @@ func (c *controller) io(r *request) {
 		off, n := int64(slba<<ns.shift), int64(nlb<<ns.shift)
 		switch op {
 		case nvme.CmdRead:
-			c.read(r, ns, off, n)
+			c.read(r, dev, off, n)
 		case nvme.CmdWrite:
-			c.write(r, ns, off, n)
+			c.write(r, dev, off, n)
 		default:
 			var err error
 			if r.sqe.CDW(12)&(1<<25) != 0 { // DEAC
-				err = ns.dev.Unmap(off, n)
+				err = dev.Unmap(off, n)
 			} else {
-				err = ns.dev.WriteZeroes(off, n)
+				err = dev.WriteZeroes(off, n)
 			}
 			r.status = devStatus(err, nvme.StatusWriteFault)
 		}
 	case nvme.CmdDSM:
-		c.dsm(r, ns)
+		c.dsm(r, ns, dev)
 	default:
 		r.status = nvme.StatusInvalidOpcode
 	}
 }
 
-func (c *controller) read(r *request, ns *namespace, off, n int64) {
+func (c *controller) read(r *request, dev bdev.Device, off, n int64) {
 	sgl := r.sqe.SGL()
 	if sgl.Type != pdu.SGLTransportDataBlock {
 		r.status = nvme.StatusSGLInvalidType
@@ -63,7 +78,7 @@ func (c *controller) read(r *request, ns *namespace, off, n int64) {
 		return
 	}
 	r.getBuf(int(n))
-	if _, err := ns.dev.ReadAt(r.buf, off); err != nil {
+	if _, err := dev.ReadAt(r.buf, off); err != nil {
 		r.status = devStatus(err, nvme.StatusUnrecoveredReadError)
 		return
 	}
@@ -72,12 +87,12 @@ func (c *controller) read(r *request, ns *namespace, off, n int64) {
 	c.sub.stats.readBytes.Add(uint64(n))
 }
 
-func (c *controller) write(r *request, ns *namespace, off, n int64) {
+func (c *controller) write(r *request, dev bdev.Device, off, n int64) {
 	if int64(len(r.buf)) != n {
 		r.status = nvme.StatusSGLInvalidDataLength
 		return
 	}
-	if _, err := ns.dev.WriteAt(r.buf, off); err != nil {
+	if _, err := dev.WriteAt(r.buf, off); err != nil {
 		r.status = devStatus(err, nvme.StatusWriteFault)
 		return
 	}
@@ -85,7 +100,7 @@ func (c *controller) write(r *request, ns *namespace, off, n int64) {
 	wce := c.wce
 	c.mu.Unlock()
 	if fua := r.sqe.CDW(12)&(1<<30) != 0; fua || !wce {
-		if err := ns.dev.Flush(); err != nil {
+		if err := dev.Flush(); err != nil {
 			r.status = devStatus(err, nvme.StatusWriteFault)
 			return
 		}
@@ -99,8 +114,7 @@ func (c *controller) flush(r *request) {
 	if nsid == 0xFFFFFFFF {
 		for _, id := range c.sub.nsids() {
 			if ns := c.sub.namespace(id); ns != nil {
-				if err := ns.dev.Flush(); err != nil {
-					r.status = devStatus(err, nvme.StatusWriteFault)
+				if r.status = c.flushNS(ns); !r.status.Success() {
 					return
 				}
 			}
@@ -112,10 +126,23 @@ func (c *controller) flush(r *request) {
 		r.status = nvme.StatusInvalidNS
 		return
 	}
-	r.status = devStatus(ns.dev.Flush(), nvme.StatusWriteFault)
+	r.status = c.flushNS(ns)
 }
 
-func (c *controller) dsm(r *request, ns *namespace) {
+// flushNS flushes ns through the device this controller's I/O goes to.
+func (c *controller) flushNS(ns *namespace) nvme.Status {
+	dev, cl, st := c.device(ns)
+	if !st.Success() {
+		return st
+	}
+	st = devStatus(dev.Flush(), nvme.StatusWriteFault)
+	if cl != nil {
+		cl.put()
+	}
+	return st
+}
+
+func (c *controller) dsm(r *request, ns *namespace, dev bdev.Device) {
 	// The data holds NR+1 ranges of 16 bytes. It may be longer: Linux
 	// sends a whole page of ranges whatever NR is.
 	nr := int(r.sqe.CDW(10)&0xFF) + 1
@@ -137,7 +164,7 @@ func (c *controller) dsm(r *request, ns *namespace) {
 			r.status = nvme.StatusLBAOutOfRange
 			return
 		}
-		if err := ns.dev.Unmap(int64(slba<<ns.shift), int64(nlb<<ns.shift)); err != nil {
+		if err := dev.Unmap(int64(slba<<ns.shift), int64(nlb<<ns.shift)); err != nil {
 			r.status = devStatus(err, nvme.StatusWriteFault)
 			return
 		}
@@ -158,6 +185,11 @@ func devStatus(err error, ioStatus nvme.Status) nvme.Status {
 		return nvme.StatusInvalidField
 	case errors.Is(err, bdev.ErrClosed):
 		return nvme.StatusNamespaceNotReady
+	case errors.Is(err, bdev.ErrFenced), errors.Is(err, bdev.ErrOwned):
+		// What NVMe answers a host that a reservation fences.
+		return nvme.StatusReservationConflict
+	case errors.Is(err, bdev.ErrNoSpace):
+		return nvme.StatusCapacityExceeded
 	}
 	return ioStatus
 }
