@@ -14,25 +14,6 @@ import (
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
 
-// Claims over NVMe/TCP.
-//
-// A Namespace is a bdev.Claimer when its target serves a claimable device
-// (see package target for the protocol): ClaimState reads the claim state log
-// page, Claim sends the claim Set Features and returns a *ClaimedNamespace.
-//
-// On the target the claim belongs to the association (the controller the
-// host connected): from then on every I/O of this Controller to the
-// namespace runs under it, through the ClaimedNamespace or the Namespace
-// alike. When the connection is lost, the Controller reconnects and re-sends
-// its current claims on the new association before it lets any I/O through,
-// so that commands waiting for the reconnect never run unclaimed. If the
-// device refuses that claim (a newer claim or another owner holds it), the
-// Controller is fenced for good: every later call fails with an error
-// wrapping bdev.ErrFenced, and it does not reconnect again. Commands the old
-// association had sent, should a healed partition deliver them, run on the
-// target through the old controller's claimed handle, which the newer claim
-// fenced: they are refused too.
-
 // ErrNotClaimable is returned by ClaimState and Claim for a namespace whose
 // target does not take claims for it (a device without claims, or a target
 // that does not implement them).

@@ -8,8 +8,27 @@
 // and resets its connection. When a connection drops, the commands on it fail
 // with ErrConnectionLost and the controller reconnects in the background;
 // commands issued meanwhile wait for the new connection up to their timeout.
-// A reconnect first restores the controller's claims (see Namespace.Claim);
 // Close ends a reconnect in progress, its waits included.
+//
+// # Claims
+//
+// A Namespace is a bdev.Claimer when its target serves a claimable device
+// over Nexstor's claim extension (see package target): ClaimState reads the
+// claim state log page, Claim sends the claim Set Features and returns a
+// *ClaimedNamespace, and refusals come back as the bdev contract's errors.
+//
+// On the target the claim belongs to the association (the controller this
+// host connected): every I/O of the Controller to the namespace runs under
+// it, through the ClaimedNamespace or the Namespace alike. When a connection
+// is lost, the Controller reconnects and restores its claims on the new
+// association before it lets any command through, so that commands waiting
+// for the reconnect never run unclaimed. If the device refuses a claim
+// there (a newer claim or another owner holds it), the Controller is fenced
+// for good: every later call fails with an error wrapping bdev.ErrFenced,
+// and it does not reconnect again (Controller.Err says so). Commands the old
+// association had sent, should a healed partition deliver them late, run on
+// the target through the old controller's claimed handle, which the newer
+// claim fenced: they are refused too.
 package initiator
 
 import (
