@@ -2,7 +2,9 @@ package nexus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
@@ -10,7 +12,19 @@ import (
 
 // NVMfRemote returns a Router.Remote resolver that connects to the
 // subsystem over NVMe/TCP with the initiator and returns namespace 1. Each
-// child gets its own controller, closed with the child.
+// child gets its own controller.
+//
+// When the target takes claims for the namespace (a replica's share), the
+// device returned is a bdev.Claimer, used exactly as a local replica: its
+// ClaimState and Claim go to the target in-band, and the Claimed handle's
+// I/O runs under the claim, which the initiator restores whenever it
+// reconnects. Otherwise (a device without claims) it is a plain
+// bdev.Device.
+//
+// The controller is disconnected when the last Claimed handle from the
+// device is closed, or when the device is closed while no Claimed handle is
+// open: the device and its handles are independent, as a local replica's
+// are, and a child that closes only its handle disconnects too.
 //
 // The options decide how fast a vanished server turns into a retired child:
 // every I/O waits for a reconnect up to CommandTimeout, so a nexus wants a
@@ -27,18 +41,108 @@ func NVMfRemote(opts initiator.Options) func(ctx context.Context, addr, nqn stri
 			ctrl.Close()
 			return nil, fmt.Errorf("%s %s: %w", addr, nqn, err)
 		}
-		return &remoteChild{Namespace: ns, ctrl: ctrl}, nil
+		r := &remoteChild{Device: ns, ns: ns, ctrl: ctrl}
+		switch _, err := ns.ClaimState(ctx); {
+		case err == nil:
+			return &claimableRemote{r}, nil
+		case errors.Is(err, initiator.ErrNotClaimable):
+			return r, nil
+		default:
+			ctrl.Close()
+			return nil, fmt.Errorf("%s %s: %w", addr, nqn, err)
+		}
 	}
 }
 
-// remoteChild is a remote namespace that owns its controller.
+// remoteChild is a remote namespace that owns its controller. It embeds the
+// namespace as a bdev.Device only, so that it is not a bdev.Claimer unless
+// the target takes claims (claimableRemote).
 type remoteChild struct {
-	*initiator.Namespace
+	bdev.Device
+	ns   *initiator.Namespace
 	ctrl *initiator.Controller
+
+	mu       sync.Mutex
+	closed   bool // the device itself
+	handles  int  // Claimed handles not closed
+	released bool // the controller was closed
 }
 
-// Close closes the namespace and disconnects its controller.
+// Close closes the namespace, and disconnects the controller unless a
+// Claimed handle from it is still open.
 func (r *remoteChild) Close() error {
-	r.Namespace.Close()
-	return r.ctrl.Close()
+	r.ns.Close()
+	r.mu.Lock()
+	r.closed = true
+	disconnect := r.handles == 0 && !r.released
+	r.released = r.released || disconnect
+	r.mu.Unlock()
+	if disconnect {
+		return r.ctrl.Close()
+	}
+	return nil
+}
+
+// handleClosed accounts for a closed Claimed handle (handle false: a claim
+// that failed and made none). The last handle disconnects the controller, as
+// does a failed claim once the device is closed.
+func (r *remoteChild) handleClosed(handle bool) error {
+	r.mu.Lock()
+	r.handles--
+	disconnect := r.handles == 0 && !r.released && (handle || r.closed)
+	r.released = r.released || disconnect
+	r.mu.Unlock()
+	if disconnect {
+		return r.ctrl.Close()
+	}
+	return nil
+}
+
+// claimableRemote is a remoteChild whose target takes claims.
+type claimableRemote struct {
+	*remoteChild
+}
+
+var _ bdev.Claimer = (*claimableRemote)(nil)
+
+// ClaimState reads the replica's identity and claim from its target.
+func (r *claimableRemote) ClaimState(ctx context.Context) (bdev.ClaimState, error) {
+	return r.ns.ClaimState(ctx)
+}
+
+// Claim claims the replica on its target and returns the handle to do I/O
+// through; see initiator.Namespace.Claim.
+func (r *claimableRemote) Claim(ctx context.Context, c bdev.Claim) (bdev.Claimed, error) {
+	r.mu.Lock()
+	if r.released {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("claim of a closed remote child: %w", bdev.ErrClosed)
+	}
+	r.handles++
+	r.mu.Unlock()
+	h, err := r.ns.Claim(ctx, c)
+	if err != nil {
+		r.handleClosed(false)
+		return nil, err
+	}
+	return &remoteClaimed{Claimed: h, child: r.remoteChild}, nil
+}
+
+// remoteClaimed is a Claimed handle of a remote child.
+type remoteClaimed struct {
+	bdev.Claimed
+	child *remoteChild
+	once  sync.Once
+}
+
+// Close closes the handle (the claim stays on the replica) and, when it is
+// the last open handle of the child, disconnects the controller: the child
+// device is unusable from then on.
+func (h *remoteClaimed) Close() error {
+	var err error
+	h.once.Do(func() {
+		h.Claimed.Close()
+		err = h.child.handleClosed(true)
+	})
+	return err
 }

@@ -8,6 +8,27 @@
 // and resets its connection. When a connection drops, the commands on it fail
 // with ErrConnectionLost and the controller reconnects in the background;
 // commands issued meanwhile wait for the new connection up to their timeout.
+// Close ends a reconnect in progress, its waits included.
+//
+// # Claims
+//
+// A Namespace is a bdev.Claimer when its target serves a claimable device
+// over Nexstor's claim extension (see package target): ClaimState reads the
+// claim state log page, Claim sends the claim Set Features and returns a
+// *ClaimedNamespace, and refusals come back as the bdev contract's errors.
+//
+// On the target the claim belongs to the association (the controller this
+// host connected): every I/O of the Controller to the namespace runs under
+// it, through the ClaimedNamespace or the Namespace alike. When a connection
+// is lost, the Controller reconnects and restores its claims on the new
+// association before it lets any command through, so that commands waiting
+// for the reconnect never run unclaimed. If the device refuses a claim
+// there (a newer claim or another owner holds it), the Controller is fenced
+// for good: every later call fails with an error wrapping bdev.ErrFenced,
+// and it does not reconnect again (Controller.Err says so). Commands the old
+// association had sent, should a healed partition deliver them late, run on
+// the target through the old controller's claimed handle, which the newer
+// claim fenced: they are refused too.
 package initiator
 
 import (
@@ -24,6 +45,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
@@ -122,22 +144,38 @@ type ctrlInfo struct {
 }
 
 // session is one established association: admin queue plus I/O queues.
+// Once installed, its fields do not change.
 type session struct {
 	admin *hqueue
-	io    []*hqueue
+	io    []*hqueue // appended to under mu while establishing
 	info  ctrlInfo
 	stop  chan struct{}
 	once  sync.Once
+	mu    sync.Mutex
 }
 
 func (s *session) close() {
 	s.once.Do(func() {
 		close(s.stop)
-		for _, q := range s.io {
+		s.mu.Lock()
+		qs := s.io
+		s.mu.Unlock()
+		for _, q := range qs {
 			q.kill(ErrClosed)
 		}
 		s.admin.kill(ErrClosed)
 	})
+}
+
+// addIO adds an I/O queue while establishing; a session closed meanwhile
+// (its establishment abandoned) kills it.
+func (s *session) addIO(q *hqueue) {
+	s.mu.Lock()
+	s.io = append(s.io, q)
+	s.mu.Unlock()
+	if isClosed(s.stop) {
+		q.kill(ErrClosed)
+	}
 }
 
 // Controller is a connected NVMe/TCP controller. Methods are safe for
@@ -147,25 +185,53 @@ type Controller struct {
 	opts         Options
 	log          *slog.Logger
 
+	// ctx is canceled by Close: it ends a reconnect in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+	bg     sync.WaitGroup // the reconnect goroutine, which Close waits for
+	// claimMu orders claim commands against the restoring of claims on a
+	// new association (see claim.go).
+	claimMu sync.Mutex
+
 	mu      sync.Mutex
 	cur     *session      // nil while reconnecting
 	waitCh  chan struct{} // closed when cur changes or the controller fails
 	failErr error         // permanent failure
 	closed  bool
+	claims  map[uint32]*claimState // by NSID
 	rr      atomic.Uint32
 }
 
 // Connect connects to subsystem subNQN at addr ("host:port"): admin queue,
-// controller enable, Identify, and opts.IOQueues I/O queues.
+// controller enable, Identify, and opts.IOQueues I/O queues. ctx bounds the
+// connection only, not the Controller's life.
 func Connect(ctx context.Context, addr, subNQN string, opts Options) (*Controller, error) {
 	opts = opts.withDefaults()
 	c := &Controller{addr: addr, subNQN: subNQN, opts: opts, log: opts.Logger, waitCh: make(chan struct{})}
-	s, err := c.establish(ctx)
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	s, err := c.establish(ctx, false)
 	if err != nil {
+		c.cancel()
 		return nil, err
 	}
 	c.install(s)
 	return c, nil
+}
+
+// Err returns why the Controller is unusable for good, or nil while it is
+// connected or reconnecting: ErrClosed after Close, an error wrapping
+// ErrGaveUp once Options.MaxReconnect attempts failed, and an error
+// wrapping bdev.ErrFenced when a reconnect could not restore a claim.
+func (c *Controller) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return ErrClosed
+	case c.failErr != nil:
+		return c.failErr
+	}
+	return nil
 }
 
 func (c *Controller) install(s *session) {
@@ -206,44 +272,62 @@ func (c *Controller) lost(s *session) {
 		return
 	}
 	c.cur = nil
+	c.bg.Add(1) // under mu, before Close can start waiting
 	c.mu.Unlock()
 	s.close()
 	c.log.Warn("nvmf initiator: connection lost, reconnecting", "addr", c.addr, "subnqn", c.subNQN)
-	go c.reconnect()
+	go func() {
+		defer c.bg.Done()
+		c.reconnect()
+	}()
 }
 
+// reconnect establishes a new association, restores the claims on it and
+// installs it, or fails the controller for good. Close ends it at any point.
 func (c *Controller) reconnect() {
 	for attempt := 1; ; attempt++ {
-		time.Sleep(c.opts.ReconnectDelay)
-		c.mu.Lock()
-		closed := c.closed
-		c.mu.Unlock()
-		if closed {
+		wait := time.NewTimer(c.opts.ReconnectDelay)
+		select {
+		case <-wait.C:
+		case <-c.ctx.Done():
+			wait.Stop()
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.CommandTimeout)
-		s, err := c.establish(ctx)
+		ctx, cancel := context.WithTimeout(c.ctx, c.opts.CommandTimeout)
+		s, err := c.establish(ctx, true)
 		cancel()
 		if err == nil {
 			c.log.Info("nvmf initiator: reconnected", "addr", c.addr, "subnqn", c.subNQN, "attempt", attempt)
 			c.install(s)
 			return
 		}
+		if c.ctx.Err() != nil {
+			return // closed
+		}
+		if errors.Is(err, bdev.ErrFenced) {
+			c.log.Warn("nvmf initiator: fenced: a claim could not be restored after reconnecting", "addr", c.addr, "subnqn", c.subNQN, "err", err)
+			c.fail(err)
+			return
+		}
 		c.log.Debug("nvmf initiator: reconnect failed", "addr", c.addr, "attempt", attempt, "err", err)
 		if c.opts.MaxReconnect > 0 && attempt >= c.opts.MaxReconnect {
-			c.mu.Lock()
-			if c.closed {
-				// Close already woke the waiters and closed waitCh.
-				c.mu.Unlock()
-				return
-			}
-			c.failErr = fmt.Errorf("%w: %s %s after %d attempts: %w", ErrGaveUp, c.addr, c.subNQN, attempt, err)
-			close(c.waitCh)
-			c.waitCh = make(chan struct{})
-			c.mu.Unlock()
+			c.fail(fmt.Errorf("%w: %s %s after %d attempts: %w", ErrGaveUp, c.addr, c.subNQN, attempt, err))
 			return
 		}
 	}
+}
+
+// fail makes err the controller's permanent failure and wakes every waiter.
+func (c *Controller) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		// Close already woke the waiters and closed waitCh.
+		return
+	}
+	c.failErr = err
+	close(c.waitCh)
+	c.waitCh = make(chan struct{})
 }
 
 func (c *Controller) keepAlive(s *session) {
@@ -311,6 +395,8 @@ func (c *Controller) Close() error {
 	c.cur = nil
 	close(c.waitCh)
 	c.mu.Unlock()
+	c.cancel() // ends a reconnect: its wait, dial, handshake or commands
+	defer c.bg.Wait()
 	if s != nil {
 		// Orderly shutdown: CC.SHN normal, so the controller may flush.
 		var sqe pdu.SQE
@@ -330,16 +416,27 @@ func (c *Controller) Close() error {
 	return nil
 }
 
-// establish connects a whole association.
-func (c *Controller) establish(ctx context.Context) (*session, error) {
+// establish connects a whole association and, when reclaim is set, restores
+// the controller's claims on it. Cancelling ctx abandons it at any step.
+func (c *Controller) establish(ctx context.Context, reclaim bool) (*session, error) {
 	admin, err := dialQueue(ctx, c.addr, &c.opts, adminDepth)
 	if err != nil {
 		return nil, err
 	}
 	admin.inline = adminInline
 	s := &session{admin: admin, stop: make(chan struct{})}
+	// Commands do not take a context: ctx ends them by closing the
+	// association under them.
+	abandon := context.AfterFunc(ctx, s.close)
 	fail := func(err error) (*session, error) {
+		abandon()
 		s.close()
+		if ctx.Err() != nil && !errors.Is(err, bdev.ErrFenced) {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		if errors.Is(err, bdev.ErrFenced) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("nvmf initiator: %s %s: %w", c.addr, c.subNQN, err)
 	}
 	kato := uint32(0)
@@ -384,11 +481,24 @@ func (c *Controller) establish(ctx context.Context) (*session, error) {
 		if s.info.ioInline >= pdu.ConnectDataLen {
 			q.inline = s.info.ioInline
 		}
-		s.io = append(s.io, q)
+		s.addIO(q)
 		if _, err := connectQueue(q, uint16(qid), cntlid, depth, 0, c.subNQN, &c.opts); err != nil {
 			return fail(fmt.Errorf("connect I/O queue %d: %w", qid, err))
 		}
 		q.inline = s.info.ioInline
+	}
+	if reclaim {
+		// Before install: no command may run on the association
+		// without the claims it is due.
+		c.claimMu.Lock()
+		err := c.reclaim(s)
+		c.claimMu.Unlock()
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if !abandon() {
+		return fail(errors.New("abandoned"))
 	}
 	return s, nil
 }

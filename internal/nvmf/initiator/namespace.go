@@ -12,21 +12,32 @@ import (
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
 
-// Namespace is a namespace of a connected controller, as a bdev.Device.
+// Namespace is a namespace of a connected controller, as a bdev.Device, and
+// a bdev.Claimer when the target takes claims for it (see claim.go).
 // Alignment and range are checked locally before anything is sent. I/O is
 // spread over the controller's I/O queues; transfers larger than the
 // controller's limit are split. Close releases only the Namespace, not the
 // Controller.
+//
+// Errors: a write refused because the pool under a thin namespace is full
+// wraps bdev.ErrNoSpace; I/O refused because a newer claim superseded the
+// Controller's wraps bdev.ErrFenced, and a write refused because another
+// nexus owns a namespace this Controller did not claim wraps bdev.ErrOwned.
 type Namespace struct {
 	c      *Controller
 	nsid   uint32
 	bs     int
 	shift  uint
 	size   int64
+	id     bdev.Identity
+	cs     *claimState
 	closed atomic.Bool
 }
 
-var _ bdev.Device = (*Namespace)(nil)
+var (
+	_ bdev.Device  = (*Namespace)(nil)
+	_ bdev.Claimer = (*Namespace)(nil)
+)
 
 // Namespace identifies namespace nsid and returns it as a Device.
 func (c *Controller) Namespace(nsid uint32) (*Namespace, error) {
@@ -50,11 +61,47 @@ func (c *Controller) Namespace(nsid uint32) (*Namespace, error) {
 	if ms := binary.LittleEndian.Uint16(b[nvme.IDNsLBAF0+4*fmtIdx:]); ms != 0 {
 		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d uses %d bytes of metadata per block, which is unsupported", c.subNQN, nsid, ms)
 	}
-	return &Namespace{c: c, nsid: nsid, bs: 1 << lbads, shift: lbads, size: int64(nsze) << lbads}, nil
+	n := &Namespace{c: c, nsid: nsid, bs: 1 << lbads, shift: lbads, size: int64(nsze) << lbads, cs: c.claimState(nsid)}
+	copy(n.id.NGUID[:], b[nvme.IDNsNGUID:nvme.IDNsNGUID+16])
+	// The UUID is in the identification descriptors (NVMe 1.3 and later);
+	// a controller that has none leaves it zero.
+	sqe = pdu.SQE{}
+	sqe.SetOpcode(nvme.AdminIdentify)
+	sqe.SetNSID(nsid)
+	sqe.SetCDW(10, nvme.CNSNSDescList)
+	clear(b)
+	if _, err := c.admin(&sqe, b, false); err == nil {
+		n.id.UUID = descriptorUUID(b)
+	} else if !errors.As(err, new(nvme.Status)) {
+		return nil, fmt.Errorf("nvmf initiator: %s: identify namespace %d descriptors: %w", c.subNQN, nsid, err)
+	}
+	return n, nil
+}
+
+// descriptorUUID returns the UUID of a namespace identification descriptor
+// list, or zero.
+func descriptorUUID(b []byte) [16]byte {
+	for p := 0; p+4 <= len(b); {
+		typ, l := b[p], int(b[p+1])
+		if typ == 0 || p+4+l > len(b) {
+			break
+		}
+		if typ == nvme.NIDTUUID && l == 16 {
+			return [16]byte(b[p+4 : p+20])
+		}
+		p += 4 + l
+	}
+	return [16]byte{}
 }
 
 // NSID returns the namespace ID.
 func (n *Namespace) NSID() uint32 { return n.nsid }
+
+// Identity is the namespace's identity as Identify reported it when the
+// Namespace was made: the UUID of its identification descriptors and its
+// NGUID. For a replica's share these are the replica's (bdev.Identity).
+// Either is zero when the target reports none.
+func (n *Namespace) Identity() bdev.Identity { return n.id }
 
 // Size is the capacity in bytes.
 func (n *Namespace) Size() int64 { return n.size }
@@ -88,7 +135,7 @@ func (n *Namespace) io(sqe *pdu.SQE, data []byte, write bool) error {
 		}
 		var ns errNotSent
 		if !errors.As(err, &ns) {
-			return err
+			return n.ioError(err)
 		}
 		if deadline.IsZero() {
 			deadline = time.Now().Add(c.opts.CommandTimeout)
@@ -115,10 +162,9 @@ func (n *Namespace) maxBlocks() int64 {
 	return max(min(int64(mx)>>n.shift, 65536), 1)
 }
 
+// rw runs a read or a write, split into commands the controller takes. The
+// caller checked that the Namespace (or handle) is open.
 func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error) {
-	if n.closed.Load() {
-		return 0, bdev.ErrClosed
-	}
 	if err := bdev.CheckRange(op, off, int64(len(p)), n.size, n.bs); err != nil {
 		return 0, err
 	}
@@ -144,12 +190,18 @@ func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error
 
 // ReadAt reads len(p) bytes at off.
 func (n *Namespace) ReadAt(p []byte, off int64) (int, error) {
+	if n.closed.Load() {
+		return 0, bdev.ErrClosed
+	}
 	return n.rw("read", nvme.CmdRead, p, off)
 }
 
 // WriteAt writes p at off; it is acknowledged (not necessarily durable)
 // when it returns nil.
 func (n *Namespace) WriteAt(p []byte, off int64) (int, error) {
+	if n.closed.Load() {
+		return 0, bdev.ErrClosed
+	}
 	return n.rw("write", nvme.CmdWrite, p, off)
 }
 
@@ -158,6 +210,10 @@ func (n *Namespace) Flush() error {
 	if n.closed.Load() {
 		return bdev.ErrClosed
 	}
+	return n.flush()
+}
+
+func (n *Namespace) flush() error {
 	var sqe pdu.SQE
 	sqe.SetOpcode(nvme.CmdFlush)
 	sqe.SetNSID(n.nsid)
@@ -169,19 +225,22 @@ func (n *Namespace) Flush() error {
 
 // WriteZeroes zeroes the range (NVMe Write Zeroes, without deallocation).
 func (n *Namespace) WriteZeroes(off, length int64) error {
+	if n.closed.Load() {
+		return bdev.ErrClosed
+	}
 	return n.zero("write-zeroes", off, length, false)
 }
 
 // Unmap deallocates the range (NVMe Write Zeroes with DEAC, so later reads
 // return zeroes whatever the controller's deallocation behaviour).
 func (n *Namespace) Unmap(off, length int64) error {
+	if n.closed.Load() {
+		return bdev.ErrClosed
+	}
 	return n.zero("unmap", off, length, true)
 }
 
 func (n *Namespace) zero(op string, off, length int64, deac bool) error {
-	if n.closed.Load() {
-		return bdev.ErrClosed
-	}
 	if err := bdev.CheckRange(op, off, length, n.size, n.bs); err != nil {
 		return err
 	}

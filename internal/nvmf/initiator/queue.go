@@ -132,7 +132,13 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	} else {
 		conn.SetDeadline(time.Now().Add(opts.CommandTimeout))
 	}
-	if err := q.initialize(opts); err != nil {
+	// Cancelling ctx ends the handshake at once.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	err = q.initialize(opts)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("nvmf initiator: %s: %w", addr, err)
 	}

@@ -73,7 +73,10 @@ const (
 // MakeStatus combines a status code type and status code.
 func MakeStatus(sct, sc uint8) Status { return Status(uint16(sct&7)<<8 | uint16(sc)) }
 
-// Status values used here (generic and command specific).
+// Status values used here (generic and command specific). Reservation
+// Conflict, what real NVMe answers a host that a reservation fences, is here
+// the answer to I/O or a claim refused because a newer claim or another
+// owner holds the namespace.
 var (
 	StatusSuccess               = MakeStatus(SCTGeneric, 0x00)
 	StatusInvalidOpcode         = MakeStatus(SCTGeneric, 0x01) | DNR
@@ -90,6 +93,7 @@ var (
 	StatusTransientTransport    = MakeStatus(SCTGeneric, 0x22)
 	StatusLBAOutOfRange         = MakeStatus(SCTGeneric, 0x80) | DNR
 	StatusCapacityExceeded      = MakeStatus(SCTGeneric, 0x81) | DNR
+	StatusReservationConflict   = MakeStatus(SCTGeneric, 0x83) | DNR
 	StatusInvalidLogPage        = MakeStatus(SCTSpecific, 0x09) | DNR
 	StatusAERLimitExceeded      = MakeStatus(SCTSpecific, 0x05) | DNR
 	StatusFeatureNotChangeable  = MakeStatus(SCTSpecific, 0x0E) | DNR
@@ -146,6 +150,12 @@ func (s Status) name() string {
 		return "transient transport error"
 	case StatusLBAOutOfRange &^ DNR:
 		return "LBA out of range"
+	case StatusCapacityExceeded &^ DNR:
+		return "capacity exceeded"
+	case StatusNamespaceNotReady:
+		return "namespace not ready"
+	case StatusReservationConflict &^ DNR:
+		return "reservation conflict"
 	case StatusConnectInvalidHost &^ DNR:
 		return "connect invalid host"
 	case StatusConnectInvalidParam &^ DNR:

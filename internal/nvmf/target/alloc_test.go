@@ -15,19 +15,28 @@ import (
 
 // TestHotPathDoesNotAllocate checks that steady-state 4 KiB writes (in the
 // capsule) and reads (C2HData, with and without the SUCCESS flag) allocate
-// nothing per command in the target. testing.AllocsPerRun counts every
-// goroutine: the wire-level host here reuses its buffers and its decoder
-// does not allocate.
+// nothing per command in the target, through a claimed namespace handle as
+// through a plain device. testing.AllocsPerRun counts every goroutine: the
+// wire-level host here reuses its buffers and its decoder does not
+// allocate.
 func TestHotPathDoesNotAllocate(t *testing.T) {
-	for _, noSQFC := range []bool{false, true} {
-		name := "sqfc"
-		if noSQFC {
-			name = "success-flag"
-		}
-		t.Run(name, func(t *testing.T) {
-			_, _, addr := serve(t)
+	for _, tc := range []struct {
+		name           string
+		noSQFC, claims bool
+	}{{"sqfc", false, false}, {"success-flag", true, false}, {"claimed", true, true}} {
+		noSQFC := tc.noSQFC
+		t.Run(tc.name, func(t *testing.T) {
+			var addr string
+			if tc.claims {
+				_, _, addr, _ = serveClaimable(t)
+			} else {
+				_, _, addr = serve(t)
+			}
 			admin := dialRaw(t, addr, false)
 			cntlid := admin.adminUp(0)
+			if tc.claims {
+				wantStatus(t, "claim", admin.claimOp(1, nvme.ClaimOpClaim, ownerA, 1), nvme.StatusSuccess)
+			}
 			h := dialRaw(t, addr, false)
 			h.connectIO(cntlid, 32, noSQFC)
 

@@ -19,6 +19,64 @@
 // completions are coalesced into as few system calls as load allows. Data
 // buffers come from size-classed pools; a steady stream of I/O allocates
 // nothing per command.
+//
+// # Claims: replica identity, ownership and fencing in-band
+//
+// A namespace whose device implements bdev.Claimer (a pool replica) can be
+// claimed by a host through the target as a nexus claims a local replica, so
+// that a nexus on one node owns and fences a replica on another exactly as
+// it does a local one. Everything stays within the vendor-specific ranges of
+// the NVMe spec (feature and log page identifiers C0h-FFh), so that hosts
+// that know nothing of it, the Linux kernel among them, are unaffected:
+//
+//   - Identity: Identify Namespace and the namespace identification
+//     descriptors report NamespaceOptions.NGUID (the replica's NGUID) and
+//     UUID (the replica's UUID).
+//   - Set Features, FID C0h (nvme.FeatClaim), not saveable, NSID naming the
+//     namespace, with 32 bytes of host-to-controller data (nvme.ClaimCommand:
+//     signature, operation, epoch, owner UUID). Claim calls the device's
+//     Claim; from then on this controller's I/O to the namespace goes
+//     through the bdev.Claimed handle it returned. Raise and release go to
+//     that handle; after a release the controller's I/O goes to the device
+//     itself again. A namespace whose device takes no claims refuses with
+//     Invalid Field; a raise or release without a claim with Command
+//     Sequence Error.
+//   - Get Log Page, LID C0h (nvme.LogClaim), NSID naming the namespace: the
+//     device's bdev.ClaimState (identity, owner, epoch, blank) as an
+//     nvme.ClaimLog.
+//   - I/O or a claim refused because a newer claim or another owner holds
+//     the device (bdev.ErrFenced, bdev.ErrOwned) completes with Reservation
+//     Conflict (generic 83h, DNR), which real NVMe answers a host that a
+//     reservation fences; a write refused because a thin device's store is
+//     full (bdev.ErrNoSpace) completes with Capacity Exceeded (generic 81h,
+//     DNR). DNR, because retrying cannot help: the kernel then fails the
+//     I/O at once.
+//
+// Why this shape:
+//
+//   - The claim belongs to the controller (the association), not to the host
+//     NQN: the association is what goes stale in a partition. A host that
+//     reconnects gets a new controller and claims again before it issues
+//     I/O on it (the Go initiator does); commands of the old association
+//     that a healed partition delivers late run through the old handle,
+//     which the device fenced when the newer claim arrived, and are refused.
+//   - The handle is closed when the controller is torn down or the
+//     namespace removed, and closing it keeps the device's claim: a host
+//     whose connection dropped keeps its ownership until it claims again.
+//     Commands executing on a handle hold a reference, so it is closed
+//     only after them.
+//   - Other controllers (a host that never claimed, such as the kernel
+//     connecting directly) use the device itself, which refuses writes while
+//     the replica is owned: a plain share of an owned replica cannot corrupt
+//     the mirror.
+//   - A vendor feature rather than NVMe reservations (Reservation
+//     Register/Acquire): reservations key holders by host, have no epoch,
+//     and hosts use them for their own purposes. The signatures in the data
+//     and in the page keep another vendor's command or page with the same
+//     identifier from being mistaken for these.
+//   - The I/O path finds the controller's claimed handle with one atomic load
+//     of a copy-on-write map and allocates nothing; controllers without
+//     claims pay only that load.
 package target
 
 import (
@@ -81,6 +139,8 @@ var (
 	ErrInvalidNQN    = errors.New("nvmf target: invalid NQN")
 	ErrBadBlockSize  = errors.New("nvmf target: unsupported block size")
 	ErrDuplicateUUID = errors.New("nvmf target: namespace UUID already in use in this subsystem")
+	// ErrDuplicateNGUID: another namespace of the subsystem has the NGUID.
+	ErrDuplicateNGUID = errors.New("nvmf target: namespace NGUID already in use in this subsystem")
 )
 
 // SubsystemOptions configure a subsystem.
@@ -97,9 +157,16 @@ type SubsystemOptions struct {
 // NamespaceOptions configure a namespace.
 type NamespaceOptions struct {
 	// UUID identifies the namespace to hosts; keep it stable across
-	// restarts so that hosts recognise the namespace. The NGUID is derived
-	// from it. All zeroes means none.
+	// restarts so that hosts recognise the namespace. All zeroes means
+	// none. A replica's share uses the replica's UUID.
 	UUID [16]byte
+	// NGUID is the namespace's globally unique identifier, as Identify
+	// Namespace and the identification descriptors report it. A replica's
+	// share uses the replica's NGUID (bdev.Identity.NGUID), so that hosts
+	// tell its incarnations apart. All zeroes derives it from UUID (its
+	// halves swapped), which keeps the NGUID of a nexus export stable
+	// across restarts.
+	NGUID [16]byte
 }
 
 // Target is an NVMe/TCP target: subsystems, their controllers, and the
@@ -460,13 +527,14 @@ type Subsystem struct {
 }
 
 type namespace struct {
-	id     uint32
-	dev    bdev.Device
-	uuid   [16]byte
-	nguid  [16]byte
-	bs     int
-	shift  uint
-	blocks uint64
+	id      uint32
+	dev     bdev.Device
+	claimer bdev.Claimer // dev, when it takes claims; else nil
+	uuid    [16]byte
+	nguid   [16]byte
+	bs      int
+	shift   uint
+	blocks  uint64
 }
 
 // NQN returns the subsystem's NQN.
@@ -474,31 +542,38 @@ func (s *Subsystem) NQN() string { return s.nqn }
 
 // AddNamespace exports dev as the next free namespace ID and announces it to
 // connected hosts (a Namespace Attribute Changed event). dev's block size must
-// be a power of two from 512 to 64 KiB.
+// be a power of two from 512 to 64 KiB. When dev implements bdev.Claimer,
+// hosts may claim the namespace in-band (see the package documentation);
+// otherwise claims are refused.
 func (s *Subsystem) AddNamespace(dev bdev.Device, opts NamespaceOptions) (uint32, error) {
 	bs := dev.BlockSize()
 	if bs < 512 || bs > 65536 || bs&(bs-1) != 0 {
 		return 0, fmt.Errorf("subsystem %q: block size %d: %w: use a power of two from 512 to 65536", s.nqn, bs, ErrBadBlockSize)
 	}
-	ns := &namespace{dev: dev, uuid: opts.UUID, bs: bs, blocks: uint64(dev.Size()) / uint64(bs)}
+	ns := &namespace{dev: dev, uuid: opts.UUID, nguid: opts.NGUID, bs: bs, blocks: uint64(dev.Size()) / uint64(bs)}
+	ns.claimer, _ = dev.(bdev.Claimer)
 	for ns.shift = 0; 1<<ns.shift < bs; ns.shift++ {
 	}
-	// The NGUID is the UUID with its halves swapped: stable, distinct from
-	// the UUID bytes, and unique whenever the UUID is.
-	copy(ns.nguid[:8], opts.UUID[8:])
-	copy(ns.nguid[8:], opts.UUID[:8])
+	var zero [16]byte
+	if ns.nguid == zero {
+		// The UUID with its halves swapped: stable, distinct from the
+		// UUID bytes, and unique whenever the UUID is.
+		copy(ns.nguid[:8], opts.UUID[8:])
+		copy(ns.nguid[8:], opts.UUID[:8])
+	}
 	s.mu.Lock()
 	if s.removed {
 		s.mu.Unlock()
 		return 0, fmt.Errorf("subsystem %q: %w", s.nqn, ErrNotFound)
 	}
-	var zero [16]byte
-	if opts.UUID != zero {
-		for _, o := range s.nss {
-			if o.uuid == opts.UUID {
-				s.mu.Unlock()
-				return 0, fmt.Errorf("subsystem %q: %w", s.nqn, ErrDuplicateUUID)
-			}
+	for _, o := range s.nss {
+		if opts.UUID != zero && o.uuid == opts.UUID {
+			s.mu.Unlock()
+			return 0, fmt.Errorf("subsystem %q: %w", s.nqn, ErrDuplicateUUID)
+		}
+		if ns.nguid != zero && o.nguid == ns.nguid {
+			s.mu.Unlock()
+			return 0, fmt.Errorf("subsystem %q: NGUID %x: %w", s.nqn, ns.nguid, ErrDuplicateNGUID)
 		}
 	}
 	for id := uint32(1); id <= MaxNamespaces; id++ {
@@ -521,10 +596,12 @@ func (s *Subsystem) AddNamespace(dev bdev.Device, opts NamespaceOptions) (uint32
 }
 
 // RemoveNamespace stops exporting a namespace and announces the change. The
-// device is not closed. Commands already executing on it finish.
+// device is not closed; the controllers' claimed handles of it are, once the
+// commands already executing on them finish (the device's claims stay).
 func (s *Subsystem) RemoveNamespace(nsid uint32) error {
 	s.mu.Lock()
-	if _, ok := s.nss[nsid]; !ok {
+	ns, ok := s.nss[nsid]
+	if !ok {
 		s.mu.Unlock()
 		return fmt.Errorf("subsystem %q namespace %d: %w", s.nqn, nsid, ErrNSNotFound)
 	}
@@ -532,6 +609,7 @@ func (s *Subsystem) RemoveNamespace(nsid uint32) error {
 	ctrls := s.controllersLocked()
 	s.mu.Unlock()
 	for _, c := range ctrls {
+		c.namespaceRemoved(ns)
 		c.event(nvme.OAESNSAttr, nvme.AENResult(nvme.AENTypeNotice, nvme.AENNoticeNSChanged, nvme.LogChangedNS), nsid)
 	}
 	return nil
