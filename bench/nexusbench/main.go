@@ -118,6 +118,10 @@ type config struct {
 	lat     time.Duration
 	// poolDirs, when set, holds one directory per pool.
 	poolDirs string
+	// away runs only the one-child-away comparison (away.go).
+	away bool
+	// segment is the nexus's RebuildSegment in bytes.
+	segment int64
 }
 
 func main() {
@@ -134,7 +138,13 @@ func main() {
 	flag.BoolVar(&c.noRebuild, "no-rebuild", false, "skip the rebuild and copy measurement")
 	flag.StringVar(&c.backing, "backing", "file", "pool devices: file (files in -dir, O_DIRECT where possible) or lat (RAM devices adding -lat to every operation: independent disks, no shared queue; no rebuild/copy measurement)")
 	flag.DurationVar(&c.lat, "lat", 100*time.Microsecond, "latency added to every operation with -backing lat")
+	flag.BoolVar(&c.away, "away", false, "measure only 4 KiB random writes on a 3-child nexus with every child online and with one child offline (its write-intent bits saved in a file health store), interleaved; no rebuild")
+	seg := flag.Int64("segment", nexus.DefaultRebuildSegment>>10, "the nexuses' segment size in KiB (rebuild unit and write-intent bitmap granularity)")
 	flag.Parse()
+	c.segment = *seg << 10
+	if c.away {
+		c.noRebuild = true
+	}
 	c.runtime = time.Duration(*rt * float64(time.Second))
 	if c.backing == "lat" {
 		c.noRebuild = true
@@ -387,6 +397,9 @@ func run(c config) error {
 		backing += "no (buffered fallback)"
 	}
 
+	if c.away {
+		return runAway(ctx, c, r, dir, backing, began, startLoad)
+	}
 	samples := map[string][]sample{} // workload/target -> runs
 	var all []sample
 	var rebuilds []rebuildSample
