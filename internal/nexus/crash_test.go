@@ -62,6 +62,14 @@ func TestCrashNexusProcess(t *testing.T) {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
+	// Without a health record (round 1) the nexus rebuilds every child
+	// but one from it before they count as current.
+	for _, r := range nx.Rebuilds() {
+		if st, err := nx.WaitRebuild(ctx, r.Child); err != nil || st.State != RebuildCompleted {
+			fmt.Println("error rebuild", st, err)
+			os.Exit(1)
+		}
+	}
 	journal, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("journal-%d", round)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		fmt.Println("error", err)
@@ -363,14 +371,17 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	resynced(nx)
-	if cs := nx.Children(); cs[1].State != StateOffline || cs[1].DirtyBytes == 0 {
+	cs := nx.Children()
+	if cs[1].State != StateOffline || cs[1].DirtyBytes == 0 {
 		t.Fatalf("children %+v", cs)
 	}
 	if err := nx.OnlineChild(ctx, crashURI(1)); err != nil {
 		t.Fatal(err)
 	}
 	st := waitRebuild(t, nx, crashURI(1))
-	if st.State != RebuildCompleted || st.Total >= crashSize {
+	// Random writes over the whole device may have dirtied every segment:
+	// the partial rebuild copies what the bitmap says, no more.
+	if st.State != RebuildCompleted || !st.Partial || st.Total != cs[1].DirtyBytes {
 		t.Fatalf("partial rebuild %+v", st)
 	}
 	resynced(nx)

@@ -1,7 +1,12 @@
 package nexus
 
+// The I/O path: admission, the fan-out of writes and flushes to the
+// writable children, reads with retry, and what a failing child costs.
+
 import (
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/nexstor/nexstor/internal/bdev"
@@ -11,17 +16,25 @@ import (
 func (n *Nexus) enter() error {
 	n.inflight.Add(1)
 	if n.closed.Load() {
-		n.inflight.Add(-1)
+		n.exit()
 		return bdev.ErrClosed
 	}
-	if n.failed.Load() {
-		n.inflight.Add(-1)
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+	if n.failed.Load() || n.fenced.Load() {
+		n.exit()
+		return n.stoppedErr()
 	}
 	return nil
 }
 
-func (n *Nexus) exit() { n.inflight.Add(-1) }
+// exit ends an I/O admitted by enter. The last one to leave a closed nexus
+// lets Close go on.
+func (n *Nexus) exit() {
+	if n.inflight.Add(-1) == 0 && n.closed.Load() {
+		n.signalIdle()
+	}
+}
+
+func (n *Nexus) signalIdle() { n.idleOnce.Do(func() { close(n.idle) }) }
 
 type opKind uint8
 
@@ -106,7 +119,7 @@ func (n *Nexus) release(o *fanOp) {
 
 // ReadAt implements io.ReaderAt. The read goes to the local online child
 // when there is one, else round-robin over online children; a child that
-// fails it is retired (persisted first) and the read is retried on
+// fails it is retired (offline, persisted first) and the read is retried on
 // another. Rebuilding children are never read.
 func (n *Nexus) ReadAt(p []byte, off int64) (int, error) {
 	if err := n.enter(); err != nil {
@@ -180,12 +193,18 @@ func contains(s []*child, c *child) bool {
 // online (then there is nothing to do) or it is the last online child (then
 // the read fails with the child's error and the child stays: retiring it
 // would leave nothing to serve from). It returns nil when the caller may
-// retry on another child.
+// retry on another child. A fenced child stops the nexus.
 func (n *Nexus) retireForRead(c *child, cause error) error {
 	n.stateMu.Lock()
 	defer n.stateMu.Unlock()
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+	if err := n.stoppedErr(); err != nil {
+		return err
+	}
+	if !n.memberLocked(c) {
+		return nil // removed or reopened meanwhile: its old handle may be fenced
+	}
+	if errors.Is(cause, bdev.ErrFenced) {
+		return n.fence(fmt.Errorf("child %s: read: %w", c.uri, cause))
 	}
 	if c.st() != StateOnline {
 		return nil
@@ -193,14 +212,12 @@ func (n *Nexus) retireForRead(c *child, cause error) error {
 	if n.onlineCountLocked() <= 1 {
 		return fmt.Errorf("nexus %s: read failed on the last online child %s: %w", n.name, c.uri, cause)
 	}
-	n.faultLocked(c, ReasonIOError, cause)
-	if err := n.saveLocked(nil, nil); err != nil {
-		return err
-	}
-	n.publishLocked()
-	return nil
+	n.retireLocked(c, reasonFor(cause), cause, 0, 0)
+	return n.commitLocked(nil, true)
 }
 
+// faultLocked takes c out of service for good (until it is added again):
+// an administrative fault, or a rebuild target that failed.
 func (n *Nexus) faultLocked(c *child, reason FaultReason, cause error) {
 	c.state.Store(int32(StateFaulted))
 	c.reason = reason
@@ -213,12 +230,14 @@ func (n *Nexus) faultLocked(c *child, reason FaultReason, cause error) {
 	if j := n.jobs[c]; j != nil {
 		j.wake() // a paused rebuild of c ends now
 	}
-	n.log.Warn("child retired", "child", c.uri, "reason", reason, "err", cause)
+	n.log.Warn("child faulted", "child", c.uri, "reason", reason, "err", cause)
 }
 
 // WriteAt implements io.WriterAt: the write reaches every online and
 // rebuilding child and is acknowledged once they all completed it; a child
-// that failed it is retired and persisted first.
+// that failed it is retired and persisted first. While a child is offline,
+// the write's segments are in its write-intent bitmap, saved, before the
+// write is issued.
 func (n *Nexus) WriteAt(p []byte, off int64) (int, error) {
 	if err := n.mutate(opWrite, p, off, int64(len(p))); err != nil {
 		return 0, err
@@ -237,15 +256,62 @@ func (n *Nexus) Unmap(off, length int64) error {
 	return n.mutate(opUnmap, nil, off, length)
 }
 
+// flushGroup lets concurrent Flush calls share flushes of the children. A
+// call needs a flush issued after it was called (one already running may
+// have been issued before the writes it must cover completed): a call that
+// finds none running issues one; one that finds a flush running waits for
+// it to end and for the next, which one of the waiters issues for all of
+// them. Waiting does not allocate.
+type flushGroup struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	running bool
+	started uint64 // flushes issued
+	done    uint64 // the last flush that ended
+	err     error  // its result
+}
+
 // Flush implements bdev.Device: it fans out to every online and rebuilding
-// child; one that fails is retired, and the flush succeeds when an online
-// child that survives it succeeded.
+// child; one that fails is retired (offline, with the segments not known to
+// be flushed on it in its bitmap), and the flush succeeds when an online
+// child that survives it succeeded. Concurrent calls share flushes.
 func (n *Nexus) Flush() error {
 	if err := n.enter(); err != nil {
 		return err
 	}
 	defer n.exit()
-	return n.fanOut(n.view.Load(), opFlush, nil, 0, 0)
+	g := &n.fg
+	g.mu.Lock()
+	want := g.started + 1
+	for g.done < want {
+		if g.running {
+			g.cond.Wait()
+			continue
+		}
+		g.running = true
+		g.started++
+		my := g.started
+		g.mu.Unlock()
+		err := n.flushChildren()
+		g.mu.Lock()
+		g.running, g.done, g.err = false, my, err
+		g.cond.Broadcast()
+	}
+	err := g.err
+	g.mu.Unlock()
+	return err
+}
+
+// flushChildren issues one flush to the writable children. Writes that
+// completed before it are durable on every child it succeeded on, so the
+// unflushed regions they marked are forgotten once it succeeded.
+func (n *Nexus) flushChildren() error {
+	old := n.uf.flip()
+	err := n.fanOut(n.view.Load(), opFlush, nil, 0, 0)
+	if err == nil {
+		n.uf.clear(old)
+	}
+	return err
 }
 
 func (n *Nexus) mutate(kind opKind, p []byte, off, length int64) error {
@@ -259,74 +325,40 @@ func (n *Nexus) mutate(kind opKind, p []byte, off, length int64) error {
 	if length == 0 {
 		return nil
 	}
-	e := n.locks.lock(off, length)
+	e := n.locks.lockWrite(off, length)
 	defer n.locks.unlock(e)
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+	if err := n.stoppedErr(); err != nil {
+		return err
 	}
 	// The view is loaded under the range lock: a rebuild copy of this
 	// range, which needs the same lock, either completed before (and the
 	// view already has the child rebuilding) or starts after this write.
 	v := n.view.Load()
 	if len(v.offline) > 0 {
-		var err error
-		if v, err = n.markDirty(v, off, length); err != nil {
+		if err := n.markDirty(v, off, length); err != nil {
 			return err
 		}
+		// Loaded again now that the bits are set: a child brought
+		// back since then is in it, and one brought back later copies
+		// these segments after this write (the copy needs this lock).
+		v = n.view.Load()
 	}
 	return n.fanOut(v, kind, p, off, length)
 }
 
 // markDirty makes sure every offline child has the bits of the segments
-// [off, off+length) set and persisted before the write is issued, so that a
+// [off, off+length) set and saved before the write is issued, so that a
 // crash after the write reached the online children still leaves the
 // segment in the bitmap. Only the first write to a segment pays a store
-// write. It returns the view to write with, loaded under stateMu so that it
-// agrees with the bits (a child brought online meanwhile is in it).
-func (n *Nexus) markDirty(v *view, off, length int64) (*view, error) {
+// write, and concurrent ones share it (dirtyCommit).
+func (n *Nexus) markDirty(v *view, off, length int64) error {
 	first, last := off/n.seg, (off+length-1)/n.seg
-	need := false
 	for _, c := range v.offline {
 		if !c.dirty.allSet(first, last) {
-			need = true
-			break
+			return n.commitDirty(first, last)
 		}
 	}
-	if !need {
-		return v, nil
-	}
-	n.stateMu.Lock()
-	defer n.stateMu.Unlock()
-	var pending []*child
-	for _, c := range n.children {
-		if c.st() == StateOffline && !c.dirty.allSet(first, last) {
-			pending = append(pending, c)
-		}
-	}
-	if len(pending) > 0 {
-		// Bits go live (visible to the lock-free check above) only after
-		// the store has them: a concurrent write to the same segment
-		// must not skip the store on a bit that is not yet durable.
-		err := n.saveLocked(nil, func(rec *HealthRecord) {
-			for i, c := range n.children {
-				if contains(pending, c) {
-					bm := rec.Children[i].Bitmap
-					for s := first; s <= last; s++ {
-						bm[s/8] |= 1 << (s % 8)
-					}
-				}
-			}
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range pending {
-			for s := first; s <= last; s++ {
-				c.dirty.set(s)
-			}
-		}
-	}
-	return n.view.Load(), nil
+	return nil
 }
 
 func (n *Nexus) getOp(k int) *fanOp {
@@ -369,28 +401,51 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	for ; running > 0; running-- {
 		<-o.done
 	}
-	var err error
-	for _, e := range o.errs {
-		if e != nil {
-			err = n.handleFailures(w, o.errs, kind, off)
+	if kind != opFlush {
+		// Even a failed write may have landed on some children.
+		n.uf.mark(off/n.seg, (off+length-1)/n.seg)
+	}
+	// A child that failed it, or that left while it was in flight
+	// (checked after the mark above: see retireLocked), needs settling
+	// before the write is acknowledged.
+	settle := false
+	for i, c := range w {
+		if o.errs[i] != nil || kind != opFlush && c.st() == StateOffline {
+			settle = true
 			break
 		}
+	}
+	var err error
+	if settle {
+		err = n.settle(w, o.errs, kind, off, length)
 	}
 	n.release(o)
 	return err
 }
 
-// handleFailures decides the fate of an I/O that failed on some children.
-// It is acknowledged only if an online child that survives this decision
-// completed it; then every child that failed it is retired, and the new
-// health set is persisted before returning. Otherwise the I/O fails and the
-// online children that failed it stay (nobody is known to be better), while
-// rebuilding children that failed it are retired since they no longer match.
-func (n *Nexus) handleFailures(members []*child, errs []error, kind opKind, off int64) error {
+// settle decides the fate of an I/O that failed on some children, or that
+// was in flight to a child that left. It is acknowledged only if an online
+// child that survives this decision completed it; then every online child
+// that failed it is retired (offline, with the I/O's range in its bitmap),
+// and the new health set is persisted before returning. Otherwise the I/O
+// fails and the online children that failed it stay (nobody is known to be
+// better), while rebuilding children that failed it are faulted since they
+// no longer match. A child already offline gets the I/O's range in its
+// bitmap, saved, whatever the I/O did on it. A fenced child stops the nexus
+// and fails the I/O.
+func (n *Nexus) settle(members []*child, errs []error, kind opKind, off, length int64) error {
 	n.stateMu.Lock()
 	defer n.stateMu.Unlock()
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+	if err := n.stoppedErr(); err != nil {
+		return err
+	}
+	for i, c := range members {
+		if errs[i] != nil && errors.Is(errs[i], bdev.ErrFenced) && n.memberLocked(c) {
+			return n.fence(fmt.Errorf("child %s: %s at %d: %w", c.uri, kind, off, errs[i]))
+		}
+	}
+	if kind == opFlush {
+		off, length = 0, 0
 	}
 	ok := false
 	var firstErr error
@@ -402,22 +457,50 @@ func (n *Nexus) handleFailures(members []*child, errs []error, kind opKind, off 
 			firstErr = fmt.Errorf("child %s: %w", c.uri, errs[i])
 		}
 	}
-	changed := false
+	var first, last int64
+	if length > 0 {
+		first, last = off/n.seg, (off+length-1)/n.seg
+	}
+	changed, leave := false, false
+	var add []*child
 	for i, c := range members {
-		if errs[i] == nil {
-			continue
-		}
 		switch st := c.st(); {
-		case st == StateRebuilding, st == StateOnline && ok:
+		case errs[i] != nil && st == StateRebuilding:
 			n.faultLocked(c, ReasonIOError, errs[i])
 			changed = true
+		case errs[i] != nil && st == StateOnline && ok:
+			n.retireLocked(c, reasonFor(errs[i]), errs[i], off, length)
+			changed, leave = true, true
+		case st == StateOffline && length > 0 && !c.dirty.allSet(first, last):
+			add = append(add, c)
 		}
 	}
-	if changed {
-		if err := n.saveLocked(nil, nil); err != nil {
+	if changed || len(add) > 0 {
+		if leave {
+			n.epoch++
+		}
+		// As in saveDirty, added bits go live only once saved.
+		err := n.saveLocked(nil, func(rec *HealthRecord) {
+			for i, c := range n.children {
+				if contains(add, c) {
+					for s := first; s <= last; s++ {
+						rec.Children[i].Bitmap[s/8] |= 1 << (s % 8)
+					}
+				}
+			}
+		})
+		if err != nil {
 			return err
 		}
+		for _, c := range add {
+			c.dirty.setRange(first, last)
+		}
 		n.publishLocked()
+		if leave {
+			if err := n.raiseOnlineLocked(nil); err != nil {
+				return err
+			}
+		}
 	}
 	if !ok {
 		return fmt.Errorf("nexus %s: %s at %d failed on every online child: %w", n.name, kind, off, firstErr)

@@ -1,5 +1,8 @@
 package nexus
 
+// The health record: building it from the children, saving it, and
+// converting stored bitmaps.
+
 import (
 	"context"
 	"fmt"
@@ -7,9 +10,9 @@ import (
 
 // recordLocked builds the health record of the current state.
 func (n *Nexus) recordLocked() HealthRecord {
-	rec := HealthRecord{NexusUUID: n.uuid, Generation: n.gen + 1, SegmentSize: n.seg, Clean: n.cleanClose}
+	rec := HealthRecord{NexusUUID: n.uuid, Generation: n.gen + 1, SegmentSize: n.seg, Clean: n.cleanClose, Epoch: n.epoch}
 	for _, c := range n.children {
-		h := ChildHealth{URI: c.uri, State: c.st()}
+		h := ChildHealth{URI: c.uri, State: c.st(), Identity: c.identity}
 		if h.State == StateFaulted || h.State == StateOffline {
 			h.Reason = c.reason
 		}
@@ -24,10 +27,11 @@ func (n *Nexus) recordLocked() HealthRecord {
 // saveLocked persists the current state (with patch applied to the record
 // first, when given). On failure the nexus is failed for good: memory and
 // store no longer agree, and serving on could acknowledge a write that a
-// recreated nexus would not find.
+// recreated nexus would not find. A fenced nexus never saves: the record
+// belongs to the newer instance that fenced it.
 func (n *Nexus) saveLocked(ctx context.Context, patch func(*HealthRecord)) error {
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+	if err := n.stoppedErr(); err != nil {
+		return err
 	}
 	rec := n.recordLocked()
 	if patch != nil {

@@ -134,6 +134,7 @@ func newRig(t testing.TB, children int, size int64, cfg Config) *rig {
 	cfg.Children = r.uris
 	cfg.Store = r.store
 	cfg.Opener = r.opener
+	seedRecord(t, r.store, cfg.UUID, r.uris)
 	nx, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -141,6 +142,24 @@ func newRig(t testing.TB, children int, size int64, cfg Config) *rig {
 	r.nx = nx
 	t.Cleanup(func() { nx.Close() })
 	return r
+}
+
+// seedRecord saves a clean health record that has every child online, as a
+// nexus over children known to be in sync (fresh zeroed devices) would have
+// left, unless the store has a record already. Without a record, a nexus
+// serves one child and rebuilds the others from it.
+func seedRecord(t testing.TB, store HealthStore, id string, uris []string) {
+	t.Helper()
+	if _, err := store.Load(context.Background(), id); !errors.Is(err, ErrNoRecord) {
+		return
+	}
+	rec := HealthRecord{NexusUUID: id, Generation: 1, SegmentSize: DefaultRebuildSegment, Clean: true}
+	for _, u := range uris {
+		rec.Children = append(rec.Children, ChildHealth{URI: u, State: StateOnline})
+	}
+	if err := store.Save(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // addDevice registers a new malloc+faulty device as child i and returns its URI.
