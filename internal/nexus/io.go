@@ -269,6 +269,7 @@ type flushGroup struct {
 	started uint64 // flushes issued
 	done    uint64 // the last flush that ended
 	err     error  // its result
+	waiting int    // calls waiting for a flush to end
 }
 
 // Flush implements bdev.Device: it fans out to every online and rebuilding
@@ -285,7 +286,9 @@ func (n *Nexus) Flush() error {
 	want := g.started + 1
 	for g.done < want {
 		if g.running {
+			g.waiting++
 			g.cond.Wait()
+			g.waiting--
 			continue
 		}
 		g.running = true

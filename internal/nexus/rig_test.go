@@ -26,12 +26,30 @@ const unit = 4096
 type testOpener struct {
 	mu    sync.Mutex
 	devs  map[string]bdev.Device
+	opens map[string]func() bdev.Device
 	local map[string]bool
 	fail  map[string]error
 }
 
 func newTestOpener() *testOpener {
-	return &testOpener{devs: map[string]bdev.Device{}, local: map[string]bool{}, fail: map[string]error{}}
+	return &testOpener{devs: map[string]bdev.Device{}, opens: map[string]func() bdev.Device{},
+		local: map[string]bool{}, fail: map[string]error{}}
+}
+
+// addOpen registers a device that open returns a new handle of each time
+// (a fake replica's unclaimed handle, say), replacing any earlier one.
+func (o *testOpener) addOpen(uri string, open func() bdev.Device) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.devs, uri)
+	o.opens[uri] = open
+}
+
+func quietLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.Default()
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 func (o *testOpener) add(uri string, d bdev.Device) {
@@ -56,6 +74,9 @@ func (o *testOpener) Open(_ context.Context, uri string) (bdev.Device, error) {
 	defer o.mu.Unlock()
 	if err := o.fail[uri]; err != nil {
 		return nil, err
+	}
+	if open := o.opens[uri]; open != nil {
+		return open(), nil
 	}
 	d, ok := o.devs[uri]
 	if !ok {
