@@ -56,7 +56,7 @@ type awaySample struct {
 // are in sync (they hold the same pre-filled data), taking child 2 offline
 // when away is set.
 func (r *rig) openAway(ctx context.Context, c config, store nexus.HealthStore, away bool) (*nexus.Nexus, error) {
-	const id = "6e657875-7362-656e-6368-617761790003"
+	id := benchUUID(3)
 	var uris []string
 	for i := range 3 {
 		uris = append(uris, "bdev:///"+r.uuids[i])
@@ -162,5 +162,16 @@ func reportAway(w io.Writer, c config, samples map[string][]awaySample, began ti
 	fmt.Fprintf(w, "- randwrite-4k IOPS with one child away %.2fx the rate with every child online (goal >= %.2fx): %s\n", ratio, goalAway, verdict)
 }
 
-// closeNexus ends a benchmark nexus.
-func closeNexus(_ context.Context, d bdev.Device) error { return d.Close() }
+// closeNexus ends a benchmark target: a nexus is destroyed, which releases
+// its claims on the children so that the next target (another nexus) can
+// claim them.
+func closeNexus(ctx context.Context, d bdev.Device) error {
+	if nx, ok := d.(*nexus.Nexus); ok {
+		return nx.Destroy(ctx)
+	}
+	return d.Close()
+}
+
+// benchUUID is the UUID of the benchmark's nexus number k (nexuses claim
+// their children with their UUID).
+func benchUUID(k int) string { return fmt.Sprintf("6e657875-7362-656e-6368-%012x", k) }

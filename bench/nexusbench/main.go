@@ -22,6 +22,13 @@
 // changes in the machine's load hit every target alike, with the order
 // rotated from run to run); medians are
 // reported as markdown on stdout, progress goes to stderr.
+//
+// The nexuses are created over a health record that says their children
+// are in sync (they were pre-filled alike), and destroyed after each run so
+// that the next one can claim the children.
+//
+// -away measures instead what a child that is away costs the writers (see
+// away.go).
 package main
 
 import (
@@ -278,7 +285,7 @@ var quiet = slog.New(slog.DiscardHandler)
 
 // open returns the device for target k: the bare replica of child 0 or a
 // nexus over children 0..k-1.
-func (r *rig) open(ctx context.Context, k int) (bdev.Device, error) {
+func (r *rig) open(ctx context.Context, c config, k int) (bdev.Device, error) {
 	if k == 0 {
 		return r.pools[0].OpenReplica("r")
 	}
@@ -286,8 +293,15 @@ func (r *rig) open(ctx context.Context, k int) (bdev.Device, error) {
 	for i := range k {
 		uris = append(uris, "bdev:///"+r.uuids[i])
 	}
-	return nexus.New(ctx, nexus.Config{Name: "bench", UUID: fmt.Sprintf("bench-%d", k), Size: r.size,
-		Children: uris, Store: nexus.NewMemStore(), Opener: r.router(), Force: true, Logger: quiet})
+	// The children hold the same pre-filled data: a record says they are
+	// in sync (a nexus without one would rebuild all but one).
+	id := benchUUID(k)
+	store := nexus.NewMemStore()
+	if err := seedRecord(ctx, store, id, uris, c.segment); err != nil {
+		return nil, err
+	}
+	return nexus.New(ctx, nexus.Config{Name: "bench", UUID: id, Size: r.size, RebuildSegment: c.segment,
+		Children: uris, Store: store, Opener: r.router(), Logger: quiet})
 }
 
 // rebuild times a full rebuild from child 0 into a fresh thin replica of
@@ -303,12 +317,12 @@ func (r *rig) rebuild(ctx context.Context) (int64, float64, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	nx, err := nexus.New(ctx, nexus.Config{Name: "bench", UUID: "bench-rebuild", Size: r.size,
-		Children: []string{"bdev:///" + r.uuids[0]}, Store: nexus.NewMemStore(), Opener: r.router(), Force: true, Logger: quiet})
+	nx, err := nexus.New(ctx, nexus.Config{Name: "bench", UUID: benchUUID(9), Size: r.size,
+		Children: []string{"bdev:///" + r.uuids[0]}, Store: nexus.NewMemStore(), Opener: r.router(), Logger: quiet})
 	if err != nil {
 		return 0, 0, err
 	}
-	defer nx.Close()
+	defer nx.Destroy(ctx)
 	uri := "bdev:///" + ri.UUID
 	start := time.Now()
 	if err := nx.AddChild(ctx, uri); err != nil {
@@ -414,7 +428,7 @@ func run(c config) error {
 			// workload, or the rebuild) or last.
 			for j := range targets {
 				k := targets[(j+rep)%len(targets)]
-				dev, err := r.open(ctx, k)
+				dev, err := r.open(ctx, c, k)
 				if err != nil {
 					return fmt.Errorf("%s: %w", targetName(k), err)
 				}
@@ -440,7 +454,7 @@ func run(c config) error {
 					pprof.StopCPUProfile()
 					prof.Close()
 				}
-				if cerr := dev.Close(); err == nil && cerr != nil {
+				if cerr := closeNexus(ctx, dev); err == nil && cerr != nil {
 					err = fmt.Errorf("close: %w", cerr)
 				}
 				if err != nil {
