@@ -26,8 +26,8 @@ type fakeReplica struct {
 	id    bdev.Identity
 	owner uuid.UUID
 	epoch uint64
-	// failRaise, when set, fails every Raise.
-	failRaise error
+	// failRaise, when set, fails every Raise; failClaim every Claim.
+	failRaise, failClaim error
 
 	session  atomic.Uint64
 	written  atomic.Bool // not Blank
@@ -138,6 +138,9 @@ func (h *fakeOpen) Claim(_ context.Context, c bdev.Claim) (bdev.Claimed, error) 
 	r := h.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.failClaim != nil {
+		return nil, r.failClaim
+	}
 	if r.owner != (uuid.UUID{}) && r.owner != c.Owner {
 		return nil, &bdev.OwnedError{Owner: r.owner}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
 	"github.com/nexstor/nexstor/internal/bdev/faulty"
 )
 
@@ -332,6 +333,22 @@ func TestOwnedChildRefused(t *testing.T) {
 	if st := r.reps[r.uris[0]].state(); st.Owner != (uuid.UUID{}) {
 		t.Fatalf("the free child was claimed by a New that failed: %+v", st)
 	}
+	// Owned between the look and the claim: New gives up what it
+	// claimed and the record it saved.
+	r.reps[r.uris[1]].owner = uuid.UUID{}
+	r.reps[r.uris[1]].failClaim = &bdev.OwnedError{Owner: other}
+	_, err = New(context.Background(), r.config(Config{}))
+	if !errors.Is(err, bdev.ErrOwned) || !strings.Contains(err.Error(), other.String()) {
+		t.Fatalf("New losing a claim race: %v", err)
+	}
+	if _, err := r.store.Load(context.Background(), r.id); !errors.Is(err, ErrNoRecord) {
+		t.Fatalf("record after a New that lost a claim: %v", err)
+	}
+	if st := r.reps[r.uris[0]].state(); st.Owner != (uuid.UUID{}) || r.reps[r.uris[0]].releases.Load() != 1 {
+		t.Fatalf("the child claimed by a New that failed was not released: %+v", st)
+	}
+	r.reps[r.uris[1]].failClaim = nil
+	r.reps[r.uris[1]].owner = other
 	// AddChild refuses it too.
 	nx := r.create(Config{Children: r.uris[:1]})
 	if err := nx.AddChild(context.Background(), r.uris[1]); !errors.Is(err, bdev.ErrOwned) || !strings.Contains(err.Error(), other.String()) {
@@ -389,4 +406,12 @@ func TestDestroyReleasesClaims(t *testing.T) {
 	// Another nexus can have them now.
 	r.id = "4a7d1c3e-9b2f-4e6a-8c5d-1f0e9d8c7b6a"
 	r.create(Config{Children: r.uris})
+}
+
+// The nexus over claimed children is a conforming device.
+func TestConformanceClaimed(t *testing.T) {
+	r := newClaimRig(t, 3, testSize, Config{RebuildSegment: 64 << 10})
+	if err := bdevtest.TestDevice(r.nx); err != nil {
+		t.Fatal(err)
+	}
 }

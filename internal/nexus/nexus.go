@@ -493,8 +493,14 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		if err := n.claim(ctx, c, e); err != nil {
 			n.cancel()
 			if fresh {
-				// Nothing was served: forget the record this call
-				// created, so that a retry starts afresh.
+				// Nothing was served: give up the claims and forget
+				// the record this call made, so that the children are
+				// as they were and a retry starts afresh.
+				for _, x := range n.children {
+					if x.claimed != nil {
+						_ = x.claimed.Release(context.WithoutCancel(ctx))
+					}
+				}
 				_ = cfg.Store.Delete(context.WithoutCancel(ctx), cfg.UUID)
 			}
 			return fail(fmt.Errorf("nexus %s: %w", label, err))
