@@ -22,6 +22,13 @@
 // changes in the machine's load hit every target alike, with the order
 // rotated from run to run); medians are
 // reported as markdown on stdout, progress goes to stderr.
+//
+// The nexuses are created over a health record that says their children
+// are in sync (they were pre-filled alike), and destroyed after each run so
+// that the next one can claim the children.
+//
+// -away measures instead what a child that is away costs the writers (see
+// away.go).
 package main
 
 import (
@@ -118,6 +125,10 @@ type config struct {
 	lat     time.Duration
 	// poolDirs, when set, holds one directory per pool.
 	poolDirs string
+	// away runs only the one-child-away comparison (away.go).
+	away bool
+	// segment is the nexus's RebuildSegment in bytes.
+	segment int64
 }
 
 func main() {
@@ -134,7 +145,13 @@ func main() {
 	flag.BoolVar(&c.noRebuild, "no-rebuild", false, "skip the rebuild and copy measurement")
 	flag.StringVar(&c.backing, "backing", "file", "pool devices: file (files in -dir, O_DIRECT where possible) or lat (RAM devices adding -lat to every operation: independent disks, no shared queue; no rebuild/copy measurement)")
 	flag.DurationVar(&c.lat, "lat", 100*time.Microsecond, "latency added to every operation with -backing lat")
+	flag.BoolVar(&c.away, "away", false, "measure only 4 KiB random writes on a 3-child nexus with every child online and with one child offline (its write-intent bits saved in a file health store), interleaved; no rebuild")
+	seg := flag.Int64("segment", nexus.DefaultRebuildSegment>>10, "the nexuses' segment size in KiB (rebuild unit and write-intent bitmap granularity)")
 	flag.Parse()
+	c.segment = *seg << 10
+	if c.away {
+		c.noRebuild = true
+	}
 	c.runtime = time.Duration(*rt * float64(time.Second))
 	if c.backing == "lat" {
 		c.noRebuild = true
@@ -268,7 +285,7 @@ var quiet = slog.New(slog.DiscardHandler)
 
 // open returns the device for target k: the bare replica of child 0 or a
 // nexus over children 0..k-1.
-func (r *rig) open(ctx context.Context, k int) (bdev.Device, error) {
+func (r *rig) open(ctx context.Context, c config, k int) (bdev.Device, error) {
 	if k == 0 {
 		return r.pools[0].OpenReplica("r")
 	}
@@ -276,8 +293,15 @@ func (r *rig) open(ctx context.Context, k int) (bdev.Device, error) {
 	for i := range k {
 		uris = append(uris, "bdev:///"+r.uuids[i])
 	}
-	return nexus.New(ctx, nexus.Config{Name: "bench", UUID: fmt.Sprintf("bench-%d", k), Size: r.size,
-		Children: uris, Store: nexus.NewMemStore(), Opener: r.router(), Force: true, Logger: quiet})
+	// The children hold the same pre-filled data: a record says they are
+	// in sync (a nexus without one would rebuild all but one).
+	id := benchUUID(k)
+	store := nexus.NewMemStore()
+	if err := seedRecord(ctx, store, id, uris, c.segment); err != nil {
+		return nil, err
+	}
+	return nexus.New(ctx, nexus.Config{Name: "bench", UUID: id, Size: r.size, RebuildSegment: c.segment,
+		Children: uris, Store: store, Opener: r.router(), Logger: quiet})
 }
 
 // rebuild times a full rebuild from child 0 into a fresh thin replica of
@@ -293,12 +317,12 @@ func (r *rig) rebuild(ctx context.Context) (int64, float64, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	nx, err := nexus.New(ctx, nexus.Config{Name: "bench", UUID: "bench-rebuild", Size: r.size,
-		Children: []string{"bdev:///" + r.uuids[0]}, Store: nexus.NewMemStore(), Opener: r.router(), Force: true, Logger: quiet})
+	nx, err := nexus.New(ctx, nexus.Config{Name: "bench", UUID: benchUUID(9), Size: r.size,
+		Children: []string{"bdev:///" + r.uuids[0]}, Store: nexus.NewMemStore(), Opener: r.router(), Logger: quiet})
 	if err != nil {
 		return 0, 0, err
 	}
-	defer nx.Close()
+	defer nx.Destroy(ctx)
 	uri := "bdev:///" + ri.UUID
 	start := time.Now()
 	if err := nx.AddChild(ctx, uri); err != nil {
@@ -387,6 +411,9 @@ func run(c config) error {
 		backing += "no (buffered fallback)"
 	}
 
+	if c.away {
+		return runAway(ctx, c, r, dir, backing, began, startLoad)
+	}
 	samples := map[string][]sample{} // workload/target -> runs
 	var all []sample
 	var rebuilds []rebuildSample
@@ -401,7 +428,7 @@ func run(c config) error {
 			// workload, or the rebuild) or last.
 			for j := range targets {
 				k := targets[(j+rep)%len(targets)]
-				dev, err := r.open(ctx, k)
+				dev, err := r.open(ctx, c, k)
 				if err != nil {
 					return fmt.Errorf("%s: %w", targetName(k), err)
 				}
@@ -427,7 +454,7 @@ func run(c config) error {
 					pprof.StopCPUProfile()
 					prof.Close()
 				}
-				if cerr := dev.Close(); err == nil && cerr != nil {
+				if cerr := closeNexus(ctx, dev); err == nil && cerr != nil {
 					err = fmt.Errorf("close: %w", cerr)
 				}
 				if err != nil {

@@ -62,7 +62,9 @@ func benchDevice(b *testing.B, children int, lat time.Duration) bdev.Device {
 		o.add(childURI(i), dev(i))
 		uris = append(uris, childURI(i))
 	}
-	nx, err := New(context.Background(), Config{UUID: "bench", Children: uris, Store: NewMemStore(), Opener: o, Logger: slog.New(slog.DiscardHandler)})
+	store := NewMemStore()
+	seedRecord(b, store, "bench", uris) // the children are alike: in sync
+	nx, err := New(context.Background(), Config{UUID: "bench", Children: uris, Store: store, Opener: o, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,6 +18,13 @@ func (b *bitmap) test(i int64) bool { return b.words[i/64].Load()&(1<<(i%64)) !=
 
 func (b *bitmap) set(i int64) { b.words[i/64].Or(1 << (i % 64)) }
 
+// setRange sets bits [first, last], clipped to the bitmap.
+func (b *bitmap) setRange(first, last int64) {
+	for i := max(first, 0); i <= last && i < b.n; i++ {
+		b.set(i)
+	}
+}
+
 // allSet reports whether every bit in [first, last] is set.
 func (b *bitmap) allSet(first, last int64) bool {
 	for i := first; i <= last; i++ {

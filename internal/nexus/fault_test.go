@@ -30,8 +30,9 @@ func waitAcked(t *testing.T, w *workload, n int64) {
 
 // TestFaultMatrix injects one kind of fault into one child of a 3-child
 // nexus under a verified read/write workload. The client must see no error,
-// the child must be retired with the store saying so, and every
-// acknowledged write must read back from the nexus and every online child.
+// the child must be retired (offline, with a write-intent bitmap) with the
+// store saying so, and every acknowledged write must read back from the
+// nexus and every online child; brought back, the child is resynced.
 func TestFaultMatrix(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -83,11 +84,11 @@ func TestFaultMatrix(t *testing.T) {
 			w.finish(t)
 			st := r.state(victim)
 			if tc.retired {
-				if st.State != StateFaulted || st.Reason != ReasonIOError {
-					t.Fatalf("victim %+v, want faulted io-error", st)
+				if st.State != StateOffline || st.Reason != ReasonIOError || st.DirtyBytes == 0 {
+					t.Fatalf("victim %+v, want offline io-error with a bitmap", st)
 				}
-				if h := r.storedState(victim); h.State != StateFaulted || h.Reason != ReasonIOError {
-					t.Fatalf("store says %+v, want faulted io-error", h)
+				if h := r.storedState(victim); h.State != StateOffline || h.Reason != ReasonIOError || len(h.Bitmap) == 0 {
+					t.Fatalf("store says %+v, want offline io-error", h)
 				}
 				if len(r.onlineDevices()) != 2 {
 					t.Fatalf("children %+v", r.nx.Children())
@@ -103,6 +104,17 @@ func TestFaultMatrix(t *testing.T) {
 			if err != nil || len(rep.Mismatches) != 0 {
 				t.Fatalf("verify: %+v %v", rep, err)
 			}
+			if !tc.retired || tc.name == "backing-gone" {
+				return // a device that lost its data is not brought back
+			}
+			if err := r.nx.OnlineChild(context.Background(), victim); err != nil {
+				t.Fatal(err)
+			}
+			if rs := waitRebuild(t, r.nx, victim); rs.State != RebuildCompleted || !rs.Partial {
+				t.Fatalf("resync %+v", rs)
+			}
+			r.checkAll(m)
+			verifyClean(t, r.nx, 3)
 		})
 	}
 }

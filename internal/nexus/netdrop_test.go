@@ -14,13 +14,13 @@ import (
 	"github.com/nexstor/nexstor/internal/testutil/netproxy"
 )
 
-// waitFaulted waits until the nexus reports child uri faulted.
-func waitFaulted(t *testing.T, nx *Nexus, w *workload, uri string) ChildStatus {
+// waitRetired waits until the nexus reports child uri retired (offline).
+func waitRetired(t *testing.T, nx *Nexus, w *workload, uri string) ChildStatus {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		for _, c := range nx.Children() {
-			if c.URI == uri && c.State == StateFaulted {
+			if c.URI == uri && c.State == StateOffline {
 				return c
 			}
 		}
@@ -43,7 +43,7 @@ func waitGaveUp(t *testing.T, nx *Nexus, uri string) {
 	nx.stateMu.Lock()
 	_, c := nx.findLocked(uri)
 	nx.stateMu.Unlock()
-	if c == nil || c.st() != StateFaulted {
+	if c == nil || c.st() != StateOffline {
 		t.Fatalf("child %s is not retired: %+v", uri, nx.Children())
 	}
 	buf := make([]byte, 512)
@@ -122,16 +122,17 @@ func TestNetworkFault(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer nx.Close()
+			waitInSync(t, nx)
 			victim := uris[1]
 
 			m := newModel(size)
 			w := startWorkload(t, nx, m, 4, true)
 			waitAcked(t, w, 200)
 			tc.cut(proxies[victim])
-			st := waitFaulted(t, nx, w, victim)
+			st := waitRetired(t, nx, w, victim)
 			waitAcked(t, w, 200)
 			if st.Reason != ReasonIOError || !strings.Contains(st.LastError, tc.cause) {
-				t.Fatalf("victim %+v, want faulted io-error (%s)", st, tc.cause)
+				t.Fatalf("victim %+v, want offline io-error (%s)", st, tc.cause)
 			}
 			for _, c := range nx.Children() {
 				if c.URI != victim && c.State != StateOnline {
@@ -143,8 +144,8 @@ func TestNetworkFault(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, h := range rec.Children {
-				if h.URI == victim && (h.State != StateFaulted || h.Reason != ReasonIOError) {
-					t.Fatalf("store says %+v, want faulted io-error", h)
+				if h.URI == victim && (h.State != StateOffline || h.Reason != ReasonIOError) {
+					t.Fatalf("store says %+v, want offline io-error", h)
 				}
 			}
 

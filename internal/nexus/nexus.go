@@ -11,18 +11,67 @@
 // acknowledged write. When the store cannot be written the nexus fails
 // closed: every later I/O returns ErrNexusFailed.
 //
-// Children are added with a full rebuild (AddChild), brought back from a
-// short absence with a partial rebuild of the segments written meanwhile
-// (OfflineChild, OnlineChild), and compared with Verify. After a crash of
-// the process hosting it, a recreated nexus resyncs its children from one
-// of them, since writes in flight at the crash may have reached only some.
+// A child that fails an I/O (or its connection, or its pool's space) goes
+// offline with a write-intent bitmap: the segments it may lack (see
+// dirty.go), and every segment written while it is away. OnlineChild brings
+// it back by copying only those (a partial rebuild). Children are added with
+// a full rebuild (AddChild), taken out for a while by an administrator
+// (OfflineChild, OnlineChild), and compared with Verify. After a crash of the
+// process hosting it, a recreated nexus resyncs its children from one of
+// them, since writes in flight at the crash may have reached only some. A
+// nexus created without a health record does not know which children are
+// current: it serves one (Config.Source, else the claimable child with the
+// highest epoch, else the first) and rebuilds the others from it.
 //
-// Lock order: adminMu, then range locks, then stateMu. Writes hold their
-// range lock while they persist a retirement, so no write that overlaps a
-// rebuild copy or a resync can slip between a state change and its use.
+// # Identity, claims and fencing epochs
+//
+// Children whose devices implement bdev.Claimer (pool replicas, remote
+// namespaces) have an identity, which the health record keeps: a device
+// that reports another one is a replica destroyed and created again, and is
+// not admitted as the recorded child (New refuses it as stale, OnlineChild
+// with ErrIdentityChanged). The nexus claims such children with its UUID and
+// an epoch, and does all their I/O through the claimed handles; a newer
+// claim fences the older handles, so an older instance of the nexus (one
+// that was replaced, or cut off by a partition) can never land a write. The
+// epoch follows one invariant: the online children always hold the nexus's
+// highest epoch; a child that left or is being rebuilt holds a lower one.
+// So when the record is lost, the child with the highest epoch is the one
+// that stayed current longest. The rules:
+//
+//   - New reads every opened child's epoch, takes E = max(the record's
+//     epoch, theirs) + 1, saves the record with E before claiming, and
+//     claims the children at E (a rebuild target of a nexus without a
+//     record at its own epoch, below E).
+//   - When a child leaves (retired for an error, taken offline, faulted or
+//     removed while online), E+1 is saved in the record that retires it,
+//     then the remaining online children are raised to E+1; one whose raise
+//     fails leaves too.
+//   - A rebuild (AddChild, OnlineChild) claims its target at max(its epoch,
+//     E), saves E' = max(E, its epoch) + 1 and raises the online children
+//     to E'; the target is raised to the nexus's epoch when its copy is
+//     complete, before it is recorded online.
+//   - A child that reports bdev.ErrFenced (on I/O or a raise) has been
+//     claimed by a newer instance: this nexus stops (ErrFencedNexus), and
+//     never writes the health store again, which is the newer one's now.
+//
+// Devices that do not implement bdev.Claimer (RAM devices, files, test
+// devices) are used without identity or fencing; the epoch still counts.
+//
+// # Locks
+//
+// Lock order: adminMu, then range locks, then stateMu; the leaf mutexes
+// (the range lock's own, a rebuild job's, the write-intent group commit's,
+// the flush group's) are held only briefly and never while another of these
+// is taken, except that stateMu holders may take a rebuild job's mutex and
+// the range lock's own (to list the writes in flight). Writes hold their
+// range lock while they persist a retirement or their write-intent bits, so
+// no write that overlaps a rebuild copy or a resync can slip between a state
+// change and its use. A group-commit leader or a flush holds no lock while
+// it waits for others; claims are raised under stateMu.
 package nexus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +80,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 )
 
@@ -38,7 +89,9 @@ import (
 type Config struct {
 	// Name is a human label used in logs and errors.
 	Name string
-	// UUID identifies the nexus in the HealthStore. Required.
+	// UUID identifies the nexus in the HealthStore, and owns its
+	// claimable children: it must parse as a UUID when a child is
+	// claimable. Required.
 	UUID string
 	// Size is the capacity in bytes, a multiple of the children's block
 	// size; every child must be at least this large. Zero means the size
@@ -58,9 +111,25 @@ type Config struct {
 	// RebuildConcurrency bounds the segments a rebuild copies in
 	// parallel (default 4).
 	RebuildConcurrency int
-	// Force trusts every listed child as current, whatever the store
-	// says. Use it only when you know the children hold the same data.
+	// Force trusts the children that the health record calls stale (or
+	// does not list) as current. Use it only when you know they hold the
+	// same data as the others. It changes nothing for a nexus without a
+	// record (see Source), nor for a child whose identity changed or that
+	// another nexus owns.
 	Force bool
+	// Source, for a nexus that has no health record, names the child (one
+	// of Children) that holds the data: it is served, and the other
+	// children are rebuilt from it in full before they are read. Without
+	// it the source is the claimable child with the highest epoch that is
+	// not blank (ties: the local one, then the first listed), else the
+	// first child listed that is local, else the first listed. Children
+	// that are all blank are all in sync without a copy. Ignored when a
+	// record exists.
+	Source string
+	// VerifyInSync, for a nexus that has no health record, compares the
+	// children's content before serving (reading all of it) and admits
+	// them all online if it is identical; otherwise Source applies.
+	VerifyInSync bool
 	// Logger receives state changes; slog.Default() when nil.
 	Logger *slog.Logger
 }
@@ -68,8 +137,8 @@ type Config struct {
 // DefaultRebuildSegment is the default Config.RebuildSegment.
 const DefaultRebuildSegment = 1 << 20
 
-// storeTimeout bounds one HealthStore.Save issued from the I/O path, which
-// has no context of its own.
+// storeTimeout bounds one HealthStore.Save (or claim raise) issued from the
+// I/O path, which has no context of its own.
 const storeTimeout = 30 * time.Second
 
 // fanWorkers is the number of goroutines that issue child I/O for the
@@ -90,22 +159,36 @@ type Nexus struct {
 	store HealthStore
 	open  Opener
 	log   *slog.Logger
+	// owner is the UUID children are claimed with; ownerErr is why
+	// cfg.UUID does not parse, which matters only once a child is
+	// claimable.
+	owner    uuid.UUID
+	ownerErr error
 
 	locks    rangeLock
 	view     atomic.Pointer[view]
 	failed   atomic.Bool
+	fenced   atomic.Bool
 	closed   atomic.Bool
 	inflight atomic.Int64
+	// idle is closed once the nexus is closed and no I/O is in flight.
+	idle     chan struct{}
+	idleOnce sync.Once
+
+	uf unflushed   // written since the last flush (dirty.go)
+	dc dirtyCommit // write-intent bits group commit (dirty.go)
+	fg flushGroup  // concurrent flushes share one (io.go)
 
 	// adminMu serializes administrative changes (add, remove, offline,
 	// online, fault, close); they may block on I/O drains and opens.
 	adminMu sync.Mutex
-	// stateMu guards children, child states and gen, and serializes
-	// store writes, so that the stored record always matches the view
-	// that is published after it.
+	// stateMu guards children, child states, gen and epoch, and
+	// serializes store writes, so that the stored record always matches
+	// the view that is published after it.
 	stateMu  sync.Mutex
 	children []*child
 	gen      uint64
+	epoch    uint64
 	jobs     map[*child]*rebuildJob
 	history  []RebuildStatus
 
@@ -136,23 +219,45 @@ type Nexus struct {
 	readRetries  atomic.Int64
 }
 
-// child is one child device. uri, dev and local never change after the
-// child is published; a child that is reopened (rebuilt, brought online)
-// is replaced by a new child value, so a pointer identifies one open.
+// child is one child device. uri, dev, base, claimed and local never change
+// after the child is published; a child that is reopened (rebuilt, brought
+// online) is replaced by a new child value, so a pointer identifies one
+// open.
 type child struct {
-	uri   string
-	dev   bdev.Device
-	local bool
+	uri string
+	// dev is what I/O goes through: the claimed handle of a claimable
+	// device, else the device the opener returned.
+	dev bdev.Device
+	// base is the device the opener returned; closed after dev.
+	base bdev.Device
+	// claimed is dev as a bdev.Claimed; nil when the device is not
+	// claimable.
+	claimed bdev.Claimed
+	local   bool
 
 	state atomic.Int32 // ChildState; written under stateMu
 	// The rest is guarded by stateMu.
-	reason  FaultReason
-	dirty   *bitmap // offline children: segments written while away
-	lastErr string
-	closed  bool
+	reason   FaultReason
+	dirty    *bitmap // offline children: the segments it may lack
+	lastErr  string
+	closed   bool
+	identity string // bdev.Identity.String(); "" when unknown
+	epoch    uint64 // the epoch the claim is at
 }
 
 func (c *child) st() ChildState { return ChildState(c.state.Load()) }
+
+// closeDevs closes the claimed handle (the claim stays) and the device it
+// was claimed on, which are independent handles.
+func (c *child) closeDevs() error {
+	err := c.dev.Close()
+	if c.base != nil && c.base != c.dev {
+		if berr := c.base.Close(); err == nil && !errors.Is(berr, bdev.ErrClosed) {
+			err = berr
+		}
+	}
+	return err
+}
 
 // view is an immutable snapshot of the children that I/O uses; it is
 // replaced (never modified) under stateMu after every persisted change.
@@ -166,11 +271,16 @@ type view struct {
 // New opens the children and returns a serving nexus. It consults the
 // health store: a child the store records as anything but online (or does
 // not know, when a record exists) is refused with a *StaleChildError unless
-// Force is set; children recorded offline are kept offline with their
-// write-intent bitmap, ready for OnlineChild. A child that fails to open is
-// recorded offline (open-failed, with an empty bitmap) when the store
-// records it online after a clean close, and faulted (open-failed)
-// otherwise; at least one must open.
+// Force is set, and so is a claimable child whose identity is not the
+// recorded one (State "identity-changed"; Force does not admit it).
+// Children recorded offline are kept offline with their write-intent bitmap,
+// ready for OnlineChild. A child that fails to open is recorded offline
+// (open-failed, with an empty bitmap) when the store records it online after
+// a clean close, and faulted (open-failed) otherwise; at least one must
+// open. Without a record, one child is the source and the others are
+// rebuilt from it (see Config.Source). Claimable children are claimed (see
+// the package documentation); one that another nexus owns fails New with an
+// error that names it and its owner and matches bdev.ErrOwned.
 func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	if cfg.UUID == "" {
 		return nil, errors.New("nexus: a UUID is required")
@@ -191,6 +301,9 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 			return nil, fmt.Errorf("nexus %s: child URI %q is empty or listed twice", label, u)
 		}
 		seen[u] = true
+	}
+	if cfg.Source != "" && !seen[cfg.Source] {
+		return nil, fmt.Errorf("nexus %s: source %q is not one of the children: name one of them", label, cfg.Source)
 	}
 	seg := cfg.RebuildSegment
 	if seg == 0 {
@@ -215,8 +328,9 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		if !cfg.Force {
 			return nil, fmt.Errorf("nexus %s: %w", label, err)
 		}
-		// Force trusts the listed children over an unreadable record.
-		log.Warn("health record unreadable; forced to trust every listed child", "err", err)
+		// Force trusts the listed children over an unreadable record,
+		// as it would without one: one source, the others rebuilt.
+		log.Warn("health record unreadable; forced to go on as a nexus without a record", "err", err)
 		rec, fresh = HealthRecord{}, true
 	}
 	recorded := map[string]ChildHealth{}
@@ -230,7 +344,8 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		bits   []byte
 		// current: the store records the child online after a clean
 		// close (not merely forced in)
-		current bool
+		current  bool
+		identity string
 	}
 	var plans []plan
 	stale := &StaleChildError{Nexus: label}
@@ -238,9 +353,10 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		h, ok := recorded[u]
 		switch {
 		case fresh || cfg.Force || (ok && h.State == StateOnline):
-			plans = append(plans, plan{uri: u, state: StateOnline, current: !fresh && rec.Clean && ok && h.State == StateOnline})
+			plans = append(plans, plan{uri: u, state: StateOnline, identity: h.Identity,
+				current: !fresh && rec.Clean && ok && h.State == StateOnline})
 		case ok && h.State == StateOffline:
-			plans = append(plans, plan{uri: u, state: StateOffline, reason: h.Reason, bits: h.Bitmap})
+			plans = append(plans, plan{uri: u, state: StateOffline, reason: h.Reason, bits: h.Bitmap, identity: h.Identity})
 		case ok:
 			stale.Children = append(stale.Children, StaleChild{URI: u, State: h.State.String(), Reason: h.Reason})
 		default:
@@ -254,13 +370,20 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	n := &Nexus{
 		name: label, uuid: cfg.UUID, seg: seg, conc: conc, unclean: !fresh && !rec.Clean,
 		store: cfg.Store, open: cfg.Opener, log: log,
-		gen:  rec.Generation,
+		gen: rec.Generation, epoch: rec.Epoch,
 		jobs: map[*child]*rebuildJob{},
+		idle: make(chan struct{}),
 	}
+	n.owner, n.ownerErr = uuid.Parse(cfg.UUID)
 	lo, _ := cfg.Opener.(LocalityOpener)
+	states := map[*child]bdev.ClaimState{}
+	fail := func(err error) (*Nexus, error) {
+		n.closeAll()
+		return nil, err
+	}
 	var minSize int64 = -1
 	for _, p := range plans {
-		c := &child{uri: p.uri, local: lo != nil && lo.IsLocal(p.uri)}
+		c := &child{uri: p.uri, local: lo != nil && lo.IsLocal(p.uri), identity: p.identity}
 		n.children = append(n.children, c)
 		if p.state == StateOffline {
 			c.state.Store(int32(StateOffline))
@@ -268,7 +391,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 			c.dirty = remapBitmap(p.bits, rec.SegmentSize, seg)
 			continue
 		}
-		dev, err := cfg.Opener.Open(ctx, p.uri)
+		o, err := n.openChild(ctx, p.uri)
 		if err != nil {
 			c.reason, c.lastErr, c.closed = ReasonOpenFailed, err.Error(), true
 			if p.current {
@@ -285,36 +408,50 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 			c.state.Store(int32(StateFaulted))
 			continue
 		}
-		c.dev = dev
+		c.dev, c.base = o.dev, o.dev
 		c.state.Store(int32(StateOnline))
+		if o.cl != nil {
+			states[c] = o.st
+			if err := n.checkClaimable(p.uri, o.st); err != nil {
+				return fail(err)
+			}
+			if cur := o.st.Identity.String(); p.identity != "" && cur != "" && cur != p.identity {
+				stale.Children = append(stale.Children, StaleChild{URI: p.uri, State: StateIdentityChanged,
+					Reason: ReasonIdentityChanged, Recorded: p.identity, Current: cur})
+			} else if cur != "" {
+				c.identity = cur
+			}
+		}
 		if n.bs == 0 {
-			n.bs = dev.BlockSize()
+			n.bs = o.dev.BlockSize()
 		}
-		if dev.BlockSize() != n.bs {
-			n.closeAll()
-			return nil, fmt.Errorf("nexus %s: child %s has %d-byte blocks but others have %d: children must share one block size", label, p.uri, dev.BlockSize(), n.bs)
+		if o.dev.BlockSize() != n.bs {
+			return fail(fmt.Errorf("nexus %s: child %s has %d-byte blocks but others have %d: children must share one block size", label, p.uri, o.dev.BlockSize(), n.bs))
 		}
-		if minSize < 0 || dev.Size() < minSize {
-			minSize = dev.Size()
+		if minSize < 0 || o.dev.Size() < minSize {
+			minSize = o.dev.Size()
 		}
 	}
+	if len(stale.Children) > 0 {
+		return fail(stale)
+	}
 	if minSize < 0 {
-		n.closeAll()
-		return nil, fmt.Errorf("nexus %s: %w: no child could be opened", label, ErrNoHealthyChild)
+		return fail(fmt.Errorf("nexus %s: %w: no child could be opened", label, ErrNoHealthyChild))
 	}
 	n.size = cfg.Size
 	if n.size == 0 {
 		n.size = minSize / int64(n.bs) * int64(n.bs)
 	}
 	if n.size <= 0 || n.size%int64(n.bs) != 0 || n.size > minSize {
-		n.closeAll()
-		return nil, fmt.Errorf("nexus %s: size %d must be a positive multiple of the %d-byte block size and at most the smallest child (%d bytes)", label, n.size, n.bs, minSize)
+		return fail(fmt.Errorf("nexus %s: size %d must be a positive multiple of the %d-byte block size and at most the smallest child (%d bytes)", label, n.size, n.bs, minSize))
 	}
 	if seg%int64(n.bs) != 0 {
-		n.closeAll()
-		return nil, fmt.Errorf("nexus %s: rebuild segment %d is not a multiple of the %d-byte block size", label, seg, n.bs)
+		return fail(fmt.Errorf("nexus %s: rebuild segment %d is not a multiple of the %d-byte block size", label, seg, n.bs))
 	}
 	n.nseg = (n.size + seg - 1) / seg
+	n.uf.init(n.nseg)
+	n.dc.cond.L = &n.dc.mu
+	n.fg.cond.L = &n.fg.mu
 	for _, c := range n.children {
 		switch {
 		case c.dirty != nil:
@@ -323,18 +460,55 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 			c.dirty = newBitmap(n.nseg)
 		}
 	}
+	var targets []*child
+	if fresh {
+		if targets, err = n.chooseSource(ctx, cfg, states); err != nil {
+			return fail(err)
+		}
+	}
+	for _, st := range states {
+		n.epoch = max(n.epoch, st.Epoch)
+	}
+	n.epoch++
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	// The epoch is saved before any child is claimed with it: a claim
+	// the record does not know could otherwise be above the record's
+	// epoch after a crash, and the next instance would claim below it.
 	n.stateMu.Lock()
 	err = n.saveLocked(ctx, nil)
-	if err == nil {
-		n.publishLocked()
-	}
 	n.stateMu.Unlock()
 	if err != nil {
 		n.cancel()
-		n.closeAll()
-		return nil, fmt.Errorf("nexus %s: %w", label, err)
+		return fail(fmt.Errorf("nexus %s: %w", label, err))
 	}
+	for _, c := range n.children {
+		st, ok := states[c]
+		if !ok {
+			continue
+		}
+		e := n.epoch
+		if c.st() == StateRebuilding {
+			e = max(st.Epoch, rec.Epoch) // below the nexus's until rebuilt
+		}
+		if err := n.claim(ctx, c, e); err != nil {
+			n.cancel()
+			if fresh {
+				// Nothing was served: give up the claims and forget
+				// the record this call made, so that the children are
+				// as they were and a retry starts afresh.
+				for _, x := range n.children {
+					if x.claimed != nil {
+						_ = x.claimed.Release(context.WithoutCancel(ctx))
+					}
+				}
+				_ = cfg.Store.Delete(context.WithoutCancel(ctx), cfg.UUID)
+			}
+			return fail(fmt.Errorf("nexus %s: %w", label, err))
+		}
+	}
+	n.stateMu.Lock()
+	n.publishLocked()
+	n.stateMu.Unlock()
 	n.queue = make(chan childIO, fanWorkers)
 	// Up to fanWorkers child I/Os wait in the queue and fanWorkers run, each
 	// op having at least one: this many free ops cover every op in flight.
@@ -343,16 +517,123 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		n.wgWk.Add(1)
 		go n.worker()
 	}
+	n.stateMu.Lock()
+	for _, c := range targets {
+		n.launchLocked(c, false, nil)
+	}
+	n.stateMu.Unlock()
 	n.startResync()
-	log.Info("nexus created", "size", n.size, "children", len(n.children), "generation", n.gen)
+	log.Info("nexus created", "size", n.size, "children", len(n.children), "generation", n.gen, "epoch", n.epoch)
 	return n, nil
+}
+
+// chooseSource decides, for a nexus without a health record, which opened
+// children are in sync: all of them when VerifyInSync finds them identical
+// or when they are all blank, else only the source (see Config.Source). The
+// others are set rebuilding and returned, to be rebuilt from the source.
+func (n *Nexus) chooseSource(ctx context.Context, cfg Config, states map[*child]bdev.ClaimState) ([]*child, error) {
+	var open []*child
+	for _, c := range n.children {
+		if c.st() == StateOnline {
+			open = append(open, c)
+		}
+	}
+	if len(open) < 2 {
+		return nil, nil
+	}
+	if cfg.VerifyInSync {
+		same, err := n.sameContent(ctx, open)
+		if err != nil {
+			return nil, fmt.Errorf("nexus %s: comparing the children: %w", n.name, err)
+		}
+		if same {
+			n.log.Info("no health record; the children hold the same data: all in sync")
+			return nil, nil
+		}
+		n.log.Warn("no health record, and the children differ: serving one and rebuilding the others from it")
+	}
+	blank := true
+	for _, c := range open {
+		if st, ok := states[c]; !ok || !st.Blank {
+			blank = false
+		}
+	}
+	if blank {
+		return nil, nil // all zeroes: nothing to copy
+	}
+	var src *child
+	if cfg.Source != "" {
+		_, src = n.findLocked(cfg.Source)
+		if src.st() != StateOnline {
+			return nil, fmt.Errorf("nexus %s: the source %s could not be opened (%s): bring it back or name another source", n.name, src.uri, src.lastErr)
+		}
+	} else {
+		better := func(c, than *child) bool {
+			if than == nil {
+				return true
+			}
+			sc, oc := states[c], states[than]
+			if sc.Epoch != oc.Epoch {
+				return sc.Epoch > oc.Epoch
+			}
+			return c.local && !than.local
+		}
+		for _, c := range open {
+			if st, ok := states[c]; ok && !st.Blank && better(c, src) {
+				src = c
+			}
+		}
+		if src == nil {
+			// No claimable child holds data; the others have no epoch:
+			// the first listed, preferring a local one.
+			for _, c := range open {
+				if _, ok := states[c]; !ok && (src == nil || c.local && !src.local) {
+					src = c
+				}
+			}
+		}
+	}
+	var targets []*child
+	for _, c := range open {
+		if c != src {
+			c.state.Store(int32(StateRebuilding))
+			targets = append(targets, c)
+		}
+	}
+	n.log.Warn("no health record: which children are current is unknown; serving one and rebuilding the others from it",
+		"source", src.uri, "rebuilding", len(targets))
+	return targets, nil
+}
+
+// sameContent reports whether the children hold identical data over the
+// nexus's size.
+func (n *Nexus) sameContent(ctx context.Context, cs []*child) (bool, error) {
+	a, b := make([]byte, n.seg), make([]byte, n.seg)
+	for s := int64(0); s < n.nseg; s++ {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		off, l := s*n.seg, n.segLen(s)
+		if _, err := cs[0].dev.ReadAt(a[:l], off); err != nil {
+			return false, fmt.Errorf("child %s: %w", cs[0].uri, err)
+		}
+		for _, c := range cs[1:] {
+			if _, err := c.dev.ReadAt(b[:l], off); err != nil {
+				return false, fmt.Errorf("child %s: %w", c.uri, err)
+			}
+			if !bytes.Equal(a[:l], b[:l]) {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
 }
 
 func (n *Nexus) closeAll() {
 	for _, c := range n.children {
 		if c.dev != nil && !c.closed {
 			c.closed = true
-			_ = c.dev.Close()
+			_ = c.closeDevs()
 		}
 	}
 }
@@ -379,8 +660,21 @@ func (n *Nexus) SegmentSize() int64 { return n.seg }
 // one of them in the background (see Resyncing, WaitResync).
 func (n *Nexus) UncleanShutdown() bool { return n.unclean }
 
-// Failed reports whether the nexus stopped serving after a store failure.
-func (n *Nexus) Failed() bool { return n.failed.Load() }
+// Failed reports whether the nexus stopped serving: after a store failure,
+// or because it was fenced (see Fenced).
+func (n *Nexus) Failed() bool { return n.failed.Load() || n.fenced.Load() }
+
+// Fenced reports whether a newer instance of this nexus claimed its
+// children, so that this one stopped serving for good (ErrFencedNexus).
+func (n *Nexus) Fenced() bool { return n.fenced.Load() }
+
+// Epoch is the nexus's fencing epoch, as last saved: the epoch its online
+// children are claimed at.
+func (n *Nexus) Epoch() uint64 {
+	n.stateMu.Lock()
+	defer n.stateMu.Unlock()
+	return n.epoch
+}
 
 // Generation is the generation of the last saved health record.
 func (n *Nexus) Generation() uint64 {
@@ -393,48 +687,6 @@ func (n *Nexus) Generation() uint64 {
 func (n *Nexus) Stats() Stats {
 	return Stats{RebuildBytes: n.rebuildBytes.Load(), Retired: n.retired.Load(), ReadRetries: n.readRetries.Load(),
 		ResyncRepaired: n.resyncRepaired.Load()}
-}
-
-// recordLocked builds the health record of the current state.
-func (n *Nexus) recordLocked() HealthRecord {
-	rec := HealthRecord{NexusUUID: n.uuid, Generation: n.gen + 1, SegmentSize: n.seg, Clean: n.cleanClose}
-	for _, c := range n.children {
-		h := ChildHealth{URI: c.uri, State: c.st()}
-		if h.State == StateFaulted || h.State == StateOffline {
-			h.Reason = c.reason
-		}
-		if h.State == StateOffline && c.dirty != nil {
-			h.Bitmap = c.dirty.bytes()
-		}
-		rec.Children = append(rec.Children, h)
-	}
-	return rec
-}
-
-// saveLocked persists the current state (with patch applied to the record
-// first, when given). On failure the nexus is failed for good: memory and
-// store no longer agree, and serving on could acknowledge a write that a
-// recreated nexus would not find.
-func (n *Nexus) saveLocked(ctx context.Context, patch func(*HealthRecord)) error {
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
-	}
-	rec := n.recordLocked()
-	if patch != nil {
-		patch(&rec)
-	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	if err := n.store.Save(sctx, rec); err != nil {
-		n.failed.Store(true)
-		n.log.Error("health store write failed; the nexus stops serving I/O", "err", err)
-		return fmt.Errorf("nexus %s: %w: %w", n.name, ErrNexusFailed, err)
-	}
-	n.gen = rec.Generation
-	return nil
 }
 
 // publishLocked installs a new view built from the current states.
@@ -468,431 +720,16 @@ func (n *Nexus) onlineCountLocked() int {
 	return k
 }
 
-// enter admits an I/O; exit must follow when it returns nil.
-func (n *Nexus) enter() error {
-	n.inflight.Add(1)
-	if n.closed.Load() {
-		n.inflight.Add(-1)
-		return bdev.ErrClosed
-	}
-	if n.failed.Load() {
-		n.inflight.Add(-1)
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
-	}
-	return nil
-}
-
-func (n *Nexus) exit() { n.inflight.Add(-1) }
-
-type opKind uint8
-
-const (
-	opWrite opKind = iota
-	opZeroes
-	opUnmap
-	opFlush
-)
-
-var opNames = [...]string{"write", "write-zeroes", "unmap", "flush"}
-
-func (k opKind) String() string { return opNames[k] }
-
-// fanOp is one I/O fanned out to the writable children of a view. It is
-// recycled through a free list: the fan-out does not allocate.
-//
-// The submitting goroutine hands the children after the first to the
-// workers, does the first itself, and then takes back (claims) any child I/O
-// no worker has started yet: when every CPU is busy, a woken worker would only
-// run after the submitter blocks, so doing the work inline saves two
-// context switches per child, while idle workers still give parallelism.
-type fanOp struct {
-	kind    opKind
-	p       []byte
-	off     int64
-	length  int64
-	members []*child
-	errs    []error
-	claimed []atomic.Bool
-	// done receives one token per child I/O a worker ran; its capacity
-	// covers every queued one, so a worker never blocks on it.
-	done chan struct{}
-	// refs counts the submitter and every queued child I/O; the last to
-	// let go returns the op to the free list.
-	refs atomic.Int32
-}
-
-func (o *fanOp) run(i int) error {
-	d := o.members[i].dev
-	switch o.kind {
-	case opWrite:
-		_, err := d.WriteAt(o.p, o.off)
-		return err
-	case opZeroes:
-		return d.WriteZeroes(o.off, o.length)
-	case opUnmap:
-		return d.Unmap(o.off, o.length)
-	default:
-		return d.Flush()
-	}
-}
-
-// childIO is the I/O of one child of a fanOp, queued for the workers.
-type childIO struct {
-	op *fanOp
-	i  int
-}
-
-func (n *Nexus) worker() {
-	defer n.wgWk.Done()
-	for t := range n.queue {
-		o := t.op
-		if o.claimed[t.i].CompareAndSwap(false, true) {
-			o.errs[t.i] = o.run(t.i)
-			o.done <- struct{}{}
-		}
-		n.release(o)
-	}
-}
-
-func (n *Nexus) release(o *fanOp) {
-	if o.refs.Add(-1) == 0 {
-		clear(o.errs)
-		o.p, o.members = nil, nil
-		select {
-		case n.ops <- o:
-		default:
-		}
-	}
-}
-
-// ReadAt implements io.ReaderAt. The read goes to the local online child
-// when there is one, else round-robin over online children; a child that
-// fails it is retired (persisted first) and the read is retried on
-// another. Rebuilding children are never read.
-func (n *Nexus) ReadAt(p []byte, off int64) (int, error) {
-	if err := n.enter(); err != nil {
-		return 0, err
-	}
-	defer n.exit()
-	if err := bdev.CheckRange("read", off, int64(len(p)), n.size, n.bs); err != nil {
-		return 0, err
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	var triedBuf [8]*child
-	tried := triedBuf[:0]
-	var lastErr error
-	for {
-		c := n.pickReader(n.view.Load(), tried, off, int64(len(p)))
-		if c == nil {
-			if lastErr != nil {
-				return 0, fmt.Errorf("nexus %s: read at %d: every online child failed: %w", n.name, off, lastErr)
-			}
-			return 0, fmt.Errorf("nexus %s: read at %d: %w", n.name, off, ErrNoHealthyChild)
-		}
-		_, err := c.dev.ReadAt(p, off)
-		if err == nil {
-			return len(p), nil
-		}
-		lastErr = fmt.Errorf("child %s: %w", c.uri, err)
-		if rerr := n.retireForRead(c, err); rerr != nil {
-			return 0, rerr
-		}
-		n.readRetries.Add(1)
-		tried = append(tried, c)
-	}
-}
-
-// pickReader chooses the child to read [off, off+length) from: the resync
-// authority while that range is not resynced, else the local online child,
-// else the next online child round-robin; never one in tried.
-func (n *Nexus) pickReader(v *view, tried []*child, off, length int64) *child {
-	if a := n.resyncFrom.Load(); a != nil && off+length > n.resyncPos.Load() && a.st() == StateOnline && !contains(tried, a) {
-		return a
-	}
-	if v.local != nil && !contains(tried, v.local) {
-		return v.local
-	}
-	k := len(v.online)
-	if k == 0 {
-		return nil
-	}
-	start := int(n.rr.Add(1) % uint64(k))
-	for i := 0; i < k; i++ {
-		c := v.online[(start+i)%k]
-		if !contains(tried, c) {
-			return c
-		}
-	}
-	return nil
-}
-
-func contains(s []*child, c *child) bool {
-	for _, x := range s {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
-// retireForRead retires c after it failed a read, unless it is no longer
-// online (then there is nothing to do) or it is the last online child (then
-// the read fails with the child's error and the child stays: retiring it
-// would leave nothing to serve from). It returns nil when the caller may
-// retry on another child.
-func (n *Nexus) retireForRead(c *child, cause error) error {
-	n.stateMu.Lock()
-	defer n.stateMu.Unlock()
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
-	}
-	if c.st() != StateOnline {
-		return nil
-	}
-	if n.onlineCountLocked() <= 1 {
-		return fmt.Errorf("nexus %s: read failed on the last online child %s: %w", n.name, c.uri, cause)
-	}
-	n.faultLocked(c, ReasonIOError, cause)
-	if err := n.saveLocked(nil, nil); err != nil {
-		return err
-	}
-	n.publishLocked()
-	return nil
-}
-
-func (n *Nexus) faultLocked(c *child, reason FaultReason, cause error) {
-	c.state.Store(int32(StateFaulted))
-	c.reason = reason
-	if cause != nil {
-		c.lastErr = cause.Error()
-	}
-	if reason == ReasonIOError {
-		n.retired.Add(1)
-	}
-	if j := n.jobs[c]; j != nil {
-		j.wake() // a paused rebuild of c ends now
-	}
-	n.log.Warn("child retired", "child", c.uri, "reason", reason, "err", cause)
-}
-
-// WriteAt implements io.WriterAt: the write reaches every online and
-// rebuilding child and is acknowledged once they all completed it; a child
-// that failed it is retired and persisted first.
-func (n *Nexus) WriteAt(p []byte, off int64) (int, error) {
-	if err := n.mutate(opWrite, p, off, int64(len(p))); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-// WriteZeroes implements bdev.Device with the semantics of WriteAt.
-func (n *Nexus) WriteZeroes(off, length int64) error {
-	return n.mutate(opZeroes, nil, off, length)
-}
-
-// Unmap implements bdev.Device with the semantics of WriteAt: every child
-// discards the range, so they keep reading back the same zeroes.
-func (n *Nexus) Unmap(off, length int64) error {
-	return n.mutate(opUnmap, nil, off, length)
-}
-
-// Flush implements bdev.Device: it fans out to every online and rebuilding
-// child; one that fails is retired, and the flush succeeds when an online
-// child that survives it succeeded.
-func (n *Nexus) Flush() error {
-	if err := n.enter(); err != nil {
-		return err
-	}
-	defer n.exit()
-	return n.fanOut(n.view.Load(), opFlush, nil, 0, 0)
-}
-
-func (n *Nexus) mutate(kind opKind, p []byte, off, length int64) error {
-	if err := n.enter(); err != nil {
-		return err
-	}
-	defer n.exit()
-	if err := bdev.CheckRange(kind.String(), off, length, n.size, n.bs); err != nil {
-		return err
-	}
-	if length == 0 {
-		return nil
-	}
-	e := n.locks.lock(off, length)
-	defer n.locks.unlock(e)
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
-	}
-	// The view is loaded under the range lock: a rebuild copy of this
-	// range, which needs the same lock, either completed before (and the
-	// view already has the child rebuilding) or starts after this write.
-	v := n.view.Load()
-	if len(v.offline) > 0 {
-		var err error
-		if v, err = n.markDirty(v, off, length); err != nil {
-			return err
-		}
-	}
-	return n.fanOut(v, kind, p, off, length)
-}
-
-// markDirty makes sure every offline child has the bits of the segments
-// [off, off+length) set and persisted before the write is issued, so that a
-// crash after the write reached the online children still leaves the
-// segment in the bitmap. Only the first write to a segment pays a store
-// write. It returns the view to write with, loaded under stateMu so that it
-// agrees with the bits (a child brought online meanwhile is in it).
-func (n *Nexus) markDirty(v *view, off, length int64) (*view, error) {
-	first, last := off/n.seg, (off+length-1)/n.seg
-	need := false
-	for _, c := range v.offline {
-		if !c.dirty.allSet(first, last) {
-			need = true
-			break
-		}
-	}
-	if !need {
-		return v, nil
-	}
-	n.stateMu.Lock()
-	defer n.stateMu.Unlock()
-	var pending []*child
-	for _, c := range n.children {
-		if c.st() == StateOffline && !c.dirty.allSet(first, last) {
-			pending = append(pending, c)
-		}
-	}
-	if len(pending) > 0 {
-		// Bits go live (visible to the lock-free check above) only after
-		// the store has them: a concurrent write to the same segment
-		// must not skip the store on a bit that is not yet durable.
-		err := n.saveLocked(nil, func(rec *HealthRecord) {
-			for i, c := range n.children {
-				if contains(pending, c) {
-					bm := rec.Children[i].Bitmap
-					for s := first; s <= last; s++ {
-						bm[s/8] |= 1 << (s % 8)
-					}
-				}
-			}
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range pending {
-			for s := first; s <= last; s++ {
-				c.dirty.set(s)
-			}
-		}
-	}
-	return n.view.Load(), nil
-}
-
-func (n *Nexus) getOp(k int) *fanOp {
-	var o *fanOp
-	select {
-	case o = <-n.ops:
-	default:
-		o = &fanOp{}
-	}
-	if cap(o.errs) < k {
-		o.errs = make([]error, k)
-		o.claimed = make([]atomic.Bool, k)
-		o.done = make(chan struct{}, k)
-	}
-	o.errs, o.claimed = o.errs[:k], o.claimed[:k]
-	return o
-}
-
-func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error {
-	w := v.writable
-	if len(v.online) == 0 {
-		return fmt.Errorf("nexus %s: %s at %d: %w", n.name, kind, off, ErrNoHealthyChild)
-	}
-	o := n.getOp(len(w))
-	o.kind, o.p, o.off, o.length, o.members = kind, p, off, length, w
-	o.refs.Store(int32(len(w)))
-	for i := 1; i < len(w); i++ {
-		o.claimed[i].Store(false)
-		n.queue <- childIO{op: o, i: i}
-	}
-	o.errs[0] = o.run(0)
-	running := 0
-	for i := 1; i < len(w); i++ {
-		if o.claimed[i].CompareAndSwap(false, true) {
-			o.errs[i] = o.run(i)
-		} else {
-			running++
-		}
-	}
-	for ; running > 0; running-- {
-		<-o.done
-	}
-	var err error
-	for _, e := range o.errs {
-		if e != nil {
-			err = n.handleFailures(w, o.errs, kind, off)
-			break
-		}
-	}
-	n.release(o)
-	return err
-}
-
-// handleFailures decides the fate of an I/O that failed on some children.
-// It is acknowledged only if an online child that survives this decision
-// completed it; then every child that failed it is retired, and the new
-// health set is persisted before returning. Otherwise the I/O fails and the
-// online children that failed it stay (nobody is known to be better), while
-// rebuilding children that failed it are retired since they no longer match.
-func (n *Nexus) handleFailures(members []*child, errs []error, kind opKind, off int64) error {
-	n.stateMu.Lock()
-	defer n.stateMu.Unlock()
-	if n.failed.Load() {
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
-	}
-	ok := false
-	var firstErr error
-	for i, c := range members {
-		if errs[i] == nil && c.st() == StateOnline {
-			ok = true
-		}
-		if errs[i] != nil && firstErr == nil {
-			firstErr = fmt.Errorf("child %s: %w", c.uri, errs[i])
-		}
-	}
-	changed := false
-	for i, c := range members {
-		if errs[i] == nil {
-			continue
-		}
-		switch st := c.st(); {
-		case st == StateRebuilding, st == StateOnline && ok:
-			n.faultLocked(c, ReasonIOError, errs[i])
-			changed = true
-		}
-	}
-	if changed {
-		if err := n.saveLocked(nil, nil); err != nil {
-			return err
-		}
-		n.publishLocked()
-	}
-	if !ok {
-		return fmt.Errorf("nexus %s: %s at %d failed on every online child: %w", n.name, kind, off, firstErr)
-	}
-	return nil
-}
-
 // Children returns the status of every child, in configuration order.
 func (n *Nexus) Children() []ChildStatus {
 	n.stateMu.Lock()
 	defer n.stateMu.Unlock()
 	out := make([]ChildStatus, 0, len(n.children))
 	for _, c := range n.children {
-		s := ChildStatus{URI: c.uri, State: c.st(), Local: c.local, LastError: c.lastErr}
+		s := ChildStatus{URI: c.uri, State: c.st(), Local: c.local, LastError: c.lastErr, Identity: c.identity}
+		if c.claimed != nil && !c.closed {
+			s.Epoch = c.epoch
+		}
 		if s.State == StateFaulted || s.State == StateOffline {
 			s.Reason = c.reason
 		}
@@ -911,236 +748,4 @@ func (n *Nexus) findLocked(uri string) (int, *child) {
 		}
 	}
 	return -1, nil
-}
-
-// drain waits until every write that may still use a view older than the
-// current one has completed: they all hold range locks taken before.
-func (n *Nexus) drain() {
-	e := n.locks.lock(0, n.size)
-	n.locks.unlock(e)
-}
-
-// closeChild drains and closes the device of a child that is out of every
-// view. Reads still in flight on it fail and are retried elsewhere.
-func (n *Nexus) closeChild(c *child) {
-	n.stateMu.Lock()
-	if c.dev == nil || c.closed {
-		n.stateMu.Unlock()
-		return
-	}
-	c.closed = true
-	n.stateMu.Unlock()
-	n.drain()
-	if err := c.dev.Close(); err != nil && !errors.Is(err, bdev.ErrClosed) {
-		n.log.Warn("closing child", "child", c.uri, "err", err)
-	}
-}
-
-// FaultChild takes an online or rebuilding child out of service with the
-// given reason (ReasonAdmin when empty), persisted before it returns. The
-// last online child cannot be faulted (ErrLastChild).
-func (n *Nexus) FaultChild(ctx context.Context, uri string, reason FaultReason) error {
-	if reason == "" {
-		reason = ReasonAdmin
-	}
-	n.adminMu.Lock()
-	defer n.adminMu.Unlock()
-	n.stateMu.Lock()
-	defer n.stateMu.Unlock()
-	_, c := n.findLocked(uri)
-	if c == nil {
-		return fmt.Errorf("nexus %s: fault %s: %w", n.name, uri, ErrUnknownChild)
-	}
-	switch c.st() {
-	case StateOnline:
-		if n.onlineCountLocked() <= 1 {
-			return fmt.Errorf("nexus %s: fault %s: %w", n.name, uri, ErrLastChild)
-		}
-	case StateRebuilding:
-	default:
-		return fmt.Errorf("nexus %s: fault %s: the child is %s already", n.name, uri, c.st())
-	}
-	n.faultLocked(c, reason, nil)
-	if err := n.saveLocked(ctx, nil); err != nil {
-		return err
-	}
-	n.publishLocked()
-	return nil
-}
-
-// OfflineChild takes an online child out of service temporarily: its
-// device is closed, and the segments written from now on are recorded (and
-// persisted) in a write-intent bitmap so that OnlineChild can bring it back
-// by copying only those. The last online child cannot go offline.
-func (n *Nexus) OfflineChild(ctx context.Context, uri string) error {
-	n.adminMu.Lock()
-	defer n.adminMu.Unlock()
-	n.stateMu.Lock()
-	_, c := n.findLocked(uri)
-	switch {
-	case c == nil:
-		n.stateMu.Unlock()
-		return fmt.Errorf("nexus %s: offline %s: %w", n.name, uri, ErrUnknownChild)
-	case c.st() != StateOnline:
-		n.stateMu.Unlock()
-		return fmt.Errorf("nexus %s: offline %s: the child is %s; only an online child can go offline", n.name, uri, c.st())
-	case n.onlineCountLocked() <= 1:
-		n.stateMu.Unlock()
-		return fmt.Errorf("nexus %s: offline %s: %w", n.name, uri, ErrLastChild)
-	}
-	c.dirty = newBitmap(n.nseg)
-	c.reason = ReasonAdmin
-	c.state.Store(int32(StateOffline))
-	if err := n.saveLocked(ctx, nil); err != nil {
-		n.stateMu.Unlock()
-		return err
-	}
-	n.publishLocked()
-	n.stateMu.Unlock()
-	n.log.Info("child offline", "child", uri)
-	n.closeChild(c)
-	return nil
-}
-
-// RemoveChild stops any rebuild of the child, removes it from the nexus
-// (persisted) and closes it. The last online child cannot be removed.
-func (n *Nexus) RemoveChild(ctx context.Context, uri string) error {
-	n.adminMu.Lock()
-	defer n.adminMu.Unlock()
-	n.stateMu.Lock()
-	i, c := n.findLocked(uri)
-	if c == nil {
-		n.stateMu.Unlock()
-		return fmt.Errorf("nexus %s: remove %s: %w", n.name, uri, ErrUnknownChild)
-	}
-	if c.st() == StateOnline && n.onlineCountLocked() <= 1 {
-		n.stateMu.Unlock()
-		return fmt.Errorf("nexus %s: remove %s: %w", n.name, uri, ErrLastChild)
-	}
-	job := n.jobs[c]
-	n.stateMu.Unlock()
-	if job != nil {
-		job.control(RebuildStop)
-		<-job.doneCh
-	}
-	n.stateMu.Lock()
-	if i, c = n.findLocked(uri); c == nil {
-		n.stateMu.Unlock()
-		return nil
-	}
-	n.children = append(n.children[:i:i], n.children[i+1:]...)
-	if err := n.saveLocked(ctx, nil); err != nil {
-		n.stateMu.Unlock()
-		return err
-	}
-	n.publishLocked()
-	n.stateMu.Unlock()
-	n.log.Info("child removed", "child", uri)
-	n.closeChild(c)
-	return nil
-}
-
-// Close stops rebuilds (their children stay recorded as rebuilding, hence
-// stale for a recreated nexus), waits for in-flight I/O, records the clean
-// shutdown in the store and closes every child. The health record is kept;
-// destroy it with HealthStore.Delete. An error means the clean shutdown
-// could not be recorded; the nexus is closed all the same.
-func (n *Nexus) Close() error {
-	n.adminMu.Lock()
-	defer n.adminMu.Unlock()
-	if n.closed.Swap(true) {
-		return bdev.ErrClosed
-	}
-	n.cancel()
-	n.stateMu.Lock()
-	for _, j := range n.jobs {
-		j.wake()
-	}
-	n.stateMu.Unlock()
-	n.jobsWG.Wait()
-	for n.inflight.Load() > 0 {
-		time.Sleep(time.Millisecond)
-	}
-	close(n.queue)
-	n.wgWk.Wait()
-	// A clean record tells the next instance that its online children
-	// agree. Their volatile caches must be on stable storage first: a
-	// child whose node crashed after this close would otherwise have lost
-	// a tail the others kept.
-	flushErrs := n.flushOnline()
-	n.stateMu.Lock()
-	defer n.stateMu.Unlock()
-	var err error
-	if !n.failed.Load() {
-		// Clean only when the children agree: a resync cut short by
-		// Close must run again in the next instance.
-		n.cleanClose = !n.Resyncing()
-		for c, ferr := range flushErrs {
-			if c.st() != StateOnline {
-				continue
-			}
-			if n.onlineCountLocked() > 1 {
-				n.faultLocked(c, ReasonIOError, fmt.Errorf("flush at close: %w", ferr))
-			} else {
-				n.cleanClose = false // the next instance resyncs
-			}
-		}
-		err = n.saveLocked(nil, nil)
-	}
-	n.closeAll()
-	n.log.Info("nexus closed")
-	return err
-}
-
-// flushOnline flushes the online children in parallel and returns the
-// failures by child.
-func (n *Nexus) flushOnline() map[*child]error {
-	online := n.view.Load().online
-	errs := make([]error, len(online))
-	var wg sync.WaitGroup
-	for i, c := range online {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = c.dev.Flush()
-		}()
-	}
-	wg.Wait()
-	out := map[*child]error{}
-	for i, err := range errs {
-		if err != nil {
-			out[online[i]] = err
-		}
-	}
-	return out
-}
-
-// remapBitmap converts a stored bitmap of oldSeg-sized segments to newSeg
-// segments, conservatively (every new segment touching a dirty old one is
-// dirty).
-func remapBitmap(p []byte, oldSeg, newSeg int64) *bitmap {
-	if oldSeg <= 0 || oldSeg == newSeg {
-		return bitmapFromBytes(int64(len(p))*8, p)
-	}
-	old := bitmapFromBytes(int64(len(p))*8, p)
-	out := newBitmap((int64(len(p))*8*oldSeg + newSeg - 1) / newSeg)
-	for i := int64(0); i < old.n; i++ {
-		if old.test(i) {
-			for s := i * oldSeg / newSeg; s <= ((i+1)*oldSeg-1)/newSeg && s < out.n; s++ {
-				out.set(s)
-			}
-		}
-	}
-	return out
-}
-
-// resizeBitmap returns b with exactly bits bits (extra bits dropped).
-func resizeBitmap(b *bitmap, bits int64) *bitmap {
-	out := newBitmap(bits)
-	for i := int64(0); i < bits && i < b.n; i++ {
-		if b.test(i) {
-			out.set(i)
-		}
-	}
-	return out
 }

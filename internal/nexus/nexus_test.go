@@ -325,7 +325,7 @@ func TestUnreachableChildWaitsOfflineAfterCleanClose(t *testing.T) {
 
 // TestCloseFlushesChildren: a clean record promises that the online
 // children agree on stable storage, so Close flushes them first. A child
-// whose flush fails is faulted in that record; when it is the last online
+// whose flush fails is offline (io-error) in that record; when it is the last online
 // child, the record is not clean and the next instance resyncs.
 func TestCloseFlushesChildren(t *testing.T) {
 	r := newRig(t, 2, testSize, Config{})
@@ -341,7 +341,7 @@ func TestCloseFlushesChildren(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rec.Clean || rec.Children[0].State != StateOnline || rec.Children[1].State != StateFaulted {
+	if !rec.Clean || rec.Children[0].State != StateOnline || rec.Children[1].State != StateOffline || rec.Children[1].Reason != ReasonIOError {
 		t.Fatalf("record after a failed flush at close: %+v", rec)
 	}
 

@@ -52,12 +52,14 @@ func TestPoolReplicaChildren(t *testing.T) {
 	const size = 4 << 20
 	p, uris := newPoolReplicas(t, 4, size)
 	ctx := context.Background()
-	cfg := Config{UUID: "pool-nexus", Size: size, Children: uris[:3], Store: NewMemStore(),
+	// Real UUIDs: pool replicas are claimed with the nexus's UUID.
+	cfg := Config{UUID: "1c6f0e52-3d4b-4a8e-b1f2-7a9c0d5e6f10", Size: size, Children: uris[:3], Store: NewMemStore(),
 		Opener: poolRouter(p), RebuildSegment: 256 << 10, Logger: slog.New(slog.DiscardHandler)}
 	nx, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitInSync(t, nx) // no record: one source, the others rebuilt (or blank)
 	for _, c := range nx.Children() {
 		if !c.Local {
 			t.Fatalf("bdev:// child not local: %+v", c)
@@ -81,17 +83,22 @@ func TestPoolReplicaChildren(t *testing.T) {
 	if err := m.checkDevice(nx); err != nil {
 		t.Fatal(err)
 	}
-	nx.Close()
+	// Destroyed for good: its claims go, so another nexus may use the
+	// replicas.
+	if err := nx.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := p.Check(); err != nil {
 		t.Fatal(err)
 	}
 
 	// The conformance suite over replicas (fresh store, new nexus).
-	cfg.UUID, cfg.Store, cfg.Force = "pool-nexus-2", NewMemStore(), false
+	cfg.UUID, cfg.Store, cfg.Force = "2d7a1f63-4e5c-4b9f-82a3-8bad1e6f7021", NewMemStore(), false
 	nx, err = New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitInSync(t, nx)
 	if err := bdevtest.TestDevice(nx); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ type rangeLock struct {
 type rlEntry struct {
 	off, end   int64
 	granted    bool
+	write      bool // a write to the children (see writes)
 	prev, next *rlEntry
 	wake       chan struct{}
 }
@@ -29,12 +30,31 @@ func (e *rlEntry) overlaps(o *rlEntry) bool { return e.off < o.end && o.off < e.
 
 // lock blocks until [off, off+length) is held by the caller and returns the
 // handle to pass to unlock.
-func (l *rangeLock) lock(off, length int64) *rlEntry {
+func (l *rangeLock) lock(off, length int64) *rlEntry { return l.acquire(off, length, false) }
+
+// lockWrite is lock for a write that reaches children: writes lists its
+// range until it is unlocked.
+func (l *rangeLock) lockWrite(off, length int64) *rlEntry { return l.acquire(off, length, true) }
+
+// writes calls f with the range of every write holding or awaiting a lock:
+// the writes that may be in flight to a child now. f must not block or
+// take the lock.
+func (l *rangeLock) writes(f func(off, end int64)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for x := l.head; x != nil; x = x.next {
+		if x.write {
+			f(x.off, x.end)
+		}
+	}
+}
+
+func (l *rangeLock) acquire(off, length int64, write bool) *rlEntry {
 	e, _ := l.pool.Get().(*rlEntry)
 	if e == nil {
 		e = &rlEntry{wake: make(chan struct{}, 1)}
 	}
-	e.off, e.end = off, off+length
+	e.off, e.end, e.write = off, off+length, write
 	l.mu.Lock()
 	e.granted = true
 	for x := l.head; x != nil; x = x.next {

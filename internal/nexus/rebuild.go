@@ -1,12 +1,15 @@
 package nexus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
 )
 
 // How a rebuild keeps the new child consistent while I/O continues: the
@@ -49,15 +52,21 @@ type rebuildJob struct {
 // children while I/O continues; it returns once the rebuild has started
 // (follow it with RebuildStatus or WaitRebuild). The child becomes online,
 // persisted, when the rebuild completes. A faulted or offline child of the
-// same URI is reopened and fully rebuilt.
+// same URI is reopened and fully rebuilt; its identity is recorded anew. A
+// claimable child is claimed below the nexus's epoch until it is rebuilt
+// (see the package documentation); one that another nexus owns is refused
+// with an error matching bdev.ErrOwned.
 func (n *Nexus) AddChild(ctx context.Context, uri string) error {
 	return n.startRebuild(ctx, uri, false)
 }
 
 // OnlineChild brings back an offline child: it is reopened, receives every
-// write from now on, and only the segments written while it was away (its
-// write-intent bitmap) are copied to it. It becomes online when that
-// partial rebuild completes.
+// write from now on, and only the segments in its write-intent bitmap (what
+// it may lack) are copied to it. It becomes online when that partial
+// rebuild completes. A claimable child whose identity is not the recorded
+// one is another replica: it is faulted (identity-changed) and OnlineChild
+// fails with an error matching ErrIdentityChanged; AddChild rebuilds it in
+// full.
 func (n *Nexus) OnlineChild(ctx context.Context, uri string) error {
 	return n.startRebuild(ctx, uri, true)
 }
@@ -78,9 +87,9 @@ func (n *Nexus) startRebuild(ctx context.Context, uri string, partial bool) erro
 		return fmt.Errorf("nexus %s: %w", n.name, errClosed)
 	}
 	n.stateMu.Lock()
-	if n.failed.Load() {
+	if err := n.stoppedErr(); err != nil {
 		n.stateMu.Unlock()
-		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+		return err
 	}
 	_, old := n.findLocked(uri)
 	switch {
@@ -94,67 +103,137 @@ func (n *Nexus) startRebuild(ctx context.Context, uri string, partial bool) erro
 		n.stateMu.Unlock()
 		return fmt.Errorf("nexus %s: %s %s: the child is already %s", n.name, verb, uri, old.st())
 	}
+	var recorded string
+	if old != nil {
+		recorded = old.identity
+	}
+	epoch := n.epoch
 	n.stateMu.Unlock()
 	if old != nil {
 		// The old open must be closed before reopening: an opener may
 		// hand out the same device object again.
 		n.closeChild(old)
 	}
-	dev, err := n.open.Open(ctx, uri)
+	o, err := n.openChild(ctx, uri)
 	if err != nil {
 		return fmt.Errorf("nexus %s: %s: %w", n.name, verb, err)
 	}
-	if dev.BlockSize() != n.bs || dev.Size() < n.size {
-		dev.Close()
+	if o.dev.BlockSize() != n.bs || o.dev.Size() < n.size {
+		o.dev.Close()
 		return fmt.Errorf("nexus %s: %s %s: the device has %d-byte blocks and %d bytes; the nexus needs %d-byte blocks and at least %d bytes",
-			n.name, verb, uri, dev.BlockSize(), dev.Size(), n.bs, n.size)
+			n.name, verb, uri, o.dev.BlockSize(), o.dev.Size(), n.bs, n.size)
 	}
 	lo, _ := n.open.(LocalityOpener)
-	c := &child{uri: uri, dev: dev, local: lo != nil && lo.IsLocal(uri)}
+	c := &child{uri: uri, dev: o.dev, base: o.dev, local: lo != nil && lo.IsLocal(uri), identity: recorded}
+	if o.cl != nil {
+		if err := n.checkClaimable(uri, o.st); err != nil {
+			o.dev.Close()
+			return err
+		}
+		cur := o.st.Identity.String()
+		if partial && recorded != "" && cur != "" && cur != recorded {
+			o.dev.Close()
+			return n.identityChanged(ctx, old, recorded, cur)
+		}
+		if cur != "" {
+			c.identity = cur
+		}
+		// Below the epoch the nexus moves to next (see below) until
+		// the copy is complete.
+		if err := n.claim(ctx, c, max(o.st.Epoch, epoch)); err != nil {
+			o.dev.Close()
+			return fmt.Errorf("nexus %s: %s: %w", n.name, verb, err)
+		}
+	}
 	c.state.Store(int32(StateRebuilding))
-	j := &rebuildJob{n: n, c: c, partial: partial, doneCh: make(chan struct{}), state: RebuildRunning}
-	j.cond = sync.NewCond(&j.mu)
 
 	n.stateMu.Lock()
 	defer n.stateMu.Unlock()
 	i, cur := n.findLocked(uri)
 	if cur != old {
-		dev.Close()
+		c.closeDevs()
 		return fmt.Errorf("nexus %s: %s %s: the child changed meanwhile; retry", n.name, verb, uri)
 	}
+	var segs []int64
 	if partial {
+		segs = []int64{}
 		for s := int64(0); s < old.dirty.n; s++ {
 			if old.dirty.test(s) {
-				j.segs = append(j.segs, s)
+				segs = append(segs, s)
 			}
 		}
-		j.count = int64(len(j.segs))
-		for _, s := range j.segs {
-			j.total += n.segLen(s)
-		}
-	} else {
-		j.count, j.total = n.nseg, n.size
 	}
 	if i >= 0 {
 		n.children[i] = c
 	} else {
 		n.children = append(n.children, c)
 	}
+	n.epoch = max(n.epoch, o.st.Epoch) + 1
 	if err := n.saveLocked(context.WithoutCancel(ctx), nil); err != nil {
-		dev.Close()
+		c.closed = true
+		c.closeDevs()
 		return err
 	}
 	n.publishLocked()
+	if err := n.raiseOnlineLocked(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	n.launchLocked(c, partial, segs)
+	return nil
+}
+
+// identityChanged faults the offline child old, whose device turned out to
+// be another replica, and returns the error of OnlineChild.
+func (n *Nexus) identityChanged(ctx context.Context, old *child, recorded, cur string) error {
+	err := fmt.Errorf("nexus %s: online child %s: %w: recorded %s, found %s; add it with a full rebuild (add-child) instead",
+		n.name, old.uri, ErrIdentityChanged, recorded, cur)
+	n.stateMu.Lock()
+	defer n.stateMu.Unlock()
+	if _, c := n.findLocked(old.uri); c == old && c.st() == StateOffline {
+		n.faultLocked(c, ReasonIdentityChanged, err)
+		if serr := n.commitLocked(context.WithoutCancel(ctx), false); serr != nil {
+			return serr
+		}
+	}
+	return err
+}
+
+// launchLocked starts the rebuild of c, which is published rebuilding: of
+// segs when partial, else of every segment.
+func (n *Nexus) launchLocked(c *child, partial bool, segs []int64) {
+	j := &rebuildJob{n: n, c: c, partial: partial, doneCh: make(chan struct{}), state: RebuildRunning}
+	j.cond = sync.NewCond(&j.mu)
+	if partial {
+		j.segs, j.count = segs, int64(len(segs))
+		for _, s := range segs {
+			j.total += n.segLen(s)
+		}
+	} else {
+		j.count, j.total = n.nseg, n.size
+	}
 	j.started = time.Now()
 	j.runSince = j.started
 	n.jobs[c] = j
 	n.jobsWG.Add(1)
 	go j.run()
-	n.log.Info("rebuild started", "child", uri, "partial", partial, "bytes", j.total)
-	return nil
+	n.log.Info("rebuild started", "child", c.uri, "partial", partial, "bytes", j.total, "epoch", n.epoch)
 }
 
 var errClosed = errors.New("nexus is closed")
+
+// zeroes is compared against to tell an all-zero segment.
+var zeroes [64 << 10]byte
+
+func isZero(p []byte) bool {
+	for len(p) > 0 {
+		k := min(len(p), len(zeroes))
+		if !bytes.Equal(p[:k], zeroes[:k]) {
+			return false
+		}
+		p = p[k:]
+	}
+	return true
+}
 
 func (n *Nexus) segLen(s int64) int64 {
 	off := s * n.seg
@@ -201,7 +280,9 @@ func (j *rebuildJob) run() {
 	}
 	wg.Wait()
 	if firstErr == nil && n.ctx.Err() == nil && j.currentState() == RebuildRunning {
-		if err := j.c.dev.Flush(); err != nil {
+		if err := j.c.dev.Flush(); errors.Is(err, bdev.ErrFenced) {
+			firstErr = n.fence(fmt.Errorf("rebuild target %s: flush: %w", j.c.uri, err))
+		} else if err != nil {
 			firstErr = &targetError{err}
 		}
 	}
@@ -242,7 +323,18 @@ func (j *rebuildJob) copySegment(s int64, buf []byte) error {
 		j.mu.Unlock()
 		break
 	}
-	if _, err := j.c.dev.WriteAt(buf[:l], off); err != nil {
+	// Fresh volumes are mostly zeroes: a zero segment costs a thin
+	// target nothing to write as zeroes, and a data write would allocate.
+	var err error
+	if isZero(buf[:l]) {
+		err = j.c.dev.WriteZeroes(off, l)
+	} else {
+		_, err = j.c.dev.WriteAt(buf[:l], off)
+	}
+	if err != nil {
+		if errors.Is(err, bdev.ErrFenced) {
+			return n.fence(fmt.Errorf("rebuild target %s: %w", j.c.uri, err))
+		}
 		return &targetError{err}
 	}
 	j.done.Add(l)
@@ -328,7 +420,23 @@ func (j *rebuildJob) finish(err error) {
 	case state == RebuildStopped:
 		err = errors.New("stopped")
 	}
-	if !closing && j.c.st() == StateRebuilding {
+	if !closing && err == nil && j.c.st() == StateRebuilding && j.c.claimed != nil {
+		// Online children hold the nexus's epoch.
+		rctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		rerr := j.c.claimed.Raise(rctx, n.epoch)
+		cancel()
+		switch {
+		case errors.Is(rerr, bdev.ErrFenced):
+			err = n.fence(fmt.Errorf("rebuild target %s: raising it to epoch %d: %w", j.c.uri, n.epoch, rerr))
+			state = RebuildFailed
+		case rerr != nil:
+			err = &targetError{fmt.Errorf("raising its fencing epoch to %d: %w", n.epoch, rerr)}
+			state = RebuildFailed
+		default:
+			j.c.epoch = n.epoch
+		}
+	}
+	if !closing && j.c.st() == StateRebuilding && n.stoppedErr() == nil {
 		if err == nil {
 			j.c.state.Store(int32(StateOnline))
 			j.c.dirty = nil
@@ -341,10 +449,8 @@ func (j *rebuildJob) finish(err error) {
 			}
 			n.faultLocked(j.c, reason, fmt.Errorf("rebuild: %w", err))
 		}
-		if serr := n.saveLocked(nil, nil); serr != nil {
+		if serr := n.commitLocked(nil, false); serr != nil {
 			err, state = serr, RebuildFailed
-		} else {
-			n.publishLocked()
 		}
 	} else if !closing && err == nil {
 		err, state = errTargetGone, RebuildFailed

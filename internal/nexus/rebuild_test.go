@@ -20,6 +20,17 @@ func waitRebuild(t *testing.T, nx *Nexus, uri string) RebuildStatus {
 	return st
 }
 
+// waitInSync waits for every rebuild running in nx (a nexus created without
+// a health record rebuilds all children but one) to complete.
+func waitInSync(t *testing.T, nx *Nexus) {
+	t.Helper()
+	for _, r := range nx.Rebuilds() {
+		if st := waitRebuild(t, nx, r.Child); st.State != RebuildCompleted {
+			t.Fatalf("rebuild %+v", st)
+		}
+	}
+}
+
 func verifyClean(t *testing.T, nx *Nexus, children int) {
 	t.Helper()
 	rep, err := nx.Verify(context.Background())
@@ -310,7 +321,8 @@ func TestAddChildWaitingBehindClose(t *testing.T) {
 func TestRebuildTargetFailure(t *testing.T) {
 	r := newRig(t, 2, testSize, Config{RebuildSegment: 64 << 10})
 	fresh := r.addDevice(2)
-	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite, After: 10})
+	// The source is zeroes: the rebuild writes zeroes.
+	r.faults[fresh].AddRule(faulty.Rule{Ops: faulty.OpWrite | faulty.OpWriteZeroes, After: 10})
 	if err := r.nx.AddChild(context.Background(), fresh); err != nil {
 		t.Fatal(err)
 	}

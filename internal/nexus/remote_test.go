@@ -105,8 +105,8 @@ func TestRemoteConformance(t *testing.T) {
 }
 
 // The server of two remote children dies mid-workload: the client sees no
-// error (the local child carries on), both remote children are retired and
-// persisted, and a new remote child is rebuilt from the local one.
+// error (the local child carries on), both remote children are retired
+// (offline, with their write-intent bitmaps) and persisted, and a new remote child is rebuilt from the local one.
 func TestRemoteServerDies(t *testing.T) {
 	const size = 4 << 20
 	doomed := newRemoteNode(t, size, "r1", "r2")
@@ -120,6 +120,7 @@ func TestRemoteServerDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nx.Close()
+	waitInSync(t, nx)
 	m := newModel(size)
 	w := startWorkload(t, nx, m, 4, true)
 	waitAcked(t, w, 200)
@@ -128,12 +129,12 @@ func TestRemoteServerDies(t *testing.T) {
 	// dead children.
 	waitAcked(t, w, 200)
 	for _, c := range nx.Children()[1:] {
-		if c.State != StateFaulted || c.Reason != ReasonIOError {
+		if c.State != StateOffline || c.Reason != ReasonIOError {
 			t.Fatalf("children %+v", nx.Children())
 		}
 	}
 	rec, _ := store.Load(context.Background(), "remote")
-	if rec.Children[1].State != StateFaulted || rec.Children[2].State != StateFaulted {
+	if rec.Children[1].State != StateOffline || rec.Children[2].State != StateOffline {
 		t.Fatalf("stored %+v", rec)
 	}
 	if err := nx.AddChild(context.Background(), spare.uri("r3")); err != nil {

@@ -57,7 +57,9 @@ func (n *Nexus) resync() {
 }
 
 func (n *Nexus) resyncSegment(off, l int64, bufA, bufB []byte) error {
-	e := n.locks.lock(off, l)
+	// A repair is a write to online children: lockWrite lists it for a
+	// child that leaves meanwhile, and it marks its region unflushed.
+	e := n.locks.lockWrite(off, l)
 	defer n.locks.unlock(e)
 	for {
 		v := n.view.Load()
@@ -85,7 +87,9 @@ func (n *Nexus) resyncSegment(off, l int64, bufA, bufB []byte) error {
 			}
 			_, err := c.dev.ReadAt(bufB, off)
 			if err == nil && !bytes.Equal(bufA, bufB) {
-				if _, err = c.dev.WriteAt(bufA, off); err == nil {
+				_, err = c.dev.WriteAt(bufA, off)
+				n.uf.mark(off/n.seg, (off+l-1)/n.seg)
+				if err == nil {
 					n.resyncRepaired.Add(l)
 				}
 			}

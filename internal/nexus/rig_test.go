@@ -26,12 +26,30 @@ const unit = 4096
 type testOpener struct {
 	mu    sync.Mutex
 	devs  map[string]bdev.Device
+	opens map[string]func() bdev.Device
 	local map[string]bool
 	fail  map[string]error
 }
 
 func newTestOpener() *testOpener {
-	return &testOpener{devs: map[string]bdev.Device{}, local: map[string]bool{}, fail: map[string]error{}}
+	return &testOpener{devs: map[string]bdev.Device{}, opens: map[string]func() bdev.Device{},
+		local: map[string]bool{}, fail: map[string]error{}}
+}
+
+// addOpen registers a device that open returns a new handle of each time
+// (a fake replica's unclaimed handle, say), replacing any earlier one.
+func (o *testOpener) addOpen(uri string, open func() bdev.Device) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.devs, uri)
+	o.opens[uri] = open
+}
+
+func quietLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.Default()
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 func (o *testOpener) add(uri string, d bdev.Device) {
@@ -56,6 +74,9 @@ func (o *testOpener) Open(_ context.Context, uri string) (bdev.Device, error) {
 	defer o.mu.Unlock()
 	if err := o.fail[uri]; err != nil {
 		return nil, err
+	}
+	if open := o.opens[uri]; open != nil {
+		return open(), nil
 	}
 	d, ok := o.devs[uri]
 	if !ok {
@@ -134,6 +155,7 @@ func newRig(t testing.TB, children int, size int64, cfg Config) *rig {
 	cfg.Children = r.uris
 	cfg.Store = r.store
 	cfg.Opener = r.opener
+	seedRecord(t, r.store, cfg.UUID, r.uris)
 	nx, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -141,6 +163,24 @@ func newRig(t testing.TB, children int, size int64, cfg Config) *rig {
 	r.nx = nx
 	t.Cleanup(func() { nx.Close() })
 	return r
+}
+
+// seedRecord saves a clean health record that has every child online, as a
+// nexus over children known to be in sync (fresh zeroed devices) would have
+// left, unless the store has a record already. Without a record, a nexus
+// serves one child and rebuilds the others from it.
+func seedRecord(t testing.TB, store HealthStore, id string, uris []string) {
+	t.Helper()
+	if _, err := store.Load(context.Background(), id); !errors.Is(err, ErrNoRecord) {
+		return
+	}
+	rec := HealthRecord{NexusUUID: id, Generation: 1, SegmentSize: DefaultRebuildSegment, Clean: true}
+	for _, u := range uris {
+		rec.Children = append(rec.Children, ChildHealth{URI: u, State: StateOnline})
+	}
+	if err := store.Save(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // addDevice registers a new malloc+faulty device as child i and returns its URI.

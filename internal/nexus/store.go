@@ -25,7 +25,12 @@ type HealthRecord struct {
 	// the writes in flight when it died were never acknowledged, but they
 	// may have reached some children and not others (see
 	// Nexus.UncleanShutdown).
-	Clean    bool          `json:"clean"`
+	Clean bool `json:"clean"`
+	// Epoch is the nexus's fencing epoch: every online child holds a
+	// claim at this epoch, and a child that left or is being rebuilt a
+	// lower one. A new instance claims its children at a higher epoch
+	// than this and any child's, and saves it before claiming.
+	Epoch    uint64        `json:"epoch,omitempty"`
 	Children []ChildHealth `json:"children"`
 }
 
@@ -34,8 +39,14 @@ type ChildHealth struct {
 	URI    string      `json:"uri"`
 	State  ChildState  `json:"state"`
 	Reason FaultReason `json:"reason,omitempty"`
-	// Bitmap has one bit per segment (LSB first) written while the child
-	// was offline; set only for offline children.
+	// Identity is the replica's bdev.Identity string, learned when the
+	// child was first admitted; empty for devices without one. A device
+	// that reports another identity is not this child.
+	Identity string `json:"identity,omitempty"`
+	// Bitmap has one bit per segment (LSB first) that the child may lack:
+	// written while it was offline, and, for a child that left on an
+	// error, written but not yet flushed on it when it left. Set only for
+	// offline children.
 	Bitmap []byte `json:"bitmap,omitempty"`
 }
 

@@ -63,8 +63,15 @@ func (s *ChildState) UnmarshalText(b []byte) error {
 type FaultReason string
 
 const (
-	// ReasonIOError: the child failed a read, write or flush.
+	// ReasonIOError: the child failed a read, write or flush (a failing
+	// disk, a lost connection). The child goes offline with a write-intent
+	// bitmap, so OnlineChild resyncs it once it is back; a rebuild target
+	// that fails is faulted instead.
 	ReasonIOError FaultReason = "io-error"
+	// ReasonNoSpace: a write failed because the child's thin backing store
+	// is full (the error wraps bdev.ErrNoSpace). The child goes offline
+	// with a write-intent bitmap; free space in its pool, then OnlineChild.
+	ReasonNoSpace FaultReason = "no-space"
 	// ReasonAdmin: an administrator faulted the child, or took it offline.
 	ReasonAdmin FaultReason = "admin"
 	// ReasonOutOfSync: the child missed writes (an interrupted or stopped
@@ -74,6 +81,11 @@ const (
 	// closed cleanly is recreated, such a child waits offline (OnlineChild
 	// brings it back with a partial rebuild); otherwise it is faulted.
 	ReasonOpenFailed FaultReason = "open-failed"
+	// ReasonIdentityChanged: the device behind the child's URI is another
+	// replica than the one the health record knows (it was destroyed and
+	// created again): it holds none of the nexus's data. AddChild rebuilds
+	// it in full.
+	ReasonIdentityChanged FaultReason = "identity-changed"
 )
 
 // Sentinel errors callers branch on. Errors returned by the nexus wrap them
@@ -96,6 +108,18 @@ var (
 	// ErrNoRebuild is returned by rebuild controls when the child is not
 	// being rebuilt.
 	ErrNoRebuild = errors.New("nexus: no rebuild in progress for the child")
+	// ErrFencedNexus is returned by every I/O and change after a child
+	// reported that a newer claim holds it (bdev.ErrFenced): a newer
+	// instance of this nexus, elsewhere, owns the children. This one never
+	// writes the health store again (the record is the newer one's now);
+	// close it. Errors that wrap it also wrap bdev.ErrFenced.
+	ErrFencedNexus = errors.New("nexus: fenced: a newer instance of this nexus holds its children; this one stopped serving and must be closed")
+	// ErrIdentityChanged is returned by OnlineChild when the device behind
+	// the child's URI is another replica than the one recorded (destroyed
+	// and created again under the same name): a partial rebuild would
+	// leave it with holes. The child is faulted (identity-changed); add it
+	// with AddChild for a full rebuild.
+	ErrIdentityChanged = errors.New("nexus: the child is a different replica than the one recorded (it was destroyed and created again)")
 )
 
 // StaleChildError refuses to create a nexus over children that the health
@@ -107,10 +131,20 @@ type StaleChildError struct {
 
 // StaleChild is one refused child and what the store says about it.
 type StaleChild struct {
-	URI    string
-	State  string // the recorded state, or "unknown" when not recorded
+	URI string
+	// State is the recorded state, "unknown" when not recorded, or
+	// "identity-changed" when the device is another replica than the one
+	// recorded (Recorded and Current then hold the two identities).
+	State  string
 	Reason FaultReason
+	// Recorded and Current are bdev.Identity strings, set for a child
+	// whose identity changed.
+	Recorded, Current string
 }
+
+// StateIdentityChanged is the StaleChild.State of a child whose device is
+// another replica than the one the health record knows.
+const StateIdentityChanged = "identity-changed"
 
 // ErrStaleChild matches every *StaleChildError with errors.Is.
 var ErrStaleChild = errors.New("nexus: stale child")
@@ -118,16 +152,31 @@ var ErrStaleChild = errors.New("nexus: stale child")
 func (e *StaleChildError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "nexus %s: ", e.Nexus)
+	stale, changed := false, false
 	for i, c := range e.Children {
 		if i > 0 {
 			b.WriteString("; ")
+		}
+		if c.State == StateIdentityChanged {
+			fmt.Fprintf(&b, "child %s is another replica (identity %s) than the one recorded (%s): it was destroyed and created again and holds none of the data", c.URI, c.Current, c.Recorded)
+			changed = true
+			continue
 		}
 		fmt.Fprintf(&b, "child %s is %s", c.URI, c.State)
 		if c.Reason != "" {
 			fmt.Fprintf(&b, " (%s)", c.Reason)
 		}
+		b.WriteString(" in the health store")
+		stale = true
 	}
-	b.WriteString(" in the health store and may be out of date: add it as a new child to rebuild it, or use --force if you know it is current")
+	switch {
+	case stale && changed:
+		b.WriteString(": leave these children out and add them afterwards to rebuild them in full (--force trusts a child the store calls stale, never a replaced one)")
+	case changed:
+		b.WriteString(": leave it out and add it afterwards to rebuild it in full")
+	default:
+		b.WriteString(" and may be out of date: add it as a new child to rebuild it, or use --force if you know it is current")
+	}
 	return b.String()
 }
 
@@ -145,6 +194,13 @@ type ChildStatus struct {
 	State  ChildState
 	Reason FaultReason // set when State is StateFaulted or StateOffline
 	Local  bool
+	// Identity is the replica's bdev.Identity string as recorded; empty
+	// for devices that have none (not claimable).
+	Identity string
+	// Epoch is the fencing epoch this nexus holds the child's claim at
+	// (0 when the child is not claimable or not open). Online children
+	// hold the nexus's epoch; a rebuilding child a lower one.
+	Epoch uint64
 	// DirtyBytes is the amount of data written while the child was
 	// offline (the bytes a partial rebuild will copy), in whole segments.
 	DirtyBytes int64
