@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -116,16 +115,8 @@ func cliError(err error) error {
 		return nil
 	}
 	var f *fault.Fault
-	if errors.As(err, &f) && f.Code != "" {
-		desc := f.Description
-		if f.Err != nil {
-			msg := f.Err.Error()
-			if st, ok := status.FromError(f.Err); ok {
-				msg = st.Message()
-			}
-			desc = fmt.Sprintf("%s (%s)", desc, msg)
-		}
-		return fault.New(f.Kind, f.Code, desc, f.Resolution)
+	if errors.As(err, &f) {
+		return err
 	}
 	if _, ok := status.FromError(err); ok {
 		f := engine.FromStatus(err)

@@ -22,6 +22,8 @@ const (
 	CodeBadSelection  = "mgmt.bad_selection"
 	CodeBadRequest    = "mgmt.bad_request"
 	CodeStore         = "mgmt.store"
+	CodeAddressInUse  = "mgmt.address_in_use"
+	CodeNoRanks       = "mgmt.no_ranks"
 )
 
 // NotLeaderError is returned by a replica that is not the leader. Leader is
