@@ -139,6 +139,9 @@ var registry = []Spec{
 	{"mgmt.store", Unavailable, "check that the etcd cluster has a quorum, then retry"},
 
 	// Clients: errors made on the calling side of a gRPC connection.
+	{"engine.address", InvalidArgument, "give host, host:port or an IP address (an IPv6 address with a port in brackets: [::1]:10124)"},
+	{"engine.unreachable", Unavailable, "check that `nexstor server` runs at that address and that it is reachable from here"},
+	{"mgmt.unreachable", Unavailable, "check that the access points run `nexstor server --control` and are reachable from here"},
 	{"rpc.aborted", Aborted, "retry the call"},
 	{"rpc.already_exists", AlreadyExists, "choose another name, or use the existing object"},
 	{"rpc.canceled", Canceled, "the call was canceled before it finished; run it again"},
