@@ -139,6 +139,8 @@ var registry = []Spec{
 	{"mgmt.store", Unavailable, "check that the etcd cluster has a quorum, then retry"},
 
 	// Clients: errors made on the calling side of a gRPC connection.
+	{"cli.certs", FailedPrecondition, "give --cert-dir DIR with the ca.crt and admin.crt/.key that `nexstor certgen` wrote (or set NEXSTOR_CERT_DIR), or --insecure for a server started with --insecure"},
+	{"cli.usage", InvalidArgument, "see the command's --help"},
 	{"engine.address", InvalidArgument, "give host, host:port or an IP address (an IPv6 address with a port in brackets: [::1]:10124)"},
 	{"engine.unreachable", Unavailable, "check that `nexstor server` runs at that address and that it is reachable from here"},
 	{"mgmt.unreachable", Unavailable, "check that the access points run `nexstor server --control` and are reachable from here"},
