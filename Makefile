@@ -7,12 +7,16 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build test test-deps test-short vet generate bench fuzz clean
+.PHONY: all build install test test-deps test-short vet generate bench fuzz clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+# install puts nexstor and nexctl in $(go env GOBIN), else $(go env GOPATH)/bin.
+install:
+	CGO_ENABLED=0 $(GO) install ./cmd/...
 
 # test installs the real peers (when it can), then runs every test with the
 # race detector. Under CI a missing peer fails its test instead of skipping.

@@ -52,7 +52,12 @@ mismatch or an I/O error makes the command fail after printing the results.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec, err := o.spec()
 			if err != nil {
-				return err
+				return usage(cmd, err)
+			}
+			if strings.HasPrefix(args[0], "nvmf://") {
+				if _, _, err := parseNVMfURI(args[0]); err != nil {
+					return usage(cmd, err)
+				}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()

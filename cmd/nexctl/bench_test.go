@@ -53,7 +53,7 @@ func runNexctl(t *testing.T, args ...string) (string, error) {
 	root.SetArgs(args)
 	root.SetErr(&bytes.Buffer{})
 	err := root.Execute()
-	if a.conn != nil {
+	if a.eng != nil {
 		t.Errorf("%v dialed the engine", args)
 	}
 	return out.String(), err

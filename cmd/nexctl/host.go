@@ -7,9 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/engine"
+	"github.com/nexstor/nexstor/internal/cli/version"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 )
 
 func (a *app) hostCmd() *cobra.Command {
@@ -23,8 +23,8 @@ func (a *app) hostCmd() *cobra.Command {
 		Example: `  nexctl host devices`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewHostServiceClient, func(ctx context.Context, c enginev1.HostServiceClient) error {
-				resp, err := c.ListBlockDevices(ctx, &enginev1.ListBlockDevicesRequest{})
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
+				resp, err := c.ListBlockDevices(ctx, nil)
 				if err != nil {
 					return err
 				}
@@ -53,30 +53,57 @@ func (a *app) hostCmd() *cobra.Command {
 }
 
 func (a *app) versionCmd() *cobra.Command {
-	return &cobra.Command{
+	var clientOnly bool
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the versions of nexctl and of the engine",
+		Long: `Version prints nexctl's module version and the VCS revision it was built
+from, then asks the engine for its own. When the engine cannot be reached,
+nexctl's part is printed and the command fails; --client skips the engine.`,
 		Example: `  nexctl version
-  nexctl version -o json`,
+  nexctl version --client -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			type ver struct {
-				Client string `json:"client" yaml:"client"`
-				Engine string `json:"engine,omitempty" yaml:"engine,omitempty"`
-				API    string `json:"api,omitempty" yaml:"api,omitempty"`
-				Host   string `json:"host,omitempty" yaml:"host,omitempty"`
+				Client         string `json:"client" yaml:"client"`
+				ClientRevision string `json:"client_revision,omitempty" yaml:"client_revision,omitempty"`
+				ClientModified bool   `json:"client_modified,omitempty" yaml:"client_modified,omitempty"`
+				ClientGo       string `json:"client_go" yaml:"client_go"`
+				Engine         string `json:"engine,omitempty" yaml:"engine,omitempty"`
+				EngineCommit   string `json:"engine_commit,omitempty" yaml:"engine_commit,omitempty"`
+				API            string `json:"api,omitempty" yaml:"api,omitempty"`
+				Host           string `json:"host,omitempty" yaml:"host,omitempty"`
 			}
-			v := ver{Client: engine.GetVersion().Version}
-			return call(a, enginev1.NewHostServiceClient, func(ctx context.Context, c enginev1.HostServiceClient) error {
-				resp, err := c.GetVersion(ctx, &enginev1.GetVersionRequest{})
-				if err != nil {
-					return err
-				}
-				v.Engine, v.API, v.Host = resp.GetVersion(), resp.GetApi(), resp.GetHostname()
-				return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
-					return output.KeyValues(w, "nexctl", v.Client, "engine", v.Engine, "api", v.API, "host", v.Host)
+			bi := version.Get()
+			v := ver{Client: bi.Version, ClientRevision: bi.Revision, ClientModified: bi.Modified, ClientGo: bi.Go}
+			var err error
+			if !clientOnly {
+				err = a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
+					resp, err := c.GetVersion(ctx, nil)
+					if err != nil {
+						return err
+					}
+					v.Engine, v.EngineCommit, v.API, v.Host = resp.GetVersion(), resp.GetCommit(), resp.GetApi(), resp.GetHostname()
+					return nil
 				})
+			}
+			perr := output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
+				kv := []string{"nexctl", bi.String()}
+				if v.Engine != "" {
+					e := v.Engine
+					if v.EngineCommit != "" {
+						e += " (revision " + v.EngineCommit + ")"
+					}
+					kv = append(kv, "engine", e, "api", v.API, "host", v.Host)
+				}
+				return output.KeyValues(w, kv...)
 			})
+			if err != nil {
+				return err
+			}
+			return perr
 		},
 	}
+	cmd.Flags().BoolVar(&clientOnly, "client", false, "print nexctl's version only; do not ask the engine")
+	return cmd
 }

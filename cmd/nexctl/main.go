@@ -1,6 +1,12 @@
-// Command nexctl is the Nexstor admin tool. This build talks to one node's
-// engine over gRPC: pools, replicas, nexuses and how they are shared; bench
-// loads a share or a disk directly.
+// Command nexctl is the Nexstor admin tool. It talks to one node's engine
+// over gRPC (pools, replicas, nexuses and how they are shared), to the node
+// services of many servers at once (storage), and to the management service
+// (system); bench loads a share or a disk directly.
+//
+// Exit status: 0 on success, 1 when the operation failed, 2 when nexctl was
+// called wrongly (unknown command or flag, wrong number of arguments, a bad
+// flag value). Errors are printed on stderr as "Error: ...", "Code: ..."
+// and "Resolution: ...", each once.
 package main
 
 import (
@@ -11,9 +17,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 	"github.com/nexstor/nexstor/internal/units"
 )
 
@@ -21,7 +27,7 @@ import (
 // NEXSTOR_ENGINE is given.
 const defaultEngine = "localhost:10124"
 
-// app holds the global flags and the connection, opened on first use.
+// app holds the global flags and the engine client, made on first use.
 type app struct {
 	engineAddr string
 	format     string
@@ -29,20 +35,29 @@ type app struct {
 	tls        tlsFlags
 	out        io.Writer
 
-	conn *grpc.ClientConn
+	eng *engineclient.Client
 }
 
-func main() {
-	a := &app{out: os.Stdout}
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run runs nexctl with args, printing results on stdout and errors on
+// stderr, and returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	a := &app{out: stdout}
 	root := a.rootCmd()
-	err := root.Execute()
-	if a.conn != nil {
-		a.conn.Close()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteC()
+	if a.eng != nil {
+		a.eng.Close()
 	}
-	if err != nil {
-		output.Error(os.Stderr, cliError(err))
-		os.Exit(1)
+	if err == nil {
+		return 0
 	}
+	err, status := classify(cmd, err)
+	output.Error(stderr, err)
+	return status
 }
 
 func (a *app) rootCmd() *cobra.Command {
@@ -58,7 +73,13 @@ prints; a nexus mirrors a volume over replicas of several nodes. bench
 measures a share or a disk.
 
 The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
-` + defaultEngine + `.
+` + defaultEngine + `. It is host[:port] (port 10124 when left out) or an IP
+address, IPv6 in brackets with a port ([::1]:10124). A host list such as
+node-[1-3] is taken by the commands that fan out (storage scan, storage
+format) and refused by the others, which talk to one engine.
+
+Exit status: 0 on success, 1 when the operation failed, 2 when the command
+line is wrong. Errors print on stderr as Error, Code and Resolution lines.
 
 ` + tlsHelp,
 		Example: `  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
@@ -70,20 +91,27 @@ The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			_, err := output.ParseFormat(a.format)
-			return err
+			if _, err := output.ParseFormat(a.format); err != nil {
+				return usage(cmd, fmt.Errorf("-o: %w", err))
+			}
+			if a.timeout <= 0 {
+				return usage(cmd, fmt.Errorf("--timeout %v: give a positive duration such as 30s", a.timeout))
+			}
+			return nil
 		},
 	}
 	env := os.Getenv("NEXSTOR_ENGINE")
 	if env == "" {
 		env = defaultEngine
 	}
-	root.PersistentFlags().StringVar(&a.engineAddr, "engine", env, "engine gRPC address host:port (env NEXSTOR_ENGINE)")
+	root.PersistentFlags().StringVar(&a.engineAddr, "engine", env, "engine gRPC address host[:port] (env NEXSTOR_ENGINE)")
 	root.PersistentFlags().StringVarP(&a.format, "output", "o", "table", "output format: table, json or yaml")
 	a.tls.add(root.PersistentFlags())
-	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second, "time limit of each call to the engine")
+	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second,
+		"time limit of each call (connecting to a server that does not answer fails sooner)")
 	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
 		a.systemCmd(), a.storageCmd())
+	strict(root)
 	return root
 }
 
@@ -92,47 +120,50 @@ func (a *app) outFormat() output.Format {
 	return f
 }
 
-// dial connects to the engine once; calls reuse the connection.
-func (a *app) dial() (*grpc.ClientConn, error) {
-	if a.conn != nil {
-		return a.conn, nil
+// engine returns the client of the engine of --engine, made once. A host
+// list is refused: the commands that use it talk to one engine.
+func (a *app) engine(cmd *cobra.Command) (*engineclient.Client, error) {
+	if a.eng != nil {
+		return a.eng, nil
 	}
-	opts, err := a.tls.dialOptions(a.engineAddr)
+	addrs, err := expandEngines("--engine", a.engineAddr)
 	if err != nil {
-		return nil, err
+		return nil, usage(cmd, err)
 	}
-	conn, err := grpc.NewClient(a.engineAddr, opts...)
+	if len(addrs) > 1 {
+		return nil, usage(cmd, fmt.Errorf("--engine %s names %d engines, and `%s` talks to one; "+
+			"give one address (storage scan and storage format take a host list)", a.engineAddr, len(addrs), cmd.CommandPath()))
+	}
+	c, err := engineclient.New(addrs[0], engineclient.Options{TLS: a.tls.files(), Insecure: a.tls.plain(addrs)})
 	if err != nil {
-		return nil, fmt.Errorf("engine address %q: %w", a.engineAddr, err)
+		return nil, a.tls.certsFault(err)
 	}
-	a.conn = conn
-	return conn, nil
+	a.eng = c
+	return c, nil
 }
 
 func (a *app) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), a.timeout)
 }
 
-// call dials the engine, makes a client of one of its services with
-// newClient and runs fn with a context bounded by --timeout.
-func call[C any](a *app, newClient func(grpc.ClientConnInterface) C, fn func(context.Context, C) error) error {
-	conn, err := a.dial()
+// withEngine runs fn with the engine's client and a context bounded by
+// --timeout.
+func (a *app) withEngine(cmd *cobra.Command, fn func(ctx context.Context, c *engineclient.Client) error) error {
+	c, err := a.engine(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := a.ctx()
 	defer cancel()
-	return fn(ctx, newClient(conn))
+	return fn(ctx, c)
 }
 
-// parseSize parses a human size ("1GiB", "512MiB", "1073741824").
-func parseSize(flag, s string) (uint64, error) {
+// parseSize parses the human size of a flag ("1GiB", "512MiB",
+// "1073741824"); a bad one is a usage error of cmd.
+func parseSize(cmd *cobra.Command, flag, s string) (uint64, error) {
 	n, err := units.ParseSize(s)
 	if err != nil {
-		return 0, fmt.Errorf("--%s: %w", flag, err)
-	}
-	if n < 0 {
-		return 0, fmt.Errorf("--%s %q: a size cannot be negative", flag, s)
+		return 0, usage(cmd, fmt.Errorf("--%s: %w", flag, err))
 	}
 	return uint64(n), nil
 }

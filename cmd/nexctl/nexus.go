@@ -13,15 +13,8 @@ import (
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 )
-
-func (a *app) nexuses() (enginev1.NexusServiceClient, error) {
-	c, err := a.dial()
-	if err != nil {
-		return nil, err
-	}
-	return enginev1.NewNexusServiceClient(c), nil
-}
 
 func (a *app) nexusCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -56,32 +49,32 @@ nqn.2024-11.io.nexstor:nexus:<uuid>) or NBD (export nexus/<name>).`,
 			`Add-child opens the child and copies the whole nexus to it while I/O goes
 on. It becomes online when the rebuild completes; follow it with --wait or
 'nexctl nexus rebuild status NAME --watch'.`, true,
-			func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+			func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
 				return c.AddChild(ctx, r)
 			}),
 		a.nexusChildCmd("remove-child", "Remove a child from a nexus",
 			`Remove-child stops any rebuild of the child and removes it. The last healthy
 child cannot be removed. The replica itself is left as it is.`, false,
-			func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+			func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
 				return c.RemoveChild(ctx, r)
 			}),
 		a.nexusChildCmd("fault-child", "Take a child out of service",
 			`Fault-child stops all I/O to the child; it is recorded as faulted (admin) and
 must be rebuilt with add-child to come back. The last healthy child cannot be
 faulted.`, false,
-			func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+			func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
 				return c.FaultChild(ctx, r)
 			}),
 		a.nexusChildCmd("offline-child", "Take a child out of service for a while",
 			`Offline-child stops I/O to the child and records which segments are written
 meanwhile, so that online-child copies only those.`, false,
-			func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+			func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
 				return c.OfflineChild(ctx, r)
 			}),
 		a.nexusChildCmd("online-child", "Bring an offline child back with a partial rebuild",
 			`Online-child reopens an offline child and copies to it only the segments
 written while it was away.`, true,
-			func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+			func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
 				return c.OnlineChild(ctx, r)
 			}),
 		a.nexusRebuildCmd(), a.nexusVerifyCmd())
@@ -111,11 +104,11 @@ the smallest child. A child that the health store records as out of date
 			var n uint64
 			if size != "" {
 				var err error
-				if n, err = parseSize("size", size); err != nil {
+				if n, err = parseSize(cmd, "size", size); err != nil {
 					return err
 				}
 			}
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				r, err := c.CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: args[0], Uuid: uuid, Size: n, Children: children, Force: force})
 				if err != nil {
 					return err
@@ -141,7 +134,7 @@ func (a *app) nexusListCmd() *cobra.Command {
   nexctl nexus list -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				resp, err := c.ListNexuses(ctx, &enginev1.ListNexusesRequest{})
 				if err != nil {
 					return err
@@ -163,7 +156,7 @@ func (a *app) nexusGetCmd() *cobra.Command {
 		Example: `  nexctl nexus get vol1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				n, err := c.GetNexus(ctx, &enginev1.GetNexusRequest{Name: args[0]})
 				if err != nil {
 					return err
@@ -183,7 +176,7 @@ The children's replicas and their data are left as they are.`,
 		Example: `  nexctl nexus destroy vol1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				if _, err := c.DestroyNexus(ctx, &enginev1.DestroyNexusRequest{Name: args[0]}); err != nil {
 					return err
 				}
@@ -209,7 +202,7 @@ remembered across server restarts.
   nexctl nexus publish vol1 --protocol nbd`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				n, err := c.PublishNexus(ctx, &enginev1.PublishNexusRequest{Name: args[0], Protocol: protocol, AllowedHosts: hosts})
 				if err != nil {
 					return err
@@ -234,7 +227,7 @@ func (a *app) nexusUnpublishCmd() *cobra.Command {
 		Example: `  nexctl nexus unpublish vol1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				if _, err := c.UnpublishNexus(ctx, &enginev1.UnpublishNexusRequest{Name: args[0]}); err != nil {
 					return err
 				}
@@ -244,7 +237,7 @@ func (a *app) nexusUnpublishCmd() *cobra.Command {
 	}
 }
 
-type childCall func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error)
+type childCall func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error)
 
 // nexusChildCmd builds one of the child commands; rebuilds offer --wait.
 func (a *app) nexusChildCmd(use, short, long string, rebuilds bool, call childCall) *cobra.Command {
@@ -256,7 +249,7 @@ func (a *app) nexusChildCmd(use, short, long string, rebuilds bool, call childCa
 		Example: fmt.Sprintf("  nexctl nexus %s vol1 nvmf://10.0.0.6:4420/nqn.2024-11.io.nexstor:replica:<uuid>", use),
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
+			c, err := a.engine(cmd)
 			if err != nil {
 				return err
 			}
@@ -298,7 +291,7 @@ is given) until it finishes, as a live progress bar on a terminal.`,
   nexctl nexus rebuild status vol1 nvmf://10.0.0.6:4420/<nqn> -o json`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.nexuses()
+			c, err := a.engine(cmd)
 			if err != nil {
 				return err
 			}
@@ -326,15 +319,15 @@ is given) until it finishes, as a live progress bar on a terminal.`,
 	cmd.AddCommand(status)
 	for _, ctl := range []struct {
 		use, short string
-		call       func(enginev1.NexusServiceClient, context.Context, *enginev1.ChildRequest) (*enginev1.Rebuild, error)
+		call       func(*engineclient.Client, context.Context, *enginev1.ChildRequest) (*enginev1.Rebuild, error)
 	}{
-		{"pause", "Pause a rebuild (the child keeps receiving writes)", func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+		{"pause", "Pause a rebuild (the child keeps receiving writes)", func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
 			return c.PauseRebuild(ctx, r)
 		}},
-		{"resume", "Resume a paused rebuild", func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+		{"resume", "Resume a paused rebuild", func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
 			return c.ResumeRebuild(ctx, r)
 		}},
-		{"stop", "Stop a rebuild; the child is left faulted", func(c enginev1.NexusServiceClient, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+		{"stop", "Stop a rebuild; the child is left faulted", func(c *engineclient.Client, ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
 			return c.StopRebuild(ctx, r)
 		}},
 	} {
@@ -344,7 +337,7 @@ is given) until it finishes, as a live progress bar on a terminal.`,
 			Example: fmt.Sprintf("  nexctl nexus rebuild %s vol1 nvmf://10.0.0.6:4420/<nqn>", ctl.use),
 			Args:    cobra.ExactArgs(2),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+				return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 					r, err := ctl.call(c, ctx, &enginev1.ChildRequest{Nexus: args[0], Child: args[1]})
 					if err != nil {
 						return err
@@ -371,7 +364,7 @@ func isTerminal(w io.Writer) bool {
 
 // watchRebuild follows a rebuild until it finishes and prints its final
 // status; mustComplete makes anything but completion an error.
-func (a *app) watchRebuild(ctx context.Context, c enginev1.NexusServiceClient, nexusName, child string, mustComplete bool) error {
+func (a *app) watchRebuild(ctx context.Context, c *engineclient.Client, nexusName, child string, mustComplete bool) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -468,7 +461,7 @@ when the children differ.`,
   nexctl nexus verify vol1 -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewNexusServiceClient, func(ctx context.Context, c enginev1.NexusServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				resp, err := c.Verify(ctx, &enginev1.VerifyRequest{Nexus: args[0]})
 				if err != nil {
 					return err

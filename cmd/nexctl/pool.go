@@ -9,6 +9,7 @@ import (
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 )
 
 func (a *app) poolCmd() *cobra.Command {
@@ -53,11 +54,11 @@ destroys that pool and everything in it. Quote URIs with '?' in a shell.`,
 			var cs uint64
 			if clusterSize != "" {
 				var err error
-				if cs, err = parseSize("cluster-size", clusterSize); err != nil {
+				if cs, err = parseSize(cmd, "cluster-size", clusterSize); err != nil {
 					return err
 				}
 			}
-			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				p, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: args[0], Disk: args[1], ClusterSize: cs, Force: force})
 				if err != nil {
 					return err
@@ -82,7 +83,7 @@ knows of but could not import (state faulted) are listed with the reason.`,
   nexctl pool list -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				resp, err := c.ListPools(ctx, &enginev1.ListPoolsRequest{})
 				if err != nil {
 					return err
@@ -104,7 +105,7 @@ func (a *app) poolGetCmd() *cobra.Command {
 		Example: `  nexctl pool get p0 -o yaml`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				p, err := c.GetPool(ctx, &enginev1.GetPoolRequest{Name: args[0]})
 				if err != nil {
 					return err
@@ -128,7 +129,7 @@ refused. A faulted pool is only forgotten; its disk is left alone.`,
   nexctl pool destroy p0 --force`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				if _, err := c.DestroyPool(ctx, &enginev1.DestroyPoolRequest{Name: args[0], Force: force}); err != nil {
 					return err
 				}
@@ -151,7 +152,7 @@ server) and remembers it. A disk without a pool is reported and not written.`,
   nexctl pool import file:///var/lib/nexstor/d0.img --name p0`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				p, err := c.ImportPool(ctx, &enginev1.ImportPoolRequest{Name: name, Disk: args[0]})
 				if err != nil {
 					return err
@@ -174,7 +175,7 @@ unshared first.`,
 		Example: `  nexctl pool export p0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewPoolServiceClient, func(ctx context.Context, c enginev1.PoolServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				if _, err := c.ExportPool(ctx, &enginev1.ExportPoolRequest{Name: args[0]}); err != nil {
 					return err
 				}

@@ -9,6 +9,7 @@ import (
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 )
 
 func (a *app) replicaCmd() *cobra.Command {
@@ -47,11 +48,11 @@ Replicas are thick unless --thin is given.`,
   nexctl replica create r1 --pool p0 --size 1GiB --uuid 9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := parseSize("size", size)
+			n, err := parseSize(cmd, "size", size)
 			if err != nil {
 				return err
 			}
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				r, err := c.CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: args[0], Pool: pool, Size: n, Thin: thin, Uuid: uuid})
 				if err != nil {
 					return err
@@ -79,7 +80,7 @@ func (a *app) replicaListCmd() *cobra.Command {
   nexctl replica list --pool p0 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				resp, err := c.ListReplicas(ctx, &enginev1.ListReplicasRequest{Pool: pool})
 				if err != nil {
 					return err
@@ -103,7 +104,7 @@ func (a *app) replicaGetCmd() *cobra.Command {
 		Example: `  nexctl replica get r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				r, err := c.GetReplica(ctx, &enginev1.GetReplicaRequest{Name: args[0]})
 				if err != nil {
 					return err
@@ -123,7 +124,7 @@ replica is refused: unshare it first.`,
 		Example: `  nexctl replica destroy r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				if _, err := c.DestroyReplica(ctx, &enginev1.DestroyReplicaRequest{Name: args[0]}); err != nil {
 					return err
 				}
@@ -143,11 +144,11 @@ Replicas cannot shrink.`,
 		Example: `  nexctl replica resize r0 --size 2GiB`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := parseSize("size", size)
+			n, err := parseSize(cmd, "size", size)
 			if err != nil {
 				return err
 			}
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				r, err := c.ResizeReplica(ctx, &enginev1.ResizeReplicaRequest{Name: args[0], Size: n})
 				if err != nil {
 					return err
@@ -180,7 +181,7 @@ again prints its URI.
   nexctl replica share r0 --protocol nvmf --allowed-host "$(cat /etc/nvme/hostnqn)"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				r, err := c.ShareReplica(ctx, &enginev1.ShareReplicaRequest{Name: args[0], Protocol: protocol, AllowedHosts: hosts})
 				if err != nil {
 					return err
@@ -213,7 +214,7 @@ after their in-flight requests are answered.`,
 		Example: `  nexctl replica unshare r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return call(a, enginev1.NewReplicaServiceClient, func(ctx context.Context, c enginev1.ReplicaServiceClient) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				if _, err := c.UnshareReplica(ctx, &enginev1.UnshareReplicaRequest{Name: args[0]}); err != nil {
 					return err
 				}

@@ -13,6 +13,7 @@ import (
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/hostlist"
 )
 
@@ -25,14 +26,14 @@ type storageFlags struct {
 
 // fanOut calls fn on the node service of every host of --host-list at once
 // and returns the results in host order. Errors are per host.
-func fanOut[T any](a *app, s *storageFlags, fn func(ctx context.Context, c mgmtv1.NodeServiceClient) (T, error)) ([]hostlist.Result[T], error) {
-	list := s.hosts
+func fanOut[T any](a *app, cmd *cobra.Command, s *storageFlags, fn func(ctx context.Context, c mgmtv1.NodeServiceClient) (T, error)) ([]hostlist.Result[T], error) {
+	flag, list := "--host-list", s.hosts
 	if list == "" {
-		list = a.engineAddr
+		flag, list = "--engine", a.engineAddr
 	}
-	hosts, err := expandHosts("--host-list", list)
+	hosts, err := expandEngines(flag, list)
 	if err != nil {
-		return nil, err
+		return nil, usage(cmd, err)
 	}
 	opts, err := s.tls.dialOptions(hosts...)
 	if err != nil {
@@ -47,16 +48,20 @@ func fanOut[T any](a *app, s *storageFlags, fn func(ctx context.Context, c mgmtv
 			return zero, err
 		}
 		defer cc.Close()
-		v, err := fn(ctx, mgmtv1.NewNodeServiceClient(cc))
-		return v, cliError(err)
+		return fn(ctx, mgmtv1.NewNodeServiceClient(cc))
 	}), nil
 }
 
+// errString is an error on one line with its resolution, for a table.
 func errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return strings.ReplaceAll(err.Error(), "\n", " ")
+	s := fault.Message(err)
+	if r := fault.ResolutionOf(err); r != "" {
+		s += " (" + r + ")"
+	}
+	return strings.ReplaceAll(s, "\n", " ")
 }
 
 func (a *app) storageCmd() *cobra.Command {
@@ -83,7 +88,7 @@ then starts its engine and joins the system.`,
   nexctl storage scan -l 10.0.0.[1-4]:10124 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res, err := fanOut(a, s, func(ctx context.Context, c mgmtv1.NodeServiceClient) (*mgmtv1.StorageScanResponse, error) {
+			res, err := fanOut(a, cmd, s, func(ctx context.Context, c mgmtv1.NodeServiceClient) (*mgmtv1.StorageScanResponse, error) {
 				return c.StorageScan(ctx, &mgmtv1.StorageScanRequest{})
 			})
 			if err != nil {
@@ -102,7 +107,7 @@ nothing changes on it; --force destroys what its pools hold.`,
   nexctl storage format -l node-2 --force`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res, err := fanOut(a, s, func(ctx context.Context, c mgmtv1.NodeServiceClient) (*mgmtv1.StorageFormatResponse, error) {
+			res, err := fanOut(a, cmd, s, func(ctx context.Context, c mgmtv1.NodeServiceClient) (*mgmtv1.StorageFormatResponse, error) {
 				return c.StorageFormat(ctx, &mgmtv1.StorageFormatRequest{Force: s.force})
 			})
 			if err != nil {
@@ -145,9 +150,13 @@ type scanView struct {
 func (a *app) printScan(res []hostlist.Result[*mgmtv1.StorageScanResponse]) error {
 	views := make([]scanView, 0, len(res))
 	failed := 0
+	var firstErr error
 	for _, r := range res {
 		v := scanView{Host: r.Host, Error: errString(r.Err), Disks: []diskView{}, Pools: []poolCfgView{}}
 		if r.Err != nil {
+			if failed == 0 {
+				firstErr = r.Err
+			}
 			failed++
 		} else {
 			for _, d := range r.Value.Disks {
@@ -180,7 +189,7 @@ func (a *app) printScan(res []hostlist.Result[*mgmtv1.StorageScanResponse]) erro
 		return err
 	}
 	if failed > 0 {
-		return fmt.Errorf("storage scan failed on %d of %d hosts (see above)", failed, len(views))
+		return fmt.Errorf("storage scan failed on %d of %d hosts; the first: %w", failed, len(views), firstErr)
 	}
 	return nil
 }
@@ -229,11 +238,11 @@ type formatView struct {
 
 func (a *app) printFormat(res []hostlist.Result[*mgmtv1.StorageFormatResponse]) error {
 	views := make([]formatView, 0, len(res))
-	var errs []string
+	var errs []error
 	for _, r := range res {
 		v := formatView{Host: r.Host, Error: errString(r.Err), Pools: []poolResultView{}}
 		if r.Err != nil {
-			errs = append(errs, r.Err.Error())
+			errs = append(errs, r.Err)
 		} else {
 			v.UUID, v.System = r.Value.Uuid, r.Value.System
 			for _, p := range r.Value.Pools {
@@ -268,7 +277,7 @@ func (a *app) printFormat(res []hostlist.Result[*mgmtv1.StorageFormatResponse]) 
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("storage format failed on %d of %d hosts: %s", len(errs), len(views), errs[0])
+		return fmt.Errorf("storage format failed on %d of %d hosts; the first: %w", len(errs), len(views), errs[0])
 	}
 	return nil
 }

@@ -14,8 +14,9 @@ import (
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 	"github.com/nexstor/nexstor/internal/hostlist"
-	"github.com/nexstor/nexstor/internal/mgmt"
+	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
 )
 
 // systemFlags are the flags of `nexctl system`.
@@ -27,10 +28,14 @@ type systemFlags struct {
 	verbose      bool
 }
 
-// expandHosts expands the host list given to flag (ranges such as
-// node-[1-3], the default port added). hostlist.Expand refuses an empty
-// list itself.
-func expandHosts(flag, list string) ([]string, error) {
+// expandEngines expands the address or host list given to flag: one
+// address as engineclient.ParseAddr takes it (an IPv6 address with or
+// without brackets), or a host list with ranges such as node-[1-3], the
+// default port added.
+func expandEngines(flag, list string) ([]string, error) {
+	if addr, err := engineclient.ParseAddr(list); err == nil {
+		return []string{addr}, nil
+	}
 	hosts, err := hostlist.Expand(list, config.DefaultPort)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", flag, err)
@@ -39,32 +44,30 @@ func expandHosts(flag, list string) ([]string, error) {
 }
 
 // mgmtClient connects to the access points, following the leader.
-func (s *systemFlags) mgmtClient() (*mgmt.Client, error) {
-	aps, err := expandHosts("--access-points", s.accessPoints)
+func (s *systemFlags) mgmtClient(cmd *cobra.Command) (*mgmtclient.Client, error) {
+	aps, err := expandEngines("--access-points", s.accessPoints)
 	if err != nil {
-		return nil, err
+		return nil, usage(cmd, err)
 	}
-	opts, err := s.tls.dialOptions(aps...)
+	c, err := mgmtclient.New(aps, mgmtclient.Options{TLS: s.tls.files(), Insecure: s.tls.plain(aps)})
 	if err != nil {
-		return nil, err
+		return nil, s.tls.certsFault(err)
 	}
-	creds, err := s.tls.creds(aps...)
-	if err != nil {
-		return nil, err
-	}
-	return mgmt.NewClient(aps, creds, opts[1:]...), nil
+	return c, nil
 }
 
-// do runs one management call against the leader.
-func (a *app) mgmtDo(s *systemFlags, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
-	c, err := s.mgmtClient()
+// mgmtDo runs one management call against the leader, bounded by
+// --timeout; when no access point can be reached it fails after the dial
+// timeout instead.
+func (a *app) mgmtDo(cmd *cobra.Command, s *systemFlags, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
+	c, err := s.mgmtClient(cmd)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx, cancel := a.ctx()
 	defer cancel()
-	return cliError(c.Do(ctx, call))
+	return c.Do(ctx, call)
 }
 
 func (a *app) systemCmd() *cobra.Command {
@@ -100,7 +103,7 @@ localhost:10124.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var resp *mgmtv1.SystemQueryResponse
-			err := a.mgmtDo(s, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+			err := a.mgmtDo(cmd, s, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
 				var err error
 				resp, err = cl.SystemQuery(ctx, &mgmtv1.SystemQueryRequest{Ranks: s.ranks, Hosts: s.hosts})
 				return err
@@ -121,7 +124,7 @@ localhost:10124.`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var resp *mgmtv1.LeaderQueryResponse
-			err := a.mgmtDo(s, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+			err := a.mgmtDo(cmd, s, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
 				var err error
 				resp, err = cl.LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{})
 				return err
@@ -142,7 +145,7 @@ localhost:10124.`,
 			Use: use, Short: short, Example: example, Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				var resp *mgmtv1.SystemResultsResponse
-				err := a.mgmtDo(s, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+				err := a.mgmtDo(cmd, s, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
 					var err error
 					resp, err = call(ctx, cl)
 					return err

@@ -8,16 +8,16 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/nexstor/nexstor/internal/control/config"
-	"github.com/nexstor/nexstor/internal/engine"
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 	"github.com/nexstor/nexstor/internal/security"
 )
 
@@ -92,50 +92,36 @@ func (t *tlsFlags) files() security.Files {
 		Cert: filepath.Join(t.certDir, t.identity+".crt"), Key: filepath.Join(t.certDir, t.identity+".key")}
 }
 
-// creds returns the transport credentials for connections to addrs.
-func (t *tlsFlags) creds(addrs ...string) (credentials.TransportCredentials, error) {
-	return security.ClientCredentials(t.files(), t.plain(addrs))
-}
-
-// dialOptions returns the options of every connection to addrs: the
-// credentials and error explanations.
-func (t *tlsFlags) dialOptions(addrs ...string) ([]grpc.DialOption, error) {
-	c, err := t.creds(addrs...)
-	if err != nil {
-		return nil, err
-	}
-	return append([]grpc.DialOption{grpc.WithTransportCredentials(c)}, security.ExplainInterceptors(t.plain(addrs))...), nil
-}
-
-// cliError turns an RPC error into a fault that prints its description and
-// resolution: transport security failures explained by the client
-// interceptor keep their explanation, server errors keep the server's
-// description and resolution.
-func cliError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var f *fault.Fault
-	if errors.As(err, &f) && f.Code != "" {
-		desc := f.Description
-		if f.Err != nil {
-			msg := f.Err.Error()
-			if st, ok := status.FromError(f.Err); ok {
-				msg = st.Message()
-			}
-			desc = fmt.Sprintf("%s (%s)", desc, msg)
-		}
-		return fault.New(f.Kind, f.Code, desc, f.Resolution)
-	}
-	if _, ok := status.FromError(err); ok {
-		f := engine.FromStatus(err)
-		if f.Description == "" {
-			f.Description = status.Convert(err).Message()
-		}
-		if f.Code == "" && status.Code(err) == codes.Unavailable {
-			f.Resolution = "check that `nexstor server` (or `nexstor dev`) runs at that address"
-		}
-		return f
+// certsFault explains the failure to load this client's certificates
+// (from engineclient.New, mgmtclient.New or security.ClientCredentials)
+// with nexctl's own flags: security's advice is a server's. Other errors
+// (an expired certificate, one of another CA) say what to do already and
+// are returned as they are.
+func (t *tlsFlags) certsFault(err error) error {
+	switch fault.CodeOf(err) {
+	case security.CodeCerts:
+		return fault.Wrap(err, fault.FailedPrecondition, "cli.certs", "nexctl cannot use its TLS certificates",
+			fmt.Sprintf("give --cert-dir DIR with the ca.crt and %s.crt/.key that `nexstor certgen` wrote (or set NEXSTOR_CERT_DIR; now %s), "+
+				"choose another certificate with --identity, or use --insecure to reach a server started with --insecure",
+				t.identity, t.certDir))
 	}
 	return err
+}
+
+// dialOptions returns the options of a connection to one of addrs, for
+// the services that have no client package (the node service): the
+// credentials, a bounded connect, faults for errors and the explanations of
+// transport security failures.
+func (t *tlsFlags) dialOptions(addrs ...string) ([]grpc.DialOption, error) {
+	plain := t.plain(addrs)
+	creds, err := security.ClientCredentials(t.files(), plain)
+	if err != nil {
+		return nil, t.certsFault(err)
+	}
+	dt := engineclient.DefaultDialTimeout
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: dt,
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: dt}})}
+	opts = append(opts, faultgrpc.DialOptions()...)
+	return append(opts, security.ExplainInterceptors(plain)...), nil
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
+	"github.com/nexstor/nexstor/internal/cli/version"
 	"github.com/nexstor/nexstor/internal/control/config"
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 	"github.com/nexstor/nexstor/internal/engine"
@@ -37,7 +38,11 @@ func main() {
 		Short:         "Nexstor storage node",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// --version: the module version and VCS revision the binary was
+		// built from.
+		Version: version.Get().String(),
 	}
+	root.SetVersionTemplate("nexstor {{.Version}}\n")
 	root.AddCommand(serverCmd(), devCmd(), versionCmd(), certgenCmd())
 	if err := root.Execute(); err != nil {
 		output.Error(os.Stderr, err)
@@ -48,15 +53,10 @@ func main() {
 func versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the version",
+		Short: "Print the version (as --version does) and the engine API version",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, args []string) {
-			v := engine.GetVersion()
-			fmt.Fprintf(cmd.OutOrStdout(), "nexstor %s (api %s, %s", v.Version, v.API, v.GoVersion)
-			if v.Commit != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), ", commit %s", v.Commit)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), ")")
+			fmt.Fprintf(cmd.OutOrStdout(), "nexstor %s\napi %s\n", version.Get(), engine.GetVersion().API)
 		},
 	}
 }

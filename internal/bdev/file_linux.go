@@ -188,7 +188,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 
 func createFile(path string, opts FileOptions) error {
 	if opts.ReadOnly {
-		return fault.New(fault.InvalidArgument, "bdev.not_found", fmt.Sprintf("file %q: no such file, and it cannot be created read-only", path), "create it first or open it writable")
+		return fault.New(fault.InvalidArgument, "bdev.create_read_only", fmt.Sprintf("file %q: no such file, and it cannot be created read-only", path), "create it first or open it writable")
 	}
 	bs := int64(max(opts.BlockSize, 512))
 	if opts.Size == 0 {

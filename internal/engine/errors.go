@@ -6,9 +6,6 @@ import (
 	"os"
 	"regexp"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 )
@@ -18,19 +15,39 @@ const ErrorDomain = faultgrpc.Domain
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
-// checkName validates a pool or replica name; kind is "pool" or "replica".
+// checkName validates a pool, replica or nexus name; kind is "pool",
+// "replica" or "nexus".
 func checkName(kind, name string) error {
+	if nameRE.MatchString(name) {
+		return nil
+	}
+	f := nameFault(kind, name == "")
 	if name == "" {
-		return fault.New(fault.InvalidArgument, kind+".name_missing",
-			fmt.Sprintf("%s name is missing", kind),
-			fmt.Sprintf("give the %s a name of 1-63 characters of A-Z a-z 0-9 . _ -", kind))
+		f.Description = fmt.Sprintf("%s name is missing", kind)
+		f.Resolution = fmt.Sprintf("give the %s a name of 1-63 characters of A-Z a-z 0-9 . _ -", kind)
+		return f
 	}
-	if !nameRE.MatchString(name) {
-		return fault.New(fault.InvalidArgument, kind+".name_invalid",
-			fmt.Sprintf("%s name %q is invalid", kind, name),
-			"use 1-63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+	f.Description = fmt.Sprintf("%s name %q is invalid", kind, name)
+	f.Resolution = "use 1-63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+	return f
+}
+
+// nameFault returns the fault of a missing or invalid name of kind, with
+// each code written out so that the registry test sees it.
+func nameFault(kind string, missing bool) *fault.Fault {
+	switch {
+	case kind == "pool" && missing:
+		return fault.New(fault.InvalidArgument, "pool.name_missing", "", "")
+	case kind == "pool":
+		return fault.New(fault.InvalidArgument, "pool.name_invalid", "", "")
+	case kind == "replica" && missing:
+		return fault.New(fault.InvalidArgument, "replica.name_missing", "", "")
+	case kind == "replica":
+		return fault.New(fault.InvalidArgument, "replica.name_invalid", "", "")
+	case missing:
+		return fault.New(fault.InvalidArgument, "nexus.name_missing", "", "")
 	}
-	return nil
+	return fault.New(fault.InvalidArgument, "nexus.name_invalid", "", "")
 }
 
 func poolNotFound(name string) error {
@@ -79,24 +96,11 @@ func diskFault(uri string, err error) error {
 		"check the disk URI: file:///path?size=10GiB, aio:///dev/sdb, uring:///dev/nvme0n1, malloc:///name?size=512MiB or a path")
 }
 
-// ToStatus converts an engine error to a gRPC status error: the code from the
-// fault kind, the message from the whole error (description, cause,
-// resolution), and an ErrorInfo detail with the fault code as its reason and
-// the description and resolution separately, so clients can print them apart.
+// ToStatus converts an engine error to a gRPC status error (faultgrpc.ToStatus).
+// Handlers need not call it: the servers of StartServer and of `nexstor
+// server --control` convert every error a handler returns through
+// faultgrpc.ServerOptions.
 func ToStatus(err error) error { return faultgrpc.ToStatus(err) }
 
-// FromStatus turns a gRPC error back into a fault, so a client can print the
-// description and the resolution apart. Errors without engine details become
-// faults whose description is the status message.
-func FromStatus(err error) *fault.Fault {
-	f := faultgrpc.FromStatus(err)
-	if f.Code == "" {
-		switch status.Code(err) {
-		case codes.Unavailable:
-			f.Resolution = "check that `nexstor server` runs and that --engine (or NEXSTOR_ENGINE) names its gRPC address"
-		case codes.DeadlineExceeded:
-			f.Resolution = "the engine did not answer in time; retry, or raise --timeout"
-		}
-	}
-	return f
-}
+// FromStatus turns a gRPC error back into a fault (faultgrpc.FromStatus).
+func FromStatus(err error) *fault.Fault { return faultgrpc.FromStatus(err) }

@@ -9,7 +9,9 @@ import (
 )
 
 // Register registers the engine's PoolService, ReplicaService,
-// HostService and NexusService on s.
+// HostService and NexusService on s. The handlers return plain errors and
+// faults: s must convert them with faultgrpc.ServerOptions (as StartServer
+// and the control server do), else clients see code Unknown.
 func Register(s grpc.ServiceRegistrar, e *Engine) {
 	enginev1.RegisterPoolServiceServer(s, &poolServer{e: e})
 	enginev1.RegisterReplicaServiceServer(s, &replicaServer{e: e})
@@ -25,7 +27,7 @@ type poolServer struct {
 func (s *poolServer) CreatePool(_ context.Context, r *enginev1.CreatePoolRequest) (*enginev1.Pool, error) {
 	p, err := s.e.CreatePool(r.GetName(), r.GetDisk(), int64(r.GetClusterSize()), r.GetForce())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return PoolToProto(p), nil
 }
@@ -41,14 +43,14 @@ func (s *poolServer) ListPools(context.Context, *enginev1.ListPoolsRequest) (*en
 func (s *poolServer) GetPool(_ context.Context, r *enginev1.GetPoolRequest) (*enginev1.Pool, error) {
 	p, err := s.e.Pool(r.GetName())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return PoolToProto(p), nil
 }
 
 func (s *poolServer) DestroyPool(_ context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error) {
 	if err := s.e.DestroyPool(r.GetName(), r.GetForce()); err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return &enginev1.DestroyPoolResponse{}, nil
 }
@@ -56,14 +58,14 @@ func (s *poolServer) DestroyPool(_ context.Context, r *enginev1.DestroyPoolReque
 func (s *poolServer) ImportPool(_ context.Context, r *enginev1.ImportPoolRequest) (*enginev1.Pool, error) {
 	p, err := s.e.ImportPool(r.GetName(), r.GetDisk())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return PoolToProto(p), nil
 }
 
 func (s *poolServer) ExportPool(_ context.Context, r *enginev1.ExportPoolRequest) (*enginev1.ExportPoolResponse, error) {
 	if err := s.e.ExportPool(r.GetName()); err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return &enginev1.ExportPoolResponse{}, nil
 }
@@ -77,7 +79,7 @@ func (s *replicaServer) CreateReplica(_ context.Context, r *enginev1.CreateRepli
 	ri, err := s.e.CreateReplica(CreateReplicaOptions{Name: r.GetName(), Pool: r.GetPool(),
 		Size: int64(r.GetSize()), Thin: r.GetThin(), UUID: r.GetUuid()})
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
@@ -85,7 +87,7 @@ func (s *replicaServer) CreateReplica(_ context.Context, r *enginev1.CreateRepli
 func (s *replicaServer) ListReplicas(_ context.Context, r *enginev1.ListReplicasRequest) (*enginev1.ListReplicasResponse, error) {
 	list, err := s.e.Replicas(r.GetPool())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	resp := &enginev1.ListReplicasResponse{}
 	for _, ri := range list {
@@ -97,14 +99,14 @@ func (s *replicaServer) ListReplicas(_ context.Context, r *enginev1.ListReplicas
 func (s *replicaServer) GetReplica(_ context.Context, r *enginev1.GetReplicaRequest) (*enginev1.Replica, error) {
 	ri, err := s.e.Replica(r.GetName())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
 
 func (s *replicaServer) DestroyReplica(_ context.Context, r *enginev1.DestroyReplicaRequest) (*enginev1.DestroyReplicaResponse, error) {
 	if err := s.e.DestroyReplica(r.GetName()); err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return &enginev1.DestroyReplicaResponse{}, nil
 }
@@ -112,7 +114,7 @@ func (s *replicaServer) DestroyReplica(_ context.Context, r *enginev1.DestroyRep
 func (s *replicaServer) ResizeReplica(_ context.Context, r *enginev1.ResizeReplicaRequest) (*enginev1.Replica, error) {
 	ri, err := s.e.ResizeReplica(r.GetName(), int64(r.GetSize()))
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
@@ -120,7 +122,7 @@ func (s *replicaServer) ResizeReplica(_ context.Context, r *enginev1.ResizeRepli
 func (s *replicaServer) ShareReplica(_ context.Context, r *enginev1.ShareReplicaRequest) (*enginev1.Replica, error) {
 	ri, err := s.e.ShareReplica(r.GetName(), r.GetProtocol(), r.GetAllowedHosts())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
@@ -128,7 +130,7 @@ func (s *replicaServer) ShareReplica(_ context.Context, r *enginev1.ShareReplica
 func (s *replicaServer) UnshareReplica(_ context.Context, r *enginev1.UnshareReplicaRequest) (*enginev1.Replica, error) {
 	ri, err := s.e.UnshareReplica(r.GetName())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
@@ -147,7 +149,7 @@ func (s *hostServer) GetVersion(context.Context, *enginev1.GetVersionRequest) (*
 func (s *hostServer) ListBlockDevices(context.Context, *enginev1.ListBlockDevicesRequest) (*enginev1.ListBlockDevicesResponse, error) {
 	devs, err := ListBlockDevices(s.sysBlock)
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	resp := &enginev1.ListBlockDevicesResponse{}
 	for _, d := range devs {

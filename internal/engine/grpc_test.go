@@ -28,7 +28,7 @@ func TestGRPCCodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(faultgrpc.ServerOptions()...)
 	Register(srv, e)
 	go srv.Serve(ln)
 	defer srv.Stop()

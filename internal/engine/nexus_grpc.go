@@ -32,7 +32,7 @@ func (s *nexusServer) GetNexus(_ context.Context, r *enginev1.GetNexusRequest) (
 
 func (s *nexusServer) DestroyNexus(_ context.Context, r *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error) {
 	if err := s.e.DestroyNexus(r.GetName()); err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return &enginev1.DestroyNexusResponse{}, nil
 }
@@ -68,7 +68,7 @@ func (s *nexusServer) OnlineChild(_ context.Context, r *enginev1.ChildRequest) (
 func (s *nexusServer) RebuildStatus(_ context.Context, r *enginev1.RebuildStatusRequest) (*enginev1.RebuildStatusResponse, error) {
 	rs, err := s.e.NexusRebuilds(r.GetNexus(), r.GetChild())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	resp := &enginev1.RebuildStatusResponse{}
 	for _, st := range rs {
@@ -80,7 +80,7 @@ func (s *nexusServer) RebuildStatus(_ context.Context, r *enginev1.RebuildStatus
 func (s *nexusServer) control(r *enginev1.ChildRequest, a nexus.RebuildAction) (*enginev1.Rebuild, error) {
 	st, err := s.e.ControlRebuild(r.GetNexus(), r.GetChild(), a)
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return RebuildToProto(st), nil
 }
@@ -100,7 +100,7 @@ func (s *nexusServer) StopRebuild(_ context.Context, r *enginev1.ChildRequest) (
 func (s *nexusServer) Verify(ctx context.Context, r *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error) {
 	rep, err := s.e.VerifyNexus(ctx, r.GetNexus())
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	resp := &enginev1.VerifyResponse{Segments: uint64(rep.Segments), Children: rep.Children}
 	for _, m := range rep.Mismatches {
@@ -111,7 +111,7 @@ func (s *nexusServer) Verify(ctx context.Context, r *enginev1.VerifyRequest) (*e
 
 func nexusReply(ni NexusInfo, err error) (*enginev1.Nexus, error) {
 	if err != nil {
-		return nil, ToStatus(err)
+		return nil, err
 	}
 	return NexusToProto(ni), nil
 }

@@ -65,32 +65,33 @@ func newFile(uri string) string {
 
 // poolFault gives a pool error a description naming what and a resolution.
 func poolFault(err error, what, disk string) error {
-	type rule struct {
-		sentinel   error
-		code       string
-		desc       string
-		resolution string
-	}
-	rules := []rule{
-		{pool.ErrHasPool, "pool.disk_has_pool", what,
-			fmt.Sprintf("import it (nexctl pool import %s), or pass --force to format it and destroy that pool's data", importURI(disk))},
-		{pool.ErrTooSmall, "pool.disk_too_small", what,
-			"use a larger disk, or give a file-backed disk a larger size (file:///path?size=1GiB)"},
-		{pool.ErrNotPool, "pool.not_pool", what,
-			fmt.Sprintf("create a pool on it (nexctl pool create NAME %s)", disk)},
-		{pool.ErrCorrupt, "pool.corrupt", what,
-			"the pool's metadata is corrupt and nothing was changed on the disk; restore the data from another replica, or reformat it with `nexctl pool create --force` (its data is lost)"},
-		{pool.ErrInvalid, "pool.invalid", what, "check the arguments"},
-		{pool.ErrNoSpace, "pool.no_space", what,
-			"destroy replicas you do not need, create a thin replica, or use another pool"},
-		{pool.ErrExists, "pool.exists", what, "choose another name"},
-		{pool.ErrNotFound, "pool.not_found", what, "list what exists with `nexctl replica list`"},
-		{pool.ErrBusy, "pool.busy", what, "unshare the replica first (nexctl replica unshare NAME)"},
-		{pool.ErrClosed, "pool.closed", what, "import the pool again"},
+	// Each rule is a fault to return (with err as its cause) when err is
+	// its sentinel; the codes are written out so that the registry test
+	// sees them.
+	rules := []struct {
+		sentinel error
+		f        *fault.Fault
+	}{
+		{pool.ErrHasPool, fault.New(fault.AlreadyExists, "pool.disk_has_pool", what,
+			fmt.Sprintf("import it (nexctl pool import %s), or pass --force to format it and destroy that pool's data", importURI(disk)))},
+		{pool.ErrTooSmall, fault.New(fault.InvalidArgument, "pool.disk_too_small", what,
+			"use a larger disk, or give a file-backed disk a larger size (file:///path?size=1GiB)")},
+		{pool.ErrNotPool, fault.New(fault.FailedPrecondition, "pool.not_pool", what,
+			fmt.Sprintf("create a pool on it (nexctl pool create NAME %s)", disk))},
+		{pool.ErrCorrupt, fault.New(fault.FailedPrecondition, "pool.corrupt", what,
+			"the pool's metadata is corrupt and nothing was changed on the disk; restore the data from another replica, or reformat it with `nexctl pool create --force` (its data is lost)")},
+		{pool.ErrInvalid, fault.New(fault.InvalidArgument, "pool.invalid", what, "check the arguments")},
+		{pool.ErrNoSpace, fault.New(fault.ResourceExhausted, "pool.no_space", what,
+			"destroy replicas you do not need, create a thin replica, or use another pool")},
+		{pool.ErrExists, fault.New(fault.AlreadyExists, "replica.exists", what, "choose another name")},
+		{pool.ErrNotFound, fault.New(fault.NotFound, "replica.not_found", what, "list what exists with `nexctl replica list`")},
+		{pool.ErrBusy, fault.New(fault.FailedPrecondition, "pool.busy", what, "unshare the replica first (nexctl replica unshare NAME)")},
+		{pool.ErrClosed, fault.New(fault.Unavailable, "pool.closed", what, "import the pool again")},
 	}
 	for _, r := range rules {
 		if errors.Is(err, r.sentinel) {
-			return fault.Wrap(err, fault.KindOf(r.sentinel), r.code, r.desc, r.resolution)
+			r.f.Err = err
+			return r.f
 		}
 	}
 	return fault.Wrap(err, fault.Internal, "pool.io", what, "see the server log; check the disk")

@@ -17,8 +17,11 @@ func mapPoolErr(err error, kind, name string) error {
 	if errors.As(err, &f) {
 		return err
 	}
-	return fault.Wrap(err, fault.Internal, kind+".io",
-		fmt.Sprintf("%s %q", kind, name), "see the server log")
+	desc := fmt.Sprintf("%s %q", kind, name)
+	if kind == "replica" {
+		return fault.Wrap(err, fault.Internal, "replica.io", desc, "see the server log")
+	}
+	return fault.Wrap(err, fault.Internal, "pool.io", desc, "see the server log")
 }
 
 // CreatePool formats disk as a new pool named name and remembers it. A disk

@@ -156,12 +156,12 @@ func (e *Engine) createReplica(pe *poolEntry, o CreateReplicaOptions) (ReplicaIn
 		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.size_unaligned",
 			fmt.Sprintf("replica %q: size %d bytes is not a multiple of pool %q's cluster size (%s)",
 				o.Name, o.Size, pe.name, units.FormatSize(st.ClusterSize)),
-			fmt.Sprintf("use a multiple of %s, e.g. %s", units.FormatSize(st.ClusterSize), units.FormatSize(up)))
+			fmt.Sprintf("use a multiple of %s, e.g. %s", units.FormatSizeExact(st.ClusterSize), units.FormatSizeExact(up)))
 	}
 	if !o.Thin && st.ClusterSize > 0 && o.Size > st.FreeClusters*st.ClusterSize {
 		return ReplicaInfo{}, fault.New(fault.ResourceExhausted, "replica.no_space",
 			fmt.Sprintf("replica %q: a thick replica of %s does not fit in pool %q (%s free)",
-				o.Name, units.FormatSize(o.Size), pe.name, units.FormatSize(st.FreeClusters*st.ClusterSize)),
+				o.Name, units.FormatSize(o.Size), pe.name, units.FormatSizeExact(st.FreeClusters*st.ClusterSize)),
 			"create a smaller or a thin replica (--thin), or use another pool")
 	}
 	rs, err := pe.h.CreateReplica(ReplicaSpec{Name: o.Name, UUID: o.UUID, Size: o.Size, Thin: o.Thin})
@@ -226,7 +226,7 @@ func (e *Engine) ResizeReplica(name string, size int64) (ReplicaInfo, error) {
 	if cs := pe.h.Stats().ClusterSize; cs > 0 && size%cs != 0 {
 		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.size_unaligned",
 			fmt.Sprintf("replica %q: size %d bytes is not a multiple of pool %q's cluster size (%s)", name, size, pe.name, units.FormatSize(cs)),
-			fmt.Sprintf("use a multiple of %s", units.FormatSize(cs)))
+			fmt.Sprintf("use a multiple of %s", units.FormatSizeExact(cs)))
 	}
 	if err := pe.h.ResizeReplica(name, size); err != nil {
 		return ReplicaInfo{}, mapPoolErr(err, "replica", name)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 )
 
 // ServerOptions configure a Server: one node's engine with its gRPC API and
@@ -19,6 +21,8 @@ type ServerOptions struct {
 	GRPCListen string
 	// GRPCOptions are extra options of the gRPC server, e.g. its transport
 	// credentials and interceptors; none serves plain text to everyone.
+	// Handler errors become exact statuses through faultgrpc.ServerOptions,
+	// installed before these.
 	GRPCOptions []grpc.ServerOption
 	// NBDListen, NBDAdvertise, NVMfListen, DiscoveryListen, NVMfAdvertise,
 	// Pools and Backend are as in DataPlaneOptions.
@@ -64,7 +68,9 @@ func StartServer(o ServerOptions) (*Server, error) {
 		s.grpcLn.Close()
 		return nil, err
 	}
-	s.grpc = grpc.NewServer(o.GRPCOptions...)
+	// The fault interceptor comes first, so that it converts the errors of
+	// the handlers and of every interceptor in GRPCOptions.
+	s.grpc = grpc.NewServer(append(faultgrpc.ServerOptions(), o.GRPCOptions...)...)
 	s.Register(s.grpc)
 	go func() {
 		if err := s.grpc.Serve(s.grpcLn); err != nil {

@@ -3,11 +3,11 @@ package mgmt
 import (
 	"errors"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
+	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
 )
 
 // ErrorDomain is the ErrorInfo domain of Nexstor faults.
@@ -15,13 +15,15 @@ const ErrorDomain = faultgrpc.Domain
 
 // Fault codes of the management service.
 const (
-	CodeNotLeader     = "mgmt.not_leader"
+	CodeNotLeader     = mgmtclient.CodeNotLeader
 	CodeForeignSystem = "mgmt.foreign_system"
 	CodeExcluded      = "mgmt.excluded"
 	CodeNotMember     = "mgmt.not_member"
 	CodeBadSelection  = "mgmt.bad_selection"
 	CodeBadRequest    = "mgmt.bad_request"
-	CodeStore         = "mgmt.store"
+	CodeStore         = mgmtclient.CodeStore
+	CodeAddressInUse  = "mgmt.address_in_use"
+	CodeNoRanks       = "mgmt.no_ranks"
 )
 
 // NotLeaderError is returned by a replica that is not the leader. Leader is
@@ -44,18 +46,16 @@ func (e *NotLeaderError) GRPCStatus() *status.Status {
 		map[string]string{"leader": e.Leader})
 }
 
-// LeaderHint extracts the leader hint from an error returned by a replica:
-// ok is true when err says "not the leader"; leader may still be "" during
-// an election.
+// LeaderHint extracts the leader hint from an error returned by a replica
+// (a *NotLeaderError) or by a call to one (mgmtclient.LeaderHint): ok is
+// true when err says "not the leader"; leader may still be "" during an
+// election.
 func LeaderHint(err error) (leader string, ok bool) {
 	var nl *NotLeaderError
 	if errors.As(err, &nl) {
 		return nl.Leader, true
 	}
-	if info := faultgrpc.Info(err); info != nil && status.Code(err) == codes.Unavailable && info.Reason == CodeNotLeader {
-		return info.Metadata["leader"], true
-	}
-	return "", false
+	return mgmtclient.LeaderHint(err)
 }
 
 // ToStatus converts a handler error to a gRPC status error with the fault

@@ -360,7 +360,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 				m = x
 			} else if strings.EqualFold(x.Address, req.Address) && x.State == StateJoined &&
 				now-s.lastHeartbeat(x) <= s.cfg.HeartbeatTimeout.Milliseconds() {
-				return nil, fault.New(fault.AlreadyExists, CodeBadRequest,
+				return nil, fault.New(fault.AlreadyExists, CodeAddressInUse,
 					fmt.Sprintf("address %s is in use by rank %d (node %s), which is alive", req.Address, x.Rank, x.UUID),
 					fmt.Sprintf("give this node its own grpc_listen address, or stop the other node and exclude rank %d", x.Rank))
 			}
@@ -408,7 +408,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 			}
 		}
 		if rank == NoRank {
-			return nil, fault.New(fault.ResourceExhausted, CodeBadRequest, "no ranks left", "")
+			return nil, fault.New(fault.ResourceExhausted, CodeNoRanks, "no ranks left", "")
 		}
 		newNext := max(next, rank+1)
 		m = &Member{UUID: uid, Rank: rank, Address: req.Address, FaultDomain: req.FaultDomain, Labels: req.Labels,

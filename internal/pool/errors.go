@@ -22,9 +22,9 @@ var (
 	// Returned inside a *CorruptError.
 	ErrCorrupt = fault.New(fault.FailedPrecondition, "pool.corrupt", "pool metadata is corrupt", "")
 	// ErrExists: a replica with that name or UUID exists.
-	ErrExists = fault.New(fault.AlreadyExists, "pool.exists", "already exists", "")
+	ErrExists = fault.New(fault.AlreadyExists, "pool.replica_exists", "already exists", "")
 	// ErrNotFound: no replica of that name.
-	ErrNotFound = fault.New(fault.NotFound, "pool.not_found", "not found", "")
+	ErrNotFound = fault.New(fault.NotFound, "pool.replica_not_found", "not found", "")
 	// ErrNoSpace: not enough free clusters (or replica slots). A thin
 	// replica's write that finds no free cluster also matches
 	// bdev.ErrNoSpace.

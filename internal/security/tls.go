@@ -68,7 +68,7 @@ func loadPair(f Files, pool *x509.CertPool) (tls.Certificate, error) {
 	}
 	now := time.Now()
 	if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
-		return tls.Certificate{}, fault.New(fault.FailedPrecondition, CodeRejected,
+		return tls.Certificate{}, fault.New(fault.Unauthenticated, CodeRejected,
 			fmt.Sprintf("certificate %s is valid from %s to %s, not now", f.Cert,
 				leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339)),
 			"issue a new one with `nexstor certgen` and check the clock")
@@ -81,7 +81,7 @@ func loadPair(f Files, pool *x509.CertPool) (tls.Certificate, error) {
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return tls.Certificate{}, fault.Wrap(err, fault.FailedPrecondition, CodeUnknownCA,
+		return tls.Certificate{}, fault.Wrap(err, fault.Unauthenticated, CodeUnknownCA,
 			fmt.Sprintf("certificate %s is not signed by the CA in %s", f.Cert, f.CACert),
 			"use the certificates and ca.crt that one `nexstor certgen` run wrote")
 	}
@@ -179,6 +179,11 @@ func Explain(err error, insecureMode bool) error {
 		}
 		return false
 	}
+	if has("use of closed network connection", "i/o timeout", "context deadline exceeded") {
+		// The client gave up (its connect timeout), which says nothing of
+		// transport security.
+		return err
+	}
 	if insecureMode {
 		if has("error reading server preface", "connection closed before server preface received", "http2: frame too large",
 			"broken pipe", "connection reset by peer", "EOF") {
@@ -210,7 +215,7 @@ func Explain(err error, insecureMode bool) error {
 			"the server refused our certificate (expired, or not signed by the system CA)",
 			"use a certificate issued by this system's CA with `nexstor certgen`")
 	case has("broken pipe", "connection reset by peer"):
-		return fault.Wrap(err, fault.Unavailable, CodeRejected,
+		return fault.Wrap(err, fault.Unauthenticated, CodeRejected,
 			"the server closed the connection during setup: it most likely refused our certificate",
 			"check the server log; use a certificate issued by this system's CA with `nexstor certgen`")
 	}

@@ -62,8 +62,10 @@ func ParseSize(s string) (int64, error) {
 	return int64(v), nil
 }
 
-// FormatSize formats bytes with the largest binary unit that keeps the value
-// at or above 1, with up to two decimals: 1536 -> "1.50KiB", 1<<30 -> "1GiB".
+// FormatSize formats bytes for reading with the largest binary unit that
+// keeps the value at or above 1, rounded to two decimals: 1536 -> "1.5KiB",
+// 1<<30 -> "1GiB", 10000000000 -> "9.31GiB". The rounding makes it unfit
+// for a size someone is to type back: use FormatSizeExact for those.
 func FormatSize(n int64) string {
 	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 	if n < 1024 && n > -1024 {
@@ -78,4 +80,34 @@ func FormatSize(n int64) string {
 	s := strconv.FormatFloat(f, 'f', 2, 64)
 	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
 	return s + units[i]
+}
+
+// FormatSizeExact formats bytes so that ParseSize returns exactly n again,
+// as briefly as that allows: in the largest binary unit in which n is a
+// whole number or has at most two decimals. 10<<30 -> "10GiB", 3<<29 ->
+// "1.5GiB", 9999220736 -> "9536MiB", 1000000001 -> "1000000001B". Every size
+// a program suggests to be typed is formatted with it. n must not be
+// negative.
+func FormatSizeExact(n int64) string {
+	units := []struct {
+		s string
+		m int64
+	}{{"PiB", 1 << 50}, {"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}}
+	for _, u := range units {
+		if n < u.m {
+			continue
+		}
+		whole, rest := n/u.m, n%u.m
+		if rest == 0 {
+			return strconv.FormatInt(whole, 10) + u.s
+		}
+		// rest/u.m has at most two decimals when 100*rest is a multiple of
+		// u.m; u.m is a power of two of at least 1024, so 100*rest cannot
+		// overflow.
+		if (100*rest)%u.m == 0 {
+			frac := strings.TrimRight(fmt.Sprintf("%02d", 100*rest/u.m), "0")
+			return strconv.FormatInt(whole, 10) + "." + frac + u.s
+		}
+	}
+	return strconv.FormatInt(n, 10) + "B"
 }

@@ -28,3 +28,35 @@ func TestFormatSize(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatSizeExact(t *testing.T) {
+	cases := map[int64]string{0: "0B", 512: "512B", 1024: "1KiB", 1536: "1.5KiB", 1 << 30: "1GiB", 3 << 29: "1.5GiB",
+		10 << 30: "10GiB", 9999220736: "9536MiB", 1000000001: "1000000001B", 5 << 28: "1.25GiB", 1<<40 + 4<<20: "1048580MiB"}
+	for in, want := range cases {
+		if got := FormatSizeExact(in); got != want {
+			t.Errorf("FormatSizeExact(%d) = %q; want %q", in, got, want)
+		}
+	}
+}
+
+// TestFormatSizeExactRoundTrips checks that every exact format parses back
+// to the same number: multiples of every cluster size a pool may have, and
+// odd numbers of bytes.
+func TestFormatSizeExactRoundTrips(t *testing.T) {
+	check := func(n int64) {
+		t.Helper()
+		s := FormatSizeExact(n)
+		if got, err := ParseSize(s); err != nil || got != n {
+			t.Fatalf("ParseSize(FormatSizeExact(%d) = %q) = %d, %v", n, s, got, err)
+		}
+	}
+	for cs := int64(512); cs <= 1<<30; cs *= 2 {
+		for k := int64(1); k < 5000; k += 7 {
+			check(k * cs)
+		}
+		check((1<<40/cs + 1) * cs)
+	}
+	for _, n := range []int64{1, 1023, 1025, 1000000001, 1<<50 + 1, 1 << 62, 7<<60 + 3} {
+		check(n)
+	}
+}

@@ -2,9 +2,14 @@ package system
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +125,92 @@ func TestForeignSystem(t *testing.T) {
 	})
 	if _, ok := m[stranger.grpc]; ok || len(m) != 1 {
 		t.Fatalf("members %v: the foreign node joined", m)
+	}
+}
+
+// runBounded runs bin with args, as a script would, and returns its
+// output and exit status; it fails the test when the command runs past
+// bound.
+func runBounded(t *testing.T, bound time.Duration, bin string, args ...string) (stdout, stderr string, status int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	env := []string{"NEXSTOR_CERT_DIR=" + t.TempDir()}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "NEXSTOR_") {
+			env = append(env, e)
+		}
+	}
+	cmd.Env = env
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %v still running after %v:\n%s%s", filepath.Base(bin), args, bound, out.String(), errOut.String())
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+}
+
+// TestNexctlExitStatus checks what scripts rely on, with the real binary:
+// 2 for a wrong command line, with a suggestion; 1 for a failed operation,
+// and a management call to a dead access point fails within the dial
+// timeout rather than at --timeout (a minute by default).
+func TestNexctlExitStatus(t *testing.T) {
+	bin := testutil.BuildBinary(t, "nexctl")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	for _, tc := range []struct {
+		args   []string
+		status int
+		want   []string
+	}{
+		{[]string{"replica", "craete", "x"}, 2, []string{`unknown command "craete"`, "nexctl replica create", "Code: cli.usage"}},
+		{[]string{"pool", "list", "--bogus"}, 2, []string{"unknown flag --bogus"}},
+		{[]string{"replica", "create", "r0", "--pool", "p0", "--size", "lots"}, 2, []string{"lots"}},
+		{[]string{"pool", "get"}, 2, []string{"accepts 1 arg(s)"}},
+		{[]string{"system", "query", "-a", dead, "--insecure"}, 1, []string{"Code: mgmt.unreachable", dead}},
+		{[]string{"--engine", dead, "--insecure", "pool", "list"}, 1, []string{"Code: engine.unreachable", dead}},
+		{[]string{"--engine", "10.255.0.1", "pool", "list"}, 1, []string{"Code: cli.certs", "--cert-dir", "--insecure"}},
+		{[]string{"version", "--client"}, 0, nil},
+	} {
+		out, errOut, status := runBounded(t, 10*time.Second, bin, tc.args...)
+		if status != tc.status {
+			t.Errorf("nexctl %v: exit status %d, want %d\n%s%s", tc.args, status, tc.status, out, errOut)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("nexctl %v: stderr does not name %q:\n%s", tc.args, w, errOut)
+			}
+		}
+		if tc.status != 0 && (strings.Count(errOut, "Error: ") != 1 || strings.Count(errOut, "Resolution: ") != 1) {
+			t.Errorf("nexctl %v: the error is not printed once:\n%s", tc.args, errOut)
+		}
+	}
+}
+
+// TestVersion checks that both binaries name the module version they were
+// built as, and the commit when the build could record it.
+func TestVersion(t *testing.T) {
+	re := regexp.MustCompile(`^nexstor \S+ \((revision [0-9a-f]{40}, (modified, )?)?go1\.[0-9.]+\)\n$`)
+	out, _, status := runBounded(t, time.Minute, testutil.BuildBinary(t, "nexstor"), "--version")
+	if status != 0 || !re.MatchString(out) {
+		t.Fatalf("nexstor --version: %d %q", status, out)
+	}
+	nout, _, status := runBounded(t, time.Minute, testutil.BuildBinary(t, "nexctl"), "version", "--client", "-o", "json")
+	var v struct {
+		Client string `json:"client"`
+	}
+	if status != 0 || json.Unmarshal([]byte(nout), &v) != nil || v.Client == "" ||
+		!strings.Contains(out, " "+v.Client+" ") {
+		t.Fatalf("nexctl version %q and nexstor --version %q disagree", nout, out)
 	}
 }

@@ -5,7 +5,6 @@ package output
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -107,20 +106,16 @@ func Percent(part, whole uint64) string {
 	return fmt.Sprintf("%.1f%%", 100*float64(part)/float64(whole))
 }
 
-// Error writes an error as "Error: what went wrong" and, when the error is
-// a fault with one, "Resolution: what to do".
+// Error writes err for people, each part once: "Error: " and what went
+// wrong (fault.Message: every context of the chain, no resolution),
+// "Code: " and the fault code when err has one, "Resolution: " and what to
+// do when known (fault.ResolutionOf).
 func Error(w io.Writer, err error) {
-	var f *fault.Fault
-	if errors.As(err, &f) {
-		desc := f.Description
-		if f.Err != nil {
-			desc += ": " + f.Err.Error()
-		}
-		fmt.Fprintf(w, "Error: %s\n", desc)
-		if f.Resolution != "" {
-			fmt.Fprintf(w, "Resolution: %s\n", f.Resolution)
-		}
-		return
+	fmt.Fprintf(w, "Error: %s\n", fault.Message(err))
+	if c := fault.CodeOf(err); c != "" {
+		fmt.Fprintf(w, "Code: %s\n", c)
 	}
-	fmt.Fprintf(w, "Error: %v\n", err)
+	if r := fault.ResolutionOf(err); r != "" {
+		fmt.Fprintf(w, "Resolution: %s\n", r)
+	}
 }

@@ -3,6 +3,7 @@ package output
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -51,13 +52,26 @@ func TestParseFormat(t *testing.T) {
 
 func TestError(t *testing.T) {
 	var b bytes.Buffer
-	Error(&b, fault.New(fault.NotFound, "x", "pool \"p\" not found", "list pools"))
-	if b.String() != "Error: pool \"p\" not found\nResolution: list pools\n" {
+	Error(&b, fault.New(fault.NotFound, "pool.not_found", "pool \"p\" not found", "list pools"))
+	if b.String() != "Error: pool \"p\" not found\nCode: pool.not_found\nResolution: list pools\n" {
 		t.Fatalf("%q", b.String())
 	}
 	b.Reset()
 	Error(&b, errors.New("plain"))
 	if b.String() != "Error: plain\n" {
 		t.Fatalf("%q", b.String())
+	}
+	// Context around a fault is kept once, the resolution printed once,
+	// and a fault without one gets its code's default.
+	b.Reset()
+	inner := fault.Wrap(errors.New(`pool "p0": device too small`), fault.InvalidArgument, "pool.disk_too_small", `pool "p0"`, "use a larger disk")
+	Error(&b, fmt.Errorf("create: %w", inner))
+	if b.String() != "Error: create: pool \"p0\": device too small\nCode: pool.disk_too_small\nResolution: use a larger disk\n" {
+		t.Fatalf("%q", b.String())
+	}
+	b.Reset()
+	Error(&b, fault.New(fault.NotFound, "pool.not_found", "pool \"p\" not found", ""))
+	if !strings.Contains(b.String(), "\nResolution: list the pools") {
+		t.Fatalf("no default resolution: %q", b.String())
 	}
 }

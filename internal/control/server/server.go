@@ -28,6 +28,7 @@ import (
 	"github.com/nexstor/nexstor/internal/engine"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fsutil"
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
@@ -157,7 +158,10 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		return fmt.Errorf("grpc_listen %s: %w", cfg.GRPCListen, err)
 	}
 	authz := &security.Authorizer{Policy: Policy(), Insecure: tc.AllowInsecure, Log: log}
-	srv := grpc.NewServer(append(authz.ServerOptions(), grpc.Creds(serverCreds))...)
+	// Errors of handlers and of the authorizer become exact statuses with
+	// the fault's code, message and resolution (faultgrpc, first in the chain).
+	srvOpts := append(faultgrpc.ServerOptions(), authz.ServerOptions()...)
+	srv := grpc.NewServer(append(srvOpts, grpc.Creds(serverCreds))...)
 	mgmtv1.RegisterNodeServiceServer(srv, node)
 	mgmtLazy := newLazy("the management service is not running on this node yet (its etcd member is starting)")
 	// A placeholder implementation: Set installs the running one.

@@ -1,0 +1,236 @@
+package engineclient
+
+import (
+	"context"
+
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
+)
+
+// Idempotency, as the engine promises it, is stated per call: a caller that
+// does not know whether a call took effect (its deadline passed, the
+// connection broke) may repeat an idempotent call and gets the same result;
+// for the others it reads the object first (Get*) or accepts the error that
+// says the change is already made (AlreadyExists on create, NotFound on
+// destroy). Reads are always safe to repeat.
+
+// Pools.
+
+// CreatePool formats the disk of r as a new pool (r.ClusterSize in bytes, 0
+// for the default). Not idempotent: a repeat fails with AlreadyExists
+// (pool.exists), or with FailedPrecondition (pool.disk_in_use) for another
+// name on the same disk. r.Force formats a disk that holds another pool,
+// destroying its data.
+func (c *Client) CreatePool(ctx context.Context, r *enginev1.CreatePoolRequest) (*enginev1.Pool, error) {
+	return c.pools.CreatePool(ctx, r)
+}
+
+// ListPools returns every pool of the engine, faulted ones with their
+// reason. A read.
+func (c *Client) ListPools(ctx context.Context, r *enginev1.ListPoolsRequest) (*enginev1.ListPoolsResponse, error) {
+	return c.pools.ListPools(ctx, orEmpty(r))
+}
+
+// GetPool returns one pool; NotFound (pool.not_found) when there is none. A
+// read.
+func (c *Client) GetPool(ctx context.Context, r *enginev1.GetPoolRequest) (*enginev1.Pool, error) {
+	return c.pools.GetPool(ctx, r)
+}
+
+// DestroyPool erases a pool's superblock and forgets it (with r.Force, its
+// replicas too). Not idempotent: a repeat fails with NotFound
+// (pool.not_found), which a caller that retries treats as done.
+func (c *Client) DestroyPool(ctx context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error) {
+	return c.pools.DestroyPool(ctx, r)
+}
+
+// ImportPool opens the pool on a disk and remembers it. Not idempotent: a
+// repeat fails with AlreadyExists (pool.imported).
+func (c *Client) ImportPool(ctx context.Context, r *enginev1.ImportPoolRequest) (*enginev1.Pool, error) {
+	return c.pools.ImportPool(ctx, r)
+}
+
+// ExportPool closes a pool cleanly and forgets it, keeping its data. Not
+// idempotent: a repeat fails with NotFound (pool.not_found).
+func (c *Client) ExportPool(ctx context.Context, r *enginev1.ExportPoolRequest) (*enginev1.ExportPoolResponse, error) {
+	return c.pools.ExportPool(ctx, r)
+}
+
+// Replicas.
+
+// CreateReplica creates a replica of r.Size bytes (a multiple of the pool's
+// cluster size) in r.Pool. Not idempotent: a repeat fails with
+// AlreadyExists (replica.exists); give r.Uuid to recognise the replica
+// made by an earlier try with GetReplica.
+func (c *Client) CreateReplica(ctx context.Context, r *enginev1.CreateReplicaRequest) (*enginev1.Replica, error) {
+	return c.replicas.CreateReplica(ctx, r)
+}
+
+// ListReplicas returns the replicas of the engine (of r.Pool only, when
+// set). A read.
+func (c *Client) ListReplicas(ctx context.Context, r *enginev1.ListReplicasRequest) (*enginev1.ListReplicasResponse, error) {
+	return c.replicas.ListReplicas(ctx, orEmpty(r))
+}
+
+// GetReplica returns one replica; NotFound (replica.not_found) when there
+// is none. A read.
+func (c *Client) GetReplica(ctx context.Context, r *enginev1.GetReplicaRequest) (*enginev1.Replica, error) {
+	return c.replicas.GetReplica(ctx, r)
+}
+
+// DestroyReplica deletes a replica and frees its clusters; a shared one is
+// refused (replica.shared). Not idempotent: a repeat fails with NotFound
+// (replica.not_found).
+func (c *Client) DestroyReplica(ctx context.Context, r *enginev1.DestroyReplicaRequest) (*enginev1.DestroyReplicaResponse, error) {
+	return c.replicas.DestroyReplica(ctx, r)
+}
+
+// ResizeReplica grows a replica to r.Size bytes. Not idempotent: a repeat
+// with the size already reached fails with InvalidArgument
+// (replica.shrink); compare the size from GetReplica first.
+func (c *Client) ResizeReplica(ctx context.Context, r *enginev1.ResizeReplicaRequest) (*enginev1.Replica, error) {
+	return c.replicas.ResizeReplica(ctx, r)
+}
+
+// ShareReplica exports a replica over r.Protocol ("nbd" or "nvmf") and
+// returns it with its shares. Idempotent: sharing again over the same
+// protocol with the same allowed hosts returns the existing share; other
+// allowed hosts are refused (replica.shared) until it is unshared.
+func (c *Client) ShareReplica(ctx context.Context, r *enginev1.ShareReplicaRequest) (*enginev1.Replica, error) {
+	return c.replicas.ShareReplica(ctx, r)
+}
+
+// UnshareReplica withdraws every share of a replica; connected clients are
+// disconnected once their in-flight requests are answered. Idempotent:
+// unsharing an unshared replica succeeds.
+func (c *Client) UnshareReplica(ctx context.Context, r *enginev1.UnshareReplicaRequest) (*enginev1.Replica, error) {
+	return c.replicas.UnshareReplica(ctx, r)
+}
+
+// Nexuses.
+
+// CreateNexus opens r.Children and starts a mirror over them. Not
+// idempotent: a repeat fails with AlreadyExists (nexus.exists, or
+// nexus.uuid_exists for another name with the same r.Uuid).
+func (c *Client) CreateNexus(ctx context.Context, r *enginev1.CreateNexusRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.CreateNexus(ctx, r)
+}
+
+// ListNexuses returns every nexus of the engine. A read.
+func (c *Client) ListNexuses(ctx context.Context, r *enginev1.ListNexusesRequest) (*enginev1.ListNexusesResponse, error) {
+	return c.nexuses.ListNexuses(ctx, orEmpty(r))
+}
+
+// GetNexus returns one nexus with its children and rebuilds; NotFound
+// (nexus.not_found) when there is none. A read.
+func (c *Client) GetNexus(ctx context.Context, r *enginev1.GetNexusRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.GetNexus(ctx, r)
+}
+
+// DestroyNexus unpublishes and closes a nexus and deletes its health
+// record; the children's replicas are left as they are. Not idempotent: a
+// repeat fails with NotFound (nexus.not_found).
+func (c *Client) DestroyNexus(ctx context.Context, r *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error) {
+	return c.nexuses.DestroyNexus(ctx, r)
+}
+
+// PublishNexus exports a nexus over r.Protocol ("nvmf", the default, or
+// "nbd"). Idempotent: publishing again the same way returns the existing
+// publication; another protocol or other hosts are refused
+// (nexus.published) until it is unpublished.
+func (c *Client) PublishNexus(ctx context.Context, r *enginev1.PublishNexusRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.PublishNexus(ctx, r)
+}
+
+// UnpublishNexus withdraws a nexus's export; connected hosts are dropped.
+// Idempotent: unpublishing an unpublished nexus succeeds.
+func (c *Client) UnpublishNexus(ctx context.Context, r *enginev1.UnpublishNexusRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.UnpublishNexus(ctx, r)
+}
+
+// AddChild adds r.Child to r.Nexus (or re-adds a faulted one) and starts
+// its full rebuild. Not idempotent: a repeat while the child is a member
+// fails (FailedPrecondition); follow the rebuild with RebuildStatus.
+func (c *Client) AddChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.AddChild(ctx, r)
+}
+
+// RemoveChild stops any rebuild of r.Child and removes it; the last
+// healthy child is refused (nexus.last_child). Not idempotent: a repeat
+// fails with NotFound (nexus.child_not_found).
+func (c *Client) RemoveChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.RemoveChild(ctx, r)
+}
+
+// FaultChild takes r.Child out of service; it comes back only with
+// AddChild. Not idempotent: a repeat fails (FailedPrecondition, the child
+// is faulted already).
+func (c *Client) FaultChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.FaultChild(ctx, r)
+}
+
+// OfflineChild takes an online child out of service for a while, keeping
+// track of what is written meanwhile. Not idempotent: a repeat fails
+// (FailedPrecondition, only an online child can go offline).
+func (c *Client) OfflineChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.OfflineChild(ctx, r)
+}
+
+// OnlineChild reopens an offline child and starts its partial rebuild. Not
+// idempotent: a repeat fails once the child is no longer offline.
+func (c *Client) OnlineChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.OnlineChild(ctx, r)
+}
+
+// RebuildStatus returns the running rebuilds of a nexus and the last
+// finished one of each child (of r.Child only, when set). A read.
+func (c *Client) RebuildStatus(ctx context.Context, r *enginev1.RebuildStatusRequest) (*enginev1.RebuildStatusResponse, error) {
+	return c.nexuses.RebuildStatus(ctx, r)
+}
+
+// PauseRebuild pauses the rebuild of r.Child; the child keeps receiving
+// writes. FailedPrecondition (nexus.no_rebuild) when none runs.
+func (c *Client) PauseRebuild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+	return c.nexuses.PauseRebuild(ctx, r)
+}
+
+// ResumeRebuild resumes a paused rebuild of r.Child. FailedPrecondition
+// (nexus.no_rebuild) when none runs.
+func (c *Client) ResumeRebuild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+	return c.nexuses.ResumeRebuild(ctx, r)
+}
+
+// StopRebuild stops the rebuild of r.Child and leaves the child faulted.
+// Not idempotent: a repeat fails with FailedPrecondition
+// (nexus.no_rebuild).
+func (c *Client) StopRebuild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+	return c.nexuses.StopRebuild(ctx, r)
+}
+
+// Verify compares the online children of a nexus segment by segment while
+// I/O goes on and reports the ranges that differ. A read: it changes
+// nothing. It runs until it is done or ctx ends.
+func (c *Client) Verify(ctx context.Context, r *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error) {
+	return c.nexuses.Verify(ctx, r)
+}
+
+// Host.
+
+// GetVersion returns the engine's version, API version and host name. A
+// read.
+func (c *Client) GetVersion(ctx context.Context, r *enginev1.GetVersionRequest) (*enginev1.GetVersionResponse, error) {
+	return c.host.GetVersion(ctx, orEmpty(r))
+}
+
+// ListBlockDevices returns the host's block devices. A read.
+func (c *Client) ListBlockDevices(ctx context.Context, r *enginev1.ListBlockDevicesRequest) (*enginev1.ListBlockDevicesResponse, error) {
+	return c.host.ListBlockDevices(ctx, orEmpty(r))
+}
+
+// orEmpty returns r, or a new zero request when r is nil, so that the calls
+// that need no argument may be made without a request.
+func orEmpty[T any, P interface{ *T }](r P) P {
+	if r == nil {
+		return new(T)
+	}
+	return r
+}

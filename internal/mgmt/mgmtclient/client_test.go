@@ -1,0 +1,153 @@
+package mgmtclient_test
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
+	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
+	"github.com/nexstor/nexstor/internal/testutil/netproxy"
+)
+
+// replica is a fake management service replica: LeaderQuery returns err,
+// or the system name when err is nil.
+type replica struct {
+	mgmtv1.UnimplementedMgmtServiceServer
+	err   func() error
+	calls atomic.Int32
+}
+
+func (r *replica) LeaderQuery(context.Context, *mgmtv1.LeaderQueryRequest) (*mgmtv1.LeaderQueryResponse, error) {
+	r.calls.Add(1)
+	if err := r.err(); err != nil {
+		return nil, err
+	}
+	return &mgmtv1.LeaderQueryResponse{System: "sys"}, nil
+}
+
+func serve(t *testing.T, r *replica) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(faultgrpc.ServerOptions()...)
+	mgmtv1.RegisterMgmtServiceServer(srv, r)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
+func newClient(t *testing.T, dial time.Duration, addrs ...string) *mgmtclient.Client {
+	t.Helper()
+	c, err := mgmtclient.New(addrs, mgmtclient.Options{Insecure: true, DialTimeout: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func query(ctx context.Context, c *mgmtclient.Client) (string, error) {
+	var sys string
+	err := c.Do(ctx, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+		resp, err := cl.LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{})
+		sys = resp.GetSystem()
+		return err
+	})
+	return sys, err
+}
+
+// TestFollowsLeader sends the call to a replica that names the leader: it
+// is retried there, and the leader is remembered.
+func TestFollowsLeader(t *testing.T) {
+	leader := serve(t, &replica{err: func() error { return nil }})
+	follower := &replica{err: func() error {
+		return faultgrpc.Status(fault.New(fault.Unavailable, mgmtclient.CodeNotLeader, "not the leader", "retry at the leader"),
+			map[string]string{"leader": leader}).Err()
+	}}
+	c := newClient(t, time.Second, serve(t, follower))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if sys, err := query(ctx, c); err != nil || sys != "sys" || c.Leader() != leader || follower.calls.Load() != 1 {
+		t.Fatalf("query: %q %v, leader %q, follower called %d times", sys, err, c.Leader(), follower.calls.Load())
+	}
+}
+
+// TestErrorsAreFaults checks that a service error comes back as a fault
+// through which the status is still seen, and is not retried.
+func TestErrorsAreFaults(t *testing.T) {
+	r := &replica{err: func() error {
+		return fault.New(fault.FailedPrecondition, "mgmt.excluded", "rank 2 is excluded", "clear it")
+	}}
+	c := newClient(t, time.Second, serve(t, r))
+	_, err := query(context.Background(), c)
+	if _, ok := err.(*fault.Fault); !ok || fault.CodeOf(err) != "mgmt.excluded" || status.Code(err) != codes.FailedPrecondition ||
+		fault.ResolutionOf(err) != "clear it" || r.calls.Load() != 1 {
+		t.Fatalf("got %T %v (status %v), %d calls", err, err, status.Code(err), r.calls.Load())
+	}
+}
+
+// TestUnreachable calls access points that cannot be reached, with a
+// deadline far beyond the dial timeout: Do gives up as unreachable.
+func TestUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	p, err := netproxy.Listen(serve(t, &replica{err: func() error { return nil }}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Blackhole()
+	for _, addrs := range [][]string{{closed}, {p.Addr()}, {closed, p.Addr()}} {
+		c := newClient(t, 500*time.Millisecond, addrs...)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err := query(ctx, c)
+		expired := ctx.Err()
+		cancel()
+		if expired != nil {
+			t.Fatalf("%v: Do waited for the deadline: %v", addrs, err)
+		}
+		if fault.CodeOf(err) != "mgmt.unreachable" || status.Code(err) != codes.Unavailable || fault.ResolutionOf(err) == "" {
+			t.Fatalf("%v: %v (code %q)", addrs, err, fault.CodeOf(err))
+		}
+	}
+}
+
+// TestReachedButUnavailable checks that an access point that answers
+// "unavailable" (its service still starting) is retried until the
+// deadline, not given up on after the dial timeout.
+func TestReachedButUnavailable(t *testing.T) {
+	var ready atomic.Bool
+	r := &replica{err: func() error {
+		if ready.Load() {
+			return nil
+		}
+		return status.Error(codes.Unavailable, "the management service is starting")
+	}}
+	c := newClient(t, 100*time.Millisecond, serve(t, r))
+	go func() {
+		for r.calls.Load() < 5 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		ready.Store(true)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if sys, err := query(ctx, c); err != nil || sys != "sys" {
+		t.Fatalf("query: %q %v after %d calls", sys, err, r.calls.Load())
+	}
+}
