@@ -81,6 +81,11 @@ func poolFault(err error, what, disk string) error {
 		{pool.ErrCorrupt, fault.New(fault.FailedPrecondition, "pool.corrupt", what,
 			"the pool's metadata is corrupt and nothing was changed on the disk; restore the data from another replica, or reformat it with `nexctl pool create --force` (its data is lost)")},
 		{pool.ErrInvalid, fault.New(fault.InvalidArgument, "pool.invalid", what, "check the arguments")},
+		{pool.ErrUnsupported, fault.New(fault.FailedPrecondition, "pool.unsupported", what,
+			"nothing was written; open the pool with the Nexstor version that wrote it, or a newer one")},
+		// Before ErrNoSpace, which over-commit errors match too.
+		{pool.ErrOvercommit, fault.New(fault.ResourceExhausted, "pool.overcommit", what,
+			"destroy or shrink thin replicas, raise the pool's over-commit limit (pool create --overcommit, pools[].overcommit), or use another pool")},
 		{pool.ErrNoSpace, fault.New(fault.ResourceExhausted, "pool.no_space", what,
 			"destroy replicas you do not need, create a thin replica, or use another pool")},
 		{pool.ErrExists, fault.New(fault.AlreadyExists, "replica.exists", what, "choose another name")},
