@@ -23,6 +23,9 @@ type CreatePoolOptions struct {
 	Name        string
 	ClusterSize int64 // bytes; 0 means the pool default
 	Force       bool  // format over an existing pool
+	// Overcommit is the thin over-commit limit in percent of the
+	// capacity; 0 means the default.
+	Overcommit int
 }
 
 // PoolHandle is an open pool. Its methods are safe for concurrent use; the
@@ -39,6 +42,11 @@ type PoolHandle interface {
 	OpenReplica(name string) (bdev.Device, error)
 	DestroyReplica(name string) error
 	ResizeReplica(name string, size int64) error
+	// Disown clears a replica's owner, durably, and fences every claimed
+	// handle of it (a forced operation on an owned replica).
+	Disown(name string) error
+	// SetOvercommit changes the pool's thin over-commit limit (percent).
+	SetOvercommit(percent int) error
 	// Close exports the pool: its state is made durable and the disk closed.
 	Close() error
 	// Destroy erases the pool's superblock and closes the disk.
@@ -54,6 +62,10 @@ type PoolStats struct {
 	Allocated     int64
 	Committed     int64
 	Replicas      int
+	// Overcommit is the thin over-commit limit in percent, and
+	// CommitLimit the bytes it allows replicas to commit in all.
+	Overcommit  int
+	CommitLimit int64
 }
 
 // ReplicaSpec describes a replica to create. Size is in bytes and a multiple
@@ -72,6 +84,12 @@ type ReplicaStat struct {
 	Size      int64
 	Thin      bool
 	Allocated int64 // bytes in clusters the replica owns
+	// NGUID identifies this incarnation of the replica.
+	NGUID [16]byte
+	// Owner is the UUID of the nexus that claimed it ("" when unowned),
+	// Epoch the highest fencing epoch it accepted.
+	Owner string
+	Epoch uint64
 }
 
 // ExportSpec describes one export of a replica.
@@ -81,6 +99,10 @@ type ExportSpec struct {
 	// UUID is the replica UUID: NVMe-oF subsystem NQNs and namespace UUIDs
 	// derive from it, so they stay stable across restarts.
 	UUID string
+	// NGUID is the NVMe namespace NGUID: the replica's identity, so that a
+	// nexus can tell a replica recreated under the same UUID; zero derives
+	// one from the UUID (nexus exports, whose identity is their UUID).
+	NGUID [16]byte
 	// Kind is the object kind in the subsystem NQN,
 	// nqn.2024-11.io.nexstor:<kind>:<uuid>: "replica" when empty, "nexus".
 	Kind        string

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -142,40 +143,40 @@ func TestBadInputOnRealPools(t *testing.T) {
 	r := newRealRig(t)
 	e := r.e
 	disk0 := r.fileURI("d0.img", testDisk)
-	if _, err := e.CreatePool("p0", disk0, 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: disk0, ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("pool on a missing path", func(t *testing.T) {
 		r.t = t
 		before := r.snapshot()
-		_, err := e.CreatePool("p1", "file://"+r.path("no/such/dir/d.img")+"?size=64MiB", 0, false)
+		_, err := e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: "file://" + r.path("no/such/dir/d.img") + "?size=64MiB", ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.NotFound, r.path("no/such/dir"))
-		_, err = e.CreatePool("p1", r.path("missing.img"), 0, false)
+		_, err = e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: r.path("missing.img"), ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.NotFound, r.path("missing.img"))
 	})
 
 	t.Run("disk that holds a pool, without force", func(t *testing.T) {
 		r.t = t
 		disk1 := r.fileURI("d1.img", testDisk)
-		if _, err := e.CreatePool("old", disk1, 0, false); err != nil {
+		if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "old", Disk: disk1, ClusterSize: 0, Force: false}); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.ExportPool("old"); err != nil {
+		if err := e.ExportPool(context.Background(), "old"); err != nil {
 			t.Fatal(err)
 		}
 		before := r.snapshot()
-		_, err := e.CreatePool("p1", disk1, 0, false)
+		_, err := e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: disk1, ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.AlreadyExists, "p1", r.path("d1.img"), "--force")
 		// With force it is formatted anew.
-		p, err := e.CreatePool("p1", disk1, 0, true)
+		p, err := e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: disk1, ClusterSize: 0, Force: true})
 		if err != nil || p.Name != "p1" {
 			t.Fatalf("force: %v %+v", err, p)
 		}
-		if err := e.DestroyPool("p1", false); err != nil {
+		if err := e.DestroyPool(context.Background(), "p1", false); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -187,20 +188,20 @@ func TestBadInputOnRealPools(t *testing.T) {
 			t.Fatal(err)
 		}
 		before := r.snapshot()
-		_, err := e.CreatePool("p1", small, 0, false)
+		_, err := e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: small, ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.InvalidArgument, "p1", small, "too small")
 		// A file the create made is removed again.
-		_, err = e.CreatePool("p1", r.fileURI("tiny.img", 64<<10), 0, false)
+		_, err = e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: r.fileURI("tiny.img", 64<<10), ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.InvalidArgument, "p1", "too small")
 	})
 
 	t.Run("import of a corrupted superblock", func(t *testing.T) {
 		r.t = t
 		disk2 := r.fileURI("d2.img", testDisk)
-		if _, err := e.CreatePool("bad", disk2, 0, false); err != nil {
+		if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "bad", Disk: disk2, ClusterSize: 0, Force: false}); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.ExportPool("bad"); err != nil {
+		if err := e.ExportPool(context.Background(), "bad"); err != nil {
 			t.Fatal(err)
 		}
 		f, err := os.OpenFile(r.path("d2.img"), os.O_RDWR, 0)
@@ -215,7 +216,7 @@ func TestBadInputOnRealPools(t *testing.T) {
 		}
 		f.Close()
 		before := r.snapshot()
-		_, err = e.ImportPool("", disk2)
+		_, err = e.ImportPool(context.Background(), "", disk2)
 		r.refused(before, err, fault.FailedPrecondition, r.path("d2.img"), "corrupt")
 		// Neither is a disk without a pool written to.
 		blank := r.path("blank.img")
@@ -223,20 +224,24 @@ func TestBadInputOnRealPools(t *testing.T) {
 			t.Fatal(err)
 		}
 		before = r.snapshot()
-		_, err = e.ImportPool("", blank)
+		_, err = e.ImportPool(context.Background(), "", blank)
 		r.refused(before, err, fault.FailedPrecondition, blank, "not a pool")
 	})
 
 	t.Run("thick replica larger than the free space", func(t *testing.T) {
 		r.t = t
 		before := r.snapshot()
-		_, err := e.CreateReplica(CreateReplicaOptions{Name: "big", Pool: "p0", Size: 1 << 30})
+		_, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "big", Pool: "p0", Size: 1 << 30})
 		r.refused(before, err, fault.ResourceExhausted, "big", "p0")
-		// Thin over-commitment is allowed.
-		if _, err := e.CreateReplica(CreateReplicaOptions{Name: "big", Pool: "p0", Size: 1 << 30, Thin: true}); err != nil {
+		// Thin over-commitment is allowed up to the pool's limit (250% of
+		// its 20MiB), and refused beyond it with the numbers.
+		if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "big", Pool: "p0", Size: 32 << 20, Thin: true}); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.DestroyReplica("big"); err != nil {
+		before = r.snapshot()
+		_, err = e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "huge", Pool: "p0", Size: 1 << 30, Thin: true})
+		r.refused(before, err, fault.ResourceExhausted, "huge", "over-commit limit of 250%", "capacity 20971520", "asked 1073741824")
+		if err := e.DestroyReplica(context.Background(), "big", Access{}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -244,35 +249,35 @@ func TestBadInputOnRealPools(t *testing.T) {
 	t.Run("duplicate names", func(t *testing.T) {
 		r.t = t
 		before := r.snapshot()
-		_, err := e.CreatePool("p0", r.fileURI("d3.img", testDisk), 0, false)
+		_, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: r.fileURI("d3.img", testDisk), ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.AlreadyExists, "p0")
-		_, err = e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 4 << 20})
+		_, err = e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 4 << 20})
 		r.refused(before, err, fault.AlreadyExists, "r0")
-		_, err = e.CreatePool("p9", disk0, 0, true)
+		_, err = e.CreatePool(context.Background(), PoolSpec{Name: "p9", Disk: disk0, ClusterSize: 0, Force: true})
 		r.refused(before, err, fault.FailedPrecondition, "p0", r.path("d0.img"))
 	})
 
 	t.Run("unaligned sizes", func(t *testing.T) {
 		r.t = t
 		before := r.snapshot()
-		_, err := e.CreateReplica(CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 5 << 20})
+		_, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 5 << 20})
 		r.refused(before, err, fault.InvalidArgument, "r1", "4MiB", "8MiB")
-		_, err = e.ResizeReplica("r0", 9<<20)
+		_, err = e.ResizeReplica(context.Background(), "r0", 9<<20, Access{})
 		r.refused(before, err, fault.InvalidArgument, "r0", "4MiB")
-		_, err = e.ResizeReplica("r0", 4<<20)
+		_, err = e.ResizeReplica(context.Background(), "r0", 4<<20, Access{})
 		r.refused(before, err, fault.InvalidArgument, "r0")
-		_, err = e.CreatePool("p1", r.fileURI("d4.img", testDisk), 3<<20, false)
+		_, err = e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: r.fileURI("d4.img", testDisk), ClusterSize: 3 << 20, Force: false})
 		r.refused(before, err, fault.InvalidArgument, "p1")
 	})
 
 	t.Run("bad names and URIs", func(t *testing.T) {
 		r.t = t
 		before := r.snapshot()
-		_, err := e.CreatePool("a/b", r.fileURI("d5.img", testDisk), 0, false)
+		_, err := e.CreatePool(context.Background(), PoolSpec{Name: "a/b", Disk: r.fileURI("d5.img", testDisk), ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.InvalidArgument, "a/b")
-		_, err = e.CreatePool("p1", "nvme://x", 0, false)
+		_, err = e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: "nvme://x", ClusterSize: 0, Force: false})
 		r.refused(before, err, fault.InvalidArgument, "nvme://x")
-		_, err = e.CreateReplica(CreateReplicaOptions{Name: "", Pool: "p0", Size: 4 << 20})
+		_, err = e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "", Pool: "p0", Size: 4 << 20})
 		r.refused(before, err, fault.InvalidArgument, "replica name")
 	})
 }
@@ -290,16 +295,16 @@ func TestRealPoolsSurviveRestart(t *testing.T) {
 	}
 	e := start()
 	disk := fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, "d0.img"), testDisk)
-	if _, err := e.CreatePool("p0", disk, 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: disk, ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 4 << 20}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 4 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	ri, err := e.ShareReplica("r0", "", nil)
+	ri, err := e.ShareReplica(context.Background(), "r0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,10 +368,10 @@ func TestConfiguredPoolsOnRealDisks(t *testing.T) {
 	if hashSparse(t, blank) != before {
 		t.Fatal("a configured disk without a pool was written to")
 	}
-	_, err = e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "blank", Size: 4 << 20})
+	_, err = e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "blank", Size: 4 << 20})
 	wantFault(t, err, fault.Unavailable, "blank")
 	// Creating the pool on the configured disk is how the operator fixes it.
-	if p, err := e.CreatePool("blank", "file://"+blank+"?size=1MiB", 64<<10, false); err != nil || p.State != PoolOnline {
+	if p, err := e.CreatePool(context.Background(), PoolSpec{Name: "blank", Disk: "file://" + blank + "?size=1MiB", ClusterSize: 64 << 10, Force: false}); err != nil || p.State != PoolOnline {
 		t.Fatalf("create on the configured disk: %+v %v", p, err)
 	}
 }

@@ -62,6 +62,9 @@ type PoolConfig struct {
 	Name        string
 	Disk        string
 	ClusterSize int64 // bytes; used when the pool is created, 0 = default
+	// Overcommit is the thin over-commit limit in percent; 0 keeps the
+	// pool's own. A pool imported with another limit gets this one.
+	Overcommit int
 }
 
 // PoolState is the state of a pool in the engine.
@@ -110,6 +113,12 @@ type ReplicaInfo struct {
 	Reason    string
 	Share     *ShareInfo  // the first of Shares; nil when not shared
 	Shares    []ShareInfo // one per protocol, sorted by protocol
+	// NGUID identifies this incarnation of the replica; Owner is the UUID
+	// of the nexus that claimed it ("" when unowned) and Epoch the highest
+	// fencing epoch it accepted.
+	NGUID [16]byte
+	Owner string
+	Epoch uint64
 }
 
 // ShareInfo says how a replica is shared.
@@ -276,7 +285,7 @@ func (e *Engine) restorePool(p PoolConfig, uuid string) {
 	var h PoolHandle
 	var err error
 	if isRAMDisk(p.Disk) {
-		h, err = e.cfg.Backend.CreatePool(p.Disk, CreatePoolOptions{Name: p.Name, ClusterSize: p.ClusterSize})
+		h, err = e.cfg.Backend.CreatePool(p.Disk, CreatePoolOptions{Name: p.Name, ClusterSize: p.ClusterSize, Overcommit: p.Overcommit})
 	} else {
 		h, err = e.cfg.Backend.ImportPool(importURI(p.Disk))
 	}
@@ -292,6 +301,14 @@ func (e *Engine) restorePool(p PoolConfig, uuid string) {
 			e.log.Error("closing pool", "pool", h.Name(), "err", err)
 		}
 		return
+	}
+	if p.Overcommit != 0 && h.Stats().Overcommit != p.Overcommit {
+		// The configuration changed the limit: it applies from now on.
+		if err := h.SetOvercommit(p.Overcommit); err != nil {
+			e.log.Error("pool over-commit limit not changed", "pool", p.Name, "limit", p.Overcommit, "err", err)
+		} else {
+			e.log.Info("pool over-commit limit changed by the configuration", "pool", p.Name, "limit", p.Overcommit)
+		}
 	}
 	if uuid != "" && h.UUID() != uuid && !isRAMDisk(p.Disk) {
 		e.log.Warn("pool has a new uuid (it was formatted again)", "pool", p.Name, "was", uuid, "now", h.UUID())
@@ -343,8 +360,8 @@ func (e *Engine) export(h PoolHandle, name, protocol string, allowed []string) (
 	// Counting costs a few atomics per I/O and allocates nothing; IOStats
 	// reads the counters.
 	dev := stats.New(raw)
-	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: name, UUID: rs.UUID,
-		Description: "nexstor replica " + name, AllowedHosts: allowed}, dev)
+	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: name, UUID: rs.UUID, NGUID: rs.NGUID,
+		Description: fmt.Sprintf("nexstor replica %s (nguid %x)", name, rs.NGUID), AllowedHosts: allowed}, dev.Claimable())
 	if err != nil {
 		dev.Close()
 		return nil, "", fault.Wrap(err, fault.Internal, "share.export",

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -66,27 +67,27 @@ func TestPoolAndReplicaLifecycle(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
 	defer e.Close()
-	p, err := e.CreatePool("p0", "file:///d0.img?size=64MiB", 0, false)
+	p, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "file:///d0.img?size=64MiB", ClusterSize: 0, Force: false})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.State != PoolOnline || p.Stats.ClusterSize != memCluster || p.UUID == "" {
 		t.Fatalf("pool %+v", p)
 	}
-	ri, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true})
+	ri, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ri.Pool != "p0" || ri.Size != 8<<20 || !ri.Thin || ri.Share != nil {
 		t.Fatalf("replica %+v", ri)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 4 << 20}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 4 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	if p, _ := e.Pool("p0"); p.Stats.FreeClusters != 60 || p.Stats.Replicas != 2 {
 		t.Fatalf("stats after thick 4MiB: %+v", p.Stats)
 	}
-	ri, err = e.ShareReplica("r0", "", nil)
+	ri, err = e.ShareReplica(context.Background(), "r0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,36 +98,36 @@ func TestPoolAndReplicaLifecycle(t *testing.T) {
 		t.Fatalf("exports %v", got)
 	}
 	// Sharing again is idempotent.
-	if again, err := e.ShareReplica("r0", "nbd", nil); err != nil || again.Share.URI != ri.Share.URI {
+	if again, err := e.ShareReplica(context.Background(), "r0", "nbd", nil); err != nil || again.Share.URI != ri.Share.URI {
 		t.Fatalf("share again: %v %+v", err, again.Share)
 	}
-	wantFault(t, e.DestroyReplica("r0"), fault.FailedPrecondition, "r0", "shared")
-	wantFault(t, e.DestroyPool("p0", true), fault.FailedPrecondition, "p0", "r0")
-	if _, err := e.UnshareReplica("r0"); err != nil {
+	wantFault(t, e.DestroyReplica(context.Background(), "r0", Access{}), fault.FailedPrecondition, "r0", "shared")
+	wantFault(t, e.DestroyPool(context.Background(), "p0", true), fault.FailedPrecondition, "p0", "r0")
+	if _, err := e.UnshareReplica(context.Background(), "r0", Access{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.nbd.names(); len(got) != 0 {
 		t.Fatalf("exports after unshare %v", got)
 	}
-	if _, err := e.UnshareReplica("r0"); err != nil {
+	if _, err := e.UnshareReplica(context.Background(), "r0", Access{}); err != nil {
 		t.Fatalf("unshare twice: %v", err)
 	}
-	if ri, err := e.ResizeReplica("r0", 16<<20); err != nil || ri.Size != 16<<20 {
+	if ri, err := e.ResizeReplica(context.Background(), "r0", 16<<20, Access{}); err != nil || ri.Size != 16<<20 {
 		t.Fatalf("resize: %v %+v", err, ri)
 	}
-	_, err = e.ResizeReplica("r0", 8<<20)
+	_, err = e.ResizeReplica(context.Background(), "r0", 8<<20, Access{})
 	wantFault(t, err, fault.InvalidArgument, "r0", "grow")
 	list, _ := e.Replicas("")
 	if len(list) != 2 || list[0].Name != "r0" || list[1].Name != "r1" {
 		t.Fatalf("list %+v", list)
 	}
-	wantFault(t, e.DestroyPool("p0", false), fault.FailedPrecondition, "p0", "r0", "r1", "--force")
-	if err := e.DestroyReplica("r0"); err != nil {
+	wantFault(t, e.DestroyPool(context.Background(), "p0", false), fault.FailedPrecondition, "p0", "r0", "r1", "--force")
+	if err := e.DestroyReplica(context.Background(), "r0", Access{}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = e.Replica("r0")
 	wantFault(t, err, fault.NotFound, "r0")
-	if err := e.DestroyPool("p0", true); err != nil {
+	if err := e.DestroyPool(context.Background(), "p0", true); err != nil {
 		t.Fatal(err)
 	}
 	if len(e.Pools()) != 0 {
@@ -140,7 +141,7 @@ func TestBadInputRegistry(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
 	defer e.Close()
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -149,34 +150,34 @@ func TestBadInputRegistry(t *testing.T) {
 		kind  fault.Kind
 		names []string
 	}{
-		{"dup pool", second(e.CreatePool("p0", "/d1", 0, false)), fault.AlreadyExists, []string{"p0"}},
-		{"disk in use", second(e.CreatePool("p1", "file:///d0?size=1GiB", 0, false)), fault.FailedPrecondition, []string{"/d0", "p0"}},
-		{"bad pool name", second(e.CreatePool("bad name", "/d2", 0, false)), fault.InvalidArgument, []string{"bad name"}},
-		{"no disk", second(e.CreatePool("p2", "", 0, false)), fault.InvalidArgument, []string{"p2"}},
-		{"missing disk", second(e.CreatePool("p2", "/missing/d", 0, false)), fault.NotFound, []string{"/missing/d"}},
+		{"dup pool", second(e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d1", ClusterSize: 0, Force: false})), fault.AlreadyExists, []string{"p0"}},
+		{"disk in use", second(e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: "file:///d0?size=1GiB", ClusterSize: 0, Force: false})), fault.FailedPrecondition, []string{"/d0", "p0"}},
+		{"bad pool name", second(e.CreatePool(context.Background(), PoolSpec{Name: "bad name", Disk: "/d2", ClusterSize: 0, Force: false})), fault.InvalidArgument, []string{"bad name"}},
+		{"no disk", second(e.CreatePool(context.Background(), PoolSpec{Name: "p2", Disk: "", ClusterSize: 0, Force: false})), fault.InvalidArgument, []string{"p2"}},
+		{"missing disk", second(e.CreatePool(context.Background(), PoolSpec{Name: "p2", Disk: "/missing/d", ClusterSize: 0, Force: false})), fault.NotFound, []string{"/missing/d"}},
 		{"pool not found", second(e.Pool("nope")), fault.NotFound, []string{"nope"}},
-		{"replica in unknown pool", second(e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "nope", Size: memCluster})), fault.NotFound, []string{"nope"}},
-		{"unaligned", second(e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "p0", Size: memCluster + 512})), fault.InvalidArgument, []string{"r", "cluster size", "2MiB"}},
-		{"zero size", second(e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "p0"})), fault.InvalidArgument, []string{"r"}},
-		{"thick too big", second(e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "p0", Size: 65 * memCluster})), fault.ResourceExhausted, []string{"r", "p0"}},
-		{"bad uuid", second(e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "p0", Size: memCluster, UUID: "xyz"})), fault.InvalidArgument, []string{"xyz"}},
-		{"share unknown", second(e.ShareReplica("nope", "nbd", nil)), fault.NotFound, []string{"nope"}},
+		{"replica in unknown pool", second(e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "nope", Size: memCluster})), fault.NotFound, []string{"nope"}},
+		{"unaligned", second(e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "p0", Size: memCluster + 512})), fault.InvalidArgument, []string{"r", "cluster size", "2MiB"}},
+		{"zero size", second(e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "p0"})), fault.InvalidArgument, []string{"r"}},
+		{"thick too big", second(e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "p0", Size: 65 * memCluster})), fault.ResourceExhausted, []string{"r", "p0"}},
+		{"bad uuid", second(e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "p0", Size: memCluster, UUID: "xyz"})), fault.InvalidArgument, []string{"xyz"}},
+		{"share unknown", second(e.ShareReplica(context.Background(), "nope", "nbd", nil)), fault.NotFound, []string{"nope"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { wantFault(t, tc.err, tc.kind, tc.names...) })
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreatePool("p1", "/d1", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: "/d1", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p1", Size: memCluster})
+	_, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p1", Size: memCluster})
 	wantFault(t, err, fault.AlreadyExists, "r0", "p0")
-	_, err = e.ShareReplica("r0", "nvmf", nil)
+	_, err = e.ShareReplica(context.Background(), "r0", "nvmf", nil)
 	wantFault(t, err, fault.FailedPrecondition, "nvmf")
-	_, err = e.ShareReplica("r0", "iscsi", nil)
+	_, err = e.ShareReplica(context.Background(), "r0", "iscsi", nil)
 	wantFault(t, err, fault.InvalidArgument, "iscsi")
-	_, err = e.ShareReplica("r0", "nbd", []string{"host1"})
+	_, err = e.ShareReplica(context.Background(), "r0", "nbd", []string{"host1"})
 	wantFault(t, err, fault.InvalidArgument, "r0")
 	// Nothing of the above left a trace.
 	if ps := e.Pools(); len(ps) != 2 {
@@ -195,21 +196,21 @@ func second[T any](_ T, err error) error { return err }
 func TestRestartRemembersPoolsAndShares(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreatePool("p1", "/d1", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p1", Disk: "/d1", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"r0", "r1"} {
-		if _, err := e.CreateReplica(CreateReplicaOptions{Name: n, Pool: "p0", Size: 2 * memCluster, Thin: true}); err != nil {
+		if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: n, Pool: "p0", Size: 2 * memCluster, Thin: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.ShareReplica("r1", "nbd", nil); err != nil {
+	if _, err := e.ShareReplica(context.Background(), "r1", "nbd", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.ExportPool("p1"); err != nil {
+	if err := e.ExportPool(context.Background(), "p1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Close(); err != nil {
@@ -250,11 +251,11 @@ func TestRestartRemembersPoolsAndShares(t *testing.T) {
 		t.Fatalf("r0 shared after restart: %+v", ri)
 	}
 	// The exported pool can be imported again, by its disk.
-	p, err := e.ImportPool("", "/d1")
+	p, err := e.ImportPool(context.Background(), "", "/d1")
 	if err != nil || p.Name != "p1" {
 		t.Fatalf("import: %v %+v", err, p)
 	}
-	_, err = e.ImportPool("", "/d1")
+	_, err = e.ImportPool(context.Background(), "", "/d1")
 	wantFault(t, err, fault.AlreadyExists, "/d1", "p1")
 }
 
@@ -262,7 +263,7 @@ func TestConfiguredPools(t *testing.T) {
 	r := newRig(t)
 	r.be.disks[diskKey("/blank")] = nil
 	e := r.start(t)
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
@@ -288,10 +289,10 @@ func TestConfiguredPools(t *testing.T) {
 	if r.be.disks[diskKey("/blank")] != nil {
 		t.Fatal("a blank configured disk was written to")
 	}
-	_, err := e.CreateReplica(CreateReplicaOptions{Name: "r", Pool: "blank", Size: memCluster})
+	_, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r", Pool: "blank", Size: memCluster})
 	wantFault(t, err, fault.Unavailable, "blank")
 	// A faulted pool can be created in place (same disk).
-	if _, err := e.CreatePool("blank", "/blank", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "blank", Disk: "/blank", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -299,13 +300,13 @@ func TestConfiguredPools(t *testing.T) {
 func TestShareRestoreFailureIsReported(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ShareReplica("r0", "nbd", nil); err != nil {
+	if _, err := e.ShareReplica(context.Background(), "r0", "nbd", nil); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
@@ -324,7 +325,7 @@ func TestShareRestoreFailureIsReported(t *testing.T) {
 		t.Fatalf("replica %+v", ri)
 	}
 	dev.Close()
-	ri, err = e.ShareReplica("r0", "nbd", nil)
+	ri, err = e.ShareReplica(context.Background(), "r0", "nbd", nil)
 	if err != nil || ri.State != ReplicaOnline {
 		t.Fatalf("retry share: %v %+v", err, ri)
 	}
@@ -406,13 +407,13 @@ func TestImportURIDropsSize(t *testing.T) {
 func TestStaleShareCanBeForgotten(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ShareReplica("r0", "nbd", nil); err != nil {
+	if _, err := e.ShareReplica(context.Background(), "r0", "nbd", nil); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
@@ -422,27 +423,27 @@ func TestStaleShareCanBeForgotten(t *testing.T) {
 	if p, _ := e.Pool("p0"); p.State != PoolFaulted {
 		t.Fatalf("pool %+v", p)
 	}
-	if _, err := e.UnshareReplica("r0"); err != nil {
+	if _, err := e.UnshareReplica(context.Background(), "r0", Access{}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := loadState(filepath.Join(r.dir, StateFileName))
 	if err != nil || len(st.Shares) != 0 {
 		t.Fatalf("state after forgetting the share: %+v %v", st, err)
 	}
-	_, err = e.UnshareReplica("r0")
+	_, err = e.UnshareReplica(context.Background(), "r0", Access{})
 	wantFault(t, err, fault.NotFound, "r0")
 }
 
 func TestImportRestoresRememberedShares(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: memCluster, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ShareReplica("r0", "nbd", nil); err != nil {
+	if _, err := e.ShareReplica(context.Background(), "r0", "nbd", nil); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
@@ -454,7 +455,7 @@ func TestImportRestoresRememberedShares(t *testing.T) {
 		t.Fatalf("pool %+v", p)
 	}
 	r.be.disks[diskKey("/d0")] = disk
-	if _, err := e.ImportPool("p0", "/d0"); err != nil {
+	if _, err := e.ImportPool(context.Background(), "p0", "/d0"); err != nil {
 		t.Fatal(err)
 	}
 	ri, err := e.Replica("r0")

@@ -59,8 +59,9 @@ type memReplica struct {
 }
 
 type memPool struct {
-	mu     sync.Mutex
-	name   string
+	mu         sync.Mutex
+	overcommit int
+	name       string
 	uuid   string
 	total  int64
 	used   int64
@@ -77,8 +78,29 @@ func (p *memPool) Stats() PoolStats {
 	for _, r := range p.reps {
 		committed += r.Size
 	}
+	oc := p.overcommit
+	if oc == 0 {
+		oc = 250
+	}
 	return PoolStats{Capacity: p.total * memCluster, ClusterSize: memCluster, TotalClusters: p.total,
-		FreeClusters: p.total - p.used, Allocated: p.used * memCluster, Committed: committed, Replicas: len(p.reps)}
+		FreeClusters: p.total - p.used, Allocated: p.used * memCluster, Committed: committed, Replicas: len(p.reps),
+		Overcommit: oc, CommitLimit: p.total * memCluster * int64(oc) / 100}
+}
+func (p *memPool) Disown(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.reps[name]
+	if !ok {
+		return fault.New(fault.NotFound, "pool.replica_not_found", "not found", "")
+	}
+	r.Owner = ""
+	return nil
+}
+func (p *memPool) SetOvercommit(percent int) error {
+	p.mu.Lock()
+	p.overcommit = percent
+	p.mu.Unlock()
+	return nil
 }
 func (p *memPool) CreateReplica(s ReplicaSpec) (ReplicaStat, error) {
 	p.mu.Lock()

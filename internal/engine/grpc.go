@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/hex"
 
 	"google.golang.org/grpc"
 
@@ -24,8 +25,9 @@ type poolServer struct {
 	e *Engine
 }
 
-func (s *poolServer) CreatePool(_ context.Context, r *enginev1.CreatePoolRequest) (*enginev1.Pool, error) {
-	p, err := s.e.CreatePool(r.GetName(), r.GetDisk(), int64(r.GetClusterSize()), r.GetForce())
+func (s *poolServer) CreatePool(ctx context.Context, r *enginev1.CreatePoolRequest) (*enginev1.Pool, error) {
+	p, err := s.e.CreatePool(ctx, PoolSpec{Name: r.GetName(), Disk: r.GetDisk(), ClusterSize: int64(r.GetClusterSize()),
+		Force: r.GetForce(), Overcommit: int(r.GetOvercommitPercent())})
 	if err != nil {
 		return nil, err
 	}
@@ -48,23 +50,23 @@ func (s *poolServer) GetPool(_ context.Context, r *enginev1.GetPoolRequest) (*en
 	return PoolToProto(p), nil
 }
 
-func (s *poolServer) DestroyPool(_ context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error) {
-	if err := s.e.DestroyPool(r.GetName(), r.GetForce()); err != nil {
+func (s *poolServer) DestroyPool(ctx context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error) {
+	if err := s.e.DestroyPool(ctx, r.GetName(), r.GetForce()); err != nil {
 		return nil, err
 	}
 	return &enginev1.DestroyPoolResponse{}, nil
 }
 
-func (s *poolServer) ImportPool(_ context.Context, r *enginev1.ImportPoolRequest) (*enginev1.Pool, error) {
-	p, err := s.e.ImportPool(r.GetName(), r.GetDisk())
+func (s *poolServer) ImportPool(ctx context.Context, r *enginev1.ImportPoolRequest) (*enginev1.Pool, error) {
+	p, err := s.e.ImportPool(ctx, r.GetName(), r.GetDisk())
 	if err != nil {
 		return nil, err
 	}
 	return PoolToProto(p), nil
 }
 
-func (s *poolServer) ExportPool(_ context.Context, r *enginev1.ExportPoolRequest) (*enginev1.ExportPoolResponse, error) {
-	if err := s.e.ExportPool(r.GetName()); err != nil {
+func (s *poolServer) ExportPool(ctx context.Context, r *enginev1.ExportPoolRequest) (*enginev1.ExportPoolResponse, error) {
+	if err := s.e.ExportPool(ctx, r.GetName()); err != nil {
 		return nil, err
 	}
 	return &enginev1.ExportPoolResponse{}, nil
@@ -75,8 +77,8 @@ type replicaServer struct {
 	e *Engine
 }
 
-func (s *replicaServer) CreateReplica(_ context.Context, r *enginev1.CreateReplicaRequest) (*enginev1.Replica, error) {
-	ri, err := s.e.CreateReplica(CreateReplicaOptions{Name: r.GetName(), Pool: r.GetPool(),
+func (s *replicaServer) CreateReplica(ctx context.Context, r *enginev1.CreateReplicaRequest) (*enginev1.Replica, error) {
+	ri, err := s.e.CreateReplica(ctx, CreateReplicaOptions{Name: r.GetName(), Pool: r.GetPool(),
 		Size: int64(r.GetSize()), Thin: r.GetThin(), UUID: r.GetUuid()})
 	if err != nil {
 		return nil, err
@@ -104,31 +106,31 @@ func (s *replicaServer) GetReplica(_ context.Context, r *enginev1.GetReplicaRequ
 	return ReplicaToProto(ri), nil
 }
 
-func (s *replicaServer) DestroyReplica(_ context.Context, r *enginev1.DestroyReplicaRequest) (*enginev1.DestroyReplicaResponse, error) {
-	if err := s.e.DestroyReplica(r.GetName()); err != nil {
+func (s *replicaServer) DestroyReplica(ctx context.Context, r *enginev1.DestroyReplicaRequest) (*enginev1.DestroyReplicaResponse, error) {
+	if err := s.e.DestroyReplica(ctx, r.GetName(), Access{Force: r.GetForce(), Owner: r.GetOwner()}); err != nil {
 		return nil, err
 	}
 	return &enginev1.DestroyReplicaResponse{}, nil
 }
 
-func (s *replicaServer) ResizeReplica(_ context.Context, r *enginev1.ResizeReplicaRequest) (*enginev1.Replica, error) {
-	ri, err := s.e.ResizeReplica(r.GetName(), int64(r.GetSize()))
+func (s *replicaServer) ResizeReplica(ctx context.Context, r *enginev1.ResizeReplicaRequest) (*enginev1.Replica, error) {
+	ri, err := s.e.ResizeReplica(ctx, r.GetName(), int64(r.GetSize()), Access{Force: r.GetForce(), Owner: r.GetOwner()})
 	if err != nil {
 		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
 
-func (s *replicaServer) ShareReplica(_ context.Context, r *enginev1.ShareReplicaRequest) (*enginev1.Replica, error) {
-	ri, err := s.e.ShareReplica(r.GetName(), r.GetProtocol(), r.GetAllowedHosts())
+func (s *replicaServer) ShareReplica(ctx context.Context, r *enginev1.ShareReplicaRequest) (*enginev1.Replica, error) {
+	ri, err := s.e.ShareReplica(ctx, r.GetName(), r.GetProtocol(), r.GetAllowedHosts())
 	if err != nil {
 		return nil, err
 	}
 	return ReplicaToProto(ri), nil
 }
 
-func (s *replicaServer) UnshareReplica(_ context.Context, r *enginev1.UnshareReplicaRequest) (*enginev1.Replica, error) {
-	ri, err := s.e.UnshareReplica(r.GetName())
+func (s *replicaServer) UnshareReplica(ctx context.Context, r *enginev1.UnshareReplicaRequest) (*enginev1.Replica, error) {
+	ri, err := s.e.UnshareReplica(ctx, r.GetName(), Access{Force: r.GetForce(), Owner: r.GetOwner()})
 	if err != nil {
 		return nil, err
 	}
@@ -170,6 +172,8 @@ func PoolToProto(p PoolInfo) *enginev1.Pool {
 		Allocated:     uint64(p.Stats.Allocated),
 		Committed:     uint64(p.Stats.Committed),
 		ReplicaCount:  uint32(p.Stats.Replicas),
+
+		OvercommitPercent: uint32(p.Stats.Overcommit),
 	}
 	switch p.State {
 	case PoolOnline:
@@ -183,7 +187,10 @@ func PoolToProto(p PoolInfo) *enginev1.Pool {
 // ReplicaToProto converts a ReplicaInfo to its API message.
 func ReplicaToProto(r ReplicaInfo) *enginev1.Replica {
 	m := &enginev1.Replica{Name: r.Name, Uuid: r.UUID, Pool: r.Pool, Size: uint64(r.Size), Thin: r.Thin,
-		Allocated: uint64(r.Allocated), Reason: r.Reason}
+		Allocated: uint64(r.Allocated), Reason: r.Reason, Owner: r.Owner, Epoch: r.Epoch}
+	if r.NGUID != ([16]byte{}) {
+		m.Nguid = hex.EncodeToString(r.NGUID[:])
+	}
 	switch r.State {
 	case ReplicaOnline:
 		m.State = enginev1.ReplicaState_REPLICA_STATE_ONLINE

@@ -116,7 +116,7 @@ func TestConcurrentCreates(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t)
 	defer e.Close()
-	if _, err := e.CreatePool("p0", "/d0", 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: "/d0", ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 	const workers = 8
@@ -128,7 +128,7 @@ func TestConcurrentCreates(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range wins {
-				_, err := e.CreateReplica(CreateReplicaOptions{Name: fmt.Sprintf("r%d", i), Pool: "p0", Size: memCluster, Thin: true})
+				_, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: fmt.Sprintf("r%d", i), Pool: "p0", Size: memCluster, Thin: true})
 				switch {
 				case err == nil:
 					mu.Lock()
@@ -137,7 +137,7 @@ func TestConcurrentCreates(t *testing.T) {
 				case fault.KindOf(err) != fault.AlreadyExists && fault.KindOf(err) != fault.Unavailable:
 					t.Errorf("r%d: %v", i, err)
 				}
-				e.ShareReplica(fmt.Sprintf("r%d", i), "nbd", nil)
+				e.ShareReplica(context.Background(), fmt.Sprintf("r%d", i), "nbd", nil)
 				e.Pools()
 			}
 		}()

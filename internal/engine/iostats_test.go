@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -14,26 +15,26 @@ func TestIOStatsCountHostIO(t *testing.T) {
 	r.start(t)
 	e := r.e
 	defer func() { e.Close() }()
-	if _, err := e.CreatePool("p0", fmt.Sprintf("file://%s?size=%d", filepath.Join(r.dir, "d0.img"), 32<<20), 1<<20, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: fmt.Sprintf("file://%s?size=%d", filepath.Join(r.dir, "d0.img"), 32<<20), ClusterSize: 1 << 20, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	r1, err := e.CreateReplica(CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 4 << 20, Thin: true})
+	r1, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r1", Pool: "p0", Size: 4 << 20, Thin: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r2", Pool: "p0", Size: 4 << 20}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r2", Pool: "p0", Size: 4 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + r1.UUID}}); err != nil {
+	if _, err := e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + r1.UUID}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.IOStats(); len(got) != 1 || got[0].Kind != DeviceNexus || got[0].Name != "n0" || got[0].Stats.Write.Count != 0 {
 		t.Fatalf("IOStats before any I/O: %+v", got)
 	}
-	if _, err := e.PublishNexus("n0", "nbd", nil); err != nil {
+	if _, err := e.PublishNexus(context.Background(), "n0", "nbd", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ShareReplica("r2", "nbd", nil); err != nil {
+	if _, err := e.ShareReplica(context.Background(), "r2", "nbd", nil); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 64<<10)
@@ -77,10 +78,10 @@ func TestIOStatsCountHostIO(t *testing.T) {
 	}
 
 	// Unpublishing keeps the nexus's counters; unsharing drops the share's.
-	if _, err := e.UnpublishNexus("n0"); err != nil {
+	if _, err := e.UnpublishNexus(context.Background(), "n0"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.UnshareReplica("r2"); err != nil {
+	if _, err := e.UnshareReplica(context.Background(), "r2", Access{}); err != nil {
 		t.Fatal(err)
 	}
 	got = e.IOStats()

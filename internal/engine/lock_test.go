@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,7 +17,7 @@ import (
 func TestDataDirIsExclusive(t *testing.T) {
 	r := newRig(t)
 	e := r.start(t, PoolConfig{Name: "p0", Disk: "malloc:///p0?size=64MiB"})
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 4 << 20}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 4 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	state := filepath.Join(r.dir, StateFileName)

@@ -16,6 +16,7 @@ import (
 	"github.com/nexstor/nexstor/internal/nexus"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
+	"github.com/nexstor/nexstor/internal/units"
 )
 
 // NexusHealthDir is the directory, in the data dir, of the file health
@@ -67,6 +68,8 @@ type NexusInfo struct {
 	// degraded) until they are added again, which rebuilds them, or
 	// removed.
 	LeftOut []LeftOutChild
+	// Epoch is the nexus's fencing epoch (0 when it is faulted).
+	Epoch uint64
 }
 
 // LeftOutChild is a child left out when its nexus was recreated, with what
@@ -97,6 +100,13 @@ type CreateNexusOptions struct {
 	Size     int64    // bytes; 0 = the smallest child
 	Children []string // bdev:///<replica-uuid> or nvmf://host:port/<nqn>
 	Force    bool     // trust every child whatever the health store says
+	// AllowDegraded creates the nexus even when some children cannot be
+	// opened; otherwise that fails the call, naming each child and why.
+	AllowDegraded bool
+	// Source and VerifyInSync decide, for a nexus without a health
+	// record, which child the others are rebuilt from (see nexus.Config).
+	Source       string
+	VerifyInSync bool
 }
 
 type nexusEntry struct {
@@ -177,12 +187,33 @@ func (e *Engine) openReplicaByUUID(_ context.Context, id string) (bdev.Device, e
 
 var errReplicaUUIDNotFound = errors.New("no replica with this UUID in the node's online pools")
 
+// isIdentityChanged reports a stale-child refusal that names a replaced
+// replica, which no --force can admit.
+func isIdentityChanged(err error) bool {
+	var stale *nexus.StaleChildError
+	return errors.As(err, &stale) && slices.ContainsFunc(stale.Children, func(c nexus.StaleChild) bool {
+		return c.State == nexus.StateIdentityChanged
+	})
+}
+
 // nexusFault gives the nexus package's errors a kind and a resolution.
 func nexusFault(name string, err error) error {
 	var f *fault.Fault
 	switch {
 	case errors.As(err, &f):
 		return err
+	case errors.Is(err, nexus.ErrFencedNexus):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.fenced", fmt.Sprintf("nexus %q", name),
+			"a newer instance of this nexus (on this or another node) holds its children; destroy this one")
+	case errors.Is(err, nexus.ErrIdentityChanged):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.identity_changed", fmt.Sprintf("nexus %q", name),
+			"the replica was destroyed and created again and holds none of the data: add it with `nexctl nexus add-child` for a full rebuild")
+	case errors.Is(err, bdev.ErrOwned):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.child_owned", fmt.Sprintf("nexus %q", name),
+			"a replica belongs to one nexus: remove it from its owner first, or use another replica")
+	case isIdentityChanged(err):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.identity_changed", fmt.Sprintf("nexus %q", name),
+			"leave the replaced replica out and add it afterwards (`nexctl nexus add-child`) for a full rebuild")
 	case errors.Is(err, nexus.ErrStaleChild):
 		return fault.Wrap(err, fault.FailedPrecondition, "nexus.stale_child", fmt.Sprintf("nexus %q", name),
 			"leave the stale child out and add it afterwards (`nexctl nexus add-child`) so that it is rebuilt, or use --force if you know it is current")
@@ -268,8 +299,34 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 	}
 	opener := e.nexusOpener()
 	opener.Remote = restoreRemote(opener.Remote, e.started.Add(restoreRetryWindow))
-	n, err := nexus.New(ctx, nexus.Config{Name: sn.Name, UUID: sn.UUID, Size: sn.Size, Children: children,
-		Store: e.health, Opener: opener, Logger: e.log})
+	cfg := nexus.Config{Name: sn.Name, UUID: sn.UUID, Size: sn.Size, Children: children,
+		Store: e.health, Opener: opener, Logger: e.log}
+	n, err := nexus.New(ctx, cfg)
+	var stale *nexus.StaleChildError
+	if errors.As(err, &stale) {
+		// A replica destroyed and created again under the same UUID holds
+		// none of the data: it is left out like a stale child, and the
+		// nexus comes back over the others.
+		var replaced []LeftOutChild
+		for _, c := range stale.Children {
+			if c.State == nexus.StateIdentityChanged {
+				replaced = append(replaced, LeftOutChild{URI: c.URI, State: "faulted", Reason: string(nexus.ReasonIdentityChanged)})
+			}
+		}
+		if len(replaced) == len(stale.Children) {
+			ne.leftOut = append(ne.leftOut, replaced...)
+			e.log.Warn("nexus children left out at restore: another replica is behind the URI now (destroyed and created again); add it again to rebuild it",
+				"nexus", sn.Name, "children", replaced)
+			cfg.Children = slices.DeleteFunc(slices.Clone(children), func(c string) bool {
+				return slices.ContainsFunc(replaced, func(l LeftOutChild) bool { return l.URI == c })
+			})
+			if len(cfg.Children) == 0 {
+				err = fmt.Errorf("no current child left: %w", err)
+			} else {
+				n, err = nexus.New(ctx, cfg)
+			}
+		}
+	}
 	if err != nil {
 		ne.reason = err.Error()
 		e.log.Error("nexus not restored", "nexus", sn.Name, "err", err)
@@ -330,10 +387,14 @@ func (e *Engine) beginNexusOp(name string, needServing bool) (*nexusEntry, func(
 
 // CreateNexus creates a nexus over children and remembers it across
 // restarts. Its children's health is kept in the node's health store.
-func (e *Engine) CreateNexus(o CreateNexusOptions) (NexusInfo, error) {
+func (e *Engine) CreateNexus(ctx context.Context, o CreateNexusOptions) (NexusInfo, error) {
+	if err := live(ctx); err != nil {
+		return NexusInfo{}, err
+	}
 	if err := checkName("nexus", o.Name); err != nil {
 		return NexusInfo{}, err
 	}
+	uuidGiven := o.UUID != ""
 	if o.UUID == "" {
 		o.UUID = uuid.NewString()
 	} else if _, err := uuid.Parse(o.UUID); err != nil {
@@ -355,15 +416,25 @@ func (e *Engine) CreateNexus(o CreateNexusOptions) (NexusInfo, error) {
 		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.size",
 			fmt.Sprintf("nexus %q: size %d is negative", o.Name, o.Size), "give a size such as 1GiB, or 0 for the smallest child")
 	}
+	if o.Source != "" && !slices.Contains(o.Children, o.Source) {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.source",
+			fmt.Sprintf("nexus %q: source %q is not one of its children", o.Name, o.Source), "name one of the --child URIs as --source")
+	}
 	e.mu.Lock()
 	if err := e.checkOpenLocked(); err != nil {
 		e.mu.Unlock()
 		return NexusInfo{}, err
 	}
-	if _, ok := e.nexuses[o.Name]; ok {
+	if old, ok := e.nexuses[o.Name]; ok {
+		diff := nexusSpecDiff(old, o, uuidGiven)
 		e.mu.Unlock()
+		if diff == "" {
+			// The same nexus asked for again (a retry after a lost
+			// reply): not an error.
+			return e.Nexus(o.Name)
+		}
 		return NexusInfo{}, fault.New(fault.AlreadyExists, "nexus.exists",
-			fmt.Sprintf("nexus %q already exists", o.Name), "choose another name, or destroy the existing nexus first")
+			fmt.Sprintf("nexus %q already exists %s", o.Name, diff), "choose another name, or destroy the existing nexus first")
 	}
 	for _, other := range e.nexuses {
 		if strings.EqualFold(other.uuid, o.UUID) {
@@ -376,10 +447,29 @@ func (e *Engine) CreateNexus(o CreateNexusOptions) (NexusInfo, error) {
 	e.nexuses[o.Name] = ne
 	e.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	ctx, cancel := context.WithTimeout(ctx, nexusOpenTimeout)
 	defer cancel()
+	_, lerr := e.health.Load(ctx, o.UUID)
+	hadRecord := lerr == nil
 	n, err := nexus.New(ctx, nexus.Config{Name: o.Name, UUID: o.UUID, Size: o.Size, Children: o.Children,
-		Force: o.Force, Store: e.health, Opener: e.nexusOpener(), Logger: e.log})
+		Force: o.Force, Source: o.Source, VerifyInSync: o.VerifyInSync, Store: e.health, Opener: e.nexusOpener(), Logger: e.log})
+	if err == nil && !o.AllowDegraded {
+		if failed := unopened(n); len(failed) > 0 {
+			// Undo: a nexus that never served is withdrawn whole; its
+			// record is kept only if it existed before this call.
+			if hadRecord {
+				err = n.Close()
+			} else {
+				err = n.Destroy(context.WithoutCancel(ctx))
+			}
+			if err != nil {
+				e.log.Warn("withdrawing a nexus that would start degraded", "nexus", o.Name, "err", err)
+			}
+			err = fault.New(fault.FailedPrecondition, "nexus.degraded",
+				fmt.Sprintf("nexus %q would start degraded: %s", o.Name, strings.Join(failed, "; ")),
+				"make those children reachable and retry, leave them out, or pass --allow-degraded to create it without them")
+		}
+	}
 	e.mu.Lock()
 	ne.busy = false
 	if err != nil {
@@ -395,6 +485,39 @@ func (e *Engine) CreateNexus(o CreateNexusOptions) (NexusInfo, error) {
 	}
 	e.log.Info("nexus created", "nexus", o.Name, "uuid", o.UUID, "size", n.Size(), "children", o.Children)
 	return e.Nexus(o.Name)
+}
+
+// unopened names each child of a new nexus that could not be opened, with
+// why.
+func unopened(n *nexus.Nexus) []string {
+	var out []string
+	for _, c := range n.Children() {
+		if (c.State == nexus.StateFaulted || c.State == nexus.StateOffline) && c.Reason == nexus.ReasonOpenFailed {
+			out = append(out, fmt.Sprintf("child %s cannot be opened: %s", c.URI, c.LastError))
+		}
+	}
+	return out
+}
+
+// nexusSpecDiff says how a create request differs from the existing nexus
+// of that name; "" when it asks for exactly that nexus (by UUID: a request
+// without one always differs). Called with e.mu held.
+func nexusSpecDiff(ne *nexusEntry, o CreateNexusOptions, uuidGiven bool) string {
+	members := slices.Clone(ne.children)
+	for _, l := range ne.leftOut {
+		members = append(members, l.URI)
+	}
+	switch {
+	case !uuidGiven:
+		return "(uuid " + ne.uuid + ")"
+	case !strings.EqualFold(ne.uuid, o.UUID):
+		return "with uuid " + ne.uuid
+	case !sameSet(members, o.Children):
+		return "with children " + strings.Join(members, ", ")
+	case o.Size != 0 && o.Size != ne.size:
+		return "with size " + units.FormatSizeExact(ne.size)
+	}
+	return ""
 }
 
 // Nexus returns one nexus.
@@ -463,7 +586,12 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 		// Fewer children than it was created with: never "online".
 		ni.State = NexusDegraded
 	}
-	if n.Failed() {
+	ni.Epoch = n.Epoch()
+	switch {
+	case n.Fenced():
+		ni.State = NexusFaulted
+		ni.Reason = nexus.ErrFencedNexus.Error()
+	case n.Failed():
 		ni.State = NexusFaulted
 		ni.Reason = nexus.ErrNexusFailed.Error()
 	}
@@ -472,21 +600,30 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 
 // DestroyNexus unpublishes and closes a nexus, deletes its health record
 // and forgets it. The children's data is not touched.
-func (e *Engine) DestroyNexus(name string) error {
+func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
+	if err := live(ctx); err != nil {
+		return err
+	}
 	ne, done, err := e.beginNexusOp(name, false)
 	if err != nil {
 		return err
 	}
 	e.unpublishNexus(ne)
-	if ne.n != nil {
-		if err := ne.n.Close(); err != nil {
-			e.log.Warn("closing nexus", "nexus", name, "err", err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	// The destroy goes through once started: a half-destroyed nexus would
+	// keep its children claimed.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), nexusOpenTimeout)
 	defer cancel()
-	if err := e.health.Delete(ctx, ne.uuid); err != nil && !errors.Is(err, nexus.ErrNoRecord) {
-		e.log.Warn("deleting nexus health record", "nexus", name, "err", err)
+	if ne.n != nil {
+		// Releases every child's claim and deletes the health record.
+		if err := ne.n.Destroy(ctx); err != nil {
+			e.log.Warn("destroying nexus: some children keep its claim (destroy them with --force, or claim them with a nexus of the same uuid)",
+				"nexus", name, "err", err)
+		}
+	} else {
+		e.releaseClaims(ctx, ne)
+		if err := e.health.Delete(ctx, ne.uuid); err != nil && !errors.Is(err, nexus.ErrNoRecord) {
+			e.log.Warn("deleting nexus health record", "nexus", name, "err", err)
+		}
 	}
 	done()
 	e.mu.Lock()
@@ -495,6 +632,52 @@ func (e *Engine) DestroyNexus(name string) error {
 	e.mu.Unlock()
 	e.log.Info("nexus destroyed", "nexus", name)
 	return e.save()
+}
+
+// releaseClaims gives up the claims of a nexus that could not be recreated
+// (faulted): each child it can open that it owns is claimed once more at
+// its own epoch and released. Children it cannot reach keep the claim,
+// which is logged.
+func (e *Engine) releaseClaims(ctx context.Context, ne *nexusEntry) {
+	owner, err := uuid.Parse(ne.uuid)
+	if err != nil {
+		return
+	}
+	opener := e.nexusOpener()
+	for _, uri := range append(slices.Clone(ne.children), leftOutURIs(ne.leftOut)...) {
+		err := func() error {
+			dev, err := opener.Open(ctx, uri)
+			if err != nil {
+				return err
+			}
+			defer dev.Close()
+			cl, ok := dev.(bdev.Claimer)
+			if !ok {
+				return nil
+			}
+			st, err := cl.ClaimState(ctx)
+			if err != nil || st.Owner != owner {
+				return err
+			}
+			h, err := cl.Claim(ctx, bdev.Claim{Owner: owner, Epoch: st.Epoch})
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			return h.Release(ctx)
+		}()
+		if err != nil {
+			e.log.Warn("destroying a faulted nexus: the child keeps its claim", "nexus", ne.name, "child", uri, "err", err)
+		}
+	}
+}
+
+func leftOutURIs(l []LeftOutChild) []string {
+	out := make([]string, 0, len(l))
+	for _, c := range l {
+		out = append(out, c.URI)
+	}
+	return out
 }
 
 // unpublishNexus withdraws a nexus's export, if any, and forgets it.
@@ -516,7 +699,10 @@ func (e *Engine) unpublishNexus(ne *nexusEntry) {
 // PublishNexus exports a nexus over protocol ("" means nvmf) and remembers
 // the publication. Publishing again the same way returns the existing one;
 // another protocol or other hosts are refused until it is unpublished.
-func (e *Engine) PublishNexus(name, protocol string, allowedHosts []string) (NexusInfo, error) {
+func (e *Engine) PublishNexus(ctx context.Context, name, protocol string, allowedHosts []string) (NexusInfo, error) {
+	if err := live(ctx); err != nil {
+		return NexusInfo{}, err
+	}
 	if protocol == "" {
 		protocol = ProtocolNVMf
 	}
@@ -571,7 +757,10 @@ func (e *Engine) PublishNexus(name, protocol string, allowedHosts []string) (Nex
 
 // UnpublishNexus withdraws a nexus's export; connected clients are dropped.
 // Unpublishing an unpublished nexus succeeds.
-func (e *Engine) UnpublishNexus(name string) (NexusInfo, error) {
+func (e *Engine) UnpublishNexus(ctx context.Context, name string) (NexusInfo, error) {
+	if err := live(ctx); err != nil {
+		return NexusInfo{}, err
+	}
 	ne, done, err := e.beginNexusOp(name, false)
 	if err != nil {
 		return NexusInfo{}, err
@@ -599,7 +788,10 @@ const (
 // NexusChildOp applies action to the child uri of nexus name. Membership
 // changes (add, remove) are remembered across restarts; health changes are
 // persisted by the nexus in the health store before this returns.
-func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (NexusInfo, error) {
+func (e *Engine) NexusChildOp(ctx context.Context, name string, action ChildAction, uri string) (NexusInfo, error) {
+	if err := live(ctx); err != nil {
+		return NexusInfo{}, err
+	}
 	if uri == "" {
 		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.child_missing",
 			fmt.Sprintf("nexus %q: no child URI given", name), "give the child URI, as `nexctl nexus get` shows it")
@@ -624,7 +816,7 @@ func (e *Engine) NexusChildOp(name string, action ChildAction, uri string) (Nexu
 		e.log.Info("left-out child removed", "nexus", name, "child", uri)
 		return e.Nexus(name)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+	ctx, cancel := context.WithTimeout(ctx, nexusOpenTimeout)
 	defer cancel()
 	n := ne.n
 	switch action {
@@ -721,7 +913,10 @@ func (e *Engine) NexusRebuilds(name, child string) ([]nexus.RebuildStatus, error
 }
 
 // ControlRebuild pauses, resumes or stops the rebuild of a child.
-func (e *Engine) ControlRebuild(name, child string, action nexus.RebuildAction) (nexus.RebuildStatus, error) {
+func (e *Engine) ControlRebuild(ctx context.Context, name, child string, action nexus.RebuildAction) (nexus.RebuildStatus, error) {
+	if err := live(ctx); err != nil {
+		return nexus.RebuildStatus{}, err
+	}
 	n, err := e.servingNexus(name)
 	if err != nil {
 		return nexus.RebuildStatus{}, err
@@ -731,7 +926,7 @@ func (e *Engine) ControlRebuild(name, child string, action nexus.RebuildAction) 
 	}
 	if action == nexus.RebuildStop {
 		// The stop completes asynchronously; report its final state.
-		ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
+		ctx, cancel := context.WithTimeout(ctx, nexusOpenTimeout)
 		defer cancel()
 		st, err := n.WaitRebuild(ctx, child)
 		if err != nil {

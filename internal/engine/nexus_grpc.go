@@ -12,9 +12,10 @@ type nexusServer struct {
 	e *Engine
 }
 
-func (s *nexusServer) CreateNexus(_ context.Context, r *enginev1.CreateNexusRequest) (*enginev1.Nexus, error) {
-	ni, err := s.e.CreateNexus(CreateNexusOptions{Name: r.GetName(), UUID: r.GetUuid(), Size: int64(r.GetSize()),
-		Children: r.GetChildren(), Force: r.GetForce()})
+func (s *nexusServer) CreateNexus(ctx context.Context, r *enginev1.CreateNexusRequest) (*enginev1.Nexus, error) {
+	ni, err := s.e.CreateNexus(ctx, CreateNexusOptions{Name: r.GetName(), UUID: r.GetUuid(), Size: int64(r.GetSize()),
+		Children: r.GetChildren(), Force: r.GetForce(), AllowDegraded: r.GetAllowDegraded(), Source: r.GetSource(),
+		VerifyInSync: r.GetVerifyInSync()})
 	return nexusReply(ni, err)
 }
 
@@ -30,39 +31,39 @@ func (s *nexusServer) GetNexus(_ context.Context, r *enginev1.GetNexusRequest) (
 	return nexusReply(s.e.Nexus(r.GetName()))
 }
 
-func (s *nexusServer) DestroyNexus(_ context.Context, r *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error) {
-	if err := s.e.DestroyNexus(r.GetName()); err != nil {
+func (s *nexusServer) DestroyNexus(ctx context.Context, r *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error) {
+	if err := s.e.DestroyNexus(ctx, r.GetName()); err != nil {
 		return nil, err
 	}
 	return &enginev1.DestroyNexusResponse{}, nil
 }
 
-func (s *nexusServer) PublishNexus(_ context.Context, r *enginev1.PublishNexusRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.PublishNexus(r.GetName(), r.GetProtocol(), r.GetAllowedHosts()))
+func (s *nexusServer) PublishNexus(ctx context.Context, r *enginev1.PublishNexusRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.PublishNexus(ctx, r.GetName(), r.GetProtocol(), r.GetAllowedHosts()))
 }
 
-func (s *nexusServer) UnpublishNexus(_ context.Context, r *enginev1.UnpublishNexusRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.UnpublishNexus(r.GetName()))
+func (s *nexusServer) UnpublishNexus(ctx context.Context, r *enginev1.UnpublishNexusRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.UnpublishNexus(ctx, r.GetName()))
 }
 
-func (s *nexusServer) AddChild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.NexusChildOp(r.GetNexus(), ChildAdd, r.GetChild()))
+func (s *nexusServer) AddChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.NexusChildOp(ctx, r.GetNexus(), ChildAdd, r.GetChild()))
 }
 
-func (s *nexusServer) RemoveChild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.NexusChildOp(r.GetNexus(), ChildRemove, r.GetChild()))
+func (s *nexusServer) RemoveChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.NexusChildOp(ctx, r.GetNexus(), ChildRemove, r.GetChild()))
 }
 
-func (s *nexusServer) FaultChild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.NexusChildOp(r.GetNexus(), ChildFault, r.GetChild()))
+func (s *nexusServer) FaultChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.NexusChildOp(ctx, r.GetNexus(), ChildFault, r.GetChild()))
 }
 
-func (s *nexusServer) OfflineChild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.NexusChildOp(r.GetNexus(), ChildOffline, r.GetChild()))
+func (s *nexusServer) OfflineChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.NexusChildOp(ctx, r.GetNexus(), ChildOffline, r.GetChild()))
 }
 
-func (s *nexusServer) OnlineChild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.NexusChildOp(r.GetNexus(), ChildOnline, r.GetChild()))
+func (s *nexusServer) OnlineChild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.NexusChildOp(ctx, r.GetNexus(), ChildOnline, r.GetChild()))
 }
 
 func (s *nexusServer) RebuildStatus(_ context.Context, r *enginev1.RebuildStatusRequest) (*enginev1.RebuildStatusResponse, error) {
@@ -77,24 +78,24 @@ func (s *nexusServer) RebuildStatus(_ context.Context, r *enginev1.RebuildStatus
 	return resp, nil
 }
 
-func (s *nexusServer) control(r *enginev1.ChildRequest, a nexus.RebuildAction) (*enginev1.Rebuild, error) {
-	st, err := s.e.ControlRebuild(r.GetNexus(), r.GetChild(), a)
+func (s *nexusServer) control(ctx context.Context, r *enginev1.ChildRequest, a nexus.RebuildAction) (*enginev1.Rebuild, error) {
+	st, err := s.e.ControlRebuild(ctx, r.GetNexus(), r.GetChild(), a)
 	if err != nil {
 		return nil, err
 	}
 	return RebuildToProto(st), nil
 }
 
-func (s *nexusServer) PauseRebuild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
-	return s.control(r, nexus.RebuildPause)
+func (s *nexusServer) PauseRebuild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+	return s.control(ctx, r, nexus.RebuildPause)
 }
 
-func (s *nexusServer) ResumeRebuild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
-	return s.control(r, nexus.RebuildResume)
+func (s *nexusServer) ResumeRebuild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+	return s.control(ctx, r, nexus.RebuildResume)
 }
 
-func (s *nexusServer) StopRebuild(_ context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
-	return s.control(r, nexus.RebuildStop)
+func (s *nexusServer) StopRebuild(ctx context.Context, r *enginev1.ChildRequest) (*enginev1.Rebuild, error) {
+	return s.control(ctx, r, nexus.RebuildStop)
 }
 
 func (s *nexusServer) Verify(ctx context.Context, r *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error) {
@@ -125,7 +126,8 @@ var childStates = map[nexus.ChildState]enginev1.ChildState{
 
 // NexusToProto converts a NexusInfo to its API message.
 func NexusToProto(ni NexusInfo) *enginev1.Nexus {
-	m := &enginev1.Nexus{Name: ni.Name, Uuid: ni.UUID, Size: uint64(ni.Size), BlockSize: uint32(ni.BlockSize), Reason: ni.Reason}
+	m := &enginev1.Nexus{Name: ni.Name, Uuid: ni.UUID, Size: uint64(ni.Size), BlockSize: uint32(ni.BlockSize), Reason: ni.Reason,
+		Epoch: ni.Epoch}
 	for _, l := range ni.LeftOut {
 		m.LeftOut = append(m.LeftOut, &enginev1.LeftOutChild{Uri: l.URI, State: l.State, Reason: l.Reason})
 	}
@@ -139,7 +141,7 @@ func NexusToProto(ni NexusInfo) *enginev1.Nexus {
 	}
 	for _, c := range ni.Children {
 		mc := &enginev1.Child{Uri: c.URI, State: childStates[c.State], Reason: string(c.Reason), Local: c.Local,
-			LastError: c.LastError, DirtyBytes: uint64(c.DirtyBytes)}
+			LastError: c.LastError, DirtyBytes: uint64(c.DirtyBytes), Identity: c.Identity}
 		if c.Rebuild != nil {
 			mc.Rebuild = RebuildToProto(*c.Rebuild)
 		}

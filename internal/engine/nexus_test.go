@@ -83,12 +83,14 @@ func TestNexusLifecycle(t *testing.T) {
 	r.start(t)
 	e := r.e
 	defer func() { e.Close() }()
-	if _, err := e.CreatePool("p0", fmt.Sprintf("file://%s?size=%d", filepath.Join(r.dir, "d0.img"), 48<<20), 1<<20, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: fmt.Sprintf("file://%s?size=%d", filepath.Join(r.dir, "d0.img"), 48<<20), ClusterSize: 1 << 20, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 	uri := map[string]string{}
 	for _, name := range []string{"r1", "r2", "r3"} {
-		ri, err := e.CreateReplica(CreateReplicaOptions{Name: name, Pool: "p0", Size: size})
+		// Thin and never written: blank, so a new nexus over them needs
+		// no initial copy.
+		ri, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: name, Pool: "p0", Size: size, Thin: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,27 +98,27 @@ func TestNexusLifecycle(t *testing.T) {
 	}
 
 	// Refusals name what is wrong.
-	_, err := e.CreateNexus(CreateNexusOptions{Name: "n0"})
+	_, err := e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0"})
 	wantFault(t, err, fault.InvalidArgument, "n0", "child")
-	_, err = e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{"http://x/y"}})
+	_, err = e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{"http://x/y"}})
 	wantFault(t, err, fault.InvalidArgument, "http://x/y")
-	_, err = e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{"bdev:///00000000-0000-4000-8000-000000000000"}})
+	_, err = e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{"bdev:///00000000-0000-4000-8000-000000000000"}})
 	wantFault(t, err, fault.Unavailable, "n0")
 
-	ni, err := e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{uri["r1"], uri["r2"]}})
+	ni, err := e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{uri["r1"], uri["r2"]}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ni.State != NexusOnline || ni.Size != size || len(ni.Children) != 2 || !childOf(t, ni, uri["r1"]).Local {
 		t.Fatalf("created %+v", ni)
 	}
-	_, err = e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{uri["r3"]}})
+	_, err = e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{uri["r3"]}})
 	wantFault(t, err, fault.AlreadyExists, "n0")
-	_, err = e.PublishNexus("n0", "nbd", []string{"nqn.2014-08.org.nvmexpress:uuid:6a0e3b7c-1d2f-4e5a-9b8c-7d6e5f4a3b2c"})
+	_, err = e.PublishNexus(context.Background(), "n0", "nbd", []string{"nqn.2014-08.org.nvmexpress:uuid:6a0e3b7c-1d2f-4e5a-9b8c-7d6e5f4a3b2c"})
 	wantFault(t, err, fault.InvalidArgument, "n0", "nbd")
-	_, err = e.PublishNexus("n0", "nvmf", nil)
+	_, err = e.PublishNexus(context.Background(), "n0", "nvmf", nil)
 	wantFault(t, err, fault.FailedPrecondition, "nvmf")
-	ni, err = e.PublishNexus("n0", "nbd", nil)
+	ni, err = e.PublishNexus(context.Background(), "n0", "nbd", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,16 +137,16 @@ func TestNexusLifecycle(t *testing.T) {
 	}
 
 	// Fault r2: writes go on to r1 only.
-	ni, err = e.NexusChildOp("n0", ChildFault, uri["r2"])
+	ni, err = e.NexusChildOp(context.Background(), "n0", ChildFault, uri["r2"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c := childOf(t, ni, uri["r2"]); ni.State != NexusDegraded || c.State != nexus.StateFaulted || c.Reason != nexus.ReasonAdmin {
 		t.Fatalf("after fault %+v", ni)
 	}
-	_, err = e.NexusChildOp("n0", ChildFault, uri["r1"])
+	_, err = e.NexusChildOp(context.Background(), "n0", ChildFault, uri["r1"])
 	wantFault(t, err, fault.FailedPrecondition, "n0")
-	_, err = e.NexusChildOp("n0", ChildFault, uri["r3"])
+	_, err = e.NexusChildOp(context.Background(), "n0", ChildFault, uri["r3"])
 	wantFault(t, err, fault.NotFound, "n0")
 	rand.Read(want[size/2:])
 	if _, err := dev.WriteAt(want[size/2:], size/2); err != nil {
@@ -155,11 +157,11 @@ func TestNexusLifecycle(t *testing.T) {
 	}
 
 	// The pool of its children cannot go away under the nexus.
-	wantFault(t, e.DestroyPool("p0", true), fault.FailedPrecondition, "p0", "n0/r1", "n0/r2")
-	wantFault(t, e.ExportPool("p0"), fault.FailedPrecondition, "n0/r1")
+	wantFault(t, e.DestroyPool(context.Background(), "p0", true), fault.FailedPrecondition, "p0", "n0/r1", "n0/r2")
+	wantFault(t, e.ExportPool(context.Background(), "p0"), fault.FailedPrecondition, "n0/r1")
 
 	// Add r3 and wait for its rebuild to complete.
-	if _, err := e.NexusChildOp("n0", ChildAdd, uri["r3"]); err != nil {
+	if _, err := e.NexusChildOp(context.Background(), "n0", ChildAdd, uri["r3"]); err != nil {
 		t.Fatal(err)
 	}
 	var st nexus.RebuildStatus
@@ -224,24 +226,24 @@ func TestNexusLifecycle(t *testing.T) {
 		t.Fatalf("data after restart differs (%v)", err)
 	}
 	// The stale child can be added back (fully rebuilt).
-	if ni, err = e.NexusChildOp("n0", ChildAdd, uri["r2"]); err != nil || len(ni.LeftOut) != 0 {
+	if ni, err = e.NexusChildOp(context.Background(), "n0", ChildAdd, uri["r2"]); err != nil || len(ni.LeftOut) != 0 {
 		t.Fatalf("add back: %v %q", err, ni.LeftOut)
 	}
-	if _, err := e.ControlRebuild("n0", uri["r2"], nexus.RebuildStop); err != nil && !IsFault(err, fault.FailedPrecondition) {
+	if _, err := e.ControlRebuild(context.Background(), "n0", uri["r2"], nexus.RebuildStop); err != nil && !IsFault(err, fault.FailedPrecondition) {
 		t.Fatal(err) // FailedPrecondition: it finished before the stop
 	}
-	if _, err := e.NexusChildOp("n0", ChildRemove, uri["r2"]); err != nil {
+	if _, err := e.NexusChildOp(context.Background(), "n0", ChildRemove, uri["r2"]); err != nil {
 		t.Fatal(err)
 	}
 
-	if _, err := e.UnpublishNexus("n0"); err != nil {
+	if _, err := e.UnpublishNexus(context.Background(), "n0"); err != nil {
 		t.Fatal(err)
 	}
 	if len(r.nbd.names()) != 0 {
 		t.Fatalf("exports after unpublish: %v", r.nbd.names())
 	}
 	id := ni.UUID
-	if err := e.DestroyNexus("n0"); err != nil {
+	if err := e.DestroyNexus(context.Background(), "n0"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Nexus("n0"); !IsFault(err, fault.NotFound) {
@@ -251,7 +253,7 @@ func TestNexusLifecycle(t *testing.T) {
 		t.Fatalf("health record after destroy: %v", err)
 	}
 	// The replicas are free again.
-	if err := e.DestroyReplica("r1"); err != nil {
+	if err := e.DestroyReplica(context.Background(), "r1", Access{}); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(r.dir, "data", StateFileName)); err != nil || bytes.Contains(b, []byte("n0")) {
@@ -272,29 +274,29 @@ func TestNexusOverNVMf(t *testing.T) {
 	}
 	defer s.Shutdown(time.Second)
 	e := s.Engine
-	if _, err := e.CreatePool("ram", "malloc:///ram?size=64MiB", 1<<20, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "ram", Disk: "malloc:///ram?size=64MiB", ClusterSize: 1 << 20, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	r1, err := e.CreateReplica(CreateReplicaOptions{Name: "r1", Pool: "ram", Size: 4 << 20})
+	r1, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r1", Pool: "ram", Size: 4 << 20, Thin: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r2", Pool: "ram", Size: 4 << 20}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r2", Pool: "ram", Size: 4 << 20, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
-	r2, err := e.ShareReplica("r2", ProtocolNVMf, nil)
+	r2, err := e.ShareReplica(context.Background(), "r2", ProtocolNVMf, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	remote := r2.Share.URI
-	ni, err := e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + r1.UUID, remote}})
+	ni, err := e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + r1.UUID, remote}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c := childOf(t, ni, remote); c.Local || c.State != nexus.StateOnline {
 		t.Fatalf("remote child %+v", c)
 	}
-	ni, err = e.PublishNexus("n0", "", nil)
+	ni, err = e.PublishNexus(context.Background(), "n0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,15 +329,19 @@ func TestNexusOverNVMf(t *testing.T) {
 	}
 	d.Close()
 
-	// The remote child goes away: the next write faults it, and succeeds.
-	if _, err := e.UnshareReplica("r2"); err != nil {
+	// The owner's child cannot be unshared behind its back.
+	_, err = e.UnshareReplica(context.Background(), "r2", Access{})
+	wantFault(t, err, fault.FailedPrecondition, "r2", "n0", ni.UUID, "--force")
+	// Forced, the remote child goes away: the next write takes it
+	// offline (with a write-intent bitmap), and succeeds.
+	if _, err := e.UnshareReplica(context.Background(), "r2", Access{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ns.WriteAt(data, 1<<20); err != nil {
 		t.Fatalf("write with the remote child gone: %v", err)
 	}
 	ni, _ = e.Nexus("n0")
-	if c := childOf(t, ni, remote); ni.State != NexusDegraded || c.State != nexus.StateFaulted || c.Reason != nexus.ReasonIOError {
+	if c := childOf(t, ni, remote); ni.State != NexusDegraded || c.State != nexus.StateOffline || c.Reason != nexus.ReasonIOError || c.DirtyBytes == 0 {
 		t.Fatalf("after losing the remote child %+v", ni)
 	}
 	if _, err := ns.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {

@@ -46,7 +46,7 @@ func (x *nvmfExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, erro
 	if err != nil {
 		return "", err
 	}
-	if _, err := sub.AddNamespace(dev, target.NamespaceOptions{UUID: id}); err != nil {
+	if _, err := sub.AddNamespace(dev, target.NamespaceOptions{UUID: id, NGUID: spec.NGUID}); err != nil {
 		x.t.RemoveSubsystem(nqn)
 		return "", err
 	}

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"os"
 
+	"github.com/google/uuid"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/pool"
@@ -25,7 +27,7 @@ func (PoolBackend) CreatePool(uri string, o CreatePoolOptions) (PoolHandle, erro
 	if err != nil {
 		return nil, diskFault(uri, err)
 	}
-	p, err := pool.Create(dev, pool.CreateOptions{Name: o.Name, ClusterSize: o.ClusterSize, Force: o.Force})
+	p, err := pool.Create(dev, pool.CreateOptions{Name: o.Name, ClusterSize: o.ClusterSize, Force: o.Force, Overcommit: o.Overcommit})
 	if err != nil {
 		dev.Close()
 		if created != "" {
@@ -111,7 +113,8 @@ func (h poolHandle) UUID() string { return h.p.UUID() }
 func (h poolHandle) Stats() PoolStats {
 	s := h.p.Stats()
 	return PoolStats{Capacity: s.Capacity, ClusterSize: s.ClusterSize, TotalClusters: s.TotalClusters,
-		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas}
+		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas,
+		Overcommit: s.Overcommit, CommitLimit: s.CommitLimit}
 }
 
 func (h poolHandle) what(replica string) string {
@@ -165,6 +168,20 @@ func (h poolHandle) ResizeReplica(name string, size int64) error {
 	return nil
 }
 
+func (h poolHandle) Disown(name string) error {
+	if err := h.p.Disown(name); err != nil {
+		return poolFault(err, h.what(name), "")
+	}
+	return nil
+}
+
+func (h poolHandle) SetOvercommit(percent int) error {
+	if err := h.p.SetOvercommit(percent); err != nil {
+		return poolFault(err, fmt.Sprintf("pool %q", h.p.Name()), "")
+	}
+	return nil
+}
+
 func (h poolHandle) Close() error {
 	if err := h.p.Close(); err != nil {
 		return poolFault(err, fmt.Sprintf("pool %q", h.p.Name()), "")
@@ -180,5 +197,10 @@ func (h poolHandle) Destroy() error {
 }
 
 func replicaStat(ri pool.ReplicaInfo) ReplicaStat {
-	return ReplicaStat{Name: ri.Name, UUID: ri.UUID, Size: ri.Size, Thin: ri.Thin, Allocated: ri.Allocated}
+	rs := ReplicaStat{Name: ri.Name, UUID: ri.UUID, Size: ri.Size, Thin: ri.Thin, Allocated: ri.Allocated,
+		NGUID: ri.NGUID, Epoch: ri.Epoch}
+	if ri.Owner != uuid.Nil {
+		rs.Owner = ri.Owner.String()
+	}
+	return rs
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -24,11 +25,28 @@ func mapPoolErr(err error, kind, name string) error {
 	return fault.Wrap(err, fault.Internal, "pool.io", desc, "see the server log")
 }
 
-// CreatePool formats disk as a new pool named name and remembers it. A disk
-// that already holds a pool is refused unless force is set; a disk already
-// used by one of this engine's pools is always refused. clusterSize is in
-// bytes, 0 for the default.
-func (e *Engine) CreatePool(name, disk string, clusterSize int64, force bool) (PoolInfo, error) {
+// PoolSpec describes a pool to create.
+type PoolSpec struct {
+	Name string
+	Disk string
+	// ClusterSize in bytes; 0 for the default.
+	ClusterSize int64
+	// Overcommit is the thin over-commit limit in percent of the capacity;
+	// 0 for the default (250).
+	Overcommit int
+	// Force formats a disk that already holds a pool.
+	Force bool
+}
+
+// CreatePool formats a disk as a new pool and remembers it. A disk that
+// already holds a pool is refused unless Force is set; a disk already used
+// by one of this engine's pools, or held open by another process, is always
+// refused. The same spec again returns the existing pool (idempotent).
+func (e *Engine) CreatePool(ctx context.Context, spec PoolSpec) (PoolInfo, error) {
+	name, disk, clusterSize, force := spec.Name, spec.Disk, spec.ClusterSize, spec.Force
+	if err := live(ctx); err != nil {
+		return PoolInfo{}, err
+	}
 	if err := checkName("pool", name); err != nil {
 		return PoolInfo{}, err
 	}
@@ -41,6 +59,9 @@ func (e *Engine) CreatePool(name, disk string, clusterSize int64, force bool) (P
 		return PoolInfo{}, fault.New(fault.InvalidArgument, "pool.cluster_size",
 			fmt.Sprintf("pool %q: cluster size %d is negative", name, clusterSize),
 			"give a power of two such as 4MiB, or 0 for the default")
+	}
+	if err := checkOvercommit(name, spec.Overcommit); err != nil {
+		return PoolInfo{}, err
 	}
 	key := "disk/" + diskKey(disk)
 	e.mu.Lock()
@@ -56,16 +77,18 @@ func (e *Engine) CreatePool(name, disk string, clusterSize int64, force bool) (P
 		case diskKey(p.disk) != diskKey(disk):
 			diff = fmt.Sprintf("on disk %s, not %s", p.disk, disk)
 		case force:
-			diff = "already, and force would format it again"
+			diff = "(force would format its disk again)"
 		case clusterSize != 0 && clusterSize != p.h.Stats().ClusterSize:
 			diff = fmt.Sprintf("with cluster size %s, not %s", units.FormatSize(p.h.Stats().ClusterSize), units.FormatSize(clusterSize))
+		case spec.Overcommit != 0 && spec.Overcommit != p.h.Stats().Overcommit:
+			diff = fmt.Sprintf("with an over-commit limit of %d%%, not %d%%", p.h.Stats().Overcommit, spec.Overcommit)
 		}
 		e.mu.Unlock()
 		if diff == "" {
 			return e.Pool(name)
 		}
 		return PoolInfo{}, fault.New(fault.AlreadyExists, "pool.exists",
-			fmt.Sprintf("pool %q exists %s", name, diff),
+			fmt.Sprintf("pool %q already exists %s", name, diff),
 			"choose another name, or destroy the existing pool first")
 	}
 	if other := e.poolOnDiskLocked(disk); other != "" {
@@ -81,7 +104,8 @@ func (e *Engine) CreatePool(name, disk string, clusterSize int64, force bool) (P
 	e.busy["pool/"+name], e.busy[key] = true, true
 	e.mu.Unlock()
 
-	h, err := e.cfg.Backend.CreatePool(disk, CreatePoolOptions{Name: name, ClusterSize: clusterSize, Force: force})
+	h, err := e.cfg.Backend.CreatePool(disk, CreatePoolOptions{Name: name, ClusterSize: clusterSize, Force: force,
+		Overcommit: spec.Overcommit})
 
 	e.mu.Lock()
 	delete(e.busy, "pool/"+name)
@@ -115,7 +139,10 @@ func (e *Engine) poolOnDiskLocked(disk string) string {
 // ImportPool opens the pool on disk and remembers it. When name is set it
 // must match the name recorded on the disk. Nothing is written to a disk that
 // holds no pool.
-func (e *Engine) ImportPool(name, disk string) (PoolInfo, error) {
+func (e *Engine) ImportPool(ctx context.Context, name, disk string) (PoolInfo, error) {
+	if err := live(ctx); err != nil {
+		return PoolInfo{}, err
+	}
 	if name != "" {
 		if err := checkName("pool", name); err != nil {
 			return PoolInfo{}, err
@@ -210,13 +237,19 @@ func (e *Engine) checkImportedLocked(h PoolHandle, want, disk string) error {
 // DestroyPool erases the pool and forgets it. A pool with replicas needs
 // force; a pool with shared replicas is refused. A faulted pool is only
 // forgotten: its disk is not touched.
-func (e *Engine) DestroyPool(name string, force bool) error {
+func (e *Engine) DestroyPool(ctx context.Context, name string, force bool) error {
+	if err := live(ctx); err != nil {
+		return err
+	}
 	return e.removePool(name, force, true)
 }
 
 // ExportPool closes the pool cleanly and forgets it; the data stays on the
 // disk, ready to be imported again.
-func (e *Engine) ExportPool(name string) error {
+func (e *Engine) ExportPool(ctx context.Context, name string) error {
+	if err := live(ctx); err != nil {
+		return err
+	}
 	return e.removePool(name, true, false)
 }
 
@@ -359,8 +392,29 @@ func (e *Engine) restoreSharesOf(pool string) {
 	}
 	e.mu.Unlock()
 	for _, p := range todo {
-		if _, err := e.ShareReplica(p.name, p.protocol, p.allowed); err != nil {
+		if _, err := e.ShareReplica(context.Background(), p.name, p.protocol, p.allowed); err != nil {
 			e.log.Error("share not restored", "replica", p.name, "err", err)
 		}
 	}
+}
+
+// checkOvercommit validates a thin over-commit limit in percent (0 means the
+// default).
+func checkOvercommit(pool string, pct int) error {
+	if pct != 0 && (pct < 100 || pct > 100000) {
+		return fault.New(fault.InvalidArgument, "pool.overcommit_invalid",
+			fmt.Sprintf("pool %q: over-commit limit %d%% is out of range", pool, pct),
+			"give a limit from 100% (no over-commit) to 100000%, or 0 for the default of 250%")
+	}
+	return nil
+}
+
+// live refuses to start an operation whose caller has given up: its
+// context is done. Operations check it before they change anything.
+func live(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fault.Wrap(err, fault.Unavailable, "engine.cancelled", "the request was cancelled or timed out before it started",
+			"retry with a longer timeout")
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -68,7 +69,10 @@ func (e *Engine) beginReplicaOp(name, poolName string, create bool) (*poolEntry,
 // CreateReplica creates a replica in a pool. Sizes that are not a multiple of
 // the pool's cluster size are refused, as is a thick replica larger than the
 // pool's free space.
-func (e *Engine) CreateReplica(o CreateReplicaOptions) (ReplicaInfo, error) {
+func (e *Engine) CreateReplica(ctx context.Context, o CreateReplicaOptions) (ReplicaInfo, error) {
+	if err := live(ctx); err != nil {
+		return ReplicaInfo{}, err
+	}
 	if err := checkName("replica", o.Name); err != nil {
 		return ReplicaInfo{}, err
 	}
@@ -171,10 +175,57 @@ func (e *Engine) createReplica(pe *poolEntry, o CreateReplicaOptions) (ReplicaIn
 	return replicaInfo(pe.name, rs, nil), nil
 }
 
-// DestroyReplica destroys a replica. A shared replica is refused.
-func (e *Engine) DestroyReplica(name string) error {
+// Access says on whose behalf an operation on a replica acts. A replica
+// owned by a nexus belongs to its mirror: destroying, unsharing or resizing
+// it behind the nexus's back would lose a child or its data, so such
+// operations are refused unless the caller acts for the owner or forces.
+type Access struct {
+	// Force acts whatever the owner; destroy also clears the owner and
+	// fences the owner's handles.
+	Force bool
+	// Owner, when set, is the UUID of the nexus the caller acts for (the
+	// control plane changing its own volume's replica).
+	Owner string
+}
+
+// checkOwner refuses an operation on an owned replica that a does not
+// allow, naming the owner (and the local nexus when it is one of this
+// node's).
+func (e *Engine) checkOwner(pe *poolEntry, name, verb string, a Access) error {
+	rs, err := pe.h.ReplicaInfo(name)
+	if err != nil {
+		return mapPoolErr(err, "replica", name)
+	}
+	if rs.Owner == "" || a.Force || strings.EqualFold(rs.Owner, a.Owner) {
+		return nil
+	}
+	owner := "nexus " + rs.Owner
+	e.mu.Lock()
+	for _, ne := range e.nexuses {
+		if strings.EqualFold(ne.uuid, rs.Owner) {
+			owner = fmt.Sprintf("nexus %q (%s) on this node", ne.name, rs.Owner)
+		}
+	}
+	e.mu.Unlock()
+	return fault.New(fault.FailedPrecondition, "replica.owned",
+		fmt.Sprintf("replica %q is a child of %s: refusing to %s it", name, owner, verb),
+		"remove it from that nexus first (nexctl nexus remove-child), or destroy the nexus; --force does it anyway and the nexus loses this child")
+}
+
+// DestroyReplica destroys a replica. A shared replica is refused, and an
+// owned one unless a allows it (see Access).
+func (e *Engine) DestroyReplica(ctx context.Context, name string, a Access) error {
+	if err := live(ctx); err != nil {
+		return err
+	}
 	pe, done, err := e.beginReplicaOp(name, "", false)
 	if err != nil {
+		return err
+	}
+	if err := e.checkOwner(pe, name, "destroy", a); err != nil {
+		e.mu.Lock()
+		done()
+		e.mu.Unlock()
 		return err
 	}
 	e.mu.Lock()
@@ -187,6 +238,19 @@ func (e *Engine) DestroyReplica(name string) error {
 		return fault.New(fault.FailedPrecondition, "replica.shared",
 			fmt.Sprintf("replica %q is shared over %s", name, ss[0].protocol),
 			fmt.Sprintf("unshare it first: nexctl replica unshare %s", name))
+	}
+	if a.Force {
+		// The owner loses the replica: its claim goes first, so that
+		// its handles are fenced before the clusters are freed.
+		if rs, ierr := pe.h.ReplicaInfo(name); ierr == nil && rs.Owner != "" {
+			if err := pe.h.Disown(name); err != nil {
+				e.mu.Lock()
+				done()
+				e.mu.Unlock()
+				return mapPoolErr(err, "replica", name)
+			}
+			e.log.Warn("owned replica disowned to be destroyed (forced)", "replica", name, "owner", rs.Owner)
+		}
 	}
 	err = pe.h.DestroyReplica(name)
 	e.mu.Lock()
@@ -203,8 +267,12 @@ func (e *Engine) DestroyReplica(name string) error {
 }
 
 // ResizeReplica grows a replica to size bytes (a multiple of the pool's
-// cluster size). Shrinking is refused.
-func (e *Engine) ResizeReplica(name string, size int64) (ReplicaInfo, error) {
+// cluster size). Shrinking is refused, and so is an owned replica unless a
+// allows it.
+func (e *Engine) ResizeReplica(ctx context.Context, name string, size int64, a Access) (ReplicaInfo, error) {
+	if err := live(ctx); err != nil {
+		return ReplicaInfo{}, err
+	}
 	pe, done, err := e.beginReplicaOp(name, "", false)
 	if err != nil {
 		return ReplicaInfo{}, err
@@ -214,6 +282,9 @@ func (e *Engine) ResizeReplica(name string, size int64) (ReplicaInfo, error) {
 		done()
 		e.mu.Unlock()
 	}()
+	if err := e.checkOwner(pe, name, "resize", a); err != nil {
+		return ReplicaInfo{}, err
+	}
 	cur, err := pe.h.ReplicaInfo(name)
 	if err != nil {
 		return ReplicaInfo{}, mapPoolErr(err, "replica", name)
@@ -265,7 +336,7 @@ func (e *Engine) shareInfoLocked(name string) []shareView {
 
 func replicaInfo(pool string, rs ReplicaStat, shares []shareView) ReplicaInfo {
 	ri := ReplicaInfo{Name: rs.Name, UUID: rs.UUID, Pool: pool, Size: rs.Size, Thin: rs.Thin,
-		Allocated: rs.Allocated, State: ReplicaOnline}
+		Allocated: rs.Allocated, State: ReplicaOnline, NGUID: rs.NGUID, Owner: rs.Owner, Epoch: rs.Epoch}
 	for _, sh := range shares {
 		if ri.Share == nil {
 			ri.Share = sh.info
@@ -344,7 +415,10 @@ func (e *Engine) Replicas(pool string) ([]ReplicaInfo, error) {
 // (nbd and nvmf at the same time). Sharing again over the same protocol
 // returns the existing share (and retries one that could not be restored);
 // other allowed hosts are refused until the replica is unshared.
-func (e *Engine) ShareReplica(name, protocol string, allowedHosts []string) (ReplicaInfo, error) {
+func (e *Engine) ShareReplica(ctx context.Context, name, protocol string, allowedHosts []string) (ReplicaInfo, error) {
+	if err := live(ctx); err != nil {
+		return ReplicaInfo{}, err
+	}
 	if protocol == "" {
 		protocol = ProtocolNBD
 	}
@@ -442,7 +516,10 @@ func (e *Engine) unexport(name, protocol string) error {
 
 // UnshareReplica stops exporting a replica over every protocol and forgets
 // the shares. Unsharing an unshared replica succeeds.
-func (e *Engine) UnshareReplica(name string) (ReplicaInfo, error) {
+func (e *Engine) UnshareReplica(ctx context.Context, name string, a Access) (ReplicaInfo, error) {
+	if err := live(ctx); err != nil {
+		return ReplicaInfo{}, err
+	}
 	// A remembered share of a replica that is gone (its pool faulted or
 	// exported) can still be forgotten.
 	e.mu.Lock()
@@ -461,6 +538,18 @@ func (e *Engine) UnshareReplica(name string) (ReplicaInfo, error) {
 	pe, done, err := e.beginReplicaOp(name, "", false)
 	if err != nil {
 		return ReplicaInfo{}, err
+	}
+	e.mu.Lock()
+	shared := len(e.sharesOfLocked(name)) > 0
+	e.mu.Unlock()
+	if shared {
+		// An owner reaches a remote child through its share.
+		if err := e.checkOwner(pe, name, "unshare", a); err != nil {
+			e.mu.Lock()
+			done()
+			e.mu.Unlock()
+			return ReplicaInfo{}, err
+		}
 	}
 	uerr := e.unexport(name, "")
 	e.mu.Lock()

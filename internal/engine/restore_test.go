@@ -28,13 +28,13 @@ func TestRestoreWaitsForRemoteChild(t *testing.T) {
 		return s
 	}
 	b := startB()
-	if _, err := b.Engine.CreatePool("pb", "file://"+filepath.Join(dir, "b.img")+"?size=64MiB", 1<<20, false); err != nil {
+	if _, err := b.Engine.CreatePool(context.Background(), PoolSpec{Name: "pb", Disk: "file://" + filepath.Join(dir, "b.img") + "?size=64MiB", ClusterSize: 1 << 20, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Engine.CreateReplica(CreateReplicaOptions{Name: "rb", Pool: "pb", Size: 4 << 20}); err != nil {
+	if _, err := b.Engine.CreateReplica(context.Background(), CreateReplicaOptions{Name: "rb", Pool: "pb", Size: 4 << 20, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
-	rb, err := b.Engine.ShareReplica("rb", ProtocolNVMf, nil)
+	rb, err := b.Engine.ShareReplica(context.Background(), "rb", ProtocolNVMf, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,17 +46,17 @@ func TestRestoreWaitsForRemoteChild(t *testing.T) {
 		return r
 	}
 	a := startA()
-	if _, err := a.e.CreatePool("pa", "file://"+filepath.Join(dir, "a.img")+"?size=64MiB", 1<<20, false); err != nil {
+	if _, err := a.e.CreatePool(context.Background(), PoolSpec{Name: "pa", Disk: "file://" + filepath.Join(dir, "a.img") + "?size=64MiB", ClusterSize: 1 << 20, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	ra, err := a.e.CreateReplica(CreateReplicaOptions{Name: "ra", Pool: "pa", Size: 4 << 20})
+	ra, err := a.e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "ra", Pool: "pa", Size: 4 << 20, Thin: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.e.CreateNexus(CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + ra.UUID, remote}}); err != nil {
+	if _, err := a.e.CreateNexus(context.Background(), CreateNexusOptions{Name: "n0", Children: []string{"bdev:///" + ra.UUID, remote}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.e.PublishNexus("n0", ProtocolNBD, nil); err != nil {
+	if _, err := a.e.PublishNexus(context.Background(), "n0", ProtocolNBD, nil); err != nil {
 		t.Fatal(err)
 	}
 	data := bytes.Repeat([]byte("before.."), 64<<10/8)
@@ -107,7 +107,7 @@ func TestRestoreWaitsForRemoteChild(t *testing.T) {
 	}
 	b = startB()
 	defer b.Shutdown(time.Second)
-	if _, err := a.e.NexusChildOp("n0", ChildOnline, remote); err != nil {
+	if _, err := a.e.NexusChildOp(context.Background(), "n0", ChildOnline, remote); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

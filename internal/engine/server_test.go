@@ -26,16 +26,16 @@ func TestServerSharesOverNVMf(t *testing.T) {
 	}
 	defer s.Shutdown(time.Second)
 	e := s.Engine
-	if _, err := e.CreatePool("p0", fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, "d0.img"), 24<<20), 0, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), PoolSpec{Name: "p0", Disk: fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, "d0.img"), 24<<20), ClusterSize: 0, Force: false}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.CreateReplica(CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true}); err != nil {
+	if _, err := e.CreateReplica(context.Background(), CreateReplicaOptions{Name: "r0", Pool: "p0", Size: 8 << 20, Thin: true}); err != nil {
 		t.Fatal(err)
 	}
 	const host = "nqn.2014-08.org.nvmexpress:uuid:6a0e3b7c-1d2f-4e5a-9b8c-7d6e5f4a3b2c"
-	_, err = e.ShareReplica("r0", "nvmf", []string{"not-an-nqn"})
+	_, err = e.ShareReplica(context.Background(), "r0", "nvmf", []string{"not-an-nqn"})
 	wantFault(t, err, fault.InvalidArgument, "not-an-nqn")
-	ri, err := e.ShareReplica("r0", "nvmf", []string{host})
+	ri, err := e.ShareReplica(context.Background(), "r0", "nvmf", []string{host})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestServerSharesOverNVMf(t *testing.T) {
 		t.Fatalf("uri %s, want %s", ri.Share.URI, want)
 	}
 	// A second protocol adds a share next to the first.
-	both, err := e.ShareReplica("r0", "nbd", nil)
+	both, err := e.ShareReplica(context.Background(), "r0", "nbd", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +52,9 @@ func TestServerSharesOverNVMf(t *testing.T) {
 		!strings.HasPrefix(both.Shares[0].URI, "nbd://") {
 		t.Fatalf("shares %+v", both.Shares)
 	}
-	_, err = e.ShareReplica("r0", "nvmf", nil)
+	_, err = e.ShareReplica(context.Background(), "r0", "nvmf", nil)
 	wantFault(t, err, fault.FailedPrecondition, "r0", host)
-	if again, err := e.ShareReplica("r0", "nvmf", []string{host, host}); err != nil || len(again.Shares) != 2 || again.Shares[1].URI != ri.Share.URI {
+	if again, err := e.ShareReplica(context.Background(), "r0", "nvmf", []string{host, host}); err != nil || len(again.Shares) != 2 || again.Shares[1].URI != ri.Share.URI {
 		t.Fatalf("share again: %+v %v", again, err)
 	}
 

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -98,21 +99,21 @@ func TestEngineMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { e.Close() }()
-	if _, err := e.CreatePool("p0", fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, "d0.img"), 64*mib), mib, false); err != nil {
+	if _, err := e.CreatePool(context.Background(), engine.PoolSpec{Name: "p0", Disk: fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, "d0.img"), 64*mib), ClusterSize: mib, Force: false}); err != nil {
 		t.Fatal(err)
 	}
 	var children []string
 	for _, name := range []string{"r1", "r2"} {
-		ri, err := e.CreateReplica(engine.CreateReplicaOptions{Name: name, Pool: "p0", Size: 8 * mib, Thin: true})
+		ri, err := e.CreateReplica(context.Background(), engine.CreateReplicaOptions{Name: name, Pool: "p0", Size: 8 * mib, Thin: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		children = append(children, "bdev:///"+ri.UUID)
 	}
-	if _, err := e.CreateNexus(engine.CreateNexusOptions{Name: "n0", Children: children}); err != nil {
+	if _, err := e.CreateNexus(context.Background(), engine.CreateNexusOptions{Name: "n0", Children: children}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.PublishNexus("n0", engine.ProtocolNBD, nil); err != nil {
+	if _, err := e.PublishNexus(context.Background(), "n0", engine.ProtocolNBD, nil); err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
@@ -204,7 +205,7 @@ func TestEngineMetrics(t *testing.T) {
 
 	// A faulted child: the nexus is degraded and the gauges follow
 	// Nexuses().
-	if _, err := e.NexusChildOp("n0", engine.ChildFault, children[1]); err != nil {
+	if _, err := e.NexusChildOp(context.Background(), "n0", engine.ChildFault, children[1]); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range e.Nexuses() {
@@ -229,7 +230,7 @@ func TestEngineMetrics(t *testing.T) {
 	}
 	// Added again, the child is rebuilt in full: the counters follow the
 	// nexus's own.
-	if _, err := e.NexusChildOp("n0", engine.ChildAdd, children[1]); err != nil {
+	if _, err := e.NexusChildOp(context.Background(), "n0", engine.ChildAdd, children[1]); err != nil {
 		t.Fatal(err)
 	}
 	ni := waitNexusOnline(t, e, "n0")

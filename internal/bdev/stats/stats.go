@@ -5,6 +5,7 @@
 package stats
 
 import (
+	"context"
 	"math"
 	"math/bits"
 	"sync/atomic"
@@ -76,11 +77,54 @@ var _ bdev.Device = (*Device)(nil)
 // back from the inner device unchanged. Safe for concurrent use.
 type Device struct {
 	inner bdev.Device
-	ops   [numOps]counters
+	// ops is shared with the handles of claims made through Claimable, so
+	// that a claimed device's I/O counts where its unclaimed I/O does.
+	ops *[numOps]counters
 }
 
 // New wraps inner.
-func New(inner bdev.Device) *Device { return &Device{inner: inner} }
+func New(inner bdev.Device) *Device { return &Device{inner: inner, ops: new([numOps]counters)} }
+
+// Claimable returns d as a device that also takes claims when its inner
+// device is a bdev.Claimer (a pool replica), and d itself otherwise. Claims
+// go to the inner device; I/O through the Claimed handles they return
+// counts into d's counters, so that a share's statistics include the I/O
+// of the nexus that claimed it.
+func (d *Device) Claimable() bdev.Device {
+	cl, ok := d.inner.(bdev.Claimer)
+	if !ok {
+		return d
+	}
+	return &claimable{Device: d, cl: cl}
+}
+
+type claimable struct {
+	*Device
+	cl bdev.Claimer
+}
+
+// ClaimState implements bdev.Claimer.
+func (c *claimable) ClaimState(ctx context.Context) (bdev.ClaimState, error) {
+	return c.cl.ClaimState(ctx)
+}
+
+// Claim implements bdev.Claimer.
+func (c *claimable) Claim(ctx context.Context, cl bdev.Claim) (bdev.Claimed, error) {
+	h, err := c.cl.Claim(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	return &claimed{Device: &Device{inner: h, ops: c.ops}, h: h}, nil
+}
+
+// claimed counts the I/O of a Claimed handle into its share's counters.
+type claimed struct {
+	*Device
+	h bdev.Claimed
+}
+
+func (c *claimed) Raise(ctx context.Context, epoch uint64) error { return c.h.Raise(ctx, epoch) }
+func (c *claimed) Release(ctx context.Context) error             { return c.h.Release(ctx) }
 
 // Inner returns the wrapped device.
 func (d *Device) Inner() bdev.Device { return d.inner }

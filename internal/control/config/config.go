@@ -149,6 +149,12 @@ type Pool struct {
 	// ClusterSize is the allocation unit in bytes, a power of two between
 	// 64KiB and 1GiB; written as a human size ("4MiB") in YAML.
 	ClusterSize int64
+	// Overcommit is the thin over-commit limit in percent of the pool's
+	// capacity (`overcommit_percent`): the sizes of its replicas may add up
+	// to that much. 0 means the default, 250; 100 allows no over-commit.
+	// It is applied when the pool is created, and at every start to a
+	// pool that has another.
+	Overcommit int
 }
 
 // Log configures the slog handler.

@@ -70,6 +70,7 @@ type filePool struct {
 	Name        string   `yaml:"name"`
 	Disk        string   `yaml:"disk"`
 	ClusterSize fileSize `yaml:"cluster_size,omitempty"`
+	Overcommit  int      `yaml:"overcommit_percent,omitempty"`
 }
 
 type fileNVMf struct {
@@ -239,7 +240,7 @@ func (f *fileServer) apply(s *Server) {
 		set(&s.TransportConfig.Key, t.Key)
 	}
 	for _, p := range f.Pools {
-		s.Pools = append(s.Pools, Pool{Name: p.Name, Disk: p.Disk, ClusterSize: int64(p.ClusterSize)})
+		s.Pools = append(s.Pools, Pool{Name: p.Name, Disk: p.Disk, ClusterSize: int64(p.ClusterSize), Overcommit: p.Overcommit})
 	}
 	if n := f.NVMf; n != nil {
 		set(&s.NVMfListen, n.Listen)
@@ -303,7 +304,7 @@ func (s *Server) toFile() *fileServer {
 		f.Etcd.TLS = &fileEtcdTLS{CACert: p(s.Etcd.TLS.CACert), Cert: p(s.Etcd.TLS.Cert), Key: p(s.Etcd.TLS.Key)}
 	}
 	for _, pl := range s.Pools {
-		f.Pools = append(f.Pools, filePool{Name: pl.Name, Disk: pl.Disk, ClusterSize: fileSize(pl.ClusterSize)})
+		f.Pools = append(f.Pools, filePool{Name: pl.Name, Disk: pl.Disk, ClusterSize: fileSize(pl.ClusterSize), Overcommit: pl.Overcommit})
 	}
 	return f
 }

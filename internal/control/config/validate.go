@@ -283,6 +283,10 @@ func (v *validator) pools(pools []Pool) {
 			v.add(key+".cluster_size", fmt.Sprintf("%s is not a power of two between 64KiB and 1GiB", units.FormatSize(cs)),
 				"use e.g. 4MiB (the default) or 1MiB")
 		}
+		if oc := p.Overcommit; oc != 0 && (oc < 100 || oc > 100000) {
+			v.add(key+".overcommit_percent", fmt.Sprintf("%d is out of range", oc),
+				"give a percent of the capacity from 100 (no over-commit) to 100000, or leave it out for 250")
+		}
 	}
 }
 

@@ -27,8 +27,8 @@ import (
 	"github.com/nexstor/nexstor/internal/control/storage"
 	"github.com/nexstor/nexstor/internal/engine"
 	"github.com/nexstor/nexstor/internal/fault"
-	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
+	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
 	"github.com/nexstor/nexstor/internal/security"
@@ -330,7 +330,7 @@ func (r *runtime) createPool(ctx context.Context, p config.Pool, force bool) (st
 	}
 	// CreatePool returns a pool that exists with the same name and disk
 	// (from an earlier, failed format) instead of failing.
-	info, err := dp.Engine.CreatePool(p.Name, p.Disk, p.ClusterSize, force)
+	info, err := dp.Engine.CreatePool(ctx, engine.PoolSpec{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize, Force: force, Overcommit: p.Overcommit})
 	if err != nil {
 		return "", err
 	}
@@ -349,7 +349,7 @@ func (r *runtime) startEngine(pools []config.Pool) error {
 	o := engine.DataPlaneOptions{DataDir: cfg.DataDir, NBDListen: cfg.NBDListen, NVMfListen: cfg.NVMfListen,
 		DiscoveryListen: cfg.DiscoveryListen, Logger: r.log}
 	for _, p := range pools {
-		o.Pools = append(o.Pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize})
+		o.Pools = append(o.Pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize, Overcommit: p.Overcommit})
 	}
 	dp, err := engine.StartDataPlane(o)
 	if err != nil {

@@ -117,8 +117,13 @@ func TestErrorsAreFaults(t *testing.T) {
 	if _, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: "p0", Disk: disk, ClusterSize: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: "p0", Disk: disk})
-	wantFault(t, err, "pool.exists", fault.AlreadyExists, `pool "p0" already exists`)
+	// The same pool again is the existing one; another disk is refused.
+	if _, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: "p0", Disk: disk}); err != nil {
+		t.Fatalf("the same pool again: %v", err)
+	}
+	other := fmt.Sprintf("file://%s?size=%d", filepath.Join(t.TempDir(), "d1.img"), 64<<20)
+	_, err = c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: "p0", Disk: other})
+	wantFault(t, err, "pool.exists", fault.AlreadyExists, `pool "p0" already exists on disk`)
 
 	// A size that is not a multiple of the cluster size is refused with a
 	// suggestion; the suggestion parses and is accepted.
