@@ -62,11 +62,11 @@ type memPool struct {
 	mu         sync.Mutex
 	overcommit int
 	name       string
-	uuid   string
-	total  int64
-	used   int64
-	reps   map[string]*memReplica
-	closed bool
+	uuid       string
+	total      int64
+	used       int64
+	reps       map[string]*memReplica
+	closed     bool
 }
 
 func (p *memPool) Name() string { return p.name }
