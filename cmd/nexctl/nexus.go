@@ -87,15 +87,30 @@ func (a *app) printNexus(n *enginev1.Nexus) error {
 }
 
 func (a *app) nexusCreateCmd() *cobra.Command {
-	var size, uuid string
+	var size, uuid, source string
 	var children []string
-	var force bool
+	var force, allowDegraded, verify bool
 	cmd := &cobra.Command{
 		Use:   "create NAME --child URI...",
 		Short: "Create a nexus over children",
-		Long: `Create opens the children and starts a mirror over them. --size defaults to
-the smallest child. A child that the health store records as out of date
-(from an earlier nexus of the same --uuid) is refused unless --force is given.`,
+		Long: `Create opens the children, claims them (each replica is owned by this nexus
+from now on, and refuses the I/O of any older nexus) and starts a mirror over
+them. --size defaults to the smallest child.
+
+Which children hold current data:
+  - A child that the health store records as out of date (from an earlier
+    nexus of the same --uuid) is refused unless --force is given.
+  - With no health record (a new nexus, or one destroyed and created again),
+    nothing says which children agree. One is the source and the others are
+    rebuilt from it before they are read: the child --source names, else the
+    one with the highest fencing epoch (the one written last). Fresh thin
+    replicas hold nothing and need no copy. --verify-in-sync compares the
+    children first and skips the copy when they are identical.
+  - A replica another nexus owns is refused, naming it.
+
+A child that cannot be opened fails the command, naming each child and why,
+unless --allow-degraded creates the nexus without it. Creating the same nexus
+again (the same --uuid and children) prints it.`,
 		Example: `  nexctl nexus create vol1 --child bdev:///9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e \
       --child nvmf://10.0.0.6:4420/nqn.2024-11.io.nexstor:replica:0d6f1b7a-9c3e-4c55-8e21-9b2e8c1a3f4d
   nexctl nexus create vol2 --size 1GiB --child bdev:///<uuid1> --child bdev:///<uuid2>`,
@@ -109,7 +124,8 @@ the smallest child. A child that the health store records as out of date
 				}
 			}
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
-				r, err := c.CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: args[0], Uuid: uuid, Size: n, Children: children, Force: force})
+				r, err := c.CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: args[0], Uuid: uuid, Size: n, Children: children,
+					Force: force, AllowDegraded: allowDegraded, Source: source, VerifyInSync: verify})
 				if err != nil {
 					return err
 				}
@@ -120,7 +136,10 @@ the smallest child. A child that the health store records as out of date
 	cmd.Flags().StringVar(&size, "size", "", "size, e.g. 1GiB (default: the smallest child)")
 	cmd.Flags().StringArrayVar(&children, "child", nil, "child URI, bdev:///<replica-uuid> or nvmf://HOST:PORT/<nqn>; repeatable (required)")
 	cmd.Flags().StringVar(&uuid, "uuid", "", "use this UUID instead of a generated one")
-	cmd.Flags().BoolVar(&force, "force", false, "trust every child as current, whatever the health store says")
+	cmd.Flags().BoolVar(&force, "force", false, "trust children the health store records as out of date")
+	cmd.Flags().BoolVar(&allowDegraded, "allow-degraded", false, "create the nexus even when some children cannot be opened")
+	cmd.Flags().StringVar(&source, "source", "", "without a health record: the child the others are rebuilt from")
+	cmd.Flags().BoolVar(&verify, "verify-in-sync", false, "without a health record: compare the children and skip the copy if identical")
 	cmd.MarkFlagRequired("child")
 	return cmd
 }
@@ -494,6 +513,8 @@ type nexusView struct {
 	Children  []childView   `json:"children" yaml:"children"`
 	Share     *shareView    `json:"share,omitempty" yaml:"share,omitempty"`
 	LeftOut   []leftOutView `json:"left_out,omitempty" yaml:"left_out,omitempty"`
+	// Epoch is the fencing epoch its children hold for it.
+	Epoch uint64 `json:"epoch" yaml:"epoch"`
 }
 
 type childView struct {
@@ -504,6 +525,8 @@ type childView struct {
 	LastError  string       `json:"last_error,omitempty" yaml:"last_error,omitempty"`
 	DirtyBytes uint64       `json:"dirty_bytes,omitempty" yaml:"dirty_bytes,omitempty"`
 	Rebuild    *rebuildView `json:"rebuild,omitempty" yaml:"rebuild,omitempty"`
+	// Identity is the replica the nexus admitted as this child.
+	Identity string `json:"identity,omitempty" yaml:"identity,omitempty"`
 }
 
 // rebuildView is the stable form of a rebuild; rate in bytes per second.
@@ -547,13 +570,13 @@ type leftOutView struct {
 
 func newNexusView(n *enginev1.Nexus) nexusView {
 	v := nexusView{Name: n.GetName(), UUID: n.GetUuid(), Size: n.GetSize(), BlockSize: n.GetBlockSize(),
-		State: stateName(n.GetState().String()), Reason: n.GetReason(), Children: []childView{}}
+		State: stateName(n.GetState().String()), Reason: n.GetReason(), Children: []childView{}, Epoch: n.GetEpoch()}
 	for _, l := range n.GetLeftOut() {
 		v.LeftOut = append(v.LeftOut, leftOutView{URI: l.GetUri(), State: l.GetState(), Reason: l.GetReason()})
 	}
 	for _, c := range n.GetChildren() {
 		cv := childView{URI: c.GetUri(), State: stateName(c.GetState().String()), Reason: c.GetReason(), Local: c.GetLocal(),
-			LastError: c.GetLastError(), DirtyBytes: c.GetDirtyBytes()}
+			LastError: c.GetLastError(), DirtyBytes: c.GetDirtyBytes(), Identity: c.GetIdentity()}
 		if r := c.GetRebuild(); r != nil {
 			rv := newRebuildView(r)
 			cv.Rebuild = &rv
@@ -585,7 +608,8 @@ func nexusTable(w io.Writer, ns []nexusView) error {
 }
 
 func nexusDetail(w io.Writer, n nexusView) error {
-	kv := []string{"Name", n.Name, "UUID", n.UUID, "Size", output.Size(n.Size), "State", n.State}
+	kv := []string{"Name", n.Name, "UUID", n.UUID, "Size", output.Size(n.Size), "State", n.State,
+		"Epoch", itoa(n.Epoch)}
 	if n.Reason != "" {
 		kv = append(kv, "Reason", n.Reason)
 	}

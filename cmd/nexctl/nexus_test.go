@@ -25,9 +25,10 @@ func TestProgressLine(t *testing.T) {
 // The JSON field names of nexuses are an interface for scripts.
 func TestNexusJSON(t *testing.T) {
 	v := newNexusView(&enginev1.Nexus{Name: "n0", Uuid: "u", Size: 1 << 20, BlockSize: 512,
-		State: enginev1.NexusState_NEXUS_STATE_DEGRADED,
+		State: enginev1.NexusState_NEXUS_STATE_DEGRADED, Epoch: 7,
+		LeftOut: []*enginev1.LeftOutChild{{Uri: "bdev:///c", State: "faulted", Reason: "admin"}},
 		Children: []*enginev1.Child{
-			{Uri: "bdev:///a", State: enginev1.ChildState_CHILD_STATE_ONLINE, Local: true},
+			{Uri: "bdev:///a", State: enginev1.ChildState_CHILD_STATE_ONLINE, Local: true, Identity: "i"},
 			{Uri: "nvmf://h:1/q", State: enginev1.ChildState_CHILD_STATE_REBUILDING,
 				Rebuild: &enginev1.Rebuild{Child: "nvmf://h:1/q", State: "running", TotalBytes: 100, DoneBytes: 50, Percent: 50}},
 		}})
@@ -35,7 +36,7 @@ func TestNexusJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"name":"n0","uuid":"u","size":1048576,"block_size":512,"state":"degraded","children":[{"uri":"bdev:///a","state":"online","local":true},{"uri":"nvmf://h:1/q","state":"rebuilding","local":false,"rebuild":{"child":"nvmf://h:1/q","state":"running","partial":false,"total_bytes":100,"done_bytes":50,"percent":50,"bytes_per_second":0,"eta_seconds":0}}]}`
+	want := `{"name":"n0","uuid":"u","size":1048576,"block_size":512,"state":"degraded","children":[{"uri":"bdev:///a","state":"online","local":true,"identity":"i"},{"uri":"nvmf://h:1/q","state":"rebuilding","local":false,"rebuild":{"child":"nvmf://h:1/q","state":"running","partial":false,"total_bytes":100,"done_bytes":50,"percent":50,"bytes_per_second":0,"eta_seconds":0}}],"left_out":[{"uri":"bdev:///c","state":"faulted","reason":"admin"}],"epoch":7}`
 	if string(b) != want {
 		t.Fatalf("nexus JSON\n%s\nwant\n%s", b, want)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -37,7 +39,7 @@ func (a *app) printPool(p *enginev1.Pool) error {
 }
 
 func (a *app) poolCreateCmd() *cobra.Command {
-	var clusterSize string
+	var clusterSize, overcommit string
 	var force bool
 	cmd := &cobra.Command{
 		Use:   "create NAME DISK",
@@ -45,10 +47,18 @@ func (a *app) poolCreateCmd() *cobra.Command {
 		Long: `Create formats DISK as a new pool called NAME.
 
 A disk that already holds a pool is refused unless --force is given, which
-destroys that pool and everything in it. Quote URIs with '?' in a shell.`,
+destroys that pool and everything in it. A disk that another process holds
+open (another server's pool) is always refused, naming that process. Quote
+URIs with '?' in a shell.
+
+--overcommit limits thin provisioning: the sizes of the pool's replicas may
+add up to that percent of its capacity (default 250%; 100% allows no
+over-commit). Creating or growing a replica beyond it fails with the
+numbers. Creating the same pool again (name and disk) prints it.`,
 		Example: `  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
   nexctl pool create fast /dev/nvme1n1 --cluster-size 1MiB
-  nexctl pool create p0 /dev/sdb --force`,
+  nexctl pool create p0 /dev/sdb --force
+  nexctl pool create p0 /dev/sdb --overcommit 400%`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var cs uint64
@@ -58,8 +68,16 @@ destroys that pool and everything in it. Quote URIs with '?' in a shell.`,
 					return err
 				}
 			}
+			var oc uint64
+			if overcommit != "" {
+				var err error
+				if oc, err = strconv.ParseUint(strings.TrimSuffix(overcommit, "%"), 10, 32); err != nil || oc < 100 {
+					return usage(cmd, fmt.Errorf("--overcommit %q: give a percent of the capacity of at least 100, such as 250%%", overcommit))
+				}
+			}
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
-				p, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: args[0], Disk: args[1], ClusterSize: cs, Force: force})
+				p, err := c.CreatePool(ctx, &enginev1.CreatePoolRequest{Name: args[0], Disk: args[1], ClusterSize: cs, Force: force,
+					OvercommitPercent: uint32(oc)})
 				if err != nil {
 					return err
 				}
@@ -69,6 +87,7 @@ destroys that pool and everything in it. Quote URIs with '?' in a shell.`,
 	}
 	cmd.Flags().StringVar(&clusterSize, "cluster-size", "", "allocation unit, a power of two (default 4MiB)")
 	cmd.Flags().BoolVar(&force, "force", false, "format the disk even if it holds a pool (destroys that pool)")
+	cmd.Flags().StringVar(&overcommit, "overcommit", "", "thin over-commit limit in percent of the capacity (default 250%)")
 	return cmd
 }
 

@@ -115,32 +115,59 @@ func (a *app) replicaGetCmd() *cobra.Command {
 	}
 }
 
+// ownerFlags are --force and --owner of the operations that an owned
+// replica refuses.
+type ownerFlags struct {
+	force bool
+	owner string
+}
+
+func (o *ownerFlags) add(cmd *cobra.Command, verb string) {
+	cmd.Flags().BoolVar(&o.force, "force", false, verb+" a replica that a nexus owns: that nexus loses this child")
+	cmd.Flags().StringVar(&o.owner, "owner", "", "act for the nexus of this UUID, which owns the replica")
+}
+
+// ownedHelp is the paragraph on ownership of the commands that refuse an
+// owned replica.
+const ownedHelp = `A replica that a nexus holds as a child is owned by it: this is refused
+(naming the owner) unless --owner gives that nexus's UUID, or --force.`
+
 func (a *app) replicaDestroyCmd() *cobra.Command {
-	return &cobra.Command{
+	var o ownerFlags
+	cmd := &cobra.Command{
 		Use:   "destroy NAME",
 		Short: "Destroy a replica and free its space",
 		Long: `Destroy deletes the replica and returns its clusters to the pool. A shared
-replica is refused: unshare it first.`,
-		Example: `  nexctl replica destroy r0`,
-		Args:    cobra.ExactArgs(1),
+replica is refused: unshare it first.
+
+` + ownedHelp,
+		Example: `  nexctl replica destroy r0
+  nexctl replica destroy r0 --force    # even though a nexus owns it`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
-				if _, err := c.DestroyReplica(ctx, &enginev1.DestroyReplicaRequest{Name: args[0]}); err != nil {
+				if _, err := c.DestroyReplica(ctx, &enginev1.DestroyReplicaRequest{Name: args[0], Force: o.force, Owner: o.owner}); err != nil {
 					return err
 				}
 				return a.done(fmt.Sprintf("replica %s destroyed", args[0]))
 			})
 		},
 	}
+	o.add(cmd, "destroy")
+	return cmd
 }
 
 func (a *app) replicaResizeCmd() *cobra.Command {
 	var size string
+	var o ownerFlags
 	cmd := &cobra.Command{
 		Use:   "resize NAME --size SIZE",
 		Short: "Grow a replica",
 		Long: `Resize grows the replica to SIZE (a multiple of the pool's cluster size).
-Replicas cannot shrink.`,
+Replicas cannot shrink. A thin replica may not take the pool's committed
+space beyond its over-commit limit.
+
+` + ownedHelp,
 		Example: `  nexctl replica resize r0 --size 2GiB`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -149,7 +176,7 @@ Replicas cannot shrink.`,
 				return err
 			}
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
-				r, err := c.ResizeReplica(ctx, &enginev1.ResizeReplicaRequest{Name: args[0], Size: n})
+				r, err := c.ResizeReplica(ctx, &enginev1.ResizeReplicaRequest{Name: args[0], Size: n, Force: o.force, Owner: o.owner})
 				if err != nil {
 					return err
 				}
@@ -159,6 +186,7 @@ Replicas cannot shrink.`,
 	}
 	cmd.Flags().StringVar(&size, "size", "", "the new size, e.g. 2GiB (required)")
 	cmd.MarkFlagRequired("size")
+	o.add(cmd, "resize")
 	return cmd
 }
 
@@ -206,20 +234,25 @@ again prints its URI.
 }
 
 func (a *app) replicaUnshareCmd() *cobra.Command {
-	return &cobra.Command{
+	var o ownerFlags
+	cmd := &cobra.Command{
 		Use:   "unshare NAME",
 		Short: "Stop exporting a replica",
 		Long: `Unshare withdraws the replica's export; connected clients are disconnected
-after their in-flight requests are answered.`,
+after their in-flight requests are answered.
+
+` + ownedHelp + ` (A remote nexus reaches its child through the share.)`,
 		Example: `  nexctl replica unshare r0`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
-				if _, err := c.UnshareReplica(ctx, &enginev1.UnshareReplicaRequest{Name: args[0]}); err != nil {
+				if _, err := c.UnshareReplica(ctx, &enginev1.UnshareReplicaRequest{Name: args[0], Force: o.force, Owner: o.owner}); err != nil {
 					return err
 				}
 				return a.done(fmt.Sprintf("replica %s unshared", args[0]))
 			})
 		},
 	}
+	o.add(cmd, "unshare")
+	return cmd
 }

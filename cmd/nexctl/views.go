@@ -23,7 +23,11 @@ type poolView struct {
 	Free          uint64 `json:"free" yaml:"free"`
 	Allocated     uint64 `json:"allocated" yaml:"allocated"`
 	Committed     uint64 `json:"committed" yaml:"committed"`
-	Replicas      uint32 `json:"replicas" yaml:"replicas"`
+	// CommittedPercent is committed in percent of the capacity; thin
+	// replicas may take it up to OvercommitPercent.
+	CommittedPercent  float64 `json:"committed_percent" yaml:"committed_percent"`
+	OvercommitPercent uint32  `json:"overcommit_percent" yaml:"overcommit_percent"`
+	Replicas          uint32  `json:"replicas" yaml:"replicas"`
 }
 
 func newPoolView(p *enginev1.Pool) poolView {
@@ -31,7 +35,16 @@ func newPoolView(p *enginev1.Pool) poolView {
 		Reason: p.GetReason(), Capacity: p.GetCapacity(), ClusterSize: p.GetClusterSize(),
 		TotalClusters: p.GetTotalClusters(), FreeClusters: p.GetFreeClusters(),
 		Free: p.GetFreeClusters() * p.GetClusterSize(), Allocated: p.GetAllocated(),
-		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount()}
+		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount(), OvercommitPercent: p.GetOvercommitPercent(),
+		CommittedPercent: percentOf(p.GetCommitted(), p.GetCapacity())}
+}
+
+// percentOf is n in percent of total, rounded to a tenth; 0 of nothing.
+func percentOf(n, total uint64) float64 {
+	if total == 0 {
+		return 0
+	}
+	return float64(n*1000/total) / 10
 }
 
 // shareView is the stable form of a share.
@@ -54,11 +67,17 @@ type replicaView struct {
 	Share     *shareView `json:"share,omitempty" yaml:"share,omitempty"`
 	// Shares lists every share (one per protocol); Share is the first.
 	Shares []shareView `json:"shares,omitempty" yaml:"shares,omitempty"`
+	// NGUID identifies this incarnation of the replica; Owner is the UUID
+	// of the nexus that holds it, Epoch its highest fencing epoch.
+	NGUID string `json:"nguid,omitempty" yaml:"nguid,omitempty"`
+	Owner string `json:"owner,omitempty" yaml:"owner,omitempty"`
+	Epoch uint64 `json:"epoch,omitempty" yaml:"epoch,omitempty"`
 }
 
 func newReplicaView(r *enginev1.Replica) replicaView {
 	v := replicaView{Name: r.GetName(), UUID: r.GetUuid(), Pool: r.GetPool(), Size: r.GetSize(), Thin: r.GetThin(),
-		Allocated: r.GetAllocated(), State: stateName(r.GetState().String()), Reason: r.GetReason()}
+		Allocated: r.GetAllocated(), State: stateName(r.GetState().String()), Reason: r.GetReason(),
+		NGUID: r.GetNguid(), Owner: r.GetOwner(), Epoch: r.GetEpoch()}
 	if s := r.GetShare(); s != nil {
 		v.Share = &shareView{Protocol: s.GetProtocol(), URI: s.GetUri(), AllowedHosts: s.GetAllowedHosts()}
 	}
@@ -108,12 +127,13 @@ func poolDetail(w io.Writer, p poolView) error {
 		"Capacity", output.Size(p.Capacity), "Cluster size", output.Size(p.ClusterSize),
 		"Clusters", itoa(p.FreeClusters)+" free of "+itoa(p.TotalClusters),
 		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated)+" ("+output.Percent(p.Allocated, p.Capacity)+")",
-		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+")",
+		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+
+			" of the capacity; the limit is "+itoa(uint64(p.OvercommitPercent))+"%)",
 		"Replicas", itoa(uint64(p.Replicas)))
 }
 
 func replicaTable(w io.Writer, reps []replicaView) error {
-	t := output.NewTable(w, "NAME", "POOL", "SIZE", "ALLOCATED", "TYPE", "STATE", "SHARE")
+	t := output.NewTable(w, "NAME", "POOL", "SIZE", "ALLOCATED", "TYPE", "STATE", "OWNER", "SHARE")
 	for _, r := range reps {
 		var uris []string
 		for _, sh := range r.Shares {
@@ -124,7 +144,11 @@ func replicaTable(w io.Writer, reps []replicaView) error {
 			}
 		}
 		share := strings.Join(uris, " ")
-		t.Row(r.Name, r.Pool, output.Size(r.Size), output.Size(r.Allocated), kind(r.Thin), r.State, share)
+		owner := r.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		t.Row(r.Name, r.Pool, output.Size(r.Size), output.Size(r.Allocated), kind(r.Thin), r.State, owner, share)
 	}
 	return t.Flush()
 }
@@ -145,6 +169,11 @@ func replicaDetail(w io.Writer, r replicaView) error {
 	if len(r.Shares) == 0 {
 		kv = append(kv, "Share", "not shared")
 	}
+	owner := "none"
+	if r.Owner != "" {
+		owner = "nexus " + r.Owner
+	}
+	kv = append(kv, "Owner", owner, "Epoch", itoa(r.Epoch), "NGUID", r.NGUID)
 	return output.KeyValues(w, kv...)
 }
 
