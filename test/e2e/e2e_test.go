@@ -59,7 +59,9 @@ func TestServerWithRealClients(t *testing.T) {
 
 	step("pool, replica, share created")
 	// Bad input through the whole stack: exact message and resolution.
-	wantNexctlError(t, eng, []string{"p0", "already exists"}, "pool", "create", "p0", disk)
+	// The same pool again is the existing one; on another disk, refused.
+	mustNexctl(t, eng, "pool", "create", "p0", disk)
+	wantNexctlError(t, eng, []string{"p0", "already exists"}, "pool", "create", "p0", "file://"+filepath.Join(dir, "other.img")+"?size=256MiB")
 	wantNexctlError(t, eng, []string{"r0", "already exists"}, "replica", "create", "r0", "--pool", "p0", "--size", "4MiB")
 	wantNexctlError(t, eng, []string{"r1", "cluster size"}, "replica", "create", "r1", "--pool", "p0", "--size", "5MiB")
 	wantNexctlError(t, eng, []string{"r0", "shared"}, "replica", "destroy", "r0")

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -19,12 +20,20 @@ type nexusJSON struct {
 	UUID     string `json:"uuid"`
 	Size     int64  `json:"size"`
 	State    string `json:"state"`
+	Epoch    uint64 `json:"epoch"`
 	Children []struct {
+		URI        string `json:"uri"`
+		State      string `json:"state"`
+		Reason     string `json:"reason"`
+		Local      bool   `json:"local"`
+		DirtyBytes uint64 `json:"dirty_bytes"`
+		Identity   string `json:"identity"`
+	} `json:"children"`
+	LeftOut []struct {
 		URI    string `json:"uri"`
 		State  string `json:"state"`
 		Reason string `json:"reason"`
-		Local  bool   `json:"local"`
-	} `json:"children"`
+	} `json:"left_out"`
 	Share *struct {
 		Protocol string `json:"protocol"`
 		URI      string `json:"uri"`
@@ -51,9 +60,10 @@ func startServerAt(t *testing.T, dataDir, nvmfAddr string) (*proc, string) {
 
 // TestNexusAcrossNodes runs two nodes on loopback: node A hosts a nexus over
 // its own replica r1 and node B's replica r2 (over NVMe/TCP), published over
-// NBD. fio verifies through it; node B is killed under fio load without
-// fio seeing an error; the child is faulted; B comes back, the child is
-// rebuilt, and verify finds the children identical.
+// NBD. fio verifies through it; node B is killed (SIGKILL) under fio load
+// without fio seeing an error; the child goes offline with a write-intent
+// bitmap; B comes back, online-child copies only the segments it missed,
+// and verify finds the children identical.
 func TestNexusAcrossNodes(t *testing.T) {
 	fio := testutil.RequireTool(t, "fio")
 	dir := t.TempDir()
@@ -67,8 +77,9 @@ func TestNexusAcrossNodes(t *testing.T) {
 	mustNexctl(t, engA, "pool", "create", "pa", "file://"+filepath.Join(dir, "a.img")+"?size=96MiB")
 	mustNexctl(t, engB, "pool", "create", "pb", "file://"+filepath.Join(dir, "b.img")+"?size=96MiB")
 	var r1, r2 replicaJSON
-	nexctlJSON(t, engA, &r1, "replica", "create", "r1", "--pool", "pa", "--size", "16MiB")
-	nexctlJSON(t, engB, &r2, "replica", "create", "r2", "--pool", "pb", "--size", "16MiB")
+	// Thin and never written: a nexus over them starts in sync.
+	nexctlJSON(t, engA, &r1, "replica", "create", "r1", "--pool", "pa", "--size", "16MiB", "--thin")
+	nexctlJSON(t, engB, &r2, "replica", "create", "r2", "--pool", "pb", "--size", "16MiB", "--thin")
 	nexctlJSON(t, engB, &r2, "replica", "share", "r2", "--protocol", "nvmf")
 	local, remote := "bdev:///"+r1.UUID, r2.Share.URI
 	if !strings.HasPrefix(remote, "nvmf://"+addrB+"/") {
@@ -130,8 +141,19 @@ func TestNexusAcrossNodes(t *testing.T) {
 	}
 	step("load done")
 	nexctlJSON(t, engA, &nx, "nexus", "get", "n0")
-	if st, reason := nx.child(t, remote); nx.State != "degraded" || st != "faulted" || reason != "io-error" {
+	// The child left unexpectedly: it is offline with a write-intent
+	// bitmap of what it missed, not faulted into a full copy.
+	if st, reason := nx.child(t, remote); nx.State != "degraded" || st != "offline" || reason != "io-error" {
 		t.Fatalf("after the kill of node B: %+v", nx)
+	}
+	var dirty uint64
+	for _, c := range nx.Children {
+		if c.URI == remote {
+			dirty = c.DirtyBytes
+		}
+	}
+	if dirty == 0 || dirty > repSize {
+		t.Fatalf("the offline child's bitmap covers %d bytes of %d", dirty, repSize)
 	}
 	if st, _ := nx.child(t, local); st != "online" {
 		t.Fatalf("local child after the kill: %+v", nx)
@@ -144,11 +166,22 @@ func TestNexusAcrossNodes(t *testing.T) {
 		t.Fatalf("r2 after restart %+v", r2)
 	}
 	step("node B back")
-	rebuilt := mustNexctl(t, engA, "nexus", "add-child", "n0", remote, "--wait")
+	// The same replica is back: online-child copies only what it missed.
+	rebuilt := mustNexctl(t, engA, "nexus", "online-child", "n0", remote, "--wait")
 	if !strings.Contains(rebuilt, "completed") {
-		t.Fatalf("add-child --wait:\n%s", rebuilt)
+		t.Fatalf("online-child --wait:\n%s", rebuilt)
 	}
-	step("rebuilt")
+	var rb []struct {
+		Child      string `json:"child"`
+		State      string `json:"state"`
+		Partial    bool   `json:"partial"`
+		TotalBytes uint64 `json:"total_bytes"`
+	}
+	nexctlJSON(t, engA, &rb, "nexus", "rebuild", "status", "n0", remote)
+	if len(rb) != 1 || rb[0].State != "completed" || !rb[0].Partial || rb[0].TotalBytes > dirty {
+		t.Fatalf("rebuild %+v, want a partial one of at most the %d dirty bytes", rb, dirty)
+	}
+	step(fmt.Sprintf("resynced: %d of %d bytes copied", rb[0].TotalBytes, repSize))
 	nexctlJSON(t, engA, &nx, "nexus", "get", "n0")
 	if st, _ := nx.child(t, remote); nx.State != "online" || st != "online" {
 		t.Fatalf("after the rebuild: %+v", nx)
