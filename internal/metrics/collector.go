@@ -82,6 +82,7 @@ type Collector struct {
 	replicaState, replicaSize, replicaAllocated *prometheus.Desc
 
 	nexusState, nexusSize, childState                       *prometheus.Desc
+	childOut, childDirty, nexusLeftOut                      *prometheus.Desc
 	rebuildDone, rebuildTotal                               *prometheus.Desc
 	rebuiltBytes, retired, readRetries, resyncRepaired      *prometheus.Desc
 	nexusOps, nexusErrors, nexusBytes, nexusLatency         *prometheus.Desc
@@ -118,6 +119,9 @@ func NewCollector(src Source) *Collector {
 		nexusState:     desc("nexus_state", "1 for the nexus's current state, 0 for the others: online (every child online), degraded (serving, some child not online), faulted (not serving).", "nexus", "state"),
 		nexusSize:      desc("nexus_size_bytes", "Size of a nexus as hosts see it.", nl...),
 		childState:     desc("nexus_child_state", "1 for the child's current state, 0 for the others.", "nexus", "child", "state"),
+		childOut:       desc("nexus_child_out_of_service", "1 while the child is faulted or offline, labelled with why (io-error, no-space, admin, out-of-sync, open-failed, identity-changed).", "nexus", "child", "reason"),
+		childDirty:     desc("nexus_child_dirty_bytes", "Bytes written while an offline child was away: what bringing it back copies.", cl...),
+		nexusLeftOut:   desc("nexus_children_left_out", "Children left out when the nexus was recreated at a start; the nexus is degraded while any is.", "nexus"),
 		rebuildDone:    desc("nexus_rebuild_done_bytes", "Bytes copied so far by a running (or paused) rebuild of a child.", cl...),
 		rebuildTotal:   desc("nexus_rebuild_size_bytes", "Bytes a running (or paused) rebuild of a child copies in all.", cl...),
 		rebuiltBytes:   desc("nexus_rebuilt_bytes_total", "Bytes copied by the rebuilds of a nexus, full and partial.", nl...),
@@ -153,7 +157,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.buildInfo, c.engineUp,
 		c.poolState, c.poolCapacity, c.poolFree, c.poolAllocated, c.poolCommitted, c.poolCluster, c.poolReplicas,
 		c.replicaState, c.replicaSize, c.replicaAllocated,
-		c.nexusState, c.nexusSize, c.childState, c.rebuildDone, c.rebuildTotal,
+		c.nexusState, c.nexusSize, c.childState, c.childOut, c.childDirty, c.nexusLeftOut, c.rebuildDone, c.rebuildTotal,
 		c.rebuiltBytes, c.retired, c.readRetries, c.resyncRepaired,
 		c.nexusOps, c.nexusErrors, c.nexusBytes, c.nexusLatency,
 		c.replicaOps, c.replicaErrors, c.replicaBytes, c.replicaLatency} {
@@ -236,8 +240,15 @@ func (c *Collector) collectNexuses(ch chan<- prometheus.Metric, e Engine) {
 	for _, n := range e.Nexuses() {
 		stateSet(ch, c.nexusState, nexusStates, string(n.State), n.Name)
 		gauge(ch, c.nexusSize, float64(n.Size), n.Name)
+		gauge(ch, c.nexusLeftOut, float64(len(n.LeftOut)), n.Name)
 		for _, ch2 := range n.Children {
 			stateSet(ch, c.childState, childStates, ch2.State.String(), n.Name, ch2.URI)
+			if ch2.State == nexus.StateFaulted || ch2.State == nexus.StateOffline {
+				gauge(ch, c.childOut, 1, n.Name, ch2.URI, string(ch2.Reason))
+			}
+			if ch2.State == nexus.StateOffline {
+				gauge(ch, c.childDirty, float64(ch2.DirtyBytes), n.Name, ch2.URI)
+			}
 			if r := ch2.Rebuild; r != nil {
 				gauge(ch, c.rebuildDone, float64(r.Done), n.Name, ch2.URI)
 				gauge(ch, c.rebuildTotal, float64(r.Total), n.Name, ch2.URI)
