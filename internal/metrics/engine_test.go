@@ -3,11 +3,15 @@ package metrics
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/nexus"
+	nxtest "github.com/nexstor/nexstor/internal/testutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -273,5 +277,82 @@ func waitNexusOnline(t *testing.T, e *engine.Engine, name string) engine.NexusIn
 			t.Fatalf("nexus %s still %s: %+v", name, ni.State, ni.Children)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestChildFillsItsPool: a thin child whose pool fills up leaves its nexus
+// with reason no-space (offline, with a write-intent bitmap, so that freeing
+// space and online-child copy only what it missed). The write that found no
+// space is acknowledged by the child that has some; the reason shows in the
+// nexus, in the metrics and in the log.
+func TestChildFillsItsPool(t *testing.T) {
+	dir := t.TempDir()
+	nbd := &captureExporter{devs: map[string]bdev.Device{}}
+	var log nxtest.SyncBuffer
+	e, err := engine.New(engine.Config{DataDir: filepath.Join(dir, "data"), Backend: engine.PoolBackend{}, NBD: nbd,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { e.Close() }()
+	ctx := context.Background()
+	// "big" has room for the whole replica; "small" has 6 clusters (of
+	// 1MiB) after a filler took most of it.
+	for name, size := range map[string]int64{"big": 64 * mib, "small": 16 * mib} {
+		disk := fmt.Sprintf("file://%s?size=%d", filepath.Join(dir, name+".img"), size)
+		if _, err := e.CreatePool(ctx, engine.PoolSpec{Name: name, Disk: disk, ClusterSize: mib}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	small, _ := e.Pool("small")
+	filler := small.Stats.Capacity - 6*mib
+	if _, err := e.CreateReplica(ctx, engine.CreateReplicaOptions{Name: "filler", Pool: "small", Size: filler}); err != nil {
+		t.Fatal(err)
+	}
+	var children []string
+	for name, pool := range map[string]string{"r1": "big", "r2": "small"} {
+		ri, err := e.CreateReplica(ctx, engine.CreateReplicaOptions{Name: name, Pool: pool, Size: 16 * mib, Thin: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		children = append(children, "bdev:///"+ri.UUID)
+	}
+	if _, err := e.CreateNexus(ctx, engine.CreateNexusOptions{Name: "n0", Children: children}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.PublishNexus(ctx, "n0", engine.ProtocolNBD, nil); err != nil {
+		t.Fatal(err)
+	}
+	dev := nbd.dev(t, "nexus/n0")
+	buf := make([]byte, mib)
+	for off := int64(0); off < 16*mib; off += mib {
+		if _, err := dev.WriteAt(buf, off); err != nil {
+			t.Fatalf("write at %d with one child full: %v", off, err)
+		}
+	}
+	ni, err := e.Nexus("n0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full *engine.NexusChild
+	for i := range ni.Children {
+		if ni.Children[i].State != nexus.StateOnline {
+			full = &ni.Children[i]
+		}
+	}
+	if ni.State != engine.NexusDegraded || full == nil || full.State != nexus.StateOffline || full.Reason != nexus.ReasonNoSpace {
+		t.Fatalf("nexus after its child's pool filled: %+v", ni)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(Static(e)))
+	g := gatherer{t, reg}
+	if v := g.value("nexstor_nexus_child_out_of_service", map[string]string{"nexus": "n0", "child": full.URI, "reason": "no-space"}); v != 1 {
+		t.Fatalf("nexstor_nexus_child_out_of_service{reason=no-space} = %v", v)
+	}
+	if v := g.value("nexstor_nexus_child_dirty_bytes", map[string]string{"nexus": "n0", "child": full.URI}); v <= 0 {
+		t.Fatalf("nexstor_nexus_child_dirty_bytes = %v", v)
+	}
+	if !strings.Contains(log.String(), "reason=no-space") {
+		t.Fatalf("the log does not say no-space:\n%s", log.String())
 	}
 }
