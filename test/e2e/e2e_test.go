@@ -64,6 +64,10 @@ func TestServerWithRealClients(t *testing.T) {
 	wantNexctlError(t, eng, []string{"p0", "already exists"}, "pool", "create", "p0", "file://"+filepath.Join(dir, "other.img")+"?size=256MiB")
 	wantNexctlError(t, eng, []string{"r0", "already exists"}, "replica", "create", "r0", "--pool", "p0", "--size", "4MiB")
 	wantNexctlError(t, eng, []string{"r1", "cluster size"}, "replica", "create", "r1", "--pool", "p0", "--size", "5MiB")
+	// A thin replica far beyond the pool's over-commit limit (250% of its
+	// 256MiB) is refused with the numbers.
+	wantNexctlError(t, eng, []string{"huge", "over-commit limit of 250%", "capacity", "committed", "asked 1099511627776"},
+		"replica", "create", "huge", "--pool", "p0", "--size", "1TiB", "--thin")
 	wantNexctlError(t, eng, []string{"r0", "shared"}, "replica", "destroy", "r0")
 	wantNexctlError(t, eng, []string{"nope"}, "replica", "get", "nope")
 
