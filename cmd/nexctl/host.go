@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/cli/version"
+	"github.com/nexstor/nexstor/internal/version"
 	"github.com/nexstor/nexstor/internal/engine/engineclient"
 )
 

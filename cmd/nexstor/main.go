@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/cli/version"
+	"github.com/nexstor/nexstor/internal/version"
 	"github.com/nexstor/nexstor/internal/control/config"
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 	"github.com/nexstor/nexstor/internal/engine"

@@ -4,36 +4,27 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
-)
 
-// Version is the version of the nexstor binaries, set at link time with
-// -ldflags "-X github.com/nexstor/nexstor/internal/engine.Version=v0.1.0".
-var Version = "devel"
+	"github.com/nexstor/nexstor/internal/version"
+)
 
 // VersionInfo describes the running binary.
 type VersionInfo struct {
-	Version   string
+	Version   string // the module version from the build info
 	Commit    string // VCS revision from the build info, when known
 	GoVersion string
 	API       string
 	Hostname  string
 }
 
-// GetVersion returns the version of the running binary.
+// GetVersion returns the version of the running binary, as the Go
+// toolchain recorded it (see internal/version).
 func GetVersion() VersionInfo {
-	v := VersionInfo{Version: Version, GoVersion: runtime.Version(), API: "v1"}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				v.Commit = s.Value
-			}
-		}
-	}
+	bi := version.Get()
+	v := VersionInfo{Version: bi.Version, Commit: bi.Revision, GoVersion: bi.Go, API: "v1"}
 	v.Hostname, _ = os.Hostname()
 	return v
 }

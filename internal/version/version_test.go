@@ -39,7 +39,7 @@ func TestBinaryVersion(t *testing.T) {
 		testutil.Missing(t, "a git checkout whose .git is a directory, where go build records the revision")
 	}
 	bin := filepath.Join(t.TempDir(), "v")
-	build := exec.Command("go", "build", "-buildvcs=true", "-o", bin, "./internal/cli/version/testdata/printversion")
+	build := exec.Command("go", "build", "-buildvcs=true", "-o", bin, "./internal/version/testdata/printversion")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)

@@ -4,7 +4,7 @@ package main
 import (
 	"fmt"
 
-	"github.com/nexstor/nexstor/internal/cli/version"
+	"github.com/nexstor/nexstor/internal/version"
 )
 
 func main() { fmt.Println(version.Get()) }
