@@ -3,6 +3,7 @@ package bdev_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 func openTemp(t *testing.T, dir string, opts bdev.FileOptions) *bdev.File {
@@ -86,7 +88,7 @@ func TestFileDirect(t *testing.T) {
 		if !errors.As(err, &flt) || !strings.Contains(err.Error(), "direct=false") {
 			t.Fatalf("forced O_DIRECT failed without saying how to fix it: %v", err)
 		}
-		t.Skipf("%s does not support O_DIRECT: %v", dir, err)
+		testutil.Missing(t, fmt.Sprintf("O_DIRECT on %s (%v)", dir, err))
 	}
 	defer f.Close()
 	if !f.Direct() {
@@ -117,11 +119,11 @@ func TestFileTmpfs(t *testing.T) {
 	var st syscall.Statfs_t
 	const tmpfsMagic = 0x01021994
 	if err := syscall.Statfs("/dev/shm", &st); err != nil || st.Type != tmpfsMagic {
-		t.Skip("no tmpfs at /dev/shm")
+		testutil.Missing(t, "a tmpfs at /dev/shm")
 	}
 	dir, err := os.MkdirTemp("/dev/shm", "bdev-test-")
 	if err != nil {
-		t.Skip(err)
+		testutil.Missing(t, err.Error())
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	f := openTemp(t, dir, bdev.FileOptions{})
@@ -290,10 +292,10 @@ func TestFileCloseDuringIO(t *testing.T) {
 // TestFileBlockDevice runs the suite on a loop device; it needs root.
 func TestFileBlockDevice(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to attach a loop device")
+		testutil.Missing(t, "root, to attach a loop device")
 	}
 	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("losetup not installed")
+		testutil.Missing(t, "losetup")
 	}
 	img := filepath.Join(t.TempDir(), "loop.img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
@@ -304,7 +306,7 @@ func TestFileBlockDevice(t *testing.T) {
 	}
 	out, err := exec.Command("losetup", "--find", "--show", "--sector-size", "4096", img).Output()
 	if err != nil {
-		t.Skipf("cannot attach a loop device: %v", err)
+		testutil.Missing(t, fmt.Sprintf("a loop device (%v)", err))
 	}
 	loop := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })

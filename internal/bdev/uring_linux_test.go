@@ -16,6 +16,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // skipWithoutURing skips when the kernel lacks io_uring (ENOSYS) or refuses
@@ -28,7 +29,7 @@ func skipWithoutURing(t testing.TB) {
 	switch {
 	case err == nil:
 	case errors.Is(err, syscall.ENOSYS), errors.Is(err, syscall.EPERM):
-		t.Skipf("io_uring unavailable here: %v", err)
+		testutil.Missing(t, fmt.Sprintf("io_uring (%v)", err))
 	default:
 		t.Fatalf("io_uring setup: %v", err)
 	}
@@ -115,7 +116,7 @@ func TestOpenURIURing(t *testing.T) {
 func TestURingDirectUnaligned(t *testing.T) {
 	f := openURing(t, filepath.Join(t.TempDir(), "d"), bdev.FileOptions{Create: true, Size: 8 << 20})
 	if !f.Direct() {
-		t.Skip("no O_DIRECT on the test filesystem")
+		testutil.Missing(t, "O_DIRECT on the test filesystem")
 	}
 	for _, skew := range []int{0, 1} {
 		n := 3<<20 + 4096
@@ -155,7 +156,7 @@ func TestURingStress(t *testing.T) {
 			f, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: size, BlockSize: bs, Direct: ptr(direct), URing: true})
 			if err != nil {
 				if direct {
-					t.Skipf("no O_DIRECT here: %v", err)
+					testutil.Missing(t, fmt.Sprintf("O_DIRECT (%v)", err))
 				}
 				t.Fatal(err)
 			}
@@ -364,7 +365,7 @@ func TestURingNoAllocations(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			f := openURing(t, filepath.Join(t.TempDir(), "d"), bdev.FileOptions{Create: true, Size: 4 << 20, Direct: ptr(m.direct)})
 			if f.Direct() != m.direct {
-				t.Skipf("direct=%v unavailable here", m.direct)
+				testutil.Missing(t, fmt.Sprintf("the direct=%v mode", m.direct))
 			}
 			buf := ioBuf(64<<10, m.unaligned)
 			allocs := testing.AllocsPerRun(50, func() {

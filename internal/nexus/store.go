@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/nexstor/nexstor/internal/fsutil"
 )
 
 // HealthRecord is the persisted health set of a nexus: which children are
@@ -142,7 +144,7 @@ func (s *FileStore) Save(_ context.Context, rec HealthRecord) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := writeFileAtomic(p, b); err != nil {
+	if err := fsutil.WriteFileAtomic(p, b, 0o600); err != nil {
 		return fmt.Errorf("nexus %s: save health record: %w", rec.NexusUUID, err)
 	}
 	return nil
@@ -159,46 +161,7 @@ func (s *FileStore) Delete(_ context.Context, uuid string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("nexus %s: delete health record: %w", uuid, err)
 	}
-	return syncDir(filepath.Dir(p))
-}
-
-func writeFileAtomic(p string, b []byte) error {
-	dir := filepath.Dir(p)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(p)+"-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.SyncDir(filepath.Dir(p))
 }
 
 // MemStore is a HealthStore in memory, for nexuses whose health need not
