@@ -404,7 +404,8 @@ func run(c config) error {
 	backing := "each in its own pool file, O_DIRECT: "
 	if c.backing == "lat" {
 		backing = fmt.Sprintf("each in its own pool on a RAM device adding %v to every operation", c.lat)
-	} else if f, err := bdev.OpenFile(r.files[3], bdev.FileOptions{Direct: ptr(true)}); err == nil {
+	} else if f, err := bdev.OpenFile(r.files[3], bdev.FileOptions{ReadOnly: true, Direct: ptr(true)}); err == nil {
+		// Read-only: the pool holds the file open (and locked) for writing.
 		backing += "yes"
 		f.Close()
 	} else {
