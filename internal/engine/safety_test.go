@@ -397,3 +397,33 @@ func TestNoRecordNeverTrustsStaleReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateRefusesDegraded: a nexus whose children do not all open is
+// refused, naming each child and why, and leaves nothing behind (no
+// nexus, no claim); --allow-degraded creates it without them.
+func TestCreateRefusesDegraded(t *testing.T) {
+	r := localEngine(t, t.TempDir(), nil)
+	e, ctx := r.e, context.Background()
+	ri, err := e.CreateReplica(ctx, CreateReplicaOptions{Name: "r1", Pool: "p0", Size: safetySize, Thin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := "bdev:///" + ri.UUID
+	dead := "nvmf://" + testutil.FreeAddr(t) + "/nqn.2024-11.io.nexstor:replica:9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e"
+	missing := "bdev:///00000000-0000-4000-8000-000000000000"
+	_, err = e.CreateNexus(ctx, CreateNexusOptions{Name: "n0", Children: []string{good, dead, missing}})
+	wantFault(t, err, fault.FailedPrecondition, "n0", "degraded", dead, missing, "--allow-degraded")
+	if _, err := e.Nexus("n0"); !IsFault(err, fault.NotFound) {
+		t.Fatalf("the refused nexus exists: %v", err)
+	}
+	if got, _ := e.Replica("r1"); got.Owner != "" {
+		t.Fatalf("the refused nexus left its claim on r1: owner %s", got.Owner)
+	}
+	ni, err := e.CreateNexus(ctx, CreateNexusOptions{Name: "n0", Children: []string{good, dead}, AllowDegraded: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ni.State != NexusDegraded || childOf(t, ni, good).State != nexus.StateOnline || childOf(t, ni, dead).State == nexus.StateOnline {
+		t.Fatalf("nexus created degraded: %+v", ni)
+	}
+}
