@@ -185,12 +185,8 @@ func dataDirInUse(dir string, err error) error {
 		return fault.Wrap(err, fault.Internal, "engine.data_dir_lock", fmt.Sprintf("data dir %s cannot be locked", dir),
 			"check that the data dir is on a local file system that supports flock")
 	}
-	who := "another process"
-	if held.PID > 0 {
-		who = fmt.Sprintf("process %d", held.PID)
-	}
 	return fault.Wrap(err, fault.FailedPrecondition, "engine.data_dir_in_use",
-		fmt.Sprintf("data dir %s is in use by %s (another nexstor server)", dir, who),
+		fmt.Sprintf("data dir %s is in use by %s (another nexstor server)", dir, held.Holder()),
 		"stop the other server, or give this one its own data dir (--data-dir, data_dir)")
 }
 

@@ -19,11 +19,15 @@ type HeldError struct {
 	PID int
 }
 
-func (e *HeldError) Error() string {
+func (e *HeldError) Error() string { return fmt.Sprintf("%s is in use by %s", e.Path, e.Holder()) }
+
+// Holder names the holder for people: "process 1234", or "another process"
+// when its PID is unknown.
+func (e *HeldError) Holder() string {
 	if e.PID > 0 {
-		return fmt.Sprintf("%s is in use by process %d", e.Path, e.PID)
+		return fmt.Sprintf("process %d", e.PID)
 	}
-	return fmt.Sprintf("%s is in use by another process", e.Path)
+	return "another process"
 }
 
 // Is makes errors.Is(err, ErrHeld) true.

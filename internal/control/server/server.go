@@ -261,12 +261,8 @@ func dataDirInUse(dir string, err error) error {
 	if !errors.As(err, &held) {
 		return fmt.Errorf("data_dir %s cannot be locked: %w", dir, err)
 	}
-	who := "another process"
-	if held.PID > 0 {
-		who = fmt.Sprintf("process %d", held.PID)
-	}
 	return fault.Wrap(err, fault.FailedPrecondition, "server.data_dir_in_use",
-		fmt.Sprintf("data_dir %s is in use by %s (another nexstor server)", dir, who),
+		fmt.Sprintf("data_dir %s is in use by %s (another nexstor server)", dir, held.Holder()),
 		"stop the other server, or give this one its own data_dir")
 }
 
