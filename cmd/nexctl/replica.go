@@ -25,7 +25,7 @@ A shared replica is exported over NBD at nbd://HOST:PORT/NAME or over
 NVMe/TCP at nvmf://HOST:PORT/NQN.`,
 	}
 	cmd.AddCommand(a.replicaCreateCmd(), a.replicaListCmd(), a.replicaGetCmd(), a.replicaDestroyCmd(),
-		a.replicaResizeCmd(), a.replicaShareCmd(), a.replicaUnshareCmd())
+		a.replicaResizeCmd(), a.replicaShareCmd(), a.replicaUnshareCmd(), a.replicaDisownCmd())
 	return cmd
 }
 
@@ -254,5 +254,36 @@ after their in-flight requests are answered.
 		},
 	}
 	o.add(cmd, "unshare")
+	return cmd
+}
+
+func (a *app) replicaDisownCmd() *cobra.Command {
+	var owner string
+	cmd := &cobra.Command{
+		Use:   "disown NAME --owner NEXUS-UUID",
+		Short: "Free a replica whose nexus is gone for good",
+		Long: `Disown clears the owner of a replica so that another nexus may use it. Use it
+when the owning nexus can no longer release the replica itself (it was
+destroyed while its node or this one was down, and will not come back):
+destroying a nexus normally releases its children.
+
+--owner must name the current owner, as ` + "`nexctl replica get`" + ` shows it: a replica
+that another nexus has claimed since is refused. The replica keeps its
+fencing epoch, so the old nexus stays locked out of it even if it returns.`,
+		Example: `  nexctl replica get r0          # Owner: nexus 1b2e8c1a-...
+  nexctl replica disown r0 --owner 1b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
+				r, err := c.DisownReplica(ctx, &enginev1.DisownReplicaRequest{Name: args[0], Owner: owner})
+				if err != nil {
+					return err
+				}
+				return a.printReplica(r)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&owner, "owner", "", "UUID of the nexus that owns the replica and is gone (required)")
+	cmd.MarkFlagRequired("owner")
 	return cmd
 }

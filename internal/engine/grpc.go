@@ -137,6 +137,14 @@ func (s *replicaServer) UnshareReplica(ctx context.Context, r *enginev1.UnshareR
 	return ReplicaToProto(ri), nil
 }
 
+func (s *replicaServer) DisownReplica(ctx context.Context, r *enginev1.DisownReplicaRequest) (*enginev1.Replica, error) {
+	ri, err := s.e.DisownReplica(ctx, r.GetName(), r.GetOwner())
+	if err != nil {
+		return nil, err
+	}
+	return ReplicaToProto(ri), nil
+}
+
 type hostServer struct {
 	enginev1.UnimplementedHostServiceServer
 	sysBlock string

@@ -266,6 +266,44 @@ func (e *Engine) DestroyReplica(ctx context.Context, name string, a Access) erro
 	return nil
 }
 
+// DisownReplica clears the owner of a replica whose nexus, owner, is gone
+// for good, so that another nexus may claim it; its epoch stays, so that
+// nexus stays fenced out. owner must be the current owner: a replica that
+// another nexus has claimed since is refused. An unowned replica is
+// returned as it is.
+func (e *Engine) DisownReplica(ctx context.Context, name, owner string) (ReplicaInfo, error) {
+	if err := live(ctx); err != nil {
+		return ReplicaInfo{}, err
+	}
+	if owner == "" {
+		return ReplicaInfo{}, fault.New(fault.InvalidArgument, "replica.owner_missing",
+			fmt.Sprintf("replica %q: no owner given", name), "give the UUID of the nexus that is gone (--owner), as `nexctl replica get` shows it")
+	}
+	pe, done, err := e.beginReplicaOp(name, "", false)
+	if err != nil {
+		return ReplicaInfo{}, err
+	}
+	defer func() {
+		e.mu.Lock()
+		done()
+		e.mu.Unlock()
+	}()
+	rs, err := pe.h.ReplicaInfo(name)
+	if err != nil {
+		return ReplicaInfo{}, mapPoolErr(err, "replica", name)
+	}
+	if rs.Owner != "" {
+		if err := e.checkOwner(pe, name, "disown", Access{Owner: owner}); err != nil {
+			return ReplicaInfo{}, err
+		}
+		if err := pe.h.Disown(name); err != nil {
+			return ReplicaInfo{}, mapPoolErr(err, "replica", name)
+		}
+		e.log.Warn("replica disowned", "replica", name, "owner", rs.Owner, "epoch", rs.Epoch)
+	}
+	return e.replicaInfoOf(pe, name)
+}
+
 // ResizeReplica grows a replica to size bytes (a multiple of the pool's
 // cluster size). Shrinking is refused, and so is an owned replica unless a
 // allows it.

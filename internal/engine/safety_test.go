@@ -199,6 +199,9 @@ func TestReplicaHasOneOwner(t *testing.T) {
 	if _, err := e.UnshareReplica(ctx, "r1", Access{Force: true}); err != nil {
 		t.Fatalf("forced unshare: %v", err)
 	}
+	// Disown is for an owner gone for good, and names it.
+	_, err = e.DisownReplica(ctx, "r1", "1b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e")
+	wantFault(t, err, fault.FailedPrecondition, "r1", n1.UUID)
 	// Destroying the nexus releases the claim: the replica is free.
 	if err := e.DestroyNexus(ctx, "n1"); err != nil {
 		t.Fatal(err)
@@ -206,8 +209,21 @@ func TestReplicaHasOneOwner(t *testing.T) {
 	if got, _ := e.Replica("r1"); got.Owner != "" {
 		t.Fatalf("owner %q after the nexus was destroyed", got.Owner)
 	}
-	if _, err := e.CreateNexus(ctx, CreateNexusOptions{Name: "n2", Children: []string{"bdev:///" + ri.UUID}}); err != nil {
+	n2, err := e.CreateNexus(ctx, CreateNexusOptions{Name: "n2", Children: []string{"bdev:///" + ri.UUID}})
+	if err != nil {
 		t.Fatalf("a new nexus over the released replica: %v", err)
+	}
+	// n2 is lost for good (forgotten here without a destroy): disowning
+	// frees the replica, keeping its epoch.
+	before, _ := e.Replica("r1")
+	if err := e.Quiesce(); err != nil {
+		t.Fatal(err)
+	}
+	e.quiesced = false // the engine keeps serving, the nexus is gone
+	delete(e.nexuses, "n2")
+	got, err := e.DisownReplica(ctx, "r1", n2.UUID)
+	if err != nil || got.Owner != "" || got.Epoch != before.Epoch {
+		t.Fatalf("disown: %+v, %v (epoch was %d)", got, err, before.Epoch)
 	}
 }
 

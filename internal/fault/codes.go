@@ -122,6 +122,7 @@ var registry = []Spec{
 	{"pool.unsupported", FailedPrecondition, "nothing was written; open the pool with the Nexstor version that wrote it, or a newer one"},
 	{"replica.exists", AlreadyExists, "choose another name; replica names are unique on a node"},
 	{"replica.owned", FailedPrecondition, "remove it from its nexus first (nexctl nexus remove-child), or destroy the nexus; --force does it anyway"},
+	{"replica.owner_missing", InvalidArgument, "give the UUID of the nexus that is gone (--owner), as `nexctl replica get` shows it"},
 	{"replica.io", Internal, "see the server log; check the pool's disk"},
 	{"replica.name_invalid", InvalidArgument, "use 1-63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"},
 	{"replica.name_missing", InvalidArgument, "give the replica a name of 1-63 characters of A-Z a-z 0-9 . _ -"},

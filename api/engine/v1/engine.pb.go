@@ -1449,6 +1449,59 @@ func (x *UnshareReplicaRequest) GetOwner() string {
 	return ""
 }
 
+type DisownReplicaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// owner is the uuid of the nexus the caller knows to be gone.
+	Owner         string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisownReplicaRequest) Reset() {
+	*x = DisownReplicaRequest{}
+	mi := &file_engine_v1_engine_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisownReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisownReplicaRequest) ProtoMessage() {}
+
+func (x *DisownReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_engine_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisownReplicaRequest.ProtoReflect.Descriptor instead.
+func (*DisownReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DisownReplicaRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DisownReplicaRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
 type GetVersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1457,7 +1510,7 @@ type GetVersionRequest struct {
 
 func (x *GetVersionRequest) Reset() {
 	*x = GetVersionRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[21]
+	mi := &file_engine_v1_engine_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1522,7 @@ func (x *GetVersionRequest) String() string {
 func (*GetVersionRequest) ProtoMessage() {}
 
 func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[21]
+	mi := &file_engine_v1_engine_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1535,7 @@ func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetVersionRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{21}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{22}
 }
 
 type GetVersionResponse struct {
@@ -1501,7 +1554,7 @@ type GetVersionResponse struct {
 
 func (x *GetVersionResponse) Reset() {
 	*x = GetVersionResponse{}
-	mi := &file_engine_v1_engine_proto_msgTypes[22]
+	mi := &file_engine_v1_engine_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1566,7 @@ func (x *GetVersionResponse) String() string {
 func (*GetVersionResponse) ProtoMessage() {}
 
 func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[22]
+	mi := &file_engine_v1_engine_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1579,7 @@ func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
 func (*GetVersionResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{22}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetVersionResponse) GetVersion() string {
@@ -1572,7 +1625,7 @@ type ListBlockDevicesRequest struct {
 
 func (x *ListBlockDevicesRequest) Reset() {
 	*x = ListBlockDevicesRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[23]
+	mi := &file_engine_v1_engine_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1637,7 @@ func (x *ListBlockDevicesRequest) String() string {
 func (*ListBlockDevicesRequest) ProtoMessage() {}
 
 func (x *ListBlockDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[23]
+	mi := &file_engine_v1_engine_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1650,7 @@ func (x *ListBlockDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlockDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListBlockDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{23}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{24}
 }
 
 // BlockDevice is a block device of the host.
@@ -1617,7 +1670,7 @@ type BlockDevice struct {
 
 func (x *BlockDevice) Reset() {
 	*x = BlockDevice{}
-	mi := &file_engine_v1_engine_proto_msgTypes[24]
+	mi := &file_engine_v1_engine_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1682,7 @@ func (x *BlockDevice) String() string {
 func (*BlockDevice) ProtoMessage() {}
 
 func (x *BlockDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[24]
+	mi := &file_engine_v1_engine_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1695,7 @@ func (x *BlockDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDevice.ProtoReflect.Descriptor instead.
 func (*BlockDevice) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{24}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BlockDevice) GetName() string {
@@ -1689,7 +1742,7 @@ type ListBlockDevicesResponse struct {
 
 func (x *ListBlockDevicesResponse) Reset() {
 	*x = ListBlockDevicesResponse{}
-	mi := &file_engine_v1_engine_proto_msgTypes[25]
+	mi := &file_engine_v1_engine_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1754,7 @@ func (x *ListBlockDevicesResponse) String() string {
 func (*ListBlockDevicesResponse) ProtoMessage() {}
 
 func (x *ListBlockDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[25]
+	mi := &file_engine_v1_engine_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1767,7 @@ func (x *ListBlockDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlockDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListBlockDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{25}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListBlockDevicesResponse) GetDevices() []*BlockDevice {
@@ -1813,7 +1866,10 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x15UnshareReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\x12\x14\n" +
-	"\x05owner\x18\x03 \x01(\tR\x05owner\"\x13\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\"@\n" +
+	"\x14DisownReplicaRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\"\x13\n" +
 	"\x11GetVersionRequest\"\x93\x01\n" +
 	"\x12GetVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
@@ -1850,7 +1906,7 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
 	"ImportPool\x12$.nexstor.engine.v1.ImportPoolRequest\x1a\x17.nexstor.engine.v1.Pool\x12Y\n" +
 	"\n" +
-	"ExportPool\x12$.nexstor.engine.v1.ExportPoolRequest\x1a%.nexstor.engine.v1.ExportPoolResponse2\x80\x05\n" +
+	"ExportPool\x12$.nexstor.engine.v1.ExportPoolRequest\x1a%.nexstor.engine.v1.ExportPoolResponse2\xd6\x05\n" +
 	"\x0eReplicaService\x12T\n" +
 	"\rCreateReplica\x12'.nexstor.engine.v1.CreateReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica\x12_\n" +
 	"\fListReplicas\x12&.nexstor.engine.v1.ListReplicasRequest\x1a'.nexstor.engine.v1.ListReplicasResponse\x12N\n" +
@@ -1859,7 +1915,8 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x0eDestroyReplica\x12(.nexstor.engine.v1.DestroyReplicaRequest\x1a).nexstor.engine.v1.DestroyReplicaResponse\x12T\n" +
 	"\rResizeReplica\x12'.nexstor.engine.v1.ResizeReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica\x12R\n" +
 	"\fShareReplica\x12&.nexstor.engine.v1.ShareReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica\x12V\n" +
-	"\x0eUnshareReplica\x12(.nexstor.engine.v1.UnshareReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica2\xd5\x01\n" +
+	"\x0eUnshareReplica\x12(.nexstor.engine.v1.UnshareReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica\x12T\n" +
+	"\rDisownReplica\x12'.nexstor.engine.v1.DisownReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica2\xd5\x01\n" +
 	"\vHostService\x12Y\n" +
 	"\n" +
 	"GetVersion\x12$.nexstor.engine.v1.GetVersionRequest\x1a%.nexstor.engine.v1.GetVersionResponse\x12k\n" +
@@ -1878,7 +1935,7 @@ func file_engine_v1_engine_proto_rawDescGZIP() []byte {
 }
 
 var file_engine_v1_engine_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_engine_v1_engine_proto_goTypes = []any{
 	(PoolState)(0),                   // 0: nexstor.engine.v1.PoolState
 	(ReplicaState)(0),                // 1: nexstor.engine.v1.ReplicaState
@@ -1903,11 +1960,12 @@ var file_engine_v1_engine_proto_goTypes = []any{
 	(*ResizeReplicaRequest)(nil),     // 20: nexstor.engine.v1.ResizeReplicaRequest
 	(*ShareReplicaRequest)(nil),      // 21: nexstor.engine.v1.ShareReplicaRequest
 	(*UnshareReplicaRequest)(nil),    // 22: nexstor.engine.v1.UnshareReplicaRequest
-	(*GetVersionRequest)(nil),        // 23: nexstor.engine.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),       // 24: nexstor.engine.v1.GetVersionResponse
-	(*ListBlockDevicesRequest)(nil),  // 25: nexstor.engine.v1.ListBlockDevicesRequest
-	(*BlockDevice)(nil),              // 26: nexstor.engine.v1.BlockDevice
-	(*ListBlockDevicesResponse)(nil), // 27: nexstor.engine.v1.ListBlockDevicesResponse
+	(*DisownReplicaRequest)(nil),     // 23: nexstor.engine.v1.DisownReplicaRequest
+	(*GetVersionRequest)(nil),        // 24: nexstor.engine.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),       // 25: nexstor.engine.v1.GetVersionResponse
+	(*ListBlockDevicesRequest)(nil),  // 26: nexstor.engine.v1.ListBlockDevicesRequest
+	(*BlockDevice)(nil),              // 27: nexstor.engine.v1.BlockDevice
+	(*ListBlockDevicesResponse)(nil), // 28: nexstor.engine.v1.ListBlockDevicesResponse
 }
 var file_engine_v1_engine_proto_depIdxs = []int32{
 	0,  // 0: nexstor.engine.v1.Pool.state:type_name -> nexstor.engine.v1.PoolState
@@ -1916,7 +1974,7 @@ var file_engine_v1_engine_proto_depIdxs = []int32{
 	12, // 3: nexstor.engine.v1.Replica.share:type_name -> nexstor.engine.v1.Share
 	12, // 4: nexstor.engine.v1.Replica.shares:type_name -> nexstor.engine.v1.Share
 	13, // 5: nexstor.engine.v1.ListReplicasResponse.replicas:type_name -> nexstor.engine.v1.Replica
-	26, // 6: nexstor.engine.v1.ListBlockDevicesResponse.devices:type_name -> nexstor.engine.v1.BlockDevice
+	27, // 6: nexstor.engine.v1.ListBlockDevicesResponse.devices:type_name -> nexstor.engine.v1.BlockDevice
 	3,  // 7: nexstor.engine.v1.PoolService.CreatePool:input_type -> nexstor.engine.v1.CreatePoolRequest
 	4,  // 8: nexstor.engine.v1.PoolService.ListPools:input_type -> nexstor.engine.v1.ListPoolsRequest
 	6,  // 9: nexstor.engine.v1.PoolService.GetPool:input_type -> nexstor.engine.v1.GetPoolRequest
@@ -1930,25 +1988,27 @@ var file_engine_v1_engine_proto_depIdxs = []int32{
 	20, // 17: nexstor.engine.v1.ReplicaService.ResizeReplica:input_type -> nexstor.engine.v1.ResizeReplicaRequest
 	21, // 18: nexstor.engine.v1.ReplicaService.ShareReplica:input_type -> nexstor.engine.v1.ShareReplicaRequest
 	22, // 19: nexstor.engine.v1.ReplicaService.UnshareReplica:input_type -> nexstor.engine.v1.UnshareReplicaRequest
-	23, // 20: nexstor.engine.v1.HostService.GetVersion:input_type -> nexstor.engine.v1.GetVersionRequest
-	25, // 21: nexstor.engine.v1.HostService.ListBlockDevices:input_type -> nexstor.engine.v1.ListBlockDevicesRequest
-	2,  // 22: nexstor.engine.v1.PoolService.CreatePool:output_type -> nexstor.engine.v1.Pool
-	5,  // 23: nexstor.engine.v1.PoolService.ListPools:output_type -> nexstor.engine.v1.ListPoolsResponse
-	2,  // 24: nexstor.engine.v1.PoolService.GetPool:output_type -> nexstor.engine.v1.Pool
-	8,  // 25: nexstor.engine.v1.PoolService.DestroyPool:output_type -> nexstor.engine.v1.DestroyPoolResponse
-	2,  // 26: nexstor.engine.v1.PoolService.ImportPool:output_type -> nexstor.engine.v1.Pool
-	11, // 27: nexstor.engine.v1.PoolService.ExportPool:output_type -> nexstor.engine.v1.ExportPoolResponse
-	13, // 28: nexstor.engine.v1.ReplicaService.CreateReplica:output_type -> nexstor.engine.v1.Replica
-	16, // 29: nexstor.engine.v1.ReplicaService.ListReplicas:output_type -> nexstor.engine.v1.ListReplicasResponse
-	13, // 30: nexstor.engine.v1.ReplicaService.GetReplica:output_type -> nexstor.engine.v1.Replica
-	19, // 31: nexstor.engine.v1.ReplicaService.DestroyReplica:output_type -> nexstor.engine.v1.DestroyReplicaResponse
-	13, // 32: nexstor.engine.v1.ReplicaService.ResizeReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 33: nexstor.engine.v1.ReplicaService.ShareReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 34: nexstor.engine.v1.ReplicaService.UnshareReplica:output_type -> nexstor.engine.v1.Replica
-	24, // 35: nexstor.engine.v1.HostService.GetVersion:output_type -> nexstor.engine.v1.GetVersionResponse
-	27, // 36: nexstor.engine.v1.HostService.ListBlockDevices:output_type -> nexstor.engine.v1.ListBlockDevicesResponse
-	22, // [22:37] is the sub-list for method output_type
-	7,  // [7:22] is the sub-list for method input_type
+	23, // 20: nexstor.engine.v1.ReplicaService.DisownReplica:input_type -> nexstor.engine.v1.DisownReplicaRequest
+	24, // 21: nexstor.engine.v1.HostService.GetVersion:input_type -> nexstor.engine.v1.GetVersionRequest
+	26, // 22: nexstor.engine.v1.HostService.ListBlockDevices:input_type -> nexstor.engine.v1.ListBlockDevicesRequest
+	2,  // 23: nexstor.engine.v1.PoolService.CreatePool:output_type -> nexstor.engine.v1.Pool
+	5,  // 24: nexstor.engine.v1.PoolService.ListPools:output_type -> nexstor.engine.v1.ListPoolsResponse
+	2,  // 25: nexstor.engine.v1.PoolService.GetPool:output_type -> nexstor.engine.v1.Pool
+	8,  // 26: nexstor.engine.v1.PoolService.DestroyPool:output_type -> nexstor.engine.v1.DestroyPoolResponse
+	2,  // 27: nexstor.engine.v1.PoolService.ImportPool:output_type -> nexstor.engine.v1.Pool
+	11, // 28: nexstor.engine.v1.PoolService.ExportPool:output_type -> nexstor.engine.v1.ExportPoolResponse
+	13, // 29: nexstor.engine.v1.ReplicaService.CreateReplica:output_type -> nexstor.engine.v1.Replica
+	16, // 30: nexstor.engine.v1.ReplicaService.ListReplicas:output_type -> nexstor.engine.v1.ListReplicasResponse
+	13, // 31: nexstor.engine.v1.ReplicaService.GetReplica:output_type -> nexstor.engine.v1.Replica
+	19, // 32: nexstor.engine.v1.ReplicaService.DestroyReplica:output_type -> nexstor.engine.v1.DestroyReplicaResponse
+	13, // 33: nexstor.engine.v1.ReplicaService.ResizeReplica:output_type -> nexstor.engine.v1.Replica
+	13, // 34: nexstor.engine.v1.ReplicaService.ShareReplica:output_type -> nexstor.engine.v1.Replica
+	13, // 35: nexstor.engine.v1.ReplicaService.UnshareReplica:output_type -> nexstor.engine.v1.Replica
+	13, // 36: nexstor.engine.v1.ReplicaService.DisownReplica:output_type -> nexstor.engine.v1.Replica
+	25, // 37: nexstor.engine.v1.HostService.GetVersion:output_type -> nexstor.engine.v1.GetVersionResponse
+	28, // 38: nexstor.engine.v1.HostService.ListBlockDevices:output_type -> nexstor.engine.v1.ListBlockDevicesResponse
+	23, // [23:39] is the sub-list for method output_type
+	7,  // [7:23] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1965,7 +2025,7 @@ func file_engine_v1_engine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_engine_v1_engine_proto_rawDesc), len(file_engine_v1_engine_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

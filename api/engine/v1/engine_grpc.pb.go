@@ -364,6 +364,7 @@ const (
 	ReplicaService_ResizeReplica_FullMethodName  = "/nexstor.engine.v1.ReplicaService/ResizeReplica"
 	ReplicaService_ShareReplica_FullMethodName   = "/nexstor.engine.v1.ReplicaService/ShareReplica"
 	ReplicaService_UnshareReplica_FullMethodName = "/nexstor.engine.v1.ReplicaService/UnshareReplica"
+	ReplicaService_DisownReplica_FullMethodName  = "/nexstor.engine.v1.ReplicaService/DisownReplica"
 )
 
 // ReplicaServiceClient is the client API for ReplicaService service.
@@ -401,6 +402,13 @@ type ReplicaServiceClient interface {
 	// is refused as by DestroyReplica: its owner may be reading and writing
 	// through the share.
 	UnshareReplica(ctx context.Context, in *UnshareReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
+	// DisownReplica clears the owner of a replica whose nexus is gone for
+	// good (destroyed on a node that was down, say), so that another nexus
+	// may claim it. The request names the owner it expects: a replica owned
+	// by another nexus (one that claimed it since) is refused
+	// (FailedPrecondition), and an unowned one is returned as it is. The
+	// epoch is kept, so the old nexus stays fenced.
+	DisownReplica(ctx context.Context, in *DisownReplicaRequest, opts ...grpc.CallOption) (*Replica, error)
 }
 
 type replicaServiceClient struct {
@@ -481,6 +489,16 @@ func (c *replicaServiceClient) UnshareReplica(ctx context.Context, in *UnshareRe
 	return out, nil
 }
 
+func (c *replicaServiceClient) DisownReplica(ctx context.Context, in *DisownReplicaRequest, opts ...grpc.CallOption) (*Replica, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Replica)
+	err := c.cc.Invoke(ctx, ReplicaService_DisownReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicaServiceServer is the server API for ReplicaService service.
 // All implementations must embed UnimplementedReplicaServiceServer
 // for forward compatibility.
@@ -516,6 +534,13 @@ type ReplicaServiceServer interface {
 	// is refused as by DestroyReplica: its owner may be reading and writing
 	// through the share.
 	UnshareReplica(context.Context, *UnshareReplicaRequest) (*Replica, error)
+	// DisownReplica clears the owner of a replica whose nexus is gone for
+	// good (destroyed on a node that was down, say), so that another nexus
+	// may claim it. The request names the owner it expects: a replica owned
+	// by another nexus (one that claimed it since) is refused
+	// (FailedPrecondition), and an unowned one is returned as it is. The
+	// epoch is kept, so the old nexus stays fenced.
+	DisownReplica(context.Context, *DisownReplicaRequest) (*Replica, error)
 	mustEmbedUnimplementedReplicaServiceServer()
 }
 
@@ -546,6 +571,9 @@ func (UnimplementedReplicaServiceServer) ShareReplica(context.Context, *ShareRep
 }
 func (UnimplementedReplicaServiceServer) UnshareReplica(context.Context, *UnshareReplicaRequest) (*Replica, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UnshareReplica not implemented")
+}
+func (UnimplementedReplicaServiceServer) DisownReplica(context.Context, *DisownReplicaRequest) (*Replica, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DisownReplica not implemented")
 }
 func (UnimplementedReplicaServiceServer) mustEmbedUnimplementedReplicaServiceServer() {}
 func (UnimplementedReplicaServiceServer) testEmbeddedByValue()                        {}
@@ -694,6 +722,24 @@ func _ReplicaService_UnshareReplica_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReplicaService_DisownReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DisownReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaServiceServer).DisownReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReplicaService_DisownReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaServiceServer).DisownReplica(ctx, req.(*DisownReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReplicaService_ServiceDesc is the grpc.ServiceDesc for ReplicaService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -728,6 +774,10 @@ var ReplicaService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnshareReplica",
 			Handler:    _ReplicaService_UnshareReplica_Handler,
+		},
+		{
+			MethodName: "DisownReplica",
+			Handler:    _ReplicaService_DisownReplica_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

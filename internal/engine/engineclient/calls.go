@@ -16,10 +16,13 @@ import (
 // Pools.
 
 // CreatePool formats the disk of r as a new pool (r.ClusterSize in bytes, 0
-// for the default). Not idempotent: a repeat fails with AlreadyExists
-// (pool.exists), or with FailedPrecondition (pool.disk_in_use) for another
-// name on the same disk. r.Force formats a disk that holds another pool,
-// destroying its data.
+// for the default; r.OvercommitPercent its thin over-commit limit, 0 for
+// 250). Idempotent by name and disk: a repeat returns the pool; another disk,
+// cluster size or limit under that name fails with AlreadyExists
+// (pool.exists), another name on the same disk with FailedPrecondition
+// (pool.disk_in_use), and a disk another process holds with
+// FailedPrecondition (bdev.busy). r.Force formats a disk that holds another
+// pool, destroying its data.
 func (c *Client) CreatePool(ctx context.Context, r *enginev1.CreatePoolRequest) (*enginev1.Pool, error) {
 	return c.pools.CreatePool(ctx, r)
 }
@@ -58,9 +61,11 @@ func (c *Client) ExportPool(ctx context.Context, r *enginev1.ExportPoolRequest) 
 // Replicas.
 
 // CreateReplica creates a replica of r.Size bytes (a multiple of the pool's
-// cluster size) in r.Pool. Not idempotent: a repeat fails with
-// AlreadyExists (replica.exists); give r.Uuid to recognise the replica
-// made by an earlier try with GetReplica.
+// cluster size) in r.Pool. Idempotent when r.Uuid is set: a repeat returns
+// the replica, and a replica of that name or uuid with another spec fails
+// with AlreadyExists (replica.exists) naming the difference. Without r.Uuid
+// a repeat fails with AlreadyExists. Beyond the pool's over-commit limit:
+// ResourceExhausted (pool.overcommit).
 func (c *Client) CreateReplica(ctx context.Context, r *enginev1.CreateReplicaRequest) (*enginev1.Replica, error) {
 	return c.replicas.CreateReplica(ctx, r)
 }
@@ -78,8 +83,9 @@ func (c *Client) GetReplica(ctx context.Context, r *enginev1.GetReplicaRequest) 
 }
 
 // DestroyReplica deletes a replica and frees its clusters; a shared one is
-// refused (replica.shared). Not idempotent: a repeat fails with NotFound
-// (replica.not_found).
+// refused (replica.shared), and one a nexus owns (replica.owned) unless
+// r.Owner names that nexus or r.Force is set. Not idempotent: a repeat
+// fails with NotFound (replica.not_found).
 func (c *Client) DestroyReplica(ctx context.Context, r *enginev1.DestroyReplicaRequest) (*enginev1.DestroyReplicaResponse, error) {
 	return c.replicas.DestroyReplica(ctx, r)
 }
@@ -100,17 +106,30 @@ func (c *Client) ShareReplica(ctx context.Context, r *enginev1.ShareReplicaReque
 }
 
 // UnshareReplica withdraws every share of a replica; connected clients are
-// disconnected once their in-flight requests are answered. Idempotent:
-// unsharing an unshared replica succeeds.
+// disconnected once their in-flight requests are answered. An owned replica
+// is refused as by DestroyReplica. Idempotent: unsharing an unshared
+// replica succeeds.
 func (c *Client) UnshareReplica(ctx context.Context, r *enginev1.UnshareReplicaRequest) (*enginev1.Replica, error) {
 	return c.replicas.UnshareReplica(ctx, r)
 }
 
+// DisownReplica clears the owner of a replica whose nexus (r.Owner) is gone
+// for good; its epoch stays, so that nexus stays fenced. Idempotent: an
+// unowned replica is returned as it is; one another nexus owns fails with
+// FailedPrecondition (replica.owned).
+func (c *Client) DisownReplica(ctx context.Context, r *enginev1.DisownReplicaRequest) (*enginev1.Replica, error) {
+	return c.replicas.DisownReplica(ctx, r)
+}
+
 // Nexuses.
 
-// CreateNexus opens r.Children and starts a mirror over them. Not
-// idempotent: a repeat fails with AlreadyExists (nexus.exists, or
-// nexus.uuid_exists for another name with the same r.Uuid).
+// CreateNexus opens and claims r.Children and starts a mirror over them.
+// Idempotent when r.Uuid is set: a repeat with the same uuid and children
+// returns the nexus; otherwise AlreadyExists (nexus.exists, or
+// nexus.uuid_exists for another name with the same r.Uuid). A child owned
+// by another nexus fails with FailedPrecondition (nexus.child_owned), and
+// children that cannot be opened with FailedPrecondition (nexus.degraded)
+// unless r.AllowDegraded.
 func (c *Client) CreateNexus(ctx context.Context, r *enginev1.CreateNexusRequest) (*enginev1.Nexus, error) {
 	return c.nexuses.CreateNexus(ctx, r)
 }
@@ -126,8 +145,9 @@ func (c *Client) GetNexus(ctx context.Context, r *enginev1.GetNexusRequest) (*en
 	return c.nexuses.GetNexus(ctx, r)
 }
 
-// DestroyNexus unpublishes and closes a nexus and deletes its health
-// record; the children's replicas are left as they are. Not idempotent: a
+// DestroyNexus unpublishes and closes a nexus, releases its children's
+// claims and deletes its health record; the children's data is left as it
+// is. Not idempotent: a
 // repeat fails with NotFound (nexus.not_found).
 func (c *Client) DestroyNexus(ctx context.Context, r *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error) {
 	return c.nexuses.DestroyNexus(ctx, r)
