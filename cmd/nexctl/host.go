@@ -8,8 +8,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/version"
 	"github.com/nexstor/nexstor/internal/engine/engineclient"
+	"github.com/nexstor/nexstor/internal/version"
 )
 
 func (a *app) hostCmd() *cobra.Command {

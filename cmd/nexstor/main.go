@@ -20,13 +20,13 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/cli/output"
-	"github.com/nexstor/nexstor/internal/version"
 	"github.com/nexstor/nexstor/internal/control/config"
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
 	"github.com/nexstor/nexstor/internal/engine"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/security"
+	"github.com/nexstor/nexstor/internal/version"
 )
 
 // shutdownGrace bounds how long in-flight gRPC calls may run at shutdown.
