@@ -953,7 +953,12 @@ type CreateReplicaRequest struct {
 	// thin allocates clusters on first write; otherwise all are allocated now.
 	Thin bool `protobuf:"varint,4,opt,name=thin,proto3" json:"thin,omitempty"`
 	// uuid, when set, is used instead of a generated one.
-	Uuid          string `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Uuid string `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	// owner, when set, claims the replica for that owner (a volume's nexus
+	// UUID) as it is created, at epoch 0: it is never unowned, and only a
+	// nexus of that UUID may open it. An existing replica of the same spec is
+	// returned only when it has that owner.
+	Owner         string `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1019,6 +1024,13 @@ func (x *CreateReplicaRequest) GetThin() bool {
 func (x *CreateReplicaRequest) GetUuid() string {
 	if x != nil {
 		return x.Uuid
+	}
+	return ""
+}
+
+func (x *CreateReplicaRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
 	}
 	return ""
 }
@@ -1836,13 +1848,14 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	" \x03(\v2\x18.nexstor.engine.v1.ShareR\x06shares\x12\x14\n" +
 	"\x05nguid\x18\v \x01(\tR\x05nguid\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\x12\x14\n" +
-	"\x05epoch\x18\r \x01(\x04R\x05epoch\"z\n" +
+	"\x05epoch\x18\r \x01(\x04R\x05epoch\"\x90\x01\n" +
 	"\x14CreateReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x12\n" +
 	"\x04thin\x18\x04 \x01(\bR\x04thin\x12\x12\n" +
-	"\x04uuid\x18\x05 \x01(\tR\x04uuid\")\n" +
+	"\x04uuid\x18\x05 \x01(\tR\x04uuid\x12\x14\n" +
+	"\x05owner\x18\x06 \x01(\tR\x05owner\")\n" +
 	"\x13ListReplicasRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\"N\n" +
 	"\x14ListReplicasResponse\x126\n" +

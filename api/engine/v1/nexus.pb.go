@@ -603,7 +603,11 @@ type CreateNexusRequest struct {
 	// verify_in_sync, when the health store has no record, compares the
 	// children before serving and admits them all as current if they hold
 	// the same data; otherwise the source rule applies.
-	VerifyInSync  bool `protobuf:"varint,8,opt,name=verify_in_sync,json=verifyInSync,proto3" json:"verify_in_sync,omitempty"`
+	VerifyInSync bool `protobuf:"varint,8,opt,name=verify_in_sync,json=verifyInSync,proto3" json:"verify_in_sync,omitempty"`
+	// health_store: "local" (default when empty), the node's own file store;
+	// or "system", the management service's store in etcd, which a nexus of
+	// the same UUID created on any node shares (volumes use it).
+	HealthStore   string `protobuf:"bytes,9,opt,name=health_store,json=healthStore,proto3" json:"health_store,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -692,6 +696,13 @@ func (x *CreateNexusRequest) GetVerifyInSync() bool {
 		return x.VerifyInSync
 	}
 	return false
+}
+
+func (x *CreateNexusRequest) GetHealthStore() string {
+	if x != nil {
+		return x.HealthStore
+	}
+	return ""
 }
 
 type ListNexusesRequest struct {
@@ -1314,6 +1325,59 @@ func (x *VerifyResponse) GetMismatches() []*Range {
 	return nil
 }
 
+type ResizeNexusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// size in bytes, a multiple of the block size.
+	Size          uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizeNexusRequest) Reset() {
+	*x = ResizeNexusRequest{}
+	mi := &file_engine_v1_nexus_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizeNexusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizeNexusRequest) ProtoMessage() {}
+
+func (x *ResizeNexusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_nexus_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizeNexusRequest.ProtoReflect.Descriptor instead.
+func (*ResizeNexusRequest) Descriptor() ([]byte, []int) {
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ResizeNexusRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResizeNexusRequest) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 var File_engine_v1_nexus_proto protoreflect.FileDescriptor
 
 const file_engine_v1_nexus_proto_rawDesc = "" +
@@ -1364,7 +1428,7 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\bleft_out\x18\n" +
 	" \x03(\v2\x1f.nexstor.engine.v1.LeftOutChildR\aleftOut\x12\x14\n" +
 	"\x05epoch\x18\v \x01(\x04R\x05epochJ\x04\b\t\x10\n" +
-	"\"\xe7\x01\n" +
+	"\"\x8a\x02\n" +
 	"\x12CreateNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1373,7 +1437,8 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x05force\x18\x05 \x01(\bR\x05force\x12%\n" +
 	"\x0eallow_degraded\x18\x06 \x01(\bR\rallowDegraded\x12\x16\n" +
 	"\x06source\x18\a \x01(\tR\x06source\x12$\n" +
-	"\x0everify_in_sync\x18\b \x01(\bR\fverifyInSync\"\x14\n" +
+	"\x0everify_in_sync\x18\b \x01(\bR\fverifyInSync\x12!\n" +
+	"\fhealth_store\x18\t \x01(\tR\vhealthStore\"\x14\n" +
 	"\x12ListNexusesRequest\"I\n" +
 	"\x13ListNexusesResponse\x122\n" +
 	"\anexuses\x18\x01 \x03(\v2\x18.nexstor.engine.v1.NexusR\anexuses\"%\n" +
@@ -1406,7 +1471,10 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\bchildren\x18\x02 \x03(\tR\bchildren\x128\n" +
 	"\n" +
 	"mismatches\x18\x03 \x03(\v2\x18.nexstor.engine.v1.RangeR\n" +
-	"mismatches*t\n" +
+	"mismatches\"<\n" +
+	"\x12ResizeNexusRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size*t\n" +
 	"\n" +
 	"NexusState\x12\x1b\n" +
 	"\x17NEXUS_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -1419,7 +1487,7 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x12CHILD_STATE_ONLINE\x10\x01\x12\x1a\n" +
 	"\x16CHILD_STATE_REBUILDING\x10\x02\x12\x17\n" +
 	"\x13CHILD_STATE_FAULTED\x10\x03\x12\x17\n" +
-	"\x13CHILD_STATE_OFFLINE\x10\x042\x98\n" +
+	"\x13CHILD_STATE_OFFLINE\x10\x042\xe8\n" +
 	"\n" +
 	"\fNexusService\x12N\n" +
 	"\vCreateNexus\x12%.nexstor.engine.v1.CreateNexusRequest\x1a\x18.nexstor.engine.v1.Nexus\x12\\\n" +
@@ -1438,7 +1506,8 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\fPauseRebuild\x12\x1f.nexstor.engine.v1.ChildRequest\x1a\x1a.nexstor.engine.v1.Rebuild\x12L\n" +
 	"\rResumeRebuild\x12\x1f.nexstor.engine.v1.ChildRequest\x1a\x1a.nexstor.engine.v1.Rebuild\x12J\n" +
 	"\vStopRebuild\x12\x1f.nexstor.engine.v1.ChildRequest\x1a\x1a.nexstor.engine.v1.Rebuild\x12M\n" +
-	"\x06Verify\x12 .nexstor.engine.v1.VerifyRequest\x1a!.nexstor.engine.v1.VerifyResponseB3Z1github.com/nexstor/nexstor/api/engine/v1;enginev1b\x06proto3"
+	"\x06Verify\x12 .nexstor.engine.v1.VerifyRequest\x1a!.nexstor.engine.v1.VerifyResponse\x12N\n" +
+	"\vResizeNexus\x12%.nexstor.engine.v1.ResizeNexusRequest\x1a\x18.nexstor.engine.v1.NexusB3Z1github.com/nexstor/nexstor/api/engine/v1;enginev1b\x06proto3"
 
 var (
 	file_engine_v1_nexus_proto_rawDescOnce sync.Once
@@ -1453,7 +1522,7 @@ func file_engine_v1_nexus_proto_rawDescGZIP() []byte {
 }
 
 var file_engine_v1_nexus_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_engine_v1_nexus_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_engine_v1_nexus_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_engine_v1_nexus_proto_goTypes = []any{
 	(NexusState)(0),               // 0: nexstor.engine.v1.NexusState
 	(ChildState)(0),               // 1: nexstor.engine.v1.ChildState
@@ -1475,14 +1544,15 @@ var file_engine_v1_nexus_proto_goTypes = []any{
 	(*VerifyRequest)(nil),         // 17: nexstor.engine.v1.VerifyRequest
 	(*Range)(nil),                 // 18: nexstor.engine.v1.Range
 	(*VerifyResponse)(nil),        // 19: nexstor.engine.v1.VerifyResponse
-	(*Share)(nil),                 // 20: nexstor.engine.v1.Share
+	(*ResizeNexusRequest)(nil),    // 20: nexstor.engine.v1.ResizeNexusRequest
+	(*Share)(nil),                 // 21: nexstor.engine.v1.Share
 }
 var file_engine_v1_nexus_proto_depIdxs = []int32{
 	1,  // 0: nexstor.engine.v1.Child.state:type_name -> nexstor.engine.v1.ChildState
 	4,  // 1: nexstor.engine.v1.Child.rebuild:type_name -> nexstor.engine.v1.Rebuild
 	0,  // 2: nexstor.engine.v1.Nexus.state:type_name -> nexstor.engine.v1.NexusState
 	2,  // 3: nexstor.engine.v1.Nexus.children:type_name -> nexstor.engine.v1.Child
-	20, // 4: nexstor.engine.v1.Nexus.share:type_name -> nexstor.engine.v1.Share
+	21, // 4: nexstor.engine.v1.Nexus.share:type_name -> nexstor.engine.v1.Share
 	3,  // 5: nexstor.engine.v1.Nexus.left_out:type_name -> nexstor.engine.v1.LeftOutChild
 	5,  // 6: nexstor.engine.v1.ListNexusesResponse.nexuses:type_name -> nexstor.engine.v1.Nexus
 	4,  // 7: nexstor.engine.v1.RebuildStatusResponse.rebuilds:type_name -> nexstor.engine.v1.Rebuild
@@ -1503,24 +1573,26 @@ var file_engine_v1_nexus_proto_depIdxs = []int32{
 	14, // 22: nexstor.engine.v1.NexusService.ResumeRebuild:input_type -> nexstor.engine.v1.ChildRequest
 	14, // 23: nexstor.engine.v1.NexusService.StopRebuild:input_type -> nexstor.engine.v1.ChildRequest
 	17, // 24: nexstor.engine.v1.NexusService.Verify:input_type -> nexstor.engine.v1.VerifyRequest
-	5,  // 25: nexstor.engine.v1.NexusService.CreateNexus:output_type -> nexstor.engine.v1.Nexus
-	8,  // 26: nexstor.engine.v1.NexusService.ListNexuses:output_type -> nexstor.engine.v1.ListNexusesResponse
-	5,  // 27: nexstor.engine.v1.NexusService.GetNexus:output_type -> nexstor.engine.v1.Nexus
-	11, // 28: nexstor.engine.v1.NexusService.DestroyNexus:output_type -> nexstor.engine.v1.DestroyNexusResponse
-	5,  // 29: nexstor.engine.v1.NexusService.PublishNexus:output_type -> nexstor.engine.v1.Nexus
-	5,  // 30: nexstor.engine.v1.NexusService.UnpublishNexus:output_type -> nexstor.engine.v1.Nexus
-	5,  // 31: nexstor.engine.v1.NexusService.AddChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 32: nexstor.engine.v1.NexusService.RemoveChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 33: nexstor.engine.v1.NexusService.FaultChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 34: nexstor.engine.v1.NexusService.OfflineChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 35: nexstor.engine.v1.NexusService.OnlineChild:output_type -> nexstor.engine.v1.Nexus
-	16, // 36: nexstor.engine.v1.NexusService.RebuildStatus:output_type -> nexstor.engine.v1.RebuildStatusResponse
-	4,  // 37: nexstor.engine.v1.NexusService.PauseRebuild:output_type -> nexstor.engine.v1.Rebuild
-	4,  // 38: nexstor.engine.v1.NexusService.ResumeRebuild:output_type -> nexstor.engine.v1.Rebuild
-	4,  // 39: nexstor.engine.v1.NexusService.StopRebuild:output_type -> nexstor.engine.v1.Rebuild
-	19, // 40: nexstor.engine.v1.NexusService.Verify:output_type -> nexstor.engine.v1.VerifyResponse
-	25, // [25:41] is the sub-list for method output_type
-	9,  // [9:25] is the sub-list for method input_type
+	20, // 25: nexstor.engine.v1.NexusService.ResizeNexus:input_type -> nexstor.engine.v1.ResizeNexusRequest
+	5,  // 26: nexstor.engine.v1.NexusService.CreateNexus:output_type -> nexstor.engine.v1.Nexus
+	8,  // 27: nexstor.engine.v1.NexusService.ListNexuses:output_type -> nexstor.engine.v1.ListNexusesResponse
+	5,  // 28: nexstor.engine.v1.NexusService.GetNexus:output_type -> nexstor.engine.v1.Nexus
+	11, // 29: nexstor.engine.v1.NexusService.DestroyNexus:output_type -> nexstor.engine.v1.DestroyNexusResponse
+	5,  // 30: nexstor.engine.v1.NexusService.PublishNexus:output_type -> nexstor.engine.v1.Nexus
+	5,  // 31: nexstor.engine.v1.NexusService.UnpublishNexus:output_type -> nexstor.engine.v1.Nexus
+	5,  // 32: nexstor.engine.v1.NexusService.AddChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 33: nexstor.engine.v1.NexusService.RemoveChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 34: nexstor.engine.v1.NexusService.FaultChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 35: nexstor.engine.v1.NexusService.OfflineChild:output_type -> nexstor.engine.v1.Nexus
+	5,  // 36: nexstor.engine.v1.NexusService.OnlineChild:output_type -> nexstor.engine.v1.Nexus
+	16, // 37: nexstor.engine.v1.NexusService.RebuildStatus:output_type -> nexstor.engine.v1.RebuildStatusResponse
+	4,  // 38: nexstor.engine.v1.NexusService.PauseRebuild:output_type -> nexstor.engine.v1.Rebuild
+	4,  // 39: nexstor.engine.v1.NexusService.ResumeRebuild:output_type -> nexstor.engine.v1.Rebuild
+	4,  // 40: nexstor.engine.v1.NexusService.StopRebuild:output_type -> nexstor.engine.v1.Rebuild
+	19, // 41: nexstor.engine.v1.NexusService.Verify:output_type -> nexstor.engine.v1.VerifyResponse
+	5,  // 42: nexstor.engine.v1.NexusService.ResizeNexus:output_type -> nexstor.engine.v1.Nexus
+	26, // [26:43] is the sub-list for method output_type
+	9,  // [9:26] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1538,7 +1610,7 @@ func file_engine_v1_nexus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_engine_v1_nexus_proto_rawDesc), len(file_engine_v1_nexus_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,7 @@ const (
 	NexusService_ResumeRebuild_FullMethodName  = "/nexstor.engine.v1.NexusService/ResumeRebuild"
 	NexusService_StopRebuild_FullMethodName    = "/nexstor.engine.v1.NexusService/StopRebuild"
 	NexusService_Verify_FullMethodName         = "/nexstor.engine.v1.NexusService/Verify"
+	NexusService_ResizeNexus_FullMethodName    = "/nexstor.engine.v1.NexusService/ResizeNexus"
 )
 
 // NexusServiceClient is the client API for NexusService service.
@@ -102,6 +103,11 @@ type NexusServiceClient interface {
 	// Verify compares the online children segment by segment while I/O
 	// continues and reports the ranges that differ; it changes nothing.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
+	// ResizeNexus grows the nexus online to size bytes; every child must
+	// already be at least that large (grow the replicas first). Hosts see the
+	// new size: NVMe/TCP sends a namespace-attribute-changed event; NBD
+	// clients see it when they reconnect. Shrinking is refused.
+	ResizeNexus(ctx context.Context, in *ResizeNexusRequest, opts ...grpc.CallOption) (*Nexus, error)
 }
 
 type nexusServiceClient struct {
@@ -272,6 +278,16 @@ func (c *nexusServiceClient) Verify(ctx context.Context, in *VerifyRequest, opts
 	return out, nil
 }
 
+func (c *nexusServiceClient) ResizeNexus(ctx context.Context, in *ResizeNexusRequest, opts ...grpc.CallOption) (*Nexus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Nexus)
+	err := c.cc.Invoke(ctx, NexusService_ResizeNexus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NexusServiceServer is the server API for NexusService service.
 // All implementations must embed UnimplementedNexusServiceServer
 // for forward compatibility.
@@ -329,6 +345,11 @@ type NexusServiceServer interface {
 	// Verify compares the online children segment by segment while I/O
 	// continues and reports the ranges that differ; it changes nothing.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
+	// ResizeNexus grows the nexus online to size bytes; every child must
+	// already be at least that large (grow the replicas first). Hosts see the
+	// new size: NVMe/TCP sends a namespace-attribute-changed event; NBD
+	// clients see it when they reconnect. Shrinking is refused.
+	ResizeNexus(context.Context, *ResizeNexusRequest) (*Nexus, error)
 	mustEmbedUnimplementedNexusServiceServer()
 }
 
@@ -386,6 +407,9 @@ func (UnimplementedNexusServiceServer) StopRebuild(context.Context, *ChildReques
 }
 func (UnimplementedNexusServiceServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Verify not implemented")
+}
+func (UnimplementedNexusServiceServer) ResizeNexus(context.Context, *ResizeNexusRequest) (*Nexus, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResizeNexus not implemented")
 }
 func (UnimplementedNexusServiceServer) mustEmbedUnimplementedNexusServiceServer() {}
 func (UnimplementedNexusServiceServer) testEmbeddedByValue()                      {}
@@ -696,6 +720,24 @@ func _NexusService_Verify_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NexusService_ResizeNexus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResizeNexusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NexusServiceServer).ResizeNexus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NexusService_ResizeNexus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NexusServiceServer).ResizeNexus(ctx, req.(*ResizeNexusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NexusService_ServiceDesc is the grpc.ServiceDesc for NexusService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -766,6 +808,10 @@ var NexusService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Verify",
 			Handler:    _NexusService_Verify_Handler,
+		},
+		{
+			MethodName: "ResizeNexus",
+			Handler:    _NexusService_ResizeNexus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -54,8 +54,16 @@ type Member struct {
 	LastHeartbeatMs int64             `protobuf:"varint,7,opt,name=last_heartbeat_ms,json=lastHeartbeatMs,proto3" json:"last_heartbeat_ms,omitempty"`
 	JoinedMs        int64             `protobuf:"varint,8,opt,name=joined_ms,json=joinedMs,proto3" json:"joined_ms,omitempty"`
 	Labels          map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// name is the node's name: the `node_name` of its configuration, or
+	// "node-<rank>" when it set none. Unique in the system.
+	Name string `protobuf:"bytes,10,opt,name=name,proto3" json:"name,omitempty"`
+	// host_nqn is the NVMe host NQN the node's engine connects with (to
+	// remote replicas); shares of replicas for its nexuses admit only it.
+	HostNqn string `protobuf:"bytes,11,opt,name=host_nqn,json=hostNqn,proto3" json:"host_nqn,omitempty"`
+	// cordoned members get no new replicas or nexuses.
+	Cordoned      bool `protobuf:"varint,12,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
@@ -151,6 +159,27 @@ func (x *Member) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *Member) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Member) GetHostNqn() string {
+	if x != nil {
+		return x.HostNqn
+	}
+	return ""
+}
+
+func (x *Member) GetCordoned() bool {
+	if x != nil {
+		return x.Cordoned
+	}
+	return false
+}
+
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// system is the name the node was formatted for.
@@ -161,8 +190,14 @@ type JoinRequest struct {
 	// rank is the rank recorded in the node's superblock, or 4294967295 when
 	// it has none. The management service decides; this is only a hint used
 	// when the UUID is unknown (the rank is kept if it is free).
-	Rank          uint32            `protobuf:"varint,5,opt,name=rank,proto3" json:"rank,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Rank   uint32            `protobuf:"varint,5,opt,name=rank,proto3" json:"rank,omitempty"`
+	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// name is the configured node name; empty lets the service name the node
+	// "node-<rank>". A name another member holds is refused (AlreadyExists).
+	Name    string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	HostNqn string `protobuf:"bytes,8,opt,name=host_nqn,json=hostNqn,proto3" json:"host_nqn,omitempty"`
+	// pools is the node's first pool report (see HeartbeatRequest.pools).
+	Pools         *PoolReportSet `protobuf:"bytes,9,opt,name=pools,proto3" json:"pools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -235,6 +270,27 @@ func (x *JoinRequest) GetRank() uint32 {
 func (x *JoinRequest) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
+	}
+	return nil
+}
+
+func (x *JoinRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetHostNqn() string {
+	if x != nil {
+		return x.HostNqn
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetPools() *PoolReportSet {
+	if x != nil {
+		return x.Pools
 	}
 	return nil
 }
@@ -316,7 +372,11 @@ type HeartbeatRequest struct {
 	Rank   uint32                 `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
 	// error, when set, reports that the node's engine failed: the member moves
 	// to "errored" with this as its info.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// pools, when set, replaces the leader's report of the node's pools. A
+	// node sends it when its pools changed since the last report the leader
+	// took, and when the leader asks (HeartbeatResponse.resend_pools).
+	Pools         *PoolReportSet `protobuf:"bytes,5,opt,name=pools,proto3" json:"pools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,9 +439,19 @@ func (x *HeartbeatRequest) GetError() string {
 	return ""
 }
 
+func (x *HeartbeatRequest) GetPools() *PoolReportSet {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
 type HeartbeatResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// resend_pools asks the node to send its pool report with the next
+	// heartbeat (this leader has none, or an older one).
+	ResendPools   bool `protobuf:"varint,2,opt,name=resend_pools,json=resendPools,proto3" json:"resend_pools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -421,6 +491,13 @@ func (x *HeartbeatResponse) GetState() string {
 		return x.State
 	}
 	return ""
+}
+
+func (x *HeartbeatResponse) GetResendPools() bool {
+	if x != nil {
+		return x.ResendPools
+	}
+	return false
 }
 
 type LeaderQueryRequest struct {
@@ -935,11 +1012,194 @@ func (x *SystemResultsResponse) GetAbsentHosts() string {
 	return ""
 }
 
+// PoolReport is one pool as its node reports it.
+type PoolReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Uuid  string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Disk  string                 `protobuf:"bytes,3,opt,name=disk,proto3" json:"disk,omitempty"`
+	// state: online or faulted.
+	State    string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Reason   string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Capacity uint64 `protobuf:"varint,6,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Free     uint64 `protobuf:"varint,7,opt,name=free,proto3" json:"free,omitempty"`
+	// committed is the sum of the sizes of the pool's replicas (thin ones
+	// at their full size).
+	Committed uint64 `protobuf:"varint,8,opt,name=committed,proto3" json:"committed,omitempty"`
+	// overcommit_percent is the pool's thin over-commit limit.
+	OvercommitPercent uint32            `protobuf:"varint,9,opt,name=overcommit_percent,json=overcommitPercent,proto3" json:"overcommit_percent,omitempty"`
+	ClusterSize       uint64            `protobuf:"varint,10,opt,name=cluster_size,json=clusterSize,proto3" json:"cluster_size,omitempty"`
+	Labels            map[string]string `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Replicas          uint32            `protobuf:"varint,12,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PoolReport) Reset() {
+	*x = PoolReport{}
+	mi := &file_mgmt_v1_mgmt_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolReport) ProtoMessage() {}
+
+func (x *PoolReport) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_mgmt_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolReport.ProtoReflect.Descriptor instead.
+func (*PoolReport) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_mgmt_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PoolReport) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PoolReport) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *PoolReport) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *PoolReport) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *PoolReport) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PoolReport) GetCapacity() uint64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *PoolReport) GetFree() uint64 {
+	if x != nil {
+		return x.Free
+	}
+	return 0
+}
+
+func (x *PoolReport) GetCommitted() uint64 {
+	if x != nil {
+		return x.Committed
+	}
+	return 0
+}
+
+func (x *PoolReport) GetOvercommitPercent() uint32 {
+	if x != nil {
+		return x.OvercommitPercent
+	}
+	return 0
+}
+
+func (x *PoolReport) GetClusterSize() uint64 {
+	if x != nil {
+		return x.ClusterSize
+	}
+	return 0
+}
+
+func (x *PoolReport) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *PoolReport) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+// PoolReportSet is a node's whole pool report (an empty set is a node
+// without pools; an absent set means "unchanged").
+type PoolReportSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pools         []*PoolReport          `protobuf:"bytes,1,rep,name=pools,proto3" json:"pools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolReportSet) Reset() {
+	*x = PoolReportSet{}
+	mi := &file_mgmt_v1_mgmt_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolReportSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolReportSet) ProtoMessage() {}
+
+func (x *PoolReportSet) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_mgmt_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolReportSet.ProtoReflect.Descriptor instead.
+func (*PoolReportSet) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_mgmt_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PoolReportSet) GetPools() []*PoolReport {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
 var File_mgmt_v1_mgmt_proto protoreflect.FileDescriptor
 
 const file_mgmt_v1_mgmt_proto_rawDesc = "" +
 	"\n" +
-	"\x12mgmt/v1/mgmt.proto\x12\x0fnexstor.mgmt.v1\"\xd8\x02\n" +
+	"\x12mgmt/v1/mgmt.proto\x12\x0fnexstor.mgmt.v1\"\xa3\x03\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\rR\x04rank\x12\x18\n" +
@@ -949,17 +1209,24 @@ const file_mgmt_v1_mgmt_proto_rawDesc = "" +
 	"\x04info\x18\x06 \x01(\tR\x04info\x12*\n" +
 	"\x11last_heartbeat_ms\x18\a \x01(\x03R\x0flastHeartbeatMs\x12\x1b\n" +
 	"\tjoined_ms\x18\b \x01(\x03R\bjoinedMs\x12;\n" +
-	"\x06labels\x18\t \x03(\v2#.nexstor.mgmt.v1.Member.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\t \x03(\v2#.nexstor.mgmt.v1.Member.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04name\x18\n" +
+	" \x01(\tR\x04name\x12\x19\n" +
+	"\bhost_nqn\x18\v \x01(\tR\ahostNqn\x12\x1a\n" +
+	"\bcordoned\x18\f \x01(\bR\bcordoned\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
 	"\vJoinRequest\x12\x16\n" +
 	"\x06system\x18\x01 \x01(\tR\x06system\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12!\n" +
 	"\ffault_domain\x18\x04 \x01(\tR\vfaultDomain\x12\x12\n" +
 	"\x04rank\x18\x05 \x01(\rR\x04rank\x12@\n" +
-	"\x06labels\x18\x06 \x03(\v2(.nexstor.mgmt.v1.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x06 \x03(\v2(.nexstor.mgmt.v1.JoinRequest.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04name\x18\a \x01(\tR\x04name\x12\x19\n" +
+	"\bhost_nqn\x18\b \x01(\tR\ahostNqn\x124\n" +
+	"\x05pools\x18\t \x01(\v2\x1e.nexstor.mgmt.v1.PoolReportSetR\x05pools\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x84\x01\n" +
@@ -967,14 +1234,16 @@ const file_mgmt_v1_mgmt_proto_rawDesc = "" +
 	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\tR\x06leader\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x04 \x01(\x03R\x13heartbeatIntervalMs\"h\n" +
+	"\x15heartbeat_interval_ms\x18\x04 \x01(\x03R\x13heartbeatIntervalMs\"\x9e\x01\n" +
 	"\x10HeartbeatRequest\x12\x16\n" +
 	"\x06system\x18\x01 \x01(\tR\x06system\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04rank\x18\x03 \x01(\rR\x04rank\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\")\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x124\n" +
+	"\x05pools\x18\x05 \x01(\v2\x1e.nexstor.mgmt.v1.PoolReportSetR\x05pools\"L\n" +
 	"\x11HeartbeatResponse\x12\x14\n" +
-	"\x05state\x18\x01 \x01(\tR\x05state\"\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12!\n" +
+	"\fresend_pools\x18\x02 \x01(\bR\vresendPools\"\x14\n" +
 	"\x12LeaderQueryRequest\"a\n" +
 	"\x13LeaderQueryResponse\x12\x16\n" +
 	"\x06system\x18\x01 \x01(\tR\x06system\x12\x16\n" +
@@ -1006,7 +1275,27 @@ const file_mgmt_v1_mgmt_proto_rawDesc = "" +
 	"\x15SystemResultsResponse\x127\n" +
 	"\aresults\x18\x01 \x03(\v2\x1d.nexstor.mgmt.v1.MemberResultR\aresults\x12!\n" +
 	"\fabsent_ranks\x18\x02 \x01(\tR\vabsentRanks\x12!\n" +
-	"\fabsent_hosts\x18\x03 \x01(\tR\vabsentHosts2\xf0\x04\n" +
+	"\fabsent_hosts\x18\x03 \x01(\tR\vabsentHosts\"\xae\x03\n" +
+	"\n" +
+	"PoolReport\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
+	"\x04disk\x18\x03 \x01(\tR\x04disk\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bcapacity\x18\x06 \x01(\x04R\bcapacity\x12\x12\n" +
+	"\x04free\x18\a \x01(\x04R\x04free\x12\x1c\n" +
+	"\tcommitted\x18\b \x01(\x04R\tcommitted\x12-\n" +
+	"\x12overcommit_percent\x18\t \x01(\rR\x11overcommitPercent\x12!\n" +
+	"\fcluster_size\x18\n" +
+	" \x01(\x04R\vclusterSize\x12?\n" +
+	"\x06labels\x18\v \x03(\v2'.nexstor.mgmt.v1.PoolReport.LabelsEntryR\x06labels\x12\x1a\n" +
+	"\breplicas\x18\f \x01(\rR\breplicas\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"B\n" +
+	"\rPoolReportSet\x121\n" +
+	"\x05pools\x18\x01 \x03(\v2\x1b.nexstor.mgmt.v1.PoolReportR\x05pools2\xf0\x04\n" +
 	"\vMgmtService\x12C\n" +
 	"\x04Join\x12\x1c.nexstor.mgmt.v1.JoinRequest\x1a\x1d.nexstor.mgmt.v1.JoinResponse\x12R\n" +
 	"\tHeartbeat\x12!.nexstor.mgmt.v1.HeartbeatRequest\x1a\".nexstor.mgmt.v1.HeartbeatResponse\x12X\n" +
@@ -1029,7 +1318,7 @@ func file_mgmt_v1_mgmt_proto_rawDescGZIP() []byte {
 	return file_mgmt_v1_mgmt_proto_rawDescData
 }
 
-var file_mgmt_v1_mgmt_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_mgmt_v1_mgmt_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mgmt_v1_mgmt_proto_goTypes = []any{
 	(*Member)(nil),                // 0: nexstor.mgmt.v1.Member
 	(*JoinRequest)(nil),           // 1: nexstor.mgmt.v1.JoinRequest
@@ -1045,33 +1334,40 @@ var file_mgmt_v1_mgmt_proto_goTypes = []any{
 	(*SystemExcludeRequest)(nil),  // 11: nexstor.mgmt.v1.SystemExcludeRequest
 	(*MemberResult)(nil),          // 12: nexstor.mgmt.v1.MemberResult
 	(*SystemResultsResponse)(nil), // 13: nexstor.mgmt.v1.SystemResultsResponse
-	nil,                           // 14: nexstor.mgmt.v1.Member.LabelsEntry
-	nil,                           // 15: nexstor.mgmt.v1.JoinRequest.LabelsEntry
+	(*PoolReport)(nil),            // 14: nexstor.mgmt.v1.PoolReport
+	(*PoolReportSet)(nil),         // 15: nexstor.mgmt.v1.PoolReportSet
+	nil,                           // 16: nexstor.mgmt.v1.Member.LabelsEntry
+	nil,                           // 17: nexstor.mgmt.v1.JoinRequest.LabelsEntry
+	nil,                           // 18: nexstor.mgmt.v1.PoolReport.LabelsEntry
 }
 var file_mgmt_v1_mgmt_proto_depIdxs = []int32{
-	14, // 0: nexstor.mgmt.v1.Member.labels:type_name -> nexstor.mgmt.v1.Member.LabelsEntry
-	15, // 1: nexstor.mgmt.v1.JoinRequest.labels:type_name -> nexstor.mgmt.v1.JoinRequest.LabelsEntry
-	0,  // 2: nexstor.mgmt.v1.SystemQueryResponse.members:type_name -> nexstor.mgmt.v1.Member
-	12, // 3: nexstor.mgmt.v1.SystemResultsResponse.results:type_name -> nexstor.mgmt.v1.MemberResult
-	1,  // 4: nexstor.mgmt.v1.MgmtService.Join:input_type -> nexstor.mgmt.v1.JoinRequest
-	3,  // 5: nexstor.mgmt.v1.MgmtService.Heartbeat:input_type -> nexstor.mgmt.v1.HeartbeatRequest
-	5,  // 6: nexstor.mgmt.v1.MgmtService.LeaderQuery:input_type -> nexstor.mgmt.v1.LeaderQueryRequest
-	7,  // 7: nexstor.mgmt.v1.MgmtService.SystemQuery:input_type -> nexstor.mgmt.v1.SystemQueryRequest
-	9,  // 8: nexstor.mgmt.v1.MgmtService.SystemStop:input_type -> nexstor.mgmt.v1.SystemStopRequest
-	10, // 9: nexstor.mgmt.v1.MgmtService.SystemStart:input_type -> nexstor.mgmt.v1.SystemStartRequest
-	11, // 10: nexstor.mgmt.v1.MgmtService.SystemExclude:input_type -> nexstor.mgmt.v1.SystemExcludeRequest
-	2,  // 11: nexstor.mgmt.v1.MgmtService.Join:output_type -> nexstor.mgmt.v1.JoinResponse
-	4,  // 12: nexstor.mgmt.v1.MgmtService.Heartbeat:output_type -> nexstor.mgmt.v1.HeartbeatResponse
-	6,  // 13: nexstor.mgmt.v1.MgmtService.LeaderQuery:output_type -> nexstor.mgmt.v1.LeaderQueryResponse
-	8,  // 14: nexstor.mgmt.v1.MgmtService.SystemQuery:output_type -> nexstor.mgmt.v1.SystemQueryResponse
-	13, // 15: nexstor.mgmt.v1.MgmtService.SystemStop:output_type -> nexstor.mgmt.v1.SystemResultsResponse
-	13, // 16: nexstor.mgmt.v1.MgmtService.SystemStart:output_type -> nexstor.mgmt.v1.SystemResultsResponse
-	13, // 17: nexstor.mgmt.v1.MgmtService.SystemExclude:output_type -> nexstor.mgmt.v1.SystemResultsResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	16, // 0: nexstor.mgmt.v1.Member.labels:type_name -> nexstor.mgmt.v1.Member.LabelsEntry
+	17, // 1: nexstor.mgmt.v1.JoinRequest.labels:type_name -> nexstor.mgmt.v1.JoinRequest.LabelsEntry
+	15, // 2: nexstor.mgmt.v1.JoinRequest.pools:type_name -> nexstor.mgmt.v1.PoolReportSet
+	15, // 3: nexstor.mgmt.v1.HeartbeatRequest.pools:type_name -> nexstor.mgmt.v1.PoolReportSet
+	0,  // 4: nexstor.mgmt.v1.SystemQueryResponse.members:type_name -> nexstor.mgmt.v1.Member
+	12, // 5: nexstor.mgmt.v1.SystemResultsResponse.results:type_name -> nexstor.mgmt.v1.MemberResult
+	18, // 6: nexstor.mgmt.v1.PoolReport.labels:type_name -> nexstor.mgmt.v1.PoolReport.LabelsEntry
+	14, // 7: nexstor.mgmt.v1.PoolReportSet.pools:type_name -> nexstor.mgmt.v1.PoolReport
+	1,  // 8: nexstor.mgmt.v1.MgmtService.Join:input_type -> nexstor.mgmt.v1.JoinRequest
+	3,  // 9: nexstor.mgmt.v1.MgmtService.Heartbeat:input_type -> nexstor.mgmt.v1.HeartbeatRequest
+	5,  // 10: nexstor.mgmt.v1.MgmtService.LeaderQuery:input_type -> nexstor.mgmt.v1.LeaderQueryRequest
+	7,  // 11: nexstor.mgmt.v1.MgmtService.SystemQuery:input_type -> nexstor.mgmt.v1.SystemQueryRequest
+	9,  // 12: nexstor.mgmt.v1.MgmtService.SystemStop:input_type -> nexstor.mgmt.v1.SystemStopRequest
+	10, // 13: nexstor.mgmt.v1.MgmtService.SystemStart:input_type -> nexstor.mgmt.v1.SystemStartRequest
+	11, // 14: nexstor.mgmt.v1.MgmtService.SystemExclude:input_type -> nexstor.mgmt.v1.SystemExcludeRequest
+	2,  // 15: nexstor.mgmt.v1.MgmtService.Join:output_type -> nexstor.mgmt.v1.JoinResponse
+	4,  // 16: nexstor.mgmt.v1.MgmtService.Heartbeat:output_type -> nexstor.mgmt.v1.HeartbeatResponse
+	6,  // 17: nexstor.mgmt.v1.MgmtService.LeaderQuery:output_type -> nexstor.mgmt.v1.LeaderQueryResponse
+	8,  // 18: nexstor.mgmt.v1.MgmtService.SystemQuery:output_type -> nexstor.mgmt.v1.SystemQueryResponse
+	13, // 19: nexstor.mgmt.v1.MgmtService.SystemStop:output_type -> nexstor.mgmt.v1.SystemResultsResponse
+	13, // 20: nexstor.mgmt.v1.MgmtService.SystemStart:output_type -> nexstor.mgmt.v1.SystemResultsResponse
+	13, // 21: nexstor.mgmt.v1.MgmtService.SystemExclude:output_type -> nexstor.mgmt.v1.SystemResultsResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_mgmt_v1_mgmt_proto_init() }
@@ -1085,7 +1381,7 @@ func file_mgmt_v1_mgmt_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mgmt_v1_mgmt_proto_rawDesc), len(file_mgmt_v1_mgmt_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
