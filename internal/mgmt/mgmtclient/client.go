@@ -122,7 +122,7 @@ func (c *Client) Leader() string {
 	return c.leader
 }
 
-func (c *Client) conn(addr string) (mgmtv1.MgmtServiceClient, error) {
+func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cc, ok := c.conns[addr]
@@ -133,7 +133,7 @@ func (c *Client) conn(addr string) (mgmtv1.MgmtServiceClient, error) {
 		}
 		c.conns[addr] = cc
 	}
-	return mgmtv1.NewMgmtServiceClient(cc), nil
+	return cc, nil
 }
 
 // order returns the addresses to try: the known leader first.
@@ -186,6 +186,25 @@ func track(ctx context.Context, method string, req, reply any, cc *grpc.ClientCo
 // point could be reached for the dial timeout, a mgmt.unreachable fault
 // wrapping the last error is.
 func (c *Client) Do(ctx context.Context, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
+	return c.do(ctx, perTry, func(ctx context.Context, cc *grpc.ClientConn) error {
+		return call(ctx, mgmtv1.NewMgmtServiceClient(cc))
+	})
+}
+
+// perTryVolume bounds one attempt of a volume call: creating replicas on
+// several nodes takes longer than a membership call.
+const perTryVolume = 2 * time.Minute
+
+// DoVolume is Do for the volume service (pools, nodes, volumes and the
+// nexus health store), served by the same leader. Every volume call is
+// safe to repeat: creates are idempotent by name, and the rest converge.
+func (c *Client) DoVolume(ctx context.Context, call func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error) error {
+	return c.do(ctx, perTryVolume, func(ctx context.Context, cc *grpc.ClientConn) error {
+		return call(ctx, mgmtv1.NewVolumeServiceClient(cc))
+	})
+}
+
+func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx context.Context, cc *grpc.ClientConn) error) error {
 	start := time.Now()
 	var reached atomic.Bool
 	ctx = context.WithValue(ctx, reachedKey{}, &reached)
