@@ -147,6 +147,7 @@ var registry = []Spec{
 	{"mgmt.bad_selection", InvalidArgument, "select members by ranks (0-2,5) or by hosts (node-[1-3]), not both"},
 	{"mgmt.excluded", FailedPrecondition, "clear the exclusion with `nexctl system exclude --clear --ranks RANK`, then start the member"},
 	{"mgmt.foreign_system", FailedPrecondition, "point the node at the access points of its own system, or reformat it for this one (nexctl storage format --force)"},
+	{"mgmt.name_in_use", AlreadyExists, "give the node its own node_name, or exclude the rank that holds the name if that node is gone"},
 	{"mgmt.no_ranks", ResourceExhausted, "exclude and remove members that are gone to free their ranks"},
 	{"mgmt.not_leader", Unavailable, "retry at the leader"},
 	{"mgmt.not_member", NotFound, "join the system first"},

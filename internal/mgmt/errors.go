@@ -24,6 +24,7 @@ const (
 	CodeStore         = mgmtclient.CodeStore
 	CodeAddressInUse  = "mgmt.address_in_use"
 	CodeNoRanks       = "mgmt.no_ranks"
+	CodeNameInUse     = "mgmt.name_in_use"
 )
 
 // NotLeaderError is returned by a replica that is not the leader. Leader is

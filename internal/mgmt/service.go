@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc/credentials"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/fault"
@@ -57,6 +58,16 @@ type Config struct {
 	Now func() time.Time
 	// Log receives state changes (slog.Default when nil).
 	Log *slog.Logger
+	// EngineCredentials are the transport credentials the leader dials
+	// members' engines with (their control address) to carry out volume
+	// operations; nil dials in plain text, for systems run with
+	// allow_insecure.
+	EngineCredentials credentials.TransportCredentials
+	// VolumePass is how often the leader revisits volumes with unfinished
+	// operations, deletes pending on nodes that were down, and nexuses
+	// left behind (DefaultVolumePass when zero; negative: never, the owner
+	// calls VolumePass itself).
+	VolumePass time.Duration
 }
 
 // Service is one replica of the management service. Its methods are safe
@@ -79,6 +90,10 @@ type Service struct {
 	// only the leader judges them, and a new leader grants every member a
 	// full timeout from its election anyway.
 	heartbeats map[string]int64
+	// reports are the nodes' pool reports, kept in memory: they are live
+	// state, resent by the nodes to every new leader.
+	reports reportCache
+	vols    *volumes
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -110,8 +125,11 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.VolumePass == 0 {
+		cfg.VolumePass = DefaultVolumePass
+	}
 	return &Service{cfg: cfg, k: newKeys(cfg.System), log: cfg.Log.With("system", cfg.System, "replica", cfg.Address),
-		leaderCh: make(chan struct{})}, nil
+		leaderCh: make(chan struct{}), vols: &volumes{eng: engines{creds: cfg.EngineCredentials}}}, nil
 }
 
 // Start campaigns for leadership in the background until Close. While this
@@ -133,6 +151,17 @@ func (s *Service) Close() {
 	s.cancel()
 	<-s.done
 	s.cancel = nil
+	s.vols.eng.close()
+}
+
+// VolumePass runs one pass of the leader over the volumes with unfinished
+// business (see Config.VolumePass); it fails on a replica that does not
+// lead.
+func (s *Service) VolumePass(ctx context.Context) error {
+	if err := s.requireLeader(ctx); err != nil {
+		return err
+	}
+	return s.volumePass(ctx)
 }
 
 func (s *Service) run(ctx context.Context) {
@@ -178,6 +207,18 @@ func (s *Service) campaign(ctx context.Context) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	var volTick <-chan time.Time
+	if s.cfg.VolumePass > 0 {
+		t := time.NewTicker(s.cfg.VolumePass)
+		defer t.Stop()
+		volTick = t.C
+		// A new leader resumes what the last one left at once.
+		go func() {
+			if err := s.volumePass(cctx); err != nil && cctx.Err() == nil {
+				s.log.Warn("volume pass", "err", err)
+			}
+		}()
+	}
 	for {
 		select {
 		case <-cctx.Done():
@@ -189,6 +230,10 @@ func (s *Service) campaign(ctx context.Context) error {
 			if _, err := s.CheckMembers(cctx); err != nil && cctx.Err() == nil {
 				s.log.Warn("member check", "err", err)
 			}
+		case <-volTick:
+			if err := s.volumePass(cctx); err != nil && cctx.Err() == nil {
+				s.log.Warn("volume pass", "err", err)
+			}
 		}
 	}
 }
@@ -198,6 +243,7 @@ func (s *Service) setLeader(key string, rev int64) {
 	defer s.mu.Unlock()
 	s.leading, s.fenceKey, s.fenceRev, s.leaderSince = true, key, rev, s.cfg.Now()
 	s.heartbeats = map[string]int64{}
+	s.reports.reset()
 	close(s.leaderCh)
 	s.leaderCh = make(chan struct{})
 }
@@ -270,28 +316,35 @@ func (s *Service) requireLeader(ctx context.Context) error {
 // key it won. It reports false when a comparison failed (the caller re-reads
 // and retries) and a NotLeaderError when leadership was lost.
 func (s *Service) txn(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) (bool, error) {
+	ok, _, err := s.txnRev(ctx, cmps, ops...)
+	return ok, err
+}
+
+// txnRev is txn that also returns the store revision of a successful
+// transaction: the mod revision of every key it put.
+func (s *Service) txnRev(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) (bool, int64, error) {
 	key, rev, _, ok := s.fence()
 	if !ok {
-		return false, s.notLeader(ctx)
+		return false, 0, s.notLeader(ctx)
 	}
 	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", rev))
 	resp, err := s.cfg.Etcd.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return false, storeErr(err, "update the system state")
+		return false, 0, storeErr(err, "update the system state")
 	}
 	if resp.Succeeded {
-		return true, nil
+		return true, resp.Header.Revision, nil
 	}
 	// Tell a lost race from a lost election.
 	g, err := s.cfg.Etcd.Get(ctx, key)
 	if err != nil {
-		return false, storeErr(err, "read the election key")
+		return false, 0, storeErr(err, "read the election key")
 	}
 	if len(g.Kvs) == 0 || g.Kvs[0].CreateRevision != rev {
 		s.clearLeader()
-		return false, s.notLeader(ctx)
+		return false, 0, s.notLeader(ctx)
 	}
-	return false, nil
+	return false, 0, nil
 }
 
 func (s *Service) nowMs() int64 { return s.cfg.Now().UnixMilli() }
@@ -358,6 +411,10 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 		for _, x := range all {
 			if x.UUID == uid {
 				m = x
+			} else if req.Name != "" && x.DisplayName() == req.Name {
+				return nil, fault.New(fault.AlreadyExists, CodeNameInUse,
+					fmt.Sprintf("node name %q is in use by rank %d (node %s)", req.Name, x.Rank, x.UUID),
+					"give this node its own node_name, or exclude the other rank if that node is gone")
 			} else if strings.EqualFold(x.Address, req.Address) && x.State == StateJoined &&
 				now-s.lastHeartbeat(x) <= s.cfg.HeartbeatTimeout.Milliseconds() {
 				return nil, fault.New(fault.AlreadyExists, CodeAddressInUse,
@@ -372,7 +429,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 					fmt.Sprintf("clear it with `nexctl system exclude --clear --ranks %d`, then start it", m.Rank))
 			}
 			prev := m.State
-			m.Address, m.FaultDomain, m.Labels = req.Address, req.FaultDomain, req.Labels
+			m.Address, m.FaultDomain, m.Labels, m.Name, m.HostNQN = req.Address, req.FaultDomain, req.Labels, req.Name, req.HostNqn
 			// A member an operator stopped stays stopped across restarts.
 			m.State, m.Info, m.LastHB = StateJoined, "rejoined", now
 			if prev == StateStopped || (prev == StateUnresponsive && m.PrevState == StateStopped) {
@@ -386,6 +443,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 			}
 			if ok {
 				s.noteHeartbeat(uid, now)
+				s.reports.put(uid, req.Pools, now)
 				s.log.Info("member rejoined", "rank", m.Rank, "uuid", uid, "address", m.Address, "was", prev, "state", m.State)
 				return m, nil
 			}
@@ -412,7 +470,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 		}
 		newNext := max(next, rank+1)
 		m = &Member{UUID: uid, Rank: rank, Address: req.Address, FaultDomain: req.FaultDomain, Labels: req.Labels,
-			State: StateJoined, Info: "joined", LastHB: now, JoinedAt: now}
+			State: StateJoined, Info: "joined", LastHB: now, JoinedAt: now, Name: req.Name, HostNQN: req.HostNqn}
 		cmps := []clientv3.Cmp{
 			clientv3.Compare(clientv3.CreateRevision(s.k.member(uid)), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(s.k.rank(rank)), "=", 0),
@@ -427,6 +485,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 		}
 		if ok {
 			s.noteHeartbeat(uid, now)
+			s.reports.put(uid, req.Pools, now)
 			s.log.Info("member joined", "rank", rank, "uuid", uid, "address", m.Address)
 			return m, nil
 		}
@@ -440,7 +499,8 @@ func (s *Service) Heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 	if err != nil {
 		return nil, ToStatus(err)
 	}
-	return &mgmtv1.HeartbeatResponse{State: string(st)}, nil
+	s.reports.put(req.Uuid, req.Pools, s.nowMs())
+	return &mgmtv1.HeartbeatResponse{State: string(st), ResendPools: !s.reports.has(req.Uuid)}, nil
 }
 
 func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (State, error) {
@@ -561,5 +621,23 @@ func Policy() *security.Policy {
 	p.Allow(mgmtv1.MgmtService_SystemStop_FullMethodName, security.RoleAdmin)
 	p.Allow(mgmtv1.MgmtService_SystemStart_FullMethodName, security.RoleAdmin)
 	p.Allow(mgmtv1.MgmtService_SystemExclude_FullMethodName, security.RoleAdmin)
+	for _, m := range []string{mgmtv1.VolumeService_ListPools_FullMethodName, mgmtv1.VolumeService_ListNodes_FullMethodName,
+		mgmtv1.VolumeService_ListVolumes_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName} {
+		p.Allow(m, security.RoleAdmin, security.RoleServer, security.RoleCSI)
+	}
+	// The csi role provisions and publishes; only an admin deletes or
+	// verifies (a CSI controller deletes through its own role once the
+	// Kubernetes driver exists, with its own rules).
+	for _, m := range []string{mgmtv1.VolumeService_CreateVolume_FullMethodName, mgmtv1.VolumeService_PublishVolume_FullMethodName,
+		mgmtv1.VolumeService_UnpublishVolume_FullMethodName, mgmtv1.VolumeService_ResizeVolume_FullMethodName} {
+		p.Allow(m, security.RoleAdmin, security.RoleCSI)
+	}
+	p.Allow(mgmtv1.VolumeService_DeleteVolume_FullMethodName, security.RoleAdmin)
+	p.Allow(mgmtv1.VolumeService_VerifyVolume_FullMethodName, security.RoleAdmin)
+	// Engines keep their volume nexuses' health records here.
+	for _, m := range []string{mgmtv1.VolumeService_LoadNexusHealth_FullMethodName, mgmtv1.VolumeService_SaveNexusHealth_FullMethodName,
+		mgmtv1.VolumeService_DeleteNexusHealth_FullMethodName} {
+		p.Allow(m, security.RoleServer)
+	}
 	return p
 }

@@ -34,6 +34,12 @@ type Member struct {
 	LastHB   int64             `json:"last_heartbeat_ms"`
 	JoinedAt int64             `json:"joined_ms"`
 	Labels   map[string]string `json:"labels,omitempty"`
+	// Name is the node's name: configured, or "node-<rank>".
+	Name string `json:"name,omitempty"`
+	// HostNQN is the NVMe host NQN of the node's engine.
+	HostNQN string `json:"host_nqn,omitempty"`
+	// Cordoned members get no new replicas or nexuses.
+	Cordoned bool `json:"cordoned,omitempty"`
 
 	// modRev is the etcd revision the record was read at, for
 	// compare-and-swap updates.
@@ -43,7 +49,16 @@ type Member struct {
 // Proto returns the wire form.
 func (m *Member) Proto() *mgmtv1.Member {
 	return &mgmtv1.Member{Uuid: m.UUID, Rank: m.Rank, Address: m.Address, FaultDomain: m.FaultDomain,
-		State: string(m.State), Info: m.Info, LastHeartbeatMs: m.LastHB, JoinedMs: m.JoinedAt, Labels: m.Labels}
+		State: string(m.State), Info: m.Info, LastHeartbeatMs: m.LastHB, JoinedMs: m.JoinedAt, Labels: m.Labels,
+		Name: m.DisplayName(), HostNqn: m.HostNQN, Cordoned: m.Cordoned}
+}
+
+// DisplayName is the member's name, "node-<rank>" when it has none.
+func (m *Member) DisplayName() string {
+	if m.Name != "" {
+		return m.Name
+	}
+	return fmt.Sprintf("node-%d", m.Rank)
 }
 
 // keys lays out the system's etcd namespace.

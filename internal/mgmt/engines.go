@@ -1,0 +1,84 @@
+package mgmt
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/nexstor/nexstor/internal/engine/engineclient"
+	"github.com/nexstor/nexstor/internal/fault"
+)
+
+// engineCallTimeout bounds one engine call the leader makes for a volume
+// operation, so that a hung node cannot hold an operation forever.
+const engineCallTimeout = 30 * time.Second
+
+// probeTimeout bounds the calls that read live state (volume status, pool
+// refresh): a node that does not answer in time is reported unknown.
+const probeTimeout = 3 * time.Second
+
+// engines caches one engine client per member address. Safe for
+// concurrent use.
+type engines struct {
+	creds credentials.TransportCredentials // nil: plain text
+
+	mu      sync.Mutex
+	clients map[string]*engineclient.Client
+}
+
+func (e *engines) get(addr string) (*engineclient.Client, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c, ok := e.clients[addr]; ok {
+		return c, nil
+	}
+	o := engineclient.Options{Credentials: e.creds, Insecure: e.creds == nil, DialTimeout: probeTimeout}
+	c, err := engineclient.New(addr, o)
+	if err != nil {
+		return nil, err
+	}
+	if e.clients == nil {
+		e.clients = map[string]*engineclient.Client{}
+	}
+	e.clients[addr] = c
+	return c, nil
+}
+
+func (e *engines) close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for a, c := range e.clients {
+		c.Close()
+		delete(e.clients, a)
+	}
+}
+
+// unreachable reports an error that says the engine could not be reached
+// (or did not answer in time), as opposed to an answer.
+func unreachable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	switch fault.CodeOf(err) {
+	case "engine.unreachable", "rpc.unavailable", "rpc.deadline_exceeded":
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		// An engine answers Unavailable itself for a busy object or a
+		// stopped engine: those have a fault code of their own.
+		return fault.CodeOf(err) == ""
+	}
+	return false
+}
+
+// notFound reports an engine's NotFound answer.
+func notFound(err error) bool { return status.Code(err) == codes.NotFound || fault.KindOf(err) == fault.NotFound }

@@ -1,0 +1,168 @@
+package mgmt
+
+import (
+	"context"
+	"slices"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+)
+
+// ListPools implements VolumeService.ListPools.
+func (vs *VolumeServer) ListPools(ctx context.Context, req *mgmtv1.ListPoolsRequest) (*mgmtv1.ListPoolsResponse, error) {
+	s := vs.s
+	if err := s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	members, err := listMembers(ctx, s.cfg.Etcd, s.k)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	if req.Node != "" {
+		m, err := resolveNode(members, req.Node)
+		if err != nil {
+			return nil, ToStatus(err)
+		}
+		members = []*Member{m}
+	}
+	out := &mgmtv1.ListPoolsResponse{}
+	for _, m := range members {
+		pools, ms := s.reports.get(m.UUID)
+		for _, p := range pools {
+			out.Pools = append(out.Pools, &mgmtv1.NodePool{Node: m.DisplayName(), Rank: m.Rank, Pool: p, ReportedMs: ms, NodeState: string(m.State)})
+		}
+	}
+	return out, nil
+}
+
+// ListNodes implements VolumeService.ListNodes.
+func (vs *VolumeServer) ListNodes(ctx context.Context, _ *mgmtv1.ListNodesRequest) (*mgmtv1.ListNodesResponse, error) {
+	s := vs.s
+	if err := s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	members, err := listMembers(ctx, s.cfg.Etcd, s.k)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	vols, err := s.listVolumes(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	nexuses := map[string]uint32{}
+	for _, v := range vols {
+		if v.Target != nil {
+			nexuses[v.Target.Node]++
+		}
+	}
+	out := &mgmtv1.ListNodesResponse{}
+	for _, m := range members {
+		n := &mgmtv1.Node{Member: m.Proto(), Nexuses: nexuses[m.UUID]}
+		pools, _ := s.reports.get(m.UUID)
+		for _, p := range pools {
+			n.Pools++
+			n.Capacity += p.Capacity
+			n.Free += p.Free
+			n.Committed += p.Committed
+			n.Replicas += p.Replicas
+		}
+		out.Nodes = append(out.Nodes, n)
+	}
+	return out, nil
+}
+
+// CreateVolume implements VolumeService.CreateVolume.
+func (vs *VolumeServer) CreateVolume(ctx context.Context, req *mgmtv1.CreateVolumeRequest) (*mgmtv1.Volume, error) {
+	v, err := vs.s.createVolume(ctx, req.Spec)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return vs.one(ctx, v)
+}
+
+func (vs *VolumeServer) one(ctx context.Context, v *volumeRecord) (*mgmtv1.Volume, error) {
+	out, err := vs.s.volumeStatuses(ctx, []*volumeRecord{v})
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return out[0], nil
+}
+
+// ListVolumes implements VolumeService.ListVolumes.
+func (vs *VolumeServer) ListVolumes(ctx context.Context, _ *mgmtv1.ListVolumesRequest) (*mgmtv1.ListVolumesResponse, error) {
+	if err := vs.s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	recs, err := vs.s.listVolumes(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	out, err := vs.s.volumeStatuses(ctx, recs)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return &mgmtv1.ListVolumesResponse{Volumes: out}, nil
+}
+
+// GetVolume implements VolumeService.GetVolume.
+func (vs *VolumeServer) GetVolume(ctx context.Context, req *mgmtv1.GetVolumeRequest) (*mgmtv1.Volume, error) {
+	if err := vs.s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	v, err := vs.s.getVolume(ctx, req.Name)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	if v == nil {
+		return nil, ToStatus(volumeNotFound(req.Name))
+	}
+	return vs.one(ctx, v)
+}
+
+// DeleteVolume implements VolumeService.DeleteVolume.
+func (vs *VolumeServer) DeleteVolume(ctx context.Context, req *mgmtv1.DeleteVolumeRequest) (*mgmtv1.DeleteVolumeResponse, error) {
+	pending, err := vs.s.deleteVolume(ctx, req.Name, req.Force)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return &mgmtv1.DeleteVolumeResponse{Pending: pending}, nil
+}
+
+// PublishVolume implements VolumeService.PublishVolume.
+func (vs *VolumeServer) PublishVolume(ctx context.Context, req *mgmtv1.PublishVolumeRequest) (*mgmtv1.Volume, error) {
+	v, err := vs.s.publishVolume(ctx, req)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return vs.one(ctx, v)
+}
+
+// UnpublishVolume implements VolumeService.UnpublishVolume.
+func (vs *VolumeServer) UnpublishVolume(ctx context.Context, req *mgmtv1.UnpublishVolumeRequest) (*mgmtv1.Volume, error) {
+	v, err := vs.s.unpublishVolume(ctx, req.Name)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return vs.one(ctx, v)
+}
+
+// ResizeVolume implements VolumeService.ResizeVolume.
+func (vs *VolumeServer) ResizeVolume(ctx context.Context, req *mgmtv1.ResizeVolumeRequest) (*mgmtv1.Volume, error) {
+	v, err := vs.s.resizeVolume(ctx, req.Name, req.Size)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return vs.one(ctx, v)
+}
+
+// VerifyVolume implements VolumeService.VerifyVolume.
+func (vs *VolumeServer) VerifyVolume(ctx context.Context, req *mgmtv1.VerifyVolumeRequest) (*mgmtv1.VerifyVolumeResponse, error) {
+	r, err := vs.s.verifyVolume(ctx, req.Name)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	out := &mgmtv1.VerifyVolumeResponse{Segments: r.Segments, Children: slices.Clone(r.Children)}
+	for _, m := range r.Mismatches {
+		out.Mismatches = append(out.Mismatches, m.Offset, m.Length)
+	}
+	return out, nil
+}

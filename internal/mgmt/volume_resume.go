@@ -1,0 +1,97 @@
+package mgmt
+
+import (
+	"context"
+	"time"
+)
+
+// DefaultVolumePass is how often the leader revisits volumes with
+// unfinished business (Config.VolumePass).
+const DefaultVolumePass = 5 * time.Second
+
+// volumePass is one pass of the leader over every volume: operations that
+// a dead leader left recorded are finished or rolled back, deleting
+// volumes and nexuses left on nodes that were down are retried. A volume
+// whose operation lock is held (an operation of this leader is running)
+// is skipped. Every step is idempotent.
+func (s *Service) volumePass(ctx context.Context) error {
+	vols, err := s.listVolumes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, v := range vols {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if v.Op == nil && v.Status == volCreated && len(v.StaleTargets) == 0 {
+			continue
+		}
+		l := s.vols.lock(v.UUID)
+		if !l.TryLock() {
+			continue
+		}
+		err := s.resumeVolume(ctx, v.UUID)
+		l.Unlock()
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("volume: unfinished operation not resolved yet", "volume", v.Name, "err", err)
+		}
+	}
+	return nil
+}
+
+// resumeVolume finishes or rolls back what the record of a volume says is
+// under way; the caller holds the volume's lock.
+func (s *Service) resumeVolume(ctx context.Context, id string) error {
+	v, err := s.getVolumeByUUID(ctx, id)
+	if err != nil || v == nil {
+		return err
+	}
+	members, err := listMembers(ctx, s.cfg.Etcd, s.k)
+	if err != nil {
+		return err
+	}
+	idx := memberIndex(members)
+	switch {
+	case v.Status == volDeleting:
+		_, err := s.finishDelete(ctx, v)
+		return err
+	case v.Op == nil:
+		// Nexuses left on nodes that were down when the volume was
+		// unpublished or moved.
+		var left []string
+		for _, n := range v.StaleTargets {
+			if v.Target != nil && v.Target.Node == n {
+				continue // the live nexus is there now
+			}
+			if err := s.destroyNexus(ctx, idx[n], v); err != nil {
+				left = append(left, n)
+			}
+		}
+		if len(left) == len(v.StaleTargets) {
+			return nil
+		}
+		v.StaleTargets = left
+		return s.putVolume(ctx, v)
+	}
+	s.log.Info("volume: resuming an operation a previous leader left", "volume", v.Name, "op", v.Op.Kind)
+	switch v.Op.Kind {
+	case opCreate:
+		// Roll forward: creating a replica again is idempotent by UUID,
+		// and a failure rolls the volume back (deleting).
+		return s.finishCreateLocked(ctx, v)
+	case opPublish:
+		// Roll back: the publish was never acknowledged; the caller
+		// retries it.
+		s.rollbackPublish(ctx, v, idx)
+		v.Op = nil
+		return s.putVolume(ctx, v)
+	case opUnpublish:
+		return s.finishUnpublish(ctx, v)
+	case opResize:
+		return s.finishResize(ctx, v, idx)
+	case opDelete:
+		_, err := s.finishDelete(ctx, v)
+		return err
+	}
+	return nil
+}
