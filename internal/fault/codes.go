@@ -32,6 +32,20 @@ var registry = []Spec{
 	{"bdev.uri", InvalidArgument, "write disk URIs as file:///path?size=10GiB, aio:///dev/sdb, uring:///dev/nvme0n1, malloc:///name?size=512MiB or a path"},
 	{"bdev.uring_unavailable", FailedPrecondition, "use aio:// instead of uring://, or allow io_uring on this host"},
 
+	// Volumes and the nexus health store (internal/mgmt).
+	{"health.bad_record", InvalidArgument, "send the JSON health record of the nexus with its generation"},
+	{"health.stale_generation", FailedPrecondition, "this nexus is stale and must stop; the volume's current nexus holds the record"},
+	{"volume.bad_spec", InvalidArgument, "see `nexctl volume create --help` for the accepted values"},
+	{"volume.busy", Unavailable, "retry when the operation under way has finished"},
+	{"volume.engine", Unavailable, "check the nodes named in the message, then retry"},
+	{"volume.exists", AlreadyExists, "choose another name, or delete the volume first"},
+	{"volume.node_down", Unavailable, "start the node, or wait until it is joined again"},
+	{"volume.not_found", NotFound, "list the volumes with `nexctl volume list`"},
+	{"volume.not_placeable", FailedPrecondition, "add nodes or pools, free space, relax the selectors, or ask for fewer replicas"},
+	{"volume.published", FailedPrecondition, "unpublish the volume first (`nexctl volume unpublish NAME`)"},
+	{"volume.state", FailedPrecondition, "wait for the volume's current state to change, see `nexctl volume get`"},
+	{"volume.unknown_node", NotFound, "give a node name, rank or UUID from `nexctl node list`"},
+
 	// Certificates (internal/security, nexstor certgen, nexstor server).
 	{"certgen.exists", AlreadyExists, "keep the certificates, or pass --force to replace the CA and every certificate"},
 	{"security.certs", FailedPrecondition, "create certificates with `nexstor certgen --dir <dir>` and point the component at that directory"},

@@ -403,7 +403,7 @@ func (s *Service) finishCreateLocked(ctx context.Context, v *volumeRecord) error
 		if _, derr := s.finishDelete(ctx, v); derr != nil {
 			s.log.Warn("volume rollback incomplete: retried in the background", "volume", v.Name, "err", derr)
 		}
-		return fault.Wrap(err, fault.KindOf(err), CodeVolumeEngine, "volume "+v.Name+": creating its replicas failed; nothing was kept",
+		return fault.Wrap(err, fault.Unavailable, CodeVolumeEngine, "volume "+v.Name+": creating its replicas failed; nothing was kept",
 			"check the nodes named above, then create the volume again")
 	}
 	v.Status, v.Op = volCreated, nil
