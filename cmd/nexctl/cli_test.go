@@ -235,6 +235,10 @@ func TestDeadServersFailFast(t *testing.T) {
 		wantError(t, r, exitFailed, "engine.unreachable", addr, "nexstor server")
 		r = nexctlRun(t, 10*time.Second, "system", "query", "-a", addr, "--insecure")
 		wantError(t, r, exitFailed, "mgmt.unreachable", addr, "access points")
+		// A call that changes the system waits longer for the service,
+		// but not for one that cannot be reached.
+		r = nexctlRun(t, 10*time.Second, "volume", "create", "v1", "--size", "1GiB", "-a", addr, "--insecure")
+		wantError(t, r, exitFailed, "mgmt.unreachable", addr, "access points")
 	}
 	// version prints its own part before failing.
 	r := nexctlRun(t, 10*time.Second, "--engine", closed, "--insecure", "version")
@@ -253,6 +257,8 @@ func TestMissingClientCertificate(t *testing.T) {
 		{"--engine", "10.255.0.1", "pool", "list"},
 		{"system", "query", "-a", "10.255.0.1"},
 		{"storage", "scan", "-l", "10.255.0.[1-2]"},
+		{"volume", "list", "-a", "10.255.0.1"},
+		{"pool", "list", "-a", "10.255.0.1"},
 	} {
 		r := nexctlRun(t, time.Minute, args...)
 		wantError(t, r, exitFailed, "cli.certs", "ca.crt", "--cert-dir", "--insecure")

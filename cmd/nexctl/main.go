@@ -1,7 +1,8 @@
-// Command nexctl is the Nexstor admin tool. It talks to one node's engine
-// over gRPC (pools, replicas, nexuses and how they are shared), to the node
-// services of many servers at once (storage), and to the management service
-// (system); bench loads a share or a disk directly.
+// Command nexctl is the Nexstor admin tool. It talks to the management
+// service (volumes, nodes, the pools of every node, system membership), to
+// one node's engine over gRPC (pools, replicas, nexuses and how they are
+// shared), and to the node services of many servers at once (storage);
+// bench loads a share or a disk directly.
 //
 // Exit status: 0 on success, 1 when the operation failed, 2 when nexctl was
 // called wrongly (unknown command or flag, wrong number of arguments, a bad
@@ -63,14 +64,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "nexctl",
-		Short: "Administer Nexstor storage: pools, replicas, nexuses and shares",
-		Long: `nexctl administers a Nexstor storage node through its engine's gRPC API.
+		Short: "Administer Nexstor storage: volumes, nodes, pools, replicas, nexuses and shares",
+		Long: `nexctl administers a Nexstor system through its management service (volume,
+node, pool list, system) and one storage node through its engine's gRPC API
+(pool, replica, nexus, host).
 
-Pools turn a disk (a file, a block device, or RAM) into storage; replicas are
-block devices carved out of pools; a shared replica can be reached by NBD
-clients (nbdinfo, nbdcopy, qemu, fio) or NVMe/TCP hosts at the URI nexctl
-prints; a nexus mirrors a volume over replicas of several nodes. bench
-measures a share or a disk.
+A volume is mirrored over replicas on several nodes; the management service
+places, creates and publishes it (nexctl volume). Pools turn a disk (a file, a
+block device, or RAM) into storage; replicas are block devices carved out of
+pools; a shared replica can be reached by NBD clients (nbdinfo, nbdcopy, qemu,
+fio) or NVMe/TCP hosts at the URI nexctl prints; a nexus mirrors a volume over
+replicas of several nodes. bench measures a share or a disk.
+
+The management service is reached at --access-points (-a), else
+$NEXSTOR_ACCESS_POINTS, else localhost:10124, in host-list notation; the
+leader answers.
 
 The engine address comes from --engine, else from $NEXSTOR_ENGINE, else
 ` + defaultEngine + `. It is host[:port] (port 10124 when left out) or an IP
@@ -82,7 +90,10 @@ Exit status: 0 on success, 1 when the operation failed, 2 when the command
 line is wrong. Errors print on stderr as Error, Code and Resolution lines.
 
 ` + tlsHelp,
-		Example: `  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
+		Example: `  nexctl volume create v1 --size 10GiB --replicas 3
+  nexctl volume publish v1 --node node-0
+  nexctl node list
+  nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
   nexctl replica create r0 --pool p0 --size 1GiB --thin
   nexctl replica share r0 --protocol nbd
   nexctl replica list -o json
@@ -110,7 +121,7 @@ line is wrong. Errors print on stderr as Error, Code and Resolution lines.
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second,
 		"time limit of each call (connecting to a server that does not answer fails sooner)")
 	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
-		a.systemCmd(), a.storageCmd())
+		a.systemCmd(), a.storageCmd(), a.volumeCmd(), a.nodeCmd())
 	strict(root)
 	return root
 }

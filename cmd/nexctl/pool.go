@@ -92,16 +92,41 @@ numbers. Creating the same pool again (name and disk) prints it.`,
 }
 
 func (a *app) poolListCmd() *cobra.Command {
-	return &cobra.Command{
+	s := &systemFlags{tls: &a.tls}
+	var node string
+	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   "List the pools",
-		Long: `List shows every pool of the node with its space figures. Pools the server
-knows of but could not import (state faulted) are listed with the reason.`,
+		Short:   "List the pools of every node (management service), or of one engine (--engine)",
+		Long: `List has two sources:
+
+  the system   without --engine: the management service (--access-points,
+               else $NEXSTOR_ACCESS_POINTS, else localhost:10124) lists the
+               pools every node last reported: node, rank, name, disk, state,
+               capacity, free space, committed space in percent of the
+               capacity (thin replicas count at their full size), replicas,
+               and how long ago the report was taken. --node (a name, rank
+               or UUID) lists one node's. A pool of a node that is not
+               joined shows that node's state next to its own: its figures
+               may have changed since.
+  one engine   with --engine (or $NEXSTOR_ENGINE when neither --node nor
+               --access-points is given): that engine's pools, live, with
+               allocated space; this works on a standalone server too.
+
+Pools the server knows of but could not import (state faulted) are listed
+with the reason. Sizes are binary (1GiB = 1024MiB); -o json gives bytes.`,
 		Example: `  nexctl pool list
-  nexctl pool list -o json`,
+  nexctl pool list --node node-1 -o json
+  nexctl --engine 10.0.0.2 pool list`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			engine, err := poolListMode(cmd)
+			if err != nil {
+				return err
+			}
+			if !engine {
+				return a.systemPools(cmd, s, node)
+			}
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				resp, err := c.ListPools(ctx, &enginev1.ListPoolsRequest{})
 				if err != nil {
@@ -115,6 +140,9 @@ knows of but could not import (state faulted) are listed with the reason.`,
 			})
 		},
 	}
+	cmd.Flags().StringVar(&node, "node", "", "list the pools of this node only (name, rank or UUID); asks the management service")
+	s.addAccessPoints(cmd.Flags())
+	return cmd
 }
 
 func (a *app) poolGetCmd() *cobra.Command {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
@@ -56,6 +57,16 @@ func (s *systemFlags) mgmtClient(cmd *cobra.Command) (*mgmtclient.Client, error)
 	return c, nil
 }
 
+// addAccessPoints adds --access-points (-a) to fs: the management
+// service's access points, else $NEXSTOR_ACCESS_POINTS, else localhost.
+func (s *systemFlags) addAccessPoints(fs *pflag.FlagSet) {
+	aps := os.Getenv("NEXSTOR_ACCESS_POINTS")
+	if aps == "" {
+		aps = fmt.Sprintf("localhost:%d", config.DefaultPort)
+	}
+	fs.StringVarP(&s.accessPoints, "access-points", "a", aps, "access points host[:port] in host-list notation (env NEXSTOR_ACCESS_POINTS)")
+}
+
 // mgmtDo runs one management call against the leader, bounded by
 // --timeout; when no access point can be reached it fails after the dial
 // timeout instead.
@@ -82,12 +93,7 @@ host-list notation: --ranks 0-2,5, --hosts node-[1-3]:10124.
 The access points come from --access-points, else $NEXSTOR_ACCESS_POINTS, else
 localhost:10124.`,
 	}
-	aps := os.Getenv("NEXSTOR_ACCESS_POINTS")
-	if aps == "" {
-		aps = fmt.Sprintf("localhost:%d", config.DefaultPort)
-	}
-	pf := cmd.PersistentFlags()
-	pf.StringVarP(&s.accessPoints, "access-points", "a", aps, "access points host[:port] in host-list notation (env NEXSTOR_ACCESS_POINTS)")
+	s.addAccessPoints(cmd.PersistentFlags())
 
 	selFlags := func(c *cobra.Command) {
 		c.Flags().StringVar(&s.ranks, "ranks", "", "select ranks, e.g. 0-2,5 (default: all)")
@@ -187,6 +193,7 @@ type leaderView struct {
 // memberView is the stable JSON form of a member.
 type memberView struct {
 	Rank          uint32            `json:"rank" yaml:"rank"`
+	Name          string            `json:"name,omitempty" yaml:"name,omitempty"`
 	UUID          string            `json:"uuid" yaml:"uuid"`
 	Address       string            `json:"address" yaml:"address"`
 	State         string            `json:"state" yaml:"state"`
@@ -194,6 +201,8 @@ type memberView struct {
 	FaultDomain   string            `json:"fault_domain,omitempty" yaml:"fault_domain,omitempty"`
 	LastHeartbeat string            `json:"last_heartbeat,omitempty" yaml:"last_heartbeat,omitempty"`
 	Labels        map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	HostNQN       string            `json:"host_nqn,omitempty" yaml:"host_nqn,omitempty"`
+	Cordoned      bool              `json:"cordoned,omitempty" yaml:"cordoned,omitempty"`
 }
 
 type queryView struct {
@@ -212,15 +221,16 @@ func msTime(ms int64) string {
 func (a *app) printQuery(resp *mgmtv1.SystemQueryResponse, verbose bool) error {
 	v := queryView{Members: []memberView{}, AbsentRanks: resp.AbsentRanks, AbsentHosts: resp.AbsentHosts}
 	for _, m := range resp.Members {
-		v.Members = append(v.Members, memberView{Rank: m.Rank, UUID: m.Uuid, Address: m.Address, State: m.State,
-			Info: m.Info, FaultDomain: m.FaultDomain, LastHeartbeat: msTime(m.LastHeartbeatMs), Labels: m.Labels})
+		v.Members = append(v.Members, memberView{Rank: m.Rank, Name: m.Name, UUID: m.Uuid, Address: m.Address, State: m.State,
+			Info: m.Info, FaultDomain: m.FaultDomain, LastHeartbeat: msTime(m.LastHeartbeatMs), Labels: m.Labels,
+			HostNQN: m.HostNqn, Cordoned: m.Cordoned})
 	}
 	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].Rank < v.Members[j].Rank })
 	return output.Print(a.out, a.outFormat(), v, func(w io.Writer) error {
 		if verbose {
-			t := output.NewTable(w, "RANK", "UUID", "ADDRESS", "STATE", "INFO")
+			t := output.NewTable(w, "RANK", "NAME", "UUID", "ADDRESS", "STATE", "INFO")
 			for _, m := range v.Members {
-				t.Row(fmt.Sprint(m.Rank), m.UUID, m.Address, m.State, m.Info)
+				t.Row(fmt.Sprint(m.Rank), m.Name, m.UUID, m.Address, m.State, m.Info)
 			}
 			if err := t.Flush(); err != nil {
 				return err

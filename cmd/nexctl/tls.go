@@ -22,8 +22,8 @@ import (
 )
 
 // tlsHelp is the rule every command follows, for --help.
-const tlsHelp = `Every command (pool, replica, nexus, host, system, storage) connects with
-mutual TLS, presenting <cert-dir>/<identity>.crt (from nexstor certgen;
+const tlsHelp = `Every command (volume, node, pool, replica, nexus, host, system, storage)
+connects with mutual TLS, presenting <cert-dir>/<identity>.crt (from nexstor certgen;
 --cert-dir, else $NEXSTOR_CERT_DIR, else ` + config.DefaultCertDir + `). It
 connects in plain text with --insecure or NEXSTOR_INSECURE=1, and also when
 <cert-dir> holds no ca.crt and every address is a loopback one (localhost,

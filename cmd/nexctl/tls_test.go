@@ -42,7 +42,8 @@ func TestPlainText(t *testing.T) {
 func TestEngineCommandsHaveTLSFlags(t *testing.T) {
 	a := &app{}
 	root := a.rootCmd()
-	for _, path := range [][]string{{"pool", "list"}, {"replica", "list"}, {"nexus", "list"}, {"system", "query"}, {"storage", "scan"}} {
+	for _, path := range [][]string{{"pool", "list"}, {"replica", "list"}, {"nexus", "list"}, {"system", "query"}, {"storage", "scan"},
+		{"volume", "create"}, {"node", "list"}} {
 		c, _, err := root.Find(path)
 		if err != nil {
 			t.Fatal(err)
