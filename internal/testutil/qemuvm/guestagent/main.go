@@ -148,6 +148,7 @@ var steps = map[string]struct {
 	"barrier":         {stepBarrier, "barrier NAME", 1},
 	"run":             {stepRun, "run PROGRAM [ARG...]", 1},
 	"sleep":           {stepSleep, "sleep DURATION", 1},
+	"wait-size":       {stepWaitSize, "wait-size DEV BYTES (the block device's size, as the kernel sees it)", 2},
 }
 
 func (a *agent) exec(args []string) error {

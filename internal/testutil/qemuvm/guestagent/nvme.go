@@ -372,3 +372,30 @@ func getLogPage(f *os.File, lid uint8, length int) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+// stepWaitSize waits until the kernel reports the block device DEV
+// (/dev/nvmeXnY) at BYTES bytes: after a target grows a namespace, the host
+// revalidates it on the attribute-changed event.
+func stepWaitSize(a *agent, args []string) error {
+	want, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil {
+		return fmt.Errorf("wait-size: %q is not a byte count", args[1])
+	}
+	sysfs := filepath.Join("/sys/class/block", filepath.Base(args[0]), "size")
+	start := time.Now()
+	for {
+		b, err := os.ReadFile(sysfs)
+		if err != nil {
+			return fmt.Errorf("size of %s: %w", args[0], err)
+		}
+		sectors, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if sectors*512 == want {
+			a.out("size=%d after %v", want, time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if time.Since(start) > deviceWait {
+			return fmt.Errorf("%s is %d bytes after %v, want %d", args[0], sectors*512, deviceWait, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
