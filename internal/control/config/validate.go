@@ -3,10 +3,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"path/filepath"
-	"maps"
 	"regexp"
 	"slices"
 	"strconv"
