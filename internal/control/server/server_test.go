@@ -131,7 +131,6 @@ func TestPolicy(t *testing.T) {
 	p := Policy()
 	for _, m := range []string{mgmtv1.NodeService_StorageFormat_FullMethodName, mgmtv1.MgmtService_SystemStop_FullMethodName,
 		mgmtv1.MgmtService_SystemExclude_FullMethodName, enginev1.PoolService_DestroyPool_FullMethodName,
-		enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.NexusService_DestroyNexus_FullMethodName,
 		enginev1.PoolService_CreatePool_FullMethodName} {
 		if p.Permits(m, security.RoleCSI) || p.Permits(m, security.RoleServer) {
 			t.Errorf("%s: csi or server permitted", m)
@@ -148,6 +147,41 @@ func TestPolicy(t *testing.T) {
 	}
 	if !p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleServer) || p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleCSI) {
 		t.Error("heartbeat: server refused or csi permitted")
+	}
+	// The management service leader drives the engines for volumes with
+	// the server certificate: it may create and destroy what volumes are
+	// made of, never pools.
+	for _, m := range []string{
+		enginev1.ReplicaService_CreateReplica_FullMethodName, enginev1.ReplicaService_DestroyReplica_FullMethodName,
+		enginev1.ReplicaService_ResizeReplica_FullMethodName, enginev1.ReplicaService_ShareReplica_FullMethodName,
+		enginev1.ReplicaService_UnshareReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
+		enginev1.NexusService_CreateNexus_FullMethodName, enginev1.NexusService_DestroyNexus_FullMethodName,
+		enginev1.NexusService_PublishNexus_FullMethodName, enginev1.NexusService_UnpublishNexus_FullMethodName,
+		enginev1.NexusService_ResizeNexus_FullMethodName, enginev1.NexusService_AddChild_FullMethodName,
+		enginev1.NexusService_RemoveChild_FullMethodName, enginev1.NexusService_OnlineChild_FullMethodName,
+		enginev1.NexusService_Verify_FullMethodName, enginev1.NexusService_ListNexuses_FullMethodName,
+		enginev1.NexusService_GetNexus_FullMethodName, enginev1.ReplicaService_ListReplicas_FullMethodName,
+		enginev1.ReplicaService_GetReplica_FullMethodName, enginev1.PoolService_ListPools_FullMethodName,
+		enginev1.PoolService_GetPool_FullMethodName, enginev1.HostService_GetVersion_FullMethodName,
+	} {
+		if !p.Permits(m, security.RoleServer) || !p.Permits(m, security.RoleAdmin) {
+			t.Errorf("%s: server or admin refused", m)
+		}
+	}
+	for _, m := range []string{enginev1.PoolService_DestroyPool_FullMethodName, enginev1.PoolService_CreatePool_FullMethodName,
+		enginev1.PoolService_ExportPool_FullMethodName, enginev1.PoolService_ImportPool_FullMethodName,
+		enginev1.NexusService_FaultChild_FullMethodName, enginev1.NexusService_OfflineChild_FullMethodName} {
+		if p.Permits(m, security.RoleServer) {
+			t.Errorf("%s: server permitted", m)
+		}
+	}
+	// The csi role is unchanged: it provisions, never destroys.
+	for _, m := range []string{enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
+		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
+		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName} {
+		if p.Permits(m, security.RoleCSI) {
+			t.Errorf("%s: csi permitted", m)
+		}
 	}
 }
 
