@@ -289,9 +289,9 @@ func dataDirInUse(dir string, err error) error {
 
 // registerManagement registers the management service replica svc: the
 // membership service, and the volume service when svc serves it.
-func registerManagement(s grpc.ServiceRegistrar, svc *mgmt.Service) {
+func registerManagement(s grpc.ServiceRegistrar, svc mgmtv1.MgmtServiceServer) {
 	mgmtv1.RegisterMgmtServiceServer(s, svc)
-	if vs, ok := any(svc).(mgmtv1.VolumeServiceServer); ok {
+	if vs, ok := svc.(mgmtv1.VolumeServiceServer); ok {
 		mgmtv1.RegisterVolumeServiceServer(s, vs)
 	}
 }

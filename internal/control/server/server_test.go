@@ -71,6 +71,56 @@ func TestLazyService(t *testing.T) {
 	}
 }
 
+// volumesToo is a management service that serves the volume service too.
+type volumesToo struct {
+	leaderOnly
+	mgmtv1.UnimplementedVolumeServiceServer
+}
+
+func (volumesToo) LoadNexusHealth(context.Context, *mgmtv1.LoadNexusHealthRequest) (*mgmtv1.NexusHealth, error) {
+	return &mgmtv1.NexusHealth{Found: true, Record: []byte("{}")}, nil
+}
+
+// TestRegisterManagement: the management service replica's volume service
+// is served on the node's listener when the replica implements it, and
+// answers Unimplemented when it does not.
+func TestRegisterManagement(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	l := newLazy("not yet")
+	l.Register(srv, func(s grpc.ServiceRegistrar) {
+		mgmtv1.RegisterMgmtServiceServer(s, new(mgmt.Service))
+		mgmtv1.RegisterVolumeServiceServer(s, mgmtv1.UnimplementedVolumeServiceServer{})
+	})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vol := mgmtv1.NewVolumeServiceClient(cc)
+	if _, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("before the replica started: %v", err)
+	}
+	l.Set(func(s grpc.ServiceRegistrar) { registerManagement(s, &leaderOnly{leader: "x:1"}) })
+	if _, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("replica without the volume service: %v", err)
+	}
+	l.Set(func(s grpc.ServiceRegistrar) { registerManagement(s, &volumesToo{leaderOnly: leaderOnly{leader: "x:1"}}) })
+	if h, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); err != nil || !h.Found {
+		t.Fatalf("replica with the volume service: %v, %v", h, err)
+	}
+	if resp, err := mgmtv1.NewMgmtServiceClient(cc).LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{}); err != nil || resp.Leader != "x:1" {
+		t.Fatalf("membership service: %v, %v", resp, err)
+	}
+}
+
 // TestConfigFromFlags checks that flags that were given override the file
 // and the others leave it alone.
 func TestConfigFromFlags(t *testing.T) {
