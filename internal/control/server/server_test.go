@@ -112,7 +112,9 @@ func TestRegisterManagement(t *testing.T) {
 	if _, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("replica without the volume service: %v", err)
 	}
-	l.Set(func(s grpc.ServiceRegistrar) { registerManagement(s, &volumesToo{leaderOnly: leaderOnly{leader: "x:1"}}) })
+	l.Set(func(s grpc.ServiceRegistrar) {
+		registerManagement(s, &volumesToo{leaderOnly: leaderOnly{leader: "x:1"}})
+	})
 	if h, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); err != nil || !h.Found {
 		t.Fatalf("replica with the volume service: %v, %v", h, err)
 	}
