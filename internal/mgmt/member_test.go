@@ -204,8 +204,8 @@ func TestRunMemberPoolReports(t *testing.T) {
 			}
 		}
 	}
-	// sends answers heartbeats until one carries a report, which must be
-	// want, and then checks that the next few carry none.
+	// expectOnce checks that the next heartbeat carries want and the few
+	// after it carry none.
 	expectOnce := func(want *mgmtv1.PoolReportSet, what string) {
 		t.Helper()
 		if hb := next(nil, nil, nil); !proto.Equal(hb.Pools, want) {
