@@ -57,6 +57,19 @@ type Superblock struct {
 // HasRank reports whether a rank was assigned.
 func (sb *Superblock) HasRank() bool { return sb.Rank != NoRank }
 
+// HostNQNPrefix starts every UUID-based NVMe host NQN (NVMe Base
+// Specification, 4.5): the node's host NQN is this prefix and its UUID.
+const HostNQNPrefix = "nqn.2014-08.org.nvmexpress:uuid:"
+
+// HostNQN returns the NVMe host NQN of the node whose superblock UUID is
+// node: the same on every start of the node, distinct between nodes, and
+// new only when the node is reformatted (which gives it a new UUID). The
+// node's engine connects to remote replicas with it.
+func HostNQN(node uuid.UUID) string { return HostNQNPrefix + node.String() }
+
+// HostNQN returns the node's NVMe host NQN; see the function HostNQN.
+func (sb *Superblock) HostNQN() string { return HostNQN(sb.UUID) }
+
 type envelope struct {
 	Superblock json.RawMessage `json:"superblock"`
 	// Checksum is "sha256:<hex>" of the compact JSON encoding of Superblock.

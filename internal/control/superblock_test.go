@@ -122,3 +122,39 @@ func TestSetRankAndSystem(t *testing.T) {
 		t.Fatalf("leftover files %v", ents)
 	}
 }
+
+// TestHostNQN: the host NQN is the UUID form of the NVMe specification,
+// read back unchanged from the superblock after a restart, distinct per
+// node, and new after a forced reformat.
+func TestHostNQN(t *testing.T) {
+	dir := t.TempDir()
+	sb, err := Format(dir, "sys", FormatOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nqn := sb.HostNQN()
+	if nqn != "nqn.2014-08.org.nvmexpress:uuid:"+sb.UUID.String() {
+		t.Fatalf("host NQN %q", nqn)
+	}
+	back, err := ReadSuperblock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.HostNQN() != nqn {
+		t.Fatalf("host NQN after a restart %q, want %q", back.HostNQN(), nqn)
+	}
+	other, err := Format(t.TempDir(), "sys", FormatOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.HostNQN() == nqn {
+		t.Fatal("two nodes share a host NQN")
+	}
+	again, err := Format(dir, "sys", FormatOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.HostNQN() == nqn {
+		t.Fatal("a reformatted node kept its host NQN")
+	}
+}

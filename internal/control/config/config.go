@@ -12,6 +12,7 @@ package config
 
 import (
 	"log/slog"
+	"maps"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -49,6 +50,11 @@ type Server struct {
 	// Name is the system name (`name`). Every member of a system carries the
 	// same name; joining with another name is refused.
 	Name string
+	// NodeName is this node's name in the system (`node_name`): the rules
+	// of pool names, unique among the members (a name another member holds
+	// is refused when the node joins). Empty lets the management service
+	// name the node "node-<rank>".
+	NodeName string
 	// Port is the control-plane gRPC port (`port`): the port of access points
 	// given without one, and of grpc_listen when grpc_listen is not set.
 	Port int
@@ -155,6 +161,10 @@ type Pool struct {
 	// It is applied when the pool is created, and at every start to a
 	// pool that has another.
 	Overcommit int
+	// Labels are free-form key/value pairs of the pool (`labels`), sent
+	// with the node's pool reports and matched by the pool selectors of
+	// volume placement. They can change at any start.
+	Labels map[string]string
 }
 
 // Log configures the slog handler.
@@ -230,12 +240,10 @@ func (s *Server) Clone() *Server {
 	c.AccessPoints = append([]string(nil), s.AccessPoints...)
 	c.Etcd.Endpoints = append([]string(nil), s.Etcd.Endpoints...)
 	c.Pools = append([]Pool(nil), s.Pools...)
-	if s.Labels != nil {
-		c.Labels = make(map[string]string, len(s.Labels))
-		for k, v := range s.Labels {
-			c.Labels[k] = v
-		}
+	for i := range c.Pools {
+		c.Pools[i].Labels = maps.Clone(c.Pools[i].Labels)
 	}
+	c.Labels = maps.Clone(s.Labels)
 	return &c
 }
 
@@ -273,6 +281,10 @@ func normalizeHostPort(addr string, defPort int) string {
 
 // WithName sets the system name.
 func (s *Server) WithName(name string) *Server { s.Name = name; return s }
+
+// WithNodeName sets this node's name in the system ("" lets the management
+// service name it).
+func (s *Server) WithNodeName(name string) *Server { s.NodeName = name; return s }
 
 // WithPort sets the control-plane port. A GRPCListen that still used the old
 // port follows it.

@@ -109,6 +109,11 @@ func normalize(s *Server) *Server {
 	if len(c.Pools) == 0 {
 		c.Pools = nil
 	}
+	for i := range c.Pools {
+		if len(c.Pools[i].Labels) == 0 {
+			c.Pools[i].Labels = nil
+		}
+	}
 	if len(c.Labels) == 0 {
 		c.Labels = nil
 	}
@@ -214,6 +219,11 @@ func TestValidateErrors(t *testing.T) {
 		{"fault domain", func(s *Server) { s.FaultDomain = "rack1" }, "fault_domain", "/rack1/node3"},
 		{"fault domain segment", func(s *Server) { s.FaultDomain = "/rack 1/n" }, "fault_domain", "level name"},
 		{"label", func(s *Server) { s.Labels = map[string]string{"bad key": "v"} }, "labels", "label key"},
+		{"node name", func(s *Server) { s.NodeName = "node 1" }, "node_name", "node-<rank>"},
+		{"node name too long", func(s *Server) { s.NodeName = strings.Repeat("n", MaxNameLen+1) }, "node_name", "at most 63"},
+		{"pool label", func(s *Server) {
+			s.Pools = []Pool{{Name: "a", Disk: "/dev/sdb", ClusterSize: 4 << 20, Labels: map[string]string{"ok": "1", "-bad": "v"}}}
+		}, "pools[0].labels", `key "-bad"`},
 		{"port conflict", func(s *Server) { s.NBDListen = ":4420" }, "nbd.listen", "also used by nvmf.listen"},
 	}
 	for _, tc := range cases {
@@ -255,6 +265,40 @@ func TestValidateReportsAll(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), k) {
 			t.Errorf("error %v does not mention %s", err, k)
 		}
+	}
+}
+
+// TestParseNodeNameAndPoolLabels: node_name and pools[].labels are read,
+// kept by the builders and Clone, and survive the effective configuration.
+func TestParseNodeNameAndPoolLabels(t *testing.T) {
+	s, err := Parse([]byte("node_name: store-7\npools:\n  - name: fast\n    disk: /dev/nvme0n1\n    labels:\n      media: nvme\n      tier: gold\n  - name: slow\n    disk: /dev/sdb\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.NodeName != "store-7" {
+		t.Fatalf("node_name %q", s.NodeName)
+	}
+	if want := map[string]string{"media": "nvme", "tier": "gold"}; !reflect.DeepEqual(s.Pools[0].Labels, want) || s.Pools[1].Labels != nil {
+		t.Fatalf("pool labels %v, %v", s.Pools[0].Labels, s.Pools[1].Labels)
+	}
+	roundTrip(t, s)
+	c := s.Clone()
+	c.Pools[0].Labels["media"] = "hdd"
+	if s.Pools[0].Labels["media"] != "nvme" {
+		t.Fatal("Clone shares the pools' labels")
+	}
+	if d, err := Parse(nil); err != nil || d.NodeName != "" {
+		t.Fatalf("default node name %q, %v: want empty (named by the management service)", d.NodeName, err)
+	}
+	if s.WithNodeName("other"); s.NodeName != "other" {
+		t.Fatalf("WithNodeName: %q", s.NodeName)
+	}
+	if _, err := Parse([]byte("nodename: x\n")); err == nil || !strings.Contains(err.Error(), `did you mean "node_name"`) {
+		t.Fatalf("misspelled node_name: %v", err)
+	}
+	if _, err := Parse([]byte("pools:\n  - name: a\n    disk: /dev/sdb\n    label:\n      a: b\n")); err == nil ||
+		!strings.Contains(err.Error(), `did you mean "labels"`) {
+		t.Fatalf("misspelled pools[].labels: %v", err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 
 type fileServer struct {
 	Name            *string           `yaml:"name,omitempty"`
+	NodeName        *string           `yaml:"node_name,omitempty"`
 	Port            *int              `yaml:"port,omitempty"`
 	GRPCListen      *string           `yaml:"grpc_listen,omitempty"`
 	AccessPoints    []string          `yaml:"access_points,omitempty"`
@@ -67,10 +68,11 @@ type fileTransport struct {
 }
 
 type filePool struct {
-	Name        string   `yaml:"name"`
-	Disk        string   `yaml:"disk"`
-	ClusterSize fileSize `yaml:"cluster_size,omitempty"`
-	Overcommit  int      `yaml:"overcommit_percent,omitempty"`
+	Name        string            `yaml:"name"`
+	Disk        string            `yaml:"disk"`
+	ClusterSize fileSize          `yaml:"cluster_size,omitempty"`
+	Overcommit  int               `yaml:"overcommit_percent,omitempty"`
+	Labels      map[string]string `yaml:"labels,omitempty"`
 }
 
 type fileNVMf struct {
@@ -187,6 +189,7 @@ func (f *fileServer) apply(s *Server) {
 		}
 	}
 	set(&s.Name, f.Name)
+	set(&s.NodeName, f.NodeName)
 	if f.Port != nil {
 		s.Port = *f.Port
 		if f.GRPCListen == nil {
@@ -240,7 +243,8 @@ func (f *fileServer) apply(s *Server) {
 		set(&s.TransportConfig.Key, t.Key)
 	}
 	for _, p := range f.Pools {
-		s.Pools = append(s.Pools, Pool{Name: p.Name, Disk: p.Disk, ClusterSize: int64(p.ClusterSize), Overcommit: p.Overcommit})
+		s.Pools = append(s.Pools, Pool{Name: p.Name, Disk: p.Disk, ClusterSize: int64(p.ClusterSize), Overcommit: p.Overcommit,
+			Labels: p.Labels})
 	}
 	if n := f.NVMf; n != nil {
 		set(&s.NVMfListen, n.Listen)
@@ -273,6 +277,7 @@ func (s *Server) toFile() *fileServer {
 	b := func(v bool) *bool { return &v }
 	f := &fileServer{
 		Name:         p(s.Name),
+		NodeName:     p(s.NodeName),
 		Port:         i(s.Port),
 		GRPCListen:   p(s.GRPCListen),
 		AccessPoints: s.AccessPoints,
@@ -304,7 +309,8 @@ func (s *Server) toFile() *fileServer {
 		f.Etcd.TLS = &fileEtcdTLS{CACert: p(s.Etcd.TLS.CACert), Cert: p(s.Etcd.TLS.Cert), Key: p(s.Etcd.TLS.Key)}
 	}
 	for _, pl := range s.Pools {
-		f.Pools = append(f.Pools, filePool{Name: pl.Name, Disk: pl.Disk, ClusterSize: fileSize(pl.ClusterSize), Overcommit: pl.Overcommit})
+		f.Pools = append(f.Pools, filePool{Name: pl.Name, Disk: pl.Disk, ClusterSize: fileSize(pl.ClusterSize), Overcommit: pl.Overcommit,
+			Labels: pl.Labels})
 	}
 	return f
 }

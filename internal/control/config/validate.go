@@ -3,11 +3,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -62,6 +63,10 @@ var (
 func (s *Server) Validate() error {
 	var v validator
 	v.name("name", s.Name)
+	if s.NodeName != "" && (len(s.NodeName) > MaxNameLen || !nameRE.MatchString(s.NodeName)) {
+		v.add("node_name", fmt.Sprintf("%q is not a valid node name", s.NodeName),
+			"use letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63 characters, or leave it out to be named node-<rank>")
+	}
 	if s.Port < 1 || s.Port > 65535 {
 		v.add("port", fmt.Sprintf("%d is not a TCP port", s.Port), "use a port between 1 and 65535 (default 10124)")
 	}
@@ -85,18 +90,18 @@ func (s *Server) Validate() error {
 		v.add("log.file", fmt.Sprintf("%q is relative", s.Log.File), absolutePath+", or leave it empty to log to stderr")
 	}
 	v.faultDomain(s.FaultDomain)
-	keys := make([]string, 0, len(s.Labels))
-	for k := range s.Labels {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	v.labels("labels", s.Labels)
+	return errors.Join(v.errs...)
+}
+
+// labels checks the keys of a label map (values are free-form).
+func (v *validator) labels(key string, labels map[string]string) {
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
 		if len(k) > maxLabelKeyLength || !labelKeyRE.MatchString(k) {
-			v.add("labels", fmt.Sprintf("key %q is not a valid label key", k),
+			v.add(key, fmt.Sprintf("key %q is not a valid label key", k),
 				"use letters, digits, '.', '_', '-', '/', starting and ending with a letter or digit, at most 63 characters")
 		}
 	}
-	return errors.Join(v.errs...)
 }
 
 type validator struct{ errs []error }
@@ -287,6 +292,7 @@ func (v *validator) pools(pools []Pool) {
 			v.add(key+".overcommit_percent", fmt.Sprintf("%d is out of range", oc),
 				"give a percent of the capacity from 100 (no over-commit) to 100000, or leave it out for 250")
 		}
+		v.labels(key+".labels", p.Labels)
 	}
 }
 

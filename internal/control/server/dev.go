@@ -97,7 +97,8 @@ func orInt(v, def int) int {
 const devPool = "p0"
 
 // DevConfigs returns the configurations of the nodes RunDev runs: system
-// "dev", without TLS, node 0 the access point with an embedded etcd.
+// "dev", without TLS, node 0 the access point with an embedded etcd; node i
+// is named "node-<i>" (node_name), whatever rank it gets.
 func DevConfigs(o DevOptions) ([]*config.Server, error) {
 	if o.Nodes < 1 {
 		return nil, fmt.Errorf("dev: %d nodes: run at least 1", o.Nodes)
@@ -120,7 +121,7 @@ func DevConfigs(o DevOptions) ([]*config.Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dev: data dir: %w", err)
 		}
-		cfg := config.Default().WithName("dev").WithDataDir(filepath.Join(dir, "data")).WithRuntimeDir(filepath.Join(dir, "run")).
+		cfg := config.Default().WithName("dev").WithNodeName(fmt.Sprintf("node-%d", i)).WithDataDir(filepath.Join(dir, "data")).WithRuntimeDir(filepath.Join(dir, "run")).
 			WithInsecure(true).WithGRPCListen(fmt.Sprintf("%s:%d", host, grpcPort+i)).WithAccessPoints(ap).
 			WithEtcdPorts(etcdPort, etcdPort+1).WithNVMfListen(fmt.Sprintf("%s:%d", host, nvmfPort+i)).WithDiscoveryListen("").
 			WithNBDListen(fmt.Sprintf("%s:%d", host, nbdPort+i)).WithPools(config.Pool{Name: devPool,

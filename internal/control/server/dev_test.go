@@ -74,6 +74,20 @@ func TestRunDev(t *testing.T) {
 	}
 }
 
+// TestDevConfigsNodeNames: dev nodes are named node-0, node-1, ... so that
+// commands can name them.
+func TestDevConfigsNodeNames(t *testing.T) {
+	cfgs, err := DevConfigs(DevOptions{Nodes: 3, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cfgs {
+		if want := fmt.Sprintf("node-%d", i); c.NodeName != want {
+			t.Errorf("dev node %d is named %q, want %q", i, c.NodeName, want)
+		}
+	}
+}
+
 // checkDevMetrics scrapes node 0's metrics: they are where DevOptions put
 // them, the engine runs and the dev pool is online.
 func checkDevMetrics(url, addr string) error {

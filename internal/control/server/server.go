@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
+	"github.com/nexstor/nexstor/internal/mgmt/healthstore"
 	"github.com/nexstor/nexstor/internal/security"
 )
 
@@ -88,6 +90,18 @@ func (h *Handle) Quiesce() error {
 	return dp.Quiesce()
 }
 
+// HostNQN returns the node's NVMe host NQN (control.HostNQN of its
+// superblock UUID), "" while the node is not formatted.
+func (h *Handle) HostNQN() string {
+	h.mu.Lock()
+	r := h.r
+	h.mu.Unlock()
+	if r == nil {
+		return ""
+	}
+	return r.HostNQN()
+}
+
 // Run serves the node described by cfg until ctx ends, then shuts down
 // cleanly (gRPC calls finish within ShutdownGrace, shares are withdrawn,
 // pools exported, the etcd member stopped). Prometheus metrics are served
@@ -133,7 +147,11 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		return err
 	}
 
-	r := &runtime{cfg: cfg, opts: opts, log: log}
+	// The client of the management service connects on its first call;
+	// the engine's system health store and membership share it.
+	client := mgmt.NewClient(cfg.AccessPointAddrs(), clientCreds, security.ExplainInterceptors(tc.AllowInsecure)...)
+	defer client.Close()
+	r := &runtime{cfg: cfg, opts: opts, log: log, systemHealth: healthstore.New(client)}
 	defer r.stopEngine("the server is shutting down")
 	opts.Handle.set(r)
 	defer opts.Handle.set(nil)
@@ -165,7 +183,10 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 	mgmtv1.RegisterNodeServiceServer(srv, node)
 	mgmtLazy := newLazy("the management service is not running on this node yet (its etcd member is starting)")
 	// A placeholder implementation: Set installs the running one.
-	mgmtLazy.Register(srv, func(s grpc.ServiceRegistrar) { mgmtv1.RegisterMgmtServiceServer(s, new(mgmt.Service)) })
+	mgmtLazy.Register(srv, func(s grpc.ServiceRegistrar) {
+		mgmtv1.RegisterMgmtServiceServer(s, new(mgmt.Service))
+		mgmtv1.RegisterVolumeServiceServer(s, mgmtv1.UnimplementedVolumeServiceServer{})
+	})
 	r.engineLazy = newLazy("the node is in maintenance mode: format it with `nexctl storage format`")
 	r.engineLazy.Register(srv, func(s grpc.ServiceRegistrar) { engine.Register(s, nil) })
 	serveErr := make(chan error, 1)
@@ -208,7 +229,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 				}
 				return
 			}
-			mgmtLazy.Set(func(s grpc.ServiceRegistrar) { mgmtv1.RegisterMgmtServiceServer(s, ap.Service) })
+			mgmtLazy.Set(func(s grpc.ServiceRegistrar) { registerManagement(s, ap.Service) })
 			log.Info("management service replica started", "access_point", self)
 			<-ctx.Done()
 			ap.Close()
@@ -222,16 +243,16 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		if err != nil {
 			return
 		}
+		r.setHostNQN(sb.HostNQN())
 		if err := r.startEngine(cfg.Pools); err != nil {
 			fatal <- err
 			return
 		}
-		log.Info("node formatted: serving", "uuid", sb.UUID, "system", sb.System)
-		client := mgmt.NewClient(cfg.AccessPointAddrs(), clientCreds, security.ExplainInterceptors(tc.AllowInsecure)...)
-		defer client.Close()
+		log.Info("node formatted: serving", "uuid", sb.UUID, "system", sb.System, "host_nqn", sb.HostNQN())
 		err = mgmt.RunMember(ctx, mgmt.MemberConfig{
 			Client: client, System: cfg.Name, UUID: sb.UUID.String(), Address: advertiseAddr(cfg),
 			FaultDomain: cfg.FaultDomain, Labels: cfg.Labels, Rank: sb.Rank, OnRank: node.SetRank,
+			Name: cfg.NodeName, HostNQN: sb.HostNQN(), Pools: r.poolReport,
 			OnState: r.onState, EngineError: r.engineError,
 			Interval: opts.HeartbeatInterval, Log: log,
 		})
@@ -266,12 +287,28 @@ func dataDirInUse(dir string, err error) error {
 		"stop the other server, or give this one its own data_dir")
 }
 
+// registerManagement registers the management service replica svc: the
+// membership service, and the volume service when svc serves it.
+func registerManagement(s grpc.ServiceRegistrar, svc mgmtv1.MgmtServiceServer) {
+	mgmtv1.RegisterMgmtServiceServer(s, svc)
+	if vs, ok := svc.(mgmtv1.VolumeServiceServer); ok {
+		mgmtv1.RegisterVolumeServiceServer(s, vs)
+	}
+}
+
 // Policy is the authorization table of everything a node serves: the node
-// service, the management service and the engine. Engine methods not
-// listed here (create, import, export and destroy pools, destroy replicas
-// and nexuses, fault or offline children) are admin-only by the Policy
-// default; every role may read; the csi role may also provision and
-// publish volumes, but never destroy.
+// service, the management service and the engine.
+//
+// Engine methods: every role may read (list and get everything, rebuild
+// status). The server role, which the management service leader uses to
+// drive the members' engines for volumes, may also create, destroy,
+// resize, share, unshare and disown replicas; create, destroy, publish,
+// unpublish and resize nexuses; add, remove and online children; and
+// verify nexuses. The csi role may provision and publish (create, resize,
+// share and unshare replicas; create, publish and unpublish nexuses; add
+// and remove children), but never destroy. Everything else (pools, fault
+// or offline children, rebuild control) is admin-only by the Policy
+// default; the admin role may call every engine method listed here too.
 func Policy() *security.Policy {
 	p := mgmt.Policy().Merge(control.NodePolicy())
 	read := []string{
@@ -294,6 +331,19 @@ func Policy() *security.Policy {
 	for _, m := range provision {
 		p.Allow(m, security.RoleAdmin, security.RoleCSI)
 	}
+	// What volumes need beyond provisioning, for the leader only; the
+	// provisioning methods above get the server role as well.
+	volumes := []string{
+		enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
+		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
+		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName,
+	}
+	for _, m := range volumes {
+		p.Allow(m, security.RoleAdmin, security.RoleServer)
+	}
+	for _, m := range provision {
+		p.Allow(m, security.RoleServer)
+	}
 	return p
 }
 
@@ -305,9 +355,73 @@ type runtime struct {
 	log        *slog.Logger
 	engineLazy *lazy
 
+	// systemHealth is the system health store of volume nexuses, for
+	// the engine.
+	systemHealth *healthstore.Store
+
 	mu        sync.Mutex
 	engineErr string // why the engine failed to start again, "" when fine
 	dp        *engine.DataPlane
+	// hostNQN is the node's NVMe host NQN, "" until the node is
+	// formatted; dpHostNQN is the one the running engine started with.
+	hostNQN, dpHostNQN string
+}
+
+// HostNQN returns the node's NVMe host NQN, "" while the node is not
+// formatted.
+func (r *runtime) HostNQN() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hostNQN
+}
+
+// setHostNQN records the node's host NQN once it is formatted. An engine
+// that runs already (started to create the pools during format, before the
+// node had its identity) is stopped, so that the next startEngine starts
+// it with its identity: at that point it holds no replica or nexus yet.
+func (r *runtime) setHostNQN(nqn string) {
+	r.mu.Lock()
+	r.hostNQN = nqn
+	stale := r.dp != nil && r.dpHostNQN != nqn
+	r.mu.Unlock()
+	if stale {
+		r.stopEngine("the engine restarts with the node's identity")
+	}
+}
+
+// poolReport is the node's pool report (mgmt.MemberConfig.Pools): every
+// pool of the running engine with the labels of the configuration; an
+// empty report while the engine does not run (maintenance, stopped by the
+// system).
+func (r *runtime) poolReport(context.Context) (*mgmtv1.PoolReportSet, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock() // the engine is not closed while its pools are read
+	if r.dp == nil {
+		return &mgmtv1.PoolReportSet{}, nil
+	}
+	return poolReportSet(r.dp.Engine.Pools(), r.cfg.Pools), nil
+}
+
+// poolReportSet reports pools, in their order, each with the labels of the
+// configured pool of its name. Free space is what is not allocated
+// (FreeClusters × ClusterSize); committed, what the replicas may grow to.
+func poolReportSet(pools []engine.PoolInfo, configured []config.Pool) *mgmtv1.PoolReportSet {
+	labels := make(map[string]map[string]string, len(configured))
+	for _, p := range configured {
+		labels[p.Name] = p.Labels
+	}
+	u := func(v int64) uint64 { return uint64(max(v, 0)) }
+	set := &mgmtv1.PoolReportSet{Pools: make([]*mgmtv1.PoolReport, 0, len(pools))}
+	for _, p := range pools {
+		st := p.Stats
+		set.Pools = append(set.Pools, &mgmtv1.PoolReport{
+			Name: p.Name, Uuid: p.UUID, Disk: p.Disk, State: string(p.State), Reason: p.Reason,
+			Capacity: u(st.Capacity), Free: u(st.FreeClusters) * u(st.ClusterSize), Committed: u(st.Committed),
+			OvercommitPercent: uint32(max(st.Overcommit, 0)), ClusterSize: u(st.ClusterSize),
+			Labels: maps.Clone(labels[p.Name]), Replicas: uint32(max(st.Replicas, 0)),
+		})
+	}
+	return set
 }
 
 // createPool is the node's PoolCreator: it starts the engine (without
@@ -342,6 +456,8 @@ func (r *runtime) startEngine(pools []config.Pool) error {
 		return nil
 	}
 	cfg := r.cfg
+	// The engine's identity: r.hostNQN ("" during format, see setHostNQN)
+	// and the system health store r.systemHealth.
 	o := engine.DataPlaneOptions{DataDir: cfg.DataDir, NBDListen: cfg.NBDListen, NVMfListen: cfg.NVMfListen,
 		DiscoveryListen: cfg.DiscoveryListen, Logger: r.log}
 	for _, p := range pools {
@@ -351,7 +467,7 @@ func (r *runtime) startEngine(pools []config.Pool) error {
 	if err != nil {
 		return err
 	}
-	r.dp = dp
+	r.dp, r.dpHostNQN = dp, r.hostNQN
 	r.engineLazy.Set(dp.Register)
 	r.log.Info("engine serving", "nbd", dp.NBDAddr(), "nvmf", dp.NVMfAddr(), "discovery", dp.DiscoveryAddr(),
 		"data_dir", cfg.DataDir, "pools", len(dp.Engine.Pools()))

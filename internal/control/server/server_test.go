@@ -71,6 +71,58 @@ func TestLazyService(t *testing.T) {
 	}
 }
 
+// volumesToo is a management service that serves the volume service too.
+type volumesToo struct {
+	leaderOnly
+	mgmtv1.UnimplementedVolumeServiceServer
+}
+
+func (volumesToo) LoadNexusHealth(context.Context, *mgmtv1.LoadNexusHealthRequest) (*mgmtv1.NexusHealth, error) {
+	return &mgmtv1.NexusHealth{Found: true, Record: []byte("{}")}, nil
+}
+
+// TestRegisterManagement: the management service replica's volume service
+// is served on the node's listener when the replica implements it, and
+// answers Unimplemented when it does not.
+func TestRegisterManagement(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	l := newLazy("not yet")
+	l.Register(srv, func(s grpc.ServiceRegistrar) {
+		mgmtv1.RegisterMgmtServiceServer(s, new(mgmt.Service))
+		mgmtv1.RegisterVolumeServiceServer(s, mgmtv1.UnimplementedVolumeServiceServer{})
+	})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vol := mgmtv1.NewVolumeServiceClient(cc)
+	if _, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("before the replica started: %v", err)
+	}
+	l.Set(func(s grpc.ServiceRegistrar) { registerManagement(s, &leaderOnly{leader: "x:1"}) })
+	if _, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("replica without the volume service: %v", err)
+	}
+	l.Set(func(s grpc.ServiceRegistrar) {
+		registerManagement(s, &volumesToo{leaderOnly: leaderOnly{leader: "x:1"}})
+	})
+	if h, err := vol.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{}); err != nil || !h.Found {
+		t.Fatalf("replica with the volume service: %v, %v", h, err)
+	}
+	if resp, err := mgmtv1.NewMgmtServiceClient(cc).LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{}); err != nil || resp.Leader != "x:1" {
+		t.Fatalf("membership service: %v, %v", resp, err)
+	}
+}
+
 // TestConfigFromFlags checks that flags that were given override the file
 // and the others leave it alone.
 func TestConfigFromFlags(t *testing.T) {
@@ -131,7 +183,6 @@ func TestPolicy(t *testing.T) {
 	p := Policy()
 	for _, m := range []string{mgmtv1.NodeService_StorageFormat_FullMethodName, mgmtv1.MgmtService_SystemStop_FullMethodName,
 		mgmtv1.MgmtService_SystemExclude_FullMethodName, enginev1.PoolService_DestroyPool_FullMethodName,
-		enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.NexusService_DestroyNexus_FullMethodName,
 		enginev1.PoolService_CreatePool_FullMethodName} {
 		if p.Permits(m, security.RoleCSI) || p.Permits(m, security.RoleServer) {
 			t.Errorf("%s: csi or server permitted", m)
@@ -148,6 +199,41 @@ func TestPolicy(t *testing.T) {
 	}
 	if !p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleServer) || p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleCSI) {
 		t.Error("heartbeat: server refused or csi permitted")
+	}
+	// The management service leader drives the engines for volumes with
+	// the server certificate: it may create and destroy what volumes are
+	// made of, never pools.
+	for _, m := range []string{
+		enginev1.ReplicaService_CreateReplica_FullMethodName, enginev1.ReplicaService_DestroyReplica_FullMethodName,
+		enginev1.ReplicaService_ResizeReplica_FullMethodName, enginev1.ReplicaService_ShareReplica_FullMethodName,
+		enginev1.ReplicaService_UnshareReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
+		enginev1.NexusService_CreateNexus_FullMethodName, enginev1.NexusService_DestroyNexus_FullMethodName,
+		enginev1.NexusService_PublishNexus_FullMethodName, enginev1.NexusService_UnpublishNexus_FullMethodName,
+		enginev1.NexusService_ResizeNexus_FullMethodName, enginev1.NexusService_AddChild_FullMethodName,
+		enginev1.NexusService_RemoveChild_FullMethodName, enginev1.NexusService_OnlineChild_FullMethodName,
+		enginev1.NexusService_Verify_FullMethodName, enginev1.NexusService_ListNexuses_FullMethodName,
+		enginev1.NexusService_GetNexus_FullMethodName, enginev1.ReplicaService_ListReplicas_FullMethodName,
+		enginev1.ReplicaService_GetReplica_FullMethodName, enginev1.PoolService_ListPools_FullMethodName,
+		enginev1.PoolService_GetPool_FullMethodName, enginev1.HostService_GetVersion_FullMethodName,
+	} {
+		if !p.Permits(m, security.RoleServer) || !p.Permits(m, security.RoleAdmin) {
+			t.Errorf("%s: server or admin refused", m)
+		}
+	}
+	for _, m := range []string{enginev1.PoolService_DestroyPool_FullMethodName, enginev1.PoolService_CreatePool_FullMethodName,
+		enginev1.PoolService_ExportPool_FullMethodName, enginev1.PoolService_ImportPool_FullMethodName,
+		enginev1.NexusService_FaultChild_FullMethodName, enginev1.NexusService_OfflineChild_FullMethodName} {
+		if p.Permits(m, security.RoleServer) {
+			t.Errorf("%s: server permitted", m)
+		}
+	}
+	// The csi role is unchanged: it provisions, never destroys.
+	for _, m := range []string{enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
+		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
+		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName} {
+		if p.Permits(m, security.RoleCSI) {
+			t.Errorf("%s: csi permitted", m)
+		}
 	}
 }
 
