@@ -65,6 +65,12 @@ type clusterOptions struct {
 	// the access points.
 	etcdEndpoints []string
 	insecure      bool
+	// poolSize is each node's pool size ("64MiB" when empty).
+	poolSize string
+	// nbd serves NBD on every node.
+	nbd bool
+	// faultDomains[i] is node i's fault domain ("" for none).
+	faultDomains []string
 }
 
 // newCluster writes the configurations (and certificates) of a system
@@ -98,7 +104,12 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 // writeConfig writes n's configuration for system.
 func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "name: %s\ngrpc_listen: %q\naccess_points: [%s]\n", system, n.grpc, quoteList(c.aps))
+	fmt.Fprintf(&b, "name: %s\nnode_name: %s\ngrpc_listen: %q\naccess_points: [%s]\n", system, n.name, n.grpc, quoteList(c.aps))
+	for i, x := range c.nodes {
+		if x == n && i < len(o.faultDomains) && o.faultDomains[i] != "" {
+			fmt.Fprintf(&b, "fault_domain: %s\n", o.faultDomains[i])
+		}
+	}
 	if len(o.etcdEndpoints) > 0 {
 		fmt.Fprintf(&b, "etcd:\n  endpoints: [%s]\n", quoteList(o.etcdEndpoints))
 	} else {
@@ -111,8 +122,16 @@ func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 		fmt.Fprintf(&b, "transport_config: {ca_cert: %q, cert: %q, key: %q}\n", filepath.Join(c.certs, "ca.crt"),
 			filepath.Join(c.certs, "server.crt"), filepath.Join(c.certs, "server.key"))
 	}
-	fmt.Fprintf(&b, "nvmf: {listen: \"127.0.0.1:%d\", discovery: \"\"}\nnbd: {listen: \"\"}\nmetrics: {listen: \"\"}\n", testutil.FreePort(c.t))
-	fmt.Fprintf(&b, "pools:\n  - name: p0\n    disk: \"file://%s?size=64MiB\"\n", filepath.Join(n.dir, "d0.img"))
+	nbdListen := ""
+	if o.nbd {
+		nbdListen = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(c.t))
+	}
+	fmt.Fprintf(&b, "nvmf: {listen: \"127.0.0.1:%d\", discovery: \"\"}\nnbd: {listen: %q}\nmetrics: {listen: \"\"}\n", testutil.FreePort(c.t), nbdListen)
+	size := o.poolSize
+	if size == "" {
+		size = "64MiB"
+	}
+	fmt.Fprintf(&b, "pools:\n  - name: p0\n    disk: \"file://%s?size=%s\"\n", filepath.Join(n.dir, "d0.img"), size)
 	if err := os.WriteFile(n.cfgPath, []byte(b.String()), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

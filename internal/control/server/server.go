@@ -215,6 +215,9 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 		go func() {
 			defer wg.Done()
 			ap, err := mgmt.StartAccessPoint(ctx, cfg, self, log, func(c *mgmt.Config) {
+				// The leader drives the members' engines for volumes with
+				// this server's own certificate (role server).
+				c.EngineCredentials = clientCreds
 				if opts.HeartbeatInterval > 0 {
 					c.HeartbeatInterval = opts.HeartbeatInterval
 					c.CheckInterval = opts.HeartbeatInterval
@@ -291,7 +294,10 @@ func dataDirInUse(dir string, err error) error {
 // membership service, and the volume service when svc serves it.
 func registerManagement(s grpc.ServiceRegistrar, svc mgmtv1.MgmtServiceServer) {
 	mgmtv1.RegisterMgmtServiceServer(s, svc)
-	if vs, ok := svc.(mgmtv1.VolumeServiceServer); ok {
+	switch vs := svc.(type) {
+	case interface{ Volumes() *mgmt.VolumeServer }:
+		mgmtv1.RegisterVolumeServiceServer(s, vs.Volumes())
+	case mgmtv1.VolumeServiceServer:
 		mgmtv1.RegisterVolumeServiceServer(s, vs)
 	}
 }
