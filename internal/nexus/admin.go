@@ -6,15 +6,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 )
 
 // drain waits until every write that may still use a view older than the
-// current one has completed: they all hold range locks taken before.
+// current one has completed: they all hold range locks taken before. The
+// lock spans every offset, whatever the size is now (see Resize).
 func (n *Nexus) drain() {
-	e := n.locks.lock(0, n.size)
+	e := n.locks.lock(0, math.MaxInt64)
 	n.locks.unlock(e)
 }
 
@@ -96,8 +98,8 @@ func (n *Nexus) OfflineChild(ctx context.Context, uri string) error {
 		return fmt.Errorf("nexus %s: offline %s: %w", n.name, uri, ErrLastChild)
 	}
 	n.retireLocked(c, ReasonAdmin, nil, 0, 0)
-	unflushed := newBitmap(n.nseg)
-	n.uf.addTo(unflushed)
+	unflushed := newBitmap(n.nseg.Load())
+	n.uf.Load().addTo(unflushed)
 	if err := n.commitLocked(ctx, true); err != nil {
 		n.stateMu.Unlock()
 		return err

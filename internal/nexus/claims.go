@@ -138,9 +138,9 @@ func (n *Nexus) retireLocked(c *child, reason FaultReason, cause error, off, len
 	if cause != nil {
 		c.lastErr = cause.Error()
 	}
-	b := newBitmap(n.nseg)
+	b := newBitmap(n.nseg.Load())
 	if reason != ReasonAdmin {
-		n.uf.addTo(b)
+		n.uf.Load().addTo(b)
 	}
 	n.locks.writes(func(o, e int64) { b.setRange(o/n.seg, (e-1)/n.seg) })
 	if length > 0 {

@@ -43,12 +43,34 @@ type unflushed struct {
 	gens    [2][]atomic.Uint64
 }
 
-func (u *unflushed) init(nseg int64) {
+// newUnflushed returns the tracking of a device of nseg segments, with
+// nothing marked.
+func newUnflushed(nseg int64) *unflushed {
+	u := &unflushed{}
 	u.regSegs = max(1, (nseg+unflushedRegions-1)/unflushedRegions)
 	u.nreg = (nseg + u.regSegs - 1) / u.regSegs
 	for g := range u.gens {
 		u.gens[g] = make([]atomic.Uint64, (u.nreg+63)/64)
 	}
+	return u
+}
+
+// grown returns the tracking of a device grown to nseg segments, with every
+// segment marked in u (either generation) marked in its current one. The
+// caller keeps writes out while it copies (Resize holds a range lock over
+// everything); a flush that retired a generation of u meanwhile clears it
+// in u only, so the copy keeps those bits until the next flush, which is
+// conservative.
+func (u *unflushed) grown(nseg int64) *unflushed {
+	g := newUnflushed(nseg)
+	for r := int64(0); r < u.nreg; r++ {
+		bit := uint64(1) << (r % 64)
+		if u.gens[0][r/64].Load()&bit == 0 && u.gens[1][r/64].Load()&bit == 0 {
+			continue
+		}
+		g.mark(r*u.regSegs, min((r+1)*u.regSegs, nseg)-1)
+	}
+	return g
 }
 
 // mark records that segments [first, last] were written.

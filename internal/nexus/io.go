@@ -126,7 +126,7 @@ func (n *Nexus) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer n.exit()
-	if err := bdev.CheckRange("read", off, int64(len(p)), n.size, n.bs); err != nil {
+	if err := bdev.CheckRange("read", off, int64(len(p)), n.size.Load(), n.bs); err != nil {
 		return 0, err
 	}
 	if len(p) == 0 {
@@ -309,10 +309,14 @@ func (n *Nexus) Flush() error {
 // completed before it are durable on every child it succeeded on, so the
 // unflushed regions they marked are forgotten once it succeeded.
 func (n *Nexus) flushChildren() error {
-	old := n.uf.flip()
+	// One generation set for the whole flush: a Resize that replaced it
+	// meanwhile copied its bits, which the new one then keeps until the
+	// next flush (conservative).
+	uf := n.uf.Load()
+	old := uf.flip()
 	err := n.fanOut(n.view.Load(), opFlush, nil, 0, 0)
 	if err == nil {
-		n.uf.clear(old)
+		uf.clear(old)
 	}
 	return err
 }
@@ -322,7 +326,7 @@ func (n *Nexus) mutate(kind opKind, p []byte, off, length int64) error {
 		return err
 	}
 	defer n.exit()
-	if err := bdev.CheckRange(kind.String(), off, length, n.size, n.bs); err != nil {
+	if err := bdev.CheckRange(kind.String(), off, length, n.size.Load(), n.bs); err != nil {
 		return err
 	}
 	if length == 0 {
@@ -406,7 +410,7 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	}
 	if kind != opFlush {
 		// Even a failed write may have landed on some children.
-		n.uf.mark(off/n.seg, (off+length-1)/n.seg)
+		n.uf.Load().mark(off/n.seg, (off+length-1)/n.seg)
 	}
 	// A child that failed it, or that left while it was in flight
 	// (checked after the mark above: see retireLocked), needs settling

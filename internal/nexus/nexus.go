@@ -149,12 +149,14 @@ const fanWorkers = 128
 // Nexus is a mirror over its children. It implements bdev.Device; all
 // methods are safe for concurrent use.
 type Nexus struct {
-	name  string
-	uuid  string
-	size  int64
+	name string
+	uuid string
+	// size (bytes) and nseg (segments) only grow (Resize), under adminMu,
+	// stateMu and a range lock over everything; the I/O path loads them.
+	size  atomic.Int64
+	nseg  atomic.Int64
 	bs    int
 	seg   int64
-	nseg  int64
 	conc  int
 	store HealthStore
 	open  Opener
@@ -165,17 +167,21 @@ type Nexus struct {
 	owner    uuid.UUID
 	ownerErr error
 
-	locks    rangeLock
-	view     atomic.Pointer[view]
-	failed   atomic.Bool
-	fenced   atomic.Bool
-	closed   atomic.Bool
-	inflight atomic.Int64
+	locks  rangeLock
+	view   atomic.Pointer[view]
+	failed atomic.Bool
+	fenced atomic.Bool
+	// failCause is the store error that failed the nexus (see Err).
+	failCause atomic.Pointer[error]
+	closed    atomic.Bool
+	inflight  atomic.Int64
 	// idle is closed once the nexus is closed and no I/O is in flight.
 	idle     chan struct{}
 	idleOnce sync.Once
 
-	uf unflushed   // written since the last flush (dirty.go)
+	// uf tracks what was written since the last flush (dirty.go); Resize
+	// replaces it with a larger one.
+	uf atomic.Pointer[unflushed]
 	dc dirtyCommit // write-intent bits group commit (dirty.go)
 	fg flushGroup  // concurrent flushes share one (io.go)
 
@@ -438,26 +444,28 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	if minSize < 0 {
 		return fail(fmt.Errorf("nexus %s: %w: no child could be opened", label, ErrNoHealthyChild))
 	}
-	n.size = cfg.Size
-	if n.size == 0 {
-		n.size = minSize / int64(n.bs) * int64(n.bs)
+	size := cfg.Size
+	if size == 0 {
+		size = minSize / int64(n.bs) * int64(n.bs)
 	}
-	if n.size <= 0 || n.size%int64(n.bs) != 0 || n.size > minSize {
-		return fail(fmt.Errorf("nexus %s: size %d must be a positive multiple of the %d-byte block size and at most the smallest child (%d bytes)", label, n.size, n.bs, minSize))
+	if size <= 0 || size%int64(n.bs) != 0 || size > minSize {
+		return fail(fmt.Errorf("nexus %s: size %d must be a positive multiple of the %d-byte block size and at most the smallest child (%d bytes)", label, size, n.bs, minSize))
 	}
 	if seg%int64(n.bs) != 0 {
 		return fail(fmt.Errorf("nexus %s: rebuild segment %d is not a multiple of the %d-byte block size", label, seg, n.bs))
 	}
-	n.nseg = (n.size + seg - 1) / seg
-	n.uf.init(n.nseg)
+	nseg := (size + seg - 1) / seg
+	n.size.Store(size)
+	n.nseg.Store(nseg)
+	n.uf.Store(newUnflushed(nseg))
 	n.dc.cond.L = &n.dc.mu
 	n.fg.cond.L = &n.fg.mu
 	for _, c := range n.children {
 		switch {
 		case c.dirty != nil:
-			c.dirty = resizeBitmap(c.dirty, n.nseg)
+			c.dirty = resizeBitmap(c.dirty, nseg)
 		case c.st() == StateOffline:
-			c.dirty = newBitmap(n.nseg)
+			c.dirty = newBitmap(nseg)
 		}
 	}
 	var targets []*child
@@ -523,7 +531,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	}
 	n.stateMu.Unlock()
 	n.startResync()
-	log.Info("nexus created", "size", n.size, "children", len(n.children), "generation", n.gen, "epoch", n.epoch)
+	log.Info("nexus created", "size", size, "children", len(n.children), "generation", n.gen, "epoch", n.epoch)
 	return n, nil
 }
 
@@ -609,7 +617,7 @@ func (n *Nexus) chooseSource(ctx context.Context, cfg Config, states map[*child]
 // nexus's size.
 func (n *Nexus) sameContent(ctx context.Context, cs []*child) (bool, error) {
 	a, b := make([]byte, n.seg), make([]byte, n.seg)
-	for s := int64(0); s < n.nseg; s++ {
+	for s := int64(0); s < n.nseg.Load(); s++ {
 		if err := ctx.Err(); err != nil {
 			return false, err
 		}
@@ -644,8 +652,9 @@ func (n *Nexus) Name() string { return n.name }
 // UUID returns the nexus UUID.
 func (n *Nexus) UUID() string { return n.uuid }
 
-// Size implements bdev.Device.
-func (n *Nexus) Size() int64 { return n.size }
+// Size implements bdev.Device: the capacity in bytes. It only grows
+// (Resize).
+func (n *Nexus) Size() int64 { return n.size.Load() }
 
 // BlockSize implements bdev.Device: the children's common block size.
 func (n *Nexus) BlockSize() int { return n.bs }
@@ -663,6 +672,23 @@ func (n *Nexus) UncleanShutdown() bool { return n.unclean }
 // Failed reports whether the nexus stopped serving: after a store failure,
 // or because it was fenced (see Fenced).
 func (n *Nexus) Failed() bool { return n.failed.Load() || n.fenced.Load() }
+
+// Err says why the nexus stopped serving, nil while it serves: an error
+// matching ErrFencedNexus, or one matching ErrNexusFailed that wraps the
+// health store's error (a store that refused the save because another
+// instance of the nexus saved first says so there).
+func (n *Nexus) Err() error {
+	if n.fenced.Load() {
+		return n.fencedErr()
+	}
+	if n.failed.Load() {
+		if p := n.failCause.Load(); p != nil {
+			return fmt.Errorf("nexus %s: %w: %w", n.name, ErrNexusFailed, *p)
+		}
+		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
+	}
+	return nil
+}
 
 // Fenced reports whether a newer instance of this nexus claimed its
 // children, so that this one stopped serving for good (ErrFencedNexus).

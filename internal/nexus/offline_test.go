@@ -322,8 +322,7 @@ func TestConcurrentFlushesShared(t *testing.T) {
 }
 
 func TestUnflushedGenerations(t *testing.T) {
-	var u unflushed
-	u.init(10000) // more segments than regions: 3 segments a region
+	u := newUnflushed(10000) // more segments than regions: 3 segments a region
 	if u.regSegs != 3 || u.nreg != 3334 || len(u.gens[0]) != 53 {
 		t.Fatalf("regions of %d segments, %d regions, %d words", u.regSegs, u.nreg, len(u.gens[0]))
 	}

@@ -118,10 +118,10 @@ func (n *Nexus) startRebuild(ctx context.Context, uri string, partial bool) erro
 	if err != nil {
 		return fmt.Errorf("nexus %s: %s: %w", n.name, verb, err)
 	}
-	if o.dev.BlockSize() != n.bs || o.dev.Size() < n.size {
+	if size := n.size.Load(); o.dev.BlockSize() != n.bs || o.dev.Size() < size {
 		o.dev.Close()
-		return fmt.Errorf("nexus %s: %s %s: the device has %d-byte blocks and %d bytes; the nexus needs %d-byte blocks and at least %d bytes",
-			n.name, verb, uri, o.dev.BlockSize(), o.dev.Size(), n.bs, n.size)
+		return fmt.Errorf("nexus %s: %s %s: the device has %d-byte blocks and %d bytes; the nexus needs %d-byte blocks and at least %d bytes (grow the replica first)",
+			n.name, verb, uri, o.dev.BlockSize(), o.dev.Size(), n.bs, size)
 	}
 	lo, _ := n.open.(LocalityOpener)
 	c := &child{uri: uri, dev: o.dev, base: o.dev, local: lo != nil && lo.IsLocal(uri), identity: recorded}
@@ -209,7 +209,7 @@ func (n *Nexus) launchLocked(c *child, partial bool, segs []int64) {
 			j.total += n.segLen(s)
 		}
 	} else {
-		j.count, j.total = n.nseg, n.size
+		j.count, j.total = n.nseg.Load(), n.size.Load()
 	}
 	j.started = time.Now()
 	j.runSince = j.started
@@ -237,7 +237,7 @@ func isZero(p []byte) bool {
 
 func (n *Nexus) segLen(s int64) int64 {
 	off := s * n.seg
-	return min(n.seg, n.size-off)
+	return min(n.seg, n.size.Load()-off)
 }
 
 func (j *rebuildJob) run() {

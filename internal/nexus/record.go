@@ -43,6 +43,7 @@ func (n *Nexus) saveLocked(ctx context.Context, patch func(*HealthRecord)) error
 	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	if err := n.store.Save(sctx, rec); err != nil {
+		n.failCause.CompareAndSwap(nil, &err)
 		n.failed.Store(true)
 		n.log.Error("health store write failed; the nexus stops serving I/O", "err", err)
 		return fmt.Errorf("nexus %s: %w: %w", n.name, ErrNexusFailed, err)

@@ -83,6 +83,13 @@ func (r *remoteChild) Close() error {
 	return nil
 }
 
+// Revalidate implements Revalidator: the namespace is identified again, so
+// that the child (and its Claimed handles) report the size of a replica
+// that grew since it was connected.
+func (r *remoteChild) Revalidate(ctx context.Context) error { return r.ns.Revalidate(ctx) }
+
+var _ Revalidator = (*remoteChild)(nil)
+
 // handleClosed accounts for a closed Claimed handle (handle false: a claim
 // that failed and made none). The last handle disconnects the controller, as
 // does a failed claim once the device is closed.

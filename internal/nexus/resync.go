@@ -38,7 +38,7 @@ func (n *Nexus) resync() {
 	defer n.jobsWG.Done()
 	defer close(n.resyncDone)
 	bufA, bufB := make([]byte, n.seg), make([]byte, n.seg)
-	for s := int64(0); s < n.nseg; s++ {
+	for s := int64(0); s < n.nseg.Load(); s++ {
 		if n.ctx.Err() != nil {
 			return // closing: the record stays unclean, the next instance resyncs
 		}
@@ -88,7 +88,7 @@ func (n *Nexus) resyncSegment(off, l int64, bufA, bufB []byte) error {
 			_, err := c.dev.ReadAt(bufB, off)
 			if err == nil && !bytes.Equal(bufA, bufB) {
 				_, err = c.dev.WriteAt(bufA, off)
-				n.uf.mark(off/n.seg, (off+l-1)/n.seg)
+				n.uf.Load().mark(off/n.seg, (off+l-1)/n.seg)
 				if err == nil {
 					n.resyncRepaired.Add(l)
 				}

@@ -19,7 +19,7 @@ func (n *Nexus) Verify(ctx context.Context) (VerifyReport, error) {
 	defer n.exit()
 	var rep VerifyReport
 	var bufs [][]byte
-	for s := int64(0); s < n.nseg; s++ {
+	for s := int64(0); s < n.nseg.Load(); s++ {
 		if err := ctx.Err(); err != nil {
 			return rep, fmt.Errorf("nexus %s: verify: %w", n.name, err)
 		}

@@ -20,6 +20,10 @@ type ReplicaOptions struct {
 	// Thin allocates clusters on first write; otherwise every cluster is
 	// reserved (and zeroed) at creation.
 	Thin bool
+	// Owner, when not zero, is the nexus UUID the replica is claimed for
+	// as it is created, at epoch 0, in the same durable record: it is
+	// never unowned, and only that owner may claim it (see Claim).
+	Owner uuid.UUID
 }
 
 // ReplicaInfo describes a replica.
@@ -117,8 +121,9 @@ func (p *Pool) newNGUIDLocked() ([16]byte, error) {
 	}
 }
 
-// CreateReplica creates a replica with a new random NGUID, unowned, at epoch
-// 0. Size must be a positive multiple of the block size (ErrInvalid). The
+// CreateReplica creates a replica with a new random NGUID at epoch 0,
+// unowned unless opts.Owner is set (then owned by it from the start, in the
+// create record itself). Size must be a positive multiple of the block size (ErrInvalid). The
 // sizes of all replicas together may not exceed the over-commit limit
 // (ErrOvercommit, which also matches ErrNoSpace; the error gives the
 // numbers). A thick replica reserves and zeroes all its clusters now
@@ -167,7 +172,7 @@ func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
 		p.mu.Unlock()
 		return ReplicaInfo{}, p.errf("replica %q: %w", opts.Name, err)
 	}
-	e := entry{UUID: id, Size: uint64(opts.Size), Thin: opts.Thin, Name: opts.Name, HasID: true, ID: ident{NGUID: nguid}}
+	e := entry{UUID: id, Size: uint64(opts.Size), Thin: opts.Thin, Name: opts.Name, HasID: true, ID: ident{NGUID: nguid, Owner: opts.Owner}}
 	var k uint64
 	if !opts.Thin {
 		k = clustersFor(e.Size, uint64(p.cs))
@@ -180,7 +185,8 @@ func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
 	if err := p.commitReserved(&record{Type: recCreate, E: e}, k); err != nil {
 		return ReplicaInfo{}, p.errf("replica %q: %w", opts.Name, err)
 	}
-	slog.Info("replica created", "pool", p.sb.Name, "replica", opts.Name, "uuid", fmtUUID(id), "size", opts.Size, "thin", opts.Thin)
+	slog.Info("replica created", "pool", p.sb.Name, "replica", opts.Name, "uuid", fmtUUID(id), "size", opts.Size, "thin", opts.Thin,
+		"owner", opts.Owner.String())
 	return p.ReplicaInfo(opts.Name)
 }
 

@@ -473,3 +473,48 @@ func TestCheckIdentities(t *testing.T) {
 	b.nguid = saved
 	check(t, p)
 }
+
+// TestCreateOwned: a replica created with an owner is owned from its create
+// record on, at epoch 0, across a crash and a clean close: only that owner
+// may claim it, and an unclaimed handle cannot change it.
+func TestCreateOwned(t *testing.T) {
+	ctx := context.Background()
+	mem := newMalloc(t, 8*mib)
+	p := mustCreate(t, noClose{mem}, CreateOptions{})
+	ri, err := p.CreateReplica(ReplicaOptions{Name: "o", Size: mib, Thin: true, Owner: nexusA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ri.Owner != nexusA || ri.Epoch != 0 {
+		t.Fatalf("created %+v", ri)
+	}
+	check := func(q *Pool, stage string) {
+		t.Helper()
+		ri, err := q.ReplicaInfo("o")
+		if err != nil || ri.Owner != nexusA || ri.Epoch != 0 {
+			t.Fatalf("%s: %+v %v", stage, ri, err)
+		}
+		h := mustOpen(t, q, "o")
+		defer h.Close()
+		if st := stateOf(t, h); st.Owner != nexusA || st.Epoch != 0 || !st.Blank {
+			t.Fatalf("%s: claim state %+v", stage, st)
+		}
+		wantOwnedWrites(t, stage+": unclaimed handle", h, nexusA)
+		if _, err := h.Claim(ctx, bdev.Claim{Owner: nexusB, Epoch: 5}); !errors.Is(err, bdev.ErrOwned) {
+			t.Fatalf("%s: claim by another owner: %v", stage, err)
+		}
+		c := mustClaim(t, h, nexusA, 0)
+		wantIOWorks(t, stage+": the owner's claim", c)
+		c.Close()
+	}
+	check(p, "created")
+	// A crash: the owner is in the create record of the log.
+	q := mustImport(t, noClose{mem})
+	check(q, "import without close")
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := mustImport(t, noClose{mem})
+	defer r.Close()
+	check(r, "import after close")
+}

@@ -383,7 +383,7 @@ func (h *ClaimedNamespace) WriteZeroes(off, length int64) error {
 }
 
 // Size is the capacity in bytes.
-func (h *ClaimedNamespace) Size() int64 { return h.n.size }
+func (h *ClaimedNamespace) Size() int64 { return h.n.size.Load() }
 
 // BlockSize is the logical block size in bytes.
 func (h *ClaimedNamespace) BlockSize() int { return h.n.bs }

@@ -90,6 +90,36 @@ type Options struct {
 	MaxReconnect int
 	// Logger receives connection events; default discard.
 	Logger *slog.Logger
+	// OnEvent, when set, receives the controller's asynchronous events:
+	// Connect enables namespace attribute notices, and every association
+	// keeps an Asynchronous Event Request outstanding. It is called from
+	// a goroutine of the Controller, one event at a time and in order, and
+	// must not block for long nor call Close. For a namespace attribute
+	// change (Event.NamespaceChanged) the Changed Namespace List has been
+	// read, which clears the event on the controller; a Namespace listed
+	// learns its new size with Revalidate. Events raised while the
+	// Controller is reconnecting are lost: revalidate after a reconnect
+	// if a change may have happened meanwhile.
+	OnEvent func(Event)
+}
+
+// Event is an asynchronous event a controller reported.
+type Event struct {
+	// Type, Info and LogPage are the fields of the Asynchronous Event
+	// Request completion: the event type (2: notice), its information (a
+	// notice 0: namespace attribute changed) and the log page that holds
+	// its details.
+	Type, Info, LogPage uint8
+	// Changed are the namespace IDs of the Changed Namespace List, for a
+	// namespace attribute change; nil when the list overflowed (any
+	// namespace may have changed) or could not be read.
+	Changed []uint32
+}
+
+// NamespaceChanged reports whether the event is a Namespace Attribute
+// Changed notice: a namespace was added, removed or resized.
+func (e Event) NamespaceChanged() bool {
+	return e.Type == nvme.AENTypeNotice && e.Info == nvme.AENNoticeNSChanged
 }
 
 var defaultHostID = func() [16]byte {
@@ -260,6 +290,52 @@ func (c *Controller) install(s *session) {
 	}
 	if c.opts.KeepAlive > 0 {
 		go c.keepAlive(s)
+	}
+	if c.opts.OnEvent != nil {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		c.bg.Add(1) // under mu, before Close can start waiting
+		c.mu.Unlock()
+		go func() {
+			defer c.bg.Done()
+			c.asyncEvents(s)
+		}()
+	}
+}
+
+// asyncEvents keeps an Asynchronous Event Request outstanding on session s
+// and hands each event to Options.OnEvent, until s ends.
+func (c *Controller) asyncEvents(s *session) {
+	for {
+		var sqe pdu.SQE
+		sqe.SetOpcode(nvme.AdminAsyncEvent)
+		cqe, err := s.admin.submitFor(&sqe, nil, false, 0)
+		if err != nil {
+			if !isClosed(s.stop) {
+				c.log.Debug("nvmf initiator: asynchronous event request failed", "addr", c.addr, "subnqn", c.subNQN, "err", err)
+			}
+			return
+		}
+		ev := Event{Type: uint8(cqe.Result & 7), Info: uint8(cqe.Result >> 8), LogPage: uint8(cqe.Result >> 16)}
+		if ev.NamespaceChanged() {
+			page := make([]byte, nvme.ChangedNSLength)
+			if err := getLogPage(s.admin, nvme.LogChangedNS, 0, page); err != nil {
+				c.log.Warn("nvmf initiator: reading the changed namespace list", "addr", c.addr, "subnqn", c.subNQN, "err", err)
+			} else if first := binary.LittleEndian.Uint32(page); first != 0xFFFFFFFF {
+				ev.Changed = []uint32{}
+				for i := 0; i+4 <= len(page); i += 4 {
+					id := binary.LittleEndian.Uint32(page[i:])
+					if id == 0 {
+						break
+					}
+					ev.Changed = append(ev.Changed, id)
+				}
+			}
+		}
+		c.opts.OnEvent(ev)
 	}
 }
 
@@ -470,6 +546,16 @@ func (c *Controller) establish(ctx context.Context, reclaim bool) (*session, err
 		return fail(fmt.Errorf("set number of queues: %w", err))
 	}
 	nq = min(nq, int(cqe.Result&0xFFFF)+1, int(cqe.Result>>16&0xFFFF)+1)
+	if c.opts.OnEvent != nil {
+		// Before install: a change from then on raises an event.
+		sqe = pdu.SQE{}
+		sqe.SetOpcode(nvme.AdminSetFeatures)
+		sqe.SetCDW(10, nvme.FeatAsyncEvent)
+		sqe.SetCDW(11, nvme.OAESNSAttr)
+		if _, err := admin.submit(&sqe, nil, false); err != nil {
+			return fail(fmt.Errorf("enable asynchronous events: %w", err))
+		}
+	}
 	depth := min(c.opts.QueueDepth, s.info.sqSize)
 	for qid := 1; qid <= nq; qid++ {
 		q, err := dialQueue(ctx, c.addr, &c.opts, depth)

@@ -1,6 +1,7 @@
 package initiator
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,11 +25,13 @@ import (
 // Controller's wraps bdev.ErrFenced, and a write refused because another
 // nexus owns a namespace this Controller did not claim wraps bdev.ErrOwned.
 type Namespace struct {
-	c      *Controller
-	nsid   uint32
-	bs     int
-	shift  uint
-	size   int64
+	c     *Controller
+	nsid  uint32
+	bs    int
+	shift uint
+	// size is the capacity in bytes as Identify last reported it
+	// (Revalidate asks again).
+	size   atomic.Int64
 	id     bdev.Identity
 	cs     *claimState
 	closed atomic.Bool
@@ -39,33 +42,44 @@ var (
 	_ bdev.Claimer = (*Namespace)(nil)
 )
 
-// Namespace identifies namespace nsid and returns it as a Device.
-func (c *Controller) Namespace(nsid uint32) (*Namespace, error) {
+// identifyNamespace sends Identify Namespace for nsid into b and returns
+// its size in blocks and the block size's power of two.
+func (c *Controller) identifyNamespace(nsid uint32, b []byte) (nsze uint64, lbads uint, err error) {
 	var sqe pdu.SQE
 	sqe.SetOpcode(nvme.AdminIdentify)
 	sqe.SetNSID(nsid)
 	sqe.SetCDW(10, nvme.CNSNamespace)
-	b := make([]byte, nvme.IdentifyDataLength)
 	if _, err := c.admin(&sqe, b, false); err != nil {
-		return nil, fmt.Errorf("nvmf initiator: %s: identify namespace %d: %w", c.subNQN, nsid, err)
+		return 0, 0, fmt.Errorf("nvmf initiator: %s: identify namespace %d: %w", c.subNQN, nsid, err)
 	}
-	nsze := binary.LittleEndian.Uint64(b[nvme.IDNsNSZE:])
+	nsze = binary.LittleEndian.Uint64(b[nvme.IDNsNSZE:])
 	if nsze == 0 {
-		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d is not active", c.subNQN, nsid)
+		return 0, 0, fmt.Errorf("nvmf initiator: %s: namespace %d is not active", c.subNQN, nsid)
 	}
 	fmtIdx := int(b[nvme.IDNsFLBAS] & 0xF)
-	lbads := uint(b[nvme.IDNsLBAF0+4*fmtIdx+2])
+	lbads = uint(b[nvme.IDNsLBAF0+4*fmtIdx+2])
 	if lbads < 9 || lbads > 16 {
-		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d has unsupported block size 2^%d", c.subNQN, nsid, lbads)
+		return 0, 0, fmt.Errorf("nvmf initiator: %s: namespace %d has unsupported block size 2^%d", c.subNQN, nsid, lbads)
 	}
 	if ms := binary.LittleEndian.Uint16(b[nvme.IDNsLBAF0+4*fmtIdx:]); ms != 0 {
-		return nil, fmt.Errorf("nvmf initiator: %s: namespace %d uses %d bytes of metadata per block, which is unsupported", c.subNQN, nsid, ms)
+		return 0, 0, fmt.Errorf("nvmf initiator: %s: namespace %d uses %d bytes of metadata per block, which is unsupported", c.subNQN, nsid, ms)
 	}
-	n := &Namespace{c: c, nsid: nsid, bs: 1 << lbads, shift: lbads, size: int64(nsze) << lbads, cs: c.claimState(nsid)}
+	return nsze, lbads, nil
+}
+
+// Namespace identifies namespace nsid and returns it as a Device.
+func (c *Controller) Namespace(nsid uint32) (*Namespace, error) {
+	b := make([]byte, nvme.IdentifyDataLength)
+	nsze, lbads, err := c.identifyNamespace(nsid, b)
+	if err != nil {
+		return nil, err
+	}
+	n := &Namespace{c: c, nsid: nsid, bs: 1 << lbads, shift: lbads, cs: c.claimState(nsid)}
+	n.size.Store(int64(nsze) << lbads)
 	copy(n.id.NGUID[:], b[nvme.IDNsNGUID:nvme.IDNsNGUID+16])
 	// The UUID is in the identification descriptors (NVMe 1.3 and later);
 	// a controller that has none leaves it zero.
-	sqe = pdu.SQE{}
+	var sqe pdu.SQE
 	sqe.SetOpcode(nvme.AdminIdentify)
 	sqe.SetNSID(nsid)
 	sqe.SetCDW(10, nvme.CNSNSDescList)
@@ -103,8 +117,36 @@ func (n *Namespace) NSID() uint32 { return n.nsid }
 // Either is zero when the target reports none.
 func (n *Namespace) Identity() bdev.Identity { return n.id }
 
-// Size is the capacity in bytes.
-func (n *Namespace) Size() int64 { return n.size }
+// Size is the capacity in bytes, as Identify reported it when the
+// Namespace was made or last revalidated.
+func (n *Namespace) Size() int64 { return n.size.Load() }
+
+// Revalidate identifies the namespace again and takes its current size
+// (after the target grew it: see Options.OnEvent for how a host hears of
+// that). A namespace that is gone, or now has another block size or
+// another NGUID, fails it and keeps the size it had. Safe to call while I/O
+// runs: I/O checks its range against the size it loads.
+func (n *Namespace) Revalidate(ctx context.Context) error {
+	if n.closed.Load() {
+		return bdev.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b := make([]byte, nvme.IdentifyDataLength)
+	nsze, lbads, err := n.c.identifyNamespace(n.nsid, b)
+	if err != nil {
+		return err
+	}
+	if lbads != n.shift {
+		return fmt.Errorf("nvmf initiator: %s: namespace %d now has %d-byte blocks, not %d: connect again", n.c.subNQN, n.nsid, 1<<lbads, n.bs)
+	}
+	if got := [16]byte(b[nvme.IDNsNGUID : nvme.IDNsNGUID+16]); got != n.id.NGUID {
+		return fmt.Errorf("nvmf initiator: %s: namespace %d now has NGUID %x, not %x: another namespace is behind the ID", n.c.subNQN, n.nsid, got, n.id.NGUID)
+	}
+	n.size.Store(int64(nsze) << lbads)
+	return nil
+}
 
 // BlockSize is the logical block size in bytes.
 func (n *Namespace) BlockSize() int { return n.bs }
@@ -165,7 +207,7 @@ func (n *Namespace) maxBlocks() int64 {
 // rw runs a read or a write, split into commands the controller takes. The
 // caller checked that the Namespace (or handle) is open.
 func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error) {
-	if err := bdev.CheckRange(op, off, int64(len(p)), n.size, n.bs); err != nil {
+	if err := bdev.CheckRange(op, off, int64(len(p)), n.size.Load(), n.bs); err != nil {
 		return 0, err
 	}
 	done := 0
@@ -241,7 +283,7 @@ func (n *Namespace) Unmap(off, length int64) error {
 }
 
 func (n *Namespace) zero(op string, off, length int64, deac bool) error {
-	if err := bdev.CheckRange(op, off, length, n.size, n.bs); err != nil {
+	if err := bdev.CheckRange(op, off, length, n.size.Load(), n.bs); err != nil {
 		return err
 	}
 	for length > 0 {
@@ -273,7 +315,7 @@ func (n *Namespace) Deallocate(off, length int64) error {
 	if n.closed.Load() {
 		return bdev.ErrClosed
 	}
-	if err := bdev.CheckRange("deallocate", off, length, n.size, n.bs); err != nil {
+	if err := bdev.CheckRange("deallocate", off, length, n.size.Load(), n.bs); err != nil {
 		return err
 	}
 	var ranges [256 * 16]byte

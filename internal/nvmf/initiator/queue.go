@@ -225,8 +225,16 @@ func (q *hqueue) reason() error {
 
 // submit sends a command and waits for its completion. data is the write
 // source (write) or read destination; it is not retained after return. The
-// SQE's CID, flags and SGL are filled here.
+// SQE's CID, flags and SGL are filled here. A command that outlives the
+// queue's timeout kills the queue.
 func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) {
+	return q.submitFor(sqe, data, write, q.timeout)
+}
+
+// submitFor is submit with its own timeout; 0 waits until the command
+// completes or the queue dies (an Asynchronous Event Request, which the
+// controller holds until an event).
+func (q *hqueue) submitFor(sqe *pdu.SQE, data []byte, write bool, timeout time.Duration) (pdu.CQE, error) {
 	var cid uint16
 	select {
 	case cid = <-q.free:
@@ -247,9 +255,15 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 	c.active, c.write, c.data, c.got, c.err, c.badDigest = true, write, data, 0, nil, false
 	c.cqe = pdu.CQE{}
 	c.timedOut.Store(false)
-	c.deadline = time.Now().Add(q.timeout)
+	if timeout > 0 {
+		c.deadline = time.Now().Add(timeout)
+	} else {
+		c.deadline = time.Now().Add(100 * 365 * 24 * time.Hour)
+	}
 	q.mu.Unlock()
-	c.timer.Reset(q.timeout)
+	if timeout > 0 {
+		c.timer.Reset(timeout)
+	}
 
 	sqe.SetCID(cid)
 	sqe.SetFlags(pdu.PSDTSGL)

@@ -273,16 +273,17 @@ func (c *controller) identifyController(b []byte) {
 }
 
 func identifyNamespace(b []byte, ns *namespace) {
-	binary.LittleEndian.PutUint64(b[nvme.IDNsNSZE:], ns.blocks)
-	binary.LittleEndian.PutUint64(b[nvme.IDNsNCAP:], ns.blocks)
-	binary.LittleEndian.PutUint64(b[nvme.IDNsNUSE:], ns.blocks)
+	blocks := ns.blocks.Load()
+	binary.LittleEndian.PutUint64(b[nvme.IDNsNSZE:], blocks)
+	binary.LittleEndian.PutUint64(b[nvme.IDNsNCAP:], blocks)
+	binary.LittleEndian.PutUint64(b[nvme.IDNsNUSE:], blocks)
 	b[nvme.IDNsNLBAF] = 0
 	b[nvme.IDNsFLBAS] = 0
 	b[nvme.IDNsNMIC] = 1
 	// DLFEAT: deallocated blocks read as zeroes; Write Zeroes may deallocate.
 	b[nvme.IDNsDLFEAT] = 0x01 | 0x08
 	// NVMCAP (16 bytes at 48): capacity in bytes.
-	binary.LittleEndian.PutUint64(b[48:], ns.blocks<<ns.shift)
+	binary.LittleEndian.PutUint64(b[48:], blocks<<ns.shift)
 	copy(b[nvme.IDNsNGUID:nvme.IDNsNGUID+16], ns.nguid[:])
 	// LBA format 0: no metadata, 2^shift-byte blocks.
 	b[nvme.IDNsLBAF0+2] = uint8(ns.shift)

@@ -41,7 +41,7 @@ func (c *controller) ioOn(r *request, ns *namespace, dev bdev.Device) {
 	case nvme.CmdRead, nvme.CmdWrite, nvme.CmdWriteZeroes:
 		slba := uint64(r.sqe.CDW(10)) | uint64(r.sqe.CDW(11))<<32
 		nlb := uint64(r.sqe.CDW(12)&0xFFFF) + 1
-		if slba >= ns.blocks || nlb > ns.blocks-slba {
+		if blocks := ns.blocks.Load(); slba >= blocks || nlb > blocks-slba {
 			r.status = nvme.StatusLBAOutOfRange
 			return
 		}
@@ -160,7 +160,7 @@ func (c *controller) dsm(r *request, ns *namespace, dev bdev.Device) {
 		if nlb == 0 {
 			continue
 		}
-		if slba >= ns.blocks || nlb > ns.blocks-slba {
+		if blocks := ns.blocks.Load(); slba >= blocks || nlb > blocks-slba {
 			r.status = nvme.StatusLBAOutOfRange
 			return
 		}

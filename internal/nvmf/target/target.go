@@ -141,6 +141,9 @@ var (
 	ErrDuplicateUUID = errors.New("nvmf target: namespace UUID already in use in this subsystem")
 	// ErrDuplicateNGUID: another namespace of the subsystem has the NGUID.
 	ErrDuplicateNGUID = errors.New("nvmf target: namespace NGUID already in use in this subsystem")
+	// ErrShrink: a namespace's device reports fewer blocks than exported;
+	// namespaces only grow.
+	ErrShrink = errors.New("nvmf target: a namespace cannot shrink")
 )
 
 // SubsystemOptions configure a subsystem.
@@ -534,7 +537,8 @@ type namespace struct {
 	nguid   [16]byte
 	bs      int
 	shift   uint
-	blocks  uint64
+	// blocks is the capacity in blocks; it only grows (ResizeNamespace).
+	blocks atomic.Uint64
 }
 
 // NQN returns the subsystem's NQN.
@@ -550,7 +554,8 @@ func (s *Subsystem) AddNamespace(dev bdev.Device, opts NamespaceOptions) (uint32
 	if bs < 512 || bs > 65536 || bs&(bs-1) != 0 {
 		return 0, fmt.Errorf("subsystem %q: block size %d: %w: use a power of two from 512 to 65536", s.nqn, bs, ErrBadBlockSize)
 	}
-	ns := &namespace{dev: dev, uuid: opts.UUID, nguid: opts.NGUID, bs: bs, blocks: uint64(dev.Size()) / uint64(bs)}
+	ns := &namespace{dev: dev, uuid: opts.UUID, nguid: opts.NGUID, bs: bs}
+	ns.blocks.Store(uint64(dev.Size()) / uint64(bs))
 	ns.claimer, _ = dev.(bdev.Claimer)
 	for ns.shift = 0; 1<<ns.shift < bs; ns.shift++ {
 	}
@@ -613,6 +618,41 @@ func (s *Subsystem) RemoveNamespace(nsid uint32) error {
 		c.event(nvme.OAESNSAttr, nvme.AENResult(nvme.AENTypeNotice, nvme.AENNoticeNSChanged, nvme.LogChangedNS), nsid)
 	}
 	return nil
+}
+
+// ResizeNamespace makes namespace nsid take the current size of its device
+// (after the device grew) and announces it to connected hosts: a Namespace
+// Attribute Changed event, with nsid in the Changed Namespace List (log
+// page 04h), as for AddNamespace; a Linux host rescans the namespace and
+// sees the new capacity. It returns the size in bytes now exported. The
+// size only grows: a device that reports fewer blocks than exported (I/O
+// in flight could be cut off under the hosts) fails with ErrShrink and
+// changes nothing. Resizing to the same size announces nothing.
+func (s *Subsystem) ResizeNamespace(nsid uint32) (int64, error) {
+	s.mu.Lock()
+	ns, ok := s.nss[nsid]
+	if !ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("subsystem %q namespace %d: %w", s.nqn, nsid, ErrNSNotFound)
+	}
+	cur := ns.blocks.Load()
+	blocks := uint64(ns.dev.Size()) / uint64(ns.bs)
+	switch {
+	case blocks < cur:
+		s.mu.Unlock()
+		return 0, fmt.Errorf("subsystem %q namespace %d: the device has %d blocks, %d are exported: %w",
+			s.nqn, nsid, blocks, cur, ErrShrink)
+	case blocks == cur:
+		s.mu.Unlock()
+		return int64(cur << ns.shift), nil
+	}
+	ns.blocks.Store(blocks)
+	ctrls := s.controllersLocked()
+	s.mu.Unlock()
+	for _, c := range ctrls {
+		c.event(nvme.OAESNSAttr, nvme.AENResult(nvme.AENTypeNotice, nvme.AENNoticeNSChanged, nvme.LogChangedNS), nsid)
+	}
+	return int64(blocks << ns.shift), nil
 }
 
 func (s *Subsystem) controllersLocked() []*controller {
