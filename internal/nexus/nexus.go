@@ -76,6 +76,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -341,7 +342,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	}
 	recorded := map[string]ChildHealth{}
 	for _, h := range rec.Children {
-		recorded[h.URI] = h
+		recorded[childKey(h.URI)] = h
 	}
 	type plan struct {
 		uri    string
@@ -356,7 +357,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	var plans []plan
 	stale := &StaleChildError{Nexus: label}
 	for _, u := range cfg.Children {
-		h, ok := recorded[u]
+		h, ok := recorded[childKey(u)]
 		switch {
 		case fresh || cfg.Force || (ok && h.State == StateOnline):
 			plans = append(plans, plan{uri: u, state: StateOnline, identity: h.Identity,
@@ -388,6 +389,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		return nil, err
 	}
 	var minSize int64 = -1
+	var openErrs []string // why children did not open, for when none did
 	for _, p := range plans {
 		c := &child{uri: p.uri, local: lo != nil && lo.IsLocal(p.uri), identity: p.identity}
 		n.children = append(n.children, c)
@@ -399,6 +401,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		}
 		o, err := n.openChild(ctx, p.uri)
 		if err != nil {
+			openErrs = append(openErrs, err.Error())
 			c.reason, c.lastErr, c.closed = ReasonOpenFailed, err.Error(), true
 			if p.current {
 				// In sync when the nexus last closed cleanly, and
@@ -442,7 +445,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		return fail(stale)
 	}
 	if minSize < 0 {
-		return fail(fmt.Errorf("nexus %s: %w: no child could be opened", label, ErrNoHealthyChild))
+		return fail(fmt.Errorf("nexus %s: %w: no child could be opened: %s", label, ErrNoHealthyChild, strings.Join(openErrs, "; ")))
 	}
 	size := cfg.Size
 	if size == 0 {
@@ -774,4 +777,20 @@ func (n *Nexus) findLocked(uri string) (int, *child) {
 		}
 	}
 	return -1, nil
+}
+
+// childKey is what a child is known by in a health record: the replica
+// UUID that ends its URI (bdev:///<uuid>, or an NVMe/TCP share's NQN
+// ending in :<uuid>), so that a volume's nexus recreated on another node,
+// where local children became remote and remote ones local, finds the
+// record of each. Any other URI is its own key. The replica's identity,
+// checked when the child opens, still tells a recreated replica of the
+// same UUID apart.
+func childKey(uri string) string {
+	if i := strings.LastIndexAny(uri, "/:"); i >= 0 && len(uri)-i-1 == 36 {
+		if _, err := uuid.Parse(uri[i+1:]); err == nil {
+			return "replica:" + uri[i+1:]
+		}
+	}
+	return uri
 }

@@ -465,7 +465,7 @@ func (r *runtime) startEngine(pools []config.Pool) error {
 	// The engine's identity: r.hostNQN ("" during format, see setHostNQN)
 	// and the system health store r.systemHealth.
 	o := engine.DataPlaneOptions{DataDir: cfg.DataDir, NBDListen: cfg.NBDListen, NVMfListen: cfg.NVMfListen,
-		DiscoveryListen: cfg.DiscoveryListen, Logger: r.log}
+		DiscoveryListen: cfg.DiscoveryListen, Logger: r.log, HostNQN: r.hostNQN, SystemHealth: r.systemHealth}
 	for _, p := range pools {
 		o.Pools = append(o.Pools, engine.PoolConfig{Name: p.Name, Disk: p.Disk, ClusterSize: p.ClusterSize, Overcommit: p.Overcommit})
 	}
