@@ -81,4 +81,6 @@ func unreachable(err error) bool {
 }
 
 // notFound reports an engine's NotFound answer.
-func notFound(err error) bool { return status.Code(err) == codes.NotFound || fault.KindOf(err) == fault.NotFound }
+func notFound(err error) bool {
+	return status.Code(err) == codes.NotFound || fault.KindOf(err) == fault.NotFound
+}

@@ -363,7 +363,10 @@ func TestVolumeBadInput(t *testing.T) {
 			}
 			return err
 		}, CodeVolumeUnknownNode, "node-9"},
-		{"delete published", func() error { _, err := vs.vols().DeleteVolume(ctx, &mgmtv1.DeleteVolumeRequest{Name: "keep"}); return err }, CodeVolumePublished, "--force"},
+		{"delete published", func() error {
+			_, err := vs.vols().DeleteVolume(ctx, &mgmtv1.DeleteVolumeRequest{Name: "keep"})
+			return err
+		}, CodeVolumePublished, "--force"},
 		{"get unknown", func() error { _, err := vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "nope"}); return err }, CodeVolumeNotFound, "nope"},
 	}
 	for _, c := range cases {
