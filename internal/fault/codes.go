@@ -34,6 +34,7 @@ var registry = []Spec{
 
 	// Volumes and the nexus health store (internal/mgmt).
 	{"health.bad_record", InvalidArgument, "send the JSON health record of the nexus with its generation"},
+	{"health.corrupt_record", Internal, "recreate the volume's nexus from a replica you trust (nexus create --source)"},
 	{"health.stale_generation", FailedPrecondition, "this nexus is stale and must stop; the volume's current nexus holds the record"},
 	{"volume.bad_spec", InvalidArgument, "see `nexctl volume create --help` for the accepted values"},
 	{"volume.busy", Unavailable, "retry when the operation under way has finished"},

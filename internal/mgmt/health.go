@@ -16,6 +16,7 @@ import (
 const (
 	CodeStaleGeneration = "health.stale_generation"
 	CodeBadHealth       = "health.bad_record"
+	CodeCorruptHealth   = "health.corrupt_record"
 )
 
 // healthHeader is the part of a nexus health record the store reads: the
@@ -76,7 +77,7 @@ func (s *Service) saveHealth(ctx context.Context, id string, gen uint64, rec []b
 		} else {
 			var cur healthHeader
 			if err := json.Unmarshal(resp.Kvs[0].Value, &cur); err != nil {
-				return fault.Wrap(err, fault.Internal, CodeBadHealth, "nexus "+id+": the stored health record is corrupt",
+				return fault.Wrap(err, fault.Internal, CodeCorruptHealth, "nexus "+id+": the stored health record is corrupt",
 					"recreate the nexus from a replica you trust (nexus create --source)")
 			}
 			if cur.Generation != gen-1 {

@@ -774,7 +774,7 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	case err != nil:
 		return nil, fmt.Errorf("nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
 	case n.Uuid != v.UUID:
-		return nil, fault.New(fault.AlreadyExists, CodeVolumeState,
+		return nil, fault.New(fault.AlreadyExists, CodeVolumeExists,
 			fmt.Sprintf("node %s has another nexus named %s (uuid %s)", node.DisplayName(), v.Name, n.Uuid),
 			"destroy that nexus on the node, or publish the volume elsewhere")
 	}
@@ -911,7 +911,7 @@ func (s *Service) resizeVolume(ctx context.Context, ref string, size uint64) (*v
 	idx := memberIndex(members)
 	for _, r := range v.ReplicaSet {
 		if !alive(idx[r.Node]) {
-			return nil, fault.New(fault.FailedPrecondition, CodeVolumeNodeDown,
+			return nil, fault.New(fault.Unavailable, CodeVolumeNodeDown,
 				fmt.Sprintf("volume %s: the replica on %s cannot be grown: the node is down", v.Name, nodeName(idx, r.Node)),
 				"start the node first; every replica grows together")
 		}

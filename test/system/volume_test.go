@@ -95,7 +95,7 @@ func TestVolumes(t *testing.T) {
 	for _, tool := range []string{"fio", "nbdcopy"} {
 		testutil.RequireTool(t, tool)
 	}
-	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 3, poolSize: "160MiB", nbd: true,
+	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, poolSize: "160MiB", nbd: true,
 		faultDomains: []string{"/rack-a", "/rack-b", "/rack-c", "/rack-c"}})
 	c.start()
 	for _, n := range c.nodes {
