@@ -76,6 +76,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -388,6 +389,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		return nil, err
 	}
 	var minSize int64 = -1
+	var openErrs []string // why children did not open, for when none did
 	for _, p := range plans {
 		c := &child{uri: p.uri, local: lo != nil && lo.IsLocal(p.uri), identity: p.identity}
 		n.children = append(n.children, c)
@@ -399,6 +401,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		}
 		o, err := n.openChild(ctx, p.uri)
 		if err != nil {
+			openErrs = append(openErrs, err.Error())
 			c.reason, c.lastErr, c.closed = ReasonOpenFailed, err.Error(), true
 			if p.current {
 				// In sync when the nexus last closed cleanly, and
@@ -442,7 +445,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		return fail(stale)
 	}
 	if minSize < 0 {
-		return fail(fmt.Errorf("nexus %s: %w: no child could be opened", label, ErrNoHealthyChild))
+		return fail(fmt.Errorf("nexus %s: %w: no child could be opened: %s", label, ErrNoHealthyChild, strings.Join(openErrs, "; ")))
 	}
 	size := cfg.Size
 	if size == 0 {

@@ -185,8 +185,12 @@ func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
 	if err := p.commitReserved(&record{Type: recCreate, E: e}, k); err != nil {
 		return ReplicaInfo{}, p.errf("replica %q: %w", opts.Name, err)
 	}
-	slog.Info("replica created", "pool", p.sb.Name, "replica", opts.Name, "uuid", fmtUUID(id), "size", opts.Size, "thin", opts.Thin,
-		"owner", opts.Owner.String())
+	if opts.Owner != (uuid.UUID{}) {
+		slog.Info("replica created owned", "pool", p.sb.Name, "replica", opts.Name, "uuid", fmtUUID(id), "size", opts.Size, "thin", opts.Thin,
+			"owner", opts.Owner.String())
+	} else {
+		slog.Info("replica created", "pool", p.sb.Name, "replica", opts.Name, "uuid", fmtUUID(id), "size", opts.Size, "thin", opts.Thin)
+	}
 	return p.ReplicaInfo(opts.Name)
 }
 
