@@ -103,6 +103,12 @@ func NewServer(logger *slog.Logger) *Server {
 // ownership: the caller closes dev, after RemoveExport. The device's block
 // size is advertised as the minimum block size; requests not aligned to it
 // get EINVAL. Names are at most 4096 bytes of UTF-8.
+//
+// The size a client is told, and that its requests are checked against, is
+// dev.Size() when it connects (NBD has no way to tell a connected client
+// of a change): a device that grows is seen at its new size by clients that
+// connect afterwards, while those connected before keep the old size until
+// they reconnect.
 func (s *Server) AddExport(name string, dev bdev.Device, opts ExportOptions) error {
 	if len(name) > maxNameLen {
 		return fmt.Errorf("nbd: export name of %d bytes: use at most %d bytes", len(name), maxNameLen)
