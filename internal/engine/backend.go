@@ -70,11 +70,14 @@ type PoolStats struct {
 
 // ReplicaSpec describes a replica to create. Size is in bytes and a multiple
 // of the pool's cluster size; an empty UUID asks the pool to generate one.
+// Owner, when set, is the canonical UUID of the nexus the replica is
+// claimed for, at epoch 0, as it is created (in the same durable record).
 type ReplicaSpec struct {
-	Name string
-	UUID string
-	Size int64
-	Thin bool
+	Name  string
+	UUID  string
+	Size  int64
+	Thin  bool
+	Owner string
 }
 
 // ReplicaStat describes an existing replica.
@@ -121,4 +124,12 @@ type Exporter interface {
 	// RemoveExport withdraws an export; it returns once connections using it
 	// are gone, so the device may then be closed.
 	RemoveExport(name string) error
+}
+
+// Resizer is implemented by Exporters that tell clients of a device that
+// grew: ResizeExport makes the export take the device's current size and
+// announces it to connected clients. The device only grows. The engine
+// calls it after growing a shared replica or a published nexus.
+type Resizer interface {
+	ResizeExport(name string) error
 }

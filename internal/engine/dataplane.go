@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nexstor/nexstor/internal/nbd"
+	"github.com/nexstor/nexstor/internal/nexus"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
 
@@ -39,7 +40,14 @@ type DataPlaneOptions struct {
 	Pools []PoolConfig
 	// Backend defaults to PoolBackend.
 	Backend Backend
-	Logger  *slog.Logger
+	// HostNQN is the host NQN the engine's nexuses connect to remote
+	// children with (Config.HostNQN); empty draws one at random per
+	// process.
+	HostNQN string
+	// SystemHealth is the system health store (Config.SystemHealth); nil
+	// refuses nexuses of the "system" store.
+	SystemHealth nexus.HealthStore
+	Logger       *slog.Logger
 	// OnError, when set, is called (from a listener's goroutine) with the
 	// error of a listener that failed while serving; failures are logged
 	// either way. Closing the data plane is not a failure.
@@ -78,7 +86,8 @@ func StartDataPlane(o DataPlaneOptions) (*DataPlane, error) {
 		d.closeListeners()
 		return nil, err
 	}
-	cfg := Config{DataDir: o.DataDir, Backend: o.Backend, Pools: o.Pools, Logger: o.Logger}
+	cfg := Config{DataDir: o.DataDir, Backend: o.Backend, Pools: o.Pools, Logger: o.Logger,
+		HostNQN: o.HostNQN, SystemHealth: o.SystemHealth}
 	if d.nbdLn != nil {
 		d.nbd = nbd.NewServer(o.Logger.With("component", "nbd"))
 		cfg.NBD = NBDExporter(d.nbd, cmp.Or(o.NBDAdvertise, AdvertiseAddr(d.nbdLn.Addr().String())))

@@ -34,6 +34,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/nexus"
+	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
 
 // Config configures an Engine.
@@ -53,8 +54,21 @@ type Config struct {
 	// Logger receives the engine's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// NexusRemote opens nvmf:// children of nexuses; nil means the NVMe/TCP
-	// initiator with DefaultNexusRemote.
+	// initiator with DefaultNexusRemote (and HostNQN).
 	NexusRemote func(ctx context.Context, addr, nqn string) (bdev.Device, error)
+	// HostNQN is the NVMe host NQN the engine's initiator connects to
+	// remote nexus children with, so that a replica shared only to this
+	// node (allowed hosts) admits its nexuses. Empty: the initiator's
+	// default, a host NQN drawn at random when the process starts. Unused
+	// when NexusRemote is set.
+	HostNQN string
+	// SystemHealth is the "system" health store: the management service's,
+	// which every node shares, so that a nexus of the same UUID created on
+	// another node finds the record. Nexuses created with health store
+	// "system" keep their health there; nil refuses them. Its Save must
+	// refuse (with an error that says so) a record whose generation does
+	// not follow the stored one.
+	SystemHealth nexus.HealthStore
 }
 
 // PoolConfig is a pool the server configuration lists.
@@ -159,9 +173,9 @@ type Engine struct {
 	replicas map[string]string      // replica name -> pool name
 	shares   map[string]*shareEntry // shareKey(replica, protocol) -> share
 	nexuses  map[string]*nexusEntry
-	health   nexus.HealthStore
-	busy     map[string]bool // "replica/<name>", "pool/<name>", "disk/<key>"
-	gen      uint64          // bumped on every change of persistent state
+	health   nexus.HealthStore // the node's file store ("local")
+	busy     map[string]bool   // "replica/<name>", "pool/<name>", "disk/<key>"
+	gen      uint64            // bumped on every change of persistent state
 	closed   bool
 	// quiesced: the nexuses are closed for a shutdown (Quiesce); nexus
 	// operations fail as on a closed engine, replicas keep being served.
@@ -170,6 +184,14 @@ type Engine struct {
 
 	stateMu  sync.Mutex // serializes state file writes
 	savedGen uint64
+
+	// Nexuses of the system health store are restored in the background
+	// (restoreSystemNexus): the store may be a moment away at start.
+	// Close cancels them and waits.
+	restoreCtx    context.Context
+	restoreCancel context.CancelFunc
+	restoring     sync.WaitGroup
+	pending       []func() // restores New leaves for the background
 
 	lock *fsutil.Lock // of the data dir, released by Close
 }
@@ -204,6 +226,11 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.HostNQN != "" && !target.ValidNQN(cfg.HostNQN) {
+		return nil, fault.New(fault.InvalidArgument, "engine.host_nqn",
+			fmt.Sprintf("host NQN %q is not an NVMe NQN", cfg.HostNQN),
+			"give a host NQN such as nqn.2014-08.org.nvmexpress:uuid:<uuid> (see /etc/nvme/hostnqn), or leave it empty")
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("engine: data dir: %w", err)
 	}
@@ -225,6 +252,7 @@ func New(cfg Config) (*Engine, error) {
 		busy:      map[string]bool{},
 		started:   time.Now(),
 	}
+	e.restoreCtx, e.restoreCancel = context.WithCancel(context.Background())
 	st, err := loadState(e.statePath)
 	if err != nil {
 		lock.Unlock()
@@ -262,6 +290,7 @@ func New(cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	e.startRestores()
 	return e, nil
 }
 
@@ -425,6 +454,9 @@ func (e *Engine) snapshotLocked() persistentState {
 		ne := e.nexuses[name]
 		sn := stateNexus{Name: ne.name, UUID: ne.uuid, Size: ne.size, Children: slices.Clone(ne.children),
 			LeftOut: slices.Clone(ne.leftOut)}
+		if ne.store != HealthStoreLocal {
+			sn.HealthStore = ne.store
+		}
 		if ne.share != nil {
 			sn.Share = &stateShare{Protocol: ne.share.protocol, AllowedHosts: ne.share.allowed}
 		}
@@ -450,6 +482,12 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
+	e.mu.Unlock()
+	// Restores in the background end first: they open children of the
+	// pools closed below.
+	e.restoreCancel()
+	e.restoring.Wait()
+	e.mu.Lock()
 	// Copies: operations still in flight may record their results.
 	shares := maps.Clone(e.shares)
 	pools := maps.Clone(e.pools)
@@ -504,6 +542,12 @@ func (e *Engine) Quiesce() error {
 		return nil
 	}
 	e.quiesced = true
+	e.mu.Unlock()
+	// A restore still running is pointless now: it ends, and closes what
+	// it opened.
+	e.restoreCancel()
+	e.restoring.Wait()
+	e.mu.Lock()
 	nexuses := maps.Clone(e.nexuses)
 	e.mu.Unlock()
 	return errors.Join(e.closeNexuses(nexuses)...)

@@ -115,7 +115,7 @@ func (p *memPool) CreateReplica(s ReplicaSpec) (ReplicaStat, error) {
 		}
 		p.used += n
 	}
-	r := &memReplica{ReplicaStat: ReplicaStat{Name: s.Name, UUID: s.UUID, Size: s.Size, Thin: s.Thin}}
+	r := &memReplica{ReplicaStat: ReplicaStat{Name: s.Name, UUID: s.UUID, Size: s.Size, Thin: s.Thin, Owner: s.Owner}}
 	if !s.Thin {
 		r.Allocated = s.Size
 	}

@@ -79,7 +79,7 @@ type replicaServer struct {
 
 func (s *replicaServer) CreateReplica(ctx context.Context, r *enginev1.CreateReplicaRequest) (*enginev1.Replica, error) {
 	ri, err := s.e.CreateReplica(ctx, CreateReplicaOptions{Name: r.GetName(), Pool: r.GetPool(),
-		Size: int64(r.GetSize()), Thin: r.GetThin(), UUID: r.GetUuid()})
+		Size: int64(r.GetSize()), Thin: r.GetThin(), UUID: r.GetUuid(), Owner: r.GetOwner()})
 	if err != nil {
 		return nil, err
 	}

@@ -24,3 +24,9 @@ func (x nbdExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, error)
 }
 
 func (x nbdExporter) RemoveExport(name string) error { return x.s.RemoveExport(name) }
+
+// ResizeExport implements Resizer. NBD tells a client the export's size
+// only when it connects, and reads it from the device then: a client that
+// connects from now on sees the new size, and one connected before keeps
+// the old one until it reconnects. Nothing is to be done here.
+func (x nbdExporter) ResizeExport(string) error { return nil }

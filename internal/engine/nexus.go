@@ -70,6 +70,9 @@ type NexusInfo struct {
 	LeftOut []LeftOutChild
 	// Epoch is the nexus's fencing epoch (0 when it is faulted).
 	Epoch uint64
+	// HealthStore is where its health record is kept: HealthStoreLocal
+	// or HealthStoreSystem.
+	HealthStore string
 }
 
 // LeftOutChild is a child left out when its nexus was recreated, with what
@@ -93,6 +96,43 @@ type NexusChild struct {
 	Rebuild *nexus.RebuildStatus
 }
 
+// Health stores a nexus may keep its health record in
+// (CreateNexusOptions.HealthStore).
+const (
+	// HealthStoreLocal is the node's file store, in the data dir: a nexus
+	// recreated on this node finds its record.
+	HealthStoreLocal = "local"
+	// HealthStoreSystem is Config.SystemHealth, the management service's
+	// store, which every node of the system shares: a nexus of the same
+	// UUID recreated on any node finds its record. Volumes use it.
+	HealthStoreSystem = "system"
+)
+
+// storeKind normalizes a health store name: "" is the local store.
+func storeKind(s string) string {
+	if s == "" {
+		return HealthStoreLocal
+	}
+	return s
+}
+
+// healthStore returns the store of a kind that storeKind normalized.
+func (e *Engine) healthStore(kind string) (nexus.HealthStore, error) {
+	switch kind {
+	case HealthStoreLocal:
+		return e.health, nil
+	case HealthStoreSystem:
+		if e.cfg.SystemHealth == nil {
+			return nil, fault.New(fault.FailedPrecondition, "nexus.no_system_store",
+				"this engine has no system health store (it is not serving a system's management service)",
+				"run the node as a member of a system (nexstor server, formatted and joined), or use the local health store (--health-store local)")
+		}
+		return e.cfg.SystemHealth, nil
+	}
+	return nil, fault.New(fault.InvalidArgument, "nexus.health_store",
+		fmt.Sprintf("health store %q is unknown", kind), "use --health-store local or --health-store system")
+}
+
 // CreateNexusOptions describe a nexus to create.
 type CreateNexusOptions struct {
 	Name     string
@@ -107,10 +147,15 @@ type CreateNexusOptions struct {
 	// record, which child the others are rebuilt from (see nexus.Config).
 	Source       string
 	VerifyInSync bool
+	// HealthStore is where the nexus keeps its health record: "" or
+	// HealthStoreLocal, or HealthStoreSystem (refused when the engine has
+	// none). It is remembered: the nexus is restored from the same store.
+	HealthStore string
 }
 
 type nexusEntry struct {
 	name, uuid string
+	store      string // HealthStoreLocal or HealthStoreSystem
 	size       int64
 	children   []string      // membership when the nexus could not be recreated
 	n          *nexus.Nexus  // nil when faulted
@@ -135,7 +180,9 @@ func nexusExportName(name string) string { return "nexus/" + name }
 func (e *Engine) nexusOpener() *nexus.Router {
 	remote := e.cfg.NexusRemote
 	if remote == nil {
-		remote = nexus.NVMfRemote(DefaultNexusRemote)
+		opts := DefaultNexusRemote
+		opts.HostNQN = e.cfg.HostNQN
+		remote = nexus.NVMfRemote(opts)
 	}
 	return &nexus.Router{Local: e.openReplicaByUUID, Remote: remote}
 }
@@ -231,7 +278,19 @@ func nexusFault(name string, err error) error {
 			"check that the children's replicas exist and their nodes are reachable")
 	case errors.Is(err, nexus.ErrNexusFailed):
 		return fault.Wrap(err, fault.Unavailable, "nexus.failed", fmt.Sprintf("nexus %q", name),
-			"check the data dir's disk, then destroy and create the nexus again")
+			"check its health store (the data dir's disk, or the system's management service), then destroy and create the nexus again; a store that refused the save because another instance of the nexus saved first means that one is current: destroy this one")
+	case errors.Is(err, nexus.ErrShrink):
+		return fault.Wrap(err, fault.InvalidArgument, "nexus.shrink", fmt.Sprintf("nexus %q", name),
+			"a nexus only grows: give a size larger than its size")
+	case errors.Is(err, nexus.ErrInvalidSize):
+		return fault.Wrap(err, fault.InvalidArgument, "nexus.size", fmt.Sprintf("nexus %q", name),
+			"give a size that is a multiple of the nexus's block size")
+	case errors.Is(err, nexus.ErrChildTooSmall):
+		return fault.Wrap(err, fault.FailedPrecondition, "nexus.child_too_small", fmt.Sprintf("nexus %q", name),
+			"grow every child's replica to at least that size first (nexctl replica resize NAME SIZE --owner <nexus-uuid>), then resize the nexus")
+	case errors.Is(err, nexus.ErrRebuilding):
+		return fault.Wrap(err, fault.Unavailable, "nexus.rebuilding", fmt.Sprintf("nexus %q", name),
+			"wait for the rebuild (or the resync) to finish, or stop it, and retry")
 	case errors.Is(err, context.DeadlineExceeded):
 		return fault.Wrap(err, fault.Unavailable, "nexus.timeout", fmt.Sprintf("nexus %q", name),
 			"check that the children's nodes are reachable and retry")
@@ -240,26 +299,158 @@ func nexusFault(name string, err error) error {
 		"check the child URIs (bdev:///<replica-uuid>, nvmf://host:port/<nqn>) and the server log")
 }
 
-// restoreNexus recreates a remembered nexus from the health store: children
-// the store records as neither online nor offline are left out (they may be
-// stale) and reported; the nexus is faulted if none is left or it cannot be
-// created.
+// restoreNexus recreates a remembered nexus from its health store (see
+// recreateNexus). Called by New, before the engine serves: a nexus of the
+// local store is recreated now; one of the system store is marked busy
+// and recreated in the background once New returns (restoreSystemNexus),
+// since that store may be a moment away when the node starts.
 func (e *Engine) restoreNexus(sn stateNexus) {
-	ne := &nexusEntry{name: sn.Name, uuid: sn.UUID, size: sn.Size, children: slices.Clone(sn.Children)}
+	ne := &nexusEntry{name: sn.Name, uuid: sn.UUID, size: sn.Size, children: slices.Clone(sn.Children),
+		leftOut: slices.Clone(sn.LeftOut), store: storeKind(sn.HealthStore)}
 	e.nexuses[sn.Name] = ne
 	if sn.Share != nil {
 		ne.share = &shareEntry{replica: sn.Name, protocol: sn.Share.Protocol, allowed: sn.Share.AllowedHosts}
 	}
+	store, err := e.healthStore(ne.store)
+	if err != nil {
+		ne.reason = err.Error()
+		e.log.Error("nexus not restored", "nexus", sn.Name, "health_store", ne.store, "reason", ne.reason)
+		return
+	}
+	if ne.store == HealthStoreSystem {
+		ne.busy = true
+		ne.reason = "restoring: reading its health record from the system health store"
+		e.pending = append(e.pending, func() { e.restoreSystemNexus(ne, sn, store) })
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), nexusOpenTimeout)
 	defer cancel()
-	children := sn.Children
+	rec, err := store.Load(ctx, sn.UUID)
+	r := e.recreateNexus(ctx, sn, store, rec, err, false)
+	ne.apply(r)
+	e.restorePublication(ne)
+}
+
+// startRestores starts the restores New left for the background.
+func (e *Engine) startRestores() {
+	for _, f := range e.pending {
+		e.restoring.Add(1)
+		go func() {
+			defer e.restoring.Done()
+			f()
+		}()
+	}
+	e.pending = nil
+}
+
+// systemRestoreTimeout bounds how long the restore of a nexus of the
+// system store retries a store that cannot be read, and opens the children.
+var systemRestoreTimeout = nexusOpenTimeout
+
+// restoreSystemNexus recreates, in the background, a nexus whose health
+// record is in the system store. An unreachable store is retried until
+// systemRestoreTimeout; the nexus is never recreated without its record
+// (no guess at which children are current): it stays faulted, with the
+// reason, when the record cannot be read or is gone.
+func (e *Engine) restoreSystemNexus(ne *nexusEntry, sn stateNexus, store nexus.HealthStore) {
+	ctx, cancel := context.WithTimeout(e.restoreCtx, systemRestoreTimeout)
+	defer cancel()
+	rec, err := loadRetrying(ctx, store, sn.UUID)
+	r := e.recreateNexus(ctx, sn, store, rec, err, true)
+	e.mu.Lock()
+	if e.closed || e.quiesced {
+		e.mu.Unlock()
+		if r.n != nil {
+			if err := r.n.Close(); err != nil {
+				e.log.Warn("closing a nexus restored while the engine shut down", "nexus", sn.Name, "err", err)
+			}
+		}
+		return
+	}
+	ne.apply(r)
+	e.mu.Unlock()
+	// Still busy: no publish or destroy runs into the restored export.
+	e.restorePublication(ne)
+	e.mu.Lock()
+	ne.busy = false
+	e.gen++
+	e.mu.Unlock()
+	if err := e.save(); err != nil {
+		e.log.Error("saving the engine state after restoring a nexus", "nexus", sn.Name, "err", err)
+	}
+}
+
+// loadRetrying loads a health record, retrying errors other than
+// ErrNoRecord until ctx ends; the last error says how long it tried.
+func loadRetrying(ctx context.Context, store nexus.HealthStore, id string) (nexus.HealthRecord, error) {
+	start := time.Now()
+	wait := 100 * time.Millisecond
+	for {
+		rec, err := store.Load(ctx, id)
+		if err == nil || errors.Is(err, nexus.ErrNoRecord) {
+			return rec, err
+		}
+		select {
+		case <-ctx.Done():
+			return rec, fmt.Errorf("%w (still failing after %s)", err, time.Since(start).Round(time.Second))
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// recreated is the outcome of recreateNexus.
+type recreated struct {
+	n        *nexus.Nexus // nil when faulted
+	reason   string
+	children []string
+	leftOut  []LeftOutChild
+	size     int64
+}
+
+// apply records r in ne; the caller holds e.mu or is New.
+func (ne *nexusEntry) apply(r recreated) {
+	ne.leftOut, ne.reason = r.leftOut, r.reason
+	if r.n != nil {
+		ne.n, ne.io, ne.size, ne.children = r.n, stats.New(r.n), r.size, r.children
+	}
+}
+
+// restorePublication exports a restored nexus again, as it was published.
+func (e *Engine) restorePublication(ne *nexusEntry) {
+	e.mu.Lock()
+	s, n := ne.share, ne.n
+	e.mu.Unlock()
+	if s == nil || n == nil {
+		return
+	}
+	uri, err := e.exportNexus(ne, s.protocol, s.allowed)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		s.reason = err.Error()
+		e.log.Error("nexus publication not restored", "nexus", ne.name, "err", err)
+		return
+	}
+	s.uri, s.dev = uri, n
+}
+
+// recreateNexus recreates a remembered nexus from its health record (rec,
+// or loadErr when it could not be loaded): children the record holds as
+// neither online nor offline are left out (they may be stale) and
+// reported; the nexus is faulted if none is left or it cannot be created.
+// Without a record, a nexus of the local store starts as a new one would;
+// one of the system store (needRecord) is faulted: its record is gone
+// because the nexus was destroyed or moved elsewhere, and its children are
+// not to be trusted from a guess.
+func (e *Engine) recreateNexus(ctx context.Context, sn stateNexus, store nexus.HealthStore, rec nexus.HealthRecord, loadErr error, needRecord bool) recreated {
 	// Children left out at an earlier start stay left out (and counted)
 	// until an administrator adds or removes them.
+	r := recreated{leftOut: slices.Clone(sn.LeftOut)}
+	children := sn.Children
 	dropped := slices.Clone(sn.LeftOut)
-	ne.leftOut = dropped
-	rec, err := e.health.Load(ctx, sn.UUID)
 	switch {
-	case err == nil:
+	case loadErr == nil:
 		state := map[string]nexus.ChildHealth{}
 		for _, h := range rec.Children {
 			state[h.URI] = h
@@ -277,13 +468,18 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 			}
 			dropped = append(dropped, lo)
 		}
-	case errors.Is(err, nexus.ErrNoRecord):
+	case errors.Is(loadErr, nexus.ErrNoRecord) && !needRecord:
+	case errors.Is(loadErr, nexus.ErrNoRecord):
+		r.reason = "its health record is not in the system health store (the nexus was destroyed, or recreated on another node): " +
+			"its children are not trusted without it; destroy this nexus"
+		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", r.reason)
+		return r
 	default:
-		ne.reason = fmt.Sprintf("health record unreadable: %v", err)
-		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
-		return
+		r.reason = fmt.Sprintf("health record unreadable: %v", loadErr)
+		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", r.reason)
+		return r
 	}
-	ne.leftOut = dropped
+	r.leftOut = dropped
 	if len(dropped) > len(sn.LeftOut) {
 		e.log.Warn("nexus children left out at restore: the health store does not record them as current; add them again to rebuild them",
 			"nexus", sn.Name, "children", dropped[len(sn.LeftOut):])
@@ -293,14 +489,14 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 		for _, d := range dropped {
 			what = append(what, d.String())
 		}
-		ne.reason = "no current child left: " + strings.Join(what, "; ")
-		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", ne.reason)
-		return
+		r.reason = "no current child left: " + strings.Join(what, "; ")
+		e.log.Error("nexus not restored", "nexus", sn.Name, "reason", r.reason)
+		return r
 	}
 	opener := e.nexusOpener()
 	opener.Remote = restoreRemote(opener.Remote, e.started.Add(restoreRetryWindow))
 	cfg := nexus.Config{Name: sn.Name, UUID: sn.UUID, Size: sn.Size, Children: children,
-		Store: e.health, Opener: opener, Logger: e.log}
+		Store: store, Opener: opener, Logger: e.log}
 	n, err := nexus.New(ctx, cfg)
 	var stale *nexus.StaleChildError
 	if errors.As(err, &stale) {
@@ -314,7 +510,7 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 			}
 		}
 		if len(replaced) == len(stale.Children) {
-			ne.leftOut = append(ne.leftOut, replaced...)
+			r.leftOut = append(r.leftOut, replaced...)
 			e.log.Warn("nexus children left out at restore: another replica is behind the URI now (destroyed and created again); add it again to rebuild it",
 				"nexus", sn.Name, "children", replaced)
 			cfg.Children = slices.DeleteFunc(slices.Clone(children), func(c string) bool {
@@ -328,21 +524,13 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 		}
 	}
 	if err != nil {
-		ne.reason = err.Error()
+		r.reason = err.Error()
 		e.log.Error("nexus not restored", "nexus", sn.Name, "err", err)
-		return
+		return r
 	}
-	ne.n, ne.io, ne.size, ne.children = n, stats.New(n), n.Size(), childURIs(n)
+	r.n, r.size, r.children = n, n.Size(), childURIs(n)
 	e.log.Info("nexus restored", "nexus", sn.Name, "children", len(children), "left_out", len(dropped))
-	if ne.share != nil {
-		uri, err := e.exportNexus(ne, ne.share.protocol, ne.share.allowed)
-		if err != nil {
-			ne.share.reason = err.Error()
-			e.log.Error("nexus publication not restored", "nexus", sn.Name, "err", err)
-			return
-		}
-		ne.share.uri, ne.share.dev = uri, n
-	}
+	return r
 }
 
 func (e *Engine) exportNexus(ne *nexusEntry, protocol string, allowed []string) (string, error) {
@@ -420,6 +608,11 @@ func (e *Engine) CreateNexus(ctx context.Context, o CreateNexusOptions) (NexusIn
 		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.source",
 			fmt.Sprintf("nexus %q: source %q is not one of its children", o.Name, o.Source), "name one of the --child URIs as --source")
 	}
+	o.HealthStore = storeKind(o.HealthStore)
+	store, err := e.healthStore(o.HealthStore)
+	if err != nil {
+		return NexusInfo{}, err
+	}
 	e.mu.Lock()
 	if err := e.checkOpenLocked(); err != nil {
 		e.mu.Unlock()
@@ -443,16 +636,16 @@ func (e *Engine) CreateNexus(ctx context.Context, o CreateNexusOptions) (NexusIn
 				fmt.Sprintf("nexus %q already has uuid %s", other.name, o.UUID), "give another uuid or leave it out")
 		}
 	}
-	ne := &nexusEntry{name: o.Name, uuid: o.UUID, size: o.Size, children: slices.Clone(o.Children), busy: true}
+	ne := &nexusEntry{name: o.Name, uuid: o.UUID, size: o.Size, children: slices.Clone(o.Children), store: o.HealthStore, busy: true}
 	e.nexuses[o.Name] = ne
 	e.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(ctx, nexusOpenTimeout)
 	defer cancel()
-	_, lerr := e.health.Load(ctx, o.UUID)
+	_, lerr := store.Load(ctx, o.UUID)
 	hadRecord := lerr == nil
 	n, err := nexus.New(ctx, nexus.Config{Name: o.Name, UUID: o.UUID, Size: o.Size, Children: o.Children,
-		Force: o.Force, Source: o.Source, VerifyInSync: o.VerifyInSync, Store: e.health, Opener: e.nexusOpener(), Logger: e.log})
+		Force: o.Force, Source: o.Source, VerifyInSync: o.VerifyInSync, Store: store, Opener: e.nexusOpener(), Logger: e.log})
 	if err == nil && !o.AllowDegraded {
 		if failed := unopened(n); len(failed) > 0 {
 			// Undo: a nexus that never served is withdrawn whole; its
@@ -483,7 +676,7 @@ func (e *Engine) CreateNexus(ctx context.Context, o CreateNexusOptions) (NexusIn
 	if err := e.save(); err != nil {
 		return NexusInfo{}, err
 	}
-	e.log.Info("nexus created", "nexus", o.Name, "uuid", o.UUID, "size", n.Size(), "children", o.Children)
+	e.log.Info("nexus created", "nexus", o.Name, "uuid", o.UUID, "size", n.Size(), "children", o.Children, "health_store", o.HealthStore)
 	return e.Nexus(o.Name)
 }
 
@@ -516,8 +709,89 @@ func nexusSpecDiff(ne *nexusEntry, o CreateNexusOptions, uuidGiven bool) string 
 		return "with children " + strings.Join(members, ", ")
 	case o.Size != 0 && o.Size != ne.size:
 		return "with size " + units.FormatSizeExact(ne.size)
+	case storeKind(o.HealthStore) != ne.store:
+		return "with health store " + ne.store
 	}
 	return ""
+}
+
+// ResizeNexus grows a nexus to size bytes (a multiple of its block size)
+// while I/O continues, and tells its export: over NVMe/TCP the namespace
+// takes the new size and connected hosts get a Namespace Attribute Changed
+// event (a Linux host rescans it); over NBD, clients see the new size when
+// they connect again (NBD tells a client the size only when it connects).
+// Every online child must already hold size bytes: grow the replicas first.
+// The new size is in the engine's state before the nexus serves it, so a
+// nexus restored after a crash is never smaller than what was written to
+// it. Idempotent: the current size returns the nexus (and announces the
+// size again); a smaller one is refused (nexus.shrink). It is refused while
+// a rebuild or resync runs (nexus.rebuilding, retry later).
+func (e *Engine) ResizeNexus(ctx context.Context, name string, size int64) (NexusInfo, error) {
+	if err := live(ctx); err != nil {
+		return NexusInfo{}, err
+	}
+	if size <= 0 {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.size",
+			fmt.Sprintf("nexus %q: size %d is not positive", name, size), "give the new size, such as 20GiB")
+	}
+	ne, done, err := e.beginNexusOp(name, true)
+	if err != nil {
+		return NexusInfo{}, err
+	}
+	defer done()
+	n := ne.n
+	if size%int64(n.BlockSize()) != 0 {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.size",
+			fmt.Sprintf("nexus %q: size %d bytes is not a multiple of its %d-byte blocks", name, size, n.BlockSize()),
+			"give a size that is a multiple of the nexus's block size")
+	}
+	rctx, cancel := context.WithTimeout(ctx, nexusOpenTimeout)
+	defer cancel()
+	from := n.Size()
+	err = n.ResizeWith(rctx, size, func(context.Context) error {
+		e.mu.Lock()
+		ne.size = size
+		e.gen++
+		e.mu.Unlock()
+		if err := e.save(); err != nil {
+			e.mu.Lock()
+			ne.size = from
+			e.gen++
+			e.mu.Unlock()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return NexusInfo{}, nexusFault(name, err)
+	}
+	if size != from {
+		e.log.Info("nexus resized", "nexus", name, "from", from, "to", size)
+	}
+	if err := e.announceNexusSize(ne); err != nil {
+		return NexusInfo{}, err
+	}
+	return e.Nexus(name)
+}
+
+// announceNexusSize makes the export of a published nexus take its size.
+func (e *Engine) announceNexusSize(ne *nexusEntry) error {
+	e.mu.Lock()
+	s := ne.share
+	e.mu.Unlock()
+	if s == nil || s.dev == nil {
+		return nil
+	}
+	rs, ok := e.exporter(s.protocol).(Resizer)
+	if !ok {
+		return nil
+	}
+	if err := rs.ResizeExport(nexusExportName(ne.name)); err != nil {
+		return fault.Wrap(err, fault.Internal, "nexus.export_resize",
+			fmt.Sprintf("nexus %q was resized, but its %s export could not take the new size", ne.name, s.protocol),
+			"see the server log; resize it again to retry, or unpublish and publish it")
+	}
+	return nil
 }
 
 // Nexus returns one nexus.
@@ -548,7 +822,8 @@ func (e *Engine) Nexuses() []NexusInfo {
 
 func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 	e.mu.Lock()
-	ni := NexusInfo{Name: ne.name, UUID: ne.uuid, Size: ne.size, Reason: ne.reason, LeftOut: slices.Clone(ne.leftOut)}
+	ni := NexusInfo{Name: ne.name, UUID: ne.uuid, Size: ne.size, Reason: ne.reason, LeftOut: slices.Clone(ne.leftOut),
+		HealthStore: ne.store}
 	n := ne.n
 	if s := ne.share; s != nil {
 		ni.Share = &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)}
@@ -592,8 +867,13 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 		ni.State = NexusFaulted
 		ni.Reason = nexus.ErrFencedNexus.Error()
 	case n.Failed():
+		// The store's own words: a refused save (another instance of
+		// the nexus saved first) says so.
 		ni.State = NexusFaulted
 		ni.Reason = nexus.ErrNexusFailed.Error()
+		if err := n.Err(); err != nil {
+			ni.Reason = err.Error()
+		}
 	}
 	return ni
 }
@@ -621,8 +901,12 @@ func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 		}
 	} else {
 		e.releaseClaims(ctx, ne)
-		if err := e.health.Delete(ctx, ne.uuid); err != nil && !errors.Is(err, nexus.ErrNoRecord) {
-			e.log.Warn("deleting nexus health record", "nexus", name, "err", err)
+		// From the store it was created with (the system store's record
+		// is left when this engine has none now: nothing may delete it).
+		if store, err := e.healthStore(ne.store); err != nil {
+			e.log.Warn("not deleting nexus health record", "nexus", name, "health_store", ne.store, "err", err)
+		} else if err := store.Delete(ctx, ne.uuid); err != nil && !errors.Is(err, nexus.ErrNoRecord) {
+			e.log.Warn("deleting nexus health record", "nexus", name, "health_store", ne.store, "err", err)
 		}
 	}
 	done()

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/nexus"
@@ -15,8 +16,16 @@ type nexusServer struct {
 func (s *nexusServer) CreateNexus(ctx context.Context, r *enginev1.CreateNexusRequest) (*enginev1.Nexus, error) {
 	ni, err := s.e.CreateNexus(ctx, CreateNexusOptions{Name: r.GetName(), UUID: r.GetUuid(), Size: int64(r.GetSize()),
 		Children: r.GetChildren(), Force: r.GetForce(), AllowDegraded: r.GetAllowDegraded(), Source: r.GetSource(),
-		VerifyInSync: r.GetVerifyInSync()})
+		VerifyInSync: r.GetVerifyInSync(), HealthStore: r.GetHealthStore()})
 	return nexusReply(ni, err)
+}
+
+func (s *nexusServer) ResizeNexus(ctx context.Context, r *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error) {
+	size := r.GetSize()
+	if size > math.MaxInt64 {
+		size = math.MaxInt64 // refused as not a multiple of the block size
+	}
+	return nexusReply(s.e.ResizeNexus(ctx, r.GetName(), int64(size)))
 }
 
 func (s *nexusServer) ListNexuses(context.Context, *enginev1.ListNexusesRequest) (*enginev1.ListNexusesResponse, error) {

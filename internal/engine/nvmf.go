@@ -56,6 +56,23 @@ func (x *nvmfExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, erro
 	return fmt.Sprintf("nvmf://%s/%s", x.advertise, nqn), nil
 }
 
+// ResizeExport implements Resizer: namespace 1 takes the device's size and
+// connected hosts get a Namespace Attribute Changed event.
+func (x *nvmfExporter) ResizeExport(name string) error {
+	x.mu.Lock()
+	nqn, ok := x.nqns[name]
+	x.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("nvmf: %q is not exported", name)
+	}
+	sub := x.t.Subsystem(nqn)
+	if sub == nil {
+		return fmt.Errorf("nvmf: subsystem %s of %q: %w", nqn, name, target.ErrNotFound)
+	}
+	_, err := sub.ResizeNamespace(1)
+	return err
+}
+
 func (x *nvmfExporter) RemoveExport(name string) error {
 	x.mu.Lock()
 	nqn, ok := x.nqns[name]

@@ -122,7 +122,14 @@ func (h poolHandle) what(replica string) string {
 }
 
 func (h poolHandle) CreateReplica(s ReplicaSpec) (ReplicaStat, error) {
-	ri, err := h.p.CreateReplica(pool.ReplicaOptions{Name: s.Name, UUID: s.UUID, Size: s.Size, Thin: s.Thin})
+	var owner uuid.UUID
+	if s.Owner != "" {
+		var err error
+		if owner, err = uuid.Parse(s.Owner); err != nil {
+			return ReplicaStat{}, poolFault(fmt.Errorf("owner %q: %v: %w", s.Owner, err, pool.ErrInvalid), h.what(s.Name), "")
+		}
+	}
+	ri, err := h.p.CreateReplica(pool.ReplicaOptions{Name: s.Name, UUID: s.UUID, Size: s.Size, Thin: s.Thin, Owner: owner})
 	if err != nil {
 		return ReplicaStat{}, poolFault(err, h.what(s.Name), "")
 	}

@@ -21,6 +21,12 @@ type CreateReplicaOptions struct {
 	Size int64 // bytes, a positive multiple of the pool's cluster size
 	Thin bool  // allocate clusters on first write instead of now
 	UUID string
+	// Owner, when set, is the UUID of the nexus the replica is created
+	// for: it is claimed for that owner (at epoch 0) in the pool record
+	// that creates it, durably before CreateReplica returns, so it is
+	// never unowned; only a nexus of that UUID may open it, and destroy,
+	// unshare and resize need that owner (Access.Owner) or force.
+	Owner string
 }
 
 // beginReplicaOp marks a replica name busy and its pool in use; the returned
@@ -90,6 +96,18 @@ func (e *Engine) CreateReplica(ctx context.Context, o CreateReplicaOptions) (Rep
 				fmt.Sprintf("replica %q: uuid %q is invalid", o.Name, o.UUID), "give a UUID such as 9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e, or leave it out to have one generated")
 		}
 	}
+	if o.Owner != "" {
+		id, err := uuid.Parse(o.Owner)
+		if err != nil || id == uuid.Nil {
+			if err == nil {
+				err = errors.New("the nil UUID owns nothing")
+			}
+			return ReplicaInfo{}, fault.Wrap(err, fault.InvalidArgument, "replica.owner",
+				fmt.Sprintf("replica %q: owner %q is not a nexus UUID", o.Name, o.Owner),
+				"give the UUID of the nexus that will own the replica, or leave the owner out")
+		}
+		o.Owner = id.String()
+	}
 	if o.UUID != "" {
 		if ri, found, err := e.existingReplica(o); found || err != nil {
 			return ri, err
@@ -109,7 +127,7 @@ func (e *Engine) CreateReplica(ctx context.Context, o CreateReplicaOptions) (Rep
 	if err != nil {
 		return ReplicaInfo{}, err
 	}
-	e.log.Info("replica created", "replica", o.Name, "pool", pe.name, "size", o.Size, "thin", o.Thin)
+	e.log.Info("replica created", "replica", o.Name, "pool", pe.name, "size", o.Size, "thin", o.Thin, "owner", o.Owner)
 	return ri, nil
 }
 
@@ -143,6 +161,13 @@ func (e *Engine) existingReplica(o CreateReplicaOptions) (ReplicaInfo, bool, err
 		if ri.Thin != o.Thin {
 			diff = append(diff, map[bool]string{true: "thin", false: "thick"}[ri.Thin])
 		}
+		if !strings.EqualFold(ri.Owner, o.Owner) {
+			if ri.Owner == "" {
+				diff = append(diff, "no owner")
+			} else {
+				diff = append(diff, "owner "+ri.Owner)
+			}
+		}
 		if len(diff) == 0 {
 			return ri, true, nil
 		}
@@ -168,7 +193,7 @@ func (e *Engine) createReplica(pe *poolEntry, o CreateReplicaOptions) (ReplicaIn
 				o.Name, units.FormatSize(o.Size), pe.name, units.FormatSizeExact(st.FreeClusters*st.ClusterSize)),
 			"create a smaller or a thin replica (--thin), or use another pool")
 	}
-	rs, err := pe.h.CreateReplica(ReplicaSpec{Name: o.Name, UUID: o.UUID, Size: o.Size, Thin: o.Thin})
+	rs, err := pe.h.CreateReplica(ReplicaSpec{Name: o.Name, UUID: o.UUID, Size: o.Size, Thin: o.Thin, Owner: o.Owner})
 	if err != nil {
 		return ReplicaInfo{}, mapPoolErr(err, "replica", o.Name)
 	}
@@ -207,9 +232,12 @@ func (e *Engine) checkOwner(pe *poolEntry, name, verb string, a Access) error {
 		}
 	}
 	e.mu.Unlock()
+	res := "remove it from that nexus first (nexctl nexus remove-child), or destroy the nexus; --force does it anyway and the nexus loses this child"
+	if verb == "resize" {
+		res = fmt.Sprintf("to grow the nexus's child (before resizing the nexus), act for it: --owner %s", rs.Owner)
+	}
 	return fault.New(fault.FailedPrecondition, "replica.owned",
-		fmt.Sprintf("replica %q is a child of %s: refusing to %s it", name, owner, verb),
-		"remove it from that nexus first (nexctl nexus remove-child), or destroy the nexus; --force does it anyway and the nexus loses this child")
+		fmt.Sprintf("replica %q is a child of %s: refusing to %s it", name, owner, verb), res)
 }
 
 // DestroyReplica destroys a replica. A shared replica is refused, and an
@@ -341,6 +369,20 @@ func (e *Engine) ResizeReplica(ctx context.Context, name string, size int64, a A
 		return ReplicaInfo{}, mapPoolErr(err, "replica", name)
 	}
 	e.log.Info("replica resized", "replica", name, "from", cur.Size, "to", size)
+	// Its shares tell their clients (a remote nexus learns the size when
+	// it revalidates the child).
+	e.mu.Lock()
+	ss := e.sharesOfLocked(name)
+	e.mu.Unlock()
+	for _, s := range ss {
+		if rs, ok := e.exporter(s.protocol).(Resizer); ok && s.dev != nil {
+			if err := rs.ResizeExport(name); err != nil {
+				return ReplicaInfo{}, fault.Wrap(err, fault.Internal, "replica.export_resize",
+					fmt.Sprintf("replica %q was resized, but its %s share could not take the new size", name, s.protocol),
+					"see the server log; unshare and share the replica again")
+			}
+		}
+	}
 	return e.replicaInfoOf(pe, name)
 }
 

@@ -30,6 +30,8 @@ type ServerOptions struct {
 	Pools                                                               []PoolConfig
 	Backend                                                             Backend
 	Logger                                                              *slog.Logger
+	// HostNQN is as in DataPlaneOptions.
+	HostNQN string
 }
 
 // Server runs a DataPlane behind its own gRPC server.
@@ -57,7 +59,7 @@ func StartServer(o ServerOptions) (*Server, error) {
 	}
 	dp := DataPlaneOptions{DataDir: o.DataDir, NBDListen: o.NBDListen, NBDAdvertise: o.NBDAdvertise,
 		NVMfListen: o.NVMfListen, DiscoveryListen: o.DiscoveryListen, NVMfAdvertise: o.NVMfAdvertise,
-		Pools: o.Pools, Backend: o.Backend, Logger: o.Logger}
+		Pools: o.Pools, Backend: o.Backend, Logger: o.Logger, HostNQN: o.HostNQN}
 	dp.OnError = func(err error) {
 		select {
 		case s.errc <- err:

@@ -35,6 +35,9 @@ type stateNexus struct {
 	Share    *stateShare `json:"share,omitempty"` // Replica unused
 	// LeftOut are children dropped at a restore, still counted as missing.
 	LeftOut []LeftOutChild `json:"left_out,omitempty"`
+	// HealthStore is where its health record is: "" (the node's file
+	// store, "local") or "system".
+	HealthStore string `json:"health_store,omitempty"`
 }
 
 type statePool struct {

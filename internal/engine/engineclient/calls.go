@@ -233,6 +233,19 @@ func (c *Client) Verify(ctx context.Context, r *enginev1.VerifyRequest) (*engine
 	return c.nexuses.Verify(ctx, r)
 }
 
+// ResizeNexus grows a nexus online to r.Size bytes (a multiple of its block
+// size); every child must already hold that many (grow the replicas first,
+// with ResizeReplica and the nexus's UUID as owner), else
+// FailedPrecondition (nexus.child_too_small) naming the child. Hosts of an
+// NVMe/TCP publication get a namespace-attribute-changed event and see the
+// new size; NBD clients see it when they reconnect. Idempotent: the current
+// size returns the nexus; a smaller one fails with InvalidArgument
+// (nexus.shrink). While a rebuild or resync runs: Unavailable
+// (nexus.rebuilding), retry later.
+func (c *Client) ResizeNexus(ctx context.Context, r *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.ResizeNexus(ctx, r)
+}
+
 // Host.
 
 // GetVersion returns the engine's version, API version and host name. A
