@@ -14,6 +14,7 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/engine/engineclient"
+	"github.com/nexstor/nexstor/internal/units"
 )
 
 func (a *app) nexusCmd() *cobra.Command {
@@ -44,7 +45,7 @@ nqn.2024-11.io.nexstor:nexus:<uuid>) or NBD (export nexus/<name>).`,
   nexctl nexus add-child vol1 nvmf://nodec:4420/<r3-nqn> --wait`,
 	}
 	cmd.AddCommand(a.nexusCreateCmd(), a.nexusListCmd(), a.nexusGetCmd(), a.nexusDestroyCmd(),
-		a.nexusPublishCmd(), a.nexusUnpublishCmd(),
+		a.nexusPublishCmd(), a.nexusUnpublishCmd(), a.nexusResizeCmd(),
 		a.nexusChildCmd("add-child", "Add a child, or re-add a faulted one, and rebuild it fully",
 			`Add-child opens the child and copies the whole nexus to it while I/O goes
 on. It becomes online when the rebuild completes; follow it with --wait or
@@ -87,7 +88,7 @@ func (a *app) printNexus(n *enginev1.Nexus) error {
 }
 
 func (a *app) nexusCreateCmd() *cobra.Command {
-	var size, uuid, source string
+	var size, uuid, source, store string
 	var children []string
 	var force, allowDegraded, verify bool
 	cmd := &cobra.Command{
@@ -125,7 +126,7 @@ again (the same --uuid and children) prints it.`,
 			}
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				r, err := c.CreateNexus(ctx, &enginev1.CreateNexusRequest{Name: args[0], Uuid: uuid, Size: n, Children: children,
-					Force: force, AllowDegraded: allowDegraded, Source: source, VerifyInSync: verify})
+					Force: force, AllowDegraded: allowDegraded, Source: source, VerifyInSync: verify, HealthStore: store})
 				if err != nil {
 					return err
 				}
@@ -140,6 +141,7 @@ again (the same --uuid and children) prints it.`,
 	cmd.Flags().BoolVar(&allowDegraded, "allow-degraded", false, "create the nexus even when some children cannot be opened")
 	cmd.Flags().StringVar(&source, "source", "", "without a health record: the child the others are rebuilt from")
 	cmd.Flags().BoolVar(&verify, "verify-in-sync", false, "without a health record: compare the children and skip the copy if identical")
+	cmd.Flags().StringVar(&store, "health-store", "local", "where the children's health is kept: local (this node) or system (the management service, for a nexus that may move between nodes)")
 	cmd.MarkFlagRequired("child")
 	return cmd
 }
@@ -237,6 +239,37 @@ remembered across server restarts.
 	cmd.Flags().StringVar(&protocol, "protocol", "nvmf", "protocol: nvmf or nbd")
 	cmd.Flags().StringSliceVar(&hosts, "allowed-host", nil, "host NQN allowed to connect (nvmf only); repeatable")
 	return cmd
+}
+
+func (a *app) nexusResizeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resize NAME SIZE",
+		Short: "Grow a nexus online",
+		Long: `Resize grows the nexus to SIZE while I/O goes on. Every child must already
+hold SIZE bytes: grow the replicas first (nexctl replica resize, with --owner
+the nexus's UUID when a nexus owns them). A nexus cannot shrink, and a resize
+waits for no rebuild: it is refused while one runs.
+
+Hosts see the new size: over NVMe/TCP the namespace grows and connected hosts
+get a namespace-attribute-changed event (Linux rescans it; grow the file
+system afterwards); NBD clients see it when they connect again.`,
+		Example: `  nexctl replica resize r1 --size 20GiB --owner <nexus-uuid>     # every child first
+  nexctl nexus resize vol1 20GiB`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := units.ParseSize(args[1])
+			if err != nil {
+				return usage(cmd, fmt.Errorf("SIZE: %w", err))
+			}
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
+				r, err := c.ResizeNexus(ctx, &enginev1.ResizeNexusRequest{Name: args[0], Size: uint64(n)})
+				if err != nil {
+					return err
+				}
+				return a.printNexus(r)
+			})
+		},
+	}
 }
 
 func (a *app) nexusUnpublishCmd() *cobra.Command {
