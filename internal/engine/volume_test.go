@@ -391,12 +391,27 @@ func TestSystemHealthStore(t *testing.T) {
 		t.Fatalf("children claimed without the record: epochs %v, before %v", got, before)
 	}
 
-	// With the record back, a restart restores it; destroying it deletes
-	// the record in the system store.
-	if err := e.Close(); err != nil {
+	// Destroying that faulted nexus leaves its children's claims alone:
+	// they may be a newer instance's, elsewhere.
+	if err := e.DestroyNexus(ctx, "n0"); err != nil {
 		t.Fatal(err)
 	}
+	for _, name := range []string{"r1", "r2"} {
+		if ri, err := e.Replica(name); err != nil || ri.Owner != id || ri.Epoch != before[name] {
+			t.Fatalf("after destroying the faulted nexus: %+v %v", ri, err)
+		}
+	}
+
+	// With the record back, the nexus created again over it is online,
+	// and a restart restores it; destroying it deletes the record in the
+	// system store.
 	if err := sys.MemStore.Save(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if ni, err := e.CreateNexus(ctx, spec); err != nil || ni.State != NexusOnline {
+		t.Fatalf("created over the record: %+v %v", ni, err)
+	}
+	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
 	start(sys)
@@ -470,6 +485,14 @@ func TestSystemStoreConflictStopsNexus(t *testing.T) {
 	}
 	if _, err := dev.WriteAt(pattern(2), 0); !errors.Is(err, nexus.ErrNexusFailed) {
 		t.Fatalf("write after a refused save: %v", err)
+	}
+	// Destroyed, it leaves the record, which may be the other instance's.
+	id := ni.UUID
+	if err := e.DestroyNexus(ctx, "n0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sys.MemStore.Load(ctx, id); err != nil {
+		t.Fatalf("the record after destroying the failed nexus: %v", err)
 	}
 }
 
