@@ -878,8 +878,12 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 	return ni
 }
 
-// DestroyNexus unpublishes and closes a nexus, deletes its health record
-// and forgets it. The children's data is not touched.
+// DestroyNexus unpublishes and closes a nexus, releases its children,
+// deletes its health record (in the store it was created with) and forgets
+// it. The children's data is not touched. A nexus that stopped (fenced, or
+// failed on its store) leaves what may be a newer instance's (see
+// nexus.Destroy); a faulted nexus of the system store, never recreated
+// here, leaves its children's claims and its record alone.
 func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 	if err := live(ctx); err != nil {
 		return err
@@ -910,6 +914,13 @@ func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 			e.log.Warn("destroying nexus: some children keep its claim (destroy them with --force, or claim them with a nexus of the same uuid)",
 				"nexus", name, "err", err)
 		}
+	} else if ne.store == HealthStoreSystem {
+		// Never recreated here: the claims on its children and the record
+		// in the system store belong to whichever instance of the nexus
+		// is current (it may run on another node, under the same UUID).
+		// They are left to the management service.
+		e.log.Warn("forgetting a faulted nexus of the system health store; its children's claims and its record are left as they are",
+			"nexus", name, "reason", ne.reason)
 	} else {
 		e.releaseClaims(ctx, ne)
 		// From the store it was created with (the system store's record

@@ -220,7 +220,13 @@ func (n *Nexus) Close() error { return n.shutdown(context.Background(), false) }
 // do so) and deletes the health record, so that the children can be used
 // by another nexus. The children's data is not touched. A fenced nexus
 // releases nothing and keeps the record, which belong to the newer
-// instance; Destroy then returns an error matching ErrFencedNexus. Claims
+// instance; Destroy then returns an error matching ErrFencedNexus. A nexus
+// that failed on its store (ErrNexusFailed) may have a newer instance it
+// does not know of: the store refused its saves, maybe because that one
+// saved its own. It releases only the claims of the handles it holds open
+// (a newer claim has fenced those, and then they release nothing), never
+// by claiming a child anew, and keeps the record, which must not be
+// deleted. Claims
 // that could not be released are reported in the error (the nexus is
 // destroyed all the same); disown those replicas to reuse them.
 func (n *Nexus) Destroy(ctx context.Context) error { return n.shutdown(ctx, true) }
@@ -298,13 +304,19 @@ func (n *Nexus) destroy(ctx context.Context, fenced bool) error {
 	n.stateMu.Lock()
 	children := append([]*child(nil), n.children...)
 	n.stateMu.Unlock()
+	failed := n.failed.Load()
 	var errs []error
 	for _, c := range children {
+		if failed && (c.claimed == nil || c.closed) {
+			continue
+		}
 		if err := n.releaseClaim(ctx, c); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := n.store.Delete(ctx, n.uuid); err != nil {
+	if failed {
+		n.log.Warn("the health record is left in the store: it refused this nexus's saves, and may hold another instance's record")
+	} else if err := n.store.Delete(ctx, n.uuid); err != nil {
 		errs = append(errs, fmt.Errorf("deleting the health record: %w", err))
 	}
 	if len(errs) > 0 {

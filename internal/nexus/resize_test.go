@@ -356,6 +356,15 @@ func TestResizeStoreFailureStopsNexus(t *testing.T) {
 	if r.nx.Size() != resizeFrom {
 		t.Fatalf("size %d after a failed resize", r.nx.Size())
 	}
+	// Destroyed, it leaves the record: the store refused it, and it may
+	// be another instance's now.
+	before := r.record(t)
+	if err := r.nx.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if after := r.record(t); after.Generation != before.Generation {
+		t.Fatalf("record changed by the destroy: generation %d, was %d", after.Generation, before.Generation)
+	}
 }
 
 func TestUnflushedGrown(t *testing.T) {
