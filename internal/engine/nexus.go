@@ -882,8 +882,10 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 // deletes its health record (in the store it was created with) and forgets
 // it. The children's data is not touched. A nexus that stopped (fenced, or
 // failed on its store) leaves what may be a newer instance's (see
-// nexus.Destroy); a faulted nexus of the system store, never recreated
-// here, leaves its children's claims and its record alone.
+// nexus.Destroy). A nexus of the system store (a volume's) is closed
+// instead: its claims belong to the volume and stay, and its record is the
+// volume's (the management service keeps it while the volume exists); a
+// faulted one, never recreated here, is only forgotten.
 func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 	if err := live(ctx); err != nil {
 		return err
@@ -903,10 +905,15 @@ func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 		// nexus closes cleanly, so its record says which children are
 		// current for the next instance on any node, and the claims stay:
 		// that instance takes them at a higher epoch, fencing this one.
+		// A faulted one, never recreated here, leaves them to whichever
+		// instance is current (it may run on another node).
 		if ne.n != nil {
 			if err := ne.n.Close(); err != nil {
 				e.log.Warn("closing the nexus of a volume", "nexus", name, "err", err)
 			}
+		} else {
+			e.log.Warn("forgetting a faulted nexus of the system health store; its children's claims and its record are left as they are",
+				"nexus", name, "reason", ne.reason)
 		}
 	} else if ne.n != nil {
 		// Releases every child's claim and deletes the health record.
@@ -914,13 +921,6 @@ func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 			e.log.Warn("destroying nexus: some children keep its claim (destroy them with --force, or claim them with a nexus of the same uuid)",
 				"nexus", name, "err", err)
 		}
-	} else if ne.store == HealthStoreSystem {
-		// Never recreated here: the claims on its children and the record
-		// in the system store belong to whichever instance of the nexus
-		// is current (it may run on another node, under the same UUID).
-		// They are left to the management service.
-		e.log.Warn("forgetting a faulted nexus of the system health store; its children's claims and its record are left as they are",
-			"nexus", name, "reason", ne.reason)
 	} else {
 		e.releaseClaims(ctx, ne)
 		// From the store it was created with (the system store's record

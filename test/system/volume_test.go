@@ -137,9 +137,12 @@ func TestVolumes(t *testing.T) {
 
 	// NBD: fio verify, then a pattern that must survive the restarts.
 	p := c.volume("publish", "data", "--node", on, "--protocol", "nbd")
-	if p.Status.Target == nil || !strings.HasPrefix(p.Status.Target.URI, "nbd://") || p.Status.Phase != "online" {
+	if p.Status.Target == nil || !strings.HasPrefix(p.Status.Target.URI, "nbd://") {
 		t.Fatalf("published over nbd: %+v", p.Status)
 	}
+	// Thick replicas are not known blank: the first nexus brings them in
+	// sync from one of them, and says degraded until then.
+	c.waitPhase("data", "online")
 	testutil.FioVerify(t, p.Status.Target.URI, 8<<20)
 	pattern := testutil.NBDCopyRoundTrip(t, p.Status.Target.URI, 32<<20)
 	c.volume("unpublish", "data")
@@ -215,7 +218,7 @@ func TestVolumes(t *testing.T) {
 		}
 	}
 	p = c.volume("publish", "data", "--node", on, "--protocol", "nbd")
-	if p.Status.Phase != "online" || p.Status.Healthy != 3 {
+	if p = c.waitPhase("data", "online"); p.Status.Healthy != 3 {
 		t.Fatalf("republished after restart: %+v", p.Status)
 	}
 	checkPattern(t, p.Status.Target.URI, pattern, 32<<20)
@@ -348,5 +351,21 @@ func checkPattern(t *testing.T, uri, want string, size int64) {
 	}
 	if len(b) < int(size) || !bytes.Equal(a[:size], b[:size]) {
 		t.Fatalf("the volume's data changed across the restart")
+	}
+}
+
+// waitPhase polls the volume until it is in phase (bounded).
+func (c *cluster) waitPhase(name, phase string) volumeJSON {
+	c.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		v := c.volume("get", name)
+		if v.Status.Phase == phase {
+			return v
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("volume %s is %s (%s), not %s", name, v.Status.Phase, v.Status.Reason, phase)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
