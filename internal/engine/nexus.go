@@ -908,8 +908,18 @@ func (e *Engine) DestroyNexus(ctx context.Context, name string) error {
 		// A faulted one, never recreated here, leaves them to whichever
 		// instance is current (it may run on another node).
 		if ne.n != nil {
+			failed := ne.n.Err() != nil
 			if err := ne.n.Close(); err != nil {
 				e.log.Warn("closing the nexus of a volume", "nexus", name, "err", err)
+			}
+			// The store decides: the management service keeps a
+			// volume's record for as long as the volume exists. A nexus
+			// that failed on its store (another instance saved since)
+			// leaves the record to that instance.
+			if store, err := e.healthStore(ne.store); err == nil && !failed {
+				if err := store.Delete(ctx, ne.uuid); err != nil && !errors.Is(err, nexus.ErrNoRecord) {
+					e.log.Warn("deleting nexus health record", "nexus", name, "health_store", ne.store, "err", err)
+				}
 			}
 		} else {
 			e.log.Warn("forgetting a faulted nexus of the system health store; its children's claims and its record are left as they are",
