@@ -148,6 +148,7 @@ func TestVolumes(t *testing.T) {
 	c.volume("unpublish", "data")
 
 	// The kernel over NVMe/TCP: ext4, files, fsck; grown online.
+	outer := t // the pattern file must outlive the subtest
 	t.Run("kernel", func(t *testing.T) {
 		env := qemuvm.Require(t)
 		hostNQN := "nqn.2014-08.org.nvmexpress:uuid:" + uuid.NewString()
@@ -185,7 +186,7 @@ func TestVolumes(t *testing.T) {
 		c.volume("unpublish", "data")
 		// The guest's file system replaced the pattern; write it again.
 		p = c.volume("publish", "data", "--node", on, "--protocol", "nbd")
-		pattern = testutil.NBDCopyRoundTrip(t, p.Status.Target.URI, 32<<20)
+		pattern = testutil.NBDCopyRoundTrip(outer, p.Status.Target.URI, 32<<20)
 		c.volume("unpublish", "data")
 	})
 	if t.Failed() {
