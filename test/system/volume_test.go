@@ -261,13 +261,11 @@ func TestVolumes(t *testing.T) {
 		t.Fatal("deleted a published volume without --force")
 	}
 	c.mustNexctl("volume", "delete", "data", "--force", "-a", aps)
-	var list struct {
-		Volumes []volumeJSON `json:"volumes"`
-	}
+	var list []volumeJSON
 	if err := json.Unmarshal([]byte(c.mustNexctl("volume", "list", "-a", aps, "-o", "json")), &list); err != nil {
 		t.Fatal(err)
 	}
-	for _, x := range list.Volumes {
+	for _, x := range list {
 		c.mustNexctl("volume", "delete", x.Spec.Name, "--force", "-a", aps)
 	}
 	if inv := c.inventory(); len(inv) != 0 {
@@ -302,23 +300,20 @@ func (c *cluster) orphans() ([]string, bool) {
 	if err != nil {
 		return []string{"volume list failed"}, true
 	}
-	var list struct {
-		Volumes []struct {
-			volumeJSON
-			Status struct {
-				Operation string `json:"operation"`
-				Replicas  []struct {
-					UUID string `json:"uuid"`
-				} `json:"replicas"`
-			} `json:"status"`
-		} `json:"volumes"`
+	var list []struct {
+		Status struct {
+			Operation string `json:"operation"`
+			Replicas  []struct {
+				UUID string `json:"uuid"`
+			} `json:"replicas"`
+		} `json:"status"`
 	}
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		c.t.Fatal(err)
 	}
 	owned := map[string]bool{}
 	pending := false
-	for _, v := range list.Volumes {
+	for _, v := range list {
 		pending = pending || v.Status.Operation != ""
 		for _, r := range v.Status.Replicas {
 			owned[r.UUID] = true
