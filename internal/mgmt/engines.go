@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/engine/engineclient"
 	"github.com/nexstor/nexstor/internal/fault"
 )
@@ -22,16 +23,43 @@ const engineCallTimeout = 30 * time.Second
 // refresh): a node that does not answer in time is reported unknown.
 const probeTimeout = 3 * time.Second
 
+// engineAPI is what the leader asks of a member's engine for volumes:
+// the subset of engineclient.Client it uses, so that the simulation tests
+// can put engines with injected faults behind it.
+type engineAPI interface {
+	ListPools(context.Context, *enginev1.ListPoolsRequest) (*enginev1.ListPoolsResponse, error)
+	GetPool(context.Context, *enginev1.GetPoolRequest) (*enginev1.Pool, error)
+	CreateReplica(context.Context, *enginev1.CreateReplicaRequest) (*enginev1.Replica, error)
+	GetReplica(context.Context, *enginev1.GetReplicaRequest) (*enginev1.Replica, error)
+	ListReplicas(context.Context, *enginev1.ListReplicasRequest) (*enginev1.ListReplicasResponse, error)
+	DestroyReplica(context.Context, *enginev1.DestroyReplicaRequest) (*enginev1.DestroyReplicaResponse, error)
+	ResizeReplica(context.Context, *enginev1.ResizeReplicaRequest) (*enginev1.Replica, error)
+	ShareReplica(context.Context, *enginev1.ShareReplicaRequest) (*enginev1.Replica, error)
+	UnshareReplica(context.Context, *enginev1.UnshareReplicaRequest) (*enginev1.Replica, error)
+	GetNexus(context.Context, *enginev1.GetNexusRequest) (*enginev1.Nexus, error)
+	ListNexuses(context.Context, *enginev1.ListNexusesRequest) (*enginev1.ListNexusesResponse, error)
+	CreateNexus(context.Context, *enginev1.CreateNexusRequest) (*enginev1.Nexus, error)
+	DestroyNexus(context.Context, *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error)
+	PublishNexus(context.Context, *enginev1.PublishNexusRequest) (*enginev1.Nexus, error)
+	ResizeNexus(context.Context, *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error)
+	Verify(context.Context, *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error)
+}
+
 // engines caches one engine client per member address. Safe for
 // concurrent use.
 type engines struct {
 	creds credentials.TransportCredentials // nil: plain text
+	// dial, when set, replaces engineclient (tests).
+	dial func(addr string) (engineAPI, error)
 
 	mu      sync.Mutex
 	clients map[string]*engineclient.Client
 }
 
-func (e *engines) get(addr string) (*engineclient.Client, error) {
+func (e *engines) get(addr string) (engineAPI, error) {
+	if e.dial != nil {
+		return e.dial(addr)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if c, ok := e.clients[addr]; ok {
