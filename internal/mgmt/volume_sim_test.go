@@ -379,7 +379,7 @@ func TestVolumeSimulation(t *testing.T) {
 		}
 		seeds = []int64{n}
 	} else {
-		for i := 1; i < 6; i++ {
+		for i := 1; i < 8; i++ {
 			seeds = append(seeds, seeds[0]+int64(i))
 		}
 	}
@@ -437,7 +437,7 @@ func runVolumeSim(t *testing.T, cli *clientv3.Client, system string, seed int64)
 	w.mu.Lock()
 	w.failP, w.lostP = 0.08, 0.04
 	w.mu.Unlock()
-	for step := 0; step < 40; step++ {
+	for step := 0; step < 80; step++ {
 		name := names[ops.Intn(len(names))]
 		octx, cancel := context.WithCancel(ctx)
 		w.mu.Lock()
