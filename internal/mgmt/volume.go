@@ -415,10 +415,7 @@ func (s *Service) finishCreateLocked(ctx context.Context, v *volumeRecord) error
 }
 
 func (s *Service) createReplica(ctx context.Context, m *Member, v *volumeRecord, r replicaRef) error {
-	if !alive(m) {
-		return nodeDown(m, r.Node)
-	}
-	c, err := s.vols.eng.get(m.Address)
+	c, err := s.engineOf(m, r.Node)
 	if err != nil {
 		return err
 	}
@@ -501,10 +498,7 @@ func (s *Service) destroyNexus(ctx context.Context, m *Member, v *volumeRecord) 
 	if m == nil {
 		return nil // the member was removed: so was its engine
 	}
-	if !alive(m) {
-		return nodeDown(m, m.UUID)
-	}
-	c, err := s.vols.eng.get(m.Address)
+	c, err := s.engineOf(m, m.UUID)
 	if err != nil {
 		return err
 	}
@@ -532,10 +526,7 @@ func (s *Service) destroyReplica(ctx context.Context, m *Member, v *volumeRecord
 	if m == nil {
 		return nil
 	}
-	if !alive(m) {
-		return nodeDown(m, r.Node)
-	}
-	c, err := s.vols.eng.get(m.Address)
+	c, err := s.engineOf(m, r.Node)
 	if err != nil {
 		return err
 	}
@@ -931,10 +922,7 @@ func (s *Service) finishResize(ctx context.Context, v *volumeRecord, idx map[str
 	err := func() error {
 		for i, r := range v.ReplicaSet {
 			m := idx[r.Node]
-			if !alive(m) {
-				return nodeDown(m, r.Node)
-			}
-			c, err := s.vols.eng.get(m.Address)
+			c, err := s.engineOf(m, r.Node)
 			if err != nil {
 				return err
 			}
@@ -955,10 +943,7 @@ func (s *Service) finishResize(ctx context.Context, v *volumeRecord, idx map[str
 		}
 		if v.Target != nil {
 			m := idx[v.Target.Node]
-			if !alive(m) {
-				return nodeDown(m, v.Target.Node)
-			}
-			c, err := s.vols.eng.get(m.Address)
+			c, err := s.engineOf(m, v.Target.Node)
 			if err != nil {
 				return err
 			}
@@ -1004,10 +989,7 @@ func (s *Service) verifyVolume(ctx context.Context, ref string) (*enginev1.Verif
 	if err != nil {
 		return nil, err
 	}
-	if !alive(m) {
-		return nil, nodeDown(m, v.Target.Node)
-	}
-	c, err := s.vols.eng.get(m.Address)
+	c, err := s.engineOf(m, v.Target.Node)
 	if err != nil {
 		return nil, err
 	}
@@ -1017,4 +999,13 @@ func (s *Service) verifyVolume(ctx context.Context, ref string) (*enginev1.Verif
 // sortRefs orders replica refs by node name for stable output.
 func sortRefs(rs []*mgmtv1.VolumeReplica) {
 	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Rank < rs[j].Rank })
+}
+
+// engineOf returns the engine client of a member that is alive, or why
+// not (id names the member when m is nil).
+func (s *Service) engineOf(m *Member, id string) (engineAPI, error) {
+	if !alive(m) {
+		return nil, nodeDown(m, id)
+	}
+	return s.vols.eng.get(m.Address)
 }

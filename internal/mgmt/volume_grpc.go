@@ -72,11 +72,18 @@ func (vs *VolumeServer) ListNodes(ctx context.Context, _ *mgmtv1.ListNodesReques
 
 // CreateVolume implements VolumeService.CreateVolume.
 func (vs *VolumeServer) CreateVolume(ctx context.Context, req *mgmtv1.CreateVolumeRequest) (*mgmtv1.Volume, error) {
-	v, err := vs.s.createVolume(ctx, req.Spec)
-	if err != nil {
-		return nil, ToStatus(err)
+	return vs.answer(ctx)(vs.s.createVolume(ctx, req.Spec))
+}
+
+// answer turns the outcome of an operation into the reply: the volume
+// with its status, or the error as a status.
+func (vs *VolumeServer) answer(ctx context.Context) func(*volumeRecord, error) (*mgmtv1.Volume, error) {
+	return func(v *volumeRecord, err error) (*mgmtv1.Volume, error) {
+		if err != nil {
+			return nil, ToStatus(err)
+		}
+		return vs.one(ctx, v)
 	}
-	return vs.one(ctx, v)
 }
 
 func (vs *VolumeServer) one(ctx context.Context, v *volumeRecord) (*mgmtv1.Volume, error) {
@@ -129,29 +136,17 @@ func (vs *VolumeServer) DeleteVolume(ctx context.Context, req *mgmtv1.DeleteVolu
 
 // PublishVolume implements VolumeService.PublishVolume.
 func (vs *VolumeServer) PublishVolume(ctx context.Context, req *mgmtv1.PublishVolumeRequest) (*mgmtv1.Volume, error) {
-	v, err := vs.s.publishVolume(ctx, req)
-	if err != nil {
-		return nil, ToStatus(err)
-	}
-	return vs.one(ctx, v)
+	return vs.answer(ctx)(vs.s.publishVolume(ctx, req))
 }
 
 // UnpublishVolume implements VolumeService.UnpublishVolume.
 func (vs *VolumeServer) UnpublishVolume(ctx context.Context, req *mgmtv1.UnpublishVolumeRequest) (*mgmtv1.Volume, error) {
-	v, err := vs.s.unpublishVolume(ctx, req.Name)
-	if err != nil {
-		return nil, ToStatus(err)
-	}
-	return vs.one(ctx, v)
+	return vs.answer(ctx)(vs.s.unpublishVolume(ctx, req.Name))
 }
 
 // ResizeVolume implements VolumeService.ResizeVolume.
 func (vs *VolumeServer) ResizeVolume(ctx context.Context, req *mgmtv1.ResizeVolumeRequest) (*mgmtv1.Volume, error) {
-	v, err := vs.s.resizeVolume(ctx, req.Name, req.Size)
-	if err != nil {
-		return nil, ToStatus(err)
-	}
-	return vs.one(ctx, v)
+	return vs.answer(ctx)(vs.s.resizeVolume(ctx, req.Name, req.Size))
 }
 
 // VerifyVolume implements VolumeService.VerifyVolume.
