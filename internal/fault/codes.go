@@ -38,7 +38,7 @@ var registry = []Spec{
 	{"health.stale_generation", FailedPrecondition, "this nexus is stale and must stop; the volume's current nexus holds the record"},
 	{"volume.bad_spec", InvalidArgument, "see `nexctl volume create --help` for the accepted values"},
 	{"volume.busy", Unavailable, "retry when the operation under way has finished"},
-	{"volume.engine", Unavailable, "check the nodes named in the message, then retry"},
+	{"volume.conflict", Aborted, "read the volume again (`nexctl volume get`) and retry if still needed"},
 	{"volume.exists", AlreadyExists, "choose another name, or delete the volume first"},
 	{"volume.node_down", Unavailable, "start the node, or wait until it is joined again"},
 	{"volume.not_found", NotFound, "list the volumes with `nexctl volume list`"},

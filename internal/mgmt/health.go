@@ -73,6 +73,21 @@ func (s *Service) saveHealth(ctx context.Context, id string, gen uint64, rec []b
 		}
 		var cmp clientv3.Cmp
 		if len(resp.Kvs) == 0 {
+			// A first record: generation 1 of the nexus of a live volume.
+			// A stray instance that outlived its volume cannot plant one
+			// for a later volume of the same UUID.
+			if gen != 1 {
+				return fault.New(fault.FailedPrecondition, CodeStaleGeneration,
+					fmt.Sprintf("nexus %s: no health record is stored, and this nexus saves generation %d: it is stale", id, gen),
+					"this nexus is stale and must stop")
+			}
+			if v, err := s.getVolumeByUUID(ctx, id); err != nil {
+				return err
+			} else if v == nil || v.Status == volDeleting {
+				return fault.New(fault.FailedPrecondition, CodeStaleGeneration,
+					fmt.Sprintf("nexus %s: no volume of this UUID exists (or it is being deleted)", id),
+					"this nexus is stale and must stop")
+			}
 			cmp = clientv3.Compare(clientv3.CreateRevision(s.k.health(id)), "=", 0)
 		} else {
 			var cur healthHeader

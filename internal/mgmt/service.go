@@ -411,7 +411,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 		for _, x := range all {
 			if x.UUID == uid {
 				m = x
-			} else if req.Name != "" && x.DisplayName() == req.Name {
+			} else if req.Name != "" && x.DisplayName() == req.Name && x.State != StateExcluded {
 				return nil, fault.New(fault.AlreadyExists, CodeNameInUse,
 					fmt.Sprintf("node name %q is in use by rank %d (node %s)", req.Name, x.Rank, x.UUID),
 					"give this node its own node_name, or exclude the other rank if that node is gone")

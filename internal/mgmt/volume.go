@@ -32,7 +32,7 @@ const (
 	CodeVolumeState        = "volume.state"
 	CodeVolumeUnknownNode  = "volume.unknown_node"
 	CodeVolumeNodeDown     = "volume.node_down"
-	CodeVolumeEngine       = "volume.engine"
+	CodeVolumeConflict     = "volume.conflict"
 )
 
 // VolumeBlockSize is the granularity of volume sizes in bytes.
@@ -375,6 +375,21 @@ func (s *Service) finishCreate(ctx context.Context, v *volumeRecord) error {
 	l := s.vols.lock(v.UUID)
 	l.Lock()
 	defer l.Unlock()
+	// Another call or the leader's pass may have finished or rolled back
+	// the create while this one waited for the lock.
+	cur, err := s.getVolumeByUUID(ctx, v.UUID)
+	if err != nil {
+		return err
+	}
+	if cur == nil || cur.Op == nil || cur.Op.Kind != opCreate {
+		if cur == nil || cur.Status != volCreated {
+			return fault.New(fault.Aborted, CodeVolumeConflict, fmt.Sprintf("volume %s was rolled back while its create waited", v.Name),
+				"create it again")
+		}
+		*v = *cur
+		return nil
+	}
+	*v = *cur
 	return s.finishCreateLocked(ctx, v)
 }
 
@@ -403,8 +418,7 @@ func (s *Service) finishCreateLocked(ctx context.Context, v *volumeRecord) error
 		if _, derr := s.finishDelete(ctx, v); derr != nil {
 			s.log.Warn("volume rollback incomplete: retried in the background", "volume", v.Name, "err", derr)
 		}
-		return fault.Wrap(err, fault.Unavailable, CodeVolumeEngine, "volume "+v.Name+": creating its replicas failed; nothing was kept",
-			"check the nodes named above, then create the volume again")
+		return fmt.Errorf("volume %s: creating its replicas failed, and the volume was rolled back: %w", v.Name, err)
 	}
 	v.Status, v.Op = volCreated, nil
 	if err := s.putVolume(ctx, v); err != nil {
@@ -471,6 +485,16 @@ func (s *Service) finishDelete(ctx context.Context, v *volumeRecord) ([]string, 
 			errs = append(errs, err)
 		}
 	}
+	// Only a node that is down is pending; any other refusal (an engine
+	// that will not destroy what the volume does not own) is an error for
+	// a person to look at.
+	var other []error
+	for _, e := range errs {
+		if fault.CodeOf(e) != CodeVolumeNodeDown && !unreachable(e) {
+			other = append(other, e)
+		}
+	}
+	errs = other
 	v.Target, v.StaleTargets, v.ReplicaSet = nil, stale, left
 	if len(left) == 0 && len(stale) == 0 {
 		if err := s.removeVolumeRecord(ctx, v); err != nil {
@@ -575,11 +599,13 @@ func (s *Service) deleteVolume(ctx context.Context, ref string, force bool) ([]s
 		return nil, err
 	}
 	pending, err := s.finishDelete(ctx, v)
-	if len(pending) > 0 {
-		s.log.Warn("volume delete pending on nodes that are down", "volume", v.Name, "pending", pending, "err", err)
-		return pending, nil
+	if err != nil {
+		return pending, err
 	}
-	return nil, err
+	if len(pending) > 0 {
+		s.log.Warn("volume delete pending on nodes that are down", "volume", v.Name, "pending", pending)
+	}
+	return pending, nil
 }
 
 func busy(v *volumeRecord) error {
@@ -736,6 +762,11 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 		if !alive(m) {
 			skipped = append(skipped, nodeName(idx, r.Node))
 			continue
+		}
+		if node.HostNQN == "" {
+			return nil, fault.New(fault.FailedPrecondition, CodeVolumeState,
+				fmt.Sprintf("volume %s: node %s reported no NVMe host NQN, so its nexus's remote replicas could not be shared to it alone", v.Name, node.DisplayName()),
+				"restart that node's server so that it rejoins with its host NQN, or publish on another node")
 		}
 		uri, err := s.shareReplica(ctx, m, v, r, node.HostNQN)
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"sort"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/nexstor/nexstor/internal/fault"
 )
 
 // Volume statuses (the persisted lifecycle; the phase users see is derived
@@ -151,7 +153,8 @@ func (s *Service) listVolumes(ctx context.Context) ([]*volumeRecord, error) {
 
 // errStaleVolume is returned by putVolume when the record changed since it
 // was read: another writer (a stale leader, a concurrent call) won.
-var errStaleVolume = fmt.Errorf("the volume record changed since it was read")
+var errStaleVolume = fault.New(fault.Aborted, "volume.conflict", "the volume record changed since it was read (another call or a newer leader changed it)",
+	"read the volume again (`nexctl volume get`) and retry if still needed")
 
 // createVolumeRecord writes a new volume and its name index; it fails
 // (false) when the name or UUID exists.

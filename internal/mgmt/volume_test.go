@@ -422,7 +422,15 @@ func TestStaleWritersLose(t *testing.T) {
 		t.Fatalf("record %+v", cur)
 	}
 
-	id := uuid.NewString()
+	// A first record only for a live volume, and only generation 1.
+	stray := uuid.NewString()
+	if b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: stray, Generation: 1}); FaultCode(vs.svc.saveHealth(ctx, stray, 1, b)) != CodeStaleGeneration {
+		t.Fatal("a record was stored for a nexus of no volume")
+	}
+	id := v.Spec.Uuid
+	if b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: id, Generation: 2}); FaultCode(vs.svc.saveHealth(ctx, id, 2, b)) != CodeStaleGeneration {
+		t.Fatal("a first record of generation 2 was stored")
+	}
 	rec := func(gen uint64) []byte {
 		b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: id, Generation: gen})
 		return b
@@ -442,7 +450,6 @@ func TestStaleWritersLose(t *testing.T) {
 	if err := vs.svc.saveHealth(ctx, id, 9, rec(9)); FaultCode(err) != CodeStaleGeneration {
 		t.Fatalf("a jump in generation: %v", err)
 	}
-	_ = v
 }
 
 // TestUnfinishedOperationsResume: a leader that recorded an operation and
