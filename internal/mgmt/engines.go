@@ -43,6 +43,7 @@ type engineAPI interface {
 	PublishNexus(context.Context, *enginev1.PublishNexusRequest) (*enginev1.Nexus, error)
 	ResizeNexus(context.Context, *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error)
 	Verify(context.Context, *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error)
+	AddChild(context.Context, *enginev1.ChildRequest) (*enginev1.Nexus, error)
 }
 
 // engines caches one engine client per member address. Safe for

@@ -2,6 +2,7 @@ package mgmt
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -751,33 +752,44 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	if !alive(node) {
 		return nil, nodeDown(node, op.Node)
 	}
-	var children []string
-	var skipped []string
+	// The health record says which replicas are current: only those (and
+	// offline ones, which the nexus resyncs from their bitmaps) may be
+	// children of the new nexus; the others are added back with a full
+	// rebuild once it serves.
+	recorded, err := s.recordedChildren(ctx, v.UUID)
+	if err != nil {
+		return nil, err
+	}
+	var children, rebuild, skipped []string
 	for _, r := range v.ReplicaSet {
+		var uri string
 		if r.Node == node.UUID {
-			children = append(children, "bdev:///"+r.UUID)
-			continue
+			uri = "bdev:///" + r.UUID
+		} else {
+			m := idx[r.Node]
+			if !alive(m) {
+				skipped = append(skipped, nodeName(idx, r.Node))
+				continue
+			}
+			if node.HostNQN == "" {
+				return nil, fault.New(fault.FailedPrecondition, CodeVolumeState,
+					fmt.Sprintf("volume %s: node %s reported no NVMe host NQN, so its nexus's remote replicas could not be shared to it alone", v.Name, node.DisplayName()),
+					"restart that node's server so that it rejoins with its host NQN, or publish on another node")
+			}
+			if uri, err = s.shareReplica(ctx, m, v, r, node.HostNQN); err != nil {
+				return nil, err
+			}
 		}
-		m := idx[r.Node]
-		if !alive(m) {
-			skipped = append(skipped, nodeName(idx, r.Node))
-			continue
+		if st, ok := recorded[r.UUID]; recorded == nil || (ok && (st == "online" || st == "offline")) {
+			children = append(children, uri)
+		} else {
+			rebuild = append(rebuild, uri)
 		}
-		if node.HostNQN == "" {
-			return nil, fault.New(fault.FailedPrecondition, CodeVolumeState,
-				fmt.Sprintf("volume %s: node %s reported no NVMe host NQN, so its nexus's remote replicas could not be shared to it alone", v.Name, node.DisplayName()),
-				"restart that node's server so that it rejoins with its host NQN, or publish on another node")
-		}
-		uri, err := s.shareReplica(ctx, m, v, r, node.HostNQN)
-		if err != nil {
-			return nil, err
-		}
-		children = append(children, uri)
 	}
 	if len(children) == 0 {
 		return nil, fault.New(fault.Unavailable, CodeVolumeNodeDown,
-			fmt.Sprintf("volume %s: no replica is reachable (nodes %s are down)", v.Name, strings.Join(skipped, ", ")),
-			"start the volume's nodes")
+			fmt.Sprintf("volume %s: no replica recorded current is reachable (nodes down: %s)", v.Name, strings.Join(skipped, ", ")),
+			"start the nodes of the volume's current replicas; the others cannot be trusted alone")
 	}
 	c, err := s.vols.eng.get(node.Address)
 	if err != nil {
@@ -786,12 +798,27 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 	defer cancel()
 	n, err := c.GetNexus(cctx, &enginev1.GetNexusRequest{Name: v.Name})
+	if err == nil && n.Uuid == v.UUID && slices.Contains(v.StaleTargets, node.UUID) {
+		// An instance left from an earlier publish (its node was down
+		// when the volume was unpublished): fenced by now, never reused.
+		if _, err = c.DestroyNexus(cctx, &enginev1.DestroyNexusRequest{Name: v.Name}); err != nil {
+			return nil, fmt.Errorf("remove the stale nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
+		}
+		v.StaleTargets = slices.DeleteFunc(v.StaleTargets, func(x string) bool { return x == node.UUID })
+		_, err = c.GetNexus(cctx, &enginev1.GetNexusRequest{Name: v.Name})
+	}
 	switch {
 	case notFound(err):
 		n, err = c.CreateNexus(cctx, &enginev1.CreateNexusRequest{Name: v.Name, Uuid: v.UUID, Size: v.Size, Children: children,
 			HealthStore: HealthStoreSystem, AllowDegraded: len(skipped) > 0})
 		if err != nil {
 			return nil, fmt.Errorf("create the nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
+		}
+		for _, uri := range rebuild {
+			if _, err := c.AddChild(cctx, &enginev1.ChildRequest{Nexus: v.Name, Child: uri}); err != nil {
+				// The volume serves degraded, and says so.
+				s.log.Warn("publish: a replica not recorded current could not be added for rebuild", "volume", v.Name, "child", uri, "err", err)
+			}
 		}
 	case err != nil:
 		return nil, fmt.Errorf("nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
@@ -1039,4 +1066,34 @@ func (s *Service) engineOf(m *Member, id string) (engineAPI, error) {
 		return nil, nodeDown(m, id)
 	}
 	return s.vols.eng.get(m.Address)
+}
+
+// recordedChildren reads the volume nexus's health record: the recorded
+// state of each child by replica UUID (see the nexus's childKey); nil when
+// there is no record yet (the volume was never published).
+func (s *Service) recordedChildren(ctx context.Context, id string) (map[string]string, error) {
+	resp, err := s.cfg.Etcd.Get(ctx, s.k.health(id))
+	if err != nil {
+		return nil, storeErr(err, "read the health record of volume "+id)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var rec struct {
+		Children []struct {
+			URI   string `json:"uri"`
+			State string `json:"state"`
+		} `json:"children"`
+	}
+	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+		return nil, fault.Wrap(err, fault.Internal, CodeCorruptHealth, "volume "+id+": its health record is corrupt",
+			"recreate the volume's nexus from a replica you trust (nexus create --source)")
+	}
+	out := map[string]string{}
+	for _, c := range rec.Children {
+		if i := strings.LastIndexAny(c.URI, "/:"); i >= 0 {
+			out[c.URI[i+1:]] = c.State
+		}
+	}
+	return out, nil
 }

@@ -366,6 +366,22 @@ func (c simClient) ResizeNexus(ctx context.Context, req *enginev1.ResizeNexusReq
 	return out, err
 }
 
+func (c simClient) AddChild(ctx context.Context, req *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	var out *enginev1.Nexus
+	err := c.do(ctx, "add child", func() error {
+		n, ok := c.e.nexuses[req.Nexus]
+		if !ok {
+			return simNotFound("nexus " + req.Nexus)
+		}
+		if !slices.Contains(n.children, req.Child) {
+			n.children = append(n.children, req.Child)
+		}
+		out = c.nexusProto(n)
+		return nil
+	})
+	return out, err
+}
+
 func (c simClient) Verify(ctx context.Context, req *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error) {
 	return &enginev1.VerifyResponse{}, c.do(ctx, "verify", func() error { return nil })
 }

@@ -36,7 +36,9 @@ func (s *Service) observe(ctx context.Context, idx map[string]*Member, nodes map
 	for id := range nodes {
 		m := idx[id]
 		if !alive(m) {
+			mu.Lock()
 			out[id] = &nodeView{err: nodeDown(m, id)}
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
@@ -111,7 +113,11 @@ func nexusStateName(s enginev1.NexusState) string {
 // volumeProto derives a volume's status from the engines' views. It never
 // reports better than it knows: a replica or nexus whose node does not
 // answer is unknown, and a volume with an unknown part is not online.
-func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*nodeView) *mgmtv1.Volume {
+//
+// recorded is the nexus health record's state of each replica (nil when the
+// volume was never published): an unpublished volume counts only the
+// replicas it records current, since the others missed writes.
+func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*nodeView, recorded map[string]string) *mgmtv1.Volume {
 	out := &mgmtv1.Volume{CreatedMs: v.CreatedMs, Spec: &mgmtv1.VolumeSpec{Name: v.Name, Uuid: v.UUID, Size: v.Size,
 		Replicas: uint32(v.Replicas), Thin: v.Thin, Protocol: v.Protocol,
 		Placement: &mgmtv1.Placement{NodeSelector: v.NodeSelector, PoolSelector: v.PoolSelector}}}
@@ -171,7 +177,11 @@ func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*node
 			vr.Owner, vr.Epoch, vr.Reason = rep.Owner, rep.Epoch, rep.Reason
 			if rep.State == enginev1.ReplicaState_REPLICA_STATE_ONLINE {
 				vr.State = "online"
-				onlineReplicas++
+				if st, ok := recorded[r.UUID]; recorded == nil || (ok && st == "online") {
+					onlineReplicas++
+				} else if v.Target == nil {
+					vr.Reason = "not current: the nexus recorded it " + cmpOr(st, "absent") + "; the next publish rebuilds it"
+				}
 			} else {
 				vr.State = "faulted"
 			}
@@ -228,7 +238,7 @@ func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*node
 		case onlineReplicas == 0:
 			st.Phase, st.Reason = PhaseFaulted, "no replica is online"
 		default:
-			st.Phase, st.Reason = PhaseDegraded, fmt.Sprintf("%d of %d replicas online", onlineReplicas, v.Replicas)
+			st.Phase, st.Reason = PhaseDegraded, fmt.Sprintf("%d of %d replicas online and current", onlineReplicas, v.Replicas)
 		}
 	}
 	return out
@@ -249,7 +259,20 @@ func (s *Service) volumeStatuses(ctx context.Context, vs []*volumeRecord) ([]*mg
 	views := s.observe(ctx, idx, nodes)
 	out := make([]*mgmtv1.Volume, 0, len(vs))
 	for _, v := range vs {
-		out = append(out, volumeProto(v, idx, views))
+		var recorded map[string]string
+		if v.Target == nil {
+			if recorded, err = s.recordedChildren(ctx, v.UUID); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, volumeProto(v, idx, views, recorded))
 	}
 	return out, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

@@ -572,3 +572,45 @@ func waitPhase(t *testing.T, vs *volSystem, name, phase string) *mgmtv1.Volume {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestPublishAfterANodeReturns: a volume published while one replica's node
+// was down has a health record without that replica; unpublished, it is
+// degraded (the replica is not current), and the next publish takes the
+// current replicas and rebuilds the returned one instead of refusing it.
+func TestPublishAfterANodeReturns(t *testing.T) {
+	vs := newVolSystem(t, []int64{256 << 20, 256 << 20, 256 << 20}, nil)
+	ctx := context.Background()
+	req := create("v", 16<<20, 3)
+	req.Spec.Thin = true
+	v, err := vs.vols().CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := v.Status.Replicas[2]
+	if _, err := vs.svc.SystemStop(ctx, &mgmtv1.SystemStopRequest{Ranks: fmt.Sprint(down.Rank)}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := vs.vols().PublishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "v", Node: v.Status.Replicas[0].Node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Status.Phase != PhaseDegraded || p.Status.Healthy != 2 {
+		t.Fatalf("published with a node down: %s, %d healthy", p.Status.Phase, p.Status.Healthy)
+	}
+	if _, err := vs.vols().UnpublishVolume(ctx, &mgmtv1.UnpublishVolumeRequest{Name: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vs.svc.SystemStart(ctx, &mgmtv1.SystemStartRequest{Ranks: fmt.Sprint(down.Rank)}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "v"})
+	if err != nil || g.Status.Phase != PhaseDegraded || g.Status.Healthy != 2 {
+		t.Fatalf("unpublished, with a replica that missed writes: %v %s %d", err, g.GetStatus().GetPhase(), g.GetStatus().GetHealthy())
+	}
+	if _, err := vs.vols().PublishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "v", Node: v.Status.Replicas[1].Node}); err != nil {
+		t.Fatalf("publish after the node returned: %v", err)
+	}
+	if w := waitPhase(t, vs, "v", PhaseOnline); w.Status.Healthy != 3 {
+		t.Fatalf("after the rebuild: %d healthy", w.Status.Healthy)
+	}
+}
