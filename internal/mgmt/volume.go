@@ -592,8 +592,11 @@ func (s *Service) deleteVolume(ctx context.Context, ref string, force bool) ([]s
 			fmt.Sprintf("volume %s is published (%s); deleting it would cut off its users", v.Name, v.Target.URI),
 			fmt.Sprintf("unpublish it first (`nexctl volume unpublish %s`), or pass --force", v.Name))
 	}
-	if v.Op != nil && v.Op.Kind != opDelete && v.Op.Kind != opCreate {
-		return nil, busy(v)
+	// A delete overrides an operation left unfinished (this call holds
+	// the volume's lock, so none is running): a half-done publish may have
+	// left a nexus on its node, which the delete removes too.
+	if v.Op != nil && v.Op.Kind == opPublish && !slices.Contains(v.StaleTargets, v.Op.Node) {
+		v.StaleTargets = append(v.StaleTargets, v.Op.Node)
 	}
 	v.Status, v.Op = volDeleting, &volumeOp{Kind: opDelete, StartedMs: s.nowMs()}
 	if err := s.putVolume(ctx, v); err != nil {
@@ -977,6 +980,10 @@ func (s *Service) resizeVolume(ctx context.Context, ref string, size uint64) (*v
 // needed) and the operation is cleared.
 func (s *Service) finishResize(ctx context.Context, v *volumeRecord, idx map[string]*Member) error {
 	size := v.Op.Size
+	// Once anything grew, the resize only rolls forward: a nexus that may
+	// have grown (an error can come after it did) must never be recreated
+	// at the old size under a file system that grew with it.
+	grew := false
 	err := func() error {
 		for i, r := range v.ReplicaSet {
 			m := idx[r.Node]
@@ -990,8 +997,11 @@ func (s *Service) finishResize(ctx context.Context, v *volumeRecord, idx map[str
 				// Replica sizes are whole clusters of their pool.
 				var p *enginev1.Pool
 				if p, err = c.GetPool(cctx, &enginev1.GetPoolRequest{Name: r.Pool}); err == nil {
+					grew = true // from here on, an error may come after the grow
 					rep, err = c.ResizeReplica(cctx, &enginev1.ResizeReplicaRequest{Name: r.UUID, Size: roundUp(size, p.ClusterSize), Owner: v.UUID})
 				}
+			} else if err == nil && rep.Size >= size && v.ReplicaSet[i].Size < size {
+				grew = true // grown by an earlier attempt
 			}
 			cancel()
 			if err != nil {
@@ -1007,16 +1017,23 @@ func (s *Service) finishResize(ctx context.Context, v *volumeRecord, idx map[str
 			}
 			cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 			defer cancel()
+			grew = true
 			if _, err := c.ResizeNexus(cctx, &enginev1.ResizeNexusRequest{Name: v.Name, Size: size}); err != nil {
 				return fmt.Errorf("grow the nexus of volume %s on %s: %w", v.Name, m.DisplayName(), err)
 			}
 		}
 		return nil
 	}()
-	if err == nil {
-		v.Size = size
+	switch {
+	case err == nil:
+		v.Size, v.Op = size, nil
+	case !grew:
+		v.Op = nil // nothing changed: the resize simply failed
+	default:
+		// Kept: the leader's pass finishes it once the nodes answer.
+		err = fmt.Errorf("volume %s: the resize to %s is under way and is finished in the background: %w",
+			v.Name, units.FormatSizeExact(int64(size)), err)
 	}
-	v.Op = nil
 	if perr := s.putVolume(ctx, v); perr != nil {
 		return errors.Join(err, perr)
 	}
