@@ -85,6 +85,11 @@ type Service struct {
 	fenceRev    int64
 	leaderSince time.Time
 	leaderCh    chan struct{} // closed and replaced on every leadership change
+	// termEnd ends the context of every operation this leader runs when
+	// its leadership ends, so that a deposed leader stops calling engines
+	// (its store writes fail on the election fence anyway).
+	termCtx context.Context
+	termEnd context.CancelFunc
 	// heartbeats holds the last heartbeat (Unix ms) of each member UUID
 	// seen by this leader. Heartbeats are not written to etcd one by one:
 	// only the leader judges them, and a new leader grants every member a
@@ -244,6 +249,7 @@ func (s *Service) setLeader(key string, rev int64) {
 	s.leading, s.fenceKey, s.fenceRev, s.leaderSince = true, key, rev, s.cfg.Now()
 	s.heartbeats = map[string]int64{}
 	s.reports.reset()
+	s.termCtx, s.termEnd = context.WithCancel(context.Background())
 	close(s.leaderCh)
 	s.leaderCh = make(chan struct{})
 }
@@ -256,8 +262,25 @@ func (s *Service) clearLeader() {
 	}
 	s.leading = false
 	s.heartbeats = nil
+	if s.termEnd != nil {
+		s.termEnd()
+	}
 	close(s.leaderCh)
 	s.leaderCh = make(chan struct{})
+}
+
+// inTerm returns ctx, also ended when this replica's current leadership
+// ends; it fails when this replica does not lead.
+func (s *Service) inTerm(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	s.mu.Lock()
+	term, leading := s.termCtx, s.leading
+	s.mu.Unlock()
+	if !leading {
+		return nil, nil, s.notLeader(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(term, cancel)
+	return ctx, func() { stop(); cancel() }, nil
 }
 
 // IsLeader reports whether this replica currently leads.

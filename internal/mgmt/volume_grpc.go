@@ -72,6 +72,11 @@ func (vs *VolumeServer) ListNodes(ctx context.Context, _ *mgmtv1.ListNodesReques
 
 // CreateVolume implements VolumeService.CreateVolume.
 func (vs *VolumeServer) CreateVolume(ctx context.Context, req *mgmtv1.CreateVolumeRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
 	return vs.answer(ctx)(vs.s.createVolume(ctx, req.Spec))
 }
 
@@ -127,6 +132,11 @@ func (vs *VolumeServer) GetVolume(ctx context.Context, req *mgmtv1.GetVolumeRequ
 
 // DeleteVolume implements VolumeService.DeleteVolume.
 func (vs *VolumeServer) DeleteVolume(ctx context.Context, req *mgmtv1.DeleteVolumeRequest) (*mgmtv1.DeleteVolumeResponse, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
 	pending, err := vs.s.deleteVolume(ctx, req.Name, req.Force)
 	if err != nil {
 		return nil, ToStatus(err)
@@ -136,16 +146,31 @@ func (vs *VolumeServer) DeleteVolume(ctx context.Context, req *mgmtv1.DeleteVolu
 
 // PublishVolume implements VolumeService.PublishVolume.
 func (vs *VolumeServer) PublishVolume(ctx context.Context, req *mgmtv1.PublishVolumeRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
 	return vs.answer(ctx)(vs.s.publishVolume(ctx, req))
 }
 
 // UnpublishVolume implements VolumeService.UnpublishVolume.
 func (vs *VolumeServer) UnpublishVolume(ctx context.Context, req *mgmtv1.UnpublishVolumeRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
 	return vs.answer(ctx)(vs.s.unpublishVolume(ctx, req.Name))
 }
 
 // ResizeVolume implements VolumeService.ResizeVolume.
 func (vs *VolumeServer) ResizeVolume(ctx context.Context, req *mgmtv1.ResizeVolumeRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
 	return vs.answer(ctx)(vs.s.resizeVolume(ctx, req.Name, req.Size))
 }
 
