@@ -303,11 +303,17 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 		return nil, fmt.Errorf("nexus %s: a health store and an opener are required", label)
 	}
 	seen := map[string]bool{}
+	keys := map[string]string{}
 	for _, u := range cfg.Children {
 		if u == "" || seen[u] {
 			return nil, fmt.Errorf("nexus %s: child URI %q is empty or listed twice", label, u)
 		}
-		seen[u] = true
+		if other, ok := keys[childKey(u)]; ok {
+			// One record entry per replica: the same replica twice
+			// (locally and through a share) would share it.
+			return nil, fmt.Errorf("nexus %s: children %q and %q name the same replica; list it once", label, other, u)
+		}
+		seen[u], keys[childKey(u)] = true, u
 	}
 	if cfg.Source != "" && !seen[cfg.Source] {
 		return nil, fmt.Errorf("nexus %s: source %q is not one of the children: name one of them", label, cfg.Source)
