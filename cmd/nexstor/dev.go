@@ -119,8 +119,8 @@ func printDev(w io.Writer, sys ctlserver.DevSystem, localNQN string) {
 	}
 	members := append([]*mgmtv1.Member(nil), sys.Members...)
 	sort.Slice(members, func(i, j int) bool { return members[i].Rank < members[j].Rank })
-	fmt.Fprintf(w, "\nNexstor dev system %q is running: %d nodes, access point %s (no TLS, loopback only).\n\n",
-		sys.Configs[0].Name, len(sys.Configs), node0)
+	fmt.Fprintf(w, "\nNexstor dev system %q is running: %s, access point %s (no TLS, loopback only).\n\n",
+		sys.Configs[0].Name, plural(len(sys.Configs), "node"), node0)
 	for _, m := range members {
 		fmt.Fprintf(w, "  rank %d  %s  %s  %s\n", m.Rank, m.GetName(), m.Address, m.State)
 	}
@@ -151,8 +151,8 @@ func printDev(w io.Writer, sys ctlserver.DevSystem, localNQN string) {
 	if v.GetSpec().GetThin() {
 		thin = "thin"
 	}
-	fmt.Fprintf(w, "\n  volume %s: %s %s, %d replicas (%s): %s, %d/%d healthy", name, output.Size(v.GetSpec().GetSize()), thin,
-		v.GetSpec().GetReplicas(), strings.Join(nodes, ", "), st.GetPhase(), st.GetHealthy(), v.GetSpec().GetReplicas())
+	fmt.Fprintf(w, "\n  volume %s: %s %s, %s (%s): %s, %d/%d healthy", name, output.Size(v.GetSpec().GetSize()), thin,
+		plural(int(v.GetSpec().GetReplicas()), "replica"), strings.Join(nodes, ", "), st.GetPhase(), st.GetHealthy(), v.GetSpec().GetReplicas())
 	if r := st.GetReason(); r != "" {
 		fmt.Fprintf(w, " (%s)", r)
 	}
@@ -200,6 +200,14 @@ func printDev(w io.Writer, sys ctlserver.DevSystem, localNQN string) {
 		fmt.Fprintf(w, "  nexctl --engine %s pool list    # another node\n", sys.Configs[1].GRPCListen)
 	}
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop; the next start brings back the same ranks, pools and volume.\n")
+}
+
+// plural is "1 node", "3 nodes".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // devNodeConfig is the configuration of the node of that name, node 0's

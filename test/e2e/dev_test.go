@@ -113,7 +113,7 @@ const uncleanLog = "the previous instance was not closed"
 
 var (
 	devReadyRE  = regexp.MustCompile(`^Press Ctrl-C to stop`)
-	devVolumeRE = regexp.MustCompile(`(?m)^\s+volume demo: (\S+) thin, (\d+) replicas \(([^)]*)\): (\S+), (\d+)/(\d+) healthy$`)
+	devVolumeRE = regexp.MustCompile(`(?m)^\s+volume demo: (\S+) thin, (\d+) replicas? \(([^)]*)\): (\S+), (\d+)/(\d+) healthy$`)
 	devTargetRE = regexp.MustCompile(`(?m)^\s+published on (\S+) over (\S+): (\S+)$`)
 )
 

@@ -22,6 +22,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
+	"github.com/nexstor/nexstor/internal/units"
 )
 
 // DevOptions configure RunDev.
@@ -427,9 +428,12 @@ func devVolume(ctx context.Context, cfgs []*config.Server, o DevOptions, log *sl
 		}
 		// A demo volume deleted while one of its nodes was down is
 		// removed once the nodes are back; create it again then.
-		if fault.CodeOf(err) != mgmt.CodeVolumeState || ctx.Err() != nil {
-			return nil, fmt.Errorf("dev: the demo volume %q (%d bytes, %d replicas, thin): %w; "+
-				"give --demo-size a smaller size or --pool-size a larger one, or --demo \"\" for none", o.Demo, size, spec.Replicas, err)
+		if code := fault.CodeOf(err); code != mgmt.CodeVolumeState || ctx.Err() != nil {
+			err = fmt.Errorf("dev: the demo volume %q (%s, %d replicas, thin): %w", o.Demo, units.FormatSizeExact(int64(size)), spec.Replicas, err)
+			if code == mgmt.CodeVolumeNotPlaceable {
+				err = fmt.Errorf(`%w: give --demo-size a smaller size or --pool-size a larger one (or --demo "" for no demo volume)`, err)
+			}
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():
