@@ -12,7 +12,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
@@ -20,44 +19,63 @@ import (
 	"github.com/nexstor/nexstor/internal/cli/output"
 	"github.com/nexstor/nexstor/internal/control/config"
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
+	"github.com/nexstor/nexstor/internal/units"
 )
 
-// devReplica is the demo replica `nexstor dev` shares on node 0.
-const devReplica = "demo"
+// hostNQNFile is where this machine's kernel NVMe initiator keeps its host
+// NQN (nvme-cli).
+const hostNQNFile = "/etc/nvme/hostnqn"
 
 func devCmd() *cobra.Command {
 	var o ctlserver.DevOptions
+	var demoSize string
 	cmd := &cobra.Command{
 		Use:   "dev",
-		Short: "Run a whole system on this machine: etcd, the management service and N storage nodes",
+		Short: "Run a whole system on this machine: etcd, the management service, N storage nodes and a volume",
 		Long: `Dev runs a complete Nexstor system in one process for trying it out: --nodes
-storage nodes (default 3), each with its own ports, data dir (<data-dir>/node<i>)
-and a pool "p0" on a sparse file; node 0 is the access point, with the
-embedded etcd and the management service. Nodes are formatted and join on
-the first start. A thin 512MiB replica "demo" on node 0 is shared over NBD
-and over NVMe/TCP (any host may connect).
+storage nodes (default 3), named node-0, node-1, ..., each with its own ports,
+data dir (<data-dir>/node<i>) and a pool "p0" on a sparse file; node 0 is the
+access point, with the embedded etcd and the management service. Nodes are
+formatted and join on the first start.
+
+The management service then creates a thin volume "demo" (--demo, of
+--demo-size) with a replica on each of min(3, nodes) nodes, and publishes it
+on node-0 over NVMe/TCP: to this machine's host NQN only when
+/etc/nvme/hostnqn exists, else to any host. A volume is exported over one
+protocol at a time; the banner says how to switch it to NBD.
 
 Node 0 listens on 127.0.0.1 at the well-known ports (gRPC 10124, NBD 10809,
 NVMe/TCP 4420, discovery 8009, etcd 2379-2380, metrics 9502); node i uses
-each port + i. Only node 0 serves Prometheus metrics (on a free port when
-9502 is taken; the banner prints the URL).
+each port + i (NVMe/TCP discovery and etcd run on node 0 only). Every node
+serves Prometheus metrics (node i on 9502+i, or on free ports when those are
+taken; the banner prints the URLs); node 0's also has the volume series,
+since it leads the management service.
 Everything listens on loopback only and without TLS (logged as such), so
 nexctl on this machine needs no flags.
 
 A later start on the same data dir brings back the same system: the same
-ranks, pools, replica and shares. It prints how to reach them.`,
+ranks, pools and volume, published as it was left, with its data. Ctrl-C
+closes every nexus before any node stops, so a restart needs no rebuild.`,
 		Example: `  nexstor dev
   nexstor dev --nodes 1 --data-dir /tmp/nexstor-dev
-  nexstor dev --grpc-port 20124 --nbd-port 20809 --nvmf-port 24420 --discovery-port 28009 --etcd-port 22379`,
+  nexstor dev --demo-size 2GiB --pool-size 4GiB
+  nexstor dev --grpc-port 20124 --nbd-port 20809 --nvmf-port 24420 --discovery-port 28009 --etcd-port 22379 --metrics-port 29502`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.Demo != "" {
+				n, err := units.ParseSize(demoSize)
+				if err != nil || n <= 0 || n%4096 != 0 {
+					return fmt.Errorf("--demo-size %q: give a size above 0 in whole 4KiB blocks, such as 512MiB", demoSize)
+				}
+				o.DemoSize = uint64(n)
+			}
 			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			slog.SetDefault(logger)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			o.Logger = logger
-			o.Demo = devReplica
-			o.Ready = func(sys ctlserver.DevSystem) { printDev(cmd.OutOrStdout(), sys) }
+			o.DemoHostNQN = readHostNQN(hostNQNFile)
+			o.Ready = func(sys ctlserver.DevSystem) { printDev(cmd.OutOrStdout(), sys, readHostNQN(hostNQNFile)) }
 			err := ctlserver.RunDev(ctx, o)
 			if err == nil {
 				logger.Info("dev system stopped")
@@ -73,25 +91,27 @@ ranks, pools, replica and shares. It prints how to reach them.`,
 	f.IntVar(&o.NVMfPort, "nvmf-port", 4420, "NVMe/TCP port of node 0 (node i: port+i)")
 	f.IntVar(&o.DiscoveryPort, "discovery-port", 8009, "NVMe/TCP discovery port of node 0")
 	f.IntVar(&o.EtcdPort, "etcd-port", config.DefaultEtcdClientPort, "client port of the embedded etcd (its peer port is the next one)")
-	f.IntVar(&o.MetricsPort, "metrics-port", 0, "Prometheus /metrics port of node 0 (0: 9502, or a free port when 9502 is taken; -1 disables metrics)")
+	f.IntVar(&o.MetricsPort, "metrics-port", 0, "Prometheus /metrics port of node 0, node i: port+i (0: 9502, or free ports when those are taken; -1 disables metrics)")
 	f.StringVar(&o.PoolSize, "pool-size", "1GiB", "size of each node's sparse pool file")
+	f.StringVar(&o.Demo, "demo", "demo", `name of the demo volume ("" for none)`)
+	f.StringVar(&demoSize, "demo-size", "512MiB", "size of the demo volume (thin), in whole 4KiB blocks")
 	return cmd
 }
 
-// hostNQN is the NQN this machine's kernel initiator uses when it has one
-// (/etc/nvme/hostnqn), else a fresh one: the dev share admits any host.
-func hostNQN() string {
-	if b, err := os.ReadFile("/etc/nvme/hostnqn"); err == nil {
-		if s := strings.TrimSpace(string(b)); s != "" {
-			return s
-		}
+// readHostNQN returns the host NQN in path (nvme-cli's /etc/nvme/hostnqn),
+// "" when there is none.
+func readHostNQN(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
 	}
-	return "nqn.2014-08.org.nvmexpress:uuid:" + uuid.NewString()
+	return strings.TrimSpace(string(b))
 }
 
-// printDev prints the nodes and how to reach the demo replica. Node 0's
-// address is nexctl's default; other addresses are spelled out.
-func printDev(w io.Writer, sys ctlserver.DevSystem) {
+// printDev prints the nodes, their metrics, and how to reach the demo
+// volume. Node 0's address is nexctl's default; other addresses are
+// spelled out. localNQN is this machine's host NQN ("" when unknown).
+func printDev(w io.Writer, sys ctlserver.DevSystem, localNQN string) {
 	node0 := sys.Configs[0].GRPCListen
 	eng, aps := "", ""
 	if _, port, _ := net.SplitHostPort(node0); port != fmt.Sprint(config.DefaultPort) {
@@ -99,54 +119,106 @@ func printDev(w io.Writer, sys ctlserver.DevSystem) {
 	}
 	members := append([]*mgmtv1.Member(nil), sys.Members...)
 	sort.Slice(members, func(i, j int) bool { return members[i].Rank < members[j].Rank })
-	fmt.Fprintf(w, "\nNexstor dev system %q is running: %d nodes, access point %s (no TLS, loopback only).\n\n",
-		sys.Configs[0].Name, len(sys.Configs), node0)
+	fmt.Fprintf(w, "\nNexstor dev system %q is running: %s, access point %s (no TLS, loopback only).\n\n",
+		sys.Configs[0].Name, plural(len(sys.Configs), "node"), node0)
 	for _, m := range members {
-		fmt.Fprintf(w, "  rank %d  %s  %s\n", m.Rank, m.Address, m.State)
+		fmt.Fprintf(w, "  rank %d  %s  %s  %s\n", m.Rank, m.GetName(), m.Address, m.State)
 	}
-	if sys.MetricsURL != "" {
-		fmt.Fprintf(w, "\n  metrics (node 0): %s\n", sys.MetricsURL)
-	}
-	printDevNexuses(w, sys)
-	r := sys.Demo
-	if r == nil {
-		return
-	}
-	var nbdURI, nvmfURI string
-	for _, sh := range r.Shares {
-		switch sh.Protocol {
-		case "nbd":
-			nbdURI = sh.Uri
-		case "nvmf":
-			nvmfURI = sh.Uri
+	if len(sys.MetricsURLs) > 0 {
+		fmt.Fprintf(w, "\n  metrics:\n")
+		for i, u := range sys.MetricsURLs {
+			note := ""
+			if i == 0 {
+				note = "    # and the volumes: node-0 leads the management service"
+			}
+			fmt.Fprintf(w, "    %s  %s%s\n", sys.Configs[i].NodeName, u, note)
 		}
 	}
-	fmt.Fprintf(w, "\n  replica %s (%s, thin) in pool %s on %s, shared at:\n", r.Name, output.Size(r.Size), r.Pool, node0)
-	for _, sh := range r.Shares {
-		fmt.Fprintf(w, "    %s\n", sh.Uri)
+	printDevNexuses(w, sys)
+	v := sys.Demo
+	if v == nil {
+		fmt.Fprintf(w, "\nTry it:\n  nexctl%s system query\n  nexctl%s volume list\n  nexctl%s pool list\n", aps, aps, eng)
+		fmt.Fprintf(w, "\nPress Ctrl-C to stop; the next start brings back the same ranks and pools.\n")
+		return
 	}
-	fmt.Fprintf(w, "\nTry it:\n  nexctl%s system query\n", aps)
-	if nbdURI != "" {
-		fmt.Fprintf(w, `  nbdinfo %s
-  nbdcopy ./some.img %s    # write a file into the replica
-  nbdcopy %s ./copy.img    # read the replica back
-`, nbdURI, nbdURI, nbdURI)
+	name := v.GetSpec().GetName()
+	st := v.GetStatus()
+	var nodes []string
+	for _, r := range st.GetReplicas() {
+		nodes = append(nodes, r.GetNode())
 	}
-	if nvmfURI != "" {
-		hostPort, nqn, _ := strings.Cut(strings.TrimPrefix(nvmfURI, "nvmf://"), "/")
-		host, port, _ := net.SplitHostPort(hostPort)
-		fmt.Fprintf(w, "  nexctl bench %s --time 5s    # load it from the Go initiator\n", nvmfURI)
+	thin := "thick"
+	if v.GetSpec().GetThin() {
+		thin = "thin"
+	}
+	fmt.Fprintf(w, "\n  volume %s: %s %s, %s (%s): %s, %d/%d healthy", name, output.Size(v.GetSpec().GetSize()), thin,
+		plural(int(v.GetSpec().GetReplicas()), "replica"), strings.Join(nodes, ", "), st.GetPhase(), st.GetHealthy(), v.GetSpec().GetReplicas())
+	if r := st.GetReason(); r != "" {
+		fmt.Fprintf(w, " (%s)", r)
+	}
+	fmt.Fprintln(w)
+	t := st.GetTarget()
+	if t != nil {
+		fmt.Fprintf(w, "    published on %s over %s: %s\n", t.GetNode(), t.GetProtocol(), t.GetUri())
+	}
+	fmt.Fprintf(w, "\nTry it:\n  nexctl%s system query\n  nexctl%s volume list\n  nexctl%s volume get %s\n", aps, aps, aps, name)
+	switch t.GetProtocol() {
+	case "nvmf":
+		host, port, _ := net.SplitHostPort(strings.SplitN(strings.TrimPrefix(t.GetUri(), "nvmf://"), "/", 2)[0])
+		hostNQN := localNQN
+		if len(t.GetHostNqns()) == 1 {
+			hostNQN = t.GetHostNqns()[0] // the one host admitted
+		}
+		withNQN := ""
+		if hostNQN != "" {
+			withNQN = " --hostnqn " + hostNQN
+		}
+		fmt.Fprintf(w, "  nexctl bench %s --time 5s%s    # load it from the Go initiator (reads)\n", t.GetUri(), withNQN)
 		if d := sys.Configs[0].DiscoveryListen; d != "" {
 			dhost, dport, _ := net.SplitHostPort(d)
 			fmt.Fprintf(w, "  nvme discover -t tcp -a %s -s %s\n", dhost, dport)
 		}
-		fmt.Fprintf(w, "  nvme connect -t tcp -a %s -s %s -n %s --hostnqn %s\n", host, port, nqn, hostNQN())
+		fmt.Fprintf(w, "  nvme connect -t tcp -a %s -s %s -n %s%s    # modprobe nvme-tcp first\n", host, port, t.GetNqn(), withNQN)
+		nbd := "nbd://" + devNodeConfig(sys, t.GetNode()).NBDListen + "/nexus/" + name
+		fmt.Fprintf(w, "  # NBD instead (a volume is exported over one protocol at a time):\n")
+		fmt.Fprintf(w, "  nexctl%s volume unpublish %s && nexctl%s volume publish %s --node %s --protocol nbd\n", aps, name, aps, name, t.GetNode())
+		fmt.Fprintf(w, "  nbdinfo %s\n  nbdcopy ./some.img %s    # write a file into the volume\n", nbd, nbd)
+	case "nbd":
+		withNQN := ""
+		if localNQN != "" {
+			withNQN = " --host-nqn " + localNQN
+		}
+		fmt.Fprintf(w, `  nbdinfo %s
+  nbdcopy ./some.img %s    # write a file into the volume
+  nbdcopy %s ./copy.img    # read the volume back
+  # NVMe/TCP instead (a volume is exported over one protocol at a time):
+  nexctl%s volume unpublish %s && nexctl%s volume publish %s --node %s --protocol nvmf%s
+`, t.GetUri(), t.GetUri(), t.GetUri(), aps, name, aps, name, t.GetNode(), withNQN)
 	}
-	fmt.Fprintf(w, "  nexctl%s replica list\n  nexctl%s pool get %s\n", eng, eng, r.Pool)
+	fmt.Fprintf(w, "  nexctl%s pool get p0\n", eng)
 	if len(sys.Configs) > 1 {
 		fmt.Fprintf(w, "  nexctl --engine %s pool list    # another node\n", sys.Configs[1].GRPCListen)
 	}
-	fmt.Fprintf(w, "\nPress Ctrl-C to stop; the next start brings back the same ranks, pools, replica and shares.\n")
+	fmt.Fprintf(w, "\nPress Ctrl-C to stop; the next start brings back the same ranks, pools and volume.\n")
+}
+
+// plural is "1 node", "3 nodes".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// devNodeConfig is the configuration of the node of that name, node 0's
+// when none has it.
+func devNodeConfig(sys ctlserver.DevSystem, name string) *config.Server {
+	for _, c := range sys.Configs {
+		if c.NodeName == name {
+			return c
+		}
+	}
+	return sys.Configs[0]
 }
 
 // printDevNexuses lists the nexuses every node brought back, with their

@@ -3,14 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -151,143 +147,6 @@ func TestServerWithRealClients(t *testing.T) {
 	if err := srv.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("graceful stop: %v\n%s", err, srv.output())
 	}
-}
-
-// TestDev starts `nexstor dev`, writes through the URI it prints, and starts
-// it again: the same pool, replica, share and data come back.
-func TestDev(t *testing.T) {
-	testutil.RequireTool(t, "nbdcopy")
-	testutil.RequireTool(t, "qemu-img")
-	dir := filepath.Join(t.TempDir(), "dev")
-	uriRE := regexp.MustCompile(`^\s+(nbd://\S+/demo)$`)
-	nvmfRE := regexp.MustCompile(`^\s+(nvmf://(\S+):(\d+)/(nqn\.2024-11\.io\.nexstor:replica:\S+))$`)
-	connectRE := regexp.MustCompile(`nvme connect -t tcp -a (\S+) -s (\d+) -n (\S+) --hostnqn nqn\.\S+$`)
-	engRE := regexp.MustCompile(`nexctl --engine (\S+) replica list`)
-	queryRE := regexp.MustCompile(`nexctl -a (\S+) system query`)
-	otherRE := regexp.MustCompile(`nexctl --engine (\S+) pool list`)
-	base := testutil.FreePortRange(t, 12) // grpc, nbd, nvmf: 2 each; discovery: 1; etcd: 2
-	args := []string{"dev", "--nodes", "2", "--data-dir", dir, "--pool-size", "1GiB",
-		"--grpc-port", strconv.Itoa(base), "--nbd-port", strconv.Itoa(base + 2), "--nvmf-port", strconv.Itoa(base + 4),
-		"--discovery-port", strconv.Itoa(base + 6), "--etcd-port", strconv.Itoa(base + 7)}
-
-	p, lines := start(t, args...)
-	uri := p.waitLine(lines, uriRE)[1]
-	nv := p.waitLine(lines, nvmfRE)
-	ap := p.waitLine(lines, queryRE)[1]
-	conn := p.waitLine(lines, connectRE)
-	eng := p.waitLine(lines, engRE)[1]
-	other := p.waitLine(lines, otherRE)[1]
-	if eng != ap || other == eng {
-		t.Fatalf("engine %s, access point %s, other node %s", eng, ap, other)
-	}
-	// nexctl needs no transport flags for the dev system: no CA
-	// certificate and loopback addresses mean plain text.
-	ranks := devMembers(t, ap)
-	if len(ranks) != 2 || ranks[0] == ranks[1] {
-		t.Fatalf("members %v, want ranks 0 and 1", ranks)
-	}
-	plainNexctl(t, "--engine", other, "pool", "get", "p0")
-	if conn[1] != nv[2] || conn[2] != nv[3] || conn[3] != nv[4] {
-		t.Fatalf("nvme connect line %q does not match the share %s", conn[0], nv[1])
-	}
-	var pool poolJSON
-	nexctlJSON(t, eng, &pool, "pool", "get", "p0")
-	var rep replicaJSON
-	nexctlJSON(t, eng, &rep, "replica", "get", "demo")
-	if !rep.Thin || rep.Size != 512*mib || rep.Share == nil || rep.Share.URI != uri ||
-		len(rep.Shares) != 2 || rep.Shares[1].URI != nv[1] {
-		t.Fatalf("demo replica %+v, printed URIs %s %s", rep, uri, nv[1])
-	}
-	table := mustNexctl(t, eng, "replica", "list")
-	if !strings.Contains(table, uri) || !strings.Contains(table, nv[1]) {
-		t.Fatalf("replica list does not show both share URIs:\n%s", table)
-	}
-	// nexctl bench loads the NVMe/TCP share (reads only: the data stays).
-	var bench struct {
-		Ops    int64   `json:"ops"`
-		IOPS   float64 `json:"iops"`
-		Errors int64   `json:"errors"`
-	}
-	nexctlJSON(t, eng, &bench, "bench", nv[1], "--rw", "read", "--time", "200ms", "--qd", "4")
-	if bench.Ops == 0 || bench.IOPS <= 0 || bench.Errors != 0 {
-		t.Fatalf("bench %+v", bench)
-	}
-	// The NVMe/TCP share reaches the same data as the NBD one.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := initiator.Connect(ctx, nv[2]+":"+nv[3], nv[4], initiator.Options{IOQueues: 1, MaxReconnect: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := c.Namespace(1)
-	if err != nil || ns.Size() != 512*mib {
-		t.Fatalf("namespace: %v", err)
-	}
-	pattern := bytes.Repeat([]byte{0x5a}, 64<<10)
-	if _, err := ns.WriteAt(pattern, 4*mib); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if got := readHead(t, uri, 5*mib)[4*mib : 4*mib+64<<10]; !bytes.Equal(got, pattern) {
-		t.Fatal("data written over NVMe/TCP not seen over NBD")
-	}
-	want := make([]byte, 4*mib)
-	rand.Read(want)
-	writeFlushed(t, uri, want)
-	if got := readHead(t, uri, 4*mib); !bytes.Equal(got, want) {
-		t.Fatal("data read back differs from data written")
-	}
-	if err := p.stop(syscall.SIGINT); err != nil {
-		t.Fatalf("dev stop: %v\n%s", err, p.output())
-	}
-
-	p, lines = start(t, args...)
-	uri = p.waitLine(lines, uriRE)[1]
-	eng = p.waitLine(lines, engRE)[1]
-	if again := devMembers(t, ap); fmt.Sprint(again) != fmt.Sprint(ranks) {
-		t.Fatalf("restart changed the members: %v -> %v", ranks, again)
-	}
-	var pool2 poolJSON
-	nexctlJSON(t, eng, &pool2, "pool", "get", "p0")
-	var rep2 replicaJSON
-	nexctlJSON(t, eng, &rep2, "replica", "get", "demo")
-	if pool2.UUID != pool.UUID || rep2.UUID != rep.UUID {
-		t.Fatalf("second start made new objects: pool %s -> %s, replica %s -> %s", pool.UUID, pool2.UUID, rep.UUID, rep2.UUID)
-	}
-	if got := readHead(t, uri, 4*mib); !bytes.Equal(got, want) {
-		t.Fatal("data written before the restart is gone")
-	}
-	if err := p.stop(syscall.SIGINT); err != nil {
-		t.Fatalf("dev stop: %v\n%s", err, p.output())
-	}
-}
-
-// devMembers returns the joined members of the dev system by rank, through
-// a flag-free `nexctl system query`.
-func devMembers(t *testing.T, ap string) map[uint32]string {
-	t.Helper()
-	var q struct {
-		Members []struct {
-			Rank  uint32 `json:"rank"`
-			UUID  string `json:"uuid"`
-			State string `json:"state"`
-		} `json:"members"`
-	}
-	out := plainNexctl(t, "system", "query", "-a", ap, "-o", "json")
-	if err := json.Unmarshal([]byte(out), &q); err != nil {
-		t.Fatalf("system query: %v:\n%s", err, out)
-	}
-	got := map[uint32]string{}
-	for _, m := range q.Members {
-		if m.State != "joined" {
-			t.Fatalf("member %d is %s:\n%s", m.Rank, m.State, out)
-		}
-		got[m.Rank] = m.UUID
-	}
-	return got
 }
 
 // TestServerConfig checks that `nexstor server -o` refuses unknown keys,

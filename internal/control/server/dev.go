@@ -19,8 +19,10 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/control/config"
+	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/mgmt"
+	"github.com/nexstor/nexstor/internal/units"
 )
 
 // DevOptions configure RunDev.
@@ -39,24 +41,34 @@ type DevOptions struct {
 	// and EtcdPort+1 serve node 0's embedded etcd; DiscoveryPort (8009) is
 	// node 0's NVMe/TCP discovery service (the other nodes run none).
 	GRPCPort, NVMfPort, NBDPort, EtcdPort, DiscoveryPort int
-	// MetricsPort is the port of node 0's Prometheus /metrics (the other
-	// nodes serve none: one process, one set of process metrics). Zero
-	// means DefaultDevMetricsPort, or a free port when that one is taken;
-	// negative disables metrics.
+	// MetricsPort is the port of node 0's Prometheus /metrics; node i
+	// serves its own on MetricsPort+i (node 0's also has the volume
+	// series: its management service replica leads). Zero means
+	// DefaultDevMetricsPort, or free ports the system picks when those
+	// are taken; negative disables metrics.
 	MetricsPort int
 	// PoolSize is each node's pool file size ("1GiB" when empty).
 	PoolSize string
 	// HeartbeatInterval and HeartbeatTimeout as in Options.
 	HeartbeatInterval, HeartbeatTimeout time.Duration
 	Logger                              *slog.Logger
-	// Demo, when set, makes sure node 0 has a thin replica of that name
-	// (DemoSize) in its pool, shared over NBD and over NVMe/TCP to any host;
-	// a restart finds it and its shares again.
+	// Demo, when set, is the name of a volume RunDev makes sure exists: a
+	// thin volume of DemoSize with min(3, Nodes) replicas, created through
+	// the management service, published on node 0 over NVMe/TCP. A
+	// restart finds it (create is idempotent by name) and publishes it
+	// again only when it is not published (a volume the user published
+	// over NBD stays so). A volume of that name made with other settings
+	// is kept as it is.
 	Demo string
-	// DemoSize is the demo replica's size in bytes (512MiB when zero).
+	// DemoSize is the demo volume's size in bytes, a multiple of 4096
+	// (512MiB when zero).
 	DemoSize uint64
+	// DemoHostNQN, when set, is the only NVMe host NQN the demo volume
+	// admits when RunDev publishes it; empty admits any host.
+	DemoHostNQN string
 	// Ready, when set, is called once every node is formatted and has
-	// joined (and the demo replica is shared).
+	// joined, and the demo volume is published and settled (online, or
+	// still not after devSettleTimeout).
 	Ready func(DevSystem)
 }
 
@@ -66,11 +78,15 @@ type DevSystem struct {
 	Configs []*config.Server
 	// Members are the joined members.
 	Members []*mgmtv1.Member
-	// Demo is node 0's demo replica with its shares; nil without
-	// DevOptions.Demo.
-	Demo *enginev1.Replica
-	// MetricsURL is node 0's Prometheus endpoint; "" when disabled.
+	// Demo is the demo volume with its status and target as the
+	// management service reported them; nil without DevOptions.Demo.
+	Demo *mgmtv1.Volume
+	// MetricsURL is node 0's Prometheus endpoint, where the volume series
+	// are; "" when disabled.
 	MetricsURL string
+	// MetricsURLs are every node's Prometheus endpoints, node 0's first;
+	// nil when disabled.
+	MetricsURLs []string
 	// Nexuses are the nexuses of every node as they came up (restored from
 	// an earlier run), node 0's first.
 	Nexuses []DevNexus
@@ -127,11 +143,11 @@ func DevConfigs(o DevOptions) ([]*config.Server, error) {
 			WithNBDListen(fmt.Sprintf("%s:%d", host, nbdPort+i)).WithPools(config.Pool{Name: devPool,
 			Disk: fmt.Sprintf("file://%s?size=%s", filepath.Join(dir, "pool.img"), size)})
 		cfg.MetricsListen = ""
+		if o.MetricsPort >= 0 {
+			cfg.WithMetricsListen(net.JoinHostPort(host, strconv.Itoa(orInt(o.MetricsPort, DefaultDevMetricsPort)+i)))
+		}
 		if i == 0 {
 			cfg.WithDiscoveryListen(fmt.Sprintf("%s:%d", host, discPort))
-			if o.MetricsPort >= 0 {
-				cfg.WithMetricsListen(net.JoinHostPort(host, strconv.Itoa(orInt(o.MetricsPort, DefaultDevMetricsPort))))
-			}
 		}
 		if err := cfg.Validate(); err != nil {
 			return nil, fmt.Errorf("dev node %d: %w", i, err)
@@ -152,7 +168,7 @@ func RunDev(ctx context.Context, o DevOptions) error {
 		log = slog.Default()
 	}
 	if o.MetricsPort == 0 {
-		o.MetricsPort = devMetricsPort(orString(o.Host, "127.0.0.1"), DefaultDevMetricsPort)
+		o.MetricsPort = devMetricsPort(orString(o.Host, "127.0.0.1"), DefaultDevMetricsPort, o.Nodes)
 	}
 	cfgs, err := DevConfigs(o)
 	if err != nil {
@@ -181,6 +197,9 @@ func RunDev(ctx context.Context, o DevOptions) error {
 			cancel() // one node failing stops the system
 		}()
 	}
+	// Every node's nexuses close while every node, node 0's management
+	// service included, still runs: a nexus of a volume saves its health
+	// record through the management service as it closes.
 	stop := func() {
 		quiesceAll(handles, log)
 		stopNodes()
@@ -188,11 +207,16 @@ func RunDev(ctx context.Context, o DevOptions) error {
 	}
 	members, err := devBringUp(ctx, cfgs)
 	sys := DevSystem{Configs: cfgs, Members: members}
-	if m := cfgs[0].MetricsListen; m != "" {
-		sys.MetricsURL = "http://" + m + metrics.Path
+	for _, c := range cfgs {
+		if c.MetricsListen != "" {
+			sys.MetricsURLs = append(sys.MetricsURLs, "http://"+c.MetricsListen+metrics.Path)
+		}
+	}
+	if len(sys.MetricsURLs) > 0 {
+		sys.MetricsURL = sys.MetricsURLs[0]
 	}
 	if err == nil && o.Demo != "" {
-		sys.Demo, err = devDemo(ctx, cfgs[0].GRPCListen, o)
+		sys.Demo, err = devVolume(ctx, cfgs, o, log)
 	}
 	if err == nil {
 		sys.Nexuses, err = devNexuses(ctx, cfgs)
@@ -257,22 +281,44 @@ func orString(v, def string) string {
 	return v
 }
 
-// devMetricsPort returns port when it is free on host, else a free port
-// the system picks: a dev system is for trying out, and another program on
-// the metrics port must not keep it from starting. (The port is released
-// before the node binds it again; losing that race fails the start, which
-// is what a taken port did anyway.)
-func devMetricsPort(host string, port int) int {
-	for _, p := range []int{port, 0} {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
-		if err != nil {
-			continue
+// devMetricsPort returns port when port..port+n-1 are free on host, else
+// the first of n consecutive free ports the system picks: a dev system is
+// for trying out, and another program on the metrics ports must not keep
+// it from starting. (The ports are released before the nodes bind them
+// again; losing that race fails the start, which is what a taken port did
+// anyway.)
+func devMetricsPort(host string, port, n int) int {
+	free := func(base int) bool {
+		var ls []net.Listener
+		defer func() {
+			for _, l := range ls {
+				l.Close()
+			}
+		}()
+		for i := range n {
+			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(base+i)))
+			if err != nil {
+				return false
+			}
+			ls = append(ls, l)
 		}
-		got := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		return got
+		return true
 	}
-	return port // let the node report why it cannot listen
+	if free(port) {
+		return port
+	}
+	for range 20 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			break
+		}
+		base := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if base+n-1 <= 65535 && free(base) {
+			return base
+		}
+	}
+	return port // let the nodes report why they cannot listen
 }
 
 // devBringUp formats the unformatted nodes and waits until every node is
@@ -339,35 +385,98 @@ func devBringUp(ctx context.Context, cfgs []*config.Server) ([]*mgmtv1.Member, e
 	return members, err
 }
 
-// devDemo makes sure node 0 has the demo replica in its first pool, shared
-// over NBD and NVMe/TCP (any host), through node 0's engine API.
-func devDemo(ctx context.Context, addr string, o DevOptions) (*enginev1.Replica, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+// Bounds of the demo volume's bring-up: creating and publishing it (a
+// few engine calls per node), then waiting for it to be online (after a
+// restart, node 0 restores its nexus from the health record once the
+// management service answers).
+const (
+	devVolumeTimeout = 2 * time.Minute
+	devSettleTimeout = time.Minute
+)
+
+// devVolume makes sure the demo volume exists and is published, then waits
+// until it is online (or devSettleTimeout passes: it is returned as it is,
+// never reported better) and returns it.
+func devVolume(ctx context.Context, cfgs []*config.Server, o DevOptions, log *slog.Logger) (*mgmtv1.Volume, error) {
+	client := mgmt.NewClient(cfgs[0].AccessPointAddrs(), insecure.NewCredentials())
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, devVolumeTimeout)
 	defer cancel()
-	rc := enginev1.NewReplicaServiceClient(cc)
-	_, err = rc.GetReplica(ctx, &enginev1.GetReplicaRequest{Name: o.Demo})
-	if status.Code(err) == codes.NotFound {
-		size := o.DemoSize
-		if size == 0 {
-			size = 512 << 20
+	size := o.DemoSize
+	if size == 0 {
+		size = 512 << 20
+	}
+	spec := &mgmtv1.VolumeSpec{Name: o.Demo, Size: size, Replicas: uint32(min(3, len(cfgs))), Thin: true, Protocol: "nvmf"}
+	var v *mgmtv1.Volume
+	for {
+		err := client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			var err error
+			v, err = cl.CreateVolume(ctx, &mgmtv1.CreateVolumeRequest{Spec: spec})
+			if status.Code(err) != codes.AlreadyExists {
+				return err
+			}
+			// Made by an earlier start with other flags (--nodes,
+			// --demo-size): it is the user's data; keep it.
+			differs := status.Convert(err).Message()
+			if v, err = cl.GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: o.Demo}); err == nil {
+				log.Warn("the demo volume exists with other settings: kept as it is", "volume", o.Demo, "existing", differs)
+			}
+			return err
+		})
+		if err == nil {
+			break
 		}
-		_, err = rc.CreateReplica(ctx, &enginev1.CreateReplicaRequest{Name: o.Demo, Pool: devPool, Size: size, Thin: true})
+		// A demo volume deleted while one of its nodes was down is
+		// removed once the nodes are back; create it again then.
+		if code := fault.CodeOf(err); code != mgmt.CodeVolumeState || ctx.Err() != nil {
+			err = fmt.Errorf("dev: the demo volume %q (%s, %d replicas, thin): %w", o.Demo, units.FormatSizeExact(int64(size)), spec.Replicas, err)
+			if code == mgmt.CodeVolumeNotPlaceable {
+				err = fmt.Errorf(`%w: give --demo-size a smaller size or --pool-size a larger one (or --demo "" for no demo volume)`, err)
+			}
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("dev: demo replica %q: %w", o.Demo, err)
-	}
-	var r *enginev1.Replica
-	for _, proto := range []string{"nbd", "nvmf"} {
-		resp, err := rc.ShareReplica(ctx, &enginev1.ShareReplicaRequest{Name: o.Demo, Protocol: proto})
+	if v.GetStatus().GetTarget() == nil {
+		req := &mgmtv1.PublishVolumeRequest{Name: o.Demo, Node: cfgs[0].NodeName, Protocol: "nvmf"}
+		if o.DemoHostNQN != "" {
+			req.HostNqns = []string{o.DemoHostNQN}
+		}
+		err := client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			var err error
+			v, err = cl.PublishVolume(ctx, req)
+			return err
+		})
 		if err != nil {
-			return nil, fmt.Errorf("dev: share the demo replica over %s: %w", proto, err)
+			return nil, fmt.Errorf("dev: publish the demo volume %q on %s: %w", o.Demo, cfgs[0].NodeName, err)
 		}
-		r = resp
 	}
-	return r, nil
+	settle, cancelSettle := context.WithTimeout(ctx, devSettleTimeout)
+	defer cancelSettle()
+	for v.GetStatus().GetPhase() != mgmt.PhaseOnline {
+		select {
+		case <-settle.Done():
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("dev: the demo volume %q: %w", o.Demo, ctx.Err())
+			}
+			log.Warn("the demo volume is not online", "volume", o.Demo, "phase", v.GetStatus().GetPhase(),
+				"reason", v.GetStatus().GetReason())
+			return v, nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		err := client.DoVolume(settle, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			got, err := cl.GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: o.Demo})
+			if err == nil {
+				v = got
+			}
+			return err
+		})
+		if err != nil && settle.Err() == nil {
+			return nil, fmt.Errorf("dev: the demo volume %q: %w", o.Demo, err)
+		}
+	}
+	return v, nil
 }

@@ -105,7 +105,8 @@ func (h *Handle) HostNQN() string {
 // Run serves the node described by cfg until ctx ends, then shuts down
 // cleanly (gRPC calls finish within ShutdownGrace, shares are withdrawn,
 // pools exported, the etcd member stopped). Prometheus metrics are served
-// on cfg.MetricsListen unless it is empty. It returns an error when the
+// on cfg.MetricsListen unless it is empty, with the volume series while the
+// node's management service replica leads. It returns an error when the
 // configuration is invalid, a listener (metrics included) cannot be bound, the certificates
 // cannot be loaded, or the system refuses the node for good (a node
 // formatted for another system).
@@ -151,7 +152,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 	// the engine's system health store and membership share it.
 	client := mgmt.NewClient(cfg.AccessPointAddrs(), clientCreds, security.ExplainInterceptors(tc.AllowInsecure)...)
 	defer client.Close()
-	r := &runtime{cfg: cfg, opts: opts, log: log, systemHealth: healthstore.New(client)}
+	r := &runtime{cfg: cfg, opts: opts, log: log, systemHealth: healthstore.New(client), accessPoint: mgmt.SelfAccessPoint(cfg) != ""}
 	defer r.stopEngine("the server is shutting down")
 	opts.Handle.set(r)
 	defer opts.Handle.set(nil)
@@ -160,7 +161,9 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 	// part once it runs) and stop before the engine does (defers run last
 	// registered first).
 	if cfg.MetricsListen != "" {
-		ms, err := metrics.Listen(cfg.MetricsListen, metrics.NewRegistry(r.metricsEngine), log)
+		reg := metrics.NewRegistry(r.metricsEngine)
+		reg.MustRegister(metrics.NewVolumeCollector(r.metricsVolumes))
+		ms, err := metrics.Listen(cfg.MetricsListen, reg, log)
 		if err != nil {
 			return err
 		}
@@ -233,8 +236,10 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 				return
 			}
 			mgmtLazy.Set(func(s grpc.ServiceRegistrar) { registerManagement(s, ap.Service) })
+			r.setMgmt(ap.Service)
 			log.Info("management service replica started", "access_point", self)
 			<-ctx.Done()
+			r.setMgmt(nil)
 			ap.Close()
 		}()
 	}
@@ -365,12 +370,18 @@ type runtime struct {
 	// the engine.
 	systemHealth *healthstore.Store
 
+	// accessPoint: the node runs a management service replica.
+	accessPoint bool
+
 	mu        sync.Mutex
 	engineErr string // why the engine failed to start again, "" when fine
 	dp        *engine.DataPlane
 	// hostNQN is the node's NVMe host NQN, "" until the node is
 	// formatted; dpHostNQN is the one the running engine started with.
 	hostNQN, dpHostNQN string
+	// mgmt is the running management service replica, nil while none
+	// runs; read by the volume metrics.
+	mgmt *mgmt.Service
 }
 
 // HostNQN returns the node's NVMe host NQN, "" while the node is not
@@ -510,6 +521,34 @@ func (r *runtime) metricsEngine() metrics.Engine {
 		return nil // not a typed nil *engine.Engine
 	}
 	return r.dp.Engine
+}
+
+func (r *runtime) setMgmt(s *mgmt.Service) {
+	r.mu.Lock()
+	r.mgmt = s
+	r.mu.Unlock()
+}
+
+// metricsVolumes is the volume metrics source: the volumes with their
+// derived status while this node's management service replica leads
+// (ListVolumes bounds each engine probe), nothing else on the other nodes.
+func (r *runtime) metricsVolumes(ctx context.Context) (metrics.VolumeView, error) {
+	r.mu.Lock()
+	svc := r.mgmt
+	r.mu.Unlock()
+	view := metrics.VolumeView{Replica: r.accessPoint}
+	if svc == nil || !svc.IsLeader() {
+		return view, nil
+	}
+	resp, err := svc.Volumes().ListVolumes(ctx, &mgmtv1.ListVolumesRequest{})
+	if err != nil {
+		if !svc.IsLeader() {
+			return view, nil // lost the lead during the read: another node exports them now
+		}
+		return metrics.VolumeView{}, err
+	}
+	view.Leader, view.Volumes = true, resp.Volumes
+	return view, nil
 }
 
 func (r *runtime) engineError() string {
