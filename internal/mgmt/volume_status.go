@@ -3,6 +3,7 @@ package mgmt
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
@@ -144,6 +145,11 @@ func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*node
 			}
 		case nv.nexuses[v.Name] == nil || nv.nexuses[v.Name].Uuid != v.UUID:
 			t.State, t.Reason = PhaseFaulted, "the nexus is missing on its node (the engine restarted without it)"
+		case nv.nexuses[v.Name].State == enginev1.NexusState_NEXUS_STATE_FAULTED && strings.HasPrefix(nv.nexuses[v.Name].Reason, "restoring"):
+			// The engine is still reading the nexus's record after a
+			// restart: not known yet either way.
+			nexusUnknown = true
+			t.Reason = nv.nexuses[v.Name].Reason
 		default:
 			nx = nv.nexuses[v.Name]
 			t.State, t.Reason, t.Epoch = nexusStateName(nx.State), nx.Reason, nx.Epoch

@@ -81,6 +81,11 @@ func (h *Handle) Quiesce() error {
 	if r == nil {
 		return nil
 	}
+	return r.quiesce()
+}
+
+// quiesce closes the running engine's nexuses (see Handle.Quiesce).
+func (r *runtime) quiesce() error {
 	r.mu.Lock()
 	dp := r.dp
 	r.mu.Unlock()
@@ -239,6 +244,11 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 			r.setMgmt(ap.Service)
 			log.Info("management service replica started", "access_point", self)
 			<-ctx.Done()
+			// This node's volume nexuses save their clean records through
+			// the management service: close them while it still runs.
+			if err := r.quiesce(); err != nil {
+				log.Warn("closing nexuses before the management service stops", "err", err)
+			}
 			r.setMgmt(nil)
 			ap.Close()
 		}()
