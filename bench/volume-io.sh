@@ -104,11 +104,11 @@ COMMON="--numjobs=1 --size=${SIZE_MIB}m --time_based --runtime=$RUNTIME --ramp_t
 TCK=$(getconf CLK_TCK)
 declare -A IOPS P99 CPU # keyed by target,workload: space-separated samples
 
-run_one() { # run_one TARGET WORKLOAD
-	local t=$1 w=$2 name opts out dir c0 c1 ios
+run_one() { # run_one TARGET WORKLOAD [KEY]: the samples go under KEY (TARGET)
+	local t=$1 w=$2 key=${3:-$1} name opts out dir c0 c1 ios
 	name=${w%%|*}
 	opts=${w#*|}
-	out="$DIR/$t-$name.json"
+	out="$DIR/$key-$name.json"
 	dir=write
 	[[ $name == randread* ]] && dir=read
 	c0=$(cpu_ticks "$DEV_PID")
@@ -121,11 +121,11 @@ run_one() { # run_one TARGET WORKLOAD
 		cat "$out" >&2
 		exit 1
 	fi
-	IOPS[$t,$name]+="$(jq ".jobs[0].$dir.iops" "$out") "
-	P99[$t,$name]+="$(jq ".jobs[0].$dir.clat_ns.percentile[\"99.000000\"] / 1000" "$out") "
+	IOPS[$key,$name]+="$(jq ".jobs[0].$dir.iops" "$out") "
+	P99[$key,$name]+="$(jq ".jobs[0].$dir.clat_ns.percentile[\"99.000000\"] / 1000" "$out") "
 	# I/Os over the whole run, ramp included, to divide the CPU time by.
 	ios=$(jq ".jobs[0].$dir.total_ios" "$out")
-	CPU[$t,$name]+="$(awk -v t=$((c1 - c0)) -v hz="$TCK" -v n="$ios" -v r="$RUNTIME" -v ramp="$RAMP" \
+	CPU[$key,$name]+="$(awk -v t=$((c1 - c0)) -v hz="$TCK" -v n="$ios" -v r="$RUNTIME" -v ramp="$RAMP" \
 		'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / (n * (r + ramp) / r); else print 0 }') "
 }
 
@@ -154,8 +154,7 @@ if [ "$PROFILE" = 1 ]; then
 			# The profile spans the measured part of the run, not the ramp.
 			(sleep "$RAMP" && curl -sf -o "$DIR/profiles/${w%%|*}-$t.pprof" "http://$DEV_PPROF/debug/pprof/profile?seconds=$RUNTIME") &
 			prof=$!
-			# shellcheck disable=SC2086
-			fio --name=profile --ioengine=nbd --uri="${URI[$t]}" ${w#*|} $COMMON >/dev/null
+			run_one "$t" "$w" "profiled-$t"
 			wait "$prof"
 		done
 	done
@@ -177,6 +176,16 @@ for w in "${WORKLOADS[@]}"; do
 done
 echo
 if [ "$PROFILE" = 1 ]; then
+	echo "The profiled runs (one more per workload and target, after the measured rounds; the profile covers the $RUNTIME s after the ramp):"
+	echo
+	echo "| workload | target | IOPS | dev CPU µs/IO |"
+	echo "|---|---|---:|---:|"
+	for w in "${WORKLOADS[@]}"; do
+		for t in "${TARGETS[@]}"; do
+			echo "| ${w%%|*} | $t | $(fmt0 "${IOPS[profiled-$t,${w%%|*}]}") | ${CPU[profiled-$t,${w%%|*}]% } |"
+		done
+	done
+	echo
 	print_profiles "$DIR/profiles" 4,35
 fi
 echo "Reproduce: bench/volume-io.sh -s $SIZE_MIB -t $RUNTIME -r $ROUNDS$([ "$PROFILE" = 1 ] && echo " -P")"
