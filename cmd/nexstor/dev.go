@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -147,6 +148,7 @@ func printDev(w io.Writer, sys ctlserver.DevSystem, localNQN string) {
 	for _, r := range st.GetReplicas() {
 		nodes = append(nodes, r.GetNode())
 	}
+	slices.Sort(nodes) // by name: ranks follow the order nodes joined in
 	thin := "thick"
 	if v.GetSpec().GetThin() {
 		thin = "thin"
