@@ -681,7 +681,7 @@ func TestPoolListSources(t *testing.T) {
 func TestVolumeTimeout(t *testing.T) {
 	f := &fakeVolumes{hold: func(ctx context.Context) { <-ctx.Done() }}
 	addr := startVolumes(t, f)
-	r := volumeRun(t, addr, "volume", "create", "v1", "--size", "1GiB", "--timeout", "1s")
+	r := volumeRun(t, addr, "volume", "create", "v1", "--size", "1GiB", "--timeout", "3s")
 	if r.status != exitFailed || !strings.Contains(r.stderr, "deadline") {
 		t.Errorf("create against a service that does not answer: %+v", r)
 	}
