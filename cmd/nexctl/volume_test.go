@@ -42,13 +42,16 @@ type fakeVolumes struct {
 }
 
 func (f *fakeVolumes) record(ctx context.Context, req proto.Message) error {
+	// Recorded before holding: the test looks as soon as the client gave
+	// up, which may be before a held handler returns.
+	f.mu.Lock()
+	f.reqs = append(f.reqs, proto.Clone(req))
+	err := f.err
+	f.mu.Unlock()
 	if f.hold != nil {
 		f.hold(ctx)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.reqs = append(f.reqs, proto.Clone(req))
-	return f.err
+	return err
 }
 
 // requests returns the requests received so far.
