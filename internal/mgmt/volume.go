@@ -1108,9 +1108,7 @@ func (s *Service) recordedChildren(ctx context.Context, id string) (map[string]s
 	}
 	out := map[string]string{}
 	for _, c := range rec.Children {
-		if i := strings.LastIndexAny(c.URI, "/:"); i >= 0 {
-			out[c.URI[i+1:]] = c.State
-		}
+		out[replicaOfURI(c.URI)] = c.State
 	}
 	return out, nil
 }

@@ -156,10 +156,10 @@ func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*node
 		}
 		st.Target = t
 	}
-	children := map[string]*enginev1.Child{}
+	children := map[string]*enginev1.Child{} // by replica UUID
 	if nx != nil {
 		for _, c := range nx.Children {
-			children[c.Uri] = c
+			children[replicaOfURI(c.Uri)] = c
 		}
 	}
 	onlineReplicas, unknown := 0, 0
@@ -192,12 +192,10 @@ func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*node
 				vr.State = "faulted"
 			}
 			if nx != nil {
-				for uri, c := range children {
-					if uri == "bdev:///"+r.UUID || (len(uri) > len(r.UUID) && uri[len(uri)-len(r.UUID):] == r.UUID) {
-						vr.ChildState, vr.Reason = childStateName(c.State), c.Reason
-						if c.Rebuild != nil {
-							vr.RebuildPercent = c.Rebuild.Percent
-						}
+				if c := children[r.UUID]; c != nil {
+					vr.ChildState, vr.Reason = childStateName(c.State), c.Reason
+					if c.Rebuild != nil {
+						vr.RebuildPercent = c.Rebuild.Percent
 					}
 				}
 			}
@@ -281,4 +279,10 @@ func cmpOr(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// replicaOfURI is the replica UUID a child URI ends with (bdev:///<uuid>,
+// or a share's NQN ending in :<uuid>), as the nexus keys its health record.
+func replicaOfURI(uri string) string {
+	return uri[strings.LastIndexAny(uri, "/:")+1:]
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 	"github.com/nexstor/nexstor/internal/nexus"
-	"github.com/nexstor/nexstor/internal/security"
 )
 
 // directHealth is the system health store seen from an engine in the
@@ -552,7 +551,6 @@ func TestDeleteFinishesWhenNodeReturns(t *testing.T) {
 	}
 }
 
-var _ = security.RoleAdmin
 
 // waitPhase polls the volume until it reaches phase (bounded).
 func waitPhase(t *testing.T, vs *volSystem, name, phase string) *mgmtv1.Volume {
