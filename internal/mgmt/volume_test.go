@@ -551,7 +551,6 @@ func TestDeleteFinishesWhenNodeReturns(t *testing.T) {
 	}
 }
 
-
 // waitPhase polls the volume until it reaches phase (bounded).
 func waitPhase(t *testing.T, vs *volSystem, name, phase string) *mgmtv1.Volume {
 	t.Helper()
