@@ -61,7 +61,10 @@ type Member struct {
 	// remote replicas); shares of replicas for its nexuses admit only it.
 	HostNqn string `protobuf:"bytes,11,opt,name=host_nqn,json=hostNqn,proto3" json:"host_nqn,omitempty"`
 	// cordoned members get no new replicas or nexuses.
-	Cordoned      bool `protobuf:"varint,12,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	Cordoned bool `protobuf:"varint,12,opt,name=cordoned,proto3" json:"cordoned,omitempty"`
+	// draining: the member is cordoned and its replicas are being replaced
+	// elsewhere (VolumeService.DrainNode).
+	Draining      bool `protobuf:"varint,13,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -176,6 +179,13 @@ func (x *Member) GetHostNqn() string {
 func (x *Member) GetCordoned() bool {
 	if x != nil {
 		return x.Cordoned
+	}
+	return false
+}
+
+func (x *Member) GetDraining() bool {
+	if x != nil {
+		return x.Draining
 	}
 	return false
 }
@@ -1199,7 +1209,7 @@ var File_mgmt_v1_mgmt_proto protoreflect.FileDescriptor
 
 const file_mgmt_v1_mgmt_proto_rawDesc = "" +
 	"\n" +
-	"\x12mgmt/v1/mgmt.proto\x12\x0fnexstor.mgmt.v1\"\xa3\x03\n" +
+	"\x12mgmt/v1/mgmt.proto\x12\x0fnexstor.mgmt.v1\"\xbf\x03\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04rank\x18\x02 \x01(\rR\x04rank\x12\x18\n" +
@@ -1213,7 +1223,8 @@ const file_mgmt_v1_mgmt_proto_rawDesc = "" +
 	"\x04name\x18\n" +
 	" \x01(\tR\x04name\x12\x19\n" +
 	"\bhost_nqn\x18\v \x01(\tR\ahostNqn\x12\x1a\n" +
-	"\bcordoned\x18\f \x01(\bR\bcordoned\x1a9\n" +
+	"\bcordoned\x18\f \x01(\bR\bcordoned\x12\x1a\n" +
+	"\bdraining\x18\r \x01(\bR\bdraining\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +

@@ -204,14 +204,17 @@ func (x *ListPoolsResponse) GetPools() []*NodePool {
 
 // Node is a member with its pool totals.
 type Node struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Member        *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
-	Pools         uint32                 `protobuf:"varint,2,opt,name=pools,proto3" json:"pools,omitempty"`
-	Capacity      uint64                 `protobuf:"varint,3,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Free          uint64                 `protobuf:"varint,4,opt,name=free,proto3" json:"free,omitempty"`
-	Committed     uint64                 `protobuf:"varint,5,opt,name=committed,proto3" json:"committed,omitempty"`
-	Replicas      uint32                 `protobuf:"varint,6,opt,name=replicas,proto3" json:"replicas,omitempty"`
-	Nexuses       uint32                 `protobuf:"varint,7,opt,name=nexuses,proto3" json:"nexuses,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Member    *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	Pools     uint32                 `protobuf:"varint,2,opt,name=pools,proto3" json:"pools,omitempty"`
+	Capacity  uint64                 `protobuf:"varint,3,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Free      uint64                 `protobuf:"varint,4,opt,name=free,proto3" json:"free,omitempty"`
+	Committed uint64                 `protobuf:"varint,5,opt,name=committed,proto3" json:"committed,omitempty"`
+	Replicas  uint32                 `protobuf:"varint,6,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Nexuses   uint32                 `protobuf:"varint,7,opt,name=nexuses,proto3" json:"nexuses,omitempty"`
+	// drain is set once the node was drained (DrainNode) and until it is
+	// uncordoned.
+	Drain         *DrainStatus `protobuf:"bytes,8,opt,name=drain,proto3" json:"drain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -295,6 +298,355 @@ func (x *Node) GetNexuses() uint32 {
 	return 0
 }
 
+func (x *Node) GetDrain() *DrainStatus {
+	if x != nil {
+		return x.Drain
+	}
+	return nil
+}
+
+// DrainStatus is the progress of a node's drain.
+type DrainStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state: draining (replicas left to replace) or drained.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// replicas_left: replicas of volumes still on the node.
+	ReplicasLeft uint32 `protobuf:"varint,2,opt,name=replicas_left,json=replicasLeft,proto3" json:"replicas_left,omitempty"`
+	// blocked says why replicas left cannot be replaced now (no other node
+	// fits, the volume is not published, ...), one line each.
+	Blocked   []string `protobuf:"bytes,3,rep,name=blocked,proto3" json:"blocked,omitempty"`
+	StartedMs int64    `protobuf:"varint,4,opt,name=started_ms,json=startedMs,proto3" json:"started_ms,omitempty"`
+	// nexuses: nexuses of volumes on the node; a drain does not move them.
+	Nexuses       uint32 `protobuf:"varint,5,opt,name=nexuses,proto3" json:"nexuses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainStatus) Reset() {
+	*x = DrainStatus{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainStatus) ProtoMessage() {}
+
+func (x *DrainStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainStatus.ProtoReflect.Descriptor instead.
+func (*DrainStatus) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DrainStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DrainStatus) GetReplicasLeft() uint32 {
+	if x != nil {
+		return x.ReplicasLeft
+	}
+	return 0
+}
+
+func (x *DrainStatus) GetBlocked() []string {
+	if x != nil {
+		return x.Blocked
+	}
+	return nil
+}
+
+func (x *DrainStatus) GetStartedMs() int64 {
+	if x != nil {
+		return x.StartedMs
+	}
+	return 0
+}
+
+func (x *DrainStatus) GetNexuses() uint32 {
+	if x != nil {
+		return x.Nexuses
+	}
+	return 0
+}
+
+type NodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node: name, rank or UUID.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeRequest) Reset() {
+	*x = NodeRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRequest) ProtoMessage() {}
+
+func (x *NodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
+func (*NodeRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// Event is one automatic action (or node operation) with its cause.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq orders events; it only grows.
+	Seq    uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeMs int64  `protobuf:"varint,2,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	// kind: replica.resync (partial rebuild of a returning replica),
+	// replica.rebuild (full rebuild of a replica of the volume),
+	// replica.replace (a new replica for one that is lost), replica.add,
+	// replica.remove, replica.gc (a replica no volume owns destroyed),
+	// nexus.gc, nexus.recreate, volume.healed, repair.failed, node.cordon,
+	// node.uncordon, node.drain, node.drained.
+	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Volume  string `protobuf:"bytes,4,opt,name=volume,proto3" json:"volume,omitempty"`
+	Node    string `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	Replica string `protobuf:"bytes,6,opt,name=replica,proto3" json:"replica,omitempty"`
+	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	// cause: why the action was taken.
+	Cause         string `protobuf:"bytes,8,opt,name=cause,proto3" json:"cause,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Event) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Event) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *Event) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Event) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Event) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+type ListEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// volume and node narrow the list (name); empty lists all.
+	Volume string `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Node   string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// limit: at most this many, the newest; 0 means 100.
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListEventsRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -303,7 +655,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[4]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +667,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[4]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +680,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{4}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{9}
 }
 
 type ListNodesResponse struct {
@@ -340,7 +692,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[5]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +704,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[5]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +717,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{5}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -389,7 +741,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[6]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +753,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[6]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +766,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{6}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Placement) GetNodeSelector() map[string]string {
@@ -453,7 +805,7 @@ type VolumeSpec struct {
 
 func (x *VolumeSpec) Reset() {
 	*x = VolumeSpec{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[7]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +817,7 @@ func (x *VolumeSpec) String() string {
 func (*VolumeSpec) ProtoMessage() {}
 
 func (x *VolumeSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[7]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +830,7 @@ func (x *VolumeSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeSpec.ProtoReflect.Descriptor instead.
 func (*VolumeSpec) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{7}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VolumeSpec) GetName() string {
@@ -559,7 +911,7 @@ type VolumeReplica struct {
 
 func (x *VolumeReplica) Reset() {
 	*x = VolumeReplica{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[8]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +923,7 @@ func (x *VolumeReplica) String() string {
 func (*VolumeReplica) ProtoMessage() {}
 
 func (x *VolumeReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[8]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +936,7 @@ func (x *VolumeReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeReplica.ProtoReflect.Descriptor instead.
 func (*VolumeReplica) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{8}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VolumeReplica) GetUuid() string {
@@ -695,7 +1047,7 @@ type VolumeTarget struct {
 
 func (x *VolumeTarget) Reset() {
 	*x = VolumeTarget{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[9]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +1059,7 @@ func (x *VolumeTarget) String() string {
 func (*VolumeTarget) ProtoMessage() {}
 
 func (x *VolumeTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[9]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +1072,7 @@ func (x *VolumeTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeTarget.ProtoReflect.Descriptor instead.
 func (*VolumeTarget) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{9}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VolumeTarget) GetNode() string {
@@ -806,14 +1158,16 @@ type VolumeStatus struct {
 	// unpublished volume, online children of a published one).
 	Healthy uint32 `protobuf:"varint,5,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	// operation is the operation under way ("", create, publish, ...).
-	Operation     string `protobuf:"bytes,6,opt,name=operation,proto3" json:"operation,omitempty"`
+	Operation string `protobuf:"bytes,6,opt,name=operation,proto3" json:"operation,omitempty"`
+	// repairs are the repairs the reconcilers have pending or running.
+	Repairs       []*Repair `protobuf:"bytes,7,rep,name=repairs,proto3" json:"repairs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeStatus) Reset() {
 	*x = VolumeStatus{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[10]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1179,7 @@ func (x *VolumeStatus) String() string {
 func (*VolumeStatus) ProtoMessage() {}
 
 func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[10]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1192,7 @@ func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
 func (*VolumeStatus) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{10}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VolumeStatus) GetPhase() string {
@@ -883,6 +1237,126 @@ func (x *VolumeStatus) GetOperation() string {
 	return ""
 }
 
+func (x *VolumeStatus) GetRepairs() []*Repair {
+	if x != nil {
+		return x.Repairs
+	}
+	return nil
+}
+
+// Repair is one pending or running repair of a volume.
+type Repair struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind: resyncing (a returning replica gets the writes it missed, from
+	// the nexus's write-intent bitmap), rebuilding (a replica is copied in
+	// full), replacing (a new replica, rebuilt in full, for a lost one),
+	// waiting (for a replica's node to return, until until_ms; replacement
+	// starts then), removing (an extra or replaced replica), blocked
+	// (nothing can be done now: reason says why).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// replica: the UUID of the replica repaired (the new one for replacing).
+	Replica string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	// node: the replica's node name.
+	Node   string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// until_ms: waiting: when replacement starts (Unix ms).
+	UntilMs int64 `protobuf:"varint,5,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"`
+	// percent done of a rebuild or resync.
+	Percent float64 `protobuf:"fixed64,6,opt,name=percent,proto3" json:"percent,omitempty"`
+	// started_ms: when the repair (or the wait) started.
+	StartedMs int64 `protobuf:"varint,7,opt,name=started_ms,json=startedMs,proto3" json:"started_ms,omitempty"`
+	// replaces: replacing: the replica it replaces.
+	Replaces      string `protobuf:"bytes,8,opt,name=replaces,proto3" json:"replaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Repair) Reset() {
+	*x = Repair{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Repair) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Repair) ProtoMessage() {}
+
+func (x *Repair) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Repair.ProtoReflect.Descriptor instead.
+func (*Repair) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Repair) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Repair) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *Repair) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Repair) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Repair) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
+}
+
+func (x *Repair) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *Repair) GetStartedMs() int64 {
+	if x != nil {
+		return x.StartedMs
+	}
+	return 0
+}
+
+func (x *Repair) GetReplaces() string {
+	if x != nil {
+		return x.Replaces
+	}
+	return ""
+}
+
 type Volume struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *VolumeSpec            `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -894,7 +1368,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[11]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1380,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[11]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1393,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{11}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Volume) GetSpec() *VolumeSpec {
@@ -952,7 +1426,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[12]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1438,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[12]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1451,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{12}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateVolumeRequest) GetSpec() *VolumeSpec {
@@ -995,7 +1469,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[13]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1481,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[13]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1494,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{13}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{19}
 }
 
 type ListVolumesResponse struct {
@@ -1032,7 +1506,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[14]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1518,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[14]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1531,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{14}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1076,7 +1550,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[15]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1562,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[15]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1575,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{15}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetVolumeRequest) GetName() string {
@@ -1122,7 +1596,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[16]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1608,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[16]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1621,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{16}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteVolumeRequest) GetName() string {
@@ -1174,7 +1648,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[17]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1660,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[17]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1673,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{17}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteVolumeResponse) GetPending() []string {
@@ -1226,7 +1700,7 @@ type PublishVolumeRequest struct {
 
 func (x *PublishVolumeRequest) Reset() {
 	*x = PublishVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[18]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1712,7 @@ func (x *PublishVolumeRequest) String() string {
 func (*PublishVolumeRequest) ProtoMessage() {}
 
 func (x *PublishVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[18]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1725,7 @@ func (x *PublishVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishVolumeRequest.ProtoReflect.Descriptor instead.
 func (*PublishVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{18}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PublishVolumeRequest) GetName() string {
@@ -1291,7 +1765,7 @@ type UnpublishVolumeRequest struct {
 
 func (x *UnpublishVolumeRequest) Reset() {
 	*x = UnpublishVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[19]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1777,7 @@ func (x *UnpublishVolumeRequest) String() string {
 func (*UnpublishVolumeRequest) ProtoMessage() {}
 
 func (x *UnpublishVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[19]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1790,7 @@ func (x *UnpublishVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpublishVolumeRequest.ProtoReflect.Descriptor instead.
 func (*UnpublishVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{19}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UnpublishVolumeRequest) GetName() string {
@@ -1337,7 +1811,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[20]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1823,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[20]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1836,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{20}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResizeVolumeRequest) GetName() string {
@@ -1388,7 +1862,7 @@ type VerifyVolumeRequest struct {
 
 func (x *VerifyVolumeRequest) Reset() {
 	*x = VerifyVolumeRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[21]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1874,7 @@ func (x *VerifyVolumeRequest) String() string {
 func (*VerifyVolumeRequest) ProtoMessage() {}
 
 func (x *VerifyVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[21]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1887,7 @@ func (x *VerifyVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyVolumeRequest.ProtoReflect.Descriptor instead.
 func (*VerifyVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{21}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VerifyVolumeRequest) GetName() string {
@@ -1421,6 +1895,59 @@ func (x *VerifyVolumeRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+type SetVolumeReplicasRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// replicas: 1 to the number of nodes in the system.
+	Replicas      uint32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetVolumeReplicasRequest) Reset() {
+	*x = SetVolumeReplicasRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetVolumeReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetVolumeReplicasRequest) ProtoMessage() {}
+
+func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetVolumeReplicasRequest.ProtoReflect.Descriptor instead.
+func (*SetVolumeReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SetVolumeReplicasRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetVolumeReplicasRequest) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
 }
 
 type VerifyVolumeResponse struct {
@@ -1436,7 +1963,7 @@ type VerifyVolumeResponse struct {
 
 func (x *VerifyVolumeResponse) Reset() {
 	*x = VerifyVolumeResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[22]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1975,7 @@ func (x *VerifyVolumeResponse) String() string {
 func (*VerifyVolumeResponse) ProtoMessage() {}
 
 func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[22]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1988,7 @@ func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyVolumeResponse.ProtoReflect.Descriptor instead.
 func (*VerifyVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{22}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VerifyVolumeResponse) GetSegments() uint64 {
@@ -1497,7 +2024,7 @@ type NexusHealth struct {
 
 func (x *NexusHealth) Reset() {
 	*x = NexusHealth{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[23]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +2036,7 @@ func (x *NexusHealth) String() string {
 func (*NexusHealth) ProtoMessage() {}
 
 func (x *NexusHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[23]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +2049,7 @@ func (x *NexusHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NexusHealth.ProtoReflect.Descriptor instead.
 func (*NexusHealth) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{23}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NexusHealth) GetRecord() []byte {
@@ -1548,7 +2075,7 @@ type LoadNexusHealthRequest struct {
 
 func (x *LoadNexusHealthRequest) Reset() {
 	*x = LoadNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[24]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +2087,7 @@ func (x *LoadNexusHealthRequest) String() string {
 func (*LoadNexusHealthRequest) ProtoMessage() {}
 
 func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[24]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +2100,7 @@ func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*LoadNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{24}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LoadNexusHealthRequest) GetNexusUuid() string {
@@ -1595,7 +2122,7 @@ type SaveNexusHealthRequest struct {
 
 func (x *SaveNexusHealthRequest) Reset() {
 	*x = SaveNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[25]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +2134,7 @@ func (x *SaveNexusHealthRequest) String() string {
 func (*SaveNexusHealthRequest) ProtoMessage() {}
 
 func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[25]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +2147,7 @@ func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{25}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SaveNexusHealthRequest) GetNexusUuid() string {
@@ -1652,7 +2179,7 @@ type SaveNexusHealthResponse struct {
 
 func (x *SaveNexusHealthResponse) Reset() {
 	*x = SaveNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[26]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +2191,7 @@ func (x *SaveNexusHealthResponse) String() string {
 func (*SaveNexusHealthResponse) ProtoMessage() {}
 
 func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[26]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +2204,7 @@ func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{26}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 type DeleteNexusHealthRequest struct {
@@ -1689,7 +2216,7 @@ type DeleteNexusHealthRequest struct {
 
 func (x *DeleteNexusHealthRequest) Reset() {
 	*x = DeleteNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[27]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +2228,7 @@ func (x *DeleteNexusHealthRequest) String() string {
 func (*DeleteNexusHealthRequest) ProtoMessage() {}
 
 func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[27]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +2241,7 @@ func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{27}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteNexusHealthRequest) GetNexusUuid() string {
@@ -1732,7 +2259,7 @@ type DeleteNexusHealthResponse struct {
 
 func (x *DeleteNexusHealthResponse) Reset() {
 	*x = DeleteNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +2271,7 @@ func (x *DeleteNexusHealthResponse) String() string {
 func (*DeleteNexusHealthResponse) ProtoMessage() {}
 
 func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +2284,7 @@ func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{28}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 var File_mgmt_v1_volume_proto protoreflect.FileDescriptor
@@ -1776,7 +2303,7 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x10ListPoolsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"D\n" +
 	"\x11ListPoolsResponse\x12/\n" +
-	"\x05pools\x18\x01 \x03(\v2\x19.nexstor.mgmt.v1.NodePoolR\x05pools\"\xd1\x01\n" +
+	"\x05pools\x18\x01 \x03(\v2\x19.nexstor.mgmt.v1.NodePoolR\x05pools\"\x85\x02\n" +
 	"\x04Node\x12/\n" +
 	"\x06member\x18\x01 \x01(\v2\x17.nexstor.mgmt.v1.MemberR\x06member\x12\x14\n" +
 	"\x05pools\x18\x02 \x01(\rR\x05pools\x12\x1a\n" +
@@ -1784,7 +2311,32 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x04free\x18\x04 \x01(\x04R\x04free\x12\x1c\n" +
 	"\tcommitted\x18\x05 \x01(\x04R\tcommitted\x12\x1a\n" +
 	"\breplicas\x18\x06 \x01(\rR\breplicas\x12\x18\n" +
-	"\anexuses\x18\a \x01(\rR\anexuses\"\x12\n" +
+	"\anexuses\x18\a \x01(\rR\anexuses\x122\n" +
+	"\x05drain\x18\b \x01(\v2\x1c.nexstor.mgmt.v1.DrainStatusR\x05drain\"\x9b\x01\n" +
+	"\vDrainStatus\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12#\n" +
+	"\rreplicas_left\x18\x02 \x01(\rR\freplicasLeft\x12\x18\n" +
+	"\ablocked\x18\x03 \x03(\tR\ablocked\x12\x1d\n" +
+	"\n" +
+	"started_ms\x18\x04 \x01(\x03R\tstartedMs\x12\x18\n" +
+	"\anexuses\x18\x05 \x01(\rR\anexuses\"!\n" +
+	"\vNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\xbc\x01\n" +
+	"\x05Event\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x17\n" +
+	"\atime_ms\x18\x02 \x01(\x03R\x06timeMs\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06volume\x18\x04 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\x12\x18\n" +
+	"\areplica\x18\x06 \x01(\tR\areplica\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x14\n" +
+	"\x05cause\x18\b \x01(\tR\x05cause\"U\n" +
+	"\x11ListEventsRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"D\n" +
+	"\x12ListEventsResponse\x12.\n" +
+	"\x06events\x18\x01 \x03(\v2\x16.nexstor.mgmt.v1.EventR\x06events\"\x12\n" +
 	"\x10ListNodesRequest\"@\n" +
 	"\x11ListNodesResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.nexstor.mgmt.v1.NodeR\x05nodes\"\xb3\x02\n" +
@@ -1832,14 +2384,25 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x05state\x18\b \x01(\tR\x05state\x12\x16\n" +
 	"\x06reason\x18\t \x01(\tR\x06reason\x12\x14\n" +
 	"\x05epoch\x18\n" +
-	" \x01(\x04R\x05epoch\"\xe7\x01\n" +
+	" \x01(\x04R\x05epoch\"\x9a\x02\n" +
 	"\fVolumeStatus\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12:\n" +
 	"\breplicas\x18\x03 \x03(\v2\x1e.nexstor.mgmt.v1.VolumeReplicaR\breplicas\x125\n" +
 	"\x06target\x18\x04 \x01(\v2\x1d.nexstor.mgmt.v1.VolumeTargetR\x06target\x12\x18\n" +
 	"\ahealthy\x18\x05 \x01(\rR\ahealthy\x12\x1c\n" +
-	"\toperation\x18\x06 \x01(\tR\toperation\"\x8f\x01\n" +
+	"\toperation\x18\x06 \x01(\tR\toperation\x121\n" +
+	"\arepairs\x18\a \x03(\v2\x17.nexstor.mgmt.v1.RepairR\arepairs\"\xd2\x01\n" +
+	"\x06Repair\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x19\n" +
+	"\buntil_ms\x18\x05 \x01(\x03R\auntilMs\x12\x18\n" +
+	"\apercent\x18\x06 \x01(\x01R\apercent\x12\x1d\n" +
+	"\n" +
+	"started_ms\x18\a \x01(\x03R\tstartedMs\x12\x1a\n" +
+	"\breplaces\x18\b \x01(\tR\breplaces\"\x8f\x01\n" +
 	"\x06Volume\x12/\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1b.nexstor.mgmt.v1.VolumeSpecR\x04spec\x125\n" +
 	"\x06status\x18\x02 \x01(\v2\x1d.nexstor.mgmt.v1.VolumeStatusR\x06status\x12\x1d\n" +
@@ -1868,7 +2431,10 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\")\n" +
 	"\x13VerifyVolumeRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"n\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
+	"\x18SetVolumeReplicasRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\breplicas\x18\x02 \x01(\rR\breplicas\"n\n" +
 	"\x14VerifyVolumeResponse\x12\x1a\n" +
 	"\bsegments\x18\x01 \x01(\x04R\bsegments\x12\x1a\n" +
 	"\bchildren\x18\x02 \x03(\tR\bchildren\x12\x1e\n" +
@@ -1892,7 +2458,7 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x18DeleteNexusHealthRequest\x12\x1d\n" +
 	"\n" +
 	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\"\x1b\n" +
-	"\x19DeleteNexusHealthResponse2\x84\t\n" +
+	"\x19DeleteNexusHealthResponse2\xfe\v\n" +
 	"\rVolumeService\x12R\n" +
 	"\tListPools\x12!.nexstor.mgmt.v1.ListPoolsRequest\x1a\".nexstor.mgmt.v1.ListPoolsResponse\x12R\n" +
 	"\tListNodes\x12!.nexstor.mgmt.v1.ListNodesRequest\x1a\".nexstor.mgmt.v1.ListNodesResponse\x12M\n" +
@@ -1903,7 +2469,14 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\rPublishVolume\x12%.nexstor.mgmt.v1.PublishVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12S\n" +
 	"\x0fUnpublishVolume\x12'.nexstor.mgmt.v1.UnpublishVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12M\n" +
 	"\fResizeVolume\x12$.nexstor.mgmt.v1.ResizeVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12[\n" +
-	"\fVerifyVolume\x12$.nexstor.mgmt.v1.VerifyVolumeRequest\x1a%.nexstor.mgmt.v1.VerifyVolumeResponse\x12X\n" +
+	"\fVerifyVolume\x12$.nexstor.mgmt.v1.VerifyVolumeRequest\x1a%.nexstor.mgmt.v1.VerifyVolumeResponse\x12W\n" +
+	"\x11SetVolumeReplicas\x12).nexstor.mgmt.v1.SetVolumeReplicasRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12A\n" +
+	"\n" +
+	"CordonNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12C\n" +
+	"\fUncordonNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12@\n" +
+	"\tDrainNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12U\n" +
+	"\n" +
+	"ListEvents\x12\".nexstor.mgmt.v1.ListEventsRequest\x1a#.nexstor.mgmt.v1.ListEventsResponse\x12X\n" +
 	"\x0fLoadNexusHealth\x12'.nexstor.mgmt.v1.LoadNexusHealthRequest\x1a\x1c.nexstor.mgmt.v1.NexusHealth\x12d\n" +
 	"\x0fSaveNexusHealth\x12'.nexstor.mgmt.v1.SaveNexusHealthRequest\x1a(.nexstor.mgmt.v1.SaveNexusHealthResponse\x12j\n" +
 	"\x11DeleteNexusHealth\x12).nexstor.mgmt.v1.DeleteNexusHealthRequest\x1a*.nexstor.mgmt.v1.DeleteNexusHealthResponseB/Z-github.com/nexstor/nexstor/api/mgmt/v1;mgmtv1b\x06proto3"
@@ -1920,87 +2493,107 @@ func file_mgmt_v1_volume_proto_rawDescGZIP() []byte {
 	return file_mgmt_v1_volume_proto_rawDescData
 }
 
-var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*NodePool)(nil),                  // 0: nexstor.mgmt.v1.NodePool
 	(*ListPoolsRequest)(nil),          // 1: nexstor.mgmt.v1.ListPoolsRequest
 	(*ListPoolsResponse)(nil),         // 2: nexstor.mgmt.v1.ListPoolsResponse
 	(*Node)(nil),                      // 3: nexstor.mgmt.v1.Node
-	(*ListNodesRequest)(nil),          // 4: nexstor.mgmt.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 5: nexstor.mgmt.v1.ListNodesResponse
-	(*Placement)(nil),                 // 6: nexstor.mgmt.v1.Placement
-	(*VolumeSpec)(nil),                // 7: nexstor.mgmt.v1.VolumeSpec
-	(*VolumeReplica)(nil),             // 8: nexstor.mgmt.v1.VolumeReplica
-	(*VolumeTarget)(nil),              // 9: nexstor.mgmt.v1.VolumeTarget
-	(*VolumeStatus)(nil),              // 10: nexstor.mgmt.v1.VolumeStatus
-	(*Volume)(nil),                    // 11: nexstor.mgmt.v1.Volume
-	(*CreateVolumeRequest)(nil),       // 12: nexstor.mgmt.v1.CreateVolumeRequest
-	(*ListVolumesRequest)(nil),        // 13: nexstor.mgmt.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),       // 14: nexstor.mgmt.v1.ListVolumesResponse
-	(*GetVolumeRequest)(nil),          // 15: nexstor.mgmt.v1.GetVolumeRequest
-	(*DeleteVolumeRequest)(nil),       // 16: nexstor.mgmt.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),      // 17: nexstor.mgmt.v1.DeleteVolumeResponse
-	(*PublishVolumeRequest)(nil),      // 18: nexstor.mgmt.v1.PublishVolumeRequest
-	(*UnpublishVolumeRequest)(nil),    // 19: nexstor.mgmt.v1.UnpublishVolumeRequest
-	(*ResizeVolumeRequest)(nil),       // 20: nexstor.mgmt.v1.ResizeVolumeRequest
-	(*VerifyVolumeRequest)(nil),       // 21: nexstor.mgmt.v1.VerifyVolumeRequest
-	(*VerifyVolumeResponse)(nil),      // 22: nexstor.mgmt.v1.VerifyVolumeResponse
-	(*NexusHealth)(nil),               // 23: nexstor.mgmt.v1.NexusHealth
-	(*LoadNexusHealthRequest)(nil),    // 24: nexstor.mgmt.v1.LoadNexusHealthRequest
-	(*SaveNexusHealthRequest)(nil),    // 25: nexstor.mgmt.v1.SaveNexusHealthRequest
-	(*SaveNexusHealthResponse)(nil),   // 26: nexstor.mgmt.v1.SaveNexusHealthResponse
-	(*DeleteNexusHealthRequest)(nil),  // 27: nexstor.mgmt.v1.DeleteNexusHealthRequest
-	(*DeleteNexusHealthResponse)(nil), // 28: nexstor.mgmt.v1.DeleteNexusHealthResponse
-	nil,                               // 29: nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	nil,                               // 30: nexstor.mgmt.v1.Placement.PoolSelectorEntry
-	(*PoolReport)(nil),                // 31: nexstor.mgmt.v1.PoolReport
-	(*Member)(nil),                    // 32: nexstor.mgmt.v1.Member
+	(*DrainStatus)(nil),               // 4: nexstor.mgmt.v1.DrainStatus
+	(*NodeRequest)(nil),               // 5: nexstor.mgmt.v1.NodeRequest
+	(*Event)(nil),                     // 6: nexstor.mgmt.v1.Event
+	(*ListEventsRequest)(nil),         // 7: nexstor.mgmt.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),        // 8: nexstor.mgmt.v1.ListEventsResponse
+	(*ListNodesRequest)(nil),          // 9: nexstor.mgmt.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 10: nexstor.mgmt.v1.ListNodesResponse
+	(*Placement)(nil),                 // 11: nexstor.mgmt.v1.Placement
+	(*VolumeSpec)(nil),                // 12: nexstor.mgmt.v1.VolumeSpec
+	(*VolumeReplica)(nil),             // 13: nexstor.mgmt.v1.VolumeReplica
+	(*VolumeTarget)(nil),              // 14: nexstor.mgmt.v1.VolumeTarget
+	(*VolumeStatus)(nil),              // 15: nexstor.mgmt.v1.VolumeStatus
+	(*Repair)(nil),                    // 16: nexstor.mgmt.v1.Repair
+	(*Volume)(nil),                    // 17: nexstor.mgmt.v1.Volume
+	(*CreateVolumeRequest)(nil),       // 18: nexstor.mgmt.v1.CreateVolumeRequest
+	(*ListVolumesRequest)(nil),        // 19: nexstor.mgmt.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),       // 20: nexstor.mgmt.v1.ListVolumesResponse
+	(*GetVolumeRequest)(nil),          // 21: nexstor.mgmt.v1.GetVolumeRequest
+	(*DeleteVolumeRequest)(nil),       // 22: nexstor.mgmt.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),      // 23: nexstor.mgmt.v1.DeleteVolumeResponse
+	(*PublishVolumeRequest)(nil),      // 24: nexstor.mgmt.v1.PublishVolumeRequest
+	(*UnpublishVolumeRequest)(nil),    // 25: nexstor.mgmt.v1.UnpublishVolumeRequest
+	(*ResizeVolumeRequest)(nil),       // 26: nexstor.mgmt.v1.ResizeVolumeRequest
+	(*VerifyVolumeRequest)(nil),       // 27: nexstor.mgmt.v1.VerifyVolumeRequest
+	(*SetVolumeReplicasRequest)(nil),  // 28: nexstor.mgmt.v1.SetVolumeReplicasRequest
+	(*VerifyVolumeResponse)(nil),      // 29: nexstor.mgmt.v1.VerifyVolumeResponse
+	(*NexusHealth)(nil),               // 30: nexstor.mgmt.v1.NexusHealth
+	(*LoadNexusHealthRequest)(nil),    // 31: nexstor.mgmt.v1.LoadNexusHealthRequest
+	(*SaveNexusHealthRequest)(nil),    // 32: nexstor.mgmt.v1.SaveNexusHealthRequest
+	(*SaveNexusHealthResponse)(nil),   // 33: nexstor.mgmt.v1.SaveNexusHealthResponse
+	(*DeleteNexusHealthRequest)(nil),  // 34: nexstor.mgmt.v1.DeleteNexusHealthRequest
+	(*DeleteNexusHealthResponse)(nil), // 35: nexstor.mgmt.v1.DeleteNexusHealthResponse
+	nil,                               // 36: nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	nil,                               // 37: nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	(*PoolReport)(nil),                // 38: nexstor.mgmt.v1.PoolReport
+	(*Member)(nil),                    // 39: nexstor.mgmt.v1.Member
 }
 var file_mgmt_v1_volume_proto_depIdxs = []int32{
-	31, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
+	38, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
 	0,  // 1: nexstor.mgmt.v1.ListPoolsResponse.pools:type_name -> nexstor.mgmt.v1.NodePool
-	32, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
-	3,  // 3: nexstor.mgmt.v1.ListNodesResponse.nodes:type_name -> nexstor.mgmt.v1.Node
-	29, // 4: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	30, // 5: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
-	6,  // 6: nexstor.mgmt.v1.VolumeSpec.placement:type_name -> nexstor.mgmt.v1.Placement
-	8,  // 7: nexstor.mgmt.v1.VolumeStatus.replicas:type_name -> nexstor.mgmt.v1.VolumeReplica
-	9,  // 8: nexstor.mgmt.v1.VolumeStatus.target:type_name -> nexstor.mgmt.v1.VolumeTarget
-	7,  // 9: nexstor.mgmt.v1.Volume.spec:type_name -> nexstor.mgmt.v1.VolumeSpec
-	10, // 10: nexstor.mgmt.v1.Volume.status:type_name -> nexstor.mgmt.v1.VolumeStatus
-	7,  // 11: nexstor.mgmt.v1.CreateVolumeRequest.spec:type_name -> nexstor.mgmt.v1.VolumeSpec
-	11, // 12: nexstor.mgmt.v1.ListVolumesResponse.volumes:type_name -> nexstor.mgmt.v1.Volume
-	1,  // 13: nexstor.mgmt.v1.VolumeService.ListPools:input_type -> nexstor.mgmt.v1.ListPoolsRequest
-	4,  // 14: nexstor.mgmt.v1.VolumeService.ListNodes:input_type -> nexstor.mgmt.v1.ListNodesRequest
-	12, // 15: nexstor.mgmt.v1.VolumeService.CreateVolume:input_type -> nexstor.mgmt.v1.CreateVolumeRequest
-	13, // 16: nexstor.mgmt.v1.VolumeService.ListVolumes:input_type -> nexstor.mgmt.v1.ListVolumesRequest
-	15, // 17: nexstor.mgmt.v1.VolumeService.GetVolume:input_type -> nexstor.mgmt.v1.GetVolumeRequest
-	16, // 18: nexstor.mgmt.v1.VolumeService.DeleteVolume:input_type -> nexstor.mgmt.v1.DeleteVolumeRequest
-	18, // 19: nexstor.mgmt.v1.VolumeService.PublishVolume:input_type -> nexstor.mgmt.v1.PublishVolumeRequest
-	19, // 20: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
-	20, // 21: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
-	21, // 22: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
-	24, // 23: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
-	25, // 24: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
-	27, // 25: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
-	2,  // 26: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
-	5,  // 27: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
-	11, // 28: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
-	14, // 29: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
-	11, // 30: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 31: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
-	11, // 32: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	11, // 33: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	11, // 34: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
-	22, // 35: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
-	23, // 36: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
-	26, // 37: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
-	28, // 38: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	39, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
+	4,  // 3: nexstor.mgmt.v1.Node.drain:type_name -> nexstor.mgmt.v1.DrainStatus
+	6,  // 4: nexstor.mgmt.v1.ListEventsResponse.events:type_name -> nexstor.mgmt.v1.Event
+	3,  // 5: nexstor.mgmt.v1.ListNodesResponse.nodes:type_name -> nexstor.mgmt.v1.Node
+	36, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	37, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	11, // 8: nexstor.mgmt.v1.VolumeSpec.placement:type_name -> nexstor.mgmt.v1.Placement
+	13, // 9: nexstor.mgmt.v1.VolumeStatus.replicas:type_name -> nexstor.mgmt.v1.VolumeReplica
+	14, // 10: nexstor.mgmt.v1.VolumeStatus.target:type_name -> nexstor.mgmt.v1.VolumeTarget
+	16, // 11: nexstor.mgmt.v1.VolumeStatus.repairs:type_name -> nexstor.mgmt.v1.Repair
+	12, // 12: nexstor.mgmt.v1.Volume.spec:type_name -> nexstor.mgmt.v1.VolumeSpec
+	15, // 13: nexstor.mgmt.v1.Volume.status:type_name -> nexstor.mgmt.v1.VolumeStatus
+	12, // 14: nexstor.mgmt.v1.CreateVolumeRequest.spec:type_name -> nexstor.mgmt.v1.VolumeSpec
+	17, // 15: nexstor.mgmt.v1.ListVolumesResponse.volumes:type_name -> nexstor.mgmt.v1.Volume
+	1,  // 16: nexstor.mgmt.v1.VolumeService.ListPools:input_type -> nexstor.mgmt.v1.ListPoolsRequest
+	9,  // 17: nexstor.mgmt.v1.VolumeService.ListNodes:input_type -> nexstor.mgmt.v1.ListNodesRequest
+	18, // 18: nexstor.mgmt.v1.VolumeService.CreateVolume:input_type -> nexstor.mgmt.v1.CreateVolumeRequest
+	19, // 19: nexstor.mgmt.v1.VolumeService.ListVolumes:input_type -> nexstor.mgmt.v1.ListVolumesRequest
+	21, // 20: nexstor.mgmt.v1.VolumeService.GetVolume:input_type -> nexstor.mgmt.v1.GetVolumeRequest
+	22, // 21: nexstor.mgmt.v1.VolumeService.DeleteVolume:input_type -> nexstor.mgmt.v1.DeleteVolumeRequest
+	24, // 22: nexstor.mgmt.v1.VolumeService.PublishVolume:input_type -> nexstor.mgmt.v1.PublishVolumeRequest
+	25, // 23: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
+	26, // 24: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
+	27, // 25: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
+	28, // 26: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
+	5,  // 27: nexstor.mgmt.v1.VolumeService.CordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
+	5,  // 28: nexstor.mgmt.v1.VolumeService.UncordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
+	5,  // 29: nexstor.mgmt.v1.VolumeService.DrainNode:input_type -> nexstor.mgmt.v1.NodeRequest
+	7,  // 30: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
+	31, // 31: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
+	32, // 32: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
+	34, // 33: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
+	2,  // 34: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
+	10, // 35: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
+	17, // 36: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
+	20, // 37: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
+	17, // 38: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
+	23, // 39: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
+	17, // 40: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 41: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 42: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
+	29, // 43: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
+	17, // 44: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
+	3,  // 45: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 46: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 47: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
+	8,  // 48: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
+	30, // 49: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
+	33, // 50: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
+	35, // 51: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
+	34, // [34:52] is the sub-list for method output_type
+	16, // [16:34] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_mgmt_v1_volume_proto_init() }
@@ -2015,7 +2608,7 @@ func file_mgmt_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mgmt_v1_volume_proto_rawDesc), len(file_mgmt_v1_volume_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,11 @@ const (
 	VolumeService_UnpublishVolume_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/UnpublishVolume"
 	VolumeService_ResizeVolume_FullMethodName      = "/nexstor.mgmt.v1.VolumeService/ResizeVolume"
 	VolumeService_VerifyVolume_FullMethodName      = "/nexstor.mgmt.v1.VolumeService/VerifyVolume"
+	VolumeService_SetVolumeReplicas_FullMethodName = "/nexstor.mgmt.v1.VolumeService/SetVolumeReplicas"
+	VolumeService_CordonNode_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/CordonNode"
+	VolumeService_UncordonNode_FullMethodName      = "/nexstor.mgmt.v1.VolumeService/UncordonNode"
+	VolumeService_DrainNode_FullMethodName         = "/nexstor.mgmt.v1.VolumeService/DrainNode"
+	VolumeService_ListEvents_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/ListEvents"
 	VolumeService_LoadNexusHealth_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/LoadNexusHealth"
 	VolumeService_SaveNexusHealth_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/SaveNexusHealth"
 	VolumeService_DeleteNexusHealth_FullMethodName = "/nexstor.mgmt.v1.VolumeService/DeleteNexusHealth"
@@ -84,6 +89,26 @@ type VolumeServiceClient interface {
 	// VerifyVolume compares the volume's replicas through its nexus (the
 	// volume must be published).
 	VerifyVolume(ctx context.Context, in *VerifyVolumeRequest, opts ...grpc.CallOption) (*VerifyVolumeResponse, error)
+	// SetVolumeReplicas changes how many replicas the volume keeps and
+	// returns at once; the reconcilers do the work and the volume's repairs
+	// show it. Growing places new replicas (the scheduler) and rebuilds them
+	// in full through the nexus. Shrinking removes unhealthy replicas first
+	// and the nexus's local one last, and never the last healthy one. Setting
+	// the current count is a no-op.
+	SetVolumeReplicas(ctx context.Context, in *SetVolumeReplicasRequest, opts ...grpc.CallOption) (*Volume, error)
+	// CordonNode keeps new replicas and nexuses off a node; what it holds
+	// stays. Idempotent. UncordonNode undoes it (and ends a drain).
+	CordonNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error)
+	UncordonNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error)
+	// DrainNode cordons the node and has the reconcilers replace each of its
+	// replicas by one on another node (added and rebuilt before the old one
+	// is removed, so no volume loses a copy on the way). It returns at once;
+	// Node.drain shows the progress. Idempotent. Moving the nexuses the node
+	// hosts is not part of a drain yet: they stay.
+	DrainNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error)
+	// ListEvents lists the automatic actions of the reconcilers and the
+	// node operations, oldest first, each with its cause.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 	// LoadNexusHealth, SaveNexusHealth and DeleteNexusHealth are the health
 	// store of volume nexuses, for engines (server role). A save compares
 	// the stored record's generation: it must be the saved record's
@@ -203,6 +228,56 @@ func (c *volumeServiceClient) VerifyVolume(ctx context.Context, in *VerifyVolume
 	return out, nil
 }
 
+func (c *volumeServiceClient) SetVolumeReplicas(ctx context.Context, in *SetVolumeReplicasRequest, opts ...grpc.CallOption) (*Volume, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Volume)
+	err := c.cc.Invoke(ctx, VolumeService_SetVolumeReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) CordonNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Node)
+	err := c.cc.Invoke(ctx, VolumeService_CordonNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) UncordonNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Node)
+	err := c.cc.Invoke(ctx, VolumeService_UncordonNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) DrainNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Node)
+	err := c.cc.Invoke(ctx, VolumeService_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, VolumeService_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeServiceClient) LoadNexusHealth(ctx context.Context, in *LoadNexusHealthRequest, opts ...grpc.CallOption) (*NexusHealth, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NexusHealth)
@@ -272,6 +347,26 @@ type VolumeServiceServer interface {
 	// VerifyVolume compares the volume's replicas through its nexus (the
 	// volume must be published).
 	VerifyVolume(context.Context, *VerifyVolumeRequest) (*VerifyVolumeResponse, error)
+	// SetVolumeReplicas changes how many replicas the volume keeps and
+	// returns at once; the reconcilers do the work and the volume's repairs
+	// show it. Growing places new replicas (the scheduler) and rebuilds them
+	// in full through the nexus. Shrinking removes unhealthy replicas first
+	// and the nexus's local one last, and never the last healthy one. Setting
+	// the current count is a no-op.
+	SetVolumeReplicas(context.Context, *SetVolumeReplicasRequest) (*Volume, error)
+	// CordonNode keeps new replicas and nexuses off a node; what it holds
+	// stays. Idempotent. UncordonNode undoes it (and ends a drain).
+	CordonNode(context.Context, *NodeRequest) (*Node, error)
+	UncordonNode(context.Context, *NodeRequest) (*Node, error)
+	// DrainNode cordons the node and has the reconcilers replace each of its
+	// replicas by one on another node (added and rebuilt before the old one
+	// is removed, so no volume loses a copy on the way). It returns at once;
+	// Node.drain shows the progress. Idempotent. Moving the nexuses the node
+	// hosts is not part of a drain yet: they stay.
+	DrainNode(context.Context, *NodeRequest) (*Node, error)
+	// ListEvents lists the automatic actions of the reconcilers and the
+	// node operations, oldest first, each with its cause.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	// LoadNexusHealth, SaveNexusHealth and DeleteNexusHealth are the health
 	// store of volume nexuses, for engines (server role). A save compares
 	// the stored record's generation: it must be the saved record's
@@ -320,6 +415,21 @@ func (UnimplementedVolumeServiceServer) ResizeVolume(context.Context, *ResizeVol
 }
 func (UnimplementedVolumeServiceServer) VerifyVolume(context.Context, *VerifyVolumeRequest) (*VerifyVolumeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method VerifyVolume not implemented")
+}
+func (UnimplementedVolumeServiceServer) SetVolumeReplicas(context.Context, *SetVolumeReplicasRequest) (*Volume, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetVolumeReplicas not implemented")
+}
+func (UnimplementedVolumeServiceServer) CordonNode(context.Context, *NodeRequest) (*Node, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CordonNode not implemented")
+}
+func (UnimplementedVolumeServiceServer) UncordonNode(context.Context, *NodeRequest) (*Node, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UncordonNode not implemented")
+}
+func (UnimplementedVolumeServiceServer) DrainNode(context.Context, *NodeRequest) (*Node, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedVolumeServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
 }
 func (UnimplementedVolumeServiceServer) LoadNexusHealth(context.Context, *LoadNexusHealthRequest) (*NexusHealth, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method LoadNexusHealth not implemented")
@@ -531,6 +641,96 @@ func _VolumeService_VerifyVolume_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_SetVolumeReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetVolumeReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).SetVolumeReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_SetVolumeReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).SetVolumeReplicas(ctx, req.(*SetVolumeReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_CordonNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).CordonNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_CordonNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).CordonNode(ctx, req.(*NodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_UncordonNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).UncordonNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_UncordonNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).UncordonNode(ctx, req.(*NodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).DrainNode(ctx, req.(*NodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeService_LoadNexusHealth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LoadNexusHealthRequest)
 	if err := dec(in); err != nil {
@@ -631,6 +831,26 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyVolume",
 			Handler:    _VolumeService_VerifyVolume_Handler,
+		},
+		{
+			MethodName: "SetVolumeReplicas",
+			Handler:    _VolumeService_SetVolumeReplicas_Handler,
+		},
+		{
+			MethodName: "CordonNode",
+			Handler:    _VolumeService_CordonNode_Handler,
+		},
+		{
+			MethodName: "UncordonNode",
+			Handler:    _VolumeService_UncordonNode_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _VolumeService_DrainNode_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _VolumeService_ListEvents_Handler,
 		},
 		{
 			MethodName: "LoadNexusHealth",
