@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -114,7 +115,8 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 		ap.Close()
 		return nil, err
 	}
-	cfg := Config{System: s.Name, Address: self, Replicas: s.AccessPointAddrs(), Etcd: ap.Client, Log: log}
+	cfg := Config{System: s.Name, Address: self, Replicas: s.AccessPointAddrs(), Etcd: ap.Client, Log: log,
+		PartialWait: configWait(s.Rebuild.PartialWait), GCGrace: configWait(s.GC.Grace)}
 	for _, f := range tune {
 		f(&cfg)
 	}
@@ -139,4 +141,14 @@ func (a *AccessPoint) Close() {
 	if a.Etcd != nil {
 		a.Etcd.Close()
 	}
+}
+
+// configWait maps a configured wait onto Config's convention: the
+// configuration's 0s (act at once) is negative there, where 0 means the
+// default.
+func configWait(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -25,6 +25,8 @@ const (
 	DefaultHeartbeatInterval = time.Second
 	DefaultHeartbeatTimeout  = 5 * time.Second
 	DefaultSessionTTL        = 5 // seconds
+	DefaultPartialWait       = 10 * time.Minute
+	DefaultGCGrace           = 5 * time.Minute
 	// maxTxnAttempts bounds compare-and-swap retries under contention.
 	maxTxnAttempts = 32
 )
@@ -68,6 +70,14 @@ type Config struct {
 	// left behind (DefaultVolumePass when zero; negative: never, the owner
 	// calls VolumePass itself).
 	VolumePass time.Duration
+	// PartialWait is how long a replica whose node is away (or whose
+	// child is offline) is waited for before it is replaced on another
+	// node (DefaultPartialWait when zero; negative: not at all).
+	PartialWait time.Duration
+	// GCGrace is how long a replica or nexus that no volume owns must stay
+	// so before it is destroyed (DefaultGCGrace when zero; negative: no
+	// grace).
+	GCGrace time.Duration
 }
 
 // Service is one replica of the management service. Its methods are safe
@@ -132,6 +142,12 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.VolumePass == 0 {
 		cfg.VolumePass = DefaultVolumePass
+	}
+	if cfg.PartialWait == 0 {
+		cfg.PartialWait = DefaultPartialWait
+	}
+	if cfg.GCGrace == 0 {
+		cfg.GCGrace = DefaultGCGrace
 	}
 	return &Service{cfg: cfg, k: newKeys(cfg.System), log: cfg.Log.With("system", cfg.System, "replica", cfg.Address),
 		leaderCh: make(chan struct{}), vols: &volumes{eng: engines{creds: cfg.EngineCredentials}}}, nil

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Defaults. Ports follow the project-wide assignment: control gRPC 10124,
@@ -101,6 +102,32 @@ type Server struct {
 	FaultDomain string
 	// Labels are free-form key/value pairs used for placement (`labels`).
 	Labels map[string]string
+	// Rebuild tunes how the management service heals volumes (`rebuild`);
+	// the leader's own configuration applies, so give every access point
+	// the same values.
+	Rebuild Rebuild
+	// GC tunes the collection of replicas and nexuses no volume owns
+	// (`gc`); the leader's configuration applies.
+	GC GC
+}
+
+// Rebuild tunes self-healing.
+type Rebuild struct {
+	// PartialWait is how long a replica whose node is away (or whose
+	// child is offline) is waited for before it is replaced by a new one
+	// on another node (`partial_wait`, a Go duration such as "10m";
+	// DefaultPartialWait when the key is absent). A replica back within it
+	// copies only what it missed. 0s replaces at once; a volume left with
+	// one healthy copy does not wait at all.
+	PartialWait time.Duration
+}
+
+// GC tunes garbage collection.
+type GC struct {
+	// Grace is how long a replica or nexus that no volume owns must stay
+	// so before it is destroyed (`grace`, a Go duration). 0 means the
+	// default, DefaultGCGrace.
+	Grace time.Duration
 }
 
 // Etcd is where the management service keeps its state.
@@ -191,6 +218,12 @@ func (l Log) SlogLevel() slog.Level {
 // Default returns the configuration used when no file is given: a
 // single-node system whose only access point is this host, with mutual TLS
 // using the certificates under /etc/nexstor/certs.
+// Defaults of Rebuild and GC.
+const (
+	DefaultPartialWait = 10 * time.Minute
+	DefaultGCGrace     = 5 * time.Minute
+)
+
 func Default() *Server {
 	s := &Server{
 		Name:         DefaultName,
@@ -213,6 +246,8 @@ func Default() *Server {
 		NBDListen:       DefaultNBDListen,
 		MetricsListen:   DefaultMetricsListen,
 		Log:             Log{Level: DefaultLogLevel},
+		Rebuild:         Rebuild{PartialWait: DefaultPartialWait},
+		GC:              GC{Grace: DefaultGCGrace},
 	}
 	s.fillDerived()
 	return s

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/testutil"
 )
@@ -394,5 +395,29 @@ func TestSuggest(t *testing.T) {
 		if got := suggest(in, known); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestParseRebuildAndGC(t *testing.T) {
+	s, err := Parse([]byte("rebuild:\n  partial_wait: 90s\ngc:\n  grace: 0s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Rebuild.PartialWait != 90*time.Second || s.GC.Grace != 0 {
+		t.Fatalf("rebuild %v, gc %v", s.Rebuild, s.GC)
+	}
+	back, err := s.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2, err := Parse(back); err != nil || !reflect.DeepEqual(s, s2) {
+		t.Fatalf("round trip: %v\n%s", err, back)
+	}
+	if _, err := Parse([]byte("rebuild:\n  partial_wait: ten minutes\n")); err == nil || !strings.Contains(err.Error(), "10m") {
+		t.Fatalf("a bad duration: %v", err)
+	}
+	s.Rebuild.PartialWait = -time.Second
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "rebuild.partial_wait") {
+		t.Fatalf("a negative wait: %v", err)
 	}
 }

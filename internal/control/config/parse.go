@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -40,7 +41,34 @@ type fileServer struct {
 	Log             *fileLog          `yaml:"log,omitempty"`
 	FaultDomain     *string           `yaml:"fault_domain,omitempty"`
 	Labels          map[string]string `yaml:"labels,omitempty"`
+	Rebuild         *fileRebuild      `yaml:"rebuild,omitempty"`
+	GC              *fileGC           `yaml:"gc,omitempty"`
 }
+
+type fileRebuild struct {
+	PartialWait *fileDuration `yaml:"partial_wait,omitempty"`
+}
+
+type fileGC struct {
+	Grace *fileDuration `yaml:"grace,omitempty"`
+}
+
+// fileDuration is a Go duration ("10m", "90s").
+type fileDuration time.Duration
+
+func (f *fileDuration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a duration must be a scalar such as 10m", n.Line)
+	}
+	d, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration: write it as 90s, 10m or 1h30m", n.Line, n.Value)
+	}
+	*f = fileDuration(d)
+	return nil
+}
+
+func (f fileDuration) MarshalYAML() (any, error) { return time.Duration(f).String(), nil }
 
 type fileEtcd struct {
 	Endpoints []string      `yaml:"endpoints,omitempty"`
@@ -267,6 +295,12 @@ func (f *fileServer) apply(s *Server) {
 	if f.Labels != nil {
 		s.Labels = f.Labels
 	}
+	if f.Rebuild != nil && f.Rebuild.PartialWait != nil {
+		s.Rebuild.PartialWait = time.Duration(*f.Rebuild.PartialWait)
+	}
+	if f.GC != nil && f.GC.Grace != nil {
+		s.GC.Grace = time.Duration(*f.GC.Grace)
+	}
 	s.fillDerived()
 }
 
@@ -304,6 +338,8 @@ func (s *Server) toFile() *fileServer {
 		Log:         &fileLog{Level: p(s.Log.Level), File: p(s.Log.File), JSON: b(s.Log.JSON)},
 		FaultDomain: p(s.FaultDomain),
 		Labels:      s.Labels,
+		Rebuild:     &fileRebuild{PartialWait: ptr(fileDuration(s.Rebuild.PartialWait))},
+		GC:          &fileGC{Grace: ptr(fileDuration(s.GC.Grace))},
 	}
 	if s.Etcd.TLS.Enabled() {
 		f.Etcd.TLS = &fileEtcdTLS{CACert: p(s.Etcd.TLS.CACert), Cert: p(s.Etcd.TLS.Cert), Key: p(s.Etcd.TLS.Key)}
@@ -497,3 +533,5 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+func ptr[T any](v T) *T { return &v }

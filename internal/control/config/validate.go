@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
@@ -91,6 +92,13 @@ func (s *Server) Validate() error {
 	}
 	v.faultDomain(s.FaultDomain)
 	v.labels("labels", s.Labels)
+	if s.Rebuild.PartialWait < 0 || s.Rebuild.PartialWait > 7*24*time.Hour {
+		v.add("rebuild.partial_wait", fmt.Sprintf("%v is out of range", s.Rebuild.PartialWait),
+			"use a duration between 0s (replace at once) and 168h, such as 10m")
+	}
+	if s.GC.Grace < 0 || s.GC.Grace > 7*24*time.Hour {
+		v.add("gc.grace", fmt.Sprintf("%v is out of range", s.GC.Grace), "use a duration between 0s and 168h, such as 5m")
+	}
 	return errors.Join(v.errs...)
 }
 
