@@ -39,6 +39,7 @@ var registry = []Spec{
 	{"volume.bad_spec", InvalidArgument, "see `nexctl volume create --help` for the accepted values"},
 	{"volume.busy", Unavailable, "retry when the operation under way has finished"},
 	{"volume.conflict", Aborted, "read the volume again (`nexctl volume get`) and retry if still needed"},
+	{"volume.last_healthy_copy", FailedPrecondition, "bring another replica of the volume in sync first; the last healthy copy of a volume is never removed"},
 	{"volume.exists", AlreadyExists, "choose another name, or delete the volume first"},
 	{"volume.node_down", Unavailable, "start the node, or wait until it is joined again"},
 	{"volume.not_found", NotFound, "list the volumes with `nexctl volume list`"},

@@ -44,6 +44,8 @@ type engineAPI interface {
 	ResizeNexus(context.Context, *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error)
 	Verify(context.Context, *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error)
 	AddChild(context.Context, *enginev1.ChildRequest) (*enginev1.Nexus, error)
+	RemoveChild(context.Context, *enginev1.ChildRequest) (*enginev1.Nexus, error)
+	OnlineChild(context.Context, *enginev1.ChildRequest) (*enginev1.Nexus, error)
 }
 
 // engines caches one engine client per member address. Safe for

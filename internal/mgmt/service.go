@@ -109,6 +109,12 @@ type Service struct {
 	// state, resent by the nodes to every new leader.
 	reports reportCache
 	vols    *volumes
+	// healing is the reconcilers' memory of repairs in this term.
+	healing healState
+	gc      gcState
+	drained drainedNodes
+	// recon runs the reconcilers while this replica leads.
+	recon *reconcilers
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -228,17 +234,10 @@ func (s *Service) campaign(ctx context.Context) error {
 		defer t.Stop()
 		tick = t.C
 	}
-	var volTick <-chan time.Time
+	s.healing.reset()
 	if s.cfg.VolumePass > 0 {
-		t := time.NewTicker(s.cfg.VolumePass)
-		defer t.Stop()
-		volTick = t.C
 		// A new leader resumes what the last one left at once.
-		go func() {
-			if err := s.volumePass(cctx); err != nil && cctx.Err() == nil {
-				s.log.Warn("volume pass", "err", err)
-			}
-		}()
+		go s.runReconcilers(cctx)
 	}
 	for {
 		select {
@@ -250,10 +249,6 @@ func (s *Service) campaign(ctx context.Context) error {
 		case <-tick:
 			if _, err := s.CheckMembers(cctx); err != nil && cctx.Err() == nil {
 				s.log.Warn("member check", "err", err)
-			}
-		case <-volTick:
-			if err := s.volumePass(cctx); err != nil && cctx.Err() == nil {
-				s.log.Warn("volume pass", "err", err)
 			}
 		}
 	}
@@ -484,6 +479,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 				s.noteHeartbeat(uid, now)
 				s.reports.put(uid, req.Pools, now)
 				s.log.Info("member rejoined", "rank", m.Rank, "uuid", uid, "address", m.Address, "was", prev, "state", m.State)
+				s.kickVolumes()
 				return m, nil
 			}
 			continue
@@ -593,6 +589,7 @@ func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 		if ok {
 			s.noteHeartbeat(m.UUID, now)
 			s.log.Info("member state", "rank", m.Rank, "from", prev, "to", m.State, "info", m.Info)
+			s.kickVolumes()
 			return m.State, nil
 		}
 	}
@@ -634,6 +631,7 @@ func (s *Service) CheckMembers(ctx context.Context) ([]uint32, error) {
 		if ok { // otherwise a heartbeat or an operator got there first
 			s.log.Warn("member unresponsive", "rank", m.Rank, "address", m.Address, "was", prev)
 			marked = append(marked, m.Rank)
+			s.kickVolumes()
 		}
 	}
 	return marked, nil

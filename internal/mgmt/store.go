@@ -40,6 +40,11 @@ type Member struct {
 	HostNQN string `json:"host_nqn,omitempty"`
 	// Cordoned members get no new replicas or nexuses.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// Draining members are cordoned, and their replicas are replaced on
+	// other nodes by the reconcilers (VolumeService.DrainNode).
+	Draining bool `json:"draining,omitempty"`
+	// DrainStartedMs is when the drain was asked for.
+	DrainStartedMs int64 `json:"drain_started_ms,omitempty"`
 
 	// modRev is the etcd revision the record was read at, for
 	// compare-and-swap updates.
@@ -50,7 +55,7 @@ type Member struct {
 func (m *Member) Proto() *mgmtv1.Member {
 	return &mgmtv1.Member{Uuid: m.UUID, Rank: m.Rank, Address: m.Address, FaultDomain: m.FaultDomain,
 		State: string(m.State), Info: m.Info, LastHeartbeatMs: m.LastHB, JoinedMs: m.JoinedAt, Labels: m.Labels,
-		Name: m.DisplayName(), HostNqn: m.HostNQN, Cordoned: m.Cordoned}
+		Name: m.DisplayName(), HostNqn: m.HostNQN, Cordoned: m.Cordoned, Draining: m.Draining}
 }
 
 // DisplayName is the member's name, "node-<rank>" when it has none.

@@ -183,6 +183,7 @@ func (s *Service) applyOne(ctx context.Context, m *Member, info string, d decide
 		}
 		if ok {
 			s.log.Info("member state", "rank", m.Rank, "from", prev, "to", to, "info", info)
+			s.kickVolumes()
 			res.State = string(to)
 			return res, nil
 		}

@@ -426,6 +426,7 @@ func (s *Service) finishCreateLocked(ctx context.Context, v *volumeRecord) error
 		return err
 	}
 	s.log.Info("volume created", "volume", v.Name, "uuid", v.UUID)
+	s.enqueue(v.UUID)
 	return nil
 }
 
@@ -478,10 +479,17 @@ func (s *Service) finishDelete(ctx context.Context, v *volumeRecord) ([]string, 
 			errs = append(errs, err)
 		}
 	}
-	var left []replicaRef
+	var left, retired []replicaRef
 	for _, r := range v.ReplicaSet {
 		if err := s.destroyReplica(ctx, idx[r.Node], v, r); err != nil {
 			left = append(left, r)
+			pending = append(pending, nodeName(idx, r.Node)+" (replica "+r.UUID+")")
+			errs = append(errs, err)
+		}
+	}
+	for _, r := range v.Retired {
+		if err := s.destroyReplica(ctx, idx[r.Node], v, r); err != nil {
+			retired = append(retired, r)
 			pending = append(pending, nodeName(idx, r.Node)+" (replica "+r.UUID+")")
 			errs = append(errs, err)
 		}
@@ -496,8 +504,8 @@ func (s *Service) finishDelete(ctx context.Context, v *volumeRecord) ([]string, 
 		}
 	}
 	errs = other
-	v.Target, v.StaleTargets, v.ReplicaSet = nil, stale, left
-	if len(left) == 0 && len(stale) == 0 {
+	v.Target, v.StaleTargets, v.ReplicaSet, v.Retired = nil, stale, left, retired
+	if len(left) == 0 && len(stale) == 0 && len(retired) == 0 {
 		if err := s.removeVolumeRecord(ctx, v); err != nil {
 			return pending, err
 		}
@@ -738,6 +746,7 @@ func (s *Service) publishVolume(ctx context.Context, req *mgmtv1.PublishVolumeRe
 		return nil, err
 	}
 	s.log.Info("volume published", "volume", v.Name, "node", node.DisplayName(), "uri", t.URI)
+	s.enqueue(v.UUID) // a degraded publish is repaired from here on
 	return v, nil
 }
 

@@ -56,7 +56,7 @@ func (vs *VolumeServer) ListNodes(ctx context.Context, _ *mgmtv1.ListNodesReques
 	}
 	out := &mgmtv1.ListNodesResponse{}
 	for _, m := range members {
-		n := &mgmtv1.Node{Member: m.Proto(), Nexuses: nexuses[m.UUID]}
+		n := &mgmtv1.Node{Member: m.Proto(), Nexuses: nexuses[m.UUID], Drain: s.drainStatus(ctx, m, vols)}
 		pools, _ := s.reports.get(m.UUID)
 		for _, p := range pools {
 			n.Pools++
@@ -185,4 +185,63 @@ func (vs *VolumeServer) VerifyVolume(ctx context.Context, req *mgmtv1.VerifyVolu
 		out.Mismatches = append(out.Mismatches, m.Offset, m.Length)
 	}
 	return out, nil
+}
+
+// SetVolumeReplicas implements VolumeService.SetVolumeReplicas.
+func (vs *VolumeServer) SetVolumeReplicas(ctx context.Context, req *mgmtv1.SetVolumeReplicasRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
+	return vs.answer(ctx)(vs.s.setReplicas(ctx, req.Name, req.Replicas))
+}
+
+// CordonNode implements VolumeService.CordonNode.
+func (vs *VolumeServer) CordonNode(ctx context.Context, req *mgmtv1.NodeRequest) (*mgmtv1.Node, error) {
+	return vs.nodeOp(ctx, func(ctx context.Context) (*Member, error) { return vs.s.cordonNode(ctx, req.Node, true) })
+}
+
+// UncordonNode implements VolumeService.UncordonNode.
+func (vs *VolumeServer) UncordonNode(ctx context.Context, req *mgmtv1.NodeRequest) (*mgmtv1.Node, error) {
+	return vs.nodeOp(ctx, func(ctx context.Context) (*Member, error) { return vs.s.cordonNode(ctx, req.Node, false) })
+}
+
+// DrainNode implements VolumeService.DrainNode.
+func (vs *VolumeServer) DrainNode(ctx context.Context, req *mgmtv1.NodeRequest) (*mgmtv1.Node, error) {
+	return vs.nodeOp(ctx, func(ctx context.Context) (*Member, error) { return vs.s.drainNode(ctx, req.Node) })
+}
+
+func (vs *VolumeServer) nodeOp(ctx context.Context, op func(context.Context) (*Member, error)) (*mgmtv1.Node, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
+	m, err := op(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	nodes, err := vs.ListNodes(ctx, &mgmtv1.ListNodesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes.Nodes {
+		if n.Member.GetUuid() == m.UUID {
+			return n, nil
+		}
+	}
+	return &mgmtv1.Node{Member: m.Proto()}, nil
+}
+
+// ListEvents implements VolumeService.ListEvents.
+func (vs *VolumeServer) ListEvents(ctx context.Context, req *mgmtv1.ListEventsRequest) (*mgmtv1.ListEventsResponse, error) {
+	if err := vs.s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	evs, err := vs.s.listEvents(ctx, req)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return &mgmtv1.ListEventsResponse{Events: evs}, nil
 }

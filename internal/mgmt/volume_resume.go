@@ -9,11 +9,10 @@ import (
 // unfinished business (Config.VolumePass).
 const DefaultVolumePass = 5 * time.Second
 
-// volumePass is one pass of the leader over every volume: operations that
-// a dead leader left recorded are finished or rolled back, deleting
-// volumes and nexuses left on nodes that were down are retried. A volume
-// whose operation lock is held (an operation of this leader is running)
-// is skipped. Every step is idempotent.
+// volumePass is one synchronous pass of the reconcilers over every
+// volume, then garbage collection: what the leader's background
+// reconcilers do continuously (Config.VolumePass < 0 leaves it to the
+// owner). A volume whose operation lock is held is skipped.
 func (s *Service) volumePass(ctx context.Context) error {
 	vols, err := s.listVolumes(ctx)
 	if err != nil {
@@ -23,20 +22,11 @@ func (s *Service) volumePass(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if v.Op == nil && v.Status == volCreated && len(v.StaleTargets) == 0 {
-			continue
-		}
-		l := s.vols.lock(v.UUID)
-		if !l.TryLock() {
-			continue
-		}
-		err := s.resumeVolume(ctx, v.UUID)
-		l.Unlock()
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("volume: unfinished operation not resolved yet", "volume", v.Name, "err", err)
+		if _, err := s.reconcileVolume(ctx, v.UUID); err != nil && ctx.Err() == nil {
+			s.log.Warn("volume reconcile", "volume", v.Name, "err", err)
 		}
 	}
-	return nil
+	return s.gcPass(ctx)
 }
 
 // resumeVolume finishes or rolls back what the record of a volume says is

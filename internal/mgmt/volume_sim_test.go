@@ -382,6 +382,33 @@ func (c simClient) AddChild(ctx context.Context, req *enginev1.ChildRequest) (*e
 	return out, err
 }
 
+func (c simClient) RemoveChild(ctx context.Context, req *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	var out *enginev1.Nexus
+	err := c.do(ctx, "remove child", func() error {
+		n, ok := c.e.nexuses[req.Nexus]
+		if !ok {
+			return simNotFound("nexus " + req.Nexus)
+		}
+		n.children = slices.DeleteFunc(n.children, func(x string) bool { return x == req.Child })
+		out = c.nexusProto(n)
+		return nil
+	})
+	return out, err
+}
+
+func (c simClient) OnlineChild(ctx context.Context, req *enginev1.ChildRequest) (*enginev1.Nexus, error) {
+	var out *enginev1.Nexus
+	err := c.do(ctx, "online child", func() error {
+		n, ok := c.e.nexuses[req.Nexus]
+		if !ok {
+			return simNotFound("nexus " + req.Nexus)
+		}
+		out = c.nexusProto(n)
+		return nil
+	})
+	return out, err
+}
+
 func (c simClient) Verify(ctx context.Context, req *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error) {
 	return &enginev1.VerifyResponse{}, c.do(ctx, "verify", func() error { return nil })
 }

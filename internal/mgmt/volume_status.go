@@ -269,7 +269,11 @@ func (s *Service) volumeStatuses(ctx context.Context, vs []*volumeRecord) ([]*mg
 				return nil, err
 			}
 		}
-		out = append(out, volumeProto(v, idx, views, recorded))
+		vp := volumeProto(v, idx, views, recorded)
+		if v.Status == volCreated {
+			vp.Status.Repairs = s.repairsOf(v.UUID)
+		}
+		out = append(out, vp)
 	}
 	return out, nil
 }

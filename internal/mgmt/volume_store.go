@@ -59,6 +59,10 @@ type volumeRecord struct {
 	// which finishes it or rolls it back (resumeOp).
 	Op        *volumeOp `json:"op,omitempty"`
 	CreatedMs int64     `json:"created_ms"`
+	// Retired are replicas taken out of the volume (replaced, or removed
+	// by a smaller replica count) that still exist on their nodes: each
+	// is destroyed, as the volume's own, once its node answers.
+	Retired []replicaRef `json:"retired,omitempty"`
 
 	modRev int64
 }
@@ -69,6 +73,19 @@ type replicaRef struct {
 	Pool string `json:"pool"`
 	// Size in bytes: the volume size rounded up to the pool's cluster size.
 	Size uint64 `json:"size"`
+	// OutSinceMs is when the reconcilers first saw the replica out of
+	// service (its node away, its child offline or faulted); 0 while it is
+	// healthy. Replacement starts rebuild.partial_wait after it.
+	OutSinceMs int64 `json:"out_since_ms,omitempty"`
+	// Replace marks a replica to be replaced: it no longer counts towards
+	// the volume's replica count, and it is removed once a replacement is
+	// healthy. It is never unset: a replica given up on is not trusted
+	// again.
+	Replace string `json:"replace,omitempty"` // why
+	// Replaces is the replica this one was added to replace.
+	Replaces string `json:"replaces,omitempty"`
+	// AddedMs is when the replica was added to a volume that existed.
+	AddedMs int64 `json:"added_ms,omitempty"`
 }
 
 type targetRef struct {
@@ -92,6 +109,24 @@ func (k keys) volume(uuid string) string     { return k.prefix + "volumes/" + uu
 func (k keys) volumes() string               { return k.prefix + "volumes/" }
 func (k keys) volumeName(name string) string { return k.prefix + "volume-names/" + name }
 func (k keys) health(uuid string) string     { return k.prefix + "nexus-health/" + uuid }
+
+// deleted is the tombstone of a deleted volume: the positive evidence that
+// garbage collection needs before it destroys a replica or nexus that
+// still names the volume (nothing is destroyed merely because its owner is
+// not found).
+func (k keys) deleted(uuid string) string { return k.prefix + "deleted-volumes/" + uuid }
+func (k keys) deletedVolumes() string     { return k.prefix + "deleted-volumes/" }
+
+// ref returns the replica set's entry of a replica (nil when it has none);
+// valid until the set changes.
+func (v *volumeRecord) ref(id string) *replicaRef {
+	for i := range v.ReplicaSet {
+		if v.ReplicaSet[i].UUID == id {
+			return &v.ReplicaSet[i]
+		}
+	}
+	return &replicaRef{} // gone: changes to it are dropped
+}
 
 func decodeVolume(b []byte, modRev int64) (*volumeRecord, error) {
 	var v volumeRecord
@@ -186,10 +221,13 @@ func (s *Service) putVolume(ctx context.Context, v *volumeRecord) error {
 }
 
 // removeVolumeRecord deletes the volume, its name and its health record,
-// if the volume has not changed since v was read.
+// and leaves its tombstone, if the volume has not changed since v was
+// read.
 func (s *Service) removeVolumeRecord(ctx context.Context, v *volumeRecord) error {
+	tomb, _ := json.Marshal(map[string]any{"name": v.Name, "deleted_ms": s.nowMs()})
 	ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.volume(v.UUID)), "=", v.modRev)},
-		clientv3.OpDelete(s.k.volume(v.UUID)), clientv3.OpDelete(s.k.volumeName(v.Name)), clientv3.OpDelete(s.k.health(v.UUID)))
+		clientv3.OpDelete(s.k.volume(v.UUID)), clientv3.OpDelete(s.k.volumeName(v.Name)), clientv3.OpDelete(s.k.health(v.UUID)),
+		clientv3.OpPut(s.k.deleted(v.UUID), string(tomb)))
 	if err != nil {
 		return err
 	}
