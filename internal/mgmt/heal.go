@@ -510,6 +510,18 @@ func (s *Service) assess(v *volumeRecord, idx map[string]*Member, views map[stri
 func (s *Service) bringBack(ctx context.Context, v *volumeRecord, tc engineAPI, target *Member, h *replicaHealth, vh *volHeal) error {
 	r := h.ref
 	if h.child != nil && h.child.State == enginev1.ChildState_CHILD_STATE_OFFLINE {
+		// The bitmap is kept under the child's URI: a replica shared
+		// elsewhere now (its node's address changed) is rebuilt in full.
+		uri := "bdev:///" + r.UUID
+		if r.Node != target.UUID {
+			var err error
+			if uri, err = s.shareReplica(ctx, h.node, v, r, target.HostNQN); err != nil {
+				return err
+			}
+		}
+		if uri != h.child.Uri {
+			return s.attach(ctx, v, tc, target, h, vh)
+		}
 		cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 		defer cancel()
 		if _, err := tc.OnlineChild(cctx, &enginev1.ChildRequest{Nexus: v.Name, Child: h.child.Uri}); err != nil {
@@ -579,10 +591,26 @@ func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*M
 		exclude = append(exclude, r.Node)
 	}
 	nodes := s.schedNodes(ctx, members, vols)
-	choices, err := scheduler.Place(scheduler.Request{Size: v.Size, Replicas: n, Thin: v.Thin, NodeSelector: v.NodeSelector,
-		PoolSelector: v.PoolSelector, Exclude: exclude}, nodes)
-	if err != nil {
-		return nil, err
+	// As many as can be placed now: a second loss that has nowhere to go
+	// must not hold up the first one's replacement.
+	var choices []scheduler.Choice
+	var placeErr error
+	for k := n; k > 0; k-- {
+		choices, err = scheduler.Place(scheduler.Request{Size: v.Size, Replicas: k, Thin: v.Thin, NodeSelector: v.NodeSelector,
+			PoolSelector: v.PoolSelector, Exclude: exclude}, nodes)
+		if err == nil {
+			break
+		}
+		if placeErr == nil {
+			placeErr = err
+		}
+		var np *scheduler.NotPlaceableError
+		if !errors.As(err, &np) {
+			return nil, err
+		}
+	}
+	if len(choices) == 0 {
+		return nil, placeErr
 	}
 	var added []replicaRef
 	for i, c := range choices {
@@ -626,6 +654,9 @@ func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*M
 		if err := s.putVolume(ctx, v); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if len(choices) < n {
+		errs = append(errs, placeErr)
 	}
 	return out, errors.Join(errs...)
 }
