@@ -124,9 +124,9 @@ func (a *app) nodeCordonCmd(s *systemFlags) *cobra.Command {
 		Use:   "cordon NODE",
 		Short: "Keep new replicas and nexuses off a node; what it holds stays",
 		Long: `Cordon marks the node so that no new replica or nexus is placed on it: volume
-create, set-replicas, the replacement of lost replicas and publish without
---node all go elsewhere. What the node holds stays and keeps serving. NODE is
-its name, rank or UUID. Cordoning a cordoned node changes nothing.
+create, set-replicas and the replacement of lost replicas place them
+elsewhere. What the node holds stays and keeps serving. NODE is its name,
+rank or UUID. Cordoning a cordoned node changes nothing.
 
 To also move its replicas off, use ` + "`nexctl node drain`" + `; to put it back in
 service, ` + "`nexctl node uncordon`" + `.`,

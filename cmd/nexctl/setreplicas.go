@@ -49,8 +49,7 @@ it in full through the nexus. A volume that is not published gets its new
 replicas copied when it is next published.
 
 Shrinking removes the unhealthy replicas first and the replica on the nexus's
-node last, and never removes the last healthy copy: a volume whose other
-replicas are not healthy keeps more replicas than N until they are.
+node last, and never removes the last healthy copy.
 
 Setting the count the volume already has changes nothing. N is 1 to the
 number of nodes; the service refuses more than it can place, naming why.
