@@ -259,9 +259,9 @@ func (a *app) watchEvents(cmd *cobra.Command, s *systemFlags, req *mgmtv1.ListEv
 		return err
 	}
 	defer c.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.Background(), context.CancelFunc(func() {})
 	if limit := a.waitLimit(cmd, 0); limit > 0 {
-		ctx, cancel = context.WithTimeout(context.Background(), limit)
+		ctx, cancel = context.WithTimeout(ctx, limit)
 	}
 	defer cancel()
 

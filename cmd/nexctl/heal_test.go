@@ -399,6 +399,14 @@ func TestNodeDrain(t *testing.T) {
 	if n := strings.Count(r.stdout, "  blocked: "); n != 1 {
 		t.Errorf("the same blocked reason printed %d times:\n%s", n, r.stdout)
 	}
+
+	// An answer without the drain's status yet: the reads tell.
+	f.node = &mgmtv1.Node{Member: &mgmtv1.Member{Rank: 2, Name: "node-2", Uuid: "u2", State: "joined", Cordoned: true}}
+	f.nodesSeq = [][]*mgmtv1.Node{{drainingNode(0)}}
+	r = volumeRun(t, addr, "node", "drain", "node-2", "--wait")
+	if r.status != 0 || !strings.Contains(r.stdout, "node node-2 drained") {
+		t.Errorf("drain --wait from an answer without status: %+v", r)
+	}
 }
 
 // TestNodeDrainWaitEnds: --timeout ends a drain that does not finish,

@@ -292,16 +292,16 @@ func (a *app) drainWait(cmd *cobra.Command, s *systemFlags, arg string) error {
 	limit := a.waitLimit(cmd, defaultWait)
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	var first *mgmtv1.Node
+	var answer *mgmtv1.Node
 	err = c.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		var err error
-		first, err = cl.DrainNode(ctx, &mgmtv1.NodeRequest{Node: arg})
+		answer, err = cl.DrainNode(ctx, &mgmtv1.NodeRequest{Node: arg})
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	n := newNodeView(first)
+	n := newNodeView(answer)
 	name, id := nodeName(n, arg), n.UUID
 	progress := a.progressOut(cmd)
 	if a.outFormat() == output.Table {
@@ -313,9 +313,14 @@ func (a *app) drainWait(cmd *cobra.Command, s *systemFlags, arg string) error {
 		fmt.Fprintf(a.out, "\nWaiting until node %s is drained (at most %v; ending the wait does not stop the drain):\n", name, limit)
 	}
 	track := &drainProgress{w: progress, name: name, left: -1}
+	first := true
 	check := func(n nodeView) (bool, error) {
 		track.show(n, time.Now())
-		if n.Drain == nil && !n.Draining {
+		// The drain's own answer may precede its status; a later read
+		// without one means the node was uncordoned.
+		reply := first
+		first = false
+		if n.Drain == nil && !n.Draining && !reply {
 			return false, waitEnded(fmt.Sprintf("the drain of node %s ended before it finished: the node was uncordoned", name),
 				fmt.Sprintf("drain it again with `nexctl node drain %s` if it is still wanted; `nexctl event list --node %s` says who", name, name))
 		}
