@@ -66,11 +66,13 @@ func (a *app) rootCmd() *cobra.Command {
 		Use:   "nexctl",
 		Short: "Administer Nexstor storage: volumes, nodes, pools, replicas, nexuses and shares",
 		Long: `nexctl administers a Nexstor system through its management service (volume,
-node, pool list, system) and one storage node through its engine's gRPC API
-(pool, replica, nexus, host).
+node, event, pool list, system) and one storage node through its engine's
+gRPC API (pool, replica, nexus, host).
 
 A volume is mirrored over replicas on several nodes; the management service
-places, creates and publishes it (nexctl volume). Pools turn a disk (a file, a
+places, creates and publishes it (nexctl volume), and heals it by itself when
+a node fails (nexctl event list says what it did). nexctl node cordons and
+drains nodes for maintenance. Pools turn a disk (a file, a
 block device, or RAM) into storage; replicas are block devices carved out of
 pools; a shared replica can be reached by NBD clients (nbdinfo, nbdcopy, qemu,
 fio) or NVMe/TCP hosts at the URI nexctl prints; a nexus mirrors a volume over
@@ -93,6 +95,8 @@ line is wrong. Errors print on stderr as Error, Code and Resolution lines.
 		Example: `  nexctl volume create v1 --size 10GiB --replicas 3
   nexctl volume publish v1 --node node-0
   nexctl node list
+  nexctl node drain node-2 --wait
+  nexctl event list --watch
   nexctl pool create p0 'file:///var/lib/nexstor/d0.img?size=10GiB'
   nexctl replica create r0 --pool p0 --size 1GiB --thin
   nexctl replica share r0 --protocol nbd
@@ -121,7 +125,7 @@ line is wrong. Errors print on stderr as Error, Code and Resolution lines.
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second,
 		"time limit of each call (connecting to a server that does not answer fails sooner)")
 	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
-		a.systemCmd(), a.storageCmd(), a.volumeCmd(), a.nodeCmd())
+		a.systemCmd(), a.storageCmd(), a.volumeCmd(), a.nodeCmd(), a.eventCmd())
 	strict(root)
 	return root
 }

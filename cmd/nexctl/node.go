@@ -17,31 +17,83 @@ import (
 // nodeView is the stable JSON/YAML form of a node of the system with its
 // pool totals. Sizes are bytes.
 type nodeView struct {
-	Rank          uint32            `json:"rank" yaml:"rank"`
-	Name          string            `json:"name" yaml:"name"`
-	UUID          string            `json:"uuid" yaml:"uuid"`
-	Address       string            `json:"address" yaml:"address"`
-	State         string            `json:"state" yaml:"state"`
-	Info          string            `json:"info,omitempty" yaml:"info,omitempty"`
-	FaultDomain   string            `json:"fault_domain,omitempty" yaml:"fault_domain,omitempty"`
-	Labels        map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
-	HostNQN       string            `json:"host_nqn,omitempty" yaml:"host_nqn,omitempty"`
-	Cordoned      bool              `json:"cordoned" yaml:"cordoned"`
-	LastHeartbeat string            `json:"last_heartbeat,omitempty" yaml:"last_heartbeat,omitempty"`
-	Pools         uint32            `json:"pools" yaml:"pools"`
-	Capacity      uint64            `json:"capacity" yaml:"capacity"`
-	Free          uint64            `json:"free" yaml:"free"`
-	Committed     uint64            `json:"committed" yaml:"committed"`
-	Replicas      uint32            `json:"replicas" yaml:"replicas"`
-	Nexuses       uint32            `json:"nexuses" yaml:"nexuses"`
+	Rank        uint32            `json:"rank" yaml:"rank"`
+	Name        string            `json:"name" yaml:"name"`
+	UUID        string            `json:"uuid" yaml:"uuid"`
+	Address     string            `json:"address" yaml:"address"`
+	State       string            `json:"state" yaml:"state"`
+	Info        string            `json:"info,omitempty" yaml:"info,omitempty"`
+	FaultDomain string            `json:"fault_domain,omitempty" yaml:"fault_domain,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	HostNQN     string            `json:"host_nqn,omitempty" yaml:"host_nqn,omitempty"`
+	Cordoned    bool              `json:"cordoned" yaml:"cordoned"`
+	// Draining: the node is cordoned and its replicas are being replaced
+	// on other nodes (node drain).
+	Draining bool `json:"draining" yaml:"draining"`
+	// Drain is the progress of the node's drain, from when it was drained
+	// until it is uncordoned.
+	Drain         *drainView `json:"drain,omitempty" yaml:"drain,omitempty"`
+	LastHeartbeat string     `json:"last_heartbeat,omitempty" yaml:"last_heartbeat,omitempty"`
+	Pools         uint32     `json:"pools" yaml:"pools"`
+	Capacity      uint64     `json:"capacity" yaml:"capacity"`
+	Free          uint64     `json:"free" yaml:"free"`
+	Committed     uint64     `json:"committed" yaml:"committed"`
+	Replicas      uint32     `json:"replicas" yaml:"replicas"`
+	Nexuses       uint32     `json:"nexuses" yaml:"nexuses"`
+}
+
+// drainView is the stable JSON/YAML form of a node's drain.
+type drainView struct {
+	// State: draining (replicas left to replace) or drained.
+	State string `json:"state" yaml:"state"`
+	// ReplicasLeft: replicas of volumes still on the node.
+	ReplicasLeft uint32 `json:"replicas_left" yaml:"replicas_left"`
+	// Blocked says why replicas left cannot be replaced now, one line each.
+	Blocked []string `json:"blocked,omitempty" yaml:"blocked,omitempty"`
+	// Started is when the drain started (RFC 3339, UTC).
+	Started string `json:"started,omitempty" yaml:"started,omitempty"`
+	// Nexuses: nexuses of volumes on the node, which a drain does not move.
+	Nexuses uint32 `json:"nexuses" yaml:"nexuses"`
 }
 
 func newNodeView(n *mgmtv1.Node) nodeView {
 	m := n.GetMember()
-	return nodeView{Rank: m.GetRank(), Name: m.GetName(), UUID: m.GetUuid(), Address: m.GetAddress(), State: m.GetState(),
+	v := nodeView{Rank: m.GetRank(), Name: m.GetName(), UUID: m.GetUuid(), Address: m.GetAddress(), State: m.GetState(),
 		Info: m.GetInfo(), FaultDomain: m.GetFaultDomain(), Labels: m.GetLabels(), HostNQN: m.GetHostNqn(),
-		Cordoned: m.GetCordoned(), LastHeartbeat: msTime(m.GetLastHeartbeatMs()), Pools: n.GetPools(),
+		Cordoned: m.GetCordoned(), Draining: m.GetDraining(), LastHeartbeat: msTime(m.GetLastHeartbeatMs()), Pools: n.GetPools(),
 		Capacity: n.GetCapacity(), Free: n.GetFree(), Committed: n.GetCommitted(), Replicas: n.GetReplicas(), Nexuses: n.GetNexuses()}
+	if d := n.GetDrain(); d != nil {
+		v.Drain = &drainView{State: d.GetState(), ReplicasLeft: d.GetReplicasLeft(), Blocked: d.GetBlocked(),
+			Started: msTime(d.GetStartedMs()), Nexuses: d.GetNexuses()}
+	}
+	return v
+}
+
+// maintenance is what an operator did to the node: drained, draining,
+// cordoned, or "" for none. A drain outranks the cordon it implies.
+func (n nodeView) maintenance() string {
+	switch {
+	case n.Drain != nil && n.Drain.State != "" && n.Drain.State != "draining":
+		return n.Drain.State
+	case n.Draining || n.Drain != nil:
+		return "draining"
+	case n.Cordoned:
+		return "cordoned"
+	}
+	return ""
+}
+
+// stateCell is the node's STATE for a table: its member state, and what
+// an operator did to it after a comma (joined,cordoned).
+func (n nodeView) stateCell() string {
+	s := n.State
+	if s == "" {
+		s = "unknown"
+	}
+	if m := n.maintenance(); m != "" {
+		s += "," + m
+	}
+	return s
 }
 
 func yesNo(b bool) string {
@@ -55,9 +107,17 @@ func (a *app) nodeCmd() *cobra.Command {
 	s := &systemFlags{tls: &a.tls}
 	cmd := &cobra.Command{
 		Use:   "node",
-		Short: "List the nodes of the system with their storage (through the management service)",
-		Long: `Node talks to the management service on the access points (--access-points,
+		Short: "List the nodes of the system; cordon, uncordon and drain them (through the management service)",
+		Long: `Node lists the members of the system with their storage, and takes them out
+of service for maintenance: cordon keeps new replicas and nexuses off a node,
+drain also moves its replicas to other nodes, uncordon puts it back in
+service. NODE is a node's name, rank or UUID, as node list shows them.
+
+Node talks to the management service on the access points (--access-points,
 else $NEXSTOR_ACCESS_POINTS, else localhost:10124); the leader answers.`,
+		Example: `  nexctl node list
+  nexctl node drain node-2 --wait
+  nexctl node uncordon node-2`,
 	}
 	s.addAccessPoints(cmd.PersistentFlags())
 	list := &cobra.Command{
@@ -65,12 +125,22 @@ else $NEXSTOR_ACCESS_POINTS, else localhost:10124); the leader answers.`,
 		Aliases: []string{"ls"},
 		Short:   "List the nodes: state, fault domain, labels and storage totals",
 		Long: `List shows every member of the system: its rank and name, the address of its
-control service, its state (joined, stopped, unresponsive, excluded,
-errored), fault domain and labels (what volume placement selects on), and
-the totals of the pools it last reported: capacity, free space, space
-committed to replicas (thin ones at their full size), replicas and nexuses.
-A cordoned node gets no new replicas or nexuses. The totals of a node that
-is not joined are its last report and may have changed since.`,
+control service, its state, fault domain and labels (what volume placement
+selects on), and the totals of the pools it last reported: capacity, free
+space, space committed to replicas (thin ones at their full size), replicas
+and nexuses. The totals of a node that is not joined are its last report and
+may have changed since.
+
+STATE is the member's state (joined, stopped, unresponsive, excluded,
+errored), then what an operator did to it, after a comma:
+
+  cordoned   it gets no new replicas or nexuses; what it holds stays
+  draining   cordoned, and its replicas are being replaced on other nodes
+  drained    cordoned, and no replica of a volume is left on it
+
+such as joined,draining. ` + "`nexctl node uncordon`" + ` clears all three. With -o json
+or yaml, cordoned, draining and drain (state, replicas_left, blocked,
+started, nexuses) say the same.`,
 		Example: `  nexctl node list
   nexctl node list -o json`,
 		Args: cobra.NoArgs,
@@ -91,17 +161,17 @@ is not joined are its last report and may have changed since.`,
 			sort.Slice(views, func(i, j int) bool { return views[i].Rank < views[j].Rank })
 			return output.Print(a.out, a.outFormat(), views, func(w io.Writer) error {
 				t := output.NewTable(w, "RANK", "NAME", "ADDRESS", "STATE", "FAULT DOMAIN", "LABELS", "POOLS", "CAPACITY",
-					"FREE", "COMMITTED", "REPLICAS", "NEXUSES", "CORDONED")
+					"FREE", "COMMITTED", "REPLICAS", "NEXUSES")
 				for _, n := range views {
-					t.Row(itoa(uint64(n.Rank)), n.Name, n.Address, n.State, n.FaultDomain, selector(n.Labels), itoa(uint64(n.Pools)),
+					t.Row(itoa(uint64(n.Rank)), n.Name, n.Address, n.stateCell(), n.FaultDomain, selector(n.Labels), itoa(uint64(n.Pools)),
 						output.Size(n.Capacity), output.Size(n.Free), output.Size(n.Committed), itoa(uint64(n.Replicas)),
-						itoa(uint64(n.Nexuses)), yesNo(n.Cordoned))
+						itoa(uint64(n.Nexuses)))
 				}
 				return t.Flush()
 			})
 		},
 	}
-	cmd.AddCommand(list)
+	cmd.AddCommand(list, a.nodeCordonCmd(s), a.nodeUncordonCmd(s), a.nodeDrainCmd(s))
 	return cmd
 }
 

@@ -75,15 +75,21 @@ management service places the replicas, creates them, and records the volume.
 Publishing it creates its nexus on one node and exports it over NVMe/TCP (or
 NBD); a host then connects to it with the line publish prints.
 
+The system heals volumes by itself: a replica whose node returns gets only
+the writes it missed, one whose node stays away is replaced on another node,
+and set-replicas changes how many replicas a volume keeps. ` + "`volume get`" + `
+shows the repairs under way, ` + "`nexctl event list`" + ` what was done and why.
+
 ` + volumeHelp,
 		Example: `  nexctl volume create v1 --size 10GiB --replicas 3
   nexctl volume publish v1 --node node-0
   nexctl volume get v1
+  nexctl volume set-replicas v1 2 --wait
   nexctl volume list -o json`,
 	}
 	s.addAccessPoints(cmd.PersistentFlags())
 	cmd.AddCommand(a.volumeCreateCmd(s), a.volumeListCmd(s), a.volumeGetCmd(s), a.volumeDeleteCmd(s),
-		a.volumePublishCmd(s), a.volumeUnpublishCmd(s), a.volumeResizeCmd(s), a.volumeVerifyCmd(s))
+		a.volumePublishCmd(s), a.volumeUnpublishCmd(s), a.volumeResizeCmd(s), a.volumeVerifyCmd(s), a.volumeSetReplicasCmd(s))
 	return cmd
 }
 
@@ -284,7 +290,22 @@ with the command a host connects with.
 
 A replica's state is what its node reports: online, faulted, missing (the
 node does not have it) or unknown (the node did not answer). Its child
-state is the nexus's view: online, degraded, faulted, offline, rebuilding.`,
+state is the nexus's view: online, degraded, faulted, offline, rebuilding.
+
+Under the replicas, Repairs lists what the system is doing about them, one
+line each (nothing when there is nothing to do):
+
+  waiting    for a replica's node to return, until the time shown; a node
+             back in time gets only the writes it missed, otherwise the
+             replica is replaced on another node then (at once when only
+             one healthy copy is left)
+  resyncing  a returning replica gets the writes it missed (percent done)
+  rebuilding a replica is copied in full (percent done)
+  replacing  a new replica, copied in full, for a lost one (percent done)
+  removing   an extra or replaced replica is removed
+  blocked    nothing can be done now; the line says why
+
+The last healthy copy of a volume is never removed.`,
 		Example: `  nexctl volume get v1
   nexctl volume get v1 -o yaml`,
 		Args: cobra.ExactArgs(1),

@@ -39,6 +39,26 @@ type fakeVolumes struct {
 	nodes  []*mgmtv1.Node
 	del    *mgmtv1.DeleteVolumeResponse
 	verify *mgmtv1.VerifyVolumeResponse
+	node   *mgmtv1.Node
+	events []*mgmtv1.Event
+
+	// Successive answers, for the waits: each GetVolume, ListNodes or
+	// ListEvents takes the next one of its list into volume, nodes or
+	// events, and the last one stays.
+	volumeSeq []*mgmtv1.Volume
+	nodesSeq  [][]*mgmtv1.Node
+	eventsSeq [][]*mgmtv1.Event
+}
+
+// next moves the fake on to the next answer of seq into *cur.
+func next[T any](f *fakeVolumes, seq *[]T, cur *T) T {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(*seq) > 0 {
+		*cur = (*seq)[0]
+		*seq = (*seq)[1:]
+	}
+	return *cur
 }
 
 func (f *fakeVolumes) record(ctx context.Context, req proto.Message) error {
@@ -86,7 +106,7 @@ func (f *fakeVolumes) ListNodes(ctx context.Context, r *mgmtv1.ListNodesRequest)
 	if err := f.record(ctx, r); err != nil {
 		return nil, err
 	}
-	return &mgmtv1.ListNodesResponse{Nodes: f.nodes}, nil
+	return &mgmtv1.ListNodesResponse{Nodes: next(f, &f.nodesSeq, &f.nodes)}, nil
 }
 
 func (f *fakeVolumes) CreateVolume(ctx context.Context, r *mgmtv1.CreateVolumeRequest) (*mgmtv1.Volume, error) {
@@ -107,7 +127,44 @@ func (f *fakeVolumes) GetVolume(ctx context.Context, r *mgmtv1.GetVolumeRequest)
 	if err := f.record(ctx, r); err != nil {
 		return nil, err
 	}
+	return next(f, &f.volumeSeq, &f.volume), nil
+}
+
+func (f *fakeVolumes) SetVolumeReplicas(ctx context.Context, r *mgmtv1.SetVolumeReplicasRequest) (*mgmtv1.Volume, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	return f.volume, nil
+}
+
+func (f *fakeVolumes) CordonNode(ctx context.Context, r *mgmtv1.NodeRequest) (*mgmtv1.Node, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return f.node, nil
+}
+
+func (f *fakeVolumes) UncordonNode(ctx context.Context, r *mgmtv1.NodeRequest) (*mgmtv1.Node, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return f.node, nil
+}
+
+func (f *fakeVolumes) DrainNode(ctx context.Context, r *mgmtv1.NodeRequest) (*mgmtv1.Node, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return f.node, nil
+}
+
+func (f *fakeVolumes) ListEvents(ctx context.Context, r *mgmtv1.ListEventsRequest) (*mgmtv1.ListEventsResponse, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return &mgmtv1.ListEventsResponse{Events: next(f, &f.eventsSeq, &f.events)}, nil
 }
 
 func (f *fakeVolumes) DeleteVolume(ctx context.Context, r *mgmtv1.DeleteVolumeRequest) (*mgmtv1.DeleteVolumeResponse, error) {
@@ -399,7 +456,7 @@ func TestVolumeStableJSON(t *testing.T) {
 		`"replicas":[{"uuid":"r0","node":"node-0","rank":0,"node_uuid":"","pool":"p0","state":"online","child_state":"online","epoch":4,"local":true}],` +
 		`"target":{"node":"node-0","rank":0,"node_uuid":"","protocol":"nvmf","uri":"nvmf://[fd00::1]:4420/` + testNQN + `",` +
 		`"nqn":"` + testNQN + `","host_nqns":["nqn.2014-08.org.nvmexpress:uuid:h1"],"state":"degraded","epoch":4,` +
-		`"connect":"nvme connect -t tcp -a fd00::1 -s 4420 -n ` + testNQN + ` --hostnqn nqn.2014-08.org.nvmexpress:uuid:h1"}},` +
+		`"connect":"nvme connect -t tcp -a fd00::1 -s 4420 -n ` + testNQN + ` --hostnqn nqn.2014-08.org.nvmexpress:uuid:h1"},"repairs":[]},` +
 		`"created":"2025-01-02T03:04:05Z"}`
 	if string(b) != want {
 		t.Fatalf("volume JSON\n%s\nwant\n%s", b, want)
@@ -603,9 +660,9 @@ func TestNodeList(t *testing.T) {
 	if r.status != 0 {
 		t.Fatalf("node list: %+v", r)
 	}
-	want := "RANK  NAME    ADDRESS         STATE         FAULT DOMAIN  LABELS            POOLS  CAPACITY  FREE   COMMITTED  REPLICAS  NEXUSES  CORDONED\n" +
-		"0     node-0  10.0.0.1:10124  joined        /r1           disk=nvme,zone=a  2      20GiB     15GiB  5GiB       3         1        no\n" +
-		"1     node-1  10.0.0.2:10124  unresponsive  /r2           -                 1      10GiB     1GiB   20GiB      5         0        yes\n"
+	want := "RANK  NAME    ADDRESS         STATE                  FAULT DOMAIN  LABELS            POOLS  CAPACITY  FREE   COMMITTED  REPLICAS  NEXUSES\n" +
+		"0     node-0  10.0.0.1:10124  joined                 /r1           disk=nvme,zone=a  2      20GiB     15GiB  5GiB       3         1\n" +
+		"1     node-1  10.0.0.2:10124  unresponsive,cordoned  /r2           -                 1      10GiB     1GiB   20GiB      5         0\n"
 	if r.stdout != want {
 		t.Errorf("node list:\n%s\nwant\n%s", r.stdout, want)
 	}

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
@@ -47,6 +48,9 @@ type volumeStatusView struct {
 	Healthy  uint32              `json:"healthy" yaml:"healthy"`
 	Replicas []volumeReplicaView `json:"replicas" yaml:"replicas"`
 	Target   *volumeTargetView   `json:"target,omitempty" yaml:"target,omitempty"`
+	// Repairs are what the reconcilers have pending or running on the
+	// volume, in the service's order; empty when there are none.
+	Repairs []repairView `json:"repairs" yaml:"repairs"`
 }
 
 type volumeReplicaView struct {
@@ -100,7 +104,7 @@ func newVolumeView(v *mgmtv1.Volume) volumeView {
 			Thin: sp.GetThin(), Protocol: protocolOr(sp.GetProtocol()),
 			NodeSelector: sp.GetPlacement().GetNodeSelector(), PoolSelector: sp.GetPlacement().GetPoolSelector()},
 		Status: volumeStatusView{Phase: st.GetPhase(), Reason: st.GetReason(), Operation: st.GetOperation(),
-			Healthy: st.GetHealthy(), Replicas: []volumeReplicaView{}},
+			Healthy: st.GetHealthy(), Replicas: []volumeReplicaView{}, Repairs: []repairView{}},
 		Created: msTime(v.GetCreatedMs()),
 	}
 	if vv.Status.Phase == "" {
@@ -111,6 +115,9 @@ func newVolumeView(v *mgmtv1.Volume) volumeView {
 		vv.Status.Replicas = append(vv.Status.Replicas, volumeReplicaView{UUID: r.GetUuid(), Node: r.GetNode(), Rank: r.GetRank(),
 			NodeUUID: r.GetNodeUuid(), Pool: r.GetPool(), State: r.GetState(), ChildState: r.GetChildState(), Reason: r.GetReason(),
 			RebuildPercent: r.GetRebuildPercent(), Owner: r.GetOwner(), Epoch: r.GetEpoch(), Local: r.GetLocal()})
+	}
+	for _, r := range st.GetRepairs() {
+		vv.Status.Repairs = append(vv.Status.Repairs, newRepairView(r))
 	}
 	sort.SliceStable(vv.Status.Replicas, func(i, j int) bool { return vv.Status.Replicas[i].Rank < vv.Status.Replicas[j].Rank })
 	if t := st.GetTarget(); t != nil {
@@ -244,7 +251,11 @@ func (a *app) printVolume(v *mgmtv1.Volume) error {
 	return output.Print(a.out, a.outFormat(), vv, func(w io.Writer) error { return volumeDetail(w, vv) })
 }
 
-func volumeDetail(w io.Writer, v volumeView) error {
+func volumeDetail(w io.Writer, v volumeView) error { return volumeDetailAt(w, v, time.Now()) }
+
+// volumeDetailAt prints v for people; now is when the countdowns of its
+// repairs are counted from.
+func volumeDetailAt(w io.Writer, v volumeView, now time.Time) error {
 	placement := []string{}
 	if len(v.Spec.NodeSelector) > 0 {
 		placement = append(placement, "nodes "+selector(v.Spec.NodeSelector))
@@ -285,6 +296,9 @@ func volumeDetail(w io.Writer, v volumeView) error {
 		if err := t.Flush(); err != nil {
 			return err
 		}
+	}
+	if err := repairsText(w, v.Status.Repairs, now); err != nil {
+		return err
 	}
 
 	fmt.Fprintln(w, "\nTarget:")

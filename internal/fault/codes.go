@@ -181,6 +181,8 @@ var registry = []Spec{
 	// Clients: errors made on the calling side of a gRPC connection.
 	{"cli.certs", FailedPrecondition, "give --cert-dir DIR with the ca.crt and admin.crt/.key that `nexstor certgen` wrote (or set NEXSTOR_CERT_DIR), or --insecure for a server started with --insecure"},
 	{"cli.usage", InvalidArgument, "see the command's --help"},
+	{"cli.wait_ended", FailedPrecondition, "see what changed with `nexctl volume get` or `nexctl node list`, and run the command again if it is still wanted"},
+	{"cli.wait_timeout", DeadlineExceeded, "the work goes on without nexctl: follow it with `nexctl volume get`, `nexctl node list` or `nexctl event list`, or wait longer with --timeout"},
 	{"engine.address", InvalidArgument, "give host, host:port or an IP address (an IPv6 address with a port in brackets: [::1]:10124)"},
 	{"engine.unreachable", Unavailable, "check that `nexstor server` runs at that address and that it is reachable from here"},
 	{"mgmt.unreachable", Unavailable, "check that the access points run `nexstor server --control` and are reachable from here"},
