@@ -29,6 +29,28 @@ type VolumeView struct {
 	// Volumes are the volumes with the status the leader derived from the
 	// engines' live reports; ignored unless Leader.
 	Volumes []*mgmtv1.Volume
+	// Repairs are the leader's repair counters; ignored unless Leader.
+	Repairs RepairView
+}
+
+// RepairKinds are the label values of the nexstor_repairs_* counters: resync
+// (a returning replica copies what it missed), rebuild (a replica of the
+// volume is copied in full), replace (a new replica for a lost one).
+var RepairKinds = []string{"resync", "rebuild", "replace"}
+
+// HealBuckets are the upper bounds, in seconds, of
+// nexstor_volume_heal_seconds.
+var HealBuckets = []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200}
+
+// RepairView is what the leader counted of its repairs since it became
+// leader (a new leader starts from zero, as a restarted process would).
+type RepairView struct {
+	// Started, Finished and Failed count repairs by kind (RepairKinds).
+	Started, Finished, Failed map[string]uint64
+	// HealSeconds are the lengths of the degraded periods that ended: from
+	// when a volume was first seen with fewer healthy replicas than it
+	// keeps to when it had them all again.
+	HealSeconds []float64
 }
 
 // VolumeSource reads the volumes for a scrape. It must return soon after
@@ -64,6 +86,7 @@ type VolumeCollector struct {
 	err  error
 
 	leader, phase, desired, healthy, size *prometheus.Desc
+	started, finished, failed, heal       *prometheus.Desc
 }
 
 // NewVolumeCollector returns a collector that reads src at most once per
@@ -75,15 +98,19 @@ func NewVolumeCollector(src VolumeSource) *VolumeCollector {
 		leader: desc("mgmt_leader", "1 while this node's management service replica leads, 0 while another one does; absent on nodes that are not access points. Only the leader exports nexstor_volume_* series."),
 		phase: desc("volume_phase", "1 for the volume's current phase, 0 for the others: creating, online (every replica healthy), degraded (serving with fewer healthy replicas than asked for), faulted (not serving), unknown (a node holding it does not answer), deleting.",
 			"volume", "phase"),
-		desired: desc("volume_replicas_desired", "Number of replicas the volume was created with.", vl...),
-		healthy: desc("volume_replicas_healthy", "Number of the volume's replicas known good: online children of its nexus while published, online replicas otherwise.", vl...),
-		size:    desc("volume_size_bytes", "Size of the volume as hosts see it.", vl...),
+		desired:  desc("volume_replicas_desired", "Number of replicas the volume was created with.", vl...),
+		healthy:  desc("volume_replicas_healthy", "Number of the volume's replicas known good: online children of its nexus while published, online replicas otherwise.", vl...),
+		size:     desc("volume_size_bytes", "Size of the volume as hosts see it.", vl...),
+		started:  desc("repairs_started_total", "Repairs the management service leader started, by kind: resync (a returning replica copies only what it missed), rebuild (a replica is copied in full), replace (a new replica on another node for a lost one). Counted from the leader's election.", "kind"),
+		finished: desc("repairs_finished_total", "Repairs whose replica came in sync, by kind. Counted from the leader's election.", "kind"),
+		failed:   desc("repairs_failed_total", "Repairs whose replica fell out of service again, or whose new replica could not be created, by kind. Counted from the leader's election.", "kind"),
+		heal:     desc("volume_heal_seconds", "Time from a volume being seen with fewer healthy replicas than it keeps to having them all again (degraded periods that ended since the leader's election)."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *VolumeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.leader, c.phase, c.desired, c.healthy, c.size} {
+	for _, d := range []*prometheus.Desc{c.leader, c.phase, c.desired, c.healthy, c.size, c.started, c.finished, c.failed, c.heal} {
 		ch <- d
 	}
 }
@@ -112,6 +139,26 @@ func (c *VolumeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, c.healthy, float64(v.GetStatus().GetHealthy()), name)
 		gauge(ch, c.size, float64(v.GetSpec().GetSize()), name)
 	}
+	rv := view.Repairs
+	for _, k := range RepairKinds {
+		counter(ch, c.started, float64(rv.Started[k]), k)
+		counter(ch, c.finished, float64(rv.Finished[k]), k)
+		counter(ch, c.failed, float64(rv.Failed[k]), k)
+	}
+	buckets := make(map[float64]uint64, len(HealBuckets))
+	for _, b := range HealBuckets {
+		buckets[b] = 0
+	}
+	var sum float64
+	for _, d := range rv.HealSeconds {
+		sum += d
+		for _, b := range HealBuckets {
+			if d <= b {
+				buckets[b]++
+			}
+		}
+	}
+	ch <- prometheus.MustNewConstHistogram(c.heal, uint64(len(rv.HealSeconds)), sum, buckets)
 }
 
 // read returns the cached view while it is younger than the TTL, else reads

@@ -65,7 +65,8 @@ nexstor_volume_replicas_healthy{volume="logs"} 1
 nexstor_volume_size_bytes{volume="db"} 1.073741824e+10
 nexstor_volume_size_bytes{volume="logs"} 5.36870912e+08
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "nexstor_mgmt_leader", "nexstor_volume_phase",
+		"nexstor_volume_replicas_desired", "nexstor_volume_replicas_healthy", "nexstor_volume_size_bytes"); err != nil {
 		t.Fatal(err)
 	}
 	problems, err := testutil.CollectAndLint(c)
@@ -176,5 +177,41 @@ func TestVolumeCollectorBounded(t *testing.T) {
 	}
 	if n := reads.Load(); n != 1 {
 		t.Fatalf("%d reads for two scrapes within the TTL, want 1", n)
+	}
+}
+
+// TestRepairMetrics: the leader exports its repair counters for every
+// kind, and the heal times as a histogram.
+func TestRepairMetrics(t *testing.T) {
+	var reads atomic.Int32
+	c := NewVolumeCollector(fixedVolumes(VolumeView{Replica: true, Leader: true, Repairs: RepairView{
+		Started: map[string]uint64{"resync": 2, "replace": 1}, Finished: map[string]uint64{"resync": 2},
+		Failed: map[string]uint64{"replace": 1}, HealSeconds: []float64{3, 40}}}, &reads))
+	want := `
+# HELP nexstor_repairs_failed_total Repairs whose replica fell out of service again, or whose new replica could not be created, by kind. Counted from the leader's election.
+# TYPE nexstor_repairs_failed_total counter
+nexstor_repairs_failed_total{kind="rebuild"} 0
+nexstor_repairs_failed_total{kind="replace"} 1
+nexstor_repairs_failed_total{kind="resync"} 0
+# HELP nexstor_volume_heal_seconds Time from a volume being seen with fewer healthy replicas than it keeps to having them all again (degraded periods that ended since the leader's election).
+# TYPE nexstor_volume_heal_seconds histogram
+nexstor_volume_heal_seconds_bucket{le="1"} 0
+nexstor_volume_heal_seconds_bucket{le="5"} 1
+nexstor_volume_heal_seconds_bucket{le="15"} 1
+nexstor_volume_heal_seconds_bucket{le="30"} 1
+nexstor_volume_heal_seconds_bucket{le="60"} 2
+nexstor_volume_heal_seconds_bucket{le="120"} 2
+nexstor_volume_heal_seconds_bucket{le="300"} 2
+nexstor_volume_heal_seconds_bucket{le="600"} 2
+nexstor_volume_heal_seconds_bucket{le="1200"} 2
+nexstor_volume_heal_seconds_bucket{le="1800"} 2
+nexstor_volume_heal_seconds_bucket{le="3600"} 2
+nexstor_volume_heal_seconds_bucket{le="7200"} 2
+nexstor_volume_heal_seconds_bucket{le="+Inf"} 2
+nexstor_volume_heal_seconds_sum 43
+nexstor_volume_heal_seconds_count 2
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "nexstor_repairs_failed_total", "nexstor_volume_heal_seconds"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -557,7 +557,9 @@ func (r *runtime) metricsVolumes(ctx context.Context) (metrics.VolumeView, error
 		}
 		return metrics.VolumeView{}, err
 	}
+	rs := svc.RepairStats()
 	view.Leader, view.Volumes = true, resp.Volumes
+	view.Repairs = metrics.RepairView{Started: rs.Started, Finished: rs.Finished, Failed: rs.Failed, HealSeconds: rs.HealSeconds}
 	return view, nil
 }
 
