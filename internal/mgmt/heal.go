@@ -273,9 +273,15 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 	for _, h := range hs {
 		r := &h.ref
 		if h.healthy || h.syncing {
-			if r.OutSinceMs != 0 && h.healthy {
+			if h.healthy && (r.OutSinceMs != 0 || (r.Replaces != "" && !slices.ContainsFunc(v.ReplicaSet, func(x replicaRef) bool { return x.UUID == r.Replaces }))) {
+				// In sync: no longer out, and done replacing once the
+				// replaced replica has left.
 				r.OutSinceMs, changed = 0, true
 				v.ref(r.UUID).OutSinceMs = 0
+				if !slices.ContainsFunc(v.ReplicaSet, func(x replicaRef) bool { return x.UUID == r.Replaces }) {
+					r.Replaces = ""
+					v.ref(r.UUID).Replaces = ""
+				}
 			}
 			continue
 		}
@@ -469,12 +475,9 @@ func (s *Service) assess(v *volumeRecord, idx map[string]*Member, views map[stri
 		nv := views[r.Node]
 		h.up = alive(h.node) && nv != nil && nv.err == nil
 		h.draining = h.node != nil && h.node.Draining
-		if h.up {
-			h.exists = nv.replicas[r.UUID] != nil
-			if !h.exists {
-				h.lost, h.lostWhy = true, fmt.Sprintf("node %s no longer has it", h.node.DisplayName())
-			}
-		}
+		// A replica its engine does not list is treated as away, not as
+		// gone: a pool still being imported lists nothing yet.
+		h.exists = h.up && nv.replicas[r.UUID] != nil
 		if c := children[r.UUID]; c != nil {
 			h.child, h.uri = c, c.Uri
 			switch c.State {
@@ -693,15 +696,11 @@ func (s *Service) removeReplica(ctx context.Context, v *volumeRecord, hs []*repl
 // that would leave the volume without a healthy copy is refused, whatever
 // the caller thought. A healthy replica may go only while another healthy
 // one stays.
+//
+// Nothing at all is removed while no other healthy copy is known: an
+// out-of-service replica may then be the best copy left, for a person to
+// recover from.
 func mayRemove(v *volumeRecord, hs []*replicaHealth, h *replicaHealth) error {
-	if !h.healthy && !h.syncing {
-		if countHealthy(hs) == 0 && !h.lost && h.up {
-			// Nothing healthy is known: an out-of-service replica on a live
-			// node may be the best copy left. Keep it.
-			return lastCopy(v, h)
-		}
-		return nil
-	}
 	others := 0
 	for _, o := range hs {
 		if o != h && o.healthy && !o.removed {
