@@ -88,6 +88,7 @@ func (s *Service) gcPass(ctx context.Context) error {
 		vol        *volumeRecord
 		replica    *replicaRef
 		nexus, why string
+		name       string // the replica's engine name
 	}
 	var jobs []job
 	for id, nv := range views {
@@ -122,7 +123,7 @@ func (s *Service) gcPass(ctx context.Context) error {
 				continue
 			}
 			if due(key) {
-				jobs = append(jobs, job{node: m, vol: v, replica: &replicaRef{UUID: r.Uuid, Node: id}, why: why})
+				jobs = append(jobs, job{node: m, vol: v, replica: &replicaRef{UUID: r.Uuid, Node: id}, name: r.Name, why: why})
 			}
 		}
 		for _, n := range nv.nexuses {
@@ -158,7 +159,7 @@ func (s *Service) gcPass(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if j.replica != nil {
-			if err := s.destroyReplica(ctx, j.node, j.vol, *j.replica); err != nil {
+			if err := s.destroyReplicaNamed(ctx, j.node, j.vol.UUID, j.name, j.node.UUID); err != nil {
 				s.log.Warn("garbage collection: replica not destroyed", "replica", j.replica.UUID, "node", j.node.DisplayName(), "err", err)
 				continue
 			}

@@ -556,20 +556,28 @@ func (s *Service) destroyNexus(ctx context.Context, m *Member, v *volumeRecord) 
 // destroyReplica destroys one replica of the volume as its owner: never
 // with force, so a replica another owner holds is refused by the engine.
 func (s *Service) destroyReplica(ctx context.Context, m *Member, v *volumeRecord, r replicaRef) error {
+	// The volume's replicas are named by their UUIDs.
+	return s.destroyReplicaNamed(ctx, m, v.UUID, r.UUID, r.Node)
+}
+
+// destroyReplicaNamed destroys the replica of that engine name as owner
+// (node names the member when m is nil); a replica that is not there is
+// gone already.
+func (s *Service) destroyReplicaNamed(ctx context.Context, m *Member, owner, name, node string) error {
 	if m == nil {
 		return nil
 	}
-	c, err := s.engineOf(m, r.Node)
+	c, err := s.engineOf(m, node)
 	if err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 	defer cancel()
-	if _, err := c.UnshareReplica(cctx, &enginev1.UnshareReplicaRequest{Name: r.UUID, Owner: v.UUID}); err != nil && !notFound(err) {
-		return fmt.Errorf("unshare replica %s on %s: %w", r.UUID, m.DisplayName(), err)
+	if _, err := c.UnshareReplica(cctx, &enginev1.UnshareReplicaRequest{Name: name, Owner: owner}); err != nil && !notFound(err) {
+		return fmt.Errorf("unshare replica %s on %s: %w", name, m.DisplayName(), err)
 	}
-	if _, err := c.DestroyReplica(cctx, &enginev1.DestroyReplicaRequest{Name: r.UUID, Owner: v.UUID}); err != nil && !notFound(err) {
-		return fmt.Errorf("destroy replica %s on %s: %w", r.UUID, m.DisplayName(), err)
+	if _, err := c.DestroyReplica(cctx, &enginev1.DestroyReplicaRequest{Name: name, Owner: owner}); err != nil && !notFound(err) {
+		return fmt.Errorf("destroy replica %s on %s: %w", name, m.DisplayName(), err)
 	}
 	return nil
 }
