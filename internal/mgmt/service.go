@@ -535,6 +535,11 @@ func (s *Service) Heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 		return nil, ToStatus(err)
 	}
 	s.reports.put(req.Uuid, req.Pools, s.nowMs())
+	if req.Pools != nil {
+		// Nodes report their pools when they change (a pool imported,
+		// faulted, filled up): the reconcilers take another look.
+		s.kickVolumes()
+	}
 	return &mgmtv1.HeartbeatResponse{State: string(st), ResendPools: !s.reports.has(req.Uuid)}, nil
 }
 
