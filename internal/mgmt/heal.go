@@ -348,7 +348,13 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 		}
 	}
 	if deficit := v.Replicas - len(active); deficit > 0 {
-		added, err := s.addReplicas(ctx, v, members, deficit, uncovered)
+		replacing := map[string]bool{}
+		for _, h := range hs {
+			if h.toReplace() {
+				replacing[h.ref.UUID] = true
+			}
+		}
+		added, err := s.addReplicas(ctx, v, members, deficit, uncovered, replacing)
 		if err != nil {
 			var np *scheduler.NotPlaceableError
 			if errors.As(err, &np) {
@@ -578,20 +584,29 @@ func (s *Service) attach(ctx context.Context, v *volumeRecord, tc engineAPI, tar
 
 // addReplicas places n new replicas for v (away from its nodes), records
 // them, creates them, and returns them. uncovered are replicas to replace
-// that no new replica replaces yet: the first ones are linked.
-func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*Member, n int, uncovered []*replicaHealth) ([]replicaRef, error) {
+// that no new replica replaces yet: the first ones are linked. replacing
+// are the replicas given up on (their nodes are avoided, their fault
+// domains free).
+func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*Member, n int, uncovered []*replicaHealth,
+	replacing map[string]bool) ([]replicaRef, error) {
 	s.vols.placeMu.Lock()
 	defer s.vols.placeMu.Unlock()
 	vols, err := s.listVolumes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var exclude []string
+	// The nodes of replicas being given up on are avoided, but their fault
+	// domains are free for the replicas that take over from them.
+	var exclude, avoid []string
 	for _, r := range v.ReplicaSet {
-		exclude = append(exclude, r.Node)
+		if replacing[r.UUID] {
+			avoid = append(avoid, r.Node)
+		} else {
+			exclude = append(exclude, r.Node)
+		}
 	}
 	for _, r := range v.Retired {
-		exclude = append(exclude, r.Node)
+		avoid = append(avoid, r.Node)
 	}
 	nodes := s.schedNodes(ctx, members, vols)
 	// As many as can be placed now: a second loss that has nowhere to go
@@ -600,7 +615,7 @@ func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*M
 	var placeErr error
 	for k := n; k > 0; k-- {
 		choices, err = scheduler.Place(scheduler.Request{Size: v.Size, Replicas: k, Thin: v.Thin, NodeSelector: v.NodeSelector,
-			PoolSelector: v.PoolSelector, Exclude: exclude}, nodes)
+			PoolSelector: v.PoolSelector, Exclude: exclude, Avoid: avoid}, nodes)
 		if err == nil {
 			break
 		}

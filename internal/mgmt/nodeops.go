@@ -84,7 +84,7 @@ func (s *Service) drainNode(ctx context.Context, ref string) (*Member, error) {
 	if started {
 		s.drained.forget(m.UUID)
 		s.event(ctx, evDrain, "", m.DisplayName(), "", "asked by an administrator",
-			"node %s is drained: its replicas are replaced on other nodes", m.DisplayName())
+			"node %s is being drained: its replicas are replaced on other nodes", m.DisplayName())
 	}
 	return m, nil
 }

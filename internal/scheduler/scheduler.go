@@ -112,6 +112,10 @@ type Request struct {
 	// domains count as used (an Exclude UUID absent from the nodes passed to
 	// Place has no known domain and uses none).
 	Exclude []string
+	// Avoid lists the UUIDs of nodes that are never chosen but whose fault
+	// domains stay free: nodes of replicas being replaced (lost, or on a
+	// draining node), which the new replica takes over from.
+	Avoid []string
 }
 
 // Choice is where one replica (or, from PlaceNexus, the nexus) goes.
@@ -386,6 +390,9 @@ func Place(req Request, nodes []Node) ([]Choice, error) {
 	excluded := make(map[string]bool, len(req.Exclude))
 	// used maps a declared fault domain to the name of the node using it.
 	used := map[string]string{}
+	for _, u := range req.Avoid {
+		excluded[u] = true
+	}
 	for _, u := range sortedCopy(req.Exclude) {
 		excluded[u] = true
 		if n := byUUID[u]; n != nil && n.FaultDomain != "" {

@@ -515,3 +515,23 @@ func TestPlaceProperties(t *testing.T) {
 		t.Fatalf("random clusters too one-sided: %d placed, %d failed", placedOK, failed)
 	}
 }
+
+// TestPlaceAvoid: a node being replaced is never chosen, but its fault
+// domain is free for the replacement; an excluded node's domain is not.
+func TestPlaceAvoid(t *testing.T) {
+	mk := func(name, domain string) Node {
+		n := node(name, pool("p", 1<<30, 1<<30))
+		n.FaultDomain = domain
+		return n
+	}
+	nodes := []Node{mk("a", "/r1"), mk("b", "/r2"), mk("c", "/r3"), mk("d", "/r3")}
+	req := Request{Size: 64 << 20, Replicas: 1, Exclude: []string{"uuid-a", "uuid-b"}, Avoid: []string{"uuid-c"}}
+	got, err := Place(req, nodes)
+	if err != nil || len(got) != 1 || got[0].NodeUUID != "uuid-d" {
+		t.Fatalf("replacing c: %v %v", got, err)
+	}
+	req.Exclude, req.Avoid = []string{"uuid-a", "uuid-b", "uuid-c"}, nil
+	if _, err := Place(req, nodes); err == nil {
+		t.Fatal("placed in the domain of an excluded node")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -252,7 +253,10 @@ func (c *cluster) nexctlAs(certDir, identity string, args ...string) (string, st
 	if certDir != "" {
 		sec = []string{"--cert-dir", certDir, "--identity", identity}
 	}
-	cmd := exec.Command(testutil.BuildBinary(c.t, "nexctl"), append(append(args, sec...), "--timeout", "20s")...)
+	if !slices.Contains(args, "--timeout") {
+		sec = append(sec, "--timeout", "20s")
+	}
+	cmd := exec.Command(testutil.BuildBinary(c.t, "nexctl"), append(args, sec...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -223,6 +223,44 @@ func TestVolumes(t *testing.T) {
 		t.Fatalf("republished after restart: %+v", p.Status)
 	}
 	checkPattern(t, p.Status.Target.URI, pattern, 32<<20)
+
+	// Drain the node holding the /rack-c replica: the reconcilers put a
+	// new one on the other /rack-c node, rebuild it, and only then drop
+	// the old one; the data is all there.
+	drained := ""
+	for _, r := range p.Status.Replicas {
+		if domain[r.Node] == "c" {
+			drained = r.Node
+		}
+	}
+	out = c.mustNexctl("node", "drain", drained, "--wait", "--timeout", "3m", "-a", aps)
+	if !strings.Contains(out, "drained") {
+		t.Fatalf("node drain --wait:\n%s", out)
+	}
+	d := c.waitPhase("data", "online")
+	for _, r := range d.Status.Replicas {
+		if r.Node == drained {
+			t.Fatalf("a replica is left on the drained node: %+v", d.Status.Replicas)
+		}
+	}
+	if d.Status.Healthy != 3 || len(d.Status.Replicas) != 3 {
+		t.Fatalf("after the drain: %+v", d.Status)
+	}
+	var evs []struct {
+		Kind, Node, Cause string
+	}
+	if err := json.Unmarshal([]byte(c.mustNexctl("event", "list", "-a", aps, "-o", "json")), &evs); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, e := range evs {
+		kinds[e.Kind] = true
+	}
+	if !kinds["node.drain"] || !kinds["replica.replace"] || !kinds["replica.remove"] {
+		t.Fatalf("events of the drain: %+v", evs)
+	}
+	checkPattern(t, p.Status.Target.URI, pattern, 32<<20)
+	c.mustNexctl("node", "uncordon", drained, "-a", aps)
 	c.volume("unpublish", "data")
 
 	// SIGKILL the leader while volumes are being created: the next leader
