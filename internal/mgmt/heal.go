@@ -322,11 +322,11 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 			// volume, whose replicas miss no writes.)
 			h.lost, h.lostWhy = true, fmt.Sprintf("its node %s is %s and only one healthy copy is left", nodeName(idx, r.Node), stateOf(h.node))
 		case now >= deadline:
-			h.lost, h.lostWhy = true, fmt.Sprintf("its node %s has been %s since %s, longer than rebuild.partial_wait (%v)",
-				nodeName(idx, r.Node), stateOf(h.node), msTime(r.OutSinceMs), s.cfg.PartialWait)
+			h.lost, h.lostWhy = true, fmt.Sprintf("it has been away since %s (%s), longer than rebuild.partial_wait (%v)",
+				msTime(r.OutSinceMs), awayWhy(h), s.cfg.PartialWait)
 		default:
 			repairs = append(repairs, &mgmtv1.Repair{Kind: repWaiting, Replica: r.UUID, Node: nodeName(idx, r.Node),
-				Reason: fmt.Sprintf("its node is %s; it is replaced if it is not back by then", stateOf(h.node)), UntilMs: deadline, StartedMs: r.OutSinceMs})
+				Reason: awayWhy(h) + "; it is replaced if it is not back by then", UntilMs: deadline, StartedMs: r.OutSinceMs})
 		}
 	}
 
@@ -387,8 +387,11 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 		if h.healthy {
 			// A drained replica goes once every replacement is healthy.
 			if !replacementsHealthy(hs, h.ref.UUID) {
-				repairs = append(repairs, &mgmtv1.Repair{Kind: repRemoving, Replica: h.ref.UUID, Node: nodeName(idx, h.ref.Node),
-					Reason: "its node is drained; it is removed once its replacement is in sync"})
+				why := "its node is drained; it is removed once its replacement is in sync"
+				if nx == nil {
+					why = "its node is drained; the volume is not published: its replacement is copied at the next publish, then it is removed"
+				}
+				repairs = append(repairs, &mgmtv1.Repair{Kind: repRemoving, Replica: h.ref.UUID, Node: nodeName(idx, h.ref.Node), Reason: why})
 				continue
 			}
 		}
@@ -934,6 +937,14 @@ func (s *Service) track(ctx context.Context, v *volumeRecord, hs []*replicaHealt
 		s.event(ctx, evHealed, v.Name, "", "", fmt.Sprintf("it had fewer than %d healthy replicas", v.Replicas),
 			"volume %s has %d healthy replicas again after %s", v.Name, healthy, healedAfter.Round(time.Millisecond))
 	}
+}
+
+// awayWhy says why a replica is out of reach.
+func awayWhy(h *replicaHealth) string {
+	if h.up && !h.exists {
+		return fmt.Sprintf("node %s does not list it (its pool may not be imported yet)", h.nodeName())
+	}
+	return fmt.Sprintf("its node %s is %s", h.nodeName(), stateOf(h.node))
 }
 
 func stateOf(m *Member) string {
