@@ -442,7 +442,7 @@ type Event struct {
 	// replica.rebuild (full rebuild of a replica of the volume),
 	// replica.replace (a new replica for one that is lost), replica.add,
 	// replica.remove, replica.gc (a replica no volume owns destroyed),
-	// nexus.gc, nexus.recreate, volume.healed, repair.failed, node.cordon,
+	// nexus.gc, nexus.move, volume.healed, repair.failed, node.cordon,
 	// node.uncordon, node.drain, node.drained.
 	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	Volume  string `protobuf:"bytes,4,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -1897,6 +1897,59 @@ func (x *VerifyVolumeRequest) GetName() string {
 	return ""
 }
 
+type MoveVolumeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// node: name, rank or UUID; empty picks one.
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVolumeRequest) Reset() {
+	*x = MoveVolumeRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVolumeRequest) ProtoMessage() {}
+
+func (x *MoveVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVolumeRequest.ProtoReflect.Descriptor instead.
+func (*MoveVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *MoveVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MoveVolumeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 type SetVolumeReplicasRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1908,7 +1961,7 @@ type SetVolumeReplicasRequest struct {
 
 func (x *SetVolumeReplicasRequest) Reset() {
 	*x = SetVolumeReplicasRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +1973,7 @@ func (x *SetVolumeReplicasRequest) String() string {
 func (*SetVolumeReplicasRequest) ProtoMessage() {}
 
 func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[28]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +1986,7 @@ func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVolumeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*SetVolumeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{28}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetVolumeReplicasRequest) GetName() string {
@@ -1963,7 +2016,7 @@ type VerifyVolumeResponse struct {
 
 func (x *VerifyVolumeResponse) Reset() {
 	*x = VerifyVolumeResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1975,7 +2028,7 @@ func (x *VerifyVolumeResponse) String() string {
 func (*VerifyVolumeResponse) ProtoMessage() {}
 
 func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1988,7 +2041,7 @@ func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyVolumeResponse.ProtoReflect.Descriptor instead.
 func (*VerifyVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *VerifyVolumeResponse) GetSegments() uint64 {
@@ -2024,7 +2077,7 @@ type NexusHealth struct {
 
 func (x *NexusHealth) Reset() {
 	*x = NexusHealth{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2089,7 @@ func (x *NexusHealth) String() string {
 func (*NexusHealth) ProtoMessage() {}
 
 func (x *NexusHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2049,7 +2102,7 @@ func (x *NexusHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NexusHealth.ProtoReflect.Descriptor instead.
 func (*NexusHealth) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NexusHealth) GetRecord() []byte {
@@ -2075,7 +2128,7 @@ type LoadNexusHealthRequest struct {
 
 func (x *LoadNexusHealthRequest) Reset() {
 	*x = LoadNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2140,7 @@ func (x *LoadNexusHealthRequest) String() string {
 func (*LoadNexusHealthRequest) ProtoMessage() {}
 
 func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2153,7 @@ func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*LoadNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LoadNexusHealthRequest) GetNexusUuid() string {
@@ -2122,7 +2175,7 @@ type SaveNexusHealthRequest struct {
 
 func (x *SaveNexusHealthRequest) Reset() {
 	*x = SaveNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2187,7 @@ func (x *SaveNexusHealthRequest) String() string {
 func (*SaveNexusHealthRequest) ProtoMessage() {}
 
 func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2200,7 @@ func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SaveNexusHealthRequest) GetNexusUuid() string {
@@ -2179,7 +2232,7 @@ type SaveNexusHealthResponse struct {
 
 func (x *SaveNexusHealthResponse) Reset() {
 	*x = SaveNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2244,7 @@ func (x *SaveNexusHealthResponse) String() string {
 func (*SaveNexusHealthResponse) ProtoMessage() {}
 
 func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2257,7 @@ func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 type DeleteNexusHealthRequest struct {
@@ -2216,7 +2269,7 @@ type DeleteNexusHealthRequest struct {
 
 func (x *DeleteNexusHealthRequest) Reset() {
 	*x = DeleteNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2281,7 @@ func (x *DeleteNexusHealthRequest) String() string {
 func (*DeleteNexusHealthRequest) ProtoMessage() {}
 
 func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2294,7 @@ func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteNexusHealthRequest) GetNexusUuid() string {
@@ -2259,7 +2312,7 @@ type DeleteNexusHealthResponse struct {
 
 func (x *DeleteNexusHealthResponse) Reset() {
 	*x = DeleteNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2324,7 @@ func (x *DeleteNexusHealthResponse) String() string {
 func (*DeleteNexusHealthResponse) ProtoMessage() {}
 
 func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2337,7 @@ func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 var File_mgmt_v1_volume_proto protoreflect.FileDescriptor
@@ -2431,7 +2484,10 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\")\n" +
 	"\x13VerifyVolumeRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\";\n" +
+	"\x11MoveVolumeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"J\n" +
 	"\x18SetVolumeReplicasRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\rR\breplicas\"n\n" +
@@ -2458,7 +2514,7 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x18DeleteNexusHealthRequest\x12\x1d\n" +
 	"\n" +
 	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\"\x1b\n" +
-	"\x19DeleteNexusHealthResponse2\xfe\v\n" +
+	"\x19DeleteNexusHealthResponse2\xc9\f\n" +
 	"\rVolumeService\x12R\n" +
 	"\tListPools\x12!.nexstor.mgmt.v1.ListPoolsRequest\x1a\".nexstor.mgmt.v1.ListPoolsResponse\x12R\n" +
 	"\tListNodes\x12!.nexstor.mgmt.v1.ListNodesRequest\x1a\".nexstor.mgmt.v1.ListNodesResponse\x12M\n" +
@@ -2474,7 +2530,9 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\n" +
 	"CordonNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12C\n" +
 	"\fUncordonNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12@\n" +
-	"\tDrainNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12U\n" +
+	"\tDrainNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12I\n" +
+	"\n" +
+	"MoveVolume\x12\".nexstor.mgmt.v1.MoveVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12U\n" +
 	"\n" +
 	"ListEvents\x12\".nexstor.mgmt.v1.ListEventsRequest\x1a#.nexstor.mgmt.v1.ListEventsResponse\x12X\n" +
 	"\x0fLoadNexusHealth\x12'.nexstor.mgmt.v1.LoadNexusHealthRequest\x1a\x1c.nexstor.mgmt.v1.NexusHealth\x12d\n" +
@@ -2493,7 +2551,7 @@ func file_mgmt_v1_volume_proto_rawDescGZIP() []byte {
 	return file_mgmt_v1_volume_proto_rawDescData
 }
 
-var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*NodePool)(nil),                  // 0: nexstor.mgmt.v1.NodePool
 	(*ListPoolsRequest)(nil),          // 1: nexstor.mgmt.v1.ListPoolsRequest
@@ -2523,28 +2581,29 @@ var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*UnpublishVolumeRequest)(nil),    // 25: nexstor.mgmt.v1.UnpublishVolumeRequest
 	(*ResizeVolumeRequest)(nil),       // 26: nexstor.mgmt.v1.ResizeVolumeRequest
 	(*VerifyVolumeRequest)(nil),       // 27: nexstor.mgmt.v1.VerifyVolumeRequest
-	(*SetVolumeReplicasRequest)(nil),  // 28: nexstor.mgmt.v1.SetVolumeReplicasRequest
-	(*VerifyVolumeResponse)(nil),      // 29: nexstor.mgmt.v1.VerifyVolumeResponse
-	(*NexusHealth)(nil),               // 30: nexstor.mgmt.v1.NexusHealth
-	(*LoadNexusHealthRequest)(nil),    // 31: nexstor.mgmt.v1.LoadNexusHealthRequest
-	(*SaveNexusHealthRequest)(nil),    // 32: nexstor.mgmt.v1.SaveNexusHealthRequest
-	(*SaveNexusHealthResponse)(nil),   // 33: nexstor.mgmt.v1.SaveNexusHealthResponse
-	(*DeleteNexusHealthRequest)(nil),  // 34: nexstor.mgmt.v1.DeleteNexusHealthRequest
-	(*DeleteNexusHealthResponse)(nil), // 35: nexstor.mgmt.v1.DeleteNexusHealthResponse
-	nil,                               // 36: nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	nil,                               // 37: nexstor.mgmt.v1.Placement.PoolSelectorEntry
-	(*PoolReport)(nil),                // 38: nexstor.mgmt.v1.PoolReport
-	(*Member)(nil),                    // 39: nexstor.mgmt.v1.Member
+	(*MoveVolumeRequest)(nil),         // 28: nexstor.mgmt.v1.MoveVolumeRequest
+	(*SetVolumeReplicasRequest)(nil),  // 29: nexstor.mgmt.v1.SetVolumeReplicasRequest
+	(*VerifyVolumeResponse)(nil),      // 30: nexstor.mgmt.v1.VerifyVolumeResponse
+	(*NexusHealth)(nil),               // 31: nexstor.mgmt.v1.NexusHealth
+	(*LoadNexusHealthRequest)(nil),    // 32: nexstor.mgmt.v1.LoadNexusHealthRequest
+	(*SaveNexusHealthRequest)(nil),    // 33: nexstor.mgmt.v1.SaveNexusHealthRequest
+	(*SaveNexusHealthResponse)(nil),   // 34: nexstor.mgmt.v1.SaveNexusHealthResponse
+	(*DeleteNexusHealthRequest)(nil),  // 35: nexstor.mgmt.v1.DeleteNexusHealthRequest
+	(*DeleteNexusHealthResponse)(nil), // 36: nexstor.mgmt.v1.DeleteNexusHealthResponse
+	nil,                               // 37: nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	nil,                               // 38: nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	(*PoolReport)(nil),                // 39: nexstor.mgmt.v1.PoolReport
+	(*Member)(nil),                    // 40: nexstor.mgmt.v1.Member
 }
 var file_mgmt_v1_volume_proto_depIdxs = []int32{
-	38, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
+	39, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
 	0,  // 1: nexstor.mgmt.v1.ListPoolsResponse.pools:type_name -> nexstor.mgmt.v1.NodePool
-	39, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
+	40, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
 	4,  // 3: nexstor.mgmt.v1.Node.drain:type_name -> nexstor.mgmt.v1.DrainStatus
 	6,  // 4: nexstor.mgmt.v1.ListEventsResponse.events:type_name -> nexstor.mgmt.v1.Event
 	3,  // 5: nexstor.mgmt.v1.ListNodesResponse.nodes:type_name -> nexstor.mgmt.v1.Node
-	36, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	37, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	37, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	38, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
 	11, // 8: nexstor.mgmt.v1.VolumeSpec.placement:type_name -> nexstor.mgmt.v1.Placement
 	13, // 9: nexstor.mgmt.v1.VolumeStatus.replicas:type_name -> nexstor.mgmt.v1.VolumeReplica
 	14, // 10: nexstor.mgmt.v1.VolumeStatus.target:type_name -> nexstor.mgmt.v1.VolumeTarget
@@ -2563,34 +2622,36 @@ var file_mgmt_v1_volume_proto_depIdxs = []int32{
 	25, // 23: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
 	26, // 24: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
 	27, // 25: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
-	28, // 26: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
+	29, // 26: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
 	5,  // 27: nexstor.mgmt.v1.VolumeService.CordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	5,  // 28: nexstor.mgmt.v1.VolumeService.UncordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	5,  // 29: nexstor.mgmt.v1.VolumeService.DrainNode:input_type -> nexstor.mgmt.v1.NodeRequest
-	7,  // 30: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
-	31, // 31: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
-	32, // 32: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
-	34, // 33: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
-	2,  // 34: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
-	10, // 35: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
-	17, // 36: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
-	20, // 37: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
-	17, // 38: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
-	23, // 39: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
-	17, // 40: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 41: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 42: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
-	29, // 43: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
-	17, // 44: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
-	3,  // 45: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 46: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 47: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
-	8,  // 48: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
-	30, // 49: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
-	33, // 50: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
-	35, // 51: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
-	34, // [34:52] is the sub-list for method output_type
-	16, // [16:34] is the sub-list for method input_type
+	28, // 30: nexstor.mgmt.v1.VolumeService.MoveVolume:input_type -> nexstor.mgmt.v1.MoveVolumeRequest
+	7,  // 31: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
+	32, // 32: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
+	33, // 33: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
+	35, // 34: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
+	2,  // 35: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
+	10, // 36: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
+	17, // 37: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
+	20, // 38: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
+	17, // 39: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
+	23, // 40: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
+	17, // 41: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 42: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 43: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
+	30, // 44: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
+	17, // 45: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
+	3,  // 46: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 47: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 48: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
+	17, // 49: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
+	8,  // 50: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
+	31, // 51: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
+	34, // 52: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
+	36, // 53: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
+	35, // [35:54] is the sub-list for method output_type
+	16, // [16:35] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -2608,7 +2669,7 @@ func file_mgmt_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mgmt_v1_volume_proto_rawDesc), len(file_mgmt_v1_volume_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,6 +44,7 @@ const (
 	VolumeService_CordonNode_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/CordonNode"
 	VolumeService_UncordonNode_FullMethodName      = "/nexstor.mgmt.v1.VolumeService/UncordonNode"
 	VolumeService_DrainNode_FullMethodName         = "/nexstor.mgmt.v1.VolumeService/DrainNode"
+	VolumeService_MoveVolume_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/MoveVolume"
 	VolumeService_ListEvents_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/ListEvents"
 	VolumeService_LoadNexusHealth_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/LoadNexusHealth"
 	VolumeService_SaveNexusHealth_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/SaveNexusHealth"
@@ -106,6 +107,16 @@ type VolumeServiceClient interface {
 	// Node.drain shows the progress. Idempotent. Moving the nexuses the node
 	// hosts is not part of a drain yet: they stay.
 	DrainNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error)
+	// MoveVolume moves a published volume's nexus to another node, keeping
+	// its protocol, its allowed hosts, its subsystem NQN and namespace
+	// identity: the old nexus is closed cleanly (or, on a node that is down,
+	// left to be removed when it answers, fenced by the new nexus's epoch),
+	// then the nexus is created on node from the replicas its health record
+	// calls current. node empty picks one (not the current node). It returns
+	// the volume published at its new place. The reconcilers move a volume
+	// the same way when its nexus's node dies. Hosts connected to the old
+	// place must connect to the new one (`nexstor agent`, or multipath).
+	MoveVolume(ctx context.Context, in *MoveVolumeRequest, opts ...grpc.CallOption) (*Volume, error)
 	// ListEvents lists the automatic actions of the reconcilers and the
 	// node operations, oldest first, each with its cause.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
@@ -268,6 +279,16 @@ func (c *volumeServiceClient) DrainNode(ctx context.Context, in *NodeRequest, op
 	return out, nil
 }
 
+func (c *volumeServiceClient) MoveVolume(ctx context.Context, in *MoveVolumeRequest, opts ...grpc.CallOption) (*Volume, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Volume)
+	err := c.cc.Invoke(ctx, VolumeService_MoveVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListEventsResponse)
@@ -364,6 +385,16 @@ type VolumeServiceServer interface {
 	// Node.drain shows the progress. Idempotent. Moving the nexuses the node
 	// hosts is not part of a drain yet: they stay.
 	DrainNode(context.Context, *NodeRequest) (*Node, error)
+	// MoveVolume moves a published volume's nexus to another node, keeping
+	// its protocol, its allowed hosts, its subsystem NQN and namespace
+	// identity: the old nexus is closed cleanly (or, on a node that is down,
+	// left to be removed when it answers, fenced by the new nexus's epoch),
+	// then the nexus is created on node from the replicas its health record
+	// calls current. node empty picks one (not the current node). It returns
+	// the volume published at its new place. The reconcilers move a volume
+	// the same way when its nexus's node dies. Hosts connected to the old
+	// place must connect to the new one (`nexstor agent`, or multipath).
+	MoveVolume(context.Context, *MoveVolumeRequest) (*Volume, error)
 	// ListEvents lists the automatic actions of the reconcilers and the
 	// node operations, oldest first, each with its cause.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
@@ -427,6 +458,9 @@ func (UnimplementedVolumeServiceServer) UncordonNode(context.Context, *NodeReque
 }
 func (UnimplementedVolumeServiceServer) DrainNode(context.Context, *NodeRequest) (*Node, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedVolumeServiceServer) MoveVolume(context.Context, *MoveVolumeRequest) (*Volume, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MoveVolume not implemented")
 }
 func (UnimplementedVolumeServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
@@ -713,6 +747,24 @@ func _VolumeService_DrainNode_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_MoveVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).MoveVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_MoveVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).MoveVolume(ctx, req.(*MoveVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListEventsRequest)
 	if err := dec(in); err != nil {
@@ -847,6 +899,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _VolumeService_DrainNode_Handler,
+		},
+		{
+			MethodName: "MoveVolume",
+			Handler:    _VolumeService_MoveVolume_Handler,
 		},
 		{
 			MethodName: "ListEvents",
