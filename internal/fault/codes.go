@@ -36,6 +36,7 @@ var registry = []Spec{
 	{"health.bad_record", InvalidArgument, "send the JSON health record of the nexus with its generation"},
 	{"health.corrupt_record", Internal, "recreate the volume's nexus from a replica you trust (nexus create --source)"},
 	{"health.stale_generation", FailedPrecondition, "this nexus is stale and must stop; the volume's current nexus holds the record"},
+	{"health.not_target", FailedPrecondition, "destroy that nexus; the volume is published on another node, whose nexus serves it"},
 	{"volume.bad_spec", InvalidArgument, "see `nexctl volume create --help` for the accepted values"},
 	{"volume.busy", Unavailable, "retry when the operation under way has finished"},
 	{"volume.conflict", Aborted, "read the volume again (`nexctl volume get`) and retry if still needed"},

@@ -219,8 +219,18 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 	if v.Target != nil {
 		target = idx[v.Target.Node]
 		if !alive(target) {
-			block("the nexus's node %s is %s: the replicas are repaired once it is back", nodeName(idx, v.Target.Node), stateOf(target))
-			return 0, nil
+			// The nexus's node is away: the nexus moves to another node
+			// (the replicas are repaired from there).
+			moved, err := s.failover(ctx, v, members)
+			if !moved {
+				block("the nexus's node %s is %s, and the nexus cannot move: %v", nodeName(idx, v.Target.Node), stateOf(target), err)
+				return 0, nil
+			}
+			if err != nil {
+				block("the nexus is moving from %s (%s): %v", nodeName(idx, v.Op.From), stateOf(target), err)
+				return 0, err
+			}
+			return time.Second, nil
 		}
 		if tc, err = s.engineOf(target, v.Target.Node); err != nil {
 			return 0, err

@@ -75,7 +75,7 @@ func newHealSystem(t *testing.T, n int, partialWait time.Duration) (*volSystem, 
 func (n *healNode) start(t *testing.T) {
 	t.Helper()
 	dp, err := engine.StartDataPlane(engine.DataPlaneOptions{DataDir: filepath.Join(n.dir, "engine"),
-		NVMfListen: n.nvmfAddr, HostNQN: n.hostNQN, SystemHealth: directHealth{n.vs.svc.Service}})
+		NVMfListen: n.nvmfAddr, HostNQN: n.hostNQN, SystemHealth: directHealth{s: n.vs.svc.Service, node: n.uuid}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,6 +530,92 @@ func TestSetReplicasAndDrain(t *testing.T) {
 	v = passUntil(t, vs, "shrunk to 1", healthy(1))
 	if !v.Status.Replicas[0].Local {
 		t.Fatalf("shrinking kept a remote replica: %+v", v.Status.Replicas)
+	}
+	checkData(t, ns, want)
+}
+
+// TestMoveVolume: a planned move and a failover after the nexus's node
+// dies keep the subsystem NQN and the data; when the old node returns, its
+// stale nexus is refused its health record (never reopened), removed, and
+// the volume heals back to all its replicas.
+func TestMoveVolume(t *testing.T) {
+	vs, nodes := newHealSystem(t, 4, time.Hour)
+	ctx := context.Background()
+	p, ns := setupPublished(t, vs, nodes, 3)
+	want := fill(0xa1, 16<<20)
+
+	// Planned: to the node without a replica.
+	spare := ""
+	for _, n := range nodes {
+		if !slices.ContainsFunc(p.Status.Replicas, func(r *mgmtv1.VolumeReplica) bool { return r.NodeUuid == n.uuid }) {
+			spare = n.name
+		}
+	}
+	if _, err := vs.vols().MoveVolume(ctx, &mgmtv1.MoveVolumeRequest{Name: "nope", Node: spare}); FaultCode(err) != CodeVolumeNotFound {
+		t.Fatalf("moving a missing volume: %v", err)
+	}
+	m, err := vs.vols().MoveVolume(ctx, &mgmtv1.MoveVolumeRequest{Name: "v", Node: spare})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Status.Target.Node != spare || m.Status.Target.Nqn != p.Status.Target.Nqn {
+		t.Fatalf("moved: %+v (was %+v)", m.Status.Target, p.Status.Target)
+	}
+	if nr, _ := healNodeOf(nodes, p.Status.Target.NodeUuid).cl.ListNexuses(ctx, &enginev1.ListNexusesRequest{}); len(nr.GetNexuses()) != 0 {
+		t.Fatalf("the old place keeps a nexus: %v", nr)
+	}
+	ns = connect(t, m)
+	checkData(t, ns, want)
+	copy(want[8<<20:], fill(0xe6, 1<<20))
+	if _, err := ns.WriteAt(want[8<<20:9<<20], 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Unplanned: the nexus's node dies.
+	dead := healNodeOf(nodes, m.Status.Target.NodeUuid)
+	dead.kill(t)
+	f := passUntil(t, vs, "failed over", func(v *mgmtv1.Volume) bool {
+		return v.Status.Target != nil && v.Status.Target.NodeUuid != dead.uuid && v.Status.Phase != PhaseFaulted && v.Status.Operation == ""
+	})
+	if f.Status.Target.Nqn != p.Status.Target.Nqn {
+		t.Fatalf("the NQN changed: %s", f.Status.Target.Nqn)
+	}
+	ns = connect(t, f)
+	checkData(t, ns, want)
+	copy(want[12<<20:], fill(0xe7, 1<<20))
+	if _, err := ns.WriteAt(want[12<<20:13<<20], 12<<20); err != nil {
+		t.Fatal(err)
+	}
+	if ev := events(t, vs, evMove); len(ev) != 2 || !strings.Contains(ev[1].Cause, dead.name) {
+		t.Fatalf("move events: %+v", ev)
+	}
+
+	// The old node returns: its nexus is never reopened, and goes.
+	dead.revive(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if err := vs.svc.VolumePass(ctx); err != nil {
+			t.Log(err)
+		}
+		nr, err := dead.cl.ListNexuses(ctx, &enginev1.ListNexusesRequest{})
+		if err == nil && len(nr.Nexuses) == 0 {
+			break
+		}
+		if err == nil && len(nr.Nexuses) == 1 && nr.Nexuses[0].State != enginev1.NexusState_NEXUS_STATE_FAULTED {
+			t.Fatalf("the stale nexus was reopened: %+v", nr.Nexuses[0])
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stale nexus is still there: %v %v", err, nr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The volume still serves through its new place.
+	copy(want[14<<20:], fill(0xe8, 1<<20))
+	if _, err := ns.WriteAt(want[14<<20:15<<20], 14<<20); err != nil {
+		t.Fatalf("the new nexus was fenced: %v", err)
 	}
 	checkData(t, ns, want)
 }

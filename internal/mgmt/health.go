@@ -17,7 +17,34 @@ const (
 	CodeStaleGeneration = "health.stale_generation"
 	CodeBadHealth       = "health.bad_record"
 	CodeCorruptHealth   = "health.corrupt_record"
+	CodeNotTarget       = "health.not_target"
 )
+
+// checkTarget refuses the health record of a volume's nexus to a node that
+// is not where the volume is published, or being published or moved to:
+// its nexus is a stale instance (the volume moved, or was unpublished,
+// while the node was away), which must never be reopened or save. node ""
+// (a caller that does not say) is not checked.
+func (s *Service) checkTarget(ctx context.Context, id, node string) error {
+	if node == "" {
+		return nil
+	}
+	v, err := s.getVolumeByUUID(ctx, id)
+	if err != nil || v == nil {
+		return err
+	}
+	if (v.Target != nil && v.Target.Node == node) || (v.Op != nil && v.Op.Node == node &&
+		(v.Op.Kind == opPublish || v.Op.Kind == opMove || v.Op.Kind == opUnpublish || v.Op.Kind == opResize)) {
+		return nil
+	}
+	where := "it is not published"
+	if v.Target != nil {
+		where = "it is published on node " + v.Target.Node
+	}
+	return fault.New(fault.FailedPrecondition, CodeNotTarget,
+		fmt.Sprintf("volume %s: the nexus on node %s is stale: %s", v.Name, node, where),
+		"destroy that nexus; the volume's current nexus serves it")
+}
 
 // healthHeader is the part of a nexus health record the store reads: the
 // rest is the nexus's business.
@@ -34,12 +61,16 @@ func checkNexusUUID(id string) error {
 	return nil
 }
 
-// loadHealth returns the stored record of a nexus (nil when none).
-func (s *Service) loadHealth(ctx context.Context, id string) ([]byte, error) {
+// loadHealth returns the stored record of a nexus (nil when none), to node
+// (see checkTarget).
+func (s *Service) loadHealth(ctx context.Context, id, node string) ([]byte, error) {
 	if err := checkNexusUUID(id); err != nil {
 		return nil, err
 	}
 	if err := s.requireLeader(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.checkTarget(ctx, id, node); err != nil {
 		return nil, err
 	}
 	resp, err := s.cfg.Etcd.Get(ctx, s.k.health(id))
@@ -56,8 +87,11 @@ func (s *Service) loadHealth(ctx context.Context, id string) ([]byte, error) {
 // none is stored). The compare and the write are one transaction on the
 // key's revision, fenced on this leader's election key: two nexuses of one
 // volume that both read generation g cannot both save g+1.
-func (s *Service) saveHealth(ctx context.Context, id string, gen uint64, rec []byte) error {
+func (s *Service) saveHealth(ctx context.Context, id string, gen uint64, rec []byte, node string) error {
 	if err := checkNexusUUID(id); err != nil {
+		return err
+	}
+	if err := s.checkTarget(ctx, id, node); err != nil {
 		return err
 	}
 	var h healthHeader
@@ -135,7 +169,7 @@ func (s *Service) deleteHealth(ctx context.Context, id string) error {
 
 // LoadNexusHealth implements VolumeService.LoadNexusHealth.
 func (vs *VolumeServer) LoadNexusHealth(ctx context.Context, req *mgmtv1.LoadNexusHealthRequest) (*mgmtv1.NexusHealth, error) {
-	b, err := vs.s.loadHealth(ctx, req.NexusUuid)
+	b, err := vs.s.loadHealth(ctx, req.NexusUuid, req.NodeUuid)
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -144,7 +178,7 @@ func (vs *VolumeServer) LoadNexusHealth(ctx context.Context, req *mgmtv1.LoadNex
 
 // SaveNexusHealth implements VolumeService.SaveNexusHealth.
 func (vs *VolumeServer) SaveNexusHealth(ctx context.Context, req *mgmtv1.SaveNexusHealthRequest) (*mgmtv1.SaveNexusHealthResponse, error) {
-	if err := vs.s.saveHealth(ctx, req.NexusUuid, req.Generation, req.Record); err != nil {
+	if err := vs.s.saveHealth(ctx, req.NexusUuid, req.Generation, req.Record, req.NodeUuid); err != nil {
 		return nil, ToStatus(err)
 	}
 	return &mgmtv1.SaveNexusHealthResponse{}, nil

@@ -611,7 +611,7 @@ func (s *Service) deleteVolume(ctx context.Context, ref string, force bool) ([]s
 	// A delete overrides an operation left unfinished (this call holds
 	// the volume's lock, so none is running): a half-done publish may have
 	// left a nexus on its node, which the delete removes too.
-	if v.Op != nil && v.Op.Kind == opPublish && !slices.Contains(v.StaleTargets, v.Op.Node) {
+	if v.Op != nil && (v.Op.Kind == opPublish || v.Op.Kind == opMove) && !slices.Contains(v.StaleTargets, v.Op.Node) {
 		v.StaleTargets = append(v.StaleTargets, v.Op.Node)
 	}
 	v.Status, v.Op = volDeleting, &volumeOp{Kind: opDelete, StartedMs: s.nowMs()}

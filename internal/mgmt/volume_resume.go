@@ -82,6 +82,9 @@ func (s *Service) resumeVolume(ctx context.Context, id string) error {
 	case opDelete:
 		_, err := s.finishDelete(ctx, v)
 		return err
+	case opMove:
+		// Roll forward: the volume must end up published.
+		return s.finishMove(ctx, v, idx)
 	}
 	return nil
 }

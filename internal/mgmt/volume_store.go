@@ -26,6 +26,7 @@ const (
 	opUnpublish = "unpublish"
 	opResize    = "resize"
 	opDelete    = "delete"
+	opMove      = "move"
 )
 
 // volumeRecord is a volume's spec as kept in etcd at
@@ -103,6 +104,12 @@ type volumeOp struct {
 	HostNQNs  []string `json:"host_nqns,omitempty"`
 	Size      uint64   `json:"size,omitempty"` // resize: the new size
 	StartedMs int64    `json:"started_ms"`
+	// From is the node a move takes the nexus from (UUID).
+	From string `json:"from,omitempty"`
+	// Stage of a move: "retire" (the old nexus goes), then "republish".
+	Stage string `json:"stage,omitempty"`
+	// Cause is why an automatic operation was started.
+	Cause string `json:"cause,omitempty"`
 }
 
 func (k keys) volume(uuid string) string     { return k.prefix + "volumes/" + uuid }

@@ -27,10 +27,17 @@ import (
 // directHealth is the system health store seen from an engine in the
 // same process: the leader's store calls, without the gRPC hop (the
 // client of that hop is tested in package healthstore).
-type directHealth struct{ s *Service }
+// node, when set, is the member UUID the engine names in its calls.
+type directHealth struct {
+	s    *Service
+	node string
+}
 
 func (h directHealth) Load(ctx context.Context, id string) (nexus.HealthRecord, error) {
-	b, err := h.s.loadHealth(ctx, id)
+	b, err := h.s.loadHealth(ctx, id, h.node)
+	if FaultCode(err) == CodeNotTarget {
+		return nexus.HealthRecord{}, fmt.Errorf("nexus %s: %v: %w", id, err, nexus.ErrNoRecord)
+	}
 	if err != nil {
 		return nexus.HealthRecord{}, err
 	}
@@ -46,7 +53,7 @@ func (h directHealth) Save(ctx context.Context, rec nexus.HealthRecord) error {
 	if err != nil {
 		return err
 	}
-	return h.s.saveHealth(ctx, rec.NexusUUID, rec.Generation, b)
+	return h.s.saveHealth(ctx, rec.NexusUUID, rec.Generation, b, h.node)
 }
 
 func (h directHealth) Delete(ctx context.Context, id string) error { return h.s.deleteHealth(ctx, id) }
@@ -92,7 +99,7 @@ func (vs *volSystem) startNode(i int, poolSize int64, labels map[string]string) 
 	n := &volNode{uuid: id.String(), name: fmt.Sprintf("node-%d", i)}
 	hostNQN := "nqn.2014-08.org.nvmexpress:uuid:" + n.uuid
 	dp, err := engine.StartDataPlane(engine.DataPlaneOptions{DataDir: filepath.Join(t.TempDir(), n.name),
-		NVMfListen: "127.0.0.1:0", NBDListen: "127.0.0.1:0", HostNQN: hostNQN, SystemHealth: directHealth{vs.svc.Service},
+		NVMfListen: "127.0.0.1:0", NBDListen: "127.0.0.1:0", HostNQN: hostNQN, SystemHealth: directHealth{s: vs.svc.Service, node: n.uuid},
 		Pools: []engine.PoolConfig{{Name: "p0", Disk: fmt.Sprintf("malloc:///%s-%d?size=%d", n.uuid[:8], i, poolSize), ClusterSize: 1 << 20}}})
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +249,7 @@ func TestVolumeLifecycle(t *testing.T) {
 		t.Fatalf("publish elsewhere: %v", err)
 	}
 	// The health record is in etcd, under the volume's UUID.
-	if b, err := vs.svc.loadHealth(ctx, v.Spec.Uuid); err != nil || b == nil {
+	if b, err := vs.svc.loadHealth(ctx, v.Spec.Uuid, ""); err != nil || b == nil {
 		t.Fatalf("health record: %v %q", err, b)
 	}
 
@@ -279,7 +286,7 @@ func TestVolumeLifecycle(t *testing.T) {
 		}
 	}
 	// The record outlives the nexus, for the next publish.
-	if b, err := vs.svc.loadHealth(ctx, v.Spec.Uuid); err != nil || b == nil {
+	if b, err := vs.svc.loadHealth(ctx, v.Spec.Uuid, ""); err != nil || b == nil {
 		t.Fatalf("health record after unpublish: %v %q", err, b)
 	}
 	// Publish again elsewhere: the children the record names current are
@@ -300,7 +307,7 @@ func TestVolumeLifecycle(t *testing.T) {
 	if _, err := vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "v1"}); FaultCode(err) != CodeVolumeNotFound {
 		t.Fatalf("get deleted: %v", err)
 	}
-	if b, _ := vs.svc.loadHealth(ctx, v.Spec.Uuid); b != nil {
+	if b, _ := vs.svc.loadHealth(ctx, v.Spec.Uuid, ""); b != nil {
 		t.Fatal("the health record outlived the volume")
 	}
 }
@@ -423,11 +430,11 @@ func TestStaleWritersLose(t *testing.T) {
 
 	// A first record only for a live volume, and only generation 1.
 	stray := uuid.NewString()
-	if b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: stray, Generation: 1}); FaultCode(vs.svc.saveHealth(ctx, stray, 1, b)) != CodeStaleGeneration {
+	if b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: stray, Generation: 1}); FaultCode(vs.svc.saveHealth(ctx, stray, 1, b, "")) != CodeStaleGeneration {
 		t.Fatal("a record was stored for a nexus of no volume")
 	}
 	id := v.Spec.Uuid
-	if b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: id, Generation: 2}); FaultCode(vs.svc.saveHealth(ctx, id, 2, b)) != CodeStaleGeneration {
+	if b, _ := json.Marshal(nexus.HealthRecord{NexusUUID: id, Generation: 2}); FaultCode(vs.svc.saveHealth(ctx, id, 2, b, "")) != CodeStaleGeneration {
 		t.Fatal("a first record of generation 2 was stored")
 	}
 	rec := func(gen uint64) []byte {
@@ -435,18 +442,18 @@ func TestStaleWritersLose(t *testing.T) {
 		return b
 	}
 	for g := uint64(1); g <= 3; g++ {
-		if err := vs.svc.saveHealth(ctx, id, g, rec(g)); err != nil {
+		if err := vs.svc.saveHealth(ctx, id, g, rec(g), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Two nexuses read generation 3; the first to save 4 wins.
-	if err := vs.svc.saveHealth(ctx, id, 4, rec(4)); err != nil {
+	if err := vs.svc.saveHealth(ctx, id, 4, rec(4), ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := vs.svc.saveHealth(ctx, id, 4, rec(4)); FaultCode(err) != CodeStaleGeneration {
+	if err := vs.svc.saveHealth(ctx, id, 4, rec(4), ""); FaultCode(err) != CodeStaleGeneration {
 		t.Fatalf("second save of generation 4: %v", err)
 	}
-	if err := vs.svc.saveHealth(ctx, id, 9, rec(9)); FaultCode(err) != CodeStaleGeneration {
+	if err := vs.svc.saveHealth(ctx, id, 9, rec(9), ""); FaultCode(err) != CodeStaleGeneration {
 		t.Fatalf("a jump in generation: %v", err)
 	}
 }

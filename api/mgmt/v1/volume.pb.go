@@ -2120,8 +2120,14 @@ func (x *NexusHealth) GetFound() bool {
 }
 
 type LoadNexusHealthRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NexusUuid     string                 `protobuf:"bytes,1,opt,name=nexus_uuid,json=nexusUuid,proto3" json:"nexus_uuid,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NexusUuid string                 `protobuf:"bytes,1,opt,name=nexus_uuid,json=nexusUuid,proto3" json:"nexus_uuid,omitempty"`
+	// node_uuid is the member UUID of the engine that asks. When set, a
+	// volume's record is given only to the node where the volume is
+	// published (or being published or moved to); any other node's nexus of
+	// the volume is stale, and is refused with FailedPrecondition code
+	// "health.not_target", so that it is never reopened.
+	NodeUuid      string `protobuf:"bytes,2,opt,name=node_uuid,json=nodeUuid,proto3" json:"node_uuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2163,12 +2169,23 @@ func (x *LoadNexusHealthRequest) GetNexusUuid() string {
 	return ""
 }
 
+func (x *LoadNexusHealthRequest) GetNodeUuid() string {
+	if x != nil {
+		return x.NodeUuid
+	}
+	return ""
+}
+
 type SaveNexusHealthRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	NexusUuid string                 `protobuf:"bytes,1,opt,name=nexus_uuid,json=nexusUuid,proto3" json:"nexus_uuid,omitempty"`
 	// generation of the record; the stored one must be generation-1.
-	Generation    uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Record        []byte `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Record     []byte `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	// node_uuid: as in LoadNexusHealthRequest; a save from a node that is not
+	// the volume's target is refused ("health.not_target"), and the nexus
+	// that made it stops serving.
+	NodeUuid      string `protobuf:"bytes,4,opt,name=node_uuid,json=nodeUuid,proto3" json:"node_uuid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2222,6 +2239,13 @@ func (x *SaveNexusHealthRequest) GetRecord() []byte {
 		return x.Record
 	}
 	return nil
+}
+
+func (x *SaveNexusHealthRequest) GetNodeUuid() string {
+	if x != nil {
+		return x.NodeUuid
+	}
+	return ""
 }
 
 type SaveNexusHealthResponse struct {
@@ -2499,17 +2523,19 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"mismatches\";\n" +
 	"\vNexusHealth\x12\x16\n" +
 	"\x06record\x18\x01 \x01(\fR\x06record\x12\x14\n" +
-	"\x05found\x18\x02 \x01(\bR\x05found\"7\n" +
+	"\x05found\x18\x02 \x01(\bR\x05found\"T\n" +
 	"\x16LoadNexusHealthRequest\x12\x1d\n" +
 	"\n" +
-	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\"o\n" +
+	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\x12\x1b\n" +
+	"\tnode_uuid\x18\x02 \x01(\tR\bnodeUuid\"\x8c\x01\n" +
 	"\x16SaveNexusHealthRequest\x12\x1d\n" +
 	"\n" +
 	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x16\n" +
-	"\x06record\x18\x03 \x01(\fR\x06record\"\x19\n" +
+	"\x06record\x18\x03 \x01(\fR\x06record\x12\x1b\n" +
+	"\tnode_uuid\x18\x04 \x01(\tR\bnodeUuid\"\x19\n" +
 	"\x17SaveNexusHealthResponse\"9\n" +
 	"\x18DeleteNexusHealthRequest\x12\x1d\n" +
 	"\n" +

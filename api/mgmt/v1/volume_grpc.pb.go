@@ -125,7 +125,8 @@ type VolumeServiceClient interface {
 	// the stored record's generation: it must be the saved record's
 	// generation minus one (or no record may exist), so two nexuses of one
 	// volume can never both win. A lost compare is FailedPrecondition with
-	// code "health.stale_generation".
+	// code "health.stale_generation". Loads and saves that name a node which
+	// is not where the volume is published are refused ("health.not_target").
 	LoadNexusHealth(ctx context.Context, in *LoadNexusHealthRequest, opts ...grpc.CallOption) (*NexusHealth, error)
 	SaveNexusHealth(ctx context.Context, in *SaveNexusHealthRequest, opts ...grpc.CallOption) (*SaveNexusHealthResponse, error)
 	DeleteNexusHealth(ctx context.Context, in *DeleteNexusHealthRequest, opts ...grpc.CallOption) (*DeleteNexusHealthResponse, error)
@@ -403,7 +404,8 @@ type VolumeServiceServer interface {
 	// the stored record's generation: it must be the saved record's
 	// generation minus one (or no record may exist), so two nexuses of one
 	// volume can never both win. A lost compare is FailedPrecondition with
-	// code "health.stale_generation".
+	// code "health.stale_generation". Loads and saves that name a node which
+	// is not where the volume is published are refused ("health.not_target").
 	LoadNexusHealth(context.Context, *LoadNexusHealthRequest) (*NexusHealth, error)
 	SaveNexusHealth(context.Context, *SaveNexusHealthRequest) (*SaveNexusHealthResponse, error)
 	DeleteNexusHealth(context.Context, *DeleteNexusHealthRequest) (*DeleteNexusHealthResponse, error)

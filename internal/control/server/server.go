@@ -262,6 +262,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 			return
 		}
 		r.setHostNQN(sb.HostNQN())
+		r.systemHealth.SetNode(sb.UUID.String())
 		if err := r.startEngine(cfg.Pools); err != nil {
 			fatal <- err
 			return

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -44,6 +45,23 @@ var ErrStale = errors.New("another nexus of the same volume saved a newer health
 // another access point while the leader changes, within that context.
 type Store struct {
 	client *mgmtclient.Client
+	node   atomic.Value // string: the member UUID named in calls
+}
+
+// CodeNotTarget is the fault of a load or save the management service
+// refused because the volume is not published on this node: the nexus is
+// a stale instance.
+const CodeNotTarget = "health.not_target"
+
+// SetNode names this node (its member UUID) in every later call, so that
+// the management service can refuse the record of a volume that is not
+// published here: a stale nexus is then never reopened (Load reports
+// nexus.ErrNoRecord) and stops serving at its next save (ErrStale).
+func (s *Store) SetNode(uuid string) { s.node.Store(uuid) }
+
+func (s *Store) nodeUUID() string {
+	n, _ := s.node.Load().(string)
+	return n
 }
 
 var _ nexus.HealthStore = (*Store)(nil)
@@ -60,9 +78,12 @@ func (s *Store) Load(ctx context.Context, nexusUUID string) (nexus.HealthRecord,
 	var resp *mgmtv1.NexusHealth
 	err := s.client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		var err error
-		resp, err = cl.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{NexusUuid: nexusUUID})
+		resp, err = cl.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{NexusUuid: nexusUUID, NodeUuid: s.nodeUUID()})
 		return err
 	})
+	if fault.CodeOf(err) == CodeNotTarget {
+		return nexus.HealthRecord{}, fmt.Errorf("nexus %s: %v: %w", nexusUUID, err, nexus.ErrNoRecord)
+	}
 	if status.Code(err) == codes.NotFound || (err == nil && !resp.GetFound()) {
 		return nexus.HealthRecord{}, fmt.Errorf("nexus %s: no record in the system health store: %w", nexusUUID, nexus.ErrNoRecord)
 	}
@@ -101,11 +122,15 @@ func (s *Store) Save(ctx context.Context, rec nexus.HealthRecord) error {
 		return fmt.Errorf("nexus %s: encode the health record: %w", rec.NexusUUID, err)
 	}
 	err = s.client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
-		_, err := cl.SaveNexusHealth(ctx, &mgmtv1.SaveNexusHealthRequest{NexusUuid: rec.NexusUUID, Generation: rec.Generation, Record: b})
+		_, err := cl.SaveNexusHealth(ctx, &mgmtv1.SaveNexusHealthRequest{NexusUuid: rec.NexusUUID, Generation: rec.Generation, Record: b,
+			NodeUuid: s.nodeUUID()})
 		return err
 	})
 	if err == nil {
 		return nil
+	}
+	if fault.CodeOf(err) == CodeNotTarget {
+		return fmt.Errorf("nexus %s: %v: %w", rec.NexusUUID, err, ErrStale)
 	}
 	if fault.CodeOf(err) != CodeStaleGeneration {
 		return fmt.Errorf("nexus %s: save health record generation %d to the system health store: %w", rec.NexusUUID, rec.Generation, err)

@@ -1,0 +1,194 @@
+package mgmt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/scheduler"
+)
+
+// Move stages (volumeOp.Stage).
+const (
+	stageRetire    = "retire"
+	stageRepublish = "republish"
+)
+
+// evMove is the event of a nexus moved to another node.
+const evMove = "nexus.move"
+
+// moveVolume implements VolumeService.MoveVolume.
+func (s *Service) moveVolume(ctx context.Context, ref, to string) (*volumeRecord, error) {
+	v, unlock, err := s.lockVolume(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	switch {
+	case v.Status != volCreated:
+		return nil, fault.New(fault.FailedPrecondition, CodeVolumeState, fmt.Sprintf("volume %s is %s", v.Name, v.Status), "")
+	case v.Op != nil:
+		return nil, busy(v)
+	case v.Target == nil:
+		return nil, fault.New(fault.FailedPrecondition, CodeVolumeState, fmt.Sprintf("volume %s is not published: there is no nexus to move", v.Name),
+			fmt.Sprintf("publish it where it is needed (`nexctl volume publish %s --node NODE`)", v.Name))
+	}
+	members, err := listMembers(ctx, s.cfg.Etcd, s.k)
+	if err != nil {
+		return nil, err
+	}
+	var dest *Member
+	if to != "" {
+		if dest, err = resolveNode(members, to); err != nil {
+			return nil, err
+		}
+		if dest.UUID == v.Target.Node {
+			return v, nil
+		}
+		if !alive(dest) {
+			return nil, nodeDown(dest, dest.UUID)
+		}
+	}
+	if err := s.startMove(ctx, v, members, dest, "asked by an administrator"); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// startMove records the move of v's nexus to dest (nil: the scheduler
+// picks a node other than the current one) and carries it out; the caller
+// holds the volume's lock. The record says what is under way, so that a
+// new leader finishes the move (it is never rolled back: the volume must
+// end up published).
+func (s *Service) startMove(ctx context.Context, v *volumeRecord, members []*Member, dest *Member, cause string) error {
+	from := v.Target.Node
+	if dest == nil {
+		var err error
+		if dest, err = s.pickNexusNode(ctx, v, members, from); err != nil {
+			return err
+		}
+	}
+	v.Op = &volumeOp{Kind: opMove, Node: dest.UUID, From: from, Protocol: v.Target.Protocol, HostNQNs: v.Target.HostNQNs,
+		StartedMs: s.nowMs(), Stage: stageRetire, Cause: cause}
+	if err := s.putVolume(ctx, v); err != nil {
+		return err
+	}
+	return s.finishMove(ctx, v, memberIndex(members))
+}
+
+// pickNexusNode chooses where a moved nexus goes: the scheduler's choice
+// among joined, uncordoned nodes other than from, replica nodes first.
+func (s *Service) pickNexusNode(ctx context.Context, v *volumeRecord, members []*Member, from string) (*Member, error) {
+	vols, err := s.listVolumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nexuses := map[string]int{}
+	for _, x := range vols {
+		if x.Target != nil {
+			nexuses[x.Target.Node]++
+		}
+	}
+	var replicaNodes []string
+	for _, r := range v.ReplicaSet {
+		if r.Node != from {
+			replicaNodes = append(replicaNodes, r.Node)
+		}
+	}
+	var nodes []scheduler.Node
+	for _, m := range members {
+		if m.UUID == from {
+			continue
+		}
+		nodes = append(nodes, scheduler.Node{UUID: m.UUID, Name: m.DisplayName(), Rank: m.Rank, State: string(m.State),
+			Cordoned: m.Cordoned, FaultDomain: m.FaultDomain, Labels: m.Labels, Nexuses: nexuses[m.UUID]})
+	}
+	choice, _, err := scheduler.PlaceNexus("", replicaNodes, nodes)
+	if err != nil {
+		return nil, fault.New(fault.FailedPrecondition, CodeVolumeNotPlaceable,
+			fmt.Sprintf("volume %s: no other node can host its nexus: %v", v.Name, err), "start or uncordon a node")
+	}
+	return memberIndex(members)[choice.NodeUUID], nil
+}
+
+// finishMove carries a recorded move on from its stage: the old nexus is
+// destroyed where its node answers (a clean close: its record stays, clean)
+// or left as a stale target (fenced by the new nexus's epoch, and refused
+// its record: it is never reopened); then the nexus is created on the new
+// node from the replicas the record calls current, and exported as before.
+// A destination that died meanwhile is replaced by another node.
+func (s *Service) finishMove(ctx context.Context, v *volumeRecord, idx map[string]*Member) error {
+	op := v.Op
+	if op.Stage == stageRetire {
+		if err := s.destroyNexus(ctx, idx[op.From], v); err != nil {
+			if !slices.Contains(v.StaleTargets, op.From) {
+				v.StaleTargets = append(v.StaleTargets, op.From)
+			}
+			s.log.Warn("move: the old nexus is removed when its node answers", "volume", v.Name, "node", nodeName(idx, op.From), "err", err)
+		}
+		v.Target, op.Stage = nil, stageRepublish
+		if err := s.putVolume(ctx, v); err != nil {
+			return err
+		}
+	}
+	if !alive(idx[op.Node]) {
+		members := make([]*Member, 0, len(idx))
+		for _, m := range idx {
+			members = append(members, m)
+		}
+		slices.SortFunc(members, func(a, b *Member) int { return int(a.Rank) - int(b.Rank) })
+		dest, err := s.pickNexusNode(ctx, v, members, op.From)
+		if err != nil {
+			return err
+		}
+		op.Node = dest.UUID
+		if err := s.putVolume(ctx, v); err != nil {
+			return err
+		}
+	}
+	t, err := s.realizePublish(ctx, v, idx)
+	if err != nil {
+		return fmt.Errorf("volume %s: move to %s: %w", v.Name, nodeName(idx, op.Node), err)
+	}
+	v.Target, v.Op = t, nil
+	if err := s.putVolume(ctx, v); err != nil {
+		return err
+	}
+	s.event(ctx, evMove, v.Name, nodeName(idx, t.Node), "", op.Cause, "the nexus of volume %s moved from %s to %s (%s)",
+		v.Name, nodeName(idx, op.From), nodeName(idx, t.Node), t.URI)
+	s.enqueue(v.UUID)
+	return nil
+}
+
+// failover moves the nexus of a published volume whose nexus's node is
+// away; the caller holds the volume's lock. It reports whether a move was
+// started.
+func (s *Service) failover(ctx context.Context, v *volumeRecord, members []*Member) (bool, error) {
+	idx := memberIndex(members)
+	m := idx[v.Target.Node]
+	if alive(m) {
+		return false, nil
+	}
+	cause := fmt.Sprintf("its node %s is %s", nodeName(idx, v.Target.Node), stateOf(m))
+	if err := s.startMove(ctx, v, members, nil, cause); err != nil {
+		var f *fault.Fault
+		if errors.As(err, &f) && f.Code == CodeVolumeNotPlaceable {
+			return false, err
+		}
+		return true, err
+	}
+	return true, nil
+}
+
+// MoveVolume implements VolumeService.MoveVolume.
+func (vs *VolumeServer) MoveVolume(ctx context.Context, req *mgmtv1.MoveVolumeRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
+	return vs.answer(ctx)(vs.s.moveVolume(ctx, req.Name, req.Node))
+}
