@@ -89,7 +89,8 @@ shows the repairs under way, ` + "`nexctl event list`" + ` what was done and why
 	}
 	s.addAccessPoints(cmd.PersistentFlags())
 	cmd.AddCommand(a.volumeCreateCmd(s), a.volumeListCmd(s), a.volumeGetCmd(s), a.volumeDeleteCmd(s),
-		a.volumePublishCmd(s), a.volumeUnpublishCmd(s), a.volumeResizeCmd(s), a.volumeVerifyCmd(s), a.volumeSetReplicasCmd(s))
+		a.volumePublishCmd(s), a.volumeUnpublishCmd(s), a.volumeResizeCmd(s), a.volumeVerifyCmd(s), a.volumeSetReplicasCmd(s),
+		a.volumeMoveCmd(s))
 	return cmd
 }
 
@@ -581,4 +582,47 @@ the replicas differ.`,
 			return nil
 		},
 	}
+}
+
+func (a *app) volumeMoveCmd(s *systemFlags) *cobra.Command {
+	var node string
+	cmd := &cobra.Command{
+		Use:   "move NAME",
+		Short: "Move a published volume's nexus to another node",
+		Long: `Move closes the volume's nexus cleanly where it is and creates it on another
+node from the replicas its health record calls current, exported with the
+same protocol, allowed hosts, subsystem NQN and namespace identity. The
+replicas do not move. The management service moves a nexus the same way by
+itself when its node dies.
+
+Hosts connected to the old place lose that path: NVMe hosts with native
+multipath connect the new one (nexstor agent does it for them) and carry
+on; NBD clients must connect to the new URI, printed here.`,
+		Example: `  nexctl volume move v1 --node node-3
+  nexctl volume move v1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var v *mgmtv1.Volume
+			err := a.volumeDo(cmd, s, true, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+				var err error
+				v, err = cl.MoveVolume(ctx, &mgmtv1.MoveVolumeRequest{Name: args[0], Node: node})
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			vv := newVolumeView(v)
+			return output.Print(a.out, a.outFormat(), vv, func(w io.Writer) error {
+				t := vv.Status.Target
+				if t == nil {
+					_, err := fmt.Fprintf(w, "volume %s moved\n", args[0])
+					return err
+				}
+				_, err := fmt.Fprintf(w, "volume %s is published on %s: %s\n", args[0], t.Node, t.URI)
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "the node to move to (name, rank or UUID); default: the scheduler picks one other than the current")
+	return cmd
 }

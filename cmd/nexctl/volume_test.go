@@ -130,6 +130,15 @@ func (f *fakeVolumes) GetVolume(ctx context.Context, r *mgmtv1.GetVolumeRequest)
 	return next(f, &f.volumeSeq, &f.volume), nil
 }
 
+func (f *fakeVolumes) MoveVolume(ctx context.Context, r *mgmtv1.MoveVolumeRequest) (*mgmtv1.Volume, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.volume, nil
+}
+
 func (f *fakeVolumes) SetVolumeReplicas(ctx context.Context, r *mgmtv1.SetVolumeReplicasRequest) (*mgmtv1.Volume, error) {
 	if err := f.record(ctx, r); err != nil {
 		return nil, err
@@ -609,6 +618,16 @@ func TestVolumeListAndLifecycle(t *testing.T) {
 	}
 	if got := f.last(t); !proto.Equal(got, &mgmtv1.ResizeVolumeRequest{Name: "v1", Size: 20 << 30}) {
 		t.Errorf("request %v", got)
+	}
+	if r := volumeRun(t, addr, "volume", "move", "v1", "--node", "node-0"); r.status != 0 ||
+		r.stdout != "volume v1 is published on node-0: nvmf://[fd00::1]:4420/"+testNQN+"\n" {
+		t.Errorf("move: %+v", r)
+	}
+	if got := f.last(t); !proto.Equal(got, &mgmtv1.MoveVolumeRequest{Name: "v1", Node: "node-0"}) {
+		t.Errorf("request %v", got)
+	}
+	if r := volumeRun(t, addr, "volume", "move"); r.status != 2 || len(f.requests()) != 0 {
+		t.Errorf("move without a name: %+v", r)
 	}
 }
 
