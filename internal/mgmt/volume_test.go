@@ -500,10 +500,28 @@ func TestUnfinishedOperationsResume(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A move recorded, the leader gone before anything was done: the next
+	// leader rolls it forward (a move is never undone).
+	if _, err := vs.vols().CreateVolume(ctx, create("half-moved", 16<<20, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vs.vols().PublishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "half-moved", Node: members[0].Name}); err != nil {
+		t.Fatal(err)
+	}
+	mv, _ := vs.svc.getVolume(ctx, "half-moved")
+	mv.Op = &volumeOp{Kind: opMove, From: mv.Target.Node, Node: members[1].UUID, Protocol: mv.Target.Protocol, Stage: stageRetire}
+	if err := vs.svc.putVolume(ctx, mv); err != nil {
+		t.Fatal(err)
+	}
+
 	if err := vs.svc.VolumePass(ctx); err != nil {
 		t.Fatal(err)
 	}
-	got, err := vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "half-created"})
+	got, err := vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "half-moved"})
+	if err != nil || got.Status.Target == nil || got.Status.Target.NodeUuid != members[1].UUID || got.Status.Operation != "" {
+		t.Fatalf("half-moved: %v %+v", err, got.GetStatus())
+	}
+	got, err = vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "half-created"})
 	if err != nil || got.Status.Phase != PhaseOnline || got.Status.Healthy != 2 {
 		t.Fatalf("half-created: %v %+v", err, got.GetStatus())
 	}
@@ -516,11 +534,11 @@ func TestUnfinishedOperationsResume(t *testing.T) {
 	}
 	inv := vs.inventory()
 	for _, x := range inv {
-		if strings.Contains(x, " nexus ") {
+		if strings.Contains(x, " nexus ") && x != vs.nodeByUUID(members[1].UUID).name+" nexus half-moved" {
 			t.Fatalf("a nexus was left: %v", inv)
 		}
 	}
-	if len(inv) != 3 { // half-created's 2 and half-published's 1
+	if len(inv) != 6 { // half-created's 2 and half-published's 1 replicas; half-moved's 2 and its nexus
 		t.Fatalf("inventory %v", inv)
 	}
 }
