@@ -78,6 +78,8 @@ func (h *replicaHealth) toReplace() bool { return h.lost || h.draining }
 // pass found (shown by GetVolume), the repairs under way (for metrics),
 // and since when the volume is degraded.
 type volHeal struct {
+	// isWhole: the last pass found every replica healthy, nothing to do.
+	isWhole       bool
 	repairs       []*mgmtv1.Repair
 	degradedSince time.Time
 	running       map[string]runningRepair // by replica UUID
@@ -211,6 +213,9 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 		repairs = append(repairs, &mgmtv1.Repair{Kind: repBlocked, Reason: fmt.Sprintf(format, a...)})
 	}
 	defer func() { s.setRepairs(v, repairs) }()
+	s.healing.mu.Lock()
+	s.healing.vol(v.UUID).isWhole = false // until this pass says otherwise
+	s.healing.mu.Unlock()
 
 	// The nexus, when published: repairs go through it.
 	var nx *enginev1.Nexus
@@ -927,6 +932,7 @@ func (s *Service) track(ctx context.Context, v *volumeRecord, hs []*replicaHealt
 	}
 	healthy := countHealthy(hs)
 	full := healthy >= v.Replicas && len(v.ReplicaSet) == v.Replicas
+	vh.isWhole = full && len(v.Retired) == 0
 	var healedAfter time.Duration
 	switch {
 	case !full && vh.degradedSince.IsZero():
@@ -968,6 +974,15 @@ func stateOf(m *Member) string {
 }
 
 func msTime(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339) }
+
+// whole reports whether the last reconcile of a volume found it whole
+// (false when it was never reconciled in this term).
+func (h *healState) whole(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vh := h.vols[id]
+	return vh != nil && vh.isWhole
+}
 
 // reset forgets the repairs of a previous term (a new leader recomputes
 // them from the records and the engines); counters stay.

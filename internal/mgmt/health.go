@@ -142,6 +142,9 @@ func (s *Service) saveHealth(ctx context.Context, id string, gen uint64, rec []b
 			return err
 		}
 		if ok {
+			// A nexus saves its record at every change of a child's
+			// state: the volume's reconciler takes a look.
+			s.enqueue(id)
 			return nil
 		}
 	}

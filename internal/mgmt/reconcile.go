@@ -20,6 +20,11 @@ const (
 	reconcileRetryMax  = 30 * time.Second
 	// gcEvery: garbage collection runs every this many resyncs.
 	gcEvery = 6
+	// fullEvery: volumes last seen whole are resynced only every this
+	// many resyncs (a change of theirs wakes them anyway: a nexus saves
+	// its health record through the leader at every change of a child,
+	// and members report their state and pools); the others every time.
+	fullEvery = 6
 )
 
 // reconcilers are the leader's volume reconcilers: a work queue keyed by
@@ -98,26 +103,27 @@ func (s *Service) runReconcilers(ctx context.Context) {
 	}
 	t := time.NewTicker(s.cfg.VolumePass)
 	defer t.Stop()
-	passes := 0
+	passes, kicked := 0, false
 	for {
-		s.resync(ctx, r)
+		s.resync(ctx, r, kicked || passes%fullEvery == 0)
 		if passes%gcEvery == 0 {
 			if err := s.gcPass(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("garbage collection", "err", err)
 			}
 		}
-		passes++
+		passes, kicked = passes+1, false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-r.kick:
+			kicked = true
 		}
 	}
 }
 
-// resync queues every volume.
-func (s *Service) resync(ctx context.Context, r *reconcilers) {
+// resync queues every volume (all) or those not last seen whole.
+func (s *Service) resync(ctx context.Context, r *reconcilers, all bool) {
 	resp, err := s.cfg.Etcd.Get(ctx, s.k.volumes(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		if ctx.Err() == nil {
@@ -126,6 +132,9 @@ func (s *Service) resync(ctx context.Context, r *reconcilers) {
 		return
 	}
 	for _, kv := range resp.Kvs {
-		r.q.Add(string(kv.Key[len(s.k.volumes()):]))
+		id := string(kv.Key[len(s.k.volumes()):])
+		if all || !s.healing.whole(id) {
+			r.q.Add(id)
+		}
 	}
 }
