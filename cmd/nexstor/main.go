@@ -43,7 +43,7 @@ func main() {
 		Version: version.Get().String(),
 	}
 	root.SetVersionTemplate("nexstor {{.Version}}\n")
-	root.AddCommand(serverCmd(), devCmd(), versionCmd(), certgenCmd())
+	root.AddCommand(serverCmd(), devCmd(), versionCmd(), certgenCmd(), agentCmd())
 	if err := root.Execute(); err != nil {
 		output.Error(os.Stderr, err)
 		os.Exit(1)

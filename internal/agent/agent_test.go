@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/nvmehost"
+)
+
+type fakeHost struct {
+	subs      []nvmehost.Subsystem
+	connected []nvmehost.ConnectOptions
+	deleted   []string
+}
+
+func (h *fakeHost) Subsystems() ([]nvmehost.Subsystem, error) { return h.subs, nil }
+func (h *fakeHost) Connect(o nvmehost.ConnectOptions) (string, error) {
+	h.connected = append(h.connected, o)
+	return "nvme9", nil
+}
+func (h *fakeHost) Delete(c string) error { h.deleted = append(h.deleted, c); return nil }
+
+type fakeVolumes struct {
+	asked int
+	vols  map[string]*mgmtv1.Volume
+}
+
+func (f *fakeVolumes) GetVolume(_ context.Context, id string) (*mgmtv1.Volume, error) {
+	f.asked++
+	v, ok := f.vols[id]
+	if !ok {
+		return nil, errors.New("no such volume")
+	}
+	return v, nil
+}
+
+const nqn = NexusNQNPrefix + "v1"
+
+func published(uri string) *mgmtv1.Volume {
+	return &mgmtv1.Volume{Spec: &mgmtv1.VolumeSpec{Name: "data"},
+		Status: &mgmtv1.VolumeStatus{Target: &mgmtv1.VolumeTarget{Protocol: "nvmf", Uri: uri + "/" + nqn, Nqn: nqn}}}
+}
+
+func ctrl(name, state, addr, port string) nvmehost.Controller {
+	return nvmehost.Controller{Name: name, State: state, Transport: "tcp", Addr: addr, Port: port}
+}
+
+// TestFollowsAMove: the path to the old place dies; the agent connects the
+// new place (through the address map), then removes the dead path once the
+// new one is live; a live volume is not asked about between rechecks.
+func TestFollowsAMove(t *testing.T) {
+	h := &fakeHost{subs: []nvmehost.Subsystem{
+		{Name: "nvme-subsys0", NQN: nqn, Controllers: []nvmehost.Controller{ctrl("nvme0", "live", "10.0.2.2", "4420")}},
+		{Name: "nvme-subsys1", NQN: "nqn.someone-else", Controllers: []nvmehost.Controller{ctrl("nvme1", "connecting", "10.9.9.9", "1")}},
+	}}
+	vols := &fakeVolumes{vols: map[string]*mgmtv1.Volume{"v1": published("nvmf://127.0.0.1:4420")}}
+	a := New(Config{Host: h, Volumes: vols, HostNQN: "nqn.host", AddressMap: map[string]string{"127.0.0.1": "10.0.2.2"}, Recheck: 100})
+	ctx := context.Background()
+	if acts, err := a.Pass(ctx); err != nil || len(acts) != 0 || vols.asked != 0 {
+		t.Fatalf("all live: %v %v, asked %d", acts, err, vols.asked)
+	}
+	// The nexus's node dies; the volume is moved.
+	h.subs[0].Controllers[0].State = "connecting"
+	vols.vols["v1"] = published("nvmf://127.0.0.1:4430")
+	acts, err := a.Pass(ctx)
+	if err != nil || len(acts) != 1 || acts[0].Kind != "connect" || len(h.connected) != 1 {
+		t.Fatalf("after the move: %v %v", acts, err)
+	}
+	if o := h.connected[0]; o.NQN != nqn || o.Addr != "10.0.2.2" || o.Port != "4430" || o.HostNQN != "nqn.host" || o.CtrlLossTmo != DefaultCtrlLossTmo {
+		t.Fatalf("connect options: %+v", o)
+	}
+	// The new path is connecting: nothing more yet.
+	h.subs[0].Controllers = append(h.subs[0].Controllers, ctrl("nvme9", "connecting", "10.0.2.2", "4430"))
+	if acts, err := a.Pass(ctx); err != nil || len(acts) != 0 || len(h.connected) != 1 {
+		t.Fatalf("while the new path connects: %v %v", acts, err)
+	}
+	// Live: the dead path goes.
+	h.subs[0].Controllers[1].State = "live"
+	vols.asked = 0
+	acts, err = a.Pass(ctx)
+	if err != nil || len(acts) != 1 || acts[0].Kind != "delete" || acts[0].Ctrl != "nvme0" || len(h.deleted) != 1 || vols.asked != 1 {
+		t.Fatalf("cleanup: %v %v %v", acts, err, h.deleted)
+	}
+}
+
+// TestNothingToDo: an unpublished volume, a path that is reconnecting to
+// where the volume is, and a volume the service does not know leave the
+// paths alone (the last is an error of the pass).
+func TestNothingToDo(t *testing.T) {
+	h := &fakeHost{subs: []nvmehost.Subsystem{
+		{Name: "a", NQN: nqn, Controllers: []nvmehost.Controller{ctrl("nvme0", "connecting", "10.0.0.1", "4420")}},
+		{Name: "b", NQN: NexusNQNPrefix + "gone", Controllers: []nvmehost.Controller{ctrl("nvme1", "connecting", "10.0.0.1", "4420")}},
+	}}
+	vols := &fakeVolumes{vols: map[string]*mgmtv1.Volume{"v1": published("nvmf://10.0.0.1:4420")}}
+	a := New(Config{Host: h, Volumes: vols})
+	acts, err := a.Pass(context.Background())
+	if len(acts) != 0 || len(h.connected) != 0 || len(h.deleted) != 0 || err == nil || !strings.Contains(err.Error(), "gone") {
+		t.Fatalf("pass: %v %v", acts, err)
+	}
+	vols.vols["v1"] = &mgmtv1.Volume{Spec: &mgmtv1.VolumeSpec{Name: "data"}, Status: &mgmtv1.VolumeStatus{}}
+	if acts, _ := a.Pass(context.Background()); len(acts) != 0 || len(h.connected) != 0 {
+		t.Fatalf("unpublished: %v", acts)
+	}
+}

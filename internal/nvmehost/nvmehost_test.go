@@ -1,0 +1,100 @@
+package nvmehost
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fakeSysfs writes the sysfs files a subsystem with controllers shows.
+func fakeSysfs(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	w := func(p, v string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub := "class/nvme-subsystem/nvme-subsys0/"
+	w(sub+"subsysnqn", "nqn.2024-11.io.nexstor:nexus:v1")
+	w(sub+"nvme0/state", "live")
+	w(sub+"nvme0/transport", "tcp")
+	w(sub+"nvme0/address", "traddr=10.0.0.1,trsvcid=4420,src_addr=10.0.0.9")
+	w(sub+"nvme0/cntlid", "3")
+	w(sub+"nvme2/state", "connecting")
+	w(sub+"nvme2/address", "traddr=10.0.0.2,trsvcid=4421")
+	w(sub+"nvme0n1/size", "8") // a namespace, not a controller
+	w("class/nvme-subsystem/nvme-subsys1/subsysnqn", "nqn.other")
+	w("class/nvme/nvme2/delete_controller", "")
+	return root
+}
+
+func TestSubsystems(t *testing.T) {
+	h := &Host{Sysfs: fakeSysfs(t)}
+	subs, err := h.Subsystems()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subs) != 2 || subs[0].NQN != "nqn.2024-11.io.nexstor:nexus:v1" || len(subs[0].Controllers) != 2 || subs[1].NQN != "nqn.other" {
+		t.Fatalf("subsystems: %+v", subs)
+	}
+	c0, c2 := subs[0].Controllers[0], subs[0].Controllers[1]
+	if c0 != (Controller{Name: "nvme0", State: "live", Transport: "tcp", Addr: "10.0.0.1", Port: "4420", CntlID: 3}) || !c0.Live() {
+		t.Fatalf("nvme0: %+v", c0)
+	}
+	if c2.Name != "nvme2" || c2.Live() || c2.Addr != "10.0.0.2" || c2.Port != "4421" {
+		t.Fatalf("nvme2: %+v", c2)
+	}
+	if none, err := (&Host{Sysfs: t.TempDir()}).Subsystems(); err != nil || none != nil {
+		t.Fatalf("a host without NVMe: %v %v", none, err)
+	}
+}
+
+func TestDelete(t *testing.T) {
+	root := fakeSysfs(t)
+	h := &Host{Sysfs: root}
+	if err := h.Delete("nvme2"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "class/nvme/nvme2/delete_controller")); string(b) != "1" {
+		t.Fatalf("delete_controller holds %q", b)
+	}
+	if err := h.Delete("nvme7"); err != nil {
+		t.Fatalf("deleting a controller that is gone: %v", err)
+	}
+	if err := h.Delete("../x"); err == nil {
+		t.Fatal("a bad controller name was accepted")
+	}
+}
+
+func TestConnectOptionsAndRefusals(t *testing.T) {
+	o := ConnectOptions{NQN: "nqn.x", Addr: "10.0.0.1", Port: "4420", HostNQN: "nqn.h", CtrlLossTmo: -1, ReconnectDelay: 1, IOQueues: 2}
+	want := "transport=tcp,traddr=10.0.0.1,trsvcid=4420,nqn=nqn.x,hostnqn=nqn.h,ctrl_loss_tmo=-1,reconnect_delay=1,nr_io_queues=2"
+	if o.String() != want {
+		t.Fatalf("options %q", o.String())
+	}
+	h := &Host{Fabrics: filepath.Join(t.TempDir(), "nvme-fabrics")}
+	if _, err := h.Connect(ConnectOptions{NQN: "nqn.x"}); err == nil || !strings.Contains(err.Error(), "address and port") {
+		t.Fatalf("connect without an address: %v", err)
+	}
+	if _, err := h.Connect(o); err == nil || !strings.Contains(err.Error(), "nvme-fabrics module") {
+		t.Fatalf("connect without the fabrics device: %v", err)
+	}
+}
+
+func TestHostNQN(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "nvme", "hostnqn")
+	nqn, err := HostNQN(p, "0f0e0d0c-0b0a-4908-8706-050403020100")
+	if err != nil || nqn != "nqn.2014-08.org.nvmexpress:uuid:0f0e0d0c-0b0a-4908-8706-050403020100" {
+		t.Fatalf("generated: %q %v", nqn, err)
+	}
+	again, err := HostNQN(p, "another")
+	if err != nil || again != nqn {
+		t.Fatalf("read back: %q %v", again, err)
+	}
+}
