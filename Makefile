@@ -7,7 +7,7 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build install test test-deps test-short vet generate bench fuzz clean
+.PHONY: all build install test test-deps test-short vet generate bench bench-heal fuzz clean
 
 all: build
 
@@ -55,6 +55,13 @@ fuzz:
 # bench runs the benchmarks of bench/ (minutes; not part of make test).
 bench:
 	./bench/nbd.sh
+
+# bench-heal times self-healing on a 4-node loopback system: a lost
+# replica replaced and rebuilt, a returning one resynced (about 6 minutes;
+# HEALFLAGS passes options, see bench/heal.sh -h). Markdown on stdout.
+HEALFLAGS ?=
+bench-heal:
+	./bench/heal.sh $(HEALFLAGS)
 
 clean:
 	rm -rf $(BIN)
