@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"context"
+
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 )
 
 // Backend is what the engine needs from the storage layers below it: opening
@@ -113,6 +116,24 @@ type ExportSpec struct {
 	// AllowedHosts are the host NQNs an NVMe-oF subsystem admits; empty
 	// admits any host. NBD has no host identity and ignores it.
 	AllowedHosts []string
+	// MinCNTLID and MaxCNTLID bound the controller IDs an NVMe-oF export
+	// gives hosts (inclusive; 0 means 1 and target.MaxCNTLID). Exports of
+	// one subsystem on several nodes need disjoint ranges. NBD ignores
+	// them.
+	MinCNTLID, MaxCNTLID uint16
+	// ANAState is an NVMe-oF export's initial ANA state (0: optimized).
+	// NBD ignores it.
+	ANAState nvme.ANAState
+}
+
+// ANASetter is implemented by Exporters that report Asymmetric Namespace
+// Access (NVMe-oF). SetExportANAState sets the ANA state of the export name
+// and announces it to connected hosts; when the state refuses I/O it
+// returns once the I/O already executing has finished (ctx bounds that
+// wait: on its end the state is set all the same and ctx's error is
+// returned). Setting the current state changes nothing.
+type ANASetter interface {
+	SetExportANAState(ctx context.Context, name string, st nvme.ANAState) error
 }
 
 // Exporter serves block devices over one protocol. The engine keeps one

@@ -34,6 +34,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fsutil"
 	"github.com/nexstor/nexstor/internal/nexus"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
 
@@ -140,6 +141,11 @@ type ShareInfo struct {
 	Protocol     string
 	URI          string
 	AllowedHosts []string
+	// ANAState, MinCNTLID and MaxCNTLID describe an NVMe-oF publication of
+	// a nexus: its ANA state and the controller IDs it gives hosts. Zero
+	// otherwise.
+	ANAState             nvme.ANAState
+	MinCNTLID, MaxCNTLID uint16
 }
 
 type poolEntry struct {
@@ -159,6 +165,10 @@ type shareEntry struct {
 	uri      string
 	dev      bdev.Device // nil when the share could not be restored
 	reason   string
+	// nvmf publications of a nexus: the ANA state and the controller ID
+	// range (zero for other shares).
+	ana              nvme.ANAState
+	minCntl, maxCntl uint16
 }
 
 // Engine is the registry of one node's pools, replicas and shares. All
@@ -458,7 +468,11 @@ func (e *Engine) snapshotLocked() persistentState {
 			sn.HealthStore = ne.store
 		}
 		if ne.share != nil {
-			sn.Share = &stateShare{Protocol: ne.share.protocol, AllowedHosts: ne.share.allowed}
+			sn.Share = &stateShare{Protocol: ne.share.protocol, AllowedHosts: ne.share.allowed,
+				MinCNTLID: ne.share.minCntl, MaxCNTLID: ne.share.maxCntl}
+			if ne.share.ana != 0 {
+				sn.Share.ANAState = ne.share.ana.String()
+			}
 		}
 		st.Nexuses = append(st.Nexuses, sn)
 	}

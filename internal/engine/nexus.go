@@ -15,6 +15,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/nexus"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 	"github.com/nexstor/nexstor/internal/units"
 )
@@ -310,6 +311,21 @@ func (e *Engine) restoreNexus(sn stateNexus) {
 	e.nexuses[sn.Name] = ne
 	if sn.Share != nil {
 		ne.share = &shareEntry{replica: sn.Name, protocol: sn.Share.Protocol, allowed: sn.Share.AllowedHosts}
+		if sn.Share.Protocol == ProtocolNVMf {
+			s := ne.share
+			s.minCntl, s.maxCntl = cntlidRange(sn.Share.MinCNTLID, sn.Share.MaxCNTLID)
+			s.ana = nvme.ANAOptimized
+			if sn.Share.ANAState != "" {
+				st, err := nvme.ParseANAState(sn.Share.ANAState)
+				if err != nil {
+					// Never report a path better than it may be.
+					st = nvme.ANAInaccessible
+					e.log.Error("nexus publication: unreadable ANA state in the engine state; publishing it inaccessible",
+						"nexus", sn.Name, "err", err)
+				}
+				s.ana = st
+			}
+		}
 	}
 	store, err := e.healthStore(ne.store)
 	if err != nil {
@@ -424,7 +440,7 @@ func (e *Engine) restorePublication(ne *nexusEntry) {
 	if s == nil || n == nil {
 		return
 	}
-	uri, err := e.exportNexus(ne, s.protocol, s.allowed)
+	uri, err := e.exportNexus(ne, s)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err != nil {
@@ -533,12 +549,14 @@ func (e *Engine) recreateNexus(ctx context.Context, sn stateNexus, store nexus.H
 	return r
 }
 
-func (e *Engine) exportNexus(ne *nexusEntry, protocol string, allowed []string) (string, error) {
+func (e *Engine) exportNexus(ne *nexusEntry, s *shareEntry) (string, error) {
+	protocol := s.protocol
 	if err := e.checkProtocol(protocol); err != nil {
 		return "", err
 	}
 	uri, err := e.exporter(protocol).AddExport(ExportSpec{Name: nexusExportName(ne.name), UUID: ne.uuid, Kind: "nexus",
-		Description: "nexstor nexus " + ne.name, AllowedHosts: allowed}, ne.io)
+		Description: "nexstor nexus " + ne.name, AllowedHosts: s.allowed,
+		MinCNTLID: s.minCntl, MaxCNTLID: s.maxCntl, ANAState: s.ana}, ne.io)
 	if err != nil {
 		return "", fault.Wrap(err, fault.Internal, "nexus.publish",
 			fmt.Sprintf("nexus %q cannot be published over %s", ne.name, protocol), "see the server log")
@@ -826,7 +844,8 @@ func (e *Engine) nexusInfo(ne *nexusEntry) NexusInfo {
 		HealthStore: ne.store}
 	n := ne.n
 	if s := ne.share; s != nil {
-		ni.Share = &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed)}
+		ni.Share = &ShareInfo{Protocol: s.protocol, URI: s.uri, AllowedHosts: slices.Clone(s.allowed),
+			ANAState: s.ana, MinCNTLID: s.minCntl, MaxCNTLID: s.maxCntl}
 		if s.reason != "" && ni.Reason == "" {
 			ni.Reason = "publication not restored: " + s.reason
 		}
@@ -1014,11 +1033,49 @@ func (e *Engine) unpublishNexus(ne *nexusEntry) {
 
 // PublishNexus exports a nexus over protocol ("" means nvmf) and remembers
 // the publication. Publishing again the same way returns the existing one;
-// another protocol or other hosts are refused until it is unpublished.
+// another protocol or other hosts are refused until it is unpublished. It is
+// PublishNexusWith with the default controller ID range and ANA state.
 func (e *Engine) PublishNexus(ctx context.Context, name, protocol string, allowedHosts []string) (NexusInfo, error) {
+	return e.PublishNexusWith(ctx, name, PublishNexusOptions{Protocol: protocol, AllowedHosts: allowedHosts})
+}
+
+// PublishNexusOptions say how PublishNexusWith exports a nexus.
+type PublishNexusOptions struct {
+	// Protocol is ProtocolNVMf ("" too) or ProtocolNBD.
+	Protocol string
+	// AllowedHosts are the host NQNs admitted over nvmf; empty admits any.
+	AllowedHosts []string
+	// MinCNTLID and MaxCNTLID bound the NVMe controller IDs of an nvmf
+	// publication (inclusive; 0 means 1 and target.MaxCNTLID). Publish a
+	// nexus on several nodes (multipath) with disjoint ranges.
+	MinCNTLID, MaxCNTLID uint16
+	// ANAState is the nvmf publication's ANA state: 0 means optimized for
+	// a new publication and the current state for an existing one.
+	ANAState nvme.ANAState
+}
+
+// cntlidRange fills in the defaults of a controller ID range.
+func cntlidRange(lo, hi uint16) (uint16, uint16) {
+	if lo == 0 {
+		lo = 1
+	}
+	if hi == 0 {
+		hi = target.MaxCNTLID
+	}
+	return lo, hi
+}
+
+// PublishNexusWith exports a nexus as o says and remembers the publication
+// (its controller ID range and ANA state with it) across restarts.
+// Publishing again with the same protocol, hosts and range returns the
+// existing publication, after setting o.ANAState if given and different
+// (as SetNexusANAState); another protocol, other hosts or another range are
+// refused until it is unpublished. A range or ANA state for nbd is refused.
+func (e *Engine) PublishNexusWith(ctx context.Context, name string, o PublishNexusOptions) (NexusInfo, error) {
 	if err := live(ctx); err != nil {
 		return NexusInfo{}, err
 	}
+	protocol, allowedHosts := o.Protocol, o.AllowedHosts
 	if protocol == "" {
 		protocol = ProtocolNVMf
 	}
@@ -1030,6 +1087,11 @@ func (e *Engine) PublishNexus(ctx context.Context, name, protocol string, allowe
 			fmt.Sprintf("nexus %q: nbd cannot restrict hosts (NBD clients carry no identity)", name),
 			"leave --allowed-host out for nbd, or publish over nvmf")
 	}
+	if protocol == ProtocolNBD && (o.MinCNTLID != 0 || o.MaxCNTLID != 0 || o.ANAState != 0) {
+		return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.nvmf_only",
+			fmt.Sprintf("nexus %q: controller IDs and ANA states are NVMe notions; nbd has neither", name),
+			"leave the controller ID range and the ANA state out for nbd, or publish over nvmf")
+	}
 	for _, h := range allowedHosts {
 		if !target.ValidNQN(h) {
 			return NexusInfo{}, fault.New(fault.InvalidArgument, "share.host_nqn",
@@ -1037,38 +1099,148 @@ func (e *Engine) PublishNexus(ctx context.Context, name, protocol string, allowe
 				"give host NQNs such as nqn.2014-08.org.nvmexpress:uuid:<uuid>")
 		}
 	}
+	want := shareEntry{replica: name, protocol: protocol, allowed: slices.Clone(allowedHosts)}
+	if protocol == ProtocolNVMf {
+		want.minCntl, want.maxCntl = cntlidRange(o.MinCNTLID, o.MaxCNTLID)
+		if want.minCntl > want.maxCntl || want.maxCntl > target.MaxCNTLID {
+			return NexusInfo{}, fault.New(fault.InvalidArgument, "nexus.cntlid_range",
+				fmt.Sprintf("nexus %q: controller IDs %d..%d are not a range within 1..%d", name, want.minCntl, want.maxCntl, target.MaxCNTLID),
+				fmt.Sprintf("give 1 <= min <= max <= %d, disjoint from the ranges of the nexus's publications on other nodes", target.MaxCNTLID))
+		}
+		if o.ANAState != 0 && !o.ANAState.Valid() {
+			return NexusInfo{}, anaStateFault(name, o.ANAState)
+		}
+		want.ana = o.ANAState
+	}
 	ne, done, err := e.beginNexusOp(name, true)
 	if err != nil {
 		return NexusInfo{}, err
 	}
 	if s := ne.share; s != nil {
-		same := s.protocol == protocol && sameSet(s.allowed, allowedHosts)
+		same := s.protocol == protocol && sameSet(s.allowed, allowedHosts) && s.minCntl == want.minCntl && s.maxCntl == want.maxCntl
 		if !same || s.dev != nil {
-			done()
-			if same {
+			if !same {
+				done()
+				return NexusInfo{}, fault.New(fault.FailedPrecondition, "nexus.published",
+					fmt.Sprintf("nexus %q is already published over %s (other hosts or controller IDs)", name, s.protocol),
+					fmt.Sprintf("unpublish it first: nexctl nexus unpublish %s", name))
+			}
+			if want.ana == 0 || want.ana == s.ana {
+				done()
 				return e.Nexus(name)
 			}
-			return NexusInfo{}, fault.New(fault.FailedPrecondition, "nexus.published",
-				fmt.Sprintf("nexus %q is already published over %s", name, s.protocol),
-				fmt.Sprintf("unpublish it first: nexctl nexus unpublish %s", name))
+			err := e.setNexusANAState(ctx, ne, want.ana)
+			done()
+			if err != nil {
+				return NexusInfo{}, err
+			}
+			return e.Nexus(name)
 		}
-		// The same publication could not be restored at start: retry it.
+		// The same publication could not be restored at start: retry it,
+		// in the state it had unless another is asked for.
+		if want.ana == 0 {
+			want.ana = s.ana
+		}
 	}
-	uri, err := e.exportNexus(ne, protocol, allowedHosts)
+	if protocol == ProtocolNVMf && want.ana == 0 {
+		want.ana = nvme.ANAOptimized
+	}
+	uri, err := e.exportNexus(ne, &want)
 	if err != nil {
 		done()
 		return NexusInfo{}, err
 	}
+	want.uri, want.dev = uri, ne.n
 	e.mu.Lock()
-	ne.share = &shareEntry{replica: name, protocol: protocol, allowed: slices.Clone(allowedHosts), uri: uri, dev: ne.n}
+	ne.share = &want
 	e.gen++
 	e.mu.Unlock()
 	done()
 	if err := e.save(); err != nil {
 		return NexusInfo{}, err
 	}
-	e.log.Info("nexus published", "nexus", name, "uri", uri)
+	e.log.Info("nexus published", "nexus", name, "uri", uri, "ana_state", want.ana, "cntlid_min", want.minCntl, "cntlid_max", want.maxCntl)
 	return e.Nexus(name)
+}
+
+func anaStateFault(name string, st nvme.ANAState) error {
+	return fault.New(fault.InvalidArgument, "nexus.ana_state",
+		fmt.Sprintf("nexus %q: %v", name, st),
+		"use optimized, non-optimized, inaccessible, persistent-loss or change")
+}
+
+// SetNexusANAState sets the ANA state of the nexus's nvmf publication on
+// this node, announces it to connected hosts (an ANA change event) and
+// remembers it with the publication across restarts. A state that refuses
+// I/O (inaccessible, persistent loss, change) is in force for new I/O at
+// once, and the call returns after the I/O already executing finished, so
+// that no write of this node lands after it returns; ctx bounds that wait
+// (on its end the state is set and remembered all the same, and the call
+// fails Unavailable: call it again to wait again). Setting the current
+// state changes nothing. A nexus not published over nvmf is refused
+// (FailedPrecondition).
+func (e *Engine) SetNexusANAState(ctx context.Context, name string, st nvme.ANAState) (NexusInfo, error) {
+	if err := live(ctx); err != nil {
+		return NexusInfo{}, err
+	}
+	if !st.Valid() {
+		return NexusInfo{}, anaStateFault(name, st)
+	}
+	ne, done, err := e.beginNexusOp(name, false)
+	if err != nil {
+		return NexusInfo{}, err
+	}
+	err = e.setNexusANAState(ctx, ne, st)
+	done()
+	if err != nil {
+		return NexusInfo{}, err
+	}
+	return e.Nexus(name)
+}
+
+// setNexusANAState does SetNexusANAState for a nexus marked busy.
+func (e *Engine) setNexusANAState(ctx context.Context, ne *nexusEntry, st nvme.ANAState) error {
+	e.mu.Lock()
+	s := ne.share
+	if s == nil || s.protocol != ProtocolNVMf {
+		e.mu.Unlock()
+		return fault.New(fault.FailedPrecondition, "nexus.not_published_nvmf",
+			fmt.Sprintf("nexus %q is not published over nvmf: it has no ANA state", ne.name),
+			fmt.Sprintf("publish it over nvmf first: nexctl nexus publish %s", ne.name))
+	}
+	exported, changed := s.dev != nil, s.ana != st
+	s.ana = st
+	if changed {
+		e.gen++
+	}
+	e.mu.Unlock()
+	if changed {
+		if err := e.save(); err != nil {
+			return err
+		}
+	}
+	if !exported {
+		// Not restored at start: the state applies when it is.
+		return nil
+	}
+	setter, ok := e.exporter(ProtocolNVMf).(ANASetter)
+	if !ok {
+		return fault.New(fault.Internal, "nexus.publish",
+			fmt.Sprintf("nexus %q: this node's nvmf exporter has no ANA states", ne.name), "see the server log")
+	}
+	if err := setter.SetExportANAState(ctx, nexusExportName(ne.name), st); err != nil {
+		if ctx.Err() != nil {
+			return fault.Wrap(err, fault.Unavailable, "nexus.ana_drain",
+				fmt.Sprintf("nexus %q: the ANA state is %v, but I/O begun before is still executing", ne.name, st),
+				"call again to wait for it; no new I/O is accepted meanwhile")
+		}
+		return fault.Wrap(err, fault.Internal, "nexus.publish",
+			fmt.Sprintf("nexus %q: setting the ANA state %v", ne.name, st), "see the server log")
+	}
+	if changed {
+		e.log.Info("nexus ANA state set", "nexus", ne.name, "ana_state", st)
+	}
+	return nil
 }
 
 // UnpublishNexus withdraws a nexus's export; connected clients are dropped.

@@ -6,6 +6,7 @@ import (
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/nexus"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 )
 
 type nexusServer struct {
@@ -48,8 +49,33 @@ func (s *nexusServer) DestroyNexus(ctx context.Context, r *enginev1.DestroyNexus
 }
 
 func (s *nexusServer) PublishNexus(ctx context.Context, r *enginev1.PublishNexusRequest) (*enginev1.Nexus, error) {
-	return nexusReply(s.e.PublishNexus(ctx, r.GetName(), r.GetProtocol(), r.GetAllowedHosts()))
+	return nexusReply(s.e.PublishNexusWith(ctx, r.GetName(), PublishNexusOptions{
+		Protocol: r.GetProtocol(), AllowedHosts: r.GetAllowedHosts(),
+		MinCNTLID: cntlidArg(r.GetMinCntlid()), MaxCNTLID: cntlidArg(r.GetMaxCntlid()),
+		ANAState: ANAStateFromProto(r.GetAnaState()),
+	}))
 }
+
+func (s *nexusServer) SetNexusAnaState(ctx context.Context, r *enginev1.SetNexusAnaStateRequest) (*enginev1.Nexus, error) {
+	return nexusReply(s.e.SetNexusANAState(ctx, r.GetName(), ANAStateFromProto(r.GetAnaState())))
+}
+
+// cntlidArg narrows a controller ID of the API; one over 16 bits becomes
+// 0xFFFF, which the range check refuses.
+func cntlidArg(v uint32) uint16 { return uint16(min(v, 0xFFFF)) }
+
+// ANAStateFromProto converts an API ANA state: the enum's values are the
+// NVMe ones; UNSPECIFIED is 0 and a value that is no state becomes an
+// invalid one, which the engine refuses.
+func ANAStateFromProto(st enginev1.AnaState) nvme.ANAState {
+	if st < 0 || st > 0xFF {
+		return 0xFF
+	}
+	return nvme.ANAState(st)
+}
+
+// ANAStateToProto converts an ANA state to the API's (0: UNSPECIFIED).
+func ANAStateToProto(st nvme.ANAState) enginev1.AnaState { return enginev1.AnaState(st) }
 
 func (s *nexusServer) UnpublishNexus(ctx context.Context, r *enginev1.UnpublishNexusRequest) (*enginev1.Nexus, error) {
 	return nexusReply(s.e.UnpublishNexus(ctx, r.GetName()))
@@ -158,6 +184,8 @@ func NexusToProto(ni NexusInfo) *enginev1.Nexus {
 	}
 	if ni.Share != nil {
 		m.Share = &enginev1.Share{Protocol: ni.Share.Protocol, Uri: ni.Share.URI, AllowedHosts: ni.Share.AllowedHosts}
+		m.AnaState = ANAStateToProto(ni.Share.ANAState)
+		m.MinCntlid, m.MaxCntlid = uint32(ni.Share.MinCNTLID), uint32(ni.Share.MaxCNTLID)
 	}
 	return m
 }

@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"sync"
 
 	"github.com/google/uuid"
 
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 )
 
@@ -42,6 +44,9 @@ func (x *nvmfExporter) AddExport(spec ExportSpec, dev bdev.Device) (string, erro
 		AllowAnyHost: len(spec.AllowedHosts) == 0,
 		Serial:       id.String()[:20],
 		Model:        "Nexstor " + kind,
+		MinCNTLID:    spec.MinCNTLID,
+		MaxCNTLID:    spec.MaxCNTLID,
+		ANAState:     spec.ANAState,
 	})
 	if err != nil {
 		return "", err
@@ -71,6 +76,22 @@ func (x *nvmfExporter) ResizeExport(name string) error {
 	}
 	_, err := sub.ResizeNamespace(1)
 	return err
+}
+
+// SetExportANAState implements ANASetter: the subsystem of export name
+// takes ANA state st (see target.Subsystem.SetANAState).
+func (x *nvmfExporter) SetExportANAState(ctx context.Context, name string, st nvme.ANAState) error {
+	x.mu.Lock()
+	nqn, ok := x.nqns[name]
+	x.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("nvmf: %q is not exported", name)
+	}
+	sub := x.t.Subsystem(nqn)
+	if sub == nil {
+		return fmt.Errorf("nvmf: subsystem %s of %q: %w", nqn, name, target.ErrNotFound)
+	}
+	return sub.SetANAState(ctx, st)
 }
 
 func (x *nvmfExporter) RemoveExport(name string) error {

@@ -50,6 +50,11 @@ type stateShare struct {
 	Replica      string   `json:"replica"`
 	Protocol     string   `json:"protocol"`
 	AllowedHosts []string `json:"allowed_hosts,omitempty"`
+	// A nexus's nvmf publication: controller ID range and ANA state (its
+	// name, as nvme.ANAState.String writes it); absent: the defaults.
+	MinCNTLID uint16 `json:"min_cntlid,omitempty"`
+	MaxCNTLID uint16 `json:"max_cntlid,omitempty"`
+	ANAState  string `json:"ana_state,omitempty"`
 }
 
 // loadState reads the state file; a missing file is an empty state.

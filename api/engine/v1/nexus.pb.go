@@ -29,6 +29,73 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AnaState is an NVMe Asymmetric Namespace Access state of a publication:
+// how this node's controllers report the nexus's namespace to hosts.
+type AnaState int32
+
+const (
+	AnaState_ANA_STATE_UNSPECIFIED AnaState = 0
+	// OPTIMIZED: the path hosts prefer.
+	AnaState_ANA_STATE_OPTIMIZED AnaState = 1
+	// NON_OPTIMIZED: used when no optimized path is left.
+	AnaState_ANA_STATE_NON_OPTIMIZED AnaState = 2
+	// INACCESSIBLE: I/O is refused (Asymmetric Access Inaccessible) and
+	// retried by the host on another path.
+	AnaState_ANA_STATE_INACCESSIBLE AnaState = 3
+	// PERSISTENT_LOSS: as inaccessible, for good.
+	AnaState_ANA_STATE_PERSISTENT_LOSS AnaState = 4
+	// CHANGE: in transition; I/O is refused (Asymmetric Access Transition).
+	// Linux resets a controller that stays in it over twice ANATT (10 s).
+	AnaState_ANA_STATE_CHANGE AnaState = 15
+)
+
+// Enum value maps for AnaState.
+var (
+	AnaState_name = map[int32]string{
+		0:  "ANA_STATE_UNSPECIFIED",
+		1:  "ANA_STATE_OPTIMIZED",
+		2:  "ANA_STATE_NON_OPTIMIZED",
+		3:  "ANA_STATE_INACCESSIBLE",
+		4:  "ANA_STATE_PERSISTENT_LOSS",
+		15: "ANA_STATE_CHANGE",
+	}
+	AnaState_value = map[string]int32{
+		"ANA_STATE_UNSPECIFIED":     0,
+		"ANA_STATE_OPTIMIZED":       1,
+		"ANA_STATE_NON_OPTIMIZED":   2,
+		"ANA_STATE_INACCESSIBLE":    3,
+		"ANA_STATE_PERSISTENT_LOSS": 4,
+		"ANA_STATE_CHANGE":          15,
+	}
+)
+
+func (x AnaState) Enum() *AnaState {
+	p := new(AnaState)
+	*p = x
+	return p
+}
+
+func (x AnaState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AnaState) Descriptor() protoreflect.EnumDescriptor {
+	return file_engine_v1_nexus_proto_enumTypes[0].Descriptor()
+}
+
+func (AnaState) Type() protoreflect.EnumType {
+	return &file_engine_v1_nexus_proto_enumTypes[0]
+}
+
+func (x AnaState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AnaState.Descriptor instead.
+func (AnaState) EnumDescriptor() ([]byte, []int) {
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{0}
+}
+
 type NexusState int32
 
 const (
@@ -70,11 +137,11 @@ func (x NexusState) String() string {
 }
 
 func (NexusState) Descriptor() protoreflect.EnumDescriptor {
-	return file_engine_v1_nexus_proto_enumTypes[0].Descriptor()
+	return file_engine_v1_nexus_proto_enumTypes[1].Descriptor()
 }
 
 func (NexusState) Type() protoreflect.EnumType {
-	return &file_engine_v1_nexus_proto_enumTypes[0]
+	return &file_engine_v1_nexus_proto_enumTypes[1]
 }
 
 func (x NexusState) Number() protoreflect.EnumNumber {
@@ -83,7 +150,7 @@ func (x NexusState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NexusState.Descriptor instead.
 func (NexusState) EnumDescriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{0}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{1}
 }
 
 type ChildState int32
@@ -125,11 +192,11 @@ func (x ChildState) String() string {
 }
 
 func (ChildState) Descriptor() protoreflect.EnumDescriptor {
-	return file_engine_v1_nexus_proto_enumTypes[1].Descriptor()
+	return file_engine_v1_nexus_proto_enumTypes[2].Descriptor()
 }
 
 func (ChildState) Type() protoreflect.EnumType {
-	return &file_engine_v1_nexus_proto_enumTypes[1]
+	return &file_engine_v1_nexus_proto_enumTypes[2]
 }
 
 func (x ChildState) Number() protoreflect.EnumNumber {
@@ -138,7 +205,7 @@ func (x ChildState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ChildState.Descriptor instead.
 func (ChildState) EnumDescriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{1}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{2}
 }
 
 // Child is one child of a nexus.
@@ -475,7 +542,12 @@ type Nexus struct {
 	LeftOut []*LeftOutChild `protobuf:"bytes,10,rep,name=left_out,json=leftOut,proto3" json:"left_out,omitempty"`
 	// epoch is the nexus's fencing epoch: its children refuse I/O of any
 	// nexus with a lower one.
-	Epoch         uint64 `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// ana_state, min_cntlid and max_cntlid describe an nvmf publication:
+	// its ANA state and the controller IDs it gives hosts. Unset otherwise.
+	AnaState      AnaState `protobuf:"varint,12,opt,name=ana_state,json=anaState,proto3,enum=nexstor.engine.v1.AnaState" json:"ana_state,omitempty"`
+	MinCntlid     uint32   `protobuf:"varint,13,opt,name=min_cntlid,json=minCntlid,proto3" json:"min_cntlid,omitempty"`
+	MaxCntlid     uint32   `protobuf:"varint,14,opt,name=max_cntlid,json=maxCntlid,proto3" json:"max_cntlid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -576,6 +648,27 @@ func (x *Nexus) GetLeftOut() []*LeftOutChild {
 func (x *Nexus) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Nexus) GetAnaState() AnaState {
+	if x != nil {
+		return x.AnaState
+	}
+	return AnaState_ANA_STATE_UNSPECIFIED
+}
+
+func (x *Nexus) GetMinCntlid() uint32 {
+	if x != nil {
+		return x.MinCntlid
+	}
+	return 0
+}
+
+func (x *Nexus) GetMaxCntlid() uint32 {
+	if x != nil {
+		return x.MaxCntlid
 	}
 	return 0
 }
@@ -915,7 +1008,20 @@ type PublishNexusRequest struct {
 	// protocol: "nvmf" (default) or "nbd".
 	Protocol string `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	// allowed_hosts: host NQNs admitted over nvmf; empty admits any host.
-	AllowedHosts  []string `protobuf:"bytes,3,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
+	AllowedHosts []string `protobuf:"bytes,3,rep,name=allowed_hosts,json=allowedHosts,proto3" json:"allowed_hosts,omitempty"`
+	// min_cntlid and max_cntlid bound the NVMe controller IDs this node's
+	// publication gives hosts (inclusive, within 1..65519; 0 means 1 and
+	// 65519 respectively). When the nexus's subsystem is published on several
+	// nodes for multipath, give each node a disjoint range: Linux refuses a
+	// second controller with an ID it already has in the subsystem. nvmf
+	// only. Republishing with another range is refused while published.
+	MinCntlid uint32 `protobuf:"varint,4,opt,name=min_cntlid,json=minCntlid,proto3" json:"min_cntlid,omitempty"`
+	MaxCntlid uint32 `protobuf:"varint,5,opt,name=max_cntlid,json=maxCntlid,proto3" json:"max_cntlid,omitempty"`
+	// ana_state is the publication's ANA state; unspecified means
+	// optimized on a new publication and leaves the state as it is on an
+	// existing one. Republishing with a state sets it, as SetNexusAnaState.
+	// nvmf only.
+	AnaState      AnaState `protobuf:"varint,6,opt,name=ana_state,json=anaState,proto3,enum=nexstor.engine.v1.AnaState" json:"ana_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -971,6 +1077,79 @@ func (x *PublishNexusRequest) GetAllowedHosts() []string {
 	return nil
 }
 
+func (x *PublishNexusRequest) GetMinCntlid() uint32 {
+	if x != nil {
+		return x.MinCntlid
+	}
+	return 0
+}
+
+func (x *PublishNexusRequest) GetMaxCntlid() uint32 {
+	if x != nil {
+		return x.MaxCntlid
+	}
+	return 0
+}
+
+func (x *PublishNexusRequest) GetAnaState() AnaState {
+	if x != nil {
+		return x.AnaState
+	}
+	return AnaState_ANA_STATE_UNSPECIFIED
+}
+
+type SetNexusAnaStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	AnaState      AnaState               `protobuf:"varint,2,opt,name=ana_state,json=anaState,proto3,enum=nexstor.engine.v1.AnaState" json:"ana_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNexusAnaStateRequest) Reset() {
+	*x = SetNexusAnaStateRequest{}
+	mi := &file_engine_v1_nexus_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNexusAnaStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNexusAnaStateRequest) ProtoMessage() {}
+
+func (x *SetNexusAnaStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_nexus_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNexusAnaStateRequest.ProtoReflect.Descriptor instead.
+func (*SetNexusAnaStateRequest) Descriptor() ([]byte, []int) {
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetNexusAnaStateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetNexusAnaStateRequest) GetAnaState() AnaState {
+	if x != nil {
+		return x.AnaState
+	}
+	return AnaState_ANA_STATE_UNSPECIFIED
+}
+
 type UnpublishNexusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -980,7 +1159,7 @@ type UnpublishNexusRequest struct {
 
 func (x *UnpublishNexusRequest) Reset() {
 	*x = UnpublishNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[11]
+	mi := &file_engine_v1_nexus_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1171,7 @@ func (x *UnpublishNexusRequest) String() string {
 func (*UnpublishNexusRequest) ProtoMessage() {}
 
 func (x *UnpublishNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[11]
+	mi := &file_engine_v1_nexus_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1184,7 @@ func (x *UnpublishNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpublishNexusRequest.ProtoReflect.Descriptor instead.
 func (*UnpublishNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{11}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnpublishNexusRequest) GetName() string {
@@ -1027,7 +1206,7 @@ type ChildRequest struct {
 
 func (x *ChildRequest) Reset() {
 	*x = ChildRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[12]
+	mi := &file_engine_v1_nexus_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1218,7 @@ func (x *ChildRequest) String() string {
 func (*ChildRequest) ProtoMessage() {}
 
 func (x *ChildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[12]
+	mi := &file_engine_v1_nexus_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1231,7 @@ func (x *ChildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChildRequest.ProtoReflect.Descriptor instead.
 func (*ChildRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{12}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChildRequest) GetNexus() string {
@@ -1079,7 +1258,7 @@ type RebuildStatusRequest struct {
 
 func (x *RebuildStatusRequest) Reset() {
 	*x = RebuildStatusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[13]
+	mi := &file_engine_v1_nexus_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1270,7 @@ func (x *RebuildStatusRequest) String() string {
 func (*RebuildStatusRequest) ProtoMessage() {}
 
 func (x *RebuildStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[13]
+	mi := &file_engine_v1_nexus_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1283,7 @@ func (x *RebuildStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildStatusRequest.ProtoReflect.Descriptor instead.
 func (*RebuildStatusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{13}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RebuildStatusRequest) GetNexus() string {
@@ -1130,7 +1309,7 @@ type RebuildStatusResponse struct {
 
 func (x *RebuildStatusResponse) Reset() {
 	*x = RebuildStatusResponse{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[14]
+	mi := &file_engine_v1_nexus_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1321,7 @@ func (x *RebuildStatusResponse) String() string {
 func (*RebuildStatusResponse) ProtoMessage() {}
 
 func (x *RebuildStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[14]
+	mi := &file_engine_v1_nexus_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1334,7 @@ func (x *RebuildStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildStatusResponse.ProtoReflect.Descriptor instead.
 func (*RebuildStatusResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{14}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RebuildStatusResponse) GetRebuilds() []*Rebuild {
@@ -1174,7 +1353,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[15]
+	mi := &file_engine_v1_nexus_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1365,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[15]
+	mi := &file_engine_v1_nexus_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1378,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{15}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VerifyRequest) GetNexus() string {
@@ -1219,7 +1398,7 @@ type Range struct {
 
 func (x *Range) Reset() {
 	*x = Range{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[16]
+	mi := &file_engine_v1_nexus_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1410,7 @@ func (x *Range) String() string {
 func (*Range) ProtoMessage() {}
 
 func (x *Range) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[16]
+	mi := &file_engine_v1_nexus_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1423,7 @@ func (x *Range) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Range.ProtoReflect.Descriptor instead.
 func (*Range) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{16}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Range) GetOffset() uint64 {
@@ -1276,7 +1455,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[17]
+	mi := &file_engine_v1_nexus_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1467,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[17]
+	mi := &file_engine_v1_nexus_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1480,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{17}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VerifyResponse) GetSegments() uint64 {
@@ -1336,7 +1515,7 @@ type ResizeNexusRequest struct {
 
 func (x *ResizeNexusRequest) Reset() {
 	*x = ResizeNexusRequest{}
-	mi := &file_engine_v1_nexus_proto_msgTypes[18]
+	mi := &file_engine_v1_nexus_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1527,7 @@ func (x *ResizeNexusRequest) String() string {
 func (*ResizeNexusRequest) ProtoMessage() {}
 
 func (x *ResizeNexusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_nexus_proto_msgTypes[18]
+	mi := &file_engine_v1_nexus_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1540,7 @@ func (x *ResizeNexusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeNexusRequest.ProtoReflect.Descriptor instead.
 func (*ResizeNexusRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{18}
+	return file_engine_v1_nexus_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResizeNexusRequest) GetName() string {
@@ -1414,7 +1593,7 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\n" +
 	" \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12finished_unix_nano\x18\v \x01(\x03R\x10finishedUnixNano\x12\x14\n" +
-	"\x05error\x18\f \x01(\tR\x05error\"\xed\x02\n" +
+	"\x05error\x18\f \x01(\tR\x05error\"\xe5\x03\n" +
 	"\x05Nexus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1427,7 +1606,12 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x05share\x18\b \x01(\v2\x18.nexstor.engine.v1.ShareR\x05share\x12:\n" +
 	"\bleft_out\x18\n" +
 	" \x03(\v2\x1f.nexstor.engine.v1.LeftOutChildR\aleftOut\x12\x14\n" +
-	"\x05epoch\x18\v \x01(\x04R\x05epochJ\x04\b\t\x10\n" +
+	"\x05epoch\x18\v \x01(\x04R\x05epoch\x128\n" +
+	"\tana_state\x18\f \x01(\x0e2\x1b.nexstor.engine.v1.AnaStateR\banaState\x12\x1d\n" +
+	"\n" +
+	"min_cntlid\x18\r \x01(\rR\tminCntlid\x12\x1d\n" +
+	"\n" +
+	"max_cntlid\x18\x0e \x01(\rR\tmaxCntlidJ\x04\b\t\x10\n" +
 	"\"\x8a\x02\n" +
 	"\x12CreateNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
@@ -1446,11 +1630,19 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
 	"\x13DestroyNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14DestroyNexusResponse\"j\n" +
+	"\x14DestroyNexusResponse\"\xe2\x01\n" +
 	"\x13PublishNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12#\n" +
-	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"+\n" +
+	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\x12\x1d\n" +
+	"\n" +
+	"min_cntlid\x18\x04 \x01(\rR\tminCntlid\x12\x1d\n" +
+	"\n" +
+	"max_cntlid\x18\x05 \x01(\rR\tmaxCntlid\x128\n" +
+	"\tana_state\x18\x06 \x01(\x0e2\x1b.nexstor.engine.v1.AnaStateR\banaState\"g\n" +
+	"\x17SetNexusAnaStateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
+	"\tana_state\x18\x02 \x01(\x0e2\x1b.nexstor.engine.v1.AnaStateR\banaState\"+\n" +
 	"\x15UnpublishNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\":\n" +
 	"\fChildRequest\x12\x14\n" +
@@ -1474,7 +1666,14 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"mismatches\"<\n" +
 	"\x12ResizeNexusRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size*t\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size*\xac\x01\n" +
+	"\bAnaState\x12\x19\n" +
+	"\x15ANA_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13ANA_STATE_OPTIMIZED\x10\x01\x12\x1b\n" +
+	"\x17ANA_STATE_NON_OPTIMIZED\x10\x02\x12\x1a\n" +
+	"\x16ANA_STATE_INACCESSIBLE\x10\x03\x12\x1d\n" +
+	"\x19ANA_STATE_PERSISTENT_LOSS\x10\x04\x12\x14\n" +
+	"\x10ANA_STATE_CHANGE\x10\x0f*t\n" +
 	"\n" +
 	"NexusState\x12\x1b\n" +
 	"\x17NEXUS_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -1487,8 +1686,7 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\x12CHILD_STATE_ONLINE\x10\x01\x12\x1a\n" +
 	"\x16CHILD_STATE_REBUILDING\x10\x02\x12\x17\n" +
 	"\x13CHILD_STATE_FAULTED\x10\x03\x12\x17\n" +
-	"\x13CHILD_STATE_OFFLINE\x10\x042\xe8\n" +
-	"\n" +
+	"\x13CHILD_STATE_OFFLINE\x10\x042\xc2\v\n" +
 	"\fNexusService\x12N\n" +
 	"\vCreateNexus\x12%.nexstor.engine.v1.CreateNexusRequest\x1a\x18.nexstor.engine.v1.Nexus\x12\\\n" +
 	"\vListNexuses\x12%.nexstor.engine.v1.ListNexusesRequest\x1a&.nexstor.engine.v1.ListNexusesResponse\x12H\n" +
@@ -1507,7 +1705,8 @@ const file_engine_v1_nexus_proto_rawDesc = "" +
 	"\rResumeRebuild\x12\x1f.nexstor.engine.v1.ChildRequest\x1a\x1a.nexstor.engine.v1.Rebuild\x12J\n" +
 	"\vStopRebuild\x12\x1f.nexstor.engine.v1.ChildRequest\x1a\x1a.nexstor.engine.v1.Rebuild\x12M\n" +
 	"\x06Verify\x12 .nexstor.engine.v1.VerifyRequest\x1a!.nexstor.engine.v1.VerifyResponse\x12N\n" +
-	"\vResizeNexus\x12%.nexstor.engine.v1.ResizeNexusRequest\x1a\x18.nexstor.engine.v1.NexusB3Z1github.com/nexstor/nexstor/api/engine/v1;enginev1b\x06proto3"
+	"\vResizeNexus\x12%.nexstor.engine.v1.ResizeNexusRequest\x1a\x18.nexstor.engine.v1.Nexus\x12X\n" +
+	"\x10SetNexusAnaState\x12*.nexstor.engine.v1.SetNexusAnaStateRequest\x1a\x18.nexstor.engine.v1.NexusB3Z1github.com/nexstor/nexstor/api/engine/v1;enginev1b\x06proto3"
 
 var (
 	file_engine_v1_nexus_proto_rawDescOnce sync.Once
@@ -1521,81 +1720,88 @@ func file_engine_v1_nexus_proto_rawDescGZIP() []byte {
 	return file_engine_v1_nexus_proto_rawDescData
 }
 
-var file_engine_v1_nexus_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_engine_v1_nexus_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_engine_v1_nexus_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_engine_v1_nexus_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_engine_v1_nexus_proto_goTypes = []any{
-	(NexusState)(0),               // 0: nexstor.engine.v1.NexusState
-	(ChildState)(0),               // 1: nexstor.engine.v1.ChildState
-	(*Child)(nil),                 // 2: nexstor.engine.v1.Child
-	(*LeftOutChild)(nil),          // 3: nexstor.engine.v1.LeftOutChild
-	(*Rebuild)(nil),               // 4: nexstor.engine.v1.Rebuild
-	(*Nexus)(nil),                 // 5: nexstor.engine.v1.Nexus
-	(*CreateNexusRequest)(nil),    // 6: nexstor.engine.v1.CreateNexusRequest
-	(*ListNexusesRequest)(nil),    // 7: nexstor.engine.v1.ListNexusesRequest
-	(*ListNexusesResponse)(nil),   // 8: nexstor.engine.v1.ListNexusesResponse
-	(*GetNexusRequest)(nil),       // 9: nexstor.engine.v1.GetNexusRequest
-	(*DestroyNexusRequest)(nil),   // 10: nexstor.engine.v1.DestroyNexusRequest
-	(*DestroyNexusResponse)(nil),  // 11: nexstor.engine.v1.DestroyNexusResponse
-	(*PublishNexusRequest)(nil),   // 12: nexstor.engine.v1.PublishNexusRequest
-	(*UnpublishNexusRequest)(nil), // 13: nexstor.engine.v1.UnpublishNexusRequest
-	(*ChildRequest)(nil),          // 14: nexstor.engine.v1.ChildRequest
-	(*RebuildStatusRequest)(nil),  // 15: nexstor.engine.v1.RebuildStatusRequest
-	(*RebuildStatusResponse)(nil), // 16: nexstor.engine.v1.RebuildStatusResponse
-	(*VerifyRequest)(nil),         // 17: nexstor.engine.v1.VerifyRequest
-	(*Range)(nil),                 // 18: nexstor.engine.v1.Range
-	(*VerifyResponse)(nil),        // 19: nexstor.engine.v1.VerifyResponse
-	(*ResizeNexusRequest)(nil),    // 20: nexstor.engine.v1.ResizeNexusRequest
-	(*Share)(nil),                 // 21: nexstor.engine.v1.Share
+	(AnaState)(0),                   // 0: nexstor.engine.v1.AnaState
+	(NexusState)(0),                 // 1: nexstor.engine.v1.NexusState
+	(ChildState)(0),                 // 2: nexstor.engine.v1.ChildState
+	(*Child)(nil),                   // 3: nexstor.engine.v1.Child
+	(*LeftOutChild)(nil),            // 4: nexstor.engine.v1.LeftOutChild
+	(*Rebuild)(nil),                 // 5: nexstor.engine.v1.Rebuild
+	(*Nexus)(nil),                   // 6: nexstor.engine.v1.Nexus
+	(*CreateNexusRequest)(nil),      // 7: nexstor.engine.v1.CreateNexusRequest
+	(*ListNexusesRequest)(nil),      // 8: nexstor.engine.v1.ListNexusesRequest
+	(*ListNexusesResponse)(nil),     // 9: nexstor.engine.v1.ListNexusesResponse
+	(*GetNexusRequest)(nil),         // 10: nexstor.engine.v1.GetNexusRequest
+	(*DestroyNexusRequest)(nil),     // 11: nexstor.engine.v1.DestroyNexusRequest
+	(*DestroyNexusResponse)(nil),    // 12: nexstor.engine.v1.DestroyNexusResponse
+	(*PublishNexusRequest)(nil),     // 13: nexstor.engine.v1.PublishNexusRequest
+	(*SetNexusAnaStateRequest)(nil), // 14: nexstor.engine.v1.SetNexusAnaStateRequest
+	(*UnpublishNexusRequest)(nil),   // 15: nexstor.engine.v1.UnpublishNexusRequest
+	(*ChildRequest)(nil),            // 16: nexstor.engine.v1.ChildRequest
+	(*RebuildStatusRequest)(nil),    // 17: nexstor.engine.v1.RebuildStatusRequest
+	(*RebuildStatusResponse)(nil),   // 18: nexstor.engine.v1.RebuildStatusResponse
+	(*VerifyRequest)(nil),           // 19: nexstor.engine.v1.VerifyRequest
+	(*Range)(nil),                   // 20: nexstor.engine.v1.Range
+	(*VerifyResponse)(nil),          // 21: nexstor.engine.v1.VerifyResponse
+	(*ResizeNexusRequest)(nil),      // 22: nexstor.engine.v1.ResizeNexusRequest
+	(*Share)(nil),                   // 23: nexstor.engine.v1.Share
 }
 var file_engine_v1_nexus_proto_depIdxs = []int32{
-	1,  // 0: nexstor.engine.v1.Child.state:type_name -> nexstor.engine.v1.ChildState
-	4,  // 1: nexstor.engine.v1.Child.rebuild:type_name -> nexstor.engine.v1.Rebuild
-	0,  // 2: nexstor.engine.v1.Nexus.state:type_name -> nexstor.engine.v1.NexusState
-	2,  // 3: nexstor.engine.v1.Nexus.children:type_name -> nexstor.engine.v1.Child
-	21, // 4: nexstor.engine.v1.Nexus.share:type_name -> nexstor.engine.v1.Share
-	3,  // 5: nexstor.engine.v1.Nexus.left_out:type_name -> nexstor.engine.v1.LeftOutChild
-	5,  // 6: nexstor.engine.v1.ListNexusesResponse.nexuses:type_name -> nexstor.engine.v1.Nexus
-	4,  // 7: nexstor.engine.v1.RebuildStatusResponse.rebuilds:type_name -> nexstor.engine.v1.Rebuild
-	18, // 8: nexstor.engine.v1.VerifyResponse.mismatches:type_name -> nexstor.engine.v1.Range
-	6,  // 9: nexstor.engine.v1.NexusService.CreateNexus:input_type -> nexstor.engine.v1.CreateNexusRequest
-	7,  // 10: nexstor.engine.v1.NexusService.ListNexuses:input_type -> nexstor.engine.v1.ListNexusesRequest
-	9,  // 11: nexstor.engine.v1.NexusService.GetNexus:input_type -> nexstor.engine.v1.GetNexusRequest
-	10, // 12: nexstor.engine.v1.NexusService.DestroyNexus:input_type -> nexstor.engine.v1.DestroyNexusRequest
-	12, // 13: nexstor.engine.v1.NexusService.PublishNexus:input_type -> nexstor.engine.v1.PublishNexusRequest
-	13, // 14: nexstor.engine.v1.NexusService.UnpublishNexus:input_type -> nexstor.engine.v1.UnpublishNexusRequest
-	14, // 15: nexstor.engine.v1.NexusService.AddChild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 16: nexstor.engine.v1.NexusService.RemoveChild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 17: nexstor.engine.v1.NexusService.FaultChild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 18: nexstor.engine.v1.NexusService.OfflineChild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 19: nexstor.engine.v1.NexusService.OnlineChild:input_type -> nexstor.engine.v1.ChildRequest
-	15, // 20: nexstor.engine.v1.NexusService.RebuildStatus:input_type -> nexstor.engine.v1.RebuildStatusRequest
-	14, // 21: nexstor.engine.v1.NexusService.PauseRebuild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 22: nexstor.engine.v1.NexusService.ResumeRebuild:input_type -> nexstor.engine.v1.ChildRequest
-	14, // 23: nexstor.engine.v1.NexusService.StopRebuild:input_type -> nexstor.engine.v1.ChildRequest
-	17, // 24: nexstor.engine.v1.NexusService.Verify:input_type -> nexstor.engine.v1.VerifyRequest
-	20, // 25: nexstor.engine.v1.NexusService.ResizeNexus:input_type -> nexstor.engine.v1.ResizeNexusRequest
-	5,  // 26: nexstor.engine.v1.NexusService.CreateNexus:output_type -> nexstor.engine.v1.Nexus
-	8,  // 27: nexstor.engine.v1.NexusService.ListNexuses:output_type -> nexstor.engine.v1.ListNexusesResponse
-	5,  // 28: nexstor.engine.v1.NexusService.GetNexus:output_type -> nexstor.engine.v1.Nexus
-	11, // 29: nexstor.engine.v1.NexusService.DestroyNexus:output_type -> nexstor.engine.v1.DestroyNexusResponse
-	5,  // 30: nexstor.engine.v1.NexusService.PublishNexus:output_type -> nexstor.engine.v1.Nexus
-	5,  // 31: nexstor.engine.v1.NexusService.UnpublishNexus:output_type -> nexstor.engine.v1.Nexus
-	5,  // 32: nexstor.engine.v1.NexusService.AddChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 33: nexstor.engine.v1.NexusService.RemoveChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 34: nexstor.engine.v1.NexusService.FaultChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 35: nexstor.engine.v1.NexusService.OfflineChild:output_type -> nexstor.engine.v1.Nexus
-	5,  // 36: nexstor.engine.v1.NexusService.OnlineChild:output_type -> nexstor.engine.v1.Nexus
-	16, // 37: nexstor.engine.v1.NexusService.RebuildStatus:output_type -> nexstor.engine.v1.RebuildStatusResponse
-	4,  // 38: nexstor.engine.v1.NexusService.PauseRebuild:output_type -> nexstor.engine.v1.Rebuild
-	4,  // 39: nexstor.engine.v1.NexusService.ResumeRebuild:output_type -> nexstor.engine.v1.Rebuild
-	4,  // 40: nexstor.engine.v1.NexusService.StopRebuild:output_type -> nexstor.engine.v1.Rebuild
-	19, // 41: nexstor.engine.v1.NexusService.Verify:output_type -> nexstor.engine.v1.VerifyResponse
-	5,  // 42: nexstor.engine.v1.NexusService.ResizeNexus:output_type -> nexstor.engine.v1.Nexus
-	26, // [26:43] is the sub-list for method output_type
-	9,  // [9:26] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 0: nexstor.engine.v1.Child.state:type_name -> nexstor.engine.v1.ChildState
+	5,  // 1: nexstor.engine.v1.Child.rebuild:type_name -> nexstor.engine.v1.Rebuild
+	1,  // 2: nexstor.engine.v1.Nexus.state:type_name -> nexstor.engine.v1.NexusState
+	3,  // 3: nexstor.engine.v1.Nexus.children:type_name -> nexstor.engine.v1.Child
+	23, // 4: nexstor.engine.v1.Nexus.share:type_name -> nexstor.engine.v1.Share
+	4,  // 5: nexstor.engine.v1.Nexus.left_out:type_name -> nexstor.engine.v1.LeftOutChild
+	0,  // 6: nexstor.engine.v1.Nexus.ana_state:type_name -> nexstor.engine.v1.AnaState
+	6,  // 7: nexstor.engine.v1.ListNexusesResponse.nexuses:type_name -> nexstor.engine.v1.Nexus
+	0,  // 8: nexstor.engine.v1.PublishNexusRequest.ana_state:type_name -> nexstor.engine.v1.AnaState
+	0,  // 9: nexstor.engine.v1.SetNexusAnaStateRequest.ana_state:type_name -> nexstor.engine.v1.AnaState
+	5,  // 10: nexstor.engine.v1.RebuildStatusResponse.rebuilds:type_name -> nexstor.engine.v1.Rebuild
+	20, // 11: nexstor.engine.v1.VerifyResponse.mismatches:type_name -> nexstor.engine.v1.Range
+	7,  // 12: nexstor.engine.v1.NexusService.CreateNexus:input_type -> nexstor.engine.v1.CreateNexusRequest
+	8,  // 13: nexstor.engine.v1.NexusService.ListNexuses:input_type -> nexstor.engine.v1.ListNexusesRequest
+	10, // 14: nexstor.engine.v1.NexusService.GetNexus:input_type -> nexstor.engine.v1.GetNexusRequest
+	11, // 15: nexstor.engine.v1.NexusService.DestroyNexus:input_type -> nexstor.engine.v1.DestroyNexusRequest
+	13, // 16: nexstor.engine.v1.NexusService.PublishNexus:input_type -> nexstor.engine.v1.PublishNexusRequest
+	15, // 17: nexstor.engine.v1.NexusService.UnpublishNexus:input_type -> nexstor.engine.v1.UnpublishNexusRequest
+	16, // 18: nexstor.engine.v1.NexusService.AddChild:input_type -> nexstor.engine.v1.ChildRequest
+	16, // 19: nexstor.engine.v1.NexusService.RemoveChild:input_type -> nexstor.engine.v1.ChildRequest
+	16, // 20: nexstor.engine.v1.NexusService.FaultChild:input_type -> nexstor.engine.v1.ChildRequest
+	16, // 21: nexstor.engine.v1.NexusService.OfflineChild:input_type -> nexstor.engine.v1.ChildRequest
+	16, // 22: nexstor.engine.v1.NexusService.OnlineChild:input_type -> nexstor.engine.v1.ChildRequest
+	17, // 23: nexstor.engine.v1.NexusService.RebuildStatus:input_type -> nexstor.engine.v1.RebuildStatusRequest
+	16, // 24: nexstor.engine.v1.NexusService.PauseRebuild:input_type -> nexstor.engine.v1.ChildRequest
+	16, // 25: nexstor.engine.v1.NexusService.ResumeRebuild:input_type -> nexstor.engine.v1.ChildRequest
+	16, // 26: nexstor.engine.v1.NexusService.StopRebuild:input_type -> nexstor.engine.v1.ChildRequest
+	19, // 27: nexstor.engine.v1.NexusService.Verify:input_type -> nexstor.engine.v1.VerifyRequest
+	22, // 28: nexstor.engine.v1.NexusService.ResizeNexus:input_type -> nexstor.engine.v1.ResizeNexusRequest
+	14, // 29: nexstor.engine.v1.NexusService.SetNexusAnaState:input_type -> nexstor.engine.v1.SetNexusAnaStateRequest
+	6,  // 30: nexstor.engine.v1.NexusService.CreateNexus:output_type -> nexstor.engine.v1.Nexus
+	9,  // 31: nexstor.engine.v1.NexusService.ListNexuses:output_type -> nexstor.engine.v1.ListNexusesResponse
+	6,  // 32: nexstor.engine.v1.NexusService.GetNexus:output_type -> nexstor.engine.v1.Nexus
+	12, // 33: nexstor.engine.v1.NexusService.DestroyNexus:output_type -> nexstor.engine.v1.DestroyNexusResponse
+	6,  // 34: nexstor.engine.v1.NexusService.PublishNexus:output_type -> nexstor.engine.v1.Nexus
+	6,  // 35: nexstor.engine.v1.NexusService.UnpublishNexus:output_type -> nexstor.engine.v1.Nexus
+	6,  // 36: nexstor.engine.v1.NexusService.AddChild:output_type -> nexstor.engine.v1.Nexus
+	6,  // 37: nexstor.engine.v1.NexusService.RemoveChild:output_type -> nexstor.engine.v1.Nexus
+	6,  // 38: nexstor.engine.v1.NexusService.FaultChild:output_type -> nexstor.engine.v1.Nexus
+	6,  // 39: nexstor.engine.v1.NexusService.OfflineChild:output_type -> nexstor.engine.v1.Nexus
+	6,  // 40: nexstor.engine.v1.NexusService.OnlineChild:output_type -> nexstor.engine.v1.Nexus
+	18, // 41: nexstor.engine.v1.NexusService.RebuildStatus:output_type -> nexstor.engine.v1.RebuildStatusResponse
+	5,  // 42: nexstor.engine.v1.NexusService.PauseRebuild:output_type -> nexstor.engine.v1.Rebuild
+	5,  // 43: nexstor.engine.v1.NexusService.ResumeRebuild:output_type -> nexstor.engine.v1.Rebuild
+	5,  // 44: nexstor.engine.v1.NexusService.StopRebuild:output_type -> nexstor.engine.v1.Rebuild
+	21, // 45: nexstor.engine.v1.NexusService.Verify:output_type -> nexstor.engine.v1.VerifyResponse
+	6,  // 46: nexstor.engine.v1.NexusService.ResizeNexus:output_type -> nexstor.engine.v1.Nexus
+	6,  // 47: nexstor.engine.v1.NexusService.SetNexusAnaState:output_type -> nexstor.engine.v1.Nexus
+	30, // [30:48] is the sub-list for method output_type
+	12, // [12:30] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_engine_v1_nexus_proto_init() }
@@ -1609,8 +1815,8 @@ func file_engine_v1_nexus_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_engine_v1_nexus_proto_rawDesc), len(file_engine_v1_nexus_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   19,
+			NumEnums:      3,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

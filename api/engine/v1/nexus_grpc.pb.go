@@ -27,23 +27,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NexusService_CreateNexus_FullMethodName    = "/nexstor.engine.v1.NexusService/CreateNexus"
-	NexusService_ListNexuses_FullMethodName    = "/nexstor.engine.v1.NexusService/ListNexuses"
-	NexusService_GetNexus_FullMethodName       = "/nexstor.engine.v1.NexusService/GetNexus"
-	NexusService_DestroyNexus_FullMethodName   = "/nexstor.engine.v1.NexusService/DestroyNexus"
-	NexusService_PublishNexus_FullMethodName   = "/nexstor.engine.v1.NexusService/PublishNexus"
-	NexusService_UnpublishNexus_FullMethodName = "/nexstor.engine.v1.NexusService/UnpublishNexus"
-	NexusService_AddChild_FullMethodName       = "/nexstor.engine.v1.NexusService/AddChild"
-	NexusService_RemoveChild_FullMethodName    = "/nexstor.engine.v1.NexusService/RemoveChild"
-	NexusService_FaultChild_FullMethodName     = "/nexstor.engine.v1.NexusService/FaultChild"
-	NexusService_OfflineChild_FullMethodName   = "/nexstor.engine.v1.NexusService/OfflineChild"
-	NexusService_OnlineChild_FullMethodName    = "/nexstor.engine.v1.NexusService/OnlineChild"
-	NexusService_RebuildStatus_FullMethodName  = "/nexstor.engine.v1.NexusService/RebuildStatus"
-	NexusService_PauseRebuild_FullMethodName   = "/nexstor.engine.v1.NexusService/PauseRebuild"
-	NexusService_ResumeRebuild_FullMethodName  = "/nexstor.engine.v1.NexusService/ResumeRebuild"
-	NexusService_StopRebuild_FullMethodName    = "/nexstor.engine.v1.NexusService/StopRebuild"
-	NexusService_Verify_FullMethodName         = "/nexstor.engine.v1.NexusService/Verify"
-	NexusService_ResizeNexus_FullMethodName    = "/nexstor.engine.v1.NexusService/ResizeNexus"
+	NexusService_CreateNexus_FullMethodName      = "/nexstor.engine.v1.NexusService/CreateNexus"
+	NexusService_ListNexuses_FullMethodName      = "/nexstor.engine.v1.NexusService/ListNexuses"
+	NexusService_GetNexus_FullMethodName         = "/nexstor.engine.v1.NexusService/GetNexus"
+	NexusService_DestroyNexus_FullMethodName     = "/nexstor.engine.v1.NexusService/DestroyNexus"
+	NexusService_PublishNexus_FullMethodName     = "/nexstor.engine.v1.NexusService/PublishNexus"
+	NexusService_UnpublishNexus_FullMethodName   = "/nexstor.engine.v1.NexusService/UnpublishNexus"
+	NexusService_AddChild_FullMethodName         = "/nexstor.engine.v1.NexusService/AddChild"
+	NexusService_RemoveChild_FullMethodName      = "/nexstor.engine.v1.NexusService/RemoveChild"
+	NexusService_FaultChild_FullMethodName       = "/nexstor.engine.v1.NexusService/FaultChild"
+	NexusService_OfflineChild_FullMethodName     = "/nexstor.engine.v1.NexusService/OfflineChild"
+	NexusService_OnlineChild_FullMethodName      = "/nexstor.engine.v1.NexusService/OnlineChild"
+	NexusService_RebuildStatus_FullMethodName    = "/nexstor.engine.v1.NexusService/RebuildStatus"
+	NexusService_PauseRebuild_FullMethodName     = "/nexstor.engine.v1.NexusService/PauseRebuild"
+	NexusService_ResumeRebuild_FullMethodName    = "/nexstor.engine.v1.NexusService/ResumeRebuild"
+	NexusService_StopRebuild_FullMethodName      = "/nexstor.engine.v1.NexusService/StopRebuild"
+	NexusService_Verify_FullMethodName           = "/nexstor.engine.v1.NexusService/Verify"
+	NexusService_ResizeNexus_FullMethodName      = "/nexstor.engine.v1.NexusService/ResizeNexus"
+	NexusService_SetNexusAnaState_FullMethodName = "/nexstor.engine.v1.NexusService/SetNexusAnaState"
 )
 
 // NexusServiceClient is the client API for NexusService service.
@@ -108,6 +109,18 @@ type NexusServiceClient interface {
 	// new size: NVMe/TCP sends a namespace-attribute-changed event; NBD
 	// clients see it when they reconnect. Shrinking is refused.
 	ResizeNexus(ctx context.Context, in *ResizeNexusRequest, opts ...grpc.CallOption) (*Nexus, error)
+	// SetNexusAnaState sets the ANA state of the nexus's nvmf publication on
+	// this node and announces it to connected hosts (an ANA change event). A
+	// host with controllers to the same subsystem on several nodes (Linux
+	// native multipath) sends I/O to the optimized ones and retries I/O that
+	// an inaccessible one refuses on another. A state that refuses I/O
+	// (inaccessible, persistent loss, change) takes effect at once for new
+	// I/O; the call returns once the I/O already executing has finished, so
+	// that no write of this node lands after it returns. The state is
+	// remembered with the publication across restarts. Setting the current
+	// state succeeds and changes nothing. Unpublished or nbd:
+	// FailedPrecondition.
+	SetNexusAnaState(ctx context.Context, in *SetNexusAnaStateRequest, opts ...grpc.CallOption) (*Nexus, error)
 }
 
 type nexusServiceClient struct {
@@ -288,6 +301,16 @@ func (c *nexusServiceClient) ResizeNexus(ctx context.Context, in *ResizeNexusReq
 	return out, nil
 }
 
+func (c *nexusServiceClient) SetNexusAnaState(ctx context.Context, in *SetNexusAnaStateRequest, opts ...grpc.CallOption) (*Nexus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Nexus)
+	err := c.cc.Invoke(ctx, NexusService_SetNexusAnaState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NexusServiceServer is the server API for NexusService service.
 // All implementations must embed UnimplementedNexusServiceServer
 // for forward compatibility.
@@ -350,6 +373,18 @@ type NexusServiceServer interface {
 	// new size: NVMe/TCP sends a namespace-attribute-changed event; NBD
 	// clients see it when they reconnect. Shrinking is refused.
 	ResizeNexus(context.Context, *ResizeNexusRequest) (*Nexus, error)
+	// SetNexusAnaState sets the ANA state of the nexus's nvmf publication on
+	// this node and announces it to connected hosts (an ANA change event). A
+	// host with controllers to the same subsystem on several nodes (Linux
+	// native multipath) sends I/O to the optimized ones and retries I/O that
+	// an inaccessible one refuses on another. A state that refuses I/O
+	// (inaccessible, persistent loss, change) takes effect at once for new
+	// I/O; the call returns once the I/O already executing has finished, so
+	// that no write of this node lands after it returns. The state is
+	// remembered with the publication across restarts. Setting the current
+	// state succeeds and changes nothing. Unpublished or nbd:
+	// FailedPrecondition.
+	SetNexusAnaState(context.Context, *SetNexusAnaStateRequest) (*Nexus, error)
 	mustEmbedUnimplementedNexusServiceServer()
 }
 
@@ -410,6 +445,9 @@ func (UnimplementedNexusServiceServer) Verify(context.Context, *VerifyRequest) (
 }
 func (UnimplementedNexusServiceServer) ResizeNexus(context.Context, *ResizeNexusRequest) (*Nexus, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ResizeNexus not implemented")
+}
+func (UnimplementedNexusServiceServer) SetNexusAnaState(context.Context, *SetNexusAnaStateRequest) (*Nexus, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetNexusAnaState not implemented")
 }
 func (UnimplementedNexusServiceServer) mustEmbedUnimplementedNexusServiceServer() {}
 func (UnimplementedNexusServiceServer) testEmbeddedByValue()                      {}
@@ -738,6 +776,24 @@ func _NexusService_ResizeNexus_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NexusService_SetNexusAnaState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNexusAnaStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NexusServiceServer).SetNexusAnaState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NexusService_SetNexusAnaState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NexusServiceServer).SetNexusAnaState(ctx, req.(*SetNexusAnaStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NexusService_ServiceDesc is the grpc.ServiceDesc for NexusService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -812,6 +868,10 @@ var NexusService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResizeNexus",
 			Handler:    _NexusService_ResizeNexus_Handler,
+		},
+		{
+			MethodName: "SetNexusAnaState",
+			Handler:    _NexusService_SetNexusAnaState_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -168,6 +168,12 @@ func (s Status) name() string {
 		return "unrecovered read error"
 	case StatusInvalidLogPage &^ DNR:
 		return "invalid log page"
+	case StatusANAInaccessible:
+		return "asymmetric access inaccessible"
+	case StatusANAPersistentLoss:
+		return "asymmetric access persistent loss"
+	case StatusANATransition:
+		return "asymmetric access transition"
 	}
 	return "error"
 }

@@ -191,7 +191,8 @@ func (c *controller) identify(r *request) {
 			identifyNamespace(b, ns)
 		case nvme.CNSNSIndependent:
 			b[1] = 1 // NMIC: may be attached to several controllers
-			b[14] = 1
+			binary.LittleEndian.PutUint32(b[nvme.IDNsIndANAGRPID:], ANAGroupID)
+			b[nvme.IDNsIndNSTA] = 1
 		case nvme.CNSNSDescList:
 			p := 0
 			var zero [16]byte
@@ -259,8 +260,14 @@ func (c *controller) identifyController(b []byte) {
 		return
 	}
 	b[nvme.IDCtrlCNTRLTYPE] = nvme.CtrlIO
-	b[nvme.IDCtrlCMIC] = 1 << 1 // the subsystem may have several controllers
-	binary.LittleEndian.PutUint32(b[nvme.IDCtrlOAES:], nvme.OAESNSAttr)
+	// The subsystem may have several controllers, and reports ANA.
+	b[nvme.IDCtrlCMIC] = nvme.CMICMultiCtrl | nvme.CMICANA
+	binary.LittleEndian.PutUint32(b[nvme.IDCtrlOAES:], nvme.OAESNSAttr|nvme.OAESANAChange)
+	b[nvme.IDCtrlANATT] = ANATransitionTime
+	b[nvme.IDCtrlANACAP] = nvme.ANACAPOptimized | nvme.ANACAPNonOptimized | nvme.ANACAPInaccessible |
+		nvme.ANACAPPersistentLoss | nvme.ANACAPChange | nvme.ANACAPGrpIDStatic
+	binary.LittleEndian.PutUint32(b[nvme.IDCtrlANAGRPMAX:], ANAGroupID)
+	binary.LittleEndian.PutUint32(b[nvme.IDCtrlNANAGRPID:], 1)
 	b[nvme.IDCtrlACL] = 3
 	binary.LittleEndian.PutUint32(b[nvme.IDCtrlNN:], MaxNamespaces)
 	binary.LittleEndian.PutUint32(b[nvme.IDCtrlMNAN:], MaxNamespaces)
@@ -284,6 +291,7 @@ func identifyNamespace(b []byte, ns *namespace) {
 	b[nvme.IDNsDLFEAT] = 0x01 | 0x08
 	// NVMCAP (16 bytes at 48): capacity in bytes.
 	binary.LittleEndian.PutUint64(b[48:], blocks<<ns.shift)
+	binary.LittleEndian.PutUint32(b[nvme.IDNsANAGRPID:], ANAGroupID)
 	copy(b[nvme.IDNsNGUID:nvme.IDNsNGUID+16], ns.nguid[:])
 	// LBA format 0: no metadata, 2^shift-byte blocks.
 	b[nvme.IDNsLBAF0+2] = uint8(ns.shift)
@@ -338,6 +346,16 @@ func (c *controller) getLogPage(r *request) {
 		c.mu.Unlock()
 		if !rae {
 			c.clearEvent(nvme.AENNoticeNSChanged)
+		}
+	case lid == nvme.LogANA && !c.discovery:
+		// LSP bit 0 (RGO): the group descriptors without their NSIDs.
+		// The NSID is not looked at: the page is the controller's.
+		rgo := cdw10&nvme.LogSpecificRGO != 0
+		l := c.sub.anaLog()
+		page = make([]byte, l.Len(rgo))
+		l.Marshal(page, rgo)
+		if !rae {
+			c.clearEvent(nvme.AENNoticeANAChange)
 		}
 	case lid == nvme.LogClaim && !c.discovery:
 		var st nvme.Status

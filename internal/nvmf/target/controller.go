@@ -302,6 +302,10 @@ func (q *queue) connect(r *request) {
 			c.nIOQ = 0
 		}
 		if !t.addController(c) {
+			if sub != nil {
+				lo, hi := sub.CNTLIDRange()
+				t.log.Warn("nvmf: connect refused: every controller ID of the subsystem's range is in use", "subnqn", cd.SubNQN, "hostnqn", cd.HostNQN, "cntlid_min", lo, "cntlid_max", hi)
+			}
 			r.status = nvme.StatusConnectCtrlBusy
 			return
 		}
@@ -330,7 +334,7 @@ func (q *queue) connect(r *request) {
 		t.log.Debug("nvmf: controller created", "cntlid", c.id, "subnqn", cd.SubNQN, "hostnqn", cd.HostNQN, "remote", q.conn.RemoteAddr(), "kato", kato)
 		return
 	}
-	c := t.controller(cd.CNTLID)
+	c := t.controller(sub, cd.CNTLID)
 	if c == nil || c.sub != sub || c.hostNQN != cd.HostNQN || c.hostID != cd.HostID {
 		r.status = nvme.StatusConnectInvalidParam
 		r.cqe.Result = ipo(16, true)

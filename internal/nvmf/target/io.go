@@ -9,9 +9,26 @@ import (
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
 
-// io executes an NVM command in a worker.
+// io executes an NVM command in a worker, if the subsystem's ANA state lets
+// it.
 func (c *controller) io(r *request) {
 	c.touch()
+	s := c.sub
+	// Counted before the state is read: SetANAState stores the state
+	// before it waits for the count to drop, so a command either sees the
+	// new state or is waited for.
+	s.inflight.Add(1)
+	if st := s.ANAState(); !st.Accessible() {
+		s.inflight.Add(-1)
+		r.status = st.IOStatus()
+		return
+	}
+	c.ioAccessible(r)
+	s.inflight.Add(-1)
+}
+
+// ioAccessible executes an NVM command.
+func (c *controller) ioAccessible(r *request) {
 	op := r.sqe.Opcode()
 	if op == nvme.CmdFlush {
 		c.flush(r)

@@ -120,6 +120,16 @@ const (
 	maxH2CData    = MaxTransfer
 	aerLimit      = 4
 	kasUnits      = 10 // KAS: keep-alive granularity in 100 ms units
+	// MaxCNTLID is the highest controller ID (FFF0h and above are
+	// reserved); controller IDs run from 1 to MaxCNTLID.
+	MaxCNTLID = 0xFFEF
+	// ANAGroupID is the ANA group of every namespace of a subsystem: the
+	// subsystem's ANA state is that of its one group.
+	ANAGroupID = 1
+	// ANATransitionTime is ANATT, in seconds: the longest a subsystem is
+	// to stay in the change state. Linux resets the controller when a
+	// group stays in it twice as long.
+	ANATransitionTime = 10
 )
 
 // NQNPrefix is the NQN prefix of every subsystem Nexstor exports.
@@ -144,6 +154,11 @@ var (
 	// ErrShrink: a namespace's device reports fewer blocks than exported;
 	// namespaces only grow.
 	ErrShrink = errors.New("nvmf target: a namespace cannot shrink")
+	// ErrCNTLIDRange: SubsystemOptions.MinCNTLID and MaxCNTLID do not make
+	// a range within 1..MaxCNTLID.
+	ErrCNTLIDRange = errors.New("nvmf target: invalid controller ID range")
+	// ErrANAState: not one of the five ANA states.
+	ErrANAState = errors.New("nvmf target: invalid ANA state")
 )
 
 // SubsystemOptions configure a subsystem.
@@ -155,6 +170,18 @@ type SubsystemOptions struct {
 	// Serial and Model are reported in Identify Controller (at most 20 and
 	// 40 ASCII bytes; longer values are cut).
 	Serial, Model string
+	// MinCNTLID and MaxCNTLID bound the IDs of the controllers this target
+	// creates for the subsystem (inclusive; 0 means 1 and MaxCNTLID). IDs
+	// are unique within the subsystem on this target and handed out in
+	// turn, so that a reconnecting host gets a fresh one. When several
+	// targets export the same subsystem (one per node, for multipath),
+	// give each a disjoint range: a host refuses a controller whose ID it
+	// already has in the subsystem (Linux: "Duplicate cntlid"). When the
+	// range is used up, Connect fails with Controller Busy.
+	MinCNTLID, MaxCNTLID uint16
+	// ANAState is the subsystem's ANA state when it is created; 0 means
+	// nvme.ANAOptimized. See Subsystem.SetANAState.
+	ANAState nvme.ANAState
 }
 
 // NamespaceOptions configure a namespace.
@@ -178,15 +205,17 @@ type NamespaceOptions struct {
 type Target struct {
 	log *slog.Logger
 
-	mu        sync.Mutex
-	subs      map[string]*Subsystem
-	ctrls     map[uint16]*controller
-	nextCntl  uint16
-	listeners map[net.Listener]bool // true: discovery
-	queues    map[*queue]struct{}
-	ports     []string // advertised I/O ports; nil: listener addresses
-	closed    bool
-	genctr    atomic.Uint64
+	mu    sync.Mutex
+	subs  map[string]*Subsystem
+	ctrls map[cntlKey]*controller
+	// nextDiscCntl is the next controller ID to try for the discovery
+	// subsystem; a subsystem keeps its own (Subsystem.nextCntl).
+	nextDiscCntl uint16
+	listeners    map[net.Listener]bool // true: discovery
+	queues       map[*queue]struct{}
+	ports        []string // advertised I/O ports; nil: listener addresses
+	closed       bool
+	genctr       atomic.Uint64
 }
 
 // New returns an empty target. logger may be nil.
@@ -195,12 +224,12 @@ func New(logger *slog.Logger) *Target {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	t := &Target{
-		log:       logger,
-		subs:      make(map[string]*Subsystem),
-		ctrls:     make(map[uint16]*controller),
-		listeners: make(map[net.Listener]bool),
-		queues:    make(map[*queue]struct{}),
-		nextCntl:  1,
+		log:          logger,
+		subs:         make(map[string]*Subsystem),
+		ctrls:        make(map[cntlKey]*controller),
+		listeners:    make(map[net.Listener]bool),
+		queues:       make(map[*queue]struct{}),
+		nextDiscCntl: 1,
 	}
 	return t
 }
@@ -220,10 +249,29 @@ func ValidNQN(s string) bool {
 }
 
 // AddSubsystem creates an NVM subsystem. It fails with ErrExists if the NQN is
-// taken and ErrInvalidNQN if it is malformed or the discovery NQN.
+// taken, ErrInvalidNQN if it is malformed or the discovery NQN,
+// ErrCNTLIDRange if the controller ID range is empty or out of bounds and
+// ErrANAState if the initial ANA state is not one.
 func (t *Target) AddSubsystem(nqn string, opts SubsystemOptions) (*Subsystem, error) {
 	if !ValidNQN(nqn) || nqn == nvme.DiscoveryNQN {
 		return nil, fmt.Errorf("subsystem %q: %w: use nqn.<yyyy-mm>.<reverse domain>:<name>, at most 223 bytes", nqn, ErrInvalidNQN)
+	}
+	minID, maxID := opts.MinCNTLID, opts.MaxCNTLID
+	if minID == 0 {
+		minID = 1
+	}
+	if maxID == 0 {
+		maxID = MaxCNTLID
+	}
+	if minID > maxID || maxID > MaxCNTLID {
+		return nil, fmt.Errorf("subsystem %q: controller IDs %d..%d: %w: give 1 <= min <= max <= %d", nqn, minID, maxID, ErrCNTLIDRange, MaxCNTLID)
+	}
+	ana := opts.ANAState
+	if ana == 0 {
+		ana = nvme.ANAOptimized
+	}
+	if !ana.Valid() {
+		return nil, fmt.Errorf("subsystem %q: %v: %w", nqn, ana, ErrANAState)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -240,7 +288,11 @@ func (t *Target) AddSubsystem(nqn string, opts SubsystemOptions) (*Subsystem, er
 		hosts: make(map[string]bool),
 		nss:   make(map[uint32]*namespace),
 		ctrls: make(map[*controller]struct{}),
+
+		minCntl: minID, maxCntl: maxID, nextCntl: minID,
+		anaChange: 1,
 	}
+	s.ana.Store(uint32(ana))
 	s.allowAny = opts.AllowAnyHost
 	for _, h := range opts.AllowedHosts {
 		s.hosts[h] = true
@@ -406,38 +458,53 @@ func (t *Target) Close() error {
 	return nil
 }
 
-// allocCntlid reserves a controller ID (1..0xFFEF).
+// cntlKey names a controller: controller IDs are unique per subsystem (sub
+// nil: the discovery subsystem).
+type cntlKey struct {
+	sub *Subsystem
+	id  uint16
+}
+
+// addController gives c the next free controller ID of its subsystem's
+// range and registers it. It fails when the range is used up or the target
+// is closed.
 func (t *Target) addController(c *controller) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return false
 	}
-	for range 0xFFEF {
-		id := t.nextCntl
-		t.nextCntl++
-		if t.nextCntl > 0xFFEF {
-			t.nextCntl = 1
+	lo, hi, next := uint16(1), uint16(MaxCNTLID), &t.nextDiscCntl
+	if c.sub != nil {
+		lo, hi, next = c.sub.minCntl, c.sub.maxCntl, &c.sub.nextCntl
+	}
+	for range int(hi-lo) + 1 {
+		id := *next
+		if *next >= hi {
+			*next = lo
+		} else {
+			*next++
 		}
-		if _, used := t.ctrls[id]; !used {
+		if _, used := t.ctrls[cntlKey{c.sub, id}]; !used {
 			c.id = id
-			t.ctrls[id] = c
+			t.ctrls[cntlKey{c.sub, id}] = c
 			return true
 		}
 	}
 	return false
 }
 
-func (t *Target) controller(id uint16) *controller {
+// controller returns controller id of subsystem sub, or nil.
+func (t *Target) controller(sub *Subsystem, id uint16) *controller {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.ctrls[id]
+	return t.ctrls[cntlKey{sub, id}]
 }
 
 func (t *Target) removeController(c *controller) {
 	t.mu.Lock()
-	if t.ctrls[c.id] == c {
-		delete(t.ctrls, c.id)
+	if k := (cntlKey{c.sub, c.id}); t.ctrls[k] == c {
+		delete(t.ctrls, k)
 	}
 	t.mu.Unlock()
 }
@@ -523,6 +590,21 @@ type Subsystem struct {
 	nss      map[uint32]*namespace
 	ctrls    map[*controller]struct{}
 	removed  bool
+	// anaChange is the ANA log page's change count: incremented when the
+	// state or the group's namespaces change.
+	anaChange uint64
+
+	// minCntl..maxCntl is the controller ID range; nextCntl, guarded by
+	// t.mu, the next ID to try.
+	minCntl, maxCntl, nextCntl uint16
+
+	// ana is the ANA state (an nvme.ANAState), read on every I/O command.
+	ana atomic.Uint32
+	// inflight counts the I/O commands executing, so that SetANAState can
+	// wait for those that started before the state refused I/O.
+	inflight atomic.Int64
+	// anaMu serializes SetANAState.
+	anaMu sync.Mutex
 
 	stats struct {
 		readBytes, writeBytes, reads, writes atomic.Uint64
@@ -592,6 +674,7 @@ func (s *Subsystem) AddNamespace(dev bdev.Device, opts NamespaceOptions) (uint32
 		return 0, fmt.Errorf("subsystem %q: %w (%d)", s.nqn, ErrTooManyNS, MaxNamespaces)
 	}
 	s.nss[ns.id] = ns
+	s.anaChange++ // the group's NSIDs changed
 	ctrls := s.controllersLocked()
 	s.mu.Unlock()
 	for _, c := range ctrls {
@@ -611,6 +694,7 @@ func (s *Subsystem) RemoveNamespace(nsid uint32) error {
 		return fmt.Errorf("subsystem %q namespace %d: %w", s.nqn, nsid, ErrNSNotFound)
 	}
 	delete(s.nss, nsid)
+	s.anaChange++
 	ctrls := s.controllersLocked()
 	s.mu.Unlock()
 	for _, c := range ctrls {

@@ -61,6 +61,12 @@ type Config struct {
 	// Timeout bounds the boot from start to power-off; 0 means
 	// DefaultTimeout. At the deadline QEMU is killed.
 	Timeout time.Duration
+	// Programs are host executables (names looked up on PATH, or paths)
+	// copied into the guest's /usr/bin, with the shared libraries they
+	// load at the paths they have on the host (and the host's
+	// /etc/ld.so.cache), for steps such as "start load fio ...". Check
+	// for them with testutil.RequireTool first: a missing one fails Boot.
+	Programs []string
 	// Barrier is called, on its own goroutine, when the script reaches a
 	// "barrier NAME" step; the step waits until it returns and fails with
 	// its error. Nil answers every barrier at once. Being off the test's
@@ -435,6 +441,9 @@ func (e *Env) writeInitrd(path string, cfg Config, ctlPort int) error {
 		}
 	}
 	w.File("nexstor/modules", 0o644, []byte(list.String()))
+	if err := addPrograms(w, cfg.Programs); err != nil {
+		return err
+	}
 	if err := w.Close(); err != nil {
 		return err
 	}
@@ -451,4 +460,42 @@ func (e *Env) writeInitrd(path string, cfg Config, ctlPort int) error {
 		return err
 	}
 	return f.Close()
+}
+
+// addPrograms copies host executables and the shared libraries they load
+// into the initramfs.
+func addPrograms(w *cpioWriter, progs []string) error {
+	if len(progs) == 0 {
+		return nil
+	}
+	libs := map[string]bool{}
+	for _, p := range progs {
+		exe, err := lookTool(p)
+		if err != nil {
+			return fmt.Errorf("program for the guest: %w", err)
+		}
+		b, err := os.ReadFile(exe)
+		if err != nil {
+			return err
+		}
+		w.File("usr/bin/"+filepath.Base(exe), 0o755, b)
+		ls, err := sharedLibs(exe)
+		if err != nil {
+			return err
+		}
+		for _, l := range ls {
+			libs[l] = true
+		}
+	}
+	for l := range libs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			return fmt.Errorf("shared library: %w", err)
+		}
+		w.File(l, 0o755, b)
+	}
+	if b, err := os.ReadFile("/etc/ld.so.cache"); err == nil {
+		w.File("etc/ld.so.cache", 0o644, b)
+	}
+	return nil
 }

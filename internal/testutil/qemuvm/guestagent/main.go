@@ -39,6 +39,7 @@ type agent struct {
 	step int
 	vars map[string]string
 	ctl  string // host control address for barriers, "" when none
+	bg   map[string]*bgProc
 }
 
 func main() {
@@ -52,7 +53,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "guestagent: open results %s: %v; using stdout\n", *resPath, err)
 		res = os.Stdout
 	}
-	a := &agent{res: res, echo: os.Stdout, vars: map[string]string{}}
+	a := &agent{res: res, echo: os.Stdout, vars: map[string]string{}, bg: map[string]*bgProc{}}
 	if b, err := os.ReadFile(*ctlPath); err == nil {
 		a.ctl = strings.TrimSpace(string(b))
 	}
@@ -149,6 +150,13 @@ var steps = map[string]struct {
 	"run":             {stepRun, "run PROGRAM [ARG...]", 1},
 	"sleep":           {stepSleep, "sleep DURATION", 1},
 	"wait-size":       {stepWaitSize, "wait-size DEV BYTES (the block device's size, as the kernel sees it)", 2},
+	"set":             {stepSet, "set VAR VALUE... (then $VAR)", 2},
+	"start":           {stepStart, "start NAME PROGRAM [ARG...] (in the background)", 2},
+	"running":         {stepRunning, "running NAME (fails when the program has exited)", 1},
+	"stop":            {stepStop, "stop NAME (SIGINT, wait, report the output)", 1},
+	"multipath":       {stepMultipath, "multipath (fails unless nvme_core's native multipath is on)", 0},
+	"wait-ana":        {stepWaitANA, "wait-ana CTRL STATE (every path of CTRL in that ANA state)", 2},
+	"paths":           {stepPaths, "paths (the subsystems, controllers and ANA states in sysfs)", 0},
 }
 
 func (a *agent) exec(args []string) error {

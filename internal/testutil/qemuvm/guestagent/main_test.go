@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRunStopsAtFirstUntoleratedFailure(t *testing.T) {
@@ -68,5 +71,41 @@ func TestFabricsOptions(t *testing.T) {
 	want := "transport=tcp,traddr=10.0.2.2,trsvcid=4420,nqn=nqn.a,hostnqn=nqn.h,hdr_digest,nr_io_queues=2"
 	if got != want {
 		t.Fatalf("options = %q, want %q", got, want)
+	}
+}
+
+func TestBackgroundProgram(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "prog")
+	prog := "#!/bin/sh\ntrap 'echo got-int; exit 3' INT\necho \"$1\"\nwhile :; do sleep 0.01; done\n"
+	if err := os.WriteFile(script, []byte(prog), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var res bytes.Buffer
+	a := &agent{res: &res, echo: &res, vars: map[string]string{}, bg: map[string]*bgProc{}}
+	ok, failed := a.run([]string{
+		"set GREETING hello",
+		"start s " + script + " $GREETING",
+		"-start s /bin/true",
+		"running s",
+		"-running nosuch",
+	})
+	// The trap is set before the greeting: wait for it (bounded).
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(a.bg["s"].out.String(), "hello"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the program did not start:\n%s", res.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ok2, failed2 := a.run([]string{"stop s"})
+	ok, failed = ok+ok2, failed+failed2
+	out := res.String()
+	if ok != 4 || failed != 2 {
+		t.Fatalf("run = %d ok, %d failed; want 4, 2\n%s", ok, failed, out)
+	}
+	for _, want := range []string{"GREETING=hello", "FAIL 3 start s: already started", "FAIL 5 no program was started",
+		"OUT 6 hello", "OUT 6 got-int", "exit status 3", "early=false"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }
