@@ -270,11 +270,12 @@ func (c *Controller) unpublish(ctx context.Context, name string) error {
 }
 
 // ControllerPublishVolume implements csi.ControllerServer: it publishes
-// the volume's nexus on the node named node_id (a member's name) over
-// NVMe/TCP, admitting only that node's host NQN, and answers where and as
-// whom to connect (PublishURI, PublishNQN, PublishHostNQN). Publishing
-// again on the same node returns the same context; a volume published on
-// another node is FailedPrecondition.
+// the volume for the node named node_id (a member's name) over NVMe/TCP:
+// the management service puts the nexus on that node (or, for a 1-replica
+// volume, on its replica's node) and admits only that node's host NQN. The
+// answer says where and as whom to connect (PublishURI, PublishNQN,
+// PublishHostNQN). Publishing again for the same node returns the same
+// context; a volume published for another node is FailedPrecondition.
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
 	id, node := req.GetVolumeId(), req.GetNodeId()
 	switch {
@@ -307,20 +308,27 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 		hosts = []string{h}
 	}
 	name := v.GetSpec().GetName()
-	err = c.vol(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
-		var err error
-		v, err = cl.PublishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: name, Node: node, Protocol: "nvmf", HostNqns: hosts})
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ControllerPublishVolume %s on %s: publish volume %s: %w", id, node, name, err)
-	}
 	t := v.GetStatus().GetTarget()
+	// Published already for this node: the same answer. (The nexus may
+	// be on another node than the consumer, such as the replica's node of
+	// a 1-replica volume; what identifies the consumer is the host NQN
+	// the nexus admits.)
+	if t == nil || t.GetProtocol() != "nvmf" || len(hosts) == 0 || !slices.Equal(t.GetHostNqns(), hosts) {
+		err = c.vol(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			var err error
+			v, err = cl.PublishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: name, Node: node, Protocol: "nvmf", HostNqns: hosts})
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("ControllerPublishVolume %s on %s: publish volume %s: %w", id, node, name, err)
+		}
+		t = v.GetStatus().GetTarget()
+	}
 	if t.GetUri() == "" || t.GetNqn() == "" {
 		return nil, fmt.Errorf("ControllerPublishVolume %s on %s: the management service published volume %s without an NVMe/TCP address (target %v)",
 			id, node, name, t)
 	}
-	c.log.Info("volume published", "volume", name, "node", node, "uri", t.GetUri())
+	c.log.Info("volume published", "volume", name, "node", node, "nexus_node", t.GetNode(), "uri", t.GetUri())
 	pc := map[string]string{PublishURI: t.GetUri(), PublishNQN: t.GetNqn(),
 		PublishCapacity: strconv.FormatUint(v.GetSpec().GetSize(), 10)}
 	if len(hosts) > 0 {
@@ -331,7 +339,7 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 
 // ControllerUnpublishVolume implements csi.ControllerServer: it removes
 // the volume's nexus. It succeeds when the volume is gone, is not
-// published, or is published on another node than node_id (an empty
+// published, or is published for another node than node_id (an empty
 // node_id means any node); the management service removes a nexus whose
 // node is dead when the node returns.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
@@ -347,15 +355,21 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 	if v == nil || t == nil {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
-	if n := req.GetNodeId(); n != "" && t.GetNode() != n {
-		c.log.Info("unpublish for a node the volume is not published on: nothing to do", "volume", v.GetSpec().GetName(),
-			"node", n, "published_on", t.GetNode())
-		return &csi.ControllerUnpublishVolumeResponse{}, nil
+	if n := req.GetNodeId(); n != "" {
+		members, err := c.memberNames(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if on := consumers(v, members); !slices.Contains(on, n) {
+			c.log.Info("unpublish for a node the volume is not published to: nothing to do", "volume", v.GetSpec().GetName(),
+				"node", n, "published_to", on)
+			return &csi.ControllerUnpublishVolumeResponse{}, nil
+		}
 	}
 	if err := c.unpublish(ctx, v.GetSpec().GetName()); err != nil {
 		return nil, fmt.Errorf("ControllerUnpublishVolume %s: %w", id, err)
 	}
-	c.log.Info("volume unpublished", "volume", v.GetSpec().GetName(), "node", t.GetNode())
+	c.log.Info("volume unpublished", "volume", v.GetSpec().GetName(), "node", req.GetNodeId(), "nexus_node", t.GetNode())
 	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }
 
@@ -448,10 +462,14 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if err != nil {
 		return nil, err
 	}
+	members, err := c.memberNames(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := &csi.ListVolumesResponse{NextToken: next}
 	for _, v := range vols {
 		out.Entries = append(out.Entries, &csi.ListVolumesResponse_Entry{Volume: csiVolume(v),
-			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: publishedOn(v)}})
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: consumers(v, members)}})
 	}
 	return out, nil
 }
@@ -465,11 +483,25 @@ func csiVolume(v *mgmtv1.Volume) *csi.Volume {
 	return out
 }
 
-func publishedOn(v *mgmtv1.Volume) []string {
-	if t := v.GetStatus().GetTarget(); t != nil {
+// consumers are the nodes a volume is published to: the members whose
+// host NQN its nexus admits (the nexus itself may run elsewhere); the
+// nexus's node when it admits any host.
+func consumers(v *mgmtv1.Volume, members map[string]*mgmtv1.Node) []string {
+	t := v.GetStatus().GetTarget()
+	if t == nil {
+		return nil
+	}
+	if len(t.GetHostNqns()) == 0 {
 		return []string{t.GetNode()}
 	}
-	return nil
+	var out []string
+	for name, n := range members {
+		if h := n.GetMember().GetHostNqn(); h != "" && slices.Contains(t.GetHostNqns(), h) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // ControllerGetVolume implements csi.ControllerServer.
@@ -484,8 +516,12 @@ func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.Controlle
 	if v == nil {
 		return nil, volumeNotFound(req.GetVolumeId())
 	}
+	members, err := c.memberNames(ctx)
+	if err != nil {
+		return nil, err
+	}
 	return &csi.ControllerGetVolumeResponse{Volume: csiVolume(v),
-		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{PublishedNodeIds: publishedOn(v)}}, nil
+		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{PublishedNodeIds: consumers(v, members)}}, nil
 }
 
 // volumeHealth reports a volume's phase as CSI health: online is healthy;

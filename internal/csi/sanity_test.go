@@ -126,7 +126,6 @@ func TestSanity(t *testing.T) {
 	if loops := attachedLoops(loopDir); len(loops) != 0 {
 		t.Errorf("loop devices left attached: %v", loops)
 	}
-	_ = Expect // gomega's fail handler is the one sanity registers
 }
 
 // attachedLoops lists the loop devices backed by files under dir.
