@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -83,8 +84,8 @@ func plausibleExt(b []byte) bool {
 // blkidType asks util-linux blkid for the device's content type; ok is
 // false when blkid is absent, not util-linux's (busybox), or found none.
 func blkidType(ctx context.Context, dev string) (string, bool) {
-	p, err := tool("blkid")
-	if err != nil {
+	p := utilLinuxBlkid()
+	if p == "" {
 		return "", false
 	}
 	out, err := exec.CommandContext(ctx, p, "-p", "-o", "value", "-s", "TYPE", "-s", "PTTYPE", dev).Output()
@@ -94,6 +95,21 @@ func blkidType(ctx context.Context, dev string) (string, bool) {
 	t := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	return t, t != ""
 }
+
+var blkidPath = sync.OnceValue(func() string {
+	p, err := tool("blkid")
+	if err != nil {
+		return ""
+	}
+	// busybox's blkid takes other options and lists every device.
+	if out, err := exec.Command(p, "-V").CombinedOutput(); err != nil || !strings.Contains(string(out), "util-linux") {
+		return ""
+	}
+	return p
+})
+
+// utilLinuxBlkid returns util-linux's blkid, "" when the host has none.
+func utilLinuxBlkid() string { return blkidPath() }
 
 // tool finds a program in PATH or the sbin directories, which a
 // container's PATH may lack.
