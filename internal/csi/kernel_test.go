@@ -12,6 +12,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/nexstor/nexstor/internal/testutil"
 	"github.com/nexstor/nexstor/internal/testutil/qemuvm"
 )
 
@@ -42,6 +43,9 @@ func TestNodeKernel(t *testing.T) {
 	ctx := context.Background()
 	xfs := env.HasTool("mkfs.xfs") && env.HasTool("xfs_growfs")
 	if !xfs {
+		if testutil.InCI() {
+			t.Fatal("required test peer missing under CI: xfsprogs (mkfs.xfs, xfs_growfs) for the guest")
+		}
 		t.Log("the guest has no xfsprogs (mkfs.xfs, xfs_growfs on this host): XFS is not tested")
 	}
 	mkvol := func(name string, size int64, vc *csi.VolumeCapability) guestVolume {
