@@ -99,8 +99,14 @@ func NewServer(s Services, log *slog.Logger) *grpc.Server {
 	return srv
 }
 
+// quietMethods are the calls COs make periodically (probes, statistics,
+// health, listings): logged at debug level when they succeed.
+var quietMethods = map[string]bool{"Probe": true, "GetPluginInfo": true, "NodeGetInfo": true, "NodeGetVolumeStats": true,
+	"NodeGetVolumeHealth": true, "ControllerGetVolumeHealth": true, "ControllerListVolumeHealth": true, "ListVolumes": true,
+	"GetCapacity": true, "ControllerGetVolume": true}
+
 // logCalls logs each call: failures at warning level with their code, the
-// frequent probes and capability queries only at debug level.
+// frequent ones (quietMethods, capability queries) only at debug level.
 func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		start := time.Now()
@@ -110,7 +116,7 @@ func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 		case err != nil:
 			log.Warn("csi call failed", "method", method, "code", faultgrpc.CodeOf(err).String(), "err", fault.Message(err),
 				"duration", time.Since(start).Round(time.Millisecond))
-		case strings.HasPrefix(method, "Probe") || strings.HasSuffix(method, "Capabilities") || strings.HasPrefix(method, "GetPlugin"):
+		case quietMethods[method] || strings.HasSuffix(method, "Capabilities"):
 			log.Debug("csi call", "method", method)
 		default:
 			log.Info("csi call", "method", method, "duration", time.Since(start).Round(time.Millisecond))
