@@ -6,7 +6,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-pkgs=(fio libnbd-bin nbdkit qemu-utils qemu-system-x86 busybox-static etcd-server etcd-client e2fsprogs cpio xz-utils zstd kmod jq util-linux)
+pkgs=(fio libnbd-bin nbdkit qemu-utils qemu-system-x86 busybox-static etcd-server etcd-client e2fsprogs xfsprogs cpio xz-utils zstd kmod jq util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

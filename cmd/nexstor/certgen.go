@@ -20,8 +20,8 @@ func certgenCmd() *cobra.Command {
 		Short: "Create the system CA and the admin, server and csi certificates",
 		Long: `Certgen writes a new certificate authority (ca.crt, ca.key) and one
 certificate per role into --dir: admin (nexctl, may do everything), server
-(storage nodes: join, heartbeat, and serve), csi (the CSI driver: volumes, but
-never format, stop, exclude or destroy). Keys are written with mode 0600.
+(storage nodes: join, heartbeat, and serve), csi (the CSI driver: the volume
+service only, never an engine or membership). Keys are written with mode 0600.
 
 Copy ca.crt with server.crt/server.key to every node (transport_config or
 --cert-dir) and ca.crt with admin.crt/admin.key to the operators (nexctl

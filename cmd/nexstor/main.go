@@ -1,7 +1,8 @@
 // Command nexstor is the Nexstor storage node: `nexstor server` runs a node's
 // engine (pools, replicas, NBD and NVMe/TCP shares) behind its gRPC API,
 // with the control plane under --control; `nexstor dev` runs a whole system
-// on one machine for trying it out; `nexstor certgen` creates certificates.
+// on one machine for trying it out; `nexstor csi` is the Kubernetes CSI
+// plugin; `nexstor certgen` creates certificates.
 package main
 
 import (
@@ -43,7 +44,7 @@ func main() {
 		Version: version.Get().String(),
 	}
 	root.SetVersionTemplate("nexstor {{.Version}}\n")
-	root.AddCommand(serverCmd(), devCmd(), versionCmd(), certgenCmd(), agentCmd())
+	root.AddCommand(serverCmd(), devCmd(), csiCmd(), agentCmd(), versionCmd(), certgenCmd())
 	if err := root.Execute(); err != nil {
 		output.Error(os.Stderr, err)
 		os.Exit(1)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 
@@ -37,6 +38,23 @@ func (p *Policy) Allow(method string, roles ...Role) *Policy {
 func (p *Policy) Merge(o *Policy) *Policy {
 	for m, rs := range o.Methods {
 		p.Allow(m, rs...)
+	}
+	return p
+}
+
+// Confine makes methods the only ones role may call: role is removed from
+// every other rule (and from Default) and allowed on each of methods. It
+// returns p (for chaining). Use it last, after the rules of every service
+// are merged, so that no merged table widens the role again.
+func (p *Policy) Confine(role Role, methods ...string) *Policy {
+	for m, rs := range p.Methods {
+		p.Methods[m] = slices.DeleteFunc(slices.Clone(rs), func(r Role) bool { return r == role })
+	}
+	if p.Default != nil {
+		p.Default = slices.DeleteFunc(slices.Clone(p.Default), func(r Role) bool { return r == role })
+	}
+	for _, m := range methods {
+		p.Allow(m, role)
 	}
 	return p
 }

@@ -339,3 +339,22 @@ func TestExplainInterceptor(t *testing.T) {
 		t.Fatalf("insecure call through the interceptor: %v", err)
 	}
 }
+
+// TestConfine: a confined role keeps exactly the methods named, whatever
+// the merged rules granted it, and loses a default that included it;
+// the other roles keep theirs.
+func TestConfine(t *testing.T) {
+	p := &security.Policy{Default: []security.Role{security.RoleAdmin, security.RoleCSI}}
+	p.Allow("/s/A", security.RoleAdmin, security.RoleCSI)
+	p.Allow("/s/B", security.RoleServer, security.RoleCSI)
+	p.Allow("/s/C", security.RoleAdmin)
+	p.Confine(security.RoleCSI, "/s/C", "/s/D")
+	for m, want := range map[string]bool{"/s/A": false, "/s/B": false, "/s/C": true, "/s/D": true, "/s/unlisted": false} {
+		if got := p.Permits(m, security.RoleCSI); got != want {
+			t.Errorf("%s: csi permitted %v, want %v", m, got, want)
+		}
+	}
+	if !p.Permits("/s/A", security.RoleAdmin) || !p.Permits("/s/B", security.RoleServer) || !p.Permits("/s/unlisted", security.RoleAdmin) {
+		t.Error("confining csi changed another role's rights")
+	}
+}

@@ -321,16 +321,18 @@ func registerManagement(s grpc.ServiceRegistrar, svc mgmtv1.MgmtServiceServer) {
 // Policy is the authorization table of everything a node serves: the node
 // service, the management service and the engine.
 //
-// Engine methods: every role may read (list and get everything, rebuild
-// status). The server role, which the management service leader uses to
-// drive the members' engines for volumes, may also create, destroy,
-// resize, share, unshare and disown replicas; create, destroy, publish,
-// unpublish and resize nexuses; add, remove and online children; and
-// verify nexuses. The csi role may provision and publish (create, resize,
-// share and unshare replicas; create, publish and unpublish nexuses; add
-// and remove children), but never destroy. Everything else (pools, fault
-// or offline children, rebuild control) is admin-only by the Policy
-// default; the admin role may call every engine method listed here too.
+// Engine methods: the admin and server roles may read (list and get
+// everything, rebuild status). The server role, which the management
+// service leader uses to drive the members' engines for volumes, may also
+// create, destroy, resize, share, unshare and disown replicas; create,
+// destroy, publish, unpublish and resize nexuses; add, remove and online
+// children; and verify nexuses. Everything else (pools, fault or offline
+// children, rebuild control) is admin-only by the Policy default; the
+// admin role may call every engine method listed here too.
+//
+// The csi role may call CSIMethods and nothing else: the CSI driver works
+// through the management service's volume service only, so a CSI
+// certificate can neither reach an engine nor change membership.
 func Policy() *security.Policy {
 	p := mgmt.Policy().Merge(control.NodePolicy())
 	read := []string{
@@ -341,7 +343,7 @@ func Policy() *security.Policy {
 		enginev1.NexusService_RebuildStatus_FullMethodName,
 	}
 	for _, m := range read {
-		p.Allow(m, security.RoleAdmin, security.RoleServer, security.RoleCSI)
+		p.Allow(m, security.RoleAdmin, security.RoleServer)
 	}
 	provision := []string{
 		enginev1.ReplicaService_CreateReplica_FullMethodName, enginev1.ReplicaService_ResizeReplica_FullMethodName,
@@ -351,10 +353,9 @@ func Policy() *security.Policy {
 		enginev1.NexusService_RemoveChild_FullMethodName,
 	}
 	for _, m := range provision {
-		p.Allow(m, security.RoleAdmin, security.RoleCSI)
+		p.Allow(m, security.RoleAdmin, security.RoleServer)
 	}
-	// What volumes need beyond provisioning, for the leader only; the
-	// provisioning methods above get the server role as well.
+	// What volumes need beyond provisioning, for the leader only.
 	volumes := []string{
 		enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
 		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
@@ -363,10 +364,18 @@ func Policy() *security.Policy {
 	for _, m := range volumes {
 		p.Allow(m, security.RoleAdmin, security.RoleServer)
 	}
-	for _, m := range provision {
-		p.Allow(m, security.RoleServer)
-	}
-	return p
+	return p.Confine(security.RoleCSI, CSIMethods...)
+}
+
+// CSIMethods are the methods the csi role may call: the volume service
+// calls of the CSI controller (internal/csi). The CSI node plugin calls
+// none (what it attaches comes in the publish context).
+var CSIMethods = []string{
+	mgmtv1.VolumeService_CreateVolume_FullMethodName, mgmtv1.VolumeService_DeleteVolume_FullMethodName,
+	mgmtv1.VolumeService_PublishVolume_FullMethodName, mgmtv1.VolumeService_UnpublishVolume_FullMethodName,
+	mgmtv1.VolumeService_ResizeVolume_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName,
+	mgmtv1.VolumeService_ListVolumes_FullMethodName, mgmtv1.VolumeService_ListPools_FullMethodName,
+	mgmtv1.VolumeService_ListNodes_FullMethodName,
 }
 
 // runtime holds the engine, started on a formatted node (or during format,

@@ -191,11 +191,35 @@ func TestPolicy(t *testing.T) {
 			t.Errorf("%s: admin refused", m)
 		}
 	}
-	for _, m := range []string{enginev1.ReplicaService_CreateReplica_FullMethodName, enginev1.NexusService_PublishNexus_FullMethodName,
-		mgmtv1.MgmtService_SystemQuery_FullMethodName, enginev1.PoolService_ListPools_FullMethodName} {
-		if !p.Permits(m, security.RoleCSI) || !p.Permits(m, security.RoleAdmin) {
-			t.Errorf("%s: csi or admin refused", m)
+	// The csi role reaches the volume service's CSI calls and nothing
+	// else: no engine method, no membership call, not even a query.
+	csiMethods := map[string]bool{}
+	for _, m := range CSIMethods {
+		csiMethods[m] = true
+	}
+	for _, sd := range []grpc.ServiceDesc{mgmtv1.VolumeService_ServiceDesc, mgmtv1.MgmtService_ServiceDesc, mgmtv1.NodeService_ServiceDesc,
+		enginev1.PoolService_ServiceDesc, enginev1.ReplicaService_ServiceDesc, enginev1.HostService_ServiceDesc,
+		enginev1.NexusService_ServiceDesc} {
+		for _, md := range sd.Methods {
+			m := "/" + sd.ServiceName + "/" + md.MethodName
+			if got := p.Permits(m, security.RoleCSI); got != csiMethods[m] {
+				t.Errorf("%s: csi permitted %v, want %v", m, got, csiMethods[m])
+			}
+			if csiMethods[m] && !p.Permits(m, security.RoleAdmin) {
+				t.Errorf("%s: admin refused", m)
+			}
 		}
+		for _, st := range sd.Streams {
+			if m := "/" + sd.ServiceName + "/" + st.StreamName; p.Permits(m, security.RoleCSI) {
+				t.Errorf("%s: csi permitted", m)
+			}
+		}
+	}
+	if len(csiMethods) != 9 {
+		t.Errorf("CSIMethods has %d methods, want the 9 calls of the CSI controller", len(csiMethods))
+	}
+	if !p.Permits(enginev1.ReplicaService_CreateReplica_FullMethodName, security.RoleAdmin) {
+		t.Error("create replica: admin refused")
 	}
 	if !p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleServer) || p.Permits(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleCSI) {
 		t.Error("heartbeat: server refused or csi permitted")
@@ -227,7 +251,7 @@ func TestPolicy(t *testing.T) {
 			t.Errorf("%s: server permitted", m)
 		}
 	}
-	// The csi role is unchanged: it provisions, never destroys.
+	// The csi role never destroys.
 	for _, m := range []string{enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
 		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
 		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName} {

@@ -27,7 +27,16 @@ type Env struct {
 
 	modules *moduleIndex
 	base    []byte // the initramfs shared by every boot
+	tools   map[string]bool
 }
+
+// optionalTools are copied into the guest's /sbin when the host has them:
+// resize2fs, and xfsprogs for XFS. HasTool says which made it.
+var optionalTools = []string{"resize2fs", "mkfs.xfs", "xfs_growfs"}
+
+// HasTool reports whether the guest has the program name: mke2fs and
+// e2fsck always, the optionalTools the host has.
+func (e *Env) HasTool(name string) bool { return e.tools[name] }
 
 // baseModules are loaded in every guest: virtio networking for QEMU's user
 // net, the NVMe/TCP initiator, ext4, and the crc32c implementations that
@@ -130,12 +139,20 @@ func newEnv(t testing.TB) (*Env, error) {
 		Release: strings.TrimSpace(string(rel)),
 		Accel:   accel(),
 		modules: idx,
+		tools:   map[string]bool{"mke2fs": true, "e2fsck": true},
+	}
+	tools := []string{mke2fs, e2fsck}
+	for _, name := range optionalTools {
+		if p, err := lookTool(name); err == nil {
+			tools = append(tools, p)
+			e.tools[name] = true
+		}
 	}
 	agent, err := buildAgent(t)
 	if err != nil {
 		return nil, err
 	}
-	if e.base, err = e.buildBase(busybox, mke2fs, e2fsck, agent); err != nil {
+	if e.base, err = e.buildBase(busybox, tools, agent); err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
 	return e, nil
@@ -229,8 +246,10 @@ func sharedLibs(exe string) ([]string, error) {
 	return libs, nil
 }
 
-// buildBase assembles the initramfs part that is the same for every boot.
-func (e *Env) buildBase(busybox, mke2fs, e2fsck string, agent []byte) ([]byte, error) {
+// buildBase assembles the initramfs part that is the same for every boot:
+// busybox, the agent, and the host programs tools (copied to /sbin, with
+// their shared libraries).
+func (e *Env) buildBase(busybox string, tools []string, agent []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	w := newCPIOWriter(&buf)
 	for _, d := range []string{"dev", "proc", "sys", "tmp", "mnt", "etc", "bin", "sbin", "usr/bin", "usr/sbin", "lib/modules", "nexstor"} {
@@ -248,7 +267,7 @@ func (e *Env) buildBase(busybox, mke2fs, e2fsck string, agent []byte) ([]byte, e
 	w.File("nexstor/agent", 0o755, agent)
 
 	libs := map[string]bool{}
-	for _, exe := range []string{mke2fs, e2fsck} {
+	for _, exe := range tools {
 		b, err := os.ReadFile(exe)
 		if err != nil {
 			return nil, err

@@ -18,7 +18,9 @@
 //
 // The agent is built statically (CGO_ENABLED=0) and uses only the Linux
 // kernel interfaces: /dev/nvme-fabrics, the NVMe admin passthrough ioctl,
-// sysfs, and the e2fsprogs binaries copied into the initramfs.
+// sysfs, and the e2fsprogs (and, when the host has them, xfsprogs)
+// binaries copied into the initramfs. The csi-* steps run the CSI node
+// plugin's code (internal/csi) against the guest's kernel.
 package main
 
 import (
@@ -28,6 +30,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/nexstor/nexstor/internal/csi"
 )
 
 // marker prefixes every result line; the host ignores all other output.
@@ -40,6 +44,8 @@ type agent struct {
 	vars map[string]string
 	ctl  string // host control address for barriers, "" when none
 	bg   map[string]*bgProc
+	// node is the CSI node service of the csi-* steps, made on first use.
+	node *csi.Node
 }
 
 func main() {
