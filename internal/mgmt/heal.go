@@ -338,7 +338,7 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 			h.lost, h.lostWhy = true, fmt.Sprintf("its node %s is %s and only one healthy copy is left", nodeName(idx, r.Node), stateOf(h.node))
 		case now >= deadline:
 			h.lost, h.lostWhy = true, fmt.Sprintf("it has been away since %s (%s), longer than rebuild.partial_wait (%v)",
-				msTime(r.OutSinceMs), awayWhy(h), s.cfg.PartialWait)
+				msTime(r.OutSinceMs), awayWhy(h), max(s.cfg.PartialWait, 0))
 		default:
 			repairs = append(repairs, &mgmtv1.Repair{Kind: repWaiting, Replica: r.UUID, Node: nodeName(idx, r.Node),
 				Reason: awayWhy(h) + "; it is replaced if it is not back by then", UntilMs: deadline, StartedMs: r.OutSinceMs})
@@ -506,7 +506,9 @@ func (s *Service) assess(v *volumeRecord, idx map[string]*Member, views map[stri
 			h.child, h.uri = c, c.Uri
 			switch c.State {
 			case enginev1.ChildState_CHILD_STATE_ONLINE:
-				h.healthy = true
+				// An idle nexus notices nothing of a dead child: the
+				// membership's word that the node is away counts.
+				h.healthy = alive(h.node)
 			case enginev1.ChildState_CHILD_STATE_REBUILDING:
 				h.syncing = true
 				if c.Rebuild != nil {
@@ -555,6 +557,7 @@ func (s *Service) bringBack(ctx context.Context, v *volumeRecord, tc engineAPI, 
 			return fmt.Errorf("bring replica %s back into volume %s: %w", r.UUID, v.Name, err)
 		}
 		s.startRepair(vh, r.UUID, "resync")
+		h.syncing, h.partial = true, true
 		s.event(ctx, evResync, v.Name, h.nodeName(), r.UUID,
 			fmt.Sprintf("its child was offline (%s) and its node answers again", h.child.Reason),
 			"replica %s is back: copying only the writes it missed", r.UUID)
@@ -596,6 +599,7 @@ func (s *Service) attach(ctx context.Context, v *volumeRecord, tc engineAPI, tar
 		cause = fmt.Sprintf("its child was %s (%s)", childStateName(h.child.State), h.child.Reason)
 	}
 	s.startRepair(vh, r.UUID, kind)
+	h.syncing = true // from now on the nexus rebuilds it
 	s.event(ctx, ev, v.Name, h.nodeName(), r.UUID, cause, "replica %s is copied in full from the volume's healthy replicas", r.UUID)
 	return nil
 }
@@ -917,11 +921,13 @@ func (s *Service) track(ctx context.Context, v *volumeRecord, hs []*replicaHealt
 	for _, h := range hs {
 		id := h.ref.UUID
 		rr, ok := vh.running[id]
+		if h.healthy {
+			delete(vh.failures, id)
+		}
 		switch {
 		case !ok || h.syncing:
 		case h.healthy:
 			delete(vh.running, id)
-			delete(vh.failures, id)
 			s.healing.count(&s.healing.finished, rr.kind)
 		default:
 			delete(vh.running, id)
@@ -936,7 +942,13 @@ func (s *Service) track(ctx context.Context, v *volumeRecord, hs []*replicaHealt
 	var healedAfter time.Duration
 	switch {
 	case !full && vh.degradedSince.IsZero():
+		// From when the first replica was seen out, if that is known.
 		vh.degradedSince = s.cfg.Now()
+		for _, h := range hs {
+			if ms := h.ref.OutSinceMs; ms > 0 && time.UnixMilli(ms).Before(vh.degradedSince) {
+				vh.degradedSince = time.UnixMilli(ms)
+			}
+		}
 	case full && !vh.degradedSince.IsZero():
 		healedAfter = s.cfg.Now().Sub(vh.degradedSince)
 		vh.degradedSince = time.Time{}

@@ -619,3 +619,27 @@ func TestMoveVolume(t *testing.T) {
 	}
 	checkData(t, ns, want)
 }
+
+// TestHealIdleVolume: a replica whose node dies while nothing is written
+// (its nexus notices nothing) is replaced on the membership's word.
+func TestHealIdleVolume(t *testing.T) {
+	vs, nodes := newHealSystem(t, 4, 300*time.Millisecond)
+	p, _ := setupPublished(t, vs, nodes, 3)
+	var away *healNode
+	for _, r := range p.Status.Replicas {
+		if r.NodeUuid != p.Status.Target.NodeUuid {
+			away = healNodeOf(nodes, r.NodeUuid)
+		}
+	}
+	away.kill(t)
+	v := passUntil(t, vs, "replaced while idle", healthy(3))
+	for _, r := range v.Status.Replicas {
+		if r.NodeUuid == away.uuid {
+			t.Fatalf("the replica on the dead node is still counted: %+v", v.Status.Replicas)
+		}
+	}
+	rs := vs.svc.RepairStats()
+	if rs.Failed["replace"] != 0 || rs.Finished["replace"] != 1 {
+		t.Fatalf("repair counters: %+v", rs)
+	}
+}

@@ -692,7 +692,10 @@ func (s *Service) publishVolume(ctx context.Context, req *mgmtv1.PublishVolumeRe
 		protocol = v.Protocol
 	}
 	if v.Target != nil {
-		if (want == nil || want.UUID == v.Target.Node) && protocol == v.Target.Protocol &&
+		// A 1-replica volume's nexus is always on its replica's node,
+		// whatever node was asked for: asking again is the same publish.
+		pinned := len(v.ReplicaSet) == 1 && v.ReplicaSet[0].Node == v.Target.Node
+		if (want == nil || want.UUID == v.Target.Node || pinned) && protocol == v.Target.Protocol &&
 			sameStrings(req.HostNqns, v.Target.HostNQNs) {
 			return v, nil
 		}

@@ -636,3 +636,27 @@ func TestPublishAfterANodeReturns(t *testing.T) {
 		t.Fatalf("after the rebuild: %d healthy", w.Status.Healthy)
 	}
 }
+
+// TestPublishOneReplicaAgain: a 1-replica volume's nexus goes on its
+// replica's node whatever node is asked for; asking again the same way is
+// the same publish, not a conflict.
+func TestPublishOneReplicaAgain(t *testing.T) {
+	vs := newVolSystem(t, []int64{256 << 20, 256 << 20}, nil)
+	ctx := context.Background()
+	v, err := vs.vols().CreateVolume(ctx, create("one", 16<<20, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := vs.nodes[0].name
+	if other == v.Status.Replicas[0].Node {
+		other = vs.nodes[1].name
+	}
+	req := &mgmtv1.PublishVolumeRequest{Name: "one", Node: other}
+	p, err := vs.vols().PublishVolume(ctx, req)
+	if err != nil || p.Status.Target.Node != v.Status.Replicas[0].Node {
+		t.Fatalf("publish: %v %v", err, p.GetStatus().GetTarget())
+	}
+	if again, err := vs.vols().PublishVolume(ctx, req); err != nil || again.Status.Target.Uri != p.Status.Target.Uri {
+		t.Fatalf("publish again: %v %v", err, again.GetStatus().GetTarget())
+	}
+}
