@@ -456,8 +456,11 @@ func TestPolicy(t *testing.T) {
 	if !p.Permits(mgmtv1.MgmtService_Join_FullMethodName, security.RoleServer) || p.Permits(mgmtv1.MgmtService_Join_FullMethodName, security.RoleCSI) {
 		t.Error("join: servers only")
 	}
-	if !p.Permits(mgmtv1.MgmtService_SystemQuery_FullMethodName, security.RoleCSI) {
-		t.Error("query: everyone")
+	if !p.Permits(mgmtv1.MgmtService_SystemQuery_FullMethodName, security.RoleServer) || p.Permits(mgmtv1.MgmtService_SystemQuery_FullMethodName, security.RoleCSI) {
+		t.Error("query: admins and servers, not csi")
+	}
+	if !p.Permits(mgmtv1.VolumeService_DeleteVolume_FullMethodName, security.RoleCSI) || p.Permits(mgmtv1.VolumeService_MoveVolume_FullMethodName, security.RoleCSI) {
+		t.Error("csi deletes volumes, and does not move them")
 	}
 }
 

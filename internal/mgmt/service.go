@@ -658,8 +658,8 @@ func Policy() *security.Policy {
 	p := &security.Policy{}
 	p.Allow(mgmtv1.MgmtService_Join_FullMethodName, security.RoleServer, security.RoleAdmin)
 	p.Allow(mgmtv1.MgmtService_Heartbeat_FullMethodName, security.RoleServer, security.RoleAdmin)
-	p.Allow(mgmtv1.MgmtService_LeaderQuery_FullMethodName, security.RoleAdmin, security.RoleServer, security.RoleCSI)
-	p.Allow(mgmtv1.MgmtService_SystemQuery_FullMethodName, security.RoleAdmin, security.RoleServer, security.RoleCSI)
+	p.Allow(mgmtv1.MgmtService_LeaderQuery_FullMethodName, security.RoleAdmin, security.RoleServer)
+	p.Allow(mgmtv1.MgmtService_SystemQuery_FullMethodName, security.RoleAdmin, security.RoleServer)
 	p.Allow(mgmtv1.MgmtService_SystemStop_FullMethodName, security.RoleAdmin)
 	p.Allow(mgmtv1.MgmtService_SystemStart_FullMethodName, security.RoleAdmin)
 	p.Allow(mgmtv1.MgmtService_SystemExclude_FullMethodName, security.RoleAdmin)
@@ -667,14 +667,15 @@ func Policy() *security.Policy {
 		mgmtv1.VolumeService_ListVolumes_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName} {
 		p.Allow(m, security.RoleAdmin, security.RoleServer, security.RoleCSI)
 	}
-	// The csi role provisions and publishes; only an admin deletes or
-	// verifies (a CSI controller deletes through its own role once the
-	// Kubernetes driver exists, with its own rules).
+	// The csi role (the CSI controller, internal/csi) provisions,
+	// publishes and deletes volumes, and nothing else (the server confines
+	// it to exactly these calls); only an admin verifies, moves, heals by
+	// hand or changes nodes.
 	for _, m := range []string{mgmtv1.VolumeService_CreateVolume_FullMethodName, mgmtv1.VolumeService_PublishVolume_FullMethodName,
-		mgmtv1.VolumeService_UnpublishVolume_FullMethodName, mgmtv1.VolumeService_ResizeVolume_FullMethodName} {
+		mgmtv1.VolumeService_UnpublishVolume_FullMethodName, mgmtv1.VolumeService_ResizeVolume_FullMethodName,
+		mgmtv1.VolumeService_DeleteVolume_FullMethodName} {
 		p.Allow(m, security.RoleAdmin, security.RoleCSI)
 	}
-	p.Allow(mgmtv1.VolumeService_DeleteVolume_FullMethodName, security.RoleAdmin)
 	p.Allow(mgmtv1.VolumeService_VerifyVolume_FullMethodName, security.RoleAdmin)
 	// Engines keep their volume nexuses' health records here.
 	for _, m := range []string{mgmtv1.VolumeService_LoadNexusHealth_FullMethodName, mgmtv1.VolumeService_SaveNexusHealth_FullMethodName,
