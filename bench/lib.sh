@@ -33,7 +33,8 @@ percentile() {
 # well-known ones, so that it does not collide with a dev system someone
 # runs by hand. BENCH_PORT_BASE (default 21000) moves them all: gRPC
 # base+124 (node i: +i), NVMe/TCP base+420, NBD base+809, discovery base+8,
-# etcd base+379 and base+380, pprof base+60.
+# etcd base+379 and base+380, pprof base+60. Metrics are off unless
+# DEV_METRICS_PORT is set (node 0's port; node i: +i).
 DEV_PORT_BASE=${BENCH_PORT_BASE:-21000}
 DEV_GRPC_PORT=$((DEV_PORT_BASE + 124))
 DEV_NBD_PORT=$((DEV_PORT_BASE + 809))
@@ -54,7 +55,7 @@ dev_start() {
 	local args=(--nodes "$nodes" --data-dir "$data" --grpc-port "$DEV_GRPC_PORT"
 		--nbd-port "$DEV_NBD_PORT" --nvmf-port $((DEV_PORT_BASE + 420))
 		--discovery-port $((DEV_PORT_BASE + 8)) --etcd-port $((DEV_PORT_BASE + 379))
-		--metrics-port -1 --pool-size "$size")
+		--metrics-port "${DEV_METRICS_PORT:--1}" --pool-size "$size")
 	if [ "$how" = pprof ]; then
 		"$bin/devpprof" --pprof "$DEV_PPROF" "${args[@]}" >"$data.out" 2>"$data.log" &
 	else

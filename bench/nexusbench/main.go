@@ -34,6 +34,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -132,35 +133,12 @@ type config struct {
 }
 
 func main() {
-	var c config
-	flag.StringVar(&c.dir, "dir", "", "directory for the pool files (default: a new one under $TMPDIR or /var/tmp, removed at the end); must not be tmpfs, for O_DIRECT")
-	flag.StringVar(&c.poolDirs, "pool-dirs", "", "comma-separated directories, one per pool (children 0, 1, 2, rebuild target), to put each pool on its own disk; default: all in -dir. The disk counters are those of -dir's disk")
-	flag.Int64Var(&c.sizeMiB, "size", 512, "size of each replica in MiB (also the rebuild and copy size)")
-	rt := flag.Float64("t", 5, "seconds each measured run lasts")
-	flag.IntVar(&c.repeat, "r", 3, "runs of each workload on each target, and of rebuild and copy; medians reported")
-	flag.IntVar(&c.qd4k, "qd", 32, "queue depth of the 4 KiB random workloads")
-	flag.IntVar(&c.qdSeq, "seq-qd", 8, "queue depth of the 1 MiB sequential write")
-	flag.StringVar(&c.profDir, "profile", "", "write CPU profiles of the first randwrite-4k run on the replica (replica-randwrite.pprof) and on the 3-child nexus (nexus3-randwrite.pprof) into this directory")
-	flag.StringVar(&c.rawJSON, "json", "", "also write every sample as JSON to this file")
-	flag.BoolVar(&c.noRebuild, "no-rebuild", false, "skip the rebuild and copy measurement")
-	flag.StringVar(&c.backing, "backing", "file", "pool devices: file (files in -dir, O_DIRECT where possible) or lat (RAM devices adding -lat to every operation: independent disks, no shared queue; no rebuild/copy measurement)")
-	flag.DurationVar(&c.lat, "lat", 100*time.Microsecond, "latency added to every operation with -backing lat")
-	flag.BoolVar(&c.away, "away", false, "measure only 4 KiB random writes on a 3-child nexus with every child online and with one child offline (its write-intent bits saved in a file health store), interleaved; no rebuild")
-	seg := flag.Int64("segment", nexus.DefaultRebuildSegment>>10, "the nexuses' segment size in KiB (rebuild unit and write-intent bitmap granularity)")
-	flag.Parse()
-	c.segment = *seg << 10
-	if c.away {
-		c.noRebuild = true
+	c, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
 	}
-	c.runtime = time.Duration(*rt * float64(time.Second))
-	if c.backing == "lat" {
-		c.noRebuild = true
-	} else if c.backing != "file" {
-		fmt.Fprintf(os.Stderr, "nexusbench: -backing %q: use file or lat\n", c.backing)
-		os.Exit(2)
-	}
-	if c.sizeMiB < 16 || c.repeat < 1 {
-		fmt.Fprintln(os.Stderr, "nexusbench: -size must be at least 16 (MiB) and -r at least 1")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nexusbench:", err)
 		os.Exit(2)
 	}
 	// The pools log every export at Info; keep stderr for progress.
@@ -169,6 +147,69 @@ func main() {
 		fmt.Fprintln(os.Stderr, "nexusbench:", err)
 		os.Exit(1)
 	}
+}
+
+// parseFlags parses and checks the command line; usage and flag errors go
+// to errOut.
+func parseFlags(args []string, errOut io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("nexusbench", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	fs.StringVar(&c.dir, "dir", "", "directory for the pool files (default: a new one under $TMPDIR or /var/tmp, removed at the end); must not be tmpfs, for O_DIRECT")
+	fs.StringVar(&c.poolDirs, "pool-dirs", "", "comma-separated directories, one per pool (children 0, 1, 2, rebuild target), to put each pool on its own disk; default: all in -dir. The disk counters are those of -dir's disk")
+	fs.Int64Var(&c.sizeMiB, "size", 512, "size of each replica in MiB (also the rebuild and copy size)")
+	rt := fs.Float64("t", 5, "seconds each measured run lasts")
+	fs.IntVar(&c.repeat, "r", 3, "runs of each workload on each target, and of rebuild and copy; medians reported")
+	fs.IntVar(&c.qd4k, "qd", 32, "queue depth of the 4 KiB random workloads")
+	fs.IntVar(&c.qdSeq, "seq-qd", 8, "queue depth of the 1 MiB sequential write")
+	fs.StringVar(&c.profDir, "profile", "", "write CPU profiles of the first randwrite-4k run on the replica (replica-randwrite.pprof) and on the 3-child nexus (nexus3-randwrite.pprof) into this directory")
+	fs.StringVar(&c.rawJSON, "json", "", "also write every sample as JSON to this file")
+	fs.BoolVar(&c.noRebuild, "no-rebuild", false, "skip the rebuild and copy measurement")
+	fs.StringVar(&c.backing, "backing", "file", "pool devices: file (files in -dir, O_DIRECT where possible) or lat (RAM devices adding -lat to every operation: independent disks, no shared queue; no rebuild/copy measurement)")
+	fs.DurationVar(&c.lat, "lat", 100*time.Microsecond, "latency added to every operation with -backing lat (ignored with -backing file); 0s for RAM devices with no added latency")
+	fs.BoolVar(&c.away, "away", false, "measure only 4 KiB random writes on a 3-child nexus with every child online and with one child offline (its write-intent bits saved in a file health store), interleaved; no rebuild")
+	seg := fs.Int64("segment", nexus.DefaultRebuildSegment>>10, "the nexuses' segment size in KiB (rebuild unit and write-intent bitmap granularity)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q: nexusbench takes only flags", fs.Args())
+	}
+	c.segment = *seg << 10
+	if c.away {
+		c.noRebuild = true
+	}
+	c.runtime = time.Duration(*rt * float64(time.Second))
+	switch c.backing {
+	case "lat":
+		c.noRebuild = true
+		if err := latencyRule(c.lat).Validate(); err != nil {
+			return c, fmt.Errorf("-lat %v: %w", c.lat, err)
+		}
+	case "file":
+		// -lat is ignored, so that one set of flags (bench/nexus.sh's)
+		// serves both backings.
+	default:
+		return c, fmt.Errorf("-backing %q: use file or lat", c.backing)
+	}
+	switch {
+	case c.sizeMiB < 16 || c.repeat < 1:
+		return c, errors.New("-size must be at least 16 (MiB) and -r at least 1")
+	case c.runtime <= 0:
+		return c, fmt.Errorf("-t %v: give a positive number of seconds", *rt)
+	case c.qd4k < 1 || c.qdSeq < 1:
+		return c, fmt.Errorf("-qd %d, -seq-qd %d: queue depths are at least 1", c.qd4k, c.qdSeq)
+	case *seg <= 0:
+		return c, fmt.Errorf("-segment %d: give a positive size in KiB", *seg)
+	}
+	return c, nil
+}
+
+// latencyRule is the rule of a -backing lat device: it delays every
+// operation by lat and never fails one, lat 0 included (a faulty rule with
+// neither Delay nor a latency would fail every operation).
+func latencyRule(lat time.Duration) faulty.Rule {
+	return faulty.Rule{Delay: true, Latency: lat}
 }
 
 func progress(format string, args ...any) {
@@ -215,7 +256,7 @@ func newRig(c config, dir string, size int64) (*rig, error) {
 			var m *bdev.Malloc
 			if m, err = bdev.NewMalloc(fileSize, 512); err == nil {
 				f := faulty.New(m, int64(i))
-				f.AddRule(faulty.Rule{Latency: c.lat})
+				f.AddRule(latencyRule(c.lat))
 				d = f
 			}
 		} else {

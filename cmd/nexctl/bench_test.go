@@ -98,6 +98,25 @@ func TestBenchNVMf(t *testing.T) {
 	}
 }
 
+// TestBenchNVMfQueueDepthOne runs the shallowest load over NVMe/TCP: one
+// I/O in flight on one queue (the queue is created with two entries, as a
+// target refuses a one-entry queue).
+func TestBenchNVMfQueueDepthOne(t *testing.T) {
+	uri := startTarget(t)
+	out, err := runNexctl(t, "bench", uri, "--hostnqn", benchHost, "--rw", "mixed", "--qd", "1", "--queues", "1",
+		"--time", "200ms", "--verify", "-o", "json")
+	if err != nil {
+		t.Fatalf("bench --qd 1: %v\n%s", err, out)
+	}
+	var r benchResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("decode %v:\n%s", err, out)
+	}
+	if r.Errors != 0 || r.QueueDepth != 1 || r.Reads == 0 || r.Writes == 0 || r.Ops != r.Reads+r.Writes {
+		t.Fatalf("result %+v", r)
+	}
+}
+
 // TestBenchDisk measures a RAM disk through bdev.Open, the baseline without
 // a network.
 func TestBenchDisk(t *testing.T) {

@@ -6,6 +6,7 @@ package faulty
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -53,14 +54,22 @@ var ErrInjected = errors.New("faulty: injected I/O error")
 // After window, it has fired Count times, or the Probability draw says no.
 //
 // What a firing Rule does:
-//   - Latency alone (no Err, Torn or Corrupt): the operation is delayed by
-//     Latency and then performed normally.
+//   - Delay: the operation is delayed by Latency (0: not at all) and then
+//     performed normally. A Delay rule never fails an operation; with no
+//     latency it only counts the operations it fires on (Fired).
+//   - Latency alone (no Err, Torn or Corrupt): the same as Delay. A rule
+//     with neither Delay nor a Latency is an error rule: Rule{} fails every
+//     operation. A latency that may be zero (a benchmark's flag) therefore
+//     needs Delay set, or it becomes an error rule at zero.
 //   - Corrupt (writes only): a copy of the data with one bit flipped in every
 //     block is written and success is reported. Err is ignored.
 //   - Torn (writes only): only the first TornBytes of the data are written,
 //     then the error is returned.
 //   - Otherwise the operation is not performed and Err (or ErrInjected) is
 //     returned, after Latency when set.
+//
+// A Rule that Validate refuses (a Delay rule that also fails, a negative
+// Latency, a Probability outside [0, 1]) is refused by AddRule.
 type Rule struct {
 	// Ops selects the operations the rule matches; 0 means OpAll.
 	Ops Op
@@ -76,8 +85,11 @@ type Rule struct {
 	// Err is the error returned; nil means ErrInjected. It is returned as is
 	// (not wrapped), so tests may compare it directly.
 	Err error
-	// Latency is added before the operation.
+	// Latency is added before the operation; it must not be negative.
 	Latency time.Duration
+	// Delay makes the rule one that only delays, by Latency, even when
+	// Latency is 0; it cannot be combined with Err, Torn or Corrupt.
+	Delay bool
 	// Torn makes a matching write land only partially (see TornBytes) before
 	// the error is returned. Torn rules match only writes.
 	Torn bool
@@ -92,7 +104,28 @@ type Rule struct {
 
 // failing reports whether a firing rule fails the operation rather than only
 // delaying it.
-func (r *Rule) failing() bool { return r.Err != nil || r.Torn || r.Corrupt || r.Latency == 0 }
+func (r *Rule) failing() bool {
+	return r.Err != nil || r.Torn || r.Corrupt || (r.Latency == 0 && !r.Delay)
+}
+
+// Validate reports why r is not a rule AddRule accepts: a Delay rule that
+// also sets Err, Torn or Corrupt (it would both delay only and fail), a
+// negative Latency, TornBytes, After or Count, or a Probability outside
+// [0, 1]. Callers building a rule from input (flags) check it with
+// Validate; AddRule panics on such a rule.
+func (r Rule) Validate() error {
+	switch {
+	case r.Delay && (r.Err != nil || r.Torn || r.Corrupt):
+		return errors.New("faulty: a Delay rule only delays: drop Err, Torn and Corrupt, or Delay")
+	case r.Latency < 0:
+		return fmt.Errorf("faulty: Latency %v is negative: give 0 or more", r.Latency)
+	case !(r.Probability >= 0 && r.Probability <= 1):
+		return fmt.Errorf("faulty: Probability %v: give a value in [0, 1] (0 means always)", r.Probability)
+	case r.TornBytes < 0 || r.After < 0 || r.Count < 0:
+		return fmt.Errorf("faulty: TornBytes %d, After %d, Count %d: none may be negative", r.TornBytes, r.After, r.Count)
+	}
+	return nil
+}
 
 type rule struct {
 	Rule
@@ -140,8 +173,12 @@ func New(inner bdev.Device, seed int64) *Device {
 // AddRule installs r and returns its id. Rules are evaluated in the order
 // they were added: the latencies of every firing rule add up, and the first
 // firing rule that fails the operation (error, torn or corrupt) decides the
-// outcome.
+// outcome. It panics on a rule Validate refuses: a test's rules are fixed
+// by the test, so such a rule is a mistake in it.
 func (d *Device) AddRule(r Rule) int {
+	if err := r.Validate(); err != nil {
+		panic(err)
+	}
 	if r.Ops == 0 {
 		r.Ops = OpAll
 	}

@@ -179,6 +179,79 @@ func TestLatencyOnly(t *testing.T) {
 	}
 }
 
+// TestDelayRuleZeroLatency: a Delay rule never fails an operation, even
+// with no latency at all (the way a benchmark asks for "-lat 0s"): every
+// operation is performed and counted, and the data lands. Without Delay,
+// the same rule with no latency and no error fails every operation.
+func TestDelayRuleZeroLatency(t *testing.T) {
+	c, _ := newDev(t)
+	c.AddRule(faulty.Rule{Delay: true})
+	if err := bdevtest.TestDevice(c); err != nil { // closes c
+		t.Fatalf("a zero-latency Delay rule broke the device: %v", err)
+	}
+	d, m := newDev(t)
+	id := d.AddRule(faulty.Rule{Delay: true})
+	before := d.Fired(id)
+	data := fill(bs, 0x5a)
+	if _, err := d.WriteAt(data, 8192); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []func(*faulty.Device, int64) error{read, flush, unmap, writeZeroes} {
+		if err := op(d, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([]byte, bs)
+	m.ReadAt(got, 8192)
+	if !bytes.Equal(got, data) {
+		t.Fatal("a zero-latency Delay rule changed the data")
+	}
+	if n := d.Fired(id) - before; n != 5 {
+		t.Fatalf("fired %d times for 5 operations", n)
+	}
+	// A Delay rule does not take the outcome: a failing rule after it does.
+	e := d.AddRule(faulty.Rule{Ops: faulty.OpRead})
+	if err := read(d, 0); !errors.Is(err, faulty.ErrInjected) {
+		t.Fatalf("read after a Delay rule and an error rule: %v, want ErrInjected", err)
+	}
+	if d.Fired(e) != 1 {
+		t.Fatalf("error rule fired %d times, want 1", d.Fired(e))
+	}
+}
+
+// TestInvalidRulesRefused: a Delay rule that also asks for a failure, and a
+// negative latency, are refused by Validate and by AddRule (a panic: a
+// test's rule is a constant of the test).
+func TestInvalidRulesRefused(t *testing.T) {
+	for _, r := range []faulty.Rule{
+		{Delay: true, Err: errors.New("x")},
+		{Delay: true, Torn: true},
+		{Delay: true, Corrupt: true},
+		{Latency: -time.Millisecond},
+		{Delay: true, Latency: -1},
+		{Probability: 1.5},
+		{Probability: -0.5},
+	} {
+		if err := r.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil", r)
+		}
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("AddRule(%+v) did not panic", r)
+				}
+			}()
+			d, _ := newDev(t)
+			d.AddRule(r)
+		}()
+	}
+	for _, r := range []faulty.Rule{{}, {Delay: true}, {Latency: time.Millisecond}, {Probability: 1}, {Torn: true, Latency: 1}} {
+		if err := r.Validate(); err != nil {
+			t.Errorf("Validate(%+v) = %v", r, err)
+		}
+	}
+}
+
 func TestLatencyAddsUpAndErrorWins(t *testing.T) {
 	d, _ := newDev(t)
 	lat := d.AddRule(faulty.Rule{Latency: time.Millisecond})

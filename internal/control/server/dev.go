@@ -25,6 +25,15 @@ import (
 	"github.com/nexstor/nexstor/internal/units"
 )
 
+// DevHeartbeatInterval is how often the members of a dev system send
+// heartbeats: twice the mgmt default, as heartbeats (a gRPC call and an
+// etcd read each, from every node) are most of what an idle dev system
+// costs. Failure detection does not slow down with it: a member is still
+// unresponsive after the 5 s heartbeat timeout, checked every second (see
+// Options), and a beat may now be up to 3 s late, rather than 4, before
+// that happens.
+const DevHeartbeatInterval = 2 * time.Second
+
 // DevOptions configure RunDev.
 type DevOptions struct {
 	// Nodes is the number of storage nodes (at least 1); node 0 is the only
@@ -49,7 +58,9 @@ type DevOptions struct {
 	MetricsPort int
 	// PoolSize is each node's pool file size ("1GiB" when empty).
 	PoolSize string
-	// HeartbeatInterval and HeartbeatTimeout as in Options.
+	// HeartbeatInterval and HeartbeatTimeout as in Options; when both are
+	// zero, the interval is DevHeartbeatInterval and the timeout the mgmt
+	// default (5s).
 	HeartbeatInterval, HeartbeatTimeout time.Duration
 	Logger                              *slog.Logger
 	// Demo, when set, is the name of a volume RunDev makes sure exists: a
@@ -157,6 +168,16 @@ func DevConfigs(o DevOptions) ([]*config.Server, error) {
 	return out, nil
 }
 
+// nodeOptions are the Options of every node's Run but its Logger and
+// Handle.
+func (o DevOptions) nodeOptions() Options {
+	opts := Options{HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout}
+	if opts.HeartbeatInterval == 0 && opts.HeartbeatTimeout == 0 {
+		opts.HeartbeatInterval = DevHeartbeatInterval
+	}
+	return opts
+}
+
 // RunDev runs a whole system in this process for trying Nexstor out: Nodes
 // servers on loopback without TLS (logged), formats those that are not
 // formatted yet, waits for all to join, calls Ready, and serves until ctx
@@ -189,8 +210,9 @@ func RunDev(ctx context.Context, o DevOptions) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = Run(nodeCtx, cfg, Options{HeartbeatInterval: o.HeartbeatInterval, HeartbeatTimeout: o.HeartbeatTimeout,
-				Logger: log.With("node", i), Handle: handles[i]})
+			opts := o.nodeOptions()
+			opts.Logger, opts.Handle = log.With("node", i), handles[i]
+			errs[i] = Run(nodeCtx, cfg, opts)
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("dev node %d: %w", i, errs[i])
 			}

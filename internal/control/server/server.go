@@ -45,7 +45,9 @@ type Options struct {
 	// HeartbeatInterval and HeartbeatTimeout tune the management service
 	// when this node is an access point (members follow the interval the
 	// leader announces); zero keeps the mgmt defaults. A member is marked
-	// unresponsive once HeartbeatTimeout passes without a heartbeat.
+	// unresponsive once HeartbeatTimeout passes without a heartbeat; the
+	// leader looks for such members at the interval, or every second when
+	// the interval is longer.
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
 	// Scanner scans the node's disks; nil scans the real /sys.
@@ -54,6 +56,22 @@ type Options struct {
 	// Handle, when set, is connected to the running node, so that the
 	// caller can quiesce it before ending ctx (see Handle.Quiesce).
 	Handle *Handle
+}
+
+// tuneHeartbeats applies the heartbeat settings to an access point's
+// management service. The leader checks for silent members at the
+// heartbeat interval, but at least every mgmt.DefaultHeartbeatInterval: a
+// longer interval makes heartbeats cheaper without making a failed member
+// take longer than HeartbeatTimeout plus a second to be marked
+// unresponsive.
+func (opts Options) tuneHeartbeats(c *mgmt.Config) {
+	if opts.HeartbeatInterval > 0 {
+		c.HeartbeatInterval = opts.HeartbeatInterval
+		c.CheckInterval = min(opts.HeartbeatInterval, mgmt.DefaultHeartbeatInterval)
+	}
+	if opts.HeartbeatTimeout > 0 {
+		c.HeartbeatTimeout = opts.HeartbeatTimeout
+	}
 }
 
 // Handle reaches a node that Run serves. Methods are safe for concurrent
@@ -226,13 +244,7 @@ func Run(ctx context.Context, cfg *config.Server, opts Options) error {
 				// The leader drives the members' engines for volumes with
 				// this server's own certificate (role server).
 				c.EngineCredentials = clientCreds
-				if opts.HeartbeatInterval > 0 {
-					c.HeartbeatInterval = opts.HeartbeatInterval
-					c.CheckInterval = opts.HeartbeatInterval
-				}
-				if opts.HeartbeatTimeout > 0 {
-					c.HeartbeatTimeout = opts.HeartbeatTimeout
-				}
+				opts.tuneHeartbeats(c)
 			})
 			if err != nil {
 				if ctx.Err() == nil {

@@ -53,8 +53,13 @@ import (
 // maxTransfer caps one command's data, whatever MDTS the controller allows.
 const maxTransfer = 1 << 20
 
-// adminDepth is the admin queue size; adminInline the in-capsule data the
-// host assumes an admin queue takes (enough for Connect).
+// maxQueueEntries caps the entries of an I/O queue the host asks for,
+// whatever CAP.MQES allows.
+const maxQueueEntries = 1024
+
+// adminDepth is the admin queue size in entries (the host keeps at most
+// adminDepth-1 admin commands in flight); adminInline the in-capsule data
+// the host assumes an admin queue takes (enough for Connect).
 const (
 	adminDepth  = 32
 	adminInline = 8192 - pdu.SQELen
@@ -72,7 +77,10 @@ type Options struct {
 	HostID [16]byte
 	// IOQueues is the number of I/O queues; default min(4, GOMAXPROCS).
 	IOQueues int
-	// QueueDepth is the number of commands in flight per I/O queue; default 128.
+	// QueueDepth is the most commands in flight per I/O queue; default
+	// 128, at most 1023, and no more than the controller takes (CAP.MQES,
+	// MAXCMD). Any depth from 1 connects: each queue is created with one
+	// entry more than its depth, as a queue of N entries holds N-1 commands.
 	QueueDepth int
 	// HeaderDigest and DataDigest request CRC32C digests.
 	HeaderDigest, DataDigest bool
@@ -144,7 +152,7 @@ func (o Options) withDefaults() Options {
 	if o.QueueDepth <= 0 {
 		o.QueueDepth = 128
 	}
-	o.QueueDepth = min(o.QueueDepth, 1024)
+	o.QueueDepth = min(o.QueueDepth, maxQueueEntries-1)
 	if o.CommandTimeout <= 0 {
 		o.CommandTimeout = 30 * time.Second
 	}
@@ -170,7 +178,10 @@ type ctrlInfo struct {
 	oncs      uint16
 	subNQN    string
 	maxQueues int
-	sqSize    int
+	// ioDepth is the most commands an I/O queue may hold in flight: one
+	// less than the largest queue (CAP.MQES+1 entries), and no more than
+	// MAXCMD.
+	ioDepth int
 }
 
 // session is one established association: admin queue plus I/O queues.
@@ -495,7 +506,7 @@ func (c *Controller) Close() error {
 // establish connects a whole association and, when reclaim is set, restores
 // the controller's claims on it. Cancelling ctx abandons it at any step.
 func (c *Controller) establish(ctx context.Context, reclaim bool) (*session, error) {
-	admin, err := dialQueue(ctx, c.addr, &c.opts, adminDepth)
+	admin, err := dialQueue(ctx, c.addr, &c.opts, adminDepth-1)
 	if err != nil {
 		return nil, err
 	}
@@ -519,7 +530,7 @@ func (c *Controller) establish(ctx context.Context, reclaim bool) (*session, err
 	if c.opts.KeepAlive > 0 {
 		kato = uint32(c.opts.KeepAlive / time.Millisecond)
 	}
-	cntlid, err := connectQueue(admin, 0, 0xFFFF, adminDepth, kato, c.subNQN, &c.opts)
+	cntlid, err := connectQueue(admin, 0, 0xFFFF, kato, c.subNQN, &c.opts)
 	if err != nil {
 		return fail(err)
 	}
@@ -556,7 +567,7 @@ func (c *Controller) establish(ctx context.Context, reclaim bool) (*session, err
 			return fail(fmt.Errorf("enable asynchronous events: %w", err))
 		}
 	}
-	depth := min(c.opts.QueueDepth, s.info.sqSize)
+	depth := max(min(c.opts.QueueDepth, s.info.ioDepth), 1)
 	for qid := 1; qid <= nq; qid++ {
 		q, err := dialQueue(ctx, c.addr, &c.opts, depth)
 		if err != nil {
@@ -568,7 +579,7 @@ func (c *Controller) establish(ctx context.Context, reclaim bool) (*session, err
 			q.inline = s.info.ioInline
 		}
 		s.addIO(q)
-		if _, err := connectQueue(q, uint16(qid), cntlid, depth, 0, c.subNQN, &c.opts); err != nil {
+		if _, err := connectQueue(q, uint16(qid), cntlid, 0, c.subNQN, &c.opts); err != nil {
 			return fail(fmt.Errorf("connect I/O queue %d: %w", qid, err))
 		}
 		q.inline = s.info.ioInline
@@ -606,19 +617,30 @@ func (i *ctrlInfo) parse(id []byte, capv uint64) {
 	i.vwc = id[nvme.IDCtrlVWC]&1 != 0
 	i.oncs = binary.LittleEndian.Uint16(id[nvme.IDCtrlONCS:])
 	i.subNQN = pdu.CString(id[nvme.IDCtrlSUBNQN : nvme.IDCtrlSUBNQN+256])
-	i.sqSize = int(capv&0xFFFF) + 1
-	if mc := int(binary.LittleEndian.Uint16(id[nvme.IDCtrlMAXCMD:])); mc > 0 && mc < i.sqSize {
-		i.sqSize = mc
+	// CAP.MQES is 0's based: the largest queue has MQES+1 entries, so
+	// holds MQES commands (a queue is full when its head is one past its
+	// tail). MAXCMD, when set, bounds the commands in flight directly.
+	i.ioDepth = int(capv & 0xFFFF)
+	if mc := int(binary.LittleEndian.Uint16(id[nvme.IDCtrlMAXCMD:])); mc > 0 && mc < i.ioDepth {
+		i.ioDepth = mc
 	}
 }
 
 // connectQueue sends the Fabrics Connect for qid and returns the CNTLID.
-func connectQueue(q *hqueue, qid, cntlid uint16, depth int, kato uint32, subNQN string, opts *Options) (uint16, error) {
+//
+// The queue is created with one entry more than q's command slots. SQSIZE
+// is 0's based, so the value sent equals the slot count: NVMe sizes a
+// queue of N entries to hold N-1 commands (full when the head is one past
+// the tail), the smallest queue has two entries (a target refuses SQSIZE
+// 0 with Connect Invalid Parameters), and the Linux host likewise sends
+// SQSIZE = queue_size-1 and keeps fewer commands than entries in flight.
+// One slot therefore connects, as a two-entry queue.
+func connectQueue(q *hqueue, qid, cntlid uint16, kato uint32, subNQN string, opts *Options) (uint16, error) {
 	var sqe pdu.SQE
 	sqe.SetOpcode(nvme.Fabrics)
 	sqe.SetFCType(nvme.FctConnect)
 	sqe.SetCDW(10, uint32(qid)<<16)
-	sqe.SetCDW(11, uint32(depth-1)|(1<<2)<<16) // CATTR: disable SQ flow control
+	sqe.SetCDW(11, uint32(len(q.cmds))|(1<<2)<<16) // CATTR: disable SQ flow control
 	sqe.SetCDW(12, kato)
 	data := make([]byte, pdu.ConnectDataLen)
 	cd := pdu.ConnectData{HostID: opts.HostID, CNTLID: cntlid, SubNQN: subNQN, HostNQN: opts.HostNQN}
@@ -717,13 +739,13 @@ type DiscoveryEntry = nvme.DiscoveryEntry
 // convention) and returns its discovery log entries.
 func Discover(ctx context.Context, addr string, opts Options) ([]DiscoveryEntry, error) {
 	opts = opts.withDefaults()
-	q, err := dialQueue(ctx, addr, &opts, adminDepth)
+	q, err := dialQueue(ctx, addr, &opts, adminDepth-1)
 	if err != nil {
 		return nil, err
 	}
 	q.inline = adminInline
 	defer q.kill(ErrClosed)
-	if _, err := connectQueue(q, 0, 0xFFFF, adminDepth, 0, nvme.DiscoveryNQN, &opts); err != nil {
+	if _, err := connectQueue(q, 0, 0xFFFF, 0, nvme.DiscoveryNQN, &opts); err != nil {
 		return nil, fmt.Errorf("nvmf initiator: discovery at %s: %w", addr, err)
 	}
 	if _, err := enable(q); err != nil {

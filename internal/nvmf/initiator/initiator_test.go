@@ -620,3 +620,73 @@ func TestProcessDeathResetsConnection(t *testing.T) {
 		t.Fatalf("peer read %d bytes and then %v after the host process died; want a connection reset", got, err)
 	}
 }
+
+// TestQueueDepths connects with the shallowest depths a caller may ask
+// for, and the deepest: each I/O queue keeps exactly that many commands in flight, and
+// Connect asks for one queue entry more (SQSIZE, 0's based, equals the
+// depth), as a queue of N entries holds at most N-1 commands and a target
+// refuses SQSIZE 0. More writers than slots then verify every byte.
+func TestQueueDepths(t *testing.T) {
+	// The deepest request is held to what the target's largest queue
+	// (CAP.MQES+1 = MaxQueueEntries entries) can hold.
+	for _, depth := range []int{1, 2, 3, target.MaxQueueEntries} {
+		t.Run(fmt.Sprint("qd", depth), func(t *testing.T) {
+			const size = 1 << 20
+			f := newFixture(t, size, target.SubsystemOptions{AllowAnyHost: true})
+			c := f.connect(Options{IOQueues: 2, QueueDepth: depth})
+			depth := min(depth, target.MaxQueueEntries-1)
+			s, err := c.session()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(s.io) != 2 {
+				t.Fatalf("%d I/O queues, want 2", len(s.io))
+			}
+			for _, q := range s.io {
+				if len(q.cmds) != depth || cap(q.free) != depth {
+					t.Fatalf("queue %d: %d command slots, want %d", q.qid, len(q.cmds), depth)
+				}
+			}
+			if n := len(s.admin.cmds); n != adminDepth-1 {
+				t.Fatalf("admin queue: %d command slots, want %d", n, adminDepth-1)
+			}
+			ns, err := c.Namespace(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const workers = 6
+			const region = size / workers / 4096 * 4096
+			var wg sync.WaitGroup
+			errs := make(chan error, workers)
+			for w := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					off := int64(w * region)
+					want := bytes.Repeat([]byte{byte(w + 1)}, 4096)
+					got := make([]byte, 4096)
+					for i := range 20 {
+						at := off + int64(i%(region/4096))*4096
+						if _, err := ns.WriteAt(want, at); err != nil {
+							errs <- fmt.Errorf("write at %d: %w", at, err)
+							return
+						}
+						if _, err := ns.ReadAt(got, at); err != nil {
+							errs <- fmt.Errorf("read at %d: %w", at, err)
+							return
+						}
+						if !bytes.Equal(got, want) {
+							errs <- fmt.Errorf("read at %d: data differs from what was written", at)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+		})
+	}
+}

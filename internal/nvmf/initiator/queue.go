@@ -87,7 +87,8 @@ type hqueue struct {
 }
 
 // dialQueue connects and initializes one queue (ICReq/ICResp), and starts
-// its reader. depth is the number of command slots.
+// its reader. depth is the number of command slots, the most commands in
+// flight; Connect then asks for one queue entry more (see connectQueue).
 func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqueue, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
