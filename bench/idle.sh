@@ -120,7 +120,11 @@ PPROF_ADDR=$DEV_PPROF
 if [ -n "$BASE" ]; then
 	log "starting the dev system of $BASE ($NODES nodes)"
 	start "$DIR/base/bin" "$DIR/base/dev" $((PORT_BASE + 1000))
-	NAMES+=("$BASE ($BASE_REV)")
+	if [ "${BASE#"$BASE_REV"}" = "$BASE" ]; then
+		NAMES+=("$BASE ($BASE_REV)")
+	else
+		NAMES+=("$BASE")
+	fi
 fi
 . "$ROOT/bench/lib.sh" # machine_line, median, cpu_ticks
 log "ready; settling for $SETTLE s"
