@@ -266,7 +266,7 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 	views := s.observe(ctx, idx, nodes)
 	var recorded map[string]string
 	if nx == nil {
-		if recorded, err = s.recordedChildren(ctx, v.UUID); err != nil {
+		if recorded, err = s.recordedChildren(ctx, v.UUID, views); err != nil {
 			return 0, err
 		}
 	}
@@ -394,14 +394,18 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 		}
 	}
 
-	// 3. Remove what is replaced, and extras beyond the count.
+	// 3. Remove what is replaced, and extras beyond the count. A replica
+	// to replace that no replacement covers goes too once the others hold
+	// the count (it was lowered meanwhile): nothing would ever replace it.
 	for _, h := range hs {
-		if !h.toReplace() || !covered[h.ref.UUID] {
+		spare := !covered[h.ref.UUID] && countActive(hs) >= v.Replicas
+		if !h.toReplace() || (!covered[h.ref.UUID] && !spare) {
 			continue
 		}
 		if h.healthy {
-			// A drained replica goes once every replacement is healthy.
-			if !replacementsHealthy(hs, h.ref.UUID) {
+			// A drained replica goes once every replacement is healthy,
+			// or, with none, while the others are healthy enough.
+			if (covered[h.ref.UUID] && !replacementsHealthy(hs, h.ref.UUID)) || (spare && countHealthy(hs)-1 < v.Replicas) {
 				why := "its node is drained; it is removed once its replacement is in sync"
 				if nx == nil {
 					why = "its node is drained; the volume is not published: its replacement is copied at the next publish, then it is removed"
@@ -522,6 +526,9 @@ func (s *Service) assess(v *volumeRecord, idx map[string]*Member, views map[stri
 		} else if nx == nil && h.up && h.exists {
 			st, ok := recorded[r.UUID]
 			h.healthy = recorded == nil || (ok && st == "online")
+			if st == stateIdentityChanged {
+				h.lost, h.lostWhy = true, "the replica on its node is another one now (identity changed)"
+			}
 		}
 		if !h.healthy && !h.syncing && failures[r.UUID] >= maxRebuildFailures && !h.lost {
 			h.lost, h.lostWhy = true, fmt.Sprintf("its rebuild failed %d times", failures[r.UUID])
@@ -633,20 +640,30 @@ func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*M
 	nodes := s.schedNodes(ctx, members, vols)
 	// As many as can be placed now: a second loss that has nowhere to go
 	// must not hold up the first one's replacement.
+	//
+	// The avoided nodes are taken when no other node can: a lost
+	// replica's node, or one holding only a retired replica (destroyed
+	// only once the volume is whole again), may be the only one left, and
+	// refusing it would keep the volume short for good.
 	var choices []scheduler.Choice
 	var placeErr error
-	for k := n; k > 0; k-- {
-		choices, err = scheduler.Place(scheduler.Request{Size: v.Size, Replicas: k, Thin: v.Thin, NodeSelector: v.NodeSelector,
-			PoolSelector: v.PoolSelector, Exclude: exclude, Avoid: avoid}, nodes)
-		if err == nil {
-			break
+	for _, av := range [][]string{avoid, nil} {
+		for k := n; k > 0 && len(choices) == 0; k-- {
+			choices, err = scheduler.Place(scheduler.Request{Size: v.Size, Replicas: k, Thin: v.Thin, NodeSelector: v.NodeSelector,
+				PoolSelector: v.PoolSelector, Exclude: exclude, Avoid: av}, nodes)
+			if err == nil {
+				break
+			}
+			if placeErr == nil {
+				placeErr = err
+			}
+			var np *scheduler.NotPlaceableError
+			if !errors.As(err, &np) {
+				return nil, err
+			}
 		}
-		if placeErr == nil {
-			placeErr = err
-		}
-		var np *scheduler.NotPlaceableError
-		if !errors.As(err, &np) {
-			return nil, err
+		if len(choices) > 0 {
+			break // placed away from them (the rest, if any, at a later pass)
 		}
 	}
 	if len(choices) == 0 {

@@ -779,7 +779,7 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	// offline ones, which the nexus resyncs from their bitmaps) may be
 	// children of the new nexus; the others are added back with a full
 	// rebuild once it serves.
-	recorded, err := s.recordedChildren(ctx, v.UUID)
+	recorded, err := s.recordedChildren(ctx, v.UUID, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -1105,10 +1105,19 @@ func (s *Service) engineOf(m *Member, id string) (engineAPI, error) {
 	return s.vols.eng.get(m.Address)
 }
 
+// stateIdentityChanged is what recordedChildren reports for a replica
+// that its engine lists under another identity than the one the record
+// admitted: destroyed and created again under its UUID, it holds none of
+// the volume's data, whatever the record says of the child.
+const stateIdentityChanged = "identity-changed"
+
 // recordedChildren reads the volume nexus's health record: the recorded
 // state of each child by replica UUID (see the nexus's childKey); nil when
-// there is no record yet (the volume was never published).
-func (s *Service) recordedChildren(ctx context.Context, id string) (map[string]string, error) {
+// there is no record yet (the volume was never published). views, when
+// given, are the engines' lists: a replica created again since the record
+// admitted it (another NGUID) is reported stateIdentityChanged, never
+// current.
+func (s *Service) recordedChildren(ctx context.Context, id string, views map[string]*nodeView) (map[string]string, error) {
 	resp, err := s.cfg.Etcd.Get(ctx, s.k.health(id))
 	if err != nil {
 		return nil, storeErr(err, "read the health record of volume "+id)
@@ -1118,17 +1127,31 @@ func (s *Service) recordedChildren(ctx context.Context, id string) (map[string]s
 	}
 	var rec struct {
 		Children []struct {
-			URI   string `json:"uri"`
-			State string `json:"state"`
+			URI      string `json:"uri"`
+			State    string `json:"state"`
+			Identity string `json:"identity"` // <uuid>/<nguid>
 		} `json:"children"`
 	}
 	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
 		return nil, fault.Wrap(err, fault.Internal, CodeCorruptHealth, "volume "+id+": its health record is corrupt",
 			"recreate the volume's nexus from a replica you trust (nexus create --source)")
 	}
+	listed := func(id string) *enginev1.Replica {
+		for _, nv := range views {
+			if nv != nil && nv.err == nil && nv.replicas[id] != nil {
+				return nv.replicas[id]
+			}
+		}
+		return nil
+	}
 	out := map[string]string{}
 	for _, c := range rec.Children {
-		out[replicaOfURI(c.URI)] = c.State
+		id := replicaOfURI(c.URI)
+		out[id] = c.State
+		_, nguid, ok := strings.Cut(c.Identity, "/")
+		if r := listed(id); ok && r != nil && r.Nguid != "" && !strings.EqualFold(nguid, r.Nguid) {
+			out[id] = stateIdentityChanged
+		}
 	}
 	return out, nil
 }

@@ -265,7 +265,7 @@ func (s *Service) volumeStatuses(ctx context.Context, vs []*volumeRecord) ([]*mg
 	for _, v := range vs {
 		var recorded map[string]string
 		if v.Target == nil {
-			if recorded, err = s.recordedChildren(ctx, v.UUID); err != nil {
+			if recorded, err = s.recordedChildren(ctx, v.UUID, views); err != nil {
 				return nil, err
 			}
 		}
