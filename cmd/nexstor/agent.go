@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
@@ -28,7 +27,7 @@ func agentCmd() *cobra.Command {
 		certDir, identity string
 		insecure          bool
 		interval          time.Duration
-		hostNQNFile       string
+		nvmeDir           string
 		ctrlLossTmo       int
 	)
 	cmd := &cobra.Command{
@@ -62,7 +61,7 @@ identity from nexstor certgen).`,
 				}
 				amap[from] = to
 			}
-			hostNQN, err := nvmehost.HostNQN(hostNQNFile, uuid.NewString())
+			hostNQN, hostID, err := nvmehost.HostIdentity(nvmeDir)
 			if err != nil {
 				return fmt.Errorf("agent: %w", err)
 			}
@@ -76,7 +75,7 @@ identity from nexstor certgen).`,
 			defer stop()
 			log := slog.Default()
 			log.Info("agent started", "access_points", aps, "host_nqn", hostNQN, "interval", interval)
-			return agent.New(agent.Config{Host: nvmehost.System(), Volumes: volumeGetter{cl}, HostNQN: hostNQN, Interval: interval,
+			return agent.New(agent.Config{Host: nvmehost.System(), Volumes: volumeGetter{cl}, HostNQN: hostNQN, HostID: hostID, Interval: interval,
 				AddressMap: amap, CtrlLossTmo: ctrlLossTmo, Log: log}).Run(ctx)
 		},
 	}
@@ -87,7 +86,7 @@ identity from nexstor certgen).`,
 	f.BoolVar(&insecure, "insecure", false, "plain-text gRPC, for systems run with allow_insecure")
 	f.DurationVar(&interval, "interval", agent.DefaultInterval, "how often the paths are looked at")
 	f.StringSliceVar(&addrMap, "address-map", nil, "FROM=TO: reach a target address FROM at TO (NAT, or a VM reaching its host)")
-	f.StringVar(&hostNQNFile, "hostnqn-file", "/etc/nvme/hostnqn", "this host's NQN; written with a new one when missing")
+	f.StringVar(&nvmeDir, "nvme-config-dir", nvmehost.DefaultConfigDir, "where this host's hostnqn and hostid are (written when missing; shared with nvme-cli and the CSI node plugin)")
 	f.IntVar(&ctrlLossTmo, "ctrl-loss-tmo", agent.DefaultCtrlLossTmo, "seconds the kernel keeps retrying a path the agent connects (-1: forever)")
 	return cmd
 }

@@ -53,8 +53,12 @@ type Volumes interface {
 type Config struct {
 	Host    Host
 	Volumes Volumes
-	// HostNQN is this host's NQN, given to every path it connects.
-	HostNQN string
+	// HostNQN and HostID are this host's NVMe identity
+	// (nvmehost.HostIdentity), given to every path it connects: the
+	// kernel refuses a second path under one host NQN with another host
+	// ID, so they must be the ones the host's first path (the CSI node
+	// plugin's, or nvme-cli's) used.
+	HostNQN, HostID string
 	// Interval between passes (DefaultInterval when zero).
 	Interval time.Duration
 	// Recheck: a volume whose paths are all live is asked about every
@@ -172,7 +176,7 @@ func (a *Agent) Pass(ctx context.Context) ([]Action, error) {
 			}
 		}
 		if there == nil {
-			ctrl, err := a.cfg.Host.Connect(nvmehost.ConnectOptions{NQN: s.NQN, Addr: addr, Port: port, HostNQN: a.cfg.HostNQN,
+			ctrl, err := a.cfg.Host.Connect(nvmehost.ConnectOptions{NQN: s.NQN, Addr: addr, Port: port, HostNQN: a.cfg.HostNQN, HostID: a.cfg.HostID,
 				CtrlLossTmo: a.cfg.CtrlLossTmo, ReconnectDelay: 1})
 			if err != nil {
 				errs = append(errs, fmt.Errorf("volume %s: connect %s:%s: %w", v.GetSpec().GetName(), addr, port, err))

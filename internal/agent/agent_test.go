@@ -57,7 +57,7 @@ func TestFollowsAMove(t *testing.T) {
 		{Name: "nvme-subsys1", NQN: "nqn.someone-else", Controllers: []nvmehost.Controller{ctrl("nvme1", "connecting", "10.9.9.9", "1")}},
 	}}
 	vols := &fakeVolumes{vols: map[string]*mgmtv1.Volume{"v1": published("nvmf://127.0.0.1:4420")}}
-	a := New(Config{Host: h, Volumes: vols, HostNQN: "nqn.host", AddressMap: map[string]string{"127.0.0.1": "10.0.2.2"}, Recheck: 100})
+	a := New(Config{Host: h, Volumes: vols, HostNQN: "nqn.host", HostID: "host-id", AddressMap: map[string]string{"127.0.0.1": "10.0.2.2"}, Recheck: 100})
 	ctx := context.Background()
 	if acts, err := a.Pass(ctx); err != nil || len(acts) != 0 || vols.asked != 0 {
 		t.Fatalf("all live: %v %v, asked %d", acts, err, vols.asked)
@@ -69,7 +69,7 @@ func TestFollowsAMove(t *testing.T) {
 	if err != nil || len(acts) != 1 || acts[0].Kind != "connect" || len(h.connected) != 1 {
 		t.Fatalf("after the move: %v %v", acts, err)
 	}
-	if o := h.connected[0]; o.NQN != nqn || o.Addr != "10.0.2.2" || o.Port != "4430" || o.HostNQN != "nqn.host" || o.CtrlLossTmo != DefaultCtrlLossTmo {
+	if o := h.connected[0]; o.NQN != nqn || o.Addr != "10.0.2.2" || o.Port != "4430" || o.HostNQN != "nqn.host" || o.HostID != "host-id" || o.CtrlLossTmo != DefaultCtrlLossTmo {
 		t.Fatalf("connect options: %+v", o)
 	}
 	// The new path is connecting: nothing more yet.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/nvmehost"
 )
 
 // NVMeOptions configure the NVMe/TCP transport. Zero values take the
@@ -142,7 +143,7 @@ func (x *NVMe) hostOf(t Target) (nqn, id string) {
 	if t.HostNQN == "" || t.HostNQN == x.o.HostNQN {
 		return x.o.HostNQN, x.o.HostID
 	}
-	return t.HostNQN, hostIDFor(t.HostNQN)
+	return t.HostNQN, nvmehost.HostIDFor(t.HostNQN)
 }
 
 // paths returns the controllers of the volume's subsystem that this host
@@ -159,20 +160,16 @@ func (x *NVMe) paths(t Target) []ctrl {
 	return out
 }
 
-// connectOptions is the string written to /dev/nvme-fabrics.
+// connectOptions is the string written to /dev/nvme-fabrics. A lost path
+// is retried every reconnect_delay until ctrl_loss_tmo, while the
+// multipath head queues I/O for the other paths or the return.
 func (x *NVMe) connectOptions(addr, port, nqn, hostNQN, hostID string) string {
-	o := fmt.Sprintf("transport=tcp,traddr=%s,trsvcid=%s,nqn=%s,hostnqn=%s", addr, port, nqn, hostNQN)
-	if hostID != "" {
-		o += ",hostid=" + hostID
-	}
-	// ctrl_loss_tmo and reconnect_delay are in seconds; a lost path is
-	// retried every reconnect_delay until ctrl_loss_tmo, while the
-	// multipath head queues I/O for the other paths or the return.
-	o += fmt.Sprintf(",ctrl_loss_tmo=%d,reconnect_delay=%d", int(x.o.CtrlLossTimeout/time.Second), max(1, int(x.o.ReconnectDelay/time.Second)))
+	o := nvmehost.ConnectOptions{NQN: nqn, Addr: addr, Port: port, HostNQN: hostNQN, HostID: hostID,
+		CtrlLossTmo: int(x.o.CtrlLossTimeout / time.Second), ReconnectDelay: max(1, int(x.o.ReconnectDelay/time.Second))}
 	if x.o.KeepAliveTimeout > 0 {
-		o += fmt.Sprintf(",keep_alive_tmo=%d", max(1, int(x.o.KeepAliveTimeout/time.Second)))
+		o.KeepAliveTmo = max(1, int(x.o.KeepAliveTimeout/time.Second))
 	}
-	return o
+	return o.String()
 }
 
 // connect writes opts to the fabrics device and returns the new
@@ -192,19 +189,7 @@ func (x *NVMe) connect(opts string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read the answer of %s: %w", x.o.FabricsDevice, err)
 	}
-	return parseConnectAnswer(string(buf[:n]))
-}
-
-// parseConnectAnswer reads "instance=N,cntlid=M" into "nvmeN".
-func parseConnectAnswer(s string) (string, error) {
-	for _, kv := range strings.Split(strings.TrimSpace(s), ",") {
-		if k, v, _ := strings.Cut(kv, "="); k == "instance" {
-			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-				return "nvme" + strconv.Itoa(n), nil
-			}
-		}
-	}
-	return "", fmt.Errorf("the kernel answered the connect with %q, not instance=N", strings.TrimSpace(s))
+	return nvmehost.ParseConnectAnswer(string(buf[:n]))
 }
 
 var (

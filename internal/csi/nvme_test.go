@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/nvmehost"
+
 	"github.com/nexstor/nexstor/internal/fault"
 )
 
@@ -85,7 +87,7 @@ func (k *fakeKernel) connect(opts string) (string, error) {
 		time.Sleep(50 * time.Millisecond)
 		k.addCtrl("nvme3", nqn, host, "10.0.2.2", "1", k.nsUUID)
 	}()
-	return parseConnectAnswer("instance=3,cntlid=1\n")
+	return nvmehost.ParseConnectAnswer("instance=3,cntlid=1\n")
 }
 
 const (
@@ -212,36 +214,5 @@ func TestNVMeConnectFailure(t *testing.T) {
 	_, err := x.Attach(context.Background(), Target{VolumeID: testVol, URI: "nvmf://10.0.2.2:4420/" + testNQN, NQN: testNQN})
 	if fault.CodeOf(err) != CodeAttach || !strings.Contains(err.Error(), "10.0.2.2:4420") {
 		t.Fatalf("%v", err)
-	}
-}
-
-func TestParseConnectAnswer(t *testing.T) {
-	if c, err := parseConnectAnswer("instance=12,cntlid=3\n"); err != nil || c != "nvme12" {
-		t.Fatalf("%q %v", c, err)
-	}
-	if _, err := parseConnectAnswer("cntlid=3"); err == nil {
-		t.Fatal("an answer without instance was taken")
-	}
-}
-
-func TestHostIdentity(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "nvme")
-	nqn, id, err := HostIdentity(dir)
-	if err != nil || !strings.HasPrefix(nqn, uuidNQNPrefix) || id != strings.TrimPrefix(nqn, uuidNQNPrefix) {
-		t.Fatalf("generated: %q %q %v", nqn, id, err)
-	}
-	if n2, id2, err := HostIdentity(dir); err != nil || n2 != nqn || id2 != id {
-		t.Fatalf("read again: %q %q %v", n2, id2, err)
-	}
-	// An existing identity is kept as it is.
-	other := filepath.Join(t.TempDir(), "nvme")
-	os.MkdirAll(other, 0o755)
-	os.WriteFile(filepath.Join(other, "hostnqn"), []byte("nqn.2014-08.org.example:host-a\n"), 0o644)
-	n3, id3, err := HostIdentity(other)
-	if err != nil || n3 != "nqn.2014-08.org.example:host-a" || id3 != hostIDFor(n3) || id3 == "" {
-		t.Fatalf("existing: %q %q %v", n3, id3, err)
-	}
-	if hostIDFor(n3) != hostIDFor(n3) || hostIDFor(n3) == hostIDFor(n3+"x") {
-		t.Fatal("hostIDFor is not a function of the NQN")
 	}
 }

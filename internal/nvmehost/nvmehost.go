@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // Host is the kernel's NVMe host as seen through a sysfs root and a
@@ -140,15 +142,20 @@ func readAttr(dir, name string) (string, error) {
 type ConnectOptions struct {
 	// NQN is the subsystem; Addr and Port the target (TCP).
 	NQN, Addr, Port string
-	// HostNQN identifies this host; empty lets the kernel use its default.
-	HostNQN string
+	// HostNQN and HostID identify this host (HostIdentity); empty lets the
+	// kernel use its defaults. The kernel refuses one host NQN with two
+	// host IDs, so every path connected as one NQN must carry the same ID.
+	HostNQN, HostID string
 	// CtrlLossTmo is how long (seconds) the kernel keeps reconnecting a
-	// lost path before it gives the controller up; -1 forever. With
-	// multipath, I/O is queued meanwhile while no path is live.
+	// lost path before it gives the controller up; -1 forever; 0 leaves
+	// the kernel default. With multipath, I/O is queued meanwhile while
+	// no path is live.
 	CtrlLossTmo int
 	// ReconnectDelay is the pause between reconnect attempts (seconds); 0
 	// leaves the kernel default.
 	ReconnectDelay int
+	// KeepAliveTmo (seconds); 0 leaves the kernel default.
+	KeepAliveTmo int
 	// IOQueues: 0 leaves the kernel default (one per CPU).
 	IOQueues int
 }
@@ -156,17 +163,24 @@ type ConnectOptions struct {
 // String is the option string the fabrics device takes.
 func (o ConnectOptions) String() string {
 	parts := []string{"transport=tcp", "traddr=" + o.Addr, "trsvcid=" + o.Port, "nqn=" + o.NQN}
+	add := func(k, v string) { parts = append(parts, k+"="+v) }
 	if o.HostNQN != "" {
-		parts = append(parts, "hostnqn="+o.HostNQN)
+		add("hostnqn", o.HostNQN)
+	}
+	if o.HostID != "" {
+		add("hostid", o.HostID)
 	}
 	if o.CtrlLossTmo != 0 {
-		parts = append(parts, "ctrl_loss_tmo="+strconv.Itoa(o.CtrlLossTmo))
+		add("ctrl_loss_tmo", strconv.Itoa(o.CtrlLossTmo))
 	}
 	if o.ReconnectDelay > 0 {
-		parts = append(parts, "reconnect_delay="+strconv.Itoa(o.ReconnectDelay))
+		add("reconnect_delay", strconv.Itoa(o.ReconnectDelay))
+	}
+	if o.KeepAliveTmo > 0 {
+		add("keep_alive_tmo", strconv.Itoa(o.KeepAliveTmo))
 	}
 	if o.IOQueues > 0 {
-		parts = append(parts, "nr_io_queues="+strconv.Itoa(o.IOQueues))
+		add("nr_io_queues", strconv.Itoa(o.IOQueues))
 	}
 	return strings.Join(parts, ",")
 }
@@ -192,12 +206,20 @@ func (h *Host) Connect(o ConnectOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("nvme connect %s at %s:%s: read the new controller: %w", o.NQN, o.Addr, o.Port, err)
 	}
-	for _, kv := range strings.Split(strings.TrimSpace(string(buf[:n])), ",") {
-		if v, ok := strings.CutPrefix(kv, "instance="); ok {
-			return "nvme" + v, nil
+	return ParseConnectAnswer(string(buf[:n]))
+}
+
+// ParseConnectAnswer reads the fabrics device's answer to a connect,
+// "instance=N,cntlid=M", into the controller name "nvmeN".
+func ParseConnectAnswer(s string) (string, error) {
+	for _, kv := range strings.Split(strings.TrimSpace(s), ",") {
+		if k, v, _ := strings.Cut(kv, "="); k == "instance" {
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				return "nvme" + strconv.Itoa(n), nil
+			}
 		}
 	}
-	return "", fmt.Errorf("nvme connect %s: the kernel answered %q, without an instance", o.NQN, buf[:n])
+	return "", fmt.Errorf("the kernel answered the connect with %q, not instance=N", strings.TrimSpace(s))
 }
 
 // Delete deletes a controller (disconnects that path). A controller that
@@ -217,22 +239,83 @@ func (h *Host) Delete(ctrl string) error {
 	return nil
 }
 
-// HostNQN returns this host's NQN from path ("/etc/nvme/hostnqn"),
-// writing a new UUID-based one there when the file is missing.
-func HostNQN(path, newUUID string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil && strings.TrimSpace(string(b)) != "" {
-		return strings.TrimSpace(string(b)), nil
+// DefaultConfigDir is where the host's NVMe identity lives, as nvme-cli
+// keeps it: the files hostnqn and hostid.
+const DefaultConfigDir = "/etc/nvme"
+
+// uuidNQNPrefix starts the host NQNs made of a UUID (NVMe base spec 4.7).
+const uuidNQNPrefix = "nqn.2014-08.org.nvmexpress:uuid:"
+
+// HostIdentity returns this host's NVMe host NQN and host ID from dir
+// (DefaultConfigDir): the files hostnqn and hostid. A missing hostnqn is
+// generated (a UUID NQN) and written, as `nvme gen-hostnqn` would; a
+// missing hostid is derived from the NQN (HostIDFor) and written. Both are
+// written atomically (mode 0644) and never replaced once they exist, so
+// every program on the host (the CSI node plugin, the agent) agrees.
+func HostIdentity(dir string) (nqn, id string, err error) {
+	read := func(name string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, os.ErrNotExist) {
+			return "", nil
+		}
+		return strings.TrimSpace(string(b)), err
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("host NQN: %w", err)
+	get := func(name, gen string) (string, error) {
+		v, err := read(name)
+		if err != nil || v != "" {
+			return v, err
+		}
+		if err := writeOnce(filepath.Join(dir, name), gen+"\n"); err != nil {
+			return "", err
+		}
+		return read(name) // another writer may have won
 	}
-	nqn := "nqn.2014-08.org.nvmexpress:uuid:" + newUUID
+	if nqn, err = get("hostnqn", uuidNQNPrefix+uuid.NewString()); err != nil {
+		return "", "", fmt.Errorf("NVMe host identity in %s: %w", dir, err)
+	}
+	if id, err = get("hostid", HostIDFor(nqn)); err != nil {
+		return "", "", fmt.Errorf("NVMe host identity in %s: %w", dir, err)
+	}
+	return nqn, id, nil
+}
+
+// HostIDFor returns the host ID to connect with as host NQN nqn: the UUID
+// of a UUID NQN, else a UUID derived from the NQN.
+func HostIDFor(nqn string) string {
+	if s, ok := strings.CutPrefix(nqn, uuidNQNPrefix); ok {
+		if id, err := uuid.Parse(s); err == nil {
+			return id.String()
+		}
+	}
+	return uuid.NewSHA1(uuid.NameSpaceURL, []byte("nvme-hostnqn:"+nqn)).String()
+}
+
+// writeOnce creates path with content, atomically, unless it exists.
+func writeOnce(path, content string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return "", fmt.Errorf("host NQN: %w", err)
+		return err
 	}
-	if err := os.WriteFile(path, []byte(nqn+"\n"), 0o644); err != nil {
-		return "", fmt.Errorf("host NQN: %w", err)
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
 	}
-	return nqn, nil
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(content)
+	if err == nil {
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	// A hard link fails when path exists: the first writer wins.
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
 }

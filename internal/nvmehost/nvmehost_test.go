@@ -87,14 +87,35 @@ func TestConnectOptionsAndRefusals(t *testing.T) {
 	}
 }
 
-func TestHostNQN(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "nvme", "hostnqn")
-	nqn, err := HostNQN(p, "0f0e0d0c-0b0a-4908-8706-050403020100")
-	if err != nil || nqn != "nqn.2014-08.org.nvmexpress:uuid:0f0e0d0c-0b0a-4908-8706-050403020100" {
-		t.Fatalf("generated: %q %v", nqn, err)
+func TestParseConnectAnswer(t *testing.T) {
+	if c, err := ParseConnectAnswer("instance=12,cntlid=3\n"); err != nil || c != "nvme12" {
+		t.Fatalf("%q %v", c, err)
 	}
-	again, err := HostNQN(p, "another")
-	if err != nil || again != nqn {
-		t.Fatalf("read back: %q %v", again, err)
+	if _, err := ParseConnectAnswer("cntlid=3"); err == nil {
+		t.Fatal("an answer without instance was taken")
+	}
+}
+
+// TestHostIdentity: generated once and read back; an existing one kept;
+// the host ID a function of the NQN.
+func TestHostIdentity(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nvme")
+	nqn, id, err := HostIdentity(dir)
+	if err != nil || !strings.HasPrefix(nqn, uuidNQNPrefix) || id != strings.TrimPrefix(nqn, uuidNQNPrefix) {
+		t.Fatalf("generated: %q %q %v", nqn, id, err)
+	}
+	if n2, id2, err := HostIdentity(dir); err != nil || n2 != nqn || id2 != id {
+		t.Fatalf("read again: %q %q %v", n2, id2, err)
+	}
+	// An existing identity is kept as it is.
+	other := filepath.Join(t.TempDir(), "nvme")
+	os.MkdirAll(other, 0o755)
+	os.WriteFile(filepath.Join(other, "hostnqn"), []byte("nqn.2014-08.org.example:host-a\n"), 0o644)
+	n3, id3, err := HostIdentity(other)
+	if err != nil || n3 != "nqn.2014-08.org.example:host-a" || id3 != HostIDFor(n3) || id3 == "" {
+		t.Fatalf("existing: %q %q %v", n3, id3, err)
+	}
+	if HostIDFor(n3) != HostIDFor(n3) || HostIDFor(n3) == HostIDFor(n3+"x") {
+		t.Fatal("hostIDFor is not a function of the NQN")
 	}
 }
