@@ -55,7 +55,6 @@ type replicaHealth struct {
 	partial bool
 	percent float64
 	child   *enginev1.Child // nil when not a child
-	uri     string          // child URI the nexus knows it by, when a child
 	// lost: given up on (gone, another identity, away too long, or
 	// rebuilds keep failing); it is replaced.
 	lost     bool
@@ -82,13 +81,8 @@ type volHeal struct {
 	isWhole       bool
 	repairs       []*mgmtv1.Repair
 	degradedSince time.Time
-	running       map[string]runningRepair // by replica UUID
-	failures      map[string]int           // failed rebuilds by replica UUID
-}
-
-type runningRepair struct {
-	kind    string
-	started time.Time
+	running       map[string]string // repair kind, by replica UUID
+	failures      map[string]int    // failed rebuilds by replica UUID
 }
 
 // healState is the leader's memory of every volume's repairs; a new leader
@@ -108,7 +102,7 @@ func (h *healState) vol(id string) *volHeal {
 	}
 	vh := h.vols[id]
 	if vh == nil {
-		vh = &volHeal{running: map[string]runningRepair{}, failures: map[string]int{}}
+		vh = &volHeal{running: map[string]string{}, failures: map[string]int{}}
 		h.vols[id] = vh
 	}
 	return vh
@@ -477,10 +471,30 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 	if err := errors.Join(errs...); err != nil {
 		return 0, err
 	}
-	if len(repairs) > 0 {
-		return 2 * time.Second, nil
+	return nextLook(repairs, now), nil
+}
+
+// nextLook is when a volume's reconciler looks again by itself: soon
+// while a repair runs (to follow it), when the first wait for a node ends,
+// else at the resync (member changes and nexus record saves wake it
+// anyway).
+func nextLook(repairs []*mgmtv1.Repair, nowMs int64) time.Duration {
+	var until int64
+	for _, r := range repairs {
+		switch r.Kind {
+		case repWaiting:
+			if r.UntilMs > 0 && (until == 0 || r.UntilMs < until) {
+				until = r.UntilMs
+			}
+		case repBlocked:
+		default:
+			return 2 * time.Second
+		}
 	}
-	return 0, nil
+	if until == 0 {
+		return 0
+	}
+	return max(time.Duration(until-nowMs)*time.Millisecond, time.Second)
 }
 
 // assess classifies every replica of v from the engines' views and the
@@ -507,7 +521,7 @@ func (s *Service) assess(v *volumeRecord, idx map[string]*Member, views map[stri
 		// gone: a pool still being imported lists nothing yet.
 		h.exists = h.up && nv.replicas[r.UUID] != nil
 		if c := children[r.UUID]; c != nil {
-			h.child, h.uri = c, c.Uri
+			h.child = c
 			switch c.State {
 			case enginev1.ChildState_CHILD_STATE_ONLINE:
 				// An idle nexus notices nothing of a dead child: the
@@ -587,7 +601,7 @@ func (s *Service) attach(ctx context.Context, v *volumeRecord, tc engineAPI, tar
 	if h.child != nil && h.child.Uri != uri {
 		// The replica is a child under an older URI (its node moved):
 		// that child goes first.
-		if err := s.detach(ctx, v, tc, h.child.Uri, nil); err != nil {
+		if err := s.detach(ctx, v, tc, h.child.Uri); err != nil {
 			return err
 		}
 	}
@@ -698,7 +712,7 @@ func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*M
 		if err := s.createReplica(ctx, idx[a.Node], v, a); err != nil {
 			// Taken out again; whatever the engine made of it is destroyed
 			// as a retired replica.
-			s.failRepair(a.UUID, "replace")
+			s.failRepair("replace")
 			s.event(ctx, evRepairFailed, v.Name, nodeName(idx, a.Node), a.UUID, err.Error(), "a new replica could not be created")
 			v.ReplicaSet = slices.DeleteFunc(v.ReplicaSet, func(x replicaRef) bool { return x.UUID == a.UUID })
 			v.Retired = append(v.Retired, a)
@@ -738,7 +752,7 @@ func (s *Service) removeReplica(ctx context.Context, v *volumeRecord, hs []*repl
 	h.removed = true
 	s.event(ctx, evRemove, v.Name, nodeName(idx, r.Node), r.UUID, why, "replica %s leaves the volume", r.UUID)
 	if nx != nil && h.child != nil {
-		if err := s.detach(ctx, v, tc, h.child.Uri, nil); err != nil {
+		if err := s.detach(ctx, v, tc, h.child.Uri); err != nil {
 			return err // the pass after retries; the replica is retired already
 		}
 		h.child = nil
@@ -775,7 +789,7 @@ func lastCopy(v *volumeRecord, h *replicaHealth) error {
 
 // detach removes a child from the nexus. The engine refuses to remove the
 // last healthy child too.
-func (s *Service) detach(ctx context.Context, v *volumeRecord, tc engineAPI, uri string, _ *replicaHealth) error {
+func (s *Service) detach(ctx context.Context, v *volumeRecord, tc engineAPI, uri string) error {
 	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 	defer cancel()
 	if _, err := tc.RemoveChild(cctx, &enginev1.ChildRequest{Nexus: v.Name, Child: uri}); err != nil && !notFound(err) {
@@ -804,7 +818,7 @@ func (s *Service) detachStrangers(ctx context.Context, v *volumeRecord, hs []*re
 		if online == 0 {
 			return // nothing the volume counts on is online: keep every child
 		}
-		if err := s.detach(ctx, v, tc, c.Uri, nil); err != nil {
+		if err := s.detach(ctx, v, tc, c.Uri); err != nil {
 			s.log.Warn("a child the volume does not count on could not be removed", "volume", v.Name, "child", c.Uri, "err", err)
 		}
 	}
@@ -919,11 +933,11 @@ func (s *Service) setRepairs(v *volumeRecord, repairs []*mgmtv1.Repair) {
 func (s *Service) startRepair(vh *volHeal, replica, kind string) {
 	s.healing.mu.Lock()
 	defer s.healing.mu.Unlock()
-	vh.running[replica] = runningRepair{kind: kind, started: s.cfg.Now()}
+	vh.running[replica] = kind
 	s.healing.count(&s.healing.started, kind)
 }
 
-func (s *Service) failRepair(replica, kind string) {
+func (s *Service) failRepair(kind string) {
 	s.healing.mu.Lock()
 	defer s.healing.mu.Unlock()
 	s.healing.count(&s.healing.failed, kind)
@@ -937,7 +951,7 @@ func (s *Service) track(ctx context.Context, v *volumeRecord, hs []*replicaHealt
 	var failedNow []string
 	for _, h := range hs {
 		id := h.ref.UUID
-		rr, ok := vh.running[id]
+		kind, ok := vh.running[id]
 		if h.healthy {
 			delete(vh.failures, id)
 		}
@@ -945,11 +959,11 @@ func (s *Service) track(ctx context.Context, v *volumeRecord, hs []*replicaHealt
 		case !ok || h.syncing:
 		case h.healthy:
 			delete(vh.running, id)
-			s.healing.count(&s.healing.finished, rr.kind)
+			s.healing.count(&s.healing.finished, kind)
 		default:
 			delete(vh.running, id)
 			vh.failures[id]++
-			s.healing.count(&s.healing.failed, rr.kind)
+			s.healing.count(&s.healing.failed, kind)
 			failedNow = append(failedNow, id)
 		}
 	}

@@ -643,3 +643,21 @@ func TestHealIdleVolume(t *testing.T) {
 		t.Fatalf("repair counters: %+v", rs)
 	}
 }
+
+func TestNextLook(t *testing.T) {
+	for _, c := range []struct {
+		repairs []*mgmtv1.Repair
+		want    time.Duration
+	}{
+		{nil, 0},
+		{[]*mgmtv1.Repair{{Kind: repBlocked}}, 0},
+		{[]*mgmtv1.Repair{{Kind: repWaiting}}, 0},
+		{[]*mgmtv1.Repair{{Kind: repWaiting, UntilMs: 61_000}, {Kind: repWaiting, UntilMs: 31_000}}, 30 * time.Second},
+		{[]*mgmtv1.Repair{{Kind: repWaiting, UntilMs: 500}}, time.Second},
+		{[]*mgmtv1.Repair{{Kind: repWaiting, UntilMs: 61_000}, {Kind: repResyncing}}, 2 * time.Second},
+	} {
+		if got := nextLook(c.repairs, 1000); got != c.want {
+			t.Errorf("%v: %v, want %v", c.repairs, got, c.want)
+		}
+	}
+}
