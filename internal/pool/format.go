@@ -63,7 +63,7 @@ const (
 	// average) the checkpoint slots of a pool created by this code have
 	// room for: the sharing budget of snapshots and clones.
 	shareRoomFactor = 3
-	minLogBlocks  = 4 // the log holds at least this many superblock-area units
+	minLogBlocks    = 4 // the log holds at least this many superblock-area units
 
 	// Entry flags.
 	flagThin     = 1 << 0

@@ -479,7 +479,9 @@ func TestConcurrentCopyOnWrite(t *testing.T) {
 			if bytes.Equal(got, make([]byte, crashBlock)) {
 				continue
 			}
-			le := func(o int) uint64 { return uint64(got[o]) | uint64(got[o+1])<<8 | uint64(got[o+2])<<16 | uint64(got[o+3])<<24 | uint64(got[o+4])<<32 | uint64(got[o+5])<<40 | uint64(got[o+6])<<48 | uint64(got[o+7])<<56 }
+			le := func(o int) uint64 {
+				return uint64(got[o]) | uint64(got[o+1])<<8 | uint64(got[o+2])<<16 | uint64(got[o+3])<<24 | uint64(got[o+4])<<32 | uint64(got[o+5])<<40 | uint64(got[o+6])<<48 | uint64(got[o+7])<<56
+			}
 			stamp(want, le(0), int(le(8)), blk)
 			if !bytes.Equal(got, want) {
 				t.Fatalf("snapshot %s block %d torn or foreign", name, blk)
