@@ -185,7 +185,11 @@ func (e *unsupportedError) Error() string { return e.msg }
 
 // decodeSuperblock parses and validates one copy on its own (geometry against
 // the device is checked by the caller). It never allocates more than the name.
-func decodeSuperblock(buf []byte) (superblock, error) {
+func decodeSuperblock(buf []byte) (superblock, error) { return decodeSuperblockKnown(buf, incompatKnown) }
+
+// decodeSuperblockKnown is decodeSuperblock for a build that knows the
+// incompatible feature bits known (tests use it to play an older build).
+func decodeSuperblockKnown(buf []byte, known uint32) (superblock, error) {
 	var s superblock
 	if len(buf) < sbEncLen {
 		return s, fmt.Errorf("superblock: %d bytes, want %d", len(buf), sbEncLen)
@@ -224,7 +228,7 @@ func decodeSuperblock(buf []byte) (superblock, error) {
 		s.Compat = le.Uint32(buf[228:])
 		s.Overcommit = le.Uint32(buf[232:])
 		copy(s.Reserved[:], buf[236:252])
-		if unknown := s.Incompat &^ incompatKnown; unknown != 0 {
+		if unknown := s.Incompat &^ known; unknown != 0 {
 			return s, &unsupportedError{fmt.Sprintf("superblock has incompatible feature bits %#x (%s) that this build does not know", unknown, bitList(unknown))}
 		}
 		if s.Overcommit != 0 && (s.Overcommit < MinOvercommit || s.Overcommit > MaxOvercommit) {

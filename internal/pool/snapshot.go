@@ -95,7 +95,7 @@ func (p *Pool) setSnapshotsFeature() error {
 		// One copy may have the bit: which one import picks is unknown
 		// until then, so no further metadata change is allowed.
 		p.failMeta(err)
-		return p.errf("setting the snapshots feature: %v; close and import the pool again: %w", err, ErrClosed)
+		return p.errf("setting the snapshots feature: %w; close and import the pool again: %w", err, ErrClosed)
 	}
 	p.mu.Lock()
 	p.sb.Incompat, p.sb.Generation = sb.Incompat, sb.Generation
