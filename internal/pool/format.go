@@ -185,7 +185,9 @@ func (e *unsupportedError) Error() string { return e.msg }
 
 // decodeSuperblock parses and validates one copy on its own (geometry against
 // the device is checked by the caller). It never allocates more than the name.
-func decodeSuperblock(buf []byte) (superblock, error) { return decodeSuperblockKnown(buf, incompatKnown) }
+func decodeSuperblock(buf []byte) (superblock, error) {
+	return decodeSuperblockKnown(buf, incompatKnown)
+}
 
 // decodeSuperblockKnown is decodeSuperblock for a build that knows the
 // incompatible feature bits known (tests use it to play an older build).
