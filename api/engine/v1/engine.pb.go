@@ -816,7 +816,13 @@ type Replica struct {
 	Owner string `protobuf:"bytes,12,opt,name=owner,proto3" json:"owner,omitempty"`
 	// epoch is the highest fencing epoch the replica accepted: I/O of a nexus
 	// with a lower one is refused.
-	Epoch         uint64 `protobuf:"varint,13,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,13,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// origin is, for a clone, the uuid of the snapshot it was made from;
+	// empty otherwise.
+	Origin string `protobuf:"bytes,14,opt,name=origin,proto3" json:"origin,omitempty"`
+	// exclusive is the bytes of the clusters only this replica holds; the
+	// rest of allocated is shared with snapshots or clones.
+	Exclusive     uint64 `protobuf:"varint,15,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +944,20 @@ func (x *Replica) GetOwner() string {
 func (x *Replica) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Replica) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *Replica) GetExclusive() uint64 {
+	if x != nil {
+		return x.Exclusive
 	}
 	return 0
 }
@@ -1833,7 +1853,7 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x05Share\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
 	"\x03uri\x18\x02 \x01(\tR\x03uri\x12#\n" +
-	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xfe\x02\n" +
+	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xb4\x03\n" +
 	"\aReplica\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1848,7 +1868,9 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	" \x03(\v2\x18.nexstor.engine.v1.ShareR\x06shares\x12\x14\n" +
 	"\x05nguid\x18\v \x01(\tR\x05nguid\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\x12\x14\n" +
-	"\x05epoch\x18\r \x01(\x04R\x05epoch\"\x90\x01\n" +
+	"\x05epoch\x18\r \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06origin\x18\x0e \x01(\tR\x06origin\x12\x1c\n" +
+	"\texclusive\x18\x0f \x01(\x04R\texclusive\"\x90\x01\n" +
 	"\x14CreateReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +
