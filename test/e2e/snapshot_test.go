@@ -30,7 +30,7 @@ type snapshotJSON struct {
 // verification on a clone of the snapshot exported over NBD, and compares
 // a second clone with the data flushed before the snapshot using qemu-img
 // (its own NBD client). Then it deletes the snapshot before its clones.
-// About 10 s.
+// About 16 s.
 func TestSnapshotCloneUnderLoad(t *testing.T) {
 	for _, tool := range []string{"nbdcopy", "qemu-img", "fio"} {
 		testutil.RequireTool(t, tool)
