@@ -87,10 +87,11 @@ type Stats struct {
 	Capacity      int64 // data bytes: TotalClusters * ClusterSize
 	ClusterSize   int64
 	TotalClusters int64
-	FreeClusters  int64 // clusters neither owned by a replica nor being allocated
-	Allocated     int64 // bytes in clusters owned by replicas
-	Committed     int64 // sum of replica sizes (thin replicas may exceed Capacity)
-	Replicas      int
+	FreeClusters  int64 // clusters neither held by a replica or snapshot nor being allocated
+	Allocated     int64 // bytes in clusters held by replicas and snapshots, shared ones counted once
+	Committed     int64 // sum of replica sizes (thin replicas may exceed Capacity; snapshots not counted)
+	Replicas      int   // replicas, clones included
+	Snapshots     int
 	// Overcommit is the thin over-commit limit in percent of Capacity, and
 	// CommitLimit the most Committed may reach: Capacity × Overcommit / 100.
 	Overcommit  int
@@ -560,10 +561,25 @@ func (p *Pool) statsLocked() Stats {
 		FreeClusters:  n - int64(p.owned) - int64(p.reserved),
 		Allocated:     int64(p.owned) * p.cs,
 		Committed:     int64(p.committed),
-		Replicas:      len(p.byName),
+		Replicas:      len(p.byName) - p.snapshotsLocked(),
+		Snapshots:     p.snapshotsLocked(),
 		Overcommit:    int(p.sb.overcommit()),
 		CommitLimit:   int64(min(p.commitLimitLocked(), 1<<63-1)),
 	}
+}
+
+// snapshotsLocked counts the snapshots. Must hold p.mu.
+func (p *Pool) snapshotsLocked() int {
+	if !p.snapshotsOn() {
+		return 0
+	}
+	n := 0
+	for _, r := range p.byName {
+		if r.snap {
+			n++
+		}
+	}
+	return n
 }
 
 // commitLimitLocked is the most the replica sizes may add up to: capacity ×

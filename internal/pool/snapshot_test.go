@@ -139,8 +139,8 @@ func TestSnapshotCopyOnWrite(t *testing.T) {
 	if si.Exclusive != 4*64*kib || ri.Exclusive != 4*64*kib || ri.Allocated != 12*64*kib {
 		t.Fatalf("exclusive: snapshot %+v, replica %+v", si, ri)
 	}
-	if st := p.Stats(); st.Allocated != 16*64*kib {
-		t.Fatalf("allocated %d, want 16 clusters (12 shared or the snapshot's, 4 the replica's copies)", st.Allocated)
+	if st := p.Stats(); st.Allocated != 16*64*kib || st.Replicas != 1 || st.Snapshots != 1 || st.Committed != 1*mib {
+		t.Fatalf("stats %+v, want 16 clusters allocated (12 shared or the snapshot's, 4 the replica's copies), one replica of 1 MiB and one snapshot", st)
 	}
 
 	// A clone reads as the snapshot, diverges on write, and leaves it be.
