@@ -5,7 +5,8 @@
 #   - BenchmarkSnapshotPause: CreateSnapshot of a thin replica with 64 MiB
 #     and 1 GiB allocated, 4 MiB and 64 KiB clusters: the time I/O to the
 #     replica is paused (one metadata log write and flush, and copying the
-#     cluster map), plus microseconds of checks.
+#     cluster map), plus microseconds of checks. BenchmarkSnapshotPauseMem
+#     is the same on a RAM device (1 GiB allocated): the CPU part alone.
 #   - BenchmarkFirstWrite: one 4 KiB write at queue depth 1, by cluster size
 #     (64 KiB .. 4 MiB), to a cluster the replica holds alone ("plain"), to
 #     an unallocated one ("fresh": zeroing, the write, a metadata commit),
