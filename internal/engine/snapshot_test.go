@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,8 +18,9 @@ import (
 // TestSnapshotAPI drives the snapshot service over gRPC on the real pool
 // backend: create (idempotent by uuid, same timestamp as given), list,
 // get, clone (idempotent, writable, reporting its origin), delete in any
-// order, the exact codes of bad requests, and the snapshots surviving an
-// export and import of the pool.
+// order (a pool holding a snapshot is not destroyed without force), the
+// exact codes of bad requests, and the snapshots surviving an export and
+// import of the pool.
 func TestSnapshotAPI(t *testing.T) {
 	r := newRealRig(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -142,14 +144,21 @@ func TestSnapshotAPI(t *testing.T) {
 	if ri, err := r.e.Replica("c0"); err != nil || ri.Origin != sid {
 		t.Fatalf("clone after import: %+v, %v", ri, err)
 	}
-	// Delete in any order: the snapshot, then the replica and the clone.
-	if _, err := snaps.DeleteSnapshot(ctx, &enginev1.DeleteSnapshotRequest{Uuid: sid}); err != nil {
-		t.Fatal(err)
-	}
+	// A pool holding a snapshot is not destroyed without force.
 	for _, n := range []string{"r0", "c0", "thick"} {
 		if err := r.e.DestroyReplica(ctx, n, Access{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := r.e.DestroyPool(ctx, "p0", false); fault.CodeOf(err) != "pool.not_empty" || !strings.Contains(err.Error(), "s0") {
+		t.Fatalf("destroying a pool that holds a snapshot: %v", err)
+	}
+	if s, err := snaps.GetSnapshot(ctx, &enginev1.GetSnapshotRequest{Uuid: sid}); err != nil || s.GetReplicaName() != "" {
+		t.Fatalf("snapshot after its replica was destroyed: %v, %v", s, err)
+	}
+	// The snapshot, deleted last, frees everything.
+	if _, err := snaps.DeleteSnapshot(ctx, &enginev1.DeleteSnapshotRequest{Uuid: sid}); err != nil {
+		t.Fatal(err)
 	}
 	if p, _ := r.e.Pool("p0"); p.Stats.Allocated != 0 {
 		t.Fatalf("pool allocates %d bytes after deleting everything", p.Stats.Allocated)

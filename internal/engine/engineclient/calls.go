@@ -40,7 +40,7 @@ func (c *Client) GetPool(ctx context.Context, r *enginev1.GetPoolRequest) (*engi
 }
 
 // DestroyPool erases a pool's superblock and forgets it (with r.Force, its
-// replicas too). Not idempotent: a repeat fails with NotFound
+// replicas and snapshots too). Not idempotent: a repeat fails with NotFound
 // (pool.not_found), which a caller that retries treats as done.
 func (c *Client) DestroyPool(ctx context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error) {
 	return c.pools.DestroyPool(ctx, r)
