@@ -29,6 +29,7 @@ type poolView struct {
 	CommittedPercent  float64 `json:"committed_percent" yaml:"committed_percent"`
 	OvercommitPercent uint32  `json:"overcommit_percent" yaml:"overcommit_percent"`
 	Replicas          uint32  `json:"replicas" yaml:"replicas"`
+	Snapshots         uint32  `json:"snapshots,omitempty" yaml:"snapshots,omitempty"`
 }
 
 func newPoolView(p *enginev1.Pool) poolView {
@@ -36,7 +37,7 @@ func newPoolView(p *enginev1.Pool) poolView {
 		Reason: p.GetReason(), Capacity: p.GetCapacity(), ClusterSize: p.GetClusterSize(),
 		TotalClusters: p.GetTotalClusters(), FreeClusters: p.GetFreeClusters(),
 		Free: p.GetFreeClusters() * p.GetClusterSize(), Allocated: p.GetAllocated(),
-		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount(), OvercommitPercent: p.GetOvercommitPercent(),
+		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount(), Snapshots: p.GetSnapshotCount(), OvercommitPercent: p.GetOvercommitPercent(),
 		CommittedPercent: percentOf(p.GetCommitted(), p.GetCapacity())}
 }
 
@@ -134,7 +135,8 @@ func poolDetail(w io.Writer, p poolView) error {
 		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated)+" ("+output.Percent(p.Allocated, p.Capacity)+")",
 		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+
 			" of the capacity; the limit is "+itoa(uint64(p.OvercommitPercent))+"%)",
-		"Replicas", itoa(uint64(p.Replicas)))
+		"Replicas", itoa(uint64(p.Replicas)),
+		"Snapshots", itoa(uint64(p.Snapshots))+" (their exclusive bytes: nexctl snapshot list --pool "+p.Name+")")
 }
 
 func replicaTable(w io.Writer, reps []replicaView) error {

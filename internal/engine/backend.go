@@ -66,6 +66,7 @@ type PoolStats struct {
 	Allocated     int64
 	Committed     int64
 	Replicas      int
+	Snapshots     int
 	// Overcommit is the thin over-commit limit in percent, and
 	// CommitLimit the bytes it allows replicas to commit in all.
 	Overcommit  int

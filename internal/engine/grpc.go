@@ -181,6 +181,7 @@ func PoolToProto(p PoolInfo) *enginev1.Pool {
 		Allocated:     uint64(p.Stats.Allocated),
 		Committed:     uint64(p.Stats.Committed),
 		ReplicaCount:  uint32(p.Stats.Replicas),
+		SnapshotCount: uint32(p.Stats.Snapshots),
 
 		OvercommitPercent: uint32(p.Stats.Overcommit),
 	}

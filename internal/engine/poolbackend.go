@@ -113,7 +113,7 @@ func (h poolHandle) UUID() string { return h.p.UUID() }
 func (h poolHandle) Stats() PoolStats {
 	s := h.p.Stats()
 	return PoolStats{Capacity: s.Capacity, ClusterSize: s.ClusterSize, TotalClusters: s.TotalClusters,
-		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas,
+		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas, Snapshots: s.Snapshots,
 		Overcommit: s.Overcommit, CommitLimit: s.CommitLimit}
 }
 

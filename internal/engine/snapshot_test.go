@@ -130,6 +130,9 @@ func TestSnapshotAPI(t *testing.T) {
 	if err != nil || len(list.GetSnapshots()) != 1 {
 		t.Fatalf("list: %v, %v", list, err)
 	}
+	if p, _ := r.e.Pool("p0"); p.Stats.Snapshots != 1 || p.Stats.Replicas != 3 {
+		t.Fatalf("pool counts %d snapshots and %d replicas, want 1 and 3 (r0, thick, c0)", p.Stats.Snapshots, p.Stats.Replicas)
+	}
 
 	// Export and import: the snapshot and the clone come back.
 	if err := r.e.ExportPool(ctx, "p0"); err != nil {

@@ -167,8 +167,11 @@ type Pool struct {
 	// overcommit_percent is the thin over-commit limit: committed may not
 	// exceed capacity * overcommit_percent / 100.
 	OvercommitPercent uint32 `protobuf:"varint,13,opt,name=overcommit_percent,json=overcommitPercent,proto3" json:"overcommit_percent,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// snapshot_count is the number of snapshots in the pool (replica_count
+	// counts replicas and clones). allocated counts clusters they share once.
+	SnapshotCount uint32 `protobuf:"varint,14,opt,name=snapshot_count,json=snapshotCount,proto3" json:"snapshot_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -288,6 +291,13 @@ func (x *Pool) GetReplicaCount() uint32 {
 func (x *Pool) GetOvercommitPercent() uint32 {
 	if x != nil {
 		return x.OvercommitPercent
+	}
+	return 0
+}
+
+func (x *Pool) GetSnapshotCount() uint32 {
+	if x != nil {
+		return x.SnapshotCount
 	}
 	return 0
 }
@@ -1813,7 +1823,7 @@ var File_engine_v1_engine_proto protoreflect.FileDescriptor
 
 const file_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
-	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xa9\x03\n" +
+	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xd0\x03\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1828,7 +1838,8 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	" \x01(\x04R\tallocated\x12\x1c\n" +
 	"\tcommitted\x18\v \x01(\x04R\tcommitted\x12#\n" +
 	"\rreplica_count\x18\f \x01(\rR\freplicaCount\x12-\n" +
-	"\x12overcommit_percent\x18\r \x01(\rR\x11overcommitPercent\"\xa3\x01\n" +
+	"\x12overcommit_percent\x18\r \x01(\rR\x11overcommitPercent\x12%\n" +
+	"\x0esnapshot_count\x18\x0e \x01(\rR\rsnapshotCount\"\xa3\x01\n" +
 	"\x11CreatePoolRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12!\n" +
