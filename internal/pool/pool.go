@@ -13,6 +13,13 @@
 // fails import with a CorruptError rather than losing changes silently.
 // Import upgrades a pool of format version 1 in place (upgrade.go).
 //
+// Snapshots (snapshot.go) are read-only cluster maps that share clusters
+// with their replica; clones are thin replicas sharing a snapshot's. Every
+// cluster has a reference count, derived from the maps at import and kept
+// in memory; a write to a cluster whose count is above one copies it first
+// (copy-on-write, cluster by cluster), so shared clusters are never written.
+// The first snapshot sets the superblock's snapshots feature bit.
+//
 // # Locking
 //
 // Locks are taken in this order and never in the reverse:
