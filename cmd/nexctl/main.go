@@ -124,7 +124,7 @@ line is wrong. Errors print on stderr as Error, Code and Resolution lines.
 	a.tls.add(root.PersistentFlags())
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 60*time.Second,
 		"time limit of each call (connecting to a server that does not answer fails sooner)")
-	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
+	root.AddCommand(a.poolCmd(), a.replicaCmd(), a.snapshotCmd(), a.nexusCmd(), a.hostCmd(), a.versionCmd(), a.benchCmd(),
 		a.systemCmd(), a.storageCmd(), a.volumeCmd(), a.nodeCmd(), a.eventCmd())
 	strict(root)
 	return root

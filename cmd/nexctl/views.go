@@ -4,6 +4,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/cli/output"
@@ -28,6 +29,7 @@ type poolView struct {
 	CommittedPercent  float64 `json:"committed_percent" yaml:"committed_percent"`
 	OvercommitPercent uint32  `json:"overcommit_percent" yaml:"overcommit_percent"`
 	Replicas          uint32  `json:"replicas" yaml:"replicas"`
+	Snapshots         uint32  `json:"snapshots,omitempty" yaml:"snapshots,omitempty"`
 }
 
 func newPoolView(p *enginev1.Pool) poolView {
@@ -35,7 +37,7 @@ func newPoolView(p *enginev1.Pool) poolView {
 		Reason: p.GetReason(), Capacity: p.GetCapacity(), ClusterSize: p.GetClusterSize(),
 		TotalClusters: p.GetTotalClusters(), FreeClusters: p.GetFreeClusters(),
 		Free: p.GetFreeClusters() * p.GetClusterSize(), Allocated: p.GetAllocated(),
-		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount(), OvercommitPercent: p.GetOvercommitPercent(),
+		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount(), Snapshots: p.GetSnapshotCount(), OvercommitPercent: p.GetOvercommitPercent(),
 		CommittedPercent: percentOf(p.GetCommitted(), p.GetCapacity())}
 }
 
@@ -72,12 +74,16 @@ type replicaView struct {
 	NGUID string `json:"nguid,omitempty" yaml:"nguid,omitempty"`
 	Owner string `json:"owner,omitempty" yaml:"owner,omitempty"`
 	Epoch uint64 `json:"epoch,omitempty" yaml:"epoch,omitempty"`
+	// Origin is, for a clone, the UUID of its snapshot; Exclusive the
+	// bytes only this replica holds (the rest is shared).
+	Origin    string `json:"origin,omitempty" yaml:"origin,omitempty"`
+	Exclusive uint64 `json:"exclusive,omitempty" yaml:"exclusive,omitempty"`
 }
 
 func newReplicaView(r *enginev1.Replica) replicaView {
 	v := replicaView{Name: r.GetName(), UUID: r.GetUuid(), Pool: r.GetPool(), Size: r.GetSize(), Thin: r.GetThin(),
 		Allocated: r.GetAllocated(), State: stateName(r.GetState().String()), Reason: r.GetReason(),
-		NGUID: r.GetNguid(), Owner: r.GetOwner(), Epoch: r.GetEpoch()}
+		NGUID: r.GetNguid(), Owner: r.GetOwner(), Epoch: r.GetEpoch(), Origin: r.GetOrigin(), Exclusive: r.GetExclusive()}
 	if s := r.GetShare(); s != nil {
 		v.Share = &shareView{Protocol: s.GetProtocol(), URI: s.GetUri(), AllowedHosts: s.GetAllowedHosts()}
 	}
@@ -129,7 +135,8 @@ func poolDetail(w io.Writer, p poolView) error {
 		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated)+" ("+output.Percent(p.Allocated, p.Capacity)+")",
 		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+
 			" of the capacity; the limit is "+itoa(uint64(p.OvercommitPercent))+"%)",
-		"Replicas", itoa(uint64(p.Replicas)))
+		"Replicas", itoa(uint64(p.Replicas)),
+		"Snapshots", itoa(uint64(p.Snapshots))+" (their exclusive bytes: nexctl snapshot list --pool "+p.Name+")")
 }
 
 func replicaTable(w io.Writer, reps []replicaView) error {
@@ -174,7 +181,54 @@ func replicaDetail(w io.Writer, r replicaView) error {
 		owner = "nexus " + r.Owner
 	}
 	kv = append(kv, "Owner", owner, "Epoch", itoa(r.Epoch), "NGUID", r.NGUID)
+	if r.Exclusive != r.Allocated {
+		kv = append(kv, "Exclusive", output.Size(r.Exclusive)+" (the rest is shared with snapshots or clones)")
+	}
+	if r.Origin != "" {
+		kv = append(kv, "Clone of", "snapshot "+r.Origin)
+	}
 	return output.KeyValues(w, kv...)
+}
+
+// snapshotView is a snapshot as nexctl prints it.
+type snapshotView struct {
+	UUID        string `json:"uuid" yaml:"uuid"`
+	Name        string `json:"name" yaml:"name"`
+	Pool        string `json:"pool" yaml:"pool"`
+	ReplicaUUID string `json:"replica_uuid" yaml:"replica_uuid"`
+	ReplicaName string `json:"replica_name,omitempty" yaml:"replica_name,omitempty"`
+	Created     string `json:"created" yaml:"created"`
+	Size        uint64 `json:"size" yaml:"size"`
+	Referenced  uint64 `json:"referenced" yaml:"referenced"`
+	Exclusive   uint64 `json:"exclusive" yaml:"exclusive"`
+}
+
+func newSnapshotView(s *enginev1.Snapshot) snapshotView {
+	return snapshotView{UUID: s.GetUuid(), Name: s.GetName(), Pool: s.GetPool(), ReplicaUUID: s.GetReplicaUuid(),
+		ReplicaName: s.GetReplicaName(), Created: time.Unix(0, s.GetCreatedUnixNano()).UTC().Format(time.RFC3339Nano),
+		Size: s.GetSize(), Referenced: s.GetReferenced(), Exclusive: s.GetExclusive()}
+}
+
+func snapshotTable(w io.Writer, list []snapshotView) error {
+	t := output.NewTable(w, "NAME", "UUID", "POOL", "REPLICA", "CREATED", "SIZE", "REFERENCED", "EXCLUSIVE")
+	for _, s := range list {
+		rep := s.ReplicaName
+		if rep == "" {
+			rep = s.ReplicaUUID + " (destroyed)"
+		}
+		t.Row(s.Name, s.UUID, s.Pool, rep, s.Created, output.Size(s.Size), output.Size(s.Referenced), output.Size(s.Exclusive))
+	}
+	return t.Flush()
+}
+
+func snapshotDetail(w io.Writer, s snapshotView) error {
+	rep := s.ReplicaName + " (" + s.ReplicaUUID + ")"
+	if s.ReplicaName == "" {
+		rep = s.ReplicaUUID + " (destroyed)"
+	}
+	return output.KeyValues(w, "Name", s.Name, "UUID", s.UUID, "Pool", s.Pool, "Replica", rep, "Created", s.Created,
+		"Size", output.Size(s.Size), "Referenced", output.Size(s.Referenced),
+		"Exclusive", output.Size(s.Exclusive)+" (freed when the snapshot is deleted)")
 }
 
 func kind(thin bool) string {

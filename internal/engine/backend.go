@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
@@ -65,6 +66,7 @@ type PoolStats struct {
 	Allocated     int64
 	Committed     int64
 	Replicas      int
+	Snapshots     int
 	// Overcommit is the thin over-commit limit in percent, and
 	// CommitLimit the bytes it allows replicas to commit in all.
 	Overcommit  int
@@ -96,6 +98,48 @@ type ReplicaStat struct {
 	// Epoch the highest fencing epoch it accepted.
 	Owner string
 	Epoch uint64
+	// Origin is, for a clone, the UUID of the snapshot it was made from.
+	Origin string
+	// Exclusive is the bytes in clusters only this replica holds.
+	Exclusive int64
+}
+
+// Snapshotter is implemented by PoolHandles whose pools take snapshots of
+// thin replicas and clone them. Names are unique among a pool's replicas
+// and snapshots together.
+type Snapshotter interface {
+	// CreateSnapshot takes a snapshot of the replica; with spec.UUID of an
+	// existing snapshot of that replica and name it returns that one.
+	CreateSnapshot(replica string, spec SnapshotSpec) (SnapshotStat, error)
+	// Snapshots lists the pool's snapshots.
+	Snapshots() []SnapshotStat
+	// DeleteSnapshot deletes a snapshot by name.
+	DeleteSnapshot(name string) error
+	// CloneSnapshot creates a thin replica (spec.Name, spec.UUID,
+	// spec.Owner; size and thin are the snapshot's) sharing the snapshot's
+	// clusters; with the UUID of an existing clone of it of that name it
+	// returns that one.
+	CloneSnapshot(snapshot string, spec ReplicaSpec) (ReplicaStat, error)
+}
+
+// SnapshotSpec describes a snapshot to take.
+type SnapshotSpec struct {
+	Name, UUID string
+	// Created is the snapshot's timestamp; zero means now.
+	Created time.Time
+}
+
+// SnapshotStat describes an existing snapshot.
+type SnapshotStat struct {
+	Name, UUID string
+	// Origin is the UUID of the replica it was taken of, OriginName its
+	// name while it exists.
+	Origin, OriginName string
+	Created            time.Time
+	Size               int64
+	// Referenced is the bytes of the clusters it holds; Exclusive those
+	// only it holds.
+	Referenced, Exclusive int64
 }
 
 // ExportSpec describes one export of a replica.

@@ -134,6 +134,10 @@ type ReplicaInfo struct {
 	NGUID [16]byte
 	Owner string
 	Epoch uint64
+	// Origin is, for a clone, the UUID of the snapshot it was made from;
+	// Exclusive the bytes in clusters only this replica holds.
+	Origin    string
+	Exclusive int64
 }
 
 // ShareInfo says how a replica is shared.

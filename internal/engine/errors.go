@@ -15,8 +15,8 @@ const ErrorDomain = faultgrpc.Domain
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
-// checkName validates a pool, replica or nexus name; kind is "pool",
-// "replica" or "nexus".
+// checkName validates a pool, replica, snapshot or nexus name; kind is
+// "pool", "replica", "snapshot" or "nexus".
 func checkName(kind, name string) error {
 	if nameRE.MatchString(name) {
 		return nil
@@ -44,6 +44,10 @@ func nameFault(kind string, missing bool) *fault.Fault {
 		return fault.New(fault.InvalidArgument, "replica.name_missing", "", "")
 	case kind == "replica":
 		return fault.New(fault.InvalidArgument, "replica.name_invalid", "", "")
+	case kind == "snapshot" && missing:
+		return fault.New(fault.InvalidArgument, "snapshot.name_missing", "", "")
+	case kind == "snapshot":
+		return fault.New(fault.InvalidArgument, "snapshot.name_invalid", "", "")
 	case missing:
 		return fault.New(fault.InvalidArgument, "nexus.name_missing", "", "")
 	}

@@ -10,7 +10,7 @@ import (
 )
 
 // Register registers the engine's PoolService, ReplicaService,
-// HostService and NexusService on s. The handlers return plain errors and
+// HostService, NexusService and SnapshotService on s. The handlers return plain errors and
 // faults: s must convert them with faultgrpc.ServerOptions (as StartServer
 // and the control server do), else clients see code Unknown.
 func Register(s grpc.ServiceRegistrar, e *Engine) {
@@ -18,6 +18,7 @@ func Register(s grpc.ServiceRegistrar, e *Engine) {
 	enginev1.RegisterReplicaServiceServer(s, &replicaServer{e: e})
 	enginev1.RegisterHostServiceServer(s, &hostServer{sysBlock: "/sys/block"})
 	enginev1.RegisterNexusServiceServer(s, &nexusServer{e: e})
+	enginev1.RegisterSnapshotServiceServer(s, &snapshotServer{e: e})
 }
 
 type poolServer struct {
@@ -180,6 +181,7 @@ func PoolToProto(p PoolInfo) *enginev1.Pool {
 		Allocated:     uint64(p.Stats.Allocated),
 		Committed:     uint64(p.Stats.Committed),
 		ReplicaCount:  uint32(p.Stats.Replicas),
+		SnapshotCount: uint32(p.Stats.Snapshots),
 
 		OvercommitPercent: uint32(p.Stats.Overcommit),
 	}
@@ -195,7 +197,8 @@ func PoolToProto(p PoolInfo) *enginev1.Pool {
 // ReplicaToProto converts a ReplicaInfo to its API message.
 func ReplicaToProto(r ReplicaInfo) *enginev1.Replica {
 	m := &enginev1.Replica{Name: r.Name, Uuid: r.UUID, Pool: r.Pool, Size: uint64(r.Size), Thin: r.Thin,
-		Allocated: uint64(r.Allocated), Reason: r.Reason, Owner: r.Owner, Epoch: r.Epoch}
+		Allocated: uint64(r.Allocated), Reason: r.Reason, Owner: r.Owner, Epoch: r.Epoch,
+		Origin: r.Origin, Exclusive: uint64(r.Exclusive)}
 	if r.NGUID != ([16]byte{}) {
 		m.Nguid = hex.EncodeToString(r.NGUID[:])
 	}

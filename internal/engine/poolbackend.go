@@ -113,7 +113,7 @@ func (h poolHandle) UUID() string { return h.p.UUID() }
 func (h poolHandle) Stats() PoolStats {
 	s := h.p.Stats()
 	return PoolStats{Capacity: s.Capacity, ClusterSize: s.ClusterSize, TotalClusters: s.TotalClusters,
-		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas,
+		FreeClusters: s.FreeClusters, Allocated: s.Allocated, Committed: s.Committed, Replicas: s.Replicas, Snapshots: s.Snapshots,
 		Overcommit: s.Overcommit, CommitLimit: s.CommitLimit}
 }
 
@@ -182,6 +182,78 @@ func (h poolHandle) Disown(name string) error {
 	return nil
 }
 
+var _ Snapshotter = poolHandle{}
+
+// snapshotFault gives a pool error about a snapshot a fault naming it,
+// with the codes of snapshots where they differ from those of replicas.
+func snapshotFault(err error, what string) error {
+	rules := []struct {
+		sentinel error
+		f        *fault.Fault
+	}{
+		{pool.ErrNotFound, fault.New(fault.NotFound, "snapshot.not_found", what, "list the snapshots with `nexctl snapshot list`")},
+		{pool.ErrExists, fault.New(fault.AlreadyExists, "snapshot.exists", what,
+			"choose another name and uuid; names are unique among a pool's replicas and snapshots")},
+		{pool.ErrBusy, fault.New(fault.FailedPrecondition, "snapshot.busy", what, "close what reads the snapshot first")},
+		{pool.ErrInvalid, fault.New(fault.InvalidArgument, "snapshot.invalid", what,
+			"snapshots are taken of thin replicas only; check the name and uuid")},
+	}
+	for _, r := range rules {
+		if errors.Is(err, r.sentinel) {
+			r.f.Err = err
+			return r.f
+		}
+	}
+	return poolFault(err, what, "")
+}
+
+func snapshotStat(si pool.SnapshotInfo) SnapshotStat {
+	return SnapshotStat{Name: si.Name, UUID: si.UUID, Origin: si.Origin, OriginName: si.OriginName, Created: si.Created,
+		Size: si.Size, Referenced: si.Referenced, Exclusive: si.Exclusive}
+}
+
+func (h poolHandle) CreateSnapshot(replica string, s SnapshotSpec) (SnapshotStat, error) {
+	si, err := h.p.CreateSnapshot(replica, pool.SnapshotOptions{Name: s.Name, UUID: s.UUID, Created: s.Created})
+	if err != nil {
+		return SnapshotStat{}, snapshotFault(err, fmt.Sprintf("snapshot %q of replica %q in pool %q", s.Name, replica, h.p.Name()))
+	}
+	return snapshotStat(si), nil
+}
+
+func (h poolHandle) Snapshots() []SnapshotStat {
+	list := h.p.Snapshots()
+	out := make([]SnapshotStat, 0, len(list))
+	for _, si := range list {
+		out = append(out, snapshotStat(si))
+	}
+	return out
+}
+
+func (h poolHandle) DeleteSnapshot(name string) error {
+	if err := h.p.DeleteSnapshot(name); err != nil {
+		return snapshotFault(err, fmt.Sprintf("snapshot %q in pool %q", name, h.p.Name()))
+	}
+	return nil
+}
+
+func (h poolHandle) CloneSnapshot(snapshot string, s ReplicaSpec) (ReplicaStat, error) {
+	var owner uuid.UUID
+	if s.Owner != "" {
+		var err error
+		if owner, err = uuid.Parse(s.Owner); err != nil {
+			return ReplicaStat{}, poolFault(fmt.Errorf("owner %q: %v: %w", s.Owner, err, pool.ErrInvalid), h.what(s.Name), "")
+		}
+	}
+	ri, err := h.p.CloneSnapshot(snapshot, pool.ReplicaOptions{Name: s.Name, UUID: s.UUID, Owner: owner})
+	if err != nil {
+		if errors.Is(err, pool.ErrNotFound) {
+			return ReplicaStat{}, snapshotFault(err, fmt.Sprintf("clone %q of snapshot %q in pool %q", s.Name, snapshot, h.p.Name()))
+		}
+		return ReplicaStat{}, poolFault(err, fmt.Sprintf("clone %q of snapshot %q in pool %q", s.Name, snapshot, h.p.Name()), "")
+	}
+	return replicaStat(ri), nil
+}
+
 func (h poolHandle) SetOvercommit(percent int) error {
 	if err := h.p.SetOvercommit(percent); err != nil {
 		return poolFault(err, fmt.Sprintf("pool %q", h.p.Name()), "")
@@ -205,7 +277,7 @@ func (h poolHandle) Destroy() error {
 
 func replicaStat(ri pool.ReplicaInfo) ReplicaStat {
 	rs := ReplicaStat{Name: ri.Name, UUID: ri.UUID, Size: ri.Size, Thin: ri.Thin, Allocated: ri.Allocated,
-		NGUID: ri.NGUID, Epoch: ri.Epoch}
+		NGUID: ri.NGUID, Epoch: ri.Epoch, Origin: ri.Origin, Exclusive: ri.Exclusive}
 	if ri.Owner != uuid.Nil {
 		rs.Owner = ri.Owner.String()
 	}

@@ -305,6 +305,21 @@ func (e *Engine) removePool(name string, force, destroy bool) error {
 	pe.exclusive = true
 	e.mu.Unlock()
 
+	// Snapshots are data too: destroying them needs force like replicas.
+	if sn, ok := pe.h.(Snapshotter); ok && destroy && !force {
+		if list := sn.Snapshots(); len(list) > 0 {
+			var names []string
+			for _, s := range list {
+				names = append(names, s.Name)
+			}
+			e.mu.Lock()
+			pe.exclusive = false
+			e.mu.Unlock()
+			return fault.New(fault.FailedPrecondition, "pool.not_empty",
+				fmt.Sprintf("pool %q holds %d snapshots: %s", name, len(names), strings.Join(sortedStrings(names), ", ")),
+				"delete the snapshots first (`nexctl snapshot delete`), or pass --force to destroy them with the pool")
+		}
+	}
 	var err error
 	if destroy {
 		err = pe.h.Destroy()

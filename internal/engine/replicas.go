@@ -416,7 +416,8 @@ func (e *Engine) shareInfoLocked(name string) []shareView {
 
 func replicaInfo(pool string, rs ReplicaStat, shares []shareView) ReplicaInfo {
 	ri := ReplicaInfo{Name: rs.Name, UUID: rs.UUID, Pool: pool, Size: rs.Size, Thin: rs.Thin,
-		Allocated: rs.Allocated, State: ReplicaOnline, NGUID: rs.NGUID, Owner: rs.Owner, Epoch: rs.Epoch}
+		Allocated: rs.Allocated, State: ReplicaOnline, NGUID: rs.NGUID, Owner: rs.Owner, Epoch: rs.Epoch,
+		Origin: rs.Origin, Exclusive: rs.Exclusive}
 	for _, sh := range shares {
 		if ri.Share == nil {
 			ri.Share = sh.info

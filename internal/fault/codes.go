@@ -195,6 +195,16 @@ var registry = []Spec{
 	{"share.nvmf_disabled", FailedPrecondition, "start the server with an NVMe/TCP listen address (nvmf.listen in the config, or --nvmf)"},
 	{"share.protocol_invalid", InvalidArgument, "use --protocol nbd or --protocol nvmf"},
 
+	// Snapshots and clones (internal/engine, internal/pool).
+	{"snapshot.busy", FailedPrecondition, "close what reads the snapshot first"},
+	{"snapshot.exists", AlreadyExists, "choose another name and uuid; names are unique among a pool's replicas and snapshots"},
+	{"snapshot.invalid", InvalidArgument, "snapshots are taken of thin replicas only; check the name and uuid"},
+	{"snapshot.name_invalid", InvalidArgument, "use 1-63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"},
+	{"snapshot.name_missing", InvalidArgument, "give the snapshot a name of 1-63 characters of A-Z a-z 0-9 . _ -"},
+	{"snapshot.not_found", NotFound, "list the snapshots with `nexctl snapshot list`"},
+	{"snapshot.unsupported", FailedPrecondition, "use a pool of this node's pool backend"},
+	{"snapshot.uuid", InvalidArgument, "give a UUID such as 9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e"},
+
 	// The management service (internal/mgmt).
 	{"mgmt.address_in_use", AlreadyExists, "give this node its own grpc_listen address, or stop the other node and exclude its rank"},
 	{"mgmt.bad_request", InvalidArgument, "format the node (`nexctl storage format`) and check its grpc_listen address"},

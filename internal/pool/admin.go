@@ -41,22 +41,39 @@ type ReplicaInfo struct {
 	// when it is unowned; Epoch is the highest fencing epoch it accepted.
 	Owner uuid.UUID
 	Epoch uint64
+	// Exclusive is the bytes in clusters only this replica holds; the
+	// rest of Allocated is shared with snapshots or clones.
+	Exclusive int64
+	// Origin is, for a clone, the UUID of the snapshot it was made from;
+	// empty for other replicas.
+	Origin string
 }
 
+// info describes r. Must hold p.mu.
 func (p *Pool) info(r *replica) ReplicaInfo {
 	c := r.claim.Load()
-	return ReplicaInfo{Name: r.name, UUID: r.uuidStr, Size: r.size.Load(), Thin: r.thin,
+	ri := ReplicaInfo{Name: r.name, UUID: r.uuidStr, Size: r.size.Load(), Thin: r.thin,
 		Allocated: int64(r.owned) * p.cs, ClusterCount: int(r.owned),
-		NGUID: r.nguid, Owner: c.owner, Epoch: c.epoch}
+		NGUID: r.nguid, Owner: c.owner, Epoch: c.epoch, Exclusive: int64(r.owned) * p.cs}
+	if p.extra > 0 {
+		ri.Exclusive = int64(p.exclusiveLocked(r)) * p.cs
+	}
+	if r.hasOrigin {
+		ri.Origin = fmtUUID(r.origin.UUID)
+	}
+	return ri
 }
 
-// Replicas lists the replicas sorted by name.
+// Replicas lists the replicas (clones included, snapshots not) sorted by
+// name.
 func (p *Pool) Replicas() []ReplicaInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]ReplicaInfo, 0, len(p.byName))
 	for _, r := range p.byName {
-		out = append(out, p.info(r))
+		if !r.snap {
+			out = append(out, p.info(r))
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -67,7 +84,7 @@ func (p *Pool) ReplicaInfo(name string) (ReplicaInfo, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := p.byName[name]
-	if r == nil {
+	if r == nil || r.snap {
 		return ReplicaInfo{}, p.errf("replica %q does not exist; list the pool's replicas for the right name: %w", name, ErrNotFound)
 	}
 	return p.info(r), nil
@@ -94,7 +111,7 @@ func (p *Pool) byUUIDString(id string) (*replica, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := p.byUUID[u]
-	if r == nil || r.destroying {
+	if r == nil || r.destroying || r.snap {
 		return nil, p.errf("no replica with UUID %s: %w", id, ErrNotFound)
 	}
 	return r, nil
@@ -149,7 +166,7 @@ func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
 	}
 	if p.byName[opts.Name] != nil {
 		p.mu.Unlock()
-		return ReplicaInfo{}, p.errf("replica %q already exists; pick another name or destroy it first: %w", opts.Name, ErrExists)
+		return ReplicaInfo{}, p.errf("replica %q already exists (as a replica or snapshot); pick another name or destroy it first: %w", opts.Name, ErrExists)
 	}
 	if r := p.byUUID[id]; r != nil {
 		p.mu.Unlock()
@@ -157,7 +174,11 @@ func (p *Pool) CreateReplica(opts ReplicaOptions) (ReplicaInfo, error) {
 	}
 	if len(p.byName) >= int(p.sb.MaxReplicas) {
 		p.mu.Unlock()
-		return ReplicaInfo{}, p.errf("replica %q: the pool already holds its maximum of %d replicas; destroy one first: %w", opts.Name, p.sb.MaxReplicas, ErrNoSpace)
+		return ReplicaInfo{}, p.errf("replica %q: the pool already holds its maximum of %d replicas and snapshots; destroy one first: %w", opts.Name, p.sb.MaxReplicas, ErrNoSpace)
+	}
+	if err := p.budgetCheckLocked(fmt.Sprintf("replica %q", opts.Name), maxEntryLen, 0); err != nil {
+		p.mu.Unlock()
+		return ReplicaInfo{}, err
 	}
 	if err := p.spanCheckLocked(opts.Name, 0, opts.Size); err != nil {
 		p.mu.Unlock()
@@ -294,7 +315,7 @@ func (p *Pool) ResizeReplica(name string, newSize int64) error {
 		return err
 	}
 	r := p.byName[name]
-	if r == nil {
+	if r == nil || r.snap {
 		p.mu.Unlock()
 		return p.errf("replica %q does not exist: %w", name, ErrNotFound)
 	}
@@ -352,9 +373,16 @@ func (p *Pool) DestroyReplica(name string) error {
 	if err != nil {
 		return err
 	}
-	if r == nil {
+	if r == nil || r.snap {
 		return p.errf("replica %q does not exist: %w", name, ErrNotFound)
 	}
+	return p.destroyLocked(r, "replica")
+}
+
+// destroyLocked destroys the replica, clone or snapshot r (what names it
+// in errors). Must hold adminMu.
+func (p *Pool) destroyLocked(r *replica, what string) error {
+	name := r.name
 	// No claim record may be committed for the replica once its destroy
 	// record is: claims hold claimMu across their commit.
 	r.claimMu.Lock()
@@ -366,22 +394,22 @@ func (p *Pool) DestroyReplica(name string) error {
 	}
 	if r.opens > 0 {
 		p.mu.Unlock()
-		return p.errf("replica %q has %d open handles; close them (unshare the replica, stop its nexus) first: %w", name, r.opens, ErrBusy)
+		return p.errf("%s %q has %d open handles; close them (unshare it, stop its nexus) first: %w", what, name, r.opens, ErrBusy)
 	}
 	r.destroying = true
 	p.mu.Unlock()
 	// No handle is open, but a caller may still be inside an I/O on a handle
 	// it closed concurrently: wait for it, so no cluster is freed under it.
 	r.io.Lock()
-	err = p.commit(&record{Type: recDestroy, E: entry{UUID: r.uuid}})
+	err := p.commit(&record{Type: recDestroy, E: entry{UUID: r.uuid}})
 	r.io.Unlock()
 	if err != nil {
 		p.mu.Lock()
 		r.destroying = false
 		p.mu.Unlock()
-		return p.errf("replica %q: destroy: %w", name, err)
+		return p.errf("%s %q: destroy: %w", what, name, err)
 	}
-	slog.Info("replica destroyed", "pool", p.sb.Name, "replica", name)
+	slog.Info(what+" destroyed", "pool", p.sb.Name, "name", name)
 	return nil
 }
 
@@ -397,7 +425,7 @@ func (p *Pool) OpenReplica(name string) (*Replica, error) {
 		return nil, p.errf("the pool is closed; import it again: %w", ErrClosed)
 	}
 	r := p.byName[name]
-	if r == nil || r.destroying {
+	if r == nil || r.destroying || r.snap {
 		return nil, p.errf("replica %q does not exist: %w", name, ErrNotFound)
 	}
 	r.opens++
@@ -434,7 +462,7 @@ func (p *Pool) Disown(name string) error {
 	p.mu.Lock()
 	r := p.byName[name]
 	p.mu.Unlock()
-	if r == nil {
+	if r == nil || r.snap {
 		return p.errf("replica %q does not exist: %w", name, ErrNotFound)
 	}
 	r.claimMu.Lock()

@@ -5,20 +5,30 @@ import (
 )
 
 // Check verifies the pool's invariants against a recount of the cluster
-// maps: no cluster owned twice, every owned cluster marked in use, owned +
-// reserved + free = total, thick replicas fully allocated, and Stats equal
-// to the recount; and against the identities: every replica has a non-zero
-// NGUID, no two the same, and a claim state. It returns a *CorruptError
-// describing the first violation. It takes Pool.mu only, so it can run
-// alongside I/O.
+// maps of all replicas, clones and snapshots: every cluster's reference
+// count equals the number of maps holding it, no map holds one cluster at
+// two logical positions, a cluster is marked in use exactly when it is
+// held or reserved (nothing leaked, nothing freed while held), owned +
+// reserved + free = total, the shared references (extra) and the sharing
+// budget agree with the recount, thick replicas are fully allocated,
+// snapshots are thin, read-only and have an origin, and Stats equal the
+// recount; and against the identities: every replica and snapshot has a
+// non-zero NGUID, no two the same, and a claim state. It returns a
+// *CorruptError describing the first violation. It takes Pool.mu only, so
+// it can run alongside I/O.
 func (p *Pool) Check() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := p.sb.ClusterCount
-	seen := newBitmap(n)
-	var owned, committed uint64
+	count := make([]uint32, n)
+	// last[ph] is 1 + the index of the last map counted as holding ph, to
+	// find a map holding one cluster twice.
+	last := make([]uint32, n)
+	var committed, entryBytes uint64
 	nguids := make(map[[16]byte]string, len(p.byName))
+	idx := uint32(0)
 	for name, r := range p.byName {
+		idx++
 		if p.byUUID[r.uuid] != r {
 			return corruptf("replica %q missing from the UUID index", name)
 		}
@@ -31,6 +41,12 @@ func (p *Pool) Check() error {
 		nguids[r.nguid] = name
 		if r.claim.Load() == nil {
 			return corruptf("replica %q has no claim state", name)
+		}
+		if r.snap && (!r.thin || !r.hasOrigin || r.claim.Load().owner != ([16]byte{})) {
+			return corruptf("snapshot %q is thick, owned or has no origin", name)
+		}
+		if (r.snap || r.hasOrigin) && !p.snapshotsOn() {
+			return corruptf("snapshot or clone %q in a pool without the snapshots feature", name)
 		}
 		var mine uint64
 		for l := range r.m {
@@ -45,33 +61,59 @@ func (p *Pool) Check() error {
 			if ph >= n {
 				return corruptf("replica %q: logical cluster %d maps to cluster %d beyond the %d in the pool", name, l, ph, n)
 			}
-			if seen.get(ph) {
+			if last[ph] == idx {
+				return corruptf("replica %q holds cluster %d twice (again at logical cluster %d)", name, ph, l)
+			}
+			last[ph] = idx
+			if count[ph] > 0 && !p.snapshotsOn() {
 				return corruptf("cluster %d owned twice (second owner replica %q, logical cluster %d)", ph, name, l)
 			}
 			if !p.bm.get(ph) {
-				return corruptf("cluster %d owned by replica %q but marked free", ph, name)
+				return corruptf("cluster %d held by replica %q but marked free", ph, name)
 			}
-			seen.set(ph)
+			count[ph]++
 			mine++
 		}
 		if mine != r.owned {
-			return corruptf("replica %q owns %d clusters, accounted %d", name, mine, r.owned)
+			return corruptf("replica %q holds %d clusters, accounted %d", name, mine, r.owned)
 		}
-		owned += mine
-		committed += uint64(r.size.Load())
+		if !r.snap {
+			committed += uint64(r.size.Load())
+		}
+		entryBytes += r.entryBound()
 	}
 	if len(p.byUUID) != len(p.byName) {
 		return corruptf("%d replicas by UUID, %d by name", len(p.byUUID), len(p.byName))
+	}
+	var owned, extra, unheld uint64
+	for ph := range n {
+		c, want := p.refs[ph].Load(), count[ph]
+		if c != want {
+			return corruptf("cluster %d has reference count %d, but %d maps hold it", ph, c, want)
+		}
+		switch {
+		case c > 0:
+			owned++
+			extra += uint64(c - 1)
+		case p.bm.get(ph):
+			unheld++ // reserved by an operation in flight, or leaked
+		}
 	}
 	var inUse uint64
 	for _, w := range p.bm.words {
 		inUse += uint64(bits.OnesCount64(w))
 	}
-	if owned != p.owned || committed != p.committed {
-		return corruptf("recount: %d clusters owned and %d bytes committed, accounted %d and %d", owned, committed, p.owned, p.committed)
+	if owned != p.owned || committed != p.committed || extra != p.extra || entryBytes != p.entryBytes {
+		return corruptf("recount: %d clusters held, %d shared references, %d bytes committed, %d entry bytes; accounted %d, %d, %d and %d",
+			owned, extra, committed, entryBytes, p.owned, p.extra, p.committed, p.entryBytes)
 	}
-	if inUse != owned+p.reserved {
-		return corruptf("%d clusters marked in use, but %d owned and %d reserved", inUse, owned, p.reserved)
+	if inUse != owned+p.reserved || unheld != p.reserved {
+		return corruptf("%d clusters marked in use (%d held by no map), but %d held and %d reserved", inUse, unheld, owned, p.reserved)
+	}
+	if p.extra > 0 {
+		if need := p.checkpointNeedLocked(0, 0); need > p.sb.CPSize {
+			return corruptf("checkpoint bound %d bytes exceeds the %d-byte slot", need, p.sb.CPSize)
+		}
 	}
 	st := p.statsLocked()
 	if st.FreeClusters+int64(owned)+int64(p.reserved) != int64(n) || st.Allocated != int64(owned)*p.cs || st.FreeClusters < 0 {

@@ -96,6 +96,9 @@ func (h *Replica) ClaimReplica(ctx context.Context, c bdev.Claim) (*ClaimedRepli
 	if h.closed.Load() {
 		return nil, errHandleClosed
 	}
+	if r.snap {
+		return nil, p.errf("snapshot %q is read-only and cannot be claimed; clone it for a writable replica: %w", r.name, ErrInvalid)
+	}
 	r.claimMu.Lock()
 	defer r.claimMu.Unlock()
 	p.mu.Lock()

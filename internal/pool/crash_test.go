@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,7 +31,12 @@ import (
 // journal, round after round on the same pool. Besides data and replica
 // admin, the child claims, raises, releases and disowns one replica; the
 // parent checks that its owner and epoch are the last acknowledged ones (or
-// those of the one operation in flight at the kill).
+// those of the one operation in flight at the kill). And it takes and
+// deletes snapshots of the base replicas, clones them, writes to the clones
+// and deletes them: the parent checks that every snapshot keeps the content
+// it had when taken, across all later kills, that flushed writes to clones
+// read back and unwritten blocks of a clone read as its snapshot, and that
+// Check passes after every import.
 
 const (
 	crashDirEnv   = "NEXSTOR_POOL_CRASH_DIR"
@@ -107,6 +113,7 @@ func TestCrashChild(t *testing.T) {
 	fmt.Println("ready")
 
 	go crashClaims(p, round, journal, die)
+	go crashSnaps(p, round, journal, die)
 
 	for ri := range crashBase {
 		go func() {
@@ -336,7 +343,7 @@ func TestCrash(t *testing.T) {
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "pool.img")
-	f, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: 24 * mib})
+	f, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: 32 * mib})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,6 +364,7 @@ func TestCrash(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var lines, killedReady int
 	var claims claimModel
+	snaps := newSnapModel()
 	claimRounds := 0
 	for round := 1; round <= crashRounds; round++ {
 		waitReady := rng.IntN(4) != 0
@@ -367,7 +375,7 @@ func TestCrash(t *testing.T) {
 		if ready {
 			killedReady++
 		}
-		n, temps := readJournal(t, filepath.Join(dir, fmt.Sprintf("journal-%d", round)), model, &claims)
+		n, temps := readJournal(t, filepath.Join(dir, fmt.Sprintf("journal-%d", round)), model, &claims, snaps)
 		lines += n
 		f, err := bdev.OpenFile(path, bdev.FileOptions{})
 		if err != nil {
@@ -383,6 +391,7 @@ func TestCrash(t *testing.T) {
 		t2 := time.Now()
 		claimRounds += verifyClaims(t, round, p, &claims)
 		verifyBase(t, round, p, model)
+		verifySnaps(t, round, p, snaps)
 		t3 := time.Now()
 		verifyTemps(t, round, p, temps)
 		t4 := time.Now()
@@ -396,9 +405,10 @@ func TestCrash(t *testing.T) {
 			t.Logf("round %d: child %v, import %v, base %v, temps %v, close %v", round, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), t4.Sub(t3), time.Since(t4))
 		}
 	}
-	t.Logf("%d rounds (%d killed after import), %d journal lines verified, %d rounds with claim operations",
-		crashRounds, killedReady, lines, claimRounds)
-	if killedReady == 0 || lines == 0 || claimRounds == 0 {
+	t.Logf("%d rounds (%d killed after import), %d journal lines verified, %d rounds with claim operations; "+
+		"%d snapshots and %d clones verified, %d clone blocks checked against their snapshot, %d snapshot operations",
+		crashRounds, killedReady, lines, claimRounds, snaps.snapChecks, snaps.cloneChecks, snaps.fromSnap, snaps.ops)
+	if killedReady == 0 || lines == 0 || claimRounds == 0 || snaps.snapChecks == 0 || snaps.cloneChecks == 0 || snaps.ops == 0 {
 		t.Fatalf("the child never got to work: %d rounds killed after import, %d journal lines, %d rounds with claims", killedReady, lines, claimRounds)
 	}
 }
@@ -483,7 +493,7 @@ func verifyClaims(t *testing.T, round int, p *Pool, m *claimModel) int {
 // readJournal applies a round's journal to the model and returns the
 // number of lines and the temporary replicas' last events. A last line
 // without its newline was cut by the kill and is ignored.
-func readJournal(t *testing.T, path string, model [][]blockState, claims *claimModel) (int, map[string]string) {
+func readJournal(t *testing.T, path string, model [][]blockState, claims *claimModel, snaps *snapModel) (int, map[string]string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -510,6 +520,10 @@ func readJournal(t *testing.T, path string, model [][]blockState, claims *claimM
 			temps[f[1]] = f[0]
 		case "K", "k", "R", "r", "L", "l", "O", "o":
 			if err := claims.line(f); err != nil {
+				t.Fatalf("journal line %q: %v", line, err)
+			}
+		case "S", "s", "SX", "sx", "N", "n", "NX", "nx", "CW", "cw":
+			if err := snaps.line(f); err != nil {
 				t.Fatalf("journal line %q: %v", line, err)
 			}
 		case "w", "u", "U":
@@ -586,7 +600,7 @@ func verifyTemps(t *testing.T, round int, p *Pool, temps map[string]string) {
 		}
 	}
 	for _, ri := range p.Replicas() {
-		if ri.Name == crashFence {
+		if ri.Name == crashFence || strings.HasPrefix(ri.Name, "clone-") {
 			continue
 		}
 		if strings.HasPrefix(ri.Name, "base") {
@@ -606,6 +620,267 @@ func verifyTemps(t *testing.T, round int, p *Pool, temps map[string]string) {
 		}
 		if err := p.DestroyReplica(ri.Name); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// crashSnaps is the child's snapshot worker: it takes snapshots of the
+// base replicas (while their writers run), clones them, writes to the
+// clones, and deletes snapshots and clones, journaling each operation
+// before ("S", "N", "CW", "SX", "NX") and after it returns ("s" with the
+// snapshot's digest, "n", "cw" once flushed, "sx", "nx").
+func crashSnaps(p *Pool, round uint64, journal func(...string), die func(string, ...any)) {
+	rng := rand.New(rand.NewPCG(round, 55))
+	var snaps, clones []string
+	for _, si := range p.Snapshots() {
+		snaps = append(snaps, si.Name)
+	}
+	for _, ri := range p.Replicas() {
+		if strings.HasPrefix(ri.Name, "clone-") {
+			clones = append(clones, ri.Name)
+		}
+	}
+	pick := func(l []string) (string, []string) {
+		i := rng.IntN(len(l))
+		n := l[i]
+		return n, append(l[:i:i], l[i+1:]...)
+	}
+	buf := make([]byte, 16*crashBlock)
+	for n := 0; ; n++ {
+		switch op := rng.IntN(10); {
+		case op < 3 && len(snaps) < 3:
+			name := fmt.Sprintf("snap-%d-%d", round, n)
+			ri := rng.IntN(crashBase)
+			journal(fmt.Sprintf("S %s %d\n", name, ri))
+			if _, err := p.CreateSnapshot(crashName(ri), SnapshotOptions{Name: name}); err != nil {
+				die("snapshot %s: %v", name, err)
+			}
+			h, err := p.OpenSnapshot(name)
+			if err != nil {
+				die("open snapshot %s: %v", name, err)
+			}
+			b := make([]byte, h.Size())
+			if _, err := h.ReadAt(b, 0); err != nil {
+				die("read snapshot %s: %v", name, err)
+			}
+			_ = h.Close()
+			journal(fmt.Sprintf("s %s %x\n", name, sha256.Sum256(b)))
+			snaps = append(snaps, name)
+		case op < 5 && len(snaps) > 0 && len(clones) < 2:
+			name := fmt.Sprintf("clone-%d-%d", round, n)
+			snap := snaps[rng.IntN(len(snaps))]
+			journal(fmt.Sprintf("N %s %s\n", name, snap))
+			if _, err := p.CloneSnapshot(snap, ReplicaOptions{Name: name}); err != nil {
+				die("clone %s: %v", name, err)
+			}
+			journal(fmt.Sprintf("n %s %s\n", name, snap))
+			clones = append(clones, name)
+		case op < 8 && len(clones) > 0:
+			name := clones[rng.IntN(len(clones))]
+			h, err := p.OpenReplica(name)
+			if err != nil {
+				die("open clone %s: %v", name, err)
+			}
+			cnt := 1 + rng.Int64N(16)
+			blk := rng.Int64N(crashBlocks - cnt + 1)
+			id := round<<32 | 1<<31 | uint64(n)
+			ri := cloneStampID(name)
+			for k := range cnt {
+				stamp(buf[k*crashBlock:(k+1)*crashBlock], id, ri, blk+k)
+			}
+			journal(fmt.Sprintf("CW %s %d %d %d\n", name, id, blk, cnt))
+			if _, err := h.WriteAt(buf[:cnt*crashBlock], blk*crashBlock); err != nil {
+				die("write clone %s: %v", name, err)
+			}
+			if err := h.Flush(); err != nil {
+				die("flush clone %s: %v", name, err)
+			}
+			_ = h.Close()
+			journal(fmt.Sprintf("cw %s %d %d %d\n", name, id, blk, cnt))
+		case op == 8 && len(snaps) > 0:
+			var name string
+			name, snaps = pick(snaps)
+			journal("SX " + name + "\n")
+			if err := p.DeleteSnapshot(name); err != nil {
+				die("delete snapshot %s: %v", name, err)
+			}
+			journal("sx " + name + "\n")
+		case op == 9 && len(clones) > 0:
+			var name string
+			name, clones = pick(clones)
+			journal("NX " + name + "\n")
+			if err := p.DestroyReplica(name); err != nil {
+				die("delete clone %s: %v", name, err)
+			}
+			journal("nx " + name + "\n")
+		}
+		time.Sleep(time.Duration(rng.IntN(5)) * time.Millisecond)
+	}
+}
+
+// cloneStampID is the replica number clone blocks are stamped with: 1000
+// plus a hash of the clone's name, so they never pass for a base block.
+func cloneStampID(name string) int {
+	h := sha256.Sum256([]byte(name))
+	return 1000 + int(binary.LittleEndian.Uint16(h[:]))
+}
+
+// snapModel is what the parent knows of the snapshots and clones.
+type snapModel struct {
+	// snaps: name -> digest ("" while unknown); an entry exists once its
+	// creation began. snapState: "S" creating, "s" acknowledged, "SX"
+	// being deleted, "sx" deleted.
+	snaps     map[string]string
+	snapState map[string]string
+	clones    map[string]*cloneModel
+	// What was verified: snapshots and clones found and checked, clone
+	// blocks compared with their snapshot, operations journaled.
+	snapChecks, cloneChecks, fromSnap, ops int
+}
+
+type cloneModel struct {
+	state  string // "N", "n", "NX", "nx"
+	origin string
+	// last flushed write id per block; touched: blocks any write began on.
+	last    map[int64]uint64
+	touched map[int64]bool
+}
+
+func newSnapModel() *snapModel {
+	return &snapModel{snaps: map[string]string{}, snapState: map[string]string{}, clones: map[string]*cloneModel{}}
+}
+
+func (m *snapModel) line(f []string) error {
+	m.ops++
+	switch f[0] {
+	case "S", "SX", "sx":
+		if f[0] == "S" {
+			m.snaps[f[1]] = ""
+		}
+		m.snapState[f[1]] = f[0]
+	case "s":
+		if len(f) != 3 {
+			return errors.New("want a digest")
+		}
+		m.snaps[f[1]], m.snapState[f[1]] = f[2], "s"
+	case "N":
+		m.clones[f[1]] = &cloneModel{state: "N", origin: f[2], last: map[int64]uint64{}, touched: map[int64]bool{}}
+	case "n", "NX", "nx":
+		c := m.clones[f[1]]
+		if c == nil {
+			return errors.New("clone never created")
+		}
+		c.state = f[0]
+	case "CW", "cw":
+		c := m.clones[f[1]]
+		if c == nil {
+			return errors.New("clone never created")
+		}
+		var id uint64
+		var blk, cnt int64
+		if _, err := fmt.Sscanf(strings.Join(f[2:], " "), "%d %d %d", &id, &blk, &cnt); err != nil {
+			return err
+		}
+		for b := blk; b < blk+cnt; b++ {
+			if f[0] == "CW" {
+				c.touched[b] = true
+			} else {
+				c.last[b] = id
+			}
+		}
+	}
+	return nil
+}
+
+// verifySnaps checks the snapshots and clones against the model, then
+// makes the model match the pool (operations in flight at the kill went
+// one way or the other).
+func verifySnaps(t *testing.T, round int, p *Pool, m *snapModel) {
+	t.Helper()
+	present := map[string]bool{}
+	for _, si := range p.Snapshots() {
+		present[si.Name] = true
+		if _, known := m.snaps[si.Name]; !known {
+			t.Fatalf("round %d: snapshot %s exists but was never taken", round, si.Name)
+		}
+		if m.snapState[si.Name] == "sx" {
+			t.Fatalf("round %d: snapshot %s exists after its deletion was acknowledged", round, si.Name)
+		}
+		d := fmt.Sprintf("%x", snapDigest(t, p, si.Name))
+		if want := m.snaps[si.Name]; want != "" && d != want {
+			t.Fatalf("round %d: snapshot %s changed: digest %s, taken with %s", round, si.Name, d, want)
+		}
+		m.snaps[si.Name], m.snapState[si.Name] = d, "s"
+		m.snapChecks++
+	}
+	for name, st := range m.snapState {
+		if !present[name] {
+			if st == "s" {
+				t.Fatalf("round %d: snapshot %s lost: its creation was acknowledged", round, name)
+			}
+			delete(m.snaps, name)
+			delete(m.snapState, name)
+		}
+	}
+	clonePresent := map[string]bool{}
+	want := make([]byte, crashBlock)
+	for _, ri := range p.Replicas() {
+		if !strings.HasPrefix(ri.Name, "clone-") {
+			continue
+		}
+		clonePresent[ri.Name] = true
+		c := m.clones[ri.Name]
+		if c == nil || c.state == "nx" {
+			t.Fatalf("round %d: clone %s exists but was never made, or after its deletion was acknowledged", round, ri.Name)
+		}
+		c.state = "n"
+		h := mustOpen(t, p, ri.Name)
+		b := readAll(t, h)
+		h.Close()
+		var sb []byte
+		if m.snapState[c.origin] == "s" {
+			sh, err := p.OpenSnapshot(c.origin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sb = readAll(t, sh)
+			sh.Close()
+		}
+		cri := cloneStampID(ri.Name)
+		for blk := range int64(crashBlocks) {
+			got := b[blk*crashBlock : (blk+1)*crashBlock]
+			id := binary.LittleEndian.Uint64(got)
+			stamp(want, id, cri, blk)
+			switch {
+			case bytes.Equal(got, want):
+				if !c.touched[blk] || id < c.last[blk] {
+					t.Fatalf("round %d: clone %s block %d holds write %#x, flushed %#x, touched %v", round, ri.Name, blk, id, c.last[blk], c.touched[blk])
+				}
+			case c.last[blk] != 0:
+				t.Fatalf("round %d: clone %s block %d lost flushed write %#x", round, ri.Name, blk, c.last[blk])
+			case sb != nil:
+				if !bytes.Equal(got, sb[blk*crashBlock:(blk+1)*crashBlock]) {
+					t.Fatalf("round %d: clone %s block %d differs from its snapshot %s and was never written", round, ri.Name, blk, c.origin)
+				}
+				m.fromSnap++
+			default:
+				// The snapshot is gone: the block is still a base block.
+				if !bytes.Equal(got, make([]byte, crashBlock)) {
+					stamp(want, id, int(binary.LittleEndian.Uint64(got[8:])), blk)
+					if !bytes.Equal(got, want) || binary.LittleEndian.Uint64(got[8:]) >= crashBase {
+						t.Fatalf("round %d: clone %s block %d holds garbage", round, ri.Name, blk)
+					}
+				}
+			}
+		}
+		m.cloneChecks++
+	}
+	for name, c := range m.clones {
+		if !clonePresent[name] {
+			if c.state == "n" {
+				t.Fatalf("round %d: clone %s lost: its creation was acknowledged", round, name)
+			}
+			delete(m.clones, name)
 		}
 	}
 }

@@ -50,22 +50,37 @@ const (
 	runLen       = 20   // logical u64, physical u64, count u32
 	entryFixed   = 16 + 8 + 1 + 1 + 4
 	identLen     = 16 + 16 + 8 // identity block: NGUID, owner, epoch
+	originLen    = 16 + 8      // origin block: origin UUID, created (ns)
 	// maxEntryLen is an entry without runs, with the longest name and an
 	// identity block; maxEntryLenV1 the same in format version 1, which
 	// had no identity block and sized checkpoint slots by it.
 	maxEntryLen   = entryFixed + MaxNameLen + identLen
 	maxEntryLenV1 = entryFixed + MaxNameLen
-	minLogBlocks  = 4 // the log holds at least this many superblock-area units
+	// maxEntryLenOrigin is an entry of a snapshot or clone without runs:
+	// the longest name, an identity block and an origin block.
+	maxEntryLenOrigin = maxEntryLen + originLen
+	// shareRoomFactor is how many extra references per cluster (on
+	// average) the checkpoint slots of a pool created by this code have
+	// room for: the sharing budget of snapshots and clones.
+	shareRoomFactor = 3
+	minLogBlocks    = 4 // the log holds at least this many superblock-area units
 
 	// Entry flags.
-	flagThin   = 1 << 0
-	flagIdent  = 1 << 1 // an identity block follows the name
-	flagsKnown = flagThin | flagIdent
+	flagThin     = 1 << 0
+	flagIdent    = 1 << 1 // an identity block follows the name
+	flagSnapshot = 1 << 2 // a read-only snapshot (snapshots feature)
+	flagOrigin   = 1 << 3 // an origin block follows the identity block (snapshots feature)
+	flagsKnown   = flagThin | flagIdent | flagSnapshot | flagOrigin
 
-	// Superblock feature bits: none is defined yet. An unknown incompatible
-	// bit makes the pool unreadable to this build; unknown compatible bits
-	// are ignored and preserved.
-	incompatKnown uint32 = 0
+	// Superblock feature bits. An unknown incompatible bit makes the pool
+	// unreadable to this build; unknown compatible bits are ignored and
+	// preserved.
+	//
+	// incompatSnapshots is set when the first snapshot is taken: clusters
+	// may then be shared between cluster maps, and the log may hold
+	// snapshot, clone and cow records.
+	incompatSnapshots uint32 = 1 << 0
+	incompatKnown            = incompatSnapshots
 
 	// maxRecordPayload bounds one record, so a hostile log cannot make
 	// replay allocate more than this per record.
@@ -78,7 +93,7 @@ const (
 	minMaxReplicas    = 64
 	// maxClusters bounds the cluster count Create lays out: a checkpoint
 	// of the largest replica limit and that many runs fits the largest slot.
-	maxClusters = (maxCheckpointSize - cpHeaderLen - 4 - maxMaxReplicas*maxEntryLen) / runLen
+	maxClusters = (maxCheckpointSize - cpHeaderLen - 4 - maxMaxReplicas*maxEntryLenOrigin) / runLen
 	// maxClustersAny bounds the cluster count of any superblock import
 	// accepts (the checkpoint bound then checks it against the slot).
 	maxClustersAny = (maxCheckpointSize - cpHeaderLen - 4) / runLen
@@ -171,6 +186,12 @@ func (e *unsupportedError) Error() string { return e.msg }
 // decodeSuperblock parses and validates one copy on its own (geometry against
 // the device is checked by the caller). It never allocates more than the name.
 func decodeSuperblock(buf []byte) (superblock, error) {
+	return decodeSuperblockKnown(buf, incompatKnown)
+}
+
+// decodeSuperblockKnown is decodeSuperblock for a build that knows the
+// incompatible feature bits known (tests use it to play an older build).
+func decodeSuperblockKnown(buf []byte, known uint32) (superblock, error) {
 	var s superblock
 	if len(buf) < sbEncLen {
 		return s, fmt.Errorf("superblock: %d bytes, want %d", len(buf), sbEncLen)
@@ -209,7 +230,7 @@ func decodeSuperblock(buf []byte) (superblock, error) {
 		s.Compat = le.Uint32(buf[228:])
 		s.Overcommit = le.Uint32(buf[232:])
 		copy(s.Reserved[:], buf[236:252])
-		if unknown := s.Incompat &^ incompatKnown; unknown != 0 {
+		if unknown := s.Incompat &^ known; unknown != 0 {
 			return s, &unsupportedError{fmt.Sprintf("superblock has incompatible feature bits %#x (%s) that this build does not know", unknown, bitList(unknown))}
 		}
 		if s.Overcommit != 0 && (s.Overcommit < MinOvercommit || s.Overcommit > MaxOvercommit) {
@@ -307,6 +328,10 @@ const (
 	recMap     = 4 // clusters allocated to a replica: runs
 	recUnmap   = 5 // clusters released by a replica: runs (physical ignored)
 	recClaim   = 6 // owner and epoch changed: identity block (format version 2)
+	recSnap    = 7 // snapshot taken: new UUID, name, identity and origin blocks (snapshots feature)
+	recClone   = 8 // clone made of a snapshot: new UUID, name, identity and origin blocks (snapshots feature)
+	recCOW     = 9 // logical clusters moved to new physical clusters: runs (snapshots feature)
+	recLast    = recCOW
 )
 
 // run maps count consecutive logical clusters starting at Logical to the
@@ -323,22 +348,35 @@ type ident struct {
 	Epoch uint64
 }
 
+// origin is an origin block: what a snapshot was taken of, or a clone
+// made from, and when (nanoseconds since the Unix epoch).
+type origin struct {
+	UUID    [16]byte
+	Created int64
+}
+
 // entry is the payload of a record and the unit of a checkpoint: one replica
-// (or the part of it a record changes).
+// or snapshot (or the part of it a record changes).
 type entry struct {
-	UUID  [16]byte
-	Size  uint64
-	Thin  bool
-	HasID bool // ID is present (flag bit 1)
-	ID    ident
-	Name  string
-	Runs  []run
+	UUID      [16]byte
+	Size      uint64
+	Thin      bool
+	Snapshot  bool // read-only snapshot (flag bit 2)
+	HasID     bool // ID is present (flag bit 1)
+	ID        ident
+	HasOrigin bool // Origin is present (flag bit 3)
+	Origin    origin
+	Name      string
+	Runs      []run
 }
 
 func (e *entry) encodedLen() int {
 	n := entryFixed + len(e.Name) + len(e.Runs)*runLen
 	if e.HasID {
 		n += identLen
+	}
+	if e.HasOrigin {
+		n += originLen
 	}
 	return n
 }
@@ -353,12 +391,22 @@ func (e *entry) appendTo(b []byte) []byte {
 	if e.HasID {
 		flags |= flagIdent
 	}
+	if e.Snapshot {
+		flags |= flagSnapshot
+	}
+	if e.HasOrigin {
+		flags |= flagOrigin
+	}
 	b = append(b, flags, byte(len(e.Name)))
 	b = append(b, e.Name...)
 	if e.HasID {
 		b = append(b, e.ID.NGUID[:]...)
 		b = append(b, e.ID.Owner[:]...)
 		b = le.AppendUint64(b, e.ID.Epoch)
+	}
+	if e.HasOrigin {
+		b = append(b, e.Origin.UUID[:]...)
+		b = le.AppendUint64(b, uint64(e.Origin.Created))
 	}
 	b = le.AppendUint32(b, uint32(len(e.Runs)))
 	for _, r := range e.Runs {
@@ -384,6 +432,8 @@ func decodeEntry(b []byte) (entry, []byte, error) {
 	}
 	e.Thin = flags&flagThin != 0
 	e.HasID = flags&flagIdent != 0
+	e.Snapshot = flags&flagSnapshot != 0
+	e.HasOrigin = flags&flagOrigin != 0
 	nameLen := int(b[25])
 	b = b[26:]
 	if nameLen > MaxNameLen || len(b) < nameLen+4 {
@@ -399,6 +449,14 @@ func decodeEntry(b []byte) (entry, []byte, error) {
 		copy(e.ID.Owner[:], b[16:32])
 		e.ID.Epoch = le.Uint64(b[32:])
 		b = b[identLen:]
+	}
+	if e.HasOrigin {
+		if len(b) < originLen+4 {
+			return e, nil, errors.New("entry origin block truncated")
+		}
+		copy(e.Origin.UUID[:], b[0:16])
+		e.Origin.Created = int64(le.Uint64(b[16:]))
+		b = b[originLen:]
 	}
 	n := le.Uint32(b)
 	b = b[4:]
@@ -477,7 +535,7 @@ func decodeRecord(b []byte, pool [16]byte, epoch uint64) (record, error) {
 	if uint64(r.Idx) >= r.Seq {
 		return r, fmt.Errorf("record %d claims position %d in its batch", r.Seq, r.Idx)
 	}
-	if r.Type < recCreate || r.Type > recClaim {
+	if r.Type < recCreate || r.Type > recLast {
 		return r, fmt.Errorf("record type %d unknown", r.Type)
 	}
 	e, rest, err := decodeEntry(b[recHeaderLen:])

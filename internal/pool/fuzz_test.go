@@ -26,6 +26,18 @@ func seedIdentEntry() entry {
 	return e
 }
 
+// seedSnapEntry is the entry of a snapshot (flags 0x0f) as snapshot
+// records carry it (no runs) and checkpoints (with runs).
+func seedSnapEntry(runs bool) entry {
+	e := seedIdentEntry()
+	e.ID.Owner, e.ID.Epoch = [16]byte{}, 0
+	e.Snapshot, e.HasOrigin, e.Origin, e.Name = true, true, origin{UUID: [16]byte{9, 9, 9}, Created: 1_700_000_000_000_000_000}, "s1"
+	if !runs {
+		e.Runs = nil
+	}
+	return e
+}
+
 // seedClaim is the payload of a claim record.
 func seedClaim(u [16]byte, nguid [16]byte, owner [16]byte, epoch uint64) entry {
 	return entry{UUID: u, HasID: true, ID: ident{NGUID: nguid, Owner: owner, Epoch: epoch}}
@@ -43,6 +55,12 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 4, Type: recCreate, E: seedIdentEntry()}), false)
 	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 5, Type: recClaim, E: seedClaim([16]byte{9, 9, 9}, [16]byte{0xee, 1}, [16]byte{0x0b}, 12)}), false)
 	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 6, Idx: 1, Type: recClaim, E: seedClaim([16]byte{9, 9, 9}, [16]byte{0xee, 1}, [16]byte{}, 12)}), false)
+	// Snapshots: snapshot, clone and cow records.
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 7, Type: recSnap, E: seedSnapEntry(false)}), false)
+	clone := seedSnapEntry(false)
+	clone.Snapshot, clone.Name = false, "c1"
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 8, Type: recClone, E: clone}), false)
+	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 8, Type: recCOW, E: entry{UUID: [16]byte{9, 9, 9}, Runs: []run{{Logical: 1, Phys: 40, Count: 1}}}}), false)
 	// A record that is not the first of its batch.
 	f.Add(appendRecord(nil, fuzzPoolUUID, 7, &record{Seq: 9, Idx: 2, Type: recMap, E: seedEntry()}), false)
 	f.Add(make([]byte, recHeaderLen), true)
@@ -76,6 +94,8 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 	cp2 := checkpoint{Epoch: 5, LastSeq: 100, Replicas: []entry{seedIdentEntry(),
 		{UUID: [16]byte{7}, Size: 4096, Name: "thick", HasID: true, ID: ident{NGUID: [16]byte{3}}}}}
 	f.Add(encodeCheckpoint(nil, fuzzPoolUUID, &cp2), false)
+	cp3 := checkpoint{Epoch: 6, LastSeq: 101, Replicas: []entry{seedIdentEntry(), seedSnapEntry(true)}}
+	f.Add(encodeCheckpoint(nil, fuzzPoolUUID, &cp3), false)
 	f.Add(encodeCheckpoint(nil, fuzzPoolUUID, &checkpoint{Epoch: 1}), false)
 	f.Add(make([]byte, cpHeaderLen+4), true)
 	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
@@ -99,8 +119,8 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 			t.Fatalf("decoded %d replicas and %d runs from %d bytes", len(cp.Replicas), runs, len(b))
 		}
 		for _, e := range cp.Replicas {
-			if e.encodedLen() > maxEntryLen+len(e.Runs)*runLen {
-				t.Fatalf("entry of %d bytes beyond the bound of %d plus runs", e.encodedLen(), maxEntryLen)
+			if e.encodedLen() > maxEntryLenOrigin+len(e.Runs)*runLen {
+				t.Fatalf("entry of %d bytes beyond the bound of %d plus runs", e.encodedLen(), maxEntryLenOrigin)
 			}
 		}
 		again := encodeCheckpoint(nil, fuzzPoolUUID, &cp)
@@ -177,6 +197,36 @@ func FuzzDecodeSuperblock(f *testing.F) {
 // clean. Each record is encoded from the input as a type byte, a two-byte
 // length and that many payload bytes.
 func FuzzReplay(f *testing.F) {
+	for _, b := range replaySeeds() {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzReplay(t, data, false) })
+}
+
+// FuzzReplaySnapshots is FuzzReplay on a pool with the snapshots feature,
+// whose log may hold snapshot, clone and cow records and whose clusters
+// may be shared.
+func FuzzReplaySnapshots(f *testing.F) {
+	for _, b := range replaySeeds() {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzReplay(t, data, true) })
+}
+
+// fuzzReplayMustImport makes fuzzReplay fail on an import error (for the
+// seeds that are valid logs).
+var fuzzReplayMustImport bool
+
+// TestReplaySnapshotSeedImports: the snapshot seed of FuzzReplaySnapshots
+// is a valid log (so the fuzzer starts from records that apply).
+func TestReplaySnapshotSeedImports(t *testing.T) {
+	fuzzReplayMustImport = true
+	defer func() { fuzzReplayMustImport = false }()
+	fuzzReplay(t, replaySeeds()[0], true)
+}
+
+func replaySeeds() [][]byte {
+	var out [][]byte
 	seed := func(recs ...record) []byte {
 		var b []byte
 		for _, r := range recs {
@@ -189,6 +239,23 @@ func FuzzReplay(f *testing.F) {
 	}
 	u, n := [16]byte{5}, [16]byte{0x11}
 	id := ident{NGUID: n}
+	f := struct{ Add func([]byte) }{func(b []byte) { out = append(out, b) }}
+	create := record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true, ID: id}}
+	snap := record{Type: recSnap, E: entry{UUID: [16]byte{6}, Size: 1 << 20, Thin: true, Snapshot: true, Name: "s", HasID: true,
+		ID: ident{NGUID: [16]byte{0x12}}, HasOrigin: true, Origin: origin{UUID: u, Created: 1}}}
+	clone := record{Type: recClone, E: entry{UUID: [16]byte{7}, Size: 1 << 20, Thin: true, Name: "c", HasID: true,
+		ID: ident{NGUID: [16]byte{0x13}}, HasOrigin: true, Origin: origin{UUID: [16]byte{6}, Created: 2}}}
+	// Snapshot, copy-on-write, clone, writes and unmaps of shared
+	// clusters, deletes in either order.
+	f.Add(seed(create,
+		record{Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 0, Phys: 7, Count: 4}}}},
+		snap,
+		record{Type: recCOW, E: entry{UUID: u, Runs: []run{{Logical: 1, Phys: 20, Count: 1}}}},
+		clone,
+		record{Type: recCOW, E: entry{UUID: [16]byte{7}, Runs: []run{{Logical: 0, Phys: 21, Count: 2}}}},
+		record{Type: recUnmap, E: entry{UUID: u, Runs: []run{{Logical: 3, Count: 1}}}},
+		record{Type: recDestroy, E: entry{UUID: [16]byte{6}}},
+		record{Type: recDestroy, E: entry{UUID: u}}))
 	f.Add(seed(record{Type: recCreate, E: entry{UUID: u, Size: 1 << 20, Thin: true, Name: "a", HasID: true, ID: id}},
 		record{Type: recMap, E: entry{UUID: u, Runs: []run{{Logical: 2, Phys: 7, Count: 3}}}},
 		record{Type: recUnmap, E: entry{UUID: u, Runs: []run{{Logical: 3, Count: 1}}}},
@@ -203,7 +270,11 @@ func FuzzReplay(f *testing.F) {
 		record{Type: recClaim, E: seedClaim(u, n, [16]byte{0xa}, 5)},
 		record{Type: recClaim, E: seedClaim(u, n, [16]byte{}, 5)},
 		record{Type: recClaim, E: seedClaim(u, n, [16]byte{0xb}, 4)}))
-	f.Fuzz(func(t *testing.T, data []byte) {
+	return out
+}
+
+func fuzzReplay(t *testing.T, data []byte, snaps bool) {
+	{
 		mem, err := newFuzzMalloc()
 		if err != nil {
 			t.Fatal(err)
@@ -211,6 +282,11 @@ func FuzzReplay(f *testing.F) {
 		p, err := Create(noClose{mem}, CreateOptions{Name: "f", ClusterSize: 64 << 10, MetadataSize: 0})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if snaps {
+			if err := p.setSnapshotsFeature(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		sb, epoch := p.sb, p.epoch
 		_ = p.Close() // writes checkpoint epoch+1
@@ -242,13 +318,16 @@ func FuzzReplay(f *testing.F) {
 		}
 		q, err := Import(noClose{mem})
 		if err != nil {
+			if fuzzReplayMustImport {
+				t.Fatalf("seed does not import: %v", err)
+			}
 			return
 		}
 		if err := q.Check(); err != nil {
 			t.Fatalf("imported pool fails Check: %v", err)
 		}
 		_ = q.Close()
-	})
+	}
 }
 
 func newFuzzMalloc() (*bdev.Malloc, error) { return bdev.NewMalloc(4<<20, 512) }

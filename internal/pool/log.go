@@ -263,7 +263,7 @@ func (p *Pool) load() error {
 	}
 	for i := range cp.Replicas {
 		e := &cp.Replicas[i]
-		if err := p.apply(&record{Type: recCreate, E: *e}, false); err != nil {
+		if err := p.applyCheckpointEntry(e); err != nil {
 			return corruptf("checkpoint %d (slot %d): replica %d: %v", cp.Epoch, best, i, err)
 		}
 	}
@@ -275,6 +275,18 @@ func (p *Pool) load() error {
 	slog.Info("pool imported", "pool", p.sb.Name, "uuid", p.uuidStr, "checkpoint", cp.Epoch, "replayed", n,
 		"replicas", len(p.byName))
 	return nil
+}
+
+// applyCheckpointEntry adds the replica, clone or snapshot of a checkpoint
+// entry: its runs are its whole map, and in a pool with the snapshots
+// feature they may name clusters other entries hold too.
+func (p *Pool) applyCheckpointEntry(e *entry) error {
+	if !p.snapshotsOn() && (e.Snapshot || e.HasOrigin) {
+		return fmt.Errorf("snapshot or origin flags in a pool without the snapshots feature")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.addObject(e, mapReplay, nil)
 }
 
 // isIOErr reports errors from the device rather than from decoding.

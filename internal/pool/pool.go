@@ -13,6 +13,13 @@
 // fails import with a CorruptError rather than losing changes silently.
 // Import upgrades a pool of format version 1 in place (upgrade.go).
 //
+// Snapshots (snapshot.go) are read-only cluster maps that share clusters
+// with their replica; clones are thin replicas sharing a snapshot's. Every
+// cluster has a reference count, derived from the maps at import and kept
+// in memory; a write to a cluster whose count is above one copies it first
+// (copy-on-write, cluster by cluster), so shared clusters are never written.
+// The first snapshot sets the superblock's snapshots feature bit.
+//
 // # Locking
 //
 // Locks are taken in this order and never in the reverse:
@@ -87,10 +94,11 @@ type Stats struct {
 	Capacity      int64 // data bytes: TotalClusters * ClusterSize
 	ClusterSize   int64
 	TotalClusters int64
-	FreeClusters  int64 // clusters neither owned by a replica nor being allocated
-	Allocated     int64 // bytes in clusters owned by replicas
-	Committed     int64 // sum of replica sizes (thin replicas may exceed Capacity)
-	Replicas      int
+	FreeClusters  int64 // clusters neither held by a replica or snapshot nor being allocated
+	Allocated     int64 // bytes in clusters held by replicas and snapshots, shared ones counted once
+	Committed     int64 // sum of replica sizes (thin replicas may exceed Capacity; snapshots not counted)
+	Replicas      int   // replicas, clones included
+	Snapshots     int
 	// Overcommit is the thin over-commit limit in percent of Capacity, and
 	// CommitLimit the most Committed may reach: Capacity × Overcommit / 100.
 	Overcommit  int
@@ -119,10 +127,25 @@ type Pool struct {
 	byName    map[string]*replica
 	byUUID    map[[16]byte]*replica
 	bm        bitmap
-	owned     uint64 // clusters mapped by replicas
+	owned     uint64 // clusters held by at least one map (shared ones once)
 	reserved  uint64 // clusters taken from the bitmap by operations in flight
-	committed uint64 // sum of replica sizes
-	spanned   uint64 // sum of the clusters each replica's size spans
+	committed uint64 // sum of replica sizes (not of snapshots)
+	spanned   uint64 // sum of the clusters each replica's and snapshot's size spans
+	// refs counts, per physical cluster, the maps (replicas, clones,
+	// snapshots) holding it; derived from the maps at import, never
+	// stored. Written under mu; the write path reads it without a lock to
+	// decide whether a cluster may be written in place (count 1).
+	refs []atomic.Uint32
+	// extra is the sum over held clusters of their count minus one: the
+	// references sharing adds. Only snapshots and clones raise it.
+	extra uint64
+	// entryBytes is the sum of the entry bounds (without runs) of all
+	// replicas and snapshots: with extra, what bounds a checkpoint.
+	entryBytes uint64
+
+	// snapOn mirrors the superblock's snapshots feature bit: once set,
+	// clusters may be shared and writes check the counts.
+	snapOn atomic.Bool
 
 	// Group commit: callers queue records; one of them at a time (the
 	// leader) writes everything queued in one log write and one flush.
@@ -292,7 +315,11 @@ func layout(devSize int64, bs int, cs, mdSize int64) (superblock, error) {
 	}
 	n0 = min(n0, maxClusters)
 	sb.MaxReplicas = uint32(min(max(n0, minMaxReplicas), maxMaxReplicas))
-	sb.CPSize = checkpointBound(n0, sb.MaxReplicas, area, maxEntryLen)
+	// Entries sized for snapshots and clones, and room for 3 extra
+	// references per cluster (the sharing budget), as far as the largest
+	// slot allows.
+	sb.CPSize = checkpointBound(n0, sb.MaxReplicas, area, maxEntryLenOrigin)
+	sb.CPSize = min(sb.CPSize+roundUp(shareRoomFactor*n0*runLen, uint64(area)), maxCheckpointSize/uint64(area)*uint64(area))
 	minMD := 2*sb.CPSize + minLogBlocks*uint64(area)
 	if mdSize == 0 {
 		logSize := roundUp(uint64(devSize)/512, uint64(area))
@@ -332,7 +359,7 @@ func parseUUID(s string) ([16]byte, error) {
 }
 
 func newPool(dev bdev.Device, sb superblock) *Pool {
-	return &Pool{
+	p := &Pool{
 		dev:     dev,
 		sb:      sb,
 		uuidStr: fmtUUID(sb.UUID),
@@ -342,8 +369,14 @@ func newPool(dev bdev.Device, sb superblock) *Pool {
 		byName:  map[string]*replica{},
 		byUUID:  map[[16]byte]*replica{},
 		bm:      newBitmap(sb.ClusterCount),
+		refs:    make([]atomic.Uint32, sb.ClusterCount),
 	}
+	p.snapOn.Store(sb.Incompat&incompatSnapshots != 0)
+	return p
 }
+
+// snapshotsOn reports whether the pool has the snapshots feature.
+func (p *Pool) snapshotsOn() bool { return p.snapOn.Load() }
 
 // writeSuperblocks writes copy 0, flushes, writes copy 1 and flushes, so a
 // crash tears at most one of them and the other stays valid. A nil sb
@@ -535,10 +568,25 @@ func (p *Pool) statsLocked() Stats {
 		FreeClusters:  n - int64(p.owned) - int64(p.reserved),
 		Allocated:     int64(p.owned) * p.cs,
 		Committed:     int64(p.committed),
-		Replicas:      len(p.byName),
+		Replicas:      len(p.byName) - p.snapshotsLocked(),
+		Snapshots:     p.snapshotsLocked(),
 		Overcommit:    int(p.sb.overcommit()),
 		CommitLimit:   int64(min(p.commitLimitLocked(), 1<<63-1)),
 	}
+}
+
+// snapshotsLocked counts the snapshots. Must hold p.mu.
+func (p *Pool) snapshotsLocked() int {
+	if !p.snapshotsOn() {
+		return 0
+	}
+	n := 0
+	for _, r := range p.byName {
+		if r.snap {
+			n++
+		}
+	}
+	return n
 }
 
 // commitLimitLocked is the most the replica sizes may add up to: capacity ×

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/google/uuid"
@@ -89,6 +90,9 @@ func (h *Replica) admitLocked(op string, write bool) error {
 	if r.gone.Load() || h.closed.Load() {
 		return errHandleClosed
 	}
+	if write && r.snap {
+		return fmt.Errorf("pool %q: snapshot %q is read-only: %s refused: %w", h.p.sb.Name, r.name, op, bdev.ErrReadOnly)
+	}
 	if h.session != 0 {
 		if r.session.Load() != h.session {
 			return h.fenced(op)
@@ -124,6 +128,39 @@ func (h *Replica) segment(pos, end int64) (v uint64, n int64) {
 		n += min(end-pos-n, p.cs)
 	}
 	return v, n
+}
+
+// exclusiveSpan returns how many of the n bytes from pos (a segment whose
+// first cluster maps to entry v) lie in clusters that only this replica
+// holds, which may be written in place; the rest must be copied first
+// (copy-on-write). The count is read before the map entry is read again: a
+// cow record's apply changes the entry before it drops the old cluster's
+// reference, so a count of 1 read for a cluster the entry still names
+// means this replica is its only holder, and only a snapshot of this
+// replica, which waits for the I/O holding r.io, could add another. Must
+// hold r.io shared.
+func (h *Replica) exclusiveSpan(pos, n int64, v uint64) int64 {
+	p, m := h.p, h.r.m
+	if !p.snapOn.Load() {
+		return n
+	}
+	lc := pos >> p.csShift
+	var done int64
+	for done < n {
+		if p.refs[v-1].Load() != 1 || m[lc].Load() != v {
+			break
+		}
+		done += min(n-done, p.cs-(pos+done)&(p.cs-1))
+		lc++
+		v++
+	}
+	return done
+}
+
+// exclusive reports whether logical cluster lc, mapped to entry v, may be
+// written in place (see exclusiveSpan).
+func (h *Replica) exclusive(lc, v uint64) bool {
+	return !h.p.snapOn.Load() || (h.p.refs[v-1].Load() == 1 && h.r.m[lc].Load() == v)
 }
 
 // ReadAt reads len(b) bytes at off. Unallocated clusters read as zeroes.
@@ -163,8 +200,12 @@ func (h *Replica) WriteAt(b []byte, off int64) (int, error) {
 	end := off + int64(len(b))
 	for pos := off; pos < end; {
 		v, n := h.segment(pos, end)
-		if v == 0 {
-			// The rest of the write needs at least one new cluster.
+		if v != 0 {
+			n = h.exclusiveSpan(pos, n, v)
+		}
+		if v == 0 || n == 0 {
+			// The rest of the write needs at least one new cluster, or a
+			// copy of a shared one.
 			if at, err := h.allocWriteRange(pos, b[pos-off:]); err != nil {
 				return int(pos - off), h.ioError("write", at, err)
 			}
@@ -177,15 +218,16 @@ func (h *Replica) WriteAt(b []byte, off int64) (int, error) {
 	return len(b), nil
 }
 
-// allocWrite writes data at in within the unallocated logical cluster lc,
-// allocating it. Concurrent callers for the same cluster wait for the first
-// one's allocation and then write to the allocated cluster. Must hold r.io
-// shared.
+// allocWrite writes data at in within logical cluster lc, allocating it
+// when it is unallocated, copying it when it is shared. Concurrent callers
+// for the same cluster wait for the first one's allocation or copy and then
+// write to the cluster it leaves. Must hold r.io shared.
 func (h *Replica) allocWrite(lc uint64, in int64, data []byte) error {
 	p, r := h.p, h.r
 	for {
 		r.allocMu.Lock()
-		if v := r.m[lc].Load(); v != 0 {
+		v := r.m[lc].Load()
+		if v != 0 && h.exclusive(lc, v) {
 			r.allocMu.Unlock()
 			_, err := p.dev.WriteAt(data, p.physOff(v-1)+in)
 			return err
@@ -198,7 +240,7 @@ func (h *Replica) allocWrite(lc uint64, in int64, data []byte) error {
 		c := &allocCall{done: make(chan struct{})}
 		r.inflight[lc] = c
 		r.allocMu.Unlock()
-		err := p.allocateMany(r, []claim{{lc: lc, in: in, data: data}})
+		err := p.allocateMany(r, []claim{{lc: lc, in: in, data: data, old: v}})
 		r.allocMu.Lock()
 		delete(r.inflight, lc)
 		r.allocMu.Unlock()
@@ -215,6 +257,7 @@ type claim struct {
 	data []byte
 	call *allocCall
 	ph   uint64
+	old  uint64 // map entry of the shared cluster to copy; 0: unallocated
 }
 
 // maxClaims bounds the clusters one metadata record allocates, so a huge
@@ -240,7 +283,7 @@ func (h *Replica) allocWriteRange(pos int64, data []byte) (int64, error) {
 		n := min(end-cur, p.cs-in)
 		seg := data[cur-pos : cur-pos+n]
 		r.allocMu.Lock()
-		if v := r.m[lc].Load(); v != 0 {
+		if v := r.m[lc].Load(); v != 0 && h.exclusive(lc, v) {
 			r.allocMu.Unlock()
 			directs = append(directs, direct{p.physOff(v-1) + in, seg})
 		} else if r.inflight[lc] != nil {
@@ -250,7 +293,7 @@ func (h *Replica) allocWriteRange(pos int64, data []byte) (int64, error) {
 			c := &allocCall{done: make(chan struct{})}
 			r.inflight[lc] = c
 			r.allocMu.Unlock()
-			claims = append(claims, claim{lc: lc, in: in, data: seg, call: c})
+			claims = append(claims, claim{lc: lc, in: in, data: seg, call: c, old: v})
 		}
 		cur += n
 	}
@@ -290,9 +333,12 @@ func (h *Replica) allocWriteRange(pos int64, data []byte) (int64, error) {
 	return 0, nil
 }
 
-// allocateMany takes a free cluster for each claim, zeroes it around the
-// claim's data, writes the data, and commits the mappings in one record.
-// On failure every cluster taken is released.
+// allocateMany takes a free cluster for each claim, fills it (zeroes
+// around the claim's data for an unallocated cluster, the shared cluster's
+// content around it for a copy-on-write), writes the data, and commits the
+// new mappings: one map record for the unallocated clusters, one cow record
+// for the copies. On failure every cluster taken and not committed is
+// released.
 func (p *Pool) allocateMany(r *replica, claims []claim) error {
 	p.mu.Lock()
 	if err := p.usableLocked(); err != nil {
@@ -306,42 +352,99 @@ func (p *Pool) allocateMany(r *replica, claims []claim) error {
 	}
 	if free := p.sb.ClusterCount - p.owned - p.reserved; uint64(len(claims)) > free {
 		p.mu.Unlock()
-		return fmt.Errorf("pool %q has %d free clusters, the write needs %d; free space by destroying replicas or unmapping data: %w (%w)",
+		return fmt.Errorf("pool %q has %d free clusters, the write needs %d; free space by destroying replicas, deleting snapshots or unmapping data: %w (%w)",
 			p.sb.Name, free, len(claims), ErrNoSpace, bdev.ErrNoSpace)
 	}
-	rec := &record{Type: recMap, E: entry{UUID: r.uuid, Runs: make([]run, 0, len(claims))}}
+	mapRec := &record{Type: recMap, E: entry{UUID: r.uuid}}
+	cowRec := &record{Type: recCOW, E: entry{UUID: r.uuid}}
 	for i := range claims {
 		ph, _ := p.bm.take() // cannot fail: enough clusters are free
 		claims[i].ph = ph
+		rec := mapRec
+		if claims[i].old != 0 {
+			rec = cowRec
+		}
 		rec.E.Runs = append(rec.E.Runs, run{Logical: claims[i].lc, Phys: ph, Count: 1})
 	}
 	p.reserved += uint64(len(claims))
 	p.mu.Unlock()
+	var pending []*record // not committed yet: released on failure
+	if len(mapRec.E.Runs) > 0 {
+		pending = append(pending, mapRec)
+	}
+	if len(cowRec.E.Runs) > 0 {
+		pending = append(pending, cowRec)
+	}
 	err := func() error {
 		for _, c := range claims {
-			// A reused cluster holds another replica's old data: zero what
-			// the write does not cover, so nothing leaks.
 			base := p.physOff(c.ph)
-			if c.in > 0 {
-				if err := p.dev.WriteZeroes(base, c.in); err != nil {
+			e := c.in + int64(len(c.data))
+			if c.old != 0 {
+				// Copy what the write does not cover; the shared cluster
+				// itself is never written.
+				if err := p.copyRange(c.old-1, c.ph, 0, c.in); err != nil {
 					return err
 				}
-			}
-			if e := c.in + int64(len(c.data)); e < p.cs {
-				if err := p.dev.WriteZeroes(base+e, p.cs-e); err != nil {
+				if err := p.copyRange(c.old-1, c.ph, e, p.cs); err != nil {
 					return err
+				}
+			} else {
+				// A reused cluster holds another replica's old data: zero
+				// what the write does not cover, so nothing leaks.
+				if c.in > 0 {
+					if err := p.dev.WriteZeroes(base, c.in); err != nil {
+						return err
+					}
+				}
+				if e < p.cs {
+					if err := p.dev.WriteZeroes(base+e, p.cs-e); err != nil {
+						return err
+					}
 				}
 			}
 			if _, err := p.dev.WriteAt(c.data, base+c.in); err != nil {
 				return err
 			}
 		}
-		return p.commit(rec)
+		for len(pending) > 0 {
+			if err := p.commit(pending[0]); err != nil {
+				return err
+			}
+			pending = pending[1:]
+		}
+		return nil
 	}()
-	if err != nil {
-		p.releaseRuns(rec.E.Runs)
+	for _, rec := range pending {
+		if err != nil {
+			p.releaseRuns(rec.E.Runs)
+		}
 	}
 	return err
+}
+
+// copyBufs holds the buffers copy-on-write copies through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// copyRange copies bytes [start, end) of physical cluster from to the same
+// place in physical cluster to.
+func (p *Pool) copyRange(from, to uint64, start, end int64) error {
+	if start >= end {
+		return nil
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for off := start; off < end; {
+		n := min(int64(len(buf)), end-off)
+		if _, err := p.dev.ReadAt(buf[:n], p.physOff(from)+off); err != nil {
+			return fmt.Errorf("copy-on-write: reading cluster %d: %w", from, err)
+		}
+		if _, err := p.dev.WriteAt(buf[:n], p.physOff(to)+off); err != nil {
+			return fmt.Errorf("copy-on-write: writing cluster %d: %w", to, err)
+		}
+		off += n
+	}
+	return nil
 }
 
 // Flush makes every acknowledged write durable: allocations already are, so
@@ -401,6 +504,14 @@ func (h *Replica) discard(op string, off, length int64, unmap bool) error {
 				n = min(end-pos, p.cs-pos&(p.cs-1))
 				if n == p.cs {
 					whole = true
+					pos += n
+					continue
+				}
+				if h.exclusiveSpan(pos, n, v) < n {
+					// A shared cluster: zero a copy of it instead.
+					if at, err := h.allocWriteRange(pos, make([]byte, n)); err != nil {
+						return h.ioError(op, at, err)
+					}
 					pos += n
 					continue
 				}

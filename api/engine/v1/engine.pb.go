@@ -167,8 +167,11 @@ type Pool struct {
 	// overcommit_percent is the thin over-commit limit: committed may not
 	// exceed capacity * overcommit_percent / 100.
 	OvercommitPercent uint32 `protobuf:"varint,13,opt,name=overcommit_percent,json=overcommitPercent,proto3" json:"overcommit_percent,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// snapshot_count is the number of snapshots in the pool (replica_count
+	// counts replicas and clones). allocated counts clusters they share once.
+	SnapshotCount uint32 `protobuf:"varint,14,opt,name=snapshot_count,json=snapshotCount,proto3" json:"snapshot_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pool) Reset() {
@@ -288,6 +291,13 @@ func (x *Pool) GetReplicaCount() uint32 {
 func (x *Pool) GetOvercommitPercent() uint32 {
 	if x != nil {
 		return x.OvercommitPercent
+	}
+	return 0
+}
+
+func (x *Pool) GetSnapshotCount() uint32 {
+	if x != nil {
+		return x.SnapshotCount
 	}
 	return 0
 }
@@ -816,7 +826,13 @@ type Replica struct {
 	Owner string `protobuf:"bytes,12,opt,name=owner,proto3" json:"owner,omitempty"`
 	// epoch is the highest fencing epoch the replica accepted: I/O of a nexus
 	// with a lower one is refused.
-	Epoch         uint64 `protobuf:"varint,13,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,13,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// origin is, for a clone, the uuid of the snapshot it was made from;
+	// empty otherwise.
+	Origin string `protobuf:"bytes,14,opt,name=origin,proto3" json:"origin,omitempty"`
+	// exclusive is the bytes of the clusters only this replica holds; the
+	// rest of allocated is shared with snapshots or clones.
+	Exclusive     uint64 `protobuf:"varint,15,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +954,20 @@ func (x *Replica) GetOwner() string {
 func (x *Replica) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Replica) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *Replica) GetExclusive() uint64 {
+	if x != nil {
+		return x.Exclusive
 	}
 	return 0
 }
@@ -1793,7 +1823,7 @@ var File_engine_v1_engine_proto protoreflect.FileDescriptor
 
 const file_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
-	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xa9\x03\n" +
+	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xd0\x03\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1808,7 +1838,8 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	" \x01(\x04R\tallocated\x12\x1c\n" +
 	"\tcommitted\x18\v \x01(\x04R\tcommitted\x12#\n" +
 	"\rreplica_count\x18\f \x01(\rR\freplicaCount\x12-\n" +
-	"\x12overcommit_percent\x18\r \x01(\rR\x11overcommitPercent\"\xa3\x01\n" +
+	"\x12overcommit_percent\x18\r \x01(\rR\x11overcommitPercent\x12%\n" +
+	"\x0esnapshot_count\x18\x0e \x01(\rR\rsnapshotCount\"\xa3\x01\n" +
 	"\x11CreatePoolRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12!\n" +
@@ -1833,7 +1864,7 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x05Share\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
 	"\x03uri\x18\x02 \x01(\tR\x03uri\x12#\n" +
-	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xfe\x02\n" +
+	"\rallowed_hosts\x18\x03 \x03(\tR\fallowedHosts\"\xb4\x03\n" +
 	"\aReplica\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1848,7 +1879,9 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	" \x03(\v2\x18.nexstor.engine.v1.ShareR\x06shares\x12\x14\n" +
 	"\x05nguid\x18\v \x01(\tR\x05nguid\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\x12\x14\n" +
-	"\x05epoch\x18\r \x01(\x04R\x05epoch\"\x90\x01\n" +
+	"\x05epoch\x18\r \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06origin\x18\x0e \x01(\tR\x06origin\x12\x1c\n" +
+	"\texclusive\x18\x0f \x01(\x04R\texclusive\"\x90\x01\n" +
 	"\x14CreateReplicaRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x12\n" +

@@ -60,7 +60,8 @@ type PoolServiceClient interface {
 	// GetPool returns one pool by name.
 	GetPool(ctx context.Context, in *GetPoolRequest, opts ...grpc.CallOption) (*Pool, error)
 	// DestroyPool erases the pool's superblock and forgets it. A pool that
-	// still holds replicas needs force; a pool with shared replicas is refused.
+	// still holds replicas or snapshots needs force; a pool with shared
+	// replicas is refused.
 	DestroyPool(ctx context.Context, in *DestroyPoolRequest, opts ...grpc.CallOption) (*DestroyPoolResponse, error)
 	// ImportPool opens an existing pool on a disk and remembers it across
 	// restarts. Nothing is written to a disk that is not a pool.
@@ -155,7 +156,8 @@ type PoolServiceServer interface {
 	// GetPool returns one pool by name.
 	GetPool(context.Context, *GetPoolRequest) (*Pool, error)
 	// DestroyPool erases the pool's superblock and forgets it. A pool that
-	// still holds replicas needs force; a pool with shared replicas is refused.
+	// still holds replicas or snapshots needs force; a pool with shared
+	// replicas is refused.
 	DestroyPool(context.Context, *DestroyPoolRequest) (*DestroyPoolResponse, error)
 	// ImportPool opens an existing pool on a disk and remembers it across
 	// restarts. Nothing is written to a disk that is not a pool.

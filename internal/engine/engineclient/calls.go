@@ -40,7 +40,7 @@ func (c *Client) GetPool(ctx context.Context, r *enginev1.GetPoolRequest) (*engi
 }
 
 // DestroyPool erases a pool's superblock and forgets it (with r.Force, its
-// replicas too). Not idempotent: a repeat fails with NotFound
+// replicas and snapshots too). Not idempotent: a repeat fails with NotFound
 // (pool.not_found), which a caller that retries treats as done.
 func (c *Client) DestroyPool(ctx context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error) {
 	return c.pools.DestroyPool(ctx, r)
@@ -244,6 +244,44 @@ func (c *Client) Verify(ctx context.Context, r *enginev1.VerifyRequest) (*engine
 // (nexus.rebuilding), retry later.
 func (c *Client) ResizeNexus(ctx context.Context, r *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error) {
 	return c.nexuses.ResizeNexus(ctx, r)
+}
+
+// Snapshots.
+
+// CreateSnapshot takes a snapshot of the thin replica r.ReplicaUuid (I/O to
+// it pauses while the snapshot is made durable). Idempotent by r.Uuid
+// (required): a repeat returns the snapshot; that uuid used otherwise
+// fails with AlreadyExists (snapshot.exists). A thick replica:
+// InvalidArgument (snapshot.invalid); no room in the pool's metadata:
+// ResourceExhausted (pool.no_space).
+func (c *Client) CreateSnapshot(ctx context.Context, r *enginev1.CreateSnapshotRequest) (*enginev1.Snapshot, error) {
+	return c.snaps.CreateSnapshot(ctx, r)
+}
+
+// ListSnapshots returns the snapshots of the engine (of r.Pool, of the
+// replica r.ReplicaUuid, when set). A read.
+func (c *Client) ListSnapshots(ctx context.Context, r *enginev1.ListSnapshotsRequest) (*enginev1.ListSnapshotsResponse, error) {
+	return c.snaps.ListSnapshots(ctx, orEmpty(r))
+}
+
+// GetSnapshot returns one snapshot by uuid; NotFound (snapshot.not_found)
+// when there is none. A read.
+func (c *Client) GetSnapshot(ctx context.Context, r *enginev1.GetSnapshotRequest) (*enginev1.Snapshot, error) {
+	return c.snaps.GetSnapshot(ctx, r)
+}
+
+// DeleteSnapshot deletes a snapshot. Not idempotent: a repeat fails with
+// NotFound (snapshot.not_found), which a caller that retries treats as
+// done.
+func (c *Client) DeleteSnapshot(ctx context.Context, r *enginev1.DeleteSnapshotRequest) (*enginev1.DeleteSnapshotResponse, error) {
+	return c.snaps.DeleteSnapshot(ctx, r)
+}
+
+// CloneSnapshot creates a thin replica with the snapshot's content.
+// Idempotent by r.Uuid (required): a repeat returns the clone; a replica of
+// that name or uuid otherwise fails with AlreadyExists (replica.exists).
+func (c *Client) CloneSnapshot(ctx context.Context, r *enginev1.CloneSnapshotRequest) (*enginev1.Replica, error) {
+	return c.snaps.CloneSnapshot(ctx, r)
 }
 
 // Host.

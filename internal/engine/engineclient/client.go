@@ -1,5 +1,5 @@
 // Package engineclient is the client of one engine's gRPC API
-// (api/engine/v1: pools, replicas, nexuses, host), for nexctl and for
+// (api/engine/v1: pools, replicas, snapshots, nexuses, host), for nexctl and for
 // programs that drive engines, such as the management service.
 //
 // Every method takes a context and honours its deadline and cancellation.
@@ -69,6 +69,7 @@ type Client struct {
 	replicas enginev1.ReplicaServiceClient
 	nexuses  enginev1.NexusServiceClient
 	host     enginev1.HostServiceClient
+	snaps    enginev1.SnapshotServiceClient
 }
 
 // ParseAddr returns the gRPC target of an engine address as people write
@@ -165,6 +166,7 @@ func (c *Client) setServices(cc grpc.ClientConnInterface) {
 	c.replicas = enginev1.NewReplicaServiceClient(cc)
 	c.nexuses = enginev1.NewNexusServiceClient(cc)
 	c.host = enginev1.NewHostServiceClient(cc)
+	c.snaps = enginev1.NewSnapshotServiceClient(cc)
 }
 
 // Addr is the engine's address as dialled ("" for NewFromConn).
