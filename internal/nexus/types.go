@@ -86,6 +86,10 @@ const (
 	// created again): it holds none of the nexus's data. AddChild rebuilds
 	// it in full.
 	ReasonIdentityChanged FaultReason = "identity-changed"
+	// ReasonSnapshotFailed: while the nexus was quiesced for a snapshot
+	// of the volume, the child's own snapshot failed, so it lacks a
+	// snapshot its peers hold. AddChild rebuilds it in full.
+	ReasonSnapshotFailed FaultReason = "snapshot-failed"
 )
 
 // Sentinel errors callers branch on. Errors returned by the nexus wrap them

@@ -230,6 +230,9 @@ func TestDev(t *testing.T) {
 		return ns.Flush()
 	})
 
+	// The shipped Grafana dashboard queries only what the nodes export.
+	checkDashboard(t, scrapeMetrics(t, ms[0][3]), scrapeMetrics(t, ms[1][3]))
+
 	// The printed switch to NBD, then the printed NBD URI: the same data.
 	sw := bannerRE(t, banner, switchRE)
 	plainNexctl(t, "volume", "unpublish", "demo", "-a", sw[1])
