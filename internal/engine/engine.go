@@ -208,6 +208,11 @@ type Engine struct {
 	pending       []func() // restores New leaves for the background
 
 	lock *fsutil.Lock // of the data dir, released by Close
+
+	// holds are the quiesces of nexuses for snapshots (QuiesceNexus), by
+	// quiesce id; qmu guards it.
+	qmu   sync.Mutex
+	holds map[string]*quiesceHold
 }
 
 // LockFileName is the lock file in the data dir that keeps a second engine
