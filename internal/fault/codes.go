@@ -206,6 +206,11 @@ var registry = []Spec{
 	{"snapshot.name_missing", InvalidArgument, "give the snapshot a name of 1-63 characters of A-Z a-z 0-9 . _ -"},
 	{"snapshot.not_found", NotFound, "list the snapshots with `nexctl snapshot list`"},
 	{"snapshot.unsupported", FailedPrecondition, "use a pool of this node's pool backend"},
+	{"snapshot.hold_expired", Aborted, "take the snapshot again; check the replicas' nodes if it keeps failing"},
+	{"snapshot.no_copy", Unavailable, "make the volume's nodes reachable and its replicas healthy (or start the nodes holding the snapshot), then retry"},
+	{"snapshot.not_ready", FailedPrecondition, "wait until `nexctl snapshot get` shows the snapshot ready"},
+	{"snapshot.restore_size", InvalidArgument, "leave the size out (or give the snapshot's size), and resize the volume once it is created"},
+	{"snapshot.thick_volume", FailedPrecondition, "create the volume with --thin to take snapshots of it"},
 	{"snapshot.uuid", InvalidArgument, "give a UUID such as 9b2e8c1a-3f4d-4c55-8e21-0d6f1b7a9c3e"},
 
 	// The management service (internal/mgmt).
