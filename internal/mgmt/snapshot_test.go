@@ -192,13 +192,13 @@ func TestVolumeSnapshot(t *testing.T) {
 	if s2.Status.ReadyCopies != 2 || !slices.Equal(s2.Status.Failed, []string{badReplica}) {
 		t.Fatalf("snapshot with a failing replica: %v", s2.Status)
 	}
-	got, err := vs.vols().GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: "v"})
+	nx, err := healNodeOf(nodes, v.Status.Target.NodeUuid).cl.GetNexus(ctx, &enginev1.GetNexusRequest{Name: "v"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range got.Status.Replicas {
-		if r.Uuid == badReplica && (r.ChildState != "faulted" || r.Reason != "snapshot-failed") {
-			t.Fatalf("the replica whose snapshot failed is %s (%s), want faulted (snapshot-failed)", r.ChildState, r.Reason)
+	for _, c := range nx.Children {
+		if replicaOfURI(c.Uri) == badReplica && (c.State != enginev1.ChildState_CHILD_STATE_FAULTED || c.Reason != "snapshot-failed") {
+			t.Fatalf("the replica whose snapshot failed is %v (%s), want faulted (snapshot-failed)", c.State, c.Reason)
 		}
 	}
 	bad.startControl(t)
