@@ -219,7 +219,7 @@ node, pool) and whether its node reports it now. With --engine it shows a
 replica snapshot of that engine by name or UUID, with the bytes only it holds.`,
 		Example: `  nexctl snapshot get v1/daily-1
   nexctl snapshot get r0-snap1 --engine node-0`,
-		Args:    cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				s, err := findSnapshot(ctx, c, args[0])
@@ -242,7 +242,7 @@ its volume are unaffected. Copies on nodes that are down are deleted when
 they return. With --engine it deletes one replica snapshot of that engine.`,
 		Example: `  nexctl snapshot delete v1/daily-1
   nexctl snapshot delete r0-snap1 --engine node-0`,
-		Args:    cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				s, err := findSnapshot(ctx, c, args[0])

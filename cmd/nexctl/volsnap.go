@@ -76,7 +76,7 @@ func volumeSnapshotDetail(w io.Writer, s volumeSnapshotView) error {
 	}
 	if err := output.KeyValues(w, "Name", s.Name, "UUID", s.UUID, "Volume", s.Volume+" ("+s.VolumeUUID+")", "Size", output.Size(s.Size),
 		"Created", s.Created, "Phase", s.Phase, "Copies", fmt.Sprintf("%d of %d answer", s.ReadyCopies, len(s.Copies)),
-		"Writes held", (time.Duration(s.PausedUs)*time.Microsecond).String(), "Failed replicas", failed); err != nil {
+		"Writes held", (time.Duration(s.PausedUs) * time.Microsecond).String(), "Failed replicas", failed); err != nil {
 		return err
 	}
 	for _, c := range copies {
