@@ -30,13 +30,13 @@ func (sanityIDs) GenerateUniqueValidNodeID() string   { return "node-" + uuid.Ne
 func (sanityIDs) GenerateInvalidNodeID() string       { return "no such node" }
 
 // expectedSkips are the csi-sanity specs the driver is entitled to skip:
-// each names a capability it does not advertise (snapshots, clones,
-// volume modification, read-only controller publish, node storage health,
-// group snapshots) or a test configuration left off. Any other skip fails
-// the test: nothing the driver advertises goes untested.
+// each names a capability it does not advertise (volume modification,
+// read-only controller publish, node storage health, group snapshots,
+// snapshot accessibility constraints) or a test configuration left off.
+// Any other skip fails the test: nothing the driver advertises goes
+// untested (snapshots, listing and getting them, and clones included).
 var expectedSkips = []string{
-	"snapshot not supported", "listsnapshots not supported", "createsnapshot not supported", "getsnapshot not supported",
-	"deletesnapshot not supported", "volume cloning not supported", "modify volume not supported",
+	"snapshot_accessibility_constraints not supported", "modify volume not supported",
 	"controllermodifyvolume not supported", "groupcontrollerservice not supported",
 	"controllerpublishvolume.readonly field not supported", "testnodevolumeattachlimit not enabled",
 	"nodegetstoragehealth not supported",

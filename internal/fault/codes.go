@@ -67,6 +67,8 @@ var registry = []Spec{
 	{"csi.node_not_found", NotFound, "run the node plugin only on members of the system, with --node-name set to the member's name (`nexctl node list`)"},
 	{"csi.not_staged", FailedPrecondition, "stage the volume on this node first (NodeStageVolume)"},
 	{"csi.resize", Internal, "see the node plugin's log; install e2fsprogs (ext4) or xfsprogs (xfs) where it runs"},
+	{"csi.snapshot_exists", AlreadyExists, "choose another snapshot name, or delete the snapshot of that name first"},
+	{"csi.snapshot_not_found", NotFound, "check the snapshot ID; the snapshot may have been deleted"},
 	{"csi.single_writer", FailedPrecondition, "unpublish the volume at its other target first"},
 	{"csi.state", Internal, "give the node plugin a writable state directory that survives restarts (--state-dir)"},
 	{"csi.volume_exists", AlreadyExists, "choose another name, or delete the volume first"},

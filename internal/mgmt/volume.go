@@ -293,11 +293,21 @@ func (s *Service) createVolume(ctx context.Context, spec *mgmtv1.VolumeSpec) (*v
 		// A restore: the volume's size and thinness are the snapshot's.
 		spec = proto.Clone(spec).(*mgmtv1.VolumeSpec)
 		if snap, err = s.resolveSnapshot(ctx, spec.FromSnapshot); err != nil {
-			return nil, err
-		}
-		spec.FromSnapshot, spec.Thin = snap.UUID, true
-		if spec.Size == 0 {
-			spec.Size = snap.Size
+			// A repeated create of a volume restored from a snapshot
+			// deleted since finds the volume.
+			ex, gerr := s.getVolume(ctx, spec.Name)
+			if gerr != nil || ex == nil || ex.FromSnapshot == "" || ex.FromSnapshot != strings.ToLower(spec.FromSnapshot) {
+				return nil, err
+			}
+			spec.FromSnapshot, spec.Thin = ex.FromSnapshot, true
+			if spec.Size == 0 {
+				spec.Size = ex.Size
+			}
+		} else {
+			spec.FromSnapshot, spec.Thin = snap.UUID, true
+			if spec.Size == 0 {
+				spec.Size = snap.Size
+			}
 		}
 	}
 	if err := validateSpec(spec, members); err != nil {
