@@ -443,7 +443,9 @@ type Event struct {
 	// replica.replace (a new replica for one that is lost), replica.add,
 	// replica.remove, replica.gc (a replica no volume owns destroyed),
 	// nexus.gc, nexus.move, volume.healed, repair.failed, node.cordon,
-	// node.uncordon, node.drain, node.drained.
+	// node.uncordon, node.drain, node.drained, snapshot.create (with the
+	// pause), snapshot.failed, snapshot.delete, snapshot.gc (copies of a
+	// deleted snapshot removed from nodes that returned).
 	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	Volume  string `protobuf:"bytes,4,opt,name=volume,proto3" json:"volume,omitempty"`
 	Node    string `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
