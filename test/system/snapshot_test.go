@@ -79,7 +79,7 @@ func TestSnapshotRestoreExt4(t *testing.T) {
 		"mkfs $DEV", "mount $DEV /mnt/v", "write-files /mnt/v/before 8 300000 7", "sync",
 		"start fio fio --name=w --filename=/mnt/v/fio.dat --size=16m --rw=randwrite --bs=4k --direct=1 --ioengine=libaio" +
 			" --iodepth=8 --verify=crc32c --verify_backlog=64 --verify_fatal=1 --time_based --runtime=600",
-		"sleep 2s",
+		"sleep 4s", // past the layout of fio's file: the snapshot lands among its writes
 		"running fio",
 		"barrier snapshot",
 		"running fio",
