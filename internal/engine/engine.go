@@ -510,6 +510,10 @@ func (e *Engine) Close() error {
 	// pools closed below.
 	e.restoreCancel()
 	e.restoring.Wait()
+	// Holds of quiesced nexuses end now (their snapshots fail: the
+	// caller's ResumeNexus finds no hold): writes resume before the
+	// nexuses close.
+	e.endHolds()
 	e.mu.Lock()
 	// Copies: operations still in flight may record their results.
 	shares := maps.Clone(e.shares)

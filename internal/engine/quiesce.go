@@ -7,6 +7,8 @@ package engine
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +64,18 @@ type ResumeResult struct {
 	Err error
 }
 
+// endHolds ends every hold at once and waits for their nexuses to resume
+// writes.
+func (e *Engine) endHolds() {
+	e.qmu.Lock()
+	holds := slices.Collect(maps.Values(e.holds))
+	e.qmu.Unlock()
+	for _, h := range holds {
+		h.cancel()
+		<-h.done
+	}
+}
+
 func quiesceNotFound(id string) error {
 	return fault.New(fault.NotFound, "nexus.quiesce_not_found", fmt.Sprintf("quiesce %s is not known to this engine", id),
 		"the hold ended (or the engine restarted): treat the snapshot as failed and take it again")
@@ -110,6 +124,9 @@ func (e *Engine) QuiesceNexus(ctx context.Context, ref string, timeout time.Dura
 	}
 	h := &quiesceHold{id: uuid.NewString(), nexus: name, started: time.Now(), online: make(chan []string, 1),
 		failed: make(chan []string, 1), done: make(chan struct{})}
+	hctx, cancel := context.WithTimeoutCause(context.Background(), timeout,
+		fmt.Errorf("the hold of quiesce %s expired after %v", h.id, timeout))
+	h.cancel = cancel
 	e.qmu.Lock()
 	for _, o := range e.holds {
 		select {
@@ -119,6 +136,7 @@ func (e *Engine) QuiesceNexus(ctx context.Context, ref string, timeout time.Dura
 		}
 		if o.nexus == name {
 			e.qmu.Unlock()
+			cancel()
 			return QuiesceResult{}, fault.New(fault.FailedPrecondition, "nexus.quiesced",
 				fmt.Sprintf("nexus %q is held by quiesce %s", name, o.id), "resume it first, or wait for its hold to expire")
 		}
@@ -128,9 +146,6 @@ func (e *Engine) QuiesceNexus(ctx context.Context, ref string, timeout time.Dura
 	}
 	e.holds[h.id] = h
 	e.qmu.Unlock()
-	hctx, cancel := context.WithTimeoutCause(context.Background(), timeout,
-		fmt.Errorf("the hold of quiesce %s expired after %v", h.id, timeout))
-	h.cancel = cancel
 	go func() {
 		err := n.Quiesce(hctx, func(hctx context.Context, online []string) ([]string, error) {
 			h.online <- online
