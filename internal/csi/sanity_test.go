@@ -71,7 +71,7 @@ func TestSanity(t *testing.T) {
 		cleanupMounts(t, dir)
 		cleanupLoops(t, loopDir)
 	})
-	before := len(sys.volumes(t))
+	before, snapsBefore := len(sys.volumes(t)), len(sys.snapshots(t))
 
 	configs := map[string]*sanity.TestConfig{}
 	for _, kind := range []string{"mount", "block"} {
@@ -116,9 +116,13 @@ func TestSanity(t *testing.T) {
 		reasons[s[1]]++
 	}
 	t.Logf("%d specs skipped for capabilities the driver does not advertise: %v", len(skips), reasons)
-	// Every volume sanity made was deleted, and nothing stayed attached.
+	// Every volume and snapshot sanity made (and every transient snapshot
+	// of a clone) was deleted, and nothing stayed attached.
 	if after := len(sys.volumes(t)); after != before {
 		t.Errorf("%d volumes before the sanity run, %d after", before, after)
+	}
+	if after := len(sys.snapshots(t)); after != snapsBefore {
+		t.Errorf("%d snapshots before the sanity run, %d after", snapsBefore, after)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(dir, "state")); len(ents) != 0 {
 		t.Errorf("node state left behind: %v", ents)
