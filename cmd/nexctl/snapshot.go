@@ -34,7 +34,8 @@ Snapshots outlive their volume; they are deleted only by ` + "`snapshot delete`"
   nexctl snapshot delete VOLUME/NAME|UUID
 
 These commands talk to the management service (--access-points, as the
-volume commands). With --engine they act on one engine instead:
+volume commands). Given --engine (the flag: NEXSTOR_ENGINE alone does not
+switch them), they act on that engine's replica snapshots instead:
 
 A snapshot is a read-only, point-in-time image of a thin replica on this
 engine. It is taken without copying data: the snapshot shares the replica's

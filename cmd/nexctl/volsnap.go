@@ -138,6 +138,9 @@ func (a *app) volumeSnapshotList(cmd *cobra.Command, s *systemFlags, args []stri
 }
 
 func (a *app) volumeSnapshotGet(cmd *cobra.Command, s *systemFlags, args []string) error {
+	if len(args) != 1 {
+		return usage(cmd, fmt.Errorf("give one snapshot: VOLUME/NAME or its UUID"))
+	}
 	var out *mgmtv1.VolumeSnapshot
 	err := a.volumeDo(cmd, s, false, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		var err error
@@ -151,6 +154,9 @@ func (a *app) volumeSnapshotGet(cmd *cobra.Command, s *systemFlags, args []strin
 }
 
 func (a *app) volumeSnapshotDelete(cmd *cobra.Command, s *systemFlags, args []string) error {
+	if len(args) != 1 {
+		return usage(cmd, fmt.Errorf("give one snapshot: VOLUME/NAME or its UUID"))
+	}
 	var resp *mgmtv1.DeleteSnapshotResponse
 	err := a.volumeDo(cmd, s, true, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		var err error

@@ -86,4 +86,11 @@ func TestVolumeSnapshotCommands(t *testing.T) {
 	wantError(t, r, exitUsage, "cli.usage", "VOLUME NAME")
 	r = volumeRun(t, addr, "snapshot", "create", "v1", "Daily")
 	wantError(t, r, exitUsage, "cli.usage", `"Daily"`)
+	for _, cmd := range []string{"get", "delete"} {
+		r = volumeRun(t, addr, "snapshot", cmd)
+		wantError(t, r, exitUsage, "cli.usage", "VOLUME/NAME")
+	}
+	if reqs := f.requests(); len(reqs) != 0 {
+		t.Errorf("refused command lines made calls: %v", reqs)
+	}
 }
