@@ -78,7 +78,8 @@ type VolumeServiceClient interface {
 	// DeleteVolume removes the nexus and every replica of the volume. A
 	// published volume is refused without force. Replicas on nodes that are
 	// down are removed when they return: the volume stays "deleting" until
-	// then. Deleting a missing volume is NotFound.
+	// then. Deleting a missing volume is NotFound. The volume's snapshots
+	// stay (a snapshot outlives its volume; see DeleteSnapshot).
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	// PublishVolume creates the volume's nexus and exports it. Publishing
 	// again on the same node with the same protocol returns the volume; on
@@ -418,7 +419,8 @@ type VolumeServiceServer interface {
 	// DeleteVolume removes the nexus and every replica of the volume. A
 	// published volume is refused without force. Replicas on nodes that are
 	// down are removed when they return: the volume stays "deleting" until
-	// then. Deleting a missing volume is NotFound.
+	// then. Deleting a missing volume is NotFound. The volume's snapshots
+	// stay (a snapshot outlives its volume; see DeleteSnapshot).
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	// PublishVolume creates the volume's nexus and exports it. Publishing
 	// again on the same node with the same protocol returns the volume; on
