@@ -19,8 +19,25 @@ import (
 func (a *app) snapshotCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
-		Short: "Take, clone and delete snapshots of replicas",
-		Long: `A snapshot is a read-only, point-in-time image of a thin replica on this
+		Short: "Take, list and delete snapshots of volumes (of one engine's replicas with --engine)",
+		Long: `A volume snapshot is a crash-consistent, point-in-time image of a thin
+volume: one snapshot of each of its replicas, taken while the volume's nexus
+holds its writes (for a few milliseconds; ` + "`snapshot get`" + ` shows how long).
+A replica whose snapshot fails is faulted in the nexus and rebuilt; the
+snapshot is valid while one copy answers. A new volume starts from a
+snapshot with ` + "`nexctl volume create NAME --from-snapshot VOLUME/SNAPSHOT`" + `.
+Snapshots outlive their volume; they are deleted only by ` + "`snapshot delete`" + `.
+
+  nexctl snapshot create VOLUME NAME     take a snapshot (idempotent by name)
+  nexctl snapshot list [VOLUME]          list snapshots, with their copies
+  nexctl snapshot get VOLUME/NAME|UUID   show one
+  nexctl snapshot delete VOLUME/NAME|UUID
+
+These commands talk to the management service (--access-points, as the
+volume commands). Given --engine (the flag: NEXSTOR_ENGINE alone does not
+switch them), they act on that engine's replica snapshots instead:
+
+A snapshot is a read-only, point-in-time image of a thin replica on this
 engine. It is taken without copying data: the snapshot shares the replica's
 clusters, and the replica copies a cluster on its next write to it. A clone
 is a writable thin replica made from a snapshot, sharing its clusters.
@@ -32,7 +49,28 @@ to Nexstor releases without snapshot support.
 SNAPSHOT arguments take a snapshot's UUID or its name (when only one
 snapshot of the engine has that name).`,
 	}
-	cmd.AddCommand(a.snapshotCreateCmd(), a.snapshotListCmd(), a.snapshotGetCmd(), a.snapshotDeleteCmd(), a.snapshotCloneCmd())
+	sf := &systemFlags{tls: &a.tls}
+	sf.addAccessPoints(cmd.PersistentFlags())
+	create, list, get, del := a.snapshotCreateCmd(), a.snapshotListCmd(), a.snapshotGetCmd(), a.snapshotDeleteCmd()
+	// Without --engine, each goes to the management service.
+	for _, c := range []*cobra.Command{create, list, get, del} {
+		engineArgs, engineRun := c.Args, c.RunE
+		volumeRun := map[*cobra.Command]func(*cobra.Command, *systemFlags, []string) error{
+			create: a.volumeSnapshotCreate, list: a.volumeSnapshotList, get: a.volumeSnapshotGet, del: a.volumeSnapshotDelete}[c]
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if engineLevel(cmd) {
+				return engineArgs(cmd, args)
+			}
+			return nil
+		}
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if engineLevel(cmd) {
+				return engineRun(cmd, args)
+			}
+			return volumeRun(cmd, sf, args)
+		}
+	}
+	cmd.AddCommand(create, list, get, del, a.snapshotCloneCmd())
 	return cmd
 }
 
@@ -75,15 +113,25 @@ func findSnapshot(ctx context.Context, c *engineclient.Client, arg string) (*eng
 func (a *app) snapshotCreateCmd() *cobra.Command {
 	var replica, id, created string
 	cmd := &cobra.Command{
-		Use:   "create NAME --replica REPLICA",
-		Short: "Take a snapshot of a thin replica",
-		Long: `Create takes a snapshot NAME of the thin replica REPLICA (its name on this
-engine). I/O to the replica pauses while the snapshot is made durable; every
+		Use:   "create VOLUME NAME | create NAME --replica REPLICA --engine ADDR",
+		Short: "Take a snapshot of a volume (of a thin replica with --engine)",
+		Long: `Create VOLUME NAME takes the snapshot NAME of the thin volume VOLUME: the
+volume's nexus holds its writes while every replica behind an online child
+is snapshotted (an unpublished volume's current replicas are snapshotted at
+rest). It is idempotent by name: the same command again returns the
+snapshot. The pause the volume's writes saw is shown as "Writes held". If
+the hold (10 s) expires before every replica is done, the snapshot fails
+and what was made is deleted; a replica whose snapshot fails is faulted in
+the nexus, and the snapshot holds on the others.
+
+With --engine: create NAME --replica REPLICA takes a snapshot NAME of the
+thin replica REPLICA (its name on this engine). I/O to the replica pauses while the snapshot is made durable; every
 write the replica acknowledged before is in the snapshot. With --uuid the
 call is idempotent: the same command again returns the snapshot. --created
 sets the snapshot's timestamp (RFC 3339), so that the snapshots of one volume
 on several engines carry the same one; it defaults to now.`,
-		Example: `  nexctl snapshot create r0-snap1 --replica r0
+		Example: `  nexctl snapshot create v1 daily-1
+  nexctl snapshot create r0-snap1 --replica r0 --engine node-0
   nexctl snapshot create r0-snap1 --replica r0 --uuid 5e1f0000-0000-4000-8000-000000000001 --created 2026-01-02T03:04:05Z`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -95,6 +143,9 @@ on several engines carry the same one; it defaults to now.`,
 						"give a time such as 2026-01-02T03:04:05Z")
 				}
 				ts = t.UnixNano()
+			}
+			if replica == "" {
+				return usage(cmd, fmt.Errorf("--replica: give the replica to snapshot on this engine"))
 			}
 			if id == "" {
 				id = uuid.NewString()
@@ -112,21 +163,26 @@ on several engines carry the same one; it defaults to now.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&replica, "replica", "", "name of the replica to snapshot (required)")
+	cmd.Flags().StringVar(&replica, "replica", "", "with --engine: name of the replica to snapshot (required)")
 	cmd.Flags().StringVar(&id, "uuid", "", "use this UUID instead of a generated one (makes the command idempotent)")
 	cmd.Flags().StringVar(&created, "created", "", "the snapshot's timestamp, RFC 3339 (default now)")
-	cmd.MarkFlagRequired("replica")
 	return cmd
 }
 
 func (a *app) snapshotListCmd() *cobra.Command {
 	var pool, replica string
 	cmd := &cobra.Command{
-		Use:     "list",
+		Use:     "list [VOLUME]",
 		Aliases: []string{"ls"},
-		Short:   "List snapshots",
+		Short:   "List snapshots (of one volume when given)",
+		Long: `List shows the volume snapshots (of VOLUME when given): phase (ready while
+at least one copy answers, unavailable when none does, creating while it is
+taken), copies that answer out of those recorded, and the pause. With
+--engine it lists that engine's replica snapshots (--pool, --replica narrow
+it).`,
 		Example: `  nexctl snapshot list
-  nexctl snapshot list --replica r0 -o json`,
+  nexctl snapshot list v1 -o json
+  nexctl snapshot list --replica r0 --engine node-0`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
@@ -157,10 +213,14 @@ func (a *app) snapshotListCmd() *cobra.Command {
 
 func (a *app) snapshotGetCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:     "get SNAPSHOT",
-		Short:   "Show one snapshot, with the bytes only it holds",
-		Example: `  nexctl snapshot get r0-snap1`,
-		Args:    cobra.ExactArgs(1),
+		Use:   "get VOLUME/NAME|UUID",
+		Short: "Show one snapshot: its copies and their state, the pause it took",
+		Long: `Get shows a volume snapshot by VOLUME/NAME or UUID, with each copy (replica,
+node, pool) and whether its node reports it now. With --engine it shows a
+replica snapshot of that engine by name or UUID, with the bytes only it holds.`,
+		Example: `  nexctl snapshot get v1/daily-1
+  nexctl snapshot get r0-snap1 --engine node-0`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				s, err := findSnapshot(ctx, c, args[0])
@@ -175,12 +235,15 @@ func (a *app) snapshotGetCmd() *cobra.Command {
 
 func (a *app) snapshotDeleteCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "delete SNAPSHOT",
+		Use:   "delete VOLUME/NAME|UUID",
 		Short: "Delete a snapshot and free what only it holds",
 		Long: `Delete removes the snapshot; the clusters no replica, clone or other
-snapshot holds return to the pool. Its clones and its replica are unaffected.`,
-		Example: `  nexctl snapshot delete r0-snap1`,
-		Args:    cobra.ExactArgs(1),
+snapshot holds return to the pool. Its clones (volumes restored from it) and
+its volume are unaffected. Copies on nodes that are down are deleted when
+they return. With --engine it deletes one replica snapshot of that engine.`,
+		Example: `  nexctl snapshot delete v1/daily-1
+  nexctl snapshot delete r0-snap1 --engine node-0`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
 				s, err := findSnapshot(ctx, c, args[0])

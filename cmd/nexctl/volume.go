@@ -158,12 +158,12 @@ func checkProtocol(cmd *cobra.Command, p string) (string, error) {
 }
 
 func (a *app) volumeCreateCmd(s *systemFlags) *cobra.Command {
-	var size, protocol, id string
+	var size, protocol, id, from string
 	var replicas int
 	var thin bool
 	var nodeSel, poolSel []string
 	cmd := &cobra.Command{
-		Use:   "create NAME --size SIZE [--replicas N]",
+		Use:   "create NAME --size SIZE [--replicas N] | create NAME --from-snapshot SNAPSHOT",
 		Short: "Create a volume: place its replicas and create them",
 		Long: `Create places --replicas replicas of --size on distinct nodes (and distinct
 fault domains), creates them and records the volume. It is not published:
@@ -180,6 +180,13 @@ see 'nexctl volume publish'.
   --pool-selector  k=v: only pools with this label (repeatable)
   --protocol       nvmf (default) or nbd: what publish uses when not told
   --uuid           the volume's UUID (default: a new one)
+  --from-snapshot  VOLUME/NAME or UUID of a snapshot: the volume starts with
+                   its data. Its replicas are clones of the snapshot's copies
+                   (on their nodes and pools, nothing copied); replicas beyond
+                   the copies that answer are added by the system and rebuilt
+                   in full once the volume is published. The volume is thin;
+                   --size may be left out (it is the snapshot's, and another
+                   size is refused: resize the volume afterwards)
 
 Creating the same volume again (same name and spec) prints it and changes
 nothing; another spec under the same name is refused, naming the difference.
@@ -190,15 +197,22 @@ was rejected and why, and nothing is left behind.
 		Example: `  nexctl volume create v1 --size 10GiB --replicas 3
   nexctl volume create scratch --size 512MiB --replicas 1 --thin
   nexctl volume create db --size 100GiB --selector zone=a --pool-selector tier=nvme
-  nexctl volume create v2 --size 1GiB --protocol nbd -o json`,
+  nexctl volume create v2 --size 1GiB --protocol nbd -o json
+  nexctl volume create v1-copy --from-snapshot v1/daily-1 --replicas 3`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkVolumeName(cmd, args[0]); err != nil {
 				return err
 			}
-			n, err := parseVolumeSize(cmd, "--size", size)
-			if err != nil {
-				return err
+			var n uint64
+			if size != "" || from == "" {
+				if size == "" {
+					return usage(cmd, fmt.Errorf(`required flag "size" not set: give the volume's size, such as --size 10GiB (or --from-snapshot)`))
+				}
+				var err error
+				if n, err = parseVolumeSize(cmd, "--size", size); err != nil {
+					return err
+				}
 			}
 			if replicas < 1 {
 				return usage(cmd, fmt.Errorf("--replicas %d: a volume needs at least 1 replica (3 keep it through the loss of 2 nodes)", replicas))
@@ -220,7 +234,8 @@ was rejected and why, and nothing is left behind.
 			if err != nil {
 				return err
 			}
-			spec := &mgmtv1.VolumeSpec{Name: args[0], Uuid: id, Size: n, Replicas: uint32(replicas), Thin: thin, Protocol: proto}
+			spec := &mgmtv1.VolumeSpec{Name: args[0], Uuid: id, Size: n, Replicas: uint32(replicas), Thin: thin || from != "",
+				Protocol: proto, FromSnapshot: from}
 			if ns != nil || ps != nil {
 				spec.Placement = &mgmtv1.Placement{NodeSelector: ns, PoolSelector: ps}
 			}
@@ -244,7 +259,7 @@ was rejected and why, and nothing is left behind.
 	f.StringSliceVar(&poolSel, "pool-selector", nil, "pool label key=value the pools must have (repeatable)")
 	f.StringVar(&protocol, "protocol", "", "default protocol of publish: nvmf or nbd (default nvmf)")
 	f.StringVar(&id, "uuid", "", "UUID of the volume (default: a new one)")
-	_ = cmd.MarkFlagRequired("size")
+	f.StringVar(&from, "from-snapshot", "", "start with the data of this snapshot (VOLUME/NAME or UUID); --size may be left out")
 	return cmd
 }
 

@@ -55,10 +55,15 @@ var controllerCaps = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 }
 
-// ControllerGetCapabilities implements csi.ControllerServer. There is no
-// snapshot or clone capability: pools have no snapshots yet.
+// ControllerGetCapabilities implements csi.ControllerServer. Snapshots
+// are volume snapshots of the management service; a clone of a volume is
+// made from a transient snapshot of it.
 func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
 	out := &csi.ControllerGetCapabilitiesResponse{}
 	for _, t := range controllerCaps {
@@ -115,9 +120,6 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err := checkCapabilities(req.GetVolumeCapabilities()...); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, badRequest("CreateVolume %s: a volume content source (snapshot or clone) is not supported: pools have no snapshots yet", req.GetName())
-	}
 	p, err := parseParams(req.GetParameters())
 	if err != nil {
 		return nil, err
@@ -137,6 +139,41 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, err
 	}
 	name := VolumeName(req.GetName())
+	// A content source: the volume is restored from a snapshot (of the
+	// source volume, for a clone), at the snapshot's size, grown after to
+	// the size asked for.
+	src := req.GetVolumeContentSource()
+	var snap string
+	want := size
+	if src != nil {
+		existing, err := c.lookup(ctx, name, func(v *mgmtv1.Volume) bool { return v.GetSpec().GetName() == name })
+		if err != nil {
+			return nil, err
+		}
+		if existing != nil && existing.GetSpec().GetFromSnapshot() != "" && src.GetVolume() != nil {
+			// A retried clone: its transient snapshot may be gone.
+			snap, size = existing.GetSpec().GetFromSnapshot(), existing.GetSpec().GetSize()
+			defer c.deleteSnapshot(ctx, src.GetVolume().GetVolumeId()+"/"+cloneSnapshotName(req.GetName())) //nolint:errcheck // best effort
+		} else {
+			var cleanup func()
+			if snap, size, cleanup, err = c.contentSource(ctx, req); err != nil {
+				return nil, err
+			}
+			defer cleanup()
+		}
+		if existing != nil && existing.GetSpec().GetFromSnapshot() != snap {
+			return nil, fault.New(fault.AlreadyExists, CodeVolumeExists,
+				fmt.Sprintf("CreateVolume %s: volume %s exists with other content", req.GetName(), name), "")
+		}
+		if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && size > uint64(lim) {
+			return nil, fault.New(fault.OutOfRange, CodeCapacity,
+				fmt.Sprintf("CreateVolume %s: the source holds %d bytes, more than the limit of %d", req.GetName(), size, lim), "")
+		}
+		if req.GetCapacityRange().GetRequiredBytes() == 0 || want < size {
+			want = size
+		}
+		p.Thin = true
+	}
 	var v *mgmtv1.Volume
 	for attempt := 0; ; attempt++ {
 		existing, err := c.lookup(ctx, name, func(v *mgmtv1.Volume) bool { return v.GetSpec().GetName() == name })
@@ -144,11 +181,15 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, err
 		}
 		spec := &mgmtv1.VolumeSpec{Name: name, Size: size, Replicas: p.Replicas, Thin: p.Thin, Protocol: "nvmf",
-			Placement: &mgmtv1.Placement{NodeSelector: p.NodeSelector, PoolSelector: p.PoolSelector}}
+			Placement: &mgmtv1.Placement{NodeSelector: p.NodeSelector, PoolSelector: p.PoolSelector}, FromSnapshot: snap}
 		if existing != nil {
 			s := existing.GetSpec()
+			r := req.GetCapacityRange()
+			if src != nil {
+				r = nil // grown after it was restored; sized below
+			}
 			if d := specDifference(s.GetSize(), uint64(s.GetReplicas()), s.GetThin(), s.GetPlacement().GetNodeSelector(),
-				s.GetPlacement().GetPoolSelector(), p, req.GetCapacityRange()); d != "" {
+				s.GetPlacement().GetPoolSelector(), p, r); d != "" {
 				return nil, fault.New(fault.AlreadyExists, CodeVolumeExists,
 					fmt.Sprintf("CreateVolume %s: volume %s exists with %s", req.GetName(), name, d), "")
 			}
@@ -172,7 +213,18 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		}
 		return nil, fmt.Errorf("CreateVolume %s: create volume %s: %w", req.GetName(), name, err)
 	}
-	c.log.Info("volume created", "csi_name", req.GetName(), "volume", name, "uuid", v.GetSpec().GetUuid(), "size", v.GetSpec().GetSize())
+	if src != nil && v.GetSpec().GetSize() < want {
+		err := c.vol(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			var err error
+			v, err = cl.ResizeVolume(ctx, &mgmtv1.ResizeVolumeRequest{Name: name, Size: want})
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("CreateVolume %s: grow volume %s to %d bytes: %w", req.GetName(), name, want, err)
+		}
+	}
+	c.log.Info("volume created", "csi_name", req.GetName(), "volume", name, "uuid", v.GetSpec().GetUuid(), "size", v.GetSpec().GetSize(),
+		"from_snapshot", snap)
 	members, err := c.memberNames(ctx)
 	if err != nil {
 		return nil, err
@@ -185,6 +237,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		VolumeId:           v.GetSpec().GetUuid(),
 		CapacityBytes:      int64(v.GetSpec().GetSize()),
 		VolumeContext:      vctx,
+		ContentSource:      src,
 		AccessibleTopology: accessibleTopology(replicaNodes(v), req.GetAccessibilityRequirements(), func(n string) bool { return members[n] != nil }),
 	}}, nil
 }

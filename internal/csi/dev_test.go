@@ -112,6 +112,20 @@ func (d *devSystem) volumes(t *testing.T) []*mgmtv1.Volume {
 	return out
 }
 
+func (d *devSystem) snapshots(t *testing.T) []*mgmtv1.VolumeSnapshot {
+	t.Helper()
+	var out []*mgmtv1.VolumeSnapshot
+	err := d.client.DoVolume(context.Background(), func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+		resp, err := cl.ListSnapshots(ctx, &mgmtv1.ListSnapshotsRequest{})
+		out = resp.GetSnapshots()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // requireLoop skips (fails under CI) where the test cannot attach loop
 // devices and mount: not root, or no loop driver.
 func requireLoop(t *testing.T) {

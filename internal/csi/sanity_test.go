@@ -30,13 +30,13 @@ func (sanityIDs) GenerateUniqueValidNodeID() string   { return "node-" + uuid.Ne
 func (sanityIDs) GenerateInvalidNodeID() string       { return "no such node" }
 
 // expectedSkips are the csi-sanity specs the driver is entitled to skip:
-// each names a capability it does not advertise (snapshots, clones,
-// volume modification, read-only controller publish, node storage health,
-// group snapshots) or a test configuration left off. Any other skip fails
-// the test: nothing the driver advertises goes untested.
+// each names a capability it does not advertise (volume modification,
+// read-only controller publish, node storage health, group snapshots,
+// snapshot accessibility constraints) or a test configuration left off.
+// Any other skip fails the test: nothing the driver advertises goes
+// untested (snapshots, listing and getting them, and clones included).
 var expectedSkips = []string{
-	"snapshot not supported", "listsnapshots not supported", "createsnapshot not supported", "getsnapshot not supported",
-	"deletesnapshot not supported", "volume cloning not supported", "modify volume not supported",
+	"snapshot_accessibility_constraints not supported", "modify volume not supported",
 	"controllermodifyvolume not supported", "groupcontrollerservice not supported",
 	"controllerpublishvolume.readonly field not supported", "testnodevolumeattachlimit not enabled",
 	"nodegetstoragehealth not supported",
@@ -71,7 +71,7 @@ func TestSanity(t *testing.T) {
 		cleanupMounts(t, dir)
 		cleanupLoops(t, loopDir)
 	})
-	before := len(sys.volumes(t))
+	before, snapsBefore := len(sys.volumes(t)), len(sys.snapshots(t))
 
 	configs := map[string]*sanity.TestConfig{}
 	for _, kind := range []string{"mount", "block"} {
@@ -116,9 +116,13 @@ func TestSanity(t *testing.T) {
 		reasons[s[1]]++
 	}
 	t.Logf("%d specs skipped for capabilities the driver does not advertise: %v", len(skips), reasons)
-	// Every volume sanity made was deleted, and nothing stayed attached.
+	// Every volume and snapshot sanity made (and every transient snapshot
+	// of a clone) was deleted, and nothing stayed attached.
 	if after := len(sys.volumes(t)); after != before {
 		t.Errorf("%d volumes before the sanity run, %d after", before, after)
+	}
+	if after := len(sys.snapshots(t)); after != snapsBefore {
+		t.Errorf("%d snapshots before the sanity run, %d after", snapsBefore, after)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(dir, "state")); len(ents) != 0 {
 		t.Errorf("node state left behind: %v", ents)

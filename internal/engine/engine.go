@@ -208,6 +208,11 @@ type Engine struct {
 	pending       []func() // restores New leaves for the background
 
 	lock *fsutil.Lock // of the data dir, released by Close
+
+	// holds are the quiesces of nexuses for snapshots (QuiesceNexus), by
+	// quiesce id; qmu guards it.
+	qmu   sync.Mutex
+	holds map[string]*quiesceHold
 }
 
 // LockFileName is the lock file in the data dir that keeps a second engine
@@ -505,6 +510,10 @@ func (e *Engine) Close() error {
 	// pools closed below.
 	e.restoreCancel()
 	e.restoring.Wait()
+	// Holds of quiesced nexuses end now (their snapshots fail: the
+	// caller's ResumeNexus finds no hold): writes resume before the
+	// nexuses close.
+	e.endHolds()
 	e.mu.Lock()
 	// Copies: operations still in flight may record their results.
 	shares := maps.Clone(e.shares)

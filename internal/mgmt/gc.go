@@ -173,7 +173,7 @@ func (s *Service) gcPass(ctx context.Context) error {
 		}
 		s.event(ctx, evNexusGC, j.vol.Name, j.node.DisplayName(), "", j.why, "nexus %s on %s destroyed", j.nexus, j.node.DisplayName())
 	}
-	return nil
+	return s.snapshotGC(ctx, idx)
 }
 
 func hasKey(m map[string]string, k string) bool {

@@ -664,16 +664,18 @@ func Policy() *security.Policy {
 	p.Allow(mgmtv1.MgmtService_SystemStart_FullMethodName, security.RoleAdmin)
 	p.Allow(mgmtv1.MgmtService_SystemExclude_FullMethodName, security.RoleAdmin)
 	for _, m := range []string{mgmtv1.VolumeService_ListPools_FullMethodName, mgmtv1.VolumeService_ListNodes_FullMethodName,
-		mgmtv1.VolumeService_ListVolumes_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName} {
+		mgmtv1.VolumeService_ListVolumes_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName,
+		mgmtv1.VolumeService_ListSnapshots_FullMethodName, mgmtv1.VolumeService_GetSnapshot_FullMethodName} {
 		p.Allow(m, security.RoleAdmin, security.RoleServer, security.RoleCSI)
 	}
 	// The csi role (the CSI controller, internal/csi) provisions,
-	// publishes and deletes volumes, and nothing else (the server confines
+	// publishes and deletes volumes and snapshots, and nothing else (the server confines
 	// it to exactly these calls); only an admin verifies, moves, heals by
 	// hand or changes nodes.
 	for _, m := range []string{mgmtv1.VolumeService_CreateVolume_FullMethodName, mgmtv1.VolumeService_PublishVolume_FullMethodName,
 		mgmtv1.VolumeService_UnpublishVolume_FullMethodName, mgmtv1.VolumeService_ResizeVolume_FullMethodName,
-		mgmtv1.VolumeService_DeleteVolume_FullMethodName} {
+		mgmtv1.VolumeService_DeleteVolume_FullMethodName, mgmtv1.VolumeService_CreateSnapshot_FullMethodName,
+		mgmtv1.VolumeService_DeleteSnapshot_FullMethodName} {
 		p.Allow(m, security.RoleAdmin, security.RoleCSI)
 	}
 	p.Allow(mgmtv1.VolumeService_VerifyVolume_FullMethodName, security.RoleAdmin)

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
@@ -173,6 +174,8 @@ func sameSpec(spec *mgmtv1.VolumeSpec, v *volumeRecord) string {
 		return "another node selector"
 	case !maps.Equal(spec.GetPlacement().GetPoolSelector(), v.PoolSelector) && len(spec.GetPlacement().GetPoolSelector())+len(v.PoolSelector) > 0:
 		return "another pool selector"
+	case spec.FromSnapshot != v.FromSnapshot:
+		return fmt.Sprintf("content from snapshot %q, not %q", v.FromSnapshot, spec.FromSnapshot)
 	}
 	return ""
 }
@@ -285,6 +288,28 @@ func (s *Service) createVolume(ctx context.Context, spec *mgmtv1.VolumeSpec) (*v
 	if err != nil {
 		return nil, err
 	}
+	var snap *snapshotRecord
+	if spec != nil && spec.FromSnapshot != "" {
+		// A restore: the volume's size and thinness are the snapshot's.
+		spec = proto.Clone(spec).(*mgmtv1.VolumeSpec)
+		if snap, err = s.resolveSnapshot(ctx, spec.FromSnapshot); err != nil {
+			// A repeated create of a volume restored from a snapshot
+			// deleted since finds the volume.
+			ex, gerr := s.getVolume(ctx, spec.Name)
+			if gerr != nil || ex == nil || ex.FromSnapshot == "" || ex.FromSnapshot != strings.ToLower(spec.FromSnapshot) {
+				return nil, err
+			}
+			spec.FromSnapshot, spec.Thin = ex.FromSnapshot, true
+			if spec.Size == 0 {
+				spec.Size = ex.Size
+			}
+		} else {
+			spec.FromSnapshot, spec.Thin = snap.UUID, true
+			if spec.Size == 0 {
+				spec.Size = snap.Size
+			}
+		}
+	}
 	if err := validateSpec(spec, members); err != nil {
 		return nil, err
 	}
@@ -318,6 +343,9 @@ func (s *Service) createVolume(ctx context.Context, spec *mgmtv1.VolumeSpec) (*v
 					"leave --uuid out to generate one")
 			}
 		}
+	}
+	if snap != nil {
+		return s.createRestored(ctx, spec, memberIndex(members))
 	}
 	nodes := s.schedNodes(ctx, members, vols)
 	req := scheduler.Request{Size: spec.Size, Replicas: int(spec.Replicas), Thin: spec.Thin,
@@ -365,6 +393,39 @@ func (s *Service) createVolume(ctx context.Context, spec *mgmtv1.VolumeSpec) (*v
 			"get it with `nexctl volume get`")
 	}
 	s.log.Info("volume placed", "volume", v.Name, "uuid", v.UUID, "replicas", len(v.ReplicaSet))
+	return v, s.finishCreate(ctx, v)
+}
+
+// createRestored records and creates a volume whose replicas are clones
+// of a snapshot's copies (see restorePlan); the caller holds placeMu and
+// has checked that no volume has the name.
+func (s *Service) createRestored(ctx context.Context, spec *mgmtv1.VolumeSpec, idx map[string]*Member) (*volumeRecord, error) {
+	snap, refs, err := s.restorePlan(ctx, spec, idx)
+	if err != nil {
+		return nil, err
+	}
+	id := spec.Uuid
+	if id == "" {
+		id = uuid.NewString()
+	}
+	protocol := spec.Protocol
+	if protocol == "" {
+		protocol = "nvmf"
+	}
+	v := &volumeRecord{UUID: id, Name: spec.Name, Size: spec.Size, Replicas: int(spec.Replicas), Thin: true, Protocol: protocol,
+		NodeSelector: spec.GetPlacement().GetNodeSelector(), PoolSelector: spec.GetPlacement().GetPoolSelector(),
+		Status: volCreating, CreatedMs: s.nowMs(), Op: &volumeOp{Kind: opCreate, StartedMs: s.nowMs()},
+		ReplicaSet: refs, FromSnapshot: snap.UUID}
+	ok, err := s.createVolumeRecord(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fault.New(fault.AlreadyExists, CodeVolumeExists, fmt.Sprintf("volume %s was created by another call", spec.Name),
+			"get it with `nexctl volume get`")
+	}
+	s.log.Info("volume restored from a snapshot", "volume", v.Name, "snapshot", snap.Name, "of", snap.VolumeName,
+		"clones", len(refs), "replicas", v.Replicas)
 	return v, s.finishCreate(ctx, v)
 }
 
@@ -421,6 +482,11 @@ func (s *Service) finishCreateLocked(ctx context.Context, v *volumeRecord) error
 		}
 		return fmt.Errorf("volume %s: creating its replicas failed, and the volume was rolled back: %w", v.Name, err)
 	}
+	if v.FromSnapshot != "" {
+		if err := s.seedRestoredHealth(ctx, v); err != nil {
+			return err
+		}
+	}
 	v.Status, v.Op = volCreated, nil
 	if err := s.putVolume(ctx, v); err != nil {
 		return err
@@ -437,6 +503,16 @@ func (s *Service) createReplica(ctx context.Context, m *Member, v *volumeRecord,
 	}
 	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 	defer cancel()
+	if r.CloneOf != "" {
+		sc, err := snapshotsOf(c, m)
+		if err != nil {
+			return err
+		}
+		if _, err := sc.CloneSnapshot(cctx, &enginev1.CloneSnapshotRequest{SnapshotUuid: r.CloneOf, Uuid: r.UUID, Name: r.UUID, Owner: v.UUID}); err != nil {
+			return fmt.Errorf("clone of snapshot %s on %s: %w", r.CloneOf, m.DisplayName(), err)
+		}
+		return nil
+	}
 	_, err = c.CreateReplica(cctx, &enginev1.CreateReplicaRequest{Name: r.UUID, Uuid: r.UUID, Pool: r.Pool, Size: r.Size,
 		Thin: v.Thin, Owner: v.UUID})
 	if err != nil {

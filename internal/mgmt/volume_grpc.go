@@ -4,6 +4,8 @@ import (
 	"context"
 	"slices"
 
+	"github.com/google/uuid"
+
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 )
 
@@ -244,4 +246,85 @@ func (vs *VolumeServer) ListEvents(ctx context.Context, req *mgmtv1.ListEventsRe
 		return nil, ToStatus(err)
 	}
 	return &mgmtv1.ListEventsResponse{Events: evs}, nil
+}
+
+// CreateSnapshot implements VolumeService.CreateSnapshot.
+func (vs *VolumeServer) CreateSnapshot(ctx context.Context, req *mgmtv1.CreateSnapshotRequest) (*mgmtv1.VolumeSnapshot, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
+	r, err := vs.s.createSnapshot(ctx, req.Volume, req.Name)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return vs.oneSnapshot(ctx, r)
+}
+
+func (vs *VolumeServer) oneSnapshot(ctx context.Context, r *snapshotRecord) (*mgmtv1.VolumeSnapshot, error) {
+	out, err := vs.s.snapshotStatuses(ctx, []*snapshotRecord{r})
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return out[0], nil
+}
+
+// ListSnapshots implements VolumeService.ListSnapshots.
+func (vs *VolumeServer) ListSnapshots(ctx context.Context, req *mgmtv1.ListSnapshotsRequest) (*mgmtv1.ListSnapshotsResponse, error) {
+	s := vs.s
+	if err := s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	vol := ""
+	if req.Volume != "" {
+		v, err := s.getVolume(ctx, req.Volume)
+		if err != nil {
+			return nil, ToStatus(err)
+		}
+		if v == nil {
+			// A deleted volume's snapshots are listed by its UUID.
+			if _, perr := uuid.Parse(req.Volume); perr != nil {
+				return nil, ToStatus(volumeNotFound(req.Volume))
+			}
+			vol = req.Volume
+		} else {
+			vol = v.UUID
+		}
+	}
+	recs, err := s.listSnapshots(ctx, vol)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	out, err := s.snapshotStatuses(ctx, recs)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return &mgmtv1.ListSnapshotsResponse{Snapshots: out}, nil
+}
+
+// GetSnapshot implements VolumeService.GetSnapshot.
+func (vs *VolumeServer) GetSnapshot(ctx context.Context, req *mgmtv1.GetSnapshotRequest) (*mgmtv1.VolumeSnapshot, error) {
+	if err := vs.s.requireLeader(ctx); err != nil {
+		return nil, ToStatus(err)
+	}
+	r, err := vs.s.resolveSnapshot(ctx, req.Snapshot)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return vs.oneSnapshot(ctx, r)
+}
+
+// DeleteSnapshot implements VolumeService.DeleteSnapshot.
+func (vs *VolumeServer) DeleteSnapshot(ctx context.Context, req *mgmtv1.DeleteSnapshotRequest) (*mgmtv1.DeleteSnapshotResponse, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
+	pending, err := vs.s.deleteSnapshot(ctx, req.Snapshot)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	return &mgmtv1.DeleteSnapshotResponse{Pending: pending}, nil
 }

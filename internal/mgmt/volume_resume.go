@@ -85,6 +85,10 @@ func (s *Service) resumeVolume(ctx context.Context, id string) error {
 	case opMove:
 		// Roll forward: the volume must end up published.
 		return s.finishMove(ctx, v, idx)
+	case opSnapshot:
+		// Roll back: the hold of the nexus is long over, so the
+		// snapshot's copies cannot be known to be consistent.
+		return s.rollbackSnapshot(ctx, v, idx, "the leader that took it stopped")
 	}
 	return nil
 }

@@ -120,7 +120,7 @@ func nexusStateName(s enginev1.NexusState) string {
 // replicas it records current, since the others missed writes.
 func volumeProto(v *volumeRecord, idx map[string]*Member, views map[string]*nodeView, recorded map[string]string) *mgmtv1.Volume {
 	out := &mgmtv1.Volume{CreatedMs: v.CreatedMs, Spec: &mgmtv1.VolumeSpec{Name: v.Name, Uuid: v.UUID, Size: v.Size,
-		Replicas: uint32(v.Replicas), Thin: v.Thin, Protocol: v.Protocol,
+		Replicas: uint32(v.Replicas), Thin: v.Thin, Protocol: v.Protocol, FromSnapshot: v.FromSnapshot,
 		Placement: &mgmtv1.Placement{NodeSelector: v.NodeSelector, PoolSelector: v.PoolSelector}}}
 	st := &mgmtv1.VolumeStatus{}
 	out.Status = st

@@ -27,6 +27,7 @@ const (
 	opResize    = "resize"
 	opDelete    = "delete"
 	opMove      = "move"
+	opSnapshot  = "snapshot"
 )
 
 // volumeRecord is a volume's spec as kept in etcd at
@@ -60,6 +61,8 @@ type volumeRecord struct {
 	// which finishes it or rolls it back (resumeOp).
 	Op        *volumeOp `json:"op,omitempty"`
 	CreatedMs int64     `json:"created_ms"`
+	// FromSnapshot is the snapshot (UUID) the volume was restored from.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
 	// Retired are replicas taken out of the volume (replaced, or removed
 	// by a smaller replica count) that still exist on their nodes: each
 	// is destroyed, as the volume's own, once its node answers.
@@ -87,6 +90,9 @@ type replicaRef struct {
 	Replaces string `json:"replaces,omitempty"`
 	// AddedMs is when the replica was added to a volume that existed.
 	AddedMs int64 `json:"added_ms,omitempty"`
+	// CloneOf, at create: the snapshot (UUID) the replica is cloned from
+	// on its node, instead of being created blank.
+	CloneOf string `json:"clone_of,omitempty"`
 }
 
 type targetRef struct {
@@ -110,6 +116,8 @@ type volumeOp struct {
 	Stage string `json:"stage,omitempty"`
 	// Cause is why an automatic operation was started.
 	Cause string `json:"cause,omitempty"`
+	// Snapshot is the UUID of the snapshot a snapshot operation takes.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 func (k keys) volume(uuid string) string     { return k.prefix + "volumes/" + uuid }

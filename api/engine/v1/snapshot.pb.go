@@ -31,6 +31,242 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type QuiesceNexusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// nexus: the nexus's name or uuid.
+	Nexus string `protobuf:"bytes,1,opt,name=nexus,proto3" json:"nexus,omitempty"`
+	// hold_timeout_ms bounds the hold; 0 means 10000.
+	HoldTimeoutMs uint32 `protobuf:"varint,2,opt,name=hold_timeout_ms,json=holdTimeoutMs,proto3" json:"hold_timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuiesceNexusRequest) Reset() {
+	*x = QuiesceNexusRequest{}
+	mi := &file_engine_v1_snapshot_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuiesceNexusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuiesceNexusRequest) ProtoMessage() {}
+
+func (x *QuiesceNexusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_snapshot_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuiesceNexusRequest.ProtoReflect.Descriptor instead.
+func (*QuiesceNexusRequest) Descriptor() ([]byte, []int) {
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *QuiesceNexusRequest) GetNexus() string {
+	if x != nil {
+		return x.Nexus
+	}
+	return ""
+}
+
+func (x *QuiesceNexusRequest) GetHoldTimeoutMs() uint32 {
+	if x != nil {
+		return x.HoldTimeoutMs
+	}
+	return 0
+}
+
+type QuiesceNexusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// quiesce_id names the hold for ResumeNexus.
+	QuiesceId string `protobuf:"bytes,1,opt,name=quiesce_id,json=quiesceId,proto3" json:"quiesce_id,omitempty"`
+	// online_children: the URIs of the children that hold every
+	// acknowledged write (bdev:///<replica-uuid> or nvmf://host:port/<nqn>).
+	OnlineChildren []string `protobuf:"bytes,2,rep,name=online_children,json=onlineChildren,proto3" json:"online_children,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *QuiesceNexusResponse) Reset() {
+	*x = QuiesceNexusResponse{}
+	mi := &file_engine_v1_snapshot_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuiesceNexusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuiesceNexusResponse) ProtoMessage() {}
+
+func (x *QuiesceNexusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_snapshot_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuiesceNexusResponse.ProtoReflect.Descriptor instead.
+func (*QuiesceNexusResponse) Descriptor() ([]byte, []int) {
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *QuiesceNexusResponse) GetQuiesceId() string {
+	if x != nil {
+		return x.QuiesceId
+	}
+	return ""
+}
+
+func (x *QuiesceNexusResponse) GetOnlineChildren() []string {
+	if x != nil {
+		return x.OnlineChildren
+	}
+	return nil
+}
+
+type ResumeNexusRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Nexus     string                 `protobuf:"bytes,1,opt,name=nexus,proto3" json:"nexus,omitempty"`
+	QuiesceId string                 `protobuf:"bytes,2,opt,name=quiesce_id,json=quiesceId,proto3" json:"quiesce_id,omitempty"`
+	// failed_children: URIs among online_children whose snapshot failed.
+	FailedChildren []string `protobuf:"bytes,3,rep,name=failed_children,json=failedChildren,proto3" json:"failed_children,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ResumeNexusRequest) Reset() {
+	*x = ResumeNexusRequest{}
+	mi := &file_engine_v1_snapshot_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeNexusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeNexusRequest) ProtoMessage() {}
+
+func (x *ResumeNexusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_snapshot_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeNexusRequest.ProtoReflect.Descriptor instead.
+func (*ResumeNexusRequest) Descriptor() ([]byte, []int) {
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResumeNexusRequest) GetNexus() string {
+	if x != nil {
+		return x.Nexus
+	}
+	return ""
+}
+
+func (x *ResumeNexusRequest) GetQuiesceId() string {
+	if x != nil {
+		return x.QuiesceId
+	}
+	return ""
+}
+
+func (x *ResumeNexusRequest) GetFailedChildren() []string {
+	if x != nil {
+		return x.FailedChildren
+	}
+	return nil
+}
+
+type ResumeNexusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// held: the hold was in force until this call (the snapshot is
+	// consistent).
+	Held bool `protobuf:"varint,1,opt,name=held,proto3" json:"held,omitempty"`
+	// paused_us: how long the nexus's writes were held, from the start of
+	// the quiesce (writes wait from then on) to their resumption.
+	PausedUs uint64 `protobuf:"varint,2,opt,name=paused_us,json=pausedUs,proto3" json:"paused_us,omitempty"`
+	// error: what went wrong at the end of the hold (faulting a failed child
+	// could not be saved, ...); empty when nothing did.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeNexusResponse) Reset() {
+	*x = ResumeNexusResponse{}
+	mi := &file_engine_v1_snapshot_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeNexusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeNexusResponse) ProtoMessage() {}
+
+func (x *ResumeNexusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_snapshot_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeNexusResponse.ProtoReflect.Descriptor instead.
+func (*ResumeNexusResponse) Descriptor() ([]byte, []int) {
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ResumeNexusResponse) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+func (x *ResumeNexusResponse) GetPausedUs() uint64 {
+	if x != nil {
+		return x.PausedUs
+	}
+	return 0
+}
+
+func (x *ResumeNexusResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Snapshot is one snapshot of a replica.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -57,7 +293,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[0]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -69,7 +305,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[0]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -82,7 +318,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{0}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Snapshot) GetUuid() string {
@@ -165,7 +401,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[1]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -177,7 +413,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[1]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -190,7 +426,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{1}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateSnapshotRequest) GetReplicaUuid() string {
@@ -233,7 +469,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[2]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +481,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[2]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +494,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{2}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListSnapshotsRequest) GetPool() string {
@@ -284,7 +520,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[3]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +532,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[3]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +545,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{3}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -328,7 +564,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[4]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +576,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[4]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +589,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{4}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetSnapshotRequest) GetUuid() string {
@@ -372,7 +608,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[5]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +620,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[5]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +633,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{5}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteSnapshotRequest) GetUuid() string {
@@ -415,7 +651,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[6]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +663,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[6]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +676,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{6}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{10}
 }
 
 type CloneSnapshotRequest struct {
@@ -460,7 +696,7 @@ type CloneSnapshotRequest struct {
 
 func (x *CloneSnapshotRequest) Reset() {
 	*x = CloneSnapshotRequest{}
-	mi := &file_engine_v1_snapshot_proto_msgTypes[7]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +708,7 @@ func (x *CloneSnapshotRequest) String() string {
 func (*CloneSnapshotRequest) ProtoMessage() {}
 
 func (x *CloneSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_snapshot_proto_msgTypes[7]
+	mi := &file_engine_v1_snapshot_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +721,7 @@ func (x *CloneSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloneSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CloneSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{7}
+	return file_engine_v1_snapshot_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CloneSnapshotRequest) GetSnapshotUuid() string {
@@ -520,7 +756,23 @@ var File_engine_v1_snapshot_proto protoreflect.FileDescriptor
 
 const file_engine_v1_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x18engine/v1/snapshot.proto\x12\x11nexstor.engine.v1\x1a\x16engine/v1/engine.proto\"\x8a\x02\n" +
+	"\x18engine/v1/snapshot.proto\x12\x11nexstor.engine.v1\x1a\x16engine/v1/engine.proto\"S\n" +
+	"\x13QuiesceNexusRequest\x12\x14\n" +
+	"\x05nexus\x18\x01 \x01(\tR\x05nexus\x12&\n" +
+	"\x0fhold_timeout_ms\x18\x02 \x01(\rR\rholdTimeoutMs\"^\n" +
+	"\x14QuiesceNexusResponse\x12\x1d\n" +
+	"\n" +
+	"quiesce_id\x18\x01 \x01(\tR\tquiesceId\x12'\n" +
+	"\x0fonline_children\x18\x02 \x03(\tR\x0eonlineChildren\"r\n" +
+	"\x12ResumeNexusRequest\x12\x14\n" +
+	"\x05nexus\x18\x01 \x01(\tR\x05nexus\x12\x1d\n" +
+	"\n" +
+	"quiesce_id\x18\x02 \x01(\tR\tquiesceId\x12'\n" +
+	"\x0ffailed_children\x18\x03 \x03(\tR\x0efailedChildren\"\\\n" +
+	"\x13ResumeNexusResponse\x12\x12\n" +
+	"\x04held\x18\x01 \x01(\bR\x04held\x12\x1b\n" +
+	"\tpaused_us\x18\x02 \x01(\x04R\bpausedUs\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x8a\x02\n" +
 	"\bSnapshot\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -552,13 +804,15 @@ const file_engine_v1_snapshot_proto_rawDesc = "" +
 	"\rsnapshot_uuid\x18\x01 \x01(\tR\fsnapshotUuid\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x14\n" +
-	"\x05owner\x18\x04 \x01(\tR\x05owner2\xde\x03\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner2\x9d\x05\n" +
 	"\x0fSnapshotService\x12W\n" +
 	"\x0eCreateSnapshot\x12(.nexstor.engine.v1.CreateSnapshotRequest\x1a\x1b.nexstor.engine.v1.Snapshot\x12b\n" +
 	"\rListSnapshots\x12'.nexstor.engine.v1.ListSnapshotsRequest\x1a(.nexstor.engine.v1.ListSnapshotsResponse\x12Q\n" +
 	"\vGetSnapshot\x12%.nexstor.engine.v1.GetSnapshotRequest\x1a\x1b.nexstor.engine.v1.Snapshot\x12e\n" +
 	"\x0eDeleteSnapshot\x12(.nexstor.engine.v1.DeleteSnapshotRequest\x1a).nexstor.engine.v1.DeleteSnapshotResponse\x12T\n" +
-	"\rCloneSnapshot\x12'.nexstor.engine.v1.CloneSnapshotRequest\x1a\x1a.nexstor.engine.v1.ReplicaB3Z1github.com/nexstor/nexstor/api/engine/v1;enginev1b\x06proto3"
+	"\rCloneSnapshot\x12'.nexstor.engine.v1.CloneSnapshotRequest\x1a\x1a.nexstor.engine.v1.Replica\x12_\n" +
+	"\fQuiesceNexus\x12&.nexstor.engine.v1.QuiesceNexusRequest\x1a'.nexstor.engine.v1.QuiesceNexusResponse\x12\\\n" +
+	"\vResumeNexus\x12%.nexstor.engine.v1.ResumeNexusRequest\x1a&.nexstor.engine.v1.ResumeNexusResponseB3Z1github.com/nexstor/nexstor/api/engine/v1;enginev1b\x06proto3"
 
 var (
 	file_engine_v1_snapshot_proto_rawDescOnce sync.Once
@@ -572,35 +826,43 @@ func file_engine_v1_snapshot_proto_rawDescGZIP() []byte {
 	return file_engine_v1_snapshot_proto_rawDescData
 }
 
-var file_engine_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_engine_v1_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_engine_v1_snapshot_proto_goTypes = []any{
-	(*Snapshot)(nil),               // 0: nexstor.engine.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),  // 1: nexstor.engine.v1.CreateSnapshotRequest
-	(*ListSnapshotsRequest)(nil),   // 2: nexstor.engine.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),  // 3: nexstor.engine.v1.ListSnapshotsResponse
-	(*GetSnapshotRequest)(nil),     // 4: nexstor.engine.v1.GetSnapshotRequest
-	(*DeleteSnapshotRequest)(nil),  // 5: nexstor.engine.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil), // 6: nexstor.engine.v1.DeleteSnapshotResponse
-	(*CloneSnapshotRequest)(nil),   // 7: nexstor.engine.v1.CloneSnapshotRequest
-	(*Replica)(nil),                // 8: nexstor.engine.v1.Replica
+	(*QuiesceNexusRequest)(nil),    // 0: nexstor.engine.v1.QuiesceNexusRequest
+	(*QuiesceNexusResponse)(nil),   // 1: nexstor.engine.v1.QuiesceNexusResponse
+	(*ResumeNexusRequest)(nil),     // 2: nexstor.engine.v1.ResumeNexusRequest
+	(*ResumeNexusResponse)(nil),    // 3: nexstor.engine.v1.ResumeNexusResponse
+	(*Snapshot)(nil),               // 4: nexstor.engine.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),  // 5: nexstor.engine.v1.CreateSnapshotRequest
+	(*ListSnapshotsRequest)(nil),   // 6: nexstor.engine.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),  // 7: nexstor.engine.v1.ListSnapshotsResponse
+	(*GetSnapshotRequest)(nil),     // 8: nexstor.engine.v1.GetSnapshotRequest
+	(*DeleteSnapshotRequest)(nil),  // 9: nexstor.engine.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil), // 10: nexstor.engine.v1.DeleteSnapshotResponse
+	(*CloneSnapshotRequest)(nil),   // 11: nexstor.engine.v1.CloneSnapshotRequest
+	(*Replica)(nil),                // 12: nexstor.engine.v1.Replica
 }
 var file_engine_v1_snapshot_proto_depIdxs = []int32{
-	0, // 0: nexstor.engine.v1.ListSnapshotsResponse.snapshots:type_name -> nexstor.engine.v1.Snapshot
-	1, // 1: nexstor.engine.v1.SnapshotService.CreateSnapshot:input_type -> nexstor.engine.v1.CreateSnapshotRequest
-	2, // 2: nexstor.engine.v1.SnapshotService.ListSnapshots:input_type -> nexstor.engine.v1.ListSnapshotsRequest
-	4, // 3: nexstor.engine.v1.SnapshotService.GetSnapshot:input_type -> nexstor.engine.v1.GetSnapshotRequest
-	5, // 4: nexstor.engine.v1.SnapshotService.DeleteSnapshot:input_type -> nexstor.engine.v1.DeleteSnapshotRequest
-	7, // 5: nexstor.engine.v1.SnapshotService.CloneSnapshot:input_type -> nexstor.engine.v1.CloneSnapshotRequest
-	0, // 6: nexstor.engine.v1.SnapshotService.CreateSnapshot:output_type -> nexstor.engine.v1.Snapshot
-	3, // 7: nexstor.engine.v1.SnapshotService.ListSnapshots:output_type -> nexstor.engine.v1.ListSnapshotsResponse
-	0, // 8: nexstor.engine.v1.SnapshotService.GetSnapshot:output_type -> nexstor.engine.v1.Snapshot
-	6, // 9: nexstor.engine.v1.SnapshotService.DeleteSnapshot:output_type -> nexstor.engine.v1.DeleteSnapshotResponse
-	8, // 10: nexstor.engine.v1.SnapshotService.CloneSnapshot:output_type -> nexstor.engine.v1.Replica
-	6, // [6:11] is the sub-list for method output_type
-	1, // [1:6] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4,  // 0: nexstor.engine.v1.ListSnapshotsResponse.snapshots:type_name -> nexstor.engine.v1.Snapshot
+	5,  // 1: nexstor.engine.v1.SnapshotService.CreateSnapshot:input_type -> nexstor.engine.v1.CreateSnapshotRequest
+	6,  // 2: nexstor.engine.v1.SnapshotService.ListSnapshots:input_type -> nexstor.engine.v1.ListSnapshotsRequest
+	8,  // 3: nexstor.engine.v1.SnapshotService.GetSnapshot:input_type -> nexstor.engine.v1.GetSnapshotRequest
+	9,  // 4: nexstor.engine.v1.SnapshotService.DeleteSnapshot:input_type -> nexstor.engine.v1.DeleteSnapshotRequest
+	11, // 5: nexstor.engine.v1.SnapshotService.CloneSnapshot:input_type -> nexstor.engine.v1.CloneSnapshotRequest
+	0,  // 6: nexstor.engine.v1.SnapshotService.QuiesceNexus:input_type -> nexstor.engine.v1.QuiesceNexusRequest
+	2,  // 7: nexstor.engine.v1.SnapshotService.ResumeNexus:input_type -> nexstor.engine.v1.ResumeNexusRequest
+	4,  // 8: nexstor.engine.v1.SnapshotService.CreateSnapshot:output_type -> nexstor.engine.v1.Snapshot
+	7,  // 9: nexstor.engine.v1.SnapshotService.ListSnapshots:output_type -> nexstor.engine.v1.ListSnapshotsResponse
+	4,  // 10: nexstor.engine.v1.SnapshotService.GetSnapshot:output_type -> nexstor.engine.v1.Snapshot
+	10, // 11: nexstor.engine.v1.SnapshotService.DeleteSnapshot:output_type -> nexstor.engine.v1.DeleteSnapshotResponse
+	12, // 12: nexstor.engine.v1.SnapshotService.CloneSnapshot:output_type -> nexstor.engine.v1.Replica
+	1,  // 13: nexstor.engine.v1.SnapshotService.QuiesceNexus:output_type -> nexstor.engine.v1.QuiesceNexusResponse
+	3,  // 14: nexstor.engine.v1.SnapshotService.ResumeNexus:output_type -> nexstor.engine.v1.ResumeNexusResponse
+	8,  // [8:15] is the sub-list for method output_type
+	1,  // [1:8] is the sub-list for method input_type
+	1,  // [1:1] is the sub-list for extension type_name
+	1,  // [1:1] is the sub-list for extension extendee
+	0,  // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_engine_v1_snapshot_proto_init() }
@@ -615,7 +877,7 @@ func file_engine_v1_snapshot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_engine_v1_snapshot_proto_rawDesc), len(file_engine_v1_snapshot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

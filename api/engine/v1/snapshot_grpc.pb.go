@@ -34,6 +34,8 @@ const (
 	SnapshotService_GetSnapshot_FullMethodName    = "/nexstor.engine.v1.SnapshotService/GetSnapshot"
 	SnapshotService_DeleteSnapshot_FullMethodName = "/nexstor.engine.v1.SnapshotService/DeleteSnapshot"
 	SnapshotService_CloneSnapshot_FullMethodName  = "/nexstor.engine.v1.SnapshotService/CloneSnapshot"
+	SnapshotService_QuiesceNexus_FullMethodName   = "/nexstor.engine.v1.SnapshotService/QuiesceNexus"
+	SnapshotService_ResumeNexus_FullMethodName    = "/nexstor.engine.v1.SnapshotService/ResumeNexus"
 )
 
 // SnapshotServiceClient is the client API for SnapshotService service.
@@ -66,6 +68,27 @@ type SnapshotServiceClient interface {
 	// uuid: a clone of that uuid and name of the same snapshot is returned
 	// as it is. Name rules, owner and over-commit as CreateReplica.
 	CloneSnapshot(ctx context.Context, in *CloneSnapshotRequest, opts ...grpc.CallOption) (*Replica, error)
+	// QuiesceNexus holds the writes of a nexus for a volume-level snapshot:
+	// new writes wait (they do not fail), those in flight drain, the
+	// children are flushed, and the call answers once the writes are held,
+	// with the online children (each holds every acknowledged write) and a
+	// quiesce id. The hold ends at ResumeNexus, or when hold_timeout_ms
+	// expires first (default 10000, at most 60000: more is InvalidArgument,
+	// nexus.quiesce_timeout), whichever comes first; writes then resume. One
+	// quiesce per nexus at a time: another is FailedPrecondition
+	// (nexus.quiesced). A nexus with no online child is Unavailable
+	// (nexus.no_healthy_child).
+	QuiesceNexus(ctx context.Context, in *QuiesceNexusRequest, opts ...grpc.CallOption) (*QuiesceNexusResponse, error)
+	// ResumeNexus ends the hold of a quiesce: the children named in
+	// failed_children (whose snapshot was not taken) are faulted
+	// (snapshot-failed) before writes resume, never the last online one.
+	// held says whether the hold was still in force when the call came: false
+	// means the timeout expired first and writes resumed, so the snapshot
+	// taken meanwhile is not consistent and must be treated as failed. An id
+	// the engine does not know (never issued, or forgotten a minute after
+	// its hold ended) is NotFound (nexus.quiesce_not_found), which the caller
+	// also treats as a failed snapshot.
+	ResumeNexus(ctx context.Context, in *ResumeNexusRequest, opts ...grpc.CallOption) (*ResumeNexusResponse, error)
 }
 
 type snapshotServiceClient struct {
@@ -126,6 +149,26 @@ func (c *snapshotServiceClient) CloneSnapshot(ctx context.Context, in *CloneSnap
 	return out, nil
 }
 
+func (c *snapshotServiceClient) QuiesceNexus(ctx context.Context, in *QuiesceNexusRequest, opts ...grpc.CallOption) (*QuiesceNexusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QuiesceNexusResponse)
+	err := c.cc.Invoke(ctx, SnapshotService_QuiesceNexus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *snapshotServiceClient) ResumeNexus(ctx context.Context, in *ResumeNexusRequest, opts ...grpc.CallOption) (*ResumeNexusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeNexusResponse)
+	err := c.cc.Invoke(ctx, SnapshotService_ResumeNexus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SnapshotServiceServer is the server API for SnapshotService service.
 // All implementations must embed UnimplementedSnapshotServiceServer
 // for forward compatibility.
@@ -156,6 +199,27 @@ type SnapshotServiceServer interface {
 	// uuid: a clone of that uuid and name of the same snapshot is returned
 	// as it is. Name rules, owner and over-commit as CreateReplica.
 	CloneSnapshot(context.Context, *CloneSnapshotRequest) (*Replica, error)
+	// QuiesceNexus holds the writes of a nexus for a volume-level snapshot:
+	// new writes wait (they do not fail), those in flight drain, the
+	// children are flushed, and the call answers once the writes are held,
+	// with the online children (each holds every acknowledged write) and a
+	// quiesce id. The hold ends at ResumeNexus, or when hold_timeout_ms
+	// expires first (default 10000, at most 60000: more is InvalidArgument,
+	// nexus.quiesce_timeout), whichever comes first; writes then resume. One
+	// quiesce per nexus at a time: another is FailedPrecondition
+	// (nexus.quiesced). A nexus with no online child is Unavailable
+	// (nexus.no_healthy_child).
+	QuiesceNexus(context.Context, *QuiesceNexusRequest) (*QuiesceNexusResponse, error)
+	// ResumeNexus ends the hold of a quiesce: the children named in
+	// failed_children (whose snapshot was not taken) are faulted
+	// (snapshot-failed) before writes resume, never the last online one.
+	// held says whether the hold was still in force when the call came: false
+	// means the timeout expired first and writes resumed, so the snapshot
+	// taken meanwhile is not consistent and must be treated as failed. An id
+	// the engine does not know (never issued, or forgotten a minute after
+	// its hold ended) is NotFound (nexus.quiesce_not_found), which the caller
+	// also treats as a failed snapshot.
+	ResumeNexus(context.Context, *ResumeNexusRequest) (*ResumeNexusResponse, error)
 	mustEmbedUnimplementedSnapshotServiceServer()
 }
 
@@ -180,6 +244,12 @@ func (UnimplementedSnapshotServiceServer) DeleteSnapshot(context.Context, *Delet
 }
 func (UnimplementedSnapshotServiceServer) CloneSnapshot(context.Context, *CloneSnapshotRequest) (*Replica, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CloneSnapshot not implemented")
+}
+func (UnimplementedSnapshotServiceServer) QuiesceNexus(context.Context, *QuiesceNexusRequest) (*QuiesceNexusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method QuiesceNexus not implemented")
+}
+func (UnimplementedSnapshotServiceServer) ResumeNexus(context.Context, *ResumeNexusRequest) (*ResumeNexusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResumeNexus not implemented")
 }
 func (UnimplementedSnapshotServiceServer) mustEmbedUnimplementedSnapshotServiceServer() {}
 func (UnimplementedSnapshotServiceServer) testEmbeddedByValue()                         {}
@@ -292,6 +362,42 @@ func _SnapshotService_CloneSnapshot_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SnapshotService_QuiesceNexus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QuiesceNexusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SnapshotServiceServer).QuiesceNexus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SnapshotService_QuiesceNexus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SnapshotServiceServer).QuiesceNexus(ctx, req.(*QuiesceNexusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SnapshotService_ResumeNexus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeNexusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SnapshotServiceServer).ResumeNexus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SnapshotService_ResumeNexus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SnapshotServiceServer).ResumeNexus(ctx, req.(*ResumeNexusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SnapshotService_ServiceDesc is the grpc.ServiceDesc for SnapshotService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -318,6 +424,14 @@ var SnapshotService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloneSnapshot",
 			Handler:    _SnapshotService_CloneSnapshot_Handler,
+		},
+		{
+			MethodName: "QuiesceNexus",
+			Handler:    _SnapshotService_QuiesceNexus_Handler,
+		},
+		{
+			MethodName: "ResumeNexus",
+			Handler:    _SnapshotService_ResumeNexus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

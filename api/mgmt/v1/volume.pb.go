@@ -443,7 +443,9 @@ type Event struct {
 	// replica.replace (a new replica for one that is lost), replica.add,
 	// replica.remove, replica.gc (a replica no volume owns destroyed),
 	// nexus.gc, nexus.move, volume.healed, repair.failed, node.cordon,
-	// node.uncordon, node.drain, node.drained.
+	// node.uncordon, node.drain, node.drained, snapshot.create (with the
+	// pause), snapshot.failed, snapshot.delete, snapshot.gc (copies of a
+	// deleted snapshot removed from nodes that returned).
 	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	Volume  string `protobuf:"bytes,4,opt,name=volume,proto3" json:"volume,omitempty"`
 	Node    string `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
@@ -797,8 +799,14 @@ type VolumeSpec struct {
 	Replicas uint32 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	Thin     bool   `protobuf:"varint,5,opt,name=thin,proto3" json:"thin,omitempty"`
 	// protocol the volume is published with by default: nvmf (default) or nbd.
-	Protocol      string     `protobuf:"bytes,6,opt,name=protocol,proto3" json:"protocol,omitempty"`
-	Placement     *Placement `protobuf:"bytes,7,opt,name=placement,proto3" json:"placement,omitempty"`
+	Protocol  string     `protobuf:"bytes,6,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Placement *Placement `protobuf:"bytes,7,opt,name=placement,proto3" json:"placement,omitempty"`
+	// from_snapshot, at create: a snapshot (uuid, or VOLUME/NAME) whose data
+	// the new volume starts with. Its replicas are clones of the snapshot's
+	// copies (on their nodes and pools); replicas beyond the copies that
+	// answer are added by the reconcilers with a full rebuild. size 0 takes
+	// the snapshot's size; another size is refused. The volume is thin.
+	FromSnapshot  string `protobuf:"bytes,8,opt,name=from_snapshot,json=fromSnapshot,proto3" json:"from_snapshot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -880,6 +888,13 @@ func (x *VolumeSpec) GetPlacement() *Placement {
 		return x.Placement
 	}
 	return nil
+}
+
+func (x *VolumeSpec) GetFromSnapshot() string {
+	if x != nil {
+		return x.FromSnapshot
+	}
+	return ""
 }
 
 // VolumeReplica is one replica of a volume, with its live state.
@@ -2364,6 +2379,546 @@ func (*DeleteNexusHealthResponse) Descriptor() ([]byte, []int) {
 	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
+// VolumeSnapshot is a snapshot of a volume.
+type VolumeSnapshot struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Uuid  string                 `protobuf:"bytes,1,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// volume and volume_uuid: the volume the snapshot was taken of (it may
+	// have been deleted since: a snapshot outlives its volume).
+	Volume     string `protobuf:"bytes,3,opt,name=volume,proto3" json:"volume,omitempty"`
+	VolumeUuid string `protobuf:"bytes,4,opt,name=volume_uuid,json=volumeUuid,proto3" json:"volume_uuid,omitempty"`
+	// size: the volume's size when the snapshot was taken.
+	Size            uint64          `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	CreatedUnixNano int64           `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	Status          *SnapshotStatus `protobuf:"bytes,7,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *VolumeSnapshot) Reset() {
+	*x = VolumeSnapshot{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeSnapshot) ProtoMessage() {}
+
+func (x *VolumeSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeSnapshot.ProtoReflect.Descriptor instead.
+func (*VolumeSnapshot) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *VolumeSnapshot) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *VolumeSnapshot) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VolumeSnapshot) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *VolumeSnapshot) GetVolumeUuid() string {
+	if x != nil {
+		return x.VolumeUuid
+	}
+	return ""
+}
+
+func (x *VolumeSnapshot) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *VolumeSnapshot) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *VolumeSnapshot) GetStatus() *SnapshotStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// SnapshotStatus is a snapshot's state, derived from its record and the
+// engines' live reports.
+type SnapshotStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// phase: creating, ready (at least one copy answers now), or
+	// unavailable (no copy answers now).
+	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	// copies: the replicas that hold the snapshot, as recorded, with their
+	// live state.
+	Copies []*SnapshotCopy `protobuf:"bytes,2,rep,name=copies,proto3" json:"copies,omitempty"`
+	// ready_copies: copies that their nodes report now.
+	ReadyCopies uint32 `protobuf:"varint,3,opt,name=ready_copies,json=readyCopies,proto3" json:"ready_copies,omitempty"`
+	// paused_us: how long the volume's writes were held to take it (0 for a
+	// volume that was not published).
+	PausedUs uint64 `protobuf:"varint,4,opt,name=paused_us,json=pausedUs,proto3" json:"paused_us,omitempty"`
+	// failed: replicas whose snapshot failed when it was taken (faulted in
+	// the nexus, rebuilt by the reconcilers).
+	Failed        []string `protobuf:"bytes,5,rep,name=failed,proto3" json:"failed,omitempty"`
+	ReadyToUse    bool     `protobuf:"varint,6,opt,name=ready_to_use,json=readyToUse,proto3" json:"ready_to_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotStatus) Reset() {
+	*x = SnapshotStatus{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotStatus) ProtoMessage() {}
+
+func (x *SnapshotStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotStatus.ProtoReflect.Descriptor instead.
+func (*SnapshotStatus) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SnapshotStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *SnapshotStatus) GetCopies() []*SnapshotCopy {
+	if x != nil {
+		return x.Copies
+	}
+	return nil
+}
+
+func (x *SnapshotStatus) GetReadyCopies() uint32 {
+	if x != nil {
+		return x.ReadyCopies
+	}
+	return 0
+}
+
+func (x *SnapshotStatus) GetPausedUs() uint64 {
+	if x != nil {
+		return x.PausedUs
+	}
+	return 0
+}
+
+func (x *SnapshotStatus) GetFailed() []string {
+	if x != nil {
+		return x.Failed
+	}
+	return nil
+}
+
+func (x *SnapshotStatus) GetReadyToUse() bool {
+	if x != nil {
+		return x.ReadyToUse
+	}
+	return false
+}
+
+// SnapshotCopy is one replica's snapshot of a volume snapshot.
+type SnapshotCopy struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Replica string                 `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	Node    string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Pool    string                 `protobuf:"bytes,3,opt,name=pool,proto3" json:"pool,omitempty"`
+	// state: present, missing (the engine does not have it) or unknown (the
+	// node did not answer).
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotCopy) Reset() {
+	*x = SnapshotCopy{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotCopy) ProtoMessage() {}
+
+func (x *SnapshotCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotCopy.ProtoReflect.Descriptor instead.
+func (*SnapshotCopy) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SnapshotCopy) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *SnapshotCopy) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SnapshotCopy) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *SnapshotCopy) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type CreateSnapshotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// volume: name or uuid.
+	Volume string `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	// name: 1-63 characters of [a-z0-9.-], starting and ending with a
+	// letter or digit; unique among the volume's snapshots.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSnapshotRequest) Reset() {
+	*x = CreateSnapshotRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSnapshotRequest) ProtoMessage() {}
+
+func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *CreateSnapshotRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *CreateSnapshotRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListSnapshotsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// volume: name or uuid; empty lists every snapshot.
+	Volume        string `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSnapshotsRequest) Reset() {
+	*x = ListSnapshotsRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSnapshotsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSnapshotsRequest) ProtoMessage() {}
+
+func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
+func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListSnapshotsRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+type ListSnapshotsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Snapshots     []*VolumeSnapshot      `protobuf:"bytes,1,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSnapshotsResponse) Reset() {
+	*x = ListSnapshotsResponse{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSnapshotsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSnapshotsResponse) ProtoMessage() {}
+
+func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
+func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListSnapshotsResponse) GetSnapshots() []*VolumeSnapshot {
+	if x != nil {
+		return x.Snapshots
+	}
+	return nil
+}
+
+type GetSnapshotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// snapshot: uuid, or VOLUME/NAME.
+	Snapshot      string `protobuf:"bytes,1,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSnapshotRequest) Reset() {
+	*x = GetSnapshotRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSnapshotRequest) ProtoMessage() {}
+
+func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *GetSnapshotRequest) GetSnapshot() string {
+	if x != nil {
+		return x.Snapshot
+	}
+	return ""
+}
+
+type DeleteSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Snapshot      string                 `protobuf:"bytes,1,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSnapshotRequest) Reset() {
+	*x = DeleteSnapshotRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSnapshotRequest) ProtoMessage() {}
+
+func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *DeleteSnapshotRequest) GetSnapshot() string {
+	if x != nil {
+		return x.Snapshot
+	}
+	return ""
+}
+
+type DeleteSnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pending: copies on nodes that are down, deleted when they return.
+	Pending       []string `protobuf:"bytes,1,rep,name=pending,proto3" json:"pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSnapshotResponse) Reset() {
+	*x = DeleteSnapshotResponse{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSnapshotResponse) ProtoMessage() {}
+
+func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *DeleteSnapshotResponse) GetPending() []string {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
+
 var File_mgmt_v1_volume_proto protoreflect.FileDescriptor
 
 const file_mgmt_v1_volume_proto_rawDesc = "" +
@@ -2425,7 +2980,7 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11PoolSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
 	"\n" +
 	"VolumeSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
@@ -2434,7 +2989,8 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x01(\rR\breplicas\x12\x12\n" +
 	"\x04thin\x18\x05 \x01(\bR\x04thin\x12\x1a\n" +
 	"\bprotocol\x18\x06 \x01(\tR\bprotocol\x128\n" +
-	"\tplacement\x18\a \x01(\v2\x1a.nexstor.mgmt.v1.PlacementR\tplacement\"\xb6\x02\n" +
+	"\tplacement\x18\a \x01(\v2\x1a.nexstor.mgmt.v1.PlacementR\tplacement\x12#\n" +
+	"\rfrom_snapshot\x18\b \x01(\tR\ffromSnapshot\"\xb6\x02\n" +
 	"\rVolumeReplica\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
@@ -2540,7 +3096,42 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x18DeleteNexusHealthRequest\x12\x1d\n" +
 	"\n" +
 	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\"\x1b\n" +
-	"\x19DeleteNexusHealthResponse2\xc9\f\n" +
+	"\x19DeleteNexusHealthResponse\"\xea\x01\n" +
+	"\x0eVolumeSnapshot\x12\x12\n" +
+	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06volume\x18\x03 \x01(\tR\x06volume\x12\x1f\n" +
+	"\vvolume_uuid\x18\x04 \x01(\tR\n" +
+	"volumeUuid\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\x12*\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x127\n" +
+	"\x06status\x18\a \x01(\v2\x1f.nexstor.mgmt.v1.SnapshotStatusR\x06status\"\xd7\x01\n" +
+	"\x0eSnapshotStatus\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x125\n" +
+	"\x06copies\x18\x02 \x03(\v2\x1d.nexstor.mgmt.v1.SnapshotCopyR\x06copies\x12!\n" +
+	"\fready_copies\x18\x03 \x01(\rR\vreadyCopies\x12\x1b\n" +
+	"\tpaused_us\x18\x04 \x01(\x04R\bpausedUs\x12\x16\n" +
+	"\x06failed\x18\x05 \x03(\tR\x06failed\x12 \n" +
+	"\fready_to_use\x18\x06 \x01(\bR\n" +
+	"readyToUse\"f\n" +
+	"\fSnapshotCopy\x12\x18\n" +
+	"\areplica\x18\x01 \x01(\tR\areplica\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
+	"\x04pool\x18\x03 \x01(\tR\x04pool\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"C\n" +
+	"\x15CreateSnapshotRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\".\n" +
+	"\x14ListSnapshotsRequest\x12\x16\n" +
+	"\x06volume\x18\x01 \x01(\tR\x06volume\"V\n" +
+	"\x15ListSnapshotsResponse\x12=\n" +
+	"\tsnapshots\x18\x01 \x03(\v2\x1f.nexstor.mgmt.v1.VolumeSnapshotR\tsnapshots\"0\n" +
+	"\x12GetSnapshotRequest\x12\x1a\n" +
+	"\bsnapshot\x18\x01 \x01(\tR\bsnapshot\"3\n" +
+	"\x15DeleteSnapshotRequest\x12\x1a\n" +
+	"\bsnapshot\x18\x01 \x01(\tR\bsnapshot\"2\n" +
+	"\x16DeleteSnapshotResponse\x12\x18\n" +
+	"\apending\x18\x01 \x03(\tR\apending2\xbc\x0f\n" +
 	"\rVolumeService\x12R\n" +
 	"\tListPools\x12!.nexstor.mgmt.v1.ListPoolsRequest\x1a\".nexstor.mgmt.v1.ListPoolsResponse\x12R\n" +
 	"\tListNodes\x12!.nexstor.mgmt.v1.ListNodesRequest\x1a\".nexstor.mgmt.v1.ListNodesResponse\x12M\n" +
@@ -2560,7 +3151,11 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\n" +
 	"MoveVolume\x12\".nexstor.mgmt.v1.MoveVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12U\n" +
 	"\n" +
-	"ListEvents\x12\".nexstor.mgmt.v1.ListEventsRequest\x1a#.nexstor.mgmt.v1.ListEventsResponse\x12X\n" +
+	"ListEvents\x12\".nexstor.mgmt.v1.ListEventsRequest\x1a#.nexstor.mgmt.v1.ListEventsResponse\x12Y\n" +
+	"\x0eCreateSnapshot\x12&.nexstor.mgmt.v1.CreateSnapshotRequest\x1a\x1f.nexstor.mgmt.v1.VolumeSnapshot\x12^\n" +
+	"\rListSnapshots\x12%.nexstor.mgmt.v1.ListSnapshotsRequest\x1a&.nexstor.mgmt.v1.ListSnapshotsResponse\x12S\n" +
+	"\vGetSnapshot\x12#.nexstor.mgmt.v1.GetSnapshotRequest\x1a\x1f.nexstor.mgmt.v1.VolumeSnapshot\x12a\n" +
+	"\x0eDeleteSnapshot\x12&.nexstor.mgmt.v1.DeleteSnapshotRequest\x1a'.nexstor.mgmt.v1.DeleteSnapshotResponse\x12X\n" +
 	"\x0fLoadNexusHealth\x12'.nexstor.mgmt.v1.LoadNexusHealthRequest\x1a\x1c.nexstor.mgmt.v1.NexusHealth\x12d\n" +
 	"\x0fSaveNexusHealth\x12'.nexstor.mgmt.v1.SaveNexusHealthRequest\x1a(.nexstor.mgmt.v1.SaveNexusHealthResponse\x12j\n" +
 	"\x11DeleteNexusHealth\x12).nexstor.mgmt.v1.DeleteNexusHealthRequest\x1a*.nexstor.mgmt.v1.DeleteNexusHealthResponseB/Z-github.com/nexstor/nexstor/api/mgmt/v1;mgmtv1b\x06proto3"
@@ -2577,7 +3172,7 @@ func file_mgmt_v1_volume_proto_rawDescGZIP() []byte {
 	return file_mgmt_v1_volume_proto_rawDescData
 }
 
-var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*NodePool)(nil),                  // 0: nexstor.mgmt.v1.NodePool
 	(*ListPoolsRequest)(nil),          // 1: nexstor.mgmt.v1.ListPoolsRequest
@@ -2616,20 +3211,29 @@ var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*SaveNexusHealthResponse)(nil),   // 34: nexstor.mgmt.v1.SaveNexusHealthResponse
 	(*DeleteNexusHealthRequest)(nil),  // 35: nexstor.mgmt.v1.DeleteNexusHealthRequest
 	(*DeleteNexusHealthResponse)(nil), // 36: nexstor.mgmt.v1.DeleteNexusHealthResponse
-	nil,                               // 37: nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	nil,                               // 38: nexstor.mgmt.v1.Placement.PoolSelectorEntry
-	(*PoolReport)(nil),                // 39: nexstor.mgmt.v1.PoolReport
-	(*Member)(nil),                    // 40: nexstor.mgmt.v1.Member
+	(*VolumeSnapshot)(nil),            // 37: nexstor.mgmt.v1.VolumeSnapshot
+	(*SnapshotStatus)(nil),            // 38: nexstor.mgmt.v1.SnapshotStatus
+	(*SnapshotCopy)(nil),              // 39: nexstor.mgmt.v1.SnapshotCopy
+	(*CreateSnapshotRequest)(nil),     // 40: nexstor.mgmt.v1.CreateSnapshotRequest
+	(*ListSnapshotsRequest)(nil),      // 41: nexstor.mgmt.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),     // 42: nexstor.mgmt.v1.ListSnapshotsResponse
+	(*GetSnapshotRequest)(nil),        // 43: nexstor.mgmt.v1.GetSnapshotRequest
+	(*DeleteSnapshotRequest)(nil),     // 44: nexstor.mgmt.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),    // 45: nexstor.mgmt.v1.DeleteSnapshotResponse
+	nil,                               // 46: nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	nil,                               // 47: nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	(*PoolReport)(nil),                // 48: nexstor.mgmt.v1.PoolReport
+	(*Member)(nil),                    // 49: nexstor.mgmt.v1.Member
 }
 var file_mgmt_v1_volume_proto_depIdxs = []int32{
-	39, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
+	48, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
 	0,  // 1: nexstor.mgmt.v1.ListPoolsResponse.pools:type_name -> nexstor.mgmt.v1.NodePool
-	40, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
+	49, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
 	4,  // 3: nexstor.mgmt.v1.Node.drain:type_name -> nexstor.mgmt.v1.DrainStatus
 	6,  // 4: nexstor.mgmt.v1.ListEventsResponse.events:type_name -> nexstor.mgmt.v1.Event
 	3,  // 5: nexstor.mgmt.v1.ListNodesResponse.nodes:type_name -> nexstor.mgmt.v1.Node
-	37, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	38, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	46, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	47, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
 	11, // 8: nexstor.mgmt.v1.VolumeSpec.placement:type_name -> nexstor.mgmt.v1.Placement
 	13, // 9: nexstor.mgmt.v1.VolumeStatus.replicas:type_name -> nexstor.mgmt.v1.VolumeReplica
 	14, // 10: nexstor.mgmt.v1.VolumeStatus.target:type_name -> nexstor.mgmt.v1.VolumeTarget
@@ -2638,49 +3242,60 @@ var file_mgmt_v1_volume_proto_depIdxs = []int32{
 	15, // 13: nexstor.mgmt.v1.Volume.status:type_name -> nexstor.mgmt.v1.VolumeStatus
 	12, // 14: nexstor.mgmt.v1.CreateVolumeRequest.spec:type_name -> nexstor.mgmt.v1.VolumeSpec
 	17, // 15: nexstor.mgmt.v1.ListVolumesResponse.volumes:type_name -> nexstor.mgmt.v1.Volume
-	1,  // 16: nexstor.mgmt.v1.VolumeService.ListPools:input_type -> nexstor.mgmt.v1.ListPoolsRequest
-	9,  // 17: nexstor.mgmt.v1.VolumeService.ListNodes:input_type -> nexstor.mgmt.v1.ListNodesRequest
-	18, // 18: nexstor.mgmt.v1.VolumeService.CreateVolume:input_type -> nexstor.mgmt.v1.CreateVolumeRequest
-	19, // 19: nexstor.mgmt.v1.VolumeService.ListVolumes:input_type -> nexstor.mgmt.v1.ListVolumesRequest
-	21, // 20: nexstor.mgmt.v1.VolumeService.GetVolume:input_type -> nexstor.mgmt.v1.GetVolumeRequest
-	22, // 21: nexstor.mgmt.v1.VolumeService.DeleteVolume:input_type -> nexstor.mgmt.v1.DeleteVolumeRequest
-	24, // 22: nexstor.mgmt.v1.VolumeService.PublishVolume:input_type -> nexstor.mgmt.v1.PublishVolumeRequest
-	25, // 23: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
-	26, // 24: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
-	27, // 25: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
-	29, // 26: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
-	5,  // 27: nexstor.mgmt.v1.VolumeService.CordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
-	5,  // 28: nexstor.mgmt.v1.VolumeService.UncordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
-	5,  // 29: nexstor.mgmt.v1.VolumeService.DrainNode:input_type -> nexstor.mgmt.v1.NodeRequest
-	28, // 30: nexstor.mgmt.v1.VolumeService.MoveVolume:input_type -> nexstor.mgmt.v1.MoveVolumeRequest
-	7,  // 31: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
-	32, // 32: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
-	33, // 33: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
-	35, // 34: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
-	2,  // 35: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
-	10, // 36: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
-	17, // 37: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
-	20, // 38: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
-	17, // 39: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
-	23, // 40: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
-	17, // 41: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 42: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 43: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
-	30, // 44: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
-	17, // 45: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
-	3,  // 46: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 47: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 48: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
-	17, // 49: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
-	8,  // 50: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
-	31, // 51: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
-	34, // 52: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
-	36, // 53: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
-	35, // [35:54] is the sub-list for method output_type
-	16, // [16:35] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	38, // 16: nexstor.mgmt.v1.VolumeSnapshot.status:type_name -> nexstor.mgmt.v1.SnapshotStatus
+	39, // 17: nexstor.mgmt.v1.SnapshotStatus.copies:type_name -> nexstor.mgmt.v1.SnapshotCopy
+	37, // 18: nexstor.mgmt.v1.ListSnapshotsResponse.snapshots:type_name -> nexstor.mgmt.v1.VolumeSnapshot
+	1,  // 19: nexstor.mgmt.v1.VolumeService.ListPools:input_type -> nexstor.mgmt.v1.ListPoolsRequest
+	9,  // 20: nexstor.mgmt.v1.VolumeService.ListNodes:input_type -> nexstor.mgmt.v1.ListNodesRequest
+	18, // 21: nexstor.mgmt.v1.VolumeService.CreateVolume:input_type -> nexstor.mgmt.v1.CreateVolumeRequest
+	19, // 22: nexstor.mgmt.v1.VolumeService.ListVolumes:input_type -> nexstor.mgmt.v1.ListVolumesRequest
+	21, // 23: nexstor.mgmt.v1.VolumeService.GetVolume:input_type -> nexstor.mgmt.v1.GetVolumeRequest
+	22, // 24: nexstor.mgmt.v1.VolumeService.DeleteVolume:input_type -> nexstor.mgmt.v1.DeleteVolumeRequest
+	24, // 25: nexstor.mgmt.v1.VolumeService.PublishVolume:input_type -> nexstor.mgmt.v1.PublishVolumeRequest
+	25, // 26: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
+	26, // 27: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
+	27, // 28: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
+	29, // 29: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
+	5,  // 30: nexstor.mgmt.v1.VolumeService.CordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
+	5,  // 31: nexstor.mgmt.v1.VolumeService.UncordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
+	5,  // 32: nexstor.mgmt.v1.VolumeService.DrainNode:input_type -> nexstor.mgmt.v1.NodeRequest
+	28, // 33: nexstor.mgmt.v1.VolumeService.MoveVolume:input_type -> nexstor.mgmt.v1.MoveVolumeRequest
+	7,  // 34: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
+	40, // 35: nexstor.mgmt.v1.VolumeService.CreateSnapshot:input_type -> nexstor.mgmt.v1.CreateSnapshotRequest
+	41, // 36: nexstor.mgmt.v1.VolumeService.ListSnapshots:input_type -> nexstor.mgmt.v1.ListSnapshotsRequest
+	43, // 37: nexstor.mgmt.v1.VolumeService.GetSnapshot:input_type -> nexstor.mgmt.v1.GetSnapshotRequest
+	44, // 38: nexstor.mgmt.v1.VolumeService.DeleteSnapshot:input_type -> nexstor.mgmt.v1.DeleteSnapshotRequest
+	32, // 39: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
+	33, // 40: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
+	35, // 41: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
+	2,  // 42: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
+	10, // 43: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
+	17, // 44: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
+	20, // 45: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
+	17, // 46: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
+	23, // 47: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
+	17, // 48: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 49: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 50: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
+	30, // 51: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
+	17, // 52: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
+	3,  // 53: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 54: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 55: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
+	17, // 56: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
+	8,  // 57: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
+	37, // 58: nexstor.mgmt.v1.VolumeService.CreateSnapshot:output_type -> nexstor.mgmt.v1.VolumeSnapshot
+	42, // 59: nexstor.mgmt.v1.VolumeService.ListSnapshots:output_type -> nexstor.mgmt.v1.ListSnapshotsResponse
+	37, // 60: nexstor.mgmt.v1.VolumeService.GetSnapshot:output_type -> nexstor.mgmt.v1.VolumeSnapshot
+	45, // 61: nexstor.mgmt.v1.VolumeService.DeleteSnapshot:output_type -> nexstor.mgmt.v1.DeleteSnapshotResponse
+	31, // 62: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
+	34, // 63: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
+	36, // 64: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
+	42, // [42:65] is the sub-list for method output_type
+	19, // [19:42] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_mgmt_v1_volume_proto_init() }
@@ -2695,7 +3310,7 @@ func file_mgmt_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mgmt_v1_volume_proto_rawDesc), len(file_mgmt_v1_volume_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -46,6 +46,10 @@ const (
 	VolumeService_DrainNode_FullMethodName         = "/nexstor.mgmt.v1.VolumeService/DrainNode"
 	VolumeService_MoveVolume_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/MoveVolume"
 	VolumeService_ListEvents_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/ListEvents"
+	VolumeService_CreateSnapshot_FullMethodName    = "/nexstor.mgmt.v1.VolumeService/CreateSnapshot"
+	VolumeService_ListSnapshots_FullMethodName     = "/nexstor.mgmt.v1.VolumeService/ListSnapshots"
+	VolumeService_GetSnapshot_FullMethodName       = "/nexstor.mgmt.v1.VolumeService/GetSnapshot"
+	VolumeService_DeleteSnapshot_FullMethodName    = "/nexstor.mgmt.v1.VolumeService/DeleteSnapshot"
 	VolumeService_LoadNexusHealth_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/LoadNexusHealth"
 	VolumeService_SaveNexusHealth_FullMethodName   = "/nexstor.mgmt.v1.VolumeService/SaveNexusHealth"
 	VolumeService_DeleteNexusHealth_FullMethodName = "/nexstor.mgmt.v1.VolumeService/DeleteNexusHealth"
@@ -74,7 +78,8 @@ type VolumeServiceClient interface {
 	// DeleteVolume removes the nexus and every replica of the volume. A
 	// published volume is refused without force. Replicas on nodes that are
 	// down are removed when they return: the volume stays "deleting" until
-	// then. Deleting a missing volume is NotFound.
+	// then. Deleting a missing volume is NotFound. The volume's snapshots
+	// stay (a snapshot outlives its volume; see DeleteSnapshot).
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	// PublishVolume creates the volume's nexus and exports it. Publishing
 	// again on the same node with the same protocol returns the volume; on
@@ -120,6 +125,27 @@ type VolumeServiceClient interface {
 	// ListEvents lists the automatic actions of the reconcilers and the
 	// node operations, oldest first, each with its cause.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// CreateSnapshot takes a crash-consistent snapshot of a volume: one
+	// snapshot per replica, all with the same uuid and timestamp. A published
+	// volume's nexus holds its writes while the replicas behind its online
+	// children are snapshotted (the pause is reported in the snapshot's
+	// status); a replica whose snapshot fails is faulted in the nexus, and
+	// the snapshot is valid when at least one healthy replica holds it. An
+	// unpublished volume's current replicas are snapshotted at rest. If the
+	// hold expired before the replicas were done, the snapshot fails
+	// (Aborted, snapshot.hold_expired) and what was made is deleted.
+	// Idempotent by (volume, name): the same name returns the snapshot. The
+	// volume must be thin (FailedPrecondition, snapshot.thick_volume).
+	CreateSnapshot(ctx context.Context, in *CreateSnapshotRequest, opts ...grpc.CallOption) (*VolumeSnapshot, error)
+	// ListSnapshots lists snapshots, of one volume when it is set.
+	ListSnapshots(ctx context.Context, in *ListSnapshotsRequest, opts ...grpc.CallOption) (*ListSnapshotsResponse, error)
+	// GetSnapshot takes a snapshot uuid, or VOLUME/NAME.
+	GetSnapshot(ctx context.Context, in *GetSnapshotRequest, opts ...grpc.CallOption) (*VolumeSnapshot, error)
+	// DeleteSnapshot deletes the snapshot on every replica that holds it;
+	// copies on nodes that do not answer are deleted by garbage collection
+	// when they return (DeleteSnapshotResponse.pending). Deleting a missing
+	// snapshot is NotFound (snapshot.not_found).
+	DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error)
 	// LoadNexusHealth, SaveNexusHealth and DeleteNexusHealth are the health
 	// store of volume nexuses, for engines (server role). A save compares
 	// the stored record's generation: it must be the saved record's
@@ -300,6 +326,46 @@ func (c *volumeServiceClient) ListEvents(ctx context.Context, in *ListEventsRequ
 	return out, nil
 }
 
+func (c *volumeServiceClient) CreateSnapshot(ctx context.Context, in *CreateSnapshotRequest, opts ...grpc.CallOption) (*VolumeSnapshot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeSnapshot)
+	err := c.cc.Invoke(ctx, VolumeService_CreateSnapshot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) ListSnapshots(ctx context.Context, in *ListSnapshotsRequest, opts ...grpc.CallOption) (*ListSnapshotsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSnapshotsResponse)
+	err := c.cc.Invoke(ctx, VolumeService_ListSnapshots_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) GetSnapshot(ctx context.Context, in *GetSnapshotRequest, opts ...grpc.CallOption) (*VolumeSnapshot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeSnapshot)
+	err := c.cc.Invoke(ctx, VolumeService_GetSnapshot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeServiceClient) DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteSnapshotResponse)
+	err := c.cc.Invoke(ctx, VolumeService_DeleteSnapshot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeServiceClient) LoadNexusHealth(ctx context.Context, in *LoadNexusHealthRequest, opts ...grpc.CallOption) (*NexusHealth, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NexusHealth)
@@ -353,7 +419,8 @@ type VolumeServiceServer interface {
 	// DeleteVolume removes the nexus and every replica of the volume. A
 	// published volume is refused without force. Replicas on nodes that are
 	// down are removed when they return: the volume stays "deleting" until
-	// then. Deleting a missing volume is NotFound.
+	// then. Deleting a missing volume is NotFound. The volume's snapshots
+	// stay (a snapshot outlives its volume; see DeleteSnapshot).
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	// PublishVolume creates the volume's nexus and exports it. Publishing
 	// again on the same node with the same protocol returns the volume; on
@@ -399,6 +466,27 @@ type VolumeServiceServer interface {
 	// ListEvents lists the automatic actions of the reconcilers and the
 	// node operations, oldest first, each with its cause.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// CreateSnapshot takes a crash-consistent snapshot of a volume: one
+	// snapshot per replica, all with the same uuid and timestamp. A published
+	// volume's nexus holds its writes while the replicas behind its online
+	// children are snapshotted (the pause is reported in the snapshot's
+	// status); a replica whose snapshot fails is faulted in the nexus, and
+	// the snapshot is valid when at least one healthy replica holds it. An
+	// unpublished volume's current replicas are snapshotted at rest. If the
+	// hold expired before the replicas were done, the snapshot fails
+	// (Aborted, snapshot.hold_expired) and what was made is deleted.
+	// Idempotent by (volume, name): the same name returns the snapshot. The
+	// volume must be thin (FailedPrecondition, snapshot.thick_volume).
+	CreateSnapshot(context.Context, *CreateSnapshotRequest) (*VolumeSnapshot, error)
+	// ListSnapshots lists snapshots, of one volume when it is set.
+	ListSnapshots(context.Context, *ListSnapshotsRequest) (*ListSnapshotsResponse, error)
+	// GetSnapshot takes a snapshot uuid, or VOLUME/NAME.
+	GetSnapshot(context.Context, *GetSnapshotRequest) (*VolumeSnapshot, error)
+	// DeleteSnapshot deletes the snapshot on every replica that holds it;
+	// copies on nodes that do not answer are deleted by garbage collection
+	// when they return (DeleteSnapshotResponse.pending). Deleting a missing
+	// snapshot is NotFound (snapshot.not_found).
+	DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error)
 	// LoadNexusHealth, SaveNexusHealth and DeleteNexusHealth are the health
 	// store of volume nexuses, for engines (server role). A save compares
 	// the stored record's generation: it must be the saved record's
@@ -466,6 +554,18 @@ func (UnimplementedVolumeServiceServer) MoveVolume(context.Context, *MoveVolumeR
 }
 func (UnimplementedVolumeServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedVolumeServiceServer) CreateSnapshot(context.Context, *CreateSnapshotRequest) (*VolumeSnapshot, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateSnapshot not implemented")
+}
+func (UnimplementedVolumeServiceServer) ListSnapshots(context.Context, *ListSnapshotsRequest) (*ListSnapshotsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListSnapshots not implemented")
+}
+func (UnimplementedVolumeServiceServer) GetSnapshot(context.Context, *GetSnapshotRequest) (*VolumeSnapshot, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSnapshot not implemented")
+}
+func (UnimplementedVolumeServiceServer) DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteSnapshot not implemented")
 }
 func (UnimplementedVolumeServiceServer) LoadNexusHealth(context.Context, *LoadNexusHealthRequest) (*NexusHealth, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method LoadNexusHealth not implemented")
@@ -785,6 +885,78 @@ func _VolumeService_ListEvents_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_CreateSnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateSnapshotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).CreateSnapshot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_CreateSnapshot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).CreateSnapshot(ctx, req.(*CreateSnapshotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_ListSnapshots_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSnapshotsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).ListSnapshots(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_ListSnapshots_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).ListSnapshots(ctx, req.(*ListSnapshotsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_GetSnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSnapshotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).GetSnapshot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_GetSnapshot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).GetSnapshot(ctx, req.(*GetSnapshotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeService_DeleteSnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteSnapshotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).DeleteSnapshot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_DeleteSnapshot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).DeleteSnapshot(ctx, req.(*DeleteSnapshotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeService_LoadNexusHealth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LoadNexusHealthRequest)
 	if err := dec(in); err != nil {
@@ -909,6 +1081,22 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListEvents",
 			Handler:    _VolumeService_ListEvents_Handler,
+		},
+		{
+			MethodName: "CreateSnapshot",
+			Handler:    _VolumeService_CreateSnapshot_Handler,
+		},
+		{
+			MethodName: "ListSnapshots",
+			Handler:    _VolumeService_ListSnapshots_Handler,
+		},
+		{
+			MethodName: "GetSnapshot",
+			Handler:    _VolumeService_GetSnapshot_Handler,
+		},
+		{
+			MethodName: "DeleteSnapshot",
+			Handler:    _VolumeService_DeleteSnapshot_Handler,
 		},
 		{
 			MethodName: "LoadNexusHealth",

@@ -372,6 +372,10 @@ func Policy() *security.Policy {
 		enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
 		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
 		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName,
+		// Volume snapshots and restores.
+		enginev1.SnapshotService_CreateSnapshot_FullMethodName, enginev1.SnapshotService_GetSnapshot_FullMethodName,
+		enginev1.SnapshotService_DeleteSnapshot_FullMethodName, enginev1.SnapshotService_CloneSnapshot_FullMethodName,
+		enginev1.SnapshotService_QuiesceNexus_FullMethodName, enginev1.SnapshotService_ResumeNexus_FullMethodName,
 	}
 	for _, m := range volumes {
 		p.Allow(m, security.RoleAdmin, security.RoleServer)
@@ -388,6 +392,8 @@ var CSIMethods = []string{
 	mgmtv1.VolumeService_ResizeVolume_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName,
 	mgmtv1.VolumeService_ListVolumes_FullMethodName, mgmtv1.VolumeService_ListPools_FullMethodName,
 	mgmtv1.VolumeService_ListNodes_FullMethodName,
+	mgmtv1.VolumeService_CreateSnapshot_FullMethodName, mgmtv1.VolumeService_DeleteSnapshot_FullMethodName,
+	mgmtv1.VolumeService_ListSnapshots_FullMethodName, mgmtv1.VolumeService_GetSnapshot_FullMethodName,
 }
 
 // runtime holds the engine, started on a formatted node (or during format,

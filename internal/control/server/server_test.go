@@ -199,7 +199,7 @@ func TestPolicy(t *testing.T) {
 	}
 	for _, sd := range []grpc.ServiceDesc{mgmtv1.VolumeService_ServiceDesc, mgmtv1.MgmtService_ServiceDesc, mgmtv1.NodeService_ServiceDesc,
 		enginev1.PoolService_ServiceDesc, enginev1.ReplicaService_ServiceDesc, enginev1.HostService_ServiceDesc,
-		enginev1.NexusService_ServiceDesc} {
+		enginev1.NexusService_ServiceDesc, enginev1.SnapshotService_ServiceDesc} {
 		for _, md := range sd.Methods {
 			m := "/" + sd.ServiceName + "/" + md.MethodName
 			if got := p.Permits(m, security.RoleCSI); got != csiMethods[m] {
@@ -215,8 +215,8 @@ func TestPolicy(t *testing.T) {
 			}
 		}
 	}
-	if len(csiMethods) != 9 {
-		t.Errorf("CSIMethods has %d methods, want the 9 calls of the CSI controller", len(csiMethods))
+	if len(csiMethods) != 13 {
+		t.Errorf("CSIMethods has %d methods, want the 13 calls of the CSI controller", len(csiMethods))
 	}
 	if !p.Permits(enginev1.ReplicaService_CreateReplica_FullMethodName, security.RoleAdmin) {
 		t.Error("create replica: admin refused")

@@ -284,6 +284,22 @@ func (c *Client) CloneSnapshot(ctx context.Context, r *enginev1.CloneSnapshotReq
 	return c.snaps.CloneSnapshot(ctx, r)
 }
 
+// QuiesceNexus holds the writes of the nexus r.Nexus (name or uuid) for a
+// snapshot and answers once they are held, with the online children and
+// a quiesce id; the hold ends at ResumeNexus or after r.HoldTimeoutMs
+// (0: 10 s, at most 60 s). Not idempotent: a repeat while held is
+// FailedPrecondition (nexus.quiesced).
+func (c *Client) QuiesceNexus(ctx context.Context, r *enginev1.QuiesceNexusRequest) (*enginev1.QuiesceNexusResponse, error) {
+	return c.snaps.QuiesceNexus(ctx, r)
+}
+
+// ResumeNexus ends a hold, faulting r.FailedChildren first, and says
+// whether the hold was still in force (Held false: the snapshot is not
+// consistent). An unknown id is NotFound (nexus.quiesce_not_found).
+func (c *Client) ResumeNexus(ctx context.Context, r *enginev1.ResumeNexusRequest) (*enginev1.ResumeNexusResponse, error) {
+	return c.snaps.ResumeNexus(ctx, r)
+}
+
 // Host.
 
 // GetVersion returns the engine's version, API version and host name. A
