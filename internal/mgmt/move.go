@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 
+	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/scheduler"
@@ -15,6 +16,7 @@ import (
 const (
 	stageRetire    = "retire"
 	stageRepublish = "republish"
+	stageDeleteOld = "delete old target"
 )
 
 // evMove is the event of a nexus moved to another node.
@@ -114,53 +116,140 @@ func (s *Service) pickNexusNode(ctx context.Context, v *volumeRecord, members []
 	return memberIndex(members)[choice.NodeUUID], nil
 }
 
-// finishMove carries a recorded move on from its stage: the old nexus is
-// destroyed where its node answers (a clean close: its record stays, clean)
-// or left as a stale target (fenced by the new nexus's epoch, and refused
-// its record: it is never reopened); then the nexus is created on the new
-// node from the replicas the record calls current, and exported as before.
-// A destination that died meanwhile is replaced by another node.
+// finishMove carries a recorded move on from its stage, each stage
+// persisted before the next begins so that a new leader resumes where this
+// one stopped:
+//
+//   - retire: the old nexus stops serving. Over nvmf, where its node
+//     answers, its publication is set ANA inaccessible: the call returns
+//     once the I/O it was executing has finished, so no write of the old
+//     nexus lands after it, and hosts hold or retry their I/O until the new
+//     path is there (Linux native multipath queues I/O while a path of the
+//     subsystem exists). Over nbd (no multipath) it is destroyed. A node
+//     that does not answer leaves it as a stale target, fenced by the new
+//     nexus's epoch and refused its health record, so never reopened.
+//   - republish: the nexus is created on the new node from the replicas
+//     the record calls current and exported as before, optimized, under the
+//     same NQN and namespace identity, with the new node's controller ID
+//     range. A destination that died meanwhile is replaced by another node.
+//   - delete old target: the old (inaccessible) nexus is destroyed where
+//     its node answers, else left as a stale target; hosts then drop their
+//     path to it.
 func (s *Service) finishMove(ctx context.Context, v *volumeRecord, idx map[string]*Member) error {
 	op := v.Op
 	if op.Stage == stageRetire {
-		if err := s.destroyNexus(ctx, idx[op.From], v); err != nil {
-			if !slices.Contains(v.StaleTargets, op.From) {
-				v.StaleTargets = append(v.StaleTargets, op.From)
-			}
-			s.log.Warn("move: the old nexus is removed when its node answers", "volume", v.Name, "node", nodeName(idx, op.From), "err", err)
-		}
+		s.retireOldNexus(ctx, v, idx)
 		v.Target, op.Stage = nil, stageRepublish
 		if err := s.putVolume(ctx, v); err != nil {
 			return err
 		}
 	}
-	if !alive(idx[op.Node]) {
-		members := make([]*Member, 0, len(idx))
-		for _, m := range idx {
-			members = append(members, m)
+	if op.Stage == stageRepublish {
+		if !alive(idx[op.Node]) {
+			members := make([]*Member, 0, len(idx))
+			for _, m := range idx {
+				members = append(members, m)
+			}
+			slices.SortFunc(members, func(a, b *Member) int { return int(a.Rank) - int(b.Rank) })
+			dest, err := s.pickNexusNode(ctx, v, members, op.From)
+			if err != nil {
+				return err
+			}
+			op.Node = dest.UUID
+			if err := s.putVolume(ctx, v); err != nil {
+				return err
+			}
 		}
-		slices.SortFunc(members, func(a, b *Member) int { return int(a.Rank) - int(b.Rank) })
-		dest, err := s.pickNexusNode(ctx, v, members, op.From)
+		t, err := s.realizePublish(ctx, v, idx)
 		if err != nil {
-			return err
+			return fmt.Errorf("volume %s: move to %s: %w", v.Name, nodeName(idx, op.Node), err)
 		}
-		op.Node = dest.UUID
+		v.Target, op.Stage = t, stageDeleteOld
 		if err := s.putVolume(ctx, v); err != nil {
 			return err
 		}
 	}
-	t, err := s.realizePublish(ctx, v, idx)
-	if err != nil {
-		return fmt.Errorf("volume %s: move to %s: %w", v.Name, nodeName(idx, op.Node), err)
+	if op.From != v.Target.Node && !slices.Contains(v.StaleTargets, op.From) {
+		if err := s.destroyNexus(ctx, idx[op.From], v); err != nil {
+			v.StaleTargets = append(v.StaleTargets, op.From)
+			s.log.Warn("move: the old nexus is removed when its node answers", "volume", v.Name, "node", nodeName(idx, op.From), "err", err)
+		}
 	}
-	v.Target, v.Op = t, nil
+	v.Op = nil
 	if err := s.putVolume(ctx, v); err != nil {
 		return err
 	}
+	t := v.Target
 	s.event(ctx, evMove, v.Name, nodeName(idx, t.Node), "", op.Cause, "the nexus of volume %s moved from %s to %s (%s)",
 		v.Name, nodeName(idx, op.From), nodeName(idx, t.Node), t.URI)
 	s.enqueue(v.UUID)
 	return nil
+}
+
+// retireOldNexus stops the nexus on the node a move takes it from (see
+// finishMove's retire stage). What it cannot reach becomes a stale target.
+func (s *Service) retireOldNexus(ctx context.Context, v *volumeRecord, idx map[string]*Member) {
+	op := v.Op
+	from := idx[op.From]
+	if from == nil || slices.Contains(v.StaleTargets, op.From) {
+		return
+	}
+	err := s.setOldInaccessible(ctx, from, v)
+	if err == nil {
+		return
+	}
+	if alive(from) {
+		s.log.Warn("move: the old nexus could not be set inaccessible: destroying it first", "volume", v.Name, "node", from.DisplayName(), "err", err)
+		if err = s.destroyNexus(ctx, from, v); err == nil {
+			return
+		}
+	}
+	v.StaleTargets = append(v.StaleTargets, op.From)
+	s.log.Warn("move: the old nexus's node does not answer: it stays as a stale target, fenced by the new nexus's epoch",
+		"volume", v.Name, "node", from.DisplayName(), "err", err)
+}
+
+// setOldInaccessible sets the ANA state of the volume's nexus publication
+// on m to inaccessible (nvmf only). A nexus that is not there, or is
+// another volume's, needs nothing.
+func (s *Service) setOldInaccessible(ctx context.Context, m *Member, v *volumeRecord) error {
+	if v.Op.Protocol == "nbd" {
+		return fmt.Errorf("nbd has no ANA states")
+	}
+	c, err := s.engineOf(m, m.UUID)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
+	defer cancel()
+	n, err := c.GetNexus(cctx, &enginev1.GetNexusRequest{Name: v.Name})
+	if notFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("nexus of volume %s on %s: %w", v.Name, m.DisplayName(), err)
+	}
+	if n.Uuid != v.UUID {
+		return nil
+	}
+	if _, err := c.SetNexusAnaState(cctx, &enginev1.SetNexusAnaStateRequest{Name: v.Name, AnaState: enginev1.AnaState_ANA_STATE_INACCESSIBLE}); err != nil {
+		return fmt.Errorf("set the nexus of volume %s on %s inaccessible: %w", v.Name, m.DisplayName(), err)
+	}
+	s.log.Info("move: the old nexus is inaccessible", "volume", v.Name, "node", m.DisplayName())
+	return nil
+}
+
+// cntlidBlock is how many NVMe controller IDs each node's nexus
+// publications hand out: a host connected to one volume's subsystem on two
+// nodes (during a move) must get distinct controller IDs from them.
+const cntlidBlock = 256
+
+// cntlidRange is the controller ID range of a node's nexus publications,
+// derived from its rank: ranks a multiple of 255 apart share one.
+func cntlidRange(rank uint32) (lo, hi uint32) {
+	const blocks = 65519 / cntlidBlock // 255 ranges within 1..65519
+	lo = (rank%blocks)*cntlidBlock + 1
+	return lo, lo + cntlidBlock - 1
 }
 
 // failover moves the nexus of a published volume whose nexus's node is
