@@ -133,7 +133,8 @@ func (x Action) String() string {
 }
 
 // Pass looks at every Nexstor subsystem the host is connected to once:
-// when none of its paths is live (or at a recheck), it asks where the
+// when a path of it is not serving, not live or in an ANA state that
+// refuses I/O (or at a recheck), it asks where the
 // volume is published and connects that path if the host has none there;
 // once a path to the volume's target is live, paths elsewhere that are not
 // live are deleted. It returns what it did.
@@ -153,11 +154,13 @@ func (a *Agent) Pass(ctx context.Context) ([]Action, error) {
 		if !ok {
 			continue
 		}
-		allLive := len(s.Controllers) > 0
+		// A path that is live but refuses I/O (ANA inaccessible: the
+		// volume's nexus is being moved away from it) asks too.
+		allServing := len(s.Controllers) > 0
 		for _, c := range s.Controllers {
-			allLive = allLive && c.Live()
+			allServing = allServing && c.Serving()
 		}
-		if allLive && !recheck {
+		if allServing && !recheck {
 			continue
 		}
 		v, err := a.cfg.Volumes.GetVolume(ctx, id)

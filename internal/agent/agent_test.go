@@ -105,3 +105,35 @@ func TestNothingToDo(t *testing.T) {
 		t.Fatalf("unpublished: %v", acts)
 	}
 }
+
+// TestFollowsAPlannedMove: the path to the old place stays live but turns
+// ANA inaccessible (a planned move); the agent asks at once, without
+// waiting for a recheck, connects the new place, and leaves the old path
+// until it is no longer live (its nexus destroyed).
+func TestFollowsAPlannedMove(t *testing.T) {
+	old := ctrl("nvme0", "live", "10.0.2.2", "4420")
+	old.ANAState = "optimized"
+	h := &fakeHost{subs: []nvmehost.Subsystem{{Name: "nvme-subsys0", NQN: nqn, Controllers: []nvmehost.Controller{old}}}}
+	vols := &fakeVolumes{vols: map[string]*mgmtv1.Volume{"v1": published("nvmf://127.0.0.1:4420")}}
+	a := New(Config{Host: h, Volumes: vols, AddressMap: map[string]string{"127.0.0.1": "10.0.2.2"}, Recheck: 100})
+	ctx := context.Background()
+	if acts, err := a.Pass(ctx); err != nil || len(acts) != 0 || vols.asked != 0 {
+		t.Fatalf("optimized: %v %v, asked %d", acts, err, vols.asked)
+	}
+	h.subs[0].Controllers[0].ANAState = "inaccessible"
+	vols.vols["v1"] = published("nvmf://127.0.0.1:4430")
+	acts, err := a.Pass(ctx)
+	if err != nil || len(acts) != 1 || acts[0].Kind != "connect" || acts[0].Port != "4430" || vols.asked != 1 {
+		t.Fatalf("inaccessible: %v %v, asked %d", acts, err, vols.asked)
+	}
+	nw := ctrl("nvme9", "live", "10.0.2.2", "4430")
+	nw.ANAState = "optimized"
+	h.subs[0].Controllers = append(h.subs[0].Controllers, nw)
+	if acts, err := a.Pass(ctx); err != nil || len(acts) != 0 || len(h.deleted) != 0 {
+		t.Fatalf("the old path is live: %v %v %v", acts, err, h.deleted)
+	}
+	h.subs[0].Controllers[0].State = "connecting"
+	if acts, err := a.Pass(ctx); err != nil || len(acts) != 1 || acts[0].Kind != "delete" || acts[0].Ctrl != "nvme0" {
+		t.Fatalf("the old nexus is gone: %v %v", acts, err)
+	}
+}
