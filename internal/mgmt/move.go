@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
@@ -132,8 +133,9 @@ func (s *Service) pickNexusNode(ctx context.Context, v *volumeRecord, members []
 //     the record calls current and exported as before, optimized, under the
 //     same NQN and namespace identity, with the new node's controller ID
 //     range. A destination that died meanwhile is replaced by another node.
-//   - delete old target: the old (inaccessible) nexus is destroyed where
-//     its node answers, else left as a stale target; hosts then drop their
+//   - delete old target: after Config.MoveGrace (hosts connect the new
+//     path meanwhile), the old (inaccessible) nexus is destroyed where its
+//     node answers, else left as a stale target; hosts then drop their
 //     path to it.
 func (s *Service) finishMove(ctx context.Context, v *volumeRecord, idx map[string]*Member) error {
 	op := v.Op
@@ -170,6 +172,17 @@ func (s *Service) finishMove(ctx context.Context, v *volumeRecord, idx map[strin
 		}
 	}
 	if op.From != v.Target.Node && !slices.Contains(v.StaleTargets, op.From) {
+		// The grace lets hosts connect the new path while the old one
+		// still answers (inaccessible): their I/O moves by ANA, not by a
+		// lost connection. A leader that stops meanwhile leaves the stage
+		// recorded.
+		if g := s.cfg.MoveGrace; g > 0 && op.Protocol != "nbd" && alive(idx[op.From]) {
+			select {
+			case <-time.After(g):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		if err := s.destroyNexus(ctx, idx[op.From], v); err != nil {
 			v.StaleTargets = append(v.StaleTargets, op.From)
 			s.log.Warn("move: the old nexus is removed when its node answers", "volume", v.Name, "node", nodeName(idx, op.From), "err", err)
