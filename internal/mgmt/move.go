@@ -258,10 +258,12 @@ func (s *Service) setOldInaccessible(ctx context.Context, m *Member, v *volumeRe
 const cntlidBlock = 256
 
 // cntlidRange is the controller ID range of a node's nexus publications,
-// derived from its rank: ranks a multiple of 255 apart share one.
+// derived from its rank: ranks a multiple of 254 apart share one. The
+// first block (1..256) is left out: a publication made without a range
+// hands out IDs from 1 up, and a host may still hold one of those.
 func cntlidRange(rank uint32) (lo, hi uint32) {
-	const blocks = 65519 / cntlidBlock // 255 ranges within 1..65519
-	lo = (rank%blocks)*cntlidBlock + 1
+	const blocks = 65519/cntlidBlock - 1 // 254 ranges within 257..65280
+	lo = (rank%blocks+1)*cntlidBlock + 1
 	return lo, lo + cntlidBlock - 1
 }
 

@@ -82,19 +82,20 @@ func checkPublication(t *testing.T, vs *volSystem, n *healNode) {
 	}
 }
 
-// TestCntlidRanges: the ranges of distinct ranks below 255 are disjoint
-// and lie within the controller IDs NVMe allows.
+// TestCntlidRanges: the ranges of distinct ranks below 254 are disjoint,
+// above the IDs a publication without a range starts with, and within the
+// controller IDs NVMe allows.
 func TestCntlidRanges(t *testing.T) {
-	prevHi := uint32(0)
-	for r := uint32(0); r < 255; r++ {
+	prevHi := uint32(256)
+	for r := uint32(0); r < 254; r++ {
 		lo, hi := cntlidRange(r)
 		if lo <= prevHi || hi < lo || hi > 65519 {
 			t.Fatalf("rank %d: %d..%d after %d", r, lo, hi, prevHi)
 		}
 		prevHi = hi
 	}
-	if lo, _ := cntlidRange(255); lo != 1 {
-		t.Fatalf("rank 255 starts at %d", lo)
+	if lo, _ := cntlidRange(254); lo != 257 {
+		t.Fatalf("rank 254 starts at %d", lo)
 	}
 }
 
