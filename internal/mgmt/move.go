@@ -287,6 +287,81 @@ func (s *Service) failover(ctx context.Context, v *volumeRecord, members []*Memb
 	return true, nil
 }
 
+// reportPathFailure implements VolumeService.ReportPathFailure: a host's
+// path to the volume's target failed; the nexus is moved when a probe of
+// its node confirms that it does not serve.
+func (s *Service) reportPathFailure(ctx context.Context, ref, uri, host string) (*volumeRecord, error) {
+	v, unlock, err := s.lockVolume(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	switch {
+	case v.Target == nil:
+		return nil, fault.New(fault.FailedPrecondition, CodeVolumeState, fmt.Sprintf("volume %s is not published", v.Name),
+			"connect where the volume is published (`nexctl volume get`)")
+	case v.Op != nil || (uri != "" && uri != v.Target.URI):
+		return v, nil // under way, or moved already
+	}
+	members, err := listMembers(ctx, s.cfg.Etcd, s.k)
+	if err != nil {
+		return nil, err
+	}
+	idx := memberIndex(members)
+	m := idx[v.Target.Node]
+	if !alive(m) {
+		_, err := s.failover(ctx, v, members)
+		return v, err
+	}
+	why := s.probeNexus(ctx, m, v)
+	if why == "" {
+		s.log.Info("a host reported its path to a volume failed; the nexus serves", "volume", v.Name, "host", host, "node", m.DisplayName())
+		return v, nil
+	}
+	// What did not answer is left as a stale target at once: it is not
+	// asked again (and waited for) during the move.
+	if !slices.Contains(v.StaleTargets, v.Target.Node) && why != "its nexus is gone" {
+		v.StaleTargets = append(v.StaleTargets, v.Target.Node)
+	}
+	cause := fmt.Sprintf("host %s reported its path failed, and on node %s %s", host, m.DisplayName(), why)
+	return v, s.startMove(ctx, v, members, nil, cause)
+}
+
+// probeNexus asks m's engine, within probeTimeout, whether the volume's
+// nexus serves there; it returns why not ("" when it does).
+func (s *Service) probeNexus(ctx context.Context, m *Member, v *volumeRecord) string {
+	c, err := s.engineOf(m, m.UUID)
+	if err != nil {
+		return "the engine is out of reach: " + err.Error()
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	n, err := c.GetNexus(pctx, &enginev1.GetNexusRequest{Name: v.Name})
+	switch {
+	case notFound(err):
+		return "its nexus is gone"
+	case err != nil:
+		return "the engine did not answer: " + err.Error()
+	case n.Uuid != v.UUID:
+		return "its nexus is gone"
+	case n.State == enginev1.NexusState_NEXUS_STATE_FAULTED:
+		return "its nexus is faulted: " + n.Reason
+	case n.Share == nil:
+		return "its nexus is not published"
+	}
+	return ""
+}
+
+// ReportPathFailure implements VolumeService.ReportPathFailure.
+func (vs *VolumeServer) ReportPathFailure(ctx context.Context, req *mgmtv1.ReportPathFailureRequest) (*mgmtv1.Volume, error) {
+	ctx, done, err := vs.s.inTerm(ctx)
+	if err != nil {
+		return nil, ToStatus(err)
+	}
+	defer done()
+	return vs.answer(ctx)(vs.s.reportPathFailure(ctx, req.Name, req.TargetUri, req.HostNqn))
+}
+
 // MoveVolume implements VolumeService.MoveVolume.
 func (vs *VolumeServer) MoveVolume(ctx context.Context, req *mgmtv1.MoveVolumeRequest) (*mgmtv1.Volume, error) {
 	ctx, done, err := vs.s.inTerm(ctx)

@@ -686,6 +686,9 @@ func Policy() *security.Policy {
 		p.Allow(m, security.RoleAdmin, security.RoleCSI)
 	}
 	p.Allow(mgmtv1.VolumeService_VerifyVolume_FullMethodName, security.RoleAdmin)
+	// Host agents (csi identity) report the paths that failed; the leader
+	// moves a nexus on that only once its own probe confirms it.
+	p.Allow(mgmtv1.VolumeService_ReportPathFailure_FullMethodName, security.RoleAdmin, security.RoleCSI)
 	// Engines keep their volume nexuses' health records here.
 	for _, m := range []string{mgmtv1.VolumeService_LoadNexusHealth_FullMethodName, mgmtv1.VolumeService_SaveNexusHealth_FullMethodName,
 		mgmtv1.VolumeService_DeleteNexusHealth_FullMethodName} {

@@ -1950,6 +1950,70 @@ func (x *MoveVolumeRequest) GetNode() string {
 	return ""
 }
 
+type ReportPathFailureRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: the volume's name or UUID.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// target_uri: the volume's target as the host knew it when its path
+	// failed (VolumeTarget.uri).
+	TargetUri string `protobuf:"bytes,2,opt,name=target_uri,json=targetUri,proto3" json:"target_uri,omitempty"`
+	// host_nqn: the reporting host, for the record.
+	HostNqn       string `protobuf:"bytes,3,opt,name=host_nqn,json=hostNqn,proto3" json:"host_nqn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPathFailureRequest) Reset() {
+	*x = ReportPathFailureRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPathFailureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPathFailureRequest) ProtoMessage() {}
+
+func (x *ReportPathFailureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPathFailureRequest.ProtoReflect.Descriptor instead.
+func (*ReportPathFailureRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReportPathFailureRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReportPathFailureRequest) GetTargetUri() string {
+	if x != nil {
+		return x.TargetUri
+	}
+	return ""
+}
+
+func (x *ReportPathFailureRequest) GetHostNqn() string {
+	if x != nil {
+		return x.HostNqn
+	}
+	return ""
+}
+
 type SetVolumeReplicasRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1961,7 +2025,7 @@ type SetVolumeReplicasRequest struct {
 
 func (x *SetVolumeReplicasRequest) Reset() {
 	*x = SetVolumeReplicasRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2037,7 @@ func (x *SetVolumeReplicasRequest) String() string {
 func (*SetVolumeReplicasRequest) ProtoMessage() {}
 
 func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2050,7 @@ func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVolumeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*SetVolumeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetVolumeReplicasRequest) GetName() string {
@@ -2016,7 +2080,7 @@ type VerifyVolumeResponse struct {
 
 func (x *VerifyVolumeResponse) Reset() {
 	*x = VerifyVolumeResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2092,7 @@ func (x *VerifyVolumeResponse) String() string {
 func (*VerifyVolumeResponse) ProtoMessage() {}
 
 func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2105,7 @@ func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyVolumeResponse.ProtoReflect.Descriptor instead.
 func (*VerifyVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VerifyVolumeResponse) GetSegments() uint64 {
@@ -2077,7 +2141,7 @@ type NexusHealth struct {
 
 func (x *NexusHealth) Reset() {
 	*x = NexusHealth{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2089,7 +2153,7 @@ func (x *NexusHealth) String() string {
 func (*NexusHealth) ProtoMessage() {}
 
 func (x *NexusHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2166,7 @@ func (x *NexusHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NexusHealth.ProtoReflect.Descriptor instead.
 func (*NexusHealth) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NexusHealth) GetRecord() []byte {
@@ -2134,7 +2198,7 @@ type LoadNexusHealthRequest struct {
 
 func (x *LoadNexusHealthRequest) Reset() {
 	*x = LoadNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2146,7 +2210,7 @@ func (x *LoadNexusHealthRequest) String() string {
 func (*LoadNexusHealthRequest) ProtoMessage() {}
 
 func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2159,7 +2223,7 @@ func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*LoadNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LoadNexusHealthRequest) GetNexusUuid() string {
@@ -2192,7 +2256,7 @@ type SaveNexusHealthRequest struct {
 
 func (x *SaveNexusHealthRequest) Reset() {
 	*x = SaveNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2268,7 @@ func (x *SaveNexusHealthRequest) String() string {
 func (*SaveNexusHealthRequest) ProtoMessage() {}
 
 func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2281,7 @@ func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SaveNexusHealthRequest) GetNexusUuid() string {
@@ -2256,7 +2320,7 @@ type SaveNexusHealthResponse struct {
 
 func (x *SaveNexusHealthResponse) Reset() {
 	*x = SaveNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +2332,7 @@ func (x *SaveNexusHealthResponse) String() string {
 func (*SaveNexusHealthResponse) ProtoMessage() {}
 
 func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +2345,7 @@ func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 type DeleteNexusHealthRequest struct {
@@ -2293,7 +2357,7 @@ type DeleteNexusHealthRequest struct {
 
 func (x *DeleteNexusHealthRequest) Reset() {
 	*x = DeleteNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2369,7 @@ func (x *DeleteNexusHealthRequest) String() string {
 func (*DeleteNexusHealthRequest) ProtoMessage() {}
 
 func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2382,7 @@ func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteNexusHealthRequest) GetNexusUuid() string {
@@ -2336,7 +2400,7 @@ type DeleteNexusHealthResponse struct {
 
 func (x *DeleteNexusHealthResponse) Reset() {
 	*x = DeleteNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2348,7 +2412,7 @@ func (x *DeleteNexusHealthResponse) String() string {
 func (*DeleteNexusHealthResponse) ProtoMessage() {}
 
 func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2361,7 +2425,7 @@ func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 var File_mgmt_v1_volume_proto protoreflect.FileDescriptor
@@ -2511,7 +2575,12 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\";\n" +
 	"\x11MoveVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node\"J\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"h\n" +
+	"\x18ReportPathFailureRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"target_uri\x18\x02 \x01(\tR\ttargetUri\x12\x19\n" +
+	"\bhost_nqn\x18\x03 \x01(\tR\ahostNqn\"J\n" +
 	"\x18SetVolumeReplicasRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\rR\breplicas\"n\n" +
@@ -2540,7 +2609,7 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x18DeleteNexusHealthRequest\x12\x1d\n" +
 	"\n" +
 	"nexus_uuid\x18\x01 \x01(\tR\tnexusUuid\"\x1b\n" +
-	"\x19DeleteNexusHealthResponse2\xc9\f\n" +
+	"\x19DeleteNexusHealthResponse2\xa2\r\n" +
 	"\rVolumeService\x12R\n" +
 	"\tListPools\x12!.nexstor.mgmt.v1.ListPoolsRequest\x1a\".nexstor.mgmt.v1.ListPoolsResponse\x12R\n" +
 	"\tListNodes\x12!.nexstor.mgmt.v1.ListNodesRequest\x1a\".nexstor.mgmt.v1.ListNodesResponse\x12M\n" +
@@ -2558,7 +2627,8 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\fUncordonNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12@\n" +
 	"\tDrainNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12I\n" +
 	"\n" +
-	"MoveVolume\x12\".nexstor.mgmt.v1.MoveVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12U\n" +
+	"MoveVolume\x12\".nexstor.mgmt.v1.MoveVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12W\n" +
+	"\x11ReportPathFailure\x12).nexstor.mgmt.v1.ReportPathFailureRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12U\n" +
 	"\n" +
 	"ListEvents\x12\".nexstor.mgmt.v1.ListEventsRequest\x1a#.nexstor.mgmt.v1.ListEventsResponse\x12X\n" +
 	"\x0fLoadNexusHealth\x12'.nexstor.mgmt.v1.LoadNexusHealthRequest\x1a\x1c.nexstor.mgmt.v1.NexusHealth\x12d\n" +
@@ -2577,7 +2647,7 @@ func file_mgmt_v1_volume_proto_rawDescGZIP() []byte {
 	return file_mgmt_v1_volume_proto_rawDescData
 }
 
-var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*NodePool)(nil),                  // 0: nexstor.mgmt.v1.NodePool
 	(*ListPoolsRequest)(nil),          // 1: nexstor.mgmt.v1.ListPoolsRequest
@@ -2608,28 +2678,29 @@ var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*ResizeVolumeRequest)(nil),       // 26: nexstor.mgmt.v1.ResizeVolumeRequest
 	(*VerifyVolumeRequest)(nil),       // 27: nexstor.mgmt.v1.VerifyVolumeRequest
 	(*MoveVolumeRequest)(nil),         // 28: nexstor.mgmt.v1.MoveVolumeRequest
-	(*SetVolumeReplicasRequest)(nil),  // 29: nexstor.mgmt.v1.SetVolumeReplicasRequest
-	(*VerifyVolumeResponse)(nil),      // 30: nexstor.mgmt.v1.VerifyVolumeResponse
-	(*NexusHealth)(nil),               // 31: nexstor.mgmt.v1.NexusHealth
-	(*LoadNexusHealthRequest)(nil),    // 32: nexstor.mgmt.v1.LoadNexusHealthRequest
-	(*SaveNexusHealthRequest)(nil),    // 33: nexstor.mgmt.v1.SaveNexusHealthRequest
-	(*SaveNexusHealthResponse)(nil),   // 34: nexstor.mgmt.v1.SaveNexusHealthResponse
-	(*DeleteNexusHealthRequest)(nil),  // 35: nexstor.mgmt.v1.DeleteNexusHealthRequest
-	(*DeleteNexusHealthResponse)(nil), // 36: nexstor.mgmt.v1.DeleteNexusHealthResponse
-	nil,                               // 37: nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	nil,                               // 38: nexstor.mgmt.v1.Placement.PoolSelectorEntry
-	(*PoolReport)(nil),                // 39: nexstor.mgmt.v1.PoolReport
-	(*Member)(nil),                    // 40: nexstor.mgmt.v1.Member
+	(*ReportPathFailureRequest)(nil),  // 29: nexstor.mgmt.v1.ReportPathFailureRequest
+	(*SetVolumeReplicasRequest)(nil),  // 30: nexstor.mgmt.v1.SetVolumeReplicasRequest
+	(*VerifyVolumeResponse)(nil),      // 31: nexstor.mgmt.v1.VerifyVolumeResponse
+	(*NexusHealth)(nil),               // 32: nexstor.mgmt.v1.NexusHealth
+	(*LoadNexusHealthRequest)(nil),    // 33: nexstor.mgmt.v1.LoadNexusHealthRequest
+	(*SaveNexusHealthRequest)(nil),    // 34: nexstor.mgmt.v1.SaveNexusHealthRequest
+	(*SaveNexusHealthResponse)(nil),   // 35: nexstor.mgmt.v1.SaveNexusHealthResponse
+	(*DeleteNexusHealthRequest)(nil),  // 36: nexstor.mgmt.v1.DeleteNexusHealthRequest
+	(*DeleteNexusHealthResponse)(nil), // 37: nexstor.mgmt.v1.DeleteNexusHealthResponse
+	nil,                               // 38: nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	nil,                               // 39: nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	(*PoolReport)(nil),                // 40: nexstor.mgmt.v1.PoolReport
+	(*Member)(nil),                    // 41: nexstor.mgmt.v1.Member
 }
 var file_mgmt_v1_volume_proto_depIdxs = []int32{
-	39, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
+	40, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
 	0,  // 1: nexstor.mgmt.v1.ListPoolsResponse.pools:type_name -> nexstor.mgmt.v1.NodePool
-	40, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
+	41, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
 	4,  // 3: nexstor.mgmt.v1.Node.drain:type_name -> nexstor.mgmt.v1.DrainStatus
 	6,  // 4: nexstor.mgmt.v1.ListEventsResponse.events:type_name -> nexstor.mgmt.v1.Event
 	3,  // 5: nexstor.mgmt.v1.ListNodesResponse.nodes:type_name -> nexstor.mgmt.v1.Node
-	37, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	38, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	38, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	39, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
 	11, // 8: nexstor.mgmt.v1.VolumeSpec.placement:type_name -> nexstor.mgmt.v1.Placement
 	13, // 9: nexstor.mgmt.v1.VolumeStatus.replicas:type_name -> nexstor.mgmt.v1.VolumeReplica
 	14, // 10: nexstor.mgmt.v1.VolumeStatus.target:type_name -> nexstor.mgmt.v1.VolumeTarget
@@ -2648,36 +2719,38 @@ var file_mgmt_v1_volume_proto_depIdxs = []int32{
 	25, // 23: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
 	26, // 24: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
 	27, // 25: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
-	29, // 26: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
+	30, // 26: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
 	5,  // 27: nexstor.mgmt.v1.VolumeService.CordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	5,  // 28: nexstor.mgmt.v1.VolumeService.UncordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	5,  // 29: nexstor.mgmt.v1.VolumeService.DrainNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	28, // 30: nexstor.mgmt.v1.VolumeService.MoveVolume:input_type -> nexstor.mgmt.v1.MoveVolumeRequest
-	7,  // 31: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
-	32, // 32: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
-	33, // 33: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
-	35, // 34: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
-	2,  // 35: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
-	10, // 36: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
-	17, // 37: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
-	20, // 38: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
-	17, // 39: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
-	23, // 40: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
-	17, // 41: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 42: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 43: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
-	30, // 44: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
-	17, // 45: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
-	3,  // 46: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 47: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 48: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
-	17, // 49: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
-	8,  // 50: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
-	31, // 51: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
-	34, // 52: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
-	36, // 53: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
-	35, // [35:54] is the sub-list for method output_type
-	16, // [16:35] is the sub-list for method input_type
+	29, // 31: nexstor.mgmt.v1.VolumeService.ReportPathFailure:input_type -> nexstor.mgmt.v1.ReportPathFailureRequest
+	7,  // 32: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
+	33, // 33: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
+	34, // 34: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
+	36, // 35: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
+	2,  // 36: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
+	10, // 37: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
+	17, // 38: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
+	20, // 39: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
+	17, // 40: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
+	23, // 41: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
+	17, // 42: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 43: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 44: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
+	31, // 45: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
+	17, // 46: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
+	3,  // 47: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 48: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 49: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
+	17, // 50: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 51: nexstor.mgmt.v1.VolumeService.ReportPathFailure:output_type -> nexstor.mgmt.v1.Volume
+	8,  // 52: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
+	32, // 53: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
+	35, // 54: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
+	37, // 55: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
+	36, // [36:56] is the sub-list for method output_type
+	16, // [16:36] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -2695,7 +2768,7 @@ func file_mgmt_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mgmt_v1_volume_proto_rawDesc), len(file_mgmt_v1_volume_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
