@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
 	"github.com/nexstor/nexstor/internal/fault"
@@ -313,43 +315,73 @@ func (s *Service) reportPathFailure(ctx context.Context, ref, uri, host string) 
 		_, err := s.failover(ctx, v, members)
 		return v, err
 	}
-	why := s.probeNexus(ctx, m, v)
+	why, answered := s.probeNexus(ctx, m, v)
 	if why == "" {
 		s.log.Info("a host reported its path to a volume failed; the nexus serves", "volume", v.Name, "host", host, "node", m.DisplayName())
 		return v, nil
 	}
-	// What did not answer is left as a stale target at once: it is not
-	// asked again (and waited for) during the move.
-	if !slices.Contains(v.StaleTargets, v.Target.Node) && why != "its nexus is gone" {
-		v.StaleTargets = append(v.StaleTargets, v.Target.Node)
-	}
 	cause := fmt.Sprintf("host %s reported its path failed, and on node %s %s", host, m.DisplayName(), why)
+	if answered {
+		return v, s.startMove(ctx, v, members, nil, cause)
+	}
+	// The engine did not answer: the node is taken for away, as the
+	// heartbeat checker would (its next heartbeat rejoins it), so that
+	// the move neither waits for it nor counts on its replica.
+	if err := s.markUnresponsive(ctx, m, cause); err != nil {
+		return nil, err
+	}
+	if members, err = listMembers(ctx, s.cfg.Etcd, s.k); err != nil {
+		return nil, err
+	}
 	return v, s.startMove(ctx, v, members, nil, cause)
 }
 
 // probeNexus asks m's engine, within probeTimeout, whether the volume's
-// nexus serves there; it returns why not ("" when it does).
-func (s *Service) probeNexus(ctx context.Context, m *Member, v *volumeRecord) string {
+// nexus serves there; it returns why not ("" when it does), and whether
+// the engine answered at all.
+func (s *Service) probeNexus(ctx context.Context, m *Member, v *volumeRecord) (string, bool) {
 	c, err := s.engineOf(m, m.UUID)
 	if err != nil {
-		return "the engine is out of reach: " + err.Error()
+		return "the engine is out of reach: " + err.Error(), false
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	n, err := c.GetNexus(pctx, &enginev1.GetNexusRequest{Name: v.Name})
 	switch {
 	case notFound(err):
-		return "its nexus is gone"
+		return "its nexus is gone", true
 	case err != nil:
-		return "the engine did not answer: " + err.Error()
+		return "the engine did not answer: " + err.Error(), false
 	case n.Uuid != v.UUID:
-		return "its nexus is gone"
+		return "its nexus is gone", true
 	case n.State == enginev1.NexusState_NEXUS_STATE_FAULTED:
-		return "its nexus is faulted: " + n.Reason
+		return "its nexus is faulted: " + n.Reason, true
 	case n.Share == nil:
-		return "its nexus is not published"
+		return "its nexus is not published", true
 	}
-	return ""
+	return "", true
+}
+
+// markUnresponsive records a joined member as unresponsive, as
+// CheckMembers does for one whose heartbeats stopped; a heartbeat rejoins
+// it.
+func (s *Service) markUnresponsive(ctx context.Context, m *Member, why string) error {
+	if m.State != StateJoined {
+		return nil
+	}
+	prev := m.State
+	m.State, m.PrevState, m.LastHB = StateUnresponsive, prev, s.lastHeartbeat(m)
+	m.Info = why
+	ok, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.k.member(m.UUID)), "=", m.modRev)},
+		clientv3.OpPut(s.k.member(m.UUID), encodeMember(m)))
+	if err != nil {
+		return err
+	}
+	if ok {
+		s.log.Warn("member unresponsive", "rank", m.Rank, "address", m.Address, "was", prev, "why", why)
+		s.kickVolumes()
+	}
+	return nil
 }
 
 // ReportPathFailure implements VolumeService.ReportPathFailure.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -261,4 +262,92 @@ func TestMoveVolumeUsesANA(t *testing.T) {
 	}
 	ns = connect(t, f)
 	checkData(t, ns, want)
+}
+
+// TestReportPathFailure: a host's report that its path failed moves the
+// nexus only when the leader's own probe of the nexus's node confirms it:
+// a nexus that serves stays; a report about an earlier target changes
+// nothing; an engine that does not answer (while the membership still
+// calls its node joined) has the nexus moved at once, its node left a stale
+// target.
+func TestReportPathFailure(t *testing.T) {
+	vs, nodes := newHealSystem(t, 3, time.Hour)
+	ctx := context.Background()
+	p, _ := setupPublished(t, vs, nodes, 2)
+	report := func(uri string) *mgmtv1.Volume {
+		t.Helper()
+		v, err := vs.vols().ReportPathFailure(ctx, &mgmtv1.ReportPathFailureRequest{Name: "v", TargetUri: uri, HostNqn: "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := report(p.Status.Target.Uri); v.Status.Target.NodeUuid != p.Status.Target.NodeUuid || len(events(t, vs, evMove)) != 0 {
+		t.Fatalf("the nexus serves, yet: %+v", v.Status.Target)
+	}
+	if _, err := vs.vols().ReportPathFailure(ctx, &mgmtv1.ReportPathFailureRequest{Name: "nope"}); FaultCode(err) != CodeVolumeNotFound {
+		t.Fatalf("a missing volume: %v", err)
+	}
+
+	// The nexus's engine stops; the membership has not noticed.
+	dead := healNodeOf(nodes, p.Status.Target.NodeUuid)
+	dead.stop()
+	if v := report("nvmf://127.0.0.1:1/" + p.Status.Target.Nqn); v.Status.Target.NodeUuid != dead.uuid {
+		t.Fatalf("a report about another target moved the volume: %+v", v.Status.Target)
+	}
+	v := report(p.Status.Target.Uri)
+	if v.Status.Target == nil || v.Status.Target.NodeUuid == dead.uuid || v.Status.Target.Nqn != p.Status.Target.Nqn || v.Status.Operation != "" {
+		t.Fatalf("after a confirmed report: %+v", v.Status)
+	}
+	ev := events(t, vs, evMove)
+	if len(ev) != 1 || !strings.Contains(ev[0].Cause, "reported its path failed") || !strings.Contains(ev[0].Cause, dead.name) {
+		t.Fatalf("move events: %+v", ev)
+	}
+	rec, err := vs.svc.getVolume(ctx, "v")
+	if err != nil || !slices.Contains(rec.StaleTargets, dead.uuid) {
+		t.Fatalf("the silent node is not a stale target: %v %+v", err, rec)
+	}
+	checkPublication(t, vs, healNodeOf(nodes, v.Status.Target.NodeUuid))
+	ns := connect(t, v)
+	checkData(t, ns, fill(0xa1, 16<<20))
+
+	if st := memberState(t, vs, dead.uuid); st != StateUnresponsive {
+		t.Fatalf("the silent node is %s", st)
+	}
+	// The engine returns, and the node heartbeats: it rejoins; its nexus
+	// is never reopened, and goes.
+	dead.start(t)
+	if _, err := vs.svc.Heartbeat(ctx, &mgmtv1.HeartbeatRequest{System: "heal", Uuid: dead.uuid, Rank: vs.rankOf(dead.uuid)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := memberState(t, vs, dead.uuid); st != StateJoined {
+		t.Fatalf("after a heartbeat the node is %s", st)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if err := vs.svc.VolumePass(ctx); err != nil {
+			t.Log(err)
+		}
+		if x := nexusOn(t, dead); x == nil {
+			break
+		} else if x.State != enginev1.NexusState_NEXUS_STATE_FAULTED {
+			t.Fatalf("the stale nexus was reopened: %+v", x)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stale nexus is still there")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := ns.WriteAt(fill(0x5e, 4096), 0); err != nil {
+		t.Fatalf("the new nexus was fenced: %v", err)
+	}
+}
+
+func memberState(t *testing.T, vs *volSystem, id string) State {
+	t.Helper()
+	m, err := getMember(context.Background(), vs.svc.cfg.Etcd, vs.svc.k, id)
+	if err != nil || m == nil {
+		t.Fatalf("member %s: %v", id, err)
+	}
+	return m.State
 }
