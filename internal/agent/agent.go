@@ -90,7 +90,7 @@ type Config struct {
 	ReportEvery time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
-	Log         *slog.Logger
+	Log *slog.Logger
 }
 
 // Agent watches the paths. Its methods are safe for concurrent use.
