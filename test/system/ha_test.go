@@ -111,6 +111,59 @@ func (c *cluster) nodeNamed(name string) *node {
 	return nil
 }
 
+// haSystem is the system of the HA tests: 4 `nexstor server --control`
+// nodes (node0 the only access point, never taken away), insecure, and a
+// thin 3-replica volume "data" published over NVMe/TCP on a node other
+// than node0, to one host identity.
+type haSystem struct {
+	c               *cluster
+	ap              *node
+	aps             string
+	p               *haVolume // as published
+	hostID, hostNQN string
+}
+
+func newHASystem(t *testing.T, extra string) *haSystem {
+	t.Helper()
+	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, insecure: true, poolSize: "160MiB", extra: extra})
+	c.start()
+	for _, n := range c.nodes {
+		n.waitLog("waiting in maintenance mode", 30*time.Second)
+	}
+	c.mustNexctl("storage", "format", "-l", c.hosts())
+	c.waitMembers("all joined", 60*time.Second, c.allState("joined"))
+	h := &haSystem{c: c, ap: c.nodes[0], aps: strings.Join(c.aps, ","), hostID: uuid.NewString()}
+	h.hostNQN = "nqn.2014-08.org.nvmexpress:uuid:" + h.hostID
+	c.mustNexctl("volume", "create", "data", "--size", "96MiB", "--replicas", "3", "--thin", "-a", h.aps)
+	v := c.getVolume("data")
+	on := ""
+	for _, r := range v.Status.Replicas {
+		if r.Node != h.ap.name {
+			on = r.Node
+		}
+	}
+	c.mustNexctl("volume", "publish", "data", "--node", on, "--host-nqn", h.hostNQN, "-a", h.aps)
+	var err error
+	if h.p, err = c.waitVolume("data", "online", 60*time.Second, func(v *haVolume) bool { return v.Status.Phase == "online" && v.Status.Target != nil }); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// guestPrelude is the start of a guest script: native multipath, the host
+// identity, the first path (its block device $DEV), and `nexstor agent`
+// running in the background (put nexstor in Config.Programs).
+func (h *haSystem) guestPrelude() []string {
+	apPort := h.ap.grpc[strings.LastIndex(h.ap.grpc, ":")+1:]
+	return []string{
+		"multipath",
+		"write-file /etc/nvme/hostnqn " + h.hostNQN,
+		"write-file /etc/nvme/hostid " + h.hostID,
+		fmt.Sprintf("connect 10.0.2.2 %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", targetPort(h.p), h.p.Status.Target.NQN, h.hostNQN, h.hostID),
+		"start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2 --interval 500ms --nvme-config-dir /etc/nvme",
+	}
+}
+
 // TestHANexusNodeLoss: a volume with 3 replicas on 4 `nexstor server
 // --control` nodes, used by the Linux kernel in a QEMU guest through native
 // NVMe multipath with `nexstor agent` following the volume, ext4 on it and
@@ -128,33 +181,8 @@ func (c *cluster) nodeNamed(name string) *node {
 func TestHANexusNodeLoss(t *testing.T) {
 	env := qemuvm.Require(t)
 	testutil.RequireTool(t, "fio")
-	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, insecure: true, poolSize: "160MiB",
-		extra: "move: {grace: 15s}\n"})
-	c.start()
-	for _, n := range c.nodes {
-		n.waitLog("waiting in maintenance mode", 30*time.Second)
-	}
-	c.mustNexctl("storage", "format", "-l", c.hosts())
-	c.waitMembers("all joined", 60*time.Second, c.allState("joined"))
-	aps := strings.Join(c.aps, ",")
-	ap := c.nodes[0] // the access point: never taken away here
-
-	c.mustNexctl("volume", "create", "data", "--size", "96MiB", "--replicas", "3", "--thin", "-a", aps)
-	v := c.getVolume("data")
-	on := ""
-	for _, r := range v.Status.Replicas {
-		if r.Node != ap.name {
-			on = r.Node
-		}
-	}
-	hostID := uuid.NewString()
-	hostNQN := "nqn.2014-08.org.nvmexpress:uuid:" + hostID
-	c.mustNexctl("volume", "publish", "data", "--node", on, "--host-nqn", hostNQN, "-a", aps)
-	p, err := c.waitVolume("data", "online", 60*time.Second, func(v *haVolume) bool { return v.Status.Phase == "online" && v.Status.Target != nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	apPort := ap.grpc[strings.LastIndex(ap.grpc, ":")+1:]
+	h := newHASystem(t, "move: {grace: 15s}\n")
+	c, ap, aps := h.c, h.ap, h.aps
 
 	// The barriers run off the test's goroutine: they report errors.
 	var (
@@ -300,17 +328,12 @@ func TestHANexusNodeLoss(t *testing.T) {
 		seqJob = "fio --name=seq --filename=/mnt/v/seq.dat --size=16m --direct=1 --ioengine=libaio --iodepth=4" +
 			" --rw=write --bs=64k --verify=crc32c --rate=1m"
 	)
-	script := []string{
-		"multipath",
-		"write-file /etc/nvme/hostnqn " + hostNQN,
-		"write-file /etc/nvme/hostid " + hostID,
-		fmt.Sprintf("connect 10.0.2.2 %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", targetPort(p), p.Status.Target.NQN, hostNQN, hostID),
-		"start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2 --interval 500ms --nvme-config-dir /etc/nvme",
+	script := append(h.guestPrelude(),
 		"mkfs $DEV",
 		"mount $DEV /mnt/v",
 		"write-files /mnt/v/before 8 262144 1",
 		"sync",
-		"start fio " + fioJob,
+		"start fio "+fioJob,
 		"sleep 3s",
 		"running fio",
 
@@ -334,7 +357,7 @@ func TestHANexusNodeLoss(t *testing.T) {
 		"running fio",
 
 		// c. The nexus's node freezes, and thaws after the failover.
-		"start seq " + seqJob,
+		"start seq "+seqJob,
 		"sleep 2s",
 		"barrier fault-freeze",
 		"wait-path 10.0.2.2 $NEW live",
@@ -345,13 +368,13 @@ func TestHANexusNodeLoss(t *testing.T) {
 		"running fio",
 		"stop fio",
 		"stop agent",
-		"run " + seqJob + " --verify_only",
+		"run "+seqJob+" --verify_only",
 		"verify-files /mnt/v/before 8 262144 1",
 		"verify-files /mnt/v/after-kill 8 262144 2",
 		"umount /mnt/v",
 		"fsck $DEV",
 		"barrier verify",
-	}
+	)
 	vm := env.Boot(t, qemuvm.Config{
 		Programs:    []string{"fio", testutil.BuildBinary(t, "nexstor")},
 		BarrierVars: barrier,
