@@ -141,14 +141,14 @@ func (s *Service) pickNexusNode(ctx context.Context, v *volumeRecord, members []
 //     path to it.
 func (s *Service) finishMove(ctx context.Context, v *volumeRecord, idx map[string]*Member) error {
 	op := v.Op
-	if op.Stage == stageRetire {
+	if op.Stage != stageRepublish && op.Stage != stageDeleteOld { // retire, or a record without a stage
 		s.retireOldNexus(ctx, v, idx)
 		v.Target, op.Stage = nil, stageRepublish
 		if err := s.putVolume(ctx, v); err != nil {
 			return err
 		}
 	}
-	if op.Stage == stageRepublish {
+	if op.Stage == stageRepublish || v.Target == nil {
 		if !alive(idx[op.Node]) {
 			members := make([]*Member, 0, len(idx))
 			for _, m := range idx {
