@@ -18,8 +18,12 @@
 # the move took as the benchmark's host side saw it (from the kill, or
 # from the start of nexctl volume move, to the new target recorded).
 #
-# Usage: bench/failover.sh [-r ROUNDS]
+# A first run without any event gives the longest write of a quiet volume.
+#
+# Usage: bench/failover.sh [-r ROUNDS] [-R]
 #   -r ROUNDS  rounds (default 5)
+#   -R         the agent does not report failed paths (--report-every=-1s):
+#              a killed node is noticed by the heartbeat timeout alone
 # Needs what the kernel tests need (qemu-system-x86_64, the cached Debian
 # kernel: scripts/install-test-deps.sh) and fio. Prints Markdown on stdout;
 # the go test log goes to stderr.
@@ -27,17 +31,19 @@ set -euo pipefail
 export LC_ALL=C
 
 ROUNDS=5
-while getopts "r:h" opt; do
+NO_REPORT=
+while getopts "r:Rh" opt; do
 	case $opt in
 	r) ROUNDS=$OPTARG ;;
-	*) sed -n '2,27p' "$0"; exit 2 ;;
+	R) NO_REPORT=1 ;;
+	*) sed -n '2,29p' "$0"; exit 2 ;;
 	esac
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mktemp "${TMPDIR:-/tmp}/nexstor-failover.XXXXXX")
 trap 'rm -f "$OUT"' EXIT
 cd "$ROOT"
-NEXSTOR_BENCH_FAILOVER=$ROUNDS NEXSTOR_BENCH_OUT=$OUT \
+NEXSTOR_BENCH_FAILOVER=$ROUNDS NEXSTOR_BENCH_OUT=$OUT NEXSTOR_BENCH_NO_REPORT=$NO_REPORT \
 	go test -count=1 -run '^TestFailoverStall$' -v -timeout $((ROUNDS * 4 + 15))m ./test/system >&2
 echo "## Failover: the longest write stall ($(date -u +%Y-%m-%d), $(nproc) CPUs, $(go version | awk '{print $3}'))"
 echo

@@ -152,15 +152,16 @@ func newHASystem(t *testing.T, extra string) *haSystem {
 
 // guestPrelude is the start of a guest script: native multipath, the host
 // identity, the first path (its block device $DEV), and `nexstor agent`
-// running in the background (put nexstor in Config.Programs).
-func (h *haSystem) guestPrelude() []string {
+// running in the background (put nexstor in Config.Programs), with the
+// extra agent flags.
+func (h *haSystem) guestPrelude(agentFlags ...string) []string {
 	apPort := h.ap.grpc[strings.LastIndex(h.ap.grpc, ":")+1:]
 	return []string{
 		"multipath",
 		"write-file /etc/nvme/hostnqn " + h.hostNQN,
 		"write-file /etc/nvme/hostid " + h.hostID,
 		fmt.Sprintf("connect 10.0.2.2 %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", targetPort(h.p), h.p.Status.Target.NQN, h.hostNQN, h.hostID),
-		"start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2 --interval 500ms --nvme-config-dir /etc/nvme",
+		"start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2 --interval 500ms --nvme-config-dir /etc/nvme " + strings.Join(agentFlags, " "),
 	}
 }
 
