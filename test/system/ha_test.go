@@ -45,6 +45,16 @@ var freezeNode = nodeFault{name: "freeze", cut: func(t *testing.T, n *node) func
 	}
 }}
 
+// faultSteps are the guest's steps of a nodeFault that the test's barrier
+// knows as name (its faults map): the fault is made and the volume fails
+// over ($OLD and $NEW are the ports of the old and the new target), the
+// guest's agent connects the new path and drops the old one, the steps
+// during run, and the node is restored and the volume healed.
+func faultSteps(name string, during ...string) []string {
+	steps := []string{"barrier fault-" + name, "wait-path 10.0.2.2 $NEW live", "wait-path 10.0.2.2 $OLD gone"}
+	return append(append(steps, during...), "barrier restore-"+name)
+}
+
 // haVolume is what the HA test reads of the volume.
 type haVolume struct {
 	Status struct {
@@ -338,15 +348,10 @@ func TestHANexusNodeLoss(t *testing.T) {
 		"start fio "+fioJob,
 		"sleep 3s",
 		"running fio",
-
-		// a. The nexus's node is killed.
-		"barrier fault-kill",
-		"wait-path 10.0.2.2 $NEW live",
-		"wait-path 10.0.2.2 $OLD gone",
-		"running fio",
-		"write-files /mnt/v/after-kill 8 262144 2",
-		"sync",
-		"barrier restore-kill",
+	)
+	// a. The nexus's node is killed.
+	script = append(script, faultSteps("kill", "running fio", "write-files /mnt/v/after-kill 8 262144 2", "sync")...)
+	script = append(script,
 		"running fio",
 
 		// b. A planned move: both paths, in their ANA states.
@@ -361,10 +366,10 @@ func TestHANexusNodeLoss(t *testing.T) {
 		// c. The nexus's node freezes, and thaws after the failover.
 		"start seq "+seqJob,
 		"sleep 2s",
-		"barrier fault-freeze",
-		"wait-path 10.0.2.2 $NEW live",
-		"wait-path 10.0.2.2 $OLD gone",
-		"barrier restore-freeze",
+	)
+	// Another nodeFault (a network partition) plugs in here the same way.
+	script = append(script, faultSteps("freeze")...)
+	script = append(script,
 		"wait seq",
 		"sleep 2s",
 		"running fio",
