@@ -7,7 +7,7 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build install test test-deps test-short vet generate bench bench-heal bench-footprint fuzz clean
+.PHONY: all build install test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover fuzz clean
 
 all: build
 
@@ -69,6 +69,13 @@ bench-heal:
 FOOTPRINTFLAGS ?=
 bench-footprint:
 	./bench/footprint.sh $(FOOTPRINTFLAGS)
+
+# bench-failover times the longest write stall of a planned move and of a
+# killed nexus node, with the Linux kernel in a QEMU guest as the host
+# (about 2 minutes; FAILOVERFLAGS passes options, see bench/failover.sh -h).
+FAILOVERFLAGS ?=
+bench-failover:
+	./bench/failover.sh $(FAILOVERFLAGS)
 
 clean:
 	rm -rf $(BIN)

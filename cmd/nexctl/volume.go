@@ -604,15 +604,17 @@ func (a *app) volumeMoveCmd(s *systemFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "move NAME",
 		Short: "Move a published volume's nexus to another node",
-		Long: `Move closes the volume's nexus cleanly where it is and creates it on another
-node from the replicas its health record calls current, exported with the
-same protocol, allowed hosts, subsystem NQN and namespace identity. The
-replicas do not move. The management service moves a nexus the same way by
-itself when its node dies.
+		Long: `Move sets the volume's nexus ANA inaccessible where it is (NVMe hosts stop
+sending I/O there and hold or retry it), creates the nexus on another node
+from the replicas its health record calls current, exported optimized with
+the same protocol, allowed hosts, subsystem NQN and namespace identity, and,
+after move.grace, destroys the old one. The replicas do not move. The
+management service moves a nexus the same way by itself when its node dies
+(then the old one cannot be told anything: the new nexus's epoch fences it).
 
-Hosts connected to the old place lose that path: NVMe hosts with native
-multipath connect the new one (nexstor agent does it for them) and carry
-on; NBD clients must connect to the new URI, printed here.`,
+NVMe hosts with native multipath connect the new path (nexstor agent does it
+for them) and carry on without an I/O error; NBD clients must connect to
+the new URI, printed here.`,
 		Example: `  nexctl volume move v1 --node node-3
   nexctl volume move v1`,
 		Args: cobra.ExactArgs(1),

@@ -26,7 +26,7 @@ func agentCmd() *cobra.Command {
 		aps, addrMap      []string
 		certDir, identity string
 		insecure          bool
-		interval          time.Duration
+		interval, report  time.Duration
 		nvmeDir           string
 		ctrlLossTmo       int
 	)
@@ -39,7 +39,12 @@ func agentCmd() *cobra.Command {
 is live, it asks the management service where the volume is published now
 and connects that path (the same NQN: the kernel's native multipath puts it
 under the same block device, and I/O queued while no path was live resumes
-on it). Once the new path is live, dead paths elsewhere are deleted.
+on it). Once the new path is live, dead paths elsewhere are deleted. A path
+that is live but ANA inaccessible (a move under way) makes it ask at once.
+When the path to where the volume is fails and no other path serves, it
+reports the failure (ReportPathFailure): the management service probes the
+nexus's node and moves the nexus if it does not serve, without waiting for
+the node's heartbeats to stop.
 
 The management service moves a volume's nexus when its node dies, or when
 an administrator runs nexctl volume move; the agent is what lets the host
@@ -76,7 +81,7 @@ identity from nexstor certgen).`,
 			log := slog.Default()
 			log.Info("agent started", "access_points", aps, "host_nqn", hostNQN, "interval", interval)
 			return agent.New(agent.Config{Host: nvmehost.System(), Volumes: volumeGetter{cl}, HostNQN: hostNQN, HostID: hostID, Interval: interval,
-				AddressMap: amap, CtrlLossTmo: ctrlLossTmo, Log: log}).Run(ctx)
+				AddressMap: amap, CtrlLossTmo: ctrlLossTmo, ReportEvery: report, Log: log}).Run(ctx)
 		},
 	}
 	f := cmd.Flags()
@@ -87,6 +92,7 @@ identity from nexstor certgen).`,
 	f.DurationVar(&interval, "interval", agent.DefaultInterval, "how often the paths are looked at")
 	f.StringSliceVar(&addrMap, "address-map", nil, "FROM=TO: reach a target address FROM at TO (NAT, or a VM reaching its host)")
 	f.StringVar(&nvmeDir, "nvme-config-dir", nvmehost.DefaultConfigDir, "where this host's hostnqn and hostid are (written when missing; shared with nvme-cli and the CSI node plugin)")
+	f.DurationVar(&report, "report-every", agent.DefaultReportEvery, "how often at most a volume whose paths all failed is reported to the management service, which probes the nexus's node and moves the nexus when it does not serve (negative: never)")
 	f.IntVar(&ctrlLossTmo, "ctrl-loss-tmo", agent.DefaultCtrlLossTmo, "seconds the kernel keeps retrying a path the agent connects (-1: forever)")
 	return cmd
 }
@@ -101,6 +107,18 @@ func (g volumeGetter) GetVolume(ctx context.Context, id string) (*mgmtv1.Volume,
 	err := g.cl.DoVolume(ctx, func(ctx context.Context, c mgmtv1.VolumeServiceClient) error {
 		var err error
 		v, err = c.GetVolume(ctx, &mgmtv1.GetVolumeRequest{Name: id})
+		return err
+	})
+	return v, err
+}
+
+func (g volumeGetter) ReportPathFailure(ctx context.Context, id, uri, hostNQN string) (*mgmtv1.Volume, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var v *mgmtv1.Volume
+	err := g.cl.DoVolume(ctx, func(ctx context.Context, c mgmtv1.VolumeServiceClient) error {
+		var err error
+		v, err = c.ReportPathFailure(ctx, &mgmtv1.ReportPathFailureRequest{Name: id, TargetUri: uri, HostNqn: hostNQN})
 		return err
 	})
 	return v, err

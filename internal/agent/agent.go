@@ -49,6 +49,18 @@ type Volumes interface {
 	GetVolume(ctx context.Context, uuid string) (*mgmtv1.Volume, error)
 }
 
+// PathReporter is what a Volumes may also do: report that the host's path
+// to the volume's target (uri) failed (VolumeService.ReportPathFailure).
+// The management service probes the nexus's node and moves the nexus when
+// it does not serve; it returns the volume as it is afterwards.
+type PathReporter interface {
+	ReportPathFailure(ctx context.Context, uuid, uri, hostNQN string) (*mgmtv1.Volume, error)
+}
+
+// DefaultReportEvery is how often at most the agent reports one volume's
+// failed path (Config.ReportEvery).
+const DefaultReportEvery = 5 * time.Second
+
 // Config configures an Agent.
 type Config struct {
 	Host    Host
@@ -72,15 +84,22 @@ type Config struct {
 	// CtrlLossTmo for the paths it connects (DefaultCtrlLossTmo when
 	// zero).
 	CtrlLossTmo int
-	Log         *slog.Logger
+	// ReportEvery: when Volumes is a PathReporter, a volume whose paths
+	// all fail, the one to its target included, is reported at most this
+	// often (DefaultReportEvery when zero; negative: never).
+	ReportEvery time.Duration
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // Agent watches the paths. Its methods are safe for concurrent use.
 type Agent struct {
 	cfg Config
 
-	mu     sync.Mutex
-	passes int
+	mu       sync.Mutex
+	passes   int
+	reported map[string]time.Time // volume UUID -> last report
 }
 
 // New returns an agent; Run starts it.
@@ -97,7 +116,13 @@ func New(cfg Config) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Agent{cfg: cfg}
+	if cfg.ReportEvery == 0 {
+		cfg.ReportEvery = DefaultReportEvery
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Agent{cfg: cfg, reported: map[string]time.Time{}}
 }
 
 // Run makes passes until ctx ends; errors of a pass are logged and the
@@ -133,7 +158,8 @@ func (x Action) String() string {
 }
 
 // Pass looks at every Nexstor subsystem the host is connected to once:
-// when none of its paths is live (or at a recheck), it asks where the
+// when a path of it is not serving, not live or in an ANA state that
+// refuses I/O (or at a recheck), it asks where the
 // volume is published and connects that path if the host has none there;
 // once a path to the volume's target is live, paths elsewhere that are not
 // live are deleted. It returns what it did.
@@ -153,11 +179,13 @@ func (a *Agent) Pass(ctx context.Context) ([]Action, error) {
 		if !ok {
 			continue
 		}
-		allLive := len(s.Controllers) > 0
+		// A path that is live but refuses I/O (ANA inaccessible: the
+		// volume's nexus is being moved away from it) asks too.
+		allServing := len(s.Controllers) > 0
 		for _, c := range s.Controllers {
-			allLive = allLive && c.Live()
+			allServing = allServing && c.Serving()
 		}
-		if allLive && !recheck {
+		if allServing && !recheck {
 			continue
 		}
 		v, err := a.cfg.Volumes.GetVolume(ctx, id)
@@ -165,31 +193,48 @@ func (a *Agent) Pass(ctx context.Context) ([]Action, error) {
 			errs = append(errs, fmt.Errorf("volume %s: %w", id, err))
 			continue
 		}
-		addr, port, ok := a.target(v, s.NQN)
-		if !ok {
-			continue // not published (or not over NVMe/TCP): nothing to connect
-		}
+		// Twice at most: once more when a report moved the volume.
 		var there *nvmehost.Controller
-		for i, c := range s.Controllers {
-			if c.Addr == addr && c.Port == port {
-				there = &s.Controllers[i]
+		var addr, port string
+		for attempt := 0; ; attempt++ {
+			var ok bool
+			if addr, port, ok = a.target(v, s.NQN); !ok {
+				break // not published (or not over NVMe/TCP): nothing to connect
 			}
-		}
-		if there == nil {
-			ctrl, err := a.cfg.Host.Connect(nvmehost.ConnectOptions{NQN: s.NQN, Addr: addr, Port: port, HostNQN: a.cfg.HostNQN, HostID: a.cfg.HostID,
-				CtrlLossTmo: a.cfg.CtrlLossTmo, ReconnectDelay: 1})
-			if err != nil {
-				errs = append(errs, fmt.Errorf("volume %s: connect %s:%s: %w", v.GetSpec().GetName(), addr, port, err))
-				continue
+			there = nil
+			for i, c := range s.Controllers {
+				if c.Addr == addr && c.Port == port {
+					there = &s.Controllers[i]
+				}
 			}
-			act := Action{Volume: id, Kind: "connect", Ctrl: ctrl, Addr: addr, Port: port,
-				Why: "the volume is published there and the host had no path to it"}
-			a.cfg.Log.Info("agent: "+act.String(), "volume", v.GetSpec().GetName())
-			acts = append(acts, act)
-			continue // dead paths go at a later pass, once this one is live
+			if there == nil {
+				ctrl, err := a.cfg.Host.Connect(nvmehost.ConnectOptions{NQN: s.NQN, Addr: addr, Port: port, HostNQN: a.cfg.HostNQN, HostID: a.cfg.HostID,
+					CtrlLossTmo: a.cfg.CtrlLossTmo, ReconnectDelay: 1})
+				if err != nil {
+					errs = append(errs, fmt.Errorf("volume %s: connect %s:%s: %w", v.GetSpec().GetName(), addr, port, err))
+					break
+				}
+				act := Action{Volume: id, Kind: "connect", Ctrl: ctrl, Addr: addr, Port: port,
+					Why: "the volume is published there and the host had no path to it"}
+				a.cfg.Log.Info("agent: "+act.String(), "volume", v.GetSpec().GetName())
+				acts = append(acts, act)
+				break // dead paths go at a later pass, once this one is live
+			}
+			if there.Live() || attempt > 0 || anyServing(s.Controllers) {
+				break
+			}
+			// The kernel is (re)connecting the path to the target and
+			// no path serves: the management service hears of it; it
+			// confirms and moves the nexus rather than wait for the
+			// node's heartbeats to stop.
+			nv := a.report(ctx, id, v, &errs)
+			if nv == nil {
+				break
+			}
+			v = nv
 		}
-		if !there.Live() {
-			continue // the kernel is (re)connecting it
+		if there == nil || !there.Live() {
+			continue
 		}
 		for _, c := range s.Controllers {
 			if c.Name == there.Name || c.Live() {
@@ -209,6 +254,42 @@ func (a *Agent) Pass(ctx context.Context) ([]Action, error) {
 		return acts, fmt.Errorf("%d volume(s) not set right: %v", len(errs), errs)
 	}
 	return acts, nil
+}
+
+func anyServing(cs []nvmehost.Controller) bool {
+	for _, c := range cs {
+		if c.Serving() {
+			return true
+		}
+	}
+	return false
+}
+
+// report tells the management service that the host's path to v's target
+// failed, at most every ReportEvery per volume; it returns the volume as
+// the service answers (nil when it did not report).
+func (a *Agent) report(ctx context.Context, id string, v *mgmtv1.Volume, errs *[]error) *mgmtv1.Volume {
+	r, ok := a.cfg.Volumes.(PathReporter)
+	if !ok || a.cfg.ReportEvery < 0 {
+		return nil
+	}
+	now := a.cfg.Now()
+	a.mu.Lock()
+	last, seen := a.reported[id]
+	if seen && now.Sub(last) < a.cfg.ReportEvery {
+		a.mu.Unlock()
+		return nil
+	}
+	a.reported[id] = now
+	a.mu.Unlock()
+	uri := v.GetStatus().GetTarget().GetUri()
+	a.cfg.Log.Info("agent: reporting a failed path", "volume", v.GetSpec().GetName(), "target", uri)
+	nv, err := r.ReportPathFailure(ctx, id, uri, a.cfg.HostNQN)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("volume %s: report the failed path to %s: %w", v.GetSpec().GetName(), uri, err))
+		return nil
+	}
+	return nv
 }
 
 // target is the address and port of the volume's NVMe/TCP target as this

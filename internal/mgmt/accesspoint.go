@@ -116,7 +116,7 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 		return nil, err
 	}
 	cfg := Config{System: s.Name, Address: self, Replicas: s.AccessPointAddrs(), Etcd: ap.Client, Log: log,
-		PartialWait: configWait(s.Rebuild.PartialWait), GCGrace: configWait(s.GC.Grace)}
+		PartialWait: configWait(s.Rebuild.PartialWait), GCGrace: configWait(s.GC.Grace), MoveGrace: configWait(s.Move.Grace)}
 	for _, f := range tune {
 		f(&cfg)
 	}

@@ -41,6 +41,7 @@ type engineAPI interface {
 	CreateNexus(context.Context, *enginev1.CreateNexusRequest) (*enginev1.Nexus, error)
 	DestroyNexus(context.Context, *enginev1.DestroyNexusRequest) (*enginev1.DestroyNexusResponse, error)
 	PublishNexus(context.Context, *enginev1.PublishNexusRequest) (*enginev1.Nexus, error)
+	SetNexusAnaState(context.Context, *enginev1.SetNexusAnaStateRequest) (*enginev1.Nexus, error)
 	ResizeNexus(context.Context, *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error)
 	Verify(context.Context, *enginev1.VerifyRequest) (*enginev1.VerifyResponse, error)
 	AddChild(context.Context, *enginev1.ChildRequest) (*enginev1.Nexus, error)

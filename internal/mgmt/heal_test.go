@@ -46,6 +46,7 @@ func newHealSystem(t *testing.T, n int, partialWait time.Duration) (*volSystem, 
 	svc.cfg.VolumePass = -1
 	svc.cfg.PartialWait = partialWait
 	svc.cfg.GCGrace = -1
+	svc.cfg.MoveGrace = -1
 	svc.cfg.Now = time.Now // waits are real here; the member checker does not run (CheckInterval < 0)
 	vs := &volSystem{t: t, svc: svc}
 	waitLeader(t, svc)

@@ -163,8 +163,11 @@ type rsNexus struct {
 	children   []*rsChild
 	published  bool
 	protocol   string
-	gen        uint64
-	faulted    string // why it does not serve; "" while it serves
+	// inaccessible: its publication's ANA state refuses I/O (a move's
+	// retired nexus).
+	inaccessible bool
+	gen          uint64
+	faulted      string // why it does not serve; "" while it serves
 }
 
 type rsChild struct {
@@ -555,6 +558,26 @@ func (c rsClient) PublishNexus(ctx context.Context, req *enginev1.PublishNexusRe
 			return rsRefused("nexus %s is faulted: %s", nx.name, nx.faulted)
 		}
 		nx.published, nx.protocol = true, req.Protocol
+		if req.AnaState != enginev1.AnaState_ANA_STATE_UNSPECIFIED {
+			nx.inaccessible = req.AnaState != enginev1.AnaState_ANA_STATE_OPTIMIZED
+		}
+		out = c.nexusProto(nx)
+		return nil
+	})
+	return out, err
+}
+
+func (c rsClient) SetNexusAnaState(ctx context.Context, req *enginev1.SetNexusAnaStateRequest) (*enginev1.Nexus, error) {
+	var out *enginev1.Nexus
+	err := c.do(ctx, "set the ANA state of nexus "+req.Name, func() error {
+		nx, ok := c.n.nexuses[req.Name]
+		if !ok {
+			return rsNotFound("nexus " + req.Name)
+		}
+		if !nx.published || nx.protocol == "nbd" {
+			return rsRefused("nexus %s is not published over nvmf", nx.name)
+		}
+		nx.inaccessible = req.AnaState != enginev1.AnaState_ANA_STATE_OPTIMIZED
 		out = c.nexusProto(nx)
 		return nil
 	})
@@ -962,7 +985,7 @@ func (w *rsWorld) serving(v *volumeRecord) *rsNexus {
 	}
 	for _, n := range w.nodes {
 		if n.uuid == v.Target.Node && n.up {
-			if nx := n.nexuses[v.Name]; nx != nil && nx.uuid == v.UUID && nx.faulted == "" && nx.published {
+			if nx := n.nexuses[v.Name]; nx != nil && nx.uuid == v.UUID && nx.faulted == "" && nx.published && !nx.inaccessible {
 				return nx
 			}
 		}

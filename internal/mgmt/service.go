@@ -26,6 +26,7 @@ const (
 	DefaultHeartbeatTimeout  = 5 * time.Second
 	DefaultSessionTTL        = 5 // seconds
 	DefaultPartialWait       = 10 * time.Minute
+	DefaultMoveGrace         = 2 * time.Second
 	DefaultGCGrace           = 5 * time.Minute
 	// maxTxnAttempts bounds compare-and-swap retries under contention.
 	maxTxnAttempts = 32
@@ -78,6 +79,11 @@ type Config struct {
 	// so before it is destroyed (DefaultGCGrace when zero; negative: no
 	// grace).
 	GCGrace time.Duration
+	// MoveGrace is how long a planned move keeps the old nexus, ANA
+	// inaccessible, once the new one serves, before destroying it, so
+	// that hosts connect the new path first (DefaultMoveGrace when zero;
+	// negative: none).
+	MoveGrace time.Duration
 }
 
 // Service is one replica of the management service. Its methods are safe
@@ -154,6 +160,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.GCGrace == 0 {
 		cfg.GCGrace = DefaultGCGrace
+	}
+	if cfg.MoveGrace == 0 {
+		cfg.MoveGrace = DefaultMoveGrace
 	}
 	return &Service{cfg: cfg, k: newKeys(cfg.System), log: cfg.Log.With("system", cfg.System, "replica", cfg.Address),
 		leaderCh: make(chan struct{}), vols: &volumes{eng: engines{creds: cfg.EngineCredentials}}}, nil
@@ -679,6 +688,9 @@ func Policy() *security.Policy {
 		p.Allow(m, security.RoleAdmin, security.RoleCSI)
 	}
 	p.Allow(mgmtv1.VolumeService_VerifyVolume_FullMethodName, security.RoleAdmin)
+	// Host agents (csi identity) report the paths that failed; the leader
+	// moves a nexus on that only once its own probe confirms it.
+	p.Allow(mgmtv1.VolumeService_ReportPathFailure_FullMethodName, security.RoleAdmin, security.RoleCSI)
 	// Engines keep their volume nexuses' health records here.
 	for _, m := range []string{mgmtv1.VolumeService_LoadNexusHealth_FullMethodName, mgmtv1.VolumeService_SaveNexusHealth_FullMethodName,
 		mgmtv1.VolumeService_DeleteNexusHealth_FullMethodName} {

@@ -690,6 +690,10 @@ func (s *Service) deleteVolume(ctx context.Context, ref string, force bool) ([]s
 	if v.Op != nil && (v.Op.Kind == opPublish || v.Op.Kind == opMove) && !slices.Contains(v.StaleTargets, v.Op.Node) {
 		v.StaleTargets = append(v.StaleTargets, v.Op.Node)
 	}
+	// A move may have left the old nexus (inaccessible) where it was.
+	if v.Op != nil && v.Op.Kind == opMove && v.Op.From != "" && !slices.Contains(v.StaleTargets, v.Op.From) {
+		v.StaleTargets = append(v.StaleTargets, v.Op.From)
+	}
 	v.Status, v.Op = volDeleting, &volumeOp{Kind: opDelete, StartedMs: s.nowMs()}
 	if err := s.putVolume(ctx, v); err != nil {
 		return nil, err
@@ -926,7 +930,15 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 			fmt.Sprintf("node %s has another nexus named %s (uuid %s)", node.DisplayName(), v.Name, n.Uuid),
 			"destroy that nexus on the node, or publish the volume elsewhere")
 	}
-	n, err = c.PublishNexus(cctx, &enginev1.PublishNexusRequest{Name: v.Name, Protocol: op.Protocol, AllowedHosts: op.HostNQNs})
+	pub := &enginev1.PublishNexusRequest{Name: v.Name, Protocol: op.Protocol, AllowedHosts: op.HostNQNs}
+	if op.Protocol != "nbd" {
+		// The node's own controller ID range, so that a host may hold a
+		// path to this node and to another (during a move) at once; and
+		// optimized, whatever state an earlier instance left.
+		pub.MinCntlid, pub.MaxCntlid = cntlidRange(node.Rank)
+		pub.AnaState = enginev1.AnaState_ANA_STATE_OPTIMIZED
+	}
+	n, err = c.PublishNexus(cctx, pub)
 	if err != nil {
 		return nil, fmt.Errorf("export the nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
 	}

@@ -352,6 +352,19 @@ func (c simClient) PublishNexus(ctx context.Context, req *enginev1.PublishNexusR
 	return out, err
 }
 
+func (c simClient) SetNexusAnaState(ctx context.Context, req *enginev1.SetNexusAnaStateRequest) (*enginev1.Nexus, error) {
+	var out *enginev1.Nexus
+	err := c.do(ctx, "set nexus ana state", func() error {
+		n, ok := c.e.nexuses[req.Name]
+		if !ok {
+			return simNotFound("nexus " + req.Name)
+		}
+		out = c.nexusProto(n)
+		return nil
+	})
+	return out, err
+}
+
 func (c simClient) ResizeNexus(ctx context.Context, req *enginev1.ResizeNexusRequest) (*enginev1.Nexus, error) {
 	var out *enginev1.Nexus
 	err := c.do(ctx, "resize nexus", func() error {

@@ -112,7 +112,9 @@ type volumeOp struct {
 	StartedMs int64    `json:"started_ms"`
 	// From is the node a move takes the nexus from (UUID).
 	From string `json:"from,omitempty"`
-	// Stage of a move: "retire" (the old nexus goes), then "republish".
+	// Stage of a move: "retire" (the old nexus stops serving: ANA
+	// inaccessible), "republish" (the new one serves), then "delete old
+	// target".
 	Stage string `json:"stage,omitempty"`
 	// Cause is why an automatic operation was started.
 	Cause string `json:"cause,omitempty"`

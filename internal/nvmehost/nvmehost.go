@@ -47,10 +47,26 @@ type Controller struct {
 	// Addr and Port are the target's address (traddr, trsvcid).
 	Addr, Port string
 	CntlID     int
+	// ANAState is the ANA state of the controller's namespace paths
+	// (ana_state of its nvme<s>c<c>n<n> disks: optimized, non-optimized,
+	// inaccessible, persistent-loss, change): the first that is not
+	// optimized when they differ; "" when the kernel shows none (no
+	// namespace, or a target without ANA).
+	ANAState string
 }
 
-// Live reports whether the path carries I/O now.
+// Live reports whether the path is connected now.
 func (c Controller) Live() bool { return c.State == "live" }
+
+// Serving reports whether the path carries I/O now: live, and in an ANA
+// state that admits I/O (a target without ANA admits it).
+func (c Controller) Serving() bool {
+	switch c.ANAState {
+	case "inaccessible", "persistent-loss", "change":
+		return false
+	}
+	return c.Live()
+}
 
 // Subsystem is one NVMe subsystem the host is connected to, with its
 // controllers.
@@ -127,7 +143,42 @@ func readController(dir, name string) (Controller, error) {
 	if s, err := readAttr(dir, "cntlid"); err == nil {
 		c.CntlID, _ = strconv.Atoi(s)
 	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !isPathDisk(e.Name()) {
+			continue
+		}
+		st, err := readAttr(filepath.Join(dir, e.Name()), "ana_state")
+		if err != nil || st == "" {
+			continue
+		}
+		if c.ANAState == "" || c.ANAState == "optimized" {
+			c.ANAState = st
+		}
+	}
 	return c, nil
+}
+
+// isPathDisk matches a controller's namespace path "nvme<s>c<c>n<n>".
+func isPathDisk(s string) bool {
+	n, ok := strings.CutPrefix(s, "nvme")
+	if !ok {
+		return false
+	}
+	sub, rest, ok := strings.Cut(n, "c")
+	if !ok {
+		return false
+	}
+	ctl, ns, ok := strings.Cut(rest, "n")
+	if !ok {
+		return false
+	}
+	for _, x := range []string{sub, ctl, ns} {
+		if _, err := strconv.Atoi(x); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func readAttr(dir, name string) (string, error) {

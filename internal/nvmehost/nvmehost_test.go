@@ -26,7 +26,10 @@ func fakeSysfs(t *testing.T) string {
 	w(sub+"nvme0/transport", "tcp")
 	w(sub+"nvme0/address", "traddr=10.0.0.1,trsvcid=4420,src_addr=10.0.0.9")
 	w(sub+"nvme0/cntlid", "3")
+	w(sub+"nvme0/nvme0c0n1/ana_state", "optimized")
 	w(sub+"nvme2/state", "connecting")
+	w(sub+"nvme2/nvme0c2n1/ana_state", "inaccessible")
+	w(sub+"nvme2/nvme0c2n2/ana_state", "optimized")
 	w(sub+"nvme2/address", "traddr=10.0.0.2,trsvcid=4421")
 	w(sub+"nvme0n1/size", "8") // a namespace, not a controller
 	w("class/nvme-subsystem/nvme-subsys1/subsysnqn", "nqn.other")
@@ -44,14 +47,35 @@ func TestSubsystems(t *testing.T) {
 		t.Fatalf("subsystems: %+v", subs)
 	}
 	c0, c2 := subs[0].Controllers[0], subs[0].Controllers[1]
-	if c0 != (Controller{Name: "nvme0", State: "live", Transport: "tcp", Addr: "10.0.0.1", Port: "4420", CntlID: 3}) || !c0.Live() {
+	if c0 != (Controller{Name: "nvme0", State: "live", Transport: "tcp", Addr: "10.0.0.1", Port: "4420", CntlID: 3, ANAState: "optimized"}) || !c0.Serving() {
 		t.Fatalf("nvme0: %+v", c0)
 	}
-	if c2.Name != "nvme2" || c2.Live() || c2.Addr != "10.0.0.2" || c2.Port != "4421" {
+	if c2.Name != "nvme2" || c2.Live() || c2.Addr != "10.0.0.2" || c2.Port != "4421" || c2.ANAState != "inaccessible" {
 		t.Fatalf("nvme2: %+v", c2)
 	}
 	if none, err := (&Host{Sysfs: t.TempDir()}).Subsystems(); err != nil || none != nil {
 		t.Fatalf("a host without NVMe: %v %v", none, err)
+	}
+}
+
+// TestServing: a live path serves unless its ANA state refuses I/O.
+func TestServing(t *testing.T) {
+	for _, c := range []struct {
+		state, ana string
+		want       bool
+	}{
+		{"live", "", true}, {"live", "optimized", true}, {"live", "non-optimized", true},
+		{"live", "inaccessible", false}, {"live", "persistent-loss", false}, {"live", "change", false},
+		{"connecting", "optimized", false},
+	} {
+		if got := (Controller{State: c.state, ANAState: c.ana}).Serving(); got != c.want {
+			t.Errorf("%s %s: serving %v", c.state, c.ana, got)
+		}
+	}
+	for name, want := range map[string]bool{"nvme0c1n1": true, "nvme12c3n45": true, "nvme0n1": false, "nvme0c1": false, "nvme0cxn1": false} {
+		if isPathDisk(name) != want {
+			t.Errorf("isPathDisk(%s) != %v", name, want)
+		}
 	}
 }
 

@@ -72,6 +72,8 @@ type clusterOptions struct {
 	nbd bool
 	// faultDomains[i] is node i's fault domain ("" for none).
 	faultDomains []string
+	// extra is YAML appended to every node's configuration.
+	extra string
 }
 
 // newCluster writes the configurations (and certificates) of a system
@@ -133,6 +135,7 @@ func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 		size = "64MiB"
 	}
 	fmt.Fprintf(&b, "pools:\n  - name: p0\n    disk: \"file://%s?size=%s\"\n", filepath.Join(n.dir, "d0.img"), size)
+	b.WriteString(o.extra)
 	if err := os.WriteFile(n.cfgPath, []byte(b.String()), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

@@ -293,8 +293,26 @@ func TestVolumes(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 
-	// Delete everything: no replica or nexus is left on any node.
+	// A move under TLS: the leader (server certificate) sets the old
+	// nexus ANA inaccessible, publishes the new one and then destroys the
+	// old one.
 	p = c.volume("publish", "data", "--node", on)
+	m := c.volume("move", "data")
+	if m.Status.Target == nil || m.Status.Target.Node == on || m.Status.Target.NQN != p.Status.Target.NQN {
+		t.Fatalf("moved: %+v, was %+v", m.Status.Target, p.Status.Target)
+	}
+	for _, n := range c.nodes {
+		if strings.Contains(n.out.String(), "could not be set inaccessible") {
+			t.Fatalf("%s could not set the old nexus inaccessible:\n%s", n.name, tail(n.out.String(), 4000))
+		}
+	}
+	for _, x := range c.inventory() {
+		if x == on+" nexus data" {
+			t.Fatalf("the old nexus is left on %s: %v", on, c.inventory())
+		}
+	}
+
+	// Delete everything: no replica or nexus is left on any node.
 	if _, _, err := c.nexctl("volume", "delete", "data", "-a", aps); err == nil {
 		t.Fatal("deleted a published volume without --force")
 	}

@@ -1965,6 +1965,70 @@ func (x *MoveVolumeRequest) GetNode() string {
 	return ""
 }
 
+type ReportPathFailureRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: the volume's name or UUID.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// target_uri: the volume's target as the host knew it when its path
+	// failed (VolumeTarget.uri).
+	TargetUri string `protobuf:"bytes,2,opt,name=target_uri,json=targetUri,proto3" json:"target_uri,omitempty"`
+	// host_nqn: the reporting host, for the record.
+	HostNqn       string `protobuf:"bytes,3,opt,name=host_nqn,json=hostNqn,proto3" json:"host_nqn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPathFailureRequest) Reset() {
+	*x = ReportPathFailureRequest{}
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPathFailureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPathFailureRequest) ProtoMessage() {}
+
+func (x *ReportPathFailureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPathFailureRequest.ProtoReflect.Descriptor instead.
+func (*ReportPathFailureRequest) Descriptor() ([]byte, []int) {
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReportPathFailureRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReportPathFailureRequest) GetTargetUri() string {
+	if x != nil {
+		return x.TargetUri
+	}
+	return ""
+}
+
+func (x *ReportPathFailureRequest) GetHostNqn() string {
+	if x != nil {
+		return x.HostNqn
+	}
+	return ""
+}
+
 type SetVolumeReplicasRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1976,7 +2040,7 @@ type SetVolumeReplicasRequest struct {
 
 func (x *SetVolumeReplicasRequest) Reset() {
 	*x = SetVolumeReplicasRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2052,7 @@ func (x *SetVolumeReplicasRequest) String() string {
 func (*SetVolumeReplicasRequest) ProtoMessage() {}
 
 func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[29]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2065,7 @@ func (x *SetVolumeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVolumeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*SetVolumeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{29}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetVolumeReplicasRequest) GetName() string {
@@ -2031,7 +2095,7 @@ type VerifyVolumeResponse struct {
 
 func (x *VerifyVolumeResponse) Reset() {
 	*x = VerifyVolumeResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2107,7 @@ func (x *VerifyVolumeResponse) String() string {
 func (*VerifyVolumeResponse) ProtoMessage() {}
 
 func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[30]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2120,7 @@ func (x *VerifyVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyVolumeResponse.ProtoReflect.Descriptor instead.
 func (*VerifyVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{30}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VerifyVolumeResponse) GetSegments() uint64 {
@@ -2092,7 +2156,7 @@ type NexusHealth struct {
 
 func (x *NexusHealth) Reset() {
 	*x = NexusHealth{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2168,7 @@ func (x *NexusHealth) String() string {
 func (*NexusHealth) ProtoMessage() {}
 
 func (x *NexusHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[31]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2181,7 @@ func (x *NexusHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NexusHealth.ProtoReflect.Descriptor instead.
 func (*NexusHealth) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{31}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NexusHealth) GetRecord() []byte {
@@ -2149,7 +2213,7 @@ type LoadNexusHealthRequest struct {
 
 func (x *LoadNexusHealthRequest) Reset() {
 	*x = LoadNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2161,7 +2225,7 @@ func (x *LoadNexusHealthRequest) String() string {
 func (*LoadNexusHealthRequest) ProtoMessage() {}
 
 func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[32]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2174,7 +2238,7 @@ func (x *LoadNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*LoadNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{32}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LoadNexusHealthRequest) GetNexusUuid() string {
@@ -2207,7 +2271,7 @@ type SaveNexusHealthRequest struct {
 
 func (x *SaveNexusHealthRequest) Reset() {
 	*x = SaveNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2283,7 @@ func (x *SaveNexusHealthRequest) String() string {
 func (*SaveNexusHealthRequest) ProtoMessage() {}
 
 func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[33]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2296,7 @@ func (x *SaveNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{33}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SaveNexusHealthRequest) GetNexusUuid() string {
@@ -2271,7 +2335,7 @@ type SaveNexusHealthResponse struct {
 
 func (x *SaveNexusHealthResponse) Reset() {
 	*x = SaveNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2347,7 @@ func (x *SaveNexusHealthResponse) String() string {
 func (*SaveNexusHealthResponse) ProtoMessage() {}
 
 func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[34]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2360,7 @@ func (x *SaveNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*SaveNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{34}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
 }
 
 type DeleteNexusHealthRequest struct {
@@ -2308,7 +2372,7 @@ type DeleteNexusHealthRequest struct {
 
 func (x *DeleteNexusHealthRequest) Reset() {
 	*x = DeleteNexusHealthRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2384,7 @@ func (x *DeleteNexusHealthRequest) String() string {
 func (*DeleteNexusHealthRequest) ProtoMessage() {}
 
 func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[35]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2397,7 @@ func (x *DeleteNexusHealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{35}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteNexusHealthRequest) GetNexusUuid() string {
@@ -2351,7 +2415,7 @@ type DeleteNexusHealthResponse struct {
 
 func (x *DeleteNexusHealthResponse) Reset() {
 	*x = DeleteNexusHealthResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2427,7 @@ func (x *DeleteNexusHealthResponse) String() string {
 func (*DeleteNexusHealthResponse) ProtoMessage() {}
 
 func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[36]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2376,7 +2440,7 @@ func (x *DeleteNexusHealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNexusHealthResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNexusHealthResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{36}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{37}
 }
 
 // VolumeSnapshot is a snapshot of a volume.
@@ -2398,7 +2462,7 @@ type VolumeSnapshot struct {
 
 func (x *VolumeSnapshot) Reset() {
 	*x = VolumeSnapshot{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2474,7 @@ func (x *VolumeSnapshot) String() string {
 func (*VolumeSnapshot) ProtoMessage() {}
 
 func (x *VolumeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[37]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2487,7 @@ func (x *VolumeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeSnapshot.ProtoReflect.Descriptor instead.
 func (*VolumeSnapshot) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{37}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VolumeSnapshot) GetUuid() string {
@@ -2500,7 +2564,7 @@ type SnapshotStatus struct {
 
 func (x *SnapshotStatus) Reset() {
 	*x = SnapshotStatus{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[38]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2576,7 @@ func (x *SnapshotStatus) String() string {
 func (*SnapshotStatus) ProtoMessage() {}
 
 func (x *SnapshotStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[38]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2589,7 @@ func (x *SnapshotStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotStatus.ProtoReflect.Descriptor instead.
 func (*SnapshotStatus) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{38}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SnapshotStatus) GetPhase() string {
@@ -2585,7 +2649,7 @@ type SnapshotCopy struct {
 
 func (x *SnapshotCopy) Reset() {
 	*x = SnapshotCopy{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[39]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2661,7 @@ func (x *SnapshotCopy) String() string {
 func (*SnapshotCopy) ProtoMessage() {}
 
 func (x *SnapshotCopy) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[39]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2674,7 @@ func (x *SnapshotCopy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotCopy.ProtoReflect.Descriptor instead.
 func (*SnapshotCopy) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{39}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SnapshotCopy) GetReplica() string {
@@ -2654,7 +2718,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[40]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2730,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[40]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2743,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{40}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateSnapshotRequest) GetVolume() string {
@@ -2706,7 +2770,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[41]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +2782,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[41]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +2795,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{41}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListSnapshotsRequest) GetVolume() string {
@@ -2750,7 +2814,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[42]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +2826,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[42]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +2839,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{42}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*VolumeSnapshot {
@@ -2795,7 +2859,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[43]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +2871,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[43]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +2884,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{43}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetSnapshotRequest) GetSnapshot() string {
@@ -2839,7 +2903,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[44]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2915,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[44]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2928,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{44}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteSnapshotRequest) GetSnapshot() string {
@@ -2884,7 +2948,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_mgmt_v1_volume_proto_msgTypes[45]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2896,7 +2960,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mgmt_v1_volume_proto_msgTypes[45]
+	mi := &file_mgmt_v1_volume_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2909,7 +2973,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{45}
+	return file_mgmt_v1_volume_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteSnapshotResponse) GetPending() []string {
@@ -3067,7 +3131,12 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\";\n" +
 	"\x11MoveVolumeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node\"J\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"h\n" +
+	"\x18ReportPathFailureRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"target_uri\x18\x02 \x01(\tR\ttargetUri\x12\x19\n" +
+	"\bhost_nqn\x18\x03 \x01(\tR\ahostNqn\"J\n" +
 	"\x18SetVolumeReplicasRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\rR\breplicas\"n\n" +
@@ -3131,7 +3200,7 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\x15DeleteSnapshotRequest\x12\x1a\n" +
 	"\bsnapshot\x18\x01 \x01(\tR\bsnapshot\"2\n" +
 	"\x16DeleteSnapshotResponse\x12\x18\n" +
-	"\apending\x18\x01 \x03(\tR\apending2\xbc\x0f\n" +
+	"\apending\x18\x01 \x03(\tR\apending2\x95\x10\n" +
 	"\rVolumeService\x12R\n" +
 	"\tListPools\x12!.nexstor.mgmt.v1.ListPoolsRequest\x1a\".nexstor.mgmt.v1.ListPoolsResponse\x12R\n" +
 	"\tListNodes\x12!.nexstor.mgmt.v1.ListNodesRequest\x1a\".nexstor.mgmt.v1.ListNodesResponse\x12M\n" +
@@ -3149,7 +3218,8 @@ const file_mgmt_v1_volume_proto_rawDesc = "" +
 	"\fUncordonNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12@\n" +
 	"\tDrainNode\x12\x1c.nexstor.mgmt.v1.NodeRequest\x1a\x15.nexstor.mgmt.v1.Node\x12I\n" +
 	"\n" +
-	"MoveVolume\x12\".nexstor.mgmt.v1.MoveVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12U\n" +
+	"MoveVolume\x12\".nexstor.mgmt.v1.MoveVolumeRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12W\n" +
+	"\x11ReportPathFailure\x12).nexstor.mgmt.v1.ReportPathFailureRequest\x1a\x17.nexstor.mgmt.v1.Volume\x12U\n" +
 	"\n" +
 	"ListEvents\x12\".nexstor.mgmt.v1.ListEventsRequest\x1a#.nexstor.mgmt.v1.ListEventsResponse\x12Y\n" +
 	"\x0eCreateSnapshot\x12&.nexstor.mgmt.v1.CreateSnapshotRequest\x1a\x1f.nexstor.mgmt.v1.VolumeSnapshot\x12^\n" +
@@ -3172,7 +3242,7 @@ func file_mgmt_v1_volume_proto_rawDescGZIP() []byte {
 	return file_mgmt_v1_volume_proto_rawDescData
 }
 
-var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_mgmt_v1_volume_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*NodePool)(nil),                  // 0: nexstor.mgmt.v1.NodePool
 	(*ListPoolsRequest)(nil),          // 1: nexstor.mgmt.v1.ListPoolsRequest
@@ -3203,37 +3273,38 @@ var file_mgmt_v1_volume_proto_goTypes = []any{
 	(*ResizeVolumeRequest)(nil),       // 26: nexstor.mgmt.v1.ResizeVolumeRequest
 	(*VerifyVolumeRequest)(nil),       // 27: nexstor.mgmt.v1.VerifyVolumeRequest
 	(*MoveVolumeRequest)(nil),         // 28: nexstor.mgmt.v1.MoveVolumeRequest
-	(*SetVolumeReplicasRequest)(nil),  // 29: nexstor.mgmt.v1.SetVolumeReplicasRequest
-	(*VerifyVolumeResponse)(nil),      // 30: nexstor.mgmt.v1.VerifyVolumeResponse
-	(*NexusHealth)(nil),               // 31: nexstor.mgmt.v1.NexusHealth
-	(*LoadNexusHealthRequest)(nil),    // 32: nexstor.mgmt.v1.LoadNexusHealthRequest
-	(*SaveNexusHealthRequest)(nil),    // 33: nexstor.mgmt.v1.SaveNexusHealthRequest
-	(*SaveNexusHealthResponse)(nil),   // 34: nexstor.mgmt.v1.SaveNexusHealthResponse
-	(*DeleteNexusHealthRequest)(nil),  // 35: nexstor.mgmt.v1.DeleteNexusHealthRequest
-	(*DeleteNexusHealthResponse)(nil), // 36: nexstor.mgmt.v1.DeleteNexusHealthResponse
-	(*VolumeSnapshot)(nil),            // 37: nexstor.mgmt.v1.VolumeSnapshot
-	(*SnapshotStatus)(nil),            // 38: nexstor.mgmt.v1.SnapshotStatus
-	(*SnapshotCopy)(nil),              // 39: nexstor.mgmt.v1.SnapshotCopy
-	(*CreateSnapshotRequest)(nil),     // 40: nexstor.mgmt.v1.CreateSnapshotRequest
-	(*ListSnapshotsRequest)(nil),      // 41: nexstor.mgmt.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),     // 42: nexstor.mgmt.v1.ListSnapshotsResponse
-	(*GetSnapshotRequest)(nil),        // 43: nexstor.mgmt.v1.GetSnapshotRequest
-	(*DeleteSnapshotRequest)(nil),     // 44: nexstor.mgmt.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),    // 45: nexstor.mgmt.v1.DeleteSnapshotResponse
-	nil,                               // 46: nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	nil,                               // 47: nexstor.mgmt.v1.Placement.PoolSelectorEntry
-	(*PoolReport)(nil),                // 48: nexstor.mgmt.v1.PoolReport
-	(*Member)(nil),                    // 49: nexstor.mgmt.v1.Member
+	(*ReportPathFailureRequest)(nil),  // 29: nexstor.mgmt.v1.ReportPathFailureRequest
+	(*SetVolumeReplicasRequest)(nil),  // 30: nexstor.mgmt.v1.SetVolumeReplicasRequest
+	(*VerifyVolumeResponse)(nil),      // 31: nexstor.mgmt.v1.VerifyVolumeResponse
+	(*NexusHealth)(nil),               // 32: nexstor.mgmt.v1.NexusHealth
+	(*LoadNexusHealthRequest)(nil),    // 33: nexstor.mgmt.v1.LoadNexusHealthRequest
+	(*SaveNexusHealthRequest)(nil),    // 34: nexstor.mgmt.v1.SaveNexusHealthRequest
+	(*SaveNexusHealthResponse)(nil),   // 35: nexstor.mgmt.v1.SaveNexusHealthResponse
+	(*DeleteNexusHealthRequest)(nil),  // 36: nexstor.mgmt.v1.DeleteNexusHealthRequest
+	(*DeleteNexusHealthResponse)(nil), // 37: nexstor.mgmt.v1.DeleteNexusHealthResponse
+	(*VolumeSnapshot)(nil),            // 38: nexstor.mgmt.v1.VolumeSnapshot
+	(*SnapshotStatus)(nil),            // 39: nexstor.mgmt.v1.SnapshotStatus
+	(*SnapshotCopy)(nil),              // 40: nexstor.mgmt.v1.SnapshotCopy
+	(*CreateSnapshotRequest)(nil),     // 41: nexstor.mgmt.v1.CreateSnapshotRequest
+	(*ListSnapshotsRequest)(nil),      // 42: nexstor.mgmt.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),     // 43: nexstor.mgmt.v1.ListSnapshotsResponse
+	(*GetSnapshotRequest)(nil),        // 44: nexstor.mgmt.v1.GetSnapshotRequest
+	(*DeleteSnapshotRequest)(nil),     // 45: nexstor.mgmt.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),    // 46: nexstor.mgmt.v1.DeleteSnapshotResponse
+	nil,                               // 47: nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	nil,                               // 48: nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	(*PoolReport)(nil),                // 49: nexstor.mgmt.v1.PoolReport
+	(*Member)(nil),                    // 50: nexstor.mgmt.v1.Member
 }
 var file_mgmt_v1_volume_proto_depIdxs = []int32{
-	48, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
+	49, // 0: nexstor.mgmt.v1.NodePool.pool:type_name -> nexstor.mgmt.v1.PoolReport
 	0,  // 1: nexstor.mgmt.v1.ListPoolsResponse.pools:type_name -> nexstor.mgmt.v1.NodePool
-	49, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
+	50, // 2: nexstor.mgmt.v1.Node.member:type_name -> nexstor.mgmt.v1.Member
 	4,  // 3: nexstor.mgmt.v1.Node.drain:type_name -> nexstor.mgmt.v1.DrainStatus
 	6,  // 4: nexstor.mgmt.v1.ListEventsResponse.events:type_name -> nexstor.mgmt.v1.Event
 	3,  // 5: nexstor.mgmt.v1.ListNodesResponse.nodes:type_name -> nexstor.mgmt.v1.Node
-	46, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
-	47, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
+	47, // 6: nexstor.mgmt.v1.Placement.node_selector:type_name -> nexstor.mgmt.v1.Placement.NodeSelectorEntry
+	48, // 7: nexstor.mgmt.v1.Placement.pool_selector:type_name -> nexstor.mgmt.v1.Placement.PoolSelectorEntry
 	11, // 8: nexstor.mgmt.v1.VolumeSpec.placement:type_name -> nexstor.mgmt.v1.Placement
 	13, // 9: nexstor.mgmt.v1.VolumeStatus.replicas:type_name -> nexstor.mgmt.v1.VolumeReplica
 	14, // 10: nexstor.mgmt.v1.VolumeStatus.target:type_name -> nexstor.mgmt.v1.VolumeTarget
@@ -3242,9 +3313,9 @@ var file_mgmt_v1_volume_proto_depIdxs = []int32{
 	15, // 13: nexstor.mgmt.v1.Volume.status:type_name -> nexstor.mgmt.v1.VolumeStatus
 	12, // 14: nexstor.mgmt.v1.CreateVolumeRequest.spec:type_name -> nexstor.mgmt.v1.VolumeSpec
 	17, // 15: nexstor.mgmt.v1.ListVolumesResponse.volumes:type_name -> nexstor.mgmt.v1.Volume
-	38, // 16: nexstor.mgmt.v1.VolumeSnapshot.status:type_name -> nexstor.mgmt.v1.SnapshotStatus
-	39, // 17: nexstor.mgmt.v1.SnapshotStatus.copies:type_name -> nexstor.mgmt.v1.SnapshotCopy
-	37, // 18: nexstor.mgmt.v1.ListSnapshotsResponse.snapshots:type_name -> nexstor.mgmt.v1.VolumeSnapshot
+	39, // 16: nexstor.mgmt.v1.VolumeSnapshot.status:type_name -> nexstor.mgmt.v1.SnapshotStatus
+	40, // 17: nexstor.mgmt.v1.SnapshotStatus.copies:type_name -> nexstor.mgmt.v1.SnapshotCopy
+	38, // 18: nexstor.mgmt.v1.ListSnapshotsResponse.snapshots:type_name -> nexstor.mgmt.v1.VolumeSnapshot
 	1,  // 19: nexstor.mgmt.v1.VolumeService.ListPools:input_type -> nexstor.mgmt.v1.ListPoolsRequest
 	9,  // 20: nexstor.mgmt.v1.VolumeService.ListNodes:input_type -> nexstor.mgmt.v1.ListNodesRequest
 	18, // 21: nexstor.mgmt.v1.VolumeService.CreateVolume:input_type -> nexstor.mgmt.v1.CreateVolumeRequest
@@ -3255,44 +3326,46 @@ var file_mgmt_v1_volume_proto_depIdxs = []int32{
 	25, // 26: nexstor.mgmt.v1.VolumeService.UnpublishVolume:input_type -> nexstor.mgmt.v1.UnpublishVolumeRequest
 	26, // 27: nexstor.mgmt.v1.VolumeService.ResizeVolume:input_type -> nexstor.mgmt.v1.ResizeVolumeRequest
 	27, // 28: nexstor.mgmt.v1.VolumeService.VerifyVolume:input_type -> nexstor.mgmt.v1.VerifyVolumeRequest
-	29, // 29: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
+	30, // 29: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:input_type -> nexstor.mgmt.v1.SetVolumeReplicasRequest
 	5,  // 30: nexstor.mgmt.v1.VolumeService.CordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	5,  // 31: nexstor.mgmt.v1.VolumeService.UncordonNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	5,  // 32: nexstor.mgmt.v1.VolumeService.DrainNode:input_type -> nexstor.mgmt.v1.NodeRequest
 	28, // 33: nexstor.mgmt.v1.VolumeService.MoveVolume:input_type -> nexstor.mgmt.v1.MoveVolumeRequest
-	7,  // 34: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
-	40, // 35: nexstor.mgmt.v1.VolumeService.CreateSnapshot:input_type -> nexstor.mgmt.v1.CreateSnapshotRequest
-	41, // 36: nexstor.mgmt.v1.VolumeService.ListSnapshots:input_type -> nexstor.mgmt.v1.ListSnapshotsRequest
-	43, // 37: nexstor.mgmt.v1.VolumeService.GetSnapshot:input_type -> nexstor.mgmt.v1.GetSnapshotRequest
-	44, // 38: nexstor.mgmt.v1.VolumeService.DeleteSnapshot:input_type -> nexstor.mgmt.v1.DeleteSnapshotRequest
-	32, // 39: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
-	33, // 40: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
-	35, // 41: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
-	2,  // 42: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
-	10, // 43: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
-	17, // 44: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
-	20, // 45: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
-	17, // 46: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
-	23, // 47: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
-	17, // 48: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 49: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
-	17, // 50: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
-	30, // 51: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
-	17, // 52: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
-	3,  // 53: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 54: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
-	3,  // 55: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
-	17, // 56: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
-	8,  // 57: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
-	37, // 58: nexstor.mgmt.v1.VolumeService.CreateSnapshot:output_type -> nexstor.mgmt.v1.VolumeSnapshot
-	42, // 59: nexstor.mgmt.v1.VolumeService.ListSnapshots:output_type -> nexstor.mgmt.v1.ListSnapshotsResponse
-	37, // 60: nexstor.mgmt.v1.VolumeService.GetSnapshot:output_type -> nexstor.mgmt.v1.VolumeSnapshot
-	45, // 61: nexstor.mgmt.v1.VolumeService.DeleteSnapshot:output_type -> nexstor.mgmt.v1.DeleteSnapshotResponse
-	31, // 62: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
-	34, // 63: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
-	36, // 64: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
-	42, // [42:65] is the sub-list for method output_type
-	19, // [19:42] is the sub-list for method input_type
+	29, // 34: nexstor.mgmt.v1.VolumeService.ReportPathFailure:input_type -> nexstor.mgmt.v1.ReportPathFailureRequest
+	7,  // 35: nexstor.mgmt.v1.VolumeService.ListEvents:input_type -> nexstor.mgmt.v1.ListEventsRequest
+	41, // 36: nexstor.mgmt.v1.VolumeService.CreateSnapshot:input_type -> nexstor.mgmt.v1.CreateSnapshotRequest
+	42, // 37: nexstor.mgmt.v1.VolumeService.ListSnapshots:input_type -> nexstor.mgmt.v1.ListSnapshotsRequest
+	44, // 38: nexstor.mgmt.v1.VolumeService.GetSnapshot:input_type -> nexstor.mgmt.v1.GetSnapshotRequest
+	45, // 39: nexstor.mgmt.v1.VolumeService.DeleteSnapshot:input_type -> nexstor.mgmt.v1.DeleteSnapshotRequest
+	33, // 40: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:input_type -> nexstor.mgmt.v1.LoadNexusHealthRequest
+	34, // 41: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:input_type -> nexstor.mgmt.v1.SaveNexusHealthRequest
+	36, // 42: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:input_type -> nexstor.mgmt.v1.DeleteNexusHealthRequest
+	2,  // 43: nexstor.mgmt.v1.VolumeService.ListPools:output_type -> nexstor.mgmt.v1.ListPoolsResponse
+	10, // 44: nexstor.mgmt.v1.VolumeService.ListNodes:output_type -> nexstor.mgmt.v1.ListNodesResponse
+	17, // 45: nexstor.mgmt.v1.VolumeService.CreateVolume:output_type -> nexstor.mgmt.v1.Volume
+	20, // 46: nexstor.mgmt.v1.VolumeService.ListVolumes:output_type -> nexstor.mgmt.v1.ListVolumesResponse
+	17, // 47: nexstor.mgmt.v1.VolumeService.GetVolume:output_type -> nexstor.mgmt.v1.Volume
+	23, // 48: nexstor.mgmt.v1.VolumeService.DeleteVolume:output_type -> nexstor.mgmt.v1.DeleteVolumeResponse
+	17, // 49: nexstor.mgmt.v1.VolumeService.PublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 50: nexstor.mgmt.v1.VolumeService.UnpublishVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 51: nexstor.mgmt.v1.VolumeService.ResizeVolume:output_type -> nexstor.mgmt.v1.Volume
+	31, // 52: nexstor.mgmt.v1.VolumeService.VerifyVolume:output_type -> nexstor.mgmt.v1.VerifyVolumeResponse
+	17, // 53: nexstor.mgmt.v1.VolumeService.SetVolumeReplicas:output_type -> nexstor.mgmt.v1.Volume
+	3,  // 54: nexstor.mgmt.v1.VolumeService.CordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 55: nexstor.mgmt.v1.VolumeService.UncordonNode:output_type -> nexstor.mgmt.v1.Node
+	3,  // 56: nexstor.mgmt.v1.VolumeService.DrainNode:output_type -> nexstor.mgmt.v1.Node
+	17, // 57: nexstor.mgmt.v1.VolumeService.MoveVolume:output_type -> nexstor.mgmt.v1.Volume
+	17, // 58: nexstor.mgmt.v1.VolumeService.ReportPathFailure:output_type -> nexstor.mgmt.v1.Volume
+	8,  // 59: nexstor.mgmt.v1.VolumeService.ListEvents:output_type -> nexstor.mgmt.v1.ListEventsResponse
+	38, // 60: nexstor.mgmt.v1.VolumeService.CreateSnapshot:output_type -> nexstor.mgmt.v1.VolumeSnapshot
+	43, // 61: nexstor.mgmt.v1.VolumeService.ListSnapshots:output_type -> nexstor.mgmt.v1.ListSnapshotsResponse
+	38, // 62: nexstor.mgmt.v1.VolumeService.GetSnapshot:output_type -> nexstor.mgmt.v1.VolumeSnapshot
+	46, // 63: nexstor.mgmt.v1.VolumeService.DeleteSnapshot:output_type -> nexstor.mgmt.v1.DeleteSnapshotResponse
+	32, // 64: nexstor.mgmt.v1.VolumeService.LoadNexusHealth:output_type -> nexstor.mgmt.v1.NexusHealth
+	35, // 65: nexstor.mgmt.v1.VolumeService.SaveNexusHealth:output_type -> nexstor.mgmt.v1.SaveNexusHealthResponse
+	37, // 66: nexstor.mgmt.v1.VolumeService.DeleteNexusHealth:output_type -> nexstor.mgmt.v1.DeleteNexusHealthResponse
+	43, // [43:67] is the sub-list for method output_type
+	19, // [19:43] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -3310,7 +3383,7 @@ func file_mgmt_v1_volume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mgmt_v1_volume_proto_rawDesc), len(file_mgmt_v1_volume_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

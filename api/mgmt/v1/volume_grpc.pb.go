@@ -45,6 +45,7 @@ const (
 	VolumeService_UncordonNode_FullMethodName      = "/nexstor.mgmt.v1.VolumeService/UncordonNode"
 	VolumeService_DrainNode_FullMethodName         = "/nexstor.mgmt.v1.VolumeService/DrainNode"
 	VolumeService_MoveVolume_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/MoveVolume"
+	VolumeService_ReportPathFailure_FullMethodName = "/nexstor.mgmt.v1.VolumeService/ReportPathFailure"
 	VolumeService_ListEvents_FullMethodName        = "/nexstor.mgmt.v1.VolumeService/ListEvents"
 	VolumeService_CreateSnapshot_FullMethodName    = "/nexstor.mgmt.v1.VolumeService/CreateSnapshot"
 	VolumeService_ListSnapshots_FullMethodName     = "/nexstor.mgmt.v1.VolumeService/ListSnapshots"
@@ -114,14 +115,27 @@ type VolumeServiceClient interface {
 	DrainNode(ctx context.Context, in *NodeRequest, opts ...grpc.CallOption) (*Node, error)
 	// MoveVolume moves a published volume's nexus to another node, keeping
 	// its protocol, its allowed hosts, its subsystem NQN and namespace
-	// identity: the old nexus is closed cleanly (or, on a node that is down,
-	// left to be removed when it answers, fenced by the new nexus's epoch),
-	// then the nexus is created on node from the replicas its health record
-	// calls current. node empty picks one (not the current node). It returns
+	// identity: the old nexus is set ANA inaccessible (over nbd, destroyed;
+	// on a node that is down, left to be removed when it answers, fenced by
+	// the new nexus's epoch), the nexus is created on node from the replicas
+	// its health record calls current and published optimized, and the old
+	// one is destroyed after move.grace. node empty picks one (not the current node). It returns
 	// the volume published at its new place. The reconcilers move a volume
 	// the same way when its nexus's node dies. Hosts connected to the old
 	// place must connect to the new one (`nexstor agent`, or multipath).
 	MoveVolume(ctx context.Context, in *MoveVolumeRequest, opts ...grpc.CallOption) (*Volume, error)
+	// ReportPathFailure is a host's report that its NVMe path to the
+	// volume's nexus failed (nexstor agent sends it when its path to the
+	// volume's target stops being live). The leader confirms it before it
+	// acts: it probes the nexus on the target's node, and when the node does
+	// not answer in time, or its nexus is gone or faulted, moves the nexus to
+	// another node at once, without waiting for the membership to mark the
+	// node away. When the nexus answers and serves, the failure is the
+	// host's own path and nothing is done. A report about an earlier target
+	// (target_uri no longer the volume's), or while an operation is under
+	// way, changes nothing. It returns the volume as it is afterwards. Not
+	// published: FailedPrecondition.
+	ReportPathFailure(ctx context.Context, in *ReportPathFailureRequest, opts ...grpc.CallOption) (*Volume, error)
 	// ListEvents lists the automatic actions of the reconcilers and the
 	// node operations, oldest first, each with its cause.
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
@@ -316,6 +330,16 @@ func (c *volumeServiceClient) MoveVolume(ctx context.Context, in *MoveVolumeRequ
 	return out, nil
 }
 
+func (c *volumeServiceClient) ReportPathFailure(ctx context.Context, in *ReportPathFailureRequest, opts ...grpc.CallOption) (*Volume, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Volume)
+	err := c.cc.Invoke(ctx, VolumeService_ReportPathFailure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListEventsResponse)
@@ -455,14 +479,27 @@ type VolumeServiceServer interface {
 	DrainNode(context.Context, *NodeRequest) (*Node, error)
 	// MoveVolume moves a published volume's nexus to another node, keeping
 	// its protocol, its allowed hosts, its subsystem NQN and namespace
-	// identity: the old nexus is closed cleanly (or, on a node that is down,
-	// left to be removed when it answers, fenced by the new nexus's epoch),
-	// then the nexus is created on node from the replicas its health record
-	// calls current. node empty picks one (not the current node). It returns
+	// identity: the old nexus is set ANA inaccessible (over nbd, destroyed;
+	// on a node that is down, left to be removed when it answers, fenced by
+	// the new nexus's epoch), the nexus is created on node from the replicas
+	// its health record calls current and published optimized, and the old
+	// one is destroyed after move.grace. node empty picks one (not the current node). It returns
 	// the volume published at its new place. The reconcilers move a volume
 	// the same way when its nexus's node dies. Hosts connected to the old
 	// place must connect to the new one (`nexstor agent`, or multipath).
 	MoveVolume(context.Context, *MoveVolumeRequest) (*Volume, error)
+	// ReportPathFailure is a host's report that its NVMe path to the
+	// volume's nexus failed (nexstor agent sends it when its path to the
+	// volume's target stops being live). The leader confirms it before it
+	// acts: it probes the nexus on the target's node, and when the node does
+	// not answer in time, or its nexus is gone or faulted, moves the nexus to
+	// another node at once, without waiting for the membership to mark the
+	// node away. When the nexus answers and serves, the failure is the
+	// host's own path and nothing is done. A report about an earlier target
+	// (target_uri no longer the volume's), or while an operation is under
+	// way, changes nothing. It returns the volume as it is afterwards. Not
+	// published: FailedPrecondition.
+	ReportPathFailure(context.Context, *ReportPathFailureRequest) (*Volume, error)
 	// ListEvents lists the automatic actions of the reconcilers and the
 	// node operations, oldest first, each with its cause.
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
@@ -551,6 +588,9 @@ func (UnimplementedVolumeServiceServer) DrainNode(context.Context, *NodeRequest)
 }
 func (UnimplementedVolumeServiceServer) MoveVolume(context.Context, *MoveVolumeRequest) (*Volume, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method MoveVolume not implemented")
+}
+func (UnimplementedVolumeServiceServer) ReportPathFailure(context.Context, *ReportPathFailureRequest) (*Volume, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReportPathFailure not implemented")
 }
 func (UnimplementedVolumeServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
@@ -867,6 +907,24 @@ func _VolumeService_MoveVolume_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeService_ReportPathFailure_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportPathFailureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeServiceServer).ReportPathFailure(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeService_ReportPathFailure_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeServiceServer).ReportPathFailure(ctx, req.(*ReportPathFailureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListEventsRequest)
 	if err := dec(in); err != nil {
@@ -1077,6 +1135,10 @@ var VolumeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MoveVolume",
 			Handler:    _VolumeService_MoveVolume_Handler,
+		},
+		{
+			MethodName: "ReportPathFailure",
+			Handler:    _VolumeService_ReportPathFailure_Handler,
 		},
 		{
 			MethodName: "ListEvents",

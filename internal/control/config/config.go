@@ -109,6 +109,9 @@ type Server struct {
 	// GC tunes the collection of replicas and nexuses no volume owns
 	// (`gc`); the leader's configuration applies.
 	GC GC
+	// Move tunes how a volume's nexus moves between nodes (`move`); the
+	// leader's configuration applies.
+	Move Move
 }
 
 // Rebuild tunes self-healing.
@@ -120,6 +123,16 @@ type Rebuild struct {
 	// copies only what it missed. 0s replaces at once; a volume left with
 	// one healthy copy does not wait at all.
 	PartialWait time.Duration
+}
+
+// Move tunes nexus moves.
+type Move struct {
+	// Grace is how long a planned move keeps the old nexus, ANA
+	// inaccessible, after the new one serves, before destroying it
+	// (`grace`; DefaultMoveGrace when the key is absent): hosts connect the
+	// new path while the old one still answers, so their I/O moves over by
+	// ANA rather than by a lost connection. 0s destroys it at once.
+	Grace time.Duration
 }
 
 // GC tunes garbage collection.
@@ -222,6 +235,7 @@ func (l Log) SlogLevel() slog.Level {
 const (
 	DefaultPartialWait = 10 * time.Minute
 	DefaultGCGrace     = 5 * time.Minute
+	DefaultMoveGrace   = 2 * time.Second
 )
 
 func Default() *Server {
@@ -248,6 +262,7 @@ func Default() *Server {
 		Log:             Log{Level: DefaultLogLevel},
 		Rebuild:         Rebuild{PartialWait: DefaultPartialWait},
 		GC:              GC{Grace: DefaultGCGrace},
+		Move:            Move{Grace: DefaultMoveGrace},
 	}
 	s.fillDerived()
 	return s

@@ -421,3 +421,27 @@ func TestParseRebuildAndGC(t *testing.T) {
 		t.Fatalf("a negative wait: %v", err)
 	}
 }
+
+func TestParseMove(t *testing.T) {
+	if s := Default(); s.Move.Grace != DefaultMoveGrace {
+		t.Fatalf("default move.grace %v", s.Move.Grace)
+	}
+	s, err := Parse([]byte("move:\n  grace: 15s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Move.Grace != 15*time.Second {
+		t.Fatalf("move %v", s.Move)
+	}
+	back, err := s.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2, err := Parse(back); err != nil || !reflect.DeepEqual(s, s2) {
+		t.Fatalf("round trip: %v\n%s", err, back)
+	}
+	s.Move.Grace = time.Hour
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "move.grace") {
+		t.Fatalf("an hour's grace: %v", err)
+	}
+}

@@ -43,6 +43,11 @@ type fileServer struct {
 	Labels          map[string]string `yaml:"labels,omitempty"`
 	Rebuild         *fileRebuild      `yaml:"rebuild,omitempty"`
 	GC              *fileGC           `yaml:"gc,omitempty"`
+	Move            *fileMove         `yaml:"move,omitempty"`
+}
+
+type fileMove struct {
+	Grace *fileDuration `yaml:"grace,omitempty"`
 }
 
 type fileRebuild struct {
@@ -301,6 +306,9 @@ func (f *fileServer) apply(s *Server) {
 	if f.GC != nil && f.GC.Grace != nil {
 		s.GC.Grace = time.Duration(*f.GC.Grace)
 	}
+	if f.Move != nil && f.Move.Grace != nil {
+		s.Move.Grace = time.Duration(*f.Move.Grace)
+	}
 	s.fillDerived()
 }
 
@@ -340,6 +348,7 @@ func (s *Server) toFile() *fileServer {
 		Labels:      s.Labels,
 		Rebuild:     &fileRebuild{PartialWait: ptr(fileDuration(s.Rebuild.PartialWait))},
 		GC:          &fileGC{Grace: ptr(fileDuration(s.GC.Grace))},
+		Move:        &fileMove{Grace: ptr(fileDuration(s.Move.Grace))},
 	}
 	if s.Etcd.TLS.Enabled() {
 		f.Etcd.TLS = &fileEtcdTLS{CACert: p(s.Etcd.TLS.CACert), Cert: p(s.Etcd.TLS.Cert), Key: p(s.Etcd.TLS.Key)}

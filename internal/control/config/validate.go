@@ -99,6 +99,9 @@ func (s *Server) Validate() error {
 	if s.GC.Grace < 0 || s.GC.Grace > 7*24*time.Hour {
 		v.add("gc.grace", fmt.Sprintf("%v is out of range", s.GC.Grace), "use a duration between 0s and 168h, such as 5m")
 	}
+	if s.Move.Grace < 0 || s.Move.Grace > 10*time.Minute {
+		v.add("move.grace", fmt.Sprintf("%v is out of range", s.Move.Grace), "use a duration between 0s and 10m, such as 2s")
+	}
 	return errors.Join(v.errs...)
 }
 

@@ -337,10 +337,11 @@ func registerManagement(s grpc.ServiceRegistrar, svc mgmtv1.MgmtServiceServer) {
 // everything, rebuild status). The server role, which the management
 // service leader uses to drive the members' engines for volumes, may also
 // create, destroy, resize, share, unshare and disown replicas; create,
-// destroy, publish, unpublish and resize nexuses; add, remove and online
-// children; and verify nexuses. Everything else (pools, fault or offline
-// children, rebuild control) is admin-only by the Policy default; the
-// admin role may call every engine method listed here too.
+// destroy, publish, unpublish and resize nexuses and set their ANA state;
+// add, remove and online children; and verify nexuses. Everything else
+// (pools, fault or offline children, rebuild control) is admin-only by the
+// Policy default; the admin role may call every engine method listed here
+// too.
 //
 // The csi role may call CSIMethods and nothing else: the CSI driver works
 // through the management service's volume service only, so a CSI
@@ -376,6 +377,8 @@ func Policy() *security.Policy {
 		enginev1.SnapshotService_CreateSnapshot_FullMethodName, enginev1.SnapshotService_GetSnapshot_FullMethodName,
 		enginev1.SnapshotService_DeleteSnapshot_FullMethodName, enginev1.SnapshotService_CloneSnapshot_FullMethodName,
 		enginev1.SnapshotService_QuiesceNexus_FullMethodName, enginev1.SnapshotService_ResumeNexus_FullMethodName,
+		// A move sets the old nexus inaccessible before the new one serves.
+		enginev1.NexusService_SetNexusAnaState_FullMethodName,
 	}
 	for _, m := range volumes {
 		p.Allow(m, security.RoleAdmin, security.RoleServer)
@@ -384,9 +387,11 @@ func Policy() *security.Policy {
 }
 
 // CSIMethods are the methods the csi role may call: the volume service
-// calls of the CSI controller (internal/csi). The CSI node plugin calls
-// none (what it attaches comes in the publish context).
+// calls of the CSI controller (internal/csi), and the failed-path report of
+// the host agent (nexstor agent, which also reads volumes). The CSI node
+// plugin calls none (what it attaches comes in the publish context).
 var CSIMethods = []string{
+	mgmtv1.VolumeService_ReportPathFailure_FullMethodName,
 	mgmtv1.VolumeService_CreateVolume_FullMethodName, mgmtv1.VolumeService_DeleteVolume_FullMethodName,
 	mgmtv1.VolumeService_PublishVolume_FullMethodName, mgmtv1.VolumeService_UnpublishVolume_FullMethodName,
 	mgmtv1.VolumeService_ResizeVolume_FullMethodName, mgmtv1.VolumeService_GetVolume_FullMethodName,

@@ -215,8 +215,8 @@ func TestPolicy(t *testing.T) {
 			}
 		}
 	}
-	if len(csiMethods) != 13 {
-		t.Errorf("CSIMethods has %d methods, want the 13 calls of the CSI controller", len(csiMethods))
+	if len(csiMethods) != 14 {
+		t.Errorf("CSIMethods has %d methods, want the 13 calls of the CSI controller and the agent's report", len(csiMethods))
 	}
 	if !p.Permits(enginev1.ReplicaService_CreateReplica_FullMethodName, security.RoleAdmin) {
 		t.Error("create replica: admin refused")
@@ -239,6 +239,7 @@ func TestPolicy(t *testing.T) {
 		enginev1.NexusService_GetNexus_FullMethodName, enginev1.ReplicaService_ListReplicas_FullMethodName,
 		enginev1.ReplicaService_GetReplica_FullMethodName, enginev1.PoolService_ListPools_FullMethodName,
 		enginev1.PoolService_GetPool_FullMethodName, enginev1.HostService_GetVersion_FullMethodName,
+		enginev1.NexusService_SetNexusAnaState_FullMethodName,
 	} {
 		if !p.Permits(m, security.RoleServer) || !p.Permits(m, security.RoleAdmin) {
 			t.Errorf("%s: server or admin refused", m)
@@ -254,7 +255,8 @@ func TestPolicy(t *testing.T) {
 	// The csi role never destroys.
 	for _, m := range []string{enginev1.ReplicaService_DestroyReplica_FullMethodName, enginev1.ReplicaService_DisownReplica_FullMethodName,
 		enginev1.NexusService_DestroyNexus_FullMethodName, enginev1.NexusService_ResizeNexus_FullMethodName,
-		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName} {
+		enginev1.NexusService_OnlineChild_FullMethodName, enginev1.NexusService_Verify_FullMethodName,
+		enginev1.NexusService_SetNexusAnaState_FullMethodName} {
 		if p.Permits(m, security.RoleCSI) {
 			t.Errorf("%s: csi permitted", m)
 		}

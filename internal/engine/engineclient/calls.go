@@ -161,6 +161,13 @@ func (c *Client) PublishNexus(ctx context.Context, r *enginev1.PublishNexusReque
 	return c.nexuses.PublishNexus(ctx, r)
 }
 
+// SetNexusAnaState sets the ANA state of the nexus's nvmf publication on
+// that node; a state that refuses I/O returns once the I/O the nexus was
+// executing has finished.
+func (c *Client) SetNexusAnaState(ctx context.Context, r *enginev1.SetNexusAnaStateRequest) (*enginev1.Nexus, error) {
+	return c.nexuses.SetNexusAnaState(ctx, r)
+}
+
 // UnpublishNexus withdraws a nexus's export; connected hosts are dropped.
 // Idempotent: unpublishing an unpublished nexus succeeds.
 func (c *Client) UnpublishNexus(ctx context.Context, r *enginev1.UnpublishNexusRequest) (*enginev1.Nexus, error) {

@@ -28,10 +28,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -72,6 +74,11 @@ type Config struct {
 	// its error. Nil answers every barrier at once. Being off the test's
 	// goroutine, it must report problems as its error, not with t.Fatal.
 	Barrier func(name string) error
+	// BarrierVars, when set, is called instead of Barrier; the variables
+	// it returns are set in the guest's script (used as $NAME by later
+	// steps), for what only the host learns at the barrier (the port of
+	// the node a volume moved to). Names and values are single words.
+	BarrierVars func(name string) (map[string]string, error)
 }
 
 // VM is one running guest. Its methods are not safe for concurrent use.
@@ -114,7 +121,11 @@ func (e *Env) Boot(t testing.TB, cfg Config) *VM {
 		t.Fatalf("qemuvm: control listener: %v", err)
 	}
 	vm.ctl = ln
-	go serveBarriers(ln, cfg.Barrier)
+	fn := cfg.BarrierVars
+	if fn == nil && cfg.Barrier != nil {
+		fn = func(name string) (map[string]string, error) { return nil, cfg.Barrier(name) }
+	}
+	go serveBarriers(ln, fn)
 
 	initrd := filepath.Join(dir, "initrd")
 	if err := e.writeInitrd(initrd, cfg, ln.Addr().(*net.TCPAddr).Port); err != nil {
@@ -363,7 +374,7 @@ func (r *Result) parse(b []byte) {
 
 // serveBarriers answers "barrier NAME" requests of the guest with "ok" or
 // "error: ..." after running fn.
-func serveBarriers(ln net.Listener, fn func(string) error) {
+func serveBarriers(ln net.Listener, fn func(string) (map[string]string, error)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -391,8 +402,13 @@ func serveBarriers(ln net.Listener, fn func(string) error) {
 			case verb != "barrier":
 				reply = "error: unknown request " + verb
 			case fn != nil:
-				if err := fn(name); err != nil {
+				vars, err := fn(name)
+				if err != nil {
 					reply = "error: " + strings.ReplaceAll(err.Error(), "\n", " ")
+					break
+				}
+				for _, k := range slices.Sorted(maps.Keys(vars)) {
+					reply += " " + k + "=" + vars[k]
 				}
 			}
 			answered = true

@@ -163,6 +163,9 @@ var steps = map[string]struct {
 	"multipath":       {stepMultipath, "multipath (fails unless nvme_core's native multipath is on)", 0},
 	"wait-ana":        {stepWaitANA, "wait-ana CTRL STATE (every path of CTRL in that ANA state)", 2},
 	"paths":           {stepPaths, "paths (the subsystems, controllers and ANA states in sysfs)", 0},
+	"wait-path":       {stepWaitPath, "wait-path ADDR PORT STATE (the controller to ADDR:PORT is live, gone, or its paths in that ANA state)", 3},
+	"wait":            {stepWait, "wait NAME (until the background program exits by itself; fails unless with status 0)", 1},
+	"write-file":      {stepWriteFile, "write-file PATH WORD... (the words and a newline; directories made)", 2},
 }
 
 func (a *agent) exec(args []string) error {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -104,6 +106,57 @@ func TestBackgroundProgram(t *testing.T) {
 	}
 	for _, want := range []string{"GREETING=hello", "FAIL 3 start s: already started", "FAIL 5 no program was started",
 		"OUT 6 hello", "OUT 6 got-int", "exit status 3", "early=false"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestBarrierVarsWaitWriteFile: a barrier's reply sets variables for later
+// steps; "wait" reports a program that exits by itself and fails on a bad
+// exit; "write-file" makes its directory.
+func TestBarrierVarsWaitWriteFile(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			line, _ := readLine(c)
+			if line == "barrier moved" {
+				fmt.Fprintf(c, "ok NEW=4421 OLD=4420\n")
+			} else {
+				fmt.Fprintf(c, "error: unknown\n")
+			}
+			c.Close()
+		}
+	}()
+	dir := t.TempDir()
+	var res bytes.Buffer
+	a := &agent{res: &res, echo: &res, vars: map[string]string{}, bg: map[string]*bgProc{}, ctl: ln.Addr().String()}
+	ok, failed := a.run([]string{
+		"barrier moved",
+		"write-file " + dir + "/etc/nvme/hostnqn port $NEW from $OLD",
+		"start t /bin/sh -c true",
+		"wait t",
+		"start f /bin/sh -c false",
+		"-wait f",
+		"-barrier other",
+	})
+	out := res.String()
+	if ok != 5 || failed != 2 {
+		t.Fatalf("run = %d ok, %d failed; want 5, 2\n%s", ok, failed, out)
+	}
+	b, err := os.ReadFile(dir + "/etc/nvme/hostnqn")
+	if err != nil || string(b) != "port 4421 from 4420\n" {
+		t.Fatalf("written: %q %v", b, err)
+	}
+	for _, want := range []string{"OUT 1 NEW=4421", "OUT 4 exit=\"status 0\"", "FAIL 6 f: exit status 1", "FAIL 7 barrier other: host: error: unknown"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

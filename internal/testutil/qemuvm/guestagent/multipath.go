@@ -235,3 +235,87 @@ func stepPaths(a *agent, args []string) error {
 	}
 	return nil
 }
+
+// ctrlsTo returns the controllers (nvmeN) whose transport address is
+// addr:port.
+func ctrlsTo(addr, port string) []string {
+	ents, _ := os.ReadDir("/sys/class/nvme")
+	var out []string
+	for _, e := range ents {
+		kv := map[string]string{}
+		for _, f := range strings.Split(readAttr(filepath.Join("/sys/class/nvme", e.Name(), "address")), ",") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(f), "="); ok {
+				kv[k] = v
+			}
+		}
+		if kv["traddr"] == addr && kv["trsvcid"] == port {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// stepWaitPath waits until the controller to ADDR:PORT is in STATE: "gone"
+// (no controller to it), "live" (one is live), or an ANA state (one whose
+// paths are all in it, as "wait-ana"). It sets $PATHCTRL to the
+// controller when there is one.
+func stepWaitPath(a *agent, args []string) error {
+	addr, port, want := args[0], args[1], args[2]
+	start := time.Now()
+	for {
+		ctrls := ctrlsTo(addr, port)
+		var seen []string
+		done := want == "gone" && len(ctrls) == 0
+		for _, c := range ctrls {
+			st := readAttr(filepath.Join("/sys/class/nvme", c, "state"))
+			paths := pathDisks(c)
+			ana := make([]string, len(paths))
+			all := len(paths) > 0
+			for i, p := range paths {
+				ana[i] = readAttr(filepath.Join("/sys/class/nvme", c, p, "ana_state"))
+				all = all && ana[i] == want
+			}
+			seen = append(seen, fmt.Sprintf("%s state=%s ana=%v", c, st, ana))
+			if (want == "live" && st == "live") || (want != "live" && want != "gone" && all) {
+				a.vars["PATHCTRL"] = c
+				done = true
+			}
+		}
+		if done {
+			a.out("%s:%s %s after %v: %v", addr, port, want, time.Since(start).Round(time.Millisecond), seen)
+			return nil
+		}
+		if time.Since(start) > deviceWait {
+			return fmt.Errorf("the path to %s:%s is not %s after %v: %v", addr, port, want, deviceWait, seen)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stepWait waits for the background program NAME to exit by itself and
+// reports its output; it fails unless the program exited with status 0.
+// The wait is bounded by the boot's own deadline.
+func stepWait(a *agent, args []string) error {
+	p, err := a.bgProc(args[0])
+	if err != nil {
+		return err
+	}
+	<-p.done
+	a.out("%s", p.out.String())
+	a.out("exit=%q", exitText(p.err))
+	if p.err != nil {
+		return fmt.Errorf("%s: %v", args[0], exitText(p.err))
+	}
+	return nil
+}
+
+// stepWriteFile writes the words of the step, joined by spaces, and a
+// newline to PATH, making its directory (a host identity under /etc/nvme
+// before a program reads it).
+func stepWriteFile(a *agent, args []string) error {
+	if err := os.MkdirAll(filepath.Dir(args[0]), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(args[0], []byte(strings.Join(args[1:], " ")+"\n"), 0o644)
+}

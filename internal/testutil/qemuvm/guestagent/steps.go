@@ -272,8 +272,16 @@ func stepBarrier(a *agent, args []string) error {
 	if err != nil {
 		return fmt.Errorf("barrier %s: no answer: %w", args[0], err)
 	}
-	if reply != "ok" {
+	// "ok", then any variables the host sets: "ok NEW=4421 OLD=4420".
+	f := strings.Fields(reply)
+	if len(f) == 0 || f[0] != "ok" {
 		return fmt.Errorf("barrier %s: host: %s", args[0], reply)
+	}
+	for _, kv := range f[1:] {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			a.vars[k] = v
+			a.out("%s=%s", k, v)
+		}
 	}
 	return nil
 }
