@@ -138,9 +138,12 @@ func (r *Reconciler) ensure(ctx context.Context, dp *v1alpha1.DiskPool) v1alpha1
 }
 
 // blank reports whether an import failed because the disk holds no pool
-// (and nothing else the engine recognises), so that it may be formatted.
+// (and nothing else the engine recognises), or does not exist (a file://
+// disk with ?size= that CreatePool makes), so that it may be formatted:
+// nothing on it can be lost.
 func blank(err error) bool {
-	return fault.CodeOf(err) == "pool.not_pool"
+	c := fault.CodeOf(err)
+	return c == "pool.not_pool" || c == "bdev.not_found"
 }
 
 // fill copies the engine's view of p into st.
