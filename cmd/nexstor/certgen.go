@@ -40,7 +40,7 @@ as the Helm chart mounts them. When PREFIX-ca exists nothing is written
 (without --force), so the chart's Job can run again safely.`,
 		Example: `  nexstor certgen --dir /etc/nexstor/certs --host node-1 --host 10.0.0.1
   nexstor certgen --dir /tmp/certs --host 10.0.0.1 --secrets nexstor-certs --namespace nexstor`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dir == "" {
 				return fmt.Errorf("--dir is required: the directory to write the certificates to")
