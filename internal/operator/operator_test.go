@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -133,8 +134,9 @@ func waitState(t *testing.T, c client.Client, name, state string) *v1alpha1.Disk
 
 // TestDiskPool runs the operator against a real kube-apiserver (envtest)
 // and a real Nexstor system, and follows a DiskPool through its life: the
-// pool is created on the node's engine with its status filled from the
-// engine; a pool taken away is imported back from its disk (same UUID, not
+// pool is created on the node's engine with its labels and its status
+// filled from the engine; new labels reach the management service and a
+// volume's pool selector; a pool taken away is imported back from its disk (same UUID, not
 // formatted); a DiskPool for an unknown node waits; node and disk cannot
 // change; deleting a DiskPool whose pool holds a replica leaves both and
 // names the volume; once the volume is gone the pool is destroyed and the
@@ -186,7 +188,8 @@ func TestDiskPool(t *testing.T) {
 
 	// A DiskPool becomes a pool, with the engine's figures in its status.
 	disk := "file://" + filepath.Join(t.TempDir(), "dp1.img") + "?size=1GiB"
-	dp := &v1alpha1.DiskPool{ObjectMeta: metav1.ObjectMeta{Name: "dp1"}, Spec: v1alpha1.DiskPoolSpec{Node: "node-0", Disk: disk}}
+	dp := &v1alpha1.DiskPool{ObjectMeta: metav1.ObjectMeta{Name: "dp1"},
+		Spec: v1alpha1.DiskPoolSpec{Node: "node-0", Disk: disk, Labels: map[string]string{"tier": "silver"}}}
 	if err := c.Create(bg, dp); err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +206,37 @@ func TestDiskPool(t *testing.T) {
 		t.Fatalf("finalizers %v", dp.Finalizers)
 	}
 	uuid := p.GetUuid()
+	if !maps.Equal(p.GetLabels(), map[string]string{"tier": "silver"}) {
+		t.Fatalf("pool labels %v", p.GetLabels())
+	}
+
+	// Labels follow the spec; a bad key is refused by the API server.
+	dp.Spec.Labels = map[string]string{"tier": "gold", "nexstor.io/zone": "a"}
+	if err := c.Update(bg, dp); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "the management service seeing dp1's new labels", func() (bool, string) {
+		var pools []*mgmtv1.NodePool
+		err := mc.DoVolume(bg, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			resp, err := cl.ListPools(ctx, &mgmtv1.ListPoolsRequest{})
+			pools = resp.GetPools()
+			return err
+		})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range pools {
+			if p.GetPool().GetName() == "dp1" {
+				return maps.Equal(p.GetPool().GetLabels(), dp.Spec.Labels), fmt.Sprint(p.GetPool().GetLabels())
+			}
+		}
+		return false, fmt.Sprint(pools)
+	})
+	dp, _ = getDP(t, c, "dp1")
+	dp.Spec.Labels = map[string]string{"-bad": "x"}
+	if err := c.Update(bg, dp); !apierrors.IsInvalid(err) {
+		t.Fatalf("a bad label key: %v", err)
+	}
 
 	// A pool exported behind the operator's back is imported again from its
 	// disk: the same pool, not a new one on a formatted disk.
@@ -256,9 +290,10 @@ func TestDiskPool(t *testing.T) {
 		})
 	}
 
-	// A thick volume too large for p0 (64MiB) gets its replica in dp1.
+	// A volume that selects tier=gold gets its replica in dp1.
 	err = mc.DoVolume(bg, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
-		_, err := cl.CreateVolume(ctx, &mgmtv1.CreateVolumeRequest{Spec: &mgmtv1.VolumeSpec{Name: "v1", Size: 256 << 20, Replicas: 1}})
+		_, err := cl.CreateVolume(ctx, &mgmtv1.CreateVolumeRequest{Spec: &mgmtv1.VolumeSpec{Name: "v1", Size: 256 << 20, Replicas: 1,
+			Placement: &mgmtv1.Placement{PoolSelector: map[string]string{"tier": "gold"}}}})
 		return err
 	})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -132,6 +133,12 @@ func (r *Reconciler) ensure(ctx context.Context, dp *v1alpha1.DiskPool) v1alpha1
 		st.Message = fmt.Sprintf("node %s already has a pool %q, on disk %s, not %s; it is left alone: name the DiskPool otherwise",
 			dp.Spec.Node, name, p.GetDisk(), dp.Spec.Disk)
 		return st
+	}
+	if !maps.Equal(p.GetLabels(), dp.Spec.Labels) {
+		if p, err = eng.SetPoolLabels(ctx, &enginev1.SetPoolLabelsRequest{Name: name, Labels: dp.Spec.Labels}); err != nil {
+			st.State, st.Message = v1alpha1.StateError, "setting the pool's labels: "+explain(err)
+			return st
+		}
 	}
 	fill(&st, p)
 	return st

@@ -34,6 +34,7 @@ type PoolEngine interface {
 	CreatePool(ctx context.Context, r *enginev1.CreatePoolRequest) (*enginev1.Pool, error)
 	ImportPool(ctx context.Context, r *enginev1.ImportPoolRequest) (*enginev1.Pool, error)
 	DestroyPool(ctx context.Context, r *enginev1.DestroyPoolRequest) (*enginev1.DestroyPoolResponse, error)
+	SetPoolLabels(ctx context.Context, r *enginev1.SetPoolLabelsRequest) (*enginev1.Pool, error)
 }
 
 // SystemClient reaches a system through its management service and its

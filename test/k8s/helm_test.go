@@ -174,7 +174,8 @@ func TestChartInstalls(t *testing.T) {
 	}
 	args := append([]string{"install", "nexstor", chartDir(t), "--kubeconfig", kubeconfig, "-n", "nexstor", "--create-namespace",
 		"--set", "csi.snapshots.enabled=true",
-		"--set", "diskPools[0].name=worker-1-nvme0", "--set", "diskPools[0].node=worker-1", "--set", "diskPools[0].disk=uring:///dev/nvme1n1"},
+		"--set", "diskPools[0].name=worker-1-nvme0", "--set", "diskPools[0].node=worker-1", "--set", "diskPools[0].disk=uring:///dev/nvme1n1",
+		"--set", "diskPools[0].labels.tier=nvme"},
 		minimal...)
 	out := helmRun(t, args...)
 	if !strings.Contains(out, "STATUS: deployed") {
@@ -225,7 +226,7 @@ func TestChartInstalls(t *testing.T) {
 	get("", "diskpools.nexstor.io", &apiextensionsv1.CustomResourceDefinition{})
 	var dp v1alpha1.DiskPool
 	get("", "worker-1-nvme0", &dp)
-	if dp.Spec.Node != "worker-1" || dp.Spec.Disk != "uring:///dev/nvme1n1" {
+	if dp.Spec.Node != "worker-1" || dp.Spec.Disk != "uring:///dev/nvme1n1" || dp.Spec.Labels["tier"] != "nvme" {
 		t.Fatalf("DiskPool %+v", dp.Spec)
 	}
 

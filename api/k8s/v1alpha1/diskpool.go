@@ -55,6 +55,10 @@ type DiskPoolSpec struct {
 	// this name is imported; a blank one is formatted; a disk holding
 	// anything else, or a pool of another name, is never written to.
 	Disk string `json:"disk"`
+	// Labels of the pool, matched by the poolSelector.<label> parameters
+	// of StorageClasses (and nexctl volume create --pool-selector). They
+	// may change at any time; the operator sets them on the engine.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // The states of a DiskPool (DiskPoolStatus.State).
@@ -119,6 +123,12 @@ func (p *DiskPool) DeepCopyInto(out *DiskPool) {
 	out.TypeMeta = p.TypeMeta
 	p.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
 	out.Spec = p.Spec
+	if p.Spec.Labels != nil {
+		out.Spec.Labels = make(map[string]string, len(p.Spec.Labels))
+		for k, v := range p.Spec.Labels {
+			out.Spec.Labels[k] = v
+		}
+	}
 	p.Status.DeepCopyInto(&out.Status)
 }
 
