@@ -127,10 +127,10 @@ func poolDetail(w io.Writer, p poolView) error {
 	kv := []string{
 		"Name", p.Name, "UUID", p.UUID, "Disk", p.Disk, "State", p.State, "Reason", p.Reason,
 		"Capacity", output.Size(p.Capacity), "Cluster size", output.Size(p.ClusterSize),
-		"Clusters", itoa(p.FreeClusters)+" free of "+itoa(p.TotalClusters),
-		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated)+" ("+output.Percent(p.Allocated, p.Capacity)+")",
-		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+
-			" of the capacity; the limit is "+itoa(uint64(p.OvercommitPercent))+"%)",
+		"Clusters", itoa(p.FreeClusters) + " free of " + itoa(p.TotalClusters),
+		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated) + " (" + output.Percent(p.Allocated, p.Capacity) + ")",
+		"Committed", output.Size(p.Committed) + " (" + output.Percent(p.Committed, p.Capacity) +
+			" of the capacity; the limit is " + itoa(uint64(p.OvercommitPercent)) + "%)",
 		"Replicas", itoa(uint64(p.Replicas))}
 	if len(p.Labels) > 0 {
 		kv = append(kv, "Labels", selector(p.Labels))
