@@ -7,7 +7,7 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build install test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover fuzz clean
+.PHONY: all build install image test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover fuzz clean
 
 all: build
 
@@ -17,6 +17,15 @@ build:
 # install puts nexstor and nexctl in $(go env GOBIN), else $(go env GOPATH)/bin.
 install:
 	CGO_ENABLED=0 $(GO) install ./cmd/...
+
+# image builds the container images of the Helm chart with docker:
+# $(IMAGE) (nexstor and nexctl, distroless) and $(IMAGE)-csi-node (with the
+# file system tools of the CSI node plugin).
+IMAGE ?= nexstor/nexstor
+TAG   ?= 0.1.0
+image:
+	docker build -t $(IMAGE):$(TAG) .
+	docker build -t $(IMAGE)-csi-node:$(TAG) --target csi-node .
 
 # test installs the real peers (when it can), then runs every test with the
 # race detector. Under CI a missing peer fails its test instead of skipping.

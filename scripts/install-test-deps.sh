@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers that the tests talk to (NBD clients, fio, QEMU,
-# etcd, protoc) from Debian packages when any is missing. Needs root or sudo;
+# etcd, protoc) from Debian packages when any is missing, and builds
+# kube-apiserver and helm for the Kubernetes tests (build-k8s-test-tools.sh:
+# into a cache outside the repository, about 25 minutes the first time). Needs root or sudo;
 # without either it says what to install and leaves the decision to the tests
 # (which skip on a workstation and fail under CI).
 set -euo pipefail
@@ -14,13 +16,18 @@ done
 
 # The kernel interop tests boot Debian's kernel under QEMU; it is unpacked into
 # a cache directory (never installed into /boot) by fetch-test-kernel.sh.
-fetch_kernel() {
+fetch_cached() {
 	if ! "$here/fetch-test-kernel.sh"; then
 		echo "install-test-deps: could not fetch the test kernel; the kernel tests will say so" >&2
 	fi
+	# The Kubernetes tests run a kube-apiserver and helm built from the Go
+	# module proxy (neither is packaged by Debian).
+	if ! "$here/build-k8s-test-tools.sh" >/dev/null; then
+		echo "install-test-deps: could not build kube-apiserver and helm; the Kubernetes tests will say so" >&2
+	fi
 }
 if [ ${#missing[@]} -eq 0 ]; then
-	fetch_kernel
+	fetch_cached
 	exit 0
 fi
 
@@ -31,7 +38,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	else
 		echo "install-test-deps: missing Debian packages: ${missing[*]}" >&2
 		echo "install-test-deps: run as root: apt-get install -y ${missing[*]}" >&2
-		fetch_kernel
+		fetch_cached
 		exit 0
 	fi
 fi
@@ -39,4 +46,4 @@ echo "install-test-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fetch_kernel
+fetch_cached

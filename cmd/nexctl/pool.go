@@ -29,7 +29,7 @@ default), to replicas. Disks are given as URIs:
 A pool is remembered by the server and imported again when it restarts.`,
 	}
 	cmd.AddCommand(a.poolCreateCmd(), a.poolListCmd(), a.poolGetCmd(), a.poolDestroyCmd(),
-		a.poolImportCmd(), a.poolExportCmd())
+		a.poolImportCmd(), a.poolExportCmd(), a.poolLabelCmd())
 	return cmd
 }
 
@@ -227,6 +227,35 @@ unshared first.`,
 					return err
 				}
 				return a.done(fmt.Sprintf("pool %s exported", args[0]))
+			})
+		},
+	}
+}
+
+func (a *app) poolLabelCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "label NAME [KEY=VALUE...]",
+		Short: "Set the labels of a pool",
+		Long: `Label replaces the labels of pool NAME with the KEY=VALUE pairs given (none
+clears them). The server remembers them across restarts and reports them
+with the pool; a volume's --pool-selector (a StorageClass's
+poolSelector.<label>) places replicas only in pools that carry its labels.
+A pool of the server's configuration keeps the configuration's labels
+(pools[].labels). The Kubernetes operator sets a DiskPool's labels this way.`,
+		Example: `  nexctl pool label p0 tier=nvme zone=a
+  nexctl pool label p0`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			labels, err := parseSelector(cmd, "label", args[1:])
+			if err != nil {
+				return err
+			}
+			return a.withEngine(cmd, func(ctx context.Context, c *engineclient.Client) error {
+				p, err := c.SetPoolLabels(ctx, &enginev1.SetPoolLabelsRequest{Name: args[0], Labels: labels})
+				if err != nil {
+					return err
+				}
+				return a.printPool(p)
 			})
 		},
 	}

@@ -30,6 +30,8 @@ type poolView struct {
 	OvercommitPercent uint32  `json:"overcommit_percent" yaml:"overcommit_percent"`
 	Replicas          uint32  `json:"replicas" yaml:"replicas"`
 	Snapshots         uint32  `json:"snapshots,omitempty" yaml:"snapshots,omitempty"`
+	// Labels set on the engine (nexctl pool label).
+	Labels map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
 }
 
 func newPoolView(p *enginev1.Pool) poolView {
@@ -38,7 +40,7 @@ func newPoolView(p *enginev1.Pool) poolView {
 		TotalClusters: p.GetTotalClusters(), FreeClusters: p.GetFreeClusters(),
 		Free: p.GetFreeClusters() * p.GetClusterSize(), Allocated: p.GetAllocated(),
 		Committed: p.GetCommitted(), Replicas: p.GetReplicaCount(), Snapshots: p.GetSnapshotCount(), OvercommitPercent: p.GetOvercommitPercent(),
-		CommittedPercent: percentOf(p.GetCommitted(), p.GetCapacity())}
+		CommittedPercent: percentOf(p.GetCommitted(), p.GetCapacity()), Labels: p.GetLabels()}
 }
 
 // percentOf is n in percent of total, rounded to a tenth; 0 of nothing.
@@ -128,15 +130,19 @@ func poolTable(w io.Writer, pools []poolView) error {
 }
 
 func poolDetail(w io.Writer, p poolView) error {
-	return output.KeyValues(w,
+	kv := []string{
 		"Name", p.Name, "UUID", p.UUID, "Disk", p.Disk, "State", p.State, "Reason", p.Reason,
 		"Capacity", output.Size(p.Capacity), "Cluster size", output.Size(p.ClusterSize),
-		"Clusters", itoa(p.FreeClusters)+" free of "+itoa(p.TotalClusters),
-		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated)+" ("+output.Percent(p.Allocated, p.Capacity)+")",
-		"Committed", output.Size(p.Committed)+" ("+output.Percent(p.Committed, p.Capacity)+
-			" of the capacity; the limit is "+itoa(uint64(p.OvercommitPercent))+"%)",
+		"Clusters", itoa(p.FreeClusters) + " free of " + itoa(p.TotalClusters),
+		"Free", output.Size(p.Free), "Allocated", output.Size(p.Allocated) + " (" + output.Percent(p.Allocated, p.Capacity) + ")",
+		"Committed", output.Size(p.Committed) + " (" + output.Percent(p.Committed, p.Capacity) +
+			" of the capacity; the limit is " + itoa(uint64(p.OvercommitPercent)) + "%)",
 		"Replicas", itoa(uint64(p.Replicas)),
-		"Snapshots", itoa(uint64(p.Snapshots))+" (their exclusive bytes: nexctl snapshot list --pool "+p.Name+")")
+		"Snapshots", itoa(uint64(p.Snapshots)) + " (their exclusive bytes: nexctl snapshot list --pool " + p.Name + ")"}
+	if len(p.Labels) > 0 {
+		kv = append(kv, "Labels", selector(p.Labels))
+	}
+	return output.KeyValues(w, kv...)
 }
 
 func replicaTable(w io.Writer, reps []replicaView) error {

@@ -44,7 +44,7 @@ func main() {
 		Version: version.Get().String(),
 	}
 	root.SetVersionTemplate("nexstor {{.Version}}\n")
-	root.AddCommand(serverCmd(), devCmd(), csiCmd(), agentCmd(), versionCmd(), certgenCmd())
+	root.AddCommand(serverCmd(), devCmd(), csiCmd(), operatorCmd(), agentCmd(), versionCmd(), certgenCmd())
 	if err := root.Execute(); err != nil {
 		output.Error(os.Stderr, err)
 		os.Exit(1)

@@ -114,6 +114,8 @@ type PoolInfo struct {
 	State  PoolState
 	Reason string
 	Stats  PoolStats
+	// Labels are those set with SetPoolLabels (nil when none).
+	Labels map[string]string
 }
 
 // ReplicaInfo describes a replica.
@@ -154,7 +156,8 @@ type ShareInfo struct {
 
 type poolEntry struct {
 	name, uuid, disk string
-	h                PoolHandle // nil when faulted
+	labels           map[string]string // SetPoolLabels; remembered
+	h                PoolHandle        // nil when faulted
 	reason           string
 	ops              int  // replica operations in flight
 	exclusive        bool // destroy or export in flight
@@ -294,6 +297,11 @@ func New(cfg Config) (*Engine, error) {
 			continue
 		}
 		e.restorePool(p, uuids[p.Name])
+	}
+	for _, p := range st.Pools {
+		if pe, ok := e.pools[p.Name]; ok && len(p.Labels) > 0 {
+			pe.labels = maps.Clone(p.Labels)
+		}
 	}
 	for _, s := range st.Shares {
 		e.restoreShare(s)
@@ -487,7 +495,7 @@ func (e *Engine) snapshotLocked() persistentState {
 	}
 	for _, name := range sortedKeys(e.pools) {
 		p := e.pools[name]
-		st.Pools = append(st.Pools, statePool{Name: p.name, UUID: p.uuid, Disk: p.disk})
+		st.Pools = append(st.Pools, statePool{Name: p.name, UUID: p.uuid, Disk: p.disk, Labels: maps.Clone(p.labels)})
 	}
 	for _, name := range sortedKeys(e.shares) {
 		s := e.shares[name]

@@ -66,6 +66,14 @@ func (s *poolServer) ImportPool(ctx context.Context, r *enginev1.ImportPoolReque
 	return PoolToProto(p), nil
 }
 
+func (s *poolServer) SetPoolLabels(ctx context.Context, r *enginev1.SetPoolLabelsRequest) (*enginev1.Pool, error) {
+	p, err := s.e.SetPoolLabels(ctx, r.GetName(), r.GetLabels())
+	if err != nil {
+		return nil, err
+	}
+	return PoolToProto(p), nil
+}
+
 func (s *poolServer) ExportPool(ctx context.Context, r *enginev1.ExportPoolRequest) (*enginev1.ExportPoolResponse, error) {
 	if err := s.e.ExportPool(ctx, r.GetName()); err != nil {
 		return nil, err
@@ -184,6 +192,7 @@ func PoolToProto(p PoolInfo) *enginev1.Pool {
 		SnapshotCount: uint32(p.Stats.Snapshots),
 
 		OvercommitPercent: uint32(p.Stats.Overcommit),
+		Labels:            p.Labels,
 	}
 	switch p.State {
 	case PoolOnline:

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -375,9 +377,50 @@ func (e *Engine) Pool(name string) (PoolInfo, error) {
 	return poolInfo(pe), nil
 }
 
+// SetPoolLabels replaces the labels of pool name (an empty map clears them)
+// and saves them in the state file, so that they outlast restarts. Label
+// keys follow the rules of server.yaml `labels`. Setting the labels a pool
+// has is a no-op.
+func (e *Engine) SetPoolLabels(ctx context.Context, name string, labels map[string]string) (PoolInfo, error) {
+	if err := live(ctx); err != nil {
+		return PoolInfo{}, err
+	}
+	for k := range labels {
+		if len(k) > 63 || !poolLabelKeyRE.MatchString(k) {
+			return PoolInfo{}, fault.New(fault.InvalidArgument, "pool.label_invalid",
+				fmt.Sprintf("pool %q: label key %q is not valid", name, k), "")
+		}
+	}
+	e.mu.Lock()
+	pe, ok := e.pools[name]
+	if !ok {
+		e.mu.Unlock()
+		return PoolInfo{}, poolNotFound(name)
+	}
+	changed := !maps.Equal(pe.labels, labels)
+	if changed {
+		pe.labels = maps.Clone(labels)
+		if len(pe.labels) == 0 {
+			pe.labels = nil
+		}
+		e.gen++
+	}
+	e.mu.Unlock()
+	if changed {
+		e.log.Info("pool labels set", "pool", name, "labels", labels)
+		if err := e.save(); err != nil {
+			return PoolInfo{}, err
+		}
+	}
+	return e.Pool(name)
+}
+
+// poolLabelKeyRE is the form of a label key (as config's labels).
+var poolLabelKeyRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$`)
+
 // poolInfo reads a pool's figures; the handle is safe to use unlocked.
 func poolInfo(pe *poolEntry) PoolInfo {
-	pi := PoolInfo{Name: pe.name, UUID: pe.uuid, Disk: pe.disk, State: PoolOnline}
+	pi := PoolInfo{Name: pe.name, UUID: pe.uuid, Disk: pe.disk, State: PoolOnline, Labels: maps.Clone(pe.labels)}
 	if pe.h == nil {
 		pi.State, pi.Reason = PoolFaulted, pe.reason
 		return pi

@@ -44,6 +44,8 @@ type statePool struct {
 	Name string `json:"name"`
 	UUID string `json:"uuid,omitempty"`
 	Disk string `json:"disk"`
+	// Labels set with SetPoolLabels.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 type stateShare struct {

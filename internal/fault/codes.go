@@ -160,6 +160,7 @@ var registry = []Spec{
 	{"pool.has_pool", AlreadyExists, "import the pool on the device, or format it again with force (destroys that pool's data)"},
 	{"pool.imported", AlreadyExists, "nothing to do; see `nexctl pool list`"},
 	{"pool.invalid", InvalidArgument, "check the arguments"},
+	{"pool.label_invalid", InvalidArgument, "use label keys of letters, digits, '.', '_', '-', '/', starting and ending with a letter or digit, at most 63 characters"},
 	{"pool.io", Internal, "see the server log; check the disk"},
 	{"pool.name_invalid", InvalidArgument, "use 1-63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"},
 	{"pool.name_mismatch", InvalidArgument, "import the pool under the name it has, or leave the name out"},

@@ -170,6 +170,8 @@ type Pool struct {
 	// snapshot_count is the number of snapshots in the pool (replica_count
 	// counts replicas and clones). allocated counts clusters they share once.
 	SnapshotCount uint32 `protobuf:"varint,14,opt,name=snapshot_count,json=snapshotCount,proto3" json:"snapshot_count,omitempty"`
+	// labels set by SetPoolLabels.
+	Labels        map[string]string `protobuf:"bytes,15,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +302,13 @@ func (x *Pool) GetSnapshotCount() uint32 {
 		return x.SnapshotCount
 	}
 	return 0
+}
+
+func (x *Pool) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
 }
 
 type CreatePoolRequest struct {
@@ -732,6 +741,58 @@ func (*ExportPoolResponse) Descriptor() ([]byte, []int) {
 	return file_engine_v1_engine_proto_rawDescGZIP(), []int{9}
 }
 
+type SetPoolLabelsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPoolLabelsRequest) Reset() {
+	*x = SetPoolLabelsRequest{}
+	mi := &file_engine_v1_engine_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPoolLabelsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPoolLabelsRequest) ProtoMessage() {}
+
+func (x *SetPoolLabelsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_engine_v1_engine_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPoolLabelsRequest.ProtoReflect.Descriptor instead.
+func (*SetPoolLabelsRequest) Descriptor() ([]byte, []int) {
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetPoolLabelsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetPoolLabelsRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 // Share says how a replica is exported.
 type Share struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -750,7 +811,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_engine_v1_engine_proto_msgTypes[10]
+	mi := &file_engine_v1_engine_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +823,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[10]
+	mi := &file_engine_v1_engine_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +836,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{10}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Share) GetProtocol() string {
@@ -839,7 +900,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_engine_v1_engine_proto_msgTypes[11]
+	mi := &file_engine_v1_engine_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +912,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[11]
+	mi := &file_engine_v1_engine_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +925,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{11}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Replica) GetName() string {
@@ -995,7 +1056,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[12]
+	mi := &file_engine_v1_engine_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1068,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[12]
+	mi := &file_engine_v1_engine_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1081,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{12}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateReplicaRequest) GetName() string {
@@ -1075,7 +1136,7 @@ type ListReplicasRequest struct {
 
 func (x *ListReplicasRequest) Reset() {
 	*x = ListReplicasRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[13]
+	mi := &file_engine_v1_engine_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1148,7 @@ func (x *ListReplicasRequest) String() string {
 func (*ListReplicasRequest) ProtoMessage() {}
 
 func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[13]
+	mi := &file_engine_v1_engine_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1161,7 @@ func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{13}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListReplicasRequest) GetPool() string {
@@ -1119,7 +1180,7 @@ type ListReplicasResponse struct {
 
 func (x *ListReplicasResponse) Reset() {
 	*x = ListReplicasResponse{}
-	mi := &file_engine_v1_engine_proto_msgTypes[14]
+	mi := &file_engine_v1_engine_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1192,7 @@ func (x *ListReplicasResponse) String() string {
 func (*ListReplicasResponse) ProtoMessage() {}
 
 func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[14]
+	mi := &file_engine_v1_engine_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1205,7 @@ func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{14}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListReplicasResponse) GetReplicas() []*Replica {
@@ -1163,7 +1224,7 @@ type GetReplicaRequest struct {
 
 func (x *GetReplicaRequest) Reset() {
 	*x = GetReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[15]
+	mi := &file_engine_v1_engine_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1236,7 @@ func (x *GetReplicaRequest) String() string {
 func (*GetReplicaRequest) ProtoMessage() {}
 
 func (x *GetReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[15]
+	mi := &file_engine_v1_engine_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1249,7 @@ func (x *GetReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReplicaRequest.ProtoReflect.Descriptor instead.
 func (*GetReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{15}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetReplicaRequest) GetName() string {
@@ -1212,7 +1273,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[16]
+	mi := &file_engine_v1_engine_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1285,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[16]
+	mi := &file_engine_v1_engine_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1298,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{16}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DestroyReplicaRequest) GetName() string {
@@ -1269,7 +1330,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_engine_v1_engine_proto_msgTypes[17]
+	mi := &file_engine_v1_engine_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1342,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[17]
+	mi := &file_engine_v1_engine_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1355,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{17}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{18}
 }
 
 type ResizeReplicaRequest struct {
@@ -1311,7 +1372,7 @@ type ResizeReplicaRequest struct {
 
 func (x *ResizeReplicaRequest) Reset() {
 	*x = ResizeReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[18]
+	mi := &file_engine_v1_engine_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1384,7 @@ func (x *ResizeReplicaRequest) String() string {
 func (*ResizeReplicaRequest) ProtoMessage() {}
 
 func (x *ResizeReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[18]
+	mi := &file_engine_v1_engine_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1397,7 @@ func (x *ResizeReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeReplicaRequest.ProtoReflect.Descriptor instead.
 func (*ResizeReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{18}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResizeReplicaRequest) GetName() string {
@@ -1381,7 +1442,7 @@ type ShareReplicaRequest struct {
 
 func (x *ShareReplicaRequest) Reset() {
 	*x = ShareReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[19]
+	mi := &file_engine_v1_engine_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1454,7 @@ func (x *ShareReplicaRequest) String() string {
 func (*ShareReplicaRequest) ProtoMessage() {}
 
 func (x *ShareReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[19]
+	mi := &file_engine_v1_engine_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1467,7 @@ func (x *ShareReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareReplicaRequest.ProtoReflect.Descriptor instead.
 func (*ShareReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{19}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ShareReplicaRequest) GetName() string {
@@ -1442,7 +1503,7 @@ type UnshareReplicaRequest struct {
 
 func (x *UnshareReplicaRequest) Reset() {
 	*x = UnshareReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[20]
+	mi := &file_engine_v1_engine_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1515,7 @@ func (x *UnshareReplicaRequest) String() string {
 func (*UnshareReplicaRequest) ProtoMessage() {}
 
 func (x *UnshareReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[20]
+	mi := &file_engine_v1_engine_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1528,7 @@ func (x *UnshareReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnshareReplicaRequest.ProtoReflect.Descriptor instead.
 func (*UnshareReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{20}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UnshareReplicaRequest) GetName() string {
@@ -1502,7 +1563,7 @@ type DisownReplicaRequest struct {
 
 func (x *DisownReplicaRequest) Reset() {
 	*x = DisownReplicaRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[21]
+	mi := &file_engine_v1_engine_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1575,7 @@ func (x *DisownReplicaRequest) String() string {
 func (*DisownReplicaRequest) ProtoMessage() {}
 
 func (x *DisownReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[21]
+	mi := &file_engine_v1_engine_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1588,7 @@ func (x *DisownReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisownReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DisownReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{21}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DisownReplicaRequest) GetName() string {
@@ -1552,7 +1613,7 @@ type GetVersionRequest struct {
 
 func (x *GetVersionRequest) Reset() {
 	*x = GetVersionRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[22]
+	mi := &file_engine_v1_engine_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1625,7 @@ func (x *GetVersionRequest) String() string {
 func (*GetVersionRequest) ProtoMessage() {}
 
 func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[22]
+	mi := &file_engine_v1_engine_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +1638,7 @@ func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetVersionRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{22}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{23}
 }
 
 type GetVersionResponse struct {
@@ -1596,7 +1657,7 @@ type GetVersionResponse struct {
 
 func (x *GetVersionResponse) Reset() {
 	*x = GetVersionResponse{}
-	mi := &file_engine_v1_engine_proto_msgTypes[23]
+	mi := &file_engine_v1_engine_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1669,7 @@ func (x *GetVersionResponse) String() string {
 func (*GetVersionResponse) ProtoMessage() {}
 
 func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[23]
+	mi := &file_engine_v1_engine_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1682,7 @@ func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
 func (*GetVersionResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{23}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetVersionResponse) GetVersion() string {
@@ -1667,7 +1728,7 @@ type ListBlockDevicesRequest struct {
 
 func (x *ListBlockDevicesRequest) Reset() {
 	*x = ListBlockDevicesRequest{}
-	mi := &file_engine_v1_engine_proto_msgTypes[24]
+	mi := &file_engine_v1_engine_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1740,7 @@ func (x *ListBlockDevicesRequest) String() string {
 func (*ListBlockDevicesRequest) ProtoMessage() {}
 
 func (x *ListBlockDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[24]
+	mi := &file_engine_v1_engine_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1753,7 @@ func (x *ListBlockDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlockDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListBlockDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{24}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{25}
 }
 
 // BlockDevice is a block device of the host.
@@ -1712,7 +1773,7 @@ type BlockDevice struct {
 
 func (x *BlockDevice) Reset() {
 	*x = BlockDevice{}
-	mi := &file_engine_v1_engine_proto_msgTypes[25]
+	mi := &file_engine_v1_engine_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1785,7 @@ func (x *BlockDevice) String() string {
 func (*BlockDevice) ProtoMessage() {}
 
 func (x *BlockDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[25]
+	mi := &file_engine_v1_engine_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1798,7 @@ func (x *BlockDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDevice.ProtoReflect.Descriptor instead.
 func (*BlockDevice) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{25}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BlockDevice) GetName() string {
@@ -1784,7 +1845,7 @@ type ListBlockDevicesResponse struct {
 
 func (x *ListBlockDevicesResponse) Reset() {
 	*x = ListBlockDevicesResponse{}
-	mi := &file_engine_v1_engine_proto_msgTypes[26]
+	mi := &file_engine_v1_engine_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1857,7 @@ func (x *ListBlockDevicesResponse) String() string {
 func (*ListBlockDevicesResponse) ProtoMessage() {}
 
 func (x *ListBlockDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_engine_v1_engine_proto_msgTypes[26]
+	mi := &file_engine_v1_engine_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1870,7 @@ func (x *ListBlockDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlockDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListBlockDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_engine_v1_engine_proto_rawDescGZIP(), []int{26}
+	return file_engine_v1_engine_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListBlockDevicesResponse) GetDevices() []*BlockDevice {
@@ -1823,7 +1884,7 @@ var File_engine_v1_engine_proto protoreflect.FileDescriptor
 
 const file_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
-	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xd0\x03\n" +
+	"\x16engine/v1/engine.proto\x12\x11nexstor.engine.v1\"\xc8\x04\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -1839,7 +1900,11 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\tcommitted\x18\v \x01(\x04R\tcommitted\x12#\n" +
 	"\rreplica_count\x18\f \x01(\rR\freplicaCount\x12-\n" +
 	"\x12overcommit_percent\x18\r \x01(\rR\x11overcommitPercent\x12%\n" +
-	"\x0esnapshot_count\x18\x0e \x01(\rR\rsnapshotCount\"\xa3\x01\n" +
+	"\x0esnapshot_count\x18\x0e \x01(\rR\rsnapshotCount\x12;\n" +
+	"\x06labels\x18\x0f \x03(\v2#.nexstor.engine.v1.Pool.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa3\x01\n" +
 	"\x11CreatePoolRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12!\n" +
@@ -1860,7 +1925,13 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\"'\n" +
 	"\x11ExportPoolRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
-	"\x12ExportPoolResponse\"Z\n" +
+	"\x12ExportPoolResponse\"\xb2\x01\n" +
+	"\x14SetPoolLabelsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12K\n" +
+	"\x06labels\x18\x02 \x03(\v23.nexstor.engine.v1.SetPoolLabelsRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Z\n" +
 	"\x05Share\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
 	"\x03uri\x18\x02 \x01(\tR\x03uri\x12#\n" +
@@ -1942,7 +2013,7 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14REPLICA_STATE_ONLINE\x10\x01\x12\x19\n" +
-	"\x15REPLICA_STATE_FAULTED\x10\x022\xff\x03\n" +
+	"\x15REPLICA_STATE_FAULTED\x10\x022\xd2\x04\n" +
 	"\vPoolService\x12K\n" +
 	"\n" +
 	"CreatePool\x12$.nexstor.engine.v1.CreatePoolRequest\x1a\x17.nexstor.engine.v1.Pool\x12V\n" +
@@ -1952,7 +2023,8 @@ const file_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
 	"ImportPool\x12$.nexstor.engine.v1.ImportPoolRequest\x1a\x17.nexstor.engine.v1.Pool\x12Y\n" +
 	"\n" +
-	"ExportPool\x12$.nexstor.engine.v1.ExportPoolRequest\x1a%.nexstor.engine.v1.ExportPoolResponse2\xd6\x05\n" +
+	"ExportPool\x12$.nexstor.engine.v1.ExportPoolRequest\x1a%.nexstor.engine.v1.ExportPoolResponse\x12Q\n" +
+	"\rSetPoolLabels\x12'.nexstor.engine.v1.SetPoolLabelsRequest\x1a\x17.nexstor.engine.v1.Pool2\xd6\x05\n" +
 	"\x0eReplicaService\x12T\n" +
 	"\rCreateReplica\x12'.nexstor.engine.v1.CreateReplicaRequest\x1a\x1a.nexstor.engine.v1.Replica\x12_\n" +
 	"\fListReplicas\x12&.nexstor.engine.v1.ListReplicasRequest\x1a'.nexstor.engine.v1.ListReplicasResponse\x12N\n" +
@@ -1981,7 +2053,7 @@ func file_engine_v1_engine_proto_rawDescGZIP() []byte {
 }
 
 var file_engine_v1_engine_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_engine_v1_engine_proto_goTypes = []any{
 	(PoolState)(0),                   // 0: nexstor.engine.v1.PoolState
 	(ReplicaState)(0),                // 1: nexstor.engine.v1.ReplicaState
@@ -1995,69 +2067,76 @@ var file_engine_v1_engine_proto_goTypes = []any{
 	(*ImportPoolRequest)(nil),        // 9: nexstor.engine.v1.ImportPoolRequest
 	(*ExportPoolRequest)(nil),        // 10: nexstor.engine.v1.ExportPoolRequest
 	(*ExportPoolResponse)(nil),       // 11: nexstor.engine.v1.ExportPoolResponse
-	(*Share)(nil),                    // 12: nexstor.engine.v1.Share
-	(*Replica)(nil),                  // 13: nexstor.engine.v1.Replica
-	(*CreateReplicaRequest)(nil),     // 14: nexstor.engine.v1.CreateReplicaRequest
-	(*ListReplicasRequest)(nil),      // 15: nexstor.engine.v1.ListReplicasRequest
-	(*ListReplicasResponse)(nil),     // 16: nexstor.engine.v1.ListReplicasResponse
-	(*GetReplicaRequest)(nil),        // 17: nexstor.engine.v1.GetReplicaRequest
-	(*DestroyReplicaRequest)(nil),    // 18: nexstor.engine.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil),   // 19: nexstor.engine.v1.DestroyReplicaResponse
-	(*ResizeReplicaRequest)(nil),     // 20: nexstor.engine.v1.ResizeReplicaRequest
-	(*ShareReplicaRequest)(nil),      // 21: nexstor.engine.v1.ShareReplicaRequest
-	(*UnshareReplicaRequest)(nil),    // 22: nexstor.engine.v1.UnshareReplicaRequest
-	(*DisownReplicaRequest)(nil),     // 23: nexstor.engine.v1.DisownReplicaRequest
-	(*GetVersionRequest)(nil),        // 24: nexstor.engine.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),       // 25: nexstor.engine.v1.GetVersionResponse
-	(*ListBlockDevicesRequest)(nil),  // 26: nexstor.engine.v1.ListBlockDevicesRequest
-	(*BlockDevice)(nil),              // 27: nexstor.engine.v1.BlockDevice
-	(*ListBlockDevicesResponse)(nil), // 28: nexstor.engine.v1.ListBlockDevicesResponse
+	(*SetPoolLabelsRequest)(nil),     // 12: nexstor.engine.v1.SetPoolLabelsRequest
+	(*Share)(nil),                    // 13: nexstor.engine.v1.Share
+	(*Replica)(nil),                  // 14: nexstor.engine.v1.Replica
+	(*CreateReplicaRequest)(nil),     // 15: nexstor.engine.v1.CreateReplicaRequest
+	(*ListReplicasRequest)(nil),      // 16: nexstor.engine.v1.ListReplicasRequest
+	(*ListReplicasResponse)(nil),     // 17: nexstor.engine.v1.ListReplicasResponse
+	(*GetReplicaRequest)(nil),        // 18: nexstor.engine.v1.GetReplicaRequest
+	(*DestroyReplicaRequest)(nil),    // 19: nexstor.engine.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil),   // 20: nexstor.engine.v1.DestroyReplicaResponse
+	(*ResizeReplicaRequest)(nil),     // 21: nexstor.engine.v1.ResizeReplicaRequest
+	(*ShareReplicaRequest)(nil),      // 22: nexstor.engine.v1.ShareReplicaRequest
+	(*UnshareReplicaRequest)(nil),    // 23: nexstor.engine.v1.UnshareReplicaRequest
+	(*DisownReplicaRequest)(nil),     // 24: nexstor.engine.v1.DisownReplicaRequest
+	(*GetVersionRequest)(nil),        // 25: nexstor.engine.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),       // 26: nexstor.engine.v1.GetVersionResponse
+	(*ListBlockDevicesRequest)(nil),  // 27: nexstor.engine.v1.ListBlockDevicesRequest
+	(*BlockDevice)(nil),              // 28: nexstor.engine.v1.BlockDevice
+	(*ListBlockDevicesResponse)(nil), // 29: nexstor.engine.v1.ListBlockDevicesResponse
+	nil,                              // 30: nexstor.engine.v1.Pool.LabelsEntry
+	nil,                              // 31: nexstor.engine.v1.SetPoolLabelsRequest.LabelsEntry
 }
 var file_engine_v1_engine_proto_depIdxs = []int32{
 	0,  // 0: nexstor.engine.v1.Pool.state:type_name -> nexstor.engine.v1.PoolState
-	2,  // 1: nexstor.engine.v1.ListPoolsResponse.pools:type_name -> nexstor.engine.v1.Pool
-	1,  // 2: nexstor.engine.v1.Replica.state:type_name -> nexstor.engine.v1.ReplicaState
-	12, // 3: nexstor.engine.v1.Replica.share:type_name -> nexstor.engine.v1.Share
-	12, // 4: nexstor.engine.v1.Replica.shares:type_name -> nexstor.engine.v1.Share
-	13, // 5: nexstor.engine.v1.ListReplicasResponse.replicas:type_name -> nexstor.engine.v1.Replica
-	27, // 6: nexstor.engine.v1.ListBlockDevicesResponse.devices:type_name -> nexstor.engine.v1.BlockDevice
-	3,  // 7: nexstor.engine.v1.PoolService.CreatePool:input_type -> nexstor.engine.v1.CreatePoolRequest
-	4,  // 8: nexstor.engine.v1.PoolService.ListPools:input_type -> nexstor.engine.v1.ListPoolsRequest
-	6,  // 9: nexstor.engine.v1.PoolService.GetPool:input_type -> nexstor.engine.v1.GetPoolRequest
-	7,  // 10: nexstor.engine.v1.PoolService.DestroyPool:input_type -> nexstor.engine.v1.DestroyPoolRequest
-	9,  // 11: nexstor.engine.v1.PoolService.ImportPool:input_type -> nexstor.engine.v1.ImportPoolRequest
-	10, // 12: nexstor.engine.v1.PoolService.ExportPool:input_type -> nexstor.engine.v1.ExportPoolRequest
-	14, // 13: nexstor.engine.v1.ReplicaService.CreateReplica:input_type -> nexstor.engine.v1.CreateReplicaRequest
-	15, // 14: nexstor.engine.v1.ReplicaService.ListReplicas:input_type -> nexstor.engine.v1.ListReplicasRequest
-	17, // 15: nexstor.engine.v1.ReplicaService.GetReplica:input_type -> nexstor.engine.v1.GetReplicaRequest
-	18, // 16: nexstor.engine.v1.ReplicaService.DestroyReplica:input_type -> nexstor.engine.v1.DestroyReplicaRequest
-	20, // 17: nexstor.engine.v1.ReplicaService.ResizeReplica:input_type -> nexstor.engine.v1.ResizeReplicaRequest
-	21, // 18: nexstor.engine.v1.ReplicaService.ShareReplica:input_type -> nexstor.engine.v1.ShareReplicaRequest
-	22, // 19: nexstor.engine.v1.ReplicaService.UnshareReplica:input_type -> nexstor.engine.v1.UnshareReplicaRequest
-	23, // 20: nexstor.engine.v1.ReplicaService.DisownReplica:input_type -> nexstor.engine.v1.DisownReplicaRequest
-	24, // 21: nexstor.engine.v1.HostService.GetVersion:input_type -> nexstor.engine.v1.GetVersionRequest
-	26, // 22: nexstor.engine.v1.HostService.ListBlockDevices:input_type -> nexstor.engine.v1.ListBlockDevicesRequest
-	2,  // 23: nexstor.engine.v1.PoolService.CreatePool:output_type -> nexstor.engine.v1.Pool
-	5,  // 24: nexstor.engine.v1.PoolService.ListPools:output_type -> nexstor.engine.v1.ListPoolsResponse
-	2,  // 25: nexstor.engine.v1.PoolService.GetPool:output_type -> nexstor.engine.v1.Pool
-	8,  // 26: nexstor.engine.v1.PoolService.DestroyPool:output_type -> nexstor.engine.v1.DestroyPoolResponse
-	2,  // 27: nexstor.engine.v1.PoolService.ImportPool:output_type -> nexstor.engine.v1.Pool
-	11, // 28: nexstor.engine.v1.PoolService.ExportPool:output_type -> nexstor.engine.v1.ExportPoolResponse
-	13, // 29: nexstor.engine.v1.ReplicaService.CreateReplica:output_type -> nexstor.engine.v1.Replica
-	16, // 30: nexstor.engine.v1.ReplicaService.ListReplicas:output_type -> nexstor.engine.v1.ListReplicasResponse
-	13, // 31: nexstor.engine.v1.ReplicaService.GetReplica:output_type -> nexstor.engine.v1.Replica
-	19, // 32: nexstor.engine.v1.ReplicaService.DestroyReplica:output_type -> nexstor.engine.v1.DestroyReplicaResponse
-	13, // 33: nexstor.engine.v1.ReplicaService.ResizeReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 34: nexstor.engine.v1.ReplicaService.ShareReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 35: nexstor.engine.v1.ReplicaService.UnshareReplica:output_type -> nexstor.engine.v1.Replica
-	13, // 36: nexstor.engine.v1.ReplicaService.DisownReplica:output_type -> nexstor.engine.v1.Replica
-	25, // 37: nexstor.engine.v1.HostService.GetVersion:output_type -> nexstor.engine.v1.GetVersionResponse
-	28, // 38: nexstor.engine.v1.HostService.ListBlockDevices:output_type -> nexstor.engine.v1.ListBlockDevicesResponse
-	23, // [23:39] is the sub-list for method output_type
-	7,  // [7:23] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	30, // 1: nexstor.engine.v1.Pool.labels:type_name -> nexstor.engine.v1.Pool.LabelsEntry
+	2,  // 2: nexstor.engine.v1.ListPoolsResponse.pools:type_name -> nexstor.engine.v1.Pool
+	31, // 3: nexstor.engine.v1.SetPoolLabelsRequest.labels:type_name -> nexstor.engine.v1.SetPoolLabelsRequest.LabelsEntry
+	1,  // 4: nexstor.engine.v1.Replica.state:type_name -> nexstor.engine.v1.ReplicaState
+	13, // 5: nexstor.engine.v1.Replica.share:type_name -> nexstor.engine.v1.Share
+	13, // 6: nexstor.engine.v1.Replica.shares:type_name -> nexstor.engine.v1.Share
+	14, // 7: nexstor.engine.v1.ListReplicasResponse.replicas:type_name -> nexstor.engine.v1.Replica
+	28, // 8: nexstor.engine.v1.ListBlockDevicesResponse.devices:type_name -> nexstor.engine.v1.BlockDevice
+	3,  // 9: nexstor.engine.v1.PoolService.CreatePool:input_type -> nexstor.engine.v1.CreatePoolRequest
+	4,  // 10: nexstor.engine.v1.PoolService.ListPools:input_type -> nexstor.engine.v1.ListPoolsRequest
+	6,  // 11: nexstor.engine.v1.PoolService.GetPool:input_type -> nexstor.engine.v1.GetPoolRequest
+	7,  // 12: nexstor.engine.v1.PoolService.DestroyPool:input_type -> nexstor.engine.v1.DestroyPoolRequest
+	9,  // 13: nexstor.engine.v1.PoolService.ImportPool:input_type -> nexstor.engine.v1.ImportPoolRequest
+	10, // 14: nexstor.engine.v1.PoolService.ExportPool:input_type -> nexstor.engine.v1.ExportPoolRequest
+	12, // 15: nexstor.engine.v1.PoolService.SetPoolLabels:input_type -> nexstor.engine.v1.SetPoolLabelsRequest
+	15, // 16: nexstor.engine.v1.ReplicaService.CreateReplica:input_type -> nexstor.engine.v1.CreateReplicaRequest
+	16, // 17: nexstor.engine.v1.ReplicaService.ListReplicas:input_type -> nexstor.engine.v1.ListReplicasRequest
+	18, // 18: nexstor.engine.v1.ReplicaService.GetReplica:input_type -> nexstor.engine.v1.GetReplicaRequest
+	19, // 19: nexstor.engine.v1.ReplicaService.DestroyReplica:input_type -> nexstor.engine.v1.DestroyReplicaRequest
+	21, // 20: nexstor.engine.v1.ReplicaService.ResizeReplica:input_type -> nexstor.engine.v1.ResizeReplicaRequest
+	22, // 21: nexstor.engine.v1.ReplicaService.ShareReplica:input_type -> nexstor.engine.v1.ShareReplicaRequest
+	23, // 22: nexstor.engine.v1.ReplicaService.UnshareReplica:input_type -> nexstor.engine.v1.UnshareReplicaRequest
+	24, // 23: nexstor.engine.v1.ReplicaService.DisownReplica:input_type -> nexstor.engine.v1.DisownReplicaRequest
+	25, // 24: nexstor.engine.v1.HostService.GetVersion:input_type -> nexstor.engine.v1.GetVersionRequest
+	27, // 25: nexstor.engine.v1.HostService.ListBlockDevices:input_type -> nexstor.engine.v1.ListBlockDevicesRequest
+	2,  // 26: nexstor.engine.v1.PoolService.CreatePool:output_type -> nexstor.engine.v1.Pool
+	5,  // 27: nexstor.engine.v1.PoolService.ListPools:output_type -> nexstor.engine.v1.ListPoolsResponse
+	2,  // 28: nexstor.engine.v1.PoolService.GetPool:output_type -> nexstor.engine.v1.Pool
+	8,  // 29: nexstor.engine.v1.PoolService.DestroyPool:output_type -> nexstor.engine.v1.DestroyPoolResponse
+	2,  // 30: nexstor.engine.v1.PoolService.ImportPool:output_type -> nexstor.engine.v1.Pool
+	11, // 31: nexstor.engine.v1.PoolService.ExportPool:output_type -> nexstor.engine.v1.ExportPoolResponse
+	2,  // 32: nexstor.engine.v1.PoolService.SetPoolLabels:output_type -> nexstor.engine.v1.Pool
+	14, // 33: nexstor.engine.v1.ReplicaService.CreateReplica:output_type -> nexstor.engine.v1.Replica
+	17, // 34: nexstor.engine.v1.ReplicaService.ListReplicas:output_type -> nexstor.engine.v1.ListReplicasResponse
+	14, // 35: nexstor.engine.v1.ReplicaService.GetReplica:output_type -> nexstor.engine.v1.Replica
+	20, // 36: nexstor.engine.v1.ReplicaService.DestroyReplica:output_type -> nexstor.engine.v1.DestroyReplicaResponse
+	14, // 37: nexstor.engine.v1.ReplicaService.ResizeReplica:output_type -> nexstor.engine.v1.Replica
+	14, // 38: nexstor.engine.v1.ReplicaService.ShareReplica:output_type -> nexstor.engine.v1.Replica
+	14, // 39: nexstor.engine.v1.ReplicaService.UnshareReplica:output_type -> nexstor.engine.v1.Replica
+	14, // 40: nexstor.engine.v1.ReplicaService.DisownReplica:output_type -> nexstor.engine.v1.Replica
+	26, // 41: nexstor.engine.v1.HostService.GetVersion:output_type -> nexstor.engine.v1.GetVersionResponse
+	29, // 42: nexstor.engine.v1.HostService.ListBlockDevices:output_type -> nexstor.engine.v1.ListBlockDevicesResponse
+	26, // [26:43] is the sub-list for method output_type
+	9,  // [9:26] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_engine_v1_engine_proto_init() }
@@ -2071,7 +2150,7 @@ func file_engine_v1_engine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_engine_v1_engine_proto_rawDesc), len(file_engine_v1_engine_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

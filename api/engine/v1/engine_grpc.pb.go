@@ -35,12 +35,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PoolService_CreatePool_FullMethodName  = "/nexstor.engine.v1.PoolService/CreatePool"
-	PoolService_ListPools_FullMethodName   = "/nexstor.engine.v1.PoolService/ListPools"
-	PoolService_GetPool_FullMethodName     = "/nexstor.engine.v1.PoolService/GetPool"
-	PoolService_DestroyPool_FullMethodName = "/nexstor.engine.v1.PoolService/DestroyPool"
-	PoolService_ImportPool_FullMethodName  = "/nexstor.engine.v1.PoolService/ImportPool"
-	PoolService_ExportPool_FullMethodName  = "/nexstor.engine.v1.PoolService/ExportPool"
+	PoolService_CreatePool_FullMethodName    = "/nexstor.engine.v1.PoolService/CreatePool"
+	PoolService_ListPools_FullMethodName     = "/nexstor.engine.v1.PoolService/ListPools"
+	PoolService_GetPool_FullMethodName       = "/nexstor.engine.v1.PoolService/GetPool"
+	PoolService_DestroyPool_FullMethodName   = "/nexstor.engine.v1.PoolService/DestroyPool"
+	PoolService_ImportPool_FullMethodName    = "/nexstor.engine.v1.PoolService/ImportPool"
+	PoolService_ExportPool_FullMethodName    = "/nexstor.engine.v1.PoolService/ExportPool"
+	PoolService_SetPoolLabels_FullMethodName = "/nexstor.engine.v1.PoolService/SetPoolLabels"
 )
 
 // PoolServiceClient is the client API for PoolService service.
@@ -69,6 +70,12 @@ type PoolServiceClient interface {
 	// ExportPool closes a pool cleanly and forgets it; its data stays on disk
 	// and it can be imported again (here or elsewhere).
 	ExportPool(ctx context.Context, in *ExportPoolRequest, opts ...grpc.CallOption) (*ExportPoolResponse, error)
+	// SetPoolLabels replaces the labels of a pool (all of them: an empty map
+	// clears them) and remembers them across restarts; the node reports them
+	// to the management service, whose pool selectors match them. Keys as in
+	// server.yaml `labels`; a pool of the configuration keeps the labels of
+	// the configuration over these. Idempotent.
+	SetPoolLabels(ctx context.Context, in *SetPoolLabelsRequest, opts ...grpc.CallOption) (*Pool, error)
 }
 
 type poolServiceClient struct {
@@ -139,6 +146,16 @@ func (c *poolServiceClient) ExportPool(ctx context.Context, in *ExportPoolReques
 	return out, nil
 }
 
+func (c *poolServiceClient) SetPoolLabels(ctx context.Context, in *SetPoolLabelsRequest, opts ...grpc.CallOption) (*Pool, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Pool)
+	err := c.cc.Invoke(ctx, PoolService_SetPoolLabels_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PoolServiceServer is the server API for PoolService service.
 // All implementations must embed UnimplementedPoolServiceServer
 // for forward compatibility.
@@ -165,6 +182,12 @@ type PoolServiceServer interface {
 	// ExportPool closes a pool cleanly and forgets it; its data stays on disk
 	// and it can be imported again (here or elsewhere).
 	ExportPool(context.Context, *ExportPoolRequest) (*ExportPoolResponse, error)
+	// SetPoolLabels replaces the labels of a pool (all of them: an empty map
+	// clears them) and remembers them across restarts; the node reports them
+	// to the management service, whose pool selectors match them. Keys as in
+	// server.yaml `labels`; a pool of the configuration keeps the labels of
+	// the configuration over these. Idempotent.
+	SetPoolLabels(context.Context, *SetPoolLabelsRequest) (*Pool, error)
 	mustEmbedUnimplementedPoolServiceServer()
 }
 
@@ -192,6 +215,9 @@ func (UnimplementedPoolServiceServer) ImportPool(context.Context, *ImportPoolReq
 }
 func (UnimplementedPoolServiceServer) ExportPool(context.Context, *ExportPoolRequest) (*ExportPoolResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ExportPool not implemented")
+}
+func (UnimplementedPoolServiceServer) SetPoolLabels(context.Context, *SetPoolLabelsRequest) (*Pool, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetPoolLabels not implemented")
 }
 func (UnimplementedPoolServiceServer) mustEmbedUnimplementedPoolServiceServer() {}
 func (UnimplementedPoolServiceServer) testEmbeddedByValue()                     {}
@@ -322,6 +348,24 @@ func _PoolService_ExportPool_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PoolService_SetPoolLabels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPoolLabelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PoolServiceServer).SetPoolLabels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PoolService_SetPoolLabels_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PoolServiceServer).SetPoolLabels(ctx, req.(*SetPoolLabelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PoolService_ServiceDesc is the grpc.ServiceDesc for PoolService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -352,6 +396,10 @@ var PoolService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExportPool",
 			Handler:    _PoolService_ExportPool_Handler,
+		},
+		{
+			MethodName: "SetPoolLabels",
+			Handler:    _PoolService_SetPoolLabels_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

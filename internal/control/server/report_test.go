@@ -18,14 +18,16 @@ import (
 
 // TestPoolReportSet: every field of a pool's report comes from the engine's
 // figures (free = free clusters × cluster size), the labels from the
-// configured pool of the same name; a faulted pool is reported with its
-// reason.
+// configured pool of the same name, or the engine's for a pool not in the
+// configuration; a faulted pool is reported with its reason.
 func TestPoolReportSet(t *testing.T) {
 	pools := []engine.PoolInfo{
 		{Name: "fast", UUID: "u-fast", Disk: "/dev/nvme0n1", State: engine.PoolOnline, Stats: engine.PoolStats{
 			Capacity: 100 << 20, ClusterSize: 4 << 20, TotalClusters: 25, FreeClusters: 10, Allocated: 60 << 20,
 			Committed: 200 << 20, Replicas: 3, Overcommit: 250, CommitLimit: 250 << 20}},
-		{Name: "gone", UUID: "u-gone", Disk: "/dev/sdz", State: engine.PoolFaulted, Reason: "the disk holds no pool"},
+		{Name: "gone", UUID: "u-gone", Disk: "/dev/sdz", State: engine.PoolFaulted, Reason: "the disk holds no pool",
+			Labels: map[string]string{"ignored": "the configuration's win"}},
+		{Name: "dp", UUID: "u-dp", Disk: "/dev/sdc", State: engine.PoolOnline, Labels: map[string]string{"tier": "gold"}},
 	}
 	cfg := []config.Pool{{Name: "gone", Labels: map[string]string{"media": "hdd"}}, {Name: "fast", Labels: map[string]string{"media": "nvme"}}}
 	got := poolReportSet(pools, cfg)
@@ -34,6 +36,7 @@ func TestPoolReportSet(t *testing.T) {
 			Committed: 200 << 20, OvercommitPercent: 250, ClusterSize: 4 << 20, Labels: map[string]string{"media": "nvme"}, Replicas: 3},
 		{Name: "gone", Uuid: "u-gone", Disk: "/dev/sdz", State: "faulted", Reason: "the disk holds no pool",
 			Labels: map[string]string{"media": "hdd"}},
+		{Name: "dp", Uuid: "u-dp", Disk: "/dev/sdc", State: "online", Labels: map[string]string{"tier": "gold"}},
 	}}
 	if !proto.Equal(got, want) {
 		t.Fatalf("report\n %v\nwant\n %v", got, want)

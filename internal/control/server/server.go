@@ -463,10 +463,15 @@ func (r *runtime) poolReport(context.Context) (*mgmtv1.PoolReportSet, error) {
 }
 
 // poolReportSet reports pools, in their order, each with the labels of the
-// configured pool of its name. Free space is what is not allocated
-// (FreeClusters × ClusterSize); committed, what the replicas may grow to.
+// configured pool of its name, or, for a pool not in the configuration, the
+// labels set on the engine (SetPoolLabels). Free space is what is not
+// allocated (FreeClusters × ClusterSize); committed, what the replicas may
+// grow to.
 func poolReportSet(pools []engine.PoolInfo, configured []config.Pool) *mgmtv1.PoolReportSet {
-	labels := make(map[string]map[string]string, len(configured))
+	labels := make(map[string]map[string]string, len(configured)+len(pools))
+	for _, p := range pools {
+		labels[p.Name] = p.Labels
+	}
 	for _, p := range configured {
 		labels[p.Name] = p.Labels
 	}

@@ -183,7 +183,7 @@ func TestPolicy(t *testing.T) {
 	p := Policy()
 	for _, m := range []string{mgmtv1.NodeService_StorageFormat_FullMethodName, mgmtv1.MgmtService_SystemStop_FullMethodName,
 		mgmtv1.MgmtService_SystemExclude_FullMethodName, enginev1.PoolService_DestroyPool_FullMethodName,
-		enginev1.PoolService_CreatePool_FullMethodName} {
+		enginev1.PoolService_CreatePool_FullMethodName, enginev1.PoolService_SetPoolLabels_FullMethodName} {
 		if p.Permits(m, security.RoleCSI) || p.Permits(m, security.RoleServer) {
 			t.Errorf("%s: csi or server permitted", m)
 		}

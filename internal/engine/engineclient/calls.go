@@ -58,6 +58,14 @@ func (c *Client) ExportPool(ctx context.Context, r *enginev1.ExportPoolRequest) 
 	return c.pools.ExportPool(ctx, r)
 }
 
+// SetPoolLabels replaces the labels of pool r.Name with r.Labels (empty
+// clears them); they outlast restarts. Idempotent: the same labels again
+// change nothing. NotFound (pool.not_found) when there is no such pool,
+// InvalidArgument (pool.label_invalid) for a bad key.
+func (c *Client) SetPoolLabels(ctx context.Context, r *enginev1.SetPoolLabelsRequest) (*enginev1.Pool, error) {
+	return c.pools.SetPoolLabels(ctx, r)
+}
+
 // Replicas.
 
 // CreateReplica creates a replica of r.Size bytes (a multiple of the pool's
