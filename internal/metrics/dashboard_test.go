@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"path/filepath"
 	"regexp"
 	"slices"
 	"testing"
@@ -18,7 +19,7 @@ import (
 // names against a running system; this catches series that exist only
 // while something happens (a rebuild, a child out of service).
 func TestDashboardNamesDescribed(t *testing.T) {
-	qs, err := testutil.DashboardQueries(testutil.RepoFile(testutil.DashboardPath))
+	qs, err := testutil.DashboardQueries(filepath.Join(testutil.RepoRoot(t), testutil.DashboardPath))
 	if err != nil {
 		t.Fatal(err)
 	}

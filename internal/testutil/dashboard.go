@@ -4,23 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 )
 
-// DashboardPath is the Grafana dashboard shipped in deploy/ (and with the
-// Helm chart), relative to the repository root.
-const DashboardPath = "deploy/grafana/nexstor.json"
-
-// RepoFile returns the path of a file given relative to the repository
-// root, wherever the calling test's package lies.
-func RepoFile(rel string) string {
-	_, here, _, _ := runtime.Caller(0) // internal/testutil/dashboard.go
-	return filepath.Join(filepath.Dir(here), "..", "..", filepath.FromSlash(rel))
-}
+// DashboardPath is the Grafana dashboard the Helm chart ships (and
+// deploy/grafana/nexstor.json links to), relative to the repository root.
+const DashboardPath = "deploy/helm/nexstor/dashboards/nexstor.json"
 
 var metricNameRE = regexp.MustCompile(`\b(?:nexstor|process|go)_[a-z0-9_]+\b`)
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -26,7 +27,7 @@ var transientSeries = map[string]string{
 // whole, so their presence would mean the list is stale).
 func checkDashboard(t *testing.T, scrapes ...map[string]*dto.MetricFamily) {
 	t.Helper()
-	qs, err := testutil.DashboardQueries(testutil.RepoFile(testutil.DashboardPath))
+	qs, err := testutil.DashboardQueries(filepath.Join(testutil.RepoRoot(t), testutil.DashboardPath))
 	if err != nil {
 		t.Fatal(err)
 	}

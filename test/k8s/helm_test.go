@@ -139,6 +139,20 @@ func TestChartRenders(t *testing.T) {
 		if (find(objs, "Job", "-certgen") != nil) != tls {
 			t.Fatalf("certgen Job rendered: %v with TLS %v", !tls, tls)
 		}
+		// The Grafana dashboard ships as a ConfigMap for Grafana's
+		// sidecar, byte for byte the file in the chart.
+		dash := find(objs, "ConfigMap", "-dashboard")
+		if dash == nil {
+			t.Fatal("no Grafana dashboard ConfigMap")
+		}
+		want, err := os.ReadFile(filepath.Join(testutil.RepoRoot(t), testutil.DashboardPath))
+		if err != nil {
+			t.Fatal(err)
+		}
+		labels, _ := dash["metadata"].(map[string]any)["labels"].(map[string]any)
+		if got, _ := dash["data"].(map[string]any)["nexstor.json"].(string); got != strings.TrimRight(string(want), "\n") || labels["grafana_dashboard"] != "1" {
+			t.Fatalf("dashboard ConfigMap: labels %v, %d bytes of JSON, want the %d of %s", labels, len(got), len(want), testutil.DashboardPath)
+		}
 	}
 }
 
