@@ -3,7 +3,10 @@ package testutil
 import (
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // The versions of the Kubernetes peers that scripts/build-k8s-test-tools.sh
@@ -41,13 +44,61 @@ func Helm(t testing.TB) string {
 	return k8sTool(t, "helm-"+HelmVersion)
 }
 
+// k8sBuildWait bounds how long a test waits for a build of the Kubernetes
+// peers under way (make test starts it in the background; cold, it takes
+// about 25 minutes on 2 cores, longer beside the other tests).
+const k8sBuildWait = 40 * time.Minute
+
 func k8sTool(t testing.TB, name string) string {
 	t.Helper()
 	p := filepath.Join(K8sToolsDir(), name)
-	if fi, err := os.Stat(p); err != nil || fi.Mode()&0o111 == 0 {
-		Missing(t, p+" (run scripts/build-k8s-test-tools.sh, or `make test-deps`)")
+	if !executable(p) {
+		waitK8sBuild(t)
+	}
+	if !executable(p) {
+		Missing(t, p+" (run scripts/build-k8s-test-tools.sh, or `make test-deps`; a build's log is "+
+			filepath.Join(K8sToolsDir(), "build.log")+")")
 	}
 	return p
+}
+
+func executable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode()&0o111 != 0
+}
+
+// k8sBuildMu makes the tests of one process wait for the build together.
+var k8sBuildMu sync.Mutex
+
+// waitK8sBuild waits, at most k8sBuildWait, while scripts/build-k8s-test-
+// tools.sh holds the cache's lock: a build is under way. It returns at once
+// when none is.
+func waitK8sBuild(t testing.TB) {
+	t.Helper()
+	k8sBuildMu.Lock()
+	defer k8sBuildMu.Unlock()
+	f, err := os.Open(filepath.Join(K8sToolsDir(), ".build.lock"))
+	if err != nil {
+		return // never built here
+	}
+	defer f.Close()
+	deadline := time.Now().Add(k8sBuildWait)
+	logged := false
+	for {
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
+			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Logf("the build of the Kubernetes peers is still running after %v", k8sBuildWait)
+			return
+		}
+		if !logged {
+			t.Logf("waiting for the build of the Kubernetes peers (log: %s)", filepath.Join(K8sToolsDir(), "build.log"))
+			logged = true
+		}
+		time.Sleep(2 * time.Second)
+	}
 }
 
 // EnvtestAssets returns a directory laid out as controller-runtime's envtest
