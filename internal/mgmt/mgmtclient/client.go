@@ -204,6 +204,16 @@ func (c *Client) DoVolume(ctx context.Context, call func(ctx context.Context, cl
 	})
 }
 
+// DoVolumeQuick is DoVolume for small calls (the nexus health store's),
+// each attempt bounded by 5 s as Do's are: a leader that went silent (its
+// node partitioned) costs one short attempt before the next access point
+// is tried, not the caller's whole deadline.
+func (c *Client) DoVolumeQuick(ctx context.Context, call func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error) error {
+	return c.do(ctx, perTry, func(ctx context.Context, cc *grpc.ClientConn) error {
+		return call(ctx, mgmtv1.NewVolumeServiceClient(cc))
+	})
+}
+
 func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx context.Context, cc *grpc.ClientConn) error) error {
 	start := time.Now()
 	var reached atomic.Bool

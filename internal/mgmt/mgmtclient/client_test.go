@@ -151,3 +151,58 @@ func TestReachedButUnavailable(t *testing.T) {
 		t.Fatalf("query: %q %v after %d calls", sys, err, r.calls.Load())
 	}
 }
+
+// volumeReplica is a fake volume service that answers LoadNexusHealth.
+type volumeReplica struct {
+	mgmtv1.UnimplementedVolumeServiceServer
+	calls atomic.Int32
+}
+
+func (r *volumeReplica) LoadNexusHealth(context.Context, *mgmtv1.LoadNexusHealthRequest) (*mgmtv1.NexusHealth, error) {
+	r.calls.Add(1)
+	return &mgmtv1.NexusHealth{Found: true}, nil
+}
+
+func serveVolume(t *testing.T, r *volumeReplica) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(faultgrpc.ServerOptions()...)
+	mgmtv1.RegisterVolumeServiceServer(srv, r)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
+// TestQuickCallPassesASilentLeader: the leader's link goes silent (a
+// partition: no reset, no answer) under an established connection; a
+// quick volume call moves on to the next access point after a short
+// attempt and succeeds well within a deadline (30 s, the nexus health
+// store's) that one attempt of an ordinary volume call would use up.
+func TestQuickCallPassesASilentLeader(t *testing.T) {
+	silent, other := &volumeReplica{}, &volumeReplica{}
+	p, err := netproxy.Listen(serveVolume(t, silent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c := newClient(t, time.Second, p.Addr(), serveVolume(t, other))
+	load := func(ctx context.Context) error {
+		return c.DoVolumeQuick(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			_, err := cl.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{NexusUuid: "n"})
+			return err
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := load(ctx); err != nil || c.Leader() != p.Addr() {
+		t.Fatalf("first call: %v, leader %q", err, c.Leader())
+	}
+	p.Blackhole()
+	err = load(ctx)
+	if err != nil || ctx.Err() != nil || other.calls.Load() != 1 || c.Leader() == p.Addr() {
+		t.Fatalf("with the leader silent: %v (deadline %v), other called %d times, leader %q", err, ctx.Err(), other.calls.Load(), c.Leader())
+	}
+}
