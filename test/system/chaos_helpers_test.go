@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +37,29 @@ func newNetnsCluster(t *testing.T, nodes, aps int) *cluster {
 	c.mustNexctl("storage", "format", "-l", c.hosts())
 	c.waitMembers("all joined", 90*time.Second, c.allState("joined"))
 	return c
+}
+
+// keepLogs makes a failed test leave every node's whole log (all its
+// processes) in a directory it names, for the timeline to be read against.
+func (c *cluster) keepLogs(seed uint64) {
+	c.t.Cleanup(func() {
+		if !c.t.Failed() {
+			return
+		}
+		dir, err := os.MkdirTemp("", fmt.Sprintf("nexstor-chaos-%d-", seed))
+		if err != nil {
+			c.t.Log(err)
+			return
+		}
+		for _, n := range c.nodes {
+			text := strings.Join(n.past, "\n--- restarted ---\n")
+			if n.out != nil {
+				text += "\n--- restarted ---\n" + n.out.String()
+			}
+			os.WriteFile(filepath.Join(dir, n.name+".log"), []byte(text), 0o644)
+		}
+		c.t.Logf("node logs kept in %s", dir)
+	})
 }
 
 // timeline is the log of what a test did to a system, each line stamped
@@ -98,11 +123,14 @@ type volumeStatusJSON struct {
 			Node string `json:"node"`
 			URI  string `json:"uri"`
 		} `json:"target"`
-		Repairs []struct {
-			Kind    string `json:"kind"`
-			Replica string `json:"replica"`
-		} `json:"repairs"`
+		Repairs []repairJSON `json:"repairs"`
 	} `json:"status"`
+}
+
+// repairJSON is a repair under way in a volume's view.
+type repairJSON struct {
+	Kind    string `json:"kind"`
+	Replica string `json:"replica"`
 }
 
 // whole reports whether the volume is back to all its replicas healthy

@@ -50,6 +50,8 @@ type node struct {
 
 	cmd  *exec.Cmd
 	out  *testutil.SyncBuffer
+	// past holds the output of the node's earlier processes.
+	past []string
 	done chan struct{}
 	err  error
 }
@@ -108,10 +110,6 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	if o.netns {
 		c.net = netns.New(t)
 	}
-	if !o.insecure {
-		c.certs = filepath.Join(root, "certs")
-		run(t, testutil.BuildBinary(t, "nexstor"), "certgen", "--dir", c.certs)
-	}
 	for i := 0; i < o.nodes; i++ {
 		n := &node{t: t, name: fmt.Sprintf("node%d", i), dir: filepath.Join(root, fmt.Sprintf("node%d", i))}
 		n.host = "127.0.0.1"
@@ -125,6 +123,16 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 		if i < o.accessPoints {
 			c.aps = append(c.aps, n.grpc)
 		}
+	}
+	if !o.insecure {
+		c.certs = filepath.Join(root, "certs")
+		args := []string{"certgen", "--dir", c.certs}
+		for _, n := range c.nodes {
+			if n.ns != nil {
+				args = append(args, "--host", n.host)
+			}
+		}
+		run(t, testutil.BuildBinary(t, "nexstor"), args...)
 	}
 	for _, n := range c.nodes {
 		if err := os.MkdirAll(n.dir, 0o755); err != nil {
@@ -216,6 +224,9 @@ func (n *node) start(extra ...string) {
 	n.cmd = exec.Command(testutil.BuildBinary(n.t, "nexstor"), args...)
 	if n.ns != nil {
 		n.cmd = n.ns.Command(testutil.BuildBinary(n.t, "nexstor"), args...)
+	}
+	if n.out != nil {
+		n.past = append(n.past, n.out.String())
 	}
 	n.out = &testutil.SyncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
