@@ -48,8 +48,8 @@ type node struct {
 	// ns is the node's network namespace (nil: the root namespace).
 	ns *netns.NS
 
-	cmd  *exec.Cmd
-	out  *testutil.SyncBuffer
+	cmd *exec.Cmd
+	out *testutil.SyncBuffer
 	// past holds the output of the node's earlier processes.
 	past []string
 	done chan struct{}
