@@ -158,9 +158,9 @@ func (c *Client) setLeader(a string) {
 	c.mu.Unlock()
 }
 
-// perTry bounds one attempt, so that a hung replica does not use up the
+// perTryDefault bounds one attempt, so that a hung replica does not use up the
 // caller's whole deadline.
-const perTry = 5 * time.Second
+const perTryDefault = 5 * time.Second
 
 // reachedKey keys the flag that track sets when a call of an attempt got a
 // connection to a server.
@@ -186,7 +186,17 @@ func track(ctx context.Context, method string, req, reply any, cc *grpc.ClientCo
 // point could be reached for the dial timeout, a mgmt.unreachable fault
 // wrapping the last error is.
 func (c *Client) Do(ctx context.Context, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
-	return c.do(ctx, perTry, func(ctx context.Context, cc *grpc.ClientConn) error {
+	return c.do(ctx, perTryDefault, func(ctx context.Context, cc *grpc.ClientConn) error {
+		return call(ctx, mgmtv1.NewMgmtServiceClient(cc))
+	})
+}
+
+// DoWithin is Do with each attempt bounded by perTry (at most Do's 5 s):
+// for calls that must reach the leader within a deadline of their own,
+// such as heartbeats, which a silent replica must not hold past the
+// leader's heartbeat timeout.
+func (c *Client) DoWithin(ctx context.Context, perTry time.Duration, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
+	return c.do(ctx, min(perTry, perTryDefault), func(ctx context.Context, cc *grpc.ClientConn) error {
 		return call(ctx, mgmtv1.NewMgmtServiceClient(cc))
 	})
 }
@@ -209,7 +219,7 @@ func (c *Client) DoVolume(ctx context.Context, call func(ctx context.Context, cl
 // node partitioned) costs one short attempt before the next access point
 // is tried, not the caller's whole deadline.
 func (c *Client) DoVolumeQuick(ctx context.Context, call func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error) error {
-	return c.do(ctx, perTry, func(ctx context.Context, cc *grpc.ClientConn) error {
+	return c.do(ctx, perTryDefault, func(ctx context.Context, cc *grpc.ClientConn) error {
 		return call(ctx, mgmtv1.NewVolumeServiceClient(cc))
 	})
 }

@@ -206,3 +206,30 @@ func TestQuickCallPassesASilentLeader(t *testing.T) {
 		t.Fatalf("with the leader silent: %v (deadline %v), other called %d times, leader %q", err, ctx.Err(), other.calls.Load(), c.Leader())
 	}
 }
+
+// TestDoWithinPassesASilentLeader: with each attempt bounded by one
+// second, a call whose known leader went silent reaches the next access
+// point within a deadline (4 s) shorter than one attempt of Do.
+func TestDoWithinPassesASilentLeader(t *testing.T) {
+	ok := func() error { return nil }
+	silent, other := &replica{err: ok}, &replica{err: ok}
+	p, err := netproxy.Listen(serve(t, silent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c := newClient(t, time.Second, p.Addr(), serve(t, other))
+	if _, err := query(context.Background(), c); err != nil || c.Leader() != p.Addr() {
+		t.Fatalf("first call: %v, leader %q", err, c.Leader())
+	}
+	p.Blackhole()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	err = c.DoWithin(ctx, time.Second, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+		_, err := cl.LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{})
+		return err
+	})
+	if err != nil || other.calls.Load() != 1 {
+		t.Fatalf("with the leader silent: %v, other called %d times", err, other.calls.Load())
+	}
+}
