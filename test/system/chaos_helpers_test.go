@@ -23,13 +23,14 @@ const (
 	chaosGCGrace     = 10 * time.Second
 )
 
-// newNetnsCluster starts a system of nodes (the first aps of them access
+// newNetnsCluster starts a system of nodes, rebuild.partial_wait set to
+// partialWait, (the first aps of them access
 // points with embedded etcd), each node in its own network namespace,
 // formats it and waits until every node has joined.
-func newNetnsCluster(t *testing.T, nodes, aps int) *cluster {
+func newNetnsCluster(t *testing.T, nodes, aps int, partialWait time.Duration) *cluster {
 	t.Helper()
 	c := newCluster(t, clusterOptions{nodes: nodes, accessPoints: aps, poolSize: "256MiB", nbd: true, netns: true,
-		partialWait: chaosPartialWait.String(), gcGrace: chaosGCGrace.String()})
+		partialWait: partialWait.String(), gcGrace: chaosGCGrace.String()})
 	c.start()
 	for _, n := range c.nodes {
 		n.waitLog("waiting in maintenance mode", 60*time.Second)
@@ -109,22 +110,25 @@ type volumeStatusJSON struct {
 		Replicas int    `json:"replicas"`
 	} `json:"spec"`
 	Status struct {
-		Phase     string `json:"phase"`
-		Reason    string `json:"reason"`
-		Operation string `json:"operation"`
-		Healthy   int    `json:"healthy"`
-		Replicas  []struct {
-			UUID       string `json:"uuid"`
-			Node       string `json:"node"`
-			State      string `json:"state"`
-			ChildState string `json:"child_state"`
-		} `json:"replicas"`
-		Target *struct {
+		Phase     string              `json:"phase"`
+		Reason    string              `json:"reason"`
+		Operation string              `json:"operation"`
+		Healthy   int                 `json:"healthy"`
+		Replicas  []replicaStatusJSON `json:"replicas"`
+		Target    *struct {
 			Node string `json:"node"`
 			URI  string `json:"uri"`
 		} `json:"target"`
 		Repairs []repairJSON `json:"repairs"`
 	} `json:"status"`
+}
+
+// replicaStatusJSON is a replica in a volume's view.
+type replicaStatusJSON struct {
+	UUID       string `json:"uuid"`
+	Node       string `json:"node"`
+	State      string `json:"state"`
+	ChildState string `json:"child_state"`
 }
 
 // repairJSON is a repair under way in a volume's view.

@@ -3,6 +3,7 @@ package system
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -207,7 +208,7 @@ func TestChaos(t *testing.T) {
 		}
 	})
 
-	c := newNetnsCluster(t, 5, 3)
+	c := newNetnsCluster(t, 5, 3, chaosPartialWait)
 	c.keepLogs(seed)
 	aps := strings.Join(c.aps, ",")
 	hub := c.nodes[4] // not an access point: never the leader
@@ -324,10 +325,16 @@ func TestChaos(t *testing.T) {
 	if vmErr != nil {
 		t.Fatalf("guest: %v", vmErr)
 	}
+	if !strings.Contains(res.String(), "chaos-guest: (groupid=0, jobs=1): err= 0") {
+		t.Fatal("the guest's fio reported an error (see its report above)")
+	}
 	fio.Process.Signal(syscall.SIGINT)
 	select {
 	case <-fioDone:
-		if fioErr != nil {
+		// fio ends with status 128 when a signal stops it; its report
+		// says whether a job failed.
+		var ee *exec.ExitError
+		if fioErr != nil && !(errors.As(fioErr, &ee) && ee.ExitCode() == 128) {
 			t.Fatalf("fio over NBD: %v\n%s", fioErr, fioOut.String())
 		}
 	case <-time.After(time.Minute):
