@@ -296,27 +296,7 @@ func (c *cluster) startMonitor(every time.Duration) *monitor {
 		for {
 			at := time.Now()
 			l, err := c.volumeList("5s")
-			m.mu.Lock()
-			if err != nil {
-				m.failed++
-			}
-			for _, v := range l {
-				if v.Status.Phase == "unknown" {
-					continue // the nexus's node did not answer: no news
-				}
-				s := volumeSample{at: at, v: v, healthy: map[string]bool{}}
-				for _, r := range v.Status.Replicas {
-					// Published, in sync is the nexus's word; otherwise
-					// the engine's.
-					if v.Status.Target != nil {
-						s.healthy[r.UUID] = r.ChildState == "online"
-					} else {
-						s.healthy[r.UUID] = r.State == "online"
-					}
-				}
-				m.samples = append(m.samples, s)
-			}
-			m.mu.Unlock()
+			m.record(at, l, err)
 			select {
 			case <-m.stop:
 				return
@@ -325,6 +305,31 @@ func (c *cluster) startMonitor(every time.Duration) *monitor {
 		}
 	}()
 	return m
+}
+
+// record adds the volumes of one poll (taken at at) to the samples.
+func (m *monitor) record(at time.Time, l []volumeStatusJSON, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.failed++
+	}
+	for _, v := range l {
+		if v.Status.Phase == "unknown" {
+			continue // the nexus's node did not answer: no news
+		}
+		s := volumeSample{at: at, v: v, healthy: map[string]bool{}}
+		for _, r := range v.Status.Replicas {
+			// Published, in sync is the nexus's word; otherwise
+			// the engine's.
+			if v.Status.Target != nil {
+				s.healthy[r.UUID] = r.ChildState == "online"
+			} else {
+				s.healthy[r.UUID] = r.State == "online"
+			}
+		}
+		m.samples = append(m.samples, s)
+	}
 }
 
 func (m *monitor) finish() {

@@ -316,6 +316,10 @@ func TestChaos(t *testing.T) {
 	if !ok {
 		t.Fatalf("the volumes did not heal within 3 minutes of the last fault")
 	}
+	// One more sample, after every removal of the faults.
+	at := time.Now()
+	l, err = c.volumeList("20s")
+	mon.record(at, l, err)
 	mon.finish()
 
 	// The workloads end; what they wrote verified.
