@@ -233,6 +233,11 @@ func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx con
 	for {
 		queue := c.order()
 		tried := map[string]bool{}
+		// A refusal of our certificate is final only when every access
+		// point refuses: one whose server died under the connection's
+		// setup can look the same (a reset), and the others then answer.
+		var refused error
+		others := false
 		for len(queue) > 0 {
 			addr := queue[0]
 			queue = queue[1:]
@@ -258,9 +263,17 @@ func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx con
 				}
 				continue
 			}
+			if fault.CodeOf(err) == security.CodeRejected && ctx.Err() == nil {
+				refused = err
+				continue
+			}
+			others = true
 			if !retryable(err) || ctx.Err() != nil {
 				return err
 			}
+		}
+		if refused != nil && !others {
+			return refused
 		}
 		if !reached.Load() && time.Since(start) >= c.dialTimeout {
 			return fault.Wrap(last, fault.Unavailable, "mgmt.unreachable",

@@ -15,6 +15,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
+	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/testutil/netproxy"
 )
 
@@ -231,5 +232,27 @@ func TestDoWithinPassesASilentLeader(t *testing.T) {
 	})
 	if err != nil || other.calls.Load() != 1 {
 		t.Fatalf("with the leader silent: %v, other called %d times", err, other.calls.Load())
+	}
+}
+
+// TestRefusalOfOneAccessPoint: an access point that seems to refuse our
+// certificate (a reset while the connection was set up, which a server
+// dying then causes too) does not end the call while another answers;
+// when every one refuses, the refusal is returned at once.
+func TestRefusalOfOneAccessPoint(t *testing.T) {
+	refuse := func() error {
+		return fault.New(fault.Unauthenticated, security.CodeRejected, "the server refused our certificate", "use another")
+	}
+	refusing, ok := &replica{err: refuse}, &replica{err: func() error { return nil }}
+	c := newClient(t, time.Second, serve(t, refusing), serve(t, ok))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if sys, err := query(ctx, c); err != nil || sys != "sys" || refusing.calls.Load() != 1 {
+		t.Fatalf("one refusing: %q %v, refusing called %d times", sys, err, refusing.calls.Load())
+	}
+	c = newClient(t, time.Second, serve(t, &replica{err: refuse}), serve(t, &replica{err: refuse}))
+	_, err := query(ctx, c)
+	if fault.CodeOf(err) != security.CodeRejected || ctx.Err() != nil {
+		t.Fatalf("all refusing: %v (code %q), deadline %v", err, fault.CodeOf(err), ctx.Err())
 	}
 }
