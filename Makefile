@@ -7,7 +7,7 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build install image test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover fuzz clean
+.PHONY: all build install image test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover chaos fuzz clean
 
 all: build
 
@@ -85,6 +85,15 @@ bench-footprint:
 FAILOVERFLAGS ?=
 bench-failover:
 	./bench/failover.sh $(FAILOVERFLAGS)
+
+# chaos runs TestChaos as a soak: five nodes in network namespaces, fio
+# over NBD and in a QEMU guest over NVMe/TCP, random kills and partitions
+# for CHAOS_DURATION (needs root). CHAOS_SEED repeats a printed schedule.
+CHAOS_DURATION ?= 30m
+CHAOS_SEED ?=
+chaos: test-deps
+	NEXSTOR_CHAOS_DURATION=$(CHAOS_DURATION) NEXSTOR_CHAOS_SEED=$(CHAOS_SEED) \
+		$(GO) test -race -count=1 -v -run '^TestChaos$$' -timeout 0 ./test/system
 
 clean:
 	rm -rf $(BIN)

@@ -111,7 +111,15 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 			return nil, err
 		}
 	}
-	if ap.Client, err = NewEtcdClient(plan.Endpoints, plan.TLS); err != nil {
+	// An access point with an embedded member talks to that member only:
+	// it is in the majority whenever this access point should lead, and a
+	// partitioned peer then never holds this replica's requests or watches
+	// (the member's own peer links notice it within the election timeout).
+	endpoints := plan.Endpoints
+	if plan.Embedded != nil {
+		endpoints = []string{plan.Embedded.ClientURL}
+	}
+	if ap.Client, err = NewEtcdClient(endpoints, plan.TLS); err != nil {
 		ap.Close()
 		return nil, err
 	}

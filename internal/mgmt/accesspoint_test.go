@@ -125,6 +125,13 @@ func TestThreeAccessPoints(t *testing.T) {
 			t.Fatalf("access point %d: %v", i, err)
 		}
 	}
+	// Each replica talks to its own member only.
+	for i, s := range servers {
+		want := "http://" + net.JoinHostPort(hosts[i], fmt.Sprint(clientPort))
+		if got := s.ap.Client.Endpoints(); len(got) != 1 || got[0] != want {
+			t.Fatalf("access point %d: etcd endpoints %v, want [%s]", i, got, want)
+		}
+	}
 
 	c := mgmt.NewClient(aps, insecure.NewCredentials())
 	defer c.Close()

@@ -148,9 +148,24 @@ func (e *Embedded) Close() {
 // Err reports fatal errors of the running member.
 func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
 
+// Keepalive of the etcd clients: a ping after etcdKeepAliveTime without
+// traffic, and the connection is dropped when no answer comes within
+// etcdKeepAliveTimeout.
+const (
+	etcdKeepAliveTime    = 6 * time.Second
+	etcdKeepAliveTimeout = 3 * time.Second
+)
+
 // NewEtcdClient connects to endpoints, with TLS when files is not nil.
 func NewEtcdClient(endpoints []string, files *security.Files) (*clientv3.Client, error) {
-	cfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	// Keepalive pings drop a connection to a member that went silent (its
+	// node partitioned: no reset ever comes), so that the client's
+	// requests and watches move to another endpoint. Without them a
+	// watch stuck there never saw the old leader's key go, and no new
+	// management leader was elected while the partition lasted. 6 s keeps
+	// above etcd's default --grpc-keepalive-min-time (5 s).
+	cfg := clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialKeepAliveTime: etcdKeepAliveTime, DialKeepAliveTimeout: etcdKeepAliveTimeout, PermitWithoutStream: true}
 	if files != nil && (files.Cert != "" || files.CACert != "") {
 		var tc *tls.Config
 		var err error

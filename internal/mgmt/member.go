@@ -144,7 +144,7 @@ func RunMember(ctx context.Context, cfg MemberConfig) error {
 		}
 		pools := reports.changed(ctx)
 		var resp *mgmtv1.HeartbeatResponse
-		err := cfg.Client.Do(ctx, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+		err := cfg.Client.DoWithin(ctx, heartbeatTry(interval), func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
 			var err error
 			resp, err = cl.Heartbeat(ctx, &mgmtv1.HeartbeatRequest{System: cfg.System, Uuid: cfg.UUID, Rank: rank, Error: engineErr,
 				Pools: pools})
@@ -163,6 +163,15 @@ func RunMember(ctx context.Context, cfg MemberConfig) error {
 			setState(State(resp.State))
 		}
 	}
+}
+
+// heartbeatTry bounds one attempt of a heartbeat: two intervals, at least
+// a second. A leader whose node went silent (partitioned) then holds a
+// heartbeat that long before the next access point is tried, well within
+// the heartbeat timeout after which the new leader would take this node
+// for gone (and move the nexuses it serves).
+func heartbeatTry(interval time.Duration) time.Duration {
+	return max(2*interval, time.Second)
 }
 
 // poolReporter decides which pool report goes with a join or heartbeat.

@@ -201,6 +201,12 @@ func TestHeartbeatsAndChecker(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.Advance(6 * time.Second)
+	// Every member silent: the leader first doubts itself (cut off?) and
+	// grants them one more timeout.
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("marked %v, %v when every member went silent at once", marked, err)
+	}
+	clock.Advance(6 * time.Second)
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 2 {
 		t.Fatalf("marked %v, %v", marked, err)
 	}
@@ -245,9 +251,57 @@ func TestCheckerGraceAfterElection(t *testing.T) {
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
 		t.Fatalf("marked %v, %v right after election", marked, err)
 	}
+	// Its only other member silent for the timeout: the leader takes
+	// itself for cut off first, and judges one timeout later.
+	clock.Advance(6 * time.Second)
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("marked %v, %v when no member was heard", marked, err)
+	}
 	clock.Advance(6 * time.Second)
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 1 {
 		t.Fatalf("marked %v, %v after the timeout", marked, err)
+	}
+}
+
+// TestCheckerCutOffLeader: a leader that heard from no other member for
+// the timeout (its node partitioned) does not condemn them all when its
+// writes go through again; heartbeats resume and nothing is marked. A
+// member that stays silent while the others are heard is marked.
+func TestCheckerCutOffLeader(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	cli := startEtcd(t)
+	svc := newService(t, cli, "sys", clock)
+	waitLeader(t, svc)
+	a, b := uuid.New(), uuid.New()
+	for i, id := range []uuid.UUID{a, b} {
+		if _, err := svc.Join(ctx, joinReq("sys", id, fmt.Sprintf("h%d:1", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat := func(id uuid.UUID, rank uint32) {
+		t.Helper()
+		if _, err := svc.Heartbeat(ctx, &mgmtv1.HeartbeatRequest{System: "sys", Uuid: id.String(), Rank: rank}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(6 * time.Second) // cut off: nobody heard
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("a cut-off leader marked %v, %v", marked, err)
+	}
+	clock.Advance(time.Second) // healed: both heard again
+	beat(a, 0)
+	beat(b, 1)
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("marked %v, %v after the heal", marked, err)
+	}
+	for range 3 { // b goes silent while a is heard
+		clock.Advance(2 * time.Second)
+		beat(a, 0)
+	}
+	marked, err := svc.CheckMembers(ctx)
+	if err != nil || len(marked) != 1 || marked[0] != 1 {
+		t.Fatalf("marked %v, %v; want [1]", marked, err)
 	}
 }
 

@@ -111,6 +111,13 @@ type Service struct {
 	// only the leader judges them, and a new leader grants every member a
 	// full timeout from its election anyway.
 	heartbeats map[string]int64
+	// lastOther is the last heartbeat (Unix ms) this leader got from a
+	// member other than its own node's. While none came for a whole
+	// timeout (cutOff), this leader is more likely the one cut off than
+	// every other node gone: members are judged from graceFrom (when it
+	// noticed) on, not from before.
+	lastOther, graceFrom int64
+	cutOff               bool
 	// reports are the nodes' pool reports, kept in memory: they are live
 	// state, resent by the nodes to every new leader.
 	reports reportCache
@@ -268,6 +275,7 @@ func (s *Service) setLeader(key string, rev int64) {
 	defer s.mu.Unlock()
 	s.leading, s.fenceKey, s.fenceRev, s.leaderSince = true, key, rev, s.cfg.Now()
 	s.heartbeats = map[string]int64{}
+	s.lastOther, s.graceFrom, s.cutOff = s.leaderSince.UnixMilli(), 0, false
 	s.reports.reset()
 	s.termCtx, s.termEnd = context.WithCancel(context.Background())
 	close(s.leaderCh)
@@ -392,13 +400,44 @@ func (s *Service) txnRev(ctx context.Context, cmps []clientv3.Cmp, ops ...client
 
 func (s *Service) nowMs() int64 { return s.cfg.Now().UnixMilli() }
 
-// noteHeartbeat records a heartbeat in memory.
-func (s *Service) noteHeartbeat(uuid string, ms int64) {
+// noteHeartbeat records a heartbeat of m in memory.
+func (s *Service) noteHeartbeat(m *Member, ms int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.heartbeats != nil && ms > s.heartbeats[uuid] {
-		s.heartbeats[uuid] = ms
+	if s.heartbeats != nil && ms > s.heartbeats[m.UUID] {
+		s.heartbeats[m.UUID] = ms
 	}
+	if m.Address != s.cfg.Address {
+		s.lastOther = max(s.lastOther, ms)
+	}
+}
+
+// judgedFrom returns the time (Unix ms) from which CheckMembers counts
+// missing heartbeats besides the leader's election: when no member other
+// than the leader's own node has been heard for a whole timeout, although
+// some are expected, the leader takes itself for cut off (a partition of
+// its node: its own heartbeats still arrive) and grants every member a
+// new timeout from when it noticed, so that it does not condemn them all
+// (and move the nexuses they serve) the moment its writes go through again.
+func (s *Service) judgedFrom(now int64, all []*Member) int64 {
+	others := false
+	for _, m := range all {
+		if m.Address != s.cfg.Address && (m.State == StateJoined || m.State == StateStopped || m.State == StateErrored) {
+			others = true
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if others && now-s.lastOther > s.cfg.HeartbeatTimeout.Milliseconds() {
+		if !s.cutOff {
+			s.cutOff, s.graceFrom = true, now
+			s.log.Warn("no heartbeat from any other member for the heartbeat timeout: this replica may be the one cut off; " +
+				"members get another timeout before they are judged")
+		}
+	} else {
+		s.cutOff = false
+	}
+	return s.graceFrom
 }
 
 // lastHeartbeat is the newest heartbeat known for m.
@@ -485,7 +524,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 				return nil, err
 			}
 			if ok {
-				s.noteHeartbeat(uid, now)
+				s.noteHeartbeat(m, now)
 				s.reports.put(uid, req.Pools, now)
 				s.log.Info("member rejoined", "rank", m.Rank, "uuid", uid, "address", m.Address, "was", prev, "state", m.State)
 				s.kickVolumes()
@@ -528,7 +567,7 @@ func (s *Service) join(ctx context.Context, req *mgmtv1.JoinRequest) (*Member, e
 			return nil, err
 		}
 		if ok {
-			s.noteHeartbeat(uid, now)
+			s.noteHeartbeat(m, now)
 			s.reports.put(uid, req.Pools, now)
 			s.log.Info("member joined", "rank", rank, "uuid", uid, "address", m.Address)
 			return m, nil
@@ -591,7 +630,7 @@ func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 		}
 		if m.State == prev {
 			// The common case: nothing to write.
-			s.noteHeartbeat(m.UUID, now)
+			s.noteHeartbeat(m, now)
 			return m.State, nil
 		}
 		m.LastHB = now
@@ -601,7 +640,7 @@ func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 			return "", err
 		}
 		if ok {
-			s.noteHeartbeat(m.UUID, now)
+			s.noteHeartbeat(m, now)
 			s.log.Info("member state", "rank", m.Rank, "from", prev, "to", m.State, "info", m.Info)
 			s.kickVolumes()
 			return m.State, nil
@@ -614,7 +653,8 @@ func (s *Service) heartbeat(ctx context.Context, req *mgmtv1.HeartbeatRequest) (
 // member whose last heartbeat is older than HeartbeatTimeout becomes
 // unresponsive. Heartbeats are counted from no earlier than the moment this
 // replica became leader, so a failover does not condemn members that were
-// heartbeating to the old leader. It returns the ranks it marked.
+// heartbeating to the old leader, nor than the moment it found itself cut
+// off (judgedFrom). It returns the ranks it marked.
 func (s *Service) CheckMembers(ctx context.Context) ([]uint32, error) {
 	_, _, since, ok := s.fence()
 	if !ok {
@@ -625,13 +665,14 @@ func (s *Service) CheckMembers(ctx context.Context) ([]uint32, error) {
 		return nil, err
 	}
 	now := s.nowMs()
+	from := max(since.UnixMilli(), s.judgedFrom(now, all))
 	var marked []uint32
 	for _, m := range all {
 		if m.State != StateJoined && m.State != StateStopped && m.State != StateErrored {
 			continue
 		}
 		hb := s.lastHeartbeat(m)
-		if now-max(hb, since.UnixMilli()) <= s.cfg.HeartbeatTimeout.Milliseconds() {
+		if now-max(hb, from) <= s.cfg.HeartbeatTimeout.Milliseconds() {
 			continue
 		}
 		prev := m.State

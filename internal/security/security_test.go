@@ -21,6 +21,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/security/certgen"
+	"github.com/nexstor/nexstor/internal/testutil/netproxy"
 )
 
 const (
@@ -338,6 +339,62 @@ func TestExplainInterceptor(t *testing.T) {
 	if codeOf(err) != security.CodeTLSMismatch || fault.KindOf(err) != fault.Unavailable {
 		t.Fatalf("insecure call through the interceptor: %v", err)
 	}
+}
+
+// TestExplainServerGoneIsNotARefusal: a server that goes away under an
+// established connection (its host crashed, the link was cut: a reset) is
+// not taken for one that refused our certificate. The error stays
+// "unavailable", which clients retry on another server; a refusal would
+// end the call at once.
+func TestExplainServerGoneIsNotARefusal(t *testing.T) {
+	dir := gen(t, certgen.Options{})
+	addr, _ := serve(t, files(dir, "server"), false)
+	creds, err := security.ClientCredentials(files(dir, "admin"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// goneErr returns the error of a health watch whose connection the
+	// proxy resets once the first message came through.
+	goneErr := func() error {
+		p, err := netproxy.Listen(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		conn, err := grpc.NewClient(p.Addr(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		st, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatalf("first health message through the proxy: %v", err)
+		}
+		p.Drop()
+		_, err = st.Recv()
+		return err
+	}
+	// The client reads the reset, or sometimes an end of stream that
+	// came first; the reset is what must be explained right.
+	var seen []error
+	for range 20 {
+		err := goneErr()
+		if err == nil || !strings.Contains(err.Error(), "reset") {
+			seen = append(seen, err)
+			continue
+		}
+		e := security.Explain(err, false)
+		if codeOf(e) == security.CodeRejected || status.Code(e) != codes.Unavailable {
+			t.Fatalf("Explain(%v) = %v (%s, code %s), want it unavailable and not a refusal", err, e, codeOf(e), status.Code(e))
+		}
+		return
+	}
+	t.Fatalf("no connection reset seen in 20 tries: %v", seen)
 }
 
 // TestConfine: a confined role keeps exactly the methods named, whatever

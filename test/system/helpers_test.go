@@ -23,6 +23,7 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/testutil"
+	"github.com/nexstor/nexstor/internal/testutil/netns"
 )
 
 // Heartbeat timing of the test systems: a killed member is marked
@@ -41,8 +42,16 @@ type node struct {
 	grpc    string
 	cfgPath string
 
-	cmd  *exec.Cmd
-	out  *testutil.SyncBuffer
+	// host is the address the node's listeners use: 127.0.0.1, or its
+	// namespace's address.
+	host string
+	// ns is the node's network namespace (nil: the root namespace).
+	ns *netns.NS
+
+	cmd *exec.Cmd
+	out *testutil.SyncBuffer
+	// past holds the output of the node's earlier processes.
+	past []string
 	done chan struct{}
 	err  error
 }
@@ -54,6 +63,8 @@ type cluster struct {
 	system string
 	aps    []string
 	nodes  []*node
+	// net joins the nodes' namespaces (nil without clusterOptions.netns).
+	net *netns.Net
 }
 
 // clusterOptions shape newCluster.
@@ -74,7 +85,23 @@ type clusterOptions struct {
 	faultDomains []string
 	// extra is YAML appended to every node's configuration.
 	extra string
+	// netns runs each node in its own network namespace, every listener
+	// (gRPC, NVMe/TCP, NBD, embedded etcd) on the namespace's address;
+	// the host and QEMU guests reach them over the bridge.
+	netns bool
+	// partialWait and gcGrace set rebuild.partial_wait and gc.grace
+	// ("" leaves the default).
+	partialWait, gcGrace string
 }
+
+// Fixed ports of nodes in namespaces: each has an address of its own.
+const (
+	nsGRPCPort = 7100
+	nsNVMfPort = 4420
+	nsNBDPort  = 10809
+	nsEtcdPort = 2379
+	nsPeerPort = 2380
+)
 
 // newCluster writes the configurations (and certificates) of a system
 // whose nodes each have one file pool; nothing is started.
@@ -82,17 +109,32 @@ func newCluster(t *testing.T, o clusterOptions) *cluster {
 	t.Helper()
 	c := &cluster{t: t, system: "sys" + fmt.Sprint(time.Now().UnixNano()%100000)}
 	root := t.TempDir()
-	if !o.insecure {
-		c.certs = filepath.Join(root, "certs")
-		run(t, testutil.BuildBinary(t, "nexstor"), "certgen", "--dir", c.certs)
+	if o.netns {
+		c.net = netns.New(t)
 	}
 	for i := 0; i < o.nodes; i++ {
 		n := &node{t: t, name: fmt.Sprintf("node%d", i), dir: filepath.Join(root, fmt.Sprintf("node%d", i))}
+		n.host = "127.0.0.1"
 		n.grpc = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+		if c.net != nil {
+			n.ns = c.net.Add(n.name)
+			n.host = n.ns.Addr
+			n.grpc = fmt.Sprintf("%s:%d", n.host, nsGRPCPort)
+		}
 		c.nodes = append(c.nodes, n)
 		if i < o.accessPoints {
 			c.aps = append(c.aps, n.grpc)
 		}
+	}
+	if !o.insecure {
+		c.certs = filepath.Join(root, "certs")
+		args := []string{"certgen", "--dir", c.certs}
+		for _, n := range c.nodes {
+			if n.ns != nil {
+				args = append(args, "--host", n.host)
+			}
+		}
+		run(t, testutil.BuildBinary(t, "nexstor"), args...)
 	}
 	for _, n := range c.nodes {
 		if err := os.MkdirAll(n.dir, 0o755); err != nil {
@@ -115,6 +157,8 @@ func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 	}
 	if len(o.etcdEndpoints) > 0 {
 		fmt.Fprintf(&b, "etcd:\n  endpoints: [%s]\n", quoteList(o.etcdEndpoints))
+	} else if n.ns != nil {
+		fmt.Fprintf(&b, "etcd:\n  embedded: {client_port: %d, peer_port: %d}\n", nsEtcdPort, nsPeerPort)
 	} else {
 		fmt.Fprintf(&b, "etcd:\n  embedded: {client_port: %d, peer_port: %d}\n", testutil.FreePort(c.t), testutil.FreePort(c.t))
 	}
@@ -126,10 +170,20 @@ func (c *cluster) writeConfig(n *node, system string, o clusterOptions) {
 			filepath.Join(c.certs, "server.crt"), filepath.Join(c.certs, "server.key"))
 	}
 	nbdListen := ""
-	if o.nbd {
-		nbdListen = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(c.t))
+	nvmfPort, nbdPort := nsNVMfPort, nsNBDPort
+	if n.ns == nil {
+		nvmfPort, nbdPort = testutil.FreePort(c.t), testutil.FreePort(c.t)
 	}
-	fmt.Fprintf(&b, "nvmf: {listen: \"127.0.0.1:%d\", discovery: \"\"}\nnbd: {listen: %q}\nmetrics: {listen: \"\"}\n", testutil.FreePort(c.t), nbdListen)
+	if o.nbd {
+		nbdListen = fmt.Sprintf("%s:%d", n.host, nbdPort)
+	}
+	fmt.Fprintf(&b, "nvmf: {listen: \"%s:%d\", discovery: \"\"}\nnbd: {listen: %q}\nmetrics: {listen: \"\"}\n", n.host, nvmfPort, nbdListen)
+	if o.partialWait != "" {
+		fmt.Fprintf(&b, "rebuild: {partial_wait: %s}\n", o.partialWait)
+	}
+	if o.gcGrace != "" {
+		fmt.Fprintf(&b, "gc: {grace: %s}\n", o.gcGrace)
+	}
 	size := o.poolSize
 	if size == "" {
 		size = "64MiB"
@@ -171,6 +225,12 @@ func (n *node) start(extra ...string) {
 	args := append([]string{"server", "--control", "-o", n.cfgPath,
 		"--heartbeat-interval", heartbeatInterval, "--heartbeat-timeout", heartbeatTimeout}, extra...)
 	n.cmd = exec.Command(testutil.BuildBinary(n.t, "nexstor"), args...)
+	if n.ns != nil {
+		n.cmd = n.ns.Command(testutil.BuildBinary(n.t, "nexstor"), args...)
+	}
+	if n.out != nil {
+		n.past = append(n.past, n.out.String())
+	}
 	n.out = &testutil.SyncBuffer{}
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.out
 	if err := n.cmd.Start(); err != nil {

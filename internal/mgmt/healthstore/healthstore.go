@@ -42,7 +42,8 @@ var ErrStale = errors.New("another nexus of the same volume saved a newer health
 // Store is a nexus.HealthStore kept by the management service. It is safe
 // for concurrent use (as is the client). Every method honours its
 // context's deadline and cancellation; the client retries a call on
-// another access point while the leader changes, within that context.
+// another access point while the leader changes (or does not answer for
+// a few seconds), within that context.
 type Store struct {
 	client *mgmtclient.Client
 	node   atomic.Value // string: the member UUID named in calls
@@ -76,7 +77,7 @@ func New(client *mgmtclient.Client) *Store { return &Store{client: client} }
 // does not decode, or that is another nexus's, is an error.
 func (s *Store) Load(ctx context.Context, nexusUUID string) (nexus.HealthRecord, error) {
 	var resp *mgmtv1.NexusHealth
-	err := s.client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+	err := s.client.DoVolumeQuick(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		var err error
 		resp, err = cl.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{NexusUuid: nexusUUID, NodeUuid: s.nodeUUID()})
 		return err
@@ -121,7 +122,7 @@ func (s *Store) Save(ctx context.Context, rec nexus.HealthRecord) error {
 	if err != nil {
 		return fmt.Errorf("nexus %s: encode the health record: %w", rec.NexusUUID, err)
 	}
-	err = s.client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+	err = s.client.DoVolumeQuick(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		_, err := cl.SaveNexusHealth(ctx, &mgmtv1.SaveNexusHealthRequest{NexusUuid: rec.NexusUUID, Generation: rec.Generation, Record: b,
 			NodeUuid: s.nodeUUID()})
 		return err
@@ -151,7 +152,7 @@ func (s *Store) Save(ctx context.Context, rec nexus.HealthRecord) error {
 // Delete implements nexus.HealthStore: the nexus's record is forgotten;
 // deleting a missing record is not an error.
 func (s *Store) Delete(ctx context.Context, nexusUUID string) error {
-	err := s.client.DoVolume(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+	err := s.client.DoVolumeQuick(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
 		_, err := cl.DeleteNexusHealth(ctx, &mgmtv1.DeleteNexusHealthRequest{NexusUuid: nexusUUID})
 		return err
 	})

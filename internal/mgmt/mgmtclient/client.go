@@ -158,9 +158,9 @@ func (c *Client) setLeader(a string) {
 	c.mu.Unlock()
 }
 
-// perTry bounds one attempt, so that a hung replica does not use up the
+// perTryDefault bounds one attempt, so that a hung replica does not use up the
 // caller's whole deadline.
-const perTry = 5 * time.Second
+const perTryDefault = 5 * time.Second
 
 // reachedKey keys the flag that track sets when a call of an attempt got a
 // connection to a server.
@@ -186,7 +186,17 @@ func track(ctx context.Context, method string, req, reply any, cc *grpc.ClientCo
 // point could be reached for the dial timeout, a mgmt.unreachable fault
 // wrapping the last error is.
 func (c *Client) Do(ctx context.Context, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
-	return c.do(ctx, perTry, func(ctx context.Context, cc *grpc.ClientConn) error {
+	return c.do(ctx, perTryDefault, func(ctx context.Context, cc *grpc.ClientConn) error {
+		return call(ctx, mgmtv1.NewMgmtServiceClient(cc))
+	})
+}
+
+// DoWithin is Do with each attempt bounded by perTry (at most Do's 5 s):
+// for calls that must reach the leader within a deadline of their own,
+// such as heartbeats, which a silent replica must not hold past the
+// leader's heartbeat timeout.
+func (c *Client) DoWithin(ctx context.Context, perTry time.Duration, call func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error) error {
+	return c.do(ctx, min(perTry, perTryDefault), func(ctx context.Context, cc *grpc.ClientConn) error {
 		return call(ctx, mgmtv1.NewMgmtServiceClient(cc))
 	})
 }
@@ -204,6 +214,16 @@ func (c *Client) DoVolume(ctx context.Context, call func(ctx context.Context, cl
 	})
 }
 
+// DoVolumeQuick is DoVolume for small calls (the nexus health store's),
+// each attempt bounded by 5 s as Do's are: a leader that went silent (its
+// node partitioned) costs one short attempt before the next access point
+// is tried, not the caller's whole deadline.
+func (c *Client) DoVolumeQuick(ctx context.Context, call func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error) error {
+	return c.do(ctx, perTryDefault, func(ctx context.Context, cc *grpc.ClientConn) error {
+		return call(ctx, mgmtv1.NewVolumeServiceClient(cc))
+	})
+}
+
 func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx context.Context, cc *grpc.ClientConn) error) error {
 	start := time.Now()
 	var reached atomic.Bool
@@ -213,6 +233,11 @@ func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx con
 	for {
 		queue := c.order()
 		tried := map[string]bool{}
+		// A refusal of our certificate is final only when every access
+		// point refuses: one whose server died under the connection's
+		// setup can look the same (a reset), and the others then answer.
+		var refused error
+		others := false
 		for len(queue) > 0 {
 			addr := queue[0]
 			queue = queue[1:]
@@ -238,9 +263,17 @@ func (c *Client) do(ctx context.Context, perTry time.Duration, call func(ctx con
 				}
 				continue
 			}
+			if fault.CodeOf(err) == security.CodeRejected && ctx.Err() == nil {
+				refused = err
+				continue
+			}
+			others = true
 			if !retryable(err) || ctx.Err() != nil {
 				return err
 			}
+		}
+		if refused != nil && !others {
+			return refused
 		}
 		if !reached.Load() && time.Since(start) >= c.dialTimeout {
 			return fault.Wrap(last, fault.Unavailable, "mgmt.unreachable",

@@ -15,6 +15,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
+	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/testutil/netproxy"
 )
 
@@ -149,5 +150,109 @@ func TestReachedButUnavailable(t *testing.T) {
 	defer cancel()
 	if sys, err := query(ctx, c); err != nil || sys != "sys" {
 		t.Fatalf("query: %q %v after %d calls", sys, err, r.calls.Load())
+	}
+}
+
+// volumeReplica is a fake volume service that answers LoadNexusHealth.
+type volumeReplica struct {
+	mgmtv1.UnimplementedVolumeServiceServer
+	calls atomic.Int32
+}
+
+func (r *volumeReplica) LoadNexusHealth(context.Context, *mgmtv1.LoadNexusHealthRequest) (*mgmtv1.NexusHealth, error) {
+	r.calls.Add(1)
+	return &mgmtv1.NexusHealth{Found: true}, nil
+}
+
+func serveVolume(t *testing.T, r *volumeReplica) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(faultgrpc.ServerOptions()...)
+	mgmtv1.RegisterVolumeServiceServer(srv, r)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
+// TestQuickCallPassesASilentLeader: the leader's link goes silent (a
+// partition: no reset, no answer) under an established connection; a
+// quick volume call moves on to the next access point after a short
+// attempt and succeeds well within a deadline (30 s, the nexus health
+// store's) that one attempt of an ordinary volume call would use up.
+func TestQuickCallPassesASilentLeader(t *testing.T) {
+	silent, other := &volumeReplica{}, &volumeReplica{}
+	p, err := netproxy.Listen(serveVolume(t, silent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c := newClient(t, time.Second, p.Addr(), serveVolume(t, other))
+	load := func(ctx context.Context) error {
+		return c.DoVolumeQuick(ctx, func(ctx context.Context, cl mgmtv1.VolumeServiceClient) error {
+			_, err := cl.LoadNexusHealth(ctx, &mgmtv1.LoadNexusHealthRequest{NexusUuid: "n"})
+			return err
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := load(ctx); err != nil || c.Leader() != p.Addr() {
+		t.Fatalf("first call: %v, leader %q", err, c.Leader())
+	}
+	p.Blackhole()
+	err = load(ctx)
+	if err != nil || ctx.Err() != nil || other.calls.Load() != 1 || c.Leader() == p.Addr() {
+		t.Fatalf("with the leader silent: %v (deadline %v), other called %d times, leader %q", err, ctx.Err(), other.calls.Load(), c.Leader())
+	}
+}
+
+// TestDoWithinPassesASilentLeader: with each attempt bounded by one
+// second, a call whose known leader went silent reaches the next access
+// point within a deadline (4 s) shorter than one attempt of Do.
+func TestDoWithinPassesASilentLeader(t *testing.T) {
+	ok := func() error { return nil }
+	silent, other := &replica{err: ok}, &replica{err: ok}
+	p, err := netproxy.Listen(serve(t, silent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c := newClient(t, time.Second, p.Addr(), serve(t, other))
+	if _, err := query(context.Background(), c); err != nil || c.Leader() != p.Addr() {
+		t.Fatalf("first call: %v, leader %q", err, c.Leader())
+	}
+	p.Blackhole()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	err = c.DoWithin(ctx, time.Second, func(ctx context.Context, cl mgmtv1.MgmtServiceClient) error {
+		_, err := cl.LeaderQuery(ctx, &mgmtv1.LeaderQueryRequest{})
+		return err
+	})
+	if err != nil || other.calls.Load() != 1 {
+		t.Fatalf("with the leader silent: %v, other called %d times", err, other.calls.Load())
+	}
+}
+
+// TestRefusalOfOneAccessPoint: an access point that seems to refuse our
+// certificate (a reset while the connection was set up, which a server
+// dying then causes too) does not end the call while another answers;
+// when every one refuses, the refusal is returned at once.
+func TestRefusalOfOneAccessPoint(t *testing.T) {
+	refuse := func() error {
+		return fault.New(fault.Unauthenticated, security.CodeRejected, "the server refused our certificate", "use another")
+	}
+	refusing, ok := &replica{err: refuse}, &replica{err: func() error { return nil }}
+	c := newClient(t, time.Second, serve(t, refusing), serve(t, ok))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if sys, err := query(ctx, c); err != nil || sys != "sys" || refusing.calls.Load() != 1 {
+		t.Fatalf("one refusing: %q %v, refusing called %d times", sys, err, refusing.calls.Load())
+	}
+	c = newClient(t, time.Second, serve(t, &replica{err: refuse}), serve(t, &replica{err: refuse}))
+	_, err := query(ctx, c)
+	if fault.CodeOf(err) != security.CodeRejected || ctx.Err() != nil {
+		t.Fatalf("all refusing: %v (code %q), deadline %v", err, fault.CodeOf(err), ctx.Err())
 	}
 }
