@@ -22,7 +22,6 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1alpha1 "github.com/nexstor/nexstor/api/k8s/v1alpha1"
 	"github.com/nexstor/nexstor/internal/control/config"
@@ -164,28 +163,7 @@ func TestChartInstalls(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: kube-apiserver and etcd; not in -short mode")
 	}
-	env := &envtest.Environment{BinaryAssetsDirectory: testutil.EnvtestAssets(t), ControlPlaneStartTimeout: 3 * time.Minute,
-		ControlPlaneStopTimeout: time.Minute}
-	if _, err := env.Start(); err != nil {
-		t.Fatalf("kube-apiserver %s on etcd: %v", testutil.K8sVersion, err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Logf("stopping envtest: %v", err)
-		}
-	})
-	admin, err := env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := admin.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig, rc := startAPIServer(t)
 	args := append([]string{"install", "nexstor", chartDir(t), "--kubeconfig", kubeconfig, "-n", "nexstor", "--create-namespace",
 		"--set", "csi.snapshots.enabled=true",
 		"--set", "diskPools[0].name=worker-1-nvme0", "--set", "diskPools[0].node=worker-1", "--set", "diskPools[0].disk=uring:///dev/nvme1n1",
@@ -207,7 +185,7 @@ func TestChartInstalls(t *testing.T) {
 	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.New(env.Config, client.Options{Scheme: scheme})
+	c, err := client.New(rc, client.Options{Scheme: scheme})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,14 +14,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nexstor/nexstor/internal/testutil"
 )
 
 // startAPIServer starts kube-apiserver on Debian's etcd (envtest) and
-// returns a kubeconfig file of a system:masters user, and a client.
-func startAPIServer(t *testing.T) (string, *kubernetes.Clientset) {
+// returns a kubeconfig file of a system:masters user, and the server's
+// client configuration.
+func startAPIServer(t *testing.T) (string, *rest.Config) {
 	t.Helper()
 	env := &envtest.Environment{BinaryAssetsDirectory: testutil.EnvtestAssets(t), ControlPlaneStartTimeout: 3 * time.Minute,
 		ControlPlaneStopTimeout: time.Minute}
@@ -45,11 +47,7 @@ func startAPIServer(t *testing.T) (string, *kubernetes.Clientset) {
 	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cs, err := kubernetes.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kubeconfig, cs
+	return kubeconfig, env.Config
 }
 
 // TestKubectlPlugin: `kubectl nexstor` finds the system a release of the
@@ -63,7 +61,11 @@ func TestKubectlPlugin(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: kube-apiserver, etcd and a dev system; not in -short mode")
 	}
-	kubeconfig, cs := startAPIServer(t)
+	kubeconfig, rc := startAPIServer(t)
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	plugin := testutil.BuildBinary(t, "kubectl-nexstor")
 	testutil.BuildBinary(t, "nexctl") // beside the plugin, where it looks first
 
@@ -159,7 +161,7 @@ func TestKubectlPlugin(t *testing.T) {
 	if _, stderr, code := kubectl("config", "-n", "secure"); code != 1 || !strings.Contains(stderr, "Secret secure/sec-nexstor-certs-admin") {
 		t.Fatalf("TLS without the admin Secret: exit %d\n%s", code, stderr)
 	}
-	_, err := cs.CoreV1().Secrets("secure").Create(context.Background(), &corev1.Secret{
+	_, err = cs.CoreV1().Secrets("secure").Create(context.Background(), &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "sec-nexstor-certs-admin"},
 		Data:       map[string][]byte{"ca.crt": []byte("ca"), "admin.crt": []byte("crt"), "admin.key": []byte("key")},
 	}, metav1.CreateOptions{})
