@@ -124,8 +124,11 @@ func (e *Engine) QuiesceNexus(ctx context.Context, ref string, timeout time.Dura
 	}
 	h := &quiesceHold{id: uuid.NewString(), nexus: name, started: time.Now(), online: make(chan []string, 1),
 		failed: make(chan []string, 1), done: make(chan struct{})}
-	hctx, cancel := context.WithTimeoutCause(context.Background(), timeout,
-		fmt.Errorf("the hold of quiesce %s expired after %v", h.id, timeout))
+	// qctx ends the quiesce when cancelled: while the writes in flight
+	// drain (the caller gave up) or while they are held (ResumeNexus, a
+	// shutdown). The hold's own timeout starts once the writes are held,
+	// so a slow drain does not eat into it.
+	qctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	e.qmu.Lock()
 	for _, o := range e.holds {
@@ -147,7 +150,10 @@ func (e *Engine) QuiesceNexus(ctx context.Context, ref string, timeout time.Dura
 	e.holds[h.id] = h
 	e.qmu.Unlock()
 	go func() {
-		err := n.Quiesce(hctx, func(hctx context.Context, online []string) ([]string, error) {
+		err := n.Quiesce(qctx, func(qctx context.Context, online []string) ([]string, error) {
+			hctx, hcancel := context.WithTimeoutCause(qctx, timeout,
+				fmt.Errorf("the hold of quiesce %s expired after %v", h.id, timeout))
+			defer hcancel()
 			h.online <- online
 			select {
 			case f := <-h.failed:
