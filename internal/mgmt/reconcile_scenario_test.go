@@ -288,3 +288,81 @@ func TestHealPlacesOnALostReplicasNode(t *testing.T) {
 	w.reviveNode(t, spare[1], nil)
 	w.finish(t)
 }
+
+// TestMoveLeavesOutALostReplica: a replica of a published volume is lost
+// (its node came back without it, within the partial wait), then the
+// nexus's node stops: the nexus moves to another node, which the lost
+// replica cannot be shared to. The move only rolls forward, and
+// the volume's reconciler repairs nothing while it is under way, so it
+// must start the nexus without the lost replica (as without a replica
+// whose node is down) rather than fail on it at every pass: the volume
+// would stay unpublished for good.
+func TestMoveLeavesOutALostReplica(t *testing.T) {
+	w := newScenario(t)
+	v := w.setup(t, 3, 2)
+	from, gone := w.nodeOf(v.ReplicaSet[0].Node), v.ReplicaSet[1]
+	n := w.nodeOf(gone.Node)
+	w.crashNode(t, n)
+	w.writeTo(t, "v", 2)
+	w.reviveNode(t, n, func(n *rsNode) { w.lose(n, gone.UUID) })
+	w.writeTo(t, "v", 1)
+	// The nexus goes to the third replica's node, and shares the others
+	// to it from there.
+	_, err := w.svc.cordonNode(context.Background(), n.name, true)
+	w.mustOK(t, "cordon", err)
+	w.crashNode(t, from)
+	for i := 0; i < 3; i++ {
+		w.pass(t)
+	}
+	got := w.vol(t, "v")
+	if got.Op != nil || got.Target == nil || got.Target.Node == from.uuid {
+		t.Fatalf("the nexus did not move off %s: target %+v, op %+v", from.name, got.Target, got.Op)
+	}
+	w.writeTo(t, "v", 2)
+	w.reviveNode(t, from, nil)
+	w.finish(t)
+}
+
+// TestMoveLeavesOutALostLocalReplica: as TestMoveLeavesOutALostReplica,
+// but the node the nexus moves to is the one whose replica is lost (its
+// health record still calls it online: nothing was written meanwhile),
+// and nothing else is left out. The first create is refused as degraded
+// and records the child faulted; the move must then finish without it,
+// not be refused at every pass.
+func TestMoveLeavesOutALostLocalReplica(t *testing.T) {
+	w := newScenario(t)
+	ctx := context.Background()
+	_, err := w.svc.createVolume(ctx, &mgmtv1.VolumeSpec{Name: "v", Size: 16 << 20, Replicas: 2})
+	w.mustOK(t, "create", err)
+	v := w.vol(t, "v")
+	var from *rsNode
+	for _, n := range w.nodes {
+		if !slices.ContainsFunc(v.ReplicaSet, func(r replicaRef) bool { return r.Node == n.uuid }) {
+			from = n
+			break
+		}
+	}
+	_, err = w.svc.publishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "v", Node: from.name})
+	w.mustOK(t, "publish", err)
+	w.writeTo(t, "v", 3)
+	keep, gone := w.nodeOf(v.ReplicaSet[0].Node), v.ReplicaSet[1]
+	n := w.nodeOf(gone.Node)
+	w.crashNode(t, n)
+	w.reviveNode(t, n, func(n *rsNode) { w.lose(n, gone.UUID) })
+	// The nexus goes to the lost replica's node.
+	_, err = w.svc.cordonNode(ctx, keep.name, true)
+	w.mustOK(t, "cordon", err)
+	w.crashNode(t, from)
+	for i := 0; i < 3; i++ {
+		w.pass(t)
+	}
+	got := w.vol(t, "v")
+	if got.Op != nil || got.Target == nil || got.Target.Node != n.uuid {
+		t.Fatalf("the nexus did not move to %s: target %+v, op %+v", n.name, got.Target, got.Op)
+	}
+	w.writeTo(t, "v", 2)
+	w.reviveNode(t, from, nil)
+	_, err = w.svc.cordonNode(ctx, keep.name, false)
+	w.mustOK(t, "uncordon", err)
+	w.finish(t)
+}

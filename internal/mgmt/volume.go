@@ -783,6 +783,13 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	if err != nil {
 		return nil, err
 	}
+	// A remote replica its engine does not list is left out like one
+	// whose node is down (its pool may not be imported yet, or it is
+	// lost): the nexus starts without it, and the reconcilers wait for it
+	// or replace it. Failing on it would hold up for good a move, which
+	// only rolls forward, and during which the volume's reconciler
+	// replaces nothing. (A local replica that cannot be opened is recorded
+	// faulted by the refused create, and left out of the next one.)
 	var children, rebuild, skipped []string
 	for _, r := range v.ReplicaSet {
 		var uri string
@@ -791,7 +798,7 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 		} else {
 			m := idx[r.Node]
 			if !alive(m) {
-				skipped = append(skipped, nodeName(idx, r.Node))
+				skipped = append(skipped, fmt.Sprintf("node %s is %s", nodeName(idx, r.Node), stateOf(m)))
 				continue
 			}
 			if node.HostNQN == "" {
@@ -799,7 +806,10 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 					fmt.Sprintf("volume %s: node %s reported no NVMe host NQN, so its nexus's remote replicas could not be shared to it alone", v.Name, node.DisplayName()),
 					"restart that node's server so that it rejoins with its host NQN, or publish on another node")
 			}
-			if uri, err = s.shareReplica(ctx, m, v, r, node.HostNQN); err != nil {
+			if uri, err = s.shareReplica(ctx, m, v, r, node.HostNQN); notFound(err) {
+				skipped = append(skipped, fmt.Sprintf("replica %s is not on %s", r.UUID, m.DisplayName()))
+				continue
+			} else if err != nil {
 				return nil, err
 			}
 		}
@@ -811,7 +821,7 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	}
 	if len(children) == 0 {
 		return nil, fault.New(fault.Unavailable, CodeVolumeNodeDown,
-			fmt.Sprintf("volume %s: no replica recorded current is reachable (nodes down: %s)", v.Name, strings.Join(skipped, ", ")),
+			fmt.Sprintf("volume %s: no replica recorded current is reachable (%s)", v.Name, strings.Join(skipped, "; ")),
 			"start the nodes of the volume's current replicas; the others cannot be trusted alone")
 	}
 	c, err := s.vols.eng.get(node.Address)
