@@ -366,3 +366,58 @@ func TestMoveLeavesOutALostLocalReplica(t *testing.T) {
 	w.mustOK(t, "uncordon", err)
 	w.finish(t)
 }
+
+// TestRemovalKeepsCountingAnAttachedReplica: a volume's count is lowered
+// and the removal of the extra replica from the nexus fails. As long as
+// it is a child it takes the writes, and the other replica may fail
+// meanwhile: the volume must count it until it has left the nexus, or
+// its only current copy would be one it no longer counts (and would
+// destroy).
+func TestRemovalKeepsCountingAnAttachedReplica(t *testing.T) {
+	w := newScenario(t)
+	ctx := context.Background()
+	_, err := w.svc.createVolume(ctx, &mgmtv1.VolumeSpec{Name: "v", Size: 16 << 20, Replicas: 2})
+	w.mustOK(t, "create", err)
+	v := w.vol(t, "v")
+	var from *rsNode
+	for _, n := range w.nodes {
+		if !slices.ContainsFunc(v.ReplicaSet, func(r replicaRef) bool { return r.Node == n.uuid }) {
+			from = n
+			break
+		}
+	}
+	_, err = w.svc.publishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "v", Node: from.name})
+	w.mustOK(t, "publish", err)
+	w.writeTo(t, "v", 2)
+	_, err = w.svc.setReplicas(ctx, "v", 1)
+	w.mustOK(t, "set-replicas", err)
+	victim := ""
+	w.mu.Lock()
+	w.refuse = func(n *rsNode, what string) bool {
+		if n == from && strings.HasPrefix(what, "remove child") {
+			victim = replicaOfURI(what[strings.LastIndex(what, " ")+1:])
+			return true
+		}
+		return false
+	}
+	w.mu.Unlock()
+	w.pass(t)
+	w.mu.Lock()
+	w.refuse = nil
+	w.mu.Unlock()
+	if victim == "" {
+		t.Fatalf("no replica was removed from the nexus: %s", w.refs(w.vol(t, "v").ReplicaSet))
+	}
+	// The other replica's node crashes: the extra replica, still a child,
+	// takes the next writes alone.
+	other := v.ReplicaSet[0]
+	if other.UUID == victim {
+		other = v.ReplicaSet[1]
+	}
+	n := w.nodeOf(other.Node)
+	w.crashNode(t, n)
+	w.writeTo(t, "v", 2)
+	w.pass(t)
+	w.reviveNode(t, n, nil)
+	w.finish(t)
+}
