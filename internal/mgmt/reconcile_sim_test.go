@@ -102,9 +102,11 @@ import (
 // how many times), and UUIDs come from the seed, so the leader's parallel
 // calls interleaving differently changes nothing but the order of trace
 // lines (the leader dies only at calls that change something, which it
-// makes in a fixed order). NEXSTOR_SIM_SEED reruns one seed,
-// NEXSTOR_SIM_STEPS sets the number of steps, NEXSTOR_SIM_TRACE=1 prints
-// what happened when a seed fails (=all: always).
+// makes in a fixed order). TestReconcilerSimulation runs it:
+// NEXSTOR_SIM_SEED reruns one seed, NEXSTOR_SIM_SEEDS=N runs N random
+// seeds (make sim), NEXSTOR_SIM_STEPS sets the number of steps,
+// NEXSTOR_SIM_TRACE=1 prints what happened when a seed fails (=all:
+// always).
 
 type rsWorld struct {
 	mu           sync.Mutex
