@@ -326,9 +326,8 @@ func TestMoveLeavesOutALostReplica(t *testing.T) {
 // TestMoveLeavesOutALostLocalReplica: as TestMoveLeavesOutALostReplica,
 // but the node the nexus moves to is the one whose replica is lost (its
 // health record still calls it online: nothing was written meanwhile),
-// and nothing else is left out. The first create is refused as degraded
-// and records the child faulted; the move must then finish without it,
-// not be refused at every pass.
+// and nothing else is left out: the new nexus must start without it (its
+// engine does not list it), not be refused as degraded.
 func TestMoveLeavesOutALostLocalReplica(t *testing.T) {
 	w := newScenario(t)
 	ctx := context.Background()
@@ -420,4 +419,44 @@ func TestRemovalKeepsCountingAnAttachedReplica(t *testing.T) {
 	w.pass(t)
 	w.reviveNode(t, n, nil)
 	w.finish(t)
+}
+
+// TestMoveLeavesOutAReplicaCreatedAgain: a replica of a published volume
+// is destroyed and created again under its UUID while its node is away,
+// and nothing is written before the nexus's node stops: the health record
+// still calls it online. The nexus moves, to another node (remote) or to
+// that replica's node (local); the new nexus refuses a child of another
+// identity than the recorded one, so the move must leave it out (and add
+// it for a full rebuild), or it fails at every pass and the volume stays
+// unpublished.
+func TestMoveLeavesOutAReplicaCreatedAgain(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		t.Run(map[bool]string{false: "remote", true: "local"}[local], func(t *testing.T) {
+			w := newScenario(t)
+			v := w.setup(t, 3, 2)
+			from, again, third := w.nodeOf(v.ReplicaSet[0].Node), v.ReplicaSet[1], w.nodeOf(v.ReplicaSet[2].Node)
+			n := w.nodeOf(again.Node)
+			w.crashNode(t, n)
+			w.reviveNode(t, n, func(n *rsNode) { w.recreate(n, again.UUID) })
+			to, off := third, n
+			if local {
+				to, off = n, third
+			}
+			_, err := w.svc.cordonNode(context.Background(), off.name, true)
+			w.mustOK(t, "cordon", err)
+			w.crashNode(t, from)
+			for i := 0; i < 3; i++ {
+				w.pass(t)
+			}
+			got := w.vol(t, "v")
+			if got.Op != nil || got.Target == nil || got.Target.Node != to.uuid {
+				t.Fatalf("the nexus did not move to %s: target %+v, op %+v", to.name, got.Target, got.Op)
+			}
+			w.writeTo(t, "v", 2)
+			w.reviveNode(t, from, nil)
+			_, err = w.svc.cordonNode(context.Background(), off.name, false)
+			w.mustOK(t, "uncordon", err)
+			w.finish(t)
+		})
+	}
 }

@@ -778,20 +778,30 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	// The health record says which replicas are current: only those (and
 	// offline ones, which the nexus resyncs from their bitmaps) may be
 	// children of the new nexus; the others are added back with a full
-	// rebuild once it serves.
-	recorded, err := s.recordedChildren(ctx, v.UUID, nil)
+	// rebuild once it serves. A replica created again since the record
+	// admitted it (the engines' lists name its identity) is not current,
+	// whatever the record says: the nexus would refuse it.
+	nodes := map[string]bool{}
+	for _, r := range v.ReplicaSet {
+		nodes[r.Node] = true
+	}
+	views := s.observe(ctx, idx, nodes)
+	recorded, err := s.recordedChildren(ctx, v.UUID, views)
 	if err != nil {
 		return nil, err
 	}
-	// A remote replica its engine does not list is left out like one
-	// whose node is down (its pool may not be imported yet, or it is
-	// lost): the nexus starts without it, and the reconcilers wait for it
-	// or replace it. Failing on it would hold up for good a move, which
-	// only rolls forward, and during which the volume's reconciler
-	// replaces nothing. (A local replica that cannot be opened is recorded
-	// faulted by the refused create, and left out of the next one.)
+	// A replica its engine does not list is left out like one whose node
+	// is down (its pool may not be imported yet, or it is lost): the
+	// nexus starts without it, and the reconcilers wait for it or replace
+	// it. Failing on it, or on a replica created again, would hold up for
+	// good a move, which only rolls forward, and during which the
+	// volume's reconciler replaces nothing.
 	var children, rebuild, skipped []string
 	for _, r := range v.ReplicaSet {
+		if nv := views[r.Node]; nv != nil && nv.err == nil && nv.replicas[r.UUID] == nil {
+			skipped = append(skipped, fmt.Sprintf("replica %s is not on %s", r.UUID, nodeName(idx, r.Node)))
+			continue
+		}
 		var uri string
 		if r.Node == node.UUID {
 			uri = "bdev:///" + r.UUID
