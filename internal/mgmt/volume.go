@@ -841,9 +841,11 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 	defer cancel()
 	n, err := c.GetNexus(cctx, &enginev1.GetNexusRequest{Name: v.Name})
-	if err == nil && n.Uuid == v.UUID && slices.Contains(v.StaleTargets, node.UUID) {
+	if err == nil && n.Uuid == v.UUID && (slices.Contains(v.StaleTargets, node.UUID) || n.State == enginev1.NexusState_NEXUS_STATE_FAULTED) {
 		// An instance left from an earlier publish (its node was down
-		// when the volume was unpublished): fenced by now, never reused.
+		// when the volume was unpublished, or its engine restored it
+		// faulted, refused its record): fenced by now, never reused; a
+		// faulted one would refuse the export at every try.
 		if _, err = c.DestroyNexus(cctx, &enginev1.DestroyNexusRequest{Name: v.Name}); err != nil {
 			return nil, fmt.Errorf("remove the stale nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
 		}
