@@ -460,3 +460,71 @@ func TestMoveLeavesOutAReplicaCreatedAgain(t *testing.T) {
 		})
 	}
 }
+
+// TestMoveReplacesAFaultedInstance: a move's destination crashes after
+// the nexus was created there, so the nexus goes elsewhere; the node
+// returns and its engine restores that instance faulted (its record is
+// refused). When the nexus later moves back to that node, the faulted
+// instance must be destroyed and the nexus created again, not reused: it
+// refuses the export at every pass.
+func TestMoveReplacesAFaultedInstance(t *testing.T) {
+	w := newScenario(t)
+	ctx := context.Background()
+	v := w.setup(t, 3, 2)
+	from, off, to := w.nodeOf(v.ReplicaSet[0].Node), w.nodeOf(v.ReplicaSet[1].Node), w.nodeOf(v.ReplicaSet[2].Node)
+	_, err := w.svc.cordonNode(ctx, off.name, true)
+	w.mustOK(t, "cordon", err)
+	w.mu.Lock()
+	w.refuse = func(n *rsNode, what string) bool {
+		if n == to && strings.HasPrefix(what, "publish nexus") {
+			n.up = false // it crashes with the nexus created
+			return true
+		}
+		return false
+	}
+	w.mu.Unlock()
+	w.crashNode(t, from)
+	w.pass(t)
+	w.mu.Lock()
+	w.refuse = nil
+	w.mu.Unlock()
+	w.syncMember(t, to, true)
+	for i := 0; i < 2; i++ {
+		w.pass(t)
+	}
+	got := w.vol(t, "v")
+	if got.Target == nil || got.Target.Node == to.uuid {
+		t.Fatalf("the nexus did not go elsewhere: target %+v, op %+v", got.Target, got.Op)
+	}
+	mid := w.nodeOf(got.Target.Node)
+	w.reviveNode(t, to, nil)
+	w.mu.Lock()
+	faulted := to.nexuses["v"] != nil && to.nexuses["v"].faulted != ""
+	w.mu.Unlock()
+	if !faulted {
+		t.Fatalf("%s did not restore its instance faulted", to.name)
+	}
+	w.writeTo(t, "v", 1)
+	// Only that node can take the nexus now.
+	for _, n := range w.nodes {
+		if n != to && n != off {
+			_, err = w.svc.cordonNode(ctx, n.name, true)
+			w.mustOK(t, "cordon", err)
+		}
+	}
+	w.crashNode(t, mid)
+	for i := 0; i < 3; i++ {
+		w.pass(t)
+	}
+	got = w.vol(t, "v")
+	if got.Op != nil || got.Target == nil || got.Target.Node != to.uuid {
+		t.Fatalf("the nexus did not move back to %s: target %+v, op %+v", to.name, got.Target, got.Op)
+	}
+	w.reviveNode(t, mid, nil)
+	w.reviveNode(t, from, nil)
+	for _, n := range w.nodes {
+		_, err = w.svc.cordonNode(ctx, n.name, false)
+		w.mustOK(t, "uncordon", err)
+	}
+	w.finish(t)
+}
