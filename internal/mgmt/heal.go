@@ -732,9 +732,16 @@ func (s *Service) addReplicas(ctx context.Context, v *volumeRecord, members []*M
 	return out, errors.Join(errs...)
 }
 
-// removeReplica takes h out of the volume: it leaves the nexus and the
+// removeReplica takes h out of the volume: it leaves the nexus, then the
 // replica set, and is destroyed (now, or once its node answers). It never
 // takes the last healthy copy (mayRemove).
+//
+// The nexus lets the replica go before the record does: while it is a
+// child it takes every write, and the others may fail meanwhile (the
+// engine keeps the last online child), so until it has left the nexus it
+// may be the only current copy, and the volume must count it. Should the
+// record not follow (the leader dies), the next pass finds a replica of
+// the set that is no child, and adds it back or removes it again.
 func (s *Service) removeReplica(ctx context.Context, v *volumeRecord, hs []*replicaHealth, h *replicaHealth, nx *enginev1.Nexus,
 	tc engineAPI, idx map[string]*Member, why string) error {
 	if err := mayRemove(v, hs, h); err != nil {
@@ -742,6 +749,12 @@ func (s *Service) removeReplica(ctx context.Context, v *volumeRecord, hs []*repl
 		return err
 	}
 	r := h.ref
+	if nx != nil && h.child != nil {
+		if err := s.detach(ctx, v, tc, h.child.Uri); err != nil {
+			return err // the pass after retries; the volume still counts it
+		}
+		h.child, h.healthy, h.syncing = nil, false, false
+	}
 	v.ReplicaSet = slices.DeleteFunc(v.ReplicaSet, func(x replicaRef) bool { return x.UUID == r.UUID })
 	r.Replaces = ""
 	v.Retired = append(v.Retired, r)
@@ -751,12 +764,6 @@ func (s *Service) removeReplica(ctx context.Context, v *volumeRecord, hs []*repl
 	h.lost, h.draining, h.healthy, h.syncing = false, false, false, false
 	h.removed = true
 	s.event(ctx, evRemove, v.Name, nodeName(idx, r.Node), r.UUID, why, "replica %s leaves the volume", r.UUID)
-	if nx != nil && h.child != nil {
-		if err := s.detach(ctx, v, tc, h.child.Uri); err != nil {
-			return err // the pass after retries; the replica is retired already
-		}
-		h.child = nil
-	}
 	return nil
 }
 

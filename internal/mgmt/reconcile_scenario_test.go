@@ -288,3 +288,243 @@ func TestHealPlacesOnALostReplicasNode(t *testing.T) {
 	w.reviveNode(t, spare[1], nil)
 	w.finish(t)
 }
+
+// TestMoveLeavesOutALostReplica: a replica of a published volume is lost
+// (its node came back without it, within the partial wait), then the
+// nexus's node stops: the nexus moves to another node, which the lost
+// replica cannot be shared to. The move only rolls forward, and
+// the volume's reconciler repairs nothing while it is under way, so it
+// must start the nexus without the lost replica (as without a replica
+// whose node is down) rather than fail on it at every pass: the volume
+// would stay unpublished for good.
+func TestMoveLeavesOutALostReplica(t *testing.T) {
+	w := newScenario(t)
+	v := w.setup(t, 3, 2)
+	from, gone := w.nodeOf(v.ReplicaSet[0].Node), v.ReplicaSet[1]
+	n := w.nodeOf(gone.Node)
+	w.crashNode(t, n)
+	w.writeTo(t, "v", 2)
+	w.reviveNode(t, n, func(n *rsNode) { w.lose(n, gone.UUID) })
+	w.writeTo(t, "v", 1)
+	// The nexus goes to the third replica's node, and shares the others
+	// to it from there.
+	_, err := w.svc.cordonNode(context.Background(), n.name, true)
+	w.mustOK(t, "cordon", err)
+	w.crashNode(t, from)
+	for i := 0; i < 3; i++ {
+		w.pass(t)
+	}
+	got := w.vol(t, "v")
+	if got.Op != nil || got.Target == nil || got.Target.Node == from.uuid {
+		t.Fatalf("the nexus did not move off %s: target %+v, op %+v", from.name, got.Target, got.Op)
+	}
+	w.writeTo(t, "v", 2)
+	w.reviveNode(t, from, nil)
+	w.finish(t)
+}
+
+// TestMoveLeavesOutALostLocalReplica: as TestMoveLeavesOutALostReplica,
+// but the node the nexus moves to is the one whose replica is lost (its
+// health record still calls it online: nothing was written meanwhile),
+// and nothing else is left out: the new nexus must start without it (its
+// engine does not list it), not be refused as degraded.
+func TestMoveLeavesOutALostLocalReplica(t *testing.T) {
+	w := newScenario(t)
+	ctx := context.Background()
+	_, err := w.svc.createVolume(ctx, &mgmtv1.VolumeSpec{Name: "v", Size: 16 << 20, Replicas: 2})
+	w.mustOK(t, "create", err)
+	v := w.vol(t, "v")
+	var from *rsNode
+	for _, n := range w.nodes {
+		if !slices.ContainsFunc(v.ReplicaSet, func(r replicaRef) bool { return r.Node == n.uuid }) {
+			from = n
+			break
+		}
+	}
+	_, err = w.svc.publishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "v", Node: from.name})
+	w.mustOK(t, "publish", err)
+	w.writeTo(t, "v", 3)
+	keep, gone := w.nodeOf(v.ReplicaSet[0].Node), v.ReplicaSet[1]
+	n := w.nodeOf(gone.Node)
+	w.crashNode(t, n)
+	w.reviveNode(t, n, func(n *rsNode) { w.lose(n, gone.UUID) })
+	// The nexus goes to the lost replica's node.
+	_, err = w.svc.cordonNode(ctx, keep.name, true)
+	w.mustOK(t, "cordon", err)
+	w.crashNode(t, from)
+	for i := 0; i < 3; i++ {
+		w.pass(t)
+	}
+	got := w.vol(t, "v")
+	if got.Op != nil || got.Target == nil || got.Target.Node != n.uuid {
+		t.Fatalf("the nexus did not move to %s: target %+v, op %+v", n.name, got.Target, got.Op)
+	}
+	w.writeTo(t, "v", 2)
+	w.reviveNode(t, from, nil)
+	_, err = w.svc.cordonNode(ctx, keep.name, false)
+	w.mustOK(t, "uncordon", err)
+	w.finish(t)
+}
+
+// TestRemovalKeepsCountingAnAttachedReplica: a volume's count is lowered
+// and the removal of the extra replica from the nexus fails. As long as
+// it is a child it takes the writes, and the other replica may fail
+// meanwhile: the volume must count it until it has left the nexus, or
+// its only current copy would be one it no longer counts (and would
+// destroy).
+func TestRemovalKeepsCountingAnAttachedReplica(t *testing.T) {
+	w := newScenario(t)
+	ctx := context.Background()
+	_, err := w.svc.createVolume(ctx, &mgmtv1.VolumeSpec{Name: "v", Size: 16 << 20, Replicas: 2})
+	w.mustOK(t, "create", err)
+	v := w.vol(t, "v")
+	var from *rsNode
+	for _, n := range w.nodes {
+		if !slices.ContainsFunc(v.ReplicaSet, func(r replicaRef) bool { return r.Node == n.uuid }) {
+			from = n
+			break
+		}
+	}
+	_, err = w.svc.publishVolume(ctx, &mgmtv1.PublishVolumeRequest{Name: "v", Node: from.name})
+	w.mustOK(t, "publish", err)
+	w.writeTo(t, "v", 2)
+	_, err = w.svc.setReplicas(ctx, "v", 1)
+	w.mustOK(t, "set-replicas", err)
+	victim := ""
+	w.mu.Lock()
+	w.refuse = func(n *rsNode, what string) bool {
+		if n == from && strings.HasPrefix(what, "remove child") {
+			victim = replicaOfURI(what[strings.LastIndex(what, " ")+1:])
+			return true
+		}
+		return false
+	}
+	w.mu.Unlock()
+	w.pass(t)
+	w.mu.Lock()
+	w.refuse = nil
+	w.mu.Unlock()
+	if victim == "" {
+		t.Fatalf("no replica was removed from the nexus: %s", w.refs(w.vol(t, "v").ReplicaSet))
+	}
+	// The other replica's node crashes: the extra replica, still a child,
+	// takes the next writes alone.
+	other := v.ReplicaSet[0]
+	if other.UUID == victim {
+		other = v.ReplicaSet[1]
+	}
+	n := w.nodeOf(other.Node)
+	w.crashNode(t, n)
+	w.writeTo(t, "v", 2)
+	w.pass(t)
+	w.reviveNode(t, n, nil)
+	w.finish(t)
+}
+
+// TestMoveLeavesOutAReplicaCreatedAgain: a replica of a published volume
+// is destroyed and created again under its UUID while its node is away,
+// and nothing is written before the nexus's node stops: the health record
+// still calls it online. The nexus moves, to another node (remote) or to
+// that replica's node (local); the new nexus refuses a child of another
+// identity than the recorded one, so the move must leave it out (and add
+// it for a full rebuild), or it fails at every pass and the volume stays
+// unpublished.
+func TestMoveLeavesOutAReplicaCreatedAgain(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		t.Run(map[bool]string{false: "remote", true: "local"}[local], func(t *testing.T) {
+			w := newScenario(t)
+			v := w.setup(t, 3, 2)
+			from, again, third := w.nodeOf(v.ReplicaSet[0].Node), v.ReplicaSet[1], w.nodeOf(v.ReplicaSet[2].Node)
+			n := w.nodeOf(again.Node)
+			w.crashNode(t, n)
+			w.reviveNode(t, n, func(n *rsNode) { w.recreate(n, again.UUID) })
+			to, off := third, n
+			if local {
+				to, off = n, third
+			}
+			_, err := w.svc.cordonNode(context.Background(), off.name, true)
+			w.mustOK(t, "cordon", err)
+			w.crashNode(t, from)
+			for i := 0; i < 3; i++ {
+				w.pass(t)
+			}
+			got := w.vol(t, "v")
+			if got.Op != nil || got.Target == nil || got.Target.Node != to.uuid {
+				t.Fatalf("the nexus did not move to %s: target %+v, op %+v", to.name, got.Target, got.Op)
+			}
+			w.writeTo(t, "v", 2)
+			w.reviveNode(t, from, nil)
+			_, err = w.svc.cordonNode(context.Background(), off.name, false)
+			w.mustOK(t, "uncordon", err)
+			w.finish(t)
+		})
+	}
+}
+
+// TestMoveReplacesAFaultedInstance: a move's destination crashes after
+// the nexus was created there, so the nexus goes elsewhere; the node
+// returns and its engine restores that instance faulted (its record is
+// refused). When the nexus later moves back to that node, the faulted
+// instance must be destroyed and the nexus created again, not reused: it
+// refuses the export at every pass.
+func TestMoveReplacesAFaultedInstance(t *testing.T) {
+	w := newScenario(t)
+	ctx := context.Background()
+	v := w.setup(t, 3, 2)
+	from, off, to := w.nodeOf(v.ReplicaSet[0].Node), w.nodeOf(v.ReplicaSet[1].Node), w.nodeOf(v.ReplicaSet[2].Node)
+	_, err := w.svc.cordonNode(ctx, off.name, true)
+	w.mustOK(t, "cordon", err)
+	w.mu.Lock()
+	w.refuse = func(n *rsNode, what string) bool {
+		if n == to && strings.HasPrefix(what, "publish nexus") {
+			n.up = false // it crashes with the nexus created
+			return true
+		}
+		return false
+	}
+	w.mu.Unlock()
+	w.crashNode(t, from)
+	w.pass(t)
+	w.mu.Lock()
+	w.refuse = nil
+	w.mu.Unlock()
+	w.syncMember(t, to, true)
+	for i := 0; i < 2; i++ {
+		w.pass(t)
+	}
+	got := w.vol(t, "v")
+	if got.Target == nil || got.Target.Node == to.uuid {
+		t.Fatalf("the nexus did not go elsewhere: target %+v, op %+v", got.Target, got.Op)
+	}
+	mid := w.nodeOf(got.Target.Node)
+	w.reviveNode(t, to, nil)
+	w.mu.Lock()
+	faulted := to.nexuses["v"] != nil && to.nexuses["v"].faulted != ""
+	w.mu.Unlock()
+	if !faulted {
+		t.Fatalf("%s did not restore its instance faulted", to.name)
+	}
+	w.writeTo(t, "v", 1)
+	// Only that node can take the nexus now.
+	for _, n := range w.nodes {
+		if n != to && n != off {
+			_, err = w.svc.cordonNode(ctx, n.name, true)
+			w.mustOK(t, "cordon", err)
+		}
+	}
+	w.crashNode(t, mid)
+	for i := 0; i < 3; i++ {
+		w.pass(t)
+	}
+	got = w.vol(t, "v")
+	if got.Op != nil || got.Target == nil || got.Target.Node != to.uuid {
+		t.Fatalf("the nexus did not move back to %s: target %+v, op %+v", to.name, got.Target, got.Op)
+	}
+	w.reviveNode(t, mid, nil)
+	w.reviveNode(t, from, nil)
+	for _, n := range w.nodes {
+		_, err = w.svc.cordonNode(ctx, n.name, false)
+		w.mustOK(t, "uncordon", err)
+	}
+	w.finish(t)
+}

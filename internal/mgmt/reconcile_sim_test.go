@@ -102,9 +102,11 @@ import (
 // how many times), and UUIDs come from the seed, so the leader's parallel
 // calls interleaving differently changes nothing but the order of trace
 // lines (the leader dies only at calls that change something, which it
-// makes in a fixed order). NEXSTOR_SIM_SEED reruns one seed,
-// NEXSTOR_SIM_STEPS sets the number of steps, NEXSTOR_SIM_TRACE=1 prints
-// what happened when a seed fails (=all: always).
+// makes in a fixed order). TestReconcilerSimulation runs it:
+// NEXSTOR_SIM_SEED reruns one seed, NEXSTOR_SIM_SEEDS=N runs N random
+// seeds (make sim), NEXSTOR_SIM_STEPS sets the number of steps,
+// NEXSTOR_SIM_TRACE=1 prints what happened when a seed fails (=all:
+// always).
 
 type rsWorld struct {
 	mu           sync.Mutex
@@ -1874,4 +1876,59 @@ func (w *rsWorld) syncMember(t *testing.T, n *rsNode, byOperator bool) {
 	n.memberUp = up
 	w.tracef("membership: %s is %s", n.name, want)
 	w.mu.Unlock()
+}
+
+// rsSeeds are the seeds every run of TestReconcilerSimulation replays.
+var rsSeeds = []int64{1, 2, 3, 4, 5, 6}
+
+// TestReconcilerSimulation runs the reconciler simulation over the fixed
+// seeds and one random seed (printed), each for NEXSTOR_SIM_STEPS steps
+// (default 300; 100 with -short, which also runs only half the fixed
+// seeds). NEXSTOR_SIM_SEED runs that one seed only; NEXSTOR_SIM_SEEDS=N
+// runs N random seeds instead of the fixed ones (the soak of make sim).
+// Each seed runs against its own etcd.
+func TestReconcilerSimulation(t *testing.T) {
+	steps := 300
+	seeds := slices.Clone(rsSeeds)
+	if testing.Short() {
+		steps, seeds = 100, seeds[:len(seeds)/2]
+	}
+	if s := os.Getenv("NEXSTOR_SIM_STEPS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("NEXSTOR_SIM_STEPS=%q: not a number of steps", s)
+		}
+		steps = n
+	}
+	random := time.Now().UnixNano()
+	seeds = append(seeds, random)
+	if s := os.Getenv("NEXSTOR_SIM_SEEDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("NEXSTOR_SIM_SEEDS=%q: not a number of seeds", s)
+		}
+		seeds = nil
+		for i := 0; i < n; i++ {
+			seeds = append(seeds, random+int64(i))
+		}
+	}
+	if s := os.Getenv("NEXSTOR_SIM_SEED"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("NEXSTOR_SIM_SEED=%q: not a seed", s)
+		}
+		seeds = []int64{n}
+	}
+	t.Logf("%d seeds of %d steps (random seeds from %d)", len(seeds), steps, random)
+	failed := 0
+	for _, seed := range seeds {
+		ok := t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			runReconcilerSim(t, startEtcd(t), "rsim", seed, steps)
+		})
+		if !ok {
+			failed++
+			t.Logf("seed %d failed (rerun with NEXSTOR_SIM_SEED=%d NEXSTOR_SIM_STEPS=%d NEXSTOR_SIM_TRACE=1)", seed, seed, steps)
+		}
+	}
+	t.Logf("%d of %d seeds failed", failed, len(seeds))
 }

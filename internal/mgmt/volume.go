@@ -858,20 +858,37 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	// The health record says which replicas are current: only those (and
 	// offline ones, which the nexus resyncs from their bitmaps) may be
 	// children of the new nexus; the others are added back with a full
-	// rebuild once it serves.
-	recorded, err := s.recordedChildren(ctx, v.UUID, nil)
+	// rebuild once it serves. A replica created again since the record
+	// admitted it (the engines' lists name its identity) is not current,
+	// whatever the record says: the nexus would refuse it.
+	nodes := map[string]bool{}
+	for _, r := range v.ReplicaSet {
+		nodes[r.Node] = true
+	}
+	views := s.observe(ctx, idx, nodes)
+	recorded, err := s.recordedChildren(ctx, v.UUID, views)
 	if err != nil {
 		return nil, err
 	}
+	// A replica its engine does not list is left out like one whose node
+	// is down (its pool may not be imported yet, or it is lost): the
+	// nexus starts without it, and the reconcilers wait for it or replace
+	// it. Failing on it, or on a replica created again, would hold up for
+	// good a move, which only rolls forward, and during which the
+	// volume's reconciler replaces nothing.
 	var children, rebuild, skipped []string
 	for _, r := range v.ReplicaSet {
+		if nv := views[r.Node]; nv != nil && nv.err == nil && nv.replicas[r.UUID] == nil {
+			skipped = append(skipped, fmt.Sprintf("replica %s is not on %s", r.UUID, nodeName(idx, r.Node)))
+			continue
+		}
 		var uri string
 		if r.Node == node.UUID {
 			uri = "bdev:///" + r.UUID
 		} else {
 			m := idx[r.Node]
 			if !alive(m) {
-				skipped = append(skipped, nodeName(idx, r.Node))
+				skipped = append(skipped, fmt.Sprintf("node %s is %s", nodeName(idx, r.Node), stateOf(m)))
 				continue
 			}
 			if node.HostNQN == "" {
@@ -879,7 +896,10 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 					fmt.Sprintf("volume %s: node %s reported no NVMe host NQN, so its nexus's remote replicas could not be shared to it alone", v.Name, node.DisplayName()),
 					"restart that node's server so that it rejoins with its host NQN, or publish on another node")
 			}
-			if uri, err = s.shareReplica(ctx, m, v, r, node.HostNQN); err != nil {
+			if uri, err = s.shareReplica(ctx, m, v, r, node.HostNQN); notFound(err) {
+				skipped = append(skipped, fmt.Sprintf("replica %s is not on %s", r.UUID, m.DisplayName()))
+				continue
+			} else if err != nil {
 				return nil, err
 			}
 		}
@@ -891,7 +911,7 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	}
 	if len(children) == 0 {
 		return nil, fault.New(fault.Unavailable, CodeVolumeNodeDown,
-			fmt.Sprintf("volume %s: no replica recorded current is reachable (nodes down: %s)", v.Name, strings.Join(skipped, ", ")),
+			fmt.Sprintf("volume %s: no replica recorded current is reachable (%s)", v.Name, strings.Join(skipped, "; ")),
 			"start the nodes of the volume's current replicas; the others cannot be trusted alone")
 	}
 	c, err := s.vols.eng.get(node.Address)
@@ -901,9 +921,11 @@ func (s *Service) realizePublish(ctx context.Context, v *volumeRecord, idx map[s
 	cctx, cancel := context.WithTimeout(ctx, engineCallTimeout)
 	defer cancel()
 	n, err := c.GetNexus(cctx, &enginev1.GetNexusRequest{Name: v.Name})
-	if err == nil && n.Uuid == v.UUID && slices.Contains(v.StaleTargets, node.UUID) {
+	if err == nil && n.Uuid == v.UUID && (slices.Contains(v.StaleTargets, node.UUID) || n.State == enginev1.NexusState_NEXUS_STATE_FAULTED) {
 		// An instance left from an earlier publish (its node was down
-		// when the volume was unpublished): fenced by now, never reused.
+		// when the volume was unpublished, or its engine restored it
+		// faulted, refused its record): fenced by now, never reused; a
+		// faulted one would refuse the export at every try.
 		if _, err = c.DestroyNexus(cctx, &enginev1.DestroyNexusRequest{Name: v.Name}); err != nil {
 			return nil, fmt.Errorf("remove the stale nexus of volume %s on %s: %w", v.Name, node.DisplayName(), err)
 		}
