@@ -15,9 +15,11 @@ import (
 	"github.com/spf13/cobra"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/agent"
 	"github.com/nexstor/nexstor/internal/control/config"
 	"github.com/nexstor/nexstor/internal/csi"
 	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
+	"github.com/nexstor/nexstor/internal/nvmehost"
 	"github.com/nexstor/nexstor/internal/security"
 )
 
@@ -26,8 +28,8 @@ func csiCmd() *cobra.Command {
 	var (
 		mode, endpoint, nodeName, stateDir, transport, loopDir, nvmeDir, hostNQN, certDir, identity, logLevel string
 		accessPoints                                                                                          []string
-		insecure, logJSON                                                                                     bool
-		ctrlLoss, reconnect, keepAlive                                                                        time.Duration
+		insecure, logJSON, followMoves                                                                        bool
+		ctrlLoss, reconnect, keepAlive, agentInterval                                                         time.Duration
 		maxVolumes                                                                                            int64
 	)
 	cmd := &cobra.Command{
@@ -41,9 +43,13 @@ that role may call the volume service and nothing else. --mode node runs on
 every node that consumes volumes, as the member named --node-name: it attaches
 a published volume over NVMe/TCP (the kernel's initiator, /dev/nvme-fabrics),
 makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
---mode controller,node serves both. See docs/kubernetes.md.`,
+Given --access-points, the node also runs the path watcher of nexstor agent:
+when a volume's nexus moves (its node died, or a move or drain), it connects
+the new path, so the kernel's multipath resumes the I/O there, and reports a
+failed path to the management service. --mode controller,node serves both.
+See docs/kubernetes.md.`,
 		Example: `  nexstor csi --mode controller --endpoint unix:///csi/csi.sock -a ap-0:10124,ap-1:10124 --cert-dir /etc/nexstor/certs
-  nexstor csi --mode node --endpoint unix:///csi/csi.sock --node-name node-3`,
+  nexstor csi --mode node --endpoint unix:///csi/csi.sock --node-name node-3 -a ap-0:10124,ap-1:10124 --cert-dir /etc/nexstor/certs`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var lvl slog.Level
@@ -64,20 +70,36 @@ makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
 			}
 			svc := csi.Services{}
 			var ready func(ctx context.Context) error
-			if slices.Contains(modes, "controller") {
-				if len(accessPoints) == 0 {
-					return fmt.Errorf("--access-points is required in controller mode: the management service's access points (host:port)")
+			// One management client for the controller and the node's path
+			// watcher, made when the first needs it.
+			var mc *mgmtclient.Client
+			csiMgmtClient := func() (*mgmtclient.Client, error) {
+				if mc != nil {
+					return mc, nil
 				}
 				if insecure {
 					security.LogInsecure(log, "nexstor csi")
 				}
 				files := security.Files{CACert: filepath.Join(certDir, "ca.crt"), Cert: filepath.Join(certDir, identity+".crt"),
 					Key: filepath.Join(certDir, identity+".key")}
-				cl, err := mgmtclient.New(accessPoints, mgmtclient.Options{TLS: files, Insecure: insecure})
+				var err error
+				mc, err = mgmtclient.New(accessPoints, mgmtclient.Options{TLS: files, Insecure: insecure})
+				return mc, err
+			}
+			defer func() {
+				if mc != nil {
+					mc.Close()
+				}
+			}()
+			var watcher *agent.Agent
+			if slices.Contains(modes, "controller") {
+				if len(accessPoints) == 0 {
+					return fmt.Errorf("--access-points is required in controller mode: the management service's access points (host:port)")
+				}
+				cl, err := csiMgmtClient()
 				if err != nil {
 					return err
 				}
-				defer cl.Close()
 				svc.Controller = csi.NewController(cl, log)
 				ready = func(ctx context.Context) error {
 					ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -90,6 +112,7 @@ makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
 			}
 			if slices.Contains(modes, "node") {
 				var tr csi.Transport
+				var usedNQN, usedID string // the host identity of the node's connects
 				switch transport {
 				case "nvme":
 					nqn, id := hostNQN, ""
@@ -99,6 +122,7 @@ makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
 							return err
 						}
 					}
+					usedNQN, usedID = nqn, id
 					tr = csi.NewNVMe(csi.NVMeOptions{HostNQN: nqn, HostID: id, CtrlLossTimeout: ctrlLoss, ReconnectDelay: reconnect,
 						KeepAliveTimeout: keepAlive, Log: log})
 					log.Info("csi node: NVMe/TCP transport", "host_nqn", nqn)
@@ -116,6 +140,20 @@ makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
 					return err
 				}
 				svc.Node = n
+				// The node follows nexus moves with the agent's path watcher,
+				// under the host identity its own connects use.
+				if transport == "nvme" && followMoves {
+					if len(accessPoints) == 0 {
+						log.Warn("csi node: no --access-points: volumes whose nexus moves are not followed (their path dies with the old node)")
+					} else {
+						cl, err := csiMgmtClient()
+						if err != nil {
+							return err
+						}
+						watcher = agent.New(agent.Config{Host: nvmehost.System(), Volumes: volumeGetter{cl}, HostNQN: usedNQN, HostID: usedID,
+							Interval: agentInterval, CtrlLossTmo: int(ctrlLoss / time.Second), Log: log.With("component", "path-watcher")})
+					}
+				}
 			}
 			svc.Identity = csi.NewIdentity(svc.Controller != nil, ready, log)
 			ln, err := csi.Listen(endpoint)
@@ -124,6 +162,10 @@ makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if watcher != nil {
+				go watcher.Run(ctx)
+				log.Info("csi node: following nexus moves", "interval", agentInterval)
+			}
 			log.Info("csi plugin serving", "driver", csi.DriverName, "mode", mode, "endpoint", endpoint, "node", nodeName)
 			return csi.Serve(ctx, ln, csi.NewServer(svc, log), shutdownGrace)
 		},
@@ -131,10 +173,12 @@ makes an ext4 or xfs file system on a blank volume, mounts it, and grows it.
 	f := cmd.Flags()
 	f.StringVar(&mode, "mode", "", "controller, node, or controller,node (required)")
 	f.StringVar(&endpoint, "endpoint", envOr("CSI_ENDPOINT", "unix:///csi/csi.sock"), "CSI endpoint: unix:///path/csi.sock or tcp://host:port (env CSI_ENDPOINT)")
-	f.StringSliceVarP(&accessPoints, "access-points", "a", splitEnv("NEXSTOR_ACCESS_POINTS"), "controller: the management service's access points, host:port (env NEXSTOR_ACCESS_POINTS)")
-	f.StringVar(&certDir, "cert-dir", envOr("NEXSTOR_CERT_DIR", config.DefaultCertDir), "controller: directory with ca.crt and <identity>.crt/.key from nexstor certgen (env NEXSTOR_CERT_DIR)")
-	f.StringVar(&identity, "identity", "csi", "controller: the certificate to present (<cert-dir>/<identity>.crt)")
-	f.BoolVar(&insecure, "insecure", false, "controller: connect without TLS, to a system started with --insecure")
+	f.StringSliceVarP(&accessPoints, "access-points", "a", splitEnv("NEXSTOR_ACCESS_POINTS"), "the management service's access points, host:port: the controller's volume calls; the node's path watcher (env NEXSTOR_ACCESS_POINTS)")
+	f.StringVar(&certDir, "cert-dir", envOr("NEXSTOR_CERT_DIR", config.DefaultCertDir), "directory with ca.crt and <identity>.crt/.key from nexstor certgen, for the management service (env NEXSTOR_CERT_DIR)")
+	f.StringVar(&identity, "identity", "csi", "the certificate to present to the management service (<cert-dir>/<identity>.crt)")
+	f.BoolVar(&insecure, "insecure", false, "connect to the management service without TLS, to a system started with --insecure")
+	f.BoolVar(&followMoves, "follow-moves", true, "node, --transport nvme, with --access-points: run the path watcher of nexstor agent, which connects the new path when a volume's nexus moves and reports failed paths")
+	f.DurationVar(&agentInterval, "path-interval", agent.DefaultInterval, "node: how often the path watcher looks at the volumes' paths")
 	f.StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "node: this node's name in the Nexstor system, node_name of its server.yaml (env NODE_NAME)")
 	f.StringVar(&stateDir, "state-dir", "/var/lib/nexstor/csi", "node: where the plugin keeps what it staged; must survive restarts")
 	f.StringVar(&transport, "transport", "nvme", "node: how volumes attach: nvme (NVMe/TCP through the kernel), or loop (a local file per volume, for tests)")
