@@ -360,7 +360,7 @@ func TestNodeDrain(t *testing.T) {
 	if got := f.last(t); !proto.Equal(got, &mgmtv1.NodeRequest{Node: "node-2"}) {
 		t.Errorf("request %v", got)
 	}
-	for _, s := range []string{"node node-2 is draining: 3 replicas left to replace on other nodes (1 blocked for now",
+	for _, s := range []string{"node node-2 is draining: 3 replicas left to replace on other nodes, 1 nexus to move (1 blocked for now",
 		"joined,draining", "Blocked:\n  " + blocked + "\n", "Node node-2 still hosts the nexus of 1 volume: a drain does not move them",
 		"nexctl volume publish V --node OTHER"} {
 		if !strings.Contains(r.stdout, s) {

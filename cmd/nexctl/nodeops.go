@@ -177,9 +177,12 @@ func drainHeadline(n nodeView, arg string) string {
 	case d == nil:
 		return fmt.Sprintf("node %s is draining", name)
 	case d.State == "drained":
-		return fmt.Sprintf("node %s is drained: no replica of a volume is left on it", name)
+		return fmt.Sprintf("node %s is drained: no replica or nexus of a volume is left on it", name)
 	}
 	s := fmt.Sprintf("node %s is %s: %s left to replace on other nodes", name, d.State, plural(d.ReplicasLeft, "replica", "replicas"))
+	if d.Nexuses > 0 {
+		s += fmt.Sprintf(", %s to move", plural(d.Nexuses, "nexus", "nexuses"))
+	}
 	if len(d.Blocked) > 0 {
 		s += fmt.Sprintf(" (%d blocked for now, see below)", len(d.Blocked))
 	}
@@ -190,21 +193,22 @@ func (a *app) nodeDrainCmd(s *systemFlags) *cobra.Command {
 	var wait bool
 	cmd := &cobra.Command{
 		Use:   "drain NODE",
-		Short: "Cordon a node and move its replicas to other nodes",
+		Short: "Cordon a node and move its replicas and nexuses to other nodes",
 		Long: `Drain cordons the node (no new replica or nexus goes there) and has the
 management service replace each replica of a volume on it by a new one on
 another node: the new replica is added and copied in full before the old one
-is removed, so no volume has fewer healthy copies on the way. It returns at
-once with the drain's progress; node list shows the node draining, then
-drained. Draining a node again changes nothing. NODE is its name, rank or
-UUID.
+is removed, so no volume has fewer healthy copies on the way. The nexus of
+each volume published on the node moves to another node, as
+` + "`nexctl volume move`" + ` moves it: over NVMe/TCP the old path turns ANA
+inaccessible and the new one is published optimized, so hosts whose multipath
+follows the move (nexstor agent, the CSI node plugin) see no I/O error; an NBD
+client must reconnect to the new address. It returns at once with the
+drain's progress; node list shows the node draining, then drained (no
+replica and no nexus left). Draining a node again changes nothing. NODE is
+its name, rank or UUID.
 
 What a drain does not do (yet):
 
-  - Nexuses the node hosts are not moved: the volumes published there keep
-    their target on the node. Move each one with ` + "`nexctl volume unpublish V`" + `
-    and ` + "`nexctl volume publish V --node OTHER`" + ` before the node goes down,
-    and reconnect its hosts.
   - A volume that is not published is copied through its nexus, so its
     replica is moved when the volume is next published; until then the
     drain lists it as blocked, saying so.

@@ -231,6 +231,21 @@ func (s *Service) healVolume(ctx context.Context, v *volumeRecord) (time.Duratio
 			}
 			return time.Second, nil
 		}
+		// A drain takes the nexus off its node too: a planned move (ANA
+		// inaccessible there, optimized on the new node), so hosts that
+		// follow moves see no error.
+		if target.Draining && v.Op == nil {
+			err := s.startMove(ctx, v, members, nil, fmt.Sprintf("its node %s is being drained", target.DisplayName()))
+			var f *fault.Fault
+			switch {
+			case err == nil:
+				return time.Second, nil
+			case errors.As(err, &f) && f.Code == CodeVolumeNotPlaceable:
+				block("node %s is being drained, and the nexus cannot move: %v", target.DisplayName(), err)
+			default:
+				return 0, err
+			}
+		}
 		if tc, err = s.engineOf(target, v.Target.Node); err != nil {
 			return 0, err
 		}

@@ -662,3 +662,59 @@ func TestNextLook(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainMovesTheNexus: draining the node of a volume's nexus moves the
+// nexus (a planned move) as well as its replica; the node is drained once
+// both are gone, and the data reads back through the new target.
+func TestDrainMovesTheNexus(t *testing.T) {
+	vs, nodes := newHealSystem(t, 4, time.Hour)
+	ctx := context.Background()
+	p, ns := setupPublished(t, vs, nodes, 2)
+	want := fill(0x5d, 16<<20)
+	if _, err := ns.WriteAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	from := healNodeOf(nodes, p.Status.Target.NodeUuid)
+	if _, err := vs.vols().DrainNode(ctx, &mgmtv1.NodeRequest{Node: from.name}); err != nil {
+		t.Fatal(err)
+	}
+	v := passUntil(t, vs, "moved and healed", func(v *mgmtv1.Volume) bool {
+		if v.Status.Target == nil || v.Status.Target.NodeUuid == from.uuid || !healthy(2)(v) {
+			return false
+		}
+		return !slices.ContainsFunc(v.Status.Replicas, func(r *mgmtv1.VolumeReplica) bool { return r.NodeUuid == from.uuid })
+	})
+	if len(events(t, vs, evMove)) != 1 {
+		t.Fatalf("move events: %v", events(t, vs, evMove))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ln, err := vs.vols().ListNodes(ctx, &mgmtv1.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dn *mgmtv1.Node
+		for _, n := range ln.Nodes {
+			if n.Member.Uuid == from.uuid {
+				dn = n
+			}
+		}
+		if dn.Drain.GetState() == "drained" && dn.Drain.Nexuses == 0 && dn.Drain.ReplicasLeft == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drain status: %+v", dn)
+		}
+		if err := vs.svc.VolumePass(ctx); err != nil {
+			t.Log(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if nx, err := from.cl.ListNexuses(ctx, &enginev1.ListNexusesRequest{}); err != nil || len(nx.Nexuses) != 0 {
+		t.Fatalf("the drained node still holds nexuses %v (%v)", nx, err)
+	}
+	checkData(t, connect(t, v), want)
+}

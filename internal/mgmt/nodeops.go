@@ -138,6 +138,7 @@ func (s *Service) drainStatus(ctx context.Context, m *Member, vols []*volumeReco
 		}
 		if v.Target != nil && v.Target.Node == m.UUID {
 			st.Nexuses++
+			on = true
 		}
 		if !on {
 			continue
@@ -152,11 +153,11 @@ func (s *Service) drainStatus(ctx context.Context, m *Member, vols []*volumeReco
 		}
 	}
 	st.State = "draining"
-	if st.ReplicasLeft == 0 {
+	if st.ReplicasLeft == 0 && st.Nexuses == 0 {
 		st.State = "drained"
 		if s.drained.first(m.UUID) {
-			s.event(ctx, evDrained, "", m.DisplayName(), "", "every replica it held was replaced elsewhere",
-				"node %s is drained (%d nexuses still hosted)", m.DisplayName(), st.Nexuses)
+			s.event(ctx, evDrained, "", m.DisplayName(), "", "every replica it held was replaced elsewhere, and every nexus moved",
+				"node %s is drained", m.DisplayName())
 		}
 	}
 	return st
