@@ -135,10 +135,18 @@ type haSystem struct {
 
 func newHASystem(t *testing.T, extra string) *haSystem {
 	t.Helper()
-	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, insecure: true, poolSize: "160MiB", extra: extra})
+	return newHASystemOn(t, extra, false)
+}
+
+// newHASystemOn is newHASystem with, when inNetns, each node in its own
+// network namespace (clusterOptions.netns): the guest reaches each node at
+// its own address, and a node can be partitioned.
+func newHASystemOn(t *testing.T, extra string, inNetns bool) *haSystem {
+	t.Helper()
+	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, insecure: true, poolSize: "160MiB", extra: extra, netns: inNetns})
 	c.start()
 	for _, n := range c.nodes {
-		n.waitLog("waiting in maintenance mode", 30*time.Second)
+		n.waitLog("waiting in maintenance mode", 60*time.Second)
 	}
 	c.mustNexctl("storage", "format", "-l", c.hosts())
 	c.waitMembers("all joined", 60*time.Second, c.allState("joined"))
@@ -166,13 +174,35 @@ func newHASystem(t *testing.T, extra string) *haSystem {
 // extra agent flags.
 func (h *haSystem) guestPrelude(agentFlags ...string) []string {
 	apPort := h.ap.grpc[strings.LastIndex(h.ap.grpc, ":")+1:]
+	agent := "start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2"
+	if h.c.net != nil {
+		agent = "start agent nexstor agent -a " + h.ap.grpc + " --insecure"
+	}
 	return []string{
 		"multipath",
 		"write-file /etc/nvme/hostnqn " + h.hostNQN,
 		"write-file /etc/nvme/hostid " + h.hostID,
-		fmt.Sprintf("connect 10.0.2.2 %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", targetPort(h.p), h.p.Status.Target.NQN, h.hostNQN, h.hostID),
-		"start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2 --interval 500ms --nvme-config-dir /etc/nvme " + strings.Join(agentFlags, " "),
+		fmt.Sprintf("connect %s %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", h.guestAddr(h.p), targetPort(h.p),
+			h.p.Status.Target.NQN, h.hostNQN, h.hostID),
+		agent + " --interval 500ms --nvme-config-dir /etc/nvme " + strings.Join(agentFlags, " "),
 	}
+}
+
+// guestAddr is the address at which the guest reaches the volume's target:
+// the host's (10.0.2.2, QEMU's user networking) for nodes on loopback, the
+// node's own for nodes in namespaces ("" when v has no target).
+func (h *haSystem) guestAddr(v *haVolume) string {
+	if v == nil || v.Status.Target == nil {
+		return ""
+	}
+	if h.c.net == nil {
+		return "10.0.2.2"
+	}
+	u, err := url.Parse(v.Status.Target.URI)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 // TestHANexusNodeLoss: a volume with 3 replicas on 4 `nexstor server
