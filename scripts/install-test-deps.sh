@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real peers that the tests talk to (NBD clients, fio, QEMU,
+# Installs the real peers that the tests talk to (NBD clients, fio, QEMU, nvme-cli,
 # etcd, protoc) from Debian packages when any is missing, and builds
 # kube-apiserver and helm for the Kubernetes tests (build-k8s-test-tools.sh:
 # into a cache outside the repository, about 25 minutes the first time, in
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-pkgs=(fio libnbd-bin nbdkit qemu-utils qemu-system-x86 busybox-static etcd-server etcd-client e2fsprogs xfsprogs cpio xz-utils zstd kmod jq util-linux)
+pkgs=(fio libnbd-bin nbdkit qemu-utils qemu-system-x86 busybox-static etcd-server etcd-client e2fsprogs xfsprogs cpio xz-utils zstd kmod jq util-linux nvme-cli)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

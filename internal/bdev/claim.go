@@ -124,6 +124,15 @@ type Claimed interface {
 // superseded, and by a claim whose epoch is lower than the device's.
 var ErrFenced = errors.New("bdev: fenced: a newer claim holds the device")
 
+// ErrSuperseded is wrapped, besides ErrFenced, by the I/O errors of a
+// device that a newer instance of itself replaced elsewhere (a nexus whose
+// children a newer nexus of the same volume claimed): the I/O was not done
+// here and must be retried where the newer instance serves. A frontend
+// answers it as a path that no longer serves (NVMe: ANA inaccessible,
+// without DNR), so that a multipath host retries on its other paths,
+// never as a reservation conflict, which fails the I/O at the host.
+var ErrSuperseded = errors.New("bdev: superseded: a newer instance of this device serves it elsewhere")
+
 // ErrOwned matches every *OwnedError.
 var ErrOwned = errors.New("bdev: owned by another nexus")
 

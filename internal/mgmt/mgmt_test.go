@@ -202,11 +202,12 @@ func TestHeartbeatsAndChecker(t *testing.T) {
 	}
 	clock.Advance(6 * time.Second)
 	// Every member silent: the leader first doubts itself (cut off?) and
+	// judges nobody until its session (10 s) would have ended, then
 	// grants them one more timeout.
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
 		t.Fatalf("marked %v, %v when every member went silent at once", marked, err)
 	}
-	clock.Advance(6 * time.Second)
+	clock.Advance(16 * time.Second)
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 2 {
 		t.Fatalf("marked %v, %v", marked, err)
 	}
@@ -252,12 +253,17 @@ func TestCheckerGraceAfterElection(t *testing.T) {
 		t.Fatalf("marked %v, %v right after election", marked, err)
 	}
 	// Its only other member silent for the timeout: the leader takes
-	// itself for cut off first, and judges one timeout later.
+	// itself for cut off first, and judges one timeout after its session
+	// (10 s) would have ended.
 	clock.Advance(6 * time.Second)
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
 		t.Fatalf("marked %v, %v when no member was heard", marked, err)
 	}
 	clock.Advance(6 * time.Second)
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("marked %v, %v within the session TTL", marked, err)
+	}
+	clock.Advance(10 * time.Second)
 	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 1 {
 		t.Fatalf("marked %v, %v after the timeout", marked, err)
 	}
@@ -302,6 +308,55 @@ func TestCheckerCutOffLeader(t *testing.T) {
 	marked, err := svc.CheckMembers(ctx)
 	if err != nil || len(marked) != 1 || marked[0] != 1 {
 		t.Fatalf("marked %v, %v; want [1]", marked, err)
+	}
+}
+
+// TestCheckerCutOffLeaderHoldsVerdicts: a leader cut off for longer than
+// two timeouts but less than its session TTL judges nobody meanwhile (its
+// verdicts would be written when the partition heals), and once one member
+// is heard again the others get a whole timeout from then for their
+// heartbeats to catch up.
+func TestCheckerCutOffLeaderHoldsVerdicts(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	cli := startEtcd(t)
+	svc := newService(t, cli, "sys", clock)
+	waitLeader(t, svc)
+	a, b := uuid.New(), uuid.New()
+	for i, id := range []uuid.UUID{a, b} {
+		if _, err := svc.Join(ctx, joinReq("sys", id, fmt.Sprintf("h%d:1", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat := func(id uuid.UUID, rank uint32) {
+		t.Helper()
+		if _, err := svc.Heartbeat(ctx, &mgmtv1.HeartbeatRequest{System: "sys", Uuid: id.String(), Rank: rank}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 { // 12 s cut off: more than two timeouts (5 s), less than the TTL (10 s)
+		clock.Advance(6 * time.Second)
+		if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+			t.Fatalf("a cut-off leader marked %v, %v", marked, err)
+		}
+	}
+	beat(a, 0) // healed: a is heard at once, b's heartbeats lag
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("marked %v, %v as the first member was heard again", marked, err)
+	}
+	clock.Advance(3 * time.Second)
+	beat(a, 0)
+	if marked, err := svc.CheckMembers(ctx); err != nil || len(marked) != 0 {
+		t.Fatalf("marked %v, %v while b's heartbeats catch up", marked, err)
+	}
+	beat(b, 1)
+	for range 3 { // a goes silent while b is heard
+		clock.Advance(2 * time.Second)
+		beat(b, 1)
+	}
+	marked, err := svc.CheckMembers(ctx)
+	if err != nil || len(marked) != 1 || marked[0] != 0 {
+		t.Fatalf("marked %v, %v; want [0]", marked, err)
 	}
 }
 

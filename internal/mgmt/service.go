@@ -113,11 +113,13 @@ type Service struct {
 	heartbeats map[string]int64
 	// lastOther is the last heartbeat (Unix ms) this leader got from a
 	// member other than its own node's. While none came for a whole
-	// timeout (cutOff), this leader is more likely the one cut off than
-	// every other node gone: members are judged from graceFrom (when it
-	// noticed) on, not from before.
-	lastOther, graceFrom int64
-	cutOff               bool
+	// timeout (cutOff, since cutSince), this leader is more likely the one
+	// cut off than every other node gone: it judges nobody until its
+	// session would have ended had it been cut off from etcd too, and
+	// once another member is heard again every member gets a whole
+	// timeout from then (graceFrom).
+	lastOther, graceFrom, cutSince int64
+	cutOff                         bool
 	// reports are the nodes' pool reports, kept in memory: they are live
 	// state, resent by the nodes to every new leader.
 	reports reportCache
@@ -416,9 +418,13 @@ func (s *Service) noteHeartbeat(m *Member, ms int64) {
 // missing heartbeats besides the leader's election: when no member other
 // than the leader's own node has been heard for a whole timeout, although
 // some are expected, the leader takes itself for cut off (a partition of
-// its node: its own heartbeats still arrive) and grants every member a
-// new timeout from when it noticed, so that it does not condemn them all
-// (and move the nexuses they serve) the moment its writes go through again.
+// its node: its own heartbeats still arrive). It then judges nobody for
+// SessionTTL (a leader really cut off loses its session meanwhile, and its
+// verdicts could only be late: written when the partition heals, against
+// members whose heartbeats have not caught up yet); after that, members
+// are judged a timeout later, as gone. Once another member is heard again,
+// every member gets a whole timeout from then, so that it does not condemn
+// them (and move the nexuses they serve) before their heartbeats resume.
 func (s *Service) judgedFrom(now int64, all []*Member) int64 {
 	others := false
 	for _, m := range all {
@@ -430,12 +436,14 @@ func (s *Service) judgedFrom(now int64, all []*Member) int64 {
 	defer s.mu.Unlock()
 	if others && now-s.lastOther > s.cfg.HeartbeatTimeout.Milliseconds() {
 		if !s.cutOff {
-			s.cutOff, s.graceFrom = true, now
-			s.log.Warn("no heartbeat from any other member for the heartbeat timeout: this replica may be the one cut off; " +
-				"members get another timeout before they are judged")
+			s.cutOff, s.cutSince = true, now
+			s.log.Warn("no heartbeat from any other member for the heartbeat timeout: this replica may be the one cut off; "+
+				"members are not judged until its session would have ended, and get another timeout then",
+				"session_ttl_s", s.cfg.SessionTTL)
 		}
-	} else {
-		s.cutOff = false
+		s.graceFrom = max(s.graceFrom, min(now, s.cutSince+int64(s.cfg.SessionTTL)*1000))
+	} else if s.cutOff {
+		s.cutOff, s.graceFrom = false, max(s.graceFrom, now)
 	}
 	return s.graceFrom
 }

@@ -91,7 +91,7 @@ func (n *Nexus) fence(cause error) error {
 }
 
 func (n *Nexus) fencedErr() error {
-	return fmt.Errorf("nexus %s: %w: %w", n.name, ErrFencedNexus, bdev.ErrFenced)
+	return fmt.Errorf("nexus %s: %w: %w: %w", n.name, ErrFencedNexus, bdev.ErrFenced, bdev.ErrSuperseded)
 }
 
 // stoppedErr is the error of every operation once the nexus stopped serving
@@ -101,6 +101,11 @@ func (n *Nexus) stoppedErr() error {
 		return n.fencedErr()
 	}
 	if n.failed.Load() {
+		// A store that named a newer instance (bdev.ErrSuperseded) stays
+		// in the error: a frontend sends the host to its other paths.
+		if p := n.failCause.Load(); p != nil && errors.Is(*p, bdev.ErrSuperseded) {
+			return fmt.Errorf("nexus %s: %w: %w", n.name, ErrNexusFailed, *p)
+		}
 		return fmt.Errorf("nexus %s: %w", n.name, ErrNexusFailed)
 	}
 	return nil

@@ -3,6 +3,8 @@ package nexus
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,6 +188,48 @@ func TestStoreFailureStopsNexus(t *testing.T) {
 	// The store still says all three are current, so a recreated nexus
 	// would read child 2, which missed version 2: that is why version 2
 	// must not have been acknowledged, and was not.
+}
+
+// supersededStore refuses every save, once armed, as a store that holds
+// a newer instance's record does.
+type supersededStore struct {
+	HealthStore
+	armed atomic.Bool
+}
+
+func (s *supersededStore) Save(ctx context.Context, rec HealthRecord) error {
+	if s.armed.Load() {
+		return fmt.Errorf("a newer nexus saved: %w", bdev.ErrSuperseded)
+	}
+	return s.HealthStore.Save(ctx, rec)
+}
+
+// A store that names a newer instance (bdev.ErrSuperseded) stops the nexus
+// as any store failure does, and its I/O errors, later ones too, say
+// superseded (a frontend sends the host to its other paths); a store that
+// is only down does not say so.
+func TestSupersededStoreSaysSo(t *testing.T) {
+	for _, superseded := range []bool{true, false} {
+		ss := &supersededStore{HealthStore: NewMemStore()}
+		fs := &failingStore{HealthStore: NewMemStore()}
+		var st HealthStore = fs
+		if superseded {
+			st = ss
+		}
+		r := newRig(t, 2, testSize, Config{Store: st})
+		ss.armed.Store(true)
+		fs.armed.Store(true)
+		r.faults[r.uris[1]].AddRule(faulty.Rule{Ops: faulty.OpWrite})
+		buf := make([]byte, 4096)
+		_, err := r.nx.WriteAt(buf, 0)
+		if !errors.Is(err, ErrNexusFailed) || errors.Is(err, bdev.ErrSuperseded) != superseded {
+			t.Fatalf("superseded %v: write needing the store: %v", superseded, err)
+		}
+		_, err = r.nx.ReadAt(buf, 0)
+		if !errors.Is(err, ErrNexusFailed) || errors.Is(err, bdev.ErrSuperseded) != superseded {
+			t.Fatalf("superseded %v: later read: %v", superseded, err)
+		}
+	}
 }
 
 // A read failure needs the store too before the data is served.

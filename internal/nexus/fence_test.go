@@ -274,13 +274,14 @@ func TestFencedNexusStops(t *testing.T) {
 
 	stamp(buf, 0, 2)
 	_, err := old.WriteAt(buf, 0)
-	if !errors.Is(err, ErrFencedNexus) || !errors.Is(err, bdev.ErrFenced) {
+	// Superseded too: a frontend sends the host to its other paths.
+	if !errors.Is(err, ErrFencedNexus) || !errors.Is(err, bdev.ErrFenced) || !errors.Is(err, bdev.ErrSuperseded) {
 		t.Fatalf("write through the fenced instance: %v", err)
 	}
 	if !old.Fenced() || !old.Failed() {
 		t.Fatal("the fenced instance does not say so")
 	}
-	if _, err := old.ReadAt(buf, 0); !errors.Is(err, ErrFencedNexus) {
+	if _, err := old.ReadAt(buf, 0); !errors.Is(err, ErrFencedNexus) || !errors.Is(err, bdev.ErrSuperseded) {
 		t.Fatalf("later read: %v", err)
 	}
 	if err := old.Flush(); !errors.Is(err, ErrFencedNexus) {

@@ -116,7 +116,8 @@ var (
 	// reported that a newer claim holds it (bdev.ErrFenced): a newer
 	// instance of this nexus, elsewhere, owns the children. This one never
 	// writes the health store again (the record is the newer one's now);
-	// close it. Errors that wrap it also wrap bdev.ErrFenced.
+	// close it. Errors that wrap it also wrap bdev.ErrFenced and
+	// bdev.ErrSuperseded (a host retries such I/O on the newer instance).
 	ErrFencedNexus = errors.New("nexus: fenced: a newer instance of this nexus holds its children; this one stopped serving and must be closed")
 	// ErrIdentityChanged is returned by OnlineChild when the device behind
 	// the child's URI is another replica than the one recorded (destroyed

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,7 +37,11 @@ const (
 type chaosFault struct {
 	kill   bool // SIGKILL and restart; else partition and heal
 	leader bool // the management service's leader; else a replica node
-	long   bool
+	// nexus: the node serving the nexus of the guest's volume (which
+	// fails over; the guest's multipath and agent follow); it takes
+	// precedence over leader.
+	nexus bool
+	long  bool
 }
 
 func (f chaosFault) String() string {
@@ -43,9 +49,12 @@ func (f chaosFault) String() string {
 	if f.kill {
 		s = "kill"
 	}
-	if f.leader {
+	switch {
+	case f.nexus:
+		s += " nexus node"
+	case f.leader:
 		s += " leader"
-	} else {
+	default:
 		s += " replica node"
 	}
 	if f.long {
@@ -55,13 +64,19 @@ func (f chaosFault) String() string {
 }
 
 // chaosRun injects faults into a system, one at a time, never into a
-// protected node (the one serving the published volumes).
+// protected node (the one serving the NBD volume, which has no multipath).
 type chaosRun struct {
 	t         *testing.T
 	c         *cluster
 	rng       *rand.Rand
 	log       *timeline
 	protected map[*node]bool
+	// nexusVol is the volume whose nexus's node the nexus faults take.
+	nexusVol string
+	// nexusRNG places the nexus faults in the schedule, apart from rng so
+	// that a seed gives the other faults the kinds and order it gave
+	// before nexus faults were added.
+	nexusRNG *rand.Rand
 }
 
 // outage picks how long a faulted node stays away.
@@ -75,7 +90,12 @@ func (h *chaosRun) outage(f chaosFault) time.Duration {
 // victim picks the node for f: the leader, or a node holding a replica of
 // a volume; never a protected node.
 func (h *chaosRun) victim(f chaosFault) *node {
-	if f.leader {
+	if f.nexus {
+		if n := h.nexusNode(); n != nil && !h.protected[n] {
+			return n
+		}
+		h.log.add("the nexus of %s is on a protected node or unknown; a replica node instead", h.nexusVol)
+	} else if f.leader {
 		if l := h.c.leader(); !h.protected[l] {
 			return l
 		}
@@ -99,6 +119,20 @@ func (h *chaosRun) victim(f chaosFault) *node {
 		h.t.Fatalf("no replica node to fault: %+v", l)
 	}
 	return cands[h.rng.IntN(len(cands))]
+}
+
+// nexusNode is the node serving h.nexusVol's nexus (nil when unknown).
+func (h *chaosRun) nexusNode() *node {
+	l, err := h.c.volumeList("20s")
+	if err != nil {
+		h.t.Fatalf("volume list: %v", err)
+	}
+	for _, v := range l {
+		if v.Spec.Name == h.nexusVol && v.Status.Target != nil {
+			return h.c.nodeByName(v.Status.Target.Node)
+		}
+	}
+	return nil
 }
 
 // inject applies f, waits out the outage, ends it, and waits (bounded)
@@ -138,8 +172,9 @@ func (h *chaosRun) schedule(soak time.Duration) func() (chaosFault, bool) {
 	if soak > 0 {
 		end := time.Now().Add(soak)
 		return func() (chaosFault, bool) {
-			return chaosFault{kill: h.rng.IntN(2) == 0, leader: h.rng.IntN(3) == 0, long: h.rng.IntN(3) == 0},
-				time.Now().Before(end)
+			f := chaosFault{kill: h.rng.IntN(2) == 0, leader: h.rng.IntN(3) == 0, long: h.rng.IntN(3) == 0}
+			f.nexus = h.nexusRNG.IntN(4) == 0
+			return f, time.Now().Before(end)
 		}
 	}
 	faults := []chaosFault{
@@ -151,6 +186,10 @@ func (h *chaosRun) schedule(soak time.Duration) func() (chaosFault, bool) {
 		{leader: true},
 	}
 	h.rng.Shuffle(len(faults), func(i, j int) { faults[i], faults[j] = faults[j], faults[i] })
+	for _, f := range []chaosFault{{kill: true, nexus: true}, {nexus: true}} {
+		at := h.nexusRNG.IntN(len(faults) + 1)
+		faults = slices.Insert(faults, at, f)
+	}
 	i := 0
 	return func() (chaosFault, bool) {
 		if i == len(faults) {
@@ -186,15 +225,19 @@ func chaosSeed(t *testing.T) (uint64, time.Duration) {
 // TestChaos: five nodes, each in its own network namespace (three of them
 // access points with embedded etcd), serve two volumes of three replicas:
 // one over NBD to fio on the host, one over NVMe/TCP to the Linux kernel in
-// a QEMU guest, where fio runs on ext4. Meanwhile replica nodes and the
-// management service's leader are killed and partitioned, for less and
-// for more than rebuild.partial_wait, at random from a printed seed
-// (NEXSTOR_CHAOS_SEED forces one). The node serving the volumes is left
-// alone. Afterwards: fio verified everything it wrote, the file system is
-// clean, every volume has three healthy identical replicas again, nothing
-// is left orphaned, and no volume was ever without a healthy replica.
+// a QEMU guest (native multipath, `nexstor agent` following the volume's
+// moves), where fio runs on ext4. Meanwhile replica nodes, the management
+// service's leader and the node serving the guest's volume's nexus are
+// killed and partitioned, for less and for more than
+// rebuild.partial_wait, at random from a printed seed (NEXSTOR_CHAOS_SEED
+// forces one); the guest's volume fails over and the guest's paths follow.
+// The node serving the NBD volume (NBD has no multipath) is left alone.
+// Afterwards: fio verified everything it wrote, the file system is clean,
+// every volume has three healthy identical replicas again, nothing is left
+// orphaned (no stale nexus either), and no volume was ever without a
+// healthy replica.
 //
-// The short schedule (six faults) takes about 5 minutes;
+// The short schedule (eight faults) takes about 6 minutes;
 // NEXSTOR_CHAOS_DURATION makes it a soak (`make chaos`).
 func TestChaos(t *testing.T) {
 	testutil.RequireTool(t, "fio")
@@ -212,7 +255,10 @@ func TestChaos(t *testing.T) {
 	c.keepLogs(seed)
 	aps := strings.Join(c.aps, ",")
 	hub := c.nodes[4] // not an access point: never the leader
-	log.add("system up on %s; volumes served by %s", c.net.Subnet(), hub.name)
+	// The guest's volume is served by node3 first (not an access point
+	// either); its nexus's node is faulted too and the nexus moves.
+	first := c.nodes[3]
+	log.add("system up on %s; hostvol served by %s, guestvol by %s first", c.net.Subnet(), hub.name, first.name)
 	c.volume("create", "hostvol", "--size", "64MiB", "--replicas", "3")
 	c.volume("create", "guestvol", "--size", "64MiB", "--replicas", "3")
 
@@ -238,8 +284,9 @@ func TestChaos(t *testing.T) {
 
 	// The kernel's NVMe/TCP initiator in the guest: ext4 and fio on it,
 	// running while the host injects faults (the barrier "chaos").
-	hostNQN := "nqn.2014-08.org.nvmexpress:uuid:" + uuid.NewString()
-	q := c.volume("publish", "guestvol", "--node", hub.name, "--host-nqn", hostNQN)
+	hostID := uuid.NewString()
+	hostNQN := "nqn.2014-08.org.nvmexpress:uuid:" + hostID
+	q := c.volume("publish", "guestvol", "--node", first.name, "--host-nqn", hostNQN)
 	u, err := url.Parse(q.Status.Target.URI)
 	if err != nil {
 		t.Fatal(err)
@@ -260,18 +307,34 @@ func TestChaos(t *testing.T) {
 		<-chaosEnd
 		return nil
 	}
+	// Native multipath, and `nexstor agent` (with the csi certificate)
+	// connecting the new path when the nexus moves and dropping the old.
+	const certDir = "/etc/nexstor-certs"
+	files := map[string][]byte{}
+	for _, f := range []string{"ca.crt", "csi.crt", "csi.key"} {
+		b, err := os.ReadFile(filepath.Join(c.certs, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[certDir+"/"+f] = b
+	}
 	script := []string{
-		fmt.Sprintf("connect %s %s %s %s reconnect_delay=1", u.Hostname(), u.Port(), q.Status.Target.NQN, hostNQN),
+		"multipath",
+		"write-file /etc/nvme/hostnqn " + hostNQN,
+		"write-file /etc/nvme/hostid " + hostID,
+		fmt.Sprintf("connect %s %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", u.Hostname(), u.Port(), q.Status.Target.NQN,
+			hostNQN, hostID),
+		"start agent nexstor agent -a " + aps + " --cert-dir " + certDir + " --interval 500ms --nvme-config-dir /etc/nvme",
 		"mkfs $DEV", "mount $DEV /mnt/v",
 		"start fio fio --name=chaos-guest --directory=/mnt/v --size=24m --rw=randwrite --bs=4k --ioengine=psync" +
 			" --fsync=16 --verify=crc32c --verify_backlog=64 --verify_fatal=1 --randrepeat=0 --time_based --runtime=24h",
 		"sleep 3s", "running fio",
 		"barrier chaos",
-		"running fio", "stop fio",
-		"umount /mnt/v", "fsck $DEV", "disconnect $CTRL",
+		"running fio", "stop fio", "running agent", "stop agent",
+		"umount /mnt/v", "fsck $DEV",
 	}
-	vm := env.Boot(t, qemuvm.Config{Script: script, Barrier: barrier, Programs: []string{"fio"},
-		Timeout: soak + 15*time.Minute})
+	vm := env.Boot(t, qemuvm.Config{Script: script, Barrier: barrier, Files: files,
+		Programs: []string{"fio", testutil.BuildBinary(t, "nexstor")}, Timeout: soak + 15*time.Minute})
 	t.Cleanup(endChaos) // before the guest's own cleanup waits for it
 	var res *qemuvm.Result
 	var vmErr error
@@ -292,7 +355,8 @@ func TestChaos(t *testing.T) {
 	// The faults, one at a time.
 	mon := c.startMonitor(time.Second)
 	h := &chaosRun{t: t, c: c, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), log: log,
-		protected: map[*node]bool{hub: true}}
+		protected: map[*node]bool{hub: true}, nexusVol: "guestvol",
+		nexusRNG: rand.New(rand.NewPCG(seed^0x6a09e667f3bcc908, seed))}
 	next := h.schedule(soak)
 	faults := 0
 	for f, ok := next(); ok; f, ok = next() {

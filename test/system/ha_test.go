@@ -19,7 +19,8 @@ import (
 
 // nodeFault takes a node away from the system in one way: cut does it and
 // returns restore, which brings the node back (it rejoins). Killing and
-// freezing are here; a network partition plugs in the same way.
+// freezing are here; a network partition (partitionNode) plugs in the
+// same way.
 type nodeFault struct {
 	name string
 	cut  func(t *testing.T, n *node) (restore func())
@@ -135,10 +136,18 @@ type haSystem struct {
 
 func newHASystem(t *testing.T, extra string) *haSystem {
 	t.Helper()
-	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, insecure: true, poolSize: "160MiB", extra: extra})
+	return newHASystemOn(t, extra, false)
+}
+
+// newHASystemOn is newHASystem with, when inNetns, each node in its own
+// network namespace (clusterOptions.netns): the guest reaches each node at
+// its own address, and a node can be partitioned.
+func newHASystemOn(t *testing.T, extra string, inNetns bool) *haSystem {
+	t.Helper()
+	c := newCluster(t, clusterOptions{nodes: 4, accessPoints: 1, insecure: true, poolSize: "160MiB", extra: extra, netns: inNetns})
 	c.start()
 	for _, n := range c.nodes {
-		n.waitLog("waiting in maintenance mode", 30*time.Second)
+		n.waitLog("waiting in maintenance mode", 60*time.Second)
 	}
 	c.mustNexctl("storage", "format", "-l", c.hosts())
 	c.waitMembers("all joined", 60*time.Second, c.allState("joined"))
@@ -166,13 +175,35 @@ func newHASystem(t *testing.T, extra string) *haSystem {
 // extra agent flags.
 func (h *haSystem) guestPrelude(agentFlags ...string) []string {
 	apPort := h.ap.grpc[strings.LastIndex(h.ap.grpc, ":")+1:]
+	agent := "start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2"
+	if h.c.net != nil {
+		agent = "start agent nexstor agent -a " + h.ap.grpc + " --insecure"
+	}
 	return []string{
 		"multipath",
 		"write-file /etc/nvme/hostnqn " + h.hostNQN,
 		"write-file /etc/nvme/hostid " + h.hostID,
-		fmt.Sprintf("connect 10.0.2.2 %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", targetPort(h.p), h.p.Status.Target.NQN, h.hostNQN, h.hostID),
-		"start agent nexstor agent -a 10.0.2.2:" + apPort + " --insecure --address-map 127.0.0.1=10.0.2.2 --interval 500ms --nvme-config-dir /etc/nvme " + strings.Join(agentFlags, " "),
+		fmt.Sprintf("connect %s %s %s %s hostid=%s reconnect_delay=1 ctrl_loss_tmo=600", h.guestAddr(h.p), targetPort(h.p),
+			h.p.Status.Target.NQN, h.hostNQN, h.hostID),
+		agent + " --interval 500ms --nvme-config-dir /etc/nvme " + strings.Join(agentFlags, " "),
 	}
+}
+
+// guestAddr is the address at which the guest reaches the volume's target:
+// the host's (10.0.2.2, QEMU's user networking) for nodes on loopback, the
+// node's own for nodes in namespaces ("" when v has no target).
+func (h *haSystem) guestAddr(v *haVolume) string {
+	if v == nil || v.Status.Target == nil {
+		return ""
+	}
+	if h.c.net == nil {
+		return "10.0.2.2"
+	}
+	u, err := url.Parse(v.Status.Target.URI)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 // TestHANexusNodeLoss: a volume with 3 replicas on 4 `nexstor server
@@ -180,7 +211,8 @@ func (h *haSystem) guestPrelude(agentFlags ...string) []string {
 // NVMe multipath with `nexstor agent` following the volume, ext4 on it and
 // fio writing and verifying all along. The nexus's node is SIGKILLed (the
 // volume fails over), then the volume is moved on purpose (the guest sees
-// the old path ANA inaccessible and the new one optimized at once), then
+// the old path ANA inaccessible and the new one optimized at once, in
+// sysfs and in nvme-cli's `nvme list-subsys`), then
 // the nexus's node is frozen with SIGSTOP until the volume has failed over
 // and let go with SIGCONT (its nexus's late writes are fenced). fio sees
 // no I/O error, its verification passes (online, and over a whole file
@@ -193,6 +225,7 @@ func (h *haSystem) guestPrelude(agentFlags ...string) []string {
 func TestHANexusNodeLoss(t *testing.T) {
 	env := qemuvm.Require(t)
 	testutil.RequireTool(t, "fio")
+	testutil.RequireTool(t, "nvme")
 	h := newHASystem(t, "move: {grace: 15s}\n")
 	c, ap, aps := h.c, h.ap, h.aps
 
@@ -359,6 +392,7 @@ func TestHANexusNodeLoss(t *testing.T) {
 		"wait-path 10.0.2.2 $OLD inaccessible",
 		"wait-path 10.0.2.2 $NEW optimized",
 		"paths",
+		"run nvme list-subsys -o json $DEV",
 		"barrier moved",
 		"wait-path 10.0.2.2 $OLD gone",
 		"running fio",
@@ -383,7 +417,7 @@ func TestHANexusNodeLoss(t *testing.T) {
 		"barrier verify",
 	)
 	vm := env.Boot(t, qemuvm.Config{
-		Programs:    []string{"fio", testutil.BuildBinary(t, "nexstor")},
+		Programs:    []string{"fio", "nvme", testutil.BuildBinary(t, "nexstor")},
 		BarrierVars: barrier,
 		Timeout:     15 * time.Minute,
 		Script:      script,
@@ -420,6 +454,11 @@ func TestHANexusNodeLoss(t *testing.T) {
 		t.Errorf("paths during the move: %v, want %s inaccessible and %s optimized:\n%s", states, moves[0].from, moves[0].to,
 			stepOutput(res, "paths"))
 	}
+	// The same, as nvme-cli reports it.
+	listed := stepOutput(res, "run")
+	if st := listSubsysANA(t, listed); st[moves[0].from] != "inaccessible" || st[moves[0].to] != "optimized" {
+		t.Errorf("nvme list-subsys during the move: %v, want %s inaccessible and %s optimized:\n%s", st, moves[0].from, moves[0].to, listed)
+	}
 
 	// fio: no error, it both wrote and verified; the whole-file checks
 	// passed (the steps did not fail).
@@ -431,7 +470,12 @@ func TestHANexusNodeLoss(t *testing.T) {
 		t.Errorf("fio did not both write and verify: %q", m)
 	}
 	for _, name := range []string{"wait", "run"} {
-		if o := stepOutput(res, name); !strings.Contains(o, "err= 0") || strings.Contains(o, "verify:") {
+		// The last of each: the first "run" is nvme list-subsys.
+		o := ""
+		if s := res.StepsNamed(name); len(s) > 0 {
+			o = strings.Join(s[len(s)-1].Output, "\n")
+		}
+		if !strings.Contains(o, "err= 0") || strings.Contains(o, "verify:") {
 			t.Errorf("%s (the whole-file fio): %s", name, o)
 		}
 	}
@@ -440,6 +484,46 @@ func TestHANexusNodeLoss(t *testing.T) {
 			t.Errorf("the kernel reported %q", bad)
 		}
 	}
+}
+
+// listSubsysANA reads the JSON of `nvme list-subsys -o json NSDEV`
+// (nvme-cli 2.x: host, subsystems, paths) and returns each path's ANA
+// state by its port (trsvcid). Any object with an "Address" and an
+// "ANAState" is a path, wherever it sits.
+func listSubsysANA(t *testing.T, out string) map[string]string {
+	t.Helper()
+	states := map[string]string{}
+	i := strings.IndexAny(out, "[{")
+	if i < 0 {
+		t.Errorf("nvme list-subsys: no JSON in %q", out)
+		return states
+	}
+	var v any
+	if err := json.Unmarshal([]byte(out[i:]), &v); err != nil {
+		t.Errorf("nvme list-subsys: %v: %s", err, out)
+		return states
+	}
+	portRE := regexp.MustCompile(`trsvcid=(\d+)`)
+	var walk func(any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		case map[string]any:
+			addr, _ := x["Address"].(string)
+			ana, _ := x["ANAState"].(string)
+			if m := portRE.FindStringSubmatch(addr); m != nil && ana != "" {
+				states[m[1]] = ana
+			}
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	walk(v)
+	return states
 }
 
 // kernelLines returns the console lines of the kernel's NVMe host, block

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
 	"github.com/nexstor/nexstor/internal/nexus"
@@ -36,8 +37,10 @@ const CodeStaleGeneration = "health.stale_generation"
 
 // ErrStale is wrapped by the error of a Save that lost its compare: another
 // nexus of the same volume saved a newer record, so this nexus is not the
-// volume's current one and must not serve it. Match it with errors.Is.
-var ErrStale = errors.New("another nexus of the same volume saved a newer health record: this nexus is stale and must stop serving (destroy it; the volume's current nexus serves it)")
+// volume's current one and must not serve it. Match it with errors.Is. It
+// wraps bdev.ErrSuperseded: the nexus's frontend sends hosts to their
+// other paths, where the current nexus serves.
+var ErrStale = fmt.Errorf("another nexus of the same volume saved a newer health record: this nexus is stale and must stop serving (destroy it; the volume's current nexus serves it): %w", bdev.ErrSuperseded)
 
 // Store is a nexus.HealthStore kept by the management service. It is safe
 // for concurrent use (as is the client). Every method honours its

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/fault/faultgrpc"
 	"github.com/nexstor/nexstor/internal/mgmt/mgmtclient"
@@ -188,8 +189,8 @@ func TestSaveStale(t *testing.T) {
 		old := record(gen, 1)
 		old.Children[0].State = nexus.StateFaulted
 		err := s.Save(ctx(t), old)
-		if !errors.Is(err, ErrStale) {
-			t.Fatalf("stale save of generation %d: %v, want ErrStale", gen, err)
+		if !errors.Is(err, ErrStale) || !errors.Is(err, bdev.ErrSuperseded) {
+			t.Fatalf("stale save of generation %d: %v, want ErrStale (and bdev.ErrSuperseded)", gen, err)
 		}
 		if !strings.Contains(err.Error(), "another nexus of the same volume saved a newer") || !strings.Contains(err.Error(), id) {
 			t.Errorf("stale save: %q does not say why or name the nexus", err)

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -543,4 +545,68 @@ func FuzzANALogRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fencedDevice fails every write with the error set last (none: nil).
+type fencedDevice struct {
+	bdev.Device
+	mu  sync.Mutex
+	err error
+}
+
+func (d *fencedDevice) set(err error) {
+	d.mu.Lock()
+	d.err = err
+	d.mu.Unlock()
+}
+
+func (d *fencedDevice) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	err := d.err
+	d.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return d.Device.WriteAt(p, off)
+}
+
+// TestSupersededDeviceReportsInaccessible: a device superseded by a newer
+// instance elsewhere (a fenced nexus: bdev.ErrSuperseded) fails the I/O
+// with ANA inaccessible, without DNR, so that a multipath host retries it
+// on another path, and the subsystem reports itself inaccessible from then
+// on (ANA log and later commands); a device that is only fenced (a
+// replica whose claim a newer nexus took) still answers a reservation
+// conflict, which the nexus's initiator reads as the fence.
+func TestSupersededDeviceReportsInaccessible(t *testing.T) {
+	mem, _ := bdev.NewMalloc(1<<20, 4096)
+	dev := &fencedDevice{Device: mem}
+	_, sub, addr := serveWith(t, SubsystemOptions{}, dev)
+	h := newHost(t, addr)
+	data := bytes.Repeat([]byte{0x42}, 4096)
+	wantStatus(t, "write", h.io.rw(true, 1, data), nvme.StatusSuccess)
+
+	dev.set(fmt.Errorf("replica: %w", bdev.ErrFenced))
+	wantStatus(t, "fenced write", h.io.rw(true, 1, data), nvme.StatusReservationConflict)
+	if st := sub.ANAState(); st != nvme.ANAOptimized {
+		t.Fatalf("a fenced (not superseded) device changed the state to %v", st)
+	}
+
+	dev.set(fmt.Errorf("nexus: %w: %w", bdev.ErrFenced, bdev.ErrSuperseded))
+	st := h.io.rw(true, 1, data)
+	wantStatus(t, "superseded write", st, nvme.StatusANAInaccessible)
+	if st&nvme.DNR != 0 {
+		t.Fatalf("superseded write: status %#x has DNR", st)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for sub.ANAState() != nvme.ANAInaccessible {
+		if time.Now().After(deadline) {
+			t.Fatalf("the subsystem still reports %v after a superseded write", sub.ANAState())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if g := sub.anaLog(); len(g.Groups) != 1 || g.Groups[0].State != nvme.ANAInaccessible {
+		t.Fatalf("ANA log %+v", g)
+	}
+	dev.set(nil)
+	wantStatus(t, "read after", h.io.rw(false, 1, make([]byte, 4096)), nvme.StatusANAInaccessible)
 }

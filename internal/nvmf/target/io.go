@@ -1,6 +1,7 @@
 package target
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 
@@ -24,6 +25,18 @@ func (c *controller) io(r *request) {
 		return
 	}
 	c.ioAccessible(r)
+	if r.status == nvme.StatusANAInaccessible && s.ANAState().Accessible() {
+		// The device was superseded (devStatus): from now on the whole
+		// subsystem reports inaccessible, in its ANA log too, so that the
+		// host, rereading the log after this status, keeps its I/O on its
+		// other paths. SetANAState waits for the I/O under way, this
+		// command included: it runs on its own.
+		go func() {
+			if err := s.SetANAState(context.Background(), nvme.ANAInaccessible); err != nil {
+				s.t.log.Warn("nvmf: could not report a superseded subsystem inaccessible", "subnqn", s.nqn, "err", err)
+			}
+		}()
+	}
 	s.inflight.Add(-1)
 }
 
@@ -202,6 +215,11 @@ func devStatus(err error, ioStatus nvme.Status) nvme.Status {
 		return nvme.StatusInvalidField
 	case errors.Is(err, bdev.ErrClosed):
 		return nvme.StatusNamespaceNotReady
+	case errors.Is(err, bdev.ErrSuperseded):
+		// A newer instance serves the namespace on another path: the host
+		// retries there (no DNR); never a reservation conflict, which
+		// fails the I/O at the host.
+		return nvme.StatusANAInaccessible
 	case errors.Is(err, bdev.ErrFenced), errors.Is(err, bdev.ErrOwned):
 		// What NVMe answers a host that a reservation fences.
 		return nvme.StatusReservationConflict

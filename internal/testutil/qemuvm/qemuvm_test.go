@@ -126,7 +126,7 @@ func TestResultParse(t *testing.T) {
 // TestBootSelfCheck proves the harness end to end in one boot: the kernel
 // loads the NVMe/TCP, ext4 and virtio-net modules from the initramfs, the
 // guest reaches a listener on the host's loopback, barriers reach the host,
-// e2fsprogs work on a RAM disk, O_DIRECT patterns round-trip, and a failing
+// Config.Files are in place, e2fsprogs work on a RAM disk, O_DIRECT patterns round-trip, and a failing
 // step is reported as such.
 func TestBootSelfCheck(t *testing.T) {
 	env := Require(t)
@@ -160,10 +160,12 @@ func TestBootSelfCheck(t *testing.T) {
 	var barriers []string
 	vm := env.Boot(t, Config{
 		Modules: []string{"brd rd_nr=1 rd_size=65536"},
+		Files:   map[string][]byte{"/etc/selfcheck/data": []byte("files-reach-the-guest\n")},
 		Script: []string{
 			"run test -c /dev/nvme-fabrics",
 			"run test -d /sys/module/nvme_tcp",
 			"run test -d /sys/module/ext4",
+			"run grep -qx files-reach-the-guest /etc/selfcheck/data",
 			fmt.Sprintf("dial 10.0.2.2 %d hello-from-guest", port),
 			"barrier net-ok",
 			"pattern-write /dev/ram0 50331648 8388608 11",

@@ -69,6 +69,9 @@ type Config struct {
 	// /etc/ld.so.cache), for steps such as "start load fio ...". Check
 	// for them with testutil.RequireTool first: a missing one fails Boot.
 	Programs []string
+	// Files are put into the guest at their paths (absolute, in the
+	// guest), mode 0600: what a program there reads, such as certificates.
+	Files map[string][]byte
 	// Barrier is called, on its own goroutine, when the script reaches a
 	// "barrier NAME" step; the step waits until it returns and fails with
 	// its error. Nil answers every barrier at once. Being off the test's
@@ -425,6 +428,9 @@ func (e *Env) writeInitrd(path string, cfg Config, ctlPort int) error {
 	w := newCPIOWriter(&extra)
 	w.File("nexstor/script", 0o644, []byte(strings.Join(cfg.Script, "\n")+"\n"))
 	w.File("nexstor/ctl", 0o644, []byte(fmt.Sprintf("10.0.2.2:%d\n", ctlPort)))
+	for _, name := range slices.Sorted(maps.Keys(cfg.Files)) {
+		w.File(name, 0o600, cfg.Files[name])
+	}
 
 	base, err := e.modules.order(baseModules, optionalModules)
 	if err != nil {
