@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"google.golang.org/grpc/status"
 	"net"
 	"regexp"
 	"strings"
@@ -70,6 +71,12 @@ func (f *fakeVolumes) record(ctx context.Context, req proto.Message) error {
 	f.mu.Unlock()
 	if f.hold != nil {
 		f.hold(ctx)
+		// A service held past the caller's deadline does not answer
+		// success: the deadline is what the caller must see, whichever
+		// side notices it first.
+		if cerr := ctx.Err(); cerr != nil {
+			return status.FromContextError(cerr).Err()
+		}
 	}
 	return err
 }
