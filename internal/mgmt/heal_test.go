@@ -497,29 +497,7 @@ func TestSetReplicasAndDrain(t *testing.T) {
 		return true
 	})
 	// Drained once the replaced replica is destroyed too.
-	drainDeadline := time.Now().Add(30 * time.Second)
-	for {
-		ln, err := vs.vols().ListNodes(ctx, &mgmtv1.ListNodesRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var dn *mgmtv1.Node
-		for _, n := range ln.Nodes {
-			if n.Member.Uuid == drain.uuid {
-				dn = n
-			}
-		}
-		if dn.Drain.GetState() == "drained" && dn.Drain.ReplicasLeft == 0 && dn.Member.Draining && dn.Member.Cordoned {
-			break
-		}
-		if time.Now().After(drainDeadline) {
-			t.Fatalf("drain status: %+v", dn)
-		}
-		if err := vs.svc.VolumePass(ctx); err != nil {
-			t.Log(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitDrained(t, vs, drain)
 	if rr, err := drain.cl.ListReplicas(ctx, &enginev1.ListReplicasRequest{}); err != nil || len(rr.Replicas) != 0 {
 		t.Fatalf("the drained node still holds %v (%v)", rr, err)
 	}
@@ -690,6 +668,18 @@ func TestDrainMovesTheNexus(t *testing.T) {
 	if len(events(t, vs, evMove)) != 1 {
 		t.Fatalf("move events: %v", events(t, vs, evMove))
 	}
+	waitDrained(t, vs, from)
+	if nx, err := from.cl.ListNexuses(ctx, &enginev1.ListNexusesRequest{}); err != nil || len(nx.Nexuses) != 0 {
+		t.Fatalf("the drained node still holds nexuses %v (%v)", nx, err)
+	}
+	checkData(t, connect(t, v), want)
+}
+
+// waitDrained runs the leader's passes until node n reports drained: no
+// replica and no nexus left on it, still cordoned and draining (bounded).
+func waitDrained(t *testing.T, vs *volSystem, n *healNode) {
+	t.Helper()
+	ctx := context.Background()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ln, err := vs.vols().ListNodes(ctx, &mgmtv1.ListNodesRequest{})
@@ -697,24 +687,20 @@ func TestDrainMovesTheNexus(t *testing.T) {
 			t.Fatal(err)
 		}
 		var dn *mgmtv1.Node
-		for _, n := range ln.Nodes {
-			if n.Member.Uuid == from.uuid {
-				dn = n
+		for _, x := range ln.Nodes {
+			if x.Member.Uuid == n.uuid {
+				dn = x
 			}
 		}
-		if dn.Drain.GetState() == "drained" && dn.Drain.Nexuses == 0 && dn.Drain.ReplicasLeft == 0 {
-			break
+		if d := dn.GetDrain(); d.GetState() == "drained" && d.ReplicasLeft == 0 && d.Nexuses == 0 && dn.Member.Draining && dn.Member.Cordoned {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("drain status: %+v", dn)
+			t.Fatalf("drain status of %s: %+v", n.name, dn)
 		}
 		if err := vs.svc.VolumePass(ctx); err != nil {
 			t.Log(err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if nx, err := from.cl.ListNexuses(ctx, &enginev1.ListNexusesRequest{}); err != nil || len(nx.Nexuses) != 0 {
-		t.Fatalf("the drained node still holds nexuses %v (%v)", nx, err)
-	}
-	checkData(t, connect(t, v), want)
 }
