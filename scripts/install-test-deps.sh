@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers that the tests talk to (NBD clients, fio, QEMU, nvme-cli,
 # etcd, protoc) from Debian packages when any is missing, and builds
-# kube-apiserver and helm for the Kubernetes tests (build-k8s-test-tools.sh:
-# into a cache outside the repository, about 25 minutes the first time, in
+# kube-apiserver, kube-controller-manager, helm and csi-provisioner for the
+# Kubernetes tests (build-k8s-test-tools.sh: into a cache outside the
+# repository, about 35 minutes the first time, in
 # the background unless NEXSTOR_K8S_BUILD=foreground). Needs root or sudo;
 # without either it says what to install and leaves the decision to the tests
 # (which skip on a workstation and fail under CI).
@@ -21,15 +22,15 @@ fetch_cached() {
 	if ! "$here/fetch-test-kernel.sh"; then
 		echo "install-test-deps: could not fetch the test kernel; the kernel tests will say so" >&2
 	fi
-	# The Kubernetes tests run a kube-apiserver and helm built from the Go
+	# The Kubernetes tests run Kubernetes binaries and helm built from the Go
 	# module proxy (neither is packaged by Debian). Cold, that is the longest
-	# step of `make test` (about 25 minutes on 2 cores), so by default it runs
+	# step of `make test` (about 35 minutes on 2 cores), so by default it runs
 	# in the background while the other packages are vetted and tested; the
 	# Kubernetes tests wait for it (the build holds the cache's lock, see
 	# internal/testutil/k8s.go). NEXSTOR_K8S_BUILD=foreground builds first.
 	if [ "${NEXSTOR_K8S_BUILD:-background}" = foreground ]; then
 		if ! "$here/build-k8s-test-tools.sh" >/dev/null; then
-			echo "install-test-deps: could not build kube-apiserver and helm; the Kubernetes tests will say so" >&2
+			echo "install-test-deps: could not build the Kubernetes peers; the Kubernetes tests will say so" >&2
 		fi
 	else
 		k8s_background
@@ -41,12 +42,18 @@ fetch_cached() {
 # (so that a test never finds neither the binaries nor a build under way).
 k8s_background() {
 	local dir="${NEXSTOR_TEST_K8S_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nexstor-test/k8s}"
-	local kv hv
+	local kv hv pv
 	kv="$(sed -n 's/^K8S_VERSION="${NEXSTOR_TEST_K8S_VERSION:-\(.*\)}"$/\1/p' "$here/build-k8s-test-tools.sh")"
 	hv="$(sed -n 's/^HELM_VERSION="${NEXSTOR_TEST_HELM_VERSION:-\(.*\)}"$/\1/p' "$here/build-k8s-test-tools.sh")"
+	pv="$(sed -n 's/^PROVISIONER_VERSION="${NEXSTOR_TEST_PROVISIONER_VERSION:-\(.*\)}"$/\1/p' "$here/build-k8s-test-tools.sh")"
 	kv="${NEXSTOR_TEST_K8S_VERSION:-$kv}"
 	hv="${NEXSTOR_TEST_HELM_VERSION:-$hv}"
-	if [ -x "$dir/kube-apiserver-$kv" ] && [ -x "$dir/helm-$hv" ]; then
+	pv="${NEXSTOR_TEST_PROVISIONER_VERSION:-$pv}"
+	k8s_built() {
+		[ -x "$dir/kube-apiserver-$kv" ] && [ -x "$dir/kube-controller-manager-$kv" ] &&
+			[ -x "$dir/helm-$hv" ] && [ -x "$dir/csi-provisioner-$pv" ]
+	}
+	if k8s_built; then
 		return 0
 	fi
 	if ! command -v flock >/dev/null 2>&1 || ! command -v setsid >/dev/null 2>&1; then
@@ -54,13 +61,13 @@ k8s_background() {
 		return 0
 	fi
 	mkdir -p "$dir"
-	echo "install-test-deps: building kube-apiserver $kv and helm $hv in the background (log: $dir/build.log); the Kubernetes tests wait for them"
+	echo "install-test-deps: building kube-apiserver and kube-controller-manager $kv, helm $hv and csi-provisioner $pv in the background (log: $dir/build.log); the Kubernetes tests wait for them"
 	setsid nohup "$here/build-k8s-test-tools.sh" >"$dir/build.log" 2>&1 </dev/null &
 	local i
 	for i in $(seq 300); do
 		# Held: the build has started (or another one runs).
 		flock -n "$dir/.build.lock" true 2>/dev/null || return 0
-		if [ -x "$dir/kube-apiserver-$kv" ] && [ -x "$dir/helm-$hv" ]; then
+		if k8s_built; then
 			return 0
 		fi
 		sleep 0.1
@@ -70,7 +77,7 @@ k8s_background() {
 
 fetch_k8s_foreground() {
 	if ! "$here/build-k8s-test-tools.sh" >/dev/null; then
-		echo "install-test-deps: could not build kube-apiserver and helm; the Kubernetes tests will say so" >&2
+		echo "install-test-deps: could not build the Kubernetes peers; the Kubernetes tests will say so" >&2
 	fi
 }
 if [ ${#missing[@]} -eq 0 ]; then

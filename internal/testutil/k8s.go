@@ -10,11 +10,12 @@ import (
 )
 
 // The versions of the Kubernetes peers that scripts/build-k8s-test-tools.sh
-// builds by default (its K8S_VERSION and HELM_VERSION); a test checks that
-// the two agree.
+// builds by default (its K8S_VERSION, HELM_VERSION and PROVISIONER_VERSION);
+// a test checks that they agree.
 const (
-	K8sVersion  = "v1.37.2"
-	HelmVersion = "v4.3.2"
+	K8sVersion         = "v1.37.2"
+	HelmVersion        = "v4.3.2"
+	ProvisionerVersion = "v6.4.0"
 )
 
 // K8sToolsDir is where scripts/build-k8s-test-tools.sh keeps what it
@@ -38,6 +39,22 @@ func KubeAPIServer(t testing.TB) string {
 	return k8sTool(t, "kube-apiserver-"+K8sVersion)
 }
 
+// KubeControllerManager returns the path of the kube-controller-manager
+// the tests run (of K8sVersion, like KubeAPIServer): it skips, or fails
+// under CI, when it is missing.
+func KubeControllerManager(t testing.TB) string {
+	t.Helper()
+	return k8sTool(t, "kube-controller-manager-"+K8sVersion)
+}
+
+// CSIProvisioner returns the path of the CSI external-provisioner sidecar
+// (github.com/kubernetes-csi/external-provisioner, ProvisionerVersion) the
+// tests run, like KubeAPIServer.
+func CSIProvisioner(t testing.TB) string {
+	t.Helper()
+	return k8sTool(t, "csi-provisioner-"+ProvisionerVersion)
+}
+
 // Helm returns the path of the helm the tests run, like KubeAPIServer.
 func Helm(t testing.TB) string {
 	t.Helper()
@@ -46,7 +63,7 @@ func Helm(t testing.TB) string {
 
 // k8sBuildWait bounds how long a test waits for a build of the Kubernetes
 // peers under way (make test starts it in the background; cold, it takes
-// about 25 minutes on 2 cores, longer beside the other tests).
+// about 35 minutes on 2 cores, longer beside the other tests).
 const k8sBuildWait = 40 * time.Minute
 
 func k8sTool(t testing.TB, name string) string {

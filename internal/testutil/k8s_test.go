@@ -15,7 +15,8 @@ func TestK8sVersionsMatchScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{`K8S_VERSION="${NEXSTOR_TEST_K8S_VERSION:-` + K8sVersion + `}"`,
-		`HELM_VERSION="${NEXSTOR_TEST_HELM_VERSION:-` + HelmVersion + `}"`} {
+		`HELM_VERSION="${NEXSTOR_TEST_HELM_VERSION:-` + HelmVersion + `}"`,
+		`PROVISIONER_VERSION="${NEXSTOR_TEST_PROVISIONER_VERSION:-` + ProvisionerVersion + `}"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("build-k8s-test-tools.sh lacks %s", want)
 		}
