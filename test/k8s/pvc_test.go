@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -161,6 +162,21 @@ func TestPVCBinds(t *testing.T) {
 		"--controllers=persistentvolume-binder-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller")
 
 	ctx := context.Background()
+	// The nodes, as the kubelet registers them with the node plugin
+	// (NodeGetInfo: the node's member name, its topology segment): the
+	// provisioner offers an Immediate volume the topology of every node
+	// that runs the driver, and waits while none does.
+	for _, n := range []string{"node-0", "node-1", "node-2"} {
+		if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n,
+			Labels: map[string]string{csi.TopologyKey: n}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.StorageV1().CSINodes().Create(ctx, &storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: n},
+			Spec: storagev1.CSINodeSpec{Drivers: []storagev1.CSINodeDriver{{Name: csi.DriverName, NodeID: n,
+				TopologyKeys: []string{csi.TopologyKey}}}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	immediate := storagev1.VolumeBindingImmediate
 	for _, sc := range []struct {
 		name    string
@@ -218,6 +234,26 @@ func TestPVCBinds(t *testing.T) {
 		if v.GetSpec().GetSize() != uint64(size) || v.GetSpec().GetReplicas() != repl {
 			t.Fatalf("volume %s of PVC %s: size %d, %d replicas; want %d, %d", v.GetSpec().GetUuid(), name, v.GetSpec().GetSize(),
 				v.GetSpec().GetReplicas(), size, repl)
+		}
+		// The PV's node affinity is the volume's accessible topology: its
+		// replicas' nodes.
+		var affinity []string
+		if na := pv.Spec.NodeAffinity; na != nil && na.Required != nil {
+			for _, term := range na.Required.NodeSelectorTerms {
+				for _, e := range term.MatchExpressions {
+					if e.Key == csi.TopologyKey {
+						affinity = append(affinity, e.Values...)
+					}
+				}
+			}
+		}
+		if len(affinity) == 0 {
+			t.Fatalf("PV %s has no node affinity on %s: %+v", pv.Name, csi.TopologyKey, pv.Spec.NodeAffinity)
+		}
+		for _, r := range v.GetStatus().GetReplicas() {
+			if !slices.Contains(affinity, r.GetNode()) {
+				t.Fatalf("PV %s node affinity %v lacks replica node %s", pv.Name, affinity, r.GetNode())
+			}
 		}
 		if got := pv.Spec.Capacity[corev1.ResourceStorage]; got.Value() != size {
 			t.Fatalf("PV %s capacity %s, want %d", pv.Name, got.String(), size)
