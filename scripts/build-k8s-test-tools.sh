@@ -24,8 +24,8 @@
 # with kube-apiserver's packages compiled, most are shared);
 # csi-provisioner about 15 minutes (measured: 877 s with an empty GOCACHE
 # and GOMODCACHE, on a busy machine), so about 45 minutes in all.
-# Everything runs under `nice` so that it does not starve other work. Needs only Go and the module proxy;
-# prints the cache directory on success.
+# Everything runs under `nice` so that it does not starve other work.
+# Needs only Go and the module proxy; prints the cache directory on success.
 set -euo pipefail
 
 K8S_VERSION="${NEXSTOR_TEST_K8S_VERSION:-v1.37.2}"
