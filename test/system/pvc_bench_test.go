@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -182,6 +183,7 @@ func TestPVCStaged(t *testing.T) {
 	// The guest's timings, in script order: per round, stage, unstage,
 	// restage; connect, mkfs, mount.
 	guest := map[string][]float64{}
+	started := map[string][]time.Time{}
 	names := []string{"stage", "unstage", "restage", "connect", "mkfs", "mount"}
 	n := 0
 	for _, s := range res.Steps {
@@ -192,8 +194,13 @@ func TestPVCStaged(t *testing.T) {
 		if err != nil {
 			t.Fatalf("step %d %q: no elapsed_ms: %v", s.Index, s.Line, s.Output)
 		}
+		at, err := time.Parse(slogTime, s.Value("started"))
+		if err != nil {
+			t.Fatalf("step %d %q: started: %v", s.Index, s.Line, err)
+		}
 		k := names[n%len(names)]
 		guest[k] = append(guest[k], v)
+		started[k] = append(started[k], at)
 		n++
 	}
 	if n != rounds*len(names) || len(host["create"]) != rounds || len(host["teardown"]) != rounds {
@@ -204,6 +211,38 @@ func TestPVCStaged(t *testing.T) {
 	for i := range rounds {
 		total[i] = host["create"][i] + host["publish"][i] + guest["stage"][i]
 		raw[i] = guest["connect"][i] + guest["mkfs"][i] + guest["mount"][i]
+	}
+
+	// Inside NodeStageVolume, from the node plugin's log on the guest's
+	// console (millisecond times): the fabrics connect written, the file
+	// system made, the volume staged.
+	parts := map[string][]float64{}
+	events := map[string][]stageEvent{}
+	for _, m := range stageLogRE.FindAllStringSubmatch(res.Console, -1) {
+		at, err := time.Parse(slogTime, m[1])
+		if err != nil {
+			t.Fatalf("plugin log time %q: %v", m[1], err)
+		}
+		events[m[3]] = append(events[m[3]], stageEvent{m[2], at})
+	}
+	for i := range rounds {
+		ev := events[vols[fmt.Sprintf("pvc-%d", i+1)]]
+		var got []string
+		for _, e := range ev {
+			got = append(got, e.msg)
+		}
+		// Staged blank (connected, made, staged), then formatted
+		// (connected, staged).
+		if len(ev) != 5 || ev[0].msg != stageConnected || ev[1].msg != stageMkfs || ev[2].msg != stageDone ||
+			ev[3].msg != stageConnected || ev[4].msg != stageDone {
+			t.Logf("guest console:\n%s", res.Console)
+			t.Fatalf("round %d: the node plugin logged %q, want connected, made, staged, connected, staged", i+1, got)
+		}
+		parts["connect"] = append(parts["connect"], ms(ev[0].at.Sub(started["stage"][i])))
+		parts["mkfs"] = append(parts["mkfs"], ms(ev[1].at.Sub(ev[0].at)))
+		parts["mount"] = append(parts["mount"], ms(ev[2].at.Sub(ev[1].at)))
+		parts["reconnect"] = append(parts["reconnect"], ms(ev[3].at.Sub(started["restage"][i])))
+		parts["remount"] = append(parts["remount"], ms(ev[4].at.Sub(ev[3].at)))
 	}
 
 	var b strings.Builder
@@ -228,6 +267,11 @@ func TestPVCStaged(t *testing.T) {
 	row("NodeUnstageVolume", guest["unstage"])
 	restageMed := row("NodeStageVolume, formatted volume (attach, mount)", guest["restage"])
 	row("ControllerUnpublishVolume + DeleteVolume", host["teardown"])
+	row("NodeStageVolume, blank: its record, the fabrics connect", parts["connect"])
+	row("NodeStageVolume, blank: block device, probe (blkid), mke2fs", parts["mkfs"])
+	row("NodeStageVolume, blank: mount, its record", parts["mount"])
+	row("NodeStageVolume, formatted: its record, the fabrics connect", parts["reconnect"])
+	row("NodeStageVolume, formatted: block device, probe, mount, its record", parts["remount"])
 	row("raw: connect, until the block device is there", guest["connect"])
 	row("raw: mke2fs -t ext4 -E nodiscard", guest["mkfs"])
 	row("raw: mount", guest["mount"])
@@ -246,6 +290,25 @@ func TestPVCStaged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// slogTime is how log/slog's text handler writes times, and the timed
+// step its started=.
+const slogTime = "2006-01-02T15:04:05.000Z07:00"
+
+// What the node plugin logs while it stages a volume.
+const (
+	stageConnected = "nvme: connected"
+	stageMkfs      = "made a file system on a blank volume"
+	stageDone      = "volume staged"
+)
+
+var stageLogRE = regexp.MustCompile(`time=(\S+) level=INFO msg="(` + stageConnected + `|` + stageMkfs + `|` + stageDone + `)" volume=(\S+)`)
+
+// stageEvent is one line of stageLogRE.
+type stageEvent struct {
+	msg string
+	at  time.Time
 }
 
 // startCSIController runs `nexstor csi --mode controller` against c's

@@ -172,7 +172,7 @@ func TestTimedReportsElapsedAndTheStepsError(t *testing.T) {
 		t.Fatalf("run = %d ok, %d failed; want 1, 2\n%s", ok, failed, out)
 	}
 	var ms float64
-	if _, err := fmt.Sscanf(out[strings.Index(out, "@@nexstor OUT 1 "):], "@@nexstor OUT 1 elapsed_ms=%f", &ms); err != nil || ms < 30 {
+	if _, err := fmt.Sscanf(out[strings.Index(out, "@@nexstor OUT 1 "):], "@@nexstor OUT 1 elapsed_ms=%f started=", &ms); err != nil || ms < 30 {
 		t.Errorf("elapsed of a 30ms sleep: %v (%v)\n%s", ms, err, out)
 	}
 	for _, want := range []string{"@@nexstor FAIL 2 sleep \"forever\"", "@@nexstor FAIL 3 timed: nothing to time"} {

@@ -296,7 +296,7 @@ func init() {
 		fn    stepFunc
 		usage string
 		min   int
-	}{stepTimed, "timed STEP [ARG...] (runs the step; reports elapsed_ms=, in the guest's monotonic clock)", 1}
+	}{stepTimed, "timed STEP [ARG...] (runs the step; reports elapsed_ms=, in the guest's monotonic clock, and started=, its wall clock at the start)", 1}
 }
 
 // stepTimed runs another step and reports how long it took, measured in
@@ -308,7 +308,9 @@ func stepTimed(a *agent, args []string) error {
 	}
 	start := time.Now()
 	err := a.exec(args)
-	a.out("elapsed_ms=%.1f", float64(time.Since(start).Microseconds())/1000)
+	// started= in the format of log/slog's text handler, to line the
+	// step up with what the programs it ran logged.
+	a.out("elapsed_ms=%.1f started=%s", float64(time.Since(start).Microseconds())/1000, start.Format("2006-01-02T15:04:05.000Z07:00"))
 	return err
 }
 
