@@ -179,6 +179,10 @@ func TestPVCStaged(t *testing.T) {
 		t.Fatalf("guest: %v", err)
 	}
 	loadEnd := loadAvg()
+	// The barriers are done; what they recorded is read under their lock
+	// all the same (their goroutines are not joined).
+	mu.Lock()
+	defer mu.Unlock()
 
 	// The guest's timings, in script order: per round, stage, unstage,
 	// restage; connect, mkfs, mount.
