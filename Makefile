@@ -100,7 +100,7 @@ bench-failover:
 
 # bench-pvc times PVC to staged (CreateVolume, ControllerPublishVolume,
 # NodeStageVolume with mkfs in a QEMU guest) for a 3-replica volume against
-# a raw connect + mkfs + mount (about 4 minutes for 10 rounds; PVCFLAGS
+# a raw connect + mkfs + mount (about 2 minutes for 10 rounds; PVCFLAGS
 # passes options, see bench/pvc.sh -h).
 PVCFLAGS ?=
 bench-pvc:
