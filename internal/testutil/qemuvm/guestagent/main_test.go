@@ -162,3 +162,22 @@ func TestBarrierVarsWaitWriteFile(t *testing.T) {
 		}
 	}
 }
+
+func TestTimedReportsElapsedAndTheStepsError(t *testing.T) {
+	var res bytes.Buffer
+	a := &agent{res: &res, echo: &res, vars: map[string]string{}}
+	ok, failed := a.run([]string{"timed sleep 30ms", "-timed sleep forever", "-timed timed sleep 1ms"})
+	out := res.String()
+	if ok != 1 || failed != 2 {
+		t.Fatalf("run = %d ok, %d failed; want 1, 2\n%s", ok, failed, out)
+	}
+	var ms float64
+	if _, err := fmt.Sscanf(out[strings.Index(out, "@@nexstor OUT 1 "):], "@@nexstor OUT 1 elapsed_ms=%f started=", &ms); err != nil || ms < 30 {
+		t.Errorf("elapsed of a 30ms sleep: %v (%v)\n%s", ms, err, out)
+	}
+	for _, want := range []string{"@@nexstor FAIL 2 sleep \"forever\"", "@@nexstor FAIL 3 timed: nothing to time"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -167,7 +167,9 @@ func waitNamespace(ctrl string) (string, error) {
 			state, _ := os.ReadFile(filepath.Join("/sys/class/nvme", ctrl, "state"))
 			return "", fmt.Errorf("%s: no namespace block device after %v (controller state %q)", ctrl, deviceWait, strings.TrimSpace(string(state)))
 		}
-		time.Sleep(100 * time.Millisecond)
+		// Often: a connect step's time (timed) is then the kernel's,
+		// not this loop's.
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

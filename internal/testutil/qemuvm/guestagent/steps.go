@@ -290,6 +290,30 @@ func stepRun(a *agent, args []string) error {
 	return command(a, args[0], args[1:]...)
 }
 
+// timed is registered at init: it runs steps itself, through the map.
+func init() {
+	steps["timed"] = struct {
+		fn    stepFunc
+		usage string
+		min   int
+	}{stepTimed, "timed STEP [ARG...] (runs the step; reports elapsed_ms=, in the guest's monotonic clock, and started=, its wall clock at the start)", 1}
+}
+
+// stepTimed runs another step and reports how long it took, measured in
+// the guest, so that a benchmark's numbers carry neither the serial line's
+// latency nor the host's view of the guest's scheduling.
+func stepTimed(a *agent, args []string) error {
+	if args[0] == "timed" {
+		return fmt.Errorf("timed: nothing to time in %q", strings.Join(args, " "))
+	}
+	start := time.Now()
+	err := a.exec(args)
+	// started= in the format of log/slog's text handler, to line the
+	// step up with what the programs it ran logged.
+	a.out("elapsed_ms=%.1f started=%s", float64(time.Since(start).Microseconds())/1000, start.Format("2006-01-02T15:04:05.000Z07:00"))
+	return err
+}
+
 func stepSleep(a *agent, args []string) error {
 	d, err := time.ParseDuration(args[0])
 	if err != nil {
