@@ -69,11 +69,12 @@ log() { echo "qd1.sh: $*" >&2; }
 wait_for() {
 	local what=$1
 	shift
-	for _ in $(seq 100); do
+	for _ in $(seq 600); do
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 0.1
 	done
 	log "$what did not come up"
+	cat "$DIR"/*.log >&2 2>/dev/null || true
 	return 1
 }
 
