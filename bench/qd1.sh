@@ -94,7 +94,7 @@ declare -A OPTS PID_OF
 start_nexstor() {
 	local t=$1 i=$2 grpc=127.0.0.1:$((PORT_BASE + 124 + i)) nbd=127.0.0.1:$((PORT_BASE + 809 + i)) uri
 	local ctl=("$DIR/$t/nexctl" --insecure --engine "$grpc")
-	"$DIR/$t/nexstor" server --insecure --data-dir "$DIR/$t-data" --grpc "$grpc" --nbd "$nbd" --metrics "" --log-level warn >>"$DIR/$t.log" 2>&1 &
+	"$DIR/$t/nexstor" server --insecure --data-dir "$DIR/$t-data" --grpc "$grpc" --nbd "$nbd" --nvmf "" --discovery "" --metrics "" --log-level warn >>"$DIR/$t.log" 2>&1 &
 	PIDS+=($!)
 	PID_OF[$t]=$!
 	wait_for "nexstor ($t)" "${ctl[@]}" version
