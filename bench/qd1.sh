@@ -14,7 +14,7 @@
 # of the total latency (lat_ns), the latency added over raw at p50 and p99,
 # IOPS as a ratio of raw, and for the servers: CPU per I/O (utime+stime of
 # the whole process over the I/Os of the run), context switches per I/O
-# (voluntary+involuntary, all threads), and with -S the system calls per I/O
+# (voluntary+involuntary, all threads; not for nbdkit), and with -S the system calls per I/O
 # (one extra strace -c -f run per server and workload, not timed).
 #
 # Usage: bench/qd1.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r ROUNDS] [-B REV] [-S]
@@ -206,6 +206,9 @@ for w in "${WORKLOADS[@]}"; do
 		cpu="" csw="" sc=""
 		if [ "$t" != raw ]; then
 			cpu=$(median <<<"${CPU[$t,$n]}") csw=$(median <<<"${CSW[$t,$n]}") sc=${SYS[$t,$n]:-}
+			# nbdkit serves each connection on threads that exit with it,
+			# taking their counters along (their CPU time stays counted).
+			[ "$t" != nbdkit ] || csw=n/a
 		fi
 		echo "| $n | $t | $(f0 "$io") | $(awk -v a="$io" -v b="$ri" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') | $(f1 "$p50") | $(f1 "$p99") | $(f1 "$(awk -v a="$p50" -v b="$r50" 'BEGIN { print a - b }')") | $(f1 "$(awk -v a="$p99" -v b="$r99" 'BEGIN { print a - b }')") | $cpu | $csw | $sc |"
 	done
