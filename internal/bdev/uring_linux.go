@@ -102,8 +102,7 @@ var (
 )
 
 // uring is one io_uring instance that serves a File's reads, writes and
-// fdatasyncs. Any number of goroutines submit; one goroutine reaps
-// completions and hands each to the goroutine waiting for it.
+// fdatasyncs. Any number of goroutines submit.
 //
 // Submission: a request takes a free slot (which bounds in-flight requests
 // by the ring size, so neither ring can overflow), fills the next SQE under
@@ -111,9 +110,22 @@ var (
 // queued for it calls io_uring_enter for every SQE written so far: a burst
 // of requests costs one system call, not one each.
 //
-// Completion: the reaper sits in io_uring_enter(GETEVENTS, min_complete=1);
-// each CQE's user_data is the slot index, and the slot's buffered channel
-// wakes its waiter. Nothing is allocated per request.
+// Completion: each CQE's user_data is the slot index, and the slot's
+// buffered channel wakes its waiter. One goroutine at a time reaps the CQ,
+// and which one depends on the load:
+//
+//   - A request submitted while nothing else is in flight (queue depth 1)
+//     reaps for itself: its goroutine submits and waits in one
+//     io_uring_enter(to_submit, min_complete=1, GETEVENTS) and takes its
+//     own CQE (the owner). No other goroutine or thread is woken, and the
+//     kernel runs the completion's task work in the thread that waits.
+//   - Requests that arrive while an owner waits are reaped by the owner
+//     until its own completes; if any are left then, it hands them to the
+//     reaper goroutine, which sits in io_uring_enter(GETEVENTS,
+//     min_complete=1) while requests are in flight and parks on a channel
+//     once none is.
+//
+// Nothing polls, and nothing is allocated per request.
 type uring struct {
 	fd     int
 	sqRing []byte // mmapped SQ ring; with IORING_FEAT_SINGLE_MMAP the CQ ring too
@@ -131,9 +143,17 @@ type uring struct {
 
 	pending atomic.Int32 // submitters that have announced themselves but not yet left mu
 
-	mu          sync.Mutex // guards tail, unsubmitted and the SQEs between them
+	mu          sync.Mutex // guards the fields below and the SQEs between the kernel's head and tail
 	tail        uint32     // our copy of the SQ tail
 	unsubmitted uint32     // SQEs published but not yet passed to io_uring_enter
+	inflight    int        // requests published and not yet reaped (or withdrawn)
+	owner       bool       // a submitter reaps the CQ (see uring)
+	parked      bool       // the reaper goroutine waits on wake, not in the kernel
+	entering    bool       // the owner is in io_uring_enter with SQEs it took from unsubmitted
+	enterDone   sync.Cond  // signalled (on mu) when entering becomes false
+	wake        chan struct{}
+
+	cqmu sync.Mutex // one CQ consumer at a time
 
 	slots []uringSlot
 	free  chan uint32 // indexes of idle slots
@@ -177,6 +197,8 @@ func newURing(entries uint32) (*uring, error) {
 		r.slots[i].done = make(chan struct{}, 1)
 		r.free <- uint32(i)
 	}
+	r.enterDone.L = &r.mu
+	r.wake = make(chan struct{}, 1)
 	r.reaperDone = make(chan struct{})
 	go r.reap()
 	return r, nil
@@ -265,8 +287,11 @@ func (r *uring) do(op uint8, fd int, p []byte, off int64, opFlags uint32) int32 
 	if len(p) > 0 {
 		addr = uintptr(unsafe.Pointer(&p[0]))
 	}
-	r.submit(uringSQE{opcode: op, fd: int32(fd), off: uint64(off), addr: uint64(addr), len: uint32(len(p)), opFlags: opFlags, userData: uint64(slot)})
-	<-s.done
+	if claimed, own := r.submit(uringSQE{opcode: op, fd: int32(fd), off: uint64(off), addr: uint64(addr), len: uint32(len(p)), opFlags: opFlags, userData: uint64(slot)}, true); own {
+		r.own(s, claimed)
+	} else {
+		<-s.done
+	}
 	res := s.res
 	s.buf = nil
 	s.busy.Store(false)
@@ -278,7 +303,12 @@ func (r *uring) do(op uint8, fd int, p []byte, off int64, opFlags uint32) int32 
 // submit publishes one SQE and makes sure that io_uring_enter passes it to
 // the kernel: this goroutine calls it unless another submitter is queued
 // behind it, which then does so for both.
-func (r *uring) submit(e uringSQE) {
+//
+// With mayOwn, when no goroutine reaps the CQ, the caller becomes the owner
+// (own reports so) and must call r.own, which passes the claimed SQEs
+// (those published and not yet submitted, its own among them, or none when
+// a submitter queued behind it does so) to the kernel.
+func (r *uring) submit(e uringSQE, mayOwn bool) (claimed uint32, own bool) {
 	r.pending.Add(1)
 	r.mu.Lock()
 	r.sqes[r.tail&r.sqMask] = e
@@ -287,10 +317,75 @@ func (r *uring) submit(e uringSQE) {
 	// sequentially consistent), so the kernel never sees a half-written SQE.
 	atomic.StoreUint32(r.sqTail, r.tail)
 	r.unsubmitted++
-	if r.pending.Add(-1) == 0 {
+	r.inflight++
+	last := r.pending.Add(-1) == 0
+	if r.parked && !r.owner {
+		if mayOwn {
+			r.owner, own = true, true
+			if last {
+				claimed, r.unsubmitted = r.unsubmitted, 0
+				r.entering = claimed > 0
+			}
+			r.mu.Unlock()
+			return claimed, true
+		}
+		r.unparkLocked()
+	}
+	if last {
 		r.enterLocked()
 	}
 	r.mu.Unlock()
+	return 0, false
+}
+
+// unparkLocked sets the reaper goroutine reaping. Must hold mu.
+func (r *uring) unparkLocked() {
+	if r.parked {
+		r.parked = false
+		r.wake <- struct{}{}
+	}
+}
+
+// own waits for the owner's request s, reaping the CQ meanwhile; the first
+// io_uring_enter also submits the claimed SQEs. Once s has completed, the
+// requests still in flight, if any, go to the reaper goroutine.
+func (r *uring) own(s *uringSlot, claimed uint32) {
+	for {
+		select {
+		case <-s.done:
+			r.mu.Lock()
+			r.owner = false
+			if r.inflight > 0 {
+				r.unparkLocked()
+			}
+			r.mu.Unlock()
+			return
+		default:
+		}
+		n, e := uringEnter(r.fd, claimed, 1, ioringEnterGetevents)
+		if claimed > 0 {
+			// The kernel waits only once it has taken every SQE asked of
+			// it; what it did not take goes back, and enterLocked deals
+			// with the failure.
+			if e != 0 {
+				n = 0
+			}
+			r.mu.Lock()
+			r.entering = false
+			r.unsubmitted += claimed - uint32(n)
+			if r.unsubmitted > 0 && r.pending.Load() == 0 {
+				r.enterLocked()
+			}
+			r.enterDone.Broadcast()
+			r.mu.Unlock()
+			claimed = 0
+		} else if e != 0 && !transient(e) {
+			// Not expected on a live ring; do not spin.
+			slog.Error("io_uring: waiting for completions failed", "err", e)
+			time.Sleep(10 * time.Millisecond)
+		}
+		r.reapCQ()
+	}
 }
 
 // enterLocked hands every unsubmitted SQE to the kernel. On an error other
@@ -306,10 +401,15 @@ func (r *uring) enterLocked() {
 			runtime.Gosched()
 		default:
 			// The kernel only consumes SQEs inside io_uring_enter with
-			// to_submit > 0, which happens only here under mu, so its head
-			// is stable and everything from it to our tail is ours to undo.
+			// to_submit > 0, which happens only under mu or while the
+			// owner is entering: once that is over, its head is stable
+			// and everything from it to our tail is ours to undo.
+			for r.entering {
+				r.enterDone.Wait()
+			}
 			head := atomic.LoadUint32(r.sqHead)
 			for i := head; i != r.tail; i++ {
+				r.inflight--
 				ud := r.sqes[i&r.sqMask].userData
 				if ud == closeTag {
 					continue
@@ -326,39 +426,61 @@ func (r *uring) enterLocked() {
 	}
 }
 
-// reap hands completions to their waiters until it reaps the close NOP.
+// reapCQ hands the completions in the CQ to their waiters. It reports
+// whether it reaped the close NOP.
+func (r *uring) reapCQ() (stop bool) {
+	r.cqmu.Lock()
+	head := atomic.LoadUint32(r.cqHead)
+	tail := atomic.LoadUint32(r.cqTail) // load-acquire: the CQEs up to tail are written
+	n := int(tail - head)
+	for ; head != tail; head++ {
+		c := &r.cqes[head&r.cqMask]
+		if c.userData == closeTag {
+			stop = true
+			continue
+		}
+		s := &r.slots[c.userData]
+		if !s.busy.Load() {
+			slog.Error("io_uring: completion for an idle slot", "slot", c.userData)
+			continue
+		}
+		s.res = c.res
+		s.done <- struct{}{}
+	}
+	// Store-release of the head after the CQEs are read: the kernel may
+	// reuse their space from now on.
+	atomic.StoreUint32(r.cqHead, head)
+	r.cqmu.Unlock()
+	if n > 0 {
+		r.mu.Lock()
+		r.inflight -= n
+		r.mu.Unlock()
+	}
+	return stop
+}
+
+// reap is the reaper goroutine: it reaps while requests are in flight that
+// no owner reaps, parks while there are none, and returns once it reaps the
+// close NOP.
 func (r *uring) reap() {
 	defer close(r.reaperDone)
-	head := atomic.LoadUint32(r.cqHead)
 	for {
-		tail := atomic.LoadUint32(r.cqTail) // load-acquire: the CQEs up to tail are written
-		if head == tail {
+		r.mu.Lock()
+		if r.inflight == 0 || r.owner {
+			r.parked = true
+			r.mu.Unlock()
+			<-r.wake
+			continue
+		}
+		r.mu.Unlock()
+		if atomic.LoadUint32(r.cqHead) == atomic.LoadUint32(r.cqTail) {
 			if _, e := uringEnter(r.fd, 0, 1, ioringEnterGetevents); e != 0 && !transient(e) {
 				// Not expected on a live ring; do not spin.
 				slog.Error("io_uring: waiting for completions failed", "err", e)
 				time.Sleep(10 * time.Millisecond)
 			}
-			continue
 		}
-		stop := false
-		for ; head != tail; head++ {
-			c := &r.cqes[head&r.cqMask]
-			if c.userData == closeTag {
-				stop = true
-				continue
-			}
-			s := &r.slots[c.userData]
-			if !s.busy.Load() {
-				slog.Error("io_uring: completion for an idle slot", "slot", c.userData)
-				continue
-			}
-			s.res = c.res
-			s.done <- struct{}{}
-		}
-		// Store-release of the head after the CQEs are read: the kernel
-		// may reuse their space from now on.
-		atomic.StoreUint32(r.cqHead, head)
-		if stop {
+		if r.reapCQ() {
 			return
 		}
 	}
@@ -370,7 +492,7 @@ func (r *uring) close() error {
 	r.mu.Lock()
 	before := r.tail
 	r.mu.Unlock()
-	r.submit(uringSQE{opcode: ioringOpNop, fd: -1, userData: closeTag})
+	r.submit(uringSQE{opcode: ioringOpNop, fd: -1, userData: closeTag}, false)
 	r.mu.Lock()
 	withdrawn := r.tail == before
 	r.mu.Unlock()

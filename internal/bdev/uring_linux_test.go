@@ -236,6 +236,66 @@ func TestURingStress(t *testing.T) {
 	}
 }
 
+// TestURingDepthChanges alternates requests issued alone (the submitter
+// reaps its own completion) with bursts from several goroutines (the first
+// of them reaps for the others until its own completes, then hands the rest
+// to the reaper goroutine), many times over: every write must read back,
+// every call must return.
+func TestURingDepthChanges(t *testing.T) {
+	const (
+		bs     = 4096
+		blocks = 256
+		rounds = 300
+		burst  = 8
+	)
+	f := openURing(t, filepath.Join(t.TempDir(), "d"), bdev.FileOptions{Create: true, Size: bs * blocks, BlockSize: bs})
+	fill := func(p []byte, round, g int) {
+		for i := range p {
+			p[i] = byte(round*31 + g*7 + i)
+		}
+	}
+	check := func(round, g int, buf, want []byte) error {
+		off := int64((round*burst+g)%blocks) * bs
+		fill(want, round, g)
+		if _, err := f.WriteAt(want, off); err != nil {
+			return err
+		}
+		if _, err := f.ReadAt(buf, off); err != nil {
+			return err
+		}
+		if !bytes.Equal(buf, want) {
+			return fmt.Errorf("round %d, goroutine %d: block at %d reads back different data", round, g, off)
+		}
+		return nil
+	}
+	buf, want := make([]byte, bs), make([]byte, bs)
+	for round := range rounds {
+		if err := check(round, 0, buf, want); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, burst)
+		for g := 1; g <= burst; g++ {
+			wg.Go(func() {
+				b, w := make([]byte, bs), make([]byte, bs)
+				if err := check(round, g, b, w); err != nil {
+					errs <- err
+				}
+				if g%2 == 0 {
+					if err := f.Flush(); err != nil {
+						errs <- err
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+}
+
 func firstDifference(a, b []byte) int {
 	for i := range a {
 		if a[i] != b[i] {

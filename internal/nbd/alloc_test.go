@@ -55,6 +55,24 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 			if n := testing.AllocsPerRun(500, roundTrip); n > 0.5 {
 				t.Fatalf("%.2f allocations per write+read round trip, want none", n)
 			}
+			// Two reads sent together: the first finds the second already
+			// buffered, so they go through the workers, not the reader.
+			pair := append(appendRequest(nil, request{typ: cmdRead, handle: 3, offset: 0, length: bs}),
+				appendRequest(nil, request{typ: cmdRead, handle: 4, offset: bs, length: bs})...)
+			pipelined := func() {
+				if _, err := tc.c.Write(pair); err != nil {
+					t.Fatal(err)
+				}
+				for range 2 {
+					if _, err := io.ReadFull(tc.r, rrep); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			pipelined()
+			if n := testing.AllocsPerRun(500, pipelined); n > 0.5 {
+				t.Fatalf("%.2f allocations per pair of pipelined reads, want none", n)
+			}
 		})
 	}
 }

@@ -34,6 +34,7 @@ type conn struct {
 	nc  net.Conn
 	log *slog.Logger
 	br  *bufio.Reader
+	hdr [requestSize]byte // the request being read; the holder of the read role only
 
 	// Set once negotiation is done, read-only afterwards.
 	dev        bdev.Device
@@ -54,9 +55,10 @@ type conn struct {
 
 	budget  *budget
 	work    chan *job
-	workers int          // started so far; reader goroutine only
+	workers int          // goroutines so far; the holder of the read role only
 	idle    atomic.Int32 // workers waiting for a job
 	queued  atomic.Int32 // jobs sent but not yet taken
+	active  atomic.Int32 // requests dispatched or run inline and not yet finished
 	wg      sync.WaitGroup
 }
 
@@ -131,29 +133,46 @@ func (c *conn) serve() {
 	c.log.Debug("nbd client disconnected")
 }
 
-// transmit is the reader loop of the transmission phase. It returns after
-// every request it dispatched has been answered and the workers have exited.
+// transmit runs the transmission phase. It returns after every request
+// has been answered and every goroutine of the connection has exited.
+//
+// One goroutine at a time reads requests (it holds the read role); it hands
+// each to a worker, or executes it itself when nothing else is in flight
+// (see inline), having first passed the read role to a worker so that
+// requests arriving meanwhile are read and run concurrently. A goroutine
+// that has passed the read role on joins the workers.
 func (c *conn) transmit() {
-	defer func() {
-		c.budget.wait()
-		close(c.work)
-		c.wg.Wait()
-	}()
-	var hdr [requestSize]byte
+	c.workers = 1 // this goroutine
+	if c.read() {
+		c.idle.Add(1)
+		c.workLoop()
+	}
+	c.wg.Wait()
+}
+
+// readToken, sent on work, gives the read role to the worker that takes it.
+var readToken job
+
+// read reads requests and dispatches them while this goroutine holds the
+// read role. It reports true when it has passed the role on (and executed
+// a request inline); false when reading has ended, after every request
+// dispatched has been answered and work is closed.
+func (c *conn) read() bool {
+	hdr := c.hdr[:]
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		if _, err := io.ReadFull(c.br, hdr); err != nil {
 			c.readEnded(err)
-			return
+			break
 		}
-		r, err := parseRequest(hdr[:])
+		r, err := parseRequest(hdr)
 		if err != nil {
 			c.log.Info("nbd protocol error, closing connection", "err", err)
-			return
+			break
 		}
 		v := checkRequest(r, c.geo)
 		if v.disconnect {
 			c.log.Debug("nbd client sent disconnect")
-			return
+			break
 		}
 		// Only accepted reads and writes hold payload buffers.
 		var cost int64
@@ -171,7 +190,7 @@ func (c *conn) transmit() {
 					c.budget.release(cost)
 					jobPool.Put(j)
 					c.readEnded(err)
-					return
+					break
 				}
 			} else {
 				j.payload = getBuf(int(v.payload))
@@ -180,12 +199,54 @@ func (c *conn) transmit() {
 					c.budget.release(cost)
 					jobPool.Put(j)
 					c.readEnded(err)
-					return
+					break
 				}
 			}
 		}
+		if c.inline(j) {
+			c.active.Add(1)
+			c.dispatch(&readToken)
+			c.handle(j)
+			c.finish(j)
+			c.active.Add(-1)
+			return true
+		}
+		c.active.Add(1)
 		c.dispatch(j)
 	}
+	c.budget.wait()
+	close(c.work)
+	return false
+}
+
+// maxInline bounds the length of a READ or WRITE that the reading
+// goroutine executes itself (see inline).
+const maxInline = ioBufSize
+
+// inline reports whether the goroutine that read j should execute it
+// itself rather than hand it to a worker: when nothing else is in flight
+// and no further request has arrived (the client waits for this reply, as
+// at queue depth 1), a hand-off to another goroutine puts a wake-up and a
+// context switch into the request's latency. Requests that may take long
+// (FLUSH, TRIM, WRITE_ZEROES, long transfers) always go to a worker.
+func (c *conn) inline(j *job) bool {
+	if c.active.Load() != 0 || c.br.Buffered() != 0 {
+		return false
+	}
+	if j.v.errno != 0 {
+		return true
+	}
+	return (j.req.typ == cmdRead || j.req.typ == cmdWrite) && j.req.length <= maxInline
+}
+
+// finish returns what a handled job holds.
+func (c *conn) finish(j *job) {
+	if j.payload != nil {
+		putBuf(j.payload)
+		j.payload = nil
+	}
+	c.budget.release(j.cost)
+	jobPool.Put(j)
 }
 
 func (c *conn) readEnded(err error) {
@@ -202,7 +263,8 @@ func (c *conn) readEnded(err error) {
 	}
 }
 
-// dispatch hands a job to a worker, starting one when none is free.
+// dispatch hands a job, or the read role, to a worker, starting one when
+// none is free. Only the goroutine holding the read role calls it.
 func (c *conn) dispatch(j *job) {
 	if c.queued.Add(1) > c.idle.Load() && c.workers < maxInFlight {
 		c.workers++
@@ -215,16 +277,24 @@ func (c *conn) dispatch(j *job) {
 
 func (c *conn) worker() {
 	defer c.wg.Done()
+	c.workLoop()
+}
+
+// workLoop executes jobs, and reads while it holds the read role, until
+// work is closed. The caller has counted this goroutine idle.
+func (c *conn) workLoop() {
 	for j := range c.work {
 		c.queued.Add(-1)
 		c.idle.Add(-1)
-		c.handle(j)
-		if j.payload != nil {
-			putBuf(j.payload)
-			j.payload = nil
+		if j == &readToken {
+			if !c.read() {
+				return
+			}
+		} else {
+			c.handle(j)
+			c.finish(j)
+			c.active.Add(-1)
 		}
-		c.budget.release(j.cost)
-		jobPool.Put(j)
 		c.idle.Add(1)
 	}
 }

@@ -5,10 +5,12 @@
 // FUA and multi-conn. Any bdev.Device can be exported; the server knows
 // nothing of pools or nexuses.
 //
-// Each connection has one reader goroutine that parses requests and hands
-// them to a bounded set of workers, so many requests are in flight at once;
-// replies go out in completion order, matched by the client through the
-// request handle.
+// Each connection has one goroutine at a time reading requests; it hands
+// them to a bounded set of workers, so many requests are in flight at once,
+// except that a short READ or WRITE arriving with nothing else in flight runs
+// on the goroutine that read it (which passes the reading on to a worker
+// first), sparing queue depth 1 a hand-off. Replies go out in completion
+// order, matched by the client through the request handle.
 //
 // Clients name the export they want; the empty name (the protocol's default
 // export) selects the only export when there is exactly one. TLS and
