@@ -109,7 +109,8 @@ func main() {
 		backs     = flag.String("backings", "malloc,file", "comma-separated backings: malloc, file (thin replicas of pools), uring (a file of -file-size MiB exported as it is, O_DIRECT through io_uring: the backing of the fio-raw path)")
 		wls       = flag.String("workloads", "", "comma-separated workload names (default: all): "+workloadNames())
 		paths     = flag.String("paths", "nvmf,nbd,nbd-go,raw", "comma-separated paths: nvmf, nbd (fio), nbd-go, raw, fio-raw (fio ioengine=io_uring direct=1 on the uring backing's file; other backings skip it)")
-		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first randread-4k-qd32 run of each network path and backing into this directory")
+		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first run of the -profile-workload on each network path and backing into this directory")
+		profWL    = flag.String("profile-workload", "randread-4k-qd32", "the workload -profile profiles")
 		rawJSON   = flag.String("json", "", "also write every sample as JSON to this file")
 		verify    = flag.Bool("verify", false, "check the loadgen paths instead of measuring them: every workload becomes a 50/50 read/write mix whose reads of blocks the run wrote are checked")
 	)
@@ -129,6 +130,7 @@ func main() {
 		backings: backings,
 		paths:    strings.Split(*paths, ","),
 		profDir:  *profDir,
+		profWL:   *profWL,
 		dir:      *dir,
 		rawJSON:  *rawJSON,
 		verify:   *verify,
@@ -173,6 +175,7 @@ type config struct {
 	paths     []string
 	workloads []workload
 	profDir   string
+	profWL    string
 	dir       string
 	rawJSON   string
 	verify    bool
@@ -363,7 +366,7 @@ func drive(cfg config) error {
 						continue
 					}
 					logf("%s: %s: %s (run %d of %d)", w.name, b, p, i+1, cfg.repeat)
-					profile := cfg.profDir != "" && i == 0 && serverPath(p) && w.name == "randread-4k-qd32"
+					profile := cfg.profDir != "" && i == 0 && serverPath(p) && w.name == cfg.profWL
 					m, err := runOne(ctx, cfg, srv, namespaces, w, b, p, profile)
 					if err != nil {
 						return fmt.Errorf("%s %s %s: %w", w.name, b, p, err)
