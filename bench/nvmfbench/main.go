@@ -112,6 +112,7 @@ func main() {
 		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first run of the -profile-workload on each network path and backing into this directory")
 		profWL    = flag.String("profile-workload", "randread-4k-qd32", "the workload -profile profiles")
 		rawJSON   = flag.String("json", "", "also write every sample as JSON to this file")
+		from      = flag.String("from", "", "measure nothing: report the samples of these comma-separated -json files together (runs of one build, interleaved with another's by bench/nvmf-ab.sh); -backings, -paths and -workloads select the rows")
 		verify    = flag.Bool("verify", false, "check the loadgen paths instead of measuring them: every workload becomes a 50/50 read/write mix whose reads of blocks the run wrote are checked")
 	)
 	flag.Parse()
@@ -152,6 +153,13 @@ func main() {
 			fmt.Fprintf(os.Stderr, "nvmfbench: unknown path %q: use nvmf, nbd, nbd-go, raw or fio-raw\n", p)
 			os.Exit(2)
 		}
+	}
+	if *from != "" {
+		if err := reportFrom(cfg, strings.Split(*from, ",")); err != nil {
+			fmt.Fprintln(os.Stderr, "nvmfbench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := drive(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "nvmfbench:", err)
@@ -377,13 +385,9 @@ func drive(cfg config) error {
 		}
 	}
 	if cfg.rawJSON != "" {
-		type row struct {
-			Workload, Backing, Path string
-			Samples                 []measured
-		}
-		var rows []row
+		var rows []sampleRow
 		for k, v := range samples {
-			rows = append(rows, row{k.workload, k.backing, k.path, v})
+			rows = append(rows, sampleRow{k.workload, k.backing, k.path, v})
 		}
 		b, _ := json.MarshalIndent(rows, "", "  ")
 		if err := os.WriteFile(cfg.rawJSON, b, 0o644); err != nil {
@@ -391,6 +395,35 @@ func drive(cfg config) error {
 		}
 	}
 	report(cfg, samples, start, load0, loadAvg(), fsType(dir))
+	return nil
+}
+
+// sampleRow is one workload, backing and path of a -json file.
+type sampleRow struct {
+	Workload, Backing, Path string
+	Samples                 []measured
+}
+
+// reportFrom prints the report of the samples in files, pooled.
+func reportFrom(cfg config, files []string) error {
+	samples := map[key][]measured{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		var rows []sampleRow
+		if err := json.Unmarshal(b, &rows); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		for _, r := range rows {
+			k := key{r.Workload, r.Backing, r.Path}
+			samples[k] = append(samples[k], r.Samples...)
+		}
+	}
+	cfg.repeat = len(files)
+	fmt.Printf("Pooled from %d runs (%s).\n\n", len(files), strings.Join(files, ", "))
+	report(cfg, samples, time.Now().UTC(), "(see the runs)", "(see the runs)", "(see the runs)")
 	return nil
 }
 
