@@ -74,11 +74,13 @@ done
 # strace_run BUILD WORKLOAD: all system calls of the server per I/O.
 strace_run() {
 	local b=$1 w=$2 log="$OUT/strace-$1-$2.log" pid="" n
-	"$OUT/$b-nvmfbench" -dir "$WORK/data" -backings uring -file-size 256 -paths nvmf -workloads "$w" -t 8 -r 1 >/dev/null 2>"$log" &
+	mkdir -p "$WORK/strace"
+	"$OUT/$b-nvmfbench" -dir "$WORK/strace" -backings uring -file-size 256 -paths nvmf -workloads "$w" -t 8 -r 1 >/dev/null 2>"$log" &
 	local drv=$!
 	for n in $(seq 120); do
 		sleep 0.5
 		grep -q "run 1 of 1" "$log" && break
+		kill -0 "$drv" 2>/dev/null || { echo "| $b | $w | failed: $(tail -1 "$log") |"; return; }
 	done
 	sleep 2
 	pid=$(pgrep -f "^$OUT/$b-nvmfbench -serve" | head -1)
@@ -102,7 +104,7 @@ strace_run() {
 		files=$(ls "$OUT"/$b-[0-9]*.json | paste -sd, -)
 		echo "### $b"
 		echo
-		"$OUT/$b-nvmfbench" -from "$files" "${ARGS[@]}"
+		"$OUT/$b-nvmfbench" -from "$files" -t "$RUNTIME" "${ARGS[@]}"
 	done
 	echo "### System calls of the server per I/O (strace -c -f, 3 s of an 8 s run)"
 	echo
