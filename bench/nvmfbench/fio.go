@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nexstor/nexstor/internal/loadgen"
@@ -31,11 +32,13 @@ type fioOutput struct {
 	} `json:"jobs"`
 }
 
-// runFio runs w with fio's nbd engine against uri, with the fio options of
+// runFio runs w with fio against target, with the fio options of
 // bench/nbd.sh, and reports its IOPS and total latency (submission to
 // completion, --lat_percentiles) percentiles. busy is how long fio kept the
 // server busy (ramp included), for the CPU-per-I/O division.
-func runFio(cfg config, w workload, backing, uri string) (m measured, busy time.Duration, err error) {
+// target is an nbd:// URI (fio's nbd engine) or the path of a file, which
+// fio opens itself with ioengine=io_uring and direct=1: the raw baseline.
+func runFio(cfg config, w workload, backing, target string) (m measured, busy time.Duration, err error) {
 	rw := map[[2]int]string{
 		{int(loadgen.Random), int(loadgen.Read)}:      "randread",
 		{int(loadgen.Random), int(loadgen.Write)}:     "randwrite",
@@ -43,13 +46,18 @@ func runFio(cfg config, w workload, backing, uri string) (m measured, busy time.
 		{int(loadgen.Sequential), int(loadgen.Write)}: "write",
 	}[[2]int{int(w.pattern), int(w.mix)}]
 	args := []string{
-		"--name=" + w.name, "--ioengine=nbd", "--uri=" + uri,
+		"--name=" + w.name,
 		"--rw=" + rw, "--bs=" + strconv.Itoa(w.bs), "--iodepth=" + strconv.Itoa(w.qd),
 		"--numjobs=1", "--size=" + strconv.FormatInt(cfg.sizeMiB[backing], 10) + "m",
 		"--time_based", "--runtime=" + strconv.FormatFloat(cfg.runtime.Seconds(), 'f', -1, 64) + "s",
 		"--ramp_time=" + strconv.FormatFloat(fioRamp.Seconds(), 'f', -1, 64) + "s",
 		"--randrepeat=0", "--norandommap", "--group_reporting",
 		"--lat_percentiles=1", "--output-format=json",
+	}
+	if strings.HasPrefix(target, "nbd://") {
+		args = append(args, "--ioengine=nbd", "--uri="+target)
+	} else {
+		args = append(args, "--ioengine=io_uring", "--direct=1", "--filename="+target)
 	}
 	cmd := exec.Command("fio", args...)
 	var stderr bytes.Buffer

@@ -91,7 +91,12 @@ var allWorkloads = []workload{
 	{"randwrite-4k-qd32", loadgen.Random, loadgen.Write, 4096, 32},
 	{"read-128k-qd8", loadgen.Sequential, loadgen.Read, 128 << 10, 8},
 	{"write-128k-qd8", loadgen.Sequential, loadgen.Write, 128 << 10, 8},
+	{"write-1m-qd8", loadgen.Sequential, loadgen.Write, 1 << 20, 8},
 }
+
+// serverPath says whether the server process serves path p (and so whether
+// its CPU, system calls and switches per I/O mean anything for it).
+func serverPath(p string) bool { return p != "raw" && p != "fio-raw" }
 
 func main() {
 	var (
@@ -101,29 +106,32 @@ func main() {
 		fileMiB   = flag.Int64("file-size", 1024, "size of the file-backed replica in MiB")
 		runtimeS  = flag.Float64("t", 5, "seconds each measured run lasts")
 		repeat    = flag.Int("r", 3, "runs of each workload on each path; the median is reported")
-		backs     = flag.String("backings", "malloc,file", "comma-separated backings: malloc, file")
+		backs     = flag.String("backings", "malloc,file", "comma-separated backings: malloc, file (thin replicas of pools), uring (a file of -file-size MiB exported as it is, O_DIRECT through io_uring: the backing of the fio-raw path)")
 		wls       = flag.String("workloads", "", "comma-separated workload names (default: all): "+workloadNames())
-		paths     = flag.String("paths", "nvmf,nbd,nbd-go,raw", "comma-separated paths: nvmf, nbd (fio), nbd-go, raw")
-		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first randread-4k-qd32 run of each network path and backing into this directory")
+		paths     = flag.String("paths", "nvmf,nbd,nbd-go,raw", "comma-separated paths: nvmf, nbd (fio), nbd-go, raw, fio-raw (fio ioengine=io_uring direct=1 on the uring backing's file; other backings skip it)")
+		profDir   = flag.String("profile", "", "write CPU profiles of the server process (server-PATH-BACKING.pprof) and of this process (client-PATH-BACKING.pprof, where the Go initiator or NBD client runs) during the first run of the -profile-workload on each network path and backing into this directory")
+		profWL    = flag.String("profile-workload", "randread-4k-qd32", "the workload -profile profiles")
 		rawJSON   = flag.String("json", "", "also write every sample as JSON to this file")
+		from      = flag.String("from", "", "measure nothing: report the samples of these comma-separated -json files together (runs of one build, interleaved with another's by bench/nvmf-ab.sh); -backings, -paths and -workloads select the rows")
 		verify    = flag.Bool("verify", false, "check the loadgen paths instead of measuring them: every workload becomes a 50/50 read/write mix whose reads of blocks the run wrote are checked")
 	)
 	flag.Parse()
 	backings := strings.Split(*backs, ",")
 	if *serveMode {
-		if err := serve(backings, *dir, map[string]int64{"malloc": *mallocMiB << 20, "file": *fileMiB << 20}); err != nil {
+		if err := serve(backings, *dir, map[string]int64{"malloc": *mallocMiB << 20, "file": *fileMiB << 20, "uring": *fileMiB << 20}); err != nil {
 			fmt.Fprintln(os.Stderr, "nvmfbench -serve:", err)
 			os.Exit(1)
 		}
 		return
 	}
 	cfg := config{
-		sizeMiB:  map[string]int64{"malloc": *mallocMiB, "file": *fileMiB},
+		sizeMiB:  map[string]int64{"malloc": *mallocMiB, "file": *fileMiB, "uring": *fileMiB},
 		runtime:  time.Duration(*runtimeS * float64(time.Second)),
 		repeat:   *repeat,
 		backings: backings,
 		paths:    strings.Split(*paths, ","),
 		profDir:  *profDir,
+		profWL:   *profWL,
 		dir:      *dir,
 		rawJSON:  *rawJSON,
 		verify:   *verify,
@@ -141,10 +149,17 @@ func main() {
 		}
 	}
 	for _, p := range cfg.paths {
-		if !slices.Contains([]string{"nvmf", "nbd", "nbd-go", "raw"}, p) {
-			fmt.Fprintf(os.Stderr, "nvmfbench: unknown path %q: use nvmf, nbd, nbd-go or raw\n", p)
+		if !slices.Contains([]string{"nvmf", "nbd", "nbd-go", "raw", "fio-raw"}, p) {
+			fmt.Fprintf(os.Stderr, "nvmfbench: unknown path %q: use nvmf, nbd, nbd-go, raw or fio-raw\n", p)
 			os.Exit(2)
 		}
+	}
+	if *from != "" {
+		if err := reportFrom(cfg, strings.Split(*from, ",")); err != nil {
+			fmt.Fprintln(os.Stderr, "nvmfbench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err := drive(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "nvmfbench:", err)
@@ -168,6 +183,7 @@ type config struct {
 	paths     []string
 	workloads []workload
 	profDir   string
+	profWL    string
 	dir       string
 	rawJSON   string
 	verify    bool
@@ -310,6 +326,7 @@ func drive(cfg config) error {
 		}
 		defer os.RemoveAll(d)
 		dir = d
+		cfg.dir = d
 	}
 	load0 := loadAvg()
 	start := time.Now().UTC()
@@ -353,8 +370,11 @@ func drive(cfg config) error {
 				// none always comes first after a change of backing.
 				order := append(slices.Clone(cfg.paths[i%len(cfg.paths):]), cfg.paths[:i%len(cfg.paths)]...)
 				for _, p := range order {
+					if p == "fio-raw" && b != "uring" {
+						continue
+					}
 					logf("%s: %s: %s (run %d of %d)", w.name, b, p, i+1, cfg.repeat)
-					profile := cfg.profDir != "" && i == 0 && p != "raw" && w.name == "randread-4k-qd32"
+					profile := cfg.profDir != "" && i == 0 && serverPath(p) && w.name == cfg.profWL
 					m, err := runOne(ctx, cfg, srv, namespaces, w, b, p, profile)
 					if err != nil {
 						return fmt.Errorf("%s %s %s: %w", w.name, b, p, err)
@@ -365,13 +385,9 @@ func drive(cfg config) error {
 		}
 	}
 	if cfg.rawJSON != "" {
-		type row struct {
-			Workload, Backing, Path string
-			Samples                 []measured
-		}
-		var rows []row
+		var rows []sampleRow
 		for k, v := range samples {
-			rows = append(rows, row{k.workload, k.backing, k.path, v})
+			rows = append(rows, sampleRow{k.workload, k.backing, k.path, v})
 		}
 		b, _ := json.MarshalIndent(rows, "", "  ")
 		if err := os.WriteFile(cfg.rawJSON, b, 0o644); err != nil {
@@ -379,6 +395,35 @@ func drive(cfg config) error {
 		}
 	}
 	report(cfg, samples, start, load0, loadAvg(), fsType(dir))
+	return nil
+}
+
+// sampleRow is one workload, backing and path of a -json file.
+type sampleRow struct {
+	Workload, Backing, Path string
+	Samples                 []measured
+}
+
+// reportFrom prints the report of the samples in files, pooled.
+func reportFrom(cfg config, files []string) error {
+	samples := map[key][]measured{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		var rows []sampleRow
+		if err := json.Unmarshal(b, &rows); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		for _, r := range rows {
+			k := key{r.Workload, r.Backing, r.Path}
+			samples[k] = append(samples[k], r.Samples...)
+		}
+	}
+	cfg.repeat = len(files)
+	fmt.Printf("Pooled from %d runs (%s).\n\n", len(files), strings.Join(files, ", "))
+	report(cfg, samples, time.Now().UTC(), "(see the runs)", "(see the runs)", "(see the runs)")
 	return nil
 }
 
@@ -426,6 +471,13 @@ func runOne(ctx context.Context, cfg config, srv *server, namespaces map[string]
 		if err != nil {
 			return measured{}, err
 		}
+	case "fio-raw":
+		var err error
+		m, _, err = runFio(cfg, w, backing, uringFile(cfg.dir))
+		if err != nil {
+			return measured{}, err
+		}
+		return m, nil
 	default:
 		dev := namespaces[path+"/"+backing]
 		t0 := time.Now()
@@ -485,12 +537,12 @@ func med(ms []measured, f func(measured) float64) float64 {
 
 func report(cfg config, samples map[key][]measured, start time.Time, load0, load1, fs string) {
 	fioVer, _ := exec.Command("fio", "--version").Output()
-	fmt.Printf("%s, %d CPUs (GOMAXPROCS %d), load average %s at the start and %s at the end, thin replicas (pre-filled) of %d MiB (malloc) and %d MiB (file), file pool on %s, %v per run, median of %d runs, %s, %s.\n\n",
-		start.Format("2006-01-02T15:04Z"), runtime.NumCPU(), runtime.GOMAXPROCS(0), load0, load1, cfg.sizeMiB["malloc"], cfg.sizeMiB["file"], fs, cfg.runtime, cfg.repeat, strings.TrimSpace(string(fioVer)), runtime.Version())
+	fmt.Printf("%s, %d CPUs (GOMAXPROCS %d), load average %s at the start and %s at the end, backings %s (thin replicas, pre-filled, of %d MiB on malloc and %d MiB on a file; uring: a pre-filled file of %d MiB exported as it is), files on %s, %v per run, median of %d runs, %s, %s.\n\n",
+		start.Format("2006-01-02T15:04Z"), runtime.NumCPU(), runtime.GOMAXPROCS(0), load0, load1, strings.Join(cfg.backings, ","), cfg.sizeMiB["malloc"], cfg.sizeMiB["file"], cfg.sizeMiB["uring"], fs, cfg.runtime, cfg.repeat, strings.TrimSpace(string(fioVer)), runtime.Version())
 	has := func(p string) bool { return slices.Contains(cfg.paths, p) }
 	var netPaths []string
 	for _, p := range cfg.paths {
-		if p != "raw" {
+		if serverPath(p) {
 			netPaths = append(netPaths, p)
 		}
 	}
@@ -577,6 +629,26 @@ func report(cfg config, samples map[key][]measured, start time.Time, load0, load
 					for _, p := range netPaths {
 						row += fmt.Sprintf(c.fmt, get(w, p, c.f))
 					}
+				}
+				fmt.Println(row)
+			}
+			fmt.Println()
+		}
+
+		if b == "uring" && has("fio-raw") {
+			fmt.Printf("Against fio on the same file (ioengine=io_uring, direct=1; medians):\n\n")
+			hdr, sep = "| workload | fio-raw IOPS | fio-raw p50 µs | fio-raw p99 µs |", "|---|---:|---:|---:|"
+			for _, p := range netPaths {
+				hdr += " " + p + "/fio-raw IOPS | " + p + " p50 added µs | " + p + " p99 added µs |"
+				sep += "---:|---:|---:|"
+			}
+			fmt.Println(hdr)
+			fmt.Println(sep)
+			p99 := func(m measured) float64 { return m.P99 }
+			for _, w := range cfg.workloads {
+				row := fmt.Sprintf("| %s | %.0f | %.1f | %.1f |", w.name, get(w, "fio-raw", iops), get(w, "fio-raw", p50), get(w, "fio-raw", p99))
+				for _, p := range netPaths {
+					row += fmt.Sprintf(" %s | %+.1f | %+.1f |", ratio(get(w, p, iops), get(w, "fio-raw", iops)), get(w, p, p50)-get(w, "fio-raw", p50), get(w, p, p99)-get(w, "fio-raw", p99))
 				}
 				fmt.Println(row)
 			}

@@ -45,17 +45,62 @@ type reply struct {
 	Mallocs uint64    `json:"mallocs,omitempty"`
 }
 
-// replicaSet is one pool with its pre-filled thin replica.
+// replicaSet is one backing with what is served from it: a pool with its
+// pre-filled thin replica, or (backing uring) the pre-filled file itself.
 type replicaSet struct {
 	dev  bdev.Device
-	pool *pool.Pool
-	r    *pool.Replica
+	pool *pool.Pool    // nil for uring
+	r    *pool.Replica // nil for uring
+	exp  bdev.Device   // what the servers export and the raw path drives
+	id   string        // for the subsystem NQN
 }
 
 func (s *replicaSet) close() {
-	s.r.Close()
-	s.pool.Close()
+	if s.r != nil {
+		s.r.Close()
+		s.pool.Close()
+	}
 	s.dev.Close()
+}
+
+// uringFile is the file of the uring backing under dir, which fio's raw
+// io_uring path opens too.
+func uringFile(dir string) string { return filepath.Join(dir, "uring.img") }
+
+// openURing creates the uring backing: a file of size bytes under dir,
+// opened with O_DIRECT and io_uring and exported as it is (no pool, no
+// replica), pre-filled, so that fio with ioengine=io_uring and direct=1 on
+// the same file is the raw baseline of every path to it.
+func openURing(dir string, size int64) (*replicaSet, error) {
+	direct := true
+	dev, err := bdev.OpenFile(uringFile(dir), bdev.FileOptions{Create: true, Size: size, BlockSize: 4096, Direct: &direct, URing: true})
+	if err != nil {
+		return nil, fmt.Errorf("backing uring: %w", err)
+	}
+	s := &replicaSet{dev: dev, exp: dev, id: "bench-uring"}
+	if err := prefill(dev, size); err != nil {
+		s.close()
+		return nil, fmt.Errorf("backing uring: %w", err)
+	}
+	return s, nil
+}
+
+// prefill writes the first size bytes of dev once, then flushes.
+func prefill(dev bdev.Device, size int64) error {
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), size-off)
+		if _, err := dev.WriteAt(buf[:n], off); err != nil {
+			return fmt.Errorf("pre-fill at %d: %w", off, err)
+		}
+	}
+	if err := dev.Flush(); err != nil {
+		return fmt.Errorf("flush after pre-fill: %w", err)
+	}
+	return nil
 }
 
 // openReplica creates a pool on a fresh backing (malloc or an O_DIRECT file
@@ -68,12 +113,14 @@ func openReplica(backing, dir string, size int64) (*replicaSet, error) {
 	var dev bdev.Device
 	var err error
 	switch backing {
+	case "uring":
+		return openURing(dir, size)
 	case "malloc":
 		dev, err = bdev.NewMalloc(devSize, 4096)
 	case "file":
 		dev, err = bdev.OpenFile(filepath.Join(dir, "pool.img"), bdev.FileOptions{Create: true, Size: devSize, BlockSize: 4096})
 	default:
-		return nil, fmt.Errorf("backing %q: use malloc or file", backing)
+		return nil, fmt.Errorf("backing %q: use malloc, file or uring", backing)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("backing %s: %w", backing, err)
@@ -94,21 +141,10 @@ func openReplica(backing, dir string, size int64) (*replicaSet, error) {
 		dev.Close()
 		return nil, fmt.Errorf("backing %s: open replica: %w", backing, err)
 	}
-	s := &replicaSet{dev: dev, pool: p, r: r}
-	buf := make([]byte, 1<<20)
-	for i := range buf {
-		buf[i] = byte(i*7 + 1)
-	}
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		n := min(int64(len(buf)), size-off)
-		if _, err := r.WriteAt(buf[:n], off); err != nil {
-			s.close()
-			return nil, fmt.Errorf("backing %s: pre-fill at %d: %w", backing, off, err)
-		}
-	}
-	if err := r.Flush(); err != nil {
+	s := &replicaSet{dev: dev, pool: p, r: r, exp: r, id: r.UUID()}
+	if err := prefill(r, size); err != nil {
 		s.close()
-		return nil, fmt.Errorf("backing %s: flush after pre-fill: %w", backing, err)
+		return nil, fmt.Errorf("backing %s: %w", backing, err)
 	}
 	return s, nil
 }
@@ -138,15 +174,15 @@ func serve(backings []string, dir string, sizes map[string]int64) error {
 		}
 		sets[b] = s
 		fmt.Fprintf(os.Stderr, "nvmfbench: %s replica of %d MiB pre-filled in %v\n", b, size>>20, time.Since(start).Round(time.Millisecond))
-		nqn := target.NQN("replica", s.r.UUID())
+		nqn := target.NQN("replica", s.id)
 		sub, err := tgt.AddSubsystem(nqn, target.SubsystemOptions{AllowAnyHost: true})
 		if err != nil {
 			return fmt.Errorf("backing %s: %w", b, err)
 		}
-		if _, err := sub.AddNamespace(s.r, target.NamespaceOptions{}); err != nil {
+		if _, err := sub.AddNamespace(s.exp, target.NamespaceOptions{}); err != nil {
 			return fmt.Errorf("backing %s: %w", b, err)
 		}
-		if err := nbds.AddExport(b, s.r, nbd.ExportOptions{}); err != nil {
+		if err := nbds.AddExport(b, s.exp, nbd.ExportOptions{}); err != nil {
 			return fmt.Errorf("backing %s: %w", b, err)
 		}
 		rd.NQN[b] = nqn
@@ -185,7 +221,7 @@ func serve(backings []string, dir string, sizes map[string]int64) error {
 				rep.Err = fmt.Sprintf("no backing %q", c.Backing)
 				break
 			}
-			r, err := loadgen.Run(ctx, s.r, c.Spec)
+			r, err := loadgen.Run(ctx, s.exp, c.Spec)
 			if err == nil && r.Errors > 0 {
 				err = fmt.Errorf("%d I/O errors, first: %w", r.Errors, r.FirstError)
 			}

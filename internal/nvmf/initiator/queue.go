@@ -120,6 +120,7 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 		cmds:      make([]cmd, depth),
 	}
 	q.enc = pdu.NewEncoder(q.bw)
+	q.enc.Direct = conn // large writes: header and data in one writev
 	q.dec = pdu.NewDecoder(bufio.NewReaderSize(conn, 64<<10), maxTransfer)
 	for i := range q.cmds {
 		c := &q.cmds[i]

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 )
 
 // Decoder reads PDUs from a byte stream. It is not safe for concurrent use:
@@ -306,9 +307,23 @@ type Encoder struct {
 	// DataAlign is the peer's required data alignment in dwords, 0's based
 	// (HPDA for a controller, CPDA for a host): PDO is padded to it.
 	DataAlign uint8
+	// Direct, when set, is the stream under w (the connection). A PDU
+	// whose data is DirectMin bytes or more and does not fit in w's free
+	// space is then written at once, after whatever w holds, with one
+	// vectored write of its header, data and digest (net.Buffers: writev
+	// on a TCP connection), instead of being copied through w in several
+	// system calls. Nil writes everything through w.
+	Direct io.Writer
 
-	buf [MaxHeaderLen + 128]byte
+	buf  [MaxHeaderLen + 128]byte
+	tail [2*DigestLen + CapsuleRespLen]byte // data digest, then a CapsuleResp
+	iovs [3][]byte
+	iov  net.Buffers
 }
+
+// DirectMin is the least data, in bytes, that Encoder.Direct writes
+// directly: below it, copying into the buffer costs less than a system call.
+const DirectMin = 32 << 10
 
 // NewEncoder returns an encoder writing to w.
 func NewEncoder(w *bufio.Writer) *Encoder { return &Encoder{w: w} }
@@ -316,10 +331,13 @@ func NewEncoder(w *bufio.Writer) *Encoder { return &Encoder{w: w} }
 // Writer returns the underlying buffered writer (to Flush it).
 func (e *Encoder) Writer() *bufio.Writer { return e.w }
 
-// write frames the header already in e.buf[8:hlen] with data.
-func (e *Encoder) write(t Type, flags uint8, hlen int, data []byte) error {
+// frame completes the header of a PDU whose specific header is in
+// e.buf[8:hlen] and that carries dataLen bytes of data: common header,
+// header digest and PDO padding. It returns how many bytes of e.buf go
+// before the data and whether a data digest follows it.
+func (e *Encoder) frame(t Type, flags uint8, hlen, dataLen int) (int, bool, error) {
 	hd := e.HeaderDigest && digestible(t)
-	dd := e.DataDigest && digestible(t) && len(data) > 0
+	dd := e.DataDigest && digestible(t) && dataLen > 0
 	hdrTotal := hlen
 	if hd {
 		flags |= FlagHDGST
@@ -327,10 +345,10 @@ func (e *Encoder) write(t Type, flags uint8, hlen int, data []byte) error {
 	}
 	pdo := 0
 	plen := hdrTotal
-	if len(data) > 0 {
+	if dataLen > 0 {
 		if t == TypeH2CTermReq || t == TypeC2HTermReq {
 			pdo = 0
-			plen += len(data)
+			plen += dataLen
 		} else {
 			pdo = hdrTotal
 			if e.DataAlign > 0 {
@@ -338,9 +356,9 @@ func (e *Encoder) write(t Type, flags uint8, hlen int, data []byte) error {
 				pdo = (pdo + a - 1) / a * a
 			}
 			if pdo > 255 {
-				return fmt.Errorf("nvme/tcp: data alignment %d puts PDO beyond 255", e.DataAlign)
+				return 0, false, fmt.Errorf("nvme/tcp: data alignment %d puts PDO beyond 255", e.DataAlign)
 			}
-			plen = pdo + len(data)
+			plen = pdo + dataLen
 			if dd {
 				flags |= FlagDDGST
 				plen += DigestLen
@@ -355,6 +373,49 @@ func (e *Encoder) write(t Type, flags uint8, hlen int, data []byte) error {
 	if pdo > hdrTotal {
 		clear(e.buf[hdrTotal:pdo])
 		end = pdo
+	}
+	return end, dd, nil
+}
+
+// direct says whether a PDU of hdr header bytes and n data bytes goes out
+// through Direct.
+func (e *Encoder) direct(hdr, n int) bool {
+	return e.Direct != nil && n >= DirectMin && hdr+n > e.w.Available()
+}
+
+// writeDirect flushes w, then writes e.buf[:hdr], data and tail with one
+// vectored write.
+func (e *Encoder) writeDirect(hdr int, data, tail []byte) error {
+	if e.w.Buffered() > 0 {
+		if err := e.w.Flush(); err != nil {
+			return err
+		}
+	}
+	e.iovs = [3][]byte{e.buf[:hdr], data, tail}
+	n := 3
+	if len(tail) == 0 {
+		n = 2
+	}
+	e.iov = e.iovs[:n]
+	_, err := e.iov.WriteTo(e.Direct)
+	e.iovs = [3][]byte{}
+	e.iov = nil
+	return err
+}
+
+// write frames the header already in e.buf[8:hlen] with data.
+func (e *Encoder) write(t Type, flags uint8, hlen int, data []byte) error {
+	end, dd, err := e.frame(t, flags, hlen, len(data))
+	if err != nil {
+		return err
+	}
+	if e.direct(end, len(data)) {
+		var tail []byte
+		if dd {
+			binary.LittleEndian.PutUint32(e.tail[:], Digest(data))
+			tail = e.tail[:DigestLen]
+		}
+		return e.writeDirect(end, data, tail)
 	}
 	if _, err := e.w.Write(e.buf[:end]); err != nil {
 		return err
@@ -459,6 +520,68 @@ func (e *Encoder) WriteC2HData(h DataHeader, flags uint8, data []byte) error {
 	h.TTag = 0
 	e.putDataHeader(h)
 	return e.write(TypeC2HData, flags&(FlagLast|FlagSuccess), DataHeaderLen, data)
+}
+
+// WriteC2HDataResp writes the whole data of a command in one C2HData PDU
+// (FlagLast), then its CapsuleResp c, or none when success is set: the
+// C2HData then carries FlagSuccess, which the host must allow (SQ flow
+// control disabled) and which requires c to be a plain success. Through
+// Direct, both PDUs go out in one vectored write.
+func (e *Encoder) WriteC2HDataResp(h DataHeader, success bool, data []byte, c *CQE) error {
+	flags := FlagLast
+	if success {
+		flags |= FlagSuccess
+	}
+	if e.Direct == nil || len(data) < DirectMin {
+		if err := e.WriteC2HData(h, flags, data); err != nil || success {
+			return err
+		}
+		return e.WriteCapsuleResp(c)
+	}
+	// The CapsuleResp is framed first, in e.buf, and moved to the tail.
+	var tail []byte
+	if !success {
+		c.Marshal(e.buf[CommonHeaderLen:])
+		n, _, err := e.frame(TypeCapsuleResp, 0, CapsuleRespLen, 0)
+		if err != nil {
+			return err
+		}
+		tail = e.tail[DigestLen : DigestLen+copy(e.tail[DigestLen:], e.buf[:n])]
+	}
+	h.DataL = uint32(len(data))
+	h.TTag = 0
+	e.putDataHeader(h)
+	end, dd, err := e.frame(TypeC2HData, flags, DataHeaderLen, len(data))
+	if err != nil {
+		return err
+	}
+	if !e.direct(end, len(data)+len(tail)) {
+		// Room in the buffer after all: through it, as WriteC2HData.
+		if _, err := e.w.Write(e.buf[:end]); err != nil {
+			return err
+		}
+		if _, err := e.w.Write(data); err != nil {
+			return err
+		}
+		if dd {
+			var dg [DigestLen]byte
+			binary.LittleEndian.PutUint32(dg[:], Digest(data))
+			if _, err := e.w.Write(dg[:]); err != nil {
+				return err
+			}
+		}
+		_, err := e.w.Write(tail)
+		return err
+	}
+	if dd {
+		binary.LittleEndian.PutUint32(e.tail[:], Digest(data))
+		if tail == nil {
+			tail = e.tail[:DigestLen]
+		} else {
+			tail = e.tail[:DigestLen+len(tail)]
+		}
+	}
+	return e.writeDirect(end, data, tail)
 }
 
 // WriteR2T writes an R2T.

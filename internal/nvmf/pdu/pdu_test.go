@@ -276,3 +276,73 @@ func TestDecodeDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per 10 PDUs", allocs)
 	}
 }
+
+// countingWriter counts the Write calls that reach the stream.
+type countingWriter struct {
+	bytes.Buffer
+	writes int
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) { w.writes++; return w.Buffer.Write(p) }
+
+// TestDirectWritesSameStream: with Direct set, PDUs with large data go out
+// past the buffer, byte for byte the stream the buffered path writes
+// (digests, PDO padding, what was buffered before them first).
+func TestDirectWritesSameStream(t *testing.T) {
+	big := make([]byte, 3*DirectMin)
+	for i := range big {
+		big[i] = byte(i*13 + 5)
+	}
+	cqe := CQE{Result: 0, SQHD: 0xFFFF, SQID: 1, CID: 9}
+	var sqe SQE
+	sqe.SetCID(9)
+	sqe.SetSGL(SGL{Length: uint32(len(big)), Type: SGLDataBlockOffset})
+	seq := func(e *Encoder, bw *bufio.Writer) {
+		must(t, e.WriteCapsuleResp(&cqe)) // buffered ahead of a direct write
+		must(t, e.WriteC2HDataResp(DataHeader{CCCID: 9}, false, big, &cqe))
+		must(t, e.WriteC2HDataResp(DataHeader{CCCID: 9}, true, big, &cqe))
+		must(t, e.WriteC2HDataResp(DataHeader{CCCID: 9}, false, big[:100], &cqe))
+		must(t, e.WriteCapsuleCmd(&sqe, big))
+		must(t, e.WriteH2CData(DataHeader{CCCID: 9, TTag: 3}, FlagLast, big[:DirectMin]))
+		must(t, bw.Flush())
+	}
+	for _, hd := range []bool{false, true} {
+		for _, dd := range []bool{false, true} {
+			for _, align := range []uint8{0, 7} {
+				var ref bytes.Buffer
+				rbw := bufio.NewWriterSize(&ref, 64<<10)
+				re := NewEncoder(rbw)
+				re.HeaderDigest, re.DataDigest, re.DataAlign = hd, dd, align
+				seq(re, rbw)
+
+				var got countingWriter
+				dbw := bufio.NewWriterSize(&got, 64<<10)
+				de := NewEncoder(dbw)
+				de.HeaderDigest, de.DataDigest, de.DataAlign, de.Direct = hd, dd, align, &got
+				seq(de, dbw)
+				if !bytes.Equal(got.Bytes(), ref.Bytes()) {
+					t.Fatalf("hd %v dd %v align %d: direct stream differs from the buffered one (%d and %d bytes)", hd, dd, align, got.Len(), ref.Len())
+				}
+
+				// Decodable, with the data intact.
+				d := decoder(&got.Buffer, hd, dd)
+				next(t, d, TypeCapsuleResp)
+				h := next(t, d, TypeC2HData)
+				in := make([]byte, len(big))
+				must(t, d.ReadData(in))
+				if h.Flags&FlagSuccess != 0 || !bytes.Equal(in, big) {
+					t.Fatalf("C2HData flags %#x, data intact %v", h.Flags, bytes.Equal(in, big))
+				}
+				next(t, d, TypeCapsuleResp)
+				if c := d.CQE(); c.CID != 9 {
+					t.Fatalf("CapsuleResp CID %d", c.CID)
+				}
+				h = next(t, d, TypeC2HData)
+				must(t, d.ReadData(in))
+				if h.Flags&(FlagSuccess|FlagLast) != FlagSuccess|FlagLast {
+					t.Fatalf("C2HData with SUCCESS: flags %#x", h.Flags)
+				}
+			}
+		}
+	}
+}

@@ -110,6 +110,7 @@ func newQueue(t *Target, c net.Conn, discovery bool) *queue {
 	}
 	q.dec = pdu.NewDecoder(q.br, max(adminCapsuleData, InCapsuleDataSize, maxH2CData))
 	q.enc = pdu.NewEncoder(q.bw)
+	q.enc.Direct = c // large reads: header, data and response in one writev
 	return q
 }
 
@@ -587,14 +588,8 @@ func (q *queue) write(it sendItem) error {
 	closeIt := r.closeIt
 	var err error
 	if r.c2h > 0 && nvme.Status(r.cqe.Status).Success() {
-		flags := pdu.FlagLast
-		if q.sqfcOff && r.cqe.Result == 0 {
-			flags |= pdu.FlagSuccess
-		}
-		err = q.enc.WriteC2HData(pdu.DataHeader{CCCID: r.sqe.CID(), DataO: 0}, flags, r.buf[:r.c2h])
-		if err == nil && flags&pdu.FlagSuccess == 0 {
-			err = q.enc.WriteCapsuleResp(&r.cqe)
-		}
+		success := q.sqfcOff && r.cqe.Result == 0
+		err = q.enc.WriteC2HDataResp(pdu.DataHeader{CCCID: r.sqe.CID(), DataO: 0}, success, r.buf[:r.c2h], &r.cqe)
 	} else {
 		err = q.enc.WriteCapsuleResp(&r.cqe)
 	}

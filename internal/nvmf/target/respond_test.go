@@ -1,6 +1,7 @@
 package target
 
 import (
+	"bufio"
 	"bytes"
 	"math/rand/v2"
 	"testing"
@@ -58,7 +59,7 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 		regionBlk = 64 // blocks per command ID: room for the largest write
 		perCID    = 40 // commands per command ID
 	)
-	large := InCapsuleDataSize + 2*bs // more than fits in a capsule: by R2T
+	large := 34 * bs // in the capsule or by R2T, at random
 	if large > regionBlk*bs {
 		t.Fatalf("test region of %d bytes too small for a %d-byte write", regionBlk*bs, large)
 	}
@@ -101,8 +102,10 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 		s.n++
 		s.got, s.done = 0, false
 		if s.write {
-			// In the capsule, up to its limit, or by R2T.
-			n := []int{bs, 4 * bs, InCapsuleDataSize, large}[rng.IntN(4)]
+			// Small writes in the capsule; larger ones in the capsule
+			// or, as a host may choose, by R2T.
+			n := []int{bs, 4 * bs, 32 * bs, large}[rng.IntN(4)]
+			inCapsule := n <= 4*bs || rng.IntN(2) == 0
 			// A window of the random pool at a random offset: every
 			// write leaves different data, cheaply.
 			data := s.out[:n]
@@ -111,7 +114,7 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 			s.want = data
 			sqe.SetOpcode(nvme.CmdWrite)
 			sqe.SetCDW(12, uint32(n/bs-1))
-			if n <= InCapsuleDataSize {
+			if inCapsule {
 				sqe.SetSGL(pdu.SGL{Type: pdu.SGLDataBlockOffset, Length: uint32(n)})
 				h.must(h.enc.WriteCapsuleCmd(&sqe, data))
 				return
@@ -213,7 +216,7 @@ func testPipelined(t *testing.T, digests, noSQFC bool) {
 
 // TestInCapsuleLimitOnIOQueues: an I/O queue takes writes of up to
 // InCapsuleDataSize in the capsule (what IOCCSZ advertises); one block more
-// is a fatal Data Limit Exceeded.
+// is a fatal Data Limit Exceeded (from the PDU's length: FEI 4, PLEN).
 func TestInCapsuleLimitOnIOQueues(t *testing.T) {
 	_, _, addr := serve(t)
 	admin := dialRaw(t, addr, false)
@@ -243,7 +246,14 @@ func TestInCapsuleLimitOnIOQueues(t *testing.T) {
 	sqe.SetCID(77)
 	sqe.SetFlags(pdu.PSDTSGL)
 	sqe.SetSGL(pdu.SGL{Type: pdu.SGLDataBlockOffset, Length: uint32(len(data) + 4096)})
-	h.must(h.enc.WriteCapsuleCmd(&sqe, append(data, make([]byte, 4096)...)))
+	// Only the header goes out: the target must refuse the PDU from its
+	// length alone, before it reads any data.
+	var pb bytes.Buffer
+	pw := bufio.NewWriter(&pb)
+	h.must(pdu.NewEncoder(pw).WriteCapsuleCmd(&sqe, append(data, make([]byte, 4096)...)))
+	h.must(pw.Flush())
+	_, err := h.bw.Write(pb.Bytes()[:pdu.CapsuleCmdLen])
+	h.must(err)
 	h.flush()
-	h.expectTerm(pdu.FESDataLimitExceeded, 0)
+	h.expectTerm(pdu.FESDataLimitExceeded, 4)
 }

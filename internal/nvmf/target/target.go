@@ -100,12 +100,14 @@ const (
 	MaxTransfer = 1 << 20
 	mdts        = 8 // 2^8 * 4 KiB pages = MaxTransfer
 	// InCapsuleDataSize is how much write data a host may put in a command
-	// capsule on I/O queues (IOCCSZ = (64 + this) / 16). Hosts send writes
-	// up to this size with the command instead of waiting for an R2T, which
-	// saves a round trip per write. It costs no memory per queue slot: the
-	// data lands in a pooled buffer of the write's own size, as R2T data
-	// does.
-	InCapsuleDataSize = 128 << 10
+	// capsule on I/O queues (IOCCSZ = (64 + this) / 16): MaxTransfer, so
+	// that a host sends every write with its command instead of waiting
+	// for an R2T, which saves a round trip (and, in the target, a hand-off
+	// to the writer goroutine) per write of any size. It costs no memory
+	// per queue slot: the data lands in a pooled buffer of the write's own
+	// size, as R2T data does. Writes a host chooses to send without data
+	// still get their R2T.
+	InCapsuleDataSize = MaxTransfer
 	// adminCapsuleData is the in-capsule data limit on admin queues, enough
 	// for Connect and small admin writes.
 	adminCapsuleData = 8 << 10
