@@ -29,7 +29,7 @@
 # divided by the I/Os fio completed), fio's own CPU per I/O (the client:
 # librbd or libnbd), and the resident memory of each side.
 #
-# Usage: bench/ceph.sh [-d DIR] [-s MIB] [-t SECONDS] [-r ROUNDS] [-m MIB]
+# Usage: bench/ceph.sh [-d DIR] [-s MIB] [-t SECONDS] [-r ROUNDS] [-m MIB] [-c CLASS]
 #   -d DIR      scratch directory on the disk to measure (default: a new one
 #               under ${TMPDIR:-/var/tmp}; not tmpfs: both sides use
 #               O_DIRECT); removed afterwards unless KEEP=1
@@ -37,6 +37,9 @@
 #   -t SECONDS  runtime of each measured fio run (default 10; plus 2 s ramp)
 #   -r ROUNDS   rounds; medians are reported (default 3)
 #   -m MIB      osd_memory_target of each OSD (default 1024)
+#   -c CLASS    BlueStore's settings: hdd, ssd, or default (chosen from the
+#               disk's rotational flag; bluestore_debug_enforce_settings)
+#               (default: default)
 # Ports: BENCH_PORT_BASE (default 21000): Nexstor node i's gRPC base+124+i,
 # NVMe/TCP base+420+i, NBD base+809+i, etcd base+379+2i and base+380+2i;
 # the Ceph mon base+300, the other daemons base+900 to base+999.
@@ -50,15 +53,17 @@ RUNTIME=10
 RAMP=2
 ROUNDS=3
 MEM_MIB=1024
+CLASS=default
 DIR=""
-while getopts "d:s:t:r:m:h" opt; do
+while getopts "d:s:t:r:m:c:h" opt; do
 	case $opt in
 	d) DIR=$OPTARG ;;
 	s) SIZE_MIB=$OPTARG ;;
 	t) RUNTIME=$OPTARG ;;
 	r) ROUNDS=$OPTARG ;;
 	m) MEM_MIB=$OPTARG ;;
-	*) sed -n '2,44p' "$0"; exit 2 ;;
+	c) CLASS=$OPTARG ;;
+	*) sed -n '2,47p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -163,6 +168,7 @@ bluestore block path = $CEPH/osd.\$id.block
 bluestore block create = true
 bluestore block size = $((OSD_BLOCK_GIB << 30))
 osd memory target = $((MEM_MIB << 20))
+bluestore debug enforce settings = $CLASS
 [client]
 rbd cache = false
 EOF
@@ -216,6 +222,7 @@ ceph_up() {
 	done
 	ceph pg stat -f json | jq -e '.pg_summary | ([.num_pg_by_state[] | select(.name == "active+clean") | .num] | add) == .num_pgs' >/dev/null ||
 		{ log "the PGs are not active+clean after 300 s:"; ceph -s >&2; exit 1; }
+	OSD_ROT=$(ceph osd metadata 0 -f json | jq -r '.rotational // "unknown"')
 }
 
 # ------------------------------------------------------------- Nexstor
@@ -340,7 +347,7 @@ side_ticks() {
 	echo "$s"
 }
 
-declare -A IOPS LAT P99 SCPU OCPU CCPU # keyed by target|workload: samples
+declare -A IOPS LAT P99 FLUSH SCPU OCPU CCPU # keyed by target|workload: samples
 # run TARGET WORKLOAD_INDEX runs one measured fio job and records it.
 run() {
 	local t=$1 name opts dir out c0 o0 c1 o1 t0 t1 cl
@@ -366,6 +373,7 @@ run() {
 	IOPS[$k]+="$iops "
 	LAT[$k]+="$(jq -r --arg d "$dir" '.jobs[0][$d].lat_ns.mean / 1000' "$out") "
 	P99[$k]+="$(jq -r --arg d "$dir" '.jobs[0][$d].clat_ns.percentile["99.000000"] / 1000' "$out") "
+	FLUSH[$k]+="$(jq -r '(.jobs[0].sync.lat_ns.mean // 0) / 1000' "$out") "
 	# CPU µs per I/O: CPU seconds per wall second over the run, over IOPS.
 	perio() { awk -v c="$1" -v hz="$TCK" -v us="$us" -v iops="$iops" 'BEGIN { if (iops > 0) printf "%.2f", (c / hz) / (us / 1e6) / iops * 1e6; else print "-" }'; }
 	SCPU[$k]+="$(perio $((c1 - c0))) "
@@ -421,10 +429,10 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 
 echo "$START_LINE; load average at the end of each round: ${LOADS[*]}. $(df -T "$DIR" | awk 'NR==2 { print $2 }') scratch file system (one virtual disk for both sides); $(fio --version); $(ceph --version | cut -d' ' -f1-3) (Debian); Nexstor $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)."
 echo
-echo "Images and volumes of $SIZE_MIB MiB, pre-filled; $RUNTIME s per run (+$RAMP s ramp), $ROUNDS rounds, every workload on every target in turn; medians of the rounds. Latency: fio's mean total latency and p99 completion latency, µs. CPU: µs of user+system time per I/O, servers (Ceph: mon, mgr and OSDs; in brackets the OSDs alone) and fio itself (the client: librbd or libnbd)."
+echo "Images and volumes of $SIZE_MIB MiB, pre-filled; $RUNTIME s per run (+$RAMP s ramp), $ROUNDS rounds, every workload on every target in turn; medians of the rounds. Latency: fio's mean total latency and p99 completion latency of the reads or writes, µs; with fsync=1, the mean latency of the flushes too (fio's sync latency). CPU: µs of user+system time per I/O, servers (Ceph: mon, mgr and OSDs; in brackets the OSDs alone) and fio itself (the client: librbd or libnbd)."
 echo
-echo "| workload | target | IOPS | mean lat µs | p99 lat µs | server CPU µs/IO | client CPU µs/IO |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "| workload | target | IOPS | mean lat µs | p99 lat µs | mean flush µs | server CPU µs/IO | client CPU µs/IO |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for w in "${!WORKLOADS[@]}"; do
 	IFS='|' read -r name _ dir <<<"${WORKLOADS[$w]}"
 	for t in ceph3 nex3 nex3s ceph1 nex1 nex1s; do
@@ -432,11 +440,13 @@ for w in "${!WORKLOADS[@]}"; do
 		[ -n "${IOPS[$k]:-}" ] || continue
 		s=$(f1 "$(med "${SCPU[$k]}")")
 		[ "${SIDE[$t]}" = ceph ] && s="$s ($(f1 "$(med "${OCPU[$k]}")"))"
-		echo "| $name | ${TNAME[$t]} | $(f0 "$(med "${IOPS[$k]}")") | $(f0 "$(med "${LAT[$k]}")") | $(f0 "$(med "${P99[$k]}")") | $s | $(f1 "$(med "${CCPU[$k]}")") |"
+		fl=""
+		[ -z "${EXTRA[$t]:-}" ] || fl=$(f0 "$(med "${FLUSH[$k]}")")
+		echo "| $name | ${TNAME[$t]} | $(f0 "$(med "${IOPS[$k]}")") | $(f0 "$(med "${LAT[$k]}")") | $(f0 "$(med "${P99[$k]}")") | $fl | $s | $(f1 "$(med "${CCPU[$k]}")") |"
 	done
 done
 echo
-echo "Ratios Nexstor/Ceph of the medians (IOPS: higher is better; latency and CPU per I/O: lower is better). Writes: \"as is\" is Nexstor's acknowledgement (on every replica's disk, O_DIRECT, not flushed); \"fsync=1\" adds a flush after every write, Ceph's durability."
+echo "Ratios Nexstor/Ceph of the medians (IOPS: higher is better; latency and CPU per I/O: lower is better). Writes: \"as is\" is Nexstor's acknowledgement (on every replica's disk, O_DIRECT, not flushed); \"fsync=1\" adds a flush after every write, Ceph's durability, and its mean latency is the write's plus the flush's."
 echo
 echo "| workload | pair | IOPS | mean lat | p99 lat | server CPU/IO | server CPU/IO vs OSDs alone | client CPU/IO |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
@@ -447,7 +457,9 @@ for w in "${!WORKLOADS[@]}"; do
 		[ -n "${IOPS[$a|$name]:-}" ] || continue
 		label="${TNAME[$a]#Nexstor } / ${TNAME[$b]#Ceph }"
 		[ "$dir" = read ] && label="${label%, fsync=1*}"
-		echo "| $name | $label | $(rt "$(med "${IOPS[$a|$name]}")" "$(med "${IOPS[$b|$name]}")") | $(rt "$(med "${LAT[$a|$name]}")" "$(med "${LAT[$b|$name]}")") | $(rt "$(med "${P99[$a|$name]}")" "$(med "${P99[$b|$name]}")") | $(rt "$(med "${SCPU[$a|$name]}")" "$(med "${SCPU[$b|$name]}")") | $(rt "$(med "${SCPU[$a|$name]}")" "$(med "${OCPU[$b|$name]}")") | $(rt "$(med "${CCPU[$a|$name]}")" "$(med "${CCPU[$b|$name]}")") |"
+		# fsync=1: a write is durable once its flush is done.
+		lat=$(awk -v l="$(med "${LAT[$a|$name]}")" -v f="$([ -n "${EXTRA[$a]:-}" ] && med "${FLUSH[$a|$name]}" || echo 0)" 'BEGIN { print l + f }')
+		echo "| $name | $label | $(rt "$(med "${IOPS[$a|$name]}")" "$(med "${IOPS[$b|$name]}")") | $(rt "$lat" "$(med "${LAT[$b|$name]}")") | $(rt "$(med "${P99[$a|$name]}")" "$(med "${P99[$b|$name]}")") | $(rt "$(med "${SCPU[$a|$name]}")" "$(med "${SCPU[$b|$name]}")") | $(rt "$(med "${SCPU[$a|$name]}")" "$(med "${OCPU[$b|$name]}")") | $(rt "$(med "${CCPU[$a|$name]}")" "$(med "${CCPU[$b|$name]}")") |"
 	done
 done
 echo
@@ -467,6 +479,6 @@ ri=$(awk -v a="$(med "${IOPS[nex3s|$k]}")" -v b="$(med "${IOPS[ceph3|$k]}")" 'BE
 rc=$(awk -v a="$(med "${SCPU[nex3s|$k]}")" -v b="$(med "${SCPU[ceph3|$k]}")" 'BEGIN { printf "%.2f", a / b }')
 echo "Goal (at equal durability, 3 replicas, 4k randwrite QD32: IOPS >= 3x Ceph size=3 at <= 0.2x its server CPU per I/O): IOPS ${ri}x ($(awk -v r="$ri" 'BEGIN { print (r >= 3 ? "met" : "not met") }')), CPU per I/O ${rc}x ($(awk -v r="$rc" 'BEGIN { print (r <= 0.2 ? "met" : "not met") }'))."
 echo
-echo "Ceph settings: no cephx (auth none), messenger v2 on 127.0.0.1, osd_memory_target $MEM_MIB MiB, BlueStore on ${OSD_BLOCK_GIB} GiB sparse files (data, DB and WAL in one; the device class is detected from the disk), debug logging 0/0, osd_crush_chooseleaf_type 0 (replicas across the three OSDs of the one host), 32 PGs per pool, pg autoscaler off, client rbd_cache false. Nexstor: defaults (file:// pools, O_DIRECT), TLS on gRPC, JSON logs; vol3's nexus on node0, vol1's replica on $VOL1_NODE."
+echo "Ceph settings: no cephx (auth none), messenger v2 on 127.0.0.1, osd_memory_target $MEM_MIB MiB, BlueStore on ${OSD_BLOCK_GIB} GiB sparse files (data, DB and WAL in one; BlueStore settings: $CLASS, the OSDs' rotational flag: $OSD_ROT), debug logging 0/0, osd_crush_chooseleaf_type 0 (replicas across the three OSDs of the one host), 32 PGs per pool, pg autoscaler off, client rbd_cache false. Nexstor: defaults (file:// pools, O_DIRECT), TLS on gRPC, JSON logs; vol3's nexus on node0, vol1's replica on $VOL1_NODE."
 echo
-echo "Reproduce: bench/ceph.sh -s $SIZE_MIB -t $RUNTIME -r $ROUNDS -m $MEM_MIB"
+echo "Reproduce: bench/ceph.sh -s $SIZE_MIB -t $RUNTIME -r $ROUNDS -m $MEM_MIB -c $CLASS"
