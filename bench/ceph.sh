@@ -386,7 +386,7 @@ START_LINE=$(machine_line)
 log "pre-filling every image and volume (1 MiB sequential writes)"
 for t in ceph3 ceph1 nex3 nex1; do
 	# shellcheck disable=SC2086
-	fio --name=prefill ${ENGINE[$t]} --rw=write --bs=1m --iodepth=8 --size="${SIZE_MIB}m" --output-format=json >"$DIR/prefill.json" 2>"$DIR/fio.err" ||
+	fio --name=prefill ${ENGINE[$t]} --rw=write --bs=1m --iodepth=8 --size="${SIZE_MIB}m" --output-format=json --output="$DIR/prefill.json" >"$DIR/fio.err" 2>&1 ||
 		{ log "$t: prefill failed:"; cat "$DIR/fio.err" >&2; exit 1; }
 	log "$t: prefilled at $(jq -r '.jobs[0].write.bw / 1024 | floor' "$DIR/prefill.json") MiB/s"
 done
