@@ -7,7 +7,7 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build install image test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover bench-pvc chaos fuzz sim clean
+.PHONY: all build install image test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover bench-pvc bench-ceph chaos fuzz sim clean
 
 all: build
 
@@ -105,6 +105,15 @@ bench-failover:
 PVCFLAGS ?=
 bench-pvc:
 	./bench/pvc.sh $(PVCFLAGS)
+
+# bench-ceph runs Nexstor side by side with Ceph RBD (16.2, Debian's
+# packages, installed with apt-get when missing; as root) on the same disk
+# through the same fio: 3 and 1 replicas, writes as they are and with
+# fsync=1 (about 20 minutes; CEPHFLAGS passes options, see bench/ceph.sh -h).
+# Markdown on stdout.
+CEPHFLAGS ?=
+bench-ceph:
+	./bench/ceph.sh $(CEPHFLAGS)
 
 # chaos runs TestChaos as a soak: five nodes in network namespaces, fio
 # over NBD and in a QEMU guest over NVMe/TCP, random kills and partitions
