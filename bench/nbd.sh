@@ -6,9 +6,14 @@
 #       file backend with its I/O through io_uring), a thin replica on it;
 #   (c) nbdkit's file plugin serving a plain file on the same filesystem;
 #   (d) fio directly on a plain file (libaio, direct=1), the backing store;
+#   (e) the same with fio's io_uring engine (direct=1): raw io_uring;
 # with the same workloads, sizes, runtime and fio options everywhere. Prints
 # a markdown table per cache mode: IOPS, bandwidth, the server's CPU time per
-# I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file and uring/raw.
+# I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file, uring/raw and
+# uring/raw-uring; then the spread of every target's samples (max/min) and
+# what the machine did during each sample (load average, steal time, the
+# server's context switches per I/O), one line per sample, written to
+# $SAMPLES-MODE.tsv when SAMPLES is set.
 #
 # Usage: bench/nbd.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r REPEAT] [-c MODE]
 #   -d DIR       scratch directory on the filesystem to measure (default: a
@@ -21,7 +26,7 @@
 #   -c MODE      direct: the pool is opened with O_DIRECT (Nexstor's default)
 #                and nbdkit uses cache=none; buffered: both use the page
 #                cache; both (default): one table each
-# The targets run side by side and each workload runs on all four in turn,
+# The targets run side by side and each workload runs on all five in turn,
 # so that a change in the machine's load hits them alike. Every target is
 # pre-filled (written once with 1 MiB sequential writes) before it is
 # measured, so that randread on the thin replica reads allocated clusters.
@@ -44,7 +49,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,27p' "$0"; exit 2 ;;
+	*) sed -n '2,32p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -103,9 +108,18 @@ WORKLOADS=(
 COMMON="--numjobs=1 --size=${SIZE_MIB}m --time_based --runtime=$RUNTIME --ramp_time=$RAMP --randrepeat=0 --norandommap --group_reporting --output-format=json"
 
 # nexstor: the file:// pool; uring: the uring:// pool of the same server.
-TARGETS=(nexstor uring nbdkit raw)
+TARGETS=(nexstor uring nbdkit raw rawuring)
 declare -A TARGET_OPTS PID_OF
 declare -A IOPS BW CPU # keyed by target,workload: space-separated samples
+SAMPLES_TSV=""         # per-sample log, set per mode
+
+cpu_stat() { # total and steal clock ticks of the machine
+	awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9 }' /proc/stat
+}
+
+ctxsw() { # voluntary + involuntary context switches of a process's threads
+	[ -n "$1" ] && cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' || echo 0
+}
 
 cpu_ticks() { # user+system clock ticks of a process and its threads
 	[ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" || echo 0
@@ -119,10 +133,16 @@ run_one() { # run_one TARGET WORKLOAD
 	dir=write
 	[[ $name == randread* ]] && dir=read
 	c0=$(cpu_ticks "${PID_OF[$target]}")
+	local s0 x0
+	s0=$(cpu_stat)
+	x0=$(ctxsw "${PID_OF[$target]}")
 	# fio may print notes before the JSON document.
 	# shellcheck disable=SC2086
 	fio --name="$name" ${TARGET_OPTS[$target]} $opts $COMMON | sed -n '/^{/,$p' >"$out"
 	c1=$(cpu_ticks "${PID_OF[$target]}")
+	local s1 x1
+	s1=$(cpu_stat)
+	x1=$(ctxsw "${PID_OF[$target]}")
 	if [ "$(jq '.jobs[0].error' "$out")" != 0 ]; then
 		log "$target: $name: fio reported an error"
 		cat "$out" >&2
@@ -134,6 +154,10 @@ run_one() { # run_one TARGET WORKLOAD
 	# I/Os over the whole run (ramp included), to divide the CPU time by.
 	ios=$(jq ".jobs[0].$dir.total_ios" "$out")
 	IOPS[$target,$name]+="$iops "
+	# mode workload round target IOPS load-average steal% server-ctxsw/IO
+	printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\n' "$MODE" "$name" "$ROUND" "$target" "$iops" "$(cut -d' ' -f1 /proc/loadavg)" \
+		"$(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " "); if (y[1] > x[1]) printf "%.1f", 100 * (y[2] - x[2]) / (y[1] - x[1]); else print 0 }')" \
+		"$(awk -v d=$((x1 - x0)) -v n="$ios" 'BEGIN { if (n > 0) printf "%.2f", d / n; else print 0 }')" >>"$SAMPLES_TSV"
 	BW[$target,$name]+="$bw "
 	CPU[$target,$name]+="$(awk -v t=$((c1 - c0)) -v hz="$TCK" -v n="$ios" -v r="$RUNTIME" -v ramp="$RAMP" \
 		'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / (n * (r + ramp) / r); else print 0 }') "
@@ -146,6 +170,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
 
 bench_mode() {
 	local mode=$1
+	MODE=$mode
+	SAMPLES_TSV=$DIR/samples-$mode.tsv
+	: >"$SAMPLES_TSV"
 	rm -rf "$DIR/nexstor" "$DIR"/*.img
 	IOPS=() BW=() CPU=()
 
@@ -180,6 +207,9 @@ bench_mode() {
 	truncate -s "${SIZE_MIB}M" "$DIR/raw.img"
 	TARGET_OPTS[raw]="--ioengine=libaio --direct=1 --filename=$DIR/raw.img"
 	PID_OF[raw]=""
+	# (e) raw io_uring: the same file through fio's io_uring engine
+	TARGET_OPTS[rawuring]="--ioengine=io_uring --direct=1 --filename=$DIR/raw.img"
+	PID_OF[rawuring]=""
 
 	local w i
 	for t in "${TARGETS[@]}"; do
@@ -189,6 +219,7 @@ bench_mode() {
 	done
 	for w in "${WORKLOADS[@]}"; do
 		for i in $(seq "$REPEAT"); do
+			ROUND=$i
 			for t in "${TARGETS[@]}"; do
 				log "$mode: ${w%%|*}: $t (run $i of $REPEAT)"
 				run_one "$t" "$w"
@@ -201,9 +232,9 @@ bench_mode() {
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $REPEAT runs, $(fio --version), $(nbdkit --version | head -n1)."
 	echo
-	echo "| workload | file IOPS | file MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | file/nbdkit | uring/nbdkit | uring/file | uring/raw | server CPU µs/IO file | uring | nbdkit |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	local n fl flb ui ub ki kb ri rb flc uc kc
+	echo "| workload | file IOPS | file MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | raw-uring IOPS | file/nbdkit | uring/nbdkit | uring/file | uring/raw | uring/raw-uring | server CPU µs/IO file | uring | nbdkit |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	local n fl flb ui ub ki kb ri rb qi flc uc kc
 	for w in "${WORKLOADS[@]}"; do
 		n=${w%%|*}
 		fl=$(median <<<"${IOPS[nexstor,$n]}")
@@ -214,10 +245,26 @@ bench_mode() {
 		kb=$(median <<<"${BW[nbdkit,$n]}")
 		ri=$(median <<<"${IOPS[raw,$n]}")
 		rb=$(median <<<"${BW[raw,$n]}")
+		qi=$(median <<<"${IOPS[rawuring,$n]}")
 		flc=$(median <<<"${CPU[nexstor,$n]}")
 		uc=$(median <<<"${CPU[uring,$n]}")
 		kc=$(median <<<"${CPU[nbdkit,$n]}")
-		echo "| $n | $(fmt0 "$fl") | $(fmt_mib "$flb") | $(fmt0 "$ui") | $(fmt_mib "$ub") | $(fmt0 "$ki") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(ratio "$fl" "$ki") | $(ratio "$ui" "$ki") | $(ratio "$ui" "$fl") | $(ratio "$ui" "$ri") | $flc | $uc | $kc |"
+		echo "| $n | $(fmt0 "$fl") | $(fmt_mib "$flb") | $(fmt0 "$ui") | $(fmt_mib "$ub") | $(fmt0 "$ki") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(fmt0 "$qi") | $(ratio "$fl" "$ki") | $(ratio "$ui" "$ki") | $(ratio "$ui" "$fl") | $(ratio "$ui" "$ri") | $(ratio "$ui" "$qi") | $flc | $uc | $kc |"
+	done
+	echo
+	[ -z "${SAMPLES:-}" ] || cp "$SAMPLES_TSV" "$SAMPLES-$mode.tsv"
+	echo "Spread of the $REPEAT samples (IOPS, min-max, and max/min):"
+	echo
+	echo "| workload | file | uring | nbdkit | raw | raw-uring |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for w in "${WORKLOADS[@]}"; do
+		n=${w%%|*}
+		printf '| %s' "$n"
+		for t in "${TARGETS[@]}"; do
+			tr ' ' '\n' <<<"${IOPS[$t,$n]}" | awk 'NF { v = $1 + 0; if (min == "" || v < min) min = v; if (v > max) max = v }
+				END { printf " | %.0f-%.0f %.2fx", min, max, (min > 0 ? max / min : 0) }'
+		done
+		echo " |"
 	done
 	echo
 }
