@@ -271,3 +271,20 @@ func ResolveEngine(s string, probe func() error) (string, error) {
 	u.Scheme = SchemeURing
 	return u.String(), nil
 }
+
+// SameDisk reports whether two disk URIs name the same disk, whatever the
+// engine: the same path for file://, aio://, uring:// and bare paths (so a
+// disk given as /dev/sdb is the one a pool recorded as uring:///dev/sdb),
+// the same name for malloc://. URIs that do not parse are compared as
+// strings.
+func SameDisk(a, b string) bool {
+	ua, errA := ParseURI(a)
+	ub, errB := ParseURI(b)
+	if errA != nil || errB != nil {
+		return a == b
+	}
+	if (ua.Scheme == SchemeMalloc) != (ub.Scheme == SchemeMalloc) {
+		return false
+	}
+	return ua.Path == ub.Path
+}

@@ -193,3 +193,23 @@ func TestResolveEngine(t *testing.T) {
 		}
 	}
 }
+
+func TestSameDisk(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		same bool
+	}{
+		{"/dev/sdb", "uring:///dev/sdb", true},
+		{"file:///d/x.img?size=1GiB", "uring:///d/x.img?size=1GiB", true},
+		{"aio:///dev/sdb", "/dev//sdb", true},
+		{"/dev/sdb", "/dev/sdc", false},
+		{"malloc:///dev/sdb?size=1MiB", "/dev/sdb", false},
+		{"malloc:///a?size=1MiB", "malloc:///a?size=2MiB", true},
+		{"not a uri", "not a uri", true},
+		{"not a uri", "/dev/sdb", false},
+	} {
+		if got := bdev.SameDisk(c.a, c.b); got != c.same {
+			t.Errorf("SameDisk(%q, %q) = %v, want %v", c.a, c.b, got, c.same)
+		}
+	}
+}
