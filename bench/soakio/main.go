@@ -11,7 +11,10 @@
 // a block holds the generation of its last acknowledged write (zeroes for
 // none), or, where a write was in flight when the server died, that write's
 // generation (which then counts as acknowledged). Then it runs a mixed load
-// (reads that verify, writes of 1 to 16 blocks, write-zeroes, flushes) from
+// (reads that verify, writes of 1 to 16 blocks, write-zeroes, flushes, and
+// now and then write-zeroes of a whole -cluster, which a thin replica
+// answers by freeing the cluster, so that later writes allocate it again
+// and the pool's metadata keeps changing) from
 // -qd workers that never touch the same block at once, until SIGTERM or
 // SIGINT, and saves the state. An I/O error stops the load; it is expected
 // once the file -killed exists (the script creates it just before the
@@ -251,6 +254,8 @@ type runner struct {
 	mu   sync.Mutex
 	busy []bool
 
+	cluster int // blocks per pool cluster
+
 	stop  atomic.Bool
 	ioErr atomic.Pointer[error]
 	// errBeforeKill: the first I/O error came before the kill marker.
@@ -260,6 +265,7 @@ type runner struct {
 	writes        atomic.Int64
 	zeroes        atomic.Int64
 	flushes       atomic.Int64
+	freed         atomic.Int64
 	verified      atomic.Int64
 }
 
@@ -271,6 +277,7 @@ func run(args []string) int {
 	epoch := fs.Uint64("epoch", 0, "run number, mixed into the load's random choices")
 	killed := fs.String("killed", "", "file whose existence means the server is being killed")
 	qd := fs.Int("qd", 16, "I/Os in flight")
+	cluster := fs.Int("cluster", 1<<20, "the pool's cluster size in bytes (whole clusters are zeroed now and then)")
 	fs.Parse(args)
 	if *target == "" || *statePath == "" {
 		usage()
@@ -292,7 +299,7 @@ func run(args []string) int {
 		logf("%v", err)
 		return 1
 	}
-	r := &runner{dev: dev, st: st, killed: *killed, busy: make([]bool, blocks)}
+	r := &runner{dev: dev, st: st, killed: *killed, busy: make([]bool, blocks), cluster: max(*cluster/blockSize, 1)}
 	start := time.Now()
 	r.verifyAll(*qd)
 	verifyTime := time.Since(start)
@@ -328,8 +335,8 @@ func run(args []string) int {
 			pending++
 		}
 	}
-	logf("%s: verified %d blocks in %v; then %d reads (%d blocks verified), %d writes, %d write-zeroes, %d flushes in %v; %d blocks with a write in flight at the end",
-		*target, checked, verifyTime.Round(time.Millisecond), r.reads.Load(), r.verified.Load()-checked, r.writes.Load(), r.zeroes.Load(), r.flushes.Load(),
+	logf("%s: verified %d blocks in %v; then %d reads (%d blocks verified), %d writes, %d write-zeroes, %d clusters zeroed, %d flushes in %v; %d blocks with a write in flight at the end",
+		*target, checked, verifyTime.Round(time.Millisecond), r.reads.Load(), r.verified.Load()-checked, r.writes.Load(), r.zeroes.Load(), r.freed.Load(), r.flushes.Load(),
 		time.Since(start).Round(time.Millisecond)-verifyTime.Round(time.Millisecond), pending)
 	if m := r.bad.Load(); m != nil {
 		logf("FAIL: %s", m.msg)
@@ -458,7 +465,7 @@ func (r *runner) unlock(first, n int) {
 func (r *runner) worker(rng *rand.Rand) {
 	st := r.st
 	nblocks := len(st.Acked)
-	buf := make([]byte, maxBlocks*blockSize)
+	buf := make([]byte, max(maxBlocks, r.cluster)*blockSize)
 	want := make([]byte, blockSize)
 	for !r.stop.Load() {
 		n := 1
@@ -467,6 +474,12 @@ func (r *runner) worker(rng *rand.Rand) {
 		}
 		first := rng.IntN(nblocks - n + 1)
 		op := rng.IntN(100)
+		whole := op == 99 && rng.IntN(4) == 0 && r.cluster > 0 && r.cluster <= nblocks
+		if whole {
+			// A whole cluster, which a thin replica frees.
+			n = r.cluster
+			first = rng.IntN(nblocks/n) * n
+		}
 		if op < 2 {
 			if err := r.dev.Flush(); err != nil {
 				r.fail(fmt.Errorf("flush: %w", err))
@@ -495,7 +508,7 @@ func (r *runner) worker(rng *rand.Rand) {
 			}
 			r.reads.Add(1)
 		default: // write, or write zeroes
-			zero := op < 55
+			zero := op < 55 || whole
 			r.mu.Lock()
 			gen := st.NextGen
 			st.NextGen++
@@ -523,9 +536,12 @@ func (r *runner) worker(rng *rand.Rand) {
 				st.Acked[first+i] = gen
 				st.Pending[first+i] = noPending
 			}
-			if zero {
+			switch {
+			case whole:
+				r.freed.Add(1)
+			case zero:
 				r.zeroes.Add(1)
-			} else {
+			default:
 				r.writes.Add(1)
 			}
 		}

@@ -12,7 +12,7 @@ import (
 
 func newRunner(t *testing.T, dev bdev.Device, st *state) *runner {
 	t.Helper()
-	return &runner{dev: dev, st: st, busy: make([]bool, len(st.Acked))}
+	return &runner{dev: dev, st: st, busy: make([]bool, len(st.Acked)), cluster: 64}
 }
 
 // load runs the mixed load on r for a while.
