@@ -185,7 +185,7 @@ while [ "$SECONDS" -lt "$END" ]; do
 	grep -q '^soakio: .*verified [1-9]' <(tail -n 4 "$DIR/soakio-nbd.log") && VERIFIED_RUNS=$((VERIFIED_RUNS + 1))
 	rm -f "$DIR/fio-$EPOCH.log"
 	"$SOAKIO" check -pool "$POOL_URI" >>"$DIR/check.log" 2>&1 || { tail -n 3 "$DIR/check.log" >&2; fail "epoch $EPOCH: pool check after the kill"; }
-	log "epoch $EPOCH: killed after ${up}s; pool checked ($(tail -n 2 "$DIR/check.log" | grep -o 'replayed=[0-9]*' | head -n1) log records replayed); NBD: $(tail -n 2 "$DIR/soakio-nbd.log" | grep -o 'verified [0-9]* blocks.*flushes' | head -n1)"
+	log "epoch $EPOCH: killed after ${up}s; pool checked ($(tail -n 4 "$DIR/check.log" | grep -o 'replayed=[0-9]*' | tail -n1)); NBD: $(tail -n 2 "$DIR/soakio-nbd.log" | grep -o 'verified [0-9]* blocks.*flushes' | head -n1)"
 done
 
 # A last restart and verification, without a kill.
