@@ -27,9 +27,11 @@
 #                and nbdkit uses cache=none; buffered: both use the page
 #                cache; both (default): one table each
 # The targets run side by side and each workload runs on all five in turn,
-# so that a change in the machine's load hits them alike. Every target is
-# pre-filled (written once with 1 MiB sequential writes) before it is
-# measured, so that randread on the thin replica reads allocated clusters.
+# each round starting with the next target, after a sync, so that a change
+# in the machine's load hits them alike and no run pays for another's
+# write-back. Every target is pre-filled (written once with 1 MiB
+# sequential writes) before it is measured, so that randread on the thin
+# replica reads allocated clusters.
 set -euo pipefail
 
 SIZE_MIB=1024
@@ -49,7 +51,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,32p' "$0"; exit 2 ;;
+	*) sed -n '2,34p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -220,8 +222,16 @@ bench_mode() {
 	for w in "${WORKLOADS[@]}"; do
 		for i in $(seq "$REPEAT"); do
 			ROUND=$i
-			for t in "${TARGETS[@]}"; do
+			# Each round starts with another target, so that none always
+			# follows the same one; and each run starts with nothing left to
+			# write back: nbdkit's cache=none and the buffered mode leave
+			# dirty pages that would otherwise be written during, and slow,
+			# whichever run comes next.
+			local k
+			for k in "${!TARGETS[@]}"; do
+				t=${TARGETS[$(((k + i - 1) % ${#TARGETS[@]}))]}
 				log "$mode: ${w%%|*}: $t (run $i of $REPEAT)"
+				sync
 				run_one "$t" "$w"
 			done
 		done
