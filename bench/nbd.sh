@@ -12,8 +12,8 @@
 # I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file, uring/raw and
 # uring/raw-uring; then the spread of every target's samples (max/min) and
 # what the machine did during each sample (load average, steal time, the
-# server's context switches per I/O), one line per sample, written to
-# $SAMPLES-MODE.tsv when SAMPLES is set.
+# server's context switches per I/O, the CPU other jobs took), one line
+# per sample, written to $SAMPLES-MODE.tsv when SAMPLES is set.
 #
 # Usage: bench/nbd.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r REPEAT] [-c MODE]
 #   -d DIR       scratch directory on the filesystem to measure (default: a
@@ -115,8 +115,8 @@ declare -A TARGET_OPTS PID_OF
 declare -A IOPS BW CPU # keyed by target,workload: space-separated samples
 SAMPLES_TSV=""         # per-sample log, set per mode
 
-cpu_stat() { # total and steal clock ticks of the machine
-	awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9 }' /proc/stat
+cpu_stat() { # total, steal and idle (idle + iowait) clock ticks of the machine
+	awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9, $5 + $6 }' /proc/stat
 }
 
 ctxsw() { # voluntary + involuntary context switches of a process's threads
@@ -157,9 +157,19 @@ run_one() { # run_one TARGET WORKLOAD
 	ios=$(jq ".jobs[0].$dir.total_ios" "$out")
 	IOPS[$target,$name]+="$iops "
 	# mode workload round target IOPS load-average steal% server-ctxsw/IO
-	printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\n' "$MODE" "$name" "$ROUND" "$target" "$iops" "$(cut -d' ' -f1 /proc/loadavg)" \
+	# others-CPU%: the machine's busy time not spent by the server or fio,
+	# in % of all CPUs (what other jobs took from the run)
+	local fio_cpu
+	fio_cpu=$(jq '(.jobs[0].usr_cpu + .jobs[0].sys_cpu) / 100' "$out")
+	printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n' "$MODE" "$name" "$ROUND" "$target" "$iops" "$(cut -d' ' -f1 /proc/loadavg)" \
 		"$(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " "); if (y[1] > x[1]) printf "%.1f", 100 * (y[2] - x[2]) / (y[1] - x[1]); else print 0 }')" \
-		"$(awk -v d=$((x1 - x0)) -v n="$ios" 'BEGIN { if (n > 0) printf "%.2f", d / n; else print 0 }')" >>"$SAMPLES_TSV"
+		"$(awk -v d=$((x1 - x0)) -v n="$ios" 'BEGIN { if (n > 0) printf "%.2f", d / n; else print 0 }')" \
+		"$(awk -v a="$s0" -v b="$s1" -v srv=$((c1 - c0)) -v f="$fio_cpu" -v r=$((RUNTIME + RAMP)) -v hz="$TCK" -v ncpu="$(nproc)" 'BEGIN {
+			split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
+			if (t <= 0) { print 0; exit }
+			busy = t - (y[3] - x[3]) - (y[2] - x[2])
+			o = busy - srv - f * r * hz
+			printf "%.1f", (o < 0 ? 0 : o) * 100 / t }')" >>"$SAMPLES_TSV"
 	BW[$target,$name]+="$bw "
 	CPU[$target,$name]+="$(awk -v t=$((c1 - c0)) -v hz="$TCK" -v n="$ios" -v r="$RUNTIME" -v ramp="$RAMP" \
 		'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / (n * (r + ramp) / r); else print 0 }') "
