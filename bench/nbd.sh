@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # NBD benchmark: fio's nbd engine against
-#   (a) Nexstor: `nexstor server`, a file:// pool, a thin replica shared over
-#       NBD;
+#   (a) Nexstor "file": `nexstor server`, an aio:// pool (the pread/pwrite
+#       engine; a file:// pool gets io_uring since it became the default), a
+#       thin replica shared over NBD;
 #   (b) Nexstor uring: the same server, a second pool on uring:// (the same
 #       file backend with its I/O through io_uring), a thin replica on it;
 #   (c) nbdkit's file plugin serving a plain file on the same filesystem;
@@ -51,7 +52,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,34p' "$0"; exit 2 ;;
+	*) sed -n '2,35p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -109,7 +110,7 @@ WORKLOADS=(
 )
 COMMON="--numjobs=1 --size=${SIZE_MIB}m --time_based --runtime=$RUNTIME --ramp_time=$RAMP --randrepeat=0 --norandommap --group_reporting --output-format=json"
 
-# nexstor: the file:// pool; uring: the uring:// pool of the same server.
+# nexstor: the aio:// pool; uring: the uring:// pool of the same server.
 TARGETS=(nexstor uring nbdkit raw rawuring)
 declare -A TARGET_OPTS PID_OF
 declare -A IOPS BW CPU # keyed by target,workload: space-separated samples
@@ -188,7 +189,7 @@ bench_mode() {
 	rm -rf "$DIR/nexstor" "$DIR"/*.img
 	IOPS=() BW=() CPU=()
 
-	# (a) Nexstor, file://; (b) Nexstor, uring://: same server, two pools.
+	# (a) Nexstor, aio://; (b) Nexstor, uring://: same server, two pools.
 	local q="?size=$((SIZE_MIB + 512))MiB"
 	[ "$mode" = buffered ] && q="$q&direct=false"
 	"$DIR/bin/nexstor" server --insecure --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --metrics "" --log-level warn >>"$DIR/nexstor.log" 2>&1 &
@@ -196,7 +197,7 @@ bench_mode() {
 	wait_for "nexstor server" "${NEXCTL[@]}" version
 	local uri t scheme
 	for t in nexstor uring; do
-		scheme=file
+		scheme=aio
 		[ "$t" = uring ] && scheme=uring
 		"${NEXCTL[@]}" pool create "p-$t" "$scheme://$DIR/pool-$t.img$q" >/dev/null
 		"${NEXCTL[@]}" replica create "r-$t" --pool "p-$t" --size "${SIZE_MIB}MiB" --thin >/dev/null
