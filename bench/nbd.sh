@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # NBD benchmark: fio's nbd engine against
-#   (a) Nexstor: `nexstor server`, a file:// pool, a thin replica shared over
-#       NBD;
+#   (a) Nexstor "file": `nexstor server`, an aio:// pool (the pread/pwrite
+#       engine; a file:// pool gets io_uring since it became the default), a
+#       thin replica shared over NBD;
 #   (b) Nexstor uring: the same server, a second pool on uring:// (the same
 #       file backend with its I/O through io_uring), a thin replica on it;
 #   (c) nbdkit's file plugin serving a plain file on the same filesystem;
 #   (d) fio directly on a plain file (libaio, direct=1), the backing store;
+#   (e) the same with fio's io_uring engine (direct=1): raw io_uring;
 # with the same workloads, sizes, runtime and fio options everywhere. Prints
 # a markdown table per cache mode: IOPS, bandwidth, the server's CPU time per
-# I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file and uring/raw.
+# I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file, uring/raw and
+# uring/raw-uring; then the spread of every target's samples (max/min) and
+# what the machine did during each sample (load average, steal time, the
+# server's context switches per I/O, the CPU other jobs took), one line
+# per sample, written to $SAMPLES-MODE.tsv when SAMPLES is set.
 #
 # Usage: bench/nbd.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r REPEAT] [-c MODE]
 #   -d DIR       scratch directory on the filesystem to measure (default: a
@@ -21,10 +27,12 @@
 #   -c MODE      direct: the pool is opened with O_DIRECT (Nexstor's default)
 #                and nbdkit uses cache=none; buffered: both use the page
 #                cache; both (default): one table each
-# The targets run side by side and each workload runs on all four in turn,
-# so that a change in the machine's load hits them alike. Every target is
-# pre-filled (written once with 1 MiB sequential writes) before it is
-# measured, so that randread on the thin replica reads allocated clusters.
+# The targets run side by side and each workload runs on all five in turn,
+# each round starting with the next target, after a sync, so that a change
+# in the machine's load hits them alike and no run pays for another's
+# write-back. Every target is pre-filled (written once with 1 MiB
+# sequential writes) before it is measured, so that randread on the thin
+# replica reads allocated clusters.
 set -euo pipefail
 
 SIZE_MIB=1024
@@ -44,7 +52,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,27p' "$0"; exit 2 ;;
+	*) sed -n '2,35p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -102,10 +110,19 @@ WORKLOADS=(
 )
 COMMON="--numjobs=1 --size=${SIZE_MIB}m --time_based --runtime=$RUNTIME --ramp_time=$RAMP --randrepeat=0 --norandommap --group_reporting --output-format=json"
 
-# nexstor: the file:// pool; uring: the uring:// pool of the same server.
-TARGETS=(nexstor uring nbdkit raw)
+# nexstor: the aio:// pool; uring: the uring:// pool of the same server.
+TARGETS=(nexstor uring nbdkit raw rawuring)
 declare -A TARGET_OPTS PID_OF
 declare -A IOPS BW CPU # keyed by target,workload: space-separated samples
+SAMPLES_TSV=""         # per-sample log, set per mode
+
+cpu_stat() { # total, steal and idle (idle + iowait) clock ticks of the machine
+	awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9, $5 + $6 }' /proc/stat
+}
+
+ctxsw() { # voluntary + involuntary context switches of a process's threads
+	[ -n "$1" ] && cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }' || echo 0
+}
 
 cpu_ticks() { # user+system clock ticks of a process and its threads
 	[ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" || echo 0
@@ -119,10 +136,16 @@ run_one() { # run_one TARGET WORKLOAD
 	dir=write
 	[[ $name == randread* ]] && dir=read
 	c0=$(cpu_ticks "${PID_OF[$target]}")
+	local s0 x0
+	s0=$(cpu_stat)
+	x0=$(ctxsw "${PID_OF[$target]}")
 	# fio may print notes before the JSON document.
 	# shellcheck disable=SC2086
 	fio --name="$name" ${TARGET_OPTS[$target]} $opts $COMMON | sed -n '/^{/,$p' >"$out"
 	c1=$(cpu_ticks "${PID_OF[$target]}")
+	local s1 x1
+	s1=$(cpu_stat)
+	x1=$(ctxsw "${PID_OF[$target]}")
 	if [ "$(jq '.jobs[0].error' "$out")" != 0 ]; then
 		log "$target: $name: fio reported an error"
 		cat "$out" >&2
@@ -134,6 +157,20 @@ run_one() { # run_one TARGET WORKLOAD
 	# I/Os over the whole run (ramp included), to divide the CPU time by.
 	ios=$(jq ".jobs[0].$dir.total_ios" "$out")
 	IOPS[$target,$name]+="$iops "
+	# mode workload round target IOPS load-average steal% server-ctxsw/IO
+	# others-CPU%: the machine's busy time not spent by the server or fio,
+	# in % of all CPUs (what other jobs took from the run)
+	local fio_cpu
+	fio_cpu=$(jq '(.jobs[0].usr_cpu + .jobs[0].sys_cpu) / 100' "$out")
+	printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n' "$MODE" "$name" "$ROUND" "$target" "$iops" "$(cut -d' ' -f1 /proc/loadavg)" \
+		"$(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " "); if (y[1] > x[1]) printf "%.1f", 100 * (y[2] - x[2]) / (y[1] - x[1]); else print 0 }')" \
+		"$(awk -v d=$((x1 - x0)) -v n="$ios" 'BEGIN { if (n > 0) printf "%.2f", d / n; else print 0 }')" \
+		"$(awk -v a="$s0" -v b="$s1" -v srv=$((c1 - c0)) -v f="$fio_cpu" -v r=$((RUNTIME + RAMP)) -v hz="$TCK" -v ncpu="$(nproc)" 'BEGIN {
+			split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
+			if (t <= 0) { print 0; exit }
+			busy = t - (y[3] - x[3]) - (y[2] - x[2])
+			o = busy - srv - f * r * hz
+			printf "%.1f", (o < 0 ? 0 : o) * 100 / t }')" >>"$SAMPLES_TSV"
 	BW[$target,$name]+="$bw "
 	CPU[$target,$name]+="$(awk -v t=$((c1 - c0)) -v hz="$TCK" -v n="$ios" -v r="$RUNTIME" -v ramp="$RAMP" \
 		'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / (n * (r + ramp) / r); else print 0 }') "
@@ -146,10 +183,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
 
 bench_mode() {
 	local mode=$1
+	MODE=$mode
+	SAMPLES_TSV=$DIR/samples-$mode.tsv
+	: >"$SAMPLES_TSV"
 	rm -rf "$DIR/nexstor" "$DIR"/*.img
 	IOPS=() BW=() CPU=()
 
-	# (a) Nexstor, file://; (b) Nexstor, uring://: same server, two pools.
+	# (a) Nexstor, aio://; (b) Nexstor, uring://: same server, two pools.
 	local q="?size=$((SIZE_MIB + 512))MiB"
 	[ "$mode" = buffered ] && q="$q&direct=false"
 	"$DIR/bin/nexstor" server --insecure --data-dir "$DIR/nexstor" --grpc "$GRPC_ADDR" --nbd "127.0.0.1:$NBD_PORT" --metrics "" --log-level warn >>"$DIR/nexstor.log" 2>&1 &
@@ -157,7 +197,7 @@ bench_mode() {
 	wait_for "nexstor server" "${NEXCTL[@]}" version
 	local uri t scheme
 	for t in nexstor uring; do
-		scheme=file
+		scheme=aio
 		[ "$t" = uring ] && scheme=uring
 		"${NEXCTL[@]}" pool create "p-$t" "$scheme://$DIR/pool-$t.img$q" >/dev/null
 		"${NEXCTL[@]}" replica create "r-$t" --pool "p-$t" --size "${SIZE_MIB}MiB" --thin >/dev/null
@@ -180,6 +220,9 @@ bench_mode() {
 	truncate -s "${SIZE_MIB}M" "$DIR/raw.img"
 	TARGET_OPTS[raw]="--ioengine=libaio --direct=1 --filename=$DIR/raw.img"
 	PID_OF[raw]=""
+	# (e) raw io_uring: the same file through fio's io_uring engine
+	TARGET_OPTS[rawuring]="--ioengine=io_uring --direct=1 --filename=$DIR/raw.img"
+	PID_OF[rawuring]=""
 
 	local w i
 	for t in "${TARGETS[@]}"; do
@@ -189,8 +232,17 @@ bench_mode() {
 	done
 	for w in "${WORKLOADS[@]}"; do
 		for i in $(seq "$REPEAT"); do
-			for t in "${TARGETS[@]}"; do
+			ROUND=$i
+			# Each round starts with another target, so that none always
+			# follows the same one; and each run starts with nothing left to
+			# write back: nbdkit's cache=none and the buffered mode leave
+			# dirty pages that would otherwise be written during, and slow,
+			# whichever run comes next.
+			local k
+			for k in "${!TARGETS[@]}"; do
+				t=${TARGETS[$(((k + i - 1) % ${#TARGETS[@]}))]}
 				log "$mode: ${w%%|*}: $t (run $i of $REPEAT)"
+				sync
 				run_one "$t" "$w"
 			done
 		done
@@ -201,9 +253,9 @@ bench_mode() {
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $REPEAT runs, $(fio --version), $(nbdkit --version | head -n1)."
 	echo
-	echo "| workload | file IOPS | file MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | file/nbdkit | uring/nbdkit | uring/file | uring/raw | server CPU µs/IO file | uring | nbdkit |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	local n fl flb ui ub ki kb ri rb flc uc kc
+	echo "| workload | file IOPS | file MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | raw-uring IOPS | file/nbdkit | uring/nbdkit | uring/file | uring/raw | uring/raw-uring | server CPU µs/IO file | uring | nbdkit |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	local n fl flb ui ub ki kb ri rb qi flc uc kc
 	for w in "${WORKLOADS[@]}"; do
 		n=${w%%|*}
 		fl=$(median <<<"${IOPS[nexstor,$n]}")
@@ -214,10 +266,26 @@ bench_mode() {
 		kb=$(median <<<"${BW[nbdkit,$n]}")
 		ri=$(median <<<"${IOPS[raw,$n]}")
 		rb=$(median <<<"${BW[raw,$n]}")
+		qi=$(median <<<"${IOPS[rawuring,$n]}")
 		flc=$(median <<<"${CPU[nexstor,$n]}")
 		uc=$(median <<<"${CPU[uring,$n]}")
 		kc=$(median <<<"${CPU[nbdkit,$n]}")
-		echo "| $n | $(fmt0 "$fl") | $(fmt_mib "$flb") | $(fmt0 "$ui") | $(fmt_mib "$ub") | $(fmt0 "$ki") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(ratio "$fl" "$ki") | $(ratio "$ui" "$ki") | $(ratio "$ui" "$fl") | $(ratio "$ui" "$ri") | $flc | $uc | $kc |"
+		echo "| $n | $(fmt0 "$fl") | $(fmt_mib "$flb") | $(fmt0 "$ui") | $(fmt_mib "$ub") | $(fmt0 "$ki") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(fmt0 "$qi") | $(ratio "$fl" "$ki") | $(ratio "$ui" "$ki") | $(ratio "$ui" "$fl") | $(ratio "$ui" "$ri") | $(ratio "$ui" "$qi") | $flc | $uc | $kc |"
+	done
+	echo
+	[ -z "${SAMPLES:-}" ] || cp "$SAMPLES_TSV" "$SAMPLES-$mode.tsv"
+	echo "Spread of the $REPEAT samples (IOPS, min-max, and max/min):"
+	echo
+	echo "| workload | file | uring | nbdkit | raw | raw-uring |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for w in "${WORKLOADS[@]}"; do
+		n=${w%%|*}
+		printf '| %s' "$n"
+		for t in "${TARGETS[@]}"; do
+			tr ' ' '\n' <<<"${IOPS[$t,$n]}" | awk 'NF { v = $1 + 0; if (min == "" || v < min) min = v; if (v > max) max = v }
+				END { printf " | %.0f-%.0f %.2fx", min, max, (min > 0 ? max / min : 0) }'
+		done
+		echo " |"
 	done
 	echo
 }

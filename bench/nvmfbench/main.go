@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/nexstor/nexstor/bench/internal/benchutil"
+	"github.com/nexstor/nexstor/bench/internal/nbdclient"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/loadgen"
@@ -353,7 +354,7 @@ func drive(cfg config) error {
 			namespaces["nvmf/"+b] = ns
 		}
 		if slices.Contains(cfg.paths, "nbd-go") {
-			nc, err := dialNBD(ctx, srv.ready.NBD, b, min(4, runtime.GOMAXPROCS(0)))
+			nc, err := nbdclient.Dial(ctx, srv.ready.NBD, b, min(4, runtime.GOMAXPROCS(0)))
 			if err != nil {
 				return fmt.Errorf("nbd-go connect %s: %w", b, err)
 			}

@@ -39,7 +39,9 @@ needs no engine.
 
 URI is an NVMe/TCP share, nvmf://HOST:PORT/NQN (namespace 1, through the
 built-in NVMe/TCP initiator), or a disk URI for a baseline of the backing
-store: file:///path?size=1GiB, aio:///dev/sdb, malloc:///ram?size=512MiB.
+store: uring:///dev/sdb or aio:///dev/sdb (the io_uring and the pread/pwrite
+engines), file:///path?size=1GiB or a bare path (io_uring, as for a pool),
+malloc:///ram?size=512MiB.
 
 Writes destroy the data in the region they touch. --verify makes every write
 carry a pattern and checks every read of a block written during the run; a
@@ -175,6 +177,11 @@ func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 // the NVMe/TCP connection).
 func openBenchDevice(ctx context.Context, uri string, o benchOptions) (bdev.Device, func() error, error) {
 	if !strings.HasPrefix(uri, "nvmf://") {
+		// A bare path or file:// means what it means for a pool: io_uring.
+		uri, err := bdev.ResolveEngine(uri, bdev.ProbeURing)
+		if err != nil {
+			return nil, nil, err
+		}
 		dev, err := bdev.Open(uri)
 		if err != nil {
 			return nil, nil, err

@@ -21,12 +21,18 @@ func (a *app) poolCmd() *cobra.Command {
 		Long: `A pool owns exactly one disk and hands out its space, in clusters (4MiB by
 default), to replicas. Disks are given as URIs:
 
-  file:///var/lib/nexstor/d0.img?size=10GiB   a file, created sparse when missing
-  aio:///dev/sdb                              a block device (or just /dev/sdb)
   uring:///dev/nvme0n1                        a block device through io_uring
+  aio:///dev/sdb                              a block device through pread/pwrite
+  /dev/sdb, file:///var/lib/nexstor/d0.img?size=10GiB
+                                              a block device or file (created
+                                              sparse when missing) through
+                                              io_uring: recorded as uring://
   malloc:///scratch?size=512MiB               RAM, gone when the server stops
 
-A pool is remembered by the server and imported again when it restarts.`,
+A bare path or file:// means io_uring; where the kernel or container refuses
+io_uring the pool is not created and the error names aio://, the pread/pwrite
+engine, to choose instead. A pool is remembered by the server, with the disk
+URI it recorded, and imported again when it restarts.`,
 	}
 	cmd.AddCommand(a.poolCreateCmd(), a.poolListCmd(), a.poolGetCmd(), a.poolDestroyCmd(),
 		a.poolImportCmd(), a.poolExportCmd(), a.poolLabelCmd())

@@ -193,3 +193,37 @@ func TestFileExclusiveAcrossProcesses(t *testing.T) {
 	}
 	g.Close()
 }
+
+// TestFileLockWithoutLiveHolder: a lock whose holder is not a live process
+// (the process that took it has exited; its open file description lives on, as in an io_uring instance that the kernel tears down after
+// its process died) is waited for, so that a server restarted at once
+// after kill -9 finds its pool free; a live holder is refused at once
+// (TestFileExclusiveAcrossProcesses).
+func TestFileLockWithoutLiveHolder(t *testing.T) {
+	for _, tool := range []string{"sh", "flock", "sleep"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is missing", tool)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "disk.img")
+	f, err := bdev.OpenFile(path, bdev.FileOptions{Create: true, Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	// flock(1) takes the lock on the shell's descriptor and exits; the
+	// shell leaves the descriptor to a background sleep and exits too.
+	// The lock stays until the sleep ends, its taker long gone.
+	sh := exec.Command("sh", "-c", `exec 9<>"$1"; flock -x 9 || exit 1; sleep 2 </dev/null >/dev/null 2>&1 & exit 0`, "sh", path)
+	if out, err := sh.CombinedOutput(); err != nil {
+		t.Fatalf("sh: %v %s", err, out)
+	}
+	if err := exec.Command("flock", "-n", "-x", path, "true").Run(); err == nil {
+		t.Skip("the lock was gone before the open; the machine was too slow to test this")
+	}
+	g, err := bdev.OpenFile(path, bdev.FileOptions{})
+	if err != nil {
+		t.Fatalf("open of a file whose lock has no live holder: %v", err)
+	}
+	g.Close()
+}

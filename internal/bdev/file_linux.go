@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -296,12 +297,22 @@ func (f *File) open(opts FileOptions) error {
 	return nil
 }
 
+// lockLinger is how long OpenFile waits for an exclusive lock whose holder
+// is not a live process (see lockExclusive).
+const lockLinger = 5 * time.Second
+
+// alive reports whether a process with this PID exists.
+func alive(pid int) bool {
+	return unix.Kill(pid, 0) != unix.ESRCH
+}
+
 // lockExclusive takes the exclusive flock of the open file description of
 // fd (see fsutil.LockFD): it lasts until fd is closed, however the process
 // ends. It locks through a duplicate descriptor, which shares the open file
 // description and so the lock, and closes the duplicate again. When another
 // open holds it, the error is a FailedPrecondition fault wrapping an
 // *fsutil.HeldError that names the holder's PID where /proc/locks tells it.
+// A holder that is not a live process is waited for, up to lockLinger.
 func lockExclusive(fd int, path string) error {
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -309,7 +320,21 @@ func lockExclusive(fd int, path string) error {
 	}
 	lf := os.NewFile(uintptr(dup), path)
 	defer lf.Close()
-	err = fsutil.LockFD(lf)
+	// A lock whose holder /proc/locks cannot name (PID 0), or names as a
+	// process that no longer exists, is one whose process has died: an io_uring instance keeps the
+	// files of its last requests open until the kernel has torn it down,
+	// a little after the process was reaped, so a server restarted at once
+	// after kill -9 would find its pool "in use". Such a lock is waited
+	// for, up to lockLinger; one held by a live process fails at once.
+	deadline := time.Now().Add(lockLinger)
+	for {
+		err = fsutil.LockFD(lf)
+		var held *fsutil.HeldError
+		if !errors.As(err, &held) || (held.PID != 0 && alive(held.PID)) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if errors.Is(err, fsutil.ErrHeld) {
 		return fault.Wrap(err, fault.FailedPrecondition, "bdev.busy",
 			fmt.Sprintf("file %q is held exclusively by another open", path),

@@ -28,3 +28,6 @@ func (*File) Path() string                             { return "" }
 func (*File) Direct() bool                             { return false }
 func (*File) IsBlockDevice() bool                      { return false }
 func (*File) URing() bool                              { return false }
+
+// ProbeURing fails on this platform: io_uring is Linux only.
+func ProbeURing() error { return errNoFile }

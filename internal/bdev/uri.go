@@ -12,17 +12,31 @@ import (
 )
 
 // Disk URI schemes.
+//
+// Two engines move the data of a file or block device: io_uring (uring://)
+// and positioned pread/pwrite from many goroutines (aio://). A new pool
+// (pool create, pool import, a pool of the configuration file) given a bare
+// path or a file:// URI gets io_uring: ResolveEngine turns the URI into
+// uring:// before the disk is opened, and that is what the pool records.
+// Where the kernel or container refuses io_uring, that fails, naming aio://
+// as the user's choice; nothing falls back silently. Open itself takes the
+// schemes literally, so a pool recorded before io_uring became the default
+// (as file:// or a bare path, which Open reads as pread/pwrite) keeps its
+// engine.
 const (
-	// SchemeFile is a regular file or block device through OpenFile.
+	// SchemeFile is a regular file or block device. For a new pool it
+	// means uring:// (see ResolveEngine); Open, which reads recorded URIs,
+	// takes it as aio://, the engine it always had.
 	SchemeFile = "file"
-	// SchemeAIO is the same backend as SchemeFile today (positioned
-	// pread/pwrite from many goroutines, O_DIRECT where possible); it is
-	// the scheme a bare path means, and the one to use for disks.
+	// SchemeAIO is the pread/pwrite engine (positioned reads and writes
+	// from many goroutines, O_DIRECT where possible): the choice for hosts
+	// where io_uring is not allowed. Open reads a bare path as aio://.
 	SchemeAIO = "aio"
 	// SchemeURing is the file backend with its reads, writes and flushes
 	// going through io_uring (FileOptions.URing): the same files, keys and
-	// on-disk result as aio. Open fails, naming aio://, where the kernel or
-	// container does not allow io_uring.
+	// on-disk result as aio, and the engine a new pool gets for a bare path
+	// or file://. Open fails, naming aio://, where the kernel or container
+	// does not allow io_uring.
 	SchemeURing = "uring"
 	// SchemeMalloc is a RAM device; the path is only a label.
 	SchemeMalloc = "malloc"
@@ -33,7 +47,7 @@ const (
 //	file:///var/lib/nexstor/disk0.img?size=10GiB
 //	aio:///dev/sdb
 //	uring:///dev/nvme0n1
-//	/dev/sdb                            (a bare path means aio://)
+//	/dev/sdb                            (a bare path: see the schemes)
 //	malloc:///scratch?size=512MiB&blocksize=4096
 //
 // Query keys: size (a human size such as 10GiB; for file, aio and uring it
@@ -226,4 +240,51 @@ func (u URI) Open() (Device, error) {
 		return m, nil
 	}
 	return nil, uriError(u.String(), fmt.Sprintf("unknown scheme %q", u.Scheme), "use file://, aio://, uring:// or malloc://")
+}
+
+// ResolveEngine returns the disk URI a new pool records for s. A bare path
+// or a file:// URI means the io_uring engine: when probe (ProbeURing in
+// production) says this host allows io_uring, the result is the same disk
+// as uring:// in canonical form (see URI.String); aio://, uring:// and
+// malloc:// come back as given. When probe fails (ENOSYS, EPERM from
+// io_uring_setup: an old kernel, kernel.io_uring_disabled, a seccomp
+// filter) the error is a FailedPrecondition fault bdev.uring_unavailable
+// whose resolution names aio:// for the same disk: the pread/pwrite engine
+// is the user's choice, never a silent fallback. Parse errors are those of
+// ParseURI.
+func ResolveEngine(s string, probe func() error) (string, error) {
+	u, err := ParseURI(s)
+	if err != nil {
+		return "", err
+	}
+	bare := !strings.Contains(s, "://")
+	if !bare && u.Scheme != SchemeFile {
+		return s, nil
+	}
+	if err := probe(); err != nil {
+		aio := u
+		aio.Scheme = SchemeAIO
+		return "", fault.Wrap(err, fault.FailedPrecondition, "bdev.uring_unavailable",
+			fmt.Sprintf("disk %q: a bare path or file:// means io_uring (uring://), which this kernel or container refuses: %v", s, err),
+			fmt.Sprintf("choose the pread/pwrite engine explicitly with %s, or allow io_uring (Linux 5.6 or later, sysctl kernel.io_uring_disabled=0, a seccomp profile that permits io_uring_setup)", aio.String()))
+	}
+	u.Scheme = SchemeURing
+	return u.String(), nil
+}
+
+// SameDisk reports whether two disk URIs name the same disk, whatever the
+// engine: the same path for file://, aio://, uring:// and bare paths (so a
+// disk given as /dev/sdb is the one a pool recorded as uring:///dev/sdb),
+// the same name for malloc://. URIs that do not parse are compared as
+// strings.
+func SameDisk(a, b string) bool {
+	ua, errA := ParseURI(a)
+	ub, errB := ParseURI(b)
+	if errA != nil || errB != nil {
+		return a == b
+	}
+	if (ua.Scheme == SchemeMalloc) != (ub.Scheme == SchemeMalloc) {
+		return false
+	}
+	return ua.Path == ub.Path
 }

@@ -2,11 +2,13 @@ package bdev_test
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nexstor/nexstor/internal/bdev"
@@ -144,4 +146,70 @@ func TestOpenURI(t *testing.T) {
 		t.Fatal("unknown scheme opened")
 	}
 
+}
+
+// TestResolveEngine: a bare path or file:// becomes uring:// where the probe
+// allows io_uring; explicit engines and RAM disks come back as given,
+// without a probe; where io_uring is refused the fault names aio:// for the
+// same disk and wraps the kernel's error.
+func TestResolveEngine(t *testing.T) {
+	ok := func() error { return nil }
+	for _, c := range []struct{ in, want string }{
+		{"/dev/sdb", "uring:///dev/sdb"},
+		{"/var/lib/nexstor/d0.img?size=1GiB", "uring:///var/lib/nexstor/d0.img?size=1GiB"},
+		{"file:///var/lib/nexstor/d0.img?size=1024MiB&direct=false", "uring:///var/lib/nexstor/d0.img?size=1GiB&direct=false"},
+		{"FILE:///dev/sdb", "uring:///dev/sdb"},
+	} {
+		got, err := bdev.ResolveEngine(c.in, ok)
+		if err != nil || got != c.want {
+			t.Errorf("ResolveEngine(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+	never := func() error { t.Error("probe called for an explicit engine"); return nil }
+	for _, in := range []string{"aio:///dev/sdb", "uring:///dev/nvme0n1?direct=true", "malloc:///ram?size=64MiB"} {
+		got, err := bdev.ResolveEngine(in, never)
+		if err != nil || got != in {
+			t.Errorf("ResolveEngine(%q) = %q, %v; want it unchanged", in, got, err)
+		}
+	}
+	if _, err := bdev.ResolveEngine("relative/d0.img", ok); err == nil {
+		t.Error("ResolveEngine accepted a relative path")
+	}
+	for _, refused := range []error{syscall.ENOSYS, syscall.EPERM} {
+		probe := func() error { return fmt.Errorf("io_uring_setup(4 entries): %w", refused) }
+		got, err := bdev.ResolveEngine("file:///var/lib/nexstor/d0.img?size=1GiB", probe)
+		var flt *fault.Fault
+		if !errors.As(err, &flt) || flt.Code != "bdev.uring_unavailable" || flt.Kind != fault.FailedPrecondition {
+			t.Fatalf("refused (%v): got %q, %v; want the FailedPrecondition fault bdev.uring_unavailable", refused, got, err)
+		}
+		if !errors.Is(err, refused) {
+			t.Errorf("fault %v does not wrap %v", err, refused)
+		}
+		if !strings.Contains(flt.Resolution, "aio:///var/lib/nexstor/d0.img?size=1GiB") {
+			t.Errorf("resolution %q does not name the aio:// URI of the disk", flt.Resolution)
+		}
+		if !strings.Contains(err.Error(), "io_uring") {
+			t.Errorf("fault %q does not say io_uring was refused", err)
+		}
+	}
+}
+
+func TestSameDisk(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		same bool
+	}{
+		{"/dev/sdb", "uring:///dev/sdb", true},
+		{"file:///d/x.img?size=1GiB", "uring:///d/x.img?size=1GiB", true},
+		{"aio:///dev/sdb", "/dev//sdb", true},
+		{"/dev/sdb", "/dev/sdc", false},
+		{"malloc:///dev/sdb?size=1MiB", "/dev/sdb", false},
+		{"malloc:///a?size=1MiB", "malloc:///a?size=2MiB", true},
+		{"not a uri", "not a uri", true},
+		{"not a uri", "/dev/sdb", false},
+	} {
+		if got := bdev.SameDisk(c.a, c.b); got != c.same {
+			t.Errorf("SameDisk(%q, %q) = %v, want %v", c.a, c.b, got, c.same)
+		}
+	}
 }

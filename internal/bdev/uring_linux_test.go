@@ -453,3 +453,15 @@ func BenchmarkURingParallel(b *testing.B) {
 		return openURing(b, filepath.Join(b.TempDir(), "d"), bdev.FileOptions{Create: true, Size: 64 << 20, Direct: ptr(direct)})
 	})
 }
+
+// TestProbeURing: where a ring can be set up the probe succeeds (and leaves
+// nothing behind: many probes in a row do not run out of rings or
+// descriptors).
+func TestProbeURing(t *testing.T) {
+	skipWithoutURing(t)
+	for range 200 {
+		if err := bdev.ProbeURing(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

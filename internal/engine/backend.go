@@ -22,6 +22,18 @@ type Backend interface {
 	ImportPool(uri string) (PoolHandle, error)
 }
 
+// DiskResolver is implemented by a Backend that chooses the I/O engine of a
+// disk named without one. The engine calls ResolveDisk on the disk of every
+// new pool (pool create, pool import, the pools of the configuration) before
+// anything else and records what it returns; the disks of remembered pools
+// are used as recorded. PoolBackend resolves a bare path or file:// to
+// uring:// (see bdev.ResolveEngine).
+type DiskResolver interface {
+	// ResolveDisk returns the URI to open and record for uri, or a fault
+	// saying why that disk cannot be used as named.
+	ResolveDisk(uri string) (string, error)
+}
+
 // CreatePoolOptions are the options of Backend.CreatePool.
 type CreatePoolOptions struct {
 	Name        string

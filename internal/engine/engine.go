@@ -292,11 +292,11 @@ func New(cfg Config) (*Engine, error) {
 	for _, p := range st.Pools {
 		uuids[p.Name] = p.UUID
 	}
-	for _, p := range wanted {
+	for i, p := range wanted {
 		if _, dup := e.pools[p.Name]; dup {
 			continue
 		}
-		e.restorePool(p, uuids[p.Name])
+		e.restorePool(p, uuids[p.Name], i < len(cfg.Pools))
 	}
 	for _, p := range st.Pools {
 		if pe, ok := e.pools[p.Name]; ok && len(p.Labels) > 0 {
@@ -323,10 +323,21 @@ func New(cfg Config) (*Engine, error) {
 
 // restorePool imports a configured or remembered pool. A RAM disk
 // (malloc://) never holds a pool when the engine starts, so its pool is
-// created instead: there is nothing on it to lose.
-func (e *Engine) restorePool(p PoolConfig, uuid string) {
+// created instead: there is nothing on it to lose. The disk of a configured
+// pool is resolved (DiskResolver) as a new pool's is; a remembered one is
+// used as recorded.
+func (e *Engine) restorePool(p PoolConfig, uuid string, configured bool) {
 	pe := &poolEntry{name: p.Name, uuid: uuid, disk: p.Disk}
 	e.pools[p.Name] = pe
+	if configured {
+		disk, err := e.resolveDisk(p.Disk)
+		if err != nil {
+			pe.reason = err.Error()
+			e.log.Error("pool not imported", "pool", p.Name, "disk", p.Disk, "err", pe.reason)
+			return
+		}
+		p.Disk, pe.disk = disk, disk
+	}
 	for _, other := range e.pools {
 		if other != pe && other.h != nil && diskKey(other.disk) == diskKey(p.Disk) {
 			pe.reason = fmt.Sprintf("disk %s is already used by pool %q", p.Disk, other.name)
@@ -613,14 +624,34 @@ func diskKey(uri string) string {
 	return filepath.Clean(u.Path)
 }
 
+// resolveDisk returns the disk URI to open and record for a new pool: the
+// backend's choice where it is a DiskResolver, else uri.
+func (e *Engine) resolveDisk(uri string) (string, error) {
+	r, ok := e.cfg.Backend.(DiskResolver)
+	if !ok {
+		return uri, nil
+	}
+	disk, err := r.ResolveDisk(uri)
+	if err != nil {
+		return "", diskFault(uri, err)
+	}
+	return disk, nil
+}
+
 // isRAMDisk reports whether uri names a malloc:// RAM disk.
 func isRAMDisk(uri string) bool { return strings.HasPrefix(uri, "malloc:") }
 
-// importURI drops the size parameter of a file:// URI: importing must never
-// create a missing file, only open an existing one.
+// fileScheme reports whether a disk URI scheme names a file or block device
+// (file://, aio://, uring://), the schemes whose size key creates a file.
+func fileScheme(s string) bool {
+	return s == bdev.SchemeFile || s == bdev.SchemeAIO || s == bdev.SchemeURing
+}
+
+// importURI drops the size parameter of a file-backed disk URI: importing
+// must never create a missing file, only open an existing one.
 func importURI(uri string) string {
 	u, err := url.Parse(uri)
-	if err != nil || u.Scheme != "file" {
+	if err != nil || !fileScheme(u.Scheme) {
 		return uri
 	}
 	q := u.Query()

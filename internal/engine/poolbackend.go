@@ -15,8 +15,23 @@ import (
 
 // PoolBackend is the production Backend: disks opened with bdev.Open, pools
 // from internal/pool. Pool errors become faults that name the pool, disk or
-// replica and say what to do.
-type PoolBackend struct{}
+// replica and say what to do. It is a DiskResolver: a new pool on a bare
+// path or file:// gets the io_uring engine.
+type PoolBackend struct {
+	// URingProbe reports whether io_uring can be set up here; nil means
+	// bdev.ProbeURing. Where it fails, a new pool on a bare path or
+	// file:// is refused with bdev.uring_unavailable, which names aio://.
+	URingProbe func() error
+}
+
+// ResolveDisk implements DiskResolver with bdev.ResolveEngine.
+func (b PoolBackend) ResolveDisk(uri string) (string, error) {
+	probe := b.URingProbe
+	if probe == nil {
+		probe = bdev.ProbeURing
+	}
+	return bdev.ResolveEngine(uri, probe)
+}
 
 // CreatePool opens the disk and formats it. A file that bdev.Open created
 // for this call is removed again when formatting fails, so a failed create
@@ -53,10 +68,11 @@ func (PoolBackend) ImportPool(uri string) (PoolHandle, error) {
 	return poolHandle{p}, nil
 }
 
-// newFile returns the path of a file:// disk that does not exist yet, or "".
+// newFile returns the path of a file-backed disk (file://, aio://, uring://)
+// that does not exist yet, or "".
 func newFile(uri string) string {
 	u, err := url.Parse(uri)
-	if err != nil || u.Scheme != "file" || u.Path == "" {
+	if err != nil || !fileScheme(u.Scheme) || u.Path == "" {
 		return ""
 	}
 	if _, err := os.Stat(u.Path); errors.Is(err, os.ErrNotExist) {

@@ -57,6 +57,10 @@ func (e *Engine) CreatePool(ctx context.Context, spec PoolSpec) (PoolInfo, error
 			fmt.Sprintf("pool %q: no disk given", name),
 			"give a disk URI, e.g. file:///var/lib/nexstor/d0.img?size=10GiB or /dev/sdb")
 	}
+	disk, err := e.resolveDisk(disk)
+	if err != nil {
+		return PoolInfo{}, err
+	}
 	if clusterSize < 0 {
 		return PoolInfo{}, fault.New(fault.InvalidArgument, "pool.cluster_size",
 			fmt.Sprintf("pool %q: cluster size %d is negative", name, clusterSize),

@@ -30,7 +30,7 @@ var registry = []Spec{
 	{"bdev.permission", PermissionDenied, "check the device's permissions, or run the server as a user that may open it"},
 	{"bdev.size", InvalidArgument, "give a size in whole blocks such as ?size=10GiB, matching an existing file's size"},
 	{"bdev.uri", InvalidArgument, "write disk URIs as file:///path?size=10GiB, aio:///dev/sdb, uring:///dev/nvme0n1, malloc:///name?size=512MiB or a path"},
-	{"bdev.uring_unavailable", FailedPrecondition, "use aio:// instead of uring://, or allow io_uring on this host"},
+	{"bdev.uring_unavailable", FailedPrecondition, "choose the pread/pwrite engine with aio:///path (where uring://, a bare path or file:// was given), or allow io_uring on this host"},
 
 	// Volumes and the nexus health store (internal/mgmt).
 	{"health.bad_record", InvalidArgument, "send the JSON health record of the nexus with its generation"},

@@ -30,6 +30,7 @@ import (
 	enginev1 "github.com/nexstor/nexstor/api/engine/v1"
 	v1alpha1 "github.com/nexstor/nexstor/api/k8s/v1alpha1"
 	mgmtv1 "github.com/nexstor/nexstor/api/mgmt/v1"
+	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
 )
 
@@ -128,7 +129,9 @@ func (r *Reconciler) ensure(ctx context.Context, dp *v1alpha1.DiskPool) v1alpha1
 		st.State, st.Message = v1alpha1.StateUnknown, fmt.Sprintf("node %s did not answer: %s", dp.Spec.Node, explain(err))
 		return st
 	}
-	if p.GetDisk() != dp.Spec.Disk {
+	// The engine records the disk with its engine (a bare path as
+	// uring://...): compare the disks, not the strings.
+	if !bdev.SameDisk(p.GetDisk(), dp.Spec.Disk) {
 		st.State = v1alpha1.StateError
 		st.Message = fmt.Sprintf("node %s already has a pool %q, on disk %s, not %s; it is left alone: name the DiskPool otherwise",
 			dp.Spec.Node, name, p.GetDisk(), dp.Spec.Disk)
@@ -248,7 +251,7 @@ func (r *Reconciler) destroy(ctx context.Context, dp *v1alpha1.DiskPool) (v1alph
 		st.Message = fmt.Sprintf("node %s did not answer: %s", dp.Spec.Node, explain(err))
 		return st, false
 	}
-	if p.GetDisk() != dp.Spec.Disk {
+	if !bdev.SameDisk(p.GetDisk(), dp.Spec.Disk) {
 		// Another pool of that name, not this DiskPool's: never destroy it.
 		return st, true
 	}

@@ -190,7 +190,8 @@ type Pool struct {
 	// 63 characters; starting with a letter or digit.
 	Name string
 	// Disk is the disk URI (file://, aio://, uring://, malloc:// or a bare
-	// absolute path, which means aio://).
+	// absolute path; a bare path and file:// mean uring://, see
+	// bdev.ResolveEngine).
 	Disk string
 	// ClusterSize is the allocation unit in bytes, a power of two between
 	// 64KiB and 1GiB; written as a human size ("4MiB") in YAML.

@@ -287,7 +287,7 @@ func (v *validator) pools(pools []Pool) {
 			if errors.As(err, &f) {
 				v.add(key+".disk", f.Description, f.Resolution)
 			} else {
-				v.add(key+".disk", err.Error(), "use file:///path?size=10GiB, aio:///dev/sdb, malloc:///name?size=512MiB or an absolute device path")
+				v.add(key+".disk", err.Error(), "use uring:///dev/nvme0n1, aio:///dev/sdb, file:///path?size=10GiB, malloc:///name?size=512MiB or an absolute device path")
 			}
 		} else if j, dup := disks[diskKey(u)]; dup {
 			v.add(key+".disk", fmt.Sprintf("%q is also the disk of pools[%d]", p.Disk, j), "a pool owns exactly one disk; give every pool its own")

@@ -1,4 +1,7 @@
-package main
+// Package nbdclient is a minimal NBD client presented as a bdev.Device, for
+// the benchmarks and the soak of bench/: fixed newstyle negotiation, simple
+// replies, several connections.
+package nbdclient
 
 import (
 	"bufio"
@@ -35,12 +38,12 @@ const (
 	nbdSlots         = 128 // requests in flight per connection
 )
 
-// nbdClient is a minimal NBD client presented as a bdev.Device, so that
+// Client is a minimal NBD client presented as a bdev.Device, so that
 // the same load generator can drive NBD and NVMe/TCP. Requests are spread
 // round-robin over its connections; each connection has one reader
 // goroutine that completes requests by handle (the slot index), like the
 // NVMe/TCP initiator's queues. Only simple replies are negotiated.
-type nbdClient struct {
+type Client struct {
 	conns     []*nbdConn
 	next      atomic.Uint32
 	size      int64
@@ -61,9 +64,9 @@ type nbdSlot struct {
 	done chan uint32
 }
 
-// dialNBD opens conns connections to export name at addr.
-func dialNBD(ctx context.Context, addr, name string, conns int) (*nbdClient, error) {
-	c := &nbdClient{}
+// Dial opens conns connections to export name at addr.
+func Dial(ctx context.Context, addr, name string, conns int) (*Client, error) {
+	c := &Client{}
 	for range conns {
 		var d net.Dialer
 		nc, err := d.DialContext(ctx, "tcp", addr)
@@ -212,11 +215,13 @@ func (c *nbdConn) do(typ uint16, off int64, length uint32, payload, dst []byte) 
 	return nil
 }
 
-func (c *nbdClient) conn() *nbdConn {
+func (c *Client) conn() *nbdConn {
 	return c.conns[int(c.next.Add(1))%len(c.conns)]
 }
 
-func (c *nbdClient) ReadAt(p []byte, off int64) (int, error) {
+// ReadAt reads len(p) bytes at off, a multiple of the block size; an
+// error for a failed request or a lost connection.
+func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	if err := bdev.CheckRange("read", off, int64(len(p)), c.size, c.blockSize); err != nil {
 		return 0, err
 	}
@@ -226,7 +231,9 @@ func (c *nbdClient) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (c *nbdClient) WriteAt(p []byte, off int64) (int, error) {
+// WriteAt writes p at off; it returns once the server acknowledged the
+// write.
+func (c *Client) WriteAt(p []byte, off int64) (int, error) {
 	if err := bdev.CheckRange("write", off, int64(len(p)), c.size, c.blockSize); err != nil {
 		return 0, err
 	}
@@ -236,20 +243,27 @@ func (c *nbdClient) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (c *nbdClient) Flush() error { return c.conn().do(nbdCmdFlush, 0, 0, nil, nil) }
+// Flush sends NBD_CMD_FLUSH and waits for its reply.
+func (c *Client) Flush() error { return c.conn().do(nbdCmdFlush, 0, 0, nil, nil) }
 
-func (c *nbdClient) Unmap(off, length int64) error {
+// Unmap sends NBD_CMD_TRIM for the range.
+func (c *Client) Unmap(off, length int64) error {
 	return c.conn().do(nbdCmdTrim, off, uint32(length), nil, nil)
 }
 
-func (c *nbdClient) WriteZeroes(off, length int64) error {
+// WriteZeroes sends NBD_CMD_WRITE_ZEROES for the range.
+func (c *Client) WriteZeroes(off, length int64) error {
 	return c.conn().do(nbdCmdWriteZero, off, uint32(length), nil, nil)
 }
 
-func (c *nbdClient) Size() int64    { return c.size }
-func (c *nbdClient) BlockSize() int { return c.blockSize }
+// Size is the export's size in bytes.
+func (c *Client) Size() int64 { return c.size }
 
-func (c *nbdClient) Close() error {
+// BlockSize is the export's preferred block size (512 when it names none).
+func (c *Client) BlockSize() int { return c.blockSize }
+
+// Close disconnects every connection; requests in flight fail.
+func (c *Client) Close() error {
 	for _, cn := range c.conns {
 		cn.wmu.Lock()
 		var b [28]byte
