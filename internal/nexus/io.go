@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nexstor/nexstor/internal/bdev"
 )
@@ -73,8 +74,20 @@ type fanOp struct {
 	refs atomic.Int32
 }
 
+// run issues child i's I/O and, unless it is a flush, folds its service
+// time into the child's cost.
 func (o *fanOp) run(i int) error {
-	d := o.members[i].dev
+	c := o.members[i]
+	if o.kind == opFlush {
+		return o.issue(c.dev)
+	}
+	start := time.Now()
+	err := o.issue(c.dev)
+	c.observe(time.Since(start))
+	return err
+}
+
+func (o *fanOp) issue(d bdev.Device) error {
 	switch o.kind {
 	case opWrite:
 		_, err := d.WriteAt(o.p, o.off)
@@ -391,14 +404,42 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	}
 	o := n.getOp(len(w))
 	o.kind, o.p, o.off, o.length, o.members = kind, p, off, length, w
-	o.refs.Store(int32(len(w)))
+	// Quick children (see quickChild) are not queued: they are claimed
+	// here and issued inline, one after the other, after the first child.
+	// inline has bit i set for each (children past the 64th are queued).
+	// Flushes are always handed off: a child quick to write (a buffered
+	// file) may be slow to flush, and flushes are where parallel issue
+	// matters most.
+	var inline uint64
+	queued := 0
 	for i := 1; i < len(w); i++ {
-		o.claimed[i].Store(false)
-		n.queue <- childIO{op: o, i: i}
+		q := kind != opFlush && i < 64 && w[i].quick()
+		o.claimed[i].Store(q)
+		if q {
+			inline |= 1 << i
+		} else {
+			queued++
+		}
+	}
+	o.refs.Store(int32(1 + queued))
+	for i := 1; queued > 0 && i < len(w); i++ {
+		if i >= 64 || inline&(1<<i) == 0 {
+			n.queue <- childIO{op: o, i: i}
+		}
 	}
 	o.errs[0] = o.run(0)
+	for i := 1; inline != 0 && i < len(w) && i < 64; i++ {
+		if inline&(1<<i) != 0 {
+			o.errs[i] = o.run(i)
+		}
+	}
+	// Then take back what no worker has started yet (after the inline
+	// ones, which gives the workers the most time to start theirs).
 	running := 0
 	for i := 1; i < len(w); i++ {
+		if i < 64 && inline&(1<<i) != 0 {
+			continue
+		}
 		if o.claimed[i].CompareAndSwap(false, true) {
 			o.errs[i] = o.run(i)
 		} else {

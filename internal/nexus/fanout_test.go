@@ -1,0 +1,134 @@
+package nexus
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/bdev/faulty"
+)
+
+// gateDev holds every write while its gate is closed.
+type gateDev struct {
+	bdev.Device
+	gate chan struct{}
+}
+
+func (g *gateDev) WriteAt(p []byte, off int64) (int, error) {
+	<-g.gate
+	return g.Device.WriteAt(p, off)
+}
+
+func childByURI(t *testing.T, n *Nexus, uri string) *child {
+	t.Helper()
+	n.stateMu.Lock()
+	defer n.stateMu.Unlock()
+	for _, c := range n.children {
+		if c.uri == uri {
+			return c
+		}
+	}
+	t.Fatalf("no child %s", uri)
+	return nil
+}
+
+// A slow child's write is handed to a worker even when the children after
+// it are quick and issued inline: a quick child's write lands while the slow
+// one's is still held.
+func TestFanOutHandsOffSlowChildren(t *testing.T) {
+	const size = 1 << 20
+	op := newTestOpener()
+	mem := make([]*bdev.Malloc, 3)
+	var uris []string
+	gate := make(chan struct{})
+	for i := range mem {
+		m, err := bdev.NewMalloc(size, 512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem[i] = m
+		var d bdev.Device = m
+		if i == 1 {
+			d = &gateDev{Device: m, gate: gate}
+		}
+		op.add(childURI(i), d)
+		uris = append(uris, childURI(i))
+	}
+	store := NewMemStore()
+	seedRecord(t, store, "fanout", uris)
+	n, err := New(context.Background(), Config{UUID: "fanout", Name: "nx", Size: size,
+		Children: uris, Store: store, Opener: op, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	// Child 1 has shown itself slow, children 0 and 2 quick.
+	childByURI(t, n, uris[1]).cost.Store(int64(time.Millisecond))
+	childByURI(t, n, uris[2]).cost.Store(0)
+
+	buf := bytes.Repeat([]byte{0xa5}, 4096)
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.WriteAt(buf, 8192)
+		done <- err
+	}()
+	got := make([]byte, 4096)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := mem[2].ReadAt(got, 8192); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(got, buf) {
+			break
+		}
+		if time.Now().After(deadline) {
+			close(gate)
+			t.Fatal("the quick child after a held slow child was not written: the slow child was issued inline before it")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the write was acknowledged (%v) while a child's write was held", err)
+	default:
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range mem {
+		if _, err := m.ReadAt(got, 8192); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, buf) {
+			t.Fatalf("child %d lacks the write", i)
+		}
+	}
+}
+
+// A child's cost follows its service time: one that takes 100 µs a write
+// stops counting as quick, and its writes are then handed off.
+func TestFanOutLearnsSlowChildren(t *testing.T) {
+	r := newRig(t, 3, 1<<20, Config{})
+	r.faults[r.uris[2]].AddRule(faulty.Rule{Ops: faulty.OpWrite, Delay: true, Latency: 100 * time.Microsecond})
+	buf := make([]byte, 4096)
+	for i := range 64 {
+		if _, err := r.nx.WriteAt(buf, int64(i%16)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := childByURI(t, r.nx, r.uris[2]); c.quick() {
+		t.Fatalf("a child taking 100 µs a write still counts as quick (cost %v)", time.Duration(c.cost.Load()))
+	}
+	// Flushes are not measured: a child's cost is its writes'.
+	before := childByURI(t, r.nx, r.uris[0]).cost.Load()
+	r.faults[r.uris[0]].AddRule(faulty.Rule{Ops: faulty.OpFlush, Delay: true, Latency: 20 * time.Millisecond})
+	if err := r.nx.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if after := childByURI(t, r.nx, r.uris[0]).cost.Load(); after != before {
+		t.Fatalf("a flush changed the child's write cost from %v to %v", time.Duration(before), time.Duration(after))
+	}
+}
