@@ -37,9 +37,12 @@ func chartDir(t *testing.T) string {
 // test with both outputs when it fails.
 func helmRun(t *testing.T, args ...string) string {
 	t.Helper()
+	// Found first: finding it may wait for the build of the Kubernetes
+	// peers, which must not eat the time helm has.
+	helm := testutil.Helm(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, testutil.Helm(t), args...)
+	cmd := exec.CommandContext(ctx, helm, args...)
 	// helm keeps its caches and settings under these: keep them in the test.
 	home := t.TempDir()
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")

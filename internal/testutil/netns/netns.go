@@ -130,6 +130,10 @@ func (n *Net) Add(name string) *NS {
 	}
 	n.must("netns", "add", ns.Name)
 	n.nss = append(n.nss, ns)
+	// A veth of this name can only be stale: the octet is ours (we hold
+	// its bridge), and an earlier Net of it whose namespace outlived it (a
+	// process still inside) may have left the pair behind.
+	_, _ = n.run("link", "del", ns.hostVeth)
 	n.must("link", "add", ns.hostVeth, "type", "veth", "peer", "name", ns.nsVeth)
 	n.must("link", "set", ns.nsVeth, "netns", ns.Name)
 	n.must("link", "set", ns.hostVeth, "master", n.bridge)
@@ -188,6 +192,10 @@ func (n *Net) destroy() {
 	defer n.mu.Unlock()
 	var errs []error
 	for _, ns := range n.nss {
+		// The pair first: deleting the namespace's name does not delete
+		// the namespace while a process is still inside, and its veth
+		// pair would outlive the Net (and collide with the next one).
+		_, _ = n.run("link", "del", ns.hostVeth)
 		if _, err := n.run("netns", "del", ns.Name); err != nil {
 			errs = append(errs, err)
 		}
