@@ -55,7 +55,7 @@ SUITE_TABLE=(
 	"nvmf|RESULTS-nvmf.md|-t 1 -r 1 -- -file-size 64"
 	"nvmf-ab|RESULTS-nvmf.md|-n 1 -t 1 -- -backings uring -file-size 64 -paths nvmf,nbd,fio-raw -workloads randread-4k-qd1,randwrite-4k-qd1"
 	"nexus|RESULTS-nexus.md|-t 1 -r 1 -s 64"
-	"volumes|RESULTS-volumes.md|-n 5 -p 2 -r 1"
+	"volumes|RESULTS-volumes.md|-n 10 -p 2 -r 1"
 	"volume-io|RESULTS-volumes.md|-s 64 -t 1 -r 1"
 	"heal|RESULTS-heal.md|-s 64 -r 1 -w 5 -n 4 -v 64"
 	"idle|RESULTS-idle.md|-w 5 -k 1 -s 5"
