@@ -7,7 +7,7 @@ PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 ALLOC_PKGS := ./internal/bdev/... ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
 
-.PHONY: all build install image test test-deps test-short vet generate bench bench-heal bench-footprint bench-failover bench-pvc bench-ceph chaos soak fuzz sim clean
+.PHONY: all build install image test test-deps test-short vet generate bench bench-nbd bench-heal bench-footprint bench-failover bench-pvc bench-ceph chaos soak fuzz sim clean
 
 all: build
 
@@ -73,9 +73,24 @@ sim:
 	NEXSTOR_SIM_SEEDS=$(SIM_SEEDS) NEXSTOR_SIM_STEPS=$(SIM_STEPS) \
 		$(GO) test -count=1 -timeout 0 -run '^TestReconcilerSimulation$$' ./internal/mgmt/
 
-# bench runs the benchmarks of bench/ (minutes; not part of make test).
+# bench runs every benchmark comparison: bench/all.sh runs the suites of
+# bench/ one after another (each interleaved in rounds against its
+# baseline; about 1 h 20 min in all), prints their reports and a summary,
+# and regenerates the generated sections of bench/RESULTS*.md from them
+# (the summary in bench/RESULTS.md). BENCHFLAGS passes options, e.g.
+# BENCHFLAGS='-s nbd,qd1' for some suites, '-q' for a quick run that checks
+# the driver (see bench/all.sh -h). The soaks are apart: make soak, make
+# chaos. Not part of make test.
+BENCHFLAGS ?=
 bench:
-	./bench/nbd.sh
+	./bench/all.sh $(BENCHFLAGS)
+
+# bench-nbd runs bench/nbd.sh alone: Nexstor over NBD against nbdkit and
+# fio on the raw file (about 16 minutes; NBDFLAGS passes options, see
+# bench/nbd.sh -h). Markdown on stdout; no results file is touched.
+NBDFLAGS ?=
+bench-nbd:
+	./bench/nbd.sh $(NBDFLAGS)
 
 # bench-heal times self-healing on a 4-node loopback system: a lost
 # replica replaced and rebuilt, a returning one resynced (about 6 minutes;

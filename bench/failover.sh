@@ -45,6 +45,9 @@ trap 'rm -f "$OUT"' EXIT
 cd "$ROOT"
 NEXSTOR_BENCH_FAILOVER=$ROUNDS NEXSTOR_BENCH_OUT=$OUT NEXSTOR_BENCH_NO_REPORT=$NO_REPORT \
 	go test -count=1 -run '^TestFailoverStall$' -v -timeout $((ROUNDS * 4 + 15))m ./test/system >&2
+# A test that skips (no QEMU, no cached kernel) passes without results:
+# that is no measurement, and must not pass for one.
+[ -s "$OUT" ] || { echo "failover.sh: TestFailoverStall wrote no results (skipped? see its log above)" >&2; exit 1; }
 echo "## Failover: the longest write stall ($(date -u +%Y-%m-%d), $(nproc) CPUs, $(go version | awk '{print $3}'))"
 echo
 cat "$OUT"

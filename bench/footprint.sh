@@ -8,7 +8,8 @@
 # the server is stopped and started again on the same data (every replica
 # imported and shared again) and sampled once more. Prints Markdown: the
 # time to create and share, the restart time, and per window the CPU used
-# as a percentage of one core, RSS and threads, with the load average.
+# as a percentage of one core, RSS and threads, with the load average, and
+# the goal verdict: under 128 MiB resident.
 #
 # Usage: bench/footprint.sh [-r REPLICAS] [-w WINDOW] [-k COUNT] [-s SETTLE] [-d DIR]
 #   -r REPLICAS  replicas to create and share (default 1000)
@@ -148,5 +149,8 @@ sleep "$SETTLE"
 sample "after a restart"
 echo
 echo "Median: $(echo "$PCTS" | median) % of one core, $(echo "$RSSS" | median) MiB resident. After a restart on the same data the server answered in $restart s, with all $REPLICAS shares restored."
+echo
+rss_max=$(echo "$RSSS" | tr ' ' '\n' | awk 'NF' | sort -g | tail -n1)
+echo "- resident set at most $rss_max MiB with $REPLICAS shared replicas (goal < 128 MiB): $(awk -v r="$rss_max" 'BEGIN { print (r < 128 ? "met" : "**missed**") }')"
 echo
 echo "Reproduce: bench/footprint.sh -r $REPLICAS -w $WINDOW -k $COUNT -s $SETTLE"

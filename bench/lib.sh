@@ -47,7 +47,9 @@ dev_grpc() { echo "127.0.0.1:$((DEV_GRPC_PORT + $1))"; }
 
 # dev_start BINDIR DATADIR NODES POOLSIZE [pprof] starts the dev system in
 # the background (DEV_PID) with its log in DATADIR.log and waits until all
-# NODES nodes have joined. BINDIR holds nexstor and nexctl, and devpprof
+# NODES nodes have joined. The system has no demo volume: the benchmarks
+# count the volumes and replicas they make, and time calls on an empty
+# system. BINDIR holds nexstor and nexctl, and devpprof
 # when the fifth argument is "pprof": then the same system runs under
 # bench/devpprof, which serves CPU profiles on DEV_PPROF.
 dev_start() {
@@ -55,7 +57,7 @@ dev_start() {
 	local args=(--nodes "$nodes" --data-dir "$data" --grpc-port "$DEV_GRPC_PORT"
 		--nbd-port "$DEV_NBD_PORT" --nvmf-port $((DEV_PORT_BASE + 420))
 		--discovery-port $((DEV_PORT_BASE + 8)) --etcd-port $((DEV_PORT_BASE + 379))
-		--metrics-port "${DEV_METRICS_PORT:--1}" --pool-size "$size")
+		--metrics-port "${DEV_METRICS_PORT:--1}" --pool-size "$size" --demo "")
 	if [ "$how" = pprof ]; then
 		"$bin/devpprof" --pprof "$DEV_PPROF" "${args[@]}" >"$data.out" 2>"$data.log" &
 	else

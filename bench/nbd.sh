@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # NBD benchmark: fio's nbd engine against
-#   (a) Nexstor "file": `nexstor server`, an aio:// pool (the pread/pwrite
+#   (a) Nexstor aio: `nexstor server`, an aio:// pool (the pread/pwrite
 #       engine; a file:// pool gets io_uring since it became the default), a
 #       thin replica shared over NBD;
 #   (b) Nexstor uring: the same server, a second pool on uring:// (the same
 #       file backend with its I/O through io_uring), a thin replica on it;
 #   (c) nbdkit's file plugin serving a plain file on the same filesystem;
 #   (d) fio directly on a plain file (libaio, direct=1), the backing store;
-#   (e) the same with fio's io_uring engine (direct=1): raw io_uring;
+#   (e) the same with fio's io_uring engine (direct=1): raw io_uring, the
+#       raw baseline;
 # with the same workloads, sizes, runtime and fio options everywhere. Prints
 # a markdown table per cache mode: IOPS, bandwidth, the server's CPU time per
-# I/O, and the ratios file/nbdkit, uring/nbdkit, uring/file, uring/raw and
-# uring/raw-uring; then the spread of every target's samples (max/min) and
+# I/O, and the ratios aio/nbdkit, uring/nbdkit, uring/aio, uring/raw and
+# uring/raw-uring, and the goal verdicts (uring:// at least nbdkit's IOPS
+# on every workload); then the spread of every target's samples (max/min) and
 # what the machine did during each sample (load average, steal time, the
 # server's context switches per I/O, the CPU other jobs took), one line
 # per sample, written to $SAMPLES-MODE.tsv when SAMPLES is set.
@@ -52,7 +54,7 @@ while getopts "d:s:t:r:c:h" opt; do
 		both) MODES=(direct buffered) ;;
 		*) echo "nbd.sh: -c must be direct, buffered or both" >&2; exit 2 ;;
 		esac ;;
-	*) sed -n '2,35p' "$0"; exit 2 ;;
+	*) sed -n '2,37p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -253,9 +255,9 @@ bench_mode() {
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $REPEAT runs, $(fio --version), $(nbdkit --version | head -n1)."
 	echo
-	echo "| workload | file IOPS | file MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | raw-uring IOPS | file/nbdkit | uring/nbdkit | uring/file | uring/raw | uring/raw-uring | server CPU µs/IO file | uring | nbdkit |"
+	echo "| workload | aio IOPS | aio MiB/s | uring IOPS | uring MiB/s | nbdkit IOPS | nbdkit MiB/s | raw IOPS | raw MiB/s | raw-uring IOPS | aio/nbdkit | uring/nbdkit | uring/aio | uring/raw | uring/raw-uring | server CPU µs/IO aio | uring | nbdkit |"
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	local n fl flb ui ub ki kb ri rb qi flc uc kc
+	local n fl flb ui ub ki kb ri rb qi flc uc kc goals=()
 	for w in "${WORKLOADS[@]}"; do
 		n=${w%%|*}
 		fl=$(median <<<"${IOPS[nexstor,$n]}")
@@ -270,13 +272,16 @@ bench_mode() {
 		flc=$(median <<<"${CPU[nexstor,$n]}")
 		uc=$(median <<<"${CPU[uring,$n]}")
 		kc=$(median <<<"${CPU[nbdkit,$n]}")
+		goals+=("- $mode $n uring/nbdkit IOPS $(ratio "$ui" "$ki") (goal >= 1.00x): $(awk -v a="$ui" -v b="$ki" 'BEGIN { print (b > 0 && a >= b ? "met" : "**missed**") }')")
 		echo "| $n | $(fmt0 "$fl") | $(fmt_mib "$flb") | $(fmt0 "$ui") | $(fmt_mib "$ub") | $(fmt0 "$ki") | $(fmt_mib "$kb") | $(fmt0 "$ri") | $(fmt_mib "$rb") | $(fmt0 "$qi") | $(ratio "$fl" "$ki") | $(ratio "$ui" "$ki") | $(ratio "$ui" "$fl") | $(ratio "$ui" "$ri") | $(ratio "$ui" "$qi") | $flc | $uc | $kc |"
 	done
+	echo
+	printf '%s\n' "${goals[@]}"
 	echo
 	[ -z "${SAMPLES:-}" ] || cp "$SAMPLES_TSV" "$SAMPLES-$mode.tsv"
 	echo "Spread of the $REPEAT samples (IOPS, min-max, and max/min):"
 	echo
-	echo "| workload | file | uring | nbdkit | raw | raw-uring |"
+	echo "| workload | aio | uring | nbdkit | raw | raw-uring |"
 	echo "|---|---:|---:|---:|---:|---:|"
 	for w in "${WORKLOADS[@]}"; do
 		n=${w%%|*}

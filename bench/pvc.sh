@@ -36,6 +36,9 @@ trap 'rm -f "$OUT"' EXIT
 cd "$ROOT"
 NEXSTOR_BENCH_PVC=$ROUNDS NEXSTOR_BENCH_OUT=$OUT \
 	go test -count=1 -run '^TestPVCStaged$' -v -timeout $((ROUNDS * 2 + 15))m ./test/system >&2
+# A test that skips (no QEMU, no cached kernel) passes without results:
+# that is no measurement, and must not pass for one.
+[ -s "$OUT" ] || { echo "pvc.sh: TestPVCStaged wrote no results (skipped? see its log above)" >&2; exit 1; }
 echo "## PVC to staged ($(date -u +%Y-%m-%d), $(nproc) CPUs, $(go version | awk '{print $3}'))"
 echo
 cat "$OUT"

@@ -15,7 +15,9 @@
 # IOPS as a ratio of raw, and for the servers: CPU per I/O (utime+stime of
 # the whole process over the I/Os of the run), context switches per I/O
 # (voluntary+involuntary, all threads; not for nbdkit), and with -S the system calls per I/O
-# (one extra strace -c -f run per server and workload, not timed).
+# (one extra strace -c -f run per server and workload, not timed); then the
+# goal verdicts of new: QD1 p50 at most 30 µs over raw, QD32 IOPS at least
+# 0.5x raw.
 #
 # Usage: bench/qd1.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r ROUNDS] [-B REV] [-S]
 #   -d DIR       scratch directory (default: new under ${TMPDIR:-/var/tmp})
@@ -41,7 +43,7 @@ while getopts "d:s:t:r:B:Sh" opt; do
 	r) ROUNDS=$OPTARG ;;
 	B) BASE=$OPTARG ;;
 	S) STRACE=1 ;;
-	*) sed -n '2,27p' "$0"; exit 2 ;;
+	*) sed -n '2,28p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -192,6 +194,7 @@ for w in "${WORKLOADS[@]}"; do
 	fi
 done
 
+GOALS=() # the goal verdicts of new, printed under the table
 f1() { awk -v v="$1" 'BEGIN { printf "%.1f", v }'; }
 f0() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
 echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average at the end $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $ROUNDS rounds, $(fio --version), $(nbdkit --version | head -n1)${BASE:+, old = $(git -C "$ROOT" rev-parse --short "$BASE")}."
@@ -211,7 +214,12 @@ for w in "${WORKLOADS[@]}"; do
 			[ "$t" != nbdkit ] || csw=n/a
 		fi
 		echo "| $n | $t | $(f0 "$io") | $(awk -v a="$io" -v b="$ri" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') | $(f1 "$p50") | $(f1 "$p99") | $(f1 "$(awk -v a="$p50" -v b="$r50" 'BEGIN { print a - b }')") | $(f1 "$(awk -v a="$p99" -v b="$r99" 'BEGIN { print a - b }')") | $cpu | $csw | $sc |"
+		[ "$t" != new ] || GOALS+=("$(awk -v n="$n" -v io="$io" -v ri="$ri" -v p="$p50" -v rp="$r50" 'BEGIN {
+			if (n ~ /qd1$/) { d = p - rp; printf "- %s p50 %+.1f µs over raw io_uring (goal <= 30 µs): %s", n, d, (d <= 30 ? "met" : "**missed**") }
+			else { r = (ri > 0 ? io / ri : 0); printf "- %s IOPS %.2fx raw io_uring (goal >= 0.50x): %s", n, r, (r >= 0.5 ? "met" : "**missed**") } }')")
 	done
 done
+echo
+printf '%s\n' "${GOALS[@]}"
 echo
 echo "Reproduce: bench/qd1.sh -s $SIZE_MIB -t $RUNTIME -r $ROUNDS${BASE:+ -B $BASE}${STRACE:+ -S}"

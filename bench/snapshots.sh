@@ -14,7 +14,8 @@
 #     cluster, the write, a metadata commit).
 #
 # Each benchmark runs COUNT times with ITERS iterations; the script prints
-# the median time per operation of each as a Markdown table.
+# the median time per operation of each as a Markdown table. (No goal: the
+# costs are reported, not judged.)
 #
 # Usage: bench/snapshots.sh [-k COUNT] [-i ITERS] [-d DIR]
 #   -k COUNT  runs of each benchmark (default 5)
@@ -37,7 +38,9 @@ done
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-echo "# $(date -u +%FT%TZ), $(git rev-parse --short HEAD), $(go version | cut -d' ' -f3), $(nproc) CPUs, pool files in $dir ($(df -T "$dir" | awk 'NR == 2 { print $2 }'))"
+# A plain line, not a heading, and no path of this machine: bench/all.sh
+# puts the report into a results file that is committed.
+echo "$(date -u +%FT%TZ), $(git rev-parse --short HEAD), $(go version | cut -d' ' -f3), $(nproc) CPUs, pool files on $(df -T "$dir" | awk 'NR == 2 { print $2 }')"
 TMPDIR=$dir go test -run '^$' -bench 'BenchmarkSnapshotPause|BenchmarkFirstWrite' -benchtime "${iters}x" -count "$count" \
 	./internal/pool/ 2>/dev/null | grep '^Benchmark' >"$out"
 

@@ -10,11 +10,12 @@
 # 4 KiB randread and randwrite at QD 32, the two targets in turn (the order
 # alternating from round to round), ROUNDS rounds, median IOPS of the
 # rounds and the ratio volume/raw, against the goal of 0.9x (judged on the
-# ratio of the medians; the median of the rounds' own ratios is shown too). Both targets
-# are pre-filled (1 MiB sequential writes, end to end) so that randread
-# reads allocated clusters. "dev CPU µs/IO" is the dev process's user+system
-# CPU time over the run divided by the I/Os fio completed (every node is in
-# that process; the idle ones cost next to nothing).
+# ratio of the medians, one verdict line per workload; the median of the
+# rounds' own ratios is shown too). Both targets are pre-filled (1 MiB
+# sequential writes, end to end) so that randread reads allocated clusters.
+# "dev CPU µs/IO" is the dev process's user+system CPU time over the run
+# divided by the I/Os fio completed (every node is in that process; the idle
+# ones cost next to nothing).
 #
 # Usage: bench/volume-io.sh [-s SIZE_MIB] [-t SECONDS] [-r ROUNDS] [-d DIR] [-P]
 #   -s SIZE_MIB  size of the volume and of the raw replica (default 512)
@@ -45,7 +46,7 @@ while getopts "s:t:r:d:Ph" opt; do
 	r) ROUNDS=$OPTARG ;;
 	d) DIR=$OPTARG ;;
 	P) PROFILE=1 ;;
-	*) sed -n '2,30p' "$0"; exit 2 ;;
+	*) sed -n '2,32p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -161,6 +162,7 @@ if [ "$PROFILE" = 1 ]; then
 	done
 fi
 
+GOALS=() # one verdict line per workload, printed under the table
 fmt0() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 echo "$START (load average $END_LOAD at the end); $NODES-node dev system$([ "$PROFILE" = 1 ] && echo " under bench/devpprof"), pools of $POOL_SIZE on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), volume and raw replica of ${SIZE_MIB} MiB (thin, pre-filled) in pool $POOL of $NODE, ${RUNTIME} s per run (+${RAMP} s ramp), median of $ROUNDS rounds, $(fio --version) ioengine=nbd."
@@ -177,9 +179,12 @@ for w in "${WORKLOADS[@]}"; do
 	pr=$(paste -d' ' <(tr ' ' '\n' <<<"${IOPS[volume,$n]}" | awk 'NF') <(tr ' ' '\n' <<<"${IOPS[raw,$n]}" | awk 'NF') |
 		awk '$2 > 0 { print $1 / $2 }' | median)
 	verdict=$(awk -v a="$vi" -v b="$ri" 'BEGIN { if (b > 0 && a / b >= 0.9) print "≥ 0.9x: met"; else print "≥ 0.9x: **missed**" }')
+	GOALS+=("- $n volume/raw IOPS $(ratio "$vi" "$ri") (goal >= 0.9x): ${verdict#*: }")
 	rounds() { tr ' ' '\n' | awk 'NF { printf "%s%.0f", sep, $1; sep = ", " }'; }
 	echo "| $n | $(fmt0 "$vi") | $(fmt0 "$ri") | $(ratio "$vi" "$ri") | $(awk -v v="$pr" 'BEGIN { printf "%.2fx", v }') | $verdict | $(fmt0 "$(median <<<"${P99[volume,$n]}")") | $(fmt0 "$(median <<<"${P99[raw,$n]}")") | $(median <<<"${CPU[volume,$n]}") | $(median <<<"${CPU[raw,$n]}") | $(rounds <<<"${IOPS[volume,$n]}") | $(rounds <<<"${IOPS[raw,$n]}") |"
 done
+echo
+printf '%s\n' "${GOALS[@]}"
 echo
 if [ "$PROFILE" = 1 ]; then
 	echo "The profiled runs (one more per workload and target, after the measured rounds; the profile covers the $RUNTIME s after the ramp):"

@@ -42,6 +42,7 @@ func main() {
 	flag.IntVar(&o.EtcdPort, "etcd-port", config.DefaultEtcdClientPort, "client port of the embedded etcd (its peer port is the next one)")
 	flag.IntVar(&o.MetricsPort, "metrics-port", 0, "Prometheus /metrics port of node 0 (0: 9502 or a free port; -1 disables metrics)")
 	flag.StringVar(&o.PoolSize, "pool-size", "1GiB", "size of each node's sparse pool file")
+	flag.StringVar(&o.Demo, "demo", "demo", `name of the demo volume ("" for none), as nexstor dev's`)
 	flag.Parse()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -68,9 +69,7 @@ func main() {
 	defer srv.Close()
 	logger.Warn("pprof enabled", "addr", ln.Addr().String())
 
-	// The same demo replica as `nexstor dev`, so that the system is the same.
 	o.Logger = logger
-	o.Demo = "demo"
 	o.Ready = func(ctlserver.DevSystem) { fmt.Println("ready") }
 	if err := ctlserver.RunDev(ctx, o); err != nil {
 		fmt.Fprintf(os.Stderr, "devpprof: %v\n", err)

@@ -423,7 +423,13 @@ func reportFrom(cfg config, files []string) error {
 		}
 	}
 	cfg.repeat = len(files)
-	fmt.Printf("Pooled from %d runs (%s).\n\n", len(files), strings.Join(files, ", "))
+	// The names only: the report goes into results files that are
+	// committed, where the directory of a run means nothing.
+	names := make([]string, len(files))
+	for i, f := range files {
+		names[i] = filepath.Base(f)
+	}
+	fmt.Printf("Pooled from %d runs (%s).\n\n", len(files), strings.Join(names, ", "))
 	report(cfg, samples, time.Now().UTC(), "(see the runs)", "(see the runs)", "(see the runs)")
 	return nil
 }
