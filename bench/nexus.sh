@@ -3,7 +3,9 @@
 # sequential writes at QD 8 on a bare pool replica and on nexuses with 1, 2
 # and 3 local children (each a pre-filled thin replica in its own pool
 # file), interleaved, median of the runs; then an idle full rebuild into a
-# fresh replica against a plain O_DIRECT dd copy of the same bytes.
+# fresh replica against a plain O_DIRECT dd copy of the same bytes; then the
+# same workloads on RAM devices with no added latency (the nexus's own cost:
+# every write is CPU, 1/3 of a replica is the ceiling of a 3-way mirror).
 #
 # Usage: bench/nexus.sh [-t SECONDS] [-r REPEAT] [-s MIB] [-d DIR] [-o OUTDIR] [-l] [-- nexusbench flags]
 #   -t SECONDS  runtime of each measured run (default 5)
@@ -37,7 +39,7 @@ while getopts "t:r:s:d:o:lh" opt; do
 	d) DIR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	l) LAT=1 ;;
-	*) sed -n '2,22p' "$0"; exit 2 ;;
+	*) sed -n '2,24p' "$0"; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -58,6 +60,10 @@ args=(-t "$RUNTIME" -r "$REPEAT" -size "$SIZE")
 echo "### Pool files"
 echo
 "$OUT/nexusbench" "${args[@]}" -profile "$OUT/profiles" -json "$OUT/samples.json" "$@" | tee "$OUT/report.md"
+echo
+echo "### RAM devices (no added latency: the nexus's own cost)"
+echo
+"$OUT/nexusbench" "${args[@]}" -backing lat -lat 0s -size 256 -json "$OUT/samples-ram.json" "$@" | tee "$OUT/report-ram.md"
 if [ "$LAT" = 1 ]; then
 	echo
 	echo "### RAM devices with 100 µs latency"
