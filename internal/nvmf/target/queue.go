@@ -40,18 +40,21 @@ type sendItem struct {
 // request is one command slot of a queue. Slots are preallocated; the slot
 // index is the R2T transfer tag.
 type request struct {
-	q       *queue
-	slot    uint16
-	sqe     pdu.SQE
-	cqe     pdu.CQE
-	status  nvme.Status // set before execution fails early (e.g. data digest)
-	buf     []byte      // command data (pooled), len = transfer length
-	pooled  *[]byte
-	c2h     int // bytes of buf to send to the host
-	xfer    int // H2C bytes received so far
-	r2tLen  int // H2C bytes expected
-	inR2T   bool
-	aer     bool         // an AER held by the controller: not sent at once
+	q      *queue
+	slot   uint16
+	sqe    pdu.SQE
+	cqe    pdu.CQE
+	status nvme.Status // set before execution fails early (e.g. data digest)
+	buf    []byte      // command data (pooled), len = transfer length
+	pooled *[]byte
+	c2h    int // bytes of buf to send to the host
+	xfer   int // H2C bytes received so far
+	r2tLen int // H2C bytes expected
+	inR2T  bool
+	aer    bool // an AER held by the controller: not sent at once
+	// turn is the claim command's place in its admin queue's order, from
+	// 1 (see queue.claimOrder); 0 for every other command.
+	turn    uint64
 	closeIt bool         // close the connection once the response is written
 	term    *pdu.TermReq // sendTerm only
 }
@@ -94,6 +97,16 @@ type queue struct {
 	work  chan *request
 	sendq chan sendItem
 
+	// Claim commands (Set Features, nvme.FeatClaim) on an admin queue run
+	// in the order the host sent them although several workers execute
+	// admin commands: the reader numbers them (claimIssued, its own), and
+	// each waits under claimMu until claimNext is its turn.
+	claimIssued uint64
+	claimMu     sync.Mutex
+	claimCond   *sync.Cond
+	claimNext   uint64
+	claimClosed bool // the queue is torn down: no turn is waited for
+
 	done      chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -119,6 +132,14 @@ func (q *queue) close() {
 	q.closeOnce.Do(func() {
 		close(q.done)
 		q.conn.Close()
+		// Claim commands waiting for their turn behind one dropped at
+		// teardown (see startWorkers) give up.
+		q.claimMu.Lock()
+		q.claimClosed = true
+		if q.claimCond != nil {
+			q.claimCond.Broadcast()
+		}
+		q.claimMu.Unlock()
 	})
 }
 
@@ -325,7 +346,7 @@ func (q *queue) capsule() error {
 		return q.term(pdu.FESSequenceError, 0, q.dec.RawHeader())
 	}
 	r := q.slots[slot]
-	r.status, r.c2h, r.xfer, r.r2tLen, r.inR2T, r.aer, r.closeIt = nvme.StatusSuccess, 0, 0, 0, false, false, false
+	r.status, r.c2h, r.xfer, r.r2tLen, r.inR2T, r.aer, r.closeIt, r.turn = nvme.StatusSuccess, 0, 0, 0, false, false, false, 0
 	r.buf, r.pooled = nil, nil
 	q.dec.SQE(&r.sqe)
 	r.cqe = pdu.CQE{CID: r.sqe.CID(), SQID: q.qid}
@@ -458,6 +479,10 @@ func (q *queue) dispatch(r *request) {
 		return
 	}
 	if q.qid == 0 {
+		if r.status.Success() && r.sqe.Opcode() == nvme.AdminSetFeatures && uint8(r.sqe.CDW(10)) == nvme.FeatClaim {
+			q.claimIssued++
+			r.turn = q.claimIssued
+		}
 		q.work <- r // admin commands are rare: not worth blocking the reader
 		return
 	}
@@ -475,7 +500,15 @@ func (q *queue) execute(r *request) {
 	if r.status.Success() {
 		c := q.ctrl
 		if q.qid == 0 {
+			if r.turn != 0 && !q.claimOrder(r.turn) {
+				// Torn down meanwhile: dropped, as in startWorkers.
+				r.release()
+				return
+			}
 			c.admin(r)
+			if r.turn != 0 {
+				q.claimDone()
+			}
 		} else {
 			c.io(r)
 		}
@@ -484,6 +517,33 @@ func (q *queue) execute(r *request) {
 		}
 	}
 	q.respond(r)
+}
+
+// claimOrder waits until claim command number turn (from 1) is the next to
+// run on this admin queue, and reports true; or false once the queue is
+// torn down, when a command before it may have been dropped. Every numbered
+// command that is not dropped reaches execute (a failing one too: admin
+// sets its status), so the order stalls only on a dropped one.
+func (q *queue) claimOrder(turn uint64) bool {
+	q.claimMu.Lock()
+	defer q.claimMu.Unlock()
+	if q.claimCond == nil {
+		q.claimCond = sync.NewCond(&q.claimMu)
+	}
+	for q.claimNext+1 != turn && !q.claimClosed {
+		q.claimCond.Wait()
+	}
+	return !q.claimClosed
+}
+
+// claimDone passes the turn to the next claim command.
+func (q *queue) claimDone() {
+	q.claimMu.Lock()
+	q.claimNext++
+	if q.claimCond != nil {
+		q.claimCond.Broadcast()
+	}
+	q.claimMu.Unlock()
 }
 
 // respond sends a finished request's data and response from the goroutine
