@@ -19,11 +19,11 @@
 # so that the packages they share compile once. csi-provisioner has replace
 # directives too: it is built in a scratch module of its own that copies
 # them (it pins an older k8s.io/kubernetes, so it cannot share the first).
-# Cold, on a 2-core machine: kube-apiserver about 25 minutes;
-# kube-controller-manager about 3 minutes more beside it (measured: 191 s
-# with kube-apiserver's packages compiled, most are shared);
-# csi-provisioner about 15 minutes (measured: 877 s with an empty GOCACHE
-# and GOMODCACHE, on a busy machine), so about 45 minutes in all.
+# Cold (empty GOCACHE and GOMODCACHE), on a 2-core machine, beside the
+# other tests of `make test`: kube-apiserver 13-16 minutes,
+# kube-controller-manager 3 more (most packages are shared), helm 4 and
+# csi-provisioner 4-8 (it pins older Kubernetes modules, so little is
+# shared): 23-32 minutes in all (measured 2026-12-06).
 # Everything runs under `nice` so that it does not starve other work.
 # Needs only Go and the module proxy; prints the cache directory on success.
 set -euo pipefail

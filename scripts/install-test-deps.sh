@@ -3,7 +3,7 @@
 # etcd, protoc) from Debian packages when any is missing, and builds
 # kube-apiserver, kube-controller-manager, helm and csi-provisioner for the
 # Kubernetes tests (build-k8s-test-tools.sh: into a cache outside the
-# repository, about 45 minutes the first time, in
+# repository, about 25 minutes the first time on 2 cores, in
 # the background unless NEXSTOR_K8S_BUILD=foreground). Needs root or sudo;
 # without either it says what to install and leaves the decision to the tests
 # (which skip on a workstation and fail under CI).
@@ -24,7 +24,7 @@ fetch_cached() {
 	fi
 	# The Kubernetes tests run Kubernetes binaries and helm built from the Go
 	# module proxy (neither is packaged by Debian). Cold, that is the longest
-	# step of `make test` (about 45 minutes on 2 cores), so by default it runs
+	# step of `make test` (about 25 minutes on 2 cores), so by default it runs
 	# in the background while the other packages are vetted and tested; the
 	# Kubernetes tests wait for it (the build holds the cache's lock, see
 	# internal/testutil/k8s.go). NEXSTOR_K8S_BUILD=foreground builds first.

@@ -63,7 +63,7 @@ func Helm(t testing.TB) string {
 
 // k8sBuildWait bounds how long a test waits for a build of the Kubernetes
 // peers under way (make test starts it in the background; cold, it takes
-// about 45 minutes on 2 cores, longer beside the other tests).
+// 23-32 minutes on 2 cores beside the other tests, measured).
 const k8sBuildWait = 50 * time.Minute
 
 func k8sTool(t testing.TB, name string) string {
