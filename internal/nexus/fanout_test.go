@@ -10,17 +10,6 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev/faulty"
 )
 
-// gateDev holds every write while its gate is closed.
-type gateDev struct {
-	bdev.Device
-	gate chan struct{}
-}
-
-func (g *gateDev) WriteAt(p []byte, off int64) (int, error) {
-	<-g.gate
-	return g.Device.WriteAt(p, off)
-}
-
 func childByURI(t *testing.T, n *Nexus, uri string) *child {
 	t.Helper()
 	n.stateMu.Lock()
@@ -51,7 +40,7 @@ func TestFanOutHandsOffSlowChildren(t *testing.T) {
 		mem[i] = m
 		var d bdev.Device = m
 		if i == 1 {
-			d = &gateDev{Device: m, gate: gate}
+			d = &blockedWrites{Device: m, release: gate}
 		}
 		op.add(childURI(i), d)
 		uris = append(uris, childURI(i))
