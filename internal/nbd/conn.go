@@ -60,6 +60,8 @@ type conn struct {
 	queued  atomic.Int32 // jobs sent but not yet taken
 	active  atomic.Int32 // requests dispatched or run inline and not yet finished
 	wg      sync.WaitGroup
+
+	inl inlineState // the server's watchdog's view of inline requests
 }
 
 // job is one request on its way through a worker. Jobs are pooled.
@@ -138,10 +140,13 @@ func (c *conn) serve() {
 //
 // One goroutine at a time reads requests (it holds the read role); it hands
 // each to a worker, or executes it itself when nothing else is in flight
-// (see inline), having first passed the read role to a worker so that
-// requests arriving meanwhile are read and run concurrently. A goroutine
-// that has passed the read role on joins the workers.
+// (see inline), keeping the read role unless the server's watchdog passes
+// it to a worker because the request has run for a tick (see inline.go),
+// so that requests arriving meanwhile are read and run concurrently. A
+// goroutine whose read role was passed on joins the workers.
 func (c *conn) transmit() {
+	c.s.watch.add(c)
+	defer c.s.watch.remove(c)
 	c.workers = 1 // this goroutine
 	if c.read() {
 		c.idle.Add(1)
@@ -154,8 +159,8 @@ func (c *conn) transmit() {
 var readToken job
 
 // read reads requests and dispatches them while this goroutine holds the
-// read role. It reports true when it has passed the role on (and executed
-// a request inline); false when reading has ended, after every request
+// read role. It reports true when the role was passed on while it executed
+// a request inline; false when reading has ended, after every request
 // dispatched has been answered and work is closed.
 func (c *conn) read() bool {
 	hdr := c.hdr[:]
@@ -205,11 +210,15 @@ func (c *conn) read() bool {
 		}
 		if c.inline(j) {
 			c.active.Add(1)
-			c.dispatch(&readToken)
+			seq := c.beginInline()
 			c.handle(j)
+			kept := c.endInline(seq)
 			c.finish(j)
 			c.active.Add(-1)
-			return true
+			if !kept {
+				return true
+			}
+			continue
 		}
 		c.active.Add(1)
 		c.dispatch(j)
@@ -266,6 +275,9 @@ func (c *conn) readEnded(err error) {
 // dispatch hands a job, or the read role, to a worker, starting one when
 // none is free. Only the goroutine holding the read role calls it.
 func (c *conn) dispatch(j *job) {
+	if j == &readToken {
+		c.inl.handoffs.Add(1)
+	}
 	if c.queued.Add(1) > c.idle.Load() && c.workers < maxInFlight {
 		c.workers++
 		c.idle.Add(1)

@@ -73,6 +73,8 @@ type Server struct {
 	conns     map[*conn]struct{}
 	closed    bool
 	handlers  sync.WaitGroup
+
+	watch inlineWatch // passes the read role on for stuck inline requests
 }
 
 // export is one named device and the connections using it.
