@@ -71,3 +71,32 @@ func TestZeroLatencyBacking(t *testing.T) {
 		t.Fatalf("the latency rule fired %d times for 3 operations", d.Fired(id))
 	}
 }
+
+// TestTee: the no-nexus reference writes every device and reads the first.
+func TestTee(t *testing.T) {
+	var devs []bdev.Device
+	for range 3 {
+		m, err := bdev.NewMalloc(1<<20, 512)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, m)
+	}
+	tt := &tee{Device: devs[0], devs: devs}
+	p := bytes.Repeat([]byte{7}, 4096)
+	if n, err := tt.WriteAt(p, 8192); n != len(p) || err != nil {
+		t.Fatalf("WriteAt: %d, %v", n, err)
+	}
+	for i, d := range devs {
+		got := make([]byte, len(p))
+		if _, err := d.ReadAt(got, 8192); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("device %d: %v, data written: %v", i, err, bytes.Equal(got, p))
+		}
+	}
+	if err := tt.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tt.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
