@@ -17,7 +17,7 @@
 # (voluntary+involuntary, all threads; not for nbdkit), and with -S the system calls per I/O
 # (one extra strace -c -f run per server and workload, not timed); then the
 # goal verdicts of new: QD1 p50 at most 30 µs over raw, QD32 IOPS at least
-# 0.5x raw.
+# 0.5x raw, server CPU per I/O at QD1 no higher than at QD32.
 #
 # Usage: bench/qd1.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r ROUNDS] [-B REV] [-S]
 #   -d DIR       scratch directory (default: new under ${TMPDIR:-/var/tmp})
@@ -218,6 +218,13 @@ for w in "${WORKLOADS[@]}"; do
 			if (n ~ /qd1$/) { d = p - rp; printf "- %s p50 %+.1f µs over raw io_uring (goal <= 30 µs): %s", n, d, (d <= 30 ? "met" : "**missed**") }
 			else { r = (ri > 0 ? io / ri : 0); printf "- %s IOPS %.2fx raw io_uring (goal >= 0.50x): %s", n, r, (r >= 0.5 ? "met" : "**missed**") } }')")
 	done
+done
+# CPU per I/O at QD1 no higher than at QD32: one outstanding I/O must not
+# cost more than one of 32 batched ones.
+for op in randread-4k randwrite-4k; do
+	[ -n "${CPU[new,$op-qd1]:-}" ] && [ -n "${CPU[new,$op-qd32]:-}" ] || continue
+	c1=$(median <<<"${CPU[new,$op-qd1]}") c32=$(median <<<"${CPU[new,$op-qd32]}")
+	GOALS+=("$(awk -v n="$op" -v a="$c1" -v b="$c32" 'BEGIN { printf "- %s server CPU per I/O %.1f µs at QD1, %.1f µs at QD32 (goal: QD1 <= QD32): %s", n, a, b, (a <= b ? "met" : "**missed**") }')")
 done
 echo
 printf '%s\n' "${GOALS[@]}"
