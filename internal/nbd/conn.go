@@ -55,7 +55,7 @@ type conn struct {
 
 	budget  *budget
 	work    chan *job
-	workers int          // goroutines so far; the holder of the read role only
+	workers int          // goroutines so far; the holder of the read role only (see dispatch)
 	idle    atomic.Int32 // workers waiting for a job
 	queued  atomic.Int32 // jobs sent but not yet taken
 	active  atomic.Int32 // requests dispatched or run inline and not yet finished
@@ -273,7 +273,9 @@ func (c *conn) readEnded(err error) {
 }
 
 // dispatch hands a job, or the read role, to a worker, starting one when
-// none is free. Only the goroutine holding the read role calls it.
+// none is free. Only the holder of the read role calls it: the goroutine
+// reading, or the server's watchdog once it has taken the role over from
+// an inline request (see inlineWatch.scan), never both at once.
 func (c *conn) dispatch(j *job) {
 	if j == &readToken {
 		c.inl.handoffs.Add(1)

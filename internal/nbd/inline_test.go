@@ -43,9 +43,11 @@ func TestInlineKeepsReadRole(t *testing.T) {
 	if len(cs) != 1 {
 		t.Fatalf("the watchdog knows %d connections, want 1", len(cs))
 	}
-	// The watchdog takes over a request that spans a whole tick (1 ms),
-	// which a loaded machine may cause now and then; the reader itself
-	// never hands the read role on.
+	// The watchdog takes over a request that runs for a tick (1 ms), which
+	// a loaded machine may cause now and then; the reader itself never
+	// hands the read role on. Once the watchdog has stopped, no takeover
+	// is under way.
+	waitWatchdogStopped(t, s)
 	c := cs[0]
 	taken, handoffs := c.inl.taken.Load(), c.inl.handoffs.Load()
 	if handoffs != taken {
@@ -54,8 +56,16 @@ func TestInlineKeepsReadRole(t *testing.T) {
 	if taken > 50 {
 		t.Errorf("the watchdog took over %d of 1000 requests at queue depth 1, each shorter than a tick on an idle device", taken)
 	}
-	if !s.watch.running.Load() {
-		t.Error("no watchdog runs while requests run inline")
+}
+
+func waitWatchdogStopped(t *testing.T, s *Server) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.watch.running.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the watchdog still runs 10 s after the last inline request")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -88,8 +98,8 @@ func TestInlineStuckHandsOff(t *testing.T) {
 		t.Fatalf("released read: handle %d errno %d", r.handle, r.errno)
 	}
 	c := s.watch.snapshot()[0]
-	if n := c.inl.taken.Load(); n != 1 {
-		t.Errorf("the watchdog took over %d read roles, want 1 (the stuck read's)", n)
+	if n := c.inl.taken.Load(); n < 1 {
+		t.Errorf("the watchdog took over %d read roles, want at least the stuck read's", n)
 	}
 	// The connection goes on, on whichever goroutine reads now.
 	tc.send(cmdRead, 0, 3, bs, bs, nil)
@@ -97,11 +107,5 @@ func TestInlineStuckHandsOff(t *testing.T) {
 		t.Fatalf("read after: handle %d errno %d", r.handle, r.errno)
 	}
 
-	deadline := time.Now().Add(10 * time.Second)
-	for s.watch.running.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("the watchdog still runs 10 s after the last inline request")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitWatchdogStopped(t, s)
 }
