@@ -7,7 +7,8 @@
 # results file: the text between
 #   <!-- begin make bench: SUITE -->  and  <!-- end make bench: SUITE -->
 # (appended to the file when the markers are missing), headed by a line with
-# the date (UTC), the commit (git describe --always --dirty), the CPUs, the
+# the date (UTC), the commit (git describe --always, "-dirty" when files
+# other than the results differ from it), the CPUs, the
 # load average before and after the suite, its wall time and the exact
 # command. Text outside the markers is left as it is. A suite that fails
 # (exits non-zero or prints nothing) leaves its section untouched; the others
@@ -156,7 +157,12 @@ stamp() { # stamp DATE COMMIT CPUS LOAD0 LOAD1 WALL COMMAND
 # stamp_field NAME LINE prints the field NAME of a stamp line.
 stamp_field() { sed -n "s/.*$1 \([^;]*\);.*/\1/p" <<<"$2"; }
 
-COMMIT=$(git -C "$DIR" describe --always --dirty 2>/dev/null || echo unknown)
+# The commit, "-dirty" when anything but the results files (which a run of
+# this script rewrites) differs from it.
+COMMIT=$(git -C "$DIR" describe --always 2>/dev/null || echo unknown)
+if [ "$COMMIT" != unknown ] && [ -n "$(git -C "$DIR" status --porcelain --untracked-files=no -- "$(git -C "$DIR" rev-parse --show-toplevel)" ":(exclude,glob)**/RESULTS*.md" 2>/dev/null)" ]; then
+	COMMIT+=-dirty
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nexstor-bench-all.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 

@@ -430,7 +430,7 @@ f1() { awk -v v="$1" 'BEGIN { printf "%.1f", v }'; }
 rt() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 
-echo "$START_LINE; load average at the end of each round: ${LOADS[*]}. $(df -T "$DIR" | awk 'NR==2 { print $2 }') scratch file system (one virtual disk for both sides); $(fio --version); $(ceph --version | cut -d' ' -f1-3) (Debian); Nexstor $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)."
+echo "$START_LINE; load average at the end of each round: ${LOADS[*]}. $(df -T "$DIR" | awk 'NR==2 { print $2 }') scratch file system (one virtual disk for both sides); $(fio --version); $(ceph --version | cut -d' ' -f1-3) (Debian); Nexstor $(git -C "$ROOT" describe --always 2>/dev/null || echo unknown)$([ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no -- "$ROOT" ":(exclude,glob)**/RESULTS*.md" 2>/dev/null)" ] || echo -dirty)."
 echo
 echo "Images and volumes of $SIZE_MIB MiB, pre-filled; $RUNTIME s per run (+$RAMP s ramp), $ROUNDS rounds, every workload on every target in turn; medians of the rounds. Latency: fio's mean total latency and p99 completion latency of the reads or writes, µs; with fsync=1, the mean latency of the flushes too (fio's sync latency). CPU: µs of user+system time per I/O, servers (Ceph: mon, mgr and OSDs; in brackets the OSDs alone) and fio itself (the client: librbd or libnbd)."
 echo
