@@ -415,3 +415,46 @@ func TestConfine(t *testing.T) {
 		t.Error("confining csi changed another role's rights")
 	}
 }
+
+// TestHandshakeResetIsNotARefusal: a server that resets the connection in
+// the middle of the TLS handshake (killed while the client dialled) has not
+// judged our certificate yet; the reset must read as a server gone away,
+// which callers retry, not as a refused certificate.
+func TestHandshakeResetIsNotARefusal(t *testing.T) {
+	dir := gen(t, certgen.Options{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			// Read the ClientHello, then reset: the client is waiting
+			// for the ServerHello.
+			c.Read(make([]byte, 512))
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+	}()
+	var seen []error
+	for range 20 {
+		err := call(t, l.Addr().String(), files(dir, "admin"), false)
+		if err == nil || !strings.Contains(err.Error(), "reset") {
+			seen = append(seen, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "handshake") {
+			t.Fatalf("reset outside the handshake: %v", err)
+		}
+		e := security.Explain(err, false)
+		if codeOf(e) == security.CodeRejected || status.Code(e) != codes.Unavailable {
+			t.Fatalf("Explain(%v) = %v (%s, code %s), want it unavailable and not a refusal", err, e, codeOf(e), status.Code(e))
+		}
+		return
+	}
+	t.Fatalf("no connection reset seen in 20 tries: %v", seen)
+}

@@ -214,12 +214,14 @@ func Explain(err error, insecureMode bool) error {
 		return fault.Wrap(err, fault.Unauthenticated, CodeRejected,
 			"the server refused our certificate (expired, or not signed by the system CA)",
 			"use a certificate issued by this system's CA with `nexstor certgen`")
-	case has("broken pipe", "connection reset by peer") && !has("error reading from server"):
+	case has("broken pipe", "connection reset by peer") && !has("error reading from server", "authentication handshake failed"):
 		// A reset while the connection is set up (TLS 1.3: at its first
-		// write or read) says the server refused us. One that the read
-		// loop of an established connection ("error reading from
-		// server") met is a server or link gone away, which the caller
-		// may retry elsewhere.
+		// write or read after the handshake) says the server refused us.
+		// One that the read loop of an established connection ("error
+		// reading from server") met is a server or link gone away, which
+		// the caller may retry elsewhere; so is one in the handshake
+		// itself, which ends before the server has judged our
+		// certificate (a server killed while we dialled).
 		return fault.Wrap(err, fault.Unauthenticated, CodeRejected,
 			"the server closed the connection during setup: it most likely refused our certificate",
 			"check the server log; use a certificate issued by this system's CA with `nexstor certgen`")
