@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -501,5 +502,35 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestSiblingQueueNamesTheCause: when one queue's command times out in a
+// partition, the whole association is torn down, and a command waiting on
+// another, healthy-looking queue must fail naming the timeout, not a bare
+// "closed": callers (the nexus) record this error as why a child retired.
+func TestSiblingQueueNamesTheCause(t *testing.T) {
+	f := newClaimFixture(t, nil)
+	p, _, ns := f.proxied(Options{IOQueues: 2, CommandTimeout: 400 * time.Millisecond,
+		ReconnectDelay: 20 * time.Millisecond, MaxReconnect: 1, KeepAlive: -1})
+	if _, err := ns.WriteAt(pattern(1, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	p.Blackhole()
+	errs := make(chan error, 2)
+	// Consecutive commands go to different queues; the second is sent well
+	// after the first, so the first queue's timeout ends the association
+	// while the second's command still has time left.
+	go func() { _, err := ns.WriteAt(pattern(2, 4096), 0); errs <- err }()
+	time.Sleep(150 * time.Millisecond)
+	go func() { _, err := ns.WriteAt(pattern(3, 4096), 4096); errs <- err }()
+	for range 2 {
+		err := <-errs
+		if err == nil {
+			t.Fatal("a write through a partition succeeded")
+		}
+		if !strings.Contains(err.Error(), "timed out") {
+			t.Fatalf("write failed with %q, want the timeout that ended the association named", err)
+		}
 	}
 }

@@ -195,16 +195,23 @@ type session struct {
 	mu    sync.Mutex
 }
 
-func (s *session) close() {
+func (s *session) close() { s.closeWith(ErrClosed) }
+
+// closeWith kills every queue of the session with err, the reason their
+// outstanding commands fail: ErrClosed when the controller is closed, the
+// failed queue's reason when one queue's death takes the association down,
+// so a caller whose command sat on a healthy sibling still learns why (a
+// command timeout, a reset) rather than a bare "closed".
+func (s *session) closeWith(err error) {
 	s.once.Do(func() {
 		close(s.stop)
 		s.mu.Lock()
 		qs := s.io
 		s.mu.Unlock()
 		for _, q := range qs {
-			q.kill(ErrClosed)
+			q.kill(err)
 		}
-		s.admin.kill(ErrClosed)
+		s.admin.kill(err)
 	})
 }
 
@@ -286,7 +293,7 @@ func (c *Controller) install(s *session) {
 	close(c.waitCh)
 	c.waitCh = make(chan struct{})
 	c.mu.Unlock()
-	death := func(*hqueue) { c.lost(s) }
+	death := func(q *hqueue) { c.lost(s, q) }
 	s.admin.onDeath.Store(&death)
 	for _, q := range s.io {
 		q.onDeath.Store(&death)
@@ -295,7 +302,7 @@ func (c *Controller) install(s *session) {
 	for _, q := range append([]*hqueue{s.admin}, s.io...) {
 		select {
 		case <-q.readerEnd:
-			c.lost(s)
+			c.lost(s, q)
 		default:
 		}
 	}
@@ -350,9 +357,9 @@ func (c *Controller) asyncEvents(s *session) {
 	}
 }
 
-// lost handles the failure of any queue of session s: tear it all down and
-// reconnect in the background.
-func (c *Controller) lost(s *session) {
+// lost handles the failure of queue q of session s: tear it all down, the
+// other queues failing with q's reason, and reconnect in the background.
+func (c *Controller) lost(s *session, q *hqueue) {
 	c.mu.Lock()
 	if c.cur != s || c.closed {
 		c.mu.Unlock()
@@ -361,8 +368,9 @@ func (c *Controller) lost(s *session) {
 	c.cur = nil
 	c.bg.Add(1) // under mu, before Close can start waiting
 	c.mu.Unlock()
-	s.close()
-	c.log.Warn("nvmf initiator: connection lost, reconnecting", "addr", c.addr, "subnqn", c.subNQN)
+	cause := q.reason()
+	s.closeWith(fmt.Errorf("queue %d of the association failed: %w", q.qid, cause))
+	c.log.Warn("nvmf initiator: connection lost, reconnecting", "addr", c.addr, "subnqn", c.subNQN, "qid", q.qid, "err", cause)
 	go func() {
 		defer c.bg.Done()
 		c.reconnect()

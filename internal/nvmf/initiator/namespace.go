@@ -185,7 +185,7 @@ func (n *Namespace) io(sqe *pdu.SQE, data []byte, write bool) error {
 			return ns.err
 		}
 		// Let the controller notice the failure and start reconnecting.
-		c.lost(s)
+		c.lost(s, q)
 		time.Sleep(time.Millisecond)
 	}
 }
