@@ -4,51 +4,80 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"testing"
 )
 
-// FreePort returns a loopback TCP port that was free a moment ago. Another
-// process may take it before the caller binds it; tests that can should
-// listen on port 0 instead.
+// Ports are handed out from below the kernel's ephemeral range (32768 and
+// up on Linux), so an outgoing connection's source port cannot take one
+// between the probe and the bind, and never twice in one process: asking
+// the kernel for port 0 twice can return the same port once the first
+// probe closed, and two servers of one test then collide.
+const (
+	portLow  = 20000
+	portHigh = 32768
+)
+
+var (
+	portsMu  sync.Mutex
+	portsOut = map[int]bool{}
+)
+
+// FreePort returns a loopback TCP port that was free a moment ago and that
+// this process has not handed out before. Another process may take it
+// before the caller binds it; tests that can should listen on port 0
+// instead.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return FreePortRange(t, 1)
 }
 
-// FreeAddr returns a loopback address ("127.0.0.1:port") that was free a
-// moment ago, for a server that must come back on the same address.
+// FreeAddr returns a loopback address ("127.0.0.1:port") from FreePort,
+// for a server that must come back on the same address.
 func FreeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 }
 
 // FreePortRange returns a port p such that p..p+n-1 on loopback were free a
-// moment ago, for programs that number their ports from a base.
+// moment ago and none was handed out before by this process, for programs
+// that number their ports from a base. Safe for concurrent use.
 func FreePortRange(t testing.TB, n int) int {
 	t.Helper()
-	for attempt := 0; attempt < 100; attempt++ {
-		base := 20000 + rand.IntN(40000)
-		var ls []net.Listener
-		ok := true
-		for i := 0; i < n; i++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
-			if err != nil {
-				ok = false
-				break
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for attempt := 0; attempt < 1000; attempt++ {
+		base := portLow + rand.IntN(portHigh-portLow-n)
+		if probeRange(base, n) {
+			for i := 0; i < n; i++ {
+				portsOut[base+i] = true
 			}
-			ls = append(ls, l)
-		}
-		for _, l := range ls {
-			l.Close()
-		}
-		if ok {
 			return base
 		}
 	}
 	t.Fatal("no free loopback port range")
 	return 0
+}
+
+// probeRange reports whether base..base+n-1 are unused by this process's
+// earlier answers and can each be listened on now. Called with portsMu.
+func probeRange(base, n int) bool {
+	for i := 0; i < n; i++ {
+		if portsOut[base+i] {
+			return false
+		}
+	}
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+		if err != nil {
+			return false
+		}
+		ls = append(ls, l)
+	}
+	return true
 }
