@@ -103,7 +103,8 @@ func TestFanOutLearnsSlowChildren(t *testing.T) {
 	r := newRig(t, 3, 1<<20, Config{})
 	r.faults[r.uris[2]].AddRule(faulty.Rule{Ops: faulty.OpWrite, Delay: true, Latency: 100 * time.Microsecond})
 	buf := make([]byte, 4096)
-	for i := range 64 {
+	// One write in costSample is timed: 512 leave no real chance of none.
+	for i := range 512 {
 		if _, err := r.nx.WriteAt(buf, int64(i%16)*4096); err != nil {
 			t.Fatal(err)
 		}
