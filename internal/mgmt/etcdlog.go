@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -28,6 +29,16 @@ type etcdLog struct {
 
 // etcdServeStopped is the message etcd logs for each listener it closes.
 const etcdServeStopped = "setting up serving from embedded etcd failed."
+
+// etcdStorageVersion is the message etcd logs, as an error, when its
+// storage version monitor runs before the member has persisted its first
+// term (etcdNoTermYet in the error): a new member that is stopped, or asked
+// for its storage version, in its first moments. The monitor tries again on
+// its next round, so it is carried as a warning.
+const (
+	etcdStorageVersion = "failed to update storage version"
+	etcdNoTermYet      = "missing term information"
+)
 
 // newEtcdLogger returns a zap logger writing to log at min and above, and
 // the flag that marks the member as stopping.
@@ -59,6 +70,9 @@ func (c *etcdLog) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	level := slogLevel(e.Level)
 	if c.stopping.Load() && e.Message == etcdServeStopped {
 		level = slog.LevelDebug
+	}
+	if e.Message == etcdStorageVersion && level > slog.LevelWarn && hasError(fields, etcdNoTermYet) {
+		level = slog.LevelWarn
 	}
 	ctx := context.Background()
 	if !c.log.Enabled(ctx, level) {
@@ -96,4 +110,14 @@ func slogLevel(l zapcore.Level) slog.Level {
 	default:
 		return slog.LevelError
 	}
+}
+
+// hasError reports whether one of fields is an error whose text contains s.
+func hasError(fields []zapcore.Field, s string) bool {
+	for _, f := range fields {
+		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType && strings.Contains(err.Error(), s) {
+			return true
+		}
+	}
+	return false
 }

@@ -58,13 +58,24 @@ func TestEtcdLogBridge(t *testing.T) {
 	zl, stopping := newEtcdLogger(slog.New(rec), zapcore.InfoLevel)
 	zl.Debug("below the level")
 	zl.With(zap.String("member", "m0")).Warn("slow fdatasync", zap.Duration("took", 2*time.Second), zap.Int("n", 3))
+	zl.Error("failed to update storage version", zap.Error(errors.New("cannot detect storage schema version: missing term information")))
+	zl.Error("failed to update storage version", zap.Error(errors.New("disk full")))
 	stopping.Store(true)
 	zl.Error("setting up serving from embedded etcd failed.", zap.Error(errors.New("http: Server closed")))
 
 	got := rec.records()
-	if len(got) != 2 {
-		t.Fatalf("%d records, want 2 (the debug one is below the level): %v", len(got), got)
+	if len(got) != 4 {
+		t.Fatalf("%d records, want 4 (the debug one is below the level): %v", len(got), got)
 	}
+	// A storage version update before the first term is persisted is
+	// retried by etcd: a warning. Any other failure stays an error.
+	if l := got[1].Level; l != slog.LevelWarn {
+		t.Fatalf("storage version update before the first term logged at %v, want warn", l)
+	}
+	if l := got[2].Level; l != slog.LevelError {
+		t.Fatalf("storage version update failing on the disk logged at %v, want error", l)
+	}
+	got = append(got[:1], got[3])
 	w := got[0]
 	a := attrsOf(w)
 	if w.Level != slog.LevelWarn || w.Message != "slow fdatasync" || a["component"] != "etcd" || a["member"] != "m0" || a["took"] != "2s" || a["n"] != "3" {
