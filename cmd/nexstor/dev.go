@@ -63,6 +63,7 @@ closes every nexus before any node stops, so a restart needs no rebuild.`,
   nexstor dev --grpc-port 20124 --nbd-port 20809 --nvmf-port 24420 --discovery-port 28009 --etcd-port 22379 --metrics-port 29502`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			quietSysmon()
 			if o.Demo != "" {
 				n, err := units.ParseSize(demoSize)
 				if err != nil || n <= 0 || n%4096 != 0 {

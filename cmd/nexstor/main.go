@@ -27,6 +27,7 @@ import (
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/metrics"
 	"github.com/nexstor/nexstor/internal/security"
+	"github.com/nexstor/nexstor/internal/sysmon"
 	"github.com/nexstor/nexstor/internal/version"
 )
 
@@ -48,6 +49,15 @@ func main() {
 	if err := root.Execute(); err != nil {
 		output.Error(os.Stderr, err)
 		os.Exit(1)
+	}
+}
+
+// quietSysmon re-executes a long-running command with the Go runtime's
+// monitor kept on its ordinary schedule (see package sysmon); it returns
+// when that is done or cannot be, which is logged.
+func quietSysmon() {
+	if err := sysmon.Quiet(); err != nil {
+		slog.Warn("could not re-execute with "+sysmon.Setting+" in GODEBUG; running on without it (more CPU per I/O under light load)", "err", err)
 	}
 }
 
@@ -86,6 +96,7 @@ the next start restores both.`,
   nexstor server --control -o /etc/nexstor/server.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			quietSysmon()
 			if ctlserver.Enabled(cmd) {
 				return ctlserver.RunCommand(cmd)
 			}
