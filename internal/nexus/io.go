@@ -86,9 +86,11 @@ func (o *fanOp) run(i int) error { return runChild(o.members[i], o.kind, o.p, o.
 const costSample = 8
 
 // runChild issues c's part of an I/O and, unless it is a flush, now and
-// then folds its service time into c's cost (see costSample).
+// then folds its service time into c's cost (see costSample); always while
+// c is not measured yet, so that a slow new child is known as such after
+// its first I/O.
 func runChild(c *child, kind opKind, p []byte, off, length int64) error {
-	if kind == opFlush || rand.Uint32()%costSample != 0 {
+	if kind == opFlush || c.cost.Load() != 0 && rand.Uint32()%costSample != 0 {
 		return issueChild(c.dev, kind, p, off, length)
 	}
 	start := time.Now()

@@ -275,7 +275,7 @@ func (c *child) observe(d time.Duration) {
 
 // quick reports whether the child's I/O is cheaper to issue inline than to
 // hand to a worker. A child not measured yet counts as quick: its first I/O
-// measures it.
+// measures it (runChild times every I/O until then).
 func (c *child) quick() bool { return c.cost.Load() < int64(quickChild) }
 
 // closeDevs closes the claimed handle (the claim stays) and the device it

@@ -14,9 +14,11 @@
 // 24.8 days) so that the monitor keeps its ordinary schedule (sleeps that
 // grow to 10 ms when there is nothing to do), and no trace is ever due,
 // except that a host up for longer than that period prints one SCHED line
-// to standard error at start and one per period after. The cost is the
+// to standard error at start and one per period after. The costs: the
 // monitor's 100 wake-ups a second on an idle server, far fewer than the
-// several thousand a second it saves under light load.
+// several thousand a second it saves under light load; and a crash prints
+// the scheduler's state (a line per thread and goroutine) before its panic
+// message and stack, which stay last.
 package sysmon
 
 import (

@@ -1,7 +1,9 @@
 package sysmon
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -34,17 +36,40 @@ func TestWithSetting(t *testing.T) {
 	}
 }
 
-// TestQuietReexecs calls Quiet for real: the test binary is executed again
-// in place with the setting, runs this test again, and there Quiet finds
-// the setting and returns.
+// TestQuietReexecs calls Quiet for real, in a child process (this test
+// binary, running only this test): Quiet executes the child again in place
+// with the setting, where Quiet finds it and returns, and the child prints
+// what its GODEBUG is then.
 func TestQuietReexecs(t *testing.T) {
-	if v := os.Getenv("GODEBUG"); strings.Contains(v, "schedtrace=") && !strings.Contains(v, Setting) {
-		t.Skip("GODEBUG sets schedtrace: Quiet leaves it alone")
+	if os.Getenv("SYSMON_TEST_CHILD") == "1" {
+		if err := Quiet(); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("child pid %d GODEBUG=%s\n", os.Getpid(), os.Getenv("GODEBUG"))
+		return
 	}
-	if err := Quiet(); err != nil {
-		t.Fatal(err)
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			env = append(env, kv)
+		}
 	}
-	if v := os.Getenv("GODEBUG"); !strings.Contains(v, Setting) {
-		t.Fatalf("after Quiet, GODEBUG is %q, want %s in it", v, Setting)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestQuietReexecs$", "-test.v", "-test.count=1")
+	cmd.Env = append(env, "SYSMON_TEST_CHILD=1", "GODEBUG=madvdontneed=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	want := "GODEBUG=madvdontneed=1," + Setting + "\n"
+	if !strings.Contains(string(out), want) {
+		t.Fatalf("child printed:\n%s\nwant a line ending in %q", out, want)
+	}
+	// One process, executed twice: its test ran twice, the second time
+	// with the setting.
+	if n := strings.Count(string(out), "=== RUN   TestQuietReexecs"); n != 2 {
+		t.Fatalf("the child ran the test %d times, want 2 (once before the exec, once after):\n%s", n, out)
+	}
+	if n := strings.Count(string(out), "child pid "); n != 1 {
+		t.Fatalf("the child printed %d lines, want 1:\n%s", n, out)
 	}
 }
