@@ -28,6 +28,7 @@ import (
 
 	"github.com/nexstor/nexstor/internal/control/config"
 	ctlserver "github.com/nexstor/nexstor/internal/control/server"
+	"github.com/nexstor/nexstor/internal/sysmon"
 )
 
 func main() {
@@ -47,6 +48,11 @@ func main() {
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	slog.SetDefault(logger)
+	// As `nexstor dev` does (package sysmon), so that the system profiled
+	// runs as the one shipped.
+	if err := sysmon.Quiet(); err != nil {
+		logger.Warn("sysmon: running on without the setting", "err", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
