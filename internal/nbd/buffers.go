@@ -1,47 +1,16 @@
 package nbd
 
 import (
-	"math/bits"
 	"sync"
+
+	"github.com/nexstor/nexstor/internal/iobuf"
 )
 
-// Payload buffers come from size classes of powers of two, 4 KiB to
-// MaxPayload, each with its own sync.Pool, so that steady-state I/O does not
-// allocate.
-const (
-	minBufShift = 12 // 4 KiB
-	maxBufShift = 25 // 32 MiB == MaxPayload
-)
+// Payload buffers come from package iobuf: size classes reused across
+// requests, the large ones on huge pages (see iobuf).
+func getBuf(n int) *[]byte { return iobuf.Get(n) }
 
-var bufPools [maxBufShift - minBufShift + 1]sync.Pool
-
-func bufClass(n int) int {
-	if n <= 1<<minBufShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minBufShift
-}
-
-// getBuf returns a buffer of length n (n <= MaxPayload). Its contents are
-// unspecified.
-func getBuf(n int) *[]byte {
-	c := bufClass(n)
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		*p = (*p)[:n]
-		return p
-	}
-	b := make([]byte, n, 1<<(c+minBufShift))
-	return &b
-}
-
-// putBuf returns a buffer obtained from getBuf.
-func putBuf(p *[]byte) {
-	c := bufClass(cap(*p))
-	if cap(*p) != 1<<(c+minBufShift) {
-		return // not one of ours
-	}
-	bufPools[c].Put(p)
-}
+func putBuf(p *[]byte) { iobuf.Put(p) }
 
 // budget bounds the requests one connection has in flight, by count and by
 // payload bytes, so that a client cannot make the server buffer unbounded
@@ -89,3 +58,6 @@ func (b *budget) wait() {
 	}
 	b.mu.Unlock()
 }
+
+// Every payload fits a buffer of package iobuf.
+var _ [iobuf.MaxSize - MaxPayload]struct{}

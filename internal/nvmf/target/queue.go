@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/iobuf"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
@@ -663,38 +664,14 @@ func (q *queue) write(it sendItem) error {
 	return err
 }
 
-// Data buffers come from power-of-two size classes from 4 KiB to
-// MaxTransfer, so a steady I/O mix reuses the same few buffers.
-const minBufShift = 12
-
-var bufPools [9]sync.Pool // 4K .. 1M
-
-func bufClass(n int) int {
-	c := 0
-	for (1 << (minBufShift + c)) < n {
-		c++
-	}
-	return c
-}
-
+// Data buffers come from package iobuf: size classes reused across
+// requests, the large ones on huge pages (see iobuf).
 func getBuf(n int) *[]byte {
-	c := bufClass(n)
-	if c >= len(bufPools) {
+	if n > iobuf.MaxSize {
 		b := make([]byte, n)
 		return &b
 	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return p
-	}
-	b := make([]byte, 1<<(minBufShift+c))
-	return &b
+	return iobuf.Get(n)
 }
 
-func putBuf(p *[]byte) {
-	n := cap(*p)
-	c := bufClass(n)
-	if c < len(bufPools) && n == 1<<(minBufShift+c) {
-		*p = (*p)[:n]
-		bufPools[c].Put(p)
-	}
-}
+func putBuf(p *[]byte) { iobuf.Put(p) }

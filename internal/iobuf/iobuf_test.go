@@ -1,0 +1,166 @@
+package iobuf
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"unsafe"
+)
+
+func addr(p *[]byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(*p))) }
+
+func TestGetLengthsAndClasses(t *testing.T) {
+	for _, n := range []int{0, 1, 512, 4096, 4097, 65536, 100 << 10, 128 << 10, 129 << 10, 1 << 20, 2 << 20, 3 << 20, MaxSize} {
+		p := Get(n)
+		if len(*p) != n {
+			t.Errorf("Get(%d): len %d", n, len(*p))
+		}
+		want := max(MinSize, 1<<class(n)<<minShift)
+		if cap(*p) != want {
+			t.Errorf("Get(%d): cap %d, want %d", n, cap(*p), want)
+		}
+		if n >= LargeMin && cap(*p) <= regionSize && addr(p)%uintptr(cap(*p)) != 0 {
+			t.Errorf("Get(%d): a large buffer at %#x is not aligned to its size", n, addr(p))
+		}
+		if n > 0 {
+			(*p)[0], (*p)[n-1] = 1, 2
+		}
+		Put(p)
+	}
+}
+
+func TestGetRefusesBadLengths(t *testing.T) {
+	for _, n := range []int{-1, MaxSize + 1} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Get(%d) did not panic", n)
+				}
+			}()
+			Get(n)
+		}()
+	}
+}
+
+func TestLargeBuffersAreReusedAndDisjoint(t *testing.T) {
+	const n = 1 << 20
+	var held []*[]byte
+	for i := range 6 {
+		p := Get(n)
+		for j := range *p {
+			(*p)[j] = byte(i)
+		}
+		held = append(held, p)
+	}
+	for i, p := range held {
+		if !bytes.Equal(*p, bytes.Repeat([]byte{byte(i)}, n)) {
+			t.Fatalf("buffer %d was overwritten by another", i)
+		}
+	}
+	last := addr(held[len(held)-1])
+	Put(held[len(held)-1])
+	if p := Get(n); addr(p) != last {
+		t.Errorf("a freed large buffer was not reused: got %#x, want %#x", addr(p), last)
+	} else {
+		held[len(held)-1] = p
+	}
+	for _, p := range held {
+		Put(p)
+	}
+}
+
+func TestIdleRegionsGoBack(t *testing.T) {
+	const size = 512 << 10
+	var held []*[]byte
+	for range 24 { // six regions
+		held = append(held, Get(size))
+	}
+	_, regions, inUse := largeStats(size)
+	if largeSupported && (regions < 6 || inUse < 24) {
+		t.Fatalf("24 large buffers held: %d regions, %d buffers in use", regions, inUse)
+	}
+	for _, p := range held {
+		Put(p)
+	}
+	if _, regions, inUse = largeStats(size); regions > keepFree || inUse != 0 {
+		t.Errorf("after every buffer came back %d regions stay mapped (at most %d idle ones kept), %d buffers in use", regions, keepFree, inUse)
+	}
+}
+
+func TestBoundFallsBackToHeap(t *testing.T) {
+	var held []*[]byte
+	for range MaxLargeBytes/regionSize + 4 {
+		p := Get(regionSize)
+		(*p)[0], (*p)[len(*p)-1] = 7, 7
+		held = append(held, p)
+	}
+	if mapped, _, _ := largeStats(regionSize); mapped > MaxLargeBytes {
+		t.Errorf("%d bytes mapped, more than the bound %d", mapped, MaxLargeBytes)
+	}
+	for _, p := range held {
+		Put(p)
+	}
+}
+
+func TestPutMisuse(t *testing.T) {
+	Put(nil)
+	odd := make([]byte, 5000)
+	Put(&odd) // not a class size: ignored
+	p := Get(1 << 20)
+	sub := (*p)[512<<10:] // a class's capacity, but not a buffer
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("Put of a slice into a large buffer did not panic")
+			}
+		}()
+		if !largeSupported {
+			panic("no regions here")
+		}
+		Put(&sub)
+	}()
+	Put(p)
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("a second Put of a large buffer did not panic")
+			}
+		}()
+		if !largeSupported {
+			panic("no regions here")
+		}
+		Put(p)
+	}()
+}
+
+func TestSteadyStateDoesNotAllocate(t *testing.T) {
+	for _, n := range []int{4096, 1 << 20} {
+		Put(Get(n))
+		if a := testing.AllocsPerRun(100, func() { Put(Get(n)) }); a != 0 {
+			t.Errorf("Get/Put of %d bytes: %.1f allocations", n, a)
+		}
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for range 300 {
+				n := 1 + rng.IntN(2<<20)
+				p := Get(n)
+				b := byte(rng.Uint32())
+				(*p)[0], (*p)[n/2], (*p)[n-1] = b, b, b
+				if (*p)[0] != b || (*p)[n/2] != b || (*p)[n-1] != b {
+					t.Error("a buffer changed under its holder")
+				}
+				Put(p)
+			}
+		}()
+	}
+	wg.Wait()
+}

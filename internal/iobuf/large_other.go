@@ -1,0 +1,12 @@
+//go:build !linux
+
+package iobuf
+
+// Without Linux's madvise every buffer comes from the Go heap.
+
+const largeSupported = false
+
+func getLarge(int) *[]byte  { return nil }
+func putLarge(*[]byte) bool { return false }
+
+func largeStats(int) (mapped, regions, inUse int) { return 0, 0, 0 }
