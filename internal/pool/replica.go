@@ -2,12 +2,12 @@ package pool
 
 import (
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"github.com/google/uuid"
 
 	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/iobuf"
 )
 
 // Replica is an open handle to a replica; it implements bdev.Device with the
@@ -422,8 +422,9 @@ func (p *Pool) allocateMany(r *replica, claims []claim) error {
 	return err
 }
 
-// copyBufs holds the buffers copy-on-write copies through.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+// copyBufSize is the size of the buffers (from package iobuf) that
+// copy-on-write copies through.
+const copyBufSize = 1 << 20
 
 // copyRange copies bytes [start, end) of physical cluster from to the same
 // place in physical cluster to.
@@ -431,8 +432,8 @@ func (p *Pool) copyRange(from, to uint64, start, end int64) error {
 	if start >= end {
 		return nil
 	}
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	bp := iobuf.Get(copyBufSize)
+	defer iobuf.Put(bp)
 	buf := *bp
 	for off := start; off < end; {
 		n := min(int64(len(buf)), end-off)
