@@ -1,31 +1,37 @@
 // Package iobuf hands out the data buffers of block I/O requests: the
-// payloads that the NBD and NVMe/TCP servers receive from the network and
-// pass to a device, and the data they read from one. Buffers come in
-// power-of-two size classes from 4 KiB to MaxSize and are reused, so that
-// steady I/O does not allocate.
+// payloads that the NBD server receives from the network and passes to a
+// device, the data it reads from one, and the pool's copy-on-write copies.
+// Buffers come in power-of-two size classes from 4 KiB to MaxSize and are
+// reused, so that steady I/O does not allocate.
 //
 // Buffers of LargeMin bytes and more (up to 2 MiB) are carved, on Linux,
 // out of 2 MiB-aligned regions that the kernel is asked to back with
-// transparent huge pages (madvise MADV_HUGEPAGE). Direct I/O pins the pages
-// of the buffer it reads or writes for every request: on 4 KiB pages that
-// is 256 page references per MiB, a seventh of the server's CPU for 1 MiB
-// writes on the machines this was measured on (bench/RESULTS.md); on a
-// huge page it is one. The kernel's copies into and out of sockets also
-// take fewer TLB misses. Where the kernel gives no huge pages (THP set to
-// "never"), the regions are ordinary memory and nothing else changes.
+// transparent huge pages (madvise MADV_HUGEPAGE). Direct I/O takes a
+// reference on every page of the buffer it reads or writes, for every
+// request: 256 of them per MiB on 4 KiB pages, about a seventh of the NBD
+// server's CPU for 1 MiB writes (bench/RESULTS.md); on a 2 MiB huge page the
+// kernel takes them a folio at a time. The kernel's copies into and out of
+// sockets also take fewer TLB misses. Where the kernel gives no huge pages
+// (THP "never", a huge page size other than 2 MiB), the regions are
+// ordinary memory and nothing else changes.
 //
-// The regions are bounded (MaxLargeBytes); beyond that, large buffers come
-// from the Go heap as the small ones do. A region whose buffers are all
-// free is returned to the kernel once its class holds more free ones than
-// it needs (see keepFree), so memory taken by a burst does not stay.
+// The regions are slots of one address range of MaxLargeBytes, reserved
+// once; beyond that, large buffers come from the Go heap as the small ones
+// do. A region whose buffers are all free is returned to the kernel (and
+// its slot made inaccessible) once its class holds more than keepFree
+// such regions, so memory taken by a burst does not stay. Region memory is
+// outside the Go heap: the garbage collector neither counts nor reclaims
+// it, so a holder that may drop a buffer without Put (a connection torn
+// down with requests in flight) must not take large buffers from here.
 //
 // Get and Put are safe for concurrent use. A buffer must not be used after
-// it is Put, nor Put twice.
+// it is Put, nor Put twice: a stale use of a returned region faults.
 package iobuf
 
 import (
 	"math/bits"
 	"sync"
+	"unsafe"
 )
 
 const (
@@ -88,8 +94,11 @@ func Get(n int) *[]byte {
 }
 
 // Put returns a buffer that Get handed out; the caller may have changed its
-// length but not where it starts. Put of any other slice is ignored, except
-// that one whose capacity is a class size is kept for reuse.
+// length but not where it starts nor its capacity. Put of any other slice
+// is ignored, except that one whose capacity is a class size is kept for
+// reuse. Put of a buffer twice, or of a slice of a large buffer, panics
+// where it is detected (always while the buffer's region is in use): the
+// alternative is two owners of the same memory.
 func Put(p *[]byte) {
 	if p == nil {
 		return
@@ -98,7 +107,8 @@ func Put(p *[]byte) {
 	if n < MinSize || n > MaxSize || n&(n-1) != 0 {
 		return
 	}
-	if putLarge(p) {
+	if n >= LargeMin && n <= regionSize && inArena(uintptr(unsafe.Pointer(unsafe.SliceData(*p)))) {
+		putLarge(p)
 		return
 	}
 	heapPools[class(n)].Put(p)

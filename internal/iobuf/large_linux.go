@@ -3,6 +3,7 @@ package iobuf
 import (
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -11,7 +12,10 @@ import (
 // largeSupported: large buffers come from huge-page regions here.
 const largeSupported = true
 
-// region is one 2 MiB-aligned mapping carved into buffers of one class.
+// arenaSlots is the number of regions the arena holds.
+const arenaSlots = MaxLargeBytes / regionSize
+
+// region is one 2 MiB slot of the arena, carved into buffers of one class.
 type region struct {
 	mem   []byte   // regionSize bytes
 	size  int      // the class's buffer size
@@ -25,17 +29,59 @@ type largeClass struct {
 	idle  int       // regions all of whose buffers are free
 }
 
+// The arena is one address range of MaxLargeBytes, reserved (PROT_NONE) on
+// first use and never given back, whose 2 MiB slots are made usable as
+// regions are needed and inaccessible again when they are returned. A
+// buffer's address says whether it is a region's (a check without a lock),
+// and a stale pointer into a returned region faults instead of reaching
+// whatever the kernel would have mapped there next.
 var large struct {
+	base    atomic.Pointer[byte] // the arena's start, 2 MiB-aligned; nil until reserved
+	reserve sync.Once
+
 	mu      sync.Mutex
-	regions map[uintptr]*region // by address
-	bytes   int                 // mapped, at most MaxLargeBytes
+	slots   [arenaSlots]*region // nil: the slot is inaccessible
 	classes [largeMaxShift - largeMinShift + 1]largeClass
-	broken  bool // mapping failed once; large buffers come from the heap
 }
 
-// getLarge returns a buffer of class c from a region, or nil when the
-// regions are at their bound or cannot be mapped.
+// inArena reports whether a buffer starting at addr lies in the arena.
+func inArena(addr uintptr) bool {
+	b := large.base.Load()
+	return b != nil && addr-uintptr(unsafe.Pointer(b)) < MaxLargeBytes
+}
+
+func reserveArena() {
+	raw, err := unix.MmapPtr(-1, 0, nil, MaxLargeBytes+regionSize, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		slog.Warn("iobuf: cannot reserve address space for large I/O buffers; they come from the Go heap", "err", err)
+		return
+	}
+	// Trim to a 2 MiB-aligned range, the alignment a huge page needs.
+	start := uintptr(raw)
+	head := ((start + regionSize - 1) &^ (regionSize - 1)) - start
+	base := unsafe.Add(raw, head)
+	if head > 0 {
+		unix.MunmapPtr(raw, head)
+	}
+	if tail := regionSize - head; tail > 0 {
+		unix.MunmapPtr(unsafe.Add(base, MaxLargeBytes), tail)
+	}
+	large.base.Store((*byte)(base))
+}
+
+// slotMem returns the memory of slot i. The arena is never unmapped, so the
+// pointer stays valid.
+func slotMem(i int) []byte {
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(large.base.Load()), i*regionSize)), regionSize)
+}
+
+// getLarge returns a buffer of class c from a region, or nil when every
+// slot of the arena is taken or cannot be made usable.
 func getLarge(c int) *[]byte {
+	large.reserve.Do(reserveArena)
+	if large.base.Load() == nil {
+		return nil
+	}
 	large.mu.Lock()
 	defer large.mu.Unlock()
 	lc := &large.classes[c-(largeMinShift-minShift)]
@@ -54,9 +100,6 @@ func getLarge(c int) *[]byte {
 			lc.idle--
 		}
 	} else {
-		if large.broken || large.bytes+regionSize > MaxLargeBytes {
-			return nil
-		}
 		if r = mapRegion(1 << (c + minShift)); r == nil {
 			return nil
 		}
@@ -73,19 +116,20 @@ func getLarge(c int) *[]byte {
 	return &r.bufs[i]
 }
 
-// putLarge takes back a buffer of a region; it reports false for a buffer
-// that is not one.
-func putLarge(p *[]byte) bool {
+// putLarge takes back a buffer of the arena (inArena is true of it).
+func putLarge(p *[]byte) {
 	addr := uintptr(unsafe.Pointer(unsafe.SliceData(*p)))
-	base := addr &^ (regionSize - 1)
+	off := addr - uintptr(unsafe.Pointer(large.base.Load()))
+	slot := int(off / regionSize)
 	large.mu.Lock()
 	defer large.mu.Unlock()
-	r := large.regions[base]
+	r := large.slots[slot]
 	if r == nil {
-		return false
+		panic("iobuf: Put of a buffer whose region was returned: a buffer Put twice")
 	}
-	i := int32((addr - base) / uintptr(r.size))
-	if addr != base+uintptr(i)*uintptr(r.size) || cap(*p) != r.size {
+	in := off % regionSize
+	i := int32(in / uintptr(r.size))
+	if in != uintptr(i)*uintptr(r.size) || cap(*p) != r.size {
 		panic("iobuf: Put of a slice of a buffer, not the buffer Get returned")
 	}
 	if !r.inUse[i] {
@@ -99,11 +143,11 @@ func putLarge(p *[]byte) bool {
 		lc.avail = append(lc.avail, r)
 	}
 	if len(r.free) < len(r.bufs) {
-		return true
+		return
 	}
 	lc.idle++
 	if lc.idle <= keepFree {
-		return true
+		return
 	}
 	lc.idle--
 	for j, a := range lc.avail {
@@ -113,31 +157,27 @@ func putLarge(p *[]byte) bool {
 			break
 		}
 	}
-	unmapRegion(r)
-	return true
+	unmapRegion(slot)
 }
 
-// mapRegion maps a region of buffers of size bytes. Must hold large.mu.
+// mapRegion makes a free slot usable as a region of buffers of size bytes;
+// nil when every slot is taken or the kernel refuses. Must hold large.mu.
 func mapRegion(size int) *region {
-	// Map twice the size and trim, to get the 2 MiB alignment a huge page
-	// needs.
-	raw, err := unix.MmapPtr(-1, 0, nil, 2*regionSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		large.broken = true
-		slog.Warn("iobuf: cannot map memory for large I/O buffers; they come from the Go heap", "err", err)
+	slot := -1
+	for i, r := range large.slots {
+		if r == nil {
+			slot = i
+			break
+		}
+	}
+	if slot < 0 {
 		return nil
 	}
-	start := uintptr(raw)
-	head := ((start + regionSize - 1) &^ (regionSize - 1)) - start
-	basePtr := unsafe.Add(raw, head)
-	if head > 0 {
-		unix.MunmapPtr(raw, head)
+	mem := slotMem(slot)
+	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+		slog.Warn("iobuf: cannot make a large I/O buffer region usable; the buffer comes from the Go heap", "err", err)
+		return nil
 	}
-	if tail := regionSize - head; tail > 0 {
-		unix.MunmapPtr(unsafe.Add(basePtr, regionSize), tail)
-	}
-	base := uintptr(basePtr)
-	mem := unsafe.Slice((*byte)(basePtr), regionSize)
 	// Best effort: without THP the region is ordinary memory.
 	_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
 	n := regionSize / size
@@ -146,36 +186,37 @@ func mapRegion(size int) *region {
 		r.bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
 		r.free[i] = int32(n - 1 - i) // hand out from the start of the region
 	}
-	if large.regions == nil {
-		large.regions = make(map[uintptr]*region)
-	}
-	large.regions[base] = r
-	large.bytes += regionSize
+	large.slots[slot] = r
 	return r
 }
 
-// unmapRegion returns a region, all of whose buffers are free, to the
-// kernel. Must hold large.mu.
-func unmapRegion(r *region) {
-	p := unsafe.Pointer(&r.mem[0])
-	delete(large.regions, uintptr(p))
-	large.bytes -= regionSize
-	r.mem, r.bufs = nil, nil
-	if err := unix.MunmapPtr(p, regionSize); err != nil {
-		slog.Warn("iobuf: cannot unmap a large I/O buffer region", "err", err)
+// unmapRegion gives the memory of a region, all of whose buffers are free,
+// back to the kernel and makes its slot inaccessible. Must hold large.mu.
+func unmapRegion(slot int) {
+	mem := large.slots[slot].mem
+	large.slots[slot] = nil
+	if err := unix.Madvise(mem, unix.MADV_DONTNEED); err != nil {
+		slog.Warn("iobuf: cannot return a large I/O buffer region's memory", "err", err)
+	}
+	if err := unix.Mprotect(mem, unix.PROT_NONE); err != nil {
+		slog.Warn("iobuf: cannot make a returned large I/O buffer region inaccessible", "err", err)
 	}
 }
 
-// largeStats reports the bytes mapped, and the regions and buffers in use
-// of buffers of size bytes, for tests.
+// largeStats reports the bytes of the arena in use as regions, and the
+// regions and buffers in use of buffers of size bytes, for tests.
 func largeStats(size int) (mapped, regions, inUse int) {
 	large.mu.Lock()
 	defer large.mu.Unlock()
-	for _, r := range large.regions {
+	for _, r := range large.slots {
+		if r == nil {
+			continue
+		}
+		mapped += regionSize
 		if r.size == size {
 			regions++
 			inUse += len(r.bufs) - len(r.free)
 		}
 	}
-	return large.bytes, regions, inUse
+	return mapped, regions, inUse
 }

@@ -6,15 +6,28 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // TestLargeBuffersGetHugePages checks the point of the regions: where the
-// kernel offers transparent huge pages on request, a touched region is
-// backed by one.
+// kernel offers 2 MiB transparent huge pages on request and allocates them
+// when memory is touched, a touched region is backed by one.
 func TestLargeBuffersGetHugePages(t *testing.T) {
-	setting, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
-	if err != nil || strings.Contains(string(setting), "[never]") {
-		t.Skipf("transparent huge pages are off here (%q, %v)", strings.TrimSpace(string(setting)), err)
+	read := func(path string) string {
+		b, _ := os.ReadFile(path)
+		return strings.TrimSpace(string(b))
+	}
+	enabled := read("/sys/kernel/mm/transparent_hugepage/enabled")
+	defrag := read("/sys/kernel/mm/transparent_hugepage/defrag")
+	switch {
+	case enabled == "" || strings.Contains(enabled, "[never]"):
+		t.Skipf("transparent huge pages are off here (enabled: %q)", enabled)
+	case read("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") != fmt.Sprint(regionSize):
+		t.Skip("the huge page size here is not 2 MiB")
+	case strings.Contains(read("/proc/self/status"), "THP_enabled:\t0"):
+		t.Skip("transparent huge pages are disabled for this process")
+	case strings.Contains(defrag, "[never]") || strings.Contains(defrag, "[defer]"):
+		t.Skipf("the kernel does not compact memory for a huge page at fault time here (defrag: %q)", defrag)
 	}
 	var held []*[]byte
 	defer func() {
@@ -22,24 +35,31 @@ func TestLargeBuffersGetHugePages(t *testing.T) {
 			Put(p)
 		}
 	}()
-	// A fresh region each try; the kernel may fail to find a free huge
-	// page once, not every time.
+	// A fresh region each try: the kernel may fail to find a free huge page
+	// once, not every time.
 	for try := range 4 {
 		p := Get(regionSize)
 		held = append(held, p)
-		for i := 0; i < len(*p); i += 4096 {
-			(*p)[i] = 1
+		if !inArena(addr(p)) {
+			t.Fatalf("a %d-byte buffer is not in the arena", regionSize)
 		}
-		kb, err := anonHugeKB(addr(p))
+		before, err := anonHugeKB(addr(p))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if kb >= regionSize>>10 {
+		for i := 0; i < len(*p); i += 4096 {
+			(*p)[i] = 1
+		}
+		after, err := anonHugeKB(addr(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after-before >= regionSize>>10 {
 			return
 		}
-		t.Logf("try %d: the region at %#x has %d KiB of huge pages", try, addr(p), kb)
+		t.Logf("try %d: touching the region at %#x added %d KiB of huge pages", try, addr(p), after-before)
 	}
-	t.Errorf("no large buffer region was backed by a huge page (THP setting %q)", strings.TrimSpace(string(setting)))
+	t.Errorf("no large buffer region was backed by a huge page (enabled %q, defrag %q)", enabled, defrag)
 }
 
 // anonHugeKB returns the AnonHugePages of the mapping that holds a.
@@ -54,9 +74,11 @@ func anonHugeKB(a uintptr) (int, error) {
 	for sc.Scan() {
 		line := sc.Text()
 		var lo, hi uintptr
-		if n, _ := fmt.Sscanf(line, "%x-%x", &lo, &hi); n == 2 && strings.Contains(line, " ") && !strings.HasSuffix(strings.Fields(line)[0], ":") {
-			in = lo <= a && a < hi
-			continue
+		if fields := strings.Fields(line); len(fields) > 0 && !strings.HasSuffix(fields[0], ":") {
+			if n, _ := fmt.Sscanf(fields[0], "%x-%x", &lo, &hi); n == 2 {
+				in = lo <= a && a < hi
+				continue
+			}
 		}
 		if in && strings.HasPrefix(line, "AnonHugePages:") {
 			var kb int
@@ -68,4 +90,31 @@ func anonHugeKB(a uintptr) (int, error) {
 		return 0, err
 	}
 	return 0, fmt.Errorf("no mapping in /proc/self/smaps holds %#x", a)
+}
+
+func TestPutOfAReturnedRegionPanics(t *testing.T) {
+	const size = 256 << 10
+	var held []*[]byte
+	for range 8 * (keepFree + 2) { // keepFree+2 regions of 8 buffers
+		held = append(held, Get(size))
+	}
+	for _, p := range held {
+		Put(p)
+	}
+	var stale *[]byte
+	for _, p := range held {
+		if a := addr(p); inArena(a) && large.slots[(a-uintptr(unsafe.Pointer(large.base.Load())))/regionSize] == nil {
+			stale = p
+			break
+		}
+	}
+	if stale == nil {
+		t.Fatalf("no region was returned after %d regions' buffers came back (at most %d idle ones are kept)", keepFree+2, keepFree)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a second Put of a buffer whose region was returned did not panic")
+		}
+	}()
+	Put(stale)
 }

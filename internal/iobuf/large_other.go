@@ -6,7 +6,8 @@ package iobuf
 
 const largeSupported = false
 
-func getLarge(int) *[]byte  { return nil }
-func putLarge(*[]byte) bool { return false }
+func getLarge(int) *[]byte { return nil }
+func putLarge(*[]byte)     {}
+func inArena(uintptr) bool { return false }
 
 func largeStats(int) (mapped, regions, inUse int) { return 0, 0, 0 }

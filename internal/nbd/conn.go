@@ -201,6 +201,7 @@ func (c *conn) read() bool {
 				j.payload = getBuf(int(v.payload))
 				if _, err := io.ReadFull(c.br, *j.payload); err != nil {
 					putBuf(j.payload)
+					j.payload = nil
 					c.budget.release(cost)
 					jobPool.Put(j)
 					c.readEnded(err)

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nexstor/nexstor/internal/iobuf"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
@@ -664,14 +663,42 @@ func (q *queue) write(it sendItem) error {
 	return err
 }
 
-// Data buffers come from package iobuf: size classes reused across
-// requests, the large ones on huge pages (see iobuf).
+// Data buffers come from power-of-two size classes from 4 KiB to
+// MaxTransfer, so a steady I/O mix reuses the same few buffers. They are
+// heap memory, not package iobuf's huge-page regions: a queue that ends
+// with requests still in flight (a dropped connection, a worker blocked on
+// a stalled device) leaves its buffers to the garbage collector, which
+// would strand a region's buffers for good.
+const minBufShift = 12
+
+var bufPools [9]sync.Pool // 4K .. 1M
+
+func bufClass(n int) int {
+	c := 0
+	for (1 << (minBufShift + c)) < n {
+		c++
+	}
+	return c
+}
+
 func getBuf(n int) *[]byte {
-	if n > iobuf.MaxSize {
+	c := bufClass(n)
+	if c >= len(bufPools) {
 		b := make([]byte, n)
 		return &b
 	}
-	return iobuf.Get(n)
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return p
+	}
+	b := make([]byte, 1<<(minBufShift+c))
+	return &b
 }
 
-func putBuf(p *[]byte) { iobuf.Put(p) }
+func putBuf(p *[]byte) {
+	n := cap(*p)
+	c := bufClass(n)
+	if c < len(bufPools) && n == 1<<(minBufShift+c) {
+		*p = (*p)[:n]
+		bufPools[c].Put(p)
+	}
+}
