@@ -107,7 +107,9 @@ func Put(p *[]byte) {
 	if n < MinSize || n > MaxSize || n&(n-1) != 0 {
 		return
 	}
-	if n >= LargeMin && n <= regionSize && inArena(uintptr(unsafe.Pointer(unsafe.SliceData(*p)))) {
+	// Any slice of the arena goes to putLarge, which refuses what is not a
+	// whole buffer: arena memory must never reach the heap's pools.
+	if inArena(uintptr(unsafe.Pointer(unsafe.SliceData(*p)))) {
 		putLarge(p)
 		return
 	}

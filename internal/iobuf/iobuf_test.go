@@ -118,6 +118,18 @@ func TestPutMisuse(t *testing.T) {
 	odd := make([]byte, 5000)
 	Put(&odd) // not a class size: ignored
 	p := Get(1 << 20)
+	small := (*p)[:4096:4096] // a small class's capacity, in the arena
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("Put of a small slice of a large buffer did not panic")
+			}
+		}()
+		if !largeSupported {
+			panic("no regions here")
+		}
+		Put(&small)
+	}()
 	sub := (*p)[512<<10:] // a class's capacity, but not a buffer
 	func() {
 		defer func() {
