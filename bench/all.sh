@@ -27,7 +27,7 @@
 #   -d DIR     where the scripts and results files are (default: $BENCH_DIR,
 #              else this script's directory)
 # Default suites (script, results file, time with the default arguments):
-#   nbd        nbd.sh        RESULTS.md            about 16 minutes
+#   nbd        nbd.sh        RESULTS.md            about 33 minutes
 #   qd1        qd1.sh        RESULTS-qd1.md        about 7 minutes
 #   nvmf       nvmf.sh       RESULTS-nvmf.md       about 11 minutes
 #   nvmf-ab    nvmf-ab.sh    RESULTS-nvmf.md       about 14 minutes
