@@ -102,19 +102,16 @@ func TestPutOfAReturnedRegionPanics(t *testing.T) {
 		Put(p)
 	}
 	var stale *[]byte
+	large.mu.Lock()
 	for _, p := range held {
 		if a := addr(p); inArena(a) && large.slots[(a-uintptr(unsafe.Pointer(large.base.Load())))/regionSize] == nil {
 			stale = p
 			break
 		}
 	}
+	large.mu.Unlock()
 	if stale == nil {
 		t.Fatalf("no region was returned after %d regions' buffers came back (at most %d idle ones are kept)", keepFree+2, keepFree)
 	}
-	defer func() {
-		if recover() == nil {
-			t.Error("a second Put of a buffer whose region was returned did not panic")
-		}
-	}()
-	Put(stale)
+	mustPanic(t, "a second Put of a buffer whose region was returned", func() { Put(stale) })
 }
