@@ -25,7 +25,8 @@
 // down with requests in flight) must not take large buffers from here.
 //
 // Get and Put are safe for concurrent use. A buffer must not be used after
-// it is Put, nor Put twice: a stale use of a returned region faults.
+// it is Put, nor Put twice: a use of a region already returned to the kernel
+// is a fatal fault of the process, not a panic that can be recovered.
 package iobuf
 
 import (
@@ -95,22 +96,23 @@ func Get(n int) *[]byte {
 
 // Put returns a buffer that Get handed out; the caller may have changed its
 // length but not where it starts nor its capacity. Put of any other slice
-// is ignored, except that one whose capacity is a class size is kept for
-// reuse. Put of a buffer twice, or of a slice of a large buffer, panics
-// where it is detected (always while the buffer's region is in use): the
-// alternative is two owners of the same memory.
+// of heap memory is ignored, except that one whose capacity is a class
+// size is kept for reuse. Put of anything in a large-buffer region that is
+// not a whole buffer of it, or of a buffer that is already free, panics:
+// the alternative is two owners of the same memory. (A second Put after
+// the buffer was handed out again cannot be told from a first one.)
 func Put(p *[]byte) {
 	if p == nil {
 		return
 	}
-	n := cap(*p)
-	if n < MinSize || n > MaxSize || n&(n-1) != 0 {
-		return
-	}
 	// Any slice of the arena goes to putLarge, which refuses what is not a
 	// whole buffer: arena memory must never reach the heap's pools.
-	if inArena(uintptr(unsafe.Pointer(unsafe.SliceData(*p)))) {
+	if cap(*p) > 0 && inArena(uintptr(unsafe.Pointer(unsafe.SliceData(*p)))) {
 		putLarge(p)
+		return
+	}
+	n := cap(*p)
+	if n < MinSize || n > MaxSize || n&(n-1) != 0 {
 		return
 	}
 	heapPools[class(n)].Put(p)

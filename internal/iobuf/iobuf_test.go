@@ -66,10 +66,10 @@ func TestLargeBuffersAreReusedAndDisjoint(t *testing.T) {
 	last := addr(held[len(held)-1])
 	Put(held[len(held)-1])
 	// (The heap's sync.Pool promises no reuse; regions do.)
-	if p := Get(n); largeSupported && addr(p) != last {
+	p := Get(n)
+	held[len(held)-1] = p
+	if largeSupported && addr(p) != last {
 		t.Errorf("a freed large buffer was not reused: got %#x, want %#x", addr(p), last)
-	} else {
-		held[len(held)-1] = p
 	}
 	for _, p := range held {
 		Put(p)
@@ -126,6 +126,8 @@ func TestPutMisuse(t *testing.T) {
 		t.Skip("no regions on this platform")
 	}
 	p := Get(1 << 20)
+	odd = (*p)[:5000:5000] // not a class size, in the arena
+	mustPanic(t, "Put of a 5000-byte slice of a large buffer", func() { Put(&odd) })
 	small := (*p)[:4096:4096] // a small class's capacity, in the arena
 	mustPanic(t, "Put of a small slice of a large buffer", func() { Put(&small) })
 	sub := (*p)[512<<10:] // a class's capacity, but not a buffer

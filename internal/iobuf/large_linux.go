@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -40,6 +41,7 @@ var large struct {
 	reserve sync.Once
 
 	mu      sync.Mutex
+	retryAt time.Time           // after a slot could not be made usable: the heap until then
 	slots   [arenaSlots]*region // nil: the slot is inaccessible
 	classes [largeMaxShift - largeMinShift + 1]largeClass
 }
@@ -84,6 +86,9 @@ func getLarge(c int) *[]byte {
 	}
 	large.mu.Lock()
 	defer large.mu.Unlock()
+	if !large.retryAt.IsZero() && time.Now().Before(large.retryAt) {
+		return nil
+	}
 	lc := &large.classes[c-(largeMinShift-minShift)]
 	// Take from the region with the fewest free buffers, so that the others
 	// drain and can be returned.
@@ -175,7 +180,9 @@ func mapRegion(size int) *region {
 	}
 	mem := slotMem(slot)
 	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); err != nil {
-		slog.Warn("iobuf: cannot make a large I/O buffer region usable; the buffer comes from the Go heap", "err", err)
+		// Say so once a minute at most, and use the heap meanwhile.
+		large.retryAt = time.Now().Add(time.Minute)
+		slog.Warn("iobuf: cannot make a large I/O buffer region usable; large buffers come from the Go heap for a minute", "err", err)
 		return nil
 	}
 	// Best effort: without THP the region is ordinary memory.
