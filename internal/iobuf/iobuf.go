@@ -22,7 +22,9 @@
 // such regions, so memory taken by a burst does not stay. Region memory is
 // outside the Go heap: the garbage collector neither counts nor reclaims
 // it, so a holder that may drop a buffer without Put (a connection torn
-// down with requests in flight) must not take large buffers from here.
+// down with requests in flight) must not take large buffers from here; nor
+// does the race detector watch it, so races on large payloads go unseen
+// under -race.
 //
 // Get and Put are safe for concurrent use. A buffer must not be used after
 // it is Put, nor Put twice: a use of a region already returned to the kernel
