@@ -134,7 +134,8 @@ TARGETS=(nexstor uring nbdkit raw rawuring)
 # mount; both are undone at exit.
 if [ "$(id -u)" = 0 ] && [ "$(cat /sys/kernel/mm/transparent_hugepage/hpage_pmd_size 2>/dev/null)" = 2097152 ]; then
 	HUGE_PAGES_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
-	echo $((HUGE_PAGES_BEFORE + 16)) >/proc/sys/vm/nr_hugepages
+	# (A read-only /proc, as in a container, leaves the pool as it was.)
+	echo $((HUGE_PAGES_BEFORE + 16)) 2>/dev/null >/proc/sys/vm/nr_hugepages || true
 	mnt=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nbd-huge.XXXXXX")
 	if [ "$(awk '/HugePages_Free/ { print $2 }' /proc/meminfo)" -ge 16 ] && mount -t hugetlbfs -o pagesize=2M none "$mnt"; then
 		HUGE_MNT=$mnt
