@@ -1,6 +1,7 @@
 // Package iobuf hands out the data buffers of block I/O requests: the
-// payloads that the NBD server receives from the network and passes to a
-// device, the data it reads from one, and the pool's copy-on-write copies.
+// payloads that the NBD server and the NVMe/TCP target receive from the
+// network and pass to a device, the data they read from one, and the pool's
+// copy-on-write copies.
 // Buffers come in power-of-two size classes from 4 KiB to MaxSize and are
 // reused, so that steady I/O does not allocate.
 //
@@ -21,8 +22,9 @@
 // its slot made inaccessible) once its class holds more than keepFree
 // such regions, so memory taken by a burst does not stay. Region memory is
 // outside the Go heap: the garbage collector neither counts nor reclaims
-// it, so a holder that may drop a buffer without Put (a connection torn
-// down with requests in flight) must not take large buffers from here; nor
+// it, so a holder must Put every buffer it took, also when it drops the
+// requests in flight (a connection torn down: the NVMe/TCP target returns
+// what its requests still hold once its goroutines have returned); nor
 // does the race detector watch it, so races on large payloads go unseen
 // under -race.
 //

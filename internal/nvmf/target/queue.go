@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nexstor/nexstor/internal/iobuf"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
@@ -109,7 +110,14 @@ type queue struct {
 
 	done      chan struct{}
 	closeOnce sync.Once
-	wg        sync.WaitGroup
+	// goroutines counts the writer and the workers: with the reader, every
+	// goroutine that may hold a request's buffer (see releaseAll).
+	goroutines sync.WaitGroup
+	// swept is closed once releaseAll has run (for a connection that got
+	// past initialize); nswept holds how many buffers it returned (read it
+	// only after the close).
+	swept  chan struct{}
+	nswept int
 }
 
 func newQueue(t *Target, c net.Conn, discovery bool) *queue {
@@ -120,6 +128,7 @@ func newQueue(t *Target, c net.Conn, discovery bool) *queue {
 		br:        bufio.NewReaderSize(c, 64<<10),
 		bw:        bufio.NewWriterSize(c, 64<<10),
 		done:      make(chan struct{}),
+		swept:     make(chan struct{}),
 	}
 	q.dec = pdu.NewDecoder(q.br, max(adminCapsuleData, InCapsuleDataSize, maxH2CData))
 	q.enc = pdu.NewEncoder(q.bw)
@@ -151,6 +160,20 @@ func (q *queue) run() {
 		return
 	}
 	q.setupSlots()
+	// Every buffer still held once the queue is gone goes back to iobuf
+	// (see releaseAll), once the writer and the workers, which return only
+	// after close, have returned.
+	defer func() {
+		go func() {
+			q.goroutines.Wait()
+			q.nswept = q.releaseAll()
+			if q.nswept > 0 {
+				q.t.log.Debug("nvmf: returned the buffers of requests cut off by the connection's end", "remote", q.conn.RemoteAddr(), "qid", q.qid, "buffers", q.nswept)
+			}
+			close(q.swept)
+		}()
+	}()
+	q.goroutines.Add(1)
 	go q.writer()
 	err := q.reader()
 	q.t.log.Debug("nvmf: connection closed", "remote", q.conn.RemoteAddr(), "qid", q.qid, "err", err)
@@ -264,10 +287,12 @@ func (q *queue) enqueue(it sendItem) {
 	}
 }
 
-// startWorkers runs n command workers.
+// startWorkers runs n command workers. Only the reader calls it.
 func (q *queue) startWorkers(n int) {
+	q.goroutines.Add(n)
 	for range n {
 		go func() {
+			defer q.goroutines.Done()
 			for {
 				select {
 				case r := <-q.work:
@@ -578,14 +603,43 @@ func (q *queue) complete(r *request) {
 	q.enqueue(sendItem{r: r, kind: sendResp})
 }
 
+// getBuf gives the request a data buffer of n bytes from package iobuf:
+// power-of-two classes that a steady I/O mix reuses, and from 128 KiB on
+// huge-page regions, which the direct I/O of large transfers needs (see
+// iobuf's package doc). Region memory is outside the Go heap and not
+// reclaimed by the garbage collector, so every buffer taken goes back to
+// iobuf exactly once: with the request's response (write), from the worker
+// that drops the request at teardown, or from releaseAll once nothing that
+// could touch a request is left.
 func (r *request) getBuf(n int) {
-	r.pooled = getBuf(n)
+	r.pooled = iobuf.Get(n)
 	r.buf = (*r.pooled)[:n]
 }
 
+// releaseAll returns the buffers that the requests of a torn-down queue
+// still hold: those of commands whose data never arrived whole (the
+// connection failed during an in-capsule or H2C transfer), of commands left
+// in the workers' channel, and of responses left in the writer's. It runs
+// once the reader, the writer and every worker have returned, so nothing
+// else touches a request's buffer: a worker whose device call never returns
+// keeps its buffer, which that call may still be using. Requests the
+// controller holds (AERs) carry no buffer. It returns how many buffers it
+// returned.
+func (q *queue) releaseAll() int {
+	n := 0
+	for _, r := range q.slots {
+		if r != nil && r.pooled != nil {
+			r.release()
+			n++
+		}
+	}
+	return n
+}
+
+// release returns the request's data buffer, if it has one.
 func (r *request) release() {
 	if r.pooled != nil {
-		putBuf(r.pooled)
+		iobuf.Put(r.pooled)
 		r.pooled, r.buf = nil, nil
 	}
 }
@@ -594,6 +648,7 @@ func (r *request) release() {
 // not send themselves, C2HTermReqs), draining the queue under one hold of
 // the write side and flushing when nothing more is pending.
 func (q *queue) writer() {
+	defer q.goroutines.Done()
 	for {
 		var it sendItem
 		select {
@@ -661,44 +716,4 @@ func (q *queue) write(it sendItem) error {
 		return errors.New("disconnect")
 	}
 	return err
-}
-
-// Data buffers come from power-of-two size classes from 4 KiB to
-// MaxTransfer, so a steady I/O mix reuses the same few buffers. They are
-// heap memory, not package iobuf's huge-page regions: a queue that ends
-// with requests still in flight (a dropped connection, a worker blocked on
-// a stalled device) leaves its buffers to the garbage collector, which
-// would strand a region's buffers for good.
-const minBufShift = 12
-
-var bufPools [9]sync.Pool // 4K .. 1M
-
-func bufClass(n int) int {
-	c := 0
-	for (1 << (minBufShift + c)) < n {
-		c++
-	}
-	return c
-}
-
-func getBuf(n int) *[]byte {
-	c := bufClass(n)
-	if c >= len(bufPools) {
-		b := make([]byte, n)
-		return &b
-	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return p
-	}
-	b := make([]byte, 1<<(minBufShift+c))
-	return &b
-}
-
-func putBuf(p *[]byte) {
-	n := cap(*p)
-	c := bufClass(n)
-	if c < len(bufPools) && n == 1<<(minBufShift+c) {
-		*p = (*p)[:n]
-		bufPools[c].Put(p)
-	}
 }

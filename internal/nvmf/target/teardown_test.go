@@ -1,6 +1,8 @@
 package target
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -9,6 +11,8 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/faulty"
 	"github.com/nexstor/nexstor/internal/nvmf/initiator"
+	"github.com/nexstor/nexstor/internal/nvmf/nvme"
+	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
 
 // TestQueuedCommandsDroppedAtTeardown: when a controller is torn down
@@ -55,5 +59,104 @@ func TestQueuedCommandsDroppedAtTeardown(t *testing.T) {
 	time.Sleep(time.Second) // time for any queued command to (wrongly) start
 	if n := slow.Fired(started); n > 64 {
 		t.Fatalf("%d writes reached the device; only the 63 executing at teardown (and one in the reader) may", n)
+	}
+}
+
+// TestBuffersReturnedAtTeardown: a connection that ends while a command's
+// write data is still arriving, in its capsule or in H2CData PDUs after an
+// R2T, returns that command's buffer (a 1 MiB one, from iobuf's huge-page
+// regions, which the garbage collector would never reclaim) once the
+// queue's goroutines are gone, and no slot keeps one.
+func TestBuffersReturnedAtTeardown(t *testing.T) {
+	tgt, _, addr := serveSize(t, 8<<20)
+	admin := dialRaw(t, addr, false)
+	cntlid := admin.adminUp(0)
+	const n = 1 << 20
+	write := func(cid uint16, inCapsule bool) *pdu.SQE {
+		var sqe pdu.SQE
+		sqe.SetOpcode(nvme.CmdWrite)
+		sqe.SetNSID(1)
+		sqe.SetCDW(12, n/4096-1)
+		sqe.SetCID(cid)
+		sqe.SetFlags(pdu.PSDTSGL)
+		if inCapsule {
+			sqe.SetSGL(pdu.SGL{Type: pdu.SGLDataBlockOffset, Length: n})
+		} else {
+			sqe.SetSGL(pdu.SGL{Type: pdu.SGLTransportDataBlock, Length: n})
+		}
+		return &sqe
+	}
+	// half encodes a PDU and sends only its first half.
+	half := func(r *raw, enc func(e *pdu.Encoder) error) {
+		var b bytes.Buffer
+		bw := bufio.NewWriter(&b)
+		r.must(enc(pdu.NewEncoder(bw)))
+		r.must(bw.Flush())
+		if _, err := r.conn.Write(b.Bytes()[:b.Len()/2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := make([]byte, n)
+
+	// qid 1: the capsule's own data is cut short.
+	capsule := dialRaw(t, addr, false)
+	if c := capsule.connect(1, cntlid, 0, hostNQN); c.Status != 0 {
+		t.Fatalf("I/O connect: %#x", c.Status)
+	}
+	half(capsule, func(e *pdu.Encoder) error { return e.WriteCapsuleCmd(write(100, true), data) })
+
+	// qid 2: the H2CData after the R2T is cut short.
+	h2c := dialRaw(t, addr, false)
+	if c := h2c.connect(2, cntlid, 0, hostNQN); c.Status != 0 {
+		t.Fatalf("I/O connect: %#x", c.Status)
+	}
+	h2c.must(h2c.enc.WriteCapsuleCmd(write(200, false), nil))
+	h2c.flush()
+	h, err := h2c.dec.Next()
+	if err != nil || h.Type != pdu.TypeR2T {
+		t.Fatalf("waiting for the R2T: %v %v", h.Type, err)
+	}
+	r2t := h2c.dec.R2T()
+	if r2t.CCCID != 200 || r2t.R2TL != n {
+		t.Fatalf("R2T %+v", r2t)
+	}
+	half(h2c, func(e *pdu.Encoder) error {
+		return e.WriteH2CData(pdu.DataHeader{CCCID: 200, TTag: r2t.TTag}, pdu.FlagLast, data)
+	})
+
+	// Both commands now hold their buffers, in the reader waiting for the
+	// rest. Find the two queues, then end their connections.
+	byQID := map[uint16]*queue{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(byQID) < 2 && time.Now().Before(deadline) {
+		tgt.mu.Lock()
+		for q := range tgt.queues {
+			if q.ctrl != nil && q.qid != 0 {
+				byQID[q.qid] = q
+			}
+		}
+		tgt.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	if len(byQID) != 2 {
+		t.Fatalf("found the I/O queues %v, want 1 and 2", byQID)
+	}
+	time.Sleep(50 * time.Millisecond) // the reader is inside the data by now
+	capsule.conn.Close()
+	h2c.conn.Close()
+	for qid, q := range byQID {
+		select {
+		case <-q.swept:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("qid %d: the buffers of its requests were not returned", qid)
+		}
+		if q.nswept != 1 {
+			t.Errorf("qid %d: %d buffers returned at teardown, want the cut-off write's 1", qid, q.nswept)
+		}
+		for _, r := range q.slots {
+			if r != nil && r.pooled != nil {
+				t.Errorf("qid %d: slot %d still holds a buffer", qid, r.slot)
+			}
+		}
 	}
 }
