@@ -6,12 +6,6 @@ import (
 	"github.com/nexstor/nexstor/internal/iobuf"
 )
 
-// Payload buffers come from package iobuf: size classes reused across
-// requests, the large ones on huge pages (see iobuf).
-func getBuf(n int) *[]byte { return iobuf.Get(n) }
-
-func putBuf(p *[]byte) { iobuf.Put(p) }
-
 // budget bounds the requests one connection has in flight, by count and by
 // payload bytes, so that a client cannot make the server buffer unbounded
 // data. One request larger than the byte limit is admitted alone.

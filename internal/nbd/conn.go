@@ -16,6 +16,7 @@ import (
 
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
+	"github.com/nexstor/nexstor/internal/iobuf"
 )
 
 // Per-connection limits.
@@ -198,9 +199,11 @@ func (c *conn) read() bool {
 					break
 				}
 			} else {
-				j.payload = getBuf(int(v.payload))
+				// From iobuf: reused size classes, and huge pages for
+				// the large payloads that direct I/O pins page by page.
+				j.payload = iobuf.Get(int(v.payload))
 				if _, err := io.ReadFull(c.br, *j.payload); err != nil {
-					putBuf(j.payload)
+					iobuf.Put(j.payload)
 					j.payload = nil
 					c.budget.release(cost)
 					jobPool.Put(j)
@@ -252,7 +255,7 @@ func (c *conn) inline(j *job) bool {
 // finish returns what a handled job holds.
 func (c *conn) finish(j *job) {
 	if j.payload != nil {
-		putBuf(j.payload)
+		iobuf.Put(j.payload)
 		j.payload = nil
 	}
 	c.budget.release(j.cost)
@@ -326,11 +329,11 @@ func (c *conn) handle(j *job) {
 	var err error
 	switch r.typ {
 	case cmdRead:
-		buf := getBuf(int(r.length))
+		buf := iobuf.Get(int(r.length))
 		if _, err = c.dev.ReadAt(*buf, off); err == nil {
 			c.replyData(j, *buf)
 		}
-		putBuf(buf)
+		iobuf.Put(buf)
 	case cmdWrite:
 		_, err = c.dev.WriteAt(*j.payload, off)
 	case cmdFlush:
