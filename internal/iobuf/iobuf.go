@@ -19,8 +19,12 @@
 // The regions are slots of one address range of MaxLargeBytes, reserved
 // once; beyond that, large buffers come from the Go heap as the small ones
 // do. A region whose buffers are all free is returned to the kernel (and
-// its slot made inaccessible) once its class holds more than keepFree
-// such regions, so memory taken by a burst does not stay. Region memory is
+// its slot made inaccessible) once it has stayed so for trimDelay while its
+// class holds more than keepFree such regions, so memory taken by a burst
+// does not stay, and a load whose buffers in flight swing does not map and
+// unmap regions (faulting in and zeroing 2 MiB each time) per request. A
+// class that needs a region while the arena is full takes the slot of one
+// that is idle. Region memory is
 // outside the Go heap: the garbage collector neither counts nor reclaims
 // it, so a holder must Put every buffer it took, also when it drops the
 // requests in flight (a connection torn down: the NVMe/TCP target returns

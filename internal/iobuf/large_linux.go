@@ -18,11 +18,12 @@ const arenaSlots = MaxLargeBytes / regionSize
 
 // region is one 2 MiB slot of the arena, carved into buffers of one class.
 type region struct {
-	mem   []byte   // regionSize bytes
-	size  int      // the class's buffer size
-	bufs  [][]byte // the headers Get hands out (&bufs[i]); reset on Put
-	free  []int32  // indexes of free buffers, a stack
-	inUse []bool   // to refuse a second Put of the same buffer
+	mem    []byte    // regionSize bytes
+	size   int       // the class's buffer size
+	bufs   [][]byte  // the headers Get hands out (&bufs[i]); reset on Put
+	free   []int32   // indexes of free buffers, a stack
+	inUse  []bool    // to refuse a second Put of the same buffer
+	idleAt time.Time // when its last buffer came back; zero while one is out
 }
 
 type largeClass struct {
@@ -44,7 +45,16 @@ var large struct {
 	retryAt time.Time           // after a slot could not be made usable: the heap until then
 	slots   [arenaSlots]*region // nil: the slot is inaccessible
 	classes [largeMaxShift - largeMinShift + 1]largeClass
+	trim    *time.Timer // runs trimIdle; armed while a class holds more than keepFree idle regions
+	armed   bool
 }
+
+// trimDelay is how long a region beyond a class's keepFree stays idle
+// before it goes back to the kernel. A load whose buffers in flight swing
+// (a queue depth of 8 holds from none to eight of them) would otherwise
+// return a region and fault a fresh one in, zeroing 2 MiB, many times a
+// second; a burst's memory still goes back within two trimDelays.
+const trimDelay = time.Second
 
 // inArena reports whether a buffer starting at addr lies in the arena.
 func inArena(addr uintptr) bool {
@@ -103,6 +113,7 @@ func getLarge(c int) *[]byte {
 		r = lc.avail[best]
 		if len(r.free) == len(r.bufs) {
 			lc.idle--
+			r.idleAt = time.Time{}
 		}
 	} else {
 		if r = mapRegion(1 << (c + minShift)); r == nil {
@@ -151,18 +162,87 @@ func putLarge(p *[]byte) {
 		return
 	}
 	lc.idle++
-	if lc.idle <= keepFree {
+	r.idleAt = time.Now()
+	if lc.idle > keepFree && !large.armed {
+		armTrim(trimDelay)
+	}
+}
+
+// armTrim has trimIdle run after d. Must hold large.mu.
+func armTrim(d time.Duration) {
+	large.armed = true
+	if large.trim == nil {
+		large.trim = time.AfterFunc(d, func() { trimIdle(time.Now()) })
 		return
 	}
-	lc.idle--
-	for j, a := range lc.avail {
-		if a == r {
-			lc.avail[j] = lc.avail[len(lc.avail)-1]
+	large.trim.Reset(d)
+}
+
+// trimIdle returns to the kernel the regions, beyond keepFree per class,
+// that have been idle for trimDelay at now (the most recently idle ones are
+// the ones kept), and arms itself again while a class still holds more
+// idle regions than that.
+func trimIdle(now time.Time) {
+	large.mu.Lock()
+	defer large.mu.Unlock()
+	large.armed = false
+	var next time.Duration
+	for c := range large.classes {
+		lc := &large.classes[c]
+		for lc.idle > keepFree {
+			// The idle region that came back first.
+			oldest := -1
+			for j, a := range lc.avail {
+				if len(a.free) == len(a.bufs) && (oldest < 0 || a.idleAt.Before(lc.avail[oldest].idleAt)) {
+					oldest = j
+				}
+			}
+			r := lc.avail[oldest]
+			if wait := r.idleAt.Add(trimDelay).Sub(now); wait > 0 {
+				if next == 0 || wait < next {
+					next = wait
+				}
+				break
+			}
+			lc.avail[oldest] = lc.avail[len(lc.avail)-1]
 			lc.avail = lc.avail[:len(lc.avail)-1]
-			break
+			lc.idle--
+			unmapRegion(slotOf(r))
 		}
 	}
+	if next > 0 {
+		armTrim(next)
+	}
+}
+
+// reclaimIdle returns to the kernel the region, of any class, whose
+// buffers have all been free the longest, and returns its slot; -1 when no
+// region is idle. Must hold large.mu.
+func reclaimIdle() int {
+	var lc *largeClass
+	oldest := -1
+	for c := range large.classes {
+		for j, a := range large.classes[c].avail {
+			if len(a.free) == len(a.bufs) && (oldest < 0 || a.idleAt.Before(lc.avail[oldest].idleAt)) {
+				lc, oldest = &large.classes[c], j
+			}
+		}
+	}
+	if oldest < 0 {
+		return -1
+	}
+	r := lc.avail[oldest]
+	lc.avail[oldest] = lc.avail[len(lc.avail)-1]
+	lc.avail = lc.avail[:len(lc.avail)-1]
+	lc.idle--
+	slot := slotOf(r)
 	unmapRegion(slot)
+	return slot
+}
+
+// slotOf returns the arena slot that holds region r.
+func slotOf(r *region) int {
+	return int((uintptr(unsafe.Pointer(unsafe.SliceData(r.mem))) - uintptr(unsafe.Pointer(large.base.Load()))) / regionSize)
 }
 
 // mapRegion makes a free slot usable as a region of buffers of size bytes;
@@ -176,7 +256,11 @@ func mapRegion(size int) *region {
 		}
 	}
 	if slot < 0 {
-		return nil
+		// Idle regions waiting for the trim must not keep another class
+		// from the arena: take the slot of the one idle the longest.
+		if slot = reclaimIdle(); slot < 0 {
+			return nil
+		}
 	}
 	mem := slotMem(slot)
 	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); err != nil {

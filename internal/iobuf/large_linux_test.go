@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -35,6 +36,7 @@ func TestLargeBuffersGetHugePages(t *testing.T) {
 			Put(p)
 		}
 	}()
+	trimIdle(time.Now().Add(trimDelay)) // what earlier tests left idle, down to keepFree
 	// Until a fresh region comes (the class keeps up to keepFree idle ones,
 	// touched already), and then a few more: the kernel may fail to find a
 	// free huge page once, not every time.
@@ -102,6 +104,7 @@ func TestPutOfAReturnedRegionPanics(t *testing.T) {
 	for _, p := range held {
 		Put(p)
 	}
+	trimIdle(time.Now().Add(trimDelay))
 	var stale *[]byte
 	large.mu.Lock()
 	for _, p := range held {
@@ -115,4 +118,25 @@ func TestPutOfAReturnedRegionPanics(t *testing.T) {
 		t.Fatalf("no region was returned after %d regions' buffers came back (at most %d idle ones are kept)", keepFree+2, keepFree)
 	}
 	mustPanic(t, "a second Put of a buffer whose region was returned", func() { Put(stale) })
+}
+
+// TestIdleRegionsDoNotStarveAnotherClass: regions waiting for the trim
+// give their slots to a class that needs one, rather than send it to the
+// heap.
+func TestIdleRegionsDoNotStarveAnotherClass(t *testing.T) {
+	var held []*[]byte
+	for range arenaSlots { // every slot, one 2 MiB buffer each
+		held = append(held, Get(regionSize))
+	}
+	for _, p := range held {
+		Put(p)
+	}
+	if mapped, _, _ := largeStats(regionSize); mapped < MaxLargeBytes {
+		t.Fatalf("%d MiB of regions mapped after %d 2 MiB buffers came back, want the whole arena until the trim", mapped>>20, arenaSlots)
+	}
+	p := Get(LargeMin)
+	defer Put(p)
+	if !inArena(addr(p)) {
+		t.Errorf("a %d-byte buffer came from the heap while the arena held only idle regions", LargeMin)
+	}
 }
