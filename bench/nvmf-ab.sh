@@ -6,7 +6,8 @@
 # file exported as it is, O_DIRECT through io_uring).
 #
 # Both builds use this tree's bench/nvmfbench (and the rest of this tree);
-# only internal/nvmf is taken from the base revision. Each round runs every
+# only internal/nvmf (or the packages -p names) is taken from the base
+# revision. Each round runs every
 # workload once per build (nvmfbench -r 1), the order of the builds
 # alternating from round to round; the rounds of a build are then pooled
 # (medians). Then, for each build, the server process is traced with
@@ -14,8 +15,10 @@
 # calls per I/O (nvmfbench itself counts only read and write calls); an I/O
 # is one response, so the socket writes (write, writev) count the I/Os.
 #
-# Usage: bench/nvmf-ab.sh [-b REV] [-n ROUNDS] [-t SECONDS] [-o OUTDIR] [-- nvmfbench flags]
+# Usage: bench/nvmf-ab.sh [-b REV] [-p DIRS] [-n ROUNDS] [-t SECONDS] [-o OUTDIR] [-- nvmfbench flags]
 #   -b REV      base revision (default HEAD: the tree against its last commit)
+#   -p DIRS     comma-separated package directories taken from REV (default
+#               internal/nvmf), e.g. internal/nvmf,internal/iobuf
 #   -n ROUNDS   rounds per build (default 3)
 #   -t SECONDS  runtime of each measured run (default 3)
 #   -o OUTDIR   keep the reports, samples and traces here (default: a new
@@ -28,13 +31,15 @@ BASE=HEAD
 ROUNDS=3
 RUNTIME=3
 OUT=""
-while getopts "b:n:t:o:h" opt; do
+PKGS=internal/nvmf
+while getopts "b:p:n:t:o:h" opt; do
 	case $opt in
 	b) BASE=$OPTARG ;;
+	p) PKGS=$OPTARG ;;
 	n) ROUNDS=$OPTARG ;;
 	t) RUNTIME=$OPTARG ;;
 	o) OUT=$OPTARG ;;
-	*) sed -n '2,25p' "$0"; exit 2 ;;
+	*) sed -n '2,28p' "$0"; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -43,17 +48,30 @@ for tool in fio go git strace; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+IFS=, read -r -a DIRS <<<"$PKGS"
+for d in "${DIRS[@]}"; do
+	case $d in
+	internal/?* | bench/?*) [[ $d != *..* ]] || d=bad ;;
+	*) d=bad ;;
+	esac
+	if [ "$d" = bad ] || ! (cd "$ROOT" && git cat-file -e "$BASE:${d%/}" 2>/dev/null); then
+		echo "nvmf-ab.sh: -p $PKGS: each entry must be a package directory under internal/ or bench/ that exists at $BASE, relative to the repository root" >&2
+		exit 2
+	fi
+done
 [ -n "$OUT" ] || OUT=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nvmf-ab.XXXXXX")
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/nexstor-nvmf-ab-work.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-echo "nvmf-ab.sh: building base ($BASE) and new (working tree); output in $OUT" >&2
+echo "nvmf-ab.sh: building base ($BASE, $PKGS) and new (working tree); output in $OUT" >&2
 (cd "$ROOT" && CGO_ENABLED=0 go build -o "$OUT/new-nvmfbench" ./bench/nvmfbench)
 mkdir -p "$WORK/src"
 (cd "$ROOT" && tar -c --exclude=.git . | tar -x -C "$WORK/src")
-rm -rf "$WORK/src/internal/nvmf"
-(cd "$ROOT" && git archive "$BASE" internal/nvmf | tar -x -C "$WORK/src")
+for d in "${DIRS[@]}"; do
+	rm -rf "${WORK:?}/src/$d"
+done
+(cd "$ROOT" && git archive "$BASE" "${DIRS[@]}" | tar -x -C "$WORK/src")
 (cd "$WORK/src" && CGO_ENABLED=0 go build -o "$OUT/base-nvmfbench" ./bench/nvmfbench)
 
 ARGS=("$@")
