@@ -136,4 +136,4 @@ strace_run() {
 	echo
 	echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/report.md"
-echo "Reproduce: bench/nvmf-ab.sh -b $BASE -n $ROUNDS -t $RUNTIME${*:+ -- $*}"
+echo "Reproduce: bench/nvmf-ab.sh -b $BASE$([ "$PKGS" = internal/nvmf ] || echo " -p $PKGS") -n $ROUNDS -t $RUNTIME${*:+ -- $*}"

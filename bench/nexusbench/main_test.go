@@ -27,6 +27,9 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || c.backing != "file" || c.lat != 100*time.Microsecond || c.runtime != 5*time.Second || c.segment <= 0 {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
+	if c, err = parseFlags([]string{"-remote"}, io.Discard); err != nil || !c.remote || !c.noRebuild {
+		t.Fatalf("-remote: %+v, %v", c, err)
+	}
 	for _, args := range [][]string{
 		{"-backing", "lat", "-lat", "-1ms"},
 		{"-backing", "ram"},
@@ -36,6 +39,7 @@ func TestParseFlags(t *testing.T) {
 		{"-segment", "0"},
 		{"-size", "8"},
 		{"-r", "0"},
+		{"-away", "-remote"},
 		{"stray"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
