@@ -31,7 +31,7 @@
 #   qd1        qd1.sh        RESULTS-qd1.md        about 7 minutes
 #   nvmf       nvmf.sh       RESULTS-nvmf.md       about 11 minutes
 #   nvmf-ab    nvmf-ab.sh    RESULTS-nvmf.md       about 14 minutes
-#   nexus      nexus.sh      RESULTS-nexus.md      about 4 minutes
+#   nexus      nexus.sh      RESULTS-nexus.md      about 6 minutes
 #   volumes    volumes.sh    RESULTS-volumes.md    under a minute
 #   volume-io  volume-io.sh  RESULTS-volumes.md    about 3 minutes
 #   heal       heal.sh       RESULTS-heal.md       about 6 minutes

@@ -5,7 +5,10 @@
 # file), interleaved, median of the runs; then an idle full rebuild into a
 # fresh replica against a plain O_DIRECT dd copy of the same bytes; then the
 # same workloads on RAM devices with no added latency (the nexus's own cost:
-# every write is CPU, 1/3 of a replica is the ceiling of a 3-way mirror).
+# every write is CPU, 1/3 of a replica is the ceiling of a 3-way mirror);
+# then those again with every child over NVMe/TCP on loopback (nexusbench
+# -remote: what the hops to remote children cost, and 3-way writes against
+# one remote child, goal >= 0.5x).
 #
 # Usage: bench/nexus.sh [-t SECONDS] [-r REPEAT] [-s MIB] [-d DIR] [-o OUTDIR] [-l] [-- nexusbench flags]
 #   -t SECONDS  runtime of each measured run (default 5)
@@ -39,7 +42,7 @@ while getopts "t:r:s:d:o:lh" opt; do
 	d) DIR=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	l) LAT=1 ;;
-	*) sed -n '2,24p' "$0"; exit 2 ;;
+	*) sed -n '2,28p' "$0"; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -64,6 +67,10 @@ echo
 echo "### RAM devices (no added latency: the nexus's own cost)"
 echo
 "$OUT/nexusbench" "${args[@]}" -backing lat -lat 0s -size 256 -json "$OUT/samples-ram.json" "$@" | tee "$OUT/report-ram.md"
+echo
+echo "### RAM devices, every child over NVMe/TCP (the hops' cost; 3-way against one remote child)"
+echo
+"$OUT/nexusbench" "${args[@]}" -backing lat -lat 0s -size 256 -remote -json "$OUT/samples-remote.json" "$@" | tee "$OUT/report-remote.md"
 if [ "$LAT" = 1 ]; then
 	echo
 	echo "### RAM devices with 100 µs latency"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -587,12 +588,37 @@ func (q *queue) respond(r *request) {
 	}
 	err := q.write(it)
 	if err == nil && q.pending.Load() == 0 {
-		err = q.bw.Flush()
+		if q.busy.Load() > 1 {
+			// Other commands are in the target: some may be about to
+			// respond.
+			err = q.flushSoon()
+		} else {
+			err = q.bw.Flush()
+		}
 	}
 	q.wmu.Unlock()
 	if err != nil {
 		q.close()
 	}
+}
+
+// flushSoon flushes the responses buffered so far, after letting the
+// goroutines that are ready to run go first: under load those are workers
+// about to respond, whose responses then share this one system call (on few
+// CPUs workers seldom overlap on wmu otherwise, and a loopback or LAN write
+// costs several microseconds per call whatever it carries). Only for when
+// other commands are in flight: yielding wakes another thread to look for
+// work, which at queue depth 1 would cost more than it saves. Must hold
+// wmu; releases and retakes it, and flushes whatever is buffered when it
+// retakes it.
+func (q *queue) flushSoon() error {
+	q.wmu.Unlock()
+	runtime.Gosched()
+	q.wmu.Lock()
+	if q.bw.Buffered() == 0 {
+		return nil
+	}
+	return q.bw.Flush()
 }
 
 // complete hands a finished request to the writer goroutine. It is for

@@ -3,9 +3,13 @@ package target
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"math/rand/v2"
 	"testing"
+	"time"
 
+	"github.com/nexstor/nexstor/internal/bdev"
+	"github.com/nexstor/nexstor/internal/nvmf/initiator"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
 )
@@ -256,4 +260,62 @@ func TestInCapsuleLimitOnIOQueues(t *testing.T) {
 	h.must(err)
 	h.flush()
 	h.expectTerm(pdu.FESDataLimitExceeded, 4)
+}
+
+// TestResponseSentWhileOthersHang: a response written while other commands
+// are in the target is sent even if none of them ever responds. Both sides
+// hold their flush back for a moment while other commands are in flight,
+// so that responses (capsules) ready at the same time share one system
+// call; whoever holds the buffer must still send it. Here a write hangs in
+// the device while reads complete on the same queue. (The write is larger
+// than inlineExecMax, so that a worker runs it, not the reader.)
+func TestResponseSentWhileOthersHang(t *testing.T) {
+	mem, err := bdev.NewMalloc(1<<20, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &gatedDevice{Device: mem, held: make(chan struct{}, 1), gate: make(chan struct{})}
+	_, _, addr := serveDevice(t, dev)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := initiator.Connect(ctx, addr, subNQN, initiator.Options{IOQueues: 1, QueueDepth: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := ns.WriteAt(bytes.Repeat([]byte{0x5a}, 2*inlineExecMax), 0)
+		wrote <- err
+	}()
+	<-dev.held
+	// Reads, alone and several at a time, while the write hangs.
+	for round := range 20 {
+		n := 1 + round%4
+		errs := make(chan error, n)
+		for i := range n {
+			go func() {
+				_, err := ns.ReadAt(make([]byte, 4096), int64(2*inlineExecMax+i*4096))
+				errs <- err
+			}()
+		}
+		for range n {
+			select {
+			case err := <-errs:
+				if err != nil {
+					t.Fatalf("round %d: read: %v", round, err)
+				}
+			case <-ctx.Done():
+				t.Fatalf("round %d: a read's response never came while a write hung in the device", round)
+			}
+		}
+	}
+	close(dev.gate)
+	if err := <-wrote; err != nil {
+		t.Fatalf("the write, once let through: %v", err)
+	}
 }
