@@ -24,6 +24,13 @@ func newBudget(maxCount int, maxBytes int64) *budget {
 	return b
 }
 
+// inFlight returns the requests admitted and not yet released.
+func (b *budget) inFlight() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.count
+}
+
 // acquire blocks until a request of n payload bytes fits.
 func (b *budget) acquire(n int64) {
 	b.mu.Lock()
