@@ -42,16 +42,8 @@ func TestResizeNamespaceAnnouncesIt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	events := make(chan initiator.Event, 8)
-	c, err := initiator.Connect(ctx, addr, subNQN, initiator.Options{IOQueues: 1, MaxReconnect: 1,
+	c, ns := connectGo(ctx, t, addr, initiator.Options{IOQueues: 1, MaxReconnect: 1,
 		OnEvent: func(ev initiator.Event) { events <- ev }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ns, err := c.Namespace(1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if ns.Size() != 4<<20 {
 		t.Fatalf("size %d before", ns.Size())
 	}

@@ -278,15 +278,7 @@ func TestResponseSentWhileOthersHang(t *testing.T) {
 	_, _, addr := serveDevice(t, dev)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := initiator.Connect(ctx, addr, subNQN, initiator.Options{IOQueues: 1, QueueDepth: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ns, err := c.Namespace(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ns := connectGo(ctx, t, addr, initiator.Options{IOQueues: 1, QueueDepth: 8})
 	wrote := make(chan error, 1)
 	go func() {
 		_, err := ns.WriteAt(bytes.Repeat([]byte{0x5a}, 2*inlineExecMax), 0)

@@ -29,16 +29,8 @@ func TestQueuedCommandsDroppedAtTeardown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const depth = 128 // more than the 63 workers of a queue of 128 entries
-	c, err := initiator.Connect(ctx, addr, subNQN, initiator.Options{IOQueues: 1, QueueDepth: depth,
+	_, ns := connectGo(ctx, t, addr, initiator.Options{IOQueues: 1, QueueDepth: depth,
 		CommandTimeout: 10 * time.Second, MaxReconnect: 1, ReconnectDelay: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ns, err := c.Namespace(1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var wg sync.WaitGroup
 	for i := range depth {
 		wg.Add(1)
@@ -159,4 +151,20 @@ func TestBuffersReturnedAtTeardown(t *testing.T) {
 			}
 		}
 	}
+}
+
+// connectGo connects the Go initiator to the test subsystem at addr and
+// returns the controller, closed when the test ends, and its namespace 1.
+func connectGo(ctx context.Context, t *testing.T, addr string, opts initiator.Options) (*initiator.Controller, *initiator.Namespace) {
+	t.Helper()
+	c, err := initiator.Connect(ctx, addr, subNQN, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, ns
 }
