@@ -730,8 +730,11 @@ func report(w io.Writer, c config, samples map[string][]sample, rebuilds []rebui
 		fmt.Fprintf(w, "- 3-child against the remote replica without a nexus (the goals of local children do not apply): randwrite-4k %.2fx, write-1m %.2fx, randread-4k %.2fx\n", rw, sw, rr)
 		// The goal of remote children: the 3-way fan-out against one
 		// remote child, both through the nexus.
-		r1 := ratio["randwrite-4k/1"]
-		fmt.Fprintf(w, "- 3-child randwrite-4k IOPS %.2fx the 1-child nexus, children over NVMe/TCP (goal >= %.2fx): %s\n", rw/r1, goalRemote3of1, verdict(rw/r1 >= goalRemote3of1))
+		if r1 := ratio["randwrite-4k/1"]; r1 > 0 {
+			fmt.Fprintf(w, "- 3-child randwrite-4k IOPS %.2fx the 1-child nexus, children over NVMe/TCP (goal >= %.2fx): %s\n", rw/r1, goalRemote3of1, verdict(rw/r1 >= goalRemote3of1))
+		} else {
+			fmt.Fprintf(w, "- 3-child randwrite-4k against the 1-child nexus, children over NVMe/TCP (goal >= %.2fx): **missed** (no 1-child sample)\n", goalRemote3of1)
+		}
 	}
 	// Not goals: the ceiling, and the nexus against it.
 	fmt.Fprintf(w, "- the ceiling, 3 replicas written in turn without a nexus: randwrite-4k %.2fx, write-1m %.2fx the replica; the 3-child nexus reaches %.2fx and %.2fx of it\n", cw, cs, rw/cw, sw/cs)

@@ -407,18 +407,21 @@ func (c *conn) send(hdr, data []byte, msg string) {
 		c.bw.Write(data)
 		c.bw.WriteString(msg)
 		if c.waiting.Load() == 0 {
+			var err error
 			if c.budget.inFlight() > 1 {
 				// Other requests are in the server: some may be
 				// about to reply.
-				c.werr = c.flushSoon()
+				err = c.flushSoon()
 			} else {
-				c.werr = c.bw.Flush()
+				err = c.bw.Flush()
 			}
-		}
-		if c.werr != nil {
-			c.log.Info("nbd reply failed, closing connection", "err", c.werr)
-			// Wake the reader so that the connection winds down.
-			c.nc.SetReadDeadline(time.Now())
+			// Said once, by the replier whose write failed.
+			if err != nil && c.werr == nil {
+				c.werr = err
+				c.log.Info("nbd reply failed, closing connection", "err", err)
+				// Wake the reader so that the connection winds down.
+				c.nc.SetReadDeadline(time.Now())
+			}
 		}
 	}
 	c.wmu.Unlock()
@@ -438,7 +441,7 @@ func (c *conn) flushSoon() error {
 	runtime.Gosched()
 	c.wmu.Lock()
 	if c.werr != nil || c.bw.Buffered() == 0 {
-		return c.werr
+		return nil // a failed write was reported by its replier
 	}
 	return c.bw.Flush()
 }

@@ -445,9 +445,11 @@ func (q *hqueue) readLoop() error {
 }
 
 // sendH2C answers an R2T with H2CData PDUs of at most MAXH2CDATA bytes.
-func (q *hqueue) sendH2C(r2t pdu.R2T, src []byte) error {
+// A failed flush (in unlockWrite) is its error too: the capsules of other
+// submitters may have been in that buffer, and the reader kills the queue on
+// it.
+func (q *hqueue) sendH2C(r2t pdu.R2T, src []byte) (err error) {
 	q.lockWrite()
-	var err error
 	defer q.unlockWrite(&err)
 	off := r2t.R2TO
 	for len(src) > 0 {

@@ -91,8 +91,10 @@ type queue struct {
 
 	sqhd atomic.Uint32
 	// busy counts the I/O commands read but not yet executed: waiting for
-	// their R2T data or for a worker, or executing in one. Only the
-	// reader reads it, to decide whether a command can run inline.
+	// their R2T data or for a worker, or executing in one. The reader
+	// reads it to decide whether a command can run inline, and respond to
+	// decide whether to yield before it flushes (counting commands still
+	// waiting for data too: a yield then costs latency, not correctness).
 	busy  atomic.Int32
 	slots []*request // by slot index; grown only by the reader
 	free  chan uint16
