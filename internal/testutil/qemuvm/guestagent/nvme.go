@@ -140,6 +140,12 @@ func namespaces(ctrl string) map[int]string {
 		} else {
 			continue
 		}
+		// The kernel registers a disk's queue attributes a moment after
+		// the disk itself: until they are there, the device is not
+		// ready to describe (logical_block_size reads as nothing).
+		if _, err := os.Stat(filepath.Join("/sys/class/block", name, "queue", "logical_block_size")); err != nil {
+			continue
+		}
 		id, _ := strconv.Atoi(nsid)
 		if dev, err := devNode(name, "/sys/class/block"); err == nil {
 			out[id] = dev
