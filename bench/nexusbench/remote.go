@@ -33,28 +33,31 @@ type remoteRig struct {
 func remoteNQN(i int) string { return fmt.Sprintf("nqn.2026-12.io.nexstor:nexusbench-child%d", i) }
 
 // serveRemote shares the replicas of children 0..2 over NVMe/TCP on a free
-// loopback port.
-func (r *rig) serveRemote(ctx context.Context) error {
+// loopback port. On failure it leaves nothing open and r.remote unset.
+func (r *rig) serveRemote(ctx context.Context) (err error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("-remote: listen on loopback: %w", err)
 	}
 	rr := &remoteRig{tgt: target.New(quiet), addr: l.Addr().String(), served: make(chan error, 1)}
-	r.remote = rr
+	defer func() {
+		if err != nil {
+			l.Close()
+			rr.tgt.Close()
+			rr.closeShares()
+		}
+	}()
 	for i := range 3 {
 		d, err := r.pools[i].OpenReplica("r")
 		if err != nil {
-			l.Close()
 			return err
 		}
 		rr.shares = append(rr.shares, d)
 		sub, err := rr.tgt.AddSubsystem(remoteNQN(i), target.SubsystemOptions{AllowAnyHost: true})
 		if err != nil {
-			l.Close()
 			return err
 		}
 		if _, err := sub.AddNamespace(d, target.NamespaceOptions{}); err != nil {
-			l.Close()
 			return err
 		}
 		rr.nqns = append(rr.nqns, remoteNQN(i))
@@ -62,6 +65,7 @@ func (r *rig) serveRemote(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(ctx)
 	rr.cancel = cancel
 	go func() { rr.served <- rr.tgt.Serve(sctx, l) }()
+	r.remote = rr
 	return nil
 }
 
@@ -70,6 +74,10 @@ func (rr *remoteRig) close() {
 	rr.cancel()
 	rr.tgt.Close()
 	<-rr.served
+	rr.closeShares()
+}
+
+func (rr *remoteRig) closeShares() {
 	for _, d := range rr.shares {
 		d.Close()
 	}
