@@ -190,24 +190,14 @@ func trimIdle(now time.Time) {
 	for c := range large.classes {
 		lc := &large.classes[c]
 		for lc.idle > keepFree {
-			// The idle region that came back first.
-			oldest := -1
-			for j, a := range lc.avail {
-				if len(a.free) == len(a.bufs) && (oldest < 0 || a.idleAt.Before(lc.avail[oldest].idleAt)) {
-					oldest = j
-				}
-			}
-			r := lc.avail[oldest]
-			if wait := r.idleAt.Add(trimDelay).Sub(now); wait > 0 {
+			j := lc.oldestIdle()
+			if wait := lc.avail[j].idleAt.Add(trimDelay).Sub(now); wait > 0 {
 				if next == 0 || wait < next {
 					next = wait
 				}
 				break
 			}
-			lc.avail[oldest] = lc.avail[len(lc.avail)-1]
-			lc.avail = lc.avail[:len(lc.avail)-1]
-			lc.idle--
-			unmapRegion(slotOf(r))
+			lc.unmapIdle(j)
 		}
 	}
 	if next > 0 {
@@ -219,20 +209,41 @@ func trimIdle(now time.Time) {
 // buffers have all been free the longest, and returns its slot; -1 when no
 // region is idle. Must hold large.mu.
 func reclaimIdle() int {
-	var lc *largeClass
+	var from *largeClass
 	oldest := -1
 	for c := range large.classes {
-		for j, a := range large.classes[c].avail {
-			if len(a.free) == len(a.bufs) && (oldest < 0 || a.idleAt.Before(lc.avail[oldest].idleAt)) {
-				lc, oldest = &large.classes[c], j
-			}
+		lc := &large.classes[c]
+		if lc.idle == 0 {
+			continue
+		}
+		if j := lc.oldestIdle(); from == nil || lc.avail[j].idleAt.Before(from.avail[oldest].idleAt) {
+			from, oldest = lc, j
 		}
 	}
-	if oldest < 0 {
+	if from == nil {
 		return -1
 	}
-	r := lc.avail[oldest]
-	lc.avail[oldest] = lc.avail[len(lc.avail)-1]
+	return from.unmapIdle(oldest)
+}
+
+// oldestIdle returns the index in avail of the region whose buffers have
+// all been free the longest. The class must hold an idle region. Must hold
+// large.mu.
+func (lc *largeClass) oldestIdle() int {
+	oldest := -1
+	for j, a := range lc.avail {
+		if len(a.free) == len(a.bufs) && (oldest < 0 || a.idleAt.Before(lc.avail[oldest].idleAt)) {
+			oldest = j
+		}
+	}
+	return oldest
+}
+
+// unmapIdle takes the idle region avail[j] out of the class, returns it to
+// the kernel and returns its slot. Must hold large.mu.
+func (lc *largeClass) unmapIdle(j int) int {
+	r := lc.avail[j]
+	lc.avail[j] = lc.avail[len(lc.avail)-1]
 	lc.avail = lc.avail[:len(lc.avail)-1]
 	lc.idle--
 	slot := slotOf(r)
