@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/nexstor/nexstor/internal/iobuf"
 )
@@ -10,9 +11,11 @@ import (
 // payload bytes, so that a client cannot make the server buffer unbounded
 // data. One request larger than the byte limit is admitted alone.
 type budget struct {
-	mu       sync.Mutex
-	cond     sync.Cond
-	count    int
+	mu   sync.Mutex
+	cond sync.Cond
+	// count changes only under mu; it is atomic so that inFlight, asked
+	// once per reply, takes no lock.
+	count    atomic.Int32
 	bytes    int64
 	maxCount int
 	maxBytes int64
@@ -25,19 +28,15 @@ func newBudget(maxCount int, maxBytes int64) *budget {
 }
 
 // inFlight returns the requests admitted and not yet released.
-func (b *budget) inFlight() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.count
-}
+func (b *budget) inFlight() int { return int(b.count.Load()) }
 
 // acquire blocks until a request of n payload bytes fits.
 func (b *budget) acquire(n int64) {
 	b.mu.Lock()
-	for b.count >= b.maxCount || (b.count > 0 && b.bytes+n > b.maxBytes) {
+	for n0 := b.count.Load(); int(n0) >= b.maxCount || (n0 > 0 && b.bytes+n > b.maxBytes); n0 = b.count.Load() {
 		b.cond.Wait()
 	}
-	b.count++
+	b.count.Add(1)
 	b.bytes += n
 	b.mu.Unlock()
 }
@@ -45,7 +44,7 @@ func (b *budget) acquire(n int64) {
 // release returns what acquire(n) took.
 func (b *budget) release(n int64) {
 	b.mu.Lock()
-	b.count--
+	b.count.Add(-1)
 	b.bytes -= n
 	b.mu.Unlock()
 	b.cond.Broadcast()
@@ -54,7 +53,7 @@ func (b *budget) release(n int64) {
 // wait blocks until nothing is in flight.
 func (b *budget) wait() {
 	b.mu.Lock()
-	for b.count > 0 {
+	for b.count.Load() > 0 {
 		b.cond.Wait()
 	}
 	b.mu.Unlock()
