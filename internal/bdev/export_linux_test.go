@@ -28,3 +28,11 @@ func URingSetupFault(path string, entries uint32) error {
 	}
 	return r.close()
 }
+
+// DisableCachedReads makes a File without O_DIRECT read through its ring
+// only, as on a kernel that refuses RWF_NOWAIT.
+func DisableCachedReads(f *File) { f.noNowait.Store(true) }
+
+// ReadCached is f.readCached: how much of p, read at off, the page cache
+// holds, copied without waiting for the disk.
+func ReadCached(f *File, p []byte, off int64) int { return f.readCached(p, off) }

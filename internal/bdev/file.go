@@ -33,8 +33,14 @@ type FileOptions struct {
 	// instance owned by the File (at most 256 requests in flight; more
 	// wait for a free slot) instead of one blocking system call each, so
 	// that concurrent requests share system calls and do not each hold an
-	// OS thread. Durability and error semantics are those of the default
-	// engine. Linux 5.6 or later; where io_uring cannot be set up (no
+	// OS thread. Without O_DIRECT, where data moves through the page
+	// cache, the ring gets only what would block: a read first copies
+	// what the cache holds with a non-blocking preadv2 (RWF_NOWAIT) and
+	// sends only the rest through the ring, and a write is a pwrite (a
+	// copy into the cache; io_uring would hand each one to a kernel
+	// worker thread on filesystems that cannot do it without blocking,
+	// such as ext4). Durability and error semantics are those of the
+	// default engine. Linux 5.6 or later; where io_uring cannot be set up (no
 	// kernel support, kernel.io_uring_disabled, a seccomp filter) OpenFile
 	// fails with a FailedPrecondition fault rather than falling back.
 	URing bool

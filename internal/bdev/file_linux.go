@@ -56,6 +56,7 @@ type File struct {
 	mu     sync.RWMutex // shared by I/O, exclusive by Close, so fd is never reused under I/O
 	closed bool
 
+	noNowait    atomic.Bool // preadv2 refuses RWF_NOWAIT: readCached reads nothing
 	noZeroRange atomic.Bool // FALLOC_FL_ZERO_RANGE unsupported: skip it
 	noPunchHole atomic.Bool // FALLOC_FL_PUNCH_HOLE unsupported: skip it
 
@@ -488,8 +489,18 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (f *File) pread(p []byte, off int64) (int, error) {
-	if f.ring != nil {
+	switch {
+	case f.ring != nil && f.direct:
 		return f.ringRW(ioringOpRead, "read", p, off)
+	case f.ring != nil:
+		// Through the page cache: what it holds is copied now, without
+		// waking the reaper; only the rest waits for the disk.
+		done := f.readCached(p, off)
+		if done == len(p) {
+			return done, nil
+		}
+		n, err := f.ringRW(ioringOpRead, "read", p[done:], off+int64(done))
+		return done + n, err
 	}
 	done := 0
 	for done < len(p) {
@@ -510,9 +521,13 @@ func (f *File) pread(p []byte, off int64) (int, error) {
 }
 
 func (f *File) pwrite(p []byte, off int64) (int, error) {
-	if f.ring != nil {
+	if f.ring != nil && f.direct {
 		return f.ringRW(ioringOpWrite, "write", p, off)
 	}
+	// Without O_DIRECT a write is a copy into the page cache, done here:
+	// io_uring would hand it to a kernel worker thread on filesystems that
+	// cannot write to the cache without blocking (ext4), which costs more
+	// than the copy.
 	done := 0
 	for done < len(p) {
 		n, err := unix.Pwrite(f.fd, p[done:], off+int64(done))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/bits"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -102,7 +103,8 @@ var (
 )
 
 // uring is one io_uring instance that serves a File's reads, writes and
-// fdatasyncs. Any number of goroutines submit.
+// fdatasyncs (without O_DIRECT: the reads the page cache cannot serve, and
+// fdatasyncs; see FileOptions.URing). Any number of goroutines submit.
 //
 // Submission: a request takes a free slot (which bounds in-flight requests
 // by the ring size, so neither ring can overflow), fills the next SQE under
@@ -533,6 +535,48 @@ func (f *File) ringRW(op uint8, name string, p []byte, off int64) (int, error) {
 		}
 	}
 	return done, nil
+}
+
+// readCached copies into p what the page cache holds of the file from off
+// on, up to the first byte it lacks, with non-blocking preadv2 calls
+// (RWF_NOWAIT), and returns how many bytes it copied. It never waits for
+// the disk and reports no error: whatever it did not read, for any reason,
+// the caller reads through the ring, which reports the failure if there is
+// one. Only for a File opened without O_DIRECT.
+func (f *File) readCached(p []byte, off int64) int {
+	if f.noNowait.Load() {
+		return 0
+	}
+	done := 0
+	for done < len(p) {
+		n, e := preadv2NoWait(f.fd, p[done:], off+int64(done))
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EOPNOTSUPP || e == unix.EINVAL:
+			// A kernel or filesystem without RWF_NOWAIT for reads: stop
+			// asking.
+			f.noNowait.Store(true)
+			return done
+		case e != 0 || n <= 0:
+			return done // EAGAIN: not cached; 0: end of file
+		}
+		done += n
+	}
+	return done
+}
+
+// preadv2NoWait is preadv2(fd, {p}, off, RWF_NOWAIT). len(p) > 0. The
+// iovec lives on the stack, so the call does not allocate (x/sys's Preadv2
+// takes a slice of buffers and builds its iovecs on the heap).
+func preadv2NoWait(fd int, p []byte, off int64) (int, unix.Errno) {
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	// preadv2 takes the offset as two longs, low then high (zero on a
+	// 64-bit kernel).
+	n, _, e := unix.Syscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), uintptr(uint64(off)>>(bits.UintSize-1)>>1), unix.RWF_NOWAIT)
+	return int(n), e
 }
 
 // ringFdatasync is fdatasync through the ring.

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/bdev/bdevtest"
 	"github.com/nexstor/nexstor/internal/fault"
@@ -56,14 +58,16 @@ func TestURingConformance(t *testing.T) {
 		direct   *bool
 		bs       int
 		noFalloc bool
+		noCache  bool // buffered reads through the ring only
 	}{
-		{"buffered-512", ptr(false), 512, false},
-		{"buffered-4096", ptr(false), 4096, false},
-		{"auto-512", nil, 512, false},
-		{"auto-4096", nil, 4096, false},
+		{"buffered-512", ptr(false), 512, false, false},
+		{"buffered-4096", ptr(false), 4096, false, false},
+		{"auto-512", nil, 512, false, false},
+		{"auto-4096", nil, 4096, false, false},
 		// Zeroing by writing zeroes goes through the ring too.
-		{"buffered-write-zeroes", ptr(false), 512, true},
-		{"auto-write-zeroes", nil, 4096, true},
+		{"buffered-write-zeroes", ptr(false), 512, true, false},
+		{"auto-write-zeroes", nil, 4096, true, false},
+		{"buffered-ring-reads", ptr(false), 4096, false, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := openURing(t, filepath.Join(t.TempDir(), "d"), bdev.FileOptions{Create: true, Size: 4 << 20, Direct: c.direct, BlockSize: c.bs})
@@ -73,6 +77,9 @@ func TestURingConformance(t *testing.T) {
 			}
 			if c.noFalloc {
 				bdev.DisableFallocate(f)
+			}
+			if c.noCache {
+				bdev.DisableCachedReads(f)
 			}
 			if err := bdevtest.TestDevice(f); err != nil {
 				t.Fatal(err)
@@ -391,6 +398,70 @@ func TestURingReadErrors(t *testing.T) {
 	syscall.Close(ro)
 	if !errors.Is(err, syscall.EBADF) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("write through a read-only descriptor: %v, want EBADF naming the path", err)
+	}
+}
+
+// TestURingBufferedReadSplit: a read of a buffered file copies what the
+// page cache holds and reads the rest through the ring; the two halves
+// meet without a gap or an overlap.
+func TestURingBufferedReadSplit(t *testing.T) {
+	const half = 1 << 20
+	path := filepath.Join(t.TempDir(), "d")
+	f := openURing(t, path, bdev.FileOptions{Create: true, Size: 4 * half, Direct: ptr(false), BlockSize: 4096})
+	want := make([]byte, 2*half)
+	for i := range want {
+		want[i] = byte(rand.Uint32())
+	}
+	if _, err := f.WriteAt(want, half); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2*half)
+	if n := bdev.ReadCached(f, got, half); n != len(got) {
+		t.Fatalf("the page cache gave %d bytes of %d just written", n, len(got))
+	}
+	// Evict the second half (its pages are clean after the flush). A
+	// filesystem whose pages are its storage (tmpfs) keeps them: then the
+	// split cannot be made here, and the ring-only reads of
+	// TestURingConformance cover the rest.
+	other, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	evicted := false
+	for try := 0; try < 3 && !evicted; try++ {
+		if err := unix.Fadvise(int(other.Fd()), 2*half, half, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+		clear(got)
+		n := bdev.ReadCached(f, got, half)
+		if n < half {
+			t.Fatalf("the page cache gave %d bytes, less than the %d bytes not evicted", n, half)
+		}
+		if !bytes.Equal(got[:n], want[:n]) {
+			t.Fatal("the page cache gave other bytes than were written")
+		}
+		evicted = n < len(got)
+	}
+	if !evicted {
+		testutil.Missing(t, "a filesystem that evicts clean pages on FADV_DONTNEED")
+	}
+	if err := unix.Fadvise(int(other.Fd()), 2*half, half, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	clear(got)
+	if _, err := f.ReadAt(got, half); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("read back differs from byte %d on (the cached part ends at %d)", i, half)
+			}
+		}
 	}
 }
 
