@@ -3,8 +3,8 @@
 #
 # Targets, side by side, each workload on all of them in turn (A B A B):
 #   raw:    fio on a plain file, ioengine=io_uring direct=1 (the floor);
-#   nbdkit: nbdkit's file plugin, cache=none, on a plain file;
-#   new:    `nexstor server` built from this tree, a uring:// pool (O_DIRECT),
+#   nbdkit: nbdkit's file plugin, cache=none (see -c), on a plain file;
+#   new:    `nexstor server` built from this tree, a uring:// pool (O_DIRECT; see -c),
 #           a thin replica shared over NBD;
 #   old:    the same, built from git revision REV (only with -B REV).
 # NBD targets are driven by fio's nbd engine (libnbd). Every target is
@@ -19,7 +19,7 @@
 # goal verdicts of new: QD1 p50 at most 30 µs over raw, QD32 IOPS at least
 # 0.5x raw, server CPU per I/O at QD1 no higher than at QD32.
 #
-# Usage: bench/qd1.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r ROUNDS] [-B REV] [-S] [-W NAMES]
+# Usage: bench/qd1.sh [-d DIR] [-s SIZE_MIB] [-t SECONDS] [-r ROUNDS] [-B REV] [-S] [-W NAMES] [-c MODE]
 #   -d DIR       scratch directory (default: new under ${TMPDIR:-/var/tmp})
 #   -s SIZE_MIB  size of every target (default 256)
 #   -t SECONDS   runtime per run (default 10, plus 1 s ramp)
@@ -31,6 +31,10 @@
 #                0.9x raw) is there for before/after runs of the large-I/O
 #                path with -B (raw's buffers are on 4 KiB pages: see
 #                nbd.sh's raw-uring-huge for the fair raw baseline)
+#   -c MODE      direct (default): the pools are opened with O_DIRECT and
+#                nbdkit runs with cache=none; buffered: the pools with
+#                direct=false and nbdkit with its default cache, both through
+#                the page cache (raw stays io_uring direct=1, the floor)
 set -euo pipefail
 
 SIZE_MIB=256
@@ -41,7 +45,8 @@ DIR=""
 BASE=""
 STRACE=""
 ONLY=""
-while getopts "d:s:t:r:B:SW:h" opt; do
+CACHE=direct
+while getopts "d:s:t:r:B:SW:c:h" opt; do
 	case $opt in
 	d) DIR=$OPTARG ;;
 	s) SIZE_MIB=$OPTARG ;;
@@ -50,9 +55,15 @@ while getopts "d:s:t:r:B:SW:h" opt; do
 	B) BASE=$OPTARG ;;
 	S) STRACE=1 ;;
 	W) ONLY=$OPTARG ;;
-	*) sed -n '2,34p' "$0"; exit 2 ;;
+	c) CACHE=$OPTARG ;;
+	*) sed -n '2,38p' "$0"; exit 2 ;;
 	esac
 done
+case $CACHE in
+direct) POOL_Q="" NBDKIT_CACHE="cache=none" ;;
+buffered) POOL_Q="&direct=false" NBDKIT_CACHE="" ;;
+*) echo "qd1.sh: -c $CACHE: want direct or buffered" >&2; exit 2 ;;
+esac
 
 for tool in fio nbdkit nbdinfo jq go awk; do
 	command -v "$tool" >/dev/null || { echo "qd1.sh: $tool is missing (apt-get install fio nbdkit libnbd-bin jq)" >&2; exit 1; }
@@ -107,7 +118,7 @@ start_nexstor() {
 	PIDS+=($!)
 	PID_OF[$t]=$!
 	wait_for "nexstor ($t)" "${ctl[@]}" version
-	"${ctl[@]}" pool create p "uring://$DIR/pool-$t.img?size=$((SIZE_MIB + 256))MiB" >/dev/null
+	"${ctl[@]}" pool create p "uring://$DIR/pool-$t.img?size=$((SIZE_MIB + 256))MiB$POOL_Q" >/dev/null
 	"${ctl[@]}" replica create r --pool p --size "${SIZE_MIB}MiB" --thin >/dev/null
 	uri=$("${ctl[@]}" replica share r --protocol nbd | tail -n1)
 	OPTS[$t]="--ioengine=nbd --uri=$uri"
@@ -122,7 +133,7 @@ for t in "${TARGETS[@]}"; do
 		;;
 	nbdkit)
 		truncate -s "${SIZE_MIB}M" "$DIR/plain.img"
-		nbdkit -f --exit-with-parent -i 127.0.0.1 -p $((PORT_BASE + 810)) file "$DIR/plain.img" cache=none &
+		nbdkit -f --exit-with-parent -i 127.0.0.1 -p $((PORT_BASE + 810)) file "$DIR/plain.img" $NBDKIT_CACHE &
 		PIDS+=($!)
 		PID_OF[nbdkit]=$!
 		wait_for nbdkit nbdinfo "nbd://127.0.0.1:$((PORT_BASE + 810))"
@@ -215,7 +226,7 @@ done
 GOALS=() # the goal verdicts of new, printed under the table
 f1() { awk -v v="$1" 'BEGIN { printf "%.1f", v }'; }
 f0() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
-echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average at the end $(cut -d' ' -f1-3 /proc/loadavg), ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $ROUNDS rounds, $(fio --version), $(nbdkit --version | head -n1)${BASE:+, old = $(git -C "$ROOT" rev-parse --short "$BASE")}."
+echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, load average at the end $(cut -d' ' -f1-3 /proc/loadavg), cache mode $CACHE, ${SIZE_MIB} MiB on $(df -T "$DIR" | awk 'NR==2 { print $2 }'), ${RUNTIME} s per run, median of $ROUNDS rounds, $(fio --version), $(nbdkit --version | head -n1)${BASE:+, old = $(git -C "$ROOT" rev-parse --short "$BASE")}."
 echo
 echo "| workload | target | IOPS | ×raw | p50 µs | p99 µs | p50 added | p99 added | server CPU µs/IO | ctx sw/IO | syscalls/IO |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -247,4 +258,4 @@ done
 echo
 printf '%s\n' "${GOALS[@]}"
 echo
-echo "Reproduce: bench/qd1.sh -s $SIZE_MIB -t $RUNTIME -r $ROUNDS${BASE:+ -B $BASE}${STRACE:+ -S}${ONLY:+ -W $ONLY}"
+echo "Reproduce: bench/qd1.sh -s $SIZE_MIB -t $RUNTIME -r $ROUNDS${BASE:+ -B $BASE}${STRACE:+ -S}${ONLY:+ -W $ONLY}$([ "$CACHE" = direct ] || echo " -c $CACHE")"
