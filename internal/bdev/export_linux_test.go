@@ -29,10 +29,11 @@ func URingSetupFault(path string, entries uint32) error {
 	return r.close()
 }
 
-// DisableCachedReads makes a File without O_DIRECT read through its ring
-// only, as on a kernel that refuses RWF_NOWAIT.
-func DisableCachedReads(f *File) { f.noNowait.Store(true) }
+// RefuseNowaitReads makes f behave as a file that refuses RWF_NOWAIT
+// reads (tmpfs): without O_DIRECT its reads are preads.
+func RefuseNowaitReads(f *File) { f.noNowait.Store(true) }
 
 // ReadCached is f.readCached: how much of p, read at off, the page cache
-// holds, copied without waiting for the disk.
-func ReadCached(f *File, p []byte, off int64) int { return f.readCached(p, off) }
+// holds, copied without waiting for the disk, and whether the file refuses
+// such reads.
+func ReadCached(f *File, p []byte, off int64) (int, bool) { return f.readCached(p, off) }

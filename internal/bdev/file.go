@@ -39,7 +39,9 @@ type FileOptions struct {
 	// sends only the rest through the ring, and a write is a pwrite (a
 	// copy into the cache; io_uring would hand each one to a kernel
 	// worker thread on filesystems that cannot do it without blocking,
-	// such as ext4). Durability and error semantics are those of the
+	// such as ext4). On a file that refuses RWF_NOWAIT (tmpfs), where
+	// io_uring would hand every read to such a thread too, reads are
+	// preads as well. Durability and error semantics are those of the
 	// default engine. Linux 5.6 or later; where io_uring cannot be set up (no
 	// kernel support, kernel.io_uring_disabled, a seccomp filter) OpenFile
 	// fails with a FailedPrecondition fault rather than falling back.

@@ -32,10 +32,11 @@ var _ Device = (*File)(nil)
 // BLKDISCARD); WriteZeroes uses FALLOC_FL_ZERO_RANGE. Both fall back to
 // writing zeroes when the filesystem or device does not support them.
 //
-// With FileOptions.URing, reads, writes (the bounced ones and the zeroes
-// written where fallocate cannot zero included) and Flush's fdatasync go
-// through an io_uring instance instead of one blocking system call each; see
-// FileOptions.URing. Opening, geometry, O_DIRECT, buffers and fallocate are
+// With FileOptions.URing and O_DIRECT, reads, writes (the bounced ones and
+// the zeroes written where fallocate cannot zero included) and Flush's
+// fdatasync go through an io_uring instance instead of one blocking system
+// call each; without O_DIRECT only Flush's fdatasync and the reads the page
+// cache cannot serve do. See FileOptions.URing. Opening, geometry, O_DIRECT, buffers and fallocate are
 // the same either way. (The kernel works on callers' buffers after the
 // submitting goroutine has parked, when its stack may move: so buffers
 // passed to ReadAt and WriteAt always escape to the heap, which the
@@ -56,7 +57,7 @@ type File struct {
 	mu     sync.RWMutex // shared by I/O, exclusive by Close, so fd is never reused under I/O
 	closed bool
 
-	noNowait    atomic.Bool // preadv2 refuses RWF_NOWAIT: readCached reads nothing
+	noNowait    atomic.Bool // the file refuses RWF_NOWAIT reads: readCached reads nothing
 	noZeroRange atomic.Bool // FALLOC_FL_ZERO_RANGE unsupported: skip it
 	noPunchHole atomic.Bool // FALLOC_FL_PUNCH_HOLE unsupported: skip it
 
@@ -399,7 +400,9 @@ func (f *File) Path() string { return f.path }
 // Direct reports whether I/O bypasses the page cache (O_DIRECT).
 func (f *File) Direct() bool { return f.direct }
 
-// URing reports whether reads, writes and Flush go through io_uring.
+// URing reports whether the File has an io_uring instance: with O_DIRECT
+// its reads, writes and Flush go through it; without, Flush and the reads
+// the page cache cannot serve (see FileOptions.URing).
 func (f *File) URing() bool { return f.ring != nil }
 
 // IsBlockDevice reports whether the File is a block device rather than a
@@ -489,20 +492,26 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (f *File) pread(p []byte, off int64) (int, error) {
+	done := 0
 	switch {
 	case f.ring != nil && f.direct:
 		return f.ringRW(ioringOpRead, "read", p, off)
 	case f.ring != nil:
 		// Through the page cache: what it holds is copied now, without
 		// waking the reaper; only the rest waits for the disk.
-		done := f.readCached(p, off)
+		var refused bool
+		done, refused = f.readCached(p, off)
 		if done == len(p) {
 			return done, nil
 		}
-		n, err := f.ringRW(ioringOpRead, "read", p[done:], off+int64(done))
-		return done + n, err
+		if !refused {
+			n, err := f.ringRW(ioringOpRead, "read", p[done:], off+int64(done))
+			return done + n, err
+		}
+		// A file that refuses RWF_NOWAIT (tmpfs, some filesystems) would
+		// be read by a kernel worker thread for every ring request:
+		// pread does the same work here.
 	}
-	done := 0
 	for done < len(p) {
 		n, err := unix.Pread(f.fd, p[done:], off+int64(done))
 		if err == unix.EINTR {

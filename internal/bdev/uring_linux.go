@@ -552,30 +552,29 @@ func (f *File) ringRW(op uint8, name string, p []byte, off int64) (int, error) {
 // readCached copies into p what the page cache holds of the file from off
 // on, up to the first byte it lacks, with non-blocking preadv2 calls
 // (RWF_NOWAIT), and returns how many bytes it copied. It never waits for
-// the disk and reports no error: whatever it did not read, for any reason,
-// the caller reads through the ring, which reports the failure if there is
-// one. Only for a File opened without O_DIRECT.
-func (f *File) readCached(p []byte, off int64) int {
+// the disk and reports no error: the caller reads whatever it did not, and
+// that read reports the failure if there is one. refused reports that the
+// file does not take RWF_NOWAIT reads at all (tmpfs, some filesystems, a
+// seccomp filter without preadv2); readCached then stops asking. Only for
+// a File opened without O_DIRECT.
+func (f *File) readCached(p []byte, off int64) (done int, refused bool) {
 	if f.noNowait.Load() {
-		return 0
+		return 0, true
 	}
-	done := 0
 	for done < len(p) {
 		n, e := preadv2NoWait(f.fd, p[done:], off+int64(done))
 		switch {
 		case e == unix.EINTR:
 			continue
-		case e == unix.EOPNOTSUPP || e == unix.EINVAL:
-			// A kernel or filesystem without RWF_NOWAIT for reads: stop
-			// asking.
+		case e == unix.EOPNOTSUPP || e == unix.EINVAL || e == unix.ENOSYS || e == unix.EPERM:
 			f.noNowait.Store(true)
-			return done
+			return done, true
 		case e != 0 || n <= 0:
-			return done // EAGAIN: not cached; 0: end of file
+			return done, false // EAGAIN: not cached; 0: end of file
 		}
 		done += n
 	}
-	return done
+	return done, false
 }
 
 // preadv2NoWait is preadv2(fd, {p}, off, RWF_NOWAIT). len(p) > 0. The
