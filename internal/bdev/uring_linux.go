@@ -125,9 +125,7 @@ var (
 //     until its own completes; if any are left then, it hands them to the
 //     reaper goroutine, which sits in io_uring_enter(GETEVENTS,
 //     min_complete=1) while requests are in flight and parks on a channel
-//     once none is. After a reap that woke waiters it yields once, so they
-//     run (and submit their next requests) before it waits in the kernel
-//     again.
+//     once none is.
 //
 // Nothing polls, and nothing is allocated per request.
 type uring struct {
@@ -430,13 +428,13 @@ func (r *uring) enterLocked() {
 	}
 }
 
-// reapCQ hands the completions in the CQ to their waiters. It reports how
-// many CQEs it reaped and whether the close NOP was among them.
-func (r *uring) reapCQ() (n int, stop bool) {
+// reapCQ hands the completions in the CQ to their waiters. It reports
+// whether it reaped the close NOP.
+func (r *uring) reapCQ() (stop bool) {
 	r.cqmu.Lock()
 	head := atomic.LoadUint32(r.cqHead)
 	tail := atomic.LoadUint32(r.cqTail) // load-acquire: the CQEs up to tail are written
-	n = int(tail - head)
+	n := int(tail - head)
 	for ; head != tail; head++ {
 		c := &r.cqes[head&r.cqMask]
 		if c.userData == closeTag {
@@ -460,7 +458,7 @@ func (r *uring) reapCQ() (n int, stop bool) {
 		r.inflight -= n
 		r.mu.Unlock()
 	}
-	return n, stop
+	return stop
 }
 
 // reap is the reaper goroutine: it reaps while requests are in flight that
@@ -484,18 +482,8 @@ func (r *uring) reap() {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}
-		n, stop := r.reapCQ()
-		if stop {
+		if r.reapCQ() {
 			return
-		}
-		if n > 0 {
-			// Let the waiters just woken run on this P before going back
-			// into the kernel: there the P would sit in a system call with
-			// them in its run queue until another thread is woken to
-			// steal them or the runtime takes the P back. Their next
-			// requests, submitted meanwhile, share the next system calls,
-			// and completions that arrive meanwhile are reaped together.
-			runtime.Gosched()
 		}
 	}
 }
