@@ -56,7 +56,7 @@ while getopts "d:s:t:r:B:SW:c:h" opt; do
 	S) STRACE=1 ;;
 	W) ONLY=$OPTARG ;;
 	c) CACHE=$OPTARG ;;
-	*) sed -n '2,38p' "$0"; exit 2 ;;
+	*) sed -n '2,37p' "$0"; exit 2 ;;
 	esac
 done
 case $CACHE in
