@@ -115,11 +115,13 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 	// it is in the majority whenever this access point should lead, and a
 	// partitioned peer then never holds this replica's requests or watches
 	// (the member's own peer links notice it within the election timeout).
-	endpoints := plan.Endpoints
+	// It calls the member in this process rather than over a loopback
+	// connection: on an idle system the etcd reads and lease keep-alives
+	// were most of the gRPC traffic, each call waking a handful of
+	// transport goroutines on both ends.
 	if plan.Embedded != nil {
-		endpoints = []string{plan.Embedded.ClientURL}
-	}
-	if ap.Client, err = NewEtcdClient(endpoints, plan.TLS); err != nil {
+		ap.Client = ap.Etcd.Client()
+	} else if ap.Client, err = NewEtcdClient(plan.Endpoints, plan.TLS); err != nil {
 		ap.Close()
 		return nil, err
 	}

@@ -125,11 +125,29 @@ func TestThreeAccessPoints(t *testing.T) {
 			t.Fatalf("access point %d: %v", i, err)
 		}
 	}
-	// Each replica talks to its own member only.
+	// Each replica talks to its own member only: the member that answers
+	// its client is the one serving this access point's client URL.
 	for i, s := range servers {
 		want := "http://" + net.JoinHostPort(hosts[i], fmt.Sprint(clientPort))
-		if got := s.ap.Client.Endpoints(); len(got) != 1 || got[0] != want {
-			t.Fatalf("access point %d: etcd endpoints %v, want [%s]", i, got, want)
+		ml, err := s.ap.Client.MemberList(ctx)
+		if err != nil {
+			t.Fatalf("access point %d: etcd member list: %v", i, err)
+		}
+		// Several reads, as a client of several endpoints spreads them.
+		for range 5 {
+			resp, err := s.ap.Client.Get(ctx, "probe")
+			if err != nil {
+				t.Fatalf("access point %d: etcd read: %v", i, err)
+			}
+			var urls []string
+			for _, m := range ml.Members {
+				if m.ID == resp.Header.MemberId {
+					urls = m.ClientURLs
+				}
+			}
+			if len(urls) != 1 || urls[0] != want {
+				t.Fatalf("access point %d: its etcd read was served by the member with client URLs %v, want [%s]", i, urls, want)
+			}
 		}
 	}
 

@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -136,6 +137,12 @@ func bindURL(u *url.URL) url.URL {
 
 // ClientURL is where the member serves clients.
 func (e *Embedded) ClientURL() string { return e.cfg.ClientURL }
+
+// Client returns a client of this member that calls its server in this
+// process, without a connection: no socket, no HTTP/2 framing, none of the
+// transport's goroutines. Each call returns a new client; close it before
+// the member.
+func (e *Embedded) Client() *clientv3.Client { return v3client.New(e.etcd.Server) }
 
 // Close stops the member; later calls do nothing.
 func (e *Embedded) Close() {
