@@ -52,6 +52,13 @@ type EmbeddedConfig struct {
 	Log *slog.Logger
 }
 
+// Timers of the embedded members (see StartEmbedded).
+const (
+	embeddedBatchInterval  = time.Second
+	singleMemberTickMs     = 250
+	singleMemberElectionMs = 5 * singleMemberTickMs
+)
+
 // Embedded is a running embedded etcd member.
 type Embedded struct {
 	etcd     *embed.Etcd
@@ -88,6 +95,22 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	}
 	ec.InitialCluster = strings.Join(parts, ",")
 	ec.InitialClusterToken = c.Token
+	// The backend commits its batch of writes to bbolt once a second
+	// instead of ten times: the raft log, synced before every answer, is
+	// what makes a write durable, and a restart replays what the batch
+	// had not committed yet. It is one timer fewer waking an idle process.
+	ec.BackendBatchInterval = embeddedBatchInterval
+	if len(c.InitialCluster) == 1 {
+		// A member alone in its cluster has no peer to heartbeat and no
+		// election to lose, so its raft tick mostly wakes the process for
+		// nothing: tick every 250 ms instead of 100. The election timeout
+		// is etcd's smallest, 5 ticks: a single member elects itself
+		// within one to five ticks of its start (0.1 to 1 s before, 0.25
+		// to 1.25 s now), and etcd's smallest lease TTL (1.5 election
+		// timeouts, 1.9 s) stays under the management service's session
+		// TTL.
+		ec.TickMs, ec.ElectionMs = singleMemberTickMs, singleMemberElectionMs
+	}
 	ec.LogLevel = c.LogLevel
 	if ec.LogLevel == "" {
 		ec.LogLevel = "error"

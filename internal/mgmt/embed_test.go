@@ -113,3 +113,49 @@ func TestEmbeddedTLS(t *testing.T) {
 		t.Fatal("a client without a certificate wrote to the secured etcd")
 	}
 }
+
+// TestEmbeddedSingleMember runs a member alone in its cluster, as the only
+// access point does, through the in-process client: its slower raft tick
+// must not raise etcd's smallest lease TTL over the management service's
+// session TTL (a leader's key would then outlive it by seconds), and the
+// client must see its own writes and watch them.
+func TestEmbeddedSingleMember(t *testing.T) {
+	dir := t.TempDir()
+	peer := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := StartEmbedded(ctx, EmbeddedConfig{Name: "ap0", Dir: filepath.Join(dir, "ap0"),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t)), PeerURL: peer,
+		InitialCluster: map[string]string{"ap0": peer}, Token: "t1", LogLevel: "fatal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	cli := m.Client()
+	defer cli.Close()
+	lease, err := cli.Grant(ctx, DefaultSessionTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lease.TTL != DefaultSessionTTL {
+		t.Errorf("a lease asked for %d s was granted %d s: the single member's election timeout raises etcd's smallest lease TTL over the session TTL", DefaultSessionTTL, lease.TTL)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	wch := cli.Watch(wctx, "/k")
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, "/k")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
+		t.Fatalf("read back: %+v, %v", resp, err)
+	}
+	select {
+	case wr := <-wch:
+		if err := wr.Err(); err != nil || len(wr.Events) != 1 || string(wr.Events[0].Kv.Value) != "v" {
+			t.Fatalf("watch: %+v, %v", wr, err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the watch saw no event")
+	}
+}
