@@ -115,13 +115,20 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 	// it is in the majority whenever this access point should lead, and a
 	// partitioned peer then never holds this replica's requests or watches
 	// (the member's own peer links notice it within the election timeout).
-	// It calls the member in this process rather than over a loopback
-	// connection: on an idle system the etcd reads and lease keep-alives
-	// were most of the gRPC traffic, each call waking a handful of
-	// transport goroutines on both ends.
+	//
+	// A member alone in its cluster is called in this process rather than
+	// over a loopback connection: on an idle system the etcd reads and
+	// lease keep-alives were most of the gRPC traffic, each call waking a
+	// handful of transport goroutines on both ends. A member of several
+	// keeps the gRPC client, whose retries ride out the leader changes
+	// that only a cluster of several has (the in-process client has none).
+	endpoints := plan.Endpoints
 	if plan.Embedded != nil {
+		endpoints = []string{plan.Embedded.ClientURL}
+	}
+	if plan.Embedded != nil && len(plan.Embedded.InitialCluster) == 1 {
 		ap.Client = ap.Etcd.Client()
-	} else if ap.Client, err = NewEtcdClient(plan.Endpoints, plan.TLS); err != nil {
+	} else if ap.Client, err = NewEtcdClient(endpoints, plan.TLS); err != nil {
 		ap.Close()
 		return nil, err
 	}

@@ -65,6 +65,7 @@ type Embedded struct {
 	cfg      EmbeddedConfig
 	close    sync.Once
 	stopping *atomic.Bool // see etcdLog
+	calls    callGate     // the in-process clients' calls (see Client)
 }
 
 // StartEmbedded starts the member and waits until it serves, which for a
@@ -106,9 +107,9 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 		// nothing: tick every 250 ms instead of 100. The election timeout
 		// is etcd's smallest, 5 ticks: a single member elects itself
 		// within one to five ticks of its start (0.1 to 1 s before, 0.25
-		// to 1.25 s now), and etcd's smallest lease TTL (1.5 election
-		// timeouts, 1.9 s) stays under the management service's session
-		// TTL.
+		// to 1.25 s now), and etcd's smallest lease TTL (7 ticks, 1.75 s,
+		// rounded up to 2 s as before) stays under the management
+		// service's session TTL.
 		ec.TickMs, ec.ElectionMs = singleMemberTickMs, singleMemberElectionMs
 	}
 	ec.LogLevel = c.LogLevel
@@ -164,12 +165,26 @@ func (e *Embedded) ClientURL() string { return e.cfg.ClientURL }
 // Client returns a client of this member that calls its server in this
 // process, without a connection: no socket, no HTTP/2 framing, none of the
 // transport's goroutines. Each call returns a new client; close it before
-// the member.
-func (e *Embedded) Client() *clientv3.Client { return v3client.New(e.etcd.Server) }
+// the member. Unlike a gRPC client it does not retry a request the member
+// refused as unavailable (a leader change, a request timeout): that error
+// reaches the caller at once. Once the member is closing, its requests fail
+// as a stopped member's do.
+func (e *Embedded) Client() *clientv3.Client {
+	c := v3client.New(e.etcd.Server)
+	c.KV = gatedKV{KV: c.KV, g: &e.calls}
+	c.Lease = gatedLease{Lease: c.Lease, g: &e.calls}
+	return c
+}
 
-// Close stops the member; later calls do nothing.
+// Close stops the member; later calls do nothing. Requests of its
+// in-process clients are refused from now on, and those already inside the
+// member may finish (for at most its request timeout) before it stops.
 func (e *Embedded) Close() {
 	e.close.Do(func() {
+		if timeout := e.etcd.Server.Cfg.ReqTimeout(); !e.calls.close(timeout) {
+			e.cfg.Log.Warn("embedded etcd: closing with requests of the management service still in flight",
+				"name", e.cfg.Name, "waited", timeout)
+		}
 		e.stopping.Store(true)
 		e.etcd.Close()
 	})

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/nexstor/nexstor/internal/security"
 	"github.com/nexstor/nexstor/internal/security/certgen"
 	"github.com/nexstor/nexstor/internal/testutil"
@@ -45,6 +47,11 @@ func TestEmbeddedThreeMembers(t *testing.T) {
 			t.Fatalf("member %d: %v", i, err)
 		}
 		t.Cleanup(members[i].Close)
+		// Members of several keep etcd's raft timing.
+		if c := members[i].etcd.Server.Cfg; c.TickMs != 100 || c.ElectionTicks != 10 || c.BackendBatchInterval != embeddedBatchInterval {
+			t.Errorf("member %d: tick %d ms, election %d ticks, backend batch %v; want 100 ms, 10 ticks, %v",
+				i, c.TickMs, c.ElectionTicks, c.BackendBatchInterval, embeddedBatchInterval)
+		}
 	}
 	c0, err := NewEtcdClient([]string{members[0].ClientURL()}, nil)
 	if err != nil {
@@ -120,17 +127,13 @@ func TestEmbeddedTLS(t *testing.T) {
 // session TTL (a leader's key would then outlive it by seconds), and the
 // client must see its own writes and watch them.
 func TestEmbeddedSingleMember(t *testing.T) {
-	dir := t.TempDir()
-	peer := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+	m := startSingleMember(t)
+	if c := m.etcd.Server.Cfg; c.TickMs != singleMemberTickMs || c.ElectionTicks != 5 || c.BackendBatchInterval != embeddedBatchInterval {
+		t.Errorf("single member: tick %d ms, election %d ticks, backend batch %v; want %d ms, 5 ticks, %v",
+			c.TickMs, c.ElectionTicks, c.BackendBatchInterval, singleMemberTickMs, embeddedBatchInterval)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := StartEmbedded(ctx, EmbeddedConfig{Name: "ap0", Dir: filepath.Join(dir, "ap0"),
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t)), PeerURL: peer,
-		InitialCluster: map[string]string{"ap0": peer}, Token: "t1", LogLevel: "fatal"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
 	cli := m.Client()
 	defer cli.Close()
 	lease, err := cli.Grant(ctx, DefaultSessionTTL)
@@ -158,4 +161,49 @@ func TestEmbeddedSingleMember(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the watch saw no event")
 	}
+}
+
+// TestEmbeddedClientAfterClose calls the member through its in-process
+// client after the member has closed, as a late request of a stopping
+// management service does: every call fails (the store cannot be reached),
+// and none reaches the closed storage backend.
+func TestEmbeddedClientAfterClose(t *testing.T) {
+	m := startSingleMember(t)
+	cli := m.Client()
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, err := cli.Get(ctx, "/k", clientv3.WithSerializable()); err == nil {
+		t.Error("a serializable read after Close succeeded")
+	}
+	if _, err := cli.Get(ctx, "/k"); err == nil {
+		t.Error("a linearizable read after Close succeeded")
+	}
+	if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision("/k"), ">", 0)).Then(clientv3.OpPut("/k", "w")).Commit(); err == nil {
+		t.Error("a transaction after Close succeeded")
+	}
+	if _, err := cli.Grant(ctx, DefaultSessionTTL); err == nil {
+		t.Error("a lease grant after Close succeeded")
+	}
+}
+
+// startSingleMember starts a member alone in its cluster, closed when the
+// test ends.
+func startSingleMember(t *testing.T) *Embedded {
+	t.Helper()
+	peer := fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := StartEmbedded(ctx, EmbeddedConfig{Name: "ap0", Dir: filepath.Join(t.TempDir(), "ap0"),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", testutil.FreePort(t)), PeerURL: peer,
+		InitialCluster: map[string]string{"ap0": peer}, Token: "t1", LogLevel: "fatal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
 }

@@ -38,7 +38,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// startEtcd starts a single-member embedded etcd and returns a client.
+// startEtcd starts a single-member embedded etcd and returns its in-process
+// client.
 func startEtcd(t testing.TB) *clientv3.Client {
 	t.Helper()
 	var lastErr error
@@ -57,10 +58,8 @@ func startEtcd(t testing.TB) *clientv3.Client {
 			continue
 		}
 		t.Cleanup(e.Close)
-		cli, err := NewEtcdClient([]string{e.ClientURL()}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// The client a single access point uses (StartAccessPoint).
+		cli := e.Client()
 		t.Cleanup(func() { cli.Close() })
 		return cli
 	}
