@@ -168,11 +168,15 @@ func (e *Embedded) ClientURL() string { return e.cfg.ClientURL }
 // the member. Unlike a gRPC client it does not retry a request the member
 // refused as unavailable (a leader change, a request timeout): that error
 // reaches the caller at once. Once the member is closing, its requests fail
-// as a stopped member's do.
+// as a stopped member's do, and new watches are closed at once. It serves
+// no snapshots and no auth calls (they fail with an error that says so).
 func (e *Embedded) Client() *clientv3.Client {
 	c := v3client.New(e.etcd.Server)
 	c.KV = gatedKV{KV: c.KV, g: &e.calls}
 	c.Lease = gatedLease{Lease: c.Lease, g: &e.calls}
+	c.Watcher = gatedWatcher{Watcher: c.Watcher, g: &e.calls}
+	c.Maintenance = gatedMaintenance{Maintenance: c.Maintenance, g: &e.calls}
+	c.Auth = refusedAuth{}
 	return c
 }
 

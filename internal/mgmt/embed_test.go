@@ -2,12 +2,15 @@ package mgmt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/nexstor/nexstor/internal/security"
@@ -165,8 +168,9 @@ func TestEmbeddedSingleMember(t *testing.T) {
 
 // TestEmbeddedClientAfterClose calls the member through its in-process
 // client after the member has closed, as a late request of a stopping
-// management service does: every call fails (the store cannot be reached),
-// and none reaches the closed storage backend.
+// management service does: every call fails as a stopped member's do, and
+// none reaches the closed storage backend (a serializable read there
+// crashed the process).
 func TestEmbeddedClientAfterClose(t *testing.T) {
 	m := startSingleMember(t)
 	cli := m.Client()
@@ -177,17 +181,77 @@ func TestEmbeddedClientAfterClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Close()
-	if _, err := cli.Get(ctx, "/k", clientv3.WithSerializable()); err == nil {
-		t.Error("a serializable read after Close succeeded")
+	stopped := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, rpctypes.ErrStopped) {
+			t.Errorf("%s after Close: %v, want %v", what, err, rpctypes.ErrStopped)
+		}
 	}
-	if _, err := cli.Get(ctx, "/k"); err == nil {
-		t.Error("a linearizable read after Close succeeded")
+	_, err := cli.Get(ctx, "/k", clientv3.WithSerializable())
+	stopped("a serializable read", err)
+	_, err = cli.Get(ctx, "/k")
+	stopped("a linearizable read", err)
+	_, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision("/k"), ">", 0)).Then(clientv3.OpPut("/k", "w")).Commit()
+	stopped("a transaction", err)
+	_, err = cli.Grant(ctx, DefaultSessionTTL)
+	stopped("a lease grant", err)
+	_, err = cli.Status(ctx, "")
+	stopped("a status request", err)
+	if _, ok := <-cli.Watch(ctx, "/k"); ok {
+		t.Error("a watch after Close delivered a response")
 	}
-	if _, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision("/k"), ">", 0)).Then(clientv3.OpPut("/k", "w")).Commit(); err == nil {
-		t.Error("a transaction after Close succeeded")
+	if _, err := cli.Snapshot(ctx); !errors.Is(err, errNotInProcess) {
+		t.Errorf("a snapshot through the in-process client: %v, want %v", err, errNotInProcess)
 	}
-	if _, err := cli.Grant(ctx, DefaultSessionTTL); err == nil {
-		t.Error("a lease grant after Close succeeded")
+}
+
+// TestEmbeddedCloseDrainsCalls closes the member while goroutines keep
+// reading and writing through its in-process client: every call either
+// succeeds or fails as a stopped member's do, and none crashes the process
+// by reaching the storage backend after it closed.
+func TestEmbeddedCloseDrainsCalls(t *testing.T) {
+	m := startSingleMember(t)
+	cli := m.Client()
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("/k%d", i)
+			for ctx.Err() == nil {
+				var err error
+				if i%2 == 0 {
+					_, err = cli.Get(ctx, key, clientv3.WithSerializable())
+				} else {
+					_, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), ">", -1)).Then(clientv3.OpPut(key, "v")).Commit()
+				}
+				if errors.Is(err, rpctypes.ErrStopped) {
+					return
+				}
+				if err != nil {
+					errs <- fmt.Errorf("goroutine %d: %w", i, err)
+					return
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	for ok.Load() < 100 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	m.Close()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the calls did not all end once the member closed")
 	}
 }
 
