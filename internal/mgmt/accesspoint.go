@@ -126,7 +126,7 @@ func StartAccessPoint(ctx context.Context, s *config.Server, self string, log *s
 	if plan.Embedded != nil {
 		endpoints = []string{plan.Embedded.ClientURL}
 	}
-	if plan.Embedded != nil && len(plan.Embedded.InitialCluster) == 1 {
+	if plan.Embedded != nil && plan.Embedded.alone() {
 		ap.Client = ap.Etcd.Client()
 	} else if ap.Client, err = NewEtcdClient(endpoints, plan.TLS); err != nil {
 		ap.Close()

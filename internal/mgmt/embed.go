@@ -59,6 +59,11 @@ const (
 	singleMemberElectionMs = 5 * singleMemberTickMs
 )
 
+// alone reports whether the member is the only one of its cluster: it then
+// ticks more slowly (StartEmbedded) and its access point calls it in
+// process (StartAccessPoint).
+func (c *EmbeddedConfig) alone() bool { return len(c.InitialCluster) == 1 }
+
 // Embedded is a running embedded etcd member.
 type Embedded struct {
 	etcd     *embed.Etcd
@@ -101,7 +106,7 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 	// what makes a write durable, and a restart replays what the batch
 	// had not committed yet. It is one timer fewer waking an idle process.
 	ec.BackendBatchInterval = embeddedBatchInterval
-	if len(c.InitialCluster) == 1 {
+	if c.alone() {
 		// A member alone in its cluster has no peer to heartbeat and no
 		// election to lose, so its raft tick mostly wakes the process for
 		// nothing: tick every 250 ms instead of 100. The election timeout
