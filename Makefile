@@ -5,7 +5,7 @@ PROTOC    ?= protoc
 BIN       := bin
 PROTOS    := $(shell find api -name '*.proto' 2>/dev/null)
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
-ALLOC_PKGS := ./internal/bdev/... ./internal/iobuf ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool
+ALLOC_PKGS := ./internal/bdev/... ./internal/iobuf ./internal/nbd ./internal/nexus ./internal/nvmf/... ./internal/pool ./internal/sockread
 
 .PHONY: all build install image test test-deps test-short vet generate bench bench-nbd bench-heal bench-footprint bench-failover bench-pvc bench-ceph chaos soak fuzz sim clean
 

@@ -18,6 +18,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/fault"
 	"github.com/nexstor/nexstor/internal/iobuf"
+	"github.com/nexstor/nexstor/internal/sockread"
 )
 
 // Per-connection limits.
@@ -36,6 +37,7 @@ type conn struct {
 	nc  net.Conn
 	log *slog.Logger
 	br  *bufio.Reader
+	pr  *sockread.Reader  // long WRITE payloads; nil but on TCP (see sockread)
 	hdr [requestSize]byte // the request being read; the holder of the read role only
 
 	// Set once negotiation is done, read-only afterwards.
@@ -83,6 +85,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		nc:     nc,
 		log:    s.log.With("remote", nc.RemoteAddr().String()),
 		br:     bufio.NewReaderSize(nc, ioBufSize),
+		pr:     sockread.New(nc),
 		bw:     bufio.NewWriterSize(nc, ioBufSize),
 		budget: newBudget(maxInFlight, maxInFlightBytes),
 		work:   make(chan *job, maxInFlight),
@@ -203,7 +206,7 @@ func (c *conn) read() bool {
 				// From iobuf: reused size classes, and huge pages for
 				// the large payloads that direct I/O pins page by page.
 				j.payload = iobuf.Get(int(v.payload))
-				if _, err := io.ReadFull(c.br, *j.payload); err != nil {
+				if _, err := c.pr.ReadFull(c.br, *j.payload); err != nil {
 					iobuf.Put(j.payload)
 					j.payload = nil
 					c.budget.release(cost)

@@ -14,6 +14,7 @@ import (
 	"github.com/nexstor/nexstor/internal/bdev"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+	"github.com/nexstor/nexstor/internal/sockread"
 )
 
 // Errors callers may branch on.
@@ -122,7 +123,12 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	}
 	q.enc = pdu.NewEncoder(q.bw)
 	q.enc.Direct = conn // large writes: header and data in one writev
-	q.dec = pdu.NewDecoder(bufio.NewReaderSize(conn, 64<<10), maxTransfer)
+	br := bufio.NewReaderSize(conn, 64<<10)
+	q.dec = pdu.NewDecoder(br, maxTransfer)
+	if pr := sockread.New(conn); pr != nil {
+		// Long read data arrives with one wake-up, not one per burst.
+		q.dec.ReadFull = func(p []byte) (int, error) { return pr.ReadFull(br, p) }
+	}
 	for i := range q.cmds {
 		c := &q.cmds[i]
 		c.done = make(chan struct{}, 1)

@@ -24,6 +24,12 @@ type Decoder struct {
 	HeaderDigest, DataDigest bool
 	// MaxData bounds the data of any one PDU, in bytes.
 	MaxData uint32
+	// ReadFull, when set, reads PDU data (ReadData) in place of io.ReadFull
+	// on the decoder's reader. It must read exactly len(p) bytes of the same
+	// stream, starting with what that reader buffers: sockread's
+	// Reader.ReadFull on the same bufio.Reader, which waits for long data
+	// with one wake-up.
+	ReadFull func(p []byte) (int, error)
 
 	hdr     Header
 	buf     [MaxHeaderLen]byte
@@ -182,7 +188,13 @@ func (d *Decoder) ReadData(dst []byte) error {
 	if err := d.skip(d.pad); err != nil {
 		return err
 	}
-	if _, err := io.ReadFull(d.r, dst); err != nil {
+	var err error
+	if d.ReadFull != nil {
+		_, err = d.ReadFull(dst)
+	} else {
+		_, err = io.ReadFull(d.r, dst)
+	}
+	if err != nil {
 		return unexpected(err)
 	}
 	if d.ddgst {

@@ -346,3 +346,48 @@ func TestDirectWritesSameStream(t *testing.T) {
 		}
 	}
 }
+
+// TestReadFullHook: a decoder with ReadFull set reads PDU data through it,
+// exactly the data (padding and digest stay the decoder's), and still
+// checks the digest.
+func TestReadFullHook(t *testing.T) {
+	data := bytes.Repeat([]byte("nexstor!"), 1024)
+	for _, dd := range []bool{false, true} {
+		e, bw, buf := pipe(false, dd, 7)
+		var sqe SQE
+		sqe.SetOpcode(0x01)
+		sqe.SetFlags(PSDTSGL)
+		sqe.SetSGL(SGL{Length: uint32(len(data)), Type: SGLDataBlockOffset})
+		must(t, e.WriteCapsuleCmd(&sqe, data))
+		must(t, bw.Flush())
+		if dd {
+			buf.Bytes()[buf.Len()-1] ^= 0xFF // the data digest's last byte
+		}
+		d := decoder(buf, false, dd)
+		var calls, asked int
+		d.ReadFull = func(p []byte) (int, error) {
+			calls++
+			asked += len(p)
+			return io.ReadFull(buf, p)
+		}
+		next(t, d, TypeCapsuleCmd)
+		got := make([]byte, d.DataLen())
+		err := d.ReadData(got)
+		if calls != 1 || asked != len(data) {
+			t.Fatalf("data digest %v: ReadFull called %d times for %d bytes, want once for %d", dd, calls, asked, len(data))
+		}
+		var de *DataDigestError
+		if dd && !errors.As(err, &de) {
+			t.Fatalf("a corrupted digest read through ReadFull: %v, want a DataDigestError", err)
+		}
+		if !dd && err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("data digest %v: the data read differ from the data sent", dd)
+		}
+		if _, err := d.Next(); err != io.EOF {
+			t.Fatalf("data digest %v: after the PDU: %v, want EOF", dd, err)
+		}
+	}
+}

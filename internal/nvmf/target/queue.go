@@ -13,6 +13,7 @@ import (
 	"github.com/nexstor/nexstor/internal/iobuf"
 	"github.com/nexstor/nexstor/internal/nvmf/nvme"
 	"github.com/nexstor/nexstor/internal/nvmf/pdu"
+	"github.com/nexstor/nexstor/internal/sockread"
 )
 
 // icTimeout bounds how long a new connection may take to send its ICReq, and
@@ -134,6 +135,10 @@ func newQueue(t *Target, c net.Conn, discovery bool) *queue {
 		swept:     make(chan struct{}),
 	}
 	q.dec = pdu.NewDecoder(q.br, max(adminCapsuleData, InCapsuleDataSize, maxH2CData))
+	if pr := sockread.New(c); pr != nil {
+		// Long write data arrives with one wake-up, not one per burst.
+		q.dec.ReadFull = func(p []byte) (int, error) { return pr.ReadFull(q.br, p) }
+	}
 	q.enc = pdu.NewEncoder(q.bw)
 	q.enc.Direct = c // large reads: header, data and response in one writev
 	return q
