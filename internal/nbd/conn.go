@@ -37,7 +37,7 @@ type conn struct {
 	nc  net.Conn
 	log *slog.Logger
 	br  *bufio.Reader
-	pr  *sockread.Reader  // long WRITE payloads; nil but on TCP (see sockread)
+	pr  *sockread.Reader  // WRITE payloads past maxInline; may be nil (see sockread)
 	hdr [requestSize]byte // the request being read; the holder of the read role only
 
 	// Set once negotiation is done, read-only afterwards.
@@ -206,7 +206,13 @@ func (c *conn) read() bool {
 				// From iobuf: reused size classes, and huge pages for
 				// the large payloads that direct I/O pins page by page.
 				j.payload = iobuf.Get(int(v.payload))
-				if _, err := c.pr.ReadFull(c.br, *j.payload); err != nil {
+				pr := c.pr
+				if v.payload <= maxInline {
+					// Through br alone, which also takes in what follows:
+					// inline needs to see the next request.
+					pr = nil
+				}
+				if _, err := pr.ReadFull(c.br, *j.payload); err != nil {
 					iobuf.Put(j.payload)
 					j.payload = nil
 					c.budget.release(cost)

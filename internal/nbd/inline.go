@@ -139,7 +139,7 @@ func (w *inlineWatch) scan() bool {
 			// it has run for a tick, taking the role over makes the
 			// inline goroutine's endInline fail, so that exactly one of
 			// them holds it. A won compare-and-swap orders everything the
-			// reader did before beginInline (c.workers, c.br, c.hdr)
+			// reader did before beginInline (c.workers, c.br, c.pr, c.hdr)
 			// before the dispatch below, which acts as the reader; the
 			// worker that receives the token is ordered after it by the
 			// channel.
