@@ -52,8 +52,8 @@ func New(c net.Conn) *Reader {
 	r.readFn = r.read
 	// Linux keeps 0 (what an accepted socket reports) as 1: the same.
 	r.resetFn = func(fd uintptr) {
-		if err := r.setLowat(fd, 1); err != nil {
-			r.err = err
+		if err := r.setLowat(fd, 1); err != nil && r.err == nil {
+			r.err = err // the read's own error, if any, says more
 		}
 	}
 	return r
