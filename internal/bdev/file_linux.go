@@ -37,10 +37,10 @@ var _ Device = (*File)(nil)
 // fdatasync go through an io_uring instance instead of one blocking system
 // call each; without O_DIRECT only Flush's fdatasync and the reads the page
 // cache cannot serve do. See FileOptions.URing. Opening, geometry,
-// O_DIRECT, buffers and fallocate are the same either way. (The kernel works on callers' buffers after the
-// submitting goroutine has parked, when its stack may move: so buffers
-// passed to ReadAt and WriteAt always escape to the heap, which the
-// collector never moves.)
+// O_DIRECT, buffers and fallocate are the same either way. (The kernel
+// works on callers' buffers after the submitting goroutine has parked, when
+// its stack may move: so buffers passed to ReadAt and WriteAt always escape
+// to the heap, which the collector never moves.)
 //
 // All methods are safe for concurrent use.
 type File struct {

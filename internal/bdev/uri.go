@@ -36,8 +36,8 @@ const (
 	// going through io_uring (FileOptions.URing; without O_DIRECT only
 	// flushes and the reads the page cache cannot serve): the same files,
 	// keys and on-disk result as aio, and the engine a new pool gets for a
-	// bare path or file://. Open fails, naming aio://, where the kernel or container
-	// does not allow io_uring.
+	// bare path or file://. Open fails, naming aio://, where the kernel or
+	// container does not allow io_uring.
 	SchemeURing = "uring"
 	// SchemeMalloc is a RAM device; the path is only a label.
 	SchemeMalloc = "malloc"
