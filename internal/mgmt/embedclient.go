@@ -51,6 +51,16 @@ func (g *callGate) close(timeout time.Duration) bool {
 	}
 }
 
+// gated runs call inside g; once g has closed it fails as a call to a
+// stopped member does.
+func gated[T any](g *callGate, call func() (*T, error)) (*T, error) {
+	if !g.enter() {
+		return nil, rpctypes.ErrStopped
+	}
+	defer g.exit()
+	return call()
+}
+
 // errNotInProcess refuses the calls the in-process client does not serve.
 var errNotInProcess = errors.New("etcd: not served by the embedded member's in-process client; use its client URL")
 
@@ -165,14 +175,6 @@ func (w gatedWatcher) Watch(ctx context.Context, key string, opts ...clientv3.Op
 type gatedMaintenance struct {
 	clientv3.Maintenance
 	g *callGate
-}
-
-func gated[T any](g *callGate, call func() (*T, error)) (*T, error) {
-	if !g.enter() {
-		return nil, rpctypes.ErrStopped
-	}
-	defer g.exit()
-	return call()
 }
 
 func (m gatedMaintenance) AlarmList(ctx context.Context) (*clientv3.AlarmResponse, error) {
