@@ -45,6 +45,33 @@ type Device interface {
 	Close() error
 }
 
+// WriteStarter is a Device that can send a write and wait for it later: a
+// remote device, whose write is a network round trip. The nexus starts the
+// writes of all such children from the submitting goroutine and then waits
+// for them, instead of handing each to a goroutine of its own.
+type WriteStarter interface {
+	// StartWrite starts writing p at off, with WriteAt's semantics once
+	// it completes. A nil Pending means the write is already over (it
+	// failed to start, or the device ran it synchronously) and err is its
+	// result; otherwise err is nil and Pending.Wait gives the result. p
+	// must not change until then.
+	//
+	// StartWrite may block until the device has room for another write
+	// in flight, which the Wait of one already started makes. A caller
+	// that holds started writes of several devices while it starts more
+	// must start them in an order every such caller follows, or two could
+	// each wait for room the other holds.
+	StartWrite(p []byte, off int64) (Pending, error)
+}
+
+// Pending is a write started by a WriteStarter. Wait blocks until it
+// completes and returns what WriteAt would have (nil: acknowledged). It must
+// be called exactly once, as the write holds resources of the device (a
+// command slot) until it is; the Pending is not used after.
+type Pending interface {
+	Wait() error
+}
+
 // ErrClosed is returned by operations on a closed Device.
 var ErrClosed = errors.New("bdev: device is closed")
 

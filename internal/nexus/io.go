@@ -67,6 +67,9 @@ type fanOp struct {
 	members []*child
 	errs    []error
 	claimed []atomic.Bool
+	// pend holds the writes started on children that are
+	// bdev.WriteStarters, until the submitter waited for them.
+	pend []bdev.Pending
 	// done receives one token per child I/O a worker ran; its capacity
 	// covers every queued one, so a worker never blocks on it.
 	done chan struct{}
@@ -403,9 +406,10 @@ func (n *Nexus) getOp(k int) *fanOp {
 	if cap(o.errs) < k {
 		o.errs = make([]error, k)
 		o.claimed = make([]atomic.Bool, k)
+		o.pend = make([]bdev.Pending, k)
 		o.done = make(chan struct{}, k)
 	}
-	o.errs, o.claimed = o.errs[:k], o.claimed[:k]
+	o.errs, o.claimed, o.pend = o.errs[:k], o.claimed[:k], o.pend[:k]
 	return o
 }
 
@@ -432,15 +436,32 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	}
 	o := n.getOp(len(w))
 	o.kind, o.p, o.off, o.length, o.members = kind, p, off, length, w
-	// Quick children (see quickChild) are not queued: they are claimed
-	// here and issued inline, one after the other, after the first child.
-	// inline has bit i set for each (children past the 64th are queued).
-	// Flushes are always handed off: a child quick to write (a buffered
-	// file) may be slow to flush, and flushes are where parallel issue
-	// matters most.
-	var inline uint64
+	// Writes to children that can send them and wait later (remote ones,
+	// see bdev.WriteStarter) are sent first, from here, and waited for
+	// last: each is a round trip to another node, which then overlaps the
+	// rest without a hand-off to a worker and the wake-ups that costs.
+	// sent has bit i set for each (children past the 64th are queued).
+	// Their service time is not sampled: a child is only sent to once it
+	// has been measured slow, and a remote child stays so.
+	//
+	// Quick children (see quickChild) are not queued either: they are
+	// claimed here and issued inline, one after the other, after the first
+	// child; inline has bit i set for each. Flushes are always handed off:
+	// a child quick to write (a buffered file) may be slow to flush, and
+	// flushes are where parallel issue matters most.
+	var sent, inline uint64
 	queued := 0
-	for i := 1; i < len(w); i++ {
+	for i := range w {
+		if kind == opWrite && i < 64 && !w[i].quick() {
+			if _, ok := w[i].dev.(bdev.WriteStarter); ok {
+				o.claimed[i].Store(true)
+				sent |= 1 << i
+				continue
+			}
+		}
+		if i == 0 {
+			continue // issued here
+		}
 		q := kind != opFlush && i < 64 && w[i].quick()
 		o.claimed[i].Store(q)
 		if q {
@@ -450,12 +471,45 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 		}
 	}
 	o.refs.Store(int32(1 + queued))
+	// pending has bit i set while child i's started write awaits Wait.
+	pending := sent
+	if sent != 0 {
+		// StartWrite may wait for a command slot of its child while this
+		// submitter holds slots of the children it started before. Every
+		// submitter starts them in the order of child.seq, whatever its
+		// view, so none waits for a slot held by one that waits for its.
+		var order [64]uint8
+		k := 0
+		for i := 0; sent>>i != 0; i++ {
+			if sent&(1<<i) == 0 {
+				continue
+			}
+			j := k
+			for ; j > 0 && w[order[j-1]].seq > w[i].seq; j-- {
+				order[j] = order[j-1]
+			}
+			order[j] = uint8(i)
+			k++
+		}
+		for _, i := range order[:k] {
+			pend, err := w[i].dev.(bdev.WriteStarter).StartWrite(p, off)
+			if pend == nil { // over already
+				o.errs[i] = err
+				pending &^= 1 << i
+			} else {
+				o.pend[i] = pend
+			}
+		}
+	}
+	own := sent | inline // issued here, never by a worker
 	for i := 1; queued > 0 && i < len(w); i++ {
-		if i >= 64 || inline&(1<<i) == 0 {
+		if i >= 64 || own&(1<<i) == 0 {
 			n.queue <- childIO{op: o, i: i}
 		}
 	}
-	o.errs[0] = o.run(0)
+	if sent&1 == 0 {
+		o.errs[0] = o.run(0)
+	}
 	for i := 1; inline != 0 && i < len(w) && i < 64; i++ {
 		if inline&(1<<i) != 0 {
 			o.errs[i] = o.run(i)
@@ -465,13 +519,19 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	// ones, which gives the workers the most time to start theirs).
 	running := 0
 	for i := 1; i < len(w); i++ {
-		if i < 64 && inline&(1<<i) != 0 {
+		if i < 64 && own&(1<<i) != 0 {
 			continue
 		}
 		if o.claimed[i].CompareAndSwap(false, true) {
 			o.errs[i] = o.run(i)
 		} else {
 			running++
+		}
+	}
+	for i := 0; pending>>i != 0; i++ {
+		if pending&(1<<i) != 0 {
+			o.errs[i] = o.pend[i].Wait()
+			o.pend[i] = nil
 		}
 	}
 	for ; running > 0; running-- {

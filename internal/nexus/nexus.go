@@ -249,6 +249,9 @@ type child struct {
 	// claimable.
 	claimed bdev.Claimed
 	local   bool
+	// seq orders the children of every view the same way (newChildSeq):
+	// the fan-out starts writes in this order (see fanOut).
+	seq uint64
 
 	state atomic.Int32 // ChildState; written under stateMu
 	// The rest is guarded by stateMu.
@@ -266,6 +269,11 @@ type child struct {
 }
 
 func (c *child) st() ChildState { return ChildState(c.state.Load()) }
+
+// childSeqs numbers the child values of the process (child.seq).
+var childSeqs atomic.Uint64
+
+func newChildSeq() uint64 { return childSeqs.Add(1) }
 
 // observe folds one I/O's service time into cost, weighting it 1/8.
 func (c *child) observe(d time.Duration) {
@@ -421,7 +429,7 @@ func New(ctx context.Context, cfg Config) (*Nexus, error) {
 	var minSize int64 = -1
 	var openErrs []string // why children did not open, for when none did
 	for _, p := range plans {
-		c := &child{uri: p.uri, local: lo != nil && lo.IsLocal(p.uri), identity: p.identity}
+		c := &child{uri: p.uri, local: lo != nil && lo.IsLocal(p.uri), identity: p.identity, seq: newChildSeq()}
 		n.children = append(n.children, c)
 		if p.state == StateOffline {
 			c.state.Store(int32(StateOffline))

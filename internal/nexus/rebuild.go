@@ -124,7 +124,7 @@ func (n *Nexus) startRebuild(ctx context.Context, uri string, partial bool) erro
 			n.name, verb, uri, o.dev.BlockSize(), o.dev.Size(), n.bs, size)
 	}
 	lo, _ := n.open.(LocalityOpener)
-	c := &child{uri: uri, dev: o.dev, base: o.dev, local: lo != nil && lo.IsLocal(uri), identity: recorded}
+	c := &child{uri: uri, dev: o.dev, base: o.dev, local: lo != nil && lo.IsLocal(uri), identity: recorded, seq: newChildSeq()}
 	if o.cl != nil {
 		if err := n.checkClaimable(uri, o.st); err != nil {
 			o.dev.Close()

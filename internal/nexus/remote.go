@@ -90,6 +90,13 @@ func (r *remoteChild) Revalidate(ctx context.Context) error { return r.ns.Revali
 
 var _ Revalidator = (*remoteChild)(nil)
 
+var _ bdev.WriteStarter = (*remoteChild)(nil)
+
+// StartWrite implements bdev.WriteStarter: the namespace's.
+func (r *remoteChild) StartWrite(p []byte, off int64) (bdev.Pending, error) {
+	return r.ns.StartWrite(p, off)
+}
+
 // handleClosed accounts for a closed Claimed handle (handle false: a claim
 // that failed and made none). The last handle disconnects the controller, as
 // does a failed claim once the device is closed.
@@ -140,6 +147,18 @@ type remoteClaimed struct {
 	bdev.Claimed
 	child *remoteChild
 	once  sync.Once
+}
+
+var _ bdev.WriteStarter = (*remoteClaimed)(nil)
+
+// StartWrite implements bdev.WriteStarter: the claimed namespace's, which
+// is one.
+func (h *remoteClaimed) StartWrite(p []byte, off int64) (bdev.Pending, error) {
+	if ws, ok := h.Claimed.(bdev.WriteStarter); ok {
+		return ws.StartWrite(p, off)
+	}
+	_, err := h.Claimed.WriteAt(p, off)
+	return nil, err
 }
 
 // Close closes the handle (the claim stays on the replica) and, when it is

@@ -139,6 +139,25 @@ func TestRemoteChildClaims(t *testing.T) {
 	if err := ha.Raise(ctx, 9); !errors.Is(err, bdev.ErrFenced) {
 		t.Fatalf("raise of the superseded nexus: %v", err)
 	}
+	// Writes started and waited for later (the fan-out's way) are fenced
+	// the same: the target refuses the command.
+	startWrite := func(h bdev.Claimed, p []byte, off int64) error {
+		pw, err := h.(bdev.WriteStarter).StartWrite(p, off)
+		if pw != nil {
+			err = pw.Wait()
+		}
+		return err
+	}
+	if err := startWrite(ha, make([]byte, 4096), 0); !errors.Is(err, bdev.ErrFenced) {
+		t.Fatalf("started write of the superseded nexus: %v", err)
+	}
+	if err := startWrite(hb, bytes.Repeat([]byte{0xB0}, 4096), 8192); err != nil {
+		t.Fatalf("started write under the current claim: %v", err)
+	}
+	got := make([]byte, 4096)
+	if _, err := hb.ReadAt(got, 8192); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0xB0}, 4096)) {
+		t.Fatalf("read back the started write: %v", err)
+	}
 	if _, err := hb.WriteAt(bytes.Repeat([]byte{0xB1}, 4096), 0); err != nil {
 		t.Fatal(err)
 	}

@@ -153,3 +153,42 @@ func TestRemoteServerDies(t *testing.T) {
 		t.Fatalf("rebuilt remote replica: %v", err)
 	}
 }
+
+// TestRemoteFanOutDoesNotAllocate: a write to three remote children is sent
+// to all three from the submitting goroutine (bdev.WriteStarter) and waited
+// for, with nothing allocated per write: not in the nexus, the initiator or
+// the target (all in this process, all counted).
+func TestRemoteFanOutDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under the race detector")
+	}
+	const size = 2 << 20
+	node := newRemoteNode(t, size, "r1", "r2", "r3")
+	nx, err := New(context.Background(), Config{UUID: "alloc", Children: []string{node.uri("r1"), node.uri("r2"), node.uri("r3")},
+		Store: NewMemStore(), Opener: mixedRouter(nil), RebuildSegment: 256 << 10, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nx.Close()
+	waitInSync(t, nx)
+	buf := make([]byte, 4096)
+	for i := range 500 {
+		if _, err := nx.WriteAt(buf, int64(i%64)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range nx.children {
+		if c.quick() {
+			t.Fatalf("remote child %s measured quick (%d ns): the fan-out would not start its writes", c.uri, c.cost.Load())
+		}
+	}
+	// A stray allocation now and then (a GC emptying a pool) is tolerated,
+	// one per write is not.
+	if n := testing.AllocsPerRun(500, func() {
+		if _, err := nx.WriteAt(buf, 8192); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 0.5 {
+		t.Fatalf("%.2f allocations per 3-way remote write, want none", n)
+	}
+}

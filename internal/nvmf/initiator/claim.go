@@ -358,6 +358,17 @@ func (h *ClaimedNamespace) WriteAt(p []byte, off int64) (int, error) {
 	return h.n.rw("write", nvme.CmdWrite, p, off)
 }
 
+var _ bdev.WriteStarter = (*ClaimedNamespace)(nil)
+
+// StartWrite implements bdev.WriteStarter: WriteAt, sent now and waited
+// for later.
+func (h *ClaimedNamespace) StartWrite(p []byte, off int64) (bdev.Pending, error) {
+	if err := h.check(); err != nil {
+		return nil, err
+	}
+	return h.n.startWrite(p, off)
+}
+
 // Flush makes every acknowledged write durable, under the claim.
 func (h *ClaimedNamespace) Flush() error {
 	if err := h.check(); err != nil {

@@ -690,3 +690,78 @@ func TestQueueDepths(t *testing.T) {
 		})
 	}
 }
+
+// TestStartWrite starts writes of every kind from one goroutine before
+// waiting for any: in the capsule, through R2T, and one longer than a
+// command (run at once, nil Pending), then reads everything back. Writes
+// that cannot start fail at once; a write the connection loses fails in
+// Wait, which frees its slot all the same.
+func TestStartWrite(t *testing.T) {
+	const size = 8 << 20
+	f := newFixture(t, size, target.SubsystemOptions{AllowAnyHost: true})
+	c := f.connect(Options{IOQueues: 2, QueueDepth: 8, CommandTimeout: 2 * time.Second, ReconnectDelay: 20 * time.Millisecond, MaxReconnect: 1, KeepAlive: -1})
+	ns, err := c.Namespace(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shadow := make([]byte, size)
+	fill := rand.NewChaCha8([32]byte{9})
+	type started struct {
+		p bdev.Pending
+		n int
+	}
+	var pend []started
+	off := int64(0)
+	for _, n := range []int{4096, 512, 64 << 10, 4096, 200 << 10, 8192} {
+		p := make([]byte, n)
+		fill.Read(p)
+		w, err := ns.StartWrite(p, off)
+		if err != nil || w == nil {
+			t.Fatalf("StartWrite(%d bytes at %d) = %v, %v; want a pending write", n, off, w, err)
+		}
+		copy(shadow[off:], p)
+		pend = append(pend, started{w, n})
+		off += int64(n)
+	}
+	long := make([]byte, maxTransfer+64<<10)
+	fill.Read(long)
+	if w, err := ns.StartWrite(long, off); w != nil || err != nil {
+		t.Fatalf("StartWrite of %d bytes = %v, %v; want it run at once", len(long), w, err)
+	}
+	copy(shadow[off:], long)
+	for i, s := range pend {
+		if err := s.p.Wait(); err != nil {
+			t.Fatalf("write %d (%d bytes): %v", i, s.n, err)
+		}
+	}
+	got := make([]byte, size)
+	if _, err := ns.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, shadow) {
+		t.Fatal("read back differs from what the started writes wrote")
+	}
+
+	if w, err := ns.StartWrite(make([]byte, 4096), size); w != nil || err == nil {
+		t.Fatalf("StartWrite past the end = %v, %v; want a range error", w, err)
+	} else if _, ok := errors.AsType[*bdev.RangeError](err); !ok {
+		t.Fatalf("StartWrite past the end: %v, want a *bdev.RangeError", err)
+	}
+
+	// Lost with the connection: every slot is freed by Wait, so more
+	// writes than the queue depth, in turn, all end.
+	f.kill()
+	for i := range 3 * 8 {
+		w, err := ns.StartWrite(make([]byte, 4096), 0)
+		if w != nil {
+			err = w.Wait()
+		}
+		if err == nil {
+			t.Fatalf("write %d succeeded with the target gone", i)
+		}
+	}
+	ns.Close()
+	if w, err := ns.StartWrite(make([]byte, 4096), 0); w != nil || !errors.Is(err, bdev.ErrClosed) {
+		t.Fatalf("StartWrite after Close = %v, %v; want bdev.ErrClosed", w, err)
+	}
+}

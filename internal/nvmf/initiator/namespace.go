@@ -161,28 +161,42 @@ func (n *Namespace) Close() error {
 // A command that could not be sent because its connection had just failed
 // is retried on the next connection, within the command timeout.
 func (n *Namespace) io(sqe *pdu.SQE, data []byte, write bool) error {
+	c, err := n.start(sqe, data, write)
+	if err != nil {
+		return err
+	}
+	if _, err := c.q.wait(c); err != nil {
+		return n.ioError(err)
+	}
+	return nil
+}
+
+// start sends one command on an I/O queue as io does, and returns it to be
+// waited for (hqueue.wait) once it was sent.
+func (n *Namespace) start(sqe *pdu.SQE, data []byte, write bool) (*cmd, error) {
 	c := n.c
 	var deadline time.Time
 	for {
 		s, err := c.session()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(s.io) == 0 {
-			return fmt.Errorf("nvmf initiator: %s: no I/O queues", c.subNQN)
+			return nil, fmt.Errorf("nvmf initiator: %s: no I/O queues", c.subNQN)
 		}
 		q := s.io[int(c.rr.Add(1))%len(s.io)]
-		if _, err = q.submit(sqe, data, write); err == nil {
-			return nil
+		cmd, err := q.send(sqe, data, write, q.timeout)
+		if err == nil {
+			return cmd, nil
 		}
 		var ns errNotSent
 		if !errors.As(err, &ns) {
-			return n.ioError(err)
+			return nil, n.ioError(err)
 		}
 		if deadline.IsZero() {
 			deadline = time.Now().Add(c.opts.CommandTimeout)
 		} else if time.Now().After(deadline) {
-			return ns.err
+			return nil, ns.err
 		}
 		// Let the controller notice the failure and start reconnecting.
 		c.lost(s, q)
@@ -204,6 +218,23 @@ func (n *Namespace) maxBlocks() int64 {
 	return max(min(int64(mx)>>n.shift, 65536), 1)
 }
 
+// rwSQE returns the command that reads or writes blocks blocks at byte
+// offset off.
+func (n *Namespace) rwSQE(opcode uint8, off, blocks int64) pdu.SQE {
+	slba := uint64(off) >> n.shift
+	var sqe pdu.SQE
+	sqe.SetOpcode(opcode)
+	sqe.SetNSID(n.nsid)
+	sqe.SetCDW(10, uint32(slba))
+	sqe.SetCDW(11, uint32(slba>>32))
+	sqe.SetCDW(12, uint32(blocks-1))
+	return sqe
+}
+
+func (n *Namespace) rwError(op string, off int64, length int, err error) error {
+	return fmt.Errorf("nvmf %s nsid %d: %s at %d length %d: %w", n.c.subNQN, n.nsid, op, off, length, err)
+}
+
 // rw runs a read or a write, split into commands the controller takes. The
 // caller checked that the Namespace (or handle) is open.
 func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error) {
@@ -215,19 +246,60 @@ func (n *Namespace) rw(op string, opcode uint8, p []byte, off int64) (int, error
 	for done < len(p) {
 		blocks := min(int64(len(p)-done)>>n.shift, maxb)
 		chunk := int(blocks << n.shift)
-		slba := uint64(off+int64(done)) >> n.shift
-		var sqe pdu.SQE
-		sqe.SetOpcode(opcode)
-		sqe.SetNSID(n.nsid)
-		sqe.SetCDW(10, uint32(slba))
-		sqe.SetCDW(11, uint32(slba>>32))
-		sqe.SetCDW(12, uint32(blocks-1))
+		sqe := n.rwSQE(opcode, off+int64(done), blocks)
 		if err := n.io(&sqe, p[done:done+chunk], opcode == nvme.CmdWrite); err != nil {
-			return done, fmt.Errorf("nvmf %s nsid %d: %s at %d length %d: %w", n.c.subNQN, n.nsid, op, off+int64(done), chunk, err)
+			return done, n.rwError(op, off+int64(done), chunk, err)
 		}
 		done += chunk
 	}
 	return done, nil
+}
+
+// startWrite implements bdev.WriteStarter for the Namespace and its claimed
+// handles: a write that one command carries is sent and left to
+// pendingWrite.Wait; a longer one (several commands), or an empty one, runs
+// synchronously. The caller checked that the Namespace (or handle) is open.
+func (n *Namespace) startWrite(p []byte, off int64) (bdev.Pending, error) {
+	if err := bdev.CheckRange("write", off, int64(len(p)), n.size.Load(), n.bs); err != nil {
+		return nil, err
+	}
+	blocks := int64(len(p)) >> n.shift
+	if blocks == 0 || blocks > n.maxBlocks() {
+		_, err := n.rw("write", nvme.CmdWrite, p, off)
+		return nil, err
+	}
+	sqe := n.rwSQE(nvme.CmdWrite, off, blocks)
+	c, err := n.start(&sqe, p, true)
+	if err != nil {
+		return nil, n.rwError("write", off, len(p), err)
+	}
+	c.ns, c.off = n, off
+	return (*pendingWrite)(c), nil
+}
+
+// pendingWrite is a write command sent by startWrite.
+type pendingWrite cmd
+
+// Wait implements bdev.Pending: it waits for the command, frees its slot
+// and returns the write's result as WriteAt would.
+func (w *pendingWrite) Wait() error {
+	c := (*cmd)(w)
+	// Read before the slot is freed: another command may take it at once.
+	n, off, length := c.ns, c.off, len(c.data)
+	if _, err := c.q.wait(c); err != nil {
+		return n.rwError("write", off, length, n.ioError(err))
+	}
+	return nil
+}
+
+var _ bdev.WriteStarter = (*Namespace)(nil)
+
+// StartWrite implements bdev.WriteStarter.
+func (n *Namespace) StartWrite(p []byte, off int64) (bdev.Pending, error) {
+	if n.closed.Load() {
+		return nil, bdev.ErrClosed
+	}
+	return n.startWrite(p, off)
 }
 
 // ReadAt reads len(p) bytes at off.

@@ -43,6 +43,12 @@ func (e errNotSent) Unwrap() error { return e.err }
 
 // cmd is one command slot of a host queue, indexed by CID.
 type cmd struct {
+	q   *hqueue
+	cid uint16
+	// ns and off name a write started by Namespace.startWrite, for its
+	// error; set by its submitter after send.
+	ns   *Namespace
+	off  int64
 	done chan struct{} // one token per completion
 	// timer kills the queue when the command outlives the timeout. Killing
 	// rather than signalling the submitter also ends a write blocked on a
@@ -131,6 +137,7 @@ func dialQueue(ctx context.Context, addr string, opts *Options, depth int) (*hqu
 	}
 	for i := range q.cmds {
 		c := &q.cmds[i]
+		c.q, c.cid = q, uint16(i)
 		c.done = make(chan struct{}, 1)
 		c.timer = time.AfterFunc(time.Hour, func() { q.expire(c) })
 		c.timer.Stop()
@@ -244,11 +251,24 @@ func (q *hqueue) submit(sqe *pdu.SQE, data []byte, write bool) (pdu.CQE, error) 
 // completes or the queue dies (an Asynchronous Event Request, which the
 // controller holds until an event).
 func (q *hqueue) submitFor(sqe *pdu.SQE, data []byte, write bool, timeout time.Duration) (pdu.CQE, error) {
+	c, err := q.send(sqe, data, write, timeout)
+	if err != nil {
+		return pdu.CQE{}, err
+	}
+	return q.wait(c)
+}
+
+// send takes a command slot, arms the command's timer and sends its capsule
+// (for a write, with its data when it fits in the capsule). The command then
+// completes through wait, which must follow exactly once: until then it
+// holds its slot, and data must stay as it is. An error wrapping errNotSent
+// means nothing was sent.
+func (q *hqueue) send(sqe *pdu.SQE, data []byte, write bool, timeout time.Duration) (*cmd, error) {
 	var cid uint16
 	select {
 	case cid = <-q.free:
 	case <-q.dead:
-		return pdu.CQE{}, errNotSent{q.reason()}
+		return nil, errNotSent{q.reason()}
 	}
 	c := &q.cmds[cid]
 	q.mu.Lock()
@@ -259,7 +279,7 @@ func (q *hqueue) submitFor(sqe *pdu.SQE, data []byte, write bool, timeout time.D
 	if q.failed || isClosed(q.dead) {
 		q.mu.Unlock()
 		q.free <- cid
-		return pdu.CQE{}, errNotSent{q.reason()}
+		return nil, errNotSent{q.reason()}
 	}
 	c.active, c.write, c.data, c.got, c.err, c.badDigest = true, write, data, 0, nil, false
 	c.cqe = pdu.CQE{}
@@ -292,7 +312,12 @@ func (q *hqueue) submitFor(sqe *pdu.SQE, data []byte, write bool, timeout time.D
 	if err != nil {
 		q.kill(fmt.Errorf("%w: %v", ErrConnectionLost, err))
 	}
+	return c, nil
+}
 
+// wait blocks until command c, sent by send, completes, frees its slot and
+// returns its completion.
+func (q *hqueue) wait(c *cmd) (pdu.CQE, error) {
 	// The reader completes the command, or fails it when the connection
 	// dies: the timer's kill included.
 	<-c.done
@@ -302,7 +327,7 @@ func (q *hqueue) submitFor(sqe *pdu.SQE, data []byte, write bool, timeout time.D
 	c.data = nil
 	q.mu.Unlock()
 	timedOut := c.timedOut.Load()
-	q.free <- cid
+	q.free <- c.cid
 	if cerr != nil {
 		if timedOut {
 			return cqe, ErrTimeout
