@@ -122,3 +122,22 @@ func TestFanOutLearnsSlowChildren(t *testing.T) {
 		t.Fatalf("a flush changed the child's write cost from %v to %v", time.Duration(before), time.Duration(after))
 	}
 }
+
+// A child's first I/O sets its cost outright: a 30 µs write (a remote
+// child's) makes it slow at once, where an eighth of it would still read
+// as quick; later ones move it by an eighth of the difference.
+func TestChildCostFirstSample(t *testing.T) {
+	var slow, fast child
+	slow.observe(30 * time.Microsecond)
+	if slow.quick() {
+		t.Fatalf("a child whose first write took 30 µs counts as quick (cost %v)", time.Duration(slow.cost.Load()))
+	}
+	fast.observe(2 * time.Microsecond)
+	if !fast.quick() {
+		t.Fatalf("a child whose first write took 2 µs counts as slow (cost %v)", time.Duration(fast.cost.Load()))
+	}
+	slow.observe(14 * time.Microsecond)
+	if got, want := time.Duration(slow.cost.Load()), 28*time.Microsecond; got != want {
+		t.Fatalf("cost after 30 µs then 14 µs: %v, want %v", got, want)
+	}
+}

@@ -440,9 +440,12 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	// see bdev.WriteStarter) are sent first, from here, and waited for
 	// last: each is a round trip to another node, which then overlaps the
 	// rest without a hand-off to a worker and the wake-ups that costs.
-	// sent has bit i set for each (children past the 64th are queued).
-	// Their service time is not sampled: a child is only sent to once it
-	// has been measured slow, and a remote child stays so.
+	// sent has bit i set for each. Once a submitter holds started writes
+	// it only waits for other children's room in the order that keeps
+	// submitters from waiting on each other (see the starts below): every
+	// WriteStarter is started whatever its speed (their service time is
+	// not sampled here), its worker hand-offs are queued before the
+	// starts, and with more than 64 children nothing is started.
 	//
 	// Quick children (see quickChild) are not queued either: they are
 	// claimed here and issued inline, one after the other, after the first
@@ -451,8 +454,9 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	// flushes are where parallel issue matters most.
 	var sent, inline uint64
 	queued := 0
+	starts := kind == opWrite && len(w) <= 64
 	for i := range w {
-		if kind == opWrite && i < 64 && !w[i].quick() {
+		if starts {
 			if _, ok := w[i].dev.(bdev.WriteStarter); ok {
 				o.claimed[i].Store(true)
 				sent |= 1 << i
@@ -471,13 +475,22 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 		}
 	}
 	o.refs.Store(int32(1 + queued))
+	own := sent | inline // issued here, never by a worker
+	for i := 1; queued > 0 && i < len(w); i++ {
+		if i >= 64 || own&(1<<i) == 0 {
+			n.queue <- childIO{op: o, i: i}
+		}
+	}
 	// pending has bit i set while child i's started write awaits Wait.
 	pending := sent
 	if sent != 0 {
 		// StartWrite may wait for a command slot of its child while this
 		// submitter holds slots of the children it started before. Every
 		// submitter starts them in the order of child.seq, whatever its
-		// view, so none waits for a slot held by one that waits for its.
+		// view, so none waits for a slot held by one that waits for its;
+		// after the starts it only issues children that are no
+		// WriteStarter (no slots) and waits for its own commands, which
+		// complete whatever other submitters do.
 		var order [64]uint8
 		k := 0
 		for i := 0; sent>>i != 0; i++ {
@@ -499,12 +512,6 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 			} else {
 				o.pend[i] = pend
 			}
-		}
-	}
-	own := sent | inline // issued here, never by a worker
-	for i := 1; queued > 0 && i < len(w); i++ {
-		if i >= 64 || own&(1<<i) == 0 {
-			n.queue <- childIO{op: o, i: i}
 		}
 	}
 	if sent&1 == 0 {

@@ -275,9 +275,15 @@ var childSeqs atomic.Uint64
 
 func newChildSeq() uint64 { return childSeqs.Add(1) }
 
-// observe folds one I/O's service time into cost, weighting it 1/8.
+// observe folds one I/O's service time into cost, weighting it 1/8; the
+// first one is the cost, so that a child is known quick or slow after its
+// first I/O (an eighth of a 30 µs remote write would read as quick).
 func (c *child) observe(d time.Duration) {
 	old := c.cost.Load()
+	if old == 0 {
+		c.cost.Store(max(int64(d), 1))
+		return
+	}
 	c.cost.Store(old + (int64(d)-old)/8)
 }
 

@@ -177,9 +177,11 @@ func TestRemoteFanOutDoesNotAllocate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, c := range nx.children {
+	// A child after the first measured slow sends writes down the path
+	// that starts them (fanOut), not the one that issues them in turn.
+	for _, c := range nx.children[1:] {
 		if c.quick() {
-			t.Fatalf("remote child %s measured quick (%d ns): the fan-out would not start its writes", c.uri, c.cost.Load())
+			t.Fatalf("remote child %s measured quick (%d ns): writes would be issued in turn, not started", c.uri, c.cost.Load())
 		}
 	}
 	// A stray allocation now and then (a GC emptying a pool) is tolerated,
