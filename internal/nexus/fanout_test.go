@@ -3,6 +3,7 @@ package nexus
 import (
 	"bytes"
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -139,5 +140,61 @@ func TestChildCostFirstSample(t *testing.T) {
 	slow.observe(14 * time.Microsecond)
 	if got, want := time.Duration(slow.cost.Load()), 28*time.Microsecond; got != want {
 		t.Fatalf("cost after 30 µs then 14 µs: %v, want %v", got, want)
+	}
+}
+
+// startingDev is a device that can start writes (it runs them at once).
+type startingDev struct{ bdev.Device }
+
+func (d *startingDev) StartWrite(p []byte, off int64) (bdev.Pending, error) {
+	_, err := d.WriteAt(p, off)
+	return nil, err
+}
+
+// A view lists the writable children that can start writes in the order of
+// their seq, which every view keeps whatever the children's states, with
+// the mask of their places among the writable ones; with more than 64
+// writable children it lists none.
+func TestViewStartersInSeqOrder(t *testing.T) {
+	m, err := bdev.NewMalloc(1<<20, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(seq uint64, st ChildState, starts bool) *child {
+		c := &child{seq: seq, dev: m}
+		if starts {
+			c.dev = &startingDev{m}
+		}
+		c.state.Store(int32(st))
+		return c
+	}
+	n := &Nexus{}
+	n.children = []*child{
+		mk(7, StateOnline, true),
+		mk(3, StateRebuilding, true),
+		mk(5, StateOnline, false),
+		mk(4, StateOffline, true),
+		mk(6, StateOnline, true),
+	}
+	n.publishLocked()
+	v := n.view.Load()
+	// writable: seq 7, 5, 6 (online), then 3 (rebuilding)
+	var got []uint64
+	for _, st := range v.starters {
+		if bdev.Device(st.ws.(*startingDev)) != v.writable[st.i].dev {
+			t.Fatalf("starter %d is not writable[%d]'s device", st.i, st.i)
+		}
+		got = append(got, v.writable[st.i].seq)
+	}
+	if !slices.Equal(got, []uint64{3, 6, 7}) || v.startMask != 1|1<<2|1<<3 {
+		t.Fatalf("starters by seq %v, mask %#b; want [3 6 7], 0b1101", got, v.startMask)
+	}
+	n.children = nil
+	for i := range 65 {
+		n.children = append(n.children, mk(uint64(i+1), StateOnline, true))
+	}
+	n.publishLocked()
+	if v := n.view.Load(); len(v.starters) != 0 || v.startMask != 0 {
+		t.Fatalf("65 writable children: %d starters, mask %#x; want none", len(v.starters), v.startMask)
 	}
 }

@@ -440,12 +440,13 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	// see bdev.WriteStarter) are sent first, from here, and waited for
 	// last: each is a round trip to another node, which then overlaps the
 	// rest without a hand-off to a worker and the wake-ups that costs.
-	// sent has bit i set for each. Once a submitter holds started writes
-	// it only waits for other children's room in the order that keeps
-	// submitters from waiting on each other (see the starts below): every
-	// WriteStarter is started whatever its speed (their service time is
-	// not sampled here), its worker hand-offs are queued before the
-	// starts, and with more than 64 children nothing is started.
+	// sent has bit i set for each (view.starters). Once a submitter holds
+	// started writes it only waits for other children's room in the order
+	// that keeps submitters from waiting on each other (see the starts
+	// below): every WriteStarter is started whatever its speed (their
+	// service time is not sampled here), its worker hand-offs are queued
+	// before the starts, and with more than 64 children nothing is
+	// started.
 	//
 	// Quick children (see quickChild) are not queued either: they are
 	// claimed here and issued inline, one after the other, after the first
@@ -453,15 +454,14 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 	// a child quick to write (a buffered file) may be slow to flush, and
 	// flushes are where parallel issue matters most.
 	var sent, inline uint64
+	if kind == opWrite {
+		sent = v.startMask
+	}
 	queued := 0
-	starts := kind == opWrite && len(w) <= 64
 	for i := range w {
-		if starts {
-			if _, ok := w[i].dev.(bdev.WriteStarter); ok {
-				o.claimed[i].Store(true)
-				sent |= 1 << i
-				continue
-			}
+		if i < 64 && sent&(1<<i) != 0 {
+			o.claimed[i].Store(true)
+			continue
 		}
 		if i == 0 {
 			continue // issued here
@@ -491,26 +491,13 @@ func (n *Nexus) fanOut(v *view, kind opKind, p []byte, off, length int64) error 
 		// after the starts it only issues children that are no
 		// WriteStarter (no slots) and waits for its own commands, which
 		// complete whatever other submitters do.
-		var order [64]uint8
-		k := 0
-		for i := 0; sent>>i != 0; i++ {
-			if sent&(1<<i) == 0 {
-				continue
-			}
-			j := k
-			for ; j > 0 && w[order[j-1]].seq > w[i].seq; j-- {
-				order[j] = order[j-1]
-			}
-			order[j] = uint8(i)
-			k++
-		}
-		for _, i := range order[:k] {
-			pend, err := w[i].dev.(bdev.WriteStarter).StartWrite(p, off)
+		for _, st := range v.starters {
+			pend, err := st.ws.StartWrite(p, off)
 			if pend == nil { // over already
-				o.errs[i] = err
-				pending &^= 1 << i
+				o.errs[st.i] = err
+				pending &^= 1 << st.i
 			} else {
-				o.pend[i] = pend
+				o.pend[st.i] = pend
 			}
 		}
 	}

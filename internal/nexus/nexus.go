@@ -72,10 +72,12 @@ package nexus
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -311,6 +313,18 @@ type view struct {
 	writable []*child // online then rebuilding: every write goes to all
 	offline  []*child // need write-intent bits
 	local    *child   // first local online child
+	// starters are the writable children that are bdev.WriteStarters,
+	// in child.seq order, and startMask has bit i set for each
+	// writable[i]; both empty with more than 64 writable children (see
+	// fanOut).
+	starters  []starter
+	startMask uint64
+}
+
+// starter is writable[i] of a view as a bdev.WriteStarter.
+type starter struct {
+	i  int
+	ws bdev.WriteStarter
 }
 
 // New opens the children and returns a serving nexus. It consults the
@@ -780,6 +794,17 @@ func (n *Nexus) publishLocked() {
 		}
 	}
 	v.writable = append(append(v.writable, v.online...), rebuilding...)
+	if len(v.writable) <= 64 {
+		for i, c := range v.writable {
+			if ws, ok := c.dev.(bdev.WriteStarter); ok {
+				v.starters = append(v.starters, starter{i: i, ws: ws})
+				v.startMask |= 1 << i
+			}
+		}
+		slices.SortFunc(v.starters, func(a, b starter) int {
+			return cmp.Compare(v.writable[a.i].seq, v.writable[b.i].seq)
+		})
+	}
 	n.view.Store(v)
 }
 
