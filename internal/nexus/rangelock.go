@@ -174,19 +174,3 @@ func (l *rangeLock) writes(f func(off, end int64)) {
 		s.mu.Unlock()
 	}
 }
-
-// waiters returns how many entries are waiting to be granted (for tests).
-func (l *rangeLock) waiters() int {
-	n := 0
-	for i := range l.shards {
-		s := &l.shards[i]
-		s.mu.Lock()
-		for _, x := range s.q {
-			if x.blockers.Load() > 0 && bits.TrailingZeros64(x.mask) == i {
-				n++
-			}
-		}
-		s.mu.Unlock()
-	}
-	return n
-}

@@ -3,6 +3,7 @@ package nexus
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -292,4 +293,20 @@ func rangeLockModel(t *testing.T, seed uint64) {
 			l.unlock(x.e)
 		}
 	}
+}
+
+// waiters returns how many entries are waiting to be granted.
+func (l *rangeLock) waiters() int {
+	n := 0
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		for _, x := range s.q {
+			if x.blockers.Load() > 0 && bits.TrailingZeros64(x.mask) == i {
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
 }
