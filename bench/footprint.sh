@@ -9,15 +9,19 @@
 # imported and shared again) and sampled once more. Prints Markdown: the
 # time to create and share, the restart time, and per window the CPU used
 # as a percentage of one core, RSS and threads, with the load average, and
-# the goal verdict: under 128 MiB resident.
+# the goal verdicts: under 128 MiB resident, and about zero idle CPU (a
+# median under 0.05 % of one core: three clock ticks a minute, room for a
+# garbage collection, and nothing that wakes on a schedule).
 #
-# Usage: bench/footprint.sh [-r REPLICAS] [-w WINDOW] [-k COUNT] [-s SETTLE] [-d DIR]
+# Usage: bench/footprint.sh [-r REPLICAS] [-w WINDOW] [-k COUNT] [-s SETTLE] [-d DIR] [-G SETTING]
 #   -r REPLICAS  replicas to create and share (default 1000)
 #   -w WINDOW    seconds per sample (default 60)
 #   -k COUNT     samples (default 3)
 #   -s SETTLE    seconds to wait after the last share (default 10)
 #   -d DIR       scratch directory (default: a new one under
 #                ${TMPDIR:-/var/tmp}); removed afterwards unless KEEP=1
+#   -G SETTING   run the server with GODEBUG=SETTING, e.g. schedtrace=0 for
+#                the Go runtime's default monitor (see docs/config.md)
 # Ports: BENCH_PORT_BASE (default 21000) + 124 (gRPC) and + 420 (NVMe/TCP).
 # Needs go and awk.
 set -euo pipefail
@@ -28,14 +32,16 @@ WINDOW=60
 COUNT=3
 SETTLE=10
 DIR=""
-while getopts "r:w:k:s:d:h" opt; do
+GODEBUG_SETTING=""
+while getopts "r:w:k:s:d:G:h" opt; do
 	case $opt in
 	r) REPLICAS=$OPTARG ;;
 	w) WINDOW=$OPTARG ;;
 	k) COUNT=$OPTARG ;;
 	s) SETTLE=$OPTARG ;;
 	d) DIR=$OPTARG ;;
-	*) sed -n '2,22p' "$0"; exit 2 ;;
+	G) GODEBUG_SETTING=$OPTARG ;;
+	*) sed -n '2,26p' "$0"; exit 2 ;;
 	esac
 done
 [ "$REPLICAS" -ge 1 ] && [ "$WINDOW" -ge 1 ] && [ "$COUNT" -ge 1 ] ||
@@ -80,7 +86,7 @@ start_server() {
 		log "something already answers on $GRPC: stop it, or move the ports with BENCH_PORT_BASE"
 		exit 1
 	fi
-	"$DIR/bin/nexstor" server --insecure --data-dir "$DIR/data" --grpc "$GRPC" --nbd "" \
+	env ${GODEBUG_SETTING:+GODEBUG="$GODEBUG_SETTING"} "$DIR/bin/nexstor" server --insecure --data-dir "$DIR/data" --grpc "$GRPC" --nbd "" \
 		--nvmf "$NVMF" --discovery "" --metrics "" >>"$DIR/server.log" 2>&1 &
 	PID=$!
 	for _ in $(seq 6000); do
@@ -133,7 +139,7 @@ shared=$(nexctl replica list -o json | grep -c '^    "share": {' || true)
 log "settling for $SETTLE s"
 sleep "$SETTLE"
 
-echo "$(machine_line); $REPLICAS thin replicas of 16 MiB, each shared over NVMe/TCP, ${WINDOW}s windows"
+echo "$(machine_line); $REPLICAS thin replicas of 16 MiB, each shared over NVMe/TCP, ${WINDOW}s windows${GODEBUG_SETTING:+; server run with GODEBUG=$GODEBUG_SETTING}"
 echo
 echo "Server RSS with the pool and no replica: $rss0 MiB. Creating and sharing $REPLICAS replicas through nexctl (two calls each): $made s."
 echo
@@ -152,5 +158,7 @@ echo "Median: $(echo "$PCTS" | median) % of one core, $(echo "$RSSS" | median) M
 echo
 rss_max=$(echo "$RSSS" | tr ' ' '\n' | awk 'NF' | sort -g | tail -n1)
 echo "- resident set at most $rss_max MiB with $REPLICAS shared replicas (goal < 128 MiB): $(awk -v r="$rss_max" 'BEGIN { print (r < 128 ? "met" : "**missed**") }')"
+cpu_med=$(echo "$PCTS" | median)
+echo "- idle CPU median $cpu_med % of one core with $REPLICAS shared replicas (goal about zero: < 0.05 %): $(awk -v c="$cpu_med" 'BEGIN { print (c < 0.05 ? "met" : "**missed**") }')"
 echo
-echo "Reproduce: bench/footprint.sh -r $REPLICAS -w $WINDOW -k $COUNT -s $SETTLE"
+echo "Reproduce: bench/footprint.sh -r $REPLICAS -w $WINDOW -k $COUNT -s $SETTLE${GODEBUG_SETTING:+ -G $GODEBUG_SETTING}"
