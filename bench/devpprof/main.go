@@ -44,14 +44,17 @@ func main() {
 	flag.IntVar(&o.MetricsPort, "metrics-port", 0, "Prometheus /metrics port of node 0 (0: 9502 or a free port; -1 disables metrics)")
 	flag.StringVar(&o.PoolSize, "pool-size", "1GiB", "size of each node's sparse pool file")
 	flag.StringVar(&o.Demo, "demo", "demo", `name of the demo volume ("" for none), as nexstor dev's`)
+	steady := flag.Bool("steady-monitor", false, "as nexstor dev's --steady-monitor (package sysmon)")
 	flag.Parse()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	slog.SetDefault(logger)
-	// As `nexstor dev` does (package sysmon), so that the system profiled
-	// runs as the one shipped.
-	if err := sysmon.Quiet(); err != nil {
-		logger.Warn("sysmon: running on without the setting", "err", err)
+	// As `nexstor dev --steady-monitor` does, so that the system profiled
+	// runs as the one shipped with the same flags.
+	if *steady {
+		if err := sysmon.Quiet(); err != nil {
+			logger.Warn("sysmon: running on without the setting", "err", err)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

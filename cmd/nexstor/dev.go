@@ -30,6 +30,7 @@ const hostNQNFile = "/etc/nvme/hostnqn"
 func devCmd() *cobra.Command {
 	var o ctlserver.DevOptions
 	var demoSize string
+	var steady bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a whole system on this machine: etcd, the management service, N storage nodes and a volume",
@@ -63,7 +64,7 @@ closes every nexus before any node stops, so a restart needs no rebuild.`,
   nexstor dev --grpc-port 20124 --nbd-port 20809 --nvmf-port 24420 --discovery-port 28009 --etcd-port 22379 --metrics-port 29502`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			quietSysmon()
+			steadyMonitor(steady)
 			if o.Demo != "" {
 				n, err := units.ParseSize(demoSize)
 				if err != nil || n <= 0 || n%4096 != 0 {
@@ -97,6 +98,7 @@ closes every nexus before any node stops, so a restart needs no rebuild.`,
 	f.StringVar(&o.PoolSize, "pool-size", "1GiB", "size of each node's sparse pool file")
 	f.StringVar(&o.Demo, "demo", "demo", `name of the demo volume ("" for none)`)
 	f.StringVar(&demoSize, "demo-size", "512MiB", "size of the demo volume (thin), in whole 4KiB blocks")
+	f.BoolVar(&steady, "steady-monitor", false, steadyMonitorUsage)
 	return cmd
 }
 

@@ -52,12 +52,19 @@ func main() {
 	}
 }
 
-// quietSysmon re-executes a long-running command with the Go runtime's
-// monitor kept on its ordinary schedule (see package sysmon); it returns
-// when that is done or cannot be, which is logged.
-func quietSysmon() {
+// steadyMonitorUsage is the help of --steady-monitor (server and dev).
+const steadyMonitorUsage = "keep the Go runtime's monitor thread on its steady schedule (about 100 wake-ups a second when idle) " +
+	"instead of sleeping while the node is idle: less CPU per I/O under light load; see docs/config.md"
+
+// steadyMonitor re-executes a long-running command with the Go runtime's
+// monitor kept on its ordinary schedule (see package sysmon) when asked
+// to; it returns when that is done or cannot be, which is logged.
+func steadyMonitor(asked bool) {
+	if !asked {
+		return
+	}
 	if err := sysmon.Quiet(); err != nil {
-		slog.Warn("could not re-execute with "+sysmon.Setting+" in GODEBUG; running on without it (more CPU per I/O under light load)", "err", err)
+		slog.Warn("--steady-monitor: could not re-execute with "+sysmon.Setting+" in GODEBUG; running on without it", "err", err)
 	}
 }
 
@@ -74,6 +81,7 @@ func versionCmd() *cobra.Command {
 
 func serverCmd() *cobra.Command {
 	var cfgPath, dataDir, grpcAddr, nbdAddr, nvmfAddr, discAddr, metricsAddr, logLevel, pprofAddr string
+	var steady bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the storage node's engine",
@@ -96,7 +104,7 @@ the next start restores both.`,
   nexstor server --control -o /etc/nexstor/server.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			quietSysmon()
+			steadyMonitor(steady)
 			if ctlserver.Enabled(cmd) {
 				return ctlserver.RunCommand(cmd)
 			}
@@ -141,6 +149,7 @@ the next start restores both.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", config.DefaultLogLevel, "debug, info, warn or error")
 	ctlserver.AddFlags(cmd.Flags())
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (off by default; never expose it)")
+	cmd.Flags().BoolVar(&steady, "steady-monitor", false, steadyMonitorUsage)
 	return cmd
 }
 

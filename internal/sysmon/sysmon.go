@@ -16,9 +16,11 @@
 // except that a host up for longer than that period prints one SCHED line
 // to standard error at start and one per period after. The costs: the
 // monitor's 100 wake-ups a second on an idle server, far fewer than the
-// several thousand a second it saves under light load; and a crash prints
-// the scheduler's state (a line per thread and goroutine) before its panic
-// message and stack, which stay last.
+// several thousand a second it saves under light load but not nothing (an
+// idle server without it costs no CPU at all); and a crash prints the
+// scheduler's state (a line per thread and goroutine) before its panic
+// message and stack, which stay last. So it is an option: `nexstor server`
+// and `nexstor dev` call Quiet only with --steady-monitor.
 package sysmon
 
 import (
