@@ -10,8 +10,10 @@
 # time to create and share, the restart time, and per window the CPU used
 # as a percentage of one core, RSS and threads, with the load average, and
 # the goal verdicts: under 128 MiB resident, and about zero idle CPU (a
-# median under 0.05 % of one core: three clock ticks a minute, room for a
-# garbage collection, and nothing that wakes on a schedule).
+# median under 0.05 % of one core: fewer than three clock ticks a minute,
+# room for a garbage collection but not for anything that wakes on a
+# schedule; with a short -w one tick is more than that, so read the verdict
+# of a quick run as noise).
 #
 # Usage: bench/footprint.sh [-r REPLICAS] [-w WINDOW] [-k COUNT] [-s SETTLE] [-d DIR] [-G SETTING]
 #   -r REPLICAS  replicas to create and share (default 1000)
@@ -20,8 +22,9 @@
 #   -s SETTLE    seconds to wait after the last share (default 10)
 #   -d DIR       scratch directory (default: a new one under
 #                ${TMPDIR:-/var/tmp}); removed afterwards unless KEEP=1
-#   -G SETTING   run the server with GODEBUG=SETTING, e.g. schedtrace=0 for
-#                the Go runtime's default monitor (see docs/config.md)
+#   -G SETTING   run the server with GODEBUG=SETTING, e.g.
+#                schedtrace=2147483647 for what `nexstor server
+#                --steady-monitor` sets (see docs/config.md)
 # Ports: BENCH_PORT_BASE (default 21000) + 124 (gRPC) and + 420 (NVMe/TCP).
 # Needs go and awk.
 set -euo pipefail
@@ -41,7 +44,7 @@ while getopts "r:w:k:s:d:G:h" opt; do
 	s) SETTLE=$OPTARG ;;
 	d) DIR=$OPTARG ;;
 	G) GODEBUG_SETTING=$OPTARG ;;
-	*) sed -n '2,26p' "$0"; exit 2 ;;
+	*) sed -n '2,29p' "$0"; exit 2 ;;
 	esac
 done
 [ "$REPLICAS" -ge 1 ] && [ "$WINDOW" -ge 1 ] && [ "$COUNT" -ge 1 ] ||

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,7 +24,14 @@ func TestSteadyMonitorFlag(t *testing.T) {
 	if _, err := os.Stat("/proc/self/environ"); err != nil {
 		t.Skip("needs /proc")
 	}
-	bin := testutil.BuildBinary(t, "nexstor")
+	// Built here rather than with testutil.BuildBinary, whose directory
+	// outlives the test: this runs in every `go test ./...`.
+	bin := filepath.Join(t.TempDir(), "nexstor")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/nexstor")
+	build.Dir = testutil.RepoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/nexstor: %v\n%s", err, out)
+	}
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GODEBUG=") {
@@ -46,13 +54,11 @@ func TestSteadyMonitorFlag(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			defer func() {
-				cmd.Process.Kill()
-				cmd.Wait()
-			}()
 			// The insecure warning is the first line either way.
 			logged := make(chan string, 1)
+			drained := make(chan struct{})
 			go func() {
+				defer close(drained)
 				sc := bufio.NewScanner(stderr)
 				if sc.Scan() {
 					logged <- sc.Text()
@@ -60,6 +66,11 @@ func TestSteadyMonitorFlag(t *testing.T) {
 				close(logged)
 				for sc.Scan() {
 				}
+			}()
+			defer func() {
+				cmd.Process.Kill()
+				<-drained // the pipe is read to its end before Wait closes it
+				cmd.Wait()
 			}()
 			select {
 			case line, ok := <-logged:
@@ -73,6 +84,11 @@ func TestSteadyMonitorFlag(t *testing.T) {
 			raw, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/environ")
 			if err != nil {
 				t.Fatal(err)
+			}
+			// An exited process (a zombie until Wait) shows an empty
+			// environment: that would prove nothing.
+			if len(raw) == 0 {
+				t.Fatal("the server's environment reads empty: it has exited")
 			}
 			var godebug string
 			for _, kv := range bytes.Split(raw, []byte{0}) {
