@@ -8,11 +8,10 @@
 #           a thin replica shared over NBD;
 #   old:    the same, built from git revision REV (only with -B REV).
 # NBD targets are driven by fio's nbd engine (libnbd). Every target is
-# pre-filled first, so that reads hit allocated clusters. Each build runs
-# with its own default for the Go runtime's monitor (`nexstor server` keeps
-# the runtime's since c8fdb21; before, it set GODEBUG=schedtrace=2147483647
-# itself): export GODEBUG=schedtrace=2147483647, or =0, to run old and new
-# alike (see docs/config.md, --steady-monitor).
+# pre-filled first, so that reads hit allocated clusters. The servers run
+# with `nexstor server`'s default for the Go runtime's monitor (steady,
+# since e5b9583; see docs/config.md, --steady-monitor): export
+# GODEBUG=schedtrace=0 to run old and new with the runtime's default.
 #
 # For each workload it prints the medians over the rounds: IOPS, p50 and p99
 # of the total latency (lat_ns), the latency added over raw at p50 and p99,
@@ -60,7 +59,7 @@ while getopts "d:s:t:r:B:SW:c:h" opt; do
 	S) STRACE=1 ;;
 	W) ONLY=$OPTARG ;;
 	c) CACHE=$OPTARG ;;
-	*) sed -n '2,41p' "$0"; exit 2 ;;
+	*) sed -n '2,40p' "$0"; exit 2 ;;
 	esac
 done
 case $CACHE in

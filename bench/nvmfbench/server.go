@@ -19,6 +19,7 @@ import (
 	"github.com/nexstor/nexstor/internal/nbd"
 	"github.com/nexstor/nexstor/internal/nvmf/target"
 	"github.com/nexstor/nexstor/internal/pool"
+	"github.com/nexstor/nexstor/internal/sysmon"
 )
 
 // ready is the server process's first line on stdout: where to reach it.
@@ -154,9 +155,12 @@ func openReplica(backing, dir string, size int64) (*replicaSet, error) {
 // commands from stdin until it is closed.
 func serve(backings []string, dir string, sizes map[string]int64) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	// The Go runtime's monitor as `nexstor server` runs it by default; set
-	// GODEBUG as package sysmon does (the server process inherits it) to
-	// measure `nexstor server --steady-monitor`.
+	// As `nexstor server` does by default (--steady-monitor), so that the
+	// servers measured are the ones shipped (see package sysmon);
+	// GODEBUG=schedtrace=0 measures --steady-monitor=false.
+	if err := sysmon.Quiet(); err != nil {
+		logger.Warn("sysmon: running on without the setting", "err", err)
+	}
 	sets := map[string]*replicaSet{}
 	defer func() {
 		for _, s := range sets {

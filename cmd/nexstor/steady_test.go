@@ -15,11 +15,11 @@ import (
 	"github.com/nexstor/nexstor/internal/testutil"
 )
 
-// TestSteadyMonitorFlag runs `nexstor server` with and without
-// --steady-monitor and reads the environment of the running process once
-// it logs (it re-executes itself, if at all, before it logs anything):
-// GODEBUG holds sysmon.Setting only with the flag, and an idle server
-// without it keeps the runtime's default.
+// TestSteadyMonitorFlag runs `nexstor server` as it starts by default and
+// with --steady-monitor=false, and reads the environment of the running
+// process once it logs (it re-executes itself, if at all, before it logs
+// anything): GODEBUG holds sysmon.Setting by default and nothing with the
+// flag off, which keeps the runtime's default.
 func TestSteadyMonitorFlag(t *testing.T) {
 	if _, err := os.Stat("/proc/self/environ"); err != nil {
 		t.Skip("needs /proc")
@@ -42,8 +42,8 @@ func TestSteadyMonitorFlag(t *testing.T) {
 		t.Run("steady="+strconv.FormatBool(steady), func(t *testing.T) {
 			args := []string{"server", "--insecure", "--data-dir", t.TempDir(), "--grpc", "127.0.0.1:0",
 				"--nbd", "", "--nvmf", "", "--discovery", "", "--metrics", "", "--log-level", "warn"}
-			if steady {
-				args = append(args, "--steady-monitor")
+			if !steady {
+				args = append(args, "--steady-monitor=false")
 			}
 			cmd := exec.Command(bin, args...)
 			cmd.Env = env

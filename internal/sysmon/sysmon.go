@@ -19,8 +19,9 @@
 // several thousand a second it saves under light load but not nothing (an
 // idle server without it costs no CPU at all); and a crash prints the
 // scheduler's state (a line per thread and goroutine) before its panic
-// message and stack, which stay last. So it is an option: `nexstor server`
-// and `nexstor dev` call Quiet only with --steady-monitor.
+// message and stack, which stay last. So it is an option (--steady-monitor):
+// `nexstor server` calls Quiet unless told not to, `nexstor dev` only when
+// told to.
 package sysmon
 
 import (
