@@ -22,9 +22,9 @@
 #   -s SETTLE    seconds to wait after the last share (default 10)
 #   -d DIR       scratch directory (default: a new one under
 #                ${TMPDIR:-/var/tmp}); removed afterwards unless KEEP=1
-#   -G SETTING   run the server with GODEBUG=SETTING, e.g.
-#                schedtrace=2147483647 for what `nexstor server
-#                --steady-monitor` sets (see docs/config.md)
+#   -G SETTING   run the server with GODEBUG=SETTING, e.g. schedtrace=0
+#                for the runtime's default monitor, as `nexstor server
+#                --steady-monitor=false` runs (see docs/config.md)
 # Ports: BENCH_PORT_BASE (default 21000) + 124 (gRPC) and + 420 (NVMe/TCP).
 # Needs go and awk.
 set -euo pipefail

@@ -21,9 +21,10 @@
 #              is out, before the first sample (default 20)
 #   -b REV     also run the system of git revision REV (a commit, a branch)
 #              beside this tree's, ports moved up by 1000; each runs with
-#              its own default for the Go runtime's monitor (before c8fdb21
-#              `nexstor dev` kept it on its steady schedule): export
-#              GODEBUG=schedtrace=0, or =2147483647, to run both alike
+#              its own default for the Go runtime's monitor (`nexstor dev`
+#              kept it on its steady schedule from e5b9583 to just before
+#              c8fdb21): export GODEBUG=schedtrace=0, or =2147483647, to
+#              run both alike
 #   -d DIR     scratch directory for the binaries and the dev system
 #              (default: a new one under ${TMPDIR:-/var/tmp}); removed
 #              afterwards unless KEEP=1
@@ -52,7 +53,7 @@ while getopts "n:w:k:s:b:d:Ph" opt; do
 	b) BASE=$OPTARG ;;
 	d) DIR=$OPTARG ;;
 	P) PROFILE=1 ;;
-	*) sed -n '2,35p' "$0"; exit 2 ;;
+	*) sed -n '2,36p' "$0"; exit 2 ;;
 	esac
 done
 [ "$WINDOW" -ge 1 ] && [ "$COUNT" -ge 1 ] && [ "$NODES" -ge 1 ] ||

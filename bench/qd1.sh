@@ -8,10 +8,11 @@
 #           a thin replica shared over NBD;
 #   old:    the same, built from git revision REV (only with -B REV).
 # NBD targets are driven by fio's nbd engine (libnbd). Every target is
-# pre-filled first, so that reads hit allocated clusters. The servers run
-# with `nexstor server`'s default for the Go runtime's monitor (steady,
-# since e5b9583; see docs/config.md, --steady-monitor): export
-# GODEBUG=schedtrace=0 to run old and new with the runtime's default.
+# pre-filled first, so that reads hit allocated clusters. Each server runs
+# with its build's default for the Go runtime's monitor (steady from
+# e5b9583 on, except c8fdb21 to 9fe711d; see docs/config.md,
+# --steady-monitor): export GODEBUG=schedtrace=0, or =2147483647, to run
+# old and new alike.
 #
 # For each workload it prints the medians over the rounds: IOPS, p50 and p99
 # of the total latency (lat_ns), the latency added over raw at p50 and p99,
@@ -59,7 +60,7 @@ while getopts "d:s:t:r:B:SW:c:h" opt; do
 	S) STRACE=1 ;;
 	W) ONLY=$OPTARG ;;
 	c) CACHE=$OPTARG ;;
-	*) sed -n '2,40p' "$0"; exit 2 ;;
+	*) sed -n '2,41p' "$0"; exit 2 ;;
 	esac
 done
 case $CACHE in

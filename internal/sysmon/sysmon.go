@@ -17,7 +17,7 @@
 // to standard error at start and one per period after. The costs: the
 // monitor's 100 wake-ups a second on an idle server, far fewer than the
 // several thousand a second it saves under light load but not nothing (an
-// idle server without it costs no CPU at all); and a crash prints the
+// idle server without it costs no measurable CPU); and a crash prints the
 // scheduler's state (a line per thread and goroutine) before its panic
 // message and stack, which stay last. So it is an option (--steady-monitor):
 // `nexstor server` calls Quiet unless told not to, `nexstor dev` only when

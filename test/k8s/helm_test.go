@@ -156,6 +156,24 @@ func TestChartRenders(t *testing.T) {
 			t.Fatalf("dashboard ConfigMap: labels %v, %d bytes of JSON, want the %d of %s", labels, len(got), len(want), testutil.DashboardPath)
 		}
 	}
+
+	// node.steadyMonitor: only an explicit false turns the server's
+	// default off; a release whose values lack the key keeps it.
+	for _, c := range []struct {
+		set  []string
+		want bool
+	}{{nil, false}, {[]string{"--set", "node.steadyMonitor=true"}, false}, {[]string{"--set", "node.steadyMonitor=false"}, true},
+		{[]string{"--set", "node.steadyMonitor=null"}, false}} {
+		args := append(append([]string{"template", "x", chartDir(t), "-n", "nexstor"}, minimal...), c.set...)
+		ds := find(objects(t, helmRun(t, args...)), "DaemonSet", "-nexstor-node") // not -csi-node
+		if ds == nil {
+			t.Fatal("no engine DaemonSet")
+		}
+		b, _ := yaml.Marshal(ds)
+		if got := strings.Contains(string(b), "--steady-monitor=false"); got != c.want {
+			t.Fatalf("%v: --steady-monitor=false in the engine's args: %v, want %v", c.set, got, c.want)
+		}
+	}
 }
 
 // TestChartInstalls installs the chart with helm into a real kube-apiserver
