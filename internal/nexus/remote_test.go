@@ -178,11 +178,16 @@ func TestRemoteFanOutDoesNotAllocate(t *testing.T) {
 		}
 	}
 	// A child after the first measured slow sends writes down the path
-	// that starts them (fanOut), not the one that issues them in turn.
+	// that starts them (fanOut), not the one that issues them in turn
+	// (fanOutInline),
 	for _, c := range nx.children[1:] {
 		if c.quick() {
 			t.Fatalf("remote child %s measured quick (%d ns): writes would be issued in turn, not started", c.uri, c.cost.Load())
 		}
+	}
+	// and every child, the first too, is started by the submitter.
+	if v := nx.view.Load(); v.startMask != 0b111 || len(v.starters) != 3 {
+		t.Fatalf("start mask %#b with %d starters, want all three children started", v.startMask, len(v.starters))
 	}
 	// A stray allocation now and then (a GC emptying a pool) is tolerated,
 	// one per write is not.
